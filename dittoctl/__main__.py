@@ -1,0 +1,3 @@
+from dittoctl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""Generate the DittoServer CustomResourceDefinition from the pydantic models.
+
+pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3 subset. The walk below inlines
+`$ref`s, turns `Optional[X]` into `X` + `nullable`, drops `title` and `additionalProperties: false`, and
+gives object-typed parents `default: {}` so the apiserver applies nested defaults when a parent is omitted.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from dittoctl.api import models
+
+JsonSchema = dict[str, Any]
+_DROP = {"title", "$defs"}
+
+
+def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        # The referring field's own description and default win over the class docstring.
+        target.update({k: v for k, v in node.items() if k != "$ref"})
+        return _inline(target, defs)
+    return {key: _inline(value, defs) for key, value in node.items() if key not in _DROP}
+
+
+def _structural(node: JsonSchema, required: bool = True) -> JsonSchema:
+    node = dict(node)
+    variants = node.pop("anyOf", None)
+    if variants is not None:
+        concrete = [v for v in variants if v.get("type") != "null"]
+        if len(concrete) != 1:
+            raise ValueError(f"cannot express anyOf {variants!r} structurally")
+        merged = {**concrete[0], **node}
+        merged["nullable"] = True
+        if merged.get("default", ...) is None:
+            del merged["default"]
+        node = merged
+    if node.get("additionalProperties") is False:
+        del node["additionalProperties"]
+    if node.get("type") == "object" and "properties" in node:
+        needed = set(node.get("required", []))
+        node["properties"] = {
+            name: _structural(child, name in needed) for name, child in node["properties"].items()
+        }
+        if not node.get("x-kubernetes-preserve-unknown-fields") and not required and "default" not in node:
+            if not node.get("nullable") and not needed:
+                node["default"] = {}
+        if isinstance(node.get("default"), dict) and node["default"]:
+            node["default"] = {}
+    elif node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+        node["additionalProperties"] = _structural(node["additionalProperties"])
+    if node.get("type") == "array" and "items" in node:
+        node["items"] = _structural(node["items"])
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        node.setdefault("type", "object")
+        node.pop("additionalProperties", None)
+    return node
+
+
+def openapi_schema(model: type[models.BaseModel]) -> JsonSchema:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(_inline(raw, raw.get("$defs", {})))
+
+
+def build_crd() -> JsonSchema:
+    """The CRD as a dict, ready for YAML."""
+    spec = openapi_schema(models.DittoServerSpec)
+    status = openapi_schema(models.DittoServerStatus)
+    spec.pop("default", None)
+    status.pop("default", None)
+    spec["description"] = "Desired state of a DittoFS server."
+    status["description"] = "Observed state, written by the operator."
+    columns = [
+        {"name": "Ready", "type": "string", "jsonPath": ".status.ready", "description": "Ready replicas"},
+        {"name": "Status", "type": "string", "jsonPath": ".status.phase", "description": "Phase"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoints.nfs", "priority": 1,
+         "description": "NFS endpoint"},
+        {"name": "Image", "type": "string", "jsonPath": ".spec.image", "priority": 1},
+    ]
+    root = {
+        "type": "object",
+        "description": models.DittoServer.__doc__,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{models.PLURAL}.{models.GROUP}",
+            "labels": {"app.kubernetes.io/name": "dittofs-operator", "app.kubernetes.io/part-of": "dittofs"},
+        },
+        "spec": {
+            "group": models.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": models.KIND,
+                "listKind": f"{models.KIND}List",
+                "plural": models.PLURAL,
+                "singular": models.SINGULAR,
+                "shortNames": list(models.SHORT_NAMES),
+                "categories": list(models.CATEGORIES),
+            },
+            "versions": [
+                {
+                    "name": models.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
+def dump_yaml(obj: Any) -> str:
+    """Deterministic YAML (insertion order kept, block style)."""
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
+
+
+def crd_yaml() -> str:
+    return "# Generated by `dittoctl crd` from dittoctl/api/models.py. Do not edit.\n" + dump_yaml(build_crd())

@@ -1,0 +1,485 @@
+"""The `DittoServer` API (dittofs.dittofs.com/v1alpha1) as pydantic v2 models.
+
+One source of truth: the CRD schema, the webhook, the reconciler and `dittoctl validate` all read these
+classes. Attribute docstrings become schema descriptions, so `kubectl explain` shows them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from dittoctl.api.quantity import parse_quantity
+
+GROUP = "dittofs.dittofs.com"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DittoServer"
+PLURAL = "dittoservers"
+SINGULAR = "dittoserver"
+SHORT_NAMES = ("ditto", "dittofs")
+CATEGORIES = ("dittofs",)
+
+DEFAULT_IMAGE = "marmos91c/dittofs:v0.29.0"
+DEFAULT_CONTENT_SIZE = "5Gi"
+SHUTDOWN_TIMEOUT_SECONDS = 30
+PRESTOP_SECONDS = 5
+# preStop + DittoFS's worst-case graceful shutdown (3 stages x shutdown_timeout) + a buffer.
+DEFAULT_GRACE_SECONDS = PRESTOP_SECONDS + 3 * SHUTDOWN_TIMEOUT_SECONDS + 10
+MIN_GRACE_SECONDS = 36
+
+_GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+
+
+def _check_quantity(value: str) -> str:
+    if parse_quantity(value) <= 0:
+        raise ValueError("must be a positive quantity")
+    return value
+
+
+def _check_cron(value: str) -> str:
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a 5-field cron expression (e.g. '0 2 * * *')")
+    return value
+
+
+def _check_duration(value: str) -> str:
+    if not _GO_DURATION.match(value):
+        raise ValueError(f"{value!r} is not a duration like '15m', '168h' or '1h30m'")
+    return value
+
+
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = Annotated[
+    str,
+    Field(pattern=QUANTITY_PATTERN),
+    AfterValidator(_check_quantity),
+]
+Cron = Annotated[str, Field(min_length=9), AfterValidator(_check_cron)]
+Duration = Annotated[str, Field(pattern=_GO_DURATION.pattern), AfterValidator(_check_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)]
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=_SECRET_KEY)]
+Identifier = Annotated[str, Field(pattern=_IDENTIFIER.pattern)]
+StringMap = dict[str, str]
+# Kubernetes shapes passed through untouched; the apiserver keeps them as written.
+KubeObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected (typos must not pass silently)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the same namespace."""
+
+    name: ResourceName
+    """Name of the referenced object."""
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the DittoServer's namespace."""
+
+    name: ResourceName
+    """Secret name."""
+    key: SecretKey
+    """Key inside the Secret."""
+
+
+class StorageSpec(ApiModel):
+    """PersistentVolumeClaims of the server. Sizes and class are immutable after creation."""
+
+    metadata_size: Quantity
+    """Size of the `metadata` volume, mounted at /data/store/metadata (required)."""
+    content_size: Quantity | None = None
+    """Size of the `content` volume (block store and its write-ahead log), mounted at /data/store/block.
+    Defaults to 5Gi (or to the deprecated cacheSize when only that is set)."""
+    control_plane_size: Quantity = "1Gi"
+    """Size of the `controlplane` volume holding the SQLite control-plane database."""
+    cache_size: Quantity | None = None
+    """Deprecated: DittoFS >= 0.9 has no disk cache. Accepted as contentSize when that is unset."""
+    storage_class_name: ResourceName | None = None
+    """StorageClass of all server PVCs; the cluster default when unset."""
+
+    @property
+    def effective_content_size(self) -> str:
+        return self.content_size or self.cache_size or DEFAULT_CONTENT_SIZE
+
+
+class SqliteSpec(ApiModel):
+    """Embedded SQLite control-plane database."""
+
+    path: str = Field("/data/controlplane/controlplane.db", pattern=r"^/")
+    """Absolute path of the database file inside the pod."""
+
+
+class PostgresSecretRef(ApiModel):
+    """Secret holding the connection to an external PostgreSQL server."""
+
+    name: ResourceName
+    """Secret name."""
+    host_key: SecretKey = "host"
+    """Key holding the host name."""
+    port_key: SecretKey = "port"
+    """Key holding the port."""
+    database_key: SecretKey = "database"
+    """Key holding the database name."""
+    user_key: SecretKey = "user"
+    """Key holding the user name."""
+    password_key: SecretKey = "password"
+    """Key holding the password."""
+    ssl_mode_key: SecretKey = "sslmode"
+    """Key holding the sslmode (disable, require, verify-full, ...)."""
+
+
+class DatabaseSpec(ApiModel):
+    """The control-plane database of DittoFS."""
+
+    type: Literal["sqlite", "postgres"] = "sqlite"
+    """Backend. A postgresSecretRef (or Percona) makes the server use PostgreSQL regardless."""
+    sqlite: SqliteSpec = Field(default_factory=SqliteSpec)
+    """SQLite settings."""
+    postgres_secret_ref: PostgresSecretRef | None = None
+    """External PostgreSQL connection Secret."""
+
+
+class BackupSpec(ApiModel):
+    """pgBackRest backups of the Percona cluster to S3."""
+
+    enabled: bool = False
+    """Turn backups on. Off is sent explicitly: Percona treats a missing value as on."""
+    bucket: str | None = None
+    """S3 bucket (required when enabled)."""
+    endpoint: str | None = None
+    """S3 endpoint URL (required when enabled)."""
+    region: str = "eu-west-1"
+    """S3 region."""
+    credentials_secret_ref: LocalObjectReference | None = None
+    """Secret with pgBackRest S3 credentials."""
+    full_schedule: Cron = "0 2 * * *"
+    """Cron schedule of full backups."""
+    incr_schedule: Cron = "0 * * * *"
+    """Cron schedule of incremental backups."""
+    retention_days: int = Field(7, ge=1)
+    """Days to keep full backups (time-based pgBackRest retention)."""
+
+
+class PerconaSpec(ApiModel):
+    """A PerconaPGCluster (Percona Operator for PostgreSQL) as the control-plane database."""
+
+    enabled: bool = False
+    """Create and use a PerconaPGCluster named <name>-postgres."""
+    delete_with_server: bool = False
+    """Delete the database with the DittoServer. Default: orphan (keep) it."""
+    replicas: int = Field(1, ge=1, le=5)
+    """PostgreSQL instances."""
+    storage_size: Quantity = "10Gi"
+    """Size of each instance's data volume."""
+    storage_class_name: ResourceName | None = None
+    """StorageClass of the data volumes."""
+    database_name: Identifier = "dittofs"
+    """Database created for DittoFS (lower-case SQL identifier)."""
+    postgres_version: int = Field(16, ge=12, le=18)
+    """PostgreSQL major version."""
+    cr_version: str = Field("2.8.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
+    """Percona CR version, pinned on purpose."""
+    image: str | None = None
+    """PostgreSQL image; needed unless the Percona operator sets RELATED_IMAGE_*."""
+    backup: BackupSpec = Field(default_factory=BackupSpec)
+    """Backups."""
+
+
+class S3CredentialsRef(ApiModel):
+    """Secret with S3 credentials for DittoFS block stores."""
+
+    secret_name: ResourceName
+    """Secret name."""
+    access_key_id_key: SecretKey = "accessKeyId"
+    """Key holding the access key id."""
+    secret_access_key_key: SecretKey = "secretAccessKey"
+    """Key holding the secret access key."""
+    endpoint_key: SecretKey = "endpoint"
+    """Key holding an optional custom endpoint URL."""
+
+
+class S3Spec(ApiModel):
+    """S3 access for DittoFS block stores (stores themselves are managed over the DittoFS API)."""
+
+    credentials_secret_ref: S3CredentialsRef | None = None
+    """Credentials Secret."""
+    region: str = "eu-west-1"
+    """Region."""
+    bucket: str | None = None
+    """Default bucket."""
+
+
+class AdapterSpec(ApiModel):
+    """A file protocol adapter."""
+
+    enabled: bool
+    """Expose this protocol."""
+    port: Port
+    """Port the adapter listens on."""
+
+
+class NfsAdapter(AdapterSpec):
+    """NFS adapter."""
+
+    enabled: bool = True
+    """Expose NFS."""
+    port: Port = 12049
+    """NFS port (DittoFS default 12049)."""
+
+
+class SmbAdapter(AdapterSpec):
+    """SMB adapter."""
+
+    enabled: bool = False
+    """Expose SMB."""
+    port: Port = 1445
+    """SMB port (DittoFS seeds 1445)."""
+
+
+class AdaptersSpec(ApiModel):
+    """File protocol adapters."""
+
+    nfs: NfsAdapter = Field(default_factory=NfsAdapter)
+    """NFS."""
+    smb: SmbAdapter = Field(default_factory=SmbAdapter)
+    """SMB."""
+
+
+class ControlPlaneSpec(ApiModel):
+    """REST API and health endpoints."""
+
+    port: Port = 8080
+    """API port."""
+
+
+class MetricsSpec(ApiModel):
+    """Prometheus metrics of the server."""
+
+    enabled: bool = False
+    """Serve metrics and create the <name>-metrics Service."""
+    port: Port = 9090
+    """Metrics port."""
+    path: str = Field("/metrics", pattern=r"^/")
+    """Metrics path."""
+
+
+class JwtSpec(ApiModel):
+    """JWT signing of API tokens."""
+
+    secret_ref: SecretKeyRef | None = None
+    """Signing secret (>= 32 chars). Generated as <name>-jwt when unset."""
+    access_token_duration: Duration = "15m"
+    """Lifetime of access tokens."""
+    refresh_token_duration: Duration = "168h"
+    """Lifetime of refresh tokens."""
+
+
+class AdminSpec(ApiModel):
+    """The bootstrap administrator."""
+
+    username: str = Field("admin", min_length=1)
+    """Administrator user name."""
+    password_secret_ref: SecretKeyRef | None = None
+    """Initial password. Generated as <name>-admin-bootstrap-credentials when unset; used at first boot."""
+
+
+class IdentitySpec(ApiModel):
+    """Authentication settings."""
+
+    jwt: JwtSpec = Field(default_factory=JwtSpec)
+    """JWT settings."""
+    admin: AdminSpec = Field(default_factory=AdminSpec)
+    """Administrator."""
+
+
+class LoggingSpec(ApiModel):
+    """Server logging."""
+
+    level: Literal["DEBUG", "INFO", "WARN", "ERROR"] = "INFO"
+    """Log level."""
+    format: Literal["json", "text"] = "json"
+    """Log format."""
+
+
+class ServiceSpec(ApiModel):
+    """The <name>-file and <name>-api Services."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Service type. ClusterIP by default: the API is admin-capable."""
+    annotations: StringMap = Field(default_factory=dict)
+    """Annotations of the Services."""
+    load_balancer_source_ranges: list[str] = Field(default_factory=list)
+    """CIDRs allowed to reach a LoadBalancer."""
+
+
+class DittoServerSpec(ApiModel):
+    """Desired state of a DittoFS server."""
+
+    image: str = Field(DEFAULT_IMAGE, min_length=1)
+    """Server image."""
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    """Image pull policy."""
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    """Pull secrets."""
+    replicas: int = Field(1, ge=0, le=1)
+    """1 runs the server, 0 stops it. DittoFS is single-writer."""
+    storage: StorageSpec
+    """Volumes (required)."""
+    database: DatabaseSpec = Field(default_factory=DatabaseSpec)
+    """Control-plane database."""
+    percona: PerconaSpec = Field(default_factory=PerconaSpec)
+    """Percona-managed PostgreSQL."""
+    s3: S3Spec | None = None
+    """S3 credentials for block stores."""
+    adapters: AdaptersSpec = Field(default_factory=AdaptersSpec)
+    """Protocol adapters."""
+    control_plane: ControlPlaneSpec = Field(default_factory=ControlPlaneSpec)
+    """REST API."""
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    """Metrics."""
+    identity: IdentitySpec = Field(default_factory=IdentitySpec)
+    """Authentication."""
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    """Logging."""
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+    """Services."""
+    resources: KubeObject | None = None
+    """Container resources (Kubernetes ResourceRequirements)."""
+    security_context: KubeObject | None = None
+    """Container securityContext, merged field by field over the restricted defaults."""
+    pod_security_context: KubeObject | None = None
+    """Pod securityContext, merged field by field over the restricted defaults."""
+    node_selector: StringMap = Field(default_factory=dict)
+    """Node selector."""
+    tolerations: list[KubeObject] = Field(default_factory=list)
+    """Tolerations."""
+    affinity: KubeObject | None = None
+    """Affinity."""
+    topology_spread_constraints: list[KubeObject] = Field(default_factory=list)
+    """Topology spread constraints."""
+    priority_class_name: str | None = None
+    """PriorityClass."""
+    pod_labels: StringMap = Field(default_factory=dict)
+    """Extra pod labels (the selector labels cannot be overridden)."""
+    pod_annotations: StringMap = Field(default_factory=dict)
+    """Extra pod annotations."""
+    termination_grace_period_seconds: int | None = Field(None, ge=MIN_GRACE_SECONDS)
+    """Pod grace period; default 105 = preStop 5 + 3 x shutdown timeout 30 + 10."""
+
+    @property
+    def grace_seconds(self) -> int:
+        return self.termination_grace_period_seconds or DEFAULT_GRACE_SECONDS
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.percona.enabled or self.database.postgres_secret_ref is not None or (
+            self.database.type == "postgres"
+        )
+
+
+class Condition(ApiModel):
+    """A metav1.Condition."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    """Condition type."""
+    status: Literal["True", "False", "Unknown"]
+    """Status."""
+    reason: str
+    """CamelCase reason."""
+    message: str = ""
+    """Human-readable detail."""
+    last_transition_time: str
+    """Last time status flipped (RFC 3339)."""
+    observed_generation: int | None = None
+    """Generation the condition was computed for."""
+
+
+class Endpoints(ApiModel):
+    """In-cluster addresses (host:port) of the server."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api: str | None = None
+    """REST API."""
+    nfs: str | None = None
+    """NFS."""
+    smb: str | None = None
+    """SMB."""
+
+
+class S3Status(ApiModel):
+    """State of the S3 credentials Secret."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    secret_found: bool
+    """The Secret exists."""
+    missing_keys: list[str] = Field(default_factory=list)
+    """Expected keys absent from the Secret."""
+    message: str = ""
+    """Summary."""
+
+
+class DittoServerStatus(ApiModel):
+    """Observed state, written by the operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    """Generation last reconciled; conditions are stale until it matches metadata.generation."""
+    phase: Literal["Pending", "Running", "Stopped", "Degraded", "Failed", "Deleting"] | None = None
+    """Summary phase."""
+    ready: str | None = None
+    """"<ready>/<desired>" replicas."""
+    replicas: int | None = None
+    """Pods of the StatefulSet."""
+    ready_replicas: int | None = None
+    """Ready pods."""
+    available_replicas: int | None = None
+    """Available pods."""
+    config_hash: str | None = None
+    """Hash of the rendered config and consumed Secret data."""
+    percona_cluster_name: str | None = None
+    """Owned PerconaPGCluster."""
+    endpoints: Endpoints | None = None
+    """Service endpoints."""
+    s3: S3Status | None = None
+    """S3 credentials state."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Conditions."""
+
+
+class DittoServer(BaseModel):
+    """A DittoFS file server managed by the dittofs-operator."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    api_version: Literal["dittofs.dittofs.com/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["DittoServer"] = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: DittoServerSpec
+    status: DittoServerStatus | None = None

@@ -1,0 +1,217 @@
+"""`dittoctl`: run the operator, and the offline tools around it (validate, render, status, crd, certs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dittoctl.api.crd import crd_yaml, dump_yaml
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"DITTOFS_OPERATOR_{name}", default)
+
+
+def _bool_env(name: str, default: bool) -> bool:
+    return _env(name, str(default)).lower() in ("1", "true", "yes", "on")
+
+
+def _load_documents(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    items: list[dict[str, Any]] = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise SystemExit(f"{path}: every YAML document must be a mapping")
+        items.extend(doc.get("items", []) if doc.get("kind", "").endswith("List") else [doc])
+    return [d for d in items if d.get("kind") == "DittoServer"]
+
+
+def cmd_crd(_: argparse.Namespace) -> int:
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from webhook.facts import ClusterFacts
+    from webhook.rules import validate
+
+    docs = _load_documents(args.file)
+    if not docs:
+        print(f"{args.file}: no DittoServer found", file=sys.stderr)
+        return 2
+    facts_for: Any = None
+    if args.cluster:
+        facts_for = asyncio.run(_cluster_facts(docs, args.kubeconfig))
+    results = []
+    for doc in docs:
+        facts = facts_for[id(doc)] if facts_for else ClusterFacts.offline()
+        verdict = validate(doc, None, facts)
+        name = (doc.get("metadata") or {}).get("name", "<unnamed>")
+        results.append({"name": name, "allowed": verdict.allowed, "errors": verdict.errors,
+                        "warnings": verdict.warnings})
+    if args.output == "json":
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            print(f"DittoServer {result['name']}: {'valid' if result['allowed'] else 'INVALID'}")
+            for error in result["errors"]:
+                print(f"  error: {error}")
+            for warning in result["warnings"]:
+                print(f"  warning: {warning}")
+    return 0 if all(r["allowed"] for r in results) else 1
+
+
+async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> dict[int, Any]:
+    from dittoctl.gateway import Gateway, load_client
+    from webhook.facts import FactSource
+
+    gateway = Gateway(await load_client(kubeconfig))
+    try:
+        source = FactSource(gateway)
+        return {id(doc): await source.facts_for(doc) for doc in docs}
+    finally:
+        await gateway.close()
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from dittoctl.api.models import DittoServer
+    from reconciler import specs
+    from reconciler.naming import Names
+    from reconciler.specs.env import secret_uses
+    from reconciler.specs.hashing import value_digest
+
+    out = []
+    for doc in _load_documents(args.file):
+        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        doc["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        server = DittoServer.model_validate(doc)
+        names = Names.of(server)
+        # Secret values are unknown offline: hash their references so the output is stable.
+        digests = {(u.secret, u.key): value_digest(f"{u.secret}/{u.key}".encode())
+                   for u in secret_uses(server.spec, names)}
+        desired = specs.build(server.spec, names, digests)
+        out.extend(desired.children())
+    sys.stdout.write("---\n".join(dump_yaml(obj) for obj in out))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dittoctl.status import show
+
+    return asyncio.run(show(args.name, args.namespace, args.kubeconfig))
+
+
+def cmd_certs_generate(args: argparse.Namespace) -> int:
+    from certs.generate import generate
+
+    paths = generate(args.service, args.namespace, Path(args.out_dir), extra_sans=args.san or [])
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dittoctl import logs
+    from dittoctl.main import RunSettings, main_run
+
+    settings = RunSettings(
+        kubeconfig=args.kubeconfig,
+        namespaces=[n for n in args.namespaces.split(",") if n] if args.namespaces else [],
+        reconciler=not args.no_reconciler,
+        webhook=not args.no_webhook,
+        webhook_host=args.webhook_host,
+        webhook_port=args.webhook_port,
+        cert_dir=args.cert_dir,
+        tls_mode=args.tls_mode,
+        webhook_config_name=args.webhook_config_name,
+        service_name=args.service_name,
+        service_namespace=args.service_namespace,
+        health_host=args.health_host,
+        health_port=args.health_port,
+        leader_election=args.leader_election,
+        lease_namespace=args.lease_namespace,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        drift_interval=args.drift_interval,
+        workers=args.workers,
+    )
+    logs.configure(settings.log_level, settings.log_format)
+    return main_run(settings)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="dittoctl", description="DittoFS operator and tools")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator and the admission webhook")
+    run.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
+    run.add_argument("--namespaces", default=_env("NAMESPACES", ""), help="comma-separated; default all")
+    run.add_argument("--no-webhook", action="store_true", default=_bool_env("NO_WEBHOOK", False))
+    run.add_argument("--no-reconciler", action="store_true", default=_bool_env("NO_RECONCILER", False))
+    run.add_argument("--webhook-host", default=_env("WEBHOOK_HOST", "0.0.0.0"))  # noqa: S104
+    run.add_argument("--webhook-port", type=int, default=int(_env("WEBHOOK_PORT", "9443")))
+    run.add_argument("--cert-dir", default=_env("CERT_DIR", "/tmp/k8s-webhook-server/serving-certs"))  # noqa: S108
+    run.add_argument("--tls-mode", choices=["certManager", "selfSigned", "provided"],
+                     default=_env("TLS_MODE", "provided"))
+    run.add_argument("--webhook-config-name", default=_env("WEBHOOK_CONFIG_NAME", "dittofs-operator"))
+    run.add_argument("--service-name", default=_env("SERVICE_NAME", "dittofs-operator-webhook"))
+    run.add_argument("--service-namespace", default=_env("NAMESPACE", "dittofs-system"))
+    run.add_argument("--health-host", default=_env("HEALTH_HOST", "0.0.0.0"))  # noqa: S104
+    run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")))
+    run.add_argument("--leader-election", action="store_true", default=_bool_env("LEADER_ELECTION", False))
+    run.add_argument("--lease-namespace", default=_env("NAMESPACE", "dittofs-system"))
+    run.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    run.add_argument("--log-format", choices=["json", "text"], default=_env("LOG_FORMAT", "json"))
+    run.add_argument("--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "300")))
+    run.add_argument("--workers", type=int, default=int(_env("WORKERS", "4")))
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check DittoServer manifests with the webhook's rules")
+    validate.add_argument("-f", "--file", required=True, help="YAML file, or - for stdin")
+    validate.add_argument("--cluster", action="store_true", help="also look up StorageClasses, Secrets, CRDs")
+    validate.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
+    validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    validate.set_defaults(func=cmd_validate)
+
+    render = sub.add_parser("render", help="print the child manifests the operator would apply")
+    render.add_argument("-f", "--file", required=True)
+    render.add_argument("-n", "--namespace", default="default")
+    render.set_defaults(func=cmd_render)
+
+    status = sub.add_parser("status", help="show a DittoServer's state")
+    status.add_argument("name")
+    status.add_argument("-n", "--namespace", default="default")
+    status.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
+    status.set_defaults(func=cmd_status)
+
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinition YAML")
+    crd.set_defaults(func=cmd_crd)
+
+    certs = sub.add_parser("certs", help="certificate tools")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    generate = certs_sub.add_parser("generate", help="a CA + serving certificate for `provided` TLS mode")
+    generate.add_argument("--service", default="dittofs-operator-webhook")
+    generate.add_argument("--namespace", default="dittofs-system")
+    generate.add_argument("--out-dir", default=".")
+    generate.add_argument("--san", action="append", help="extra DNS name or IP (repeatable)")
+    generate.set_defaults(func=cmd_certs_generate)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""The one async door to the Kubernetes API.
+
+Every read and write of the operator and the webhook goes through `Gateway`, so timeouts, field manager,
+error mapping and write counting live in one place. Objects are plain JSON dicts: no client model
+(de)serialisation on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+FIELD_MANAGER = "dittofs-operator"
+Obj = dict[str, Any]
+_OBJECT = {200: "object", 201: "object", 202: "object"}
+
+
+class NotFound(Exception):
+    """The object does not exist."""
+
+
+class Conflict(Exception):
+    """Optimistic-concurrency or apply conflict (HTTP 409)."""
+
+    def __init__(self, message: str, causes: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.causes = causes or []
+
+
+class ApiError(Exception):
+    """Any other API failure; `status` is the HTTP code (0 when the server was unreachable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a resource lives in the REST tree."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+DITTOSERVERS = Kind("dittofs.dittofs.com", "v1alpha1", "dittoservers")
+STATEFULSETS = Kind("apps", "v1", "statefulsets")
+SERVICES = Kind("", "v1", "services")
+CONFIGMAPS = Kind("", "v1", "configmaps")
+SECRETS = Kind("", "v1", "secrets")
+PODS = Kind("", "v1", "pods")
+PVCS = Kind("", "v1", "persistentvolumeclaims")
+EVENTS = Kind("", "v1", "events")
+STORAGECLASSES = Kind("storage.k8s.io", "v1", "storageclasses", namespaced=False)
+PERCONAPGCLUSTERS = Kind("pgv2.percona.com", "v2", "perconapgclusters")
+LEASES = Kind("coordination.k8s.io", "v1", "leases")
+WEBHOOKCONFIGS = Kind("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", namespaced=False)
+
+KINDS_BY_API: dict[tuple[str, str], Kind] = {
+    ("apps/v1", "StatefulSet"): STATEFULSETS,
+    ("v1", "Service"): SERVICES,
+    ("v1", "ConfigMap"): CONFIGMAPS,
+    ("v1", "Secret"): SECRETS,
+    ("pgv2.percona.com/v2", "PerconaPGCluster"): PERCONAPGCLUSTERS,
+}
+
+
+def kind_of(obj: Mapping[str, Any]) -> Kind:
+    return KINDS_BY_API[(str(obj["apiVersion"]), str(obj["kind"]))]
+
+
+def _error(exc: ApiException) -> Exception:
+    body: dict[str, Any] = {}
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        body = {}
+    message = str(body.get("message") or exc.reason or "")
+    if exc.status == 404:
+        return NotFound(message)
+    if exc.status == 409:
+        return Conflict(message, (body.get("details") or {}).get("causes"))
+    return ApiError(int(exc.status or 0), message)
+
+
+async def load_client(kubeconfig: str | None = None) -> k8s.ApiClient:
+    """An ApiClient from a kubeconfig file, else the in-cluster service account."""
+    if kubeconfig:
+        configuration = k8s.Configuration()
+        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            configuration = k8s.Configuration()
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            configuration = k8s.Configuration()
+            await k8s_config.load_kube_config(client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+class Gateway:
+    """Thin async CRUD + server-side apply over raw JSON."""
+
+    def __init__(self, api: k8s.ApiClient, *, request_timeout: float = 30.0) -> None:
+        self.api = api
+        self.timeout = request_timeout
+        self.writes = 0
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Obj:
+        if method != "GET":
+            self.writes += 1
+        try:
+            result = await self.api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                response_types_map=_OBJECT,
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=timeout or self.timeout,
+            )
+        except ApiException as exc:
+            raise _error(exc) from None
+        except (OSError, TimeoutError) as exc:
+            raise ApiError(0, f"API unreachable: {exc}") from exc
+        return result if isinstance(result, dict) else {}
+
+    async def get(self, kind: Kind, name: str, namespace: str | None = None, *, timeout: float | None = None) -> Obj:
+        return await self._call("GET", kind.path(namespace, name), timeout=timeout)
+
+    async def get_or_none(self, kind: Kind, name: str, namespace: str | None = None) -> Obj | None:
+        try:
+            return await self.get(kind, name, namespace)
+        except NotFound:
+            return None
+
+    async def list(
+        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[Obj]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = await self._call("GET", kind.path(namespace), query=query)
+        items: list[Obj] = result.get("items", [])
+        return items
+
+    async def apply(self, obj: Mapping[str, Any], *, force: bool = True, subresource: str | None = None) -> Obj:
+        """Server-side apply of `obj` (only the fields we own) with our field manager."""
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        query = [("fieldManager", FIELD_MANAGER)]
+        if force:
+            query.append(("force", "true"))
+        return await self._call(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"], subresource),
+            body=dict(obj),
+            query=query,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def create(self, kind: Kind, obj: Mapping[str, Any], namespace: str | None = None) -> Obj:
+        return await self._call("POST", kind.path(namespace), body=dict(obj))
+
+    async def merge_patch(
+        self, kind: Kind, name: str, patch: Mapping[str, Any], namespace: str | None = None,
+        *, subresource: str | None = None,
+    ) -> Obj:
+        return await self._call(
+            "PATCH", kind.path(namespace, name, subresource), body=dict(patch),
+            content_type="application/merge-patch+json",
+        )
+
+    async def json_patch(
+        self, kind: Kind, name: str, ops: list[dict[str, Any]], namespace: str | None = None,
+    ) -> Obj:
+        return await self._call(
+            "PATCH", kind.path(namespace, name), body=ops, content_type="application/json-patch+json"
+        )
+
+    async def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
+        try:
+            await self._call("DELETE", kind.path(namespace, name))
+        except NotFound:
+            return
+
+    async def served(self, group: str, version: str, plural: str) -> bool:
+        """Discovery: does the apiserver serve `plural` in group/version right now?"""
+        try:
+            result = await self._call("GET", f"/apis/{group}/{version}")
+        except NotFound:
+            return False
+        return any(r.get("name") == plural for r in result.get("resources", []))

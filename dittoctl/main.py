@@ -1,0 +1,201 @@
+"""Process wiring for `dittoctl run`: kopf (reconciler), the webhook and the health server share one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dittoctl import metrics
+from dittoctl.gateway import Gateway, load_client
+from reconciler.handlers import Controller, register
+
+log = logging.getLogger("dittofs.main")
+
+
+@dataclass
+class RunSettings:
+    """Everything `dittoctl run` can be told, from flags or DITTOFS_OPERATOR_* variables."""
+
+    kubeconfig: str | None = None
+    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
+    reconciler: bool = True
+    webhook: bool = True
+    webhook_host: str = "0.0.0.0"  # noqa: S104 - the apiserver must reach the pod
+    webhook_port: int = 9443
+    cert_dir: str = "/tmp/k8s-webhook-server/serving-certs"  # noqa: S108 - controller-runtime's default
+    tls_mode: str = "provided"
+    webhook_config_name: str = "dittofs-operator"
+    service_name: str = "dittofs-operator-webhook"
+    service_namespace: str = "dittofs-system"
+    health_host: str = "0.0.0.0"  # noqa: S104
+    health_port: int = 8081
+    leader_election: bool = False
+    lease_name: str = "dittofs-operator"
+    lease_namespace: str = "dittofs-system"
+    log_level: str = "INFO"
+    log_format: str = "json"
+    workers: int = 4
+    drift_interval: float = 300.0
+
+
+class Health:
+    """/healthz, /readyz and /metrics on the health port."""
+
+    def __init__(self, controller: Controller | None, webhook: Any | None) -> None:
+        self.controller = controller
+        self.webhook = webhook
+        self.kopf_ready = asyncio.Event()
+        self.started = time.monotonic()
+        self._runner: web.AppRunner | None = None
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.controller is not None and not self.kopf_ready.is_set():
+            problems.append("watch caches not warm yet")
+        if self.webhook is not None and not self.webhook.ready:
+            problems.append("webhook not serving (no valid certificate loaded)")
+        return problems
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        problems = self.problems()
+        return web.json_response({"status": "ok" if not problems else "not ready", "problems": problems},
+                                 status=200 if not problems else 503)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        if self.controller is not None:
+            counts = dict.fromkeys(metrics.PHASES, 0)
+            for body in self.controller.cache.servers.values():
+                phase = (body.get("status") or {}).get("phase") or "Pending"
+                counts[phase] = counts.get(phase, 0) + 1
+            for phase, count in counts.items():
+                metrics.SERVERS.labels(phase).set(count)
+        resp = web.Response(body=generate_latest())
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return resp
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def kopf_settings(settings: kopf.OperatorSettings) -> None:
+    settings.posting.enabled = False  # we post our own, deduplicated events
+    settings.scanning.disabled = True  # no cluster-wide CRD/namespace scanning (and no RBAC for it)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.persistence.finalizer = "dittofs.dittofs.com/kopf"  # unused: no change-tracking handlers
+
+
+async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    api = await load_client(settings.kubeconfig)
+    gateway = Gateway(api)
+    controller: Controller | None = None
+    webhook: Any | None = None
+    tasks: list[asyncio.Task[Any]] = []
+
+    if settings.webhook:
+        from webhook.wiring import build_webhook
+
+        webhook = await build_webhook(settings, gateway)
+        await webhook.start()
+
+    if settings.reconciler:
+        controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval)
+        controller.queue.on_result = metrics.observe_reconcile
+    health = Health(controller, webhook)
+    await health.start(settings.health_host, settings.health_port)
+
+    if controller is not None:
+        registry = kopf.OperatorRegistry()
+        register(registry, controller)
+
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            if settings.kubeconfig or os.environ.get("KUBECONFIG"):
+                return kopf.login_with_kubeconfig(**kwargs)
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+        @kopf.on.startup(registry=registry)
+        async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+            kopf_settings(settings)
+
+        await controller._refresh_percona()
+        if settings.leader_election:
+            from reconciler.leader import LeaderElector
+
+            elector = LeaderElector(gateway, settings.lease_name, settings.lease_namespace, controller)
+            tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+            controller.queue.start()
+        else:
+            controller.start()
+            metrics.LEADER.labels(settings.lease_name).set(1)
+        ready_flag: asyncio.Event = health.kopf_ready
+        tasks.append(asyncio.create_task(kopf.operator(
+            registry=registry,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces or None,
+            standalone=True,
+            ready_flag=ready_flag,  # type: ignore[arg-type]
+            stop_flag=stop,  # type: ignore[arg-type]
+        ), name="kopf"))
+    log.info("dittofs-operator started", extra={
+        "reconciler": settings.reconciler, "webhook": settings.webhook,
+        "namespaces": ",".join(settings.namespaces) or "*"})
+
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if controller is not None:
+            await controller.stop()
+        if webhook is not None:
+            await webhook.stop()
+        await health.stop()
+        await gateway.close()
+        log.info("dittofs-operator stopped")
+
+
+def main_run(settings: RunSettings) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(runner())
+    return 0

@@ -1,0 +1,119 @@
+"""In-memory views fed by kopf's watch streams.
+
+They are hints, not truth: a miss falls back to a point GET, and every write's response is stored
+back, so a cold start or a lagging watch costs reads, never duplicate writes. Secrets are reduced to
+per-key digests on arrival, and only for Secrets some DittoServer references; bodies are never kept.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.naming import INSTANCE_LABEL
+from reconciler.specs.hashing import value_digest
+
+Key = tuple[str, str]  # (namespace, name)
+Obj = dict[str, Any]
+# key -> digest of its value; None means the Secret does not exist.
+SecretDigest = dict[str, str] | None
+
+
+def secret_digest(secret: Mapping[str, Any]) -> dict[str, str]:
+    digests = {}
+    for key, value in (secret.get("data") or {}).items():
+        digests[key] = value_digest(base64.b64decode(value or ""))
+    for key, value in (secret.get("stringData") or {}).items():
+        digests[key] = value_digest(str(value).encode())
+    return digests
+
+
+def key_of(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata", {})
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+@dataclass
+class Cache:
+    servers: dict[Key, Obj] = field(default_factory=dict)
+    # (plural, namespace, name) -> object
+    children: dict[tuple[str, str, str], Obj] = field(default_factory=dict)
+    # (namespace, instance) -> pod name -> pod
+    pods: dict[Key, dict[str, Obj]] = field(default_factory=lambda: defaultdict(dict))
+    secrets: dict[Key, SecretDigest] = field(default_factory=dict)
+    # (namespace, secret name) -> DittoServer names referencing it
+    secret_refs: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # DittoServer -> the Secret names it references (to undo the index)
+    server_refs: dict[Key, set[str]] = field(default_factory=dict)
+
+    # -- DittoServers ----------------------------------------------------------------------------------
+    def put_server(self, obj: Obj) -> None:
+        self.servers[key_of(obj)] = obj
+
+    def drop_server(self, key: Key) -> None:
+        self.servers.pop(key, None)
+        self.set_refs(key, ())
+
+    def set_refs(self, server: Key, secrets: Iterable[str]) -> None:
+        namespace, name = server
+        new = set(secrets)
+        old = self.server_refs.get(server, set())
+        for secret in old - new:
+            holders = self.secret_refs.get((namespace, secret))
+            if holders is not None:
+                holders.discard(name)
+                if not holders:
+                    del self.secret_refs[(namespace, secret)]
+                    self.secrets.pop((namespace, secret), None)
+        for secret in new - old:
+            self.secret_refs[(namespace, secret)].add(name)
+        if new:
+            self.server_refs[server] = new
+        else:
+            self.server_refs.pop(server, None)
+
+    # -- children ----------------------------------------------------------------------------------------
+    def put_child(self, plural: str, obj: Obj) -> None:
+        namespace, name = key_of(obj)
+        self.children[(plural, namespace, name)] = obj
+
+    def drop_child(self, plural: str, key: Key) -> None:
+        self.children.pop((plural, *key), None)
+
+    def child(self, plural: str, namespace: str, name: str) -> Obj | None:
+        return self.children.get((plural, namespace, name))
+
+    def put_pod(self, obj: Obj) -> None:
+        namespace, name = key_of(obj)
+        instance = obj.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL)
+        if instance:
+            self.pods[(namespace, instance)][name] = obj
+
+    def drop_pod(self, obj: Mapping[str, Any]) -> None:
+        namespace, name = key_of(obj)
+        instance = obj.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL)
+        pods = self.pods.get((namespace, str(instance)))
+        if pods is not None:
+            pods.pop(name, None)
+            if not pods:
+                del self.pods[(namespace, str(instance))]
+
+    def pods_of(self, namespace: str, instance: str) -> list[Obj]:
+        return list(self.pods.get((namespace, instance), {}).values())
+
+    # -- Secrets -----------------------------------------------------------------------------------------
+    def secret_event(self, obj: Mapping[str, Any], deleted: bool) -> set[str]:
+        """Record a watched Secret if referenced; returns the DittoServers to re-reconcile."""
+        key = key_of(obj)
+        holders = self.secret_refs.get(key)
+        if not holders:
+            return set()
+        self.secrets[key] = None if deleted else secret_digest(obj)
+        return set(holders)
+
+    def put_secret(self, key: Key, digest: SecretDigest) -> None:
+        if key in self.secret_refs:
+            self.secrets[key] = digest

@@ -1,0 +1,78 @@
+"""Kubernetes Events, posted on transitions only and deduplicated.
+
+The same (object, reason, message) within `window` seconds posts nothing new, so a DittoServer stuck in
+a requeue loop cannot flood `kubectl describe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from dittoctl.gateway import EVENTS, ApiError, Conflict, Gateway, NotFound
+
+COMPONENT = "dittofs-operator"
+DEDUP_SECONDS = 600.0
+_MAX_REMEMBERED = 10_000
+log = logging.getLogger("dittofs.events")
+EventType = Literal["Normal", "Warning"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    """Posts core/v1 Events through the gateway; never raises (events are best effort)."""
+
+    def __init__(self, gateway: Gateway, instance: str = COMPONENT, window: float = DEDUP_SECONDS) -> None:
+        self.gateway = gateway
+        self.instance = instance
+        self.window = window
+        self._seen: OrderedDict[tuple[str, ...], float] = OrderedDict()
+        self.posted = 0
+
+    def _fresh(self, key: tuple[str, ...]) -> bool:
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last < self.window:
+            return False
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > _MAX_REMEMBERED:
+            self._seen.popitem(last=False)
+        return True
+
+    async def post(self, regarding: Mapping[str, Any], type_: EventType, reason: str, message: str) -> bool:
+        """`regarding` needs apiVersion, kind, metadata.name/namespace (uid optional, e.g. on CREATE)."""
+        meta = regarding.get("metadata", {})
+        namespace = str(meta.get("namespace") or "default")
+        name = str(meta.get("name") or "")
+        key = (str(regarding.get("kind")), namespace, name, reason, message)
+        if not name or not self._fresh(key):
+            return False
+        involved = {"apiVersion": regarding.get("apiVersion"), "kind": regarding.get("kind"),
+                    "name": name, "namespace": namespace}
+        if meta.get("uid"):
+            involved["uid"] = meta["uid"]
+        now = _now()
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": involved, "reason": reason, "message": message[:1024], "type": type_,
+            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
+            "reportingInstance": self.instance, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.gateway.create(EVENTS, event, namespace)
+        except (ApiError, Conflict, NotFound) as exc:
+            log.warning("event not posted", extra={"namespace": namespace, "name": name, "reason": reason,
+                                                   "error": str(exc)})
+            self._seen.pop(key, None)
+            return False
+        self.posted += 1
+        return True

@@ -1,0 +1,154 @@
+"""kopf wiring: watch streams feed the cache and the work queue; kopf never patches our objects.
+
+Only `@kopf.on.event` handlers are used: they keep no progress annotations and post no events of
+their own, so an unchanged DittoServer costs zero API writes. Reconciliation itself runs in our
+coalescing queue (level-based, one pass per key at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from dittoctl.api.models import DittoServerSpec
+from dittoctl.gateway import PERCONAPGCLUSTERS, ApiError, Gateway
+from reconciler.cache import Cache, Key, key_of
+from reconciler.events import EventRecorder
+from reconciler.naming import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names
+from reconciler.queue import WorkQueue
+from reconciler.reconcile import Reconciler
+from reconciler.specs.env import referenced_secrets
+
+log = logging.getLogger("dittofs.handlers")
+OWNED = {MANAGED_BY_LABEL: MANAGER}
+
+
+class Controller:
+    """The reconciler half of the process: cache + queue + reconciler + drift timer."""
+
+    def __init__(self, gateway: Gateway, *, workers: int = 4, drift_interval: float = 300.0,
+                 cleanup_timeout: float = 60.0) -> None:
+        self.gateway = gateway
+        self.cache = Cache()
+        self.recorder = EventRecorder(gateway)
+        self.reconciler = Reconciler(gateway, self.cache, self.recorder, cleanup_timeout=cleanup_timeout)
+        self.queue: WorkQueue[Key] = WorkQueue(self._work, concurrency=workers)
+        self.drift_interval = drift_interval
+        self.active = asyncio.Event()  # set while this replica may reconcile (leader)
+        self.last_event = 0.0
+        self._drift_task: asyncio.Task[None] | None = None
+
+    async def _work(self, key: Key) -> float | None:
+        if not self.active.is_set():
+            return None
+        return await self.reconciler.reconcile(key)
+
+    def start(self) -> None:
+        self.active.set()
+        self.queue.start()
+        if self._drift_task is None:
+            self._drift_task = asyncio.create_task(self._drift(), name="drift-timer")
+
+    async def stop(self) -> None:
+        if self._drift_task is not None:
+            self._drift_task.cancel()
+            await asyncio.gather(self._drift_task, return_exceptions=True)
+            self._drift_task = None
+        await self.queue.stop()
+
+    def resume(self) -> None:
+        """Became leader: reconcile everything we know."""
+        self.active.set()
+        for key in list(self.cache.servers):
+            self.queue.add(key)
+
+    async def _drift(self) -> None:
+        while True:
+            await asyncio.sleep(self.drift_interval)
+            await self._refresh_percona()
+            for key in list(self.cache.servers):
+                self.queue.add(key)
+
+    async def _refresh_percona(self) -> None:
+        try:
+            served = await self.gateway.served(PERCONAPGCLUSTERS.group, PERCONAPGCLUSTERS.version,
+                                               PERCONAPGCLUSTERS.plural)
+        except ApiError:
+            return
+        self.reconciler.percona_served = served
+
+    # -- watch events -------------------------------------------------------------------------------------
+    def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:
+        key = key_of(body)
+        if event_type == "DELETED":
+            self.cache.drop_server(key)
+            self.queue.forget(key)
+            return
+        self.cache.put_server(body)
+        try:
+            spec = DittoServerSpec.model_validate(body.get("spec") or {})
+            self.cache.set_refs(key, referenced_secrets(spec, Names(key[1], key[0], "")))
+        except ValueError:
+            self.cache.set_refs(key, ())
+        self.queue.add(key)
+
+    def on_child(self, plural: str, event_type: str | None, body: dict[str, Any]) -> None:
+        key = key_of(body)
+        if event_type == "DELETED":
+            self.cache.drop_child(plural, key)
+        else:
+            self.cache.put_child(plural, body)
+        instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
+        if instance and (key[0], instance) in self.cache.servers:
+            self.queue.add((key[0], instance))
+
+    def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        if event_type == "DELETED":
+            self.cache.drop_pod(body)
+        else:
+            self.cache.put_pod(body)
+        instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
+        namespace = body.get("metadata", {}).get("namespace", "")
+        if instance and (namespace, instance) in self.cache.servers:
+            self.queue.add((namespace, instance))
+
+    def on_secret(self, event_type: str | None, body: dict[str, Any]) -> None:
+        namespace = body.get("metadata", {}).get("namespace", "")
+        for server in self.cache.secret_event(body, deleted=event_type == "DELETED"):
+            self.queue.add((namespace, server))
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Attach the watch handlers of `controller` to a kopf registry."""
+    def touch() -> None:
+        controller.last_event = asyncio.get_running_loop().time()
+
+    @kopf.on.event("dittofs.dittofs.com", "v1alpha1", "dittoservers", registry=registry)
+    async def server_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        touch()
+        controller.on_server(type, dict(body))
+
+    for group, version, plural in (("apps", "v1", "statefulsets"), ("", "v1", "services"),
+                                   ("", "v1", "configmaps")):
+        def make(plural: str) -> Any:
+            async def child_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+                touch()
+                controller.on_child(plural, type, dict(body))
+            child_event.__name__ = f"{plural}_event"
+            return child_event
+
+        kopf.on.event(group, version, plural, labels=OWNED, registry=registry,
+                      id=f"{plural}-watch")(make(plural))
+
+    @kopf.on.event("", "v1", "pods", labels={**OWNED}, registry=registry)
+    async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        touch()
+        controller.on_pod(type, dict(body))
+
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    async def secret_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        # The body is reduced to digests (if referenced at all) and dropped right here.
+        controller.on_secret(type, dict(body))

@@ -1,0 +1,108 @@
+"""Names and labels of everything the operator creates for a DittoServer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dittoctl.api.models import API_VERSION, KIND, DittoServer
+
+MANAGER = "dittofs-operator"
+FINALIZER = "dittofs.dittofs.com/finalizer"
+PAUSE_ANNOTATION = "dittofs.dittofs.com/reconcile"
+HASH_ANNOTATION = "dittofs.io/config-hash"
+APPLIED_ANNOTATION = "dittofs.io/applied-hash"
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+CONFIG_FILE = "config.yaml"
+CONFIG_DIR = "/config"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every child name derived from one DittoServer."""
+
+    server: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, server: DittoServer) -> Names:
+        meta = server.metadata
+        return cls(str(meta.get("name", "")), str(meta.get("namespace", "default")), str(meta.get("uid", "")))
+
+    @property
+    def statefulset(self) -> str:
+        return self.server
+
+    @property
+    def config_map(self) -> str:
+        return f"{self.server}-config"
+
+    @property
+    def headless_service(self) -> str:
+        return f"{self.server}-headless"
+
+    @property
+    def file_service(self) -> str:
+        return f"{self.server}-file"
+
+    @property
+    def api_service(self) -> str:
+        return f"{self.server}-api"
+
+    @property
+    def metrics_service(self) -> str:
+        return f"{self.server}-metrics"
+
+    @property
+    def jwt_secret(self) -> str:
+        return f"{self.server}-jwt"
+
+    @property
+    def admin_secret(self) -> str:
+        return f"{self.server}-admin-bootstrap-credentials"
+
+    @property
+    def percona_cluster(self) -> str:
+        return f"{self.server}-postgres"
+
+    @property
+    def percona_user_secret(self) -> str:
+        return f"{self.percona_cluster}-pguser-dittofs"
+
+    def selector(self) -> dict[str, str]:
+        """Pod selector: immutable, so only name + instance."""
+        return {NAME_LABEL: "dittofs", INSTANCE_LABEL: self.server}
+
+    def labels(self, component: str) -> dict[str, str]:
+        return {
+            **self.selector(),
+            "app.kubernetes.io/component": component,
+            MANAGED_BY_LABEL: MANAGER,
+            "app.kubernetes.io/part-of": "dittofs",
+        }
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.server,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def metadata(self, name: str, component: str, **extra: Any) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self.labels(component),
+            "ownerReferences": [self.owner_reference()],
+        }
+        meta.update(extra)
+        return meta
+
+    def host(self, service: str) -> str:
+        return f"{service}.{self.namespace}.svc"

@@ -1,0 +1,103 @@
+"""A coalescing work queue: one key is never reconciled twice at once, and a burst of watch events for
+the same DittoServer collapses into one pass (controller-runtime's workqueue semantics)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+log = logging.getLogger("dittofs.queue")
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self, worker: Callable[[K], Awaitable[float | None]], concurrency: int = 4,
+                 max_backoff: float = 60.0) -> None:
+        self._worker = worker
+        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._queued: set[K] = set()
+        self._active: set[K] = set()
+        self._dirty: set[K] = set()
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._failures: dict[K, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._concurrency = concurrency
+        self._max_backoff = max_backoff
+        self.on_result: Callable[[str, float], None] | None = None
+
+    def add(self, key: K) -> None:
+        if key in self._active:
+            self._dirty.add(key)  # re-run once the current pass ends
+            return
+        if key in self._queued:
+            return
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._queued.add(key)
+        self._queue.put_nowait(key)
+
+    def add_after(self, key: K, delay: float) -> None:
+        if key in self._queued or key in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key)
+
+    def _fire(self, key: K) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def forget(self, key: K) -> None:
+        self._failures.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._run(), name=f"reconcile-worker-{i}")
+                           for i in range(self._concurrency)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    def __len__(self) -> int:
+        return len(self._queued) + len(self._active)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            started = loop.time()
+            requeue: float | None = None
+            try:
+                requeue = await self._worker(key)
+                self._failures.pop(key, None)
+                result = "requeue_after" if requeue else "success"
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                requeue = min(0.5 * 2 ** (failures - 1), self._max_backoff)
+                log.exception("reconcile failed; retrying in %.1fs", requeue, extra={"key": str(key)})
+                result = "error"
+            finally:
+                self._active.discard(key)
+            if self.on_result is not None:
+                self.on_result(result, loop.time() - started)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.add(key)
+            elif requeue:
+                self.add_after(key, requeue)

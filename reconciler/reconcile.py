@@ -1,0 +1,328 @@
+"""One level-based pass over one DittoServer: observe, build (pure), apply what differs, report.
+
+Order (SPEC §4): finalizer -> validation -> Secrets -> ConfigMap -> Services -> StatefulSet -> status.
+Nothing is written when nothing changed: children are compared with the watch cache, status with the
+last status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dittoctl.api.models import DittoServer
+from dittoctl.gateway import (
+    CONFIGMAPS,
+    DITTOSERVERS,
+    SECRETS,
+    SERVICES,
+    STATEFULSETS,
+    Conflict,
+    Gateway,
+    Kind,
+    NotFound,
+)
+from reconciler import specs
+from reconciler.cache import Cache, Key, secret_digest
+from reconciler.events import EventRecorder
+from reconciler.naming import APPLIED_ANNOTATION, FINALIZER, HASH_ANNOTATION, PAUSE_ANNOTATION, Names
+from reconciler.specs.env import ADMIN_PASSWORD_KEY, JWT_KEY, referenced_secrets, secret_uses
+from reconciler.specs.hashing import manifest_hash
+from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
+from reconciler.specs.services import endpoints
+from reconciler.status import Observation, build_status, status_changed
+from webhook.facts import ClusterFacts
+from webhook.rules import validate
+
+log = logging.getLogger("dittofs.reconciler")
+PLURALS: dict[str, Kind] = {"configmaps": CONFIGMAPS, "services": SERVICES, "statefulsets": STATEFULSETS}
+STORAGE_TEMPLATES = ("controlplane", "metadata", "content")
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """Every field we set has the same value in the observed object (the server may add defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            is_subset(value, observed.get(key)) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (isinstance(observed, list) and len(desired) == len(observed)
+                and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True)))
+    return bool(desired == observed)
+
+
+def stamp(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Annotate a manifest with the digest of what we apply, so removals (not just drift) are noticed."""
+    digest = manifest_hash(manifest)
+    meta = manifest["metadata"]
+    meta["annotations"] = {**meta.get("annotations", {}), APPLIED_ANNOTATION: digest}
+    return manifest
+
+
+def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    if observed is None:
+        return True
+    return not is_subset(desired, observed)
+
+
+@dataclass
+class Memory:
+    """Per-server facts remembered between passes, to post events on transitions only."""
+
+    digests: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    database_ready: bool | None = None
+    invalid: str | None = None
+
+
+class Reconciler:
+    def __init__(self, gateway: Gateway, cache: Cache, recorder: EventRecorder, *,
+                 cleanup_timeout: float = 60.0) -> None:
+        self.gw = gateway
+        self.cache = cache
+        self.events = recorder
+        self.cleanup_timeout = cleanup_timeout
+        self.memory: dict[Key, Memory] = {}
+        self.percona_served: bool | None = None
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    async def _observed(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        cached = self.cache.child(plural, namespace, name)
+        if cached is not None:
+            return cached
+        obj = await self.gw.get_or_none(PLURALS[plural], name, namespace)
+        if obj is not None:
+            self.cache.put_child(plural, obj)
+        return obj
+
+    async def _apply(self, plural: str, manifest: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+        """(written, previous) — applies only when the cached object differs from `manifest`."""
+        meta = manifest["metadata"]
+        previous = await self._observed(plural, meta["namespace"], meta["name"])
+        if not needs_apply(manifest, previous):
+            return False, previous
+        result = await self.gw.apply(manifest)
+        self.cache.put_child(plural, result)
+        return True, previous
+
+    async def _secret_digest(self, namespace: str, name: str) -> dict[str, str] | None:
+        key = (namespace, name)
+        if key in self.cache.secrets:
+            return self.cache.secrets[key]
+        obj = await self.gw.get_or_none(SECRETS, name, namespace)
+        digest = secret_digest(obj) if obj is not None else None
+        self.cache.put_secret(key, digest)
+        return digest
+
+    async def _ensure_generated(self, server: DittoServer, names: Names) -> None:
+        """Create `<name>-jwt` / `<name>-admin-bootstrap-credentials` once; never regenerate."""
+        spec = server.spec
+        wanted = []
+        if spec.identity.jwt.secret_ref is None:
+            wanted.append((names.jwt_secret, lambda: jwt_secret(names, new_jwt_value())))
+        if spec.identity.admin.password_secret_ref is None:
+            wanted.append((names.admin_secret,
+                           lambda: admin_secret(names, spec.identity.admin.username, new_password())))
+        for name, build in wanted:
+            if await self._secret_digest(names.namespace, name) is not None:
+                continue
+            manifest = build()
+            try:
+                created = await self.gw.create(SECRETS, manifest, names.namespace)
+                self.cache.put_secret((names.namespace, name), secret_digest(created))
+            except Conflict:
+                # Someone (a previous run of ours) created it meanwhile: keep theirs.
+                existing = await self.gw.get(SECRETS, name, names.namespace)
+                self.cache.put_secret((names.namespace, name), secret_digest(existing))
+
+    async def _write_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> None:
+        old = body.get("status")
+        if not status_changed(old, status):
+            return
+        meta = body["metadata"]
+        try:
+            result = await self.gw.merge_patch(DITTOSERVERS, meta["name"], {"status": status},
+                                               meta["namespace"], subresource="status")
+        except NotFound:
+            return
+        self.cache.put_server(result)
+
+    def _facts(self, body: Mapping[str, Any]) -> ClusterFacts:
+        return ClusterFacts(storage_classes=None, percona_served=self.percona_served, secrets={})
+
+    # -- the pass ----------------------------------------------------------------------------------------
+    async def reconcile(self, key: Key) -> float | None:
+        """Returns seconds until the next pass is wanted (None: wait for a watch event)."""
+        body = self.cache.servers.get(key)
+        if body is None:
+            self.memory.pop(key, None)
+            return None
+        meta = body.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            from reconciler.deletion import finalize
+
+            return await finalize(self, body)
+        generation = int(meta.get("generation", 0))
+        memory = self.memory.setdefault(key, Memory())
+        if (meta.get("annotations") or {}).get(PAUSE_ANNOTATION) == "disabled":
+            await self._paused(body, generation)
+            return None
+        if FINALIZER not in (meta.get("finalizers") or []):
+            await self._add_finalizer(body)
+            return None  # the patch's watch event brings the next pass
+
+        verdict = validate(body, None, self._facts(body))
+        if not verdict.allowed or verdict.server is None:
+            message = "; ".join(verdict.errors)
+            if memory.invalid != message:
+                memory.invalid = message
+                await self.events.post(body, "Warning", "ValidationFailed", message[:1000])
+            status = build_status(Observation(
+                generation=generation, desired_replicas=int((body.get("spec") or {}).get("replicas", 1) or 0),
+                config_errors=verdict.errors, statefulset=self.cache.child("statefulsets", *key),
+                pods=self.cache.pods_of(*key)), body.get("status"))
+            await self._write_status(body, status)
+            return None
+        memory.invalid = None
+        server = verdict.server
+        names = Names.of(server)
+        spec = server.spec
+        self.cache.set_refs(key, referenced_secrets(spec, names))
+
+        await self._ensure_generated(server, names)
+        digests: dict[tuple[str, str], str | None] = {}
+        for use in secret_uses(spec, names):
+            data = await self._secret_digest(names.namespace, use.secret)
+            digests[(use.secret, use.key)] = None if data is None else data.get(use.key)
+        desired = specs.build(spec, names, digests)
+
+        errors: list[str] = []
+        reason = "InvalidSpec"
+        if desired.missing_secret_keys:
+            reason = "MissingSecret"
+            errors = [f"Secret {s} has no key {k!r} (or does not exist); create it or fix the reference"
+                      for s, k in desired.missing_secret_keys]
+
+        written_cm, old_cm = await self._apply("configmaps", stamp(desired.config_map))
+        if written_cm and old_cm is not None:
+            await self.events.post(body, "Normal", "ConfigUpdated",
+                                   f"ConfigMap {names.config_map} updated (config hash {desired.config_hash[:12]})")
+        for service in desired.services:
+            await self._apply("services", stamp(service))
+        await self._prune_services(spec.metrics.enabled, bool(desired.services and any(
+            s["metadata"]["name"] == names.file_service for s in desired.services)), names)
+
+        sts = self.cache.child("statefulsets", names.namespace, names.statefulset)
+        if sts is None:
+            sts = await self._observed("statefulsets", names.namespace, names.statefulset)
+        immutable = storage_drift(sts, desired.statefulset)
+        if immutable:
+            errors.extend(immutable)
+            reason = "InvalidSpec"
+        if not errors:
+            sts = await self._apply_statefulset(body, names, desired, sts, memory, digests)
+        memory.digests = digests
+
+        observation = Observation(
+            generation=generation,
+            desired_replicas=spec.replicas,
+            config_errors=errors,
+            config_reason=reason,
+            statefulset=sts,
+            pods=self.cache.pods_of(names.namespace, names.server),
+            config_hash=desired.config_hash,
+            endpoints=endpoints(spec, names),
+            s3=None,
+        )
+        await self._write_status(self.cache.servers.get(key, body), build_status(observation, body.get("status")))
+        return None
+
+    async def _apply_statefulset(self, body: Mapping[str, Any], names: Names, desired: specs.Desired,
+                                 previous: dict[str, Any] | None, memory: Memory,
+                                 digests: dict[tuple[str, str], str | None]) -> dict[str, Any] | None:
+        manifest = stamp(desired.statefulset)
+        if not needs_apply(manifest, previous):
+            return previous
+        result = await self.gw.apply(manifest)
+        self.cache.put_child("statefulsets", result)
+        sts_name = f"StatefulSet {names.statefulset}"
+        if previous is None:
+            await self.events.post(body, "Normal", "Created", f"{sts_name} created")
+            return result
+        old_hash = previous["spec"]["template"]["metadata"].get("annotations", {}).get(HASH_ANNOTATION)
+        if old_hash != desired.config_hash and memory.digests:
+            rotated = sorted({s for (s, k), d in digests.items() if memory.digests.get((s, k), d) != d})
+            for secret in rotated:
+                await self.events.post(body, "Normal", "SecretRotated",
+                                       f"Secret {secret} changed; rolling {sts_name}")
+        old_replicas = previous["spec"].get("replicas")
+        new_replicas = desired.statefulset["spec"]["replicas"]
+        if old_replicas != new_replicas:
+            await self.events.post(body, "Normal", "Scaled",
+                                   f"{sts_name} scaled from {old_replicas} to {new_replicas}")
+        return result
+
+    async def _prune_services(self, metrics: bool, file_wanted: bool, names: Names) -> None:
+        for wanted, name in ((metrics, names.metrics_service), (file_wanted, names.file_service)):
+            if wanted:
+                continue
+            current = self.cache.child("services", names.namespace, name)
+            if current is not None and _owned_by(current, names.uid):
+                await self.gw.delete(SERVICES, name, names.namespace)
+                self.cache.drop_child("services", (names.namespace, name))
+
+    async def _add_finalizer(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        finalizers = [*(meta.get("finalizers") or []), FINALIZER]
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        result = await self.gw.merge_patch(DITTOSERVERS, meta["name"], patch, meta["namespace"])
+        self.cache.put_server(result)
+
+    async def _paused(self, body: Mapping[str, Any], generation: int) -> None:
+        previous = body.get("status") or {}
+        conditions = [c for c in previous.get("conditions", []) if c.get("type") != "ReconciliationPaused"]
+        conditions.append({"type": "ReconciliationPaused", "status": "True", "reason": "AnnotationSet",
+                           "message": f"{PAUSE_ANNOTATION}=disabled; remove it to resume",
+                           "lastTransitionTime": next((c["lastTransitionTime"] for c in previous.get(
+                               "conditions", []) if c.get("type") == "ReconciliationPaused"
+                               and c.get("status") == "True"), _now()),
+                           "observedGeneration": generation})
+        await self._write_status(body, {**previous, "conditions": conditions})
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []))
+
+
+def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> list[str]:
+    """volumeClaimTemplates are immutable: report a size/class change instead of failing the apply."""
+    if observed is None:
+        return []
+
+    def claims(sts: Mapping[str, Any]) -> dict[str, tuple[str | None, str | None]]:
+        out = {}
+        for claim in sts.get("spec", {}).get("volumeClaimTemplates", []):
+            spec = claim.get("spec", {})
+            out[claim["metadata"]["name"]] = (
+                spec.get("resources", {}).get("requests", {}).get("storage"), spec.get("storageClassName"))
+        return out
+
+    before, after = claims(observed), claims(desired)
+    errors = []
+    for name in STORAGE_TEMPLATES:
+        if name in before and name in after and before[name] != after[name]:
+            (old_size, old_class), (new_size, new_class) = before[name], after[name]
+            if old_size != new_size:
+                errors.append(f"spec.storage: immutable: volume {name} is {old_size}, spec asks {new_size}; "
+                              "StatefulSet volumeClaimTemplates cannot change")
+            if new_class is not None and old_class != new_class:
+                errors.append(f"spec.storage.storageClassName: immutable: volume {name} uses {old_class}, "
+                              f"spec asks {new_class}")
+    return errors

@@ -1,0 +1,50 @@
+"""Pure manifest builders: models (+ digests of consumed Secrets) in, Kubernetes manifests out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dittoctl.api.models import DittoServerSpec
+from reconciler.naming import Names
+from reconciler.specs.config import config_map, render_config
+from reconciler.specs.env import secret_uses
+from reconciler.specs.hashing import config_hash
+from reconciler.specs.services import services
+from reconciler.specs.statefulset import statefulset
+
+# (secret name, key) -> digest of the value, or None when the Secret or key is missing.
+SecretDigests = Mapping[tuple[str, str], str | None]
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything the operator applies for one DittoServer (generated Secrets aside)."""
+
+    config_text: str
+    config_hash: str
+    config_map: dict[str, Any]
+    services: list[dict[str, Any]]
+    statefulset: dict[str, Any]
+    missing_secret_keys: list[tuple[str, str]] = field(default_factory=list)
+
+    def children(self) -> list[dict[str, Any]]:
+        """In apply order: ConfigMap, Services, StatefulSet."""
+        return [self.config_map, *self.services, self.statefulset]
+
+
+def build(spec: DittoServerSpec, names: Names, digests: SecretDigests) -> Desired:
+    text = render_config(spec)
+    uses = secret_uses(spec, names)
+    triples = [(u.secret, u.key, digests.get((u.secret, u.key))) for u in uses]
+    missing = sorted({(u.secret, u.key) for u in uses if not u.optional and digests.get((u.secret, u.key)) is None})
+    digest = config_hash(text, triples)
+    return Desired(
+        config_text=text,
+        config_hash=digest,
+        config_map=config_map(names, text),
+        services=services(spec, names),
+        statefulset=statefulset(spec, names, digest),
+        missing_secret_keys=missing,
+    )

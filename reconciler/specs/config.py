@@ -1,0 +1,44 @@
+"""The server's `config.yaml` (DittoFS v0.29.0 keys only) and the ConfigMap that carries it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from dittoctl.api.models import SHUTDOWN_TIMEOUT_SECONDS, DittoServerSpec
+from reconciler.naming import CONFIG_FILE, Names
+
+
+def render_config(spec: DittoServerSpec) -> str:
+    """Deterministic YAML: no secrets (those arrive as environment variables, see `env.py`)."""
+    config: dict[str, Any] = {
+        "logging": {"level": spec.logging.level, "format": spec.logging.format, "output": "stdout"},
+        "shutdown_timeout": f"{SHUTDOWN_TIMEOUT_SECONDS}s",
+    }
+    if spec.uses_postgres:
+        # v0.29.0 binds DITTOFS_DATABASE_POSTGRES_* from the environment even when the keys are absent.
+        config["database"] = {"type": "postgres"}
+    else:
+        config["database"] = {"type": "sqlite", "sqlite": {"path": spec.database.sqlite.path}}
+    config["controlplane"] = {
+        "host": "0.0.0.0",  # noqa: S104 - the pod must accept Service traffic
+        "port": spec.control_plane.port,
+        "jwt": {
+            "access_token_duration": spec.identity.jwt.access_token_duration,
+            "refresh_token_duration": spec.identity.jwt.refresh_token_duration,
+        },
+    }
+    if spec.metrics.enabled:
+        config["metrics"] = {"enabled": True, "port": spec.metrics.port}
+    config["admin"] = {"username": spec.identity.admin.username}
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def config_map(names: Names, config_text: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": names.metadata(names.config_map, "config"),
+        "data": {CONFIG_FILE: config_text},
+    }

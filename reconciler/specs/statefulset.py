@@ -1,0 +1,157 @@
+"""The StatefulSet that runs DittoFS (SPEC §4.6-4.7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dittoctl.api.models import PRESTOP_SECONDS, DittoServerSpec
+from reconciler.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
+from reconciler.specs.env import container_env
+from reconciler.specs.services import api_port
+
+UID = 65532
+POD_SECURITY_DEFAULTS: dict[str, Any] = {
+    "fsGroup": UID,
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
+    "runAsUser": UID,
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+VOLUMES = (("controlplane", "/data/controlplane"), ("metadata", "/data/store/metadata"),
+           ("content", "/data/store/block"))
+WAIT_FOR_POSTGRES_SECONDS = 300
+
+
+def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    """User values override only the fields they set; nested objects merge recursively."""
+    merged = dict(defaults)
+    for key, value in (user or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_over(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _probe(path: str, initial: int, period: int, failures: int) -> dict[str, Any]:
+    probe: dict[str, Any] = {
+        "httpGet": {"path": path, "port": "api", "scheme": "HTTP"},
+        "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures,
+    }
+    if initial:
+        probe["initialDelaySeconds"] = initial
+    return probe
+
+
+def _ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
+    ports = [{"name": "api", "containerPort": api_port(spec)["port"], "protocol": "TCP"}]
+    if spec.adapters.nfs.enabled:
+        ports.append({"name": "nfs", "containerPort": spec.adapters.nfs.port, "protocol": "TCP"})
+    if spec.adapters.smb.enabled:
+        ports.append({"name": "smb", "containerPort": spec.adapters.smb.port, "protocol": "TCP"})
+    if spec.metrics.enabled:
+        ports.append({"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"})
+    return ports
+
+
+def _claim(name: str, size: str, storage_class: str | None, labels: dict[str, str]) -> dict[str, Any]:
+    claim: dict[str, Any] = {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }
+    if storage_class:
+        claim["spec"]["storageClassName"] = storage_class
+    return claim
+
+
+def wait_for_postgres(spec: DittoServerSpec, names: Names, security: dict[str, Any]) -> dict[str, Any]:
+    """Init container: block until PostgreSQL answers, bounded by a wall-clock deadline."""
+    script = (
+        f'deadline=$(( $(date +%s) + {WAIT_FOR_POSTGRES_SECONDS} )); '
+        'until pg_isready -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$PGDATABASE" -t 5; do '
+        '[ "$(date +%s)" -ge "$deadline" ] && { echo "postgres not ready after '
+        f'{WAIT_FOR_POSTGRES_SECONDS}s" >&2; exit 1; }}; sleep 2; done'
+    )
+    secret = names.percona_user_secret
+    env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+           for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGUSER", "user"), ("PGDATABASE", "dbname"))]
+    image = spec.percona.image or f"postgres:{spec.percona.postgres_version}-alpine"
+    return {
+        "name": "wait-for-postgres", "image": image, "imagePullPolicy": spec.image_pull_policy,
+        "command": ["/bin/sh", "-c", script], "env": env, "securityContext": security,
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    }
+
+
+def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[str, Any]:
+    labels = names.labels("server")
+    pod_labels = {**spec.pod_labels, **labels}  # selector labels cannot be overridden
+    container_security = merge_over(CONTAINER_SECURITY_DEFAULTS, spec.security_context)
+    container: dict[str, Any] = {
+        "name": "dittofs",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["/app/dfs"],
+        "args": ["start", "--foreground", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "ports": _ports(spec),
+        "env": container_env(spec, names),
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+        + [{"name": name, "mountPath": path} for name, path in VOLUMES],
+        "livenessProbe": _probe("/health", 15, 10, 3),
+        "readinessProbe": _probe("/health/ready", 10, 5, 3),
+        "startupProbe": _probe("/health", 0, 5, 30),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
+        "securityContext": container_security,
+    }
+    if spec.resources:
+        container["resources"] = spec.resources
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": spec.grace_seconds,
+        "securityContext": merge_over(POD_SECURITY_DEFAULTS, spec.pod_security_context),
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": names.config_map}}],
+    }
+    if spec.percona.enabled:
+        pod_spec["initContainers"] = [wait_for_postgres(spec, names, container_security)]
+    optional: dict[str, Any] = {
+        "imagePullSecrets": [{"name": s.name} for s in spec.image_pull_secrets],
+        "nodeSelector": spec.node_selector,
+        "tolerations": spec.tolerations,
+        "affinity": spec.affinity,
+        "topologySpreadConstraints": spec.topology_spread_constraints,
+        "priorityClassName": spec.priority_class_name,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value})
+    storage = spec.storage
+    claim_labels = names.selector()
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": names.metadata(names.statefulset, "server"),
+        "spec": {
+            "serviceName": names.headless_service,
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": names.selector()},
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {**spec.pod_annotations, HASH_ANNOTATION: config_hash},
+                },
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": [
+                _claim("controlplane", storage.control_plane_size, storage.storage_class_name, claim_labels),
+                _claim("metadata", storage.metadata_size, storage.storage_class_name, claim_labels),
+                _claim("content", storage.effective_content_size, storage.storage_class_name, claim_labels),
+            ],
+        },
+    }
