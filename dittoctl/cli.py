@@ -71,8 +71,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> dict[int, Any]:
-    from dittoctl.gateway import Gateway, load_client
     from webhook.facts import FactSource
+
+    from dittoctl.gateway import Gateway, load_client
 
     gateway = Gateway(await load_client(kubeconfig))
     try:

@@ -7,6 +7,7 @@ error mapping and write counting live in one place. Objects are plain JSON dicts
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ async def load_client(kubeconfig: str | None = None) -> k8s.ApiClient:
     else:
         try:
             configuration = k8s.Configuration()
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
             configuration = k8s.Configuration()
             await k8s_config.load_kube_config(client_configuration=configuration)
@@ -167,10 +168,13 @@ class Gateway:
         except NotFound:
             return None
 
-    async def list(
-        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None
+    async def list(  # noqa: A003 - mirrors the API verb
+        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[Obj]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         result = await self._call("GET", kind.path(namespace), query=query)
         items: list[Obj] = result.get("items", [])
         return items
@@ -203,7 +207,7 @@ class Gateway:
         )
 
     async def json_patch(
-        self, kind: Kind, name: str, ops: list[dict[str, Any]], namespace: str | None = None,
+        self, kind: Kind, name: str, ops: builtins.list[dict[str, Any]], namespace: str | None = None,
     ) -> Obj:
         return await self._call(
             "PATCH", kind.path(namespace, name), body=ops, content_type="application/json-patch+json"

@@ -159,10 +159,10 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         tasks.append(asyncio.create_task(kopf.operator(
             registry=registry,
             clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces or None,
+            namespaces=settings.namespaces,
             standalone=True,
-            ready_flag=ready_flag,  # type: ignore[arg-type]
-            stop_flag=stop,  # type: ignore[arg-type]
+            ready_flag=ready_flag,
+            stop_flag=stop,
         ), name="kopf"))
     log.info("dittofs-operator started", extra={
         "reconciler": settings.reconciler, "webhook": settings.webhook,

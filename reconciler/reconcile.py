@@ -8,9 +8,12 @@ last status.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from webhook.facts import ClusterFacts
+from webhook.rules import validate
 
 from dittoctl.api.models import DittoServer
 from dittoctl.gateway import (
@@ -28,13 +31,11 @@ from reconciler import specs
 from reconciler.cache import Cache, Key, secret_digest
 from reconciler.events import EventRecorder
 from reconciler.naming import APPLIED_ANNOTATION, FINALIZER, HASH_ANNOTATION, PAUSE_ANNOTATION, Names
-from reconciler.specs.env import ADMIN_PASSWORD_KEY, JWT_KEY, referenced_secrets, secret_uses
+from reconciler.specs.env import referenced_secrets, secret_uses
 from reconciler.specs.hashing import manifest_hash
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, status_changed
-from webhook.facts import ClusterFacts
-from webhook.rules import validate
 
 log = logging.getLogger("dittofs.reconciler")
 PLURALS: dict[str, Kind] = {"configmaps": CONFIGMAPS, "services": SERVICES, "statefulsets": STATEFULSETS}
@@ -118,7 +119,7 @@ class Reconciler:
     async def _ensure_generated(self, server: DittoServer, names: Names) -> None:
         """Create `<name>-jwt` / `<name>-admin-bootstrap-credentials` once; never regenerate."""
         spec = server.spec
-        wanted = []
+        wanted: list[tuple[str, Callable[[], dict[str, Any]]]] = []
         if spec.identity.jwt.secret_ref is None:
             wanted.append((names.jwt_secret, lambda: jwt_secret(names, new_jwt_value())))
         if spec.identity.admin.password_secret_ref is None:

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from dittoctl.api import models
 
@@ -50,9 +51,9 @@ def _structural(node: JsonSchema, required: bool = True) -> JsonSchema:
         node["properties"] = {
             name: _structural(child, name in needed) for name, child in node["properties"].items()
         }
-        if not node.get("x-kubernetes-preserve-unknown-fields") and not required and "default" not in node:
-            if not node.get("nullable") and not needed:
-                node["default"] = {}
+        optional_parent = not required and "default" not in node and not node.get("nullable") and not needed
+        if optional_parent and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["default"] = {}
         if isinstance(node.get("default"), dict) and node["default"]:
             node["default"] = {}
     elif node.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
@@ -65,7 +66,7 @@ def _structural(node: JsonSchema, required: bool = True) -> JsonSchema:
     return node
 
 
-def openapi_schema(model: type[models.BaseModel]) -> JsonSchema:
+def openapi_schema(model: type[BaseModel]) -> JsonSchema:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return _structural(_inline(raw, raw.get("$defs", {})))
 

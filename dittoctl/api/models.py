@@ -478,8 +478,8 @@ class DittoServer(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    api_version: Literal["dittofs.dittofs.com/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    kind: Literal["DittoServer"] = KIND
+    api_version: Literal["dittofs.dittofs.com/v1alpha1"] = Field("dittofs.dittofs.com/v1alpha1", alias="apiVersion")
+    kind: Literal["DittoServer"] = "DittoServer"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: DittoServerSpec
     status: DittoServerStatus | None = None

@@ -12,7 +12,7 @@ from typing import Any
 from dittoctl.api.models import DittoServerSpec
 from reconciler.naming import Names
 
-ADMIN_PASSWORD_KEY = "password"  # noqa: S105 - a key name, not a secret
+ADMIN_PASSWORD_KEY = "password"
 ADMIN_USERNAME_KEY = "username"
 JWT_KEY = "jwt-secret"
 

@@ -14,7 +14,7 @@ def value_digest(value: bytes) -> str:
     return hashlib.sha256(value).hexdigest()
 
 
-def _frame(hasher: "hashlib._Hash", part: str) -> None:
+def _frame(hasher: hashlib._Hash, part: str) -> None:
     data = part.encode()
     hasher.update(len(data).to_bytes(8, "big"))
     hasher.update(data)

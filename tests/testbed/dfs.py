@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import fcntl
 import http.client
 import json
@@ -231,9 +230,15 @@ _netns_ok: bool | None = None
 
 
 def netns_supported() -> bool:
-    """Whether private network namespaces work here (root or CAP_SYS_ADMIN, plus ``nsenter``)."""
+    """Whether private network namespaces work here (root or CAP_SYS_ADMIN, plus ``nsenter``).
+
+    ``TESTBED_DFS_NETNS=0`` forces the host network (to reproduce a non-root CI runner).
+    """
     global _netns_ok
     if _netns_ok is None:
+        if os.environ.get("TESTBED_DFS_NETNS") == "0":
+            _netns_ok = False
+            return False
         try:
             NetNamespace().close()
             _netns_ok = shutil.which("nsenter") is not None
@@ -359,6 +364,7 @@ class DfsServer:
         self.api_port = 0  # as seen from this process (the forwarder's port when isolated)
         self.metrics_port = 0
         self.returncode: int | None = None
+        self._log_offset = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -412,6 +418,7 @@ class DfsServer:
         self.env = env
         inner_api = int(env["DITTOFS_CONTROLPLANE_PORT"])
         inner_metrics = int(env["DITTOFS_METRICS_PORT"])
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         cmd = [str(binary), "start", "--foreground", "--config", str(self.config_path)]
         pass_fds: tuple[int, ...] = ()
         try:
@@ -524,8 +531,11 @@ class DfsServer:
     # -- logs ----------------------------------------------------------------------------------------------
 
     def log_text(self) -> str:
+        """This run's dfs output (the log file is appended to when a work dir is reused)."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -551,7 +561,7 @@ class DfsServer:
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as err:
             status, raw = int(err.code), err.read()
@@ -576,7 +586,7 @@ class DfsServer:
         return self._json_ok("GET", "/health/ready")
 
     def login(self, username: str, password: str) -> dict[str, Any]:
-        """``POST /api/v1/auth/login``: access_token, refresh_token, token_type, expires_in, expires_at, user."""
+        """``POST /api/v1/auth/login`` -> access_token, refresh_token, token_type, expires_in/at, user."""
         return self._json_ok("POST", "/api/v1/auth/login", {"username": username, "password": password})
 
     def metrics_text(self, path: str = "/metrics") -> str:
@@ -607,6 +617,3 @@ __all__ = [
     "run_dfs",
     "validate_config",
 ]
-
-# errno is re-exported for callers that match on OSError codes from NetNamespace.
-_ = errno

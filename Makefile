@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`.
+VENV := .venv/bin
+.PHONY: bootstrap demo test lint unit integration bench cluster crd golden
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+demo: bootstrap
+	$(VENV)/python -m tests.testbed demo
+
+cluster: bootstrap
+	$(VENV)/python -m tests.testbed up
+
+lint:
+	$(VENV)/ruff check .
+	$(VENV)/mypy
+
+test: bootstrap lint
+	$(VENV)/python -m pytest -p no:cacheprovider -q -ra --durations=15
+
+unit:
+	$(VENV)/python -m pytest -q tests/unit
+
+bench: bootstrap
+	$(VENV)/python -m bench
+
+crd:
+	$(VENV)/dittoctl crd > config/crd/dittoservers.yaml
+
+golden:
+	UPDATE_GOLDEN=1 $(VENV)/python -m pytest -q tests/unit/test_builders.py

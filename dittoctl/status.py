@@ -1,0 +1,89 @@
+"""`dittoctl status NAME`: one screen that answers "is my file server OK, and if not, why?"."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from dittoctl.gateway import (
+    DITTOSERVERS,
+    EVENTS,
+    PERCONAPGCLUSTERS,
+    PODS,
+    PVCS,
+    ApiError,
+    Gateway,
+    NotFound,
+    load_client,
+)
+
+
+def _pod_line(pod: dict[str, Any]) -> str:
+    status = pod.get("status", {})
+    states = []
+    for cs in status.get("containerStatuses", []):
+        waiting = (cs.get("state") or {}).get("waiting")
+        state = f"waiting:{waiting.get('reason', '')}" if waiting else "ready" if cs.get("ready") else "not-ready"
+        states.append(f"{cs.get('name')}={state}")
+    return (f"  {pod['metadata']['name']:<24} {status.get('phase', '?'):<10} node={pod['spec'].get('nodeName', '-')} "
+            + " ".join(states))
+
+
+def render(server: dict[str, Any], pods: list[dict[str, Any]], pvcs: list[dict[str, Any]],
+           percona: dict[str, Any] | None, events: list[dict[str, Any]]) -> str:
+    """Pure text rendering (secret values never reach this function)."""
+    meta, status = server["metadata"], server.get("status") or {}
+    lines = [f"DittoServer {meta['namespace']}/{meta['name']}",
+             f"  phase: {status.get('phase', 'Pending')}   ready: {status.get('ready', '-')}   "
+             f"generation: {meta.get('generation')} (observed {status.get('observedGeneration', '-')})"]
+    if status.get("observedGeneration") != meta.get("generation"):
+        lines.append("  note: status is older than the spec; the operator has not caught up yet")
+    lines.append("Conditions:")
+    for cond in status.get("conditions", []):
+        lines.append(f"  {cond['type']:<22} {cond['status']:<6} {cond.get('reason', ''):<22} {cond.get('message', '')}")
+    endpoints = status.get("endpoints") or {}
+    if endpoints:
+        lines.append("Endpoints:")
+        lines.extend(f"  {key:<4} {value}" for key, value in endpoints.items())
+    lines.append("Pods:")
+    lines.extend(_pod_line(p) for p in pods) if pods else lines.append("  (none)")
+    lines.append("PersistentVolumeClaims:")
+    if pvcs:
+        for pvc in pvcs:
+            size = pvc["spec"].get("resources", {}).get("requests", {}).get("storage", "?")
+            lines.append(f"  {pvc['metadata']['name']:<28} {pvc.get('status', {}).get('phase', '?'):<8} {size}")
+    else:
+        lines.append("  (none)")
+    if percona is not None:
+        pstatus = percona.get("status") or {}
+        lines.append(f"PerconaPGCluster {percona['metadata']['name']}: state={pstatus.get('state', 'unknown')}")
+    if events:
+        lines.append("Recent events:")
+        for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")[-10:]:
+            lines.append(f"  {event.get('lastTimestamp') or '-'} {event.get('type', ''):<8} "
+                         f"{event.get('reason', ''):<20} {event.get('message', '')}")
+    return "\n".join(lines) + "\n"
+
+
+async def show(name: str, namespace: str, kubeconfig: str | None) -> int:
+    gateway = Gateway(await load_client(kubeconfig))
+    try:
+        try:
+            server = await gateway.get(DITTOSERVERS, name, namespace)
+        except NotFound:
+            print(f"DittoServer {namespace}/{name} not found", file=sys.stderr)
+            return 1
+        selector = f"app.kubernetes.io/name=dittofs,app.kubernetes.io/instance={name}"
+        pods = await gateway.list(PODS, namespace, label_selector=selector)
+        pvcs = await gateway.list(PVCS, namespace, label_selector=selector)
+        percona = None
+        if (server.get("status") or {}).get("perconaClusterName"):
+            try:
+                percona = await gateway.get(PERCONAPGCLUSTERS, f"{name}-postgres", namespace)
+            except (NotFound, ApiError):
+                percona = None
+        events = await gateway.list(EVENTS, namespace, field_selector=f"involvedObject.name={name}")
+        sys.stdout.write(render(server, pods, pvcs, percona, events))
+        return 0
+    finally:
+        await gateway.close()

@@ -1,0 +1,123 @@
+"""Lease-based leader election (client-go semantics): every replica serves the webhook, only the Lease
+holder reconciles, and a replica that cannot renew in time stops reconciling at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from dittoctl import metrics
+from dittoctl.gateway import LEASES, ApiError, Conflict, Gateway, NotFound
+
+if TYPE_CHECKING:
+    from reconciler.handlers import Controller
+
+log = logging.getLogger("dittofs.leader")
+
+
+def _micro(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class LeaderElector:
+    def __init__(self, gateway: Gateway, name: str, namespace: str, controller: Controller, *,
+                 lease_seconds: int = 15, renew_deadline: float = 10.0, retry: float = 2.0) -> None:
+        self.gw = gateway
+        self.name = name
+        self.namespace = namespace
+        self.controller = controller
+        self.identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = lease_seconds
+        self.renew_deadline = renew_deadline
+        self.retry = retry
+        self.leading = False
+
+    def _spec(self, now: datetime, acquired: str | None, transitions: int) -> dict[str, Any]:
+        return {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
+                "acquireTime": acquired or _micro(now), "renewTime": _micro(now),
+                "leaseTransitions": transitions}
+
+    async def try_acquire(self) -> bool:
+        now = datetime.now(UTC)
+        try:
+            lease = await self.gw.get(LEASES, self.name, self.namespace, timeout=self.retry * 2)
+        except NotFound:
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": self._spec(now, None, 0)}
+            try:
+                await self.gw.create(LEASES, body, self.namespace)
+                return True
+            except (Conflict, ApiError):
+                return False
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renewed = _parse(spec.get("renewTime"))
+        duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)
+        mine = holder == self.identity
+        expired = renewed is None or (now - renewed).total_seconds() > duration
+        if not mine and holder and not expired:
+            return False
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
+        patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                 "spec": self._spec(now, spec.get("acquireTime") if mine else None, transitions)}
+        try:
+            await self.gw.merge_patch(LEASES, self.name, patch, self.namespace)
+        except (Conflict, ApiError, NotFound):
+            return False
+        return True
+
+    def _set(self, leading: bool) -> None:
+        if leading == self.leading:
+            return
+        self.leading = leading
+        metrics.LEADER.labels(self.name).set(1 if leading else 0)
+        if leading:
+            log.info("became leader", extra={"identity": self.identity, "lease": self.name})
+            self.controller.resume()
+        else:
+            log.warning("lost leadership; reconciling stops", extra={"identity": self.identity})
+            self.controller.active.clear()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_renew = 0.0
+        try:
+            while True:
+                ok = False
+                try:
+                    ok = await asyncio.wait_for(self.try_acquire(), timeout=self.renew_deadline)
+                except (TimeoutError, ApiError):
+                    ok = False
+                now = loop.time()
+                if ok:
+                    last_renew = now
+                    self._set(True)
+                elif (self.leading and now - last_renew > self.renew_deadline) or not self.leading:
+                    self._set(False)
+                await asyncio.sleep(self.retry)
+        finally:
+            self._set(False)
+            await self.release()
+
+    async def release(self) -> None:
+        """On shutdown, hand the Lease over at once instead of letting it expire."""
+        try:
+            lease = await self.gw.get(LEASES, self.name, self.namespace, timeout=2)
+            if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                await self.gw.merge_patch(LEASES, self.name, {
+                    "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                    "spec": {"holderIdentity": None, "renewTime": None}}, self.namespace)
+        except (ApiError, Conflict, NotFound, asyncio.CancelledError):
+            return

@@ -1,0 +1,132 @@
+"""Contract: dfs v0.29.0 on PostgreSQL set ONLY through ``DITTOFS_DATABASE_POSTGRES_*`` (SPEC §4.2/§4.3).
+
+Needs the Debian ``postgresql`` package (tests/testbed/README-postgres.txt); skipped locally without it,
+an error under CI (``$CI`` set).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.testbed.dfs import (
+    GRACEFUL_STOP_MARKER,
+    UNKNOWN_KEYS_MARKER,
+    DfsServer,
+    DfsStartError,
+    validate_config,
+)
+from tests.testbed.postgres import PostgresServer, PostgresUnavailable
+
+ADMIN_PASSWORD = "it-admin-password-1"  # = conftest.dfs_env
+
+# SPEC §4.2 for a Postgres server: no connection keys in the file at all.
+SPEC_POSTGRES_CONFIGMAP = (
+    "logging: {level: INFO, format: json, output: stdout}\n"
+    "shutdown_timeout: 30s\n"
+    "database:\n"
+    "  type: postgres\n"
+    "controlplane:\n"
+    "  host: 0.0.0.0\n"
+    "  port: 8080\n"
+    "  jwt: {access_token_duration: 15m, refresh_token_duration: 168h}\n"
+)
+
+
+@pytest.fixture
+def pg() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+def _wait_for(server: DfsServer, predicate: str, timeout: float = 20.0) -> dict[str, Any]:
+    """Poll /health until ``data.control_plane_db == predicate`` (the DB status is cached for 5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = server.health()
+        if health["data"]["control_plane_db"] == predicate or time.monotonic() > deadline:
+            return health
+        time.sleep(0.5)
+
+
+def test_postgres_from_env_only(dfs_env: dict[str, str], pg: PostgresServer, tmp_path: Path) -> None:
+    env = {**dfs_env, **pg.dittofs_env()}
+
+    res = validate_config(SPEC_POSTGRES_CONFIGMAP, env, tmp_path / "validate")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Database type:   postgres" in res.stdout
+    assert UNKNOWN_KEYS_MARKER not in res.stdout + res.stderr
+
+    with DfsServer(SPEC_POSTGRES_CONFIGMAP, env, tmp_path, host_ports=[pg.port]) as server:
+        health = server.health()
+        assert health["status"] == "healthy", health
+        assert health["data"]["control_plane_db"] == "reachable", health
+        assert server.ready()["status"] == "healthy"
+        login = server.login("admin", ADMIN_PASSWORD)
+        assert login["user"]["must_change_password"] is False
+
+        # The control plane really lives in Postgres (and SQLite was never opened).
+        users = pg.psql("SELECT username FROM users;", database=pg.database).split()
+        assert users == ["admin"]
+        assert not (tmp_path / "controlplane.db").exists()
+
+        # DB down: liveness stays 200 but reports degraded/unreachable; readiness does not look at the DB.
+        pg.stop()
+        health = _wait_for(server, "unreachable")
+        assert health["status"] == "degraded", health
+        assert health["data"]["control_plane_db"] == "unreachable", health
+        assert server.ready()["status"] == "healthy"
+
+        # DB back on the same port: the pool reconnects without a restart.
+        pg.start()
+        health = _wait_for(server, "reachable")
+        assert health["status"] == "healthy", health
+
+    assert server.returncode == 0, server.log_tail()
+    assert GRACEFUL_STOP_MARKER in server.log_text()
+    assert UNKNOWN_KEYS_MARKER not in server.log_text()
+
+
+def test_postgres_placeholders_in_file_are_overridden_by_env(
+    dfs_env: dict[str, str], pg: PostgresServer, tmp_path: Path
+) -> None:
+    """The alternative rendering (placeholder keys in the file, real values from env) also works."""
+    cfg = SPEC_POSTGRES_CONFIGMAP.replace(
+        "  type: postgres\n",
+        "  type: postgres\n"
+        "  postgres: {host: placeholder, port: 5432, database: placeholder, user: placeholder,"
+        " password: placeholder, sslmode: require}\n",
+    )
+    with DfsServer(cfg, {**dfs_env, **pg.dittofs_env()}, tmp_path, host_ports=[pg.port]) as server:
+        assert server.health()["data"]["control_plane_db"] == "reachable"
+    assert server.returncode == 0
+    assert UNKNOWN_KEYS_MARKER not in server.log_text()
+
+
+def test_postgres_bad_password_exits_one(dfs_env: dict[str, str], pg: PostgresServer, tmp_path: Path) -> None:
+    env = {**dfs_env, **pg.dittofs_env(), "DITTOFS_DATABASE_POSTGRES_PASSWORD": "wrong"}
+    server = DfsServer(SPEC_POSTGRES_CONFIGMAP, env, tmp_path, host_ports=[pg.port])
+    with pytest.raises(DfsStartError) as info:
+        server.start()
+    assert info.value.returncode == 1
+    assert "failed to initialize control plane store" in info.value.log
+    assert "password authentication failed" in info.value.log
+
+
+def test_postgres_without_env_exits_one(dfs_env: dict[str, str], tmp_path: Path) -> None:
+    server = DfsServer(SPEC_POSTGRES_CONFIGMAP, dfs_env, tmp_path)
+    with pytest.raises(DfsStartError) as info:
+        server.start()
+    assert info.value.returncode == 1
+    assert "postgres host is required" in info.value.log

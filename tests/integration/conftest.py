@@ -1,0 +1,41 @@
+"""Fixtures shared by the integration tests: the CRD, the operator process, a namespace per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import CRD, OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def crd(testbed: Any) -> Any:
+    testbed.kubectl("apply", "--server-side", "-f", str(CRD))
+    testbed.kubectl("wait", "--for=condition=Established", "crd/dittoservers.dittofs.dittofs.com",
+                    "--timeout=60s")
+    return testbed
+
+
+@pytest.fixture(scope="session")
+def operator(crd: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator under its own (non-admin) identity, reconciler only; drift pass every 5 s."""
+    workdir: Path = tmp_path_factory.mktemp("operator")
+    proc = OperatorProcess(str(crd.operator_kubeconfig), workdir,
+                           extra=["--no-webhook", "--drift-interval", "5", "--log-level", "INFO"])
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def namespace(testbed: Any) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    testbed.kubectl("create", "namespace", name)
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,311 @@
+"""The test bed itself: scheduler + kwok, PVC binding, GC, TLS admission webhooks, audit, RBAC, restarts."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.testbed import NODE_NAME, OPERATOR_USER, Testbed
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.3) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+            last = value
+        except Exception as exc:  # the object may not exist yet
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+
+
+def get_json(testbed: Testbed, *args: str) -> Any:
+    return json.loads(testbed.kubectl("get", *args, "-o", "json").stdout)
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return pod.get("status", {}).get("phase") == "Running" and ready
+
+
+@pytest.fixture
+def tb_ns(testbed: Testbed) -> Iterator[str]:
+    name = f"tb-{uuid.uuid4().hex[:8]}"
+    testbed.kubectl("create", "namespace", name)
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def statefulset(name: str, ns: str, replicas: int, claims: list[dict[str, Any]] | None = None) -> str:
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "serviceName": name,
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                # Never pulled: kwok plays the kubelet and only fakes the pod status.
+                "spec": {"containers": [{"name": "main", "image": "registry.invalid/none:1"}]},
+            },
+        },
+    }
+    if claims:
+        body["spec"]["volumeClaimTemplates"] = claims
+    return json.dumps(body)
+
+
+def test_statefulset_rolls_out_and_namespace_deletion_removes_pods(testbed: Testbed) -> None:
+    ns = f"tb-sts-{uuid.uuid4().hex[:6]}"
+    testbed.kubectl("create", "namespace", ns)
+    testbed.apply_yaml(statefulset("web", ns, 3))
+    testbed.kubectl("rollout", "status", "statefulset/web", "-n", ns, "--timeout=90s")
+
+    sts = get_json(testbed, "statefulset", "web", "-n", ns)
+    assert sts["status"]["readyReplicas"] == 3
+    pods = get_json(testbed, "pods", "-n", ns, "-l", "app=web")["items"]
+    assert sorted(p["metadata"]["name"] for p in pods) == ["web-0", "web-1", "web-2"]
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        assert pod_ready(pod), pod["status"]
+        assert pod["status"]["podIP"].startswith("10.244.")
+
+    testbed.kubectl("delete", "namespace", ns, "--timeout=90s")
+    status, _ = testbed.api.request("GET", f"/api/v1/namespaces/{ns}")
+    assert status == 404
+    assert testbed.api.get(f"/api/v1/namespaces/{ns}/pods")["items"] == []
+
+
+def test_volume_claim_templates_are_bound_by_the_fake_provisioner(testbed: Testbed, tb_ns: str) -> None:
+    claims = [
+        {
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "standard",
+                "resources": {"requests": {"storage": "2Gi"}},
+            },
+        },
+        {  # "" = explicitly no class: the PV must carry "" as well
+            "metadata": {"name": "scratch"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+    testbed.apply_yaml(statefulset("db", tb_ns, 1, claims))
+    testbed.kubectl("rollout", "status", "statefulset/db", "-n", tb_ns, "--timeout=90s")
+
+    pod = get_json(testbed, "pod", "db-0", "-n", tb_ns)
+    assert pod_ready(pod), pod["status"]
+    for claim, size, cls in (("data-db-0", "2Gi", "standard"), ("scratch-db-0", "1Gi", "")):
+        pvc = get_json(testbed, "pvc", claim, "-n", tb_ns)
+        assert pvc["status"]["phase"] == "Bound"
+        assert pvc["status"]["capacity"]["storage"] == size
+        pv = get_json(testbed, "pv", pvc["spec"]["volumeName"])
+        assert pv["status"]["phase"] == "Bound"
+        assert pv["spec"]["claimRef"]["uid"] == pvc["metadata"]["uid"]
+        assert pv["spec"].get("storageClassName", "") == cls
+        assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+        assert pv["spec"]["hostPath"]["path"].startswith("/testbed-fake/")
+
+
+def test_garbage_collector_deletes_dependents(testbed: Testbed, tb_ns: str) -> None:
+    testbed.kubectl("create", "configmap", "owner", "-n", tb_ns, "--from-literal=a=1")
+    owner = get_json(testbed, "configmap", "owner", "-n", tb_ns)
+    dependent = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "dependent",
+            "namespace": tb_ns,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+            ],
+        },
+        "data": {"b": "2"},
+    }
+    testbed.apply_yaml(json.dumps(dependent))
+    assert get_json(testbed, "configmap", "dependent", "-n", tb_ns)["metadata"]["ownerReferences"]
+
+    testbed.kubectl("delete", "configmap", "owner", "-n", tb_ns)
+    eventually(
+        lambda: testbed.api.request("GET", f"/api/v1/namespaces/{tb_ns}/configmaps/dependent")[0] == 404,
+        "the garbage collector to delete the dependent ConfigMap",
+    )
+
+
+class _DenyLabelled(http.server.BaseHTTPRequestHandler):
+    """A validating webhook: deny objects that carry the label ``testbed.local/deny``."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        request = review["request"]
+        type(self).seen.append(request)
+        labels = (request.get("object") or {}).get("metadata", {}).get("labels") or {}
+        response: dict[str, Any] = {"uid": request["uid"], "allowed": "testbed.local/deny" not in labels}
+        if not response["allowed"]:
+            response["status"] = {"code": 403, "message": f"testbed webhook denies {request['name']}"}
+        body = json.dumps(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        )
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_validating_webhook_over_tls_on_loopback(testbed: Testbed, tb_ns: str, tmp_path: Path) -> None:
+    cert, key = testbed.issue_serving_cert(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    _DenyLabelled.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyLabelled)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    vwc_name = f"testbed-deny-{tb_ns}"
+    vwc = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": vwc_name},
+        "webhooks": [
+            {
+                "name": "deny.testbed.local",
+                "clientConfig": {"url": f"https://127.0.0.1:{port}/validate", "caBundle": testbed.ca_b64},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["configmaps"],
+                    }
+                ],
+                # Only this test's namespace: a Fail-closed webhook must not break other tests.
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": tb_ns}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }
+        ],
+    }
+    denied_cm = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "bad", "namespace": tb_ns, "labels": {"testbed.local/deny": "yes"}},
+        }
+    )
+    try:
+        testbed.apply_yaml(json.dumps(vwc))
+
+        def denial() -> str:
+            proc = testbed.kubectl("apply", "--dry-run=server", "-f", "-", input=denied_cm, check=False)
+            denied = proc.returncode != 0 and "testbed webhook denies bad" in proc.stderr
+            return proc.stderr if denied else ""
+
+        stderr = eventually(denial, "the webhook to deny the labelled ConfigMap", timeout=30)
+        assert 'admission webhook "deny.testbed.local" denied the request' in stderr
+        assert any(r["name"] == "bad" and r["dryRun"] for r in _DenyLabelled.seen)
+        # Unlabelled objects pass through the same webhook, and dry-run really created nothing.
+        testbed.kubectl("create", "configmap", "good", "-n", tb_ns)
+        assert any(r["name"] == "good" and not r["dryRun"] for r in _DenyLabelled.seen)
+        assert testbed.api.request("GET", f"/api/v1/namespaces/{tb_ns}/configmaps/bad")[0] == 404
+    finally:
+        testbed.kubectl(
+            "delete", "validatingwebhookconfiguration", vwc_name, "--ignore-not-found", check=False
+        )
+        server.shutdown()
+        server.server_close()
+
+
+def test_audit_log_records_writes_not_reads(testbed: Testbed, tb_ns: str) -> None:
+    since = testbed.audit_line_count()
+    testbed.kubectl("create", "configmap", "audit-probe", "-n", tb_ns, "--from-literal=k=v")
+    testbed.kubectl("get", "configmap", "audit-probe", "-n", tb_ns)
+
+    def creates() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in testbed.audit_events(user="admin", since_line=since)
+            if e["verb"] == "create"
+            and e["objectRef"].get("resource") == "configmaps"
+            and e["objectRef"].get("namespace") == tb_ns
+            and e["objectRef"].get("name") == "audit-probe"
+        ]
+
+    events = eventually(creates, "the audit event of the admin's ConfigMap create", timeout=30)
+    assert len(events) == 1
+    assert events[0]["level"] == "Metadata"
+    assert events[0]["stage"] == "ResponseComplete"
+    assert events[0]["responseStatus"]["code"] == 201
+    assert "system:masters" in events[0]["user"]["groups"]
+    assert "requestObject" not in events[0]  # Metadata level: no bodies
+    reads = [e for e in testbed.audit_events(since_line=since) if e["verb"] in ("get", "list", "watch")]
+    assert reads == []
+
+
+def test_operator_identity_is_a_plain_user_bound_to_cluster_admin(testbed: Testbed, tb_ns: str) -> None:
+    whoami = json.loads(
+        testbed.kubectl("auth", "whoami", "-o", "json", kubeconfig=testbed.operator_kubeconfig).stdout
+    )
+    info = whoami["status"]["userInfo"]
+    assert info["username"] == OPERATOR_USER
+    assert "system:masters" not in info.get("groups", [])
+    since = testbed.audit_line_count()
+    testbed.kubectl("create", "configmap", "by-operator", "-n", tb_ns, kubeconfig=testbed.operator_kubeconfig)
+    events = eventually(
+        lambda: [
+            e
+            for e in testbed.audit_events(user=OPERATOR_USER, since_line=since)
+            if e["objectRef"].get("name") == "by-operator"
+        ],
+        "the operator's audited create",
+        timeout=30,
+    )
+    assert events[0]["responseStatus"]["code"] == 201
+    assert events[0]["annotations"]["authorization.k8s.io/decision"] == "allow"
+    assert "testbed-dittofs-operator-cluster-admin" in events[0]["annotations"]["authorization.k8s.io/reason"]
+
+
+def test_restart_of_etcd_and_apiserver_keeps_data_and_controllers(testbed: Testbed, tb_ns: str) -> None:
+    testbed.kubectl("create", "configmap", "survivor", "-n", tb_ns, "--from-literal=k=v")
+    old_pid = testbed.pid("kube-apiserver")
+    testbed.restart_apiserver(with_etcd=True)
+    assert testbed.pid("kube-apiserver") not in (None, old_pid)
+    assert get_json(testbed, "configmap", "survivor", "-n", tb_ns)["data"] == {"k": "v"}
+    # The KCM, scheduler and kwok reconnect on their own: a new StatefulSet still rolls out.
+    testbed.apply_yaml(statefulset("after", tb_ns, 1))
+    testbed.kubectl("rollout", "status", "statefulset/after", "-n", tb_ns, "--timeout=90s")
+    assert pod_ready(get_json(testbed, "pod", "after-0", "-n", tb_ns))

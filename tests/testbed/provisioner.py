@@ -1,0 +1,112 @@
+"""A fake dynamic PV provisioner: a daemon thread that makes a PersistentVolume for every Pending PVC.
+
+There is no kubelet and no CSI driver, so nothing ever mounts these volumes. Each PV is pre-bound to its
+claim through ``claimRef`` (namespace, name, uid); the KCM's PV binder then completes the binding within
+about a second. PVs are created with ``persistentVolumeReclaimPolicy: Retain`` and so stay ``Released``
+when their claim goes; ``delete_created()`` (called at teardown) removes every PV this class made.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .api import ApiClient, ApiError
+
+LABEL = "testbed.local/fake-pv"
+PROVISIONER_NAME = "testbed.local/fake"
+
+
+def pv_for_claim(pvc: dict[str, Any]) -> dict[str, Any]:
+    meta = pvc["metadata"]
+    spec = pvc.get("spec", {})
+    storage = spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")
+    pv_spec: dict[str, Any] = {
+        "capacity": {"storage": storage},
+        "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+        "storageClassName": spec.get("storageClassName") or "",
+        "volumeMode": spec.get("volumeMode") or "Filesystem",
+        "persistentVolumeReclaimPolicy": "Retain",
+        "hostPath": {"path": f"/testbed-fake/{meta['namespace']}/{meta['name']}"},
+        "claimRef": {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        },
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": f"testbed-pv-{meta['uid']}",
+            "labels": {LABEL: "true"},
+            "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER_NAME},
+        },
+        "spec": pv_spec,
+    }
+
+
+class FakeProvisioner:
+    def __init__(self, client: ApiClient, log_path: Path, interval: float = 0.5) -> None:
+        self.client = client
+        self.interval = interval
+        self.log_path = log_path
+        self.created: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="testbed-fake-provisioner", daemon=True)
+        self._last_error = ""
+
+    def log(self, msg: str) -> None:
+        with self.log_path.open("a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        self.log("fake provisioner started")
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync_once()
+                self._last_error = ""
+            except Exception as exc:  # keep polling: the apiserver may be restarting
+                err = f"{type(exc).__name__}: {exc}"
+                if err != self._last_error:  # log each distinct error once, not every 0.5 s
+                    self.log(f"sync failed: {err}")
+                    self._last_error = err
+
+    def sync_once(self) -> None:
+        claims = self.client.get("/api/v1/persistentvolumeclaims")["items"]
+        for pvc in claims:
+            if pvc.get("status", {}).get("phase") != "Pending" or pvc.get("spec", {}).get("volumeName"):
+                continue
+            if pvc["metadata"].get("deletionTimestamp"):
+                continue
+            pv = pv_for_claim(pvc)
+            name = pv["metadata"]["name"]
+            if name in self.created:
+                continue
+            status, body = self.client.request("POST", "/api/v1/persistentvolumes", pv)
+            if status in (200, 201, 409):
+                self.created.add(name)
+                meta = pvc["metadata"]
+                self.log(f"PV {name} for {meta['namespace']}/{meta['name']} ({status})")
+            else:
+                raise ApiError("POST", "/api/v1/persistentvolumes", status, body)
+
+    def delete_created(self) -> None:
+        """Delete every PV this test bed created (by label, so restarts of the thread are covered)."""
+        pvs = self.client.get(f"/api/v1/persistentvolumes?labelSelector={LABEL}%3Dtrue")["items"]
+        for pv in pvs:
+            name = pv["metadata"]["name"]
+            self.client.call("DELETE", f"/api/v1/persistentvolumes/{name}", ok=(404,))
+            self.created.discard(name)

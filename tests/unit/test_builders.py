@@ -1,0 +1,145 @@
+"""Pure manifest builders: golden output, secure defaults, hashing rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dittoctl.api.crd import dump_yaml
+from dittoctl.api.models import DittoServer
+from reconciler import specs
+from reconciler.naming import HASH_ANNOTATION, Names
+from reconciler.specs.env import secret_uses
+from reconciler.specs.hashing import config_hash, value_digest
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def server(**spec: Any) -> DittoServer:
+    body = {"metadata": {"name": "demo", "namespace": "ns", "uid": "uid-1"},
+            "spec": {"storage": {"metadataSize": "1Gi"}, **spec}}
+    return DittoServer.model_validate(body)
+
+
+def digests_for(s: DittoServer, value: str = "v") -> dict[tuple[str, str], str | None]:
+    return {(u.secret, u.key): value_digest(value.encode()) for u in secret_uses(s.spec, Names.of(s))}
+
+
+def build(s: DittoServer, value: str = "v") -> specs.Desired:
+    return specs.build(s.spec, Names.of(s), digests_for(s, value))
+
+
+CASES = {
+    "minimal": {},
+    "full": {
+        "replicas": 1, "metrics": {"enabled": True}, "adapters": {"smb": {"enabled": True}},
+        "s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "b"},
+        "database": {"postgresSecretRef": {"name": "pg"}},
+        "service": {"type": "LoadBalancer", "annotations": {"a": "b"}, "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+        "resources": {"requests": {"cpu": "100m"}}, "podLabels": {"team": "x"},
+        "securityContext": {"readOnlyRootFilesystem": True},
+        "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}},
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    rendered = "---\n".join(dump_yaml(obj) for obj in build(server(**CASES[case])).children())
+    path = GOLDEN / f"{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(rendered)
+    assert path.read_text() == rendered, f"golden {path.name} differs: rerun with UPDATE_GOLDEN=1 and review"
+
+
+def test_config_has_no_secret_values_and_is_deterministic() -> None:
+    a, b = build(server()), build(server())
+    assert a.config_text == b.config_text and a.config_hash == b.config_hash
+    assert "secret" not in a.config_text.lower() and "password" not in a.config_text.lower()
+    config = yaml.safe_load(a.config_text)
+    assert set(config) == {"logging", "shutdown_timeout", "database", "controlplane", "admin"}
+    assert config["controlplane"]["host"] == "0.0.0.0"  # noqa: S104 - asserting the rendered value
+
+
+def test_postgres_config_leaves_connection_to_the_environment() -> None:
+    config = yaml.safe_load(build(server(database={"postgresSecretRef": {"name": "pg"}})).config_text)
+    assert config["database"] == {"type": "postgres"}
+
+
+def test_hash_ignores_labels_and_service_annotations_but_not_logging_or_secrets() -> None:
+    base = build(server()).config_hash
+    assert build(server(service={"annotations": {"x": "y"}}, podLabels={"a": "b"})).config_hash == base
+    assert build(server(logging={"level": "DEBUG"})).config_hash != base
+    assert build(server(), value="rotated").config_hash != base
+
+
+def test_hash_is_length_framed() -> None:
+    assert config_hash("ab", [("c", "d", "e")]) != config_hash("a", [("bc", "d", "e")])
+
+
+def test_secure_defaults_are_merged_not_replaced() -> None:
+    sts = build(server(securityContext={"readOnlyRootFilesystem": True, "runAsUser": 1000},
+                       podSecurityContext={"fsGroup": 2000})).statefulset
+    pod = sts["spec"]["template"]["spec"]
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["runAsUser"] == 1000 and ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["fsGroup"] == 2000 and pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_statefulset_shape() -> None:
+    desired = build(server(storage={"metadataSize": "2Gi", "cacheSize": "3Gi", "storageClassName": "fast"}))
+    sts = desired.statefulset
+    assert sts["spec"]["serviceName"] == "demo-headless"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    claims = {c["metadata"]["name"]: c["spec"] for c in sts["spec"]["volumeClaimTemplates"]}
+    assert claims["metadata"]["resources"]["requests"]["storage"] == "2Gi"
+    assert claims["content"]["resources"]["requests"]["storage"] == "3Gi"
+    assert claims["controlplane"]["resources"]["requests"]["storage"] == "1Gi"
+    assert {c["storageClassName"] for c in claims.values()} == {"fast"}
+    pod = sts["spec"]["template"]
+    assert pod["metadata"]["annotations"][HASH_ANNOTATION] == desired.config_hash
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["/app/dfs"]
+    assert container["args"] == ["start", "--foreground", "--config", "/config/config.yaml"]
+    assert container["startupProbe"]["failureThreshold"] == 30
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 105
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"config": "/config", "controlplane": "/data/controlplane",
+                      "metadata": "/data/store/metadata", "content": "/data/store/block"}
+
+
+def test_secrets_only_by_reference() -> None:
+    s = server(s3={"credentialsSecretRef": {"secretName": "s3"}}, database={"postgresSecretRef": {"name": "pg"}})
+    env = build(s).statefulset["spec"]["template"]["spec"]["containers"][0]["env"]
+    by_name = {e["name"]: e for e in env}
+    for name in ("DITTOFS_CONTROLPLANE_SECRET", "DITTOFS_ADMIN_INITIAL_PASSWORD", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "DITTOFS_DATABASE_POSTGRES_PASSWORD"):
+        assert "value" not in by_name[name] and "secretKeyRef" in by_name[name]["valueFrom"]
+    assert by_name["DITTOFS_CONTROLPLANE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "demo-jwt",
+                                                                                  "key": "jwt-secret"}
+
+
+def test_missing_secret_keys_are_reported() -> None:
+    s = server()
+    assert specs.build(s.spec, Names.of(s), {}).missing_secret_keys == [
+        ("demo-admin-bootstrap-credentials", "password"), ("demo-jwt", "jwt-secret")]
+
+
+def test_services() -> None:
+    desired = build(server(metrics={"enabled": True}, adapters={"smb": {"enabled": True}}))
+    by_name = {s["metadata"]["name"]: s for s in desired.services}
+    assert set(by_name) == {"demo-headless", "demo-api", "demo-file", "demo-metrics"}
+    assert by_name["demo-headless"]["spec"]["clusterIP"] == "None"
+    assert [p["port"] for p in by_name["demo-file"]["spec"]["ports"]] == [12049, 1445]
+    assert by_name["demo-api"]["spec"]["type"] == "ClusterIP"
+    assert by_name["demo-metrics"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert by_name["demo-api"]["spec"]["selector"] == {"app.kubernetes.io/name": "dittofs",
+                                                       "app.kubernetes.io/instance": "demo"}

@@ -1,0 +1,74 @@
+"""The CRD generated from the models: structural, committed, and useful to `kubectl explain`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dittoctl.api.crd import build_crd, crd_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "config" / "crd" / "dittoservers.yaml"
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    if isinstance(node, dict):
+        found.append((path, node))
+        for key, value in node.get("properties", {}).items():
+            found.extend(_walk(value, f"{path}.{key}"))
+        if isinstance(node.get("items"), dict):
+            found.extend(_walk(node["items"], f"{path}[]"))
+    return found
+
+
+def schema() -> dict[str, Any]:
+    crd = build_crd()
+    root: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return root
+
+
+def test_committed_crd_is_fresh() -> None:
+    assert COMMITTED.read_text() == crd_yaml(), "config/crd is stale: run `dittoctl crd > config/crd/dittoservers.yaml`"
+
+
+def test_schema_is_structural() -> None:
+    for path, node in _walk(schema()):
+        assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
+        assert node.get("additionalProperties") is not False, path
+        assert "type" in node, f"{path} has no type"
+
+
+def test_every_spec_field_is_described() -> None:
+    spec = schema()["properties"]["spec"]
+    missing = [p for p, n in _walk(spec) if p and not p.endswith("[]") and "description" not in n]
+    assert not missing
+
+
+def test_parents_with_defaults_default_to_empty_objects() -> None:
+    props = schema()["properties"]["spec"]["properties"]
+    assert props["service"]["default"] == {}
+    assert props["service"]["properties"]["type"]["default"] == "ClusterIP"
+    assert props["adapters"]["default"] == {}
+    assert props["adapters"]["properties"]["nfs"]["default"] == {}
+    assert props["storage"].get("default") is None  # metadataSize is required, so storage is too
+    assert "contentSize" not in props["storage"].get("required", [])
+    assert "default" not in props["storage"]["properties"]["contentSize"]  # the cacheSize alias must apply
+
+
+def test_names_columns_and_subresources() -> None:
+    crd = build_crd()
+    names = crd["spec"]["names"]
+    assert names["shortNames"] == ["ditto", "dittofs"] and names["categories"] == ["dittofs"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert columns["Ready"]["jsonPath"] == ".status.ready"
+    assert columns["Status"]["jsonPath"] == ".status.phase"
+    assert columns["Endpoint"]["priority"] == 1 and columns["Image"]["priority"] == 1
+
+
+def test_yaml_round_trips() -> None:
+    assert yaml.safe_load(crd_yaml()) == build_crd()

@@ -1,0 +1,95 @@
+"""Conditions, phase and transition timestamps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.reconcile import is_subset, storage_drift
+from reconciler.status import Observation, build_status, conditions, merge_conditions, status_changed
+
+
+def sts(replicas: int = 1, ready: int = 1, updated: int = 1, same_revision: bool = True) -> dict[str, Any]:
+    return {"metadata": {"generation": 2}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": 2, "replicas": replicas, "readyReplicas": ready,
+                       "availableReplicas": ready, "updatedReplicas": updated,
+                       "currentRevision": "a", "updateRevision": "a" if same_revision else "b"}}
+
+
+def by_type(obs: Observation) -> dict[str, tuple[bool, str]]:
+    return {c.type: (c.status, c.reason) for c in conditions(obs)}
+
+
+def test_running_and_ready() -> None:
+    obs = Observation(generation=3, desired_replicas=1, statefulset=sts())
+    status = build_status(obs, None)
+    assert status["phase"] == "Running" and status["ready"] == "1/1"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["Ready"]["observedGeneration"] == 3
+    assert conds["Progressing"]["reason"] == "ReconcileComplete"
+
+
+def test_rolling_update_is_progressing_and_not_ready() -> None:
+    conds = by_type(Observation(generation=1, desired_replicas=1, statefulset=sts(updated=0, same_revision=False)))
+    assert conds["Progressing"] == (True, "StatefulSetUpdating")
+    assert conds["Ready"] == (False, "ConditionsNotMet")
+
+
+def test_stopped() -> None:
+    obs = Observation(generation=1, desired_replicas=0, statefulset=sts(replicas=0, ready=0, updated=0))
+    status = build_status(obs, None)
+    assert status["phase"] == "Stopped"
+    assert by_type(obs)["Available"] == (True, "Stopped")
+
+
+def test_invalid_spec_fails() -> None:
+    obs = Observation(generation=1, desired_replicas=1, config_errors=["spec.x: bad"])
+    status = build_status(obs, None)
+    assert status["phase"] == "Failed"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert "ConfigReady" in ready["message"]
+
+
+def test_degraded_names_pod_and_reason() -> None:
+    pod = {"metadata": {"name": "demo-0"}, "status": {"containerStatuses": [
+        {"name": "dittofs", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}
+    obs = Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0), pods=[pod])
+    cond = next(c for c in conditions(obs) if c.type == "Degraded")
+    assert cond.status and "demo-0" in cond.message and "CrashLoopBackOff" in cond.message
+    assert build_status(obs, None)["phase"] == "Degraded"
+
+
+def test_transition_time_moves_only_on_flip() -> None:
+    obs = Observation(generation=1, desired_replicas=1, statefulset=sts())
+    first = merge_conditions([], conditions(obs), 1, now="T1")
+    again = merge_conditions(first, conditions(obs), 2, now="T2")
+    assert {c["lastTransitionTime"] for c in again} == {"T1"}
+    broken = Observation(generation=2, desired_replicas=1, statefulset=sts(ready=0))
+    flipped = {c["type"]: c for c in merge_conditions(first, conditions(broken), 2, now="T3")}
+    assert flipped["Available"]["lastTransitionTime"] == "T3"
+    assert flipped["ConfigReady"]["lastTransitionTime"] == "T1"
+
+
+def test_unchanged_status_needs_no_write() -> None:
+    obs = Observation(generation=1, desired_replicas=1, statefulset=sts())
+    status = build_status(obs, None)
+    assert not status_changed(status, build_status(obs, status))
+    assert status_changed(status, build_status(Observation(generation=2, desired_replicas=1,
+                                                             statefulset=sts()), status))
+
+
+def test_subset_comparison() -> None:
+    assert is_subset({"a": {"b": 1}, "l": [{"x": 1}]}, {"a": {"b": 1, "c": 2}, "l": [{"x": 1, "y": 2}], "z": 0})
+    assert not is_subset({"a": {"b": 1}}, {"a": {"b": 2}})
+    assert not is_subset({"l": [1, 2]}, {"l": [1]})
+    assert not is_subset({"a": 1}, None)
+
+
+def test_storage_drift_reports_immutable_changes() -> None:
+    def tmpl(size: str) -> dict[str, Any]:
+        return {"spec": {"volumeClaimTemplates": [{"metadata": {"name": "metadata"},
+                                                   "spec": {"resources": {"requests": {"storage": size}}}}]}}
+
+    assert storage_drift(None, tmpl("1Gi")) == []
+    assert storage_drift(tmpl("1Gi"), tmpl("1Gi")) == []
+    (error,) = storage_drift(tmpl("1Gi"), tmpl("2Gi"))
+    assert "immutable" in error and "1Gi" in error and "2Gi" in error
