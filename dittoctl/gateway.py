@@ -168,7 +168,7 @@ class Gateway:
         except NotFound:
             return None
 
-    async def list(  # noqa: A003 - mirrors the API verb
+    async def list(
         self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> list[Obj]:
