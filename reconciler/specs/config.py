@@ -30,8 +30,11 @@ def render_config(spec: DittoServerSpec) -> str:
         },
     }
     if spec.metrics.enabled:
-        config["metrics"] = {"enabled": True, "port": spec.metrics.port}
-    config["admin"] = {"username": spec.identity.admin.username}
+        # v0.29.0 defaults metrics.host to 127.0.0.1, unreachable for Prometheus in a pod.
+        config["metrics"] = {"enabled": True, "host": "0.0.0.0", "port": spec.metrics.port,  # noqa: S104
+                             "path": spec.metrics.path}
+    # No `admin` block: v0.29.0 reads admin.username only in `dfs init`; the bootstrap user is always
+    # `admin`, its password comes from DITTOFS_ADMIN_INITIAL_PASSWORD (docs/DITTOFS_FACTS.md).
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 

@@ -99,8 +99,4 @@ def container_env(spec: DittoServerSpec, names: Names) -> list[dict[str, Any]]:
         env.append({"name": "DITTOFS_DATABASE_POSTGRES_SSLMODE", "value": "require"})
     if spec.s3 is not None:
         env.append({"name": "AWS_REGION", "value": spec.s3.region})
-    # Keep every file DittoFS writes outside the image (the root filesystem may be read-only).
-    env.append({"name": "HOME", "value": "/data/controlplane"})
-    env.append({"name": "XDG_CONFIG_HOME", "value": "/data/controlplane/.config"})
-    env.append({"name": "XDG_STATE_HOME", "value": "/data/controlplane/.state"})
     return env

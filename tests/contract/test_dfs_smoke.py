@@ -60,9 +60,7 @@ def test_validate_minimal_config_has_no_unknown_keys(dfs_env: dict[str, str], tm
 
 
 @pytest.mark.parametrize("metrics", [False, True])
-def test_validate_spec_configmap_has_no_unknown_keys(
-    dfs_env: dict[str, str], tmp_path: Path, metrics: bool
-) -> None:
+def test_validate_spec_configmap_has_no_unknown_keys(dfs_env: dict[str, str], tmp_path: Path, metrics: bool) -> None:
     res = validate_config(spec_configmap(metrics), dfs_env, tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -78,18 +76,14 @@ def test_validate_spec_configmap_has_no_unknown_keys(
         ("metrics: {enabled: false, interval: 15s}\n", "metrics.interval"),
     ],
 )
-def test_validate_reports_unknown_keys(
-    dfs_env: dict[str, str], tmp_path: Path, extra: str, reported: str
-) -> None:
+def test_validate_reports_unknown_keys(dfs_env: dict[str, str], tmp_path: Path, extra: str, reported: str) -> None:
     """The negative check can fail: a stale key produces the warning (stderr) but exit code 0."""
     res = validate_config(minimal_config(tmp_path / "cp.db") + extra, dfs_env, tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"WARNING: {UNKNOWN_KEYS_MARKER} (ignored): {reported}" in res.stderr
 
 
-def test_validate_nested_unknown_key_is_reported_with_its_path(
-    dfs_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_validate_nested_unknown_key_is_reported_with_its_path(dfs_env: dict[str, str], tmp_path: Path) -> None:
     cfg = minimal_config(tmp_path / "cp.db").replace(
         "jwt: {access_token_duration: 15m,", "jwt: {issuer: dittofs, access_token_duration: 15m,"
     )
@@ -233,9 +227,7 @@ def test_start_accepts_32_char_secret_via_long_alias(dfs_env: dict[str, str], tm
     assert server.returncode == 0
 
 
-def test_restart_keeps_admin_and_ignores_new_initial_password(
-    dfs_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_restart_keeps_admin_and_ignores_new_initial_password(dfs_env: dict[str, str], tmp_path: Path) -> None:
     """Bootstrap-only: once ``admin`` exists, a changed DITTOFS_ADMIN_INITIAL_PASSWORD has no effect."""
     cfg = minimal_config(tmp_path / "controlplane.db")
     with DfsServer(cfg, dfs_env, tmp_path) as first:
@@ -278,9 +270,7 @@ def test_api_port_in_use_exits_one(dfs_env: dict[str, str], tmp_path: Path) -> N
 
 
 @pytest.mark.skipif(not netns_supported(), reason="network namespaces need root or CAP_SYS_ADMIN")
-def test_two_isolated_servers_run_concurrently_with_their_own_adapters(
-    dfs_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_two_isolated_servers_run_concurrently_with_their_own_adapters(dfs_env: dict[str, str], tmp_path: Path) -> None:
     """Each DfsServer gets a private netns: both bind NFS 12049 / SMB 1445 without touching the host."""
     cfg = minimal_config("/unused.db")
     with (
@@ -303,9 +293,7 @@ def test_two_isolated_servers_run_concurrently_with_their_own_adapters(
 # ---------------------------------------------------------------------------------------------- REST-managed state
 
 
-def test_stores_shares_and_adapter_ports_are_rest_managed_and_persist(
-    dfs_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_stores_shares_and_adapter_ports_are_rest_managed_and_persist(dfs_env: dict[str, str], tmp_path: Path) -> None:
     """Stores/shares/adapters are DB rows created over REST (no config keys); paths are what we POST."""
     cfg = minimal_config(tmp_path / "controlplane.db")
     meta_dir, block_dir = tmp_path / "store" / "metadata", tmp_path / "store" / "block"

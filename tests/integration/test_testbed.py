@@ -170,9 +170,7 @@ class _DenyLabelled(http.server.BaseHTTPRequestHandler):
         response: dict[str, Any] = {"uid": request["uid"], "allowed": "testbed.local/deny" not in labels}
         if not response["allowed"]:
             response["status"] = {"code": 403, "message": f"testbed webhook denies {request['name']}"}
-        body = json.dumps(
-            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-        )
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
         data = body.encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -243,9 +241,7 @@ def test_validating_webhook_over_tls_on_loopback(testbed: Testbed, tb_ns: str, t
         assert any(r["name"] == "good" and not r["dryRun"] for r in _DenyLabelled.seen)
         assert testbed.api.request("GET", f"/api/v1/namespaces/{tb_ns}/configmaps/bad")[0] == 404
     finally:
-        testbed.kubectl(
-            "delete", "validatingwebhookconfiguration", vwc_name, "--ignore-not-found", check=False
-        )
+        testbed.kubectl("delete", "validatingwebhookconfiguration", vwc_name, "--ignore-not-found", check=False)
         server.shutdown()
         server.server_close()
 
@@ -274,12 +270,20 @@ def test_audit_log_records_writes_not_reads(testbed: Testbed, tb_ns: str) -> Non
     assert "requestObject" not in events[0]  # Metadata level: no bodies
     reads = [e for e in testbed.audit_events(since_line=since) if e["verb"] in ("get", "list", "watch")]
     assert reads == []
+    # "admin" is only tests and kubectl: the controllers run under their own (system:masters) names.
+    assert all(e["objectRef"].get("namespace") == tb_ns for e in testbed.audit_events("admin", since))
+    root_ca = [
+        e
+        for e in testbed.audit_events()
+        if e["verb"] == "create"
+        and e["objectRef"].get("namespace") == tb_ns
+        and e["objectRef"].get("name") == "kube-root-ca.crt"
+    ]
+    assert [e["user"]["username"] for e in root_ca] == ["system:kube-controller-manager"]
 
 
 def test_operator_identity_is_a_plain_user_bound_to_cluster_admin(testbed: Testbed, tb_ns: str) -> None:
-    whoami = json.loads(
-        testbed.kubectl("auth", "whoami", "-o", "json", kubeconfig=testbed.operator_kubeconfig).stdout
-    )
+    whoami = json.loads(testbed.kubectl("auth", "whoami", "-o", "json", kubeconfig=testbed.operator_kubeconfig).stdout)
     info = whoami["status"]["userInfo"]
     assert info["username"] == OPERATOR_USER
     assert "system:masters" not in info.get("groups", [])

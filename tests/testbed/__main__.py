@@ -15,9 +15,7 @@ from .paths import ensure_binaries, run_build
 
 
 def _up(args: argparse.Namespace) -> int:
-    bins = ensure_binaries(
-        ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok", "kubectl"]
-    )
+    bins = ensure_binaries(["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok", "kubectl"])
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -53,9 +53,7 @@ class ApiClient:
 
     def _connection(self) -> http.client.HTTPSConnection:
         if self._conn is None:
-            self._conn = http.client.HTTPSConnection(
-                self.host, self.port, context=self._ctx, timeout=self.timeout
-            )
+            self._conn = http.client.HTTPSConnection(self.host, self.port, context=self._ctx, timeout=self.timeout)
         return self._conn
 
     def request(

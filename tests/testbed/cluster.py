@@ -39,6 +39,13 @@ OPERATOR_USER = "dittofs-operator"
 OPERATOR_ADMIN_BINDING = "testbed-dittofs-operator-cluster-admin"
 NODE_NAME = "kwok-node-0"
 STORAGE_CLASS = "standard"
+# User names (CN, all in O=system:masters) of the test bed's own clients. "admin" is left to tests/kubectl.
+COMPONENT_USERS = {
+    "kube-controller-manager": "system:kube-controller-manager",
+    "kube-scheduler": "system:kube-scheduler",
+    "kwok": "testbed:kwok",
+    "provisioner": "testbed:fake-provisioner",
+}
 # Start order; teardown runs in reverse (kwok, scheduler, KCM, apiserver, etcd).
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -204,7 +211,11 @@ class Testbed:
             self._bootstrap_objects()
             for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
                 self._spawn(name)
-            self._provisioner = FakeProvisioner(self._new_admin_client(), self.logs_dir / "provisioner.log")
+            prov = self.pki.components["provisioner"]
+            self._provisioner = FakeProvisioner(
+                ApiClient(self.api_url, self.pki.ca_files.cert, prov.cert, prov.key),
+                self.logs_dir / "provisioner.log",
+            )
             self._provisioner.start()
             self._wait_ready("kube-controller-manager")
             self._wait_ready("kube-scheduler")
@@ -385,22 +396,27 @@ class Testbed:
 
     def _prepare(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self._pki = ClusterPKI.create(self.pki_dir, OPERATOR_USER)
+        self._pki = ClusterPKI.create(self.pki_dir, OPERATOR_USER, COMPONENT_USERS)
         self._write_kubeconfig(self.kubeconfig, "admin", self.pki.admin.cert, self.pki.admin.key)
-        self._write_kubeconfig(
-            self.operator_kubeconfig, OPERATOR_USER, self.pki.operator.cert, self.pki.operator.key
-        )
+        for name, user in COMPONENT_USERS.items():
+            pair = self.pki.components[name]
+            self._write_kubeconfig(self.component_kubeconfig(name), user, pair.cert, pair.key)
+        self._write_kubeconfig(self.operator_kubeconfig, OPERATOR_USER, self.pki.operator.cert, self.pki.operator.key)
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         sched = {
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
-            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+            "clientConnection": {"kubeconfig": str(self.component_kubeconfig("kube-scheduler"))},
             "leaderElection": {"leaderElect": False},
         }
         (self.workdir / "scheduler.yaml").write_text(yaml.safe_dump(sched, sort_keys=False))
         self._api = self._new_admin_client()
 
+    def component_kubeconfig(self, name: str) -> Path:
+        return self.workdir / "kubeconfig" / f"{name}.kubeconfig"
+
     def _write_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -419,7 +435,7 @@ class Testbed:
 
     def _argv(self, name: str) -> list[str]:
         b, w, p, pki = self.binaries, self.workdir, self.ports, self.pki
-        kc = str(self.kubeconfig)
+        kc = str(self.component_kubeconfig(name)) if name in COMPONENT_USERS else ""
         open_paths = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
         if name == "etcd":
             peer = f"http://127.0.0.1:{p['etcd-peer']}"
@@ -544,8 +560,7 @@ class Testbed:
                 proc = self._procs.get(name)
                 if proc is not None and proc.poll() is not None:
                     raise TestbedError(
-                        f"{name} exited with code {proc.returncode} while waiting for {what}\n"
-                        + self._tails(logs)
+                        f"{name} exited with code {proc.returncode} while waiting for {what}\n" + self._tails(logs)
                     )
             try:
                 if check():
@@ -563,8 +578,7 @@ class Testbed:
 
     def _tails(self, names: Sequence[str]) -> str:
         return "\n".join(
-            f"--- tail of {self.logs_dir / (n + '.log')} ---\n{_tail(self.logs_dir / (n + '.log'))}"
-            for n in names
+            f"--- tail of {self.logs_dir / (n + '.log')} ---\n{_tail(self.logs_dir / (n + '.log'))}" for n in names
         )
 
     def _exists(self, path: str) -> bool:

@@ -21,6 +21,7 @@ exit).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import fcntl
@@ -151,9 +152,7 @@ def run_dfs(
     )
 
 
-def validate_config(
-    config_yaml: str, env: Mapping[str, str], workdir: Path
-) -> subprocess.CompletedProcess[str]:
+def validate_config(config_yaml: str, env: Mapping[str, str], workdir: Path) -> subprocess.CompletedProcess[str]:
     """Write ``config_yaml`` to ``workdir/validate.yaml`` and run ``dfs config validate`` on it."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "validate.yaml"
@@ -227,6 +226,15 @@ class NetNamespace:
 
 
 _netns_ok: bool | None = None
+_live_servers: set[DfsServer] = set()  # strong refs: an unreferenced running server is still stopped
+
+
+@atexit.register
+def _stop_leaked_servers() -> None:
+    """Never leave a dfs behind (e.g. a test that forgot ``stop``): it would squat on 12049/1445."""
+    for server in list(_live_servers):
+        with contextlib.suppress(Exception):
+            server.stop(timeout=5)
 
 
 def netns_supported() -> bool:
@@ -444,6 +452,7 @@ class DfsServer:
                     pass_fds=pass_fds,
                     start_new_session=True,
                 )
+            _live_servers.add(self)
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -485,7 +494,9 @@ class DfsServer:
                 )
             try:
                 status, body = self.request("GET", "/health", timeout=2)
-                if status == 200:
+                # On the host network another process could answer on a reused port: also require our
+                # own "API server listening" line.
+                if status == 200 and "API server listening" in self.log_text():
                     return
                 last = f"HTTP {status}: {body!r}"
             except (OSError, http.client.HTTPException) as exc:
@@ -513,6 +524,7 @@ class DfsServer:
                 proc.wait()
         if proc is not None:
             self.returncode = proc.returncode
+        _live_servers.discard(self)
         for fwd in self._forwarders:
             fwd.close()
         self._forwarders.clear()

@@ -139,9 +139,7 @@ class CertificateAuthority:
                 critical=True,
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
         )
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -161,9 +159,7 @@ class CertificateAuthority:
 def write_rsa_keypair(directory: Path, stem: str) -> CertPair:
     """An RSA 2048 key pair as ``<stem>.key`` (PKCS#8) and ``<stem>.pub`` (SubjectPublicKeyInfo)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return CertPair(
         cert=_write(directory / f"{stem}.pub", pub),
         key=_write(directory / f"{stem}.key", _key_pem(key), private=True),
@@ -188,9 +184,12 @@ class ClusterPKI:
     service_account: CertPair  # .cert is the public key, .key the private key
     admin: CertPair
     operator: CertPair
+    # Per-component superuser identities (O=system:masters), so the audit log tells them apart from "admin".
+    components: dict[str, CertPair]
 
     @classmethod
-    def create(cls, directory: Path, operator_user: str) -> ClusterPKI:
+    def create(cls, directory: Path, operator_user: str, components: dict[str, str]) -> ClusterPKI:
+        """``components`` maps a file stem to the user name (CN) of a system:masters client cert."""
         ca = CertificateAuthority.create()
         return cls(
             ca=ca,
@@ -206,4 +205,8 @@ class ClusterPKI:
             service_account=write_rsa_keypair(directory, "sa"),
             admin=ca.issue(directory, "admin", "admin", orgs=("system:masters",), client=True),
             operator=ca.issue(directory, "operator", operator_user, client=True),
+            components={
+                stem: ca.issue(directory, stem, user, orgs=("system:masters",), client=True)
+                for stem, user in components.items()
+            },
         )

@@ -119,9 +119,7 @@ class PostgresServer:
         if self.port == 0:  # a restart keeps its port, so clients configured once still reach it
             self.port = free_port()
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses={self.host} -c fsync=off"
-        self._run(
-            "pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start"
-        )
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start")
         self._running = True
         if first:
             sql = (

@@ -61,7 +61,7 @@ def test_config_has_no_secret_values_and_is_deterministic() -> None:
     assert a.config_text == b.config_text and a.config_hash == b.config_hash
     assert "secret" not in a.config_text.lower() and "password" not in a.config_text.lower()
     config = yaml.safe_load(a.config_text)
-    assert set(config) == {"logging", "shutdown_timeout", "database", "controlplane", "admin"}
+    assert set(config) == {"logging", "shutdown_timeout", "database", "controlplane"}
     assert config["controlplane"]["host"] == "0.0.0.0"  # noqa: S104 - asserting the rendered value
 
 

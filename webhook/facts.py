@@ -1,0 +1,203 @@
+"""Cluster facts for validation: a snapshot type (pure) and the async source that fills it.
+
+Lookups are cheap and bounded (SPEC §7): StorageClass names come from a cache kept fresh by a periodic
+relist plus a point GET on a miss, Percona presence from cached discovery, Secrets from point GETs with a
+2 s timeout. Only Secret *key names* are kept, never values, and there is no cluster-wide Secret cache.
+Every failure turns into "unknown", which the rules report as a "could not verify" warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from dittoctl.gateway import SECRETS, STORAGECLASSES, ApiError, Conflict, Gateway, NotFound
+from webhook.parsed import references
+
+log = logging.getLogger("dittofs.webhook.facts")
+T = TypeVar("T")
+
+PERCONA_GROUP, PERCONA_VERSION, PERCONA_PLURAL = "pgv2.percona.com", "v2", "perconapgclusters"
+_LOOKUP_ERRORS = (ApiError, Conflict, NotFound, OSError, TimeoutError, ValueError, TypeError, KeyError)
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the cluster looked like for one validation. `None` (or a missing Secret name) = unknown."""
+
+    storage_classes: frozenset[str] | None = None
+    """Names of existing StorageClasses; None = could not verify."""
+    percona_served: bool | None = None
+    """Is pgv2.percona.com/v2 perconapgclusters served? None = could not verify."""
+    secrets: Mapping[str, frozenset[str] | None] = field(default_factory=dict, hash=False)
+    """Secret name -> key names present, or None when the Secret does not exist. Absent name = unknown."""
+    online: bool = True
+    """False for offline validation (`dittoctl validate` without --cluster): nothing was looked up, so
+    unknown facts are not worth a "could not verify" warning."""
+
+    @classmethod
+    def offline(cls) -> ClusterFacts:
+        return cls(storage_classes=None, percona_served=None, secrets={}, online=False)
+
+
+class FactSource:
+    """Looks up exactly what an object references. Call `start()` to keep the StorageClass cache warm;
+    without it (e.g. `dittoctl validate --cluster`) every lookup is done on demand."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        timeout: float = 2.0,
+        resync_seconds: float = 60.0,
+        negative_ttl: float = 3.0,
+        positive_ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gateway = gateway
+        self.timeout = timeout
+        self.resync_seconds = resync_seconds
+        self.negative_ttl = negative_ttl
+        self.positive_ttl = positive_ttl
+        self._clock = clock
+        self._classes: frozenset[str] | None = None
+        self._classes_missing: dict[str, float] = {}  # name -> when a GET last said 404
+        self._percona: bool | None = None
+        self._percona_at = float("-inf")
+        self._percona_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._resync_loop(), name="webhook-storageclass-resync")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _resync_loop(self) -> None:
+        # A relist rather than a watch: clusters have a handful of StorageClasses, one LIST a minute costs
+        # less than keeping a watch stream healthy, and a new class is caught at once by the GET on a miss.
+        while True:
+            ok = await self.refresh_storage_classes()
+            await asyncio.sleep(self.resync_seconds if ok else min(5.0, self.resync_seconds))
+
+    async def refresh_storage_classes(self) -> bool:
+        try:
+            items = await self._bounded(self.gateway.list(STORAGECLASSES), 4 * self.timeout)
+        except _LOOKUP_ERRORS as exc:
+            log.warning("StorageClass list failed", extra={"error": str(exc)})
+            return False
+        self._classes = frozenset(_name(item) for item in items if _name(item))
+        return True
+
+    # -- lookups -----------------------------------------------------------------------------------------
+    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> ClusterFacts:
+        """Facts about exactly what `obj` references; never raises. `namespace` overrides the object's
+        (the AdmissionReview's request.namespace is authoritative on CREATE)."""
+        try:
+            refs = references(obj)
+            ns = namespace or refs.namespace or "default"
+            classes, percona, secrets = await asyncio.gather(
+                self.storage_classes(refs.storage_classes),
+                self.percona_served() if refs.percona else _value(self._percona),
+                self.secret_keys(ns, refs.secrets),
+            )
+        except Exception:  # the snapshot is best effort: an unexpected failure means "unknown"
+            log.exception("fact lookup failed")
+            return ClusterFacts()
+        return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets)
+
+    async def storage_classes(self, wanted: Iterable[str] = ()) -> frozenset[str] | None:
+        """Known StorageClass names, after a point GET for each wanted name the cache does not know."""
+        known = self._classes
+        now = self._clock()
+        unknown = [n for n in wanted if known is None or n not in known]
+        added: set[str] = set()
+        for name in unknown:
+            if now - self._classes_missing.get(name, float("-inf")) < self.negative_ttl and known is not None:
+                continue  # a GET just said 404: trust it for a few seconds instead of hammering the API
+            try:
+                found = await self._bounded(self.gateway.get(STORAGECLASSES, name, timeout=self.timeout))
+            except NotFound:
+                self._classes_missing[name] = now
+                if known is None:
+                    known = frozenset()  # "does not exist" is certain even without the full list
+                continue
+            except _LOOKUP_ERRORS as exc:
+                log.warning("StorageClass lookup failed", extra={"storage_class": name, "error": str(exc)})
+                return None
+            if _name(found):
+                added.add(name)
+                self._classes_missing.pop(name, None)
+        if added:
+            known = (known or frozenset()) | added
+            if self._classes is not None:
+                self._classes = self._classes | added
+        if len(self._classes_missing) > 1000:
+            self._classes_missing.clear()
+        return known
+
+    async def percona_served(self) -> bool | None:
+        """Discovery of the Percona CRD. A yes is cached for `positive_ttl`, a no only for `negative_ttl`,
+        so installing the Percona operator later is noticed within seconds, without a restart."""
+        async with self._percona_lock:  # single flight: a burst of requests shares one discovery call
+            age = self._clock() - self._percona_at
+            if self._percona is not None and age < (self.positive_ttl if self._percona else self.negative_ttl):
+                return self._percona
+            try:
+                served = await self._bounded(self.gateway.served(PERCONA_GROUP, PERCONA_VERSION, PERCONA_PLURAL))
+            except _LOOKUP_ERRORS as exc:
+                log.warning("Percona discovery failed", extra={"error": str(exc)})
+                return None
+            self._percona, self._percona_at = served, self._clock()
+            return served
+
+    async def secret_keys(self, namespace: str, names: Iterable[str]) -> dict[str, frozenset[str] | None]:
+        """Key names of each Secret (None: it does not exist); a failed lookup leaves the name out."""
+        wanted = sorted(set(names))
+        results = await asyncio.gather(*(self._secret(namespace, n) for n in wanted), return_exceptions=True)
+        found: dict[str, frozenset[str] | None] = {}
+        for name, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, _LOOKUP_ERRORS):
+                    log.warning("Secret lookup failed", extra={"namespace": namespace, "secret": name,
+                                                               "error": type(result).__name__})
+                continue
+            found[name] = result
+        return found
+
+    async def _secret(self, namespace: str, name: str) -> frozenset[str] | None:
+        try:
+            body = await self._bounded(self.gateway.get(SECRETS, name, namespace, timeout=self.timeout))
+        except NotFound:
+            return None
+        # Keep key names only; the values are dropped with `body` right here.
+        keys = set(_mapping_keys(body.get("data"))) | set(_mapping_keys(body.get("stringData")))
+        return frozenset(keys)
+
+    async def _bounded(self, call: Awaitable[T], seconds: float | None = None) -> T:
+        # The client timeout covers the HTTP exchange; this also bounds connection set-up and retries.
+        async with asyncio.timeout(seconds or self.timeout + 0.5):
+            return await call
+
+
+async def _value(value: T) -> T:
+    return value
+
+
+def _name(obj: Any) -> str:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    return name if isinstance(name, str) else ""
+
+
+def _mapping_keys(value: Any) -> list[str]:
+    return [k for k in value if isinstance(k, str)] if isinstance(value, Mapping) else []

@@ -1,0 +1,481 @@
+"""The admission rules of SPEC §7 as one pure, total function.
+
+`validate(obj, old, facts)` never raises and never does I/O: the webhook, the reconciler and
+`dittoctl validate` all call it with a `ClusterFacts` snapshot. Errors read "spec.path: what is wrong;
+how to fix it"; warnings lead with the fix, are at most 120 characters, and "could not verify"
+warnings (nothing to act on) come last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from pydantic_core import ErrorDetails
+
+from dittoctl.api.models import (
+    _DNS_SUBDOMAIN,
+    _GO_DURATION,
+    _IDENTIFIER,
+    _SECRET_KEY,
+    API_VERSION,
+    KIND,
+    QUANTITY_PATTERN,
+    DittoServer,
+    DittoServerSpec,
+    DittoServerStatus,
+    StorageSpec,
+)
+from dittoctl.api.quantity import parse_quantity
+from webhook.facts import ClusterFacts
+from webhook.parsed import ParsedSpec, parse_spec, referenced_secrets
+
+__all__ = ["MAX_WARNING", "Verdict", "referenced_secrets", "validate"]
+
+log = logging.getLogger("dittofs.webhook.rules")
+MAX_WARNING = 120
+# Services are DNS-1035 labels named <name>-headless (+9), and the StatefulSet's controller-revision-hash
+# label "<name>-<10-char hash>" must fit in 63 characters: 52 is the binding limit.
+MAX_NAME = 52
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_UNVERIFIED, _ACTIONABLE = 1, 0
+# Consequence of a missing Secret or key the server container reads, longest (most helpful) first.
+_POD_FAILS = ("the pod fails with CreateContainerConfigError until then", "the pod cannot start until then",
+              "the pod cannot start")
+_PATTERNS = {
+    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 1Gi, 500Mi or 10G",
+    _DNS_SUBDOMAIN: "must be a lower-case DNS name (a-z, 0-9, '-' and '.')",
+    _SECRET_KEY: "must be a Secret key (letters, digits, '-', '_' and '.')",
+    _IDENTIFIER.pattern: "must be a lower-case SQL identifier (a-z, 0-9, '_'; not starting with a digit)",
+    _GO_DURATION.pattern: "must be a duration such as 15m, 168h or 1h30m",
+    r"^/": "must be an absolute path starting with '/'",
+    r"^[0-9]+\.[0-9]+\.[0-9]+$": "must be a version such as 2.8.0",
+}
+
+
+@dataclass
+class Verdict:
+    """Outcome of validation: deny when `errors` is non-empty."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    server: DittoServer | None = None
+    """The parsed object when the models accept it (also when other rules fail)."""
+
+    @property
+    def allowed(self) -> bool:
+        return not self.errors
+
+
+def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: ClusterFacts) -> Verdict:
+    """All violations of `obj` (an UPDATE when `old` is given). Total: any input gives a Verdict."""
+    try:
+        verdict = _Check(obj, old, facts).run()
+        if old is not None and verdict.errors:
+            # Ratchet, like Kubernetes' CRD validation ratcheting: an UPDATE is not denied for a problem
+            # the stored object already had (a StorageClass deleted since, a rule added by an upgrade).
+            # Otherwise metadata-only writes, e.g. the operator's finalizer patch, would be stuck.
+            before = set(_Check(old, None, facts).run().errors)
+            verdict.errors = [e for e in verdict.errors if e not in before]
+        return verdict
+    except Exception as exc:  # a bug must deny with a message, never crash the webhook
+        log.exception("validator failed")
+        return Verdict(errors=[f"spec: internal validation error ({type(exc).__name__}); see the operator log"])
+
+
+class _Check:
+    """One validation pass; collects findings instead of stopping at the first."""
+
+    def __init__(self, obj: Any, old: Any, facts: ClusterFacts) -> None:
+        self.obj = obj
+        self.old = old
+        self.facts = facts
+        self.errors: list[str] = []
+        self.warnings: list[tuple[int, str]] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def warn(self, path: str, *messages: str, priority: int = _ACTIONABLE) -> None:
+        """Adds the first of `messages` (most helpful first) that fits in MAX_WARNING with its path."""
+        texts = [f"{path}: {m}" for m in messages]
+        self.warnings.append((priority, next((t for t in texts if len(t) <= MAX_WARNING), _fit(texts[-1]))))
+
+    def unverified(self, path: str, what: str) -> None:
+        if self.facts.online:
+            self.warn(path, f"could not verify {what} (API lookup failed)", f"could not verify {what}",
+                      priority=_UNVERIFIED)
+
+    def verdict(self, server: DittoServer | None) -> Verdict:
+        warnings: list[str] = []
+        for _, text in sorted(self.warnings, key=lambda w: w[0]):
+            if text not in warnings:
+                warnings.append(text)
+        return Verdict(errors=list(dict.fromkeys(self.errors)), warnings=warnings, server=server)
+
+    # -- the pass ----------------------------------------------------------------------------------------
+    def run(self) -> Verdict:
+        obj = self.obj
+        if not isinstance(obj, Mapping):
+            self.error("object", f"must be a DittoServer object (got {_json_type(obj)})")
+            return self.verdict(None)
+        self._identity(obj)
+        meta = obj.get("metadata", {})
+        if not isinstance(meta, Mapping):
+            self.error("metadata", f"must be an object (got {_json_type(meta)})")
+            meta = {}
+        self._name(meta.get("name"))
+        if "spec" not in obj:
+            self.error("spec", "required; a DittoServer needs at least spec.storage.metadataSize")
+            return self.verdict(None)
+        parsed = parse_spec(obj.get("spec"))
+        for err in parsed.errors:
+            self.error(_path(err["loc"]), _describe(err))
+        if parsed.spec is not None:
+            self._rules(parsed, parsed.spec)
+        server = None
+        if parsed.valid and parsed.spec is not None:
+            server = DittoServer(metadata=dict(meta), spec=parsed.spec, status=_status(obj.get("status")))
+        return self.verdict(server)
+
+    def _identity(self, obj: Mapping[str, Any]) -> None:
+        api_version, kind = obj.get("apiVersion", API_VERSION), obj.get("kind", KIND)
+        if api_version != API_VERSION:
+            self.error("apiVersion", f"must be {API_VERSION} (got {_show(api_version)})")
+        if kind != KIND:
+            self.error("kind", f"must be {KIND} (got {_show(kind)})")
+
+    def _name(self, name: Any) -> None:
+        if name is None or name == "":
+            return  # generateName: the apiserver fills it in
+        if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME.match(name):
+            self.error("metadata.name", f"must be a DNS label of at most {MAX_NAME} characters (a-z, 0-9, '-', "
+                       f"starting with a letter), as Services and the StatefulSet are named after it "
+                       f"(got {_show(name)})")
+
+    def _rules(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        self._ports(parsed, spec)  # rules 2, 3
+        self._storage_classes(parsed, spec)  # rule 4
+        self._s3(parsed, spec)  # rule 5
+        self._percona(parsed, spec)  # rules 6, 7, 9, 11
+        self._database(parsed, spec)  # rules 8, 10 (Postgres)
+        self._identity_secrets(parsed, spec)  # rule 10 (JWT, admin)
+        self._deprecations(parsed, spec)  # rule 14
+        self._service(parsed, spec)
+        if self.old is not None:
+            self._update(parsed, spec)  # rules 12, 13
+
+    # -- rules 2 and 3: ports ----------------------------------------------------------------------------
+    def _ports(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        ports: list[tuple[str, int]] = []
+        if parsed.usable("controlPlane"):
+            ports.append(("spec.controlPlane.port", spec.control_plane.port))
+        if parsed.usable("adapters"):
+            if spec.adapters.nfs.enabled:
+                ports.append(("spec.adapters.nfs.port", spec.adapters.nfs.port))
+            if spec.adapters.smb.enabled:
+                ports.append(("spec.adapters.smb.port", spec.adapters.smb.port))
+        if parsed.usable("metrics") and spec.metrics.enabled:
+            ports.append(("spec.metrics.port", spec.metrics.port))
+        for i, (path, port) in enumerate(ports):
+            for other, other_port in ports[:i]:
+                if port == other_port:
+                    self.error(path, f"port {port} is also used by {other}; give every enabled port its own number")
+        if not _may_bind_low_ports(parsed, spec):
+            for path, port in ports:
+                if port < 1024:
+                    self.warn(path, f"use a port >= 1024 or grant NET_BIND_SERVICE; {port} is privileged")
+
+    # -- rule 4: StorageClasses --------------------------------------------------------------------------
+    def _storage_classes(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        wanted: list[tuple[str, str]] = []
+        if parsed.usable("storage") and spec.storage.storage_class_name:
+            wanted.append(("spec.storage.storageClassName", spec.storage.storage_class_name))
+        if parsed.usable("percona") and spec.percona.enabled and spec.percona.storage_class_name:
+            wanted.append(("spec.percona.storageClassName", spec.percona.storage_class_name))
+        known = self.facts.storage_classes
+        for path, name in wanted:
+            if known is None:
+                self.unverified(path, f"StorageClass {_q(name)}")
+            elif name not in known:
+                choices = ", ".join(_q(n) for n in sorted(known)[:5]) + (", ..." if len(known) > 5 else "")
+                hint = f"use an existing one ({choices})" if known else "use one from `kubectl get storageclass`"
+                self.error(path, f"StorageClass {_q(name)} not found; create it or {hint}")
+
+    # -- secrets (rules 5, 9, 10) ------------------------------------------------------------------------
+    def _secret(self, path: str, name: str, *consequences: str) -> frozenset[str] | None:
+        """Keys of Secret `name`; warns (and returns None) when it is missing or unknown."""
+        if name not in self.facts.secrets:
+            self.unverified(path, f"Secret {_q(name)}")
+            return None
+        keys = self.facts.secrets[name]
+        if keys is None:
+            self.warn(path, *(f"create Secret {_q(name)}; {c}" for c in consequences))
+        return keys
+
+    def _keys(self, path: str, secret: str, keys: frozenset[str] | None, wanted: list[str], *consequences: str) -> None:
+        for key in wanted:
+            if keys is not None and key not in keys:
+                self.warn(path, *(f"add key {_q(key)} to Secret {_q(secret)}; {c}" for c in consequences))
+
+    def _s3(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("s3") or spec.s3 is None or spec.s3.credentials_secret_ref is None:
+            return
+        ref, path = spec.s3.credentials_secret_ref, "spec.s3.credentialsSecretRef"
+        why = ("DittoFS cannot reach S3 without it (it may still be created by external-secrets)",
+               "DittoFS cannot reach S3 without it", "S3 access fails")
+        keys = self._secret(path, ref.secret_name, *why)
+        self._keys(path, ref.secret_name, keys, [ref.access_key_id_key, ref.secret_access_key_key], *why)
+
+    def _identity_secrets(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("identity"):
+            return
+        for path, ref in (("spec.identity.jwt.secretRef", spec.identity.jwt.secret_ref),
+                          ("spec.identity.admin.passwordSecretRef", spec.identity.admin.password_secret_ref)):
+            if ref is not None:
+                keys = self._secret(path, ref.name, *_POD_FAILS)
+                self._keys(path, ref.name, keys, [ref.key], *_POD_FAILS)
+
+    # -- database and Percona (rules 6-11) ---------------------------------------------------------------
+    def _database(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("database"):
+            return
+        db, base = spec.database, "spec.database"
+        ref = db.postgres_secret_ref
+        percona_known = parsed.usable("percona")
+        if db.type == "sqlite" and ref is not None:
+            self.warn(f"{base}.type", "set it to postgres; postgresSecretRef makes the server use PostgreSQL anyway")
+        if db.type == "postgres" and ref is None and percona_known and not spec.percona.enabled:
+            self.error(f"{base}.postgresSecretRef", "required when database.type is postgres (the server needs a "
+                       "connection); set it, enable percona, or use type sqlite")
+        if ref is None or not percona_known or spec.percona.enabled:
+            return  # with Percona the external Secret is not consumed
+        path = f"{base}.postgresSecretRef"
+        keys = self._secret(path, ref.name, *_POD_FAILS)
+        wanted = [ref.host_key, ref.port_key, ref.database_key, ref.user_key, ref.password_key]
+        self._keys(path, ref.name, keys, wanted, *_POD_FAILS)
+
+    def _percona(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("percona"):
+            return
+        percona, base = spec.percona, "spec.percona"
+        if percona.enabled:
+            served = self.facts.percona_served
+            if served is False:  # rule 6
+                self.error(f"{base}.enabled", "PerconaPGCluster (pgv2.percona.com/v2) is not served by this cluster; "
+                           "install the Percona Operator for PostgreSQL or disable percona.enabled")
+            elif served is None:
+                self.unverified(f"{base}.enabled", "that the Percona Operator for PostgreSQL is installed")
+            if parsed.usable("database") and spec.database.postgres_secret_ref is not None:  # rule 7
+                self.warn("spec.database.postgresSecretRef", "remove it or disable percona; the Percona database "
+                          "is used instead")
+            if not percona.image:  # rule 11
+                self.warn(f"{base}.image", "set a PostgreSQL image unless the Percona Operator sets RELATED_IMAGE_*")
+        backup = percona.backup
+        if not backup.enabled:
+            return
+        for key in ("bucket", "endpoint"):  # rule 9
+            if not (getattr(backup, key) or "").strip():
+                self.error(f"{base}.backup.{key}", f"required when backup is enabled; set the S3 {key} of the "
+                           "pgBackRest repository or disable backup")
+        if not percona.enabled:
+            self.warn(f"{base}.backup.enabled", "enable percona too, or turn backup off; backups only apply to "
+                      "the Percona cluster")
+        if backup.credentials_secret_ref is None:
+            self.warn(f"{base}.backup.credentialsSecretRef", "set it to the Secret with pgBackRest S3 credentials; "
+                      "backups fail without it")
+        else:
+            self._secret(f"{base}.backup.credentialsSecretRef", backup.credentials_secret_ref.name,
+                         "pgBackRest backups fail without it", "backups fail")
+
+    # -- rule 14 and friends -----------------------------------------------------------------------------
+    def _deprecations(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("storage") or spec.storage.cache_size is None:
+            return
+        if spec.storage.content_size is None:
+            self.warn("spec.storage.cacheSize", "rename it to contentSize; cacheSize is deprecated "
+                      "(DittoFS >= 0.9 has no disk cache)")
+        else:
+            self.warn("spec.storage.cacheSize", "remove it; it is deprecated and ignored because contentSize is set")
+
+    def _service(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        svc = spec.service
+        if parsed.usable("service") and svc.type == "LoadBalancer" and not svc.load_balancer_source_ranges:
+            self.warn("spec.service.loadBalancerSourceRanges", "restrict it; a LoadBalancer exposes the "
+                      "admin-capable API to every source")
+
+    # -- rules 12 and 13: updates ------------------------------------------------------------------------
+    def _update(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        old_raw = self.old.get("spec") if isinstance(self.old, Mapping) else None
+        if not isinstance(old_raw, Mapping):
+            return
+        old = parse_spec(old_raw)
+        if old.spec is None:
+            return
+        if parsed.usable("storage") and old.usable("storage"):
+            self._immutable_storage(old.spec.storage, spec.storage)
+        if parsed.usable("database", "percona") and old.usable("database", "percona"):
+            before, after = _backend(old.spec), _backend(spec)
+            if old.spec.percona.enabled and not spec.percona.enabled:
+                self.warn("spec.percona.enabled", f"migrate the data first; turning Percona off switches the "
+                          f"server to {after} and does not move it")
+            elif before != after:
+                self.warn("spec.database", f"migrate the data first; switching from {before} to {after} "
+                          "does not move it")
+
+    def _immutable_storage(self, old: StorageSpec, new: StorageSpec) -> None:
+        pairs: list[tuple[str, str | None, str | None]] = [
+            ("metadataSize", old.metadata_size, new.metadata_size),
+            ("contentSize", old.effective_content_size, new.effective_content_size),
+            ("controlPlaneSize", old.control_plane_size, new.control_plane_size),
+            ("storageClassName", old.storage_class_name, new.storage_class_name),
+        ]
+        for key, before, after in pairs:
+            if key == "storageClassName" and before == after:
+                continue
+            if key != "storageClassName" and _same_quantity(before, after):
+                continue
+            self.error(f"spec.storage.{key}", f"immutable: StatefulSet volumeClaimTemplates cannot change "
+                       f"(was {_shown_value(before)}, now {_shown_value(after)}); create a new DittoServer and "
+                       "migrate the data, or revert the change")
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _backend(spec: DittoServerSpec) -> str:
+    if spec.percona.enabled:
+        return "Percona PostgreSQL"
+    if spec.database.postgres_secret_ref is not None or spec.database.type == "postgres":
+        return "external PostgreSQL"
+    return "SQLite"
+
+
+def _may_bind_low_ports(parsed: ParsedSpec, spec: DittoServerSpec) -> bool:
+    """The user already handled privileged ports: NET_BIND_SERVICE added, or the sysctl lowered."""
+    try:
+        if parsed.usable("securityContext"):
+            caps = ((spec.security_context or {}).get("capabilities") or {}).get("add") or []
+            if "NET_BIND_SERVICE" in caps:
+                return True
+        if not parsed.usable("podSecurityContext"):
+            return False
+        for sysctl in (spec.pod_security_context or {}).get("sysctls") or []:
+            if sysctl.get("name") == "net.ipv4.ip_unprivileged_port_start" and int(sysctl.get("value")) <= 1:
+                return True
+    except (AttributeError, TypeError, ValueError):
+        return False  # malformed pass-through fields: the apiserver reports those
+    return False
+
+
+def _same_quantity(a: str | None, b: str | None) -> bool:
+    if a == b:
+        return True
+    try:
+        return a is not None and b is not None and parse_quantity(a) == parse_quantity(b)
+    except ValueError:
+        return False
+
+
+def _status(raw: Any) -> DittoServerStatus | None:
+    # Status is the operator's business: a malformed one must not make a spec change fail validation.
+    try:
+        return DittoServerStatus.model_validate(raw) if isinstance(raw, Mapping) else None
+    except Exception:
+        return None
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = "spec"
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += f".{part}"
+        else:
+            out += f"[{part}]"
+    return out
+
+
+def _describe(err: ErrorDetails) -> str:
+    """A pydantic error as "what is wrong (got X)", phrased for someone editing YAML."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    got = f" (got {_show(value)})"
+    last = str(err["loc"][-1]) if err["loc"] else ""
+    if kind == "missing":
+        return "required; add this field"
+    if kind == "extra_forbidden":
+        return "unknown field; remove it or fix its spelling (`kubectl explain dittoserver.spec` lists the fields)"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}{got}"
+    if kind == "string_pattern_mismatch":
+        return _PATTERNS.get(str(ctx.get("pattern")), f"must match {ctx.get('pattern')}") + got
+    if kind == "value_error":
+        message = str(ctx.get("error") or err["msg"]).removeprefix("Value error, ")
+        return message if _show(value) in message or repr(value) in message else message + got
+    if kind == "string_too_short":
+        if last.endswith("Schedule"):
+            return f"must be a 5-field cron expression such as '0 2 * * *'{got}"
+        if ctx.get("min_length") == 1:
+            return "must not be empty"
+        return f"must have at least {ctx.get('min_length')} characters{got}"
+    if kind == "string_too_long":
+        return f"must have at most {ctx.get('max_length')} characters"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next((v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")), "")
+        return f"must be {sign} {bound}{got}"
+    if kind.startswith("int_"):
+        return f"must be an integer{got}"
+    if kind.startswith("bool_"):
+        return f"must be true or false{got}"
+    if kind.startswith("string_"):
+        return f"must be a string (got {_json_type(value)})"
+    if kind in ("model_type", "dict_type", "model_attributes_type", "mapping_type"):
+        return f"must be an object (got {_json_type(value)})"
+    if kind in ("list_type", "tuple_type", "iterable_type"):
+        return f"must be a list (got {_json_type(value)})"
+    return str(err["msg"]).replace("Input should be", "must be")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A short, JSON-looking rendering of a user value (values in specs are never secret)."""
+    try:
+        text = f"'{value}'" if isinstance(value, str) else json.dumps(value, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 4] + "...'" if text.startswith("'") else text[:limit] + "..."
+
+
+def _q(name: str, limit: int = 40) -> str:
+    """A quoted resource name, shortened so warnings stay within MAX_WARNING."""
+    return f'"{name}"' if len(name) <= limit else f'"{name[: limit - 3]}..."'
+
+
+def _shown_value(value: str | None) -> str:
+    return "unset" if value is None else _show(value)
+
+
+def _fit(text: str) -> str:
+    return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 3] + "..."
