@@ -302,12 +302,12 @@ class SelfSignedManager:
         # Until the bundle with the new CA is published, keep serving a leaf the apiserver trusts today.
         old_leaf_ok = (leaf is not None and previous is not None and self.published_bundle != bundle
                        and usable_leaf(leaf, previous, self.dns_names, self.ips, now))
-        if leaf is None or not (old_leaf_ok or usable_leaf(leaf, ca.cert_pem, self.dns_names, self.ips, now)):
-            if previous is None or self.published_bundle == bundle:
-                leaf = new_leaf(ca, self.dns_names, self.ips, days=self.leaf_days, now=now)
-                changed = True
-                log.info("self-signed webhook certificate issued",
-                         extra={"not_after": not_after(leaf.cert_pem).isoformat()})
+        leaf_ok = leaf is not None and (old_leaf_ok or usable_leaf(leaf, ca.cert_pem, self.dns_names, self.ips, now))
+        if not leaf_ok and (previous is None or self.published_bundle == bundle):
+            leaf = new_leaf(ca, self.dns_names, self.ips, days=self.leaf_days, now=now)
+            changed = True
+            log.info("self-signed webhook certificate issued",
+                     extra={"not_after": not_after(leaf.cert_pem).isoformat()})
         if changed and not await self._save(stored, ca, previous, leaf):
             return False  # another replica wrote first: the next pass adopts its material
         published = await self._publish(bundle)

@@ -6,6 +6,7 @@ ownerReference on the PerconaPGCluster, not by today's spec.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from dittoctl.gateway import DITTOSERVERS, STATEFULSETS, Conflict, NotFound
 from reconciler.naming import FINALIZER
+
+log = logging.getLogger("dittofs.deletion")
 
 if TYPE_CHECKING:
     from reconciler.reconcile import Reconciler
@@ -58,6 +61,7 @@ async def finalize(rec: Reconciler, body: Mapping[str, Any]) -> float | None:
     patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
     try:
         await rec.gw.merge_patch(DITTOSERVERS, name, patch, namespace)
+        log.info("finalizer removed", extra={"namespace": namespace, "name": name, "podsLeft": len(pods)})
     except NotFound:
         return None
     except Conflict:

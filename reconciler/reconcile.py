@@ -12,9 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.facts import ClusterFacts
-from webhook.rules import validate
-
 from dittoctl.api.models import DittoServer
 from dittoctl.gateway import (
     CONFIGMAPS,
@@ -36,6 +33,8 @@ from reconciler.specs.hashing import manifest_hash
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, status_changed
+from webhook.facts import ClusterFacts
+from webhook.rules import validate
 
 log = logging.getLogger("dittofs.reconciler")
 PLURALS: dict[str, Kind] = {"configmaps": CONFIGMAPS, "services": SERVICES, "statefulsets": STATEFULSETS}
@@ -105,6 +104,8 @@ class Reconciler:
             return False, previous
         result = await self.gw.apply(manifest)
         self.cache.put_child(plural, result)
+        log.info("applied %s", manifest["kind"], extra={"namespace": meta["namespace"], "name": meta["name"],
+                                                       "action": "create" if previous is None else "update"})
         return True, previous
 
     async def _secret_digest(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -132,6 +133,7 @@ class Reconciler:
             try:
                 created = await self.gw.create(SECRETS, manifest, names.namespace)
                 self.cache.put_secret((names.namespace, name), secret_digest(created))
+                log.info("generated Secret", extra={"namespace": names.namespace, "name": name})
             except Conflict:
                 # Someone (a previous run of ours) created it meanwhile: keep theirs.
                 existing = await self.gw.get(SECRETS, name, names.namespace)
@@ -148,6 +150,8 @@ class Reconciler:
         except NotFound:
             return
         self.cache.put_server(result)
+        log.info("status updated", extra={"namespace": meta["namespace"], "name": meta["name"],
+                                          "phase": status.get("phase")})
 
     def _facts(self, body: Mapping[str, Any]) -> ClusterFacts:
         return ClusterFacts(storage_classes=None, percona_served=self.percona_served, secrets={})
@@ -247,6 +251,8 @@ class Reconciler:
             return previous
         result = await self.gw.apply(manifest)
         self.cache.put_child("statefulsets", result)
+        log.info("applied StatefulSet", extra={"namespace": names.namespace, "name": names.statefulset,
+                                               "configHash": desired.config_hash[:12]})
         sts_name = f"StatefulSet {names.statefulset}"
         if previous is None:
             await self.events.post(body, "Normal", "Created", f"{sts_name} created")
@@ -271,6 +277,7 @@ class Reconciler:
             current = self.cache.child("services", names.namespace, name)
             if current is not None and _owned_by(current, names.uid):
                 await self.gw.delete(SERVICES, name, names.namespace)
+                log.info("deleted obsolete Service", extra={"namespace": names.namespace, "name": name})
                 self.cache.drop_child("services", (names.namespace, name))
 
     async def _add_finalizer(self, body: Mapping[str, Any]) -> None:
@@ -279,6 +286,7 @@ class Reconciler:
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
         result = await self.gw.merge_patch(DITTOSERVERS, meta["name"], patch, meta["namespace"])
         self.cache.put_server(result)
+        log.info("added finalizer", extra={"namespace": meta["namespace"], "name": meta["name"]})
 
     async def _paused(self, body: Mapping[str, Any], generation: int) -> None:
         previous = body.get("status") or {}

@@ -134,6 +134,8 @@ def test_children_are_repaired_and_unchanged_objects_cost_no_writes(
     eventually(lambda: kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"]
                ["spec"]["containers"][0]["image"] == "marmos91c/dittofs:v0.29.0", what="StatefulSet repaired")
     wait_ready(testbed, namespace)
+    repairs = [w for w in operator_writes(testbed, 0) if (w.get("objectRef") or {}).get("namespace") == namespace]
+    assert any(w["objectRef"]["resource"] == "services" for w in repairs), "the audit log must see our writes"
     time.sleep(3)  # let the last watch events settle
     mark = testbed.audit_line_count()
     time.sleep(12)  # more than two drift passes (interval 5 s)

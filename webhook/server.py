@@ -1,0 +1,276 @@
+"""The validating admission webhook: AdmissionReview v1 over HTTPS (aiohttp, on the operator's loop).
+
+`AdmissionHandler` turns a request body into a response (transport-free, so it is easy to test);
+`WebhookServer` serves it over TLS from a hot-reloading `CertificateSource`. Malformed requests get
+HTTP 400 with a reason; nothing a client sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from certs.source import CertificateInfo, CertificateSource
+from dittoctl.api.models import API_VERSION, GROUP, KIND
+from reconciler.events import EventType
+from webhook import metrics
+from webhook.facts import ClusterFacts
+from webhook.rules import Verdict, validate
+
+log = logging.getLogger("dittofs.webhook")
+
+WEBHOOK_PATH = "/validate-dittofs-dittofs-com-v1alpha1-dittoserver"
+ADMISSION_API_VERSION = "admission.k8s.io/v1"
+# The apiserver caps objects at ~1.5 MiB; an UPDATE review carries two of them plus the envelope.
+MAX_BODY = 3 * 1024 * 1024
+VALIDATION_FAILED = "ValidationFailed"
+
+
+class FactProvider(Protocol):
+    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> ClusterFacts: ...
+
+
+class EventSink(Protocol):
+    async def post(self, regarding: Mapping[str, Any], type_: EventType, reason: str, message: str) -> bool: ...
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class BadRequest(Exception):
+    """The body is not an AdmissionReview v1 we can answer (HTTP 400)."""
+
+
+class AdmissionHandler:
+    """AdmissionReview in, AdmissionReview out. Runs the fact lookups and the shared rules."""
+
+    def __init__(self, facts: FactProvider | None = None, recorder: EventSink | None = None, *,
+                 facts_timeout: float = 5.0) -> None:
+        self.facts = facts
+        self.recorder = recorder
+        self.facts_timeout = facts_timeout  # well inside the apiserver's 10 s webhook timeout
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    async def review(self, body: bytes) -> dict[str, Any]:
+        """The response AdmissionReview for `body`; raises BadRequest for malformed input."""
+        request = parse_review(body)
+        try:
+            response = await self.decide(request)
+        except BadRequest:
+            raise
+        except Exception:  # a bug must not become a 500 or let the object through unexamined
+            log.exception("admission failed", extra=_who(request))
+            response = {"allowed": False, "status": {
+                "status": "Failure", "code": 500, "reason": "InternalError",
+                "message": "internal error in the dittofs-operator webhook; see the operator log"}}
+        response["uid"] = request["uid"]
+        return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+    async def decide(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        operation = request.get("operation")
+        if operation not in ("CREATE", "UPDATE"):
+            return {"allowed": True}  # DELETE/CONNECT: deletion never depends on the webhook
+        kind = request.get("kind")
+        if isinstance(kind, Mapping) and (kind.get("group"), kind.get("kind")) != (GROUP, KIND):
+            # A misconfigured rule must not turn into an outage for other resources.
+            log.warning("admission request for a foreign kind allowed", extra={"kind": str(kind)})
+            return {"allowed": True}
+        if request.get("subResource"):
+            return {"allowed": True}  # status writes are the operator's own
+        obj = request.get("object")
+        if not isinstance(obj, Mapping):
+            raise BadRequest(f"request.object must be an object for {operation}")
+        meta = obj.get("metadata")
+        if isinstance(meta, Mapping) and meta.get("deletionTimestamp"):
+            return {"allowed": True}  # finalizer removal during deletion must always pass
+        old = request.get("oldObject") if operation == "UPDATE" else None
+        namespace = request.get("namespace") if isinstance(request.get("namespace"), str) else None
+        facts = await self._facts(obj, namespace)
+        verdict = validate(obj, old if isinstance(old, Mapping) else None, facts)
+        response: dict[str, Any] = {"allowed": verdict.allowed}
+        if verdict.warnings:
+            response["warnings"] = verdict.warnings
+        if not verdict.allowed:
+            response["status"] = denial_status(verdict, obj)
+            log.info("admission denied", extra={**_who(request), "errors": len(verdict.errors)})
+            if request.get("dryRun") is not True:
+                self._post_event(obj, namespace, response["status"]["message"])
+        return response
+
+    async def _facts(self, obj: Mapping[str, Any], namespace: str | None) -> ClusterFacts:
+        if self.facts is None:
+            return ClusterFacts.offline()
+        try:
+            async with asyncio.timeout(self.facts_timeout):
+                return await self.facts.facts_for(obj, namespace=namespace)
+        except TimeoutError:
+            log.warning("cluster fact lookups timed out; validating without them")
+            return ClusterFacts()
+
+    def _post_event(self, obj: Mapping[str, Any], namespace: str | None, message: str) -> None:
+        if self.recorder is None:
+            return
+        meta = _metadata(obj)
+        regarding_meta = {"name": meta.get("name"), "namespace": meta.get("namespace") or namespace}
+        if meta.get("uid"):  # absent on CREATE: the Event then refers to the object by name/namespace
+            regarding_meta["uid"] = meta["uid"]
+        regarding = {"apiVersion": API_VERSION, "kind": KIND, "metadata": regarding_meta}
+        # Posted in the background: the admission answer must not wait for an Event write.
+        task = asyncio.create_task(self.recorder.post(regarding, "Warning", VALIDATION_FAILED, message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        """Wait for events still being posted (tests, shutdown)."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def parse_review(body: bytes) -> dict[str, Any]:
+    """Check the envelope of an AdmissionReview v1 request; BadRequest names what is wrong."""
+    if len(body) > MAX_BODY:
+        raise BadRequest(f"request body is larger than {MAX_BODY} bytes")
+    try:
+        review = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(review, dict):
+        raise BadRequest("request body must be a JSON object (an AdmissionReview)")
+    if review.get("apiVersion") != ADMISSION_API_VERSION or review.get("kind") != "AdmissionReview":
+        raise BadRequest(f"expected apiVersion {ADMISSION_API_VERSION} and kind AdmissionReview "
+                         f"(got {str(review.get('apiVersion'))[:60]!r}, {str(review.get('kind'))[:60]!r})")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise BadRequest("AdmissionReview has no request")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadRequest("request.uid is missing")
+    return request
+
+
+def denial_status(verdict: Verdict, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A metav1.Status like the apiserver's own validation errors: 422 Invalid with one cause per field.
+
+    kubectl renders that as `The DittoServer "x" is invalid:` followed by one "* field: message" line per
+    cause; other clients see `message`, every error joined with "; ".
+    """
+    meta = _metadata(obj)
+    causes = []
+    for error in verdict.errors:
+        field, _, message = error.partition(": ")
+        causes.append({"type": "FieldValueInvalid", "field": field, "message": message or error})
+    return {
+        "status": "Failure", "code": 422, "reason": "Invalid",
+        "message": "; ".join(verdict.errors),
+        "details": {"name": str(meta.get("name") or ""), "group": GROUP, "kind": KIND, "causes": causes},
+    }
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _who(request: Mapping[str, Any]) -> dict[str, Any]:
+    return {"namespace": str(request.get("namespace") or ""), "name": str(request.get("name") or ""),
+            "operation": str(request.get("operation") or "")}
+
+
+class WebhookServer:
+    """HTTPS listener for the admission handler. Also starts/stops the `services` it depends on."""
+
+    def __init__(
+        self,
+        handler: AdmissionHandler,
+        certs: CertificateSource,
+        *,
+        host: str = "0.0.0.0",  # noqa: S104 - the apiserver reaches the pod through its Service
+        port: int = 9443,
+        path: str = WEBHOOK_PATH,
+        services: Sequence[Service] = (),
+    ) -> None:
+        self.handler = handler
+        self.certs = certs
+        self.host = host
+        self.port = port
+        self.path = path
+        self.services = list(services)
+        self._runner: web.AppRunner | None = None
+        self._listening = False
+
+    @property
+    def ready(self) -> bool:
+        """Listening with a valid certificate loaded."""
+        return self._listening and self.certs.ready
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post(self.path, self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        metrics.IN_FLIGHT.labels(self.path).inc()
+        status = 200
+        try:
+            if request.content_length is not None and request.content_length > MAX_BODY:
+                raise BadRequest(f"request body is larger than {MAX_BODY} bytes")
+            if request.content_type != "application/json":
+                raise BadRequest(f"Content-Type must be application/json (got {request.content_type[:60]})")
+            review = await self.handler.review(await request.read())
+            return web.Response(body=json.dumps(review).encode(), content_type="application/json")
+        except BadRequest as exc:
+            status = 400
+            return web.Response(status=400, text=str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            status = 400
+            return web.Response(status=400, text=f"request body is larger than {MAX_BODY} bytes")
+        except Exception as exc:  # e.g. the client went away mid-body; still never a 500
+            status = 400
+            log.warning("unreadable admission request", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return web.Response(status=400, text="request could not be read")
+        finally:
+            metrics.IN_FLIGHT.labels(self.path).dec()
+            metrics.REQUESTS.labels(self.path, str(status)).inc()
+            metrics.LATENCY.labels(self.path).observe(time.perf_counter() - started)
+
+    async def start(self) -> None:
+        """Bind and serve. Without a certificate the port is open but handshakes are refused (not ready)."""
+        self.certs.on_load(_expiry_metric)
+        await self.certs.start()
+        for service in self.services:
+            await service.start()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port), family=family, backlog=512)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]  # the real port when 0 was asked for
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, ssl_context=self.certs.server_context()).start()
+        self._listening = True
+        log.info("webhook listening", extra={"host": self.host, "port": self.port, "path": self.path,
+                                             "certificate_loaded": self.certs.ready})
+
+    async def stop(self) -> None:
+        self._listening = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.handler.flush()
+        for service in reversed(self.services):
+            await service.stop()
+        await self.certs.stop()
+
+
+def _expiry_metric(info: CertificateInfo) -> None:
+    metrics.CERT_EXPIRY.set(info.not_after.timestamp())
