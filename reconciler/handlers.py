@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.gateway import PERCONAPGCLUSTERS, ApiError, Gateway
+from dittoctl.gateway import Gateway
 from reconciler.cache import Cache, Key, key_of
 from reconciler.events import EventRecorder
 from reconciler.naming import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names
@@ -73,12 +73,7 @@ class Controller:
                 self.queue.add(key)
 
     async def _refresh_percona(self) -> None:
-        try:
-            served = await self.gateway.served(PERCONAPGCLUSTERS.group, PERCONAPGCLUSTERS.version,
-                                               PERCONAPGCLUSTERS.plural)
-        except ApiError:
-            return
-        self.reconciler.percona_served = served
+        await self.reconciler.refresh_percona()
 
     # -- watch events -------------------------------------------------------------------------------------
     def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:

@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dittoctl.api.models import DittoServer
+from dittoctl.api.models import DittoServer, DittoServerSpec
 from dittoctl.gateway import (
     CONFIGMAPS,
     DITTOSERVERS,
     SECRETS,
     SERVICES,
     STATEFULSETS,
+    ApiError,
     Conflict,
     Gateway,
     Kind,
@@ -26,45 +27,20 @@ from dittoctl.gateway import (
 )
 from reconciler import specs
 from reconciler.cache import Cache, Key, secret_digest
+from reconciler.compare import needs_apply, stamp_manifest
 from reconciler.events import EventRecorder
-from reconciler.naming import APPLIED_ANNOTATION, FINALIZER, HASH_ANNOTATION, PAUSE_ANNOTATION, Names
+from reconciler.naming import FINALIZER, HASH_ANNOTATION, PAUSE_ANNOTATION, Names
+from reconciler.percona import ensure_database
 from reconciler.specs.env import referenced_secrets, secret_uses
-from reconciler.specs.hashing import manifest_hash
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from reconciler.specs.services import endpoints
-from reconciler.status import Observation, build_status, status_changed
+from reconciler.status import Cond, Observation, build_status, status_changed
 from webhook.facts import ClusterFacts
 from webhook.rules import validate
 
 log = logging.getLogger("dittofs.reconciler")
 PLURALS: dict[str, Kind] = {"configmaps": CONFIGMAPS, "services": SERVICES, "statefulsets": STATEFULSETS}
 STORAGE_TEMPLATES = ("controlplane", "metadata", "content")
-
-
-def is_subset(desired: Any, observed: Any) -> bool:
-    """Every field we set has the same value in the observed object (the server may add defaults)."""
-    if isinstance(desired, dict):
-        return isinstance(observed, dict) and all(
-            is_subset(value, observed.get(key)) for key, value in desired.items()
-        )
-    if isinstance(desired, list):
-        return (isinstance(observed, list) and len(desired) == len(observed)
-                and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True)))
-    return bool(desired == observed)
-
-
-def stamp(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Annotate a manifest with the digest of what we apply, so removals (not just drift) are noticed."""
-    digest = manifest_hash(manifest)
-    meta = manifest["metadata"]
-    meta["annotations"] = {**meta.get("annotations", {}), APPLIED_ANNOTATION: digest}
-    return manifest
-
-
-def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    if observed is None:
-        return True
-    return not is_subset(desired, observed)
 
 
 @dataclass
@@ -153,6 +129,13 @@ class Reconciler:
         log.info("status updated", extra={"namespace": meta["namespace"], "name": meta["name"],
                                           "phase": status.get("phase")})
 
+    async def refresh_percona(self) -> None:
+        """Discovery, so a Percona CRD installed after start is noticed without a restart."""
+        try:
+            self.percona_served = await self.gw.served("pgv2.percona.com", "v2", "perconapgclusters")
+        except ApiError:
+            return
+
     def _facts(self, body: Mapping[str, Any]) -> ClusterFacts:
         return ClusterFacts(storage_classes=None, percona_served=self.percona_served, secrets={})
 
@@ -177,6 +160,9 @@ class Reconciler:
             await self._add_finalizer(body)
             return None  # the patch's watch event brings the next pass
 
+        wants_percona = bool(((body.get("spec") or {}).get("percona") or {}).get("enabled"))
+        if wants_percona and self.percona_served is not True:
+            await self.refresh_percona()
         verdict = validate(body, None, self._facts(body))
         if not verdict.allowed or verdict.server is None:
             message = "; ".join(verdict.errors)
@@ -188,7 +174,7 @@ class Reconciler:
                 config_errors=verdict.errors, statefulset=self.cache.child("statefulsets", *key),
                 pods=self.cache.pods_of(*key)), body.get("status"))
             await self._write_status(body, status)
-            return None
+            return 15.0 if wants_percona and not self.percona_served else None
         memory.invalid = None
         server = verdict.server
         names = Names.of(server)
@@ -204,28 +190,34 @@ class Reconciler:
 
         errors: list[str] = []
         reason = "InvalidSpec"
-        if desired.missing_secret_keys:
+        # The Percona user Secret appears when the database does; DatabaseReady reports that wait.
+        missing = [(s, k) for s, k in desired.missing_secret_keys
+                   if not (spec.percona.enabled and s == names.percona_user_secret)]
+        if missing:
             reason = "MissingSecret"
             errors = [f"Secret {s} has no key {k!r} (or does not exist); create it or fix the reference"
-                      for s, k in desired.missing_secret_keys]
+                      for s, k in missing]
 
-        written_cm, old_cm = await self._apply("configmaps", stamp(desired.config_map))
+        written_cm, old_cm = await self._apply("configmaps", stamp_manifest(desired.config_map))
         if written_cm and old_cm is not None:
             await self.events.post(body, "Normal", "ConfigUpdated",
                                    f"ConfigMap {names.config_map} updated (config hash {desired.config_hash[:12]})")
         for service in desired.services:
-            await self._apply("services", stamp(service))
+            await self._apply("services", stamp_manifest(service))
         await self._prune_services(spec.metrics.enabled, bool(desired.services and any(
             s["metadata"]["name"] == names.file_service for s in desired.services)), names)
 
-        sts = self.cache.child("statefulsets", names.namespace, names.statefulset)
-        if sts is None:
-            sts = await self._observed("statefulsets", names.namespace, names.statefulset)
+        database = await ensure_database(self, body, spec, names, memory)
+        if database.condition is None and spec.database.postgres_secret_ref is not None:
+            database.condition = postgres_secret_condition(desired.missing_secret_keys,
+                                                           spec.database.postgres_secret_ref.name)
+
+        sts = await self._observed("statefulsets", names.namespace, names.statefulset)
         immutable = storage_drift(sts, desired.statefulset)
         if immutable:
             errors.extend(immutable)
             reason = "InvalidSpec"
-        if not errors:
+        if not errors and database.gate_open:
             sts = await self._apply_statefulset(body, names, desired, sts, memory, digests)
         memory.digests = digests
 
@@ -238,15 +230,17 @@ class Reconciler:
             pods=self.cache.pods_of(names.namespace, names.server),
             config_hash=desired.config_hash,
             endpoints=endpoints(spec, names),
-            s3=None,
+            database=database.condition,
+            percona_cluster=database.cluster_name,
+            s3=s3_status(spec, digests),
         )
         await self._write_status(self.cache.servers.get(key, body), build_status(observation, body.get("status")))
-        return None
+        return database.requeue
 
     async def _apply_statefulset(self, body: Mapping[str, Any], names: Names, desired: specs.Desired,
                                  previous: dict[str, Any] | None, memory: Memory,
                                  digests: dict[tuple[str, str], str | None]) -> dict[str, Any] | None:
-        manifest = stamp(desired.statefulset)
+        manifest = stamp_manifest(desired.statefulset)
         if not needs_apply(manifest, previous):
             return previous
         result = await self.gw.apply(manifest)
@@ -335,3 +329,25 @@ def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]
                 errors.append(f"spec.storage.storageClassName: immutable: volume {name} uses {old_class}, "
                               f"spec asks {new_class}")
     return errors
+
+
+def postgres_secret_condition(missing: list[tuple[str, str]], secret: str) -> Cond:
+    gaps = [k for s, k in missing if s == secret]
+    if gaps:
+        return Cond("DatabaseReady", False, "PostgresSecretIncomplete",
+                    f"Secret {secret} lacks keys: {', '.join(gaps)}")
+    return Cond("DatabaseReady", True, "PostgresSecretComplete", f"Secret {secret} holds the connection")
+
+
+def s3_status(spec: DittoServerSpec, digests: Mapping[tuple[str, str], str | None]) -> dict[str, Any] | None:
+    if spec.s3 is None or spec.s3.credentials_secret_ref is None:
+        return None
+    ref = spec.s3.credentials_secret_ref
+    keys = [ref.access_key_id_key, ref.secret_access_key_key]
+    missing = [k for k in keys if digests.get((ref.secret_name, k)) is None]
+    found = any(d is not None for (s, _k), d in digests.items() if s == ref.secret_name)
+    if not found:
+        return {"secretFound": False, "missingKeys": keys,
+                "message": f"Secret {ref.secret_name} not found; create it with keys {', '.join(keys)}"}
+    message = f"Secret {ref.secret_name} lacks {', '.join(missing)}" if missing else "credentials present"
+    return {"secretFound": True, "missingKeys": missing, "message": message}

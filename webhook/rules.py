@@ -395,8 +395,9 @@ def _path(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
             out += f".{part}"
-        else:
-            out += f"[{part}]"
+        else:  # a map key or an odd field name; ": " would blur where the path ends
+            key = json.dumps(str(part))[1:-1]  # escapes control characters
+            out += f"[{(key if len(key) <= 40 else key[:37] + '...').replace(': ', ':')}]"
     return out
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.reconcile import is_subset, storage_drift
+from reconciler.compare import is_subset
+from reconciler.reconcile import storage_drift
 from reconciler.status import Observation, build_status, conditions, merge_conditions, status_changed
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of SPEC §11 (`make bench`)."""

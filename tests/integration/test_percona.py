@@ -1,0 +1,138 @@
+"""PostgreSQL through Percona (SPEC §4.8, §5): the tests play the Percona operator's part."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import OperatorProcess, condition, eventually, kubectl_json
+from tests.integration.test_operator import apply_server, events, server, wait_ready
+
+pytestmark = pytest.mark.integration
+PERCONA_CRD = Path(__file__).parent / "crds" / "perconapgclusters.yaml"
+
+
+def cluster(testbed: Any, namespace: str, name: str = "demo-postgres") -> dict[str, Any]:
+    obj: dict[str, Any] = kubectl_json(testbed, "get", "perconapgcluster", name, "-n", namespace)
+    return obj
+
+
+def play_percona_ready(testbed: Any, namespace: str, server_name: str = "demo") -> None:
+    """What the Percona operator would do: mark the cluster ready and publish the user Secret."""
+    name = f"{server_name}-postgres"
+    generation = cluster(testbed, namespace, name)["metadata"]["generation"]
+    testbed.kubectl("patch", "perconapgcluster", name, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"state": "ready", "observedGeneration": generation}}))
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": f"{name}-pguser-dittofs", "namespace": namespace},
+              "stringData": {"host": f"{name}-primary.{namespace}.svc", "port": "5432", "dbname": "dittofs",
+                             "user": "dittofs", "password": "pw-from-percona-1",
+                             "uri": f"postgresql://dittofs:pw-from-percona-1@{name}-primary:5432/dittofs"}}
+    testbed.kubectl("apply", "-f", "-", input=json.dumps(secret))
+
+
+def percona_spec(**extra: Any) -> dict[str, Any]:
+    return {"enabled": True, "image": "percona/percona-postgresql-operator:2.8.0-ppg16-postgres", **extra}
+
+
+def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operator: OperatorProcess,
+                                                           namespace: str) -> None:
+    assert testbed.kubectl("get", "crd", "perconapgclusters.pgv2.percona.com", check=False).returncode != 0
+    apply_server(testbed, namespace, percona=percona_spec())
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "ConfigReady")
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = eventually(refused, what="ConfigReady=False while Percona is absent")
+    assert "install the Percona Operator" in cond["message"]
+
+    testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
+    testbed.kubectl("wait", "--for=condition=Established", "crd/perconapgclusters.pgv2.percona.com",
+                    "--timeout=60s")
+    created = eventually(lambda: cluster(testbed, namespace), timeout=60, what="PerconaPGCluster created")
+    spec = created["spec"]
+    assert spec["backups"] == {"enabled": False}
+    assert spec["proxy"] == {"pgBouncer": {"replicas": 0}}
+    assert spec["users"] == [{"name": "dittofs", "databases": ["dittofs"]}]
+    assert spec["crVersion"] == "2.8.0" and spec["postgresVersion"] == 16
+    assert created["metadata"]["ownerReferences"][0]["kind"] == "DittoServer"
+
+    def waiting() -> dict[str, Any] | None:
+        obj = server(testbed, namespace)
+        db = condition(obj, "DatabaseReady")
+        return obj if db and db["reason"] == "PerconaNotReady" else None
+
+    obj = eventually(waiting, what="DatabaseReady=False/PerconaNotReady")
+    assert obj["status"]["perconaClusterName"] == "demo-postgres"
+    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+
+    play_percona_ready(testbed, namespace)
+    ready = wait_ready(testbed, namespace, timeout=120)
+    assert condition(ready, "DatabaseReady")["status"] == "True"  # type: ignore[index]
+    pod_spec = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"]["spec"]
+    init = pod_spec["initContainers"][0]
+    assert init["name"] == "wait-for-postgres" and init["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e for e in pod_spec["containers"][0]["env"]}
+    assert env["DITTOFS_DATABASE_POSTGRES_HOST"]["valueFrom"]["secretKeyRef"]["name"] == "demo-postgres-pguser-dittofs"
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "uri"
+    config = kubectl_json(testbed, "get", "configmap", "demo-config", "-n", namespace)["data"]["config.yaml"]
+    assert "type: postgres" in config and "pw-from-percona" not in config
+    reasons = [e["reason"] for e in events(testbed, namespace)]
+    assert reasons.count("PerconaCreated") == 1 and reasons.count("PerconaReady") == 1
+
+
+def test_user_edits_are_kept_and_spec_changes_propagate(testbed: Any, operator: OperatorProcess,
+                                                       namespace: str) -> None:
+    apply_server(testbed, namespace, percona=percona_spec())
+    eventually(lambda: cluster(testbed, namespace), what="cluster")
+    testbed.kubectl("patch", "perconapgcluster", "demo-postgres", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"postgresVersion": 17}}))
+    apply_server(testbed, namespace, percona=percona_spec(image="registry.local/pg:16-custom"))
+    eventually(lambda: cluster(testbed, namespace)["spec"].get("image") == "registry.local/pg:16-custom",
+               what="image change propagated")
+    assert cluster(testbed, namespace)["spec"]["postgresVersion"] == 17
+    drift = eventually(lambda: events(testbed, namespace, "PerconaDriftDetected"), what="drift event")
+    assert "postgresVersion" in drift[0]["message"]
+    time.sleep(6)  # another drift pass must not post it again
+    assert len(events(testbed, namespace, "PerconaDriftDetected")) == 1
+
+
+@pytest.mark.parametrize("delete_with_server", [False, True])
+def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: OperatorProcess, namespace: str,
+                                                  delete_with_server: bool) -> None:
+    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=delete_with_server))
+    eventually(lambda: cluster(testbed, namespace), what="cluster")
+    play_percona_ready(testbed, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+               timeout=75, what="DittoServer gone")
+    time.sleep(2)  # give garbage collection a chance to do damage
+    exists = testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace, check=False).returncode == 0
+    if delete_with_server:
+        eventually(lambda: testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace,
+                                           check=False).returncode != 0, what="cluster deleted")
+        assert events(testbed, namespace, "PerconaDeleted")
+    else:
+        assert exists, "the database must survive when deleteWithServer is false"
+        assert cluster(testbed, namespace)["metadata"].get("ownerReferences", []) == []
+        assert events(testbed, namespace, "PerconaOrphaned")
+
+
+def test_percona_turned_off_then_server_deleted_keeps_the_database(testbed: Any, operator: OperatorProcess,
+                                                                    namespace: str) -> None:
+    apply_server(testbed, namespace, percona=percona_spec())
+    eventually(lambda: cluster(testbed, namespace), what="cluster")
+    apply_server(testbed, namespace, percona={"enabled": False})
+    eventually(lambda: (server(testbed, namespace).get("status") or {}).get("perconaClusterName") == "demo-postgres"
+               and condition(server(testbed, namespace), "DatabaseReady") is None, what="percona off")
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+               timeout=75, what="DittoServer gone")
+    time.sleep(3)
+    assert cluster(testbed, namespace)["metadata"].get("ownerReferences", []) == []

@@ -1,0 +1,52 @@
+"""PerconaPGCluster builder and SSA conflict-path handling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dittoctl.api.models import DittoServer
+from reconciler.naming import Names
+from reconciler.specs.percona import adopt_live_values, parse_field_path, percona_cluster
+
+
+def build(**percona: Any) -> dict[str, Any]:
+    s = DittoServer.model_validate({"metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
+                                    "spec": {"storage": {"metadataSize": "1Gi"}, "percona": percona}})
+    return percona_cluster(s.spec, Names.of(s))
+
+
+def test_defaults_send_backups_disabled_explicitly() -> None:
+    spec = build(enabled=True)["spec"]
+    assert spec["backups"] == {"enabled": False}
+    assert spec["instances"][0]["dataVolumeClaimSpec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert spec["proxy"]["pgBouncer"]["replicas"] == 0
+    assert "image" not in spec
+
+
+def test_backup_repo_schedules_retention_and_credentials() -> None:
+    spec = build(enabled=True, image="pg:16", backup={
+        "enabled": True, "bucket": "b", "endpoint": "https://s3.local", "retentionDays": 14,
+        "credentialsSecretRef": {"name": "creds"}})["spec"]
+    pgbackrest = spec["backups"]["pgbackrest"]
+    assert spec["backups"]["enabled"] is True and spec["image"] == "pg:16"
+    assert pgbackrest["global"]["repo1-retention-full"] == "14"
+    assert pgbackrest["global"]["repo1-retention-full-type"] == "time"
+    assert pgbackrest["repos"][0]["s3"] == {"bucket": "b", "endpoint": "https://s3.local", "region": "eu-west-1"}
+    assert pgbackrest["repos"][0]["schedules"] == {"full": "0 2 * * *", "incremental": "0 * * * *"}
+    assert pgbackrest["configuration"] == [{"secret": {"name": "creds"}}]
+
+
+def test_field_paths() -> None:
+    assert parse_field_path('.spec.instances[name="instance1"].replicas') == [
+        "spec", "instances", ("name", "instance1"), "replicas"]
+    assert parse_field_path(".spec.postgresVersion") == ["spec", "postgresVersion"]
+
+
+def test_adopt_live_values_keeps_user_edits_only() -> None:
+    ours = {"spec": {"postgresVersion": 16, "image": "new", "instances": [{"name": "instance1", "replicas": 1}]}}
+    live = {"spec": {"postgresVersion": 17, "image": "old", "instances": [{"name": "instance1", "replicas": 3}]}}
+    failed = adopt_live_values(ours, live, [".spec.postgresVersion", '.spec.instances[name="instance1"].replicas'])
+    assert failed == []
+    assert ours["spec"] == {"postgresVersion": 17, "image": "new",
+                            "instances": [{"name": "instance1", "replicas": 3}]}
+    assert adopt_live_values(ours, live, [".spec.nothing.here", "garbage"]) == [".spec.nothing.here", "garbage"]

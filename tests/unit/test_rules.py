@@ -1,0 +1,487 @@
+"""Admission rules 1-14 of SPEC §7: table-driven cases, message format, totality (hypothesis)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dittoctl.api.models import API_VERSION, DittoServer
+from webhook.facts import ClusterFacts
+from webhook.rules import MAX_WARNING, Verdict, referenced_secrets, validate
+
+SECRETS: dict[str, frozenset[str] | None] = {
+    "jwt": frozenset({"secret"}),
+    "admin": frozenset({"password"}),
+    "pg": frozenset({"host", "port", "database", "user", "password"}),
+    "s3": frozenset({"accessKeyId", "secretAccessKey"}),
+    "backup": frozenset({"s3.conf"}),
+}
+GOOD = ClusterFacts(storage_classes=frozenset({"standard", "fast"}), percona_served=True, secrets=SECRETS)
+ERROR_FORMAT = re.compile(r"^(spec|metadata|apiVersion|kind|object)([.\[]((?!: ).)*)?: \S")
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def server(spec: dict[str, Any] | None = None, name: str = "demo") -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "DittoServer", "metadata": {"name": name, "namespace": "ns"},
+            "spec": merge({"storage": {"metadataSize": "1Gi"}}, spec or {})}
+
+
+def check(spec: dict[str, Any] | None = None, facts: ClusterFacts = GOOD,
+          old: dict[str, Any] | None = None) -> Verdict:
+    verdict = validate(server(spec), server(old) if old is not None else None, facts)
+    assert_well_formed(verdict)
+    return verdict
+
+
+def assert_well_formed(verdict: Verdict) -> None:
+    for error in verdict.errors:
+        assert ERROR_FORMAT.match(error), error
+    for warning in verdict.warnings:
+        assert len(warning) <= MAX_WARNING, warning
+        assert ERROR_FORMAT.match(warning), warning
+    assert verdict.allowed == (not verdict.errors)
+
+
+def paths(messages: list[str]) -> list[str]:
+    return [m.split(": ", 1)[0] for m in messages]
+
+
+# -- baseline ------------------------------------------------------------------------------------------------
+def test_minimal_spec_is_allowed_without_warnings() -> None:
+    verdict = check()
+    assert (verdict.errors, verdict.warnings) == ([], [])
+    assert isinstance(verdict.server, DittoServer)
+    assert verdict.server.spec.storage.metadata_size == "1Gi"
+
+
+def test_full_valid_spec_is_allowed() -> None:
+    spec = {
+        "storage": {"contentSize": "10Gi", "controlPlaneSize": "2Gi", "storageClassName": "fast"},
+        "database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}},
+        "s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "b"},
+        "adapters": {"smb": {"enabled": True, "port": 1445}},
+        "metrics": {"enabled": True},
+        "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"}},
+                     "admin": {"passwordSecretRef": {"name": "admin", "key": "password"}}},
+    }
+    verdict = check(spec)
+    assert (verdict.errors, verdict.warnings) == ([], [])
+
+
+# -- rule 1: the models ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("spec", "path", "fragment"), [
+    ({"replicas": 2}, "spec.replicas", "<= 1"),
+    ({"storage": {"metadataSize": "lots"}}, "spec.storage.metadataSize", "quantity"),
+    ({"storage": {"metadataSize": "0"}}, "spec.storage.metadataSize", "positive"),
+    ({"logging": {"level": "TRACE"}}, "spec.logging.level", "'DEBUG'"),
+    ({"adapters": {"nfs": {"port": 70000}}}, "spec.adapters.nfs.port", "<= 65535"),
+    ({"adapters": {"nfs": {"port": "x"}}}, "spec.adapters.nfs.port", "integer"),
+    ({"percona": {"backup": {"fullSchedule": "every day"}}}, "spec.percona.backup.fullSchedule", "cron"),
+    ({"percona": {"backup": {"incrSchedule": "x"}}}, "spec.percona.backup.incrSchedule", "cron"),
+    ({"percona": {"databaseName": "Ditto-FS"}}, "spec.percona.databaseName", "identifier"),
+    ({"identity": {"jwt": {"accessTokenDuration": "15 minutes"}}}, "spec.identity.jwt.accessTokenDuration",
+     "duration"),
+    ({"identity": {"jwt": {"secretRef": {"name": "x"}}}}, "spec.identity.jwt.secretRef.key", "required"),
+    ({"terminationGracePeriodSeconds": 10}, "spec.terminationGracePeriodSeconds", ">= 36"),
+    ({"service": {"type": "ExternalName"}}, "spec.service.type", "one of"),
+    ({"imagePullSecrets": [{"name": "Bad_Name"}]}, "spec.imagePullSecrets[0].name", "DNS name"),
+    ({"typo": True}, "spec.typo", "unknown field"),
+    ({"image": ""}, "spec.image", "must not be empty"),
+    ({"logging": "loud"}, "spec.logging", "must be an object"),
+    ({"metrics": {"path": "metrics"}}, "spec.metrics.path", "absolute path"),
+])
+def test_rule_1_model_errors_name_the_field(spec: dict[str, Any], path: str, fragment: str) -> None:
+    verdict = check(spec)
+    assert not verdict.allowed
+    assert verdict.server is None
+    matching = [e for e in verdict.errors if e.startswith(path + ": ")]
+    assert matching, verdict.errors
+    assert fragment in matching[0]
+
+
+def test_rule_1_missing_storage_and_spec() -> None:
+    assert paths(validate({"metadata": {"name": "x"}}, None, GOOD).errors) == ["spec"]
+    missing = validate({"metadata": {"name": "x"}, "spec": {}}, None, GOOD)
+    assert missing.errors == ["spec.storage: required; add this field"]
+
+
+def test_rule_1_all_violations_are_collected_with_cross_field_rules() -> None:
+    verdict = check({"replicas": 5, "logging": {"level": "LOUD"}, "storage": {"storageClassName": "nope"},
+                     "adapters": {"smb": {"enabled": True, "port": 8080}}})
+    assert set(paths(verdict.errors)) == {"spec.replicas", "spec.logging.level", "spec.storage.storageClassName",
+                                          "spec.adapters.smb.port"}
+
+
+def test_rule_1_broken_section_does_not_produce_made_up_findings() -> None:
+    # adapters is broken: its defaults (nfs 12049) must not be compared with controlPlane.port 12049.
+    verdict = check({"adapters": {"nfs": {"port": "nfs"}}, "controlPlane": {"port": 12049}})
+    assert paths(verdict.errors) == ["spec.adapters.nfs.port"]
+
+
+@pytest.mark.parametrize("name", ["a" * 53, "Upper", "dotted.name", "1starts-with-digit", "trailing-"])
+def test_rule_1_metadata_name_must_fit_child_names(name: str) -> None:
+    verdict = validate(server(name=name), None, GOOD)
+    assert paths(verdict.errors) == ["metadata.name"]
+
+
+def test_rule_1_wrong_kind_and_api_version() -> None:
+    obj = server() | {"apiVersion": "v1", "kind": "Pod"}
+    assert paths(validate(obj, None, GOOD).errors) == ["apiVersion", "kind"]
+
+
+# -- rule 2: port conflicts -----------------------------------------------------------------------------------
+PORT_FIELDS = {
+    "spec.adapters.nfs.port": {"adapters": {"nfs": {"enabled": True, "port": 7000}}},
+    "spec.adapters.smb.port": {"adapters": {"smb": {"enabled": True, "port": 7000}}},
+    "spec.controlPlane.port": {"controlPlane": {"port": 7000}},
+    "spec.metrics.port": {"metrics": {"enabled": True, "port": 7000}},
+}
+
+
+@pytest.mark.parametrize(("a", "b"), [(a, b) for i, a in enumerate(PORT_FIELDS) for b in list(PORT_FIELDS)[i + 1:]])
+def test_rule_2_every_pair_of_enabled_ports_must_differ(a: str, b: str) -> None:
+    verdict = check(merge(PORT_FIELDS[a], PORT_FIELDS[b]))
+    assert len(verdict.errors) == 1
+    assert a in verdict.errors[0] and b in verdict.errors[0]
+    assert "7000" in verdict.errors[0]
+
+
+def test_rule_2_disabled_adapters_may_share_ports() -> None:
+    verdict = check({"adapters": {"smb": {"enabled": False, "port": 8080}}, "metrics": {"port": 8080}})
+    assert verdict.allowed
+
+
+# -- rule 3: privileged ports ---------------------------------------------------------------------------------
+def test_rule_3_privileged_ports_warn() -> None:
+    verdict = check({"adapters": {"nfs": {"port": 2049}, "smb": {"enabled": True, "port": 445}}})
+    assert verdict.allowed
+    assert paths(verdict.warnings) == ["spec.adapters.smb.port"]
+    assert "NET_BIND_SERVICE" in verdict.warnings[0]
+
+
+def test_rule_3_no_warning_when_the_capability_is_granted() -> None:
+    verdict = check({"adapters": {"smb": {"enabled": True, "port": 445}},
+                     "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}})
+    assert verdict.warnings == []
+
+
+# -- rule 4: StorageClasses -----------------------------------------------------------------------------------
+def test_rule_4_unknown_storage_class_is_an_error() -> None:
+    verdict = check({"storage": {"storageClassName": "gold"}})
+    assert paths(verdict.errors) == ["spec.storage.storageClassName"]
+    assert '"gold" not found' in verdict.errors[0] and '"fast"' in verdict.errors[0]
+
+
+def test_rule_4_percona_storage_class_checked_when_enabled() -> None:
+    verdict = check({"percona": {"enabled": True, "image": "pg", "storageClassName": "gold"}})
+    assert paths(verdict.errors) == ["spec.percona.storageClassName"]
+    assert check({"percona": {"storageClassName": "gold"}}).allowed
+
+
+def test_rule_4_lookup_failure_is_a_warning() -> None:
+    facts = ClusterFacts(storage_classes=None, percona_served=True, secrets=SECRETS)
+    verdict = check({"storage": {"storageClassName": "gold"}}, facts)
+    assert verdict.allowed
+    assert verdict.warnings == ['spec.storage.storageClassName: could not verify StorageClass "gold" '
+                                "(API lookup failed)"]
+
+
+def test_offline_facts_give_no_could_not_verify_noise() -> None:
+    verdict = check({"storage": {"storageClassName": "gold"}, "s3": {"credentialsSecretRef": {"secretName": "x"}},
+                     "percona": {"enabled": True, "image": "pg"}}, ClusterFacts.offline())
+    assert (verdict.errors, verdict.warnings) == ([], [])
+
+
+# -- rule 5: S3 credentials -----------------------------------------------------------------------------------
+def test_rule_5_missing_s3_secret_warns() -> None:
+    verdict = check({"s3": {"credentialsSecretRef": {"secretName": "absent"}}},
+                    ClusterFacts(frozenset(), True, {"absent": None}))
+    assert verdict.allowed
+    assert verdict.warnings[0].startswith('spec.s3.credentialsSecretRef: create Secret "absent"')
+
+
+def test_rule_5_one_warning_per_missing_key() -> None:
+    facts = ClusterFacts(frozenset(), True, {"s3": frozenset({"other"})})
+    verdict = check({"s3": {"credentialsSecretRef": {"secretName": "s3", "accessKeyIdKey": "id"}}}, facts)
+    assert verdict.allowed
+    assert len(verdict.warnings) == 2
+    assert 'add key "id"' in verdict.warnings[0] and 'add key "secretAccessKey"' in verdict.warnings[1]
+
+
+def test_rule_5_unverifiable_secret_warns() -> None:
+    verdict = check({"s3": {"credentialsSecretRef": {"secretName": "elsewhere"}}})
+    assert verdict.warnings == ['spec.s3.credentialsSecretRef: could not verify Secret "elsewhere" '
+                                "(API lookup failed)"]
+
+
+# -- rule 6: Percona installed --------------------------------------------------------------------------------
+def test_rule_6_percona_not_served_is_an_error() -> None:
+    facts = ClusterFacts(frozenset(), False, {})
+    verdict = check({"percona": {"enabled": True, "image": "pg"}}, facts)
+    assert paths(verdict.errors) == ["spec.percona.enabled"]
+    assert "install the Percona Operator for PostgreSQL or disable percona.enabled" in verdict.errors[0]
+    assert check({"percona": {"enabled": False}}, facts).allowed
+
+
+def test_rule_6_unknown_discovery_is_a_warning() -> None:
+    verdict = check({"percona": {"enabled": True, "image": "pg"}}, ClusterFacts(frozenset(), None, {}))
+    assert verdict.allowed
+    assert paths(verdict.warnings) == ["spec.percona.enabled"]
+    assert "could not verify" in verdict.warnings[0]
+
+
+# -- rules 7 and 8: database precedence -----------------------------------------------------------------------
+def test_rule_7_percona_and_postgres_secret_warns() -> None:
+    verdict = check({"percona": {"enabled": True, "image": "pg"},
+                     "database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}}})
+    assert verdict.allowed
+    assert paths(verdict.warnings) == ["spec.database.postgresSecretRef"]
+    assert "Percona" in verdict.warnings[0]
+
+
+def test_rule_8_sqlite_with_postgres_secret_warns() -> None:
+    verdict = check({"database": {"type": "sqlite", "postgresSecretRef": {"name": "pg"}}})
+    assert verdict.allowed
+    assert paths(verdict.warnings) == ["spec.database.type"]
+    assert "postgres" in verdict.warnings[0]
+
+
+def test_postgres_without_a_connection_is_an_error() -> None:
+    verdict = check({"database": {"type": "postgres"}})
+    assert paths(verdict.errors) == ["spec.database.postgresSecretRef"]
+    assert check({"database": {"type": "postgres"}, "percona": {"enabled": True, "image": "pg"}}).allowed
+
+
+# -- rule 9: backups ------------------------------------------------------------------------------------------
+BACKUP = {"percona": {"enabled": True, "image": "pg", "backup": {"enabled": True}}}
+
+
+def test_rule_9_backup_needs_bucket_and_endpoint() -> None:
+    verdict = check(BACKUP)
+    assert paths(verdict.errors) == ["spec.percona.backup.bucket", "spec.percona.backup.endpoint"]
+    assert paths(verdict.warnings) == ["spec.percona.backup.credentialsSecretRef"]
+
+
+def test_rule_9_backup_credentials_secret_must_exist() -> None:
+    spec = merge(BACKUP, {"percona": {"backup": {"bucket": "b", "endpoint": "https://s3",
+                                                 "credentialsSecretRef": {"name": "gone"}}}})
+    verdict = check(spec, ClusterFacts(frozenset(), True, {"gone": None}))
+    assert verdict.allowed
+    assert verdict.warnings[0].startswith('spec.percona.backup.credentialsSecretRef: create Secret "gone"')
+    spec["percona"]["backup"]["credentialsSecretRef"]["name"] = "backup"
+    assert check(spec).warnings == []
+
+
+# -- rule 10: referenced Secrets ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("spec", "path"), [
+    ({"identity": {"jwt": {"secretRef": {"name": "nope", "key": "k"}}}}, "spec.identity.jwt.secretRef"),
+    ({"identity": {"admin": {"passwordSecretRef": {"name": "nope", "key": "k"}}}},
+     "spec.identity.admin.passwordSecretRef"),
+    ({"database": {"type": "postgres", "postgresSecretRef": {"name": "nope"}}}, "spec.database.postgresSecretRef"),
+])
+def test_rule_10_missing_secret_warns(spec: dict[str, Any], path: str) -> None:
+    verdict = check(spec, ClusterFacts(frozenset(), True, {"nope": None}))
+    assert verdict.allowed
+    assert verdict.warnings == [f'{path}: create Secret "nope"; the pod fails with CreateContainerConfigError '
+                                "until then"]
+
+
+def test_rule_10_missing_keys_warn_and_sslmode_is_optional() -> None:
+    verdict = check({"database": {"type": "postgres", "postgresSecretRef": {"name": "pg", "userKey": "username"}},
+                     "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "other"}}}})
+    assert verdict.allowed
+    assert paths(verdict.warnings) == ["spec.database.postgresSecretRef", "spec.identity.jwt.secretRef"]
+    assert 'add key "username" to Secret "pg"' in verdict.warnings[0]
+    assert 'add key "other" to Secret "jwt"' in verdict.warnings[1]
+
+
+# -- rule 11: Percona image -----------------------------------------------------------------------------------
+def test_rule_11_percona_without_image_warns() -> None:
+    verdict = check({"percona": {"enabled": True}})
+    assert paths(verdict.warnings) == ["spec.percona.image"]
+    assert "RELATED_IMAGE_" in verdict.warnings[0]
+
+
+# -- rule 12: immutable storage -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("old", "new", "field", "was", "now"), [
+    ({}, {"storage": {"metadataSize": "2Gi"}}, "metadataSize", "'1Gi'", "'2Gi'"),
+    ({}, {"storage": {"contentSize": "6Gi"}}, "contentSize", "'5Gi'", "'6Gi'"),
+    ({"storage": {"cacheSize": "7Gi"}}, {"storage": {"contentSize": "8Gi"}}, "contentSize", "'7Gi'", "'8Gi'"),
+    ({}, {"storage": {"controlPlaneSize": "3Gi"}}, "controlPlaneSize", "'1Gi'", "'3Gi'"),
+    ({}, {"storage": {"storageClassName": "fast"}}, "storageClassName", "unset", "'fast'"),
+    ({"storage": {"storageClassName": "fast"}}, {"storage": {"storageClassName": "standard"}}, "storageClassName",
+     "'fast'", "'standard'"),
+])
+def test_rule_12_storage_is_immutable(old: dict[str, Any], new: dict[str, Any], field: str, was: str,
+                                      now: str) -> None:
+    verdict = check(new, old=old)
+    assert verdict.errors == [f"spec.storage.{field}: immutable: StatefulSet volumeClaimTemplates cannot change "
+                              f"(was {was}, now {now}); create a new DittoServer and migrate the data, or "
+                              "revert the change"]
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ({"storage": {"metadataSize": "1Gi"}}, {"storage": {"metadataSize": "1024Mi"}}),
+    ({"storage": {"cacheSize": "7Gi"}}, {"storage": {"contentSize": "7Gi"}}),  # the deprecation fix
+    ({}, {"storage": {"contentSize": "5Gi"}}),
+    ({}, {"replicas": 0, "logging": {"level": "DEBUG"}}),
+])
+def test_rule_12_equivalent_storage_is_not_a_change(old: dict[str, Any], new: dict[str, Any]) -> None:
+    assert check(new, old=old).allowed
+
+
+def test_rule_12_not_applied_on_create() -> None:
+    assert check({"storage": {"metadataSize": "2Gi"}}).allowed
+
+
+# -- rule 13: backend switches --------------------------------------------------------------------------------
+@pytest.mark.parametrize(("old", "new", "path"), [
+    ({}, {"database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}}}, "spec.database"),
+    ({"database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}}}, {}, "spec.database"),
+    ({}, {"percona": {"enabled": True, "image": "pg"}}, "spec.database"),
+    ({"percona": {"enabled": True, "image": "pg"}}, {}, "spec.percona.enabled"),
+])
+def test_rule_13_backend_switch_warns(old: dict[str, Any], new: dict[str, Any], path: str) -> None:
+    verdict = check(new, old=old)
+    assert verdict.allowed
+    assert path in paths(verdict.warnings)
+    assert "migrate the data" in next(w for w in verdict.warnings if w.startswith(path + ":"))
+
+
+# -- rule 14: deprecated cacheSize ----------------------------------------------------------------------------
+def test_rule_14_cache_size_is_deprecated() -> None:
+    verdict = check({"storage": {"cacheSize": "5Gi"}})
+    assert verdict.allowed
+    assert verdict.warnings[0].startswith("spec.storage.cacheSize: rename it to contentSize")
+    assert verdict.server is not None and verdict.server.spec.storage.effective_content_size == "5Gi"
+    both = check({"storage": {"cacheSize": "5Gi", "contentSize": "6Gi"}})
+    assert both.warnings[0].startswith("spec.storage.cacheSize: remove it")
+
+
+# -- updates: ratcheting --------------------------------------------------------------------------------------
+def test_update_is_not_denied_for_a_problem_the_object_already_had() -> None:
+    stale = {"storage": {"storageClassName": "deleted-since"}}
+    assert not check(stale).allowed
+    assert check(merge(stale, {"replicas": 0}), old=stale).allowed  # e.g. stopping the server
+    assert not check(merge(stale, {"replicas": 9}), old=stale).allowed  # a new problem is still denied
+
+
+# -- ordering, lengths, references ----------------------------------------------------------------------------
+def test_could_not_verify_warnings_come_last() -> None:
+    verdict = check({"storage": {"cacheSize": "1Gi", "storageClassName": "x"}},
+                    ClusterFacts(None, True, {}))
+    assert "could not verify" in verdict.warnings[-1]
+    assert verdict.warnings[0].startswith("spec.storage.cacheSize")
+
+
+def test_long_names_keep_warnings_short() -> None:
+    long = "s" * 250
+    verdict = check({"s3": {"credentialsSecretRef": {"secretName": long, "accessKeyIdKey": "k" * 250}}},
+                    ClusterFacts(frozenset(), True, {long: frozenset()}))
+    assert len(verdict.warnings) == 2
+    assert all(len(w) <= MAX_WARNING for w in verdict.warnings)
+
+
+def test_referenced_secrets_lists_required_keys() -> None:
+    spec = server({"database": {"type": "postgres", "postgresSecretRef": {"name": "pg", "hostKey": "h"}},
+                   "s3": {"credentialsSecretRef": {"secretName": "s3"}},
+                   "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}},
+                   "percona": {"backup": {"enabled": True, "credentialsSecretRef": {"name": "bk"}}}})["spec"]
+    assert referenced_secrets(spec) == {
+        "pg": {"h", "port", "database", "user", "password"},
+        "s3": {"accessKeyId", "secretAccessKey"},
+        "jwt": {"k"},
+        "bk": set(),
+    }
+    assert referenced_secrets({"garbage": 1}) == {}
+    with_percona = merge(spec, {"percona": {"enabled": True}})
+    assert "pg" not in referenced_secrets(with_percona)  # Percona's Secret is used instead
+
+
+# -- totality -------------------------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=25,
+)
+quantities = st.sampled_from(["1Gi", "0", "-1Gi", "1e3", "5Mi", ".5G", "lots", "", "1Gi ", "9" * 40])
+ports = st.one_of(st.integers(-5, 70000), st.sampled_from([80, 445, 1445, 8080, 9090, 12049]), json_values)
+names = st.sampled_from(["standard", "fast", "gold", "pg", "s3", "jwt", "Bad_Name", "", "x" * 300])
+maybe = st.one_of(st.none(), json_values)
+
+
+def _spec_strategy() -> st.SearchStrategy[dict[str, Any]]:
+    storage = st.fixed_dictionaries({}, optional={
+        "metadataSize": quantities, "contentSize": quantities, "cacheSize": quantities,
+        "controlPlaneSize": quantities, "storageClassName": names | json_values})
+    adapter = st.fixed_dictionaries({}, optional={"enabled": st.booleans() | json_values, "port": ports})
+    secret_ref = st.fixed_dictionaries({"name": names}, optional={"key": names, "hostKey": names})
+    backup = st.fixed_dictionaries({}, optional={
+        "enabled": st.booleans(), "bucket": st.none() | st.text(max_size=5), "endpoint": st.none() | names,
+        "credentialsSecretRef": st.none() | secret_ref, "fullSchedule": st.sampled_from(["0 2 * * *", "x", ""])})
+    return st.fixed_dictionaries({}, optional={
+        "storage": storage | json_values,
+        "replicas": st.integers(-1, 3) | json_values,
+        "adapters": st.fixed_dictionaries({}, optional={"nfs": adapter, "smb": adapter}) | json_values,
+        "controlPlane": st.fixed_dictionaries({}, optional={"port": ports}),
+        "metrics": st.fixed_dictionaries({}, optional={"enabled": st.booleans(), "port": ports}),
+        "database": st.fixed_dictionaries({}, optional={
+            "type": st.sampled_from(["sqlite", "postgres", "mysql"]), "postgresSecretRef": st.none() | secret_ref}),
+        "percona": st.fixed_dictionaries({}, optional={
+            "enabled": st.booleans(), "image": st.none() | names, "storageClassName": names, "backup": backup}),
+        "s3": st.none() | st.fixed_dictionaries({}, optional={"credentialsSecretRef": st.fixed_dictionaries(
+            {"secretName": names}, optional={"accessKeyIdKey": names})}),
+        "identity": st.fixed_dictionaries({}, optional={"jwt": st.fixed_dictionaries(
+            {}, optional={"secretRef": secret_ref, "accessTokenDuration": st.sampled_from(["15m", "x", ""])})}),
+        "securityContext": maybe,
+        "podSecurityContext": maybe,
+        "typo": json_values,
+    })
+
+
+facts_strategy = st.builds(
+    ClusterFacts,
+    storage_classes=st.none() | st.frozensets(names, max_size=3),
+    percona_served=st.none() | st.booleans(),
+    secrets=st.dictionaries(names, st.none() | st.frozensets(names, max_size=3), max_size=4),
+    online=st.booleans(),
+)
+
+
+def _assert_total(obj: Any, old: Any, facts: ClusterFacts) -> None:
+    verdict = validate(obj, old, facts)  # must not raise
+    assert isinstance(verdict, Verdict)
+    assert_well_formed(verdict)
+    assert not any("internal validation error" in e for e in verdict.errors), verdict.errors
+    if verdict.allowed and old is None:  # (an UPDATE may be allowed by ratcheting while still invalid)
+        assert verdict.server is not None
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=_spec_strategy(), old_spec=st.none() | _spec_strategy(), facts=facts_strategy)
+def test_validate_is_total_over_generated_specs(spec: dict[str, Any], old_spec: dict[str, Any] | None,
+                                                facts: ClusterFacts) -> None:
+    old = {"metadata": {"name": "demo"}, "spec": old_spec} if old_spec is not None else None
+    _assert_total({"apiVersion": API_VERSION, "kind": "DittoServer", "metadata": {"name": "demo"}, "spec": spec},
+                  old, facts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=json_values, old=json_values, facts=facts_strategy)
+def test_validate_is_total_over_garbage(obj: Any, old: Any, facts: ClusterFacts) -> None:
+    _assert_total(obj, old if isinstance(old, dict) else None, facts)
+    _assert_total({"metadata": obj, "spec": old}, None, facts)

@@ -1,0 +1,324 @@
+"""The admission server over real TLS on 127.0.0.1 (certificates from certs.selfsigned)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+
+from certs.selfsigned import KeyPair, new_ca, new_leaf
+from certs.source import CertificateSource
+from dittoctl.api.models import API_VERSION
+from webhook.facts import ClusterFacts
+from webhook.server import (
+    MAX_BODY,
+    WEBHOOK_PATH,
+    AdmissionHandler,
+    BadRequest,
+    WebhookServer,
+)
+
+GOOD_FACTS = ClusterFacts(storage_classes=frozenset({"standard"}), percona_served=True, secrets={})
+
+
+class FakeFacts:
+    def __init__(self, facts: ClusterFacts = GOOD_FACTS, fail: bool = False) -> None:
+        self.facts = facts
+        self.fail = fail
+        self.calls: list[tuple[Mapping[str, Any], str | None]] = []
+
+    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> ClusterFacts:
+        self.calls.append((obj, namespace))
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.facts
+
+
+class FakeRecorder:
+    def __init__(self) -> None:
+        self.posted: list[tuple[Mapping[str, Any], str, str, str]] = []
+
+    async def post(self, regarding: Mapping[str, Any], type_: str, reason: str, message: str) -> bool:
+        self.posted.append((regarding, type_, reason, message))
+        return True
+
+
+def write_pair(directory: Path, ca: KeyPair, *names: str) -> KeyPair:
+    leaf = new_leaf(ca, list(names) or ["localhost"], ["127.0.0.1"])
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(leaf.cert_pem)
+    (directory / "tls.key").write_bytes(leaf.key_pem)
+    return leaf
+
+
+def client_context(*cas: KeyPair) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata="".join(ca.cert_pem.decode() for ca in cas))
+    return ctx
+
+
+def dittoserver(spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "DittoServer",
+            "metadata": {"name": "demo", "namespace": "team", **meta},
+            "spec": spec if spec is not None else {"storage": {"metadataSize": "1Gi"}}}
+
+
+def review(obj: Any, *, operation: str = "CREATE", old: Any = None, dry_run: bool = False,
+           uid: str = "1234-uid") -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "uid": uid, "operation": operation, "namespace": "team", "name": "demo", "dryRun": dry_run,
+        "kind": {"group": "dittofs.dittofs.com", "version": "v1alpha1", "kind": "DittoServer"},
+        "resource": {"group": "dittofs.dittofs.com", "version": "v1alpha1", "resource": "dittoservers"},
+        "object": obj,
+    }
+    if old is not None:
+        request["oldObject"] = old
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+class Harness:
+    def __init__(self, server: WebhookServer, session: aiohttp.ClientSession, facts: FakeFacts,
+                 recorder: FakeRecorder) -> None:
+        self.server, self.session, self.facts, self.recorder = server, session, facts, recorder
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.server.port}{WEBHOOK_PATH}"
+
+    async def post(self, body: Any, *, raw: bytes | None = None,
+                   content_type: str = "application/json") -> tuple[int, Any]:
+        data = raw if raw is not None else json.dumps(body).encode()
+        async with self.session.post(self.url, data=data, headers={"Content-Type": content_type}) as resp:
+            text = await resp.text()
+            return resp.status, (json.loads(text) if resp.content_type == "application/json" else text)
+
+    async def respond(self, body: Any) -> dict[str, Any]:
+        status, answer = await self.post(body)
+        assert status == 200, answer
+        assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+        response: dict[str, Any] = answer["response"]
+        return response
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    ca = new_ca()
+    write_pair(tmp_path / "certs", ca)
+    facts, recorder = FakeFacts(), FakeRecorder()
+    server = WebhookServer(AdmissionHandler(facts, recorder), CertificateSource(tmp_path / "certs", interval=0.05),
+                           host="127.0.0.1", port=0)
+    await server.start()
+    assert server.ready
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(ca))) as session:
+        yield Harness(server, session, facts, recorder)
+    await server.stop()
+    assert not server.ready
+
+
+# -- answers --------------------------------------------------------------------------------------------------
+async def test_valid_object_is_allowed(harness: Harness) -> None:
+    response = await harness.respond(review(dittoserver()))
+    assert response == {"uid": "1234-uid", "allowed": True}
+    assert harness.facts.calls[0][1] == "team"
+    await harness.server.handler.flush()
+    assert harness.recorder.posted == []
+
+
+async def test_invalid_object_is_denied_with_every_message(harness: Harness) -> None:
+    spec = {"storage": {"metadataSize": "lots", "storageClassName": "gold", "cacheSize": "1Gi"},
+            "adapters": {"nfs": {"port": 8080}}, "replicas": 3}
+    response = await harness.respond(review(dittoserver(spec)))
+    assert response["uid"] == "1234-uid"
+    assert response["allowed"] is False
+    status = response["status"]
+    assert (status["code"], status["reason"], status["status"]) == (422, "Invalid", "Failure")
+    errors = status["message"].split("; ")
+    fields = [c["field"] for c in status["details"]["causes"]]
+    assert fields == ["spec.replicas", "spec.storage.metadataSize", "spec.adapters.nfs.port",
+                      "spec.storage.storageClassName"]
+    assert errors == [f"{c['field']}: {c['message']}" for c in status["details"]["causes"]]
+    assert status["details"]["kind"] == "DittoServer" and status["details"]["name"] == "demo"
+    assert response["warnings"][0].startswith("spec.storage.cacheSize: rename it to contentSize")
+    await harness.server.handler.flush()
+    [(regarding, type_, reason, message)] = harness.recorder.posted
+    assert (type_, reason, message) == ("Warning", "ValidationFailed", status["message"])
+    assert regarding["metadata"] == {"name": "demo", "namespace": "team"}  # no uid on CREATE
+    assert (regarding["apiVersion"], regarding["kind"]) == (API_VERSION, "DittoServer")
+
+
+async def test_update_denial_event_carries_the_uid_and_rule_12(harness: Harness) -> None:
+    old = dittoserver(uid="u-1")
+    new = dittoserver({"storage": {"metadataSize": "2Gi"}}, uid="u-1")
+    response = await harness.respond(review(new, operation="UPDATE", old=old))
+    assert not response["allowed"]
+    assert response["status"]["message"].startswith("spec.storage.metadataSize: immutable: StatefulSet "
+                                                    "volumeClaimTemplates cannot change (was '1Gi', now '2Gi')")
+    await harness.server.handler.flush()
+    assert harness.recorder.posted[0][0]["metadata"]["uid"] == "u-1"
+
+
+async def test_dry_run_denial_posts_no_event(harness: Harness) -> None:
+    response = await harness.respond(review(dittoserver({"replicas": 7}), dry_run=True))
+    assert response["allowed"] is False
+    await harness.server.handler.flush()
+    assert harness.recorder.posted == []
+
+
+@pytest.mark.parametrize("operation", ["DELETE", "CONNECT"])
+async def test_deletes_are_always_allowed(harness: Harness, operation: str) -> None:
+    response = await harness.respond(review(None, operation=operation))
+    assert response == {"uid": "1234-uid", "allowed": True}
+
+
+async def test_objects_being_deleted_are_always_allowed(harness: Harness) -> None:
+    obj = dittoserver({"replicas": "garbage"}, deletionTimestamp="2024-01-01T00:00:00Z")
+    response = await harness.respond(review(obj, operation="UPDATE", old=obj))
+    assert response["allowed"] is True
+    assert harness.facts.calls == []
+
+
+async def test_foreign_kinds_and_subresources_are_allowed(harness: Harness) -> None:
+    body = review({"spec": "whatever"})
+    body["request"]["kind"] = {"group": "", "version": "v1", "kind": "Pod"}
+    assert (await harness.respond(body))["allowed"] is True
+    body = review(dittoserver({"replicas": 9}), operation="UPDATE")
+    body["request"]["subResource"] = "status"
+    assert (await harness.respond(body))["allowed"] is True
+
+
+async def test_internal_failure_denies_with_a_message_not_a_500(harness: Harness) -> None:
+    harness.facts.fail = True
+    response = await harness.respond(review(dittoserver()))
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 500
+    assert "operator log" in response["status"]["message"]
+
+
+# -- malformed requests ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "x"}}',
+     "admission.k8s.io/v1"),
+    (b'{"apiVersion": "admission.k8s.io/v1", "kind": "Pod", "request": {"uid": "x"}}', "AdmissionReview"),
+    (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', "no request"),
+    (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"operation": "CREATE"}}',
+     "uid"),
+    (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}}', "uid"),
+    (json.dumps(review("not an object")).encode(), "request.object"),
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    (b"", "not valid JSON"),
+])
+async def test_malformed_requests_get_400_with_a_reason(harness: Harness, raw: bytes, reason: str) -> None:
+    status, text = await harness.post(None, raw=raw)
+    assert status == 400
+    assert reason in text
+
+
+async def test_huge_body_gets_400(harness: Harness) -> None:
+    big = review(dittoserver({"storage": {"metadataSize": "1Gi"}, "podAnnotations": {"a": "x" * MAX_BODY}}))
+    status, text = await harness.post(big)
+    assert status == 400
+    assert "larger than" in text
+
+
+async def test_wrong_content_type_gets_400(harness: Harness) -> None:
+    status, text = await harness.post(review(dittoserver()), content_type="text/plain")
+    assert (status, "Content-Type" in text) == (400, True)
+
+
+async def test_metrics_count_requests_by_code(harness: Harness) -> None:
+    def count(code: str) -> float:
+        return REGISTRY.get_sample_value("controller_runtime_webhook_requests_total",
+                                         {"webhook": WEBHOOK_PATH, "code": code}) or 0.0
+
+    ok, bad = count("200"), count("400")
+    await harness.respond(review(dittoserver()))
+    await harness.post(None, raw=b"nope")
+    assert (count("200"), count("400")) == (ok + 1, bad + 1)
+    assert REGISTRY.get_sample_value("controller_runtime_webhook_latency_seconds_count",
+                                     {"webhook": WEBHOOK_PATH})
+    expiry = REGISTRY.get_sample_value("dittofs_operator_webhook_certificate_expiration_timestamp_seconds")
+    assert expiry is not None and expiry > 0
+
+
+async def test_keep_alive_connection_serves_many_requests(harness: Harness) -> None:
+    for _ in range(50):
+        assert (await harness.respond(review(dittoserver())))["allowed"]
+
+
+# -- readiness without a certificate --------------------------------------------------------------------------
+async def test_server_without_certificate_is_not_ready_until_one_appears(tmp_path: Path) -> None:
+    server = WebhookServer(AdmissionHandler(), CertificateSource(tmp_path / "empty", interval=0.05),
+                           host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        assert not server.ready
+        ca = new_ca()
+        connector = aiohttp.TCPConnector(ssl=client_context(ca), force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = f"https://127.0.0.1:{server.port}{WEBHOOK_PATH}"
+            with pytest.raises(aiohttp.ClientError):
+                await session.post(url, json=review(dittoserver()))
+            write_pair(tmp_path / "empty", ca)
+            for _ in range(100):
+                if server.ready:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.ready
+            async with session.post(url, json=review(dittoserver())) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["response"]["allowed"] is True
+    finally:
+        await server.stop()
+
+
+async def test_tls_below_1_2_is_refused(harness: Harness) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, OSError)):
+        _, writer = await asyncio.open_connection("127.0.0.1", harness.server.port, ssl=ctx)
+        writer.close()
+
+
+# -- fuzz: no input makes the handler crash -------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=15)
+reviews = st.fixed_dictionaries({
+    "apiVersion": st.sampled_from(["admission.k8s.io/v1", "v1"]) | json_values,
+    "kind": st.just("AdmissionReview") | json_values,
+    "request": st.fixed_dictionaries({"uid": st.just("u") | json_values}, optional={
+        "operation": st.sampled_from(["CREATE", "UPDATE", "DELETE"]) | json_values,
+        "object": st.just(dittoserver()) | json_values | st.builds(dittoserver, json_values),
+        "oldObject": json_values | st.builds(dittoserver, json_values),
+        "dryRun": json_values, "namespace": json_values, "kind": json_values, "subResource": json_values,
+    }) | json_values,
+})
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=reviews | json_values)
+async def test_handler_answers_or_rejects_every_input(body: Any) -> None:
+    handler = AdmissionHandler(FakeFacts(), FakeRecorder())
+    try:
+        answer = await handler.review(json.dumps(body).encode())
+    except BadRequest as exc:
+        assert str(exc)
+        return
+    response = answer["response"]
+    assert isinstance(response["allowed"], bool)
+    assert response.get("status", {}).get("code") != 500, response
+    for cause in response.get("status", {}).get("details", {}).get("causes", []):
+        assert cause["field"] and cause["message"]
+    await handler.flush()
