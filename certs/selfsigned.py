@@ -360,7 +360,7 @@ class SelfSignedManager:
         config = await self.gateway.get_or_none(WEBHOOKCONFIGS, self.webhook_config_name)
         if config is None:
             log.warning("ValidatingWebhookConfiguration not found; caBundle not set",
-                        extra={"name": self.webhook_config_name})
+                        extra={"webhook_config": self.webhook_config_name})
             return False
         wanted = base64.b64encode(bundle).decode()
         ops: list[dict[str, Any]] = []
@@ -370,7 +370,7 @@ class SelfSignedManager:
                 ops.append({"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": wanted})
         if ops:
             await self.gateway.json_patch(WEBHOOKCONFIGS, self.webhook_config_name, ops)
-            log.info("webhook caBundle updated", extra={"name": self.webhook_config_name,
+            log.info("webhook caBundle updated", extra={"webhook_config": self.webhook_config_name,
                                                         "webhooks": len(ops) // 2})
         self.published_bundle = bundle
         return True

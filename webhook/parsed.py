@@ -1,8 +1,8 @@
 """Lenient parsing of a DittoServer spec, and the cluster objects it references.
 
 The webhook must report *every* violation at once, so a spec that fails the models is still parsed as
-far as possible: top-level sections that failed are reset to their defaults and marked `broken`, and
-cross-field rules skip broken sections instead of judging made-up defaults. Both the rules and the fact
+far as possible: fields that failed are reset to their defaults and marked `broken`, and cross-field
+rules skip broken fields instead of judging made-up defaults. Both the rules and the fact
 lookups read the same parse, so they agree on what an object references.
 """
 
@@ -17,8 +17,14 @@ from pydantic_core import ErrorDetails
 
 from dittoctl.api.models import DittoServerSpec
 
-# Stands in for a broken or missing `storage` (the only required section) so the rest still parses.
+# Stand-ins for required fields that are missing or broken, so the rest of the spec still parses. They are
+# marked broken, so no rule ever judges them.
 _PLACEHOLDER_STORAGE = {"metadataSize": "1Gi"}
+_REQUIRED_STANDINS = {"metadataSize": "1Gi", "name": "placeholder", "key": "placeholder",
+                      "secretName": "placeholder"}
+
+
+Loc = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -26,23 +32,36 @@ class ParsedSpec:
     """A spec parsed as far as the models allow."""
 
     spec: DittoServerSpec | None
-    """The spec; when `broken` is non-empty, broken sections hold defaults, not the user's values."""
+    """The spec; fields listed in `broken` hold defaults, not the user's values."""
     errors: tuple[ErrorDetails, ...] = ()
     """Model errors of the original spec (empty when it is valid)."""
-    broken: frozenset[Any] = frozenset()
-    """Top-level spec keys (camelCase) whose values failed the models."""
+    broken: frozenset[Loc] = frozenset()
+    """Paths (camelCase keys) whose values failed the models and were reset to their defaults."""
 
     @property
     def valid(self) -> bool:
         return self.spec is not None and not self.errors
 
-    def usable(self, *sections: str) -> bool:
-        """True when every named top-level section holds the user's own, valid values."""
-        return self.spec is not None and not self.broken.intersection(sections)
+    def usable(self, *paths: str) -> bool:
+        """True when every dotted path (e.g. "storage.storageClassName") holds the user's own, valid value:
+        nothing at, above or below it was reset."""
+        if self.spec is None:
+            return False
+        for path in paths:
+            want = tuple(path.split("."))
+            for loc in self.broken:
+                n = min(len(loc), len(want))
+                if loc[:n] == want[:n]:
+                    return False
+        return True
 
 
 def parse_spec(raw: Any) -> ParsedSpec:
-    """Never raises: garbage gives `ParsedSpec(None, errors)`."""
+    """Never raises: garbage gives `ParsedSpec(None, errors)`.
+
+    Repair loop: every failing field is removed (so its default applies); a missing required field takes
+    its parent object with it, a failing list element the whole list. A few rounds reach a valid spec.
+    """
     try:
         return ParsedSpec(DittoServerSpec.model_validate(raw))
     except ValidationError as exc:
@@ -51,15 +70,60 @@ def parse_spec(raw: Any) -> ParsedSpec:
         return ParsedSpec(None, (_whole_spec_error(raw),))
     if not isinstance(raw, Mapping) or any(not err["loc"] for err in errors):
         return ParsedSpec(None, errors)
-    broken = frozenset(err["loc"][0] for err in errors)
-    repaired = {key: value for key, value in raw.items() if key not in broken}
-    if "storage" in broken or "storage" not in repaired:
-        repaired["storage"] = _PLACEHOLDER_STORAGE
-        broken |= {"storage"}
-    try:
-        return ParsedSpec(DittoServerSpec.model_validate(repaired), errors, broken)
-    except (ValidationError, TypeError, ValueError, RecursionError):
-        return ParsedSpec(None, errors, broken)
+    data = _copy(raw)
+    broken: set[Loc] = set()
+    pending = errors
+    for _ in range(8):
+        for err in pending:
+            loc = err["loc"]
+            if err["type"] == "missing" and _fill(data, loc):
+                broken.add(loc)  # a stand-in keeps the siblings of a missing required field usable
+                continue
+            target = loc[:-1] if err["type"] == "missing" else loc
+            index = next((i for i, part in enumerate(target) if isinstance(part, int)), None)
+            target = target[:index] if index is not None else target  # lists go as a whole
+            if not target:  # a required top-level field: only `storage`
+                data["storage"] = dict(_PLACEHOLDER_STORAGE)
+                target = ("storage",)
+            elif not _delete(data, target):
+                target = target[:1]
+                data.pop(target[0], None)
+            broken.add(target)
+        try:
+            return ParsedSpec(DittoServerSpec.model_validate(data), errors, frozenset(broken))
+        except ValidationError as exc:
+            pending = tuple(exc.errors(include_url=False))
+        except (TypeError, ValueError, RecursionError):
+            break
+    return ParsedSpec(None, errors, frozenset(broken))
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _fill(data: dict[Any, Any], loc: Loc) -> bool:
+    node: Any = data
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and loc and loc[-1] in _REQUIRED_STANDINS and loc[-1] not in node:
+        node[loc[-1]] = _REQUIRED_STANDINS[loc[-1]]
+        return True
+    return False
+
+
+def _delete(data: dict[Any, Any], path: Loc) -> bool:
+    node: Any = data
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and path[-1] in node:
+        del node[path[-1]]
+        return True
+    return False
 
 
 def _whole_spec_error(raw: Any) -> ErrorDetails:
@@ -86,19 +150,21 @@ def _secrets_of(parsed: ParsedSpec) -> dict[str, set[str]]:
     def need(name: str, *keys: str) -> None:
         refs.setdefault(name, set()).update(keys)
 
-    if parsed.usable("identity"):
-        if (jwt := spec.identity.jwt.secret_ref) is not None:
-            need(jwt.name, jwt.key)
-        if (admin := spec.identity.admin.password_secret_ref) is not None:
-            need(admin.name, admin.key)
+    if parsed.usable("identity.jwt.secretRef") and (jwt := spec.identity.jwt.secret_ref) is not None:
+        need(jwt.name, jwt.key)
+    admin = spec.identity.admin.password_secret_ref
+    if parsed.usable("identity.admin.passwordSecretRef") and admin is not None:
+        need(admin.name, admin.key)
     pg = spec.database.postgres_secret_ref
     # With Percona enabled the server reads Percona's user Secret, so the external one is not consumed.
-    if parsed.usable("database", "percona") and pg is not None and not spec.percona.enabled:
+    if parsed.usable("database.postgresSecretRef", "percona.enabled") and pg is not None and not spec.percona.enabled:
         need(pg.name, pg.host_key, pg.port_key, pg.database_key, pg.user_key, pg.password_key)
-    if parsed.usable("s3") and spec.s3 is not None and (s3 := spec.s3.credentials_secret_ref) is not None:
+    s3 = spec.s3.credentials_secret_ref if spec.s3 is not None else None
+    if parsed.usable("s3.credentialsSecretRef") and s3 is not None:
         need(s3.secret_name, s3.access_key_id_key, s3.secret_access_key_key)
     backup = spec.percona.backup
-    if parsed.usable("percona") and backup.enabled and backup.credentials_secret_ref is not None:
+    if parsed.usable("percona.backup.enabled", "percona.backup.credentialsSecretRef") and backup.enabled and (
+            backup.credentials_secret_ref is not None):
         need(backup.credentials_secret_ref.name)
     return refs
 
@@ -124,10 +190,10 @@ def references(obj: Any) -> References:
     if spec is None:
         return References(namespace if isinstance(namespace, str) else None)
     classes: set[str] = set()
-    if parsed.usable("storage") and spec.storage.storage_class_name:
+    if parsed.usable("storage.storageClassName") and spec.storage.storage_class_name:
         classes.add(spec.storage.storage_class_name)
-    percona = parsed.usable("percona") and spec.percona.enabled
-    if percona and spec.percona.storage_class_name:
+    percona = parsed.usable("percona.enabled") and spec.percona.enabled
+    if percona and parsed.usable("percona.storageClassName") and spec.percona.storage_class_name:
         classes.add(spec.percona.storage_class_name)
     return References(
         namespace=namespace if isinstance(namespace, str) and namespace else None,

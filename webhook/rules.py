@@ -29,7 +29,6 @@ from dittoctl.api.models import (
     DittoServer,
     DittoServerSpec,
     DittoServerStatus,
-    StorageSpec,
 )
 from dittoctl.api.quantity import parse_quantity
 from webhook.facts import ClusterFacts
@@ -173,14 +172,13 @@ class _Check:
     # -- rules 2 and 3: ports ----------------------------------------------------------------------------
     def _ports(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         ports: list[tuple[str, int]] = []
-        if parsed.usable("controlPlane"):
+        if parsed.usable("controlPlane.port"):
             ports.append(("spec.controlPlane.port", spec.control_plane.port))
-        if parsed.usable("adapters"):
-            if spec.adapters.nfs.enabled:
-                ports.append(("spec.adapters.nfs.port", spec.adapters.nfs.port))
-            if spec.adapters.smb.enabled:
-                ports.append(("spec.adapters.smb.port", spec.adapters.smb.port))
-        if parsed.usable("metrics") and spec.metrics.enabled:
+        if parsed.usable("adapters.nfs") and spec.adapters.nfs.enabled:
+            ports.append(("spec.adapters.nfs.port", spec.adapters.nfs.port))
+        if parsed.usable("adapters.smb") and spec.adapters.smb.enabled:
+            ports.append(("spec.adapters.smb.port", spec.adapters.smb.port))
+        if parsed.usable("metrics.enabled", "metrics.port") and spec.metrics.enabled:
             ports.append(("spec.metrics.port", spec.metrics.port))
         for i, (path, port) in enumerate(ports):
             for other, other_port in ports[:i]:
@@ -194,9 +192,10 @@ class _Check:
     # -- rule 4: StorageClasses --------------------------------------------------------------------------
     def _storage_classes(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         wanted: list[tuple[str, str]] = []
-        if parsed.usable("storage") and spec.storage.storage_class_name:
+        if parsed.usable("storage.storageClassName") and spec.storage.storage_class_name:
             wanted.append(("spec.storage.storageClassName", spec.storage.storage_class_name))
-        if parsed.usable("percona") and spec.percona.enabled and spec.percona.storage_class_name:
+        percona_class = parsed.usable("percona.enabled", "percona.storageClassName")
+        if percona_class and spec.percona.enabled and spec.percona.storage_class_name:
             wanted.append(("spec.percona.storageClassName", spec.percona.storage_class_name))
         known = self.facts.storage_classes
         for path, name in wanted:
@@ -224,7 +223,7 @@ class _Check:
                 self.warn(path, *(f"add key {_q(key)} to Secret {_q(secret)}; {c}" for c in consequences))
 
     def _s3(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
-        if not parsed.usable("s3") or spec.s3 is None or spec.s3.credentials_secret_ref is None:
+        if not parsed.usable("s3.credentialsSecretRef") or spec.s3 is None or spec.s3.credentials_secret_ref is None:
             return
         ref, path = spec.s3.credentials_secret_ref, "spec.s3.credentialsSecretRef"
         why = ("DittoFS cannot reach S3 without it (it may still be created by external-secrets)",
@@ -233,21 +232,19 @@ class _Check:
         self._keys(path, ref.secret_name, keys, [ref.access_key_id_key, ref.secret_access_key_key], *why)
 
     def _identity_secrets(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
-        if not parsed.usable("identity"):
-            return
         for path, ref in (("spec.identity.jwt.secretRef", spec.identity.jwt.secret_ref),
                           ("spec.identity.admin.passwordSecretRef", spec.identity.admin.password_secret_ref)):
-            if ref is not None:
+            if ref is not None and parsed.usable(path.removeprefix("spec.")):
                 keys = self._secret(path, ref.name, *_POD_FAILS)
                 self._keys(path, ref.name, keys, [ref.key], *_POD_FAILS)
 
     # -- database and Percona (rules 6-11) ---------------------------------------------------------------
     def _database(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
-        if not parsed.usable("database"):
+        if not parsed.usable("database.type", "database.postgresSecretRef"):
             return
         db, base = spec.database, "spec.database"
         ref = db.postgres_secret_ref
-        percona_known = parsed.usable("percona")
+        percona_known = parsed.usable("percona.enabled")
         if db.type == "sqlite" and ref is not None:
             self.warn(f"{base}.type", "set it to postgres; postgresSecretRef makes the server use PostgreSQL anyway")
         if db.type == "postgres" and ref is None and percona_known and not spec.percona.enabled:
@@ -261,31 +258,31 @@ class _Check:
         self._keys(path, ref.name, keys, wanted, *_POD_FAILS)
 
     def _percona(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
-        if not parsed.usable("percona"):
-            return
         percona, base = spec.percona, "spec.percona"
-        if percona.enabled:
+        if parsed.usable("percona.enabled") and percona.enabled:
             served = self.facts.percona_served
             if served is False:  # rule 6
                 self.error(f"{base}.enabled", "PerconaPGCluster (pgv2.percona.com/v2) is not served by this cluster; "
                            "install the Percona Operator for PostgreSQL or disable percona.enabled")
             elif served is None:
                 self.unverified(f"{base}.enabled", "that the Percona Operator for PostgreSQL is installed")
-            if parsed.usable("database") and spec.database.postgres_secret_ref is not None:  # rule 7
+            if parsed.usable("database.postgresSecretRef") and spec.database.postgres_secret_ref is not None:  # 7
                 self.warn("spec.database.postgresSecretRef", "remove it or disable percona; the Percona database "
                           "is used instead")
-            if not percona.image:  # rule 11
+            if parsed.usable("percona.image") and not percona.image:  # rule 11
                 self.warn(f"{base}.image", "set a PostgreSQL image unless the Percona Operator sets RELATED_IMAGE_*")
         backup = percona.backup
-        if not backup.enabled:
+        if not parsed.usable("percona.backup.enabled") or not backup.enabled:
             return
         for key in ("bucket", "endpoint"):  # rule 9
-            if not (getattr(backup, key) or "").strip():
+            if parsed.usable(f"percona.backup.{key}") and not (getattr(backup, key) or "").strip():
                 self.error(f"{base}.backup.{key}", f"required when backup is enabled; set the S3 {key} of the "
                            "pgBackRest repository or disable backup")
-        if not percona.enabled:
+        if parsed.usable("percona.enabled") and not percona.enabled:
             self.warn(f"{base}.backup.enabled", "enable percona too, or turn backup off; backups only apply to "
                       "the Percona cluster")
+        if not parsed.usable("percona.backup.credentialsSecretRef"):
+            return
         if backup.credentials_secret_ref is None:
             self.warn(f"{base}.backup.credentialsSecretRef", "set it to the Secret with pgBackRest S3 credentials; "
                       "backups fail without it")
@@ -295,7 +292,7 @@ class _Check:
 
     # -- rule 14 and friends -----------------------------------------------------------------------------
     def _deprecations(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
-        if not parsed.usable("storage") or spec.storage.cache_size is None:
+        if not parsed.usable("storage.cacheSize", "storage.contentSize") or spec.storage.cache_size is None:
             return
         if spec.storage.content_size is None:
             self.warn("spec.storage.cacheSize", "rename it to contentSize; cacheSize is deprecated "
@@ -305,7 +302,8 @@ class _Check:
 
     def _service(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         svc = spec.service
-        if parsed.usable("service") and svc.type == "LoadBalancer" and not svc.load_balancer_source_ranges:
+        lb_open = svc.type == "LoadBalancer" and not svc.load_balancer_source_ranges
+        if lb_open and parsed.usable("service.type", "service.loadBalancerSourceRanges"):
             self.warn("spec.service.loadBalancerSourceRanges", "restrict it; a LoadBalancer exposes the "
                       "admin-capable API to every source")
 
@@ -317,9 +315,9 @@ class _Check:
         old = parse_spec(old_raw)
         if old.spec is None:
             return
-        if parsed.usable("storage") and old.usable("storage"):
-            self._immutable_storage(old.spec.storage, spec.storage)
-        if parsed.usable("database", "percona") and old.usable("database", "percona"):
+        self._immutable_storage(old, parsed)
+        backend = ("database.type", "database.postgresSecretRef", "percona.enabled")
+        if parsed.usable(*backend) and old.usable(*backend):
             before, after = _backend(old.spec), _backend(spec)
             if old.spec.percona.enabled and not spec.percona.enabled:
                 self.warn("spec.percona.enabled", f"migrate the data first; turning Percona off switches the "
@@ -328,21 +326,24 @@ class _Check:
                 self.warn("spec.database", f"migrate the data first; switching from {before} to {after} "
                           "does not move it")
 
-    def _immutable_storage(self, old: StorageSpec, new: StorageSpec) -> None:
-        pairs: list[tuple[str, str | None, str | None]] = [
-            ("metadataSize", old.metadata_size, new.metadata_size),
-            ("contentSize", old.effective_content_size, new.effective_content_size),
-            ("controlPlaneSize", old.control_plane_size, new.control_plane_size),
-            ("storageClassName", old.storage_class_name, new.storage_class_name),
+    def _immutable_storage(self, old_parse: ParsedSpec, new_parse: ParsedSpec) -> None:
+        assert old_parse.spec is not None and new_parse.spec is not None
+        old, new = old_parse.spec.storage, new_parse.spec.storage
+        fields: list[tuple[str, tuple[str, ...], str | None, str | None]] = [
+            ("metadataSize", ("storage.metadataSize",), old.metadata_size, new.metadata_size),
+            ("contentSize", ("storage.contentSize", "storage.cacheSize"), old.effective_content_size,
+             new.effective_content_size),
+            ("controlPlaneSize", ("storage.controlPlaneSize",), old.control_plane_size, new.control_plane_size),
+            ("storageClassName", ("storage.storageClassName",), old.storage_class_name, new.storage_class_name),
         ]
-        for key, before, after in pairs:
-            if key == "storageClassName" and before == after:
-                continue
-            if key != "storageClassName" and _same_quantity(before, after):
-                continue
-            self.error(f"spec.storage.{key}", f"immutable: StatefulSet volumeClaimTemplates cannot change "
-                       f"(was {_shown_value(before)}, now {_shown_value(after)}); create a new DittoServer and "
-                       "migrate the data, or revert the change")
+        for key, paths, before, after in fields:
+            if not (old_parse.usable(*paths) and new_parse.usable(*paths)):
+                continue  # a broken value is reported by rule 1; comparing its default would mislead
+            same = before == after if key == "storageClassName" else _same_quantity(before, after)
+            if not same:
+                self.error(f"spec.storage.{key}", f"immutable: StatefulSet volumeClaimTemplates cannot change "
+                           f"(was {_shown_value(before)}, now {_shown_value(after)}); create a new DittoServer "
+                           "and migrate the data, or revert the change")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------

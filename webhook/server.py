@@ -182,7 +182,8 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _who(request: Mapping[str, Any]) -> dict[str, Any]:
-    return {"namespace": str(request.get("namespace") or ""), "name": str(request.get("name") or ""),
+    # Not "name": LogRecord reserves it, and logging raises KeyError for reserved keys in `extra`.
+    return {"namespace": str(request.get("namespace") or ""), "dittoserver": str(request.get("name") or ""),
             "operation": str(request.get("operation") or "")}
 
 

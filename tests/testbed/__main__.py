@@ -56,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the control plane and keep it running until Ctrl-C/SIGTERM")
     up.add_argument("--keep", action="store_true", help="keep the work dir (like DITTOFS_TESTBED_KEEP=1)")
+    sub.add_parser("demo", help="control plane + dittoctl run + a sample DittoServer reaching Ready")
     build = sub.add_parser("build", help="build (or reuse cached) binaries with build.sh")
     build.add_argument("what", nargs="?", default="all", help="all|k8s|etcd|kwok|dfs|kubectl")
     args = parser.parse_args(argv)
+    if args.cmd == "demo":
+        from .demo import main as demo
+
+        return demo()
     if args.cmd == "build":
         run_build(args.what)
         return 0
