@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dittoctl.gateway import SECRETS, WEBHOOKCONFIGS, ApiError, Conflict, Gateway, NotFound
+from dittoctl.logs import fields
 
 log = logging.getLogger("dittofs.certs")
 
@@ -277,7 +278,7 @@ class SelfSignedManager:
             try:
                 done = await self.ensure()
             except (ApiError, Conflict, NotFound, OSError, ValueError) as exc:
-                log.warning("self-signed certificate pass failed", extra={"error": str(exc)})
+                log.warning("self-signed certificate pass failed", extra=fields(error=str(exc)))
                 done = False
             except Exception:  # keep the loop alive: a dead loop would let the certificate expire
                 log.exception("self-signed certificate pass failed")
@@ -295,7 +296,7 @@ class SelfSignedManager:
                 previous = ca.cert_pem  # still trusted by the apiserver: keep it in the bundle meanwhile
             ca = new_ca(days=self.ca_days, now=now)
             changed = True
-            log.info("self-signed webhook CA created", extra={"not_after": not_after(ca.cert_pem).isoformat()})
+            log.info("self-signed webhook CA created", extra=fields(not_after=not_after(ca.cert_pem).isoformat()))
         if previous is not None and (_expired(previous, now) or previous == ca.cert_pem):
             previous, changed = None, True
         bundle = ca.cert_pem + (previous or b"")
@@ -307,7 +308,7 @@ class SelfSignedManager:
             leaf = new_leaf(ca, self.dns_names, self.ips, days=self.leaf_days, now=now)
             changed = True
             log.info("self-signed webhook certificate issued",
-                     extra={"not_after": not_after(leaf.cert_pem).isoformat()})
+                     extra=fields(not_after=not_after(leaf.cert_pem).isoformat()))
         if changed and not await self._save(stored, ca, previous, leaf):
             return False  # another replica wrote first: the next pass adopts its material
         published = await self._publish(bundle)
@@ -351,7 +352,7 @@ class SelfSignedManager:
                 patch = {"metadata": {"resourceVersion": stored.resource_version}, "data": encoded}
                 await self.gateway.merge_patch(SECRETS, self.secret_name, patch, self.namespace)
         except Conflict:
-            log.info("certificate Secret changed concurrently; re-reading", extra={"secret": self.secret_name})
+            log.info("certificate Secret changed concurrently; re-reading", extra=fields(secret=self.secret_name))
             return False
         return True
 
@@ -360,7 +361,7 @@ class SelfSignedManager:
         config = await self.gateway.get_or_none(WEBHOOKCONFIGS, self.webhook_config_name)
         if config is None:
             log.warning("ValidatingWebhookConfiguration not found; caBundle not set",
-                        extra={"webhook_config": self.webhook_config_name})
+                        extra=fields(webhook_config=self.webhook_config_name))
             return False
         wanted = base64.b64encode(bundle).decode()
         ops: list[dict[str, Any]] = []
@@ -370,8 +371,8 @@ class SelfSignedManager:
                 ops.append({"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": wanted})
         if ops:
             await self.gateway.json_patch(WEBHOOKCONFIGS, self.webhook_config_name, ops)
-            log.info("webhook caBundle updated", extra={"webhook_config": self.webhook_config_name,
-                                                        "webhooks": len(ops) // 2})
+            log.info("webhook caBundle updated", extra=fields(webhook_config=self.webhook_config_name,
+                                                        webhooks=len(ops) // 2))
         self.published_bundle = bundle
         return True
 

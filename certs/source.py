@@ -27,6 +27,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from dittoctl.logs import fields
+
 log = logging.getLogger("dittofs.certs")
 _Signature = tuple[tuple[int, int, int, int, int], ...]
 
@@ -189,10 +191,10 @@ class CertificateSource:
         if self._info is not None and info.sha256 == self._info.sha256:
             return False
         self._context, self._info, self._last_problem = context, info, None
-        log.info("webhook certificate loaded", extra={
-            "subject": info.subject, "serial": f"{info.serial:x}", "not_after": info.not_after.isoformat()})
+        log.info("webhook certificate loaded", extra=fields(
+            subject=info.subject, serial=f"{info.serial:x}", not_after=info.not_after.isoformat()))
         if info.not_after <= datetime.now(UTC):
-            log.warning("webhook certificate has expired", extra={"not_after": info.not_after.isoformat()})
+            log.warning("webhook certificate has expired", extra=fields(not_after=info.not_after.isoformat()))
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 listener(info)
@@ -211,4 +213,4 @@ class CertificateSource:
     def _problem(self, message: str) -> None:
         if message != self._last_problem:  # log each distinct problem once, not once per poll
             self._last_problem = message
-            log.warning(message, extra={"cert_dir": str(self.cert_path.parent)})
+            log.warning(message, extra=fields(cert_dir=str(self.cert_path.parent)))

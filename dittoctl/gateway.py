@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +218,30 @@ class Gateway:
             await self._call("DELETE", kind.path(namespace, name))
         except NotFound:
             return
+
+    async def watch(self, kind: Kind, resource_version: str, *, timeout_seconds: int = 290,
+                    namespace: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Raw watch events, one decoded JSON line at a time (nothing is accumulated)."""
+        query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(timeout_seconds))]
+        try:
+            response = await self.api.call_api(
+                kind.path(namespace), "GET", query_params=query, header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout_seconds + 30)
+        except ApiException as exc:
+            raise _error(exc) from None
+        except (OSError, TimeoutError) as exc:
+            raise ApiError(0, f"API unreachable: {exc}") from exc
+        try:
+            if response.status >= 400:
+                raise ApiError(response.status, (await response.read()).decode(errors="replace")[:300])
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return
+                yield json.loads(line)
+        finally:
+            response.release()
 
     async def served(self, group: str, version: str, plural: str) -> bool:
         """Discovery: does the apiserver serve `plural` in group/version right now?"""

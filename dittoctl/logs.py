@@ -7,7 +7,13 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-_RESERVED = set(vars(logging.makeLogRecord({})))
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def fields(**values: object) -> dict[str, object]:
+    """`log.info(msg, extra=fields(namespace=..., name=...))`: LogRecord reserves `name`, so the
+    structured fields travel in one attribute and the formatter unpacks them."""
+    return {"fields": values}
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,9 +24,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
+        extra = dict(vars(record))
+        structured = extra.pop("fields", None) or {}
+        for key, value in extra.items():
             if key not in _RESERVED and not key.startswith("_") and key not in entry:
                 entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        for key, value in structured.items():
+            entry.setdefault(key, value if isinstance(value, (str, int, float, bool, type(None))) else str(value))
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

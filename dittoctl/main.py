@@ -17,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dittoctl import metrics
 from dittoctl.gateway import Gateway, load_client
-from reconciler.handlers import Controller, register
+from dittoctl.logs import fields
+from reconciler.handlers import Controller, configure_watching, register
 
 log = logging.getLogger("dittofs.main")
 
@@ -144,6 +145,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         @kopf.on.startup(registry=registry)
         async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             kopf_settings(settings)
+            configure_watching(settings)
 
         await controller._refresh_percona()
         if settings.leader_election:
@@ -151,7 +153,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
 
             elector = LeaderElector(gateway, settings.lease_name, settings.lease_namespace, controller)
             tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
-            controller.queue.start()
+            controller.start_background()
         else:
             controller.start()
             metrics.LEADER.labels(settings.lease_name).set(1)
@@ -164,9 +166,9 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             ready_flag=ready_flag,
             stop_flag=stop,
         ), name="kopf"))
-    log.info("dittofs-operator started", extra={
-        "reconciler": settings.reconciler, "webhook": settings.webhook,
-        "namespaces": ",".join(settings.namespaces) or "*"})
+    log.info("dittofs-operator started", extra=fields(
+        reconciler=settings.reconciler, webhook=settings.webhook,
+        namespaces=",".join(settings.namespaces) or "*"))
 
     try:
         waiter = asyncio.create_task(stop.wait())

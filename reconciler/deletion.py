@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dittoctl.gateway import DITTOSERVERS, STATEFULSETS, Conflict, NotFound
+from dittoctl.logs import fields
 from reconciler.naming import FINALIZER
 
 log = logging.getLogger("dittofs.deletion")
@@ -61,7 +62,7 @@ async def finalize(rec: Reconciler, body: Mapping[str, Any]) -> float | None:
     patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
     try:
         await rec.gw.merge_patch(DITTOSERVERS, name, patch, namespace)
-        log.info("finalizer removed", extra={"namespace": namespace, "name": name, "podsLeft": len(pods)})
+        log.info("finalizer removed", extra=fields(namespace=namespace, name=name, podsLeft=len(pods)))
     except NotFound:
         return None
     except Conflict:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from dittoctl.gateway import EVENTS, ApiError, Conflict, Gateway, NotFound
+from dittoctl.logs import fields
 
 COMPONENT = "dittofs-operator"
 DEDUP_SECONDS = 600.0
@@ -70,8 +71,8 @@ class EventRecorder:
         try:
             await self.gateway.create(EVENTS, event, namespace)
         except (ApiError, Conflict, NotFound) as exc:
-            log.warning("event not posted", extra={"namespace": namespace, "name": name, "reason": reason,
-                                                   "error": str(exc)})
+            log.warning("event not posted", extra=fields(namespace=namespace, name=name, reason=reason,
+                                                   error=str(exc)))
             self._seen.pop(key, None)
             return False
         self.posted += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -20,6 +21,7 @@ from reconciler.events import EventRecorder
 from reconciler.naming import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler
+from reconciler.secret_watch import SecretWatch
 from reconciler.specs.env import referenced_secrets
 
 log = logging.getLogger("dittofs.handlers")
@@ -39,24 +41,32 @@ class Controller:
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
         self.last_event = 0.0
-        self._drift_task: asyncio.Task[None] | None = None
+        self.secret_watch = SecretWatch(gateway, self.on_secret, self.on_secret_reset)
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def _work(self, key: Key) -> float | None:
+        # Digests fetched before the Secret watch runs could miss a rotation in between.
+        await self.secret_watch.started.wait()
         if not self.active.is_set():
             return None
         return await self.reconciler.reconcile(key)
 
+    def start_background(self) -> None:
+        """Drift timer and Secret watch: run on every replica (caches stay warm for a fast failover)."""
+        self.queue.start()
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._drift(), name="drift-timer"),
+                           asyncio.create_task(self.secret_watch.run(), name="secret-watch")]
+
     def start(self) -> None:
         self.active.set()
-        self.queue.start()
-        if self._drift_task is None:
-            self._drift_task = asyncio.create_task(self._drift(), name="drift-timer")
+        self.start_background()
 
     async def stop(self) -> None:
-        if self._drift_task is not None:
-            self._drift_task.cancel()
-            await asyncio.gather(self._drift_task, return_exceptions=True)
-            self._drift_task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         await self.queue.stop()
 
     def resume(self) -> None:
@@ -110,10 +120,23 @@ class Controller:
         if instance and (namespace, instance) in self.cache.servers:
             self.queue.add((namespace, instance))
 
-    def on_secret(self, event_type: str | None, body: dict[str, Any]) -> None:
-        namespace = body.get("metadata", {}).get("namespace", "")
+    def on_secret(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        namespace = str(body.get("metadata", {}).get("namespace", ""))
         for server in self.cache.secret_event(body, deleted=event_type == "DELETED"):
             self.queue.add((namespace, server))
+
+    def on_secret_reset(self) -> None:
+        self.cache.secrets.clear()
+        for namespace, secret in list(self.cache.secret_refs):
+            for server in self.cache.secret_refs.get((namespace, secret), ()):
+                self.queue.add((namespace, server))
+
+
+def configure_watching(settings: kopf.OperatorSettings) -> None:
+    """Server-side label selectors: kopf keeps a record per watched object, so only ours are watched."""
+    selector = f"{MANAGED_BY_LABEL}={MANAGER}"
+    for plural in ("statefulsets", "services", "configmaps", "pods"):  # names unique across groups
+        settings.watching.label_selectors[plural] = selector
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
@@ -143,7 +166,3 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         touch()
         controller.on_pod(type, dict(body))
 
-    @kopf.on.event("", "v1", "secrets", registry=registry)
-    async def secret_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        # The body is reduced to digests (if referenced at all) and dropped right here.
-        controller.on_secret(type, dict(body))

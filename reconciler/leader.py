@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dittoctl import metrics
 from dittoctl.gateway import LEASES, ApiError, Conflict, Gateway, NotFound
+from dittoctl.logs import fields
 
 if TYPE_CHECKING:
     from reconciler.handlers import Controller
@@ -84,10 +85,10 @@ class LeaderElector:
         self.leading = leading
         metrics.LEADER.labels(self.name).set(1 if leading else 0)
         if leading:
-            log.info("became leader", extra={"identity": self.identity, "lease": self.name})
+            log.info("became leader", extra=fields(identity=self.identity, lease=self.name))
             self.controller.resume()
         else:
-            log.warning("lost leadership; reconciling stops", extra={"identity": self.identity})
+            log.warning("lost leadership; reconciling stops", extra=fields(identity=self.identity))
             self.controller.active.clear()
 
     async def run(self) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.gateway import PERCONAPGCLUSTERS, ApiError, Conflict, NotFound
+from dittoctl.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
 from reconciler.naming import Names
 from reconciler.specs.percona import adopt_live_values, percona_cluster
@@ -86,7 +87,7 @@ async def _apply_cluster(rec: Reconciler, body: Mapping[str, Any], manifest: dic
                               f"the edited fields: {', '.join(sorted(paths)) or 'unknown'}")
         if failed:
             log.warning("could not adopt drifted fields; leaving the cluster unchanged",
-                        extra={"name": manifest["metadata"]["name"], "fields": ",".join(failed)})
+                        extra=fields(name=manifest["metadata"]["name"], fields=",".join(failed)))
             return current
         return await rec.gw.apply(manifest, force=False)
 

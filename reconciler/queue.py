@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from dittoctl.logs import fields
+
 K = TypeVar("K")
 log = logging.getLogger("dittofs.queue")
 
@@ -90,7 +92,7 @@ class WorkQueue(Generic[K]):
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 requeue = min(0.5 * 2 ** (failures - 1), self._max_backoff)
-                log.exception("reconcile failed; retrying in %.1fs", requeue, extra={"key": str(key)})
+                log.exception("reconcile failed; retrying in %.1fs", requeue, extra=fields(key=str(key)))
                 result = "error"
             finally:
                 self._active.discard(key)

@@ -25,6 +25,7 @@ from dittoctl.gateway import (
     Kind,
     NotFound,
 )
+from dittoctl.logs import fields
 from reconciler import specs
 from reconciler.cache import Cache, Key, secret_digest
 from reconciler.compare import needs_apply, stamp_manifest
@@ -80,8 +81,8 @@ class Reconciler:
             return False, previous
         result = await self.gw.apply(manifest)
         self.cache.put_child(plural, result)
-        log.info("applied %s", manifest["kind"], extra={"namespace": meta["namespace"], "name": meta["name"],
-                                                       "action": "create" if previous is None else "update"})
+        log.info("applied %s", manifest["kind"], extra=fields(namespace=meta["namespace"], name=meta["name"],
+                                                       action="create" if previous is None else "update"))
         return True, previous
 
     async def _secret_digest(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -109,7 +110,7 @@ class Reconciler:
             try:
                 created = await self.gw.create(SECRETS, manifest, names.namespace)
                 self.cache.put_secret((names.namespace, name), secret_digest(created))
-                log.info("generated Secret", extra={"namespace": names.namespace, "name": name})
+                log.info("generated Secret", extra=fields(namespace=names.namespace, name=name))
             except Conflict:
                 # Someone (a previous run of ours) created it meanwhile: keep theirs.
                 existing = await self.gw.get(SECRETS, name, names.namespace)
@@ -126,8 +127,8 @@ class Reconciler:
         except NotFound:
             return
         self.cache.put_server(result)
-        log.info("status updated", extra={"namespace": meta["namespace"], "name": meta["name"],
-                                          "phase": status.get("phase")})
+        log.info("status updated", extra=fields(namespace=meta["namespace"], name=meta["name"],
+                                          phase=status.get("phase")))
 
     async def refresh_percona(self) -> None:
         """Discovery, so a Percona CRD installed after start is noticed without a restart."""
@@ -245,8 +246,8 @@ class Reconciler:
             return previous
         result = await self.gw.apply(manifest)
         self.cache.put_child("statefulsets", result)
-        log.info("applied StatefulSet", extra={"namespace": names.namespace, "name": names.statefulset,
-                                               "configHash": desired.config_hash[:12]})
+        log.info("applied StatefulSet", extra=fields(namespace=names.namespace, name=names.statefulset,
+                                               configHash=desired.config_hash[:12]))
         sts_name = f"StatefulSet {names.statefulset}"
         if previous is None:
             await self.events.post(body, "Normal", "Created", f"{sts_name} created")
@@ -271,7 +272,7 @@ class Reconciler:
             current = self.cache.child("services", names.namespace, name)
             if current is not None and _owned_by(current, names.uid):
                 await self.gw.delete(SERVICES, name, names.namespace)
-                log.info("deleted obsolete Service", extra={"namespace": names.namespace, "name": name})
+                log.info("deleted obsolete Service", extra=fields(namespace=names.namespace, name=name))
                 self.cache.drop_child("services", (names.namespace, name))
 
     async def _add_finalizer(self, body: Mapping[str, Any]) -> None:
@@ -280,7 +281,7 @@ class Reconciler:
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
         result = await self.gw.merge_patch(DITTOSERVERS, meta["name"], patch, meta["namespace"])
         self.cache.put_server(result)
-        log.info("added finalizer", extra={"namespace": meta["namespace"], "name": meta["name"]})
+        log.info("added finalizer", extra=fields(namespace=meta["namespace"], name=meta["name"]))
 
     async def _paused(self, body: Mapping[str, Any], generation: int) -> None:
         previous = body.get("status") or {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dittoctl.gateway import SECRETS, STORAGECLASSES, ApiError, Conflict, Gateway, NotFound
+from dittoctl.logs import fields
 from webhook.parsed import references
 
 log = logging.getLogger("dittofs.webhook.facts")
@@ -69,6 +70,7 @@ class FactSource:
         self._percona: bool | None = None
         self._percona_at = float("-inf")
         self._percona_lock = asyncio.Lock()
+        self._classes_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -89,11 +91,11 @@ class FactSource:
             ok = await self.refresh_storage_classes()
             await asyncio.sleep(self.resync_seconds if ok else min(5.0, self.resync_seconds))
 
-    async def refresh_storage_classes(self) -> bool:
+    async def refresh_storage_classes(self, timeout: float | None = None) -> bool:
         try:
-            items = await self._bounded(self.gateway.list(STORAGECLASSES), 4 * self.timeout)
+            items = await self._bounded(self.gateway.list(STORAGECLASSES), timeout or 4 * self.timeout)
         except _LOOKUP_ERRORS as exc:
-            log.warning("StorageClass list failed", extra={"error": str(exc)})
+            log.warning("StorageClass list failed", extra=fields(error=str(exc)))
             return False
         self._classes = frozenset(_name(item) for item in items if _name(item))
         return True
@@ -117,6 +119,11 @@ class FactSource:
 
     async def storage_classes(self, wanted: Iterable[str] = ()) -> frozenset[str] | None:
         """Known StorageClass names, after a point GET for each wanted name the cache does not know."""
+        wanted = list(wanted)
+        if wanted and self._classes is None:
+            async with self._classes_lock:  # not started (CLI) or still warming up: one shared LIST
+                if self._classes is None:
+                    await self.refresh_storage_classes(self.timeout)
         known = self._classes
         now = self._clock()
         unknown = [n for n in wanted if known is None or n not in known]
@@ -132,7 +139,7 @@ class FactSource:
                     known = frozenset()  # "does not exist" is certain even without the full list
                 continue
             except _LOOKUP_ERRORS as exc:
-                log.warning("StorageClass lookup failed", extra={"storage_class": name, "error": str(exc)})
+                log.warning("StorageClass lookup failed", extra=fields(storage_class=name, error=str(exc)))
                 return None
             if _name(found):
                 added.add(name)
@@ -155,7 +162,7 @@ class FactSource:
             try:
                 served = await self._bounded(self.gateway.served(PERCONA_GROUP, PERCONA_VERSION, PERCONA_PLURAL))
             except _LOOKUP_ERRORS as exc:
-                log.warning("Percona discovery failed", extra={"error": str(exc)})
+                log.warning("Percona discovery failed", extra=fields(error=str(exc)))
                 return None
             self._percona, self._percona_at = served, self._clock()
             return served
@@ -168,8 +175,8 @@ class FactSource:
         for name, result in zip(wanted, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, _LOOKUP_ERRORS):
-                    log.warning("Secret lookup failed", extra={"namespace": namespace, "secret": name,
-                                                               "error": type(result).__name__})
+                    log.warning("Secret lookup failed", extra=fields(namespace=namespace, secret=name,
+                                                               error=type(result).__name__))
                 continue
             found[name] = result
         return found

@@ -144,7 +144,7 @@ def test_rule_1_wrong_kind_and_api_version() -> None:
 
 
 # -- rule 2: port conflicts -----------------------------------------------------------------------------------
-PORT_FIELDS = {
+PORT_FIELDS: dict[str, dict[str, Any]] = {
     "spec.adapters.nfs.port": {"adapters": {"nfs": {"enabled": True, "port": 7000}}},
     "spec.adapters.smb.port": {"adapters": {"smb": {"enabled": True, "port": 7000}}},
     "spec.controlPlane.port": {"controlPlane": {"port": 7000}},

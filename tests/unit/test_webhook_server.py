@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 from certs.selfsigned import KeyPair, new_ca, new_leaf
 from certs.source import CertificateSource
 from dittoctl.api.models import API_VERSION
+from tests.unit.test_rules import _spec_strategy
 from webhook.facts import ClusterFacts
 from webhook.server import (
     MAX_BODY,
@@ -61,8 +63,7 @@ def write_pair(directory: Path, ca: KeyPair, *names: str) -> KeyPair:
 
 
 def client_context(*cas: KeyPair) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cadata="".join(ca.cert_pem.decode() for ca in cas))
-    return ctx
+    return ssl.create_default_context(cadata="".join(ca.cert_pem.decode() for ca in cas))
 
 
 def dittoserver(spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
@@ -140,11 +141,10 @@ async def test_invalid_object_is_denied_with_every_message(harness: Harness) -> 
     assert response["allowed"] is False
     status = response["status"]
     assert (status["code"], status["reason"], status["status"]) == (422, "Invalid", "Failure")
-    errors = status["message"].split("; ")
     fields = [c["field"] for c in status["details"]["causes"]]
     assert fields == ["spec.replicas", "spec.storage.metadataSize", "spec.adapters.nfs.port",
                       "spec.storage.storageClassName"]
-    assert errors == [f"{c['field']}: {c['message']}" for c in status["details"]["causes"]]
+    assert status["message"] == "; ".join(f"{c['field']}: {c['message']}" for c in status["details"]["causes"])
     assert status["details"]["kind"] == "DittoServer" and status["details"]["name"] == "demo"
     assert response["warnings"][0].startswith("spec.storage.cacheSize: rename it to contentSize")
     await harness.server.handler.flush()
@@ -281,30 +281,46 @@ async def test_server_without_certificate_is_not_ready_until_one_appears(tmp_pat
         await server.stop()
 
 
-async def test_tls_below_1_2_is_refused(harness: Harness) -> None:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-    with pytest.raises((ssl.SSLError, OSError)):
-        _, writer = await asyncio.open_connection("127.0.0.1", harness.server.port, ssl=ctx)
-        writer.close()
+async def test_tls_1_2_is_the_minimum(harness: Harness) -> None:
+    assert harness.server.certs.server_context().minimum_version == ssl.TLSVersion.TLSv1_2
+    current = harness.server.certs.context
+    assert current is not None and current.minimum_version == ssl.TLSVersion.TLSv1_2
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.1; the server must say no
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        await asyncio.open_connection("127.0.0.1", harness.server.port, ssl=old)
+    tls12 = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls12.check_hostname, tls12.verify_mode = False, ssl.CERT_NONE
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    _, writer = await asyncio.open_connection("127.0.0.1", harness.server.port, ssl=tls12)
+    assert writer.get_extra_info("ssl_object").version() == "TLSv1.2"
+    writer.close()
 
 
 # -- fuzz: no input makes the handler crash -------------------------------------------------------------------
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=15)
-reviews = st.fixed_dictionaries({
+objects = st.just(dittoserver()) | json_values | st.builds(dittoserver, json_values) | st.builds(
+    dittoserver, _spec_strategy())
+well_formed = st.builds(
+    lambda op, obj, old, dry: review(obj, operation=op, old=old, dry_run=dry),
+    st.sampled_from(["CREATE", "UPDATE", "DELETE"]), objects, st.none() | objects, st.booleans())
+envelopes = st.fixed_dictionaries({
     "apiVersion": st.sampled_from(["admission.k8s.io/v1", "v1"]) | json_values,
     "kind": st.just("AdmissionReview") | json_values,
     "request": st.fixed_dictionaries({"uid": st.just("u") | json_values}, optional={
-        "operation": st.sampled_from(["CREATE", "UPDATE", "DELETE"]) | json_values,
-        "object": st.just(dittoserver()) | json_values | st.builds(dittoserver, json_values),
-        "oldObject": json_values | st.builds(dittoserver, json_values),
-        "dryRun": json_values, "namespace": json_values, "kind": json_values, "subResource": json_values,
+        "operation": st.sampled_from(["CREATE", "UPDATE", "DELETE"]) | json_values, "object": objects,
+        "oldObject": objects, "dryRun": json_values, "namespace": json_values, "kind": json_values,
+        "subResource": json_values,
     }) | json_values,
 })
+reviews = well_formed | envelopes
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -314,7 +330,8 @@ async def test_handler_answers_or_rejects_every_input(body: Any) -> None:
     try:
         answer = await handler.review(json.dumps(body).encode())
     except BadRequest as exc:
-        assert str(exc)
+        reason = str(exc)
+        assert reason  # a 400 always says why
         return
     response = answer["response"]
     assert isinstance(response["allowed"], bool)

@@ -1,0 +1,269 @@
+"""`python -m bench [--only FIGURE ...]`: SPEC §11 on the real control plane of the test bed.
+
+One Testbed and one operator process (reconciler + webhook, under the operator's own identity) serve the
+whole run. Experiments run in a fixed order; each yields one or more figures:
+
+  startup     start_to_ready            5 restarts on an empty cluster (+3 at N objects, in details)
+  webhook     webhook_latency           direct HTTPS AdmissionReviews, 500 req/s, keep-alive
+  admission   admission_overhead        dry-run apply through the apiserver, webhook (un)registered
+  sequential  create_to_statefulset, pods_ready_to_ready   ~20 servers, one at a time
+  scale       scale_300_ready           N servers created at once -> all Ready
+  idle        operator_rss, idle_cpu, drift_api_writes     at N servers (needs `scale`)
+
+Results: bench/results/<figure>.json and bench/results/SUMMARY.md. All traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import admission, idle, reconciler
+from bench.kube import Kube, client_ssl
+from bench.process import Operator
+from bench.report import RESULTS, Figure, environment, failed, loadavg, markdown, other_apiservers, write
+from tests.testbed import Testbed, ensure_binaries
+from tests.testbed.demo import install_webhook
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT / "config" / "crd" / "dittoservers.yaml"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    figures: tuple[tuple[str, str, str], ...]  # (figure, title, target) for error reports
+    needs: tuple[str, ...] = ()
+
+
+EXPERIMENTS = (
+    Experiment("startup", (("start_to_ready", "process start -> ready (/readyz 200)", "< 3 s"),)),
+    Experiment("webhook", (("webhook_latency", "webhook latency, direct HTTPS, keep-alive, 500 req/s",
+                            "p50 < 1 ms, p99 < 5 ms"),)),
+    Experiment("admission", (("admission_overhead", "admission overhead through the apiserver",
+                              "< 5 ms p50"),)),
+    Experiment("sequential", (("create_to_statefulset", "create -> StatefulSet exists", "p50 < 300 ms"),
+                              ("pods_ready_to_ready", "pods ready -> Ready=True on the DittoServer",
+                               "p50 < 500 ms"))),
+    Experiment("scale", (("scale_300_ready", "300 DittoServers created at once -> all Ready", "< 60 s"),)),
+    Experiment("idle", (("operator_rss", "operator RSS at 300 DittoServers", "< 150 MiB"),
+                        ("idle_cpu", "idle CPU at 300 DittoServers", "< 2 % of one core"),
+                        ("drift_api_writes", "API writes per drift pass over 300 unchanged DittoServers", "0")),
+               needs=("scale",)),
+)
+FIGURES = {fig: exp.name for exp in EXPERIMENTS for fig, _, _ in exp.figures}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="figure or experiment to run (repeatable, or comma-separated); default: all")
+    p.add_argument("--list", action="store_true", help="list figures and experiments, then exit")
+    p.add_argument("--servers", type=int, default=300, help="DittoServers for scale/idle (default 300)")
+    p.add_argument("--sequential", type=int, default=20, help="servers for the latency figures (default 20)")
+    p.add_argument("--rate", type=float, default=500.0, help="webhook requests per second (default 500)")
+    p.add_argument("--duration", type=float, default=20.0, help="webhook measurement seconds (default 20)")
+    p.add_argument("--starts", type=int, default=5, help="operator starts for start->ready (default 5)")
+    p.add_argument("--drift-interval", type=float, default=20.0,
+                   help="operator --drift-interval, so the idle window holds a drift pass (default 20)")
+    p.add_argument("--idle-window", type=float, default=30.0, help="idle CPU window seconds (default 30)")
+    p.add_argument("--budget", type=float, default=840.0,
+                   help="wall-clock budget in seconds; experiments that would start later are skipped")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
+    p.add_argument("--keep", action="store_true", help="keep the test bed's work dir (logs, audit log)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: only on "
+                   "errors; the figures are targets, not assertions)")
+    return p.parse_args(argv)
+
+
+def select(only: list[str]) -> list[Experiment]:
+    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+    by_name = {e.name: e for e in EXPERIMENTS}
+    if not names:
+        return list(EXPERIMENTS)
+    wanted: set[str] = set()
+    for name in names:
+        exp = FIGURES.get(name) or (name if name in by_name else None)
+        if exp is None:
+            raise SystemExit(f"unknown figure or experiment {name!r}; see --list")
+        wanted.add(exp)
+        wanted.update(by_name[exp].needs)
+    return [e for e in EXPERIMENTS if e.name in wanted]
+
+
+class Run:
+    """State shared by the experiments of one `python -m bench`."""
+
+    def __init__(self, args: argparse.Namespace, tb: Testbed, op: Operator, workdir: Path) -> None:
+        self.args = args
+        self.tb = tb
+        self.op = op
+        self.workdir = workdir
+        self.figures: list[Figure] = []
+        self.started = time.monotonic()
+        self.population = 0  # DittoServers that exist (and are reconciled) right now
+        self.env = environment()
+        self.other_apiservers = 0
+        self.first_start = 0.0
+
+    def log(self, message: str) -> None:
+        print(f"[bench +{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr, flush=True)
+
+    def load(self) -> dict[str, Any]:
+        others = other_apiservers(self.tb.pid("kube-apiserver"))
+        self.other_apiservers = max(self.other_apiservers, others)
+        return {"loadavg": loadavg(), "other_kube_apiservers_running": others}
+
+    def save(self) -> Path:
+        self.env["run"] = {
+            "args": {k: str(v) for k, v in vars(self.args).items()},
+            "elapsed_s": round(time.monotonic() - self.started, 1),
+            "max_other_kube_apiservers_seen": self.other_apiservers,
+            "testbed_workdir": str(self.tb.workdir), "operator_log": str(self.op.log_path),
+            "testbed_timings_s": {k: round(v, 2) for k, v in self.tb.timings.items()},
+        }
+        return write(self.figures, self.env, self.args.out)
+
+    def ensure_operator(self) -> None:
+        if self.op.proc is None or self.op.proc.poll() is not None:
+            self.log(f"operator not running (exit {self.op.proc.returncode if self.op.proc else None}); "
+                     "restarting it")
+            self.op.start()
+
+    async def experiment(self, exp: Experiment, body: Callable[[], Awaitable[list[Figure]]]) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.args.budget:
+            self.figures += [failed(f, t, g, f"skipped: time budget of {self.args.budget:.0f}s used up")
+                             for f, t, g in exp.figures]
+            return
+        self.log(f"experiment {exp.name}: {', '.join(f for f, _, _ in exp.figures)}")
+        load = self.load()
+        t0 = time.monotonic()
+        try:
+            self.ensure_operator()
+            figures = await body()
+        except Exception as exc:
+            self.log(f"experiment {exp.name} failed: {type(exc).__name__}: {exc}")
+            figures = [failed(f, t, g, f"{type(exc).__name__}: {exc}") for f, t, g in exp.figures]
+        for fig in figures:
+            fig.duration_s = time.monotonic() - t0
+            fig.details["machine_load_at_start"] = load
+            self.log(f"  {fig.name}: {fig.measured_text} -> {'PASS' if fig.passed else 'FAIL'}")
+        self.figures += figures
+        self.save()
+
+
+async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
+    tb, op, args = run.tb, run.op, run.args
+    names = {e.name for e in experiments}
+    ctx = client_ssl(tb.ca_cert_path, tb.pki.admin.cert, tb.pki.admin.key)
+    async with Kube(tb.api_url, ctx, limit=64) as kube:
+
+        async def startup() -> list[Figure]:
+            times = idle.restarts(op, args.starts)
+            fig = idle.start_to_ready(op, times, run.population)
+            fig.details["first_start_of_the_run_s (not counted: cold page cache)"] = round(run.first_start, 3)
+            return [fig]
+
+        async def webhook() -> list[Figure]:
+            return [await admission.webhook_latency(tb, op, rate=args.rate, duration=args.duration)]
+
+        async def admission_() -> list[Figure]:
+            return [admission.admission_overhead(tb, op, "bench-admission")]
+
+        async def sequential() -> list[Figure]:
+            fig_sts, fig_ready, tracker = await reconciler.sequential(tb, kube, "bench-seq",
+                                                                      count=args.sequential)
+            run.population += len(tracker.created)
+            took = await reconciler.delete_all(kube, "bench-seq", list(tracker.created))
+            run.population -= len(tracker.created)
+            run.log(f"deleted the {len(tracker.created)} sequential servers in {took:.1f}s")
+            return [fig_sts, fig_ready]
+
+        async def scale() -> list[Figure]:
+            fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers)
+            run.population += len(tracker.created)
+            return [fig]
+
+        async def steady() -> list[Figure]:
+            if run.population < args.servers:
+                raise RuntimeError(f"only {run.population} DittoServers exist; the scale experiment failed")
+            return idle.steady_state(tb, op, run.population, window=args.idle_window)
+
+        bodies: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
+            "startup": startup, "webhook": webhook, "admission": admission_, "sequential": sequential,
+            "scale": scale, "idle": steady}
+        for exp in experiments:
+            await run.experiment(exp, bodies[exp.name])
+        if "startup" in names and run.population > 0 and time.monotonic() - run.started < args.budget:
+            # Start -> ready again with the watch caches holding N objects (informational, in details).
+            run.log(f"start -> ready with {run.population} DittoServers (3 restarts)")
+            mark = tb.audit_line_count()
+            with contextlib.suppress(Exception):
+                loaded = idle.restarts(op, 3)
+                await asyncio.sleep(5.0)
+                writes = len(tb.audit_events(user=tb.operator_user, since_line=mark))
+                for fig in run.figures:
+                    if fig.name == "start_to_ready":
+                        fig.details["starts_at_population_s"] = [round(t, 3) for t in loaded]
+                        fig.details["population"] = run.population
+                        fig.details["api_writes_across_these_restarts"] = writes
+                        fig.details.setdefault("notes", []).append(
+                            f"with {run.population} DittoServers in the cluster: median "
+                            f"{statistics.median(loaded):.2f} s of 3 restarts, {writes} API writes by the operator "
+                            "across the restarts (+5 s)")
+                run.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for exp in EXPERIMENTS:
+            needs = f" (needs {', '.join(exp.needs)})" if exp.needs else ""
+            print(f"{exp.name}{needs}: {', '.join(f for f, _, _ in exp.figures)}")
+        return 0
+    experiments = select(args.only)
+    bins = ensure_binaries(["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok",
+                            "kubectl"])
+    workdir = Path(tempfile.mkdtemp(prefix="dittofs-bench-"))
+    tb = Testbed(binaries=bins, keep=args.keep or None)
+    t0 = time.monotonic()
+    print(f"[bench] experiments: {', '.join(e.name for e in experiments)}; test bed {tb.workdir}; "
+          f"operator log {workdir / 'operator.log'}", file=sys.stderr, flush=True)
+    tb.start()
+    op = Operator(tb, workdir, drift_interval=args.drift_interval)
+    run = Run(args, tb, op, workdir)
+    run.started = t0
+    try:
+        run.log(f"control plane up in {time.monotonic() - t0:.1f}s")
+        tb.kubectl("apply", "--server-side", "-f", str(CRD))
+        tb.kubectl("wait", "--for=condition=Established", "crd/dittoservers.dittofs.dittofs.com",
+                   "--timeout=60s")
+        first = run.first_start = op.start()
+        install_webhook(tb, op.webhook_port)
+        run.log(f"operator ready in {first:.2f}s (pid {op.pid}); webhook registered on 127.0.0.1:"
+                f"{op.webhook_port}")
+        asyncio.run(run_experiments(run, experiments))
+    except KeyboardInterrupt:
+        run.log("interrupted")
+    finally:
+        op.stop()
+        tb.stop()
+        summary = run.save()
+    text = markdown(run.figures, run.env)
+    print(text)
+    print(f"[bench] results in {args.out} ({summary.name}); total {time.monotonic() - t0:.0f}s",
+          file=sys.stderr)
+    if not run.figures or any(f.error for f in run.figures):
+        return 1
+    return 1 if args.strict and not all(f.passed for f in run.figures) else 0

@@ -1,0 +1,165 @@
+"""`python -m dittoctl run` (reconciler + webhook, one process) as the benchmarks run it.
+
+Like ``tests.testbed.demo.start_operator`` (webhook on 127.0.0.1, TLS from the test CA, the operator's own
+identity), plus what measuring needs: a fixed drift interval, a fine-grained ``/readyz`` poll so that
+start -> ready is timed to a few milliseconds, and readers for ``/proc/<pid>/{stat,status}`` and
+``/metrics``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.testbed import Testbed
+from tests.testbed.demo import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class OperatorError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall: float  # time.monotonic()
+    cpu: float  # utime + stime of the process, seconds
+
+
+class Operator:
+    """One operator process; ``start()`` may be called again after ``stop()`` (same ports and flags)."""
+
+    def __init__(self, tb: Testbed, workdir: Path, *, drift_interval: float, webhook: bool = True,
+                 log_level: str = "INFO") -> None:
+        self.tb = tb
+        self.workdir = workdir
+        self.drift_interval = drift_interval
+        self.webhook = webhook
+        self.log_level = log_level
+        self.health_port = free_port()
+        self.webhook_port = free_port()
+        self.cert_dir = workdir / "certs"
+        self.log_path = workdir / "operator.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def argv(self) -> list[str]:
+        args = [sys.executable, "-m", "dittoctl", "run", "--kubeconfig", str(self.tb.operator_kubeconfig),
+                "--health-host", "127.0.0.1", "--health-port", str(self.health_port),
+                "--log-format", "text", "--log-level", self.log_level,
+                "--drift-interval", str(self.drift_interval)]
+        if self.webhook:
+            args += ["--webhook-host", "127.0.0.1", "--webhook-port", str(self.webhook_port),
+                     "--cert-dir", str(self.cert_dir), "--tls-mode", "provided"]
+        else:
+            args.append("--no-webhook")
+        return args
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            raise OperatorError(f"operator is not running; see {self.log_path}")
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0, poll: float = 0.005) -> float:
+        """Start the process; returns seconds from spawn to the first `/readyz` 200."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise OperatorError("operator already running")
+        if self.webhook and not (self.cert_dir / "tls.crt").exists():
+            self.cert_dir.mkdir(parents=True, exist_ok=True)
+            self.tb.issue_serving_cert(self.cert_dir, name="tls")
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"=== bench start #{self.starts}\n".encode())
+            log.flush()
+            t0 = time.perf_counter()
+            self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = t0 + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise OperatorError(f"operator exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.ready():
+                return time.perf_counter() - t0
+            time.sleep(poll)
+        raise OperatorError(f"operator not ready after {timeout:.0f}s: {self.log_tail()}")
+
+    def ready(self) -> bool:
+        return self._get("/readyz")[0] == 200
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode("utf-8", "replace")
+        except OSError:
+            return 0, ""
+        finally:
+            conn.close()
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    # -- observations ------------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """The Prometheus text of /metrics as {`name{labels}`: value} (no HELP/TYPE lines)."""
+        status, text = self._get("/metrics", timeout=5.0)
+        if status != 200:
+            raise OperatorError(f"/metrics answered {status}")
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+        return out
+
+    def reconciles(self) -> float:
+        """controller_runtime_reconcile_total summed over results."""
+        return sum(v for k, v in self.metrics().items() if k.startswith("controller_runtime_reconcile_total{"))
+
+    def cpu(self) -> CpuSample:
+        """utime+stime from /proc/<pid>/stat (fields 14 and 15, after the parenthesised comm)."""
+        raw = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = raw[raw.rindex(")") + 2:].split()
+        # fields[0] is field 3 (state); utime is field 14, stime field 15.
+        utime, stime = int(fields[11]), int(fields[12])
+        return CpuSample(time.monotonic(), (utime + stime) / CLOCK_TICKS)
+
+    def status_kib(self) -> dict[str, int]:
+        """VmRSS, VmHWM, RssAnon, RssFile, Threads ... from /proc/<pid>/status (kB values)."""
+        out: dict[str, int] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSize", "Threads") and parts:
+                out[key] = int(parts[0])
+        return out
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])

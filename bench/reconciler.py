@@ -1,0 +1,259 @@
+"""Reconciler figures, timed by watch streams of the bench's own (arrival time, time.perf_counter).
+
+- create -> StatefulSet exists: from just before the DittoServer POST to the arrival of the StatefulSet.
+- pods ready -> Ready=True: from the arrival of the pod with Ready=True to the arrival of the DittoServer
+  with Ready=True (observedGeneration current). Both arrive over watches of this process, so the apiserver's
+  watch delivery cancels out; ``lastTransitionTime`` (1 s resolution) is not used.
+- N created at once -> all Ready: wall time from the first POST to the last DittoServer Ready=True.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from operator import contains
+from typing import Any
+
+from bench.kube import Kube, Watch, WatchEvent, bounded_gather, pod_ready, server_ready
+from bench.objects import dittoserver, servers_path
+from bench.report import Check, Figure
+from bench.stats import percentile, summary
+from tests.testbed import Testbed
+
+INSTANCE = "app.kubernetes.io/instance"
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Tracker:
+    """First arrival times per DittoServer name."""
+
+    sent: dict[str, float] = field(default_factory=dict)
+    created: dict[str, float] = field(default_factory=dict)
+    server_seen: dict[str, float] = field(default_factory=dict)
+    sts_seen: dict[str, float] = field(default_factory=dict)
+    pod_ready: dict[str, float] = field(default_factory=dict)
+    server_ready: dict[str, float] = field(default_factory=dict)
+    deleted: dict[str, float] = field(default_factory=dict)
+    events: Counter[str] = field(default_factory=Counter)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_server(self, ev: WatchEvent) -> None:
+        name = ev.obj["metadata"]["name"]
+        self.events["dittoservers"] += 1
+        if ev.type == "DELETED":
+            self.deleted.setdefault(name, ev.arrived)
+        else:
+            self.server_seen.setdefault(name, ev.arrived)
+            if server_ready(ev.obj):
+                self.server_ready.setdefault(name, ev.arrived)
+        self.changed.set()
+
+    def on_sts(self, ev: WatchEvent) -> None:
+        self.events["statefulsets"] += 1
+        if ev.type != "DELETED":
+            self.sts_seen.setdefault(ev.obj["metadata"]["name"], ev.arrived)
+            self.changed.set()
+
+    def on_pod(self, ev: WatchEvent) -> None:
+        self.events["pods"] += 1
+        instance = (ev.obj["metadata"].get("labels") or {}).get(INSTANCE)
+        if instance and ev.type != "DELETED" and pod_ready(ev.obj):
+            self.pod_ready.setdefault(instance, ev.arrived)
+            self.changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.perf_counter() + timeout
+        while not predicate():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return False
+            self.changed.clear()
+            try:
+                async with asyncio.timeout(min(remaining, 1.0)):
+                    await self.changed.wait()
+            except TimeoutError:
+                pass
+        return True
+
+
+async def _watches(kube: Kube, namespace: str, tracker: Tracker) -> list[Watch]:
+    watches = [
+        Watch(kube, servers_path(namespace), tracker.on_server),
+        Watch(kube, f"/apis/apps/v1/namespaces/{namespace}/statefulsets", tracker.on_sts),
+        Watch(kube, f"/api/v1/namespaces/{namespace}/pods", tracker.on_pod),
+    ]
+    for w in watches:
+        await w.start()
+    return watches
+
+
+async def _namespace(kube: Kube, name: str) -> None:
+    await kube.call("POST", "/api/v1/namespaces",
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, ok=(409,))
+
+
+def _deltas(start: dict[str, float], end: dict[str, float]) -> list[float]:
+    return [end[k] - start[k] for k in start if k in end]
+
+
+async def sequential(tb: Testbed, kube: Kube, namespace: str, *, count: int = 20,
+                     timeout_each: float = 60.0) -> tuple[Figure, Figure, Tracker]:
+    """One DittoServer at a time (the next is created once the previous is Ready), so the latencies are
+    the operator's, not a queue's."""
+    await _namespace(kube, namespace)
+    tracker = Tracker()
+    watches = await _watches(kube, namespace, tracker)
+    timeouts: list[str] = []
+    try:
+        for i in range(count):
+            name = f"seq-{i:02d}"
+            tracker.sent[name] = time.perf_counter()
+            await kube.call("POST", servers_path(namespace), dittoserver(name, namespace))
+            tracker.created[name] = time.perf_counter()
+            if not await tracker.until(partial(contains, tracker.server_ready, name), timeout_each):
+                timeouts.append(name)
+            await asyncio.sleep(0.3)  # let the last status writes and watch events settle
+    finally:
+        for w in watches:
+            await w.stop()
+    create_sts = _deltas(tracker.sent, tracker.sts_seen)
+    create_sts_from_response = _deltas(tracker.created, tracker.sts_seen)
+    ready = _deltas(tracker.pod_ready, tracker.server_ready)
+    sts_to_pod = _deltas(tracker.sts_seen, tracker.pod_ready)
+    notes = [f"{len(timeouts)} of {count} servers not Ready within {timeout_each:.0f}s: {timeouts}"] \
+        if timeouts else []
+    p50_sts = percentile(create_sts, 50) * 1000
+    p50_ready = percentile(ready, 50) * 1000
+    common = {"servers": count, "servers_not_ready": timeouts, "notes": notes,
+              "errors": [e for w in watches for e in w.errors][:5]}
+    fig_sts = Figure(
+        "create_to_statefulset", "create -> StatefulSet exists", "p50 < 300 ms",
+        [Check("p50", round(p50_sts, 1), "<", 300.0, "ms"),
+         Check("samples", len(create_sts), ">=", count, "servers")],
+        f"p50 {p50_sts:.0f} ms (p90 {percentile(create_sts, 90) * 1000:.0f}, max "
+        f"{max(create_sts, default=float('nan')) * 1000:.0f} ms, n={len(create_sts)})",
+        details={**common,
+                 "create_to_statefulset_ms": summary(create_sts, 1000.0, 1),
+                 "create_response_to_statefulset_ms": summary(create_sts_from_response, 1000.0, 1),
+                 "create_request_ms": summary(_deltas(tracker.sent, tracker.created), 1000.0, 1),
+                 "method": "t0 = just before the DittoServer POST (admission webhook included); t1 = "
+                           "arrival of the StatefulSet on the bench's own watch; one server at a time"},
+    )
+    fig_ready = Figure(
+        "pods_ready_to_ready", "pods ready -> Ready=True on the DittoServer", "p50 < 500 ms",
+        [Check("p50", round(p50_ready, 1), "<", 500.0, "ms"),
+         Check("samples", len(ready), ">=", count, "servers")],
+        f"p50 {p50_ready:.0f} ms (p90 {percentile(ready, 90) * 1000:.0f}, max "
+        f"{max(ready, default=float('nan')) * 1000:.0f} ms, n={len(ready)})",
+        details={**common,
+                 "pod_ready_to_server_ready_ms": summary(ready, 1000.0, 1),
+                 "statefulset_to_pod_ready_ms (test bed: PVC provisioning, scheduler, kwok)":
+                     summary(sts_to_pod, 1000.0, 1),
+                 "method": "t0 = arrival of the pod with Ready=True, t1 = arrival of the DittoServer with "
+                           "Ready=True and observedGeneration current, both on the bench's own watches"},
+    )
+    return fig_sts, fig_ready, tracker
+
+
+async def delete_all(kube: Kube, namespace: str, names: list[str], timeout: float = 120.0) -> float:
+    """Delete the DittoServers (the operator drains and removes its finalizer); wait until they are gone."""
+    tracker = Tracker()
+    watch = Watch(kube, servers_path(namespace), tracker.on_server)
+    await watch.start()
+    t0 = time.perf_counter()
+    try:
+        await bounded_gather(16, [partial(kube.call, "DELETE", servers_path(namespace, n), ok=(404,))
+                                  for n in names])
+        ok = await tracker.until(lambda: all(n in tracker.deleted for n in names), timeout)
+    finally:
+        await watch.stop()
+    if not ok:
+        missing = [n for n in names if n not in tracker.deleted]
+        raise RuntimeError(f"{len(missing)} DittoServers still present {timeout:.0f}s after deletion: "
+                           f"{missing[:5]}")
+    return time.perf_counter() - t0
+
+
+async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
+                timeout: float = 300.0) -> tuple[Figure, Tracker]:
+    await _namespace(kube, namespace)
+    tracker = Tracker()
+    watches = await _watches(kube, namespace, tracker)
+    names = [f"scale-{i:03d}" for i in range(count)]
+    audit_mark = tb.audit_line_count()
+    progress: list[dict[str, Any]] = []
+    try:
+        t0 = time.perf_counter()
+
+        async def create(name: str) -> None:
+            tracker.sent[name] = time.perf_counter()
+            await kube.call("POST", servers_path(namespace), dittoserver(name, namespace))
+            tracker.created[name] = time.perf_counter()
+
+        results = await bounded_gather(concurrency, [partial(create, n) for n in names])
+        create_errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        t_created = time.perf_counter() - t0
+        log(f"{count - len(create_errors)} DittoServers created in {t_created:.1f}s")
+
+        def done() -> bool:
+            return len(tracker.server_ready) >= count - len(create_errors)
+
+        deadline = t0 + timeout
+        while not done() and time.perf_counter() < deadline:
+            await tracker.until(done, min(10.0, max(0.0, deadline - time.perf_counter())))
+            snap = {"t": round(time.perf_counter() - t0, 1), "statefulsets": len(tracker.sts_seen),
+                    "pods_ready": len(tracker.pod_ready), "ready": len(tracker.server_ready)}
+            progress.append(snap)
+            log(f"scale: {snap}")
+    finally:
+        for w in watches:
+            await w.stop()
+    ready_times = sorted(t - t0 for t in tracker.server_ready.values())
+    wall = ready_times[-1] if len(ready_times) >= count else float("nan")
+    writes = tb.audit_events(user=tb.operator_user, since_line=audit_mark)
+    by_kind = Counter(f"{e.get('verb')} {(e.get('objectRef') or {}).get('resource')}"
+                      f"{'/' + e['objectRef']['subresource'] if (e.get('objectRef') or {}).get('subresource') else ''}"
+                      for e in writes)
+
+    def last(d: dict[str, float]) -> float | None:
+        return round(max(d.values()) - t0, 2) if len(d) >= count else None
+
+    notes = []
+    if len(ready_times) < count:
+        notes.append(f"only {len(ready_times)} of {count} Ready after {timeout:.0f}s")
+    fig = Figure(
+        "scale_300_ready", f"{count} DittoServers created at once -> all Ready", "< 60 s",
+        [Check("wall time", round(wall, 2), "<", 60.0, "s"),
+         Check("create errors", len(create_errors), "==", 0, "requests")],
+        f"{wall:.1f} s" + (f" ({len(ready_times)}/{count} Ready)" if len(ready_times) < count else ""),
+        details={
+            "servers": count, "post_concurrency": concurrency,
+            "timeline_s": {"all_created": round(t_created, 2), "all_statefulsets": last(tracker.sts_seen),
+                           "all_pods_ready": last(tracker.pod_ready), "all_ready": last(tracker.server_ready)},
+            "per_server_ms": {
+                "create_to_statefulset": summary(_deltas(tracker.sent, tracker.sts_seen), 1000.0, 0),
+                "pod_ready_to_ready": summary(_deltas(tracker.pod_ready, tracker.server_ready), 1000.0, 0),
+                "create_to_ready": summary(_deltas(tracker.sent, tracker.server_ready), 1000.0, 0)},
+            "ready_count_at": {f"{q}%": round(percentile(ready_times, q), 2) for q in (10, 50, 90, 100)}
+            if ready_times else {},
+            "progress": progress,
+            "create_errors": create_errors[:5],
+            "operator_api_writes": len(writes),
+            "operator_api_writes_per_server": round(len(writes) / count, 2),
+            "operator_writes_by_verb_resource": dict(by_kind.most_common()),
+            "watch_errors": [e for w in watches for e in w.errors][:5],
+            "notes": notes,
+            "method": f"{count} POSTs through the admission webhook, {concurrency} in flight; wall time from "
+                      "the first POST to the arrival of the last DittoServer with Ready=True",
+        },
+    )
+    return fig, tracker

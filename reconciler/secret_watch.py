@@ -1,0 +1,66 @@
+"""A Secret watch that keeps nothing per Secret.
+
+kopf keeps a small memory record for every object it watches; for Secrets (thousands in a real
+cluster, almost none of them ours) that grows with the cluster. This watch streams events, hands each
+to the cache (which digests only referenced Secrets) and drops it. There is no initial listing: a
+referenced Secret missing from the cache is fetched by a point GET, so only changes matter here. When
+the watch expires (410 Gone) events may have been missed, so the digest cache is dropped and every
+DittoServer that references a Secret is reconciled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from dittoctl.gateway import SECRETS, ApiError, Gateway, NotFound
+from dittoctl.logs import fields
+
+log = logging.getLogger("dittofs.secrets")
+Handler = Callable[[str, dict[str, object]], None]
+
+
+class SecretWatch:
+    def __init__(self, gateway: Gateway, on_event: Handler, on_reset: Callable[[], None]) -> None:
+        self.gw = gateway
+        self.on_event = on_event
+        self.on_reset = on_reset
+        self.last_event = 0.0
+        self.started = asyncio.Event()
+
+    async def _current_version(self) -> str:
+        listing = await self.gw._call("GET", SECRETS.path(), query=[("limit", "1")])
+        return str(listing.get("metadata", {}).get("resourceVersion", ""))
+
+    async def run(self) -> None:
+        version: str | None = None
+        backoff = 0.5
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if version is None:
+                    version = await self._current_version()
+                    self.started.set()
+                async for event in self.gw.watch(SECRETS, version):
+                    self.last_event = loop.time()
+                    kind = str(event.get("type"))
+                    obj = event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise NotFound("watch expired")
+                        raise ApiError(int(obj.get("code") or 0), str(obj.get("message")))
+                    version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                    if kind != "BOOKMARK":
+                        self.on_event(kind, obj)
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except NotFound:
+                log.info("Secret watch expired; resynchronising referenced Secrets")
+                version = None
+                self.on_reset()
+            except (ApiError, OSError, ValueError) as exc:
+                log.warning("Secret watch interrupted; retrying", extra=fields(error=str(exc)[:200]))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)

@@ -1,0 +1,311 @@
+"""The Helm chart on the real control plane: install, prove its RBAC is enough, uninstall cleanly.
+
+The operator process runs on this machine (kwok only fakes the chart's pod), but as the chart's
+ServiceAccount: a token from `kubectl create token`, the arguments from the installed Deployment, and the
+webhook behind the chart's ValidatingWebhookConfiguration (clientConfig pointed at loopback, as the
+apiserver cannot reach a fake pod). Any permission the code uses and the chart lacks shows up as a 403 in
+the operator log or the audit log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tests.integration.harness import ROOT, OperatorProcess, eventually, free_port, kubectl_json
+from tests.integration.test_operator import apply_server, events, server, wait_ready
+from tests.integration.test_percona import PERCONA_CRD, cluster, percona_spec, play_percona_ready
+
+pytestmark = pytest.mark.integration
+
+CHART = ROOT / "config" / "chart"
+CRD_NAME = "dittoservers.dittofs.dittofs.com"
+PERCONA_CRD_NAME = "perconapgclusters.pgv2.percona.com"
+RELEASE = "dittofs-operator"  # default names: Deployment/SA/VWC dittofs-operator, Service dittofs-operator-webhook
+SERVICE = f"{RELEASE}-webhook"
+WEBHOOK_PATH = "/validate-dittofs-dittofs-com-v1alpha1-dittoserver"
+TESTBED_OPERATOR_USER = "dittofs-operator"  # the test bed's cluster-admin operator identity (other tests)
+
+Helm = Callable[..., Any]
+
+
+@pytest.fixture
+def helm(testbed: Any) -> Helm:
+    import subprocess
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(testbed.binaries.helm), "--kubeconfig", str(testbed.kubeconfig), *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=testbed.env(), check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def release_ns(testbed: Any) -> Iterator[str]:
+    """The release namespace, enforcing Pod Security "restricted" (the chart's pod must pass it)."""
+    name = f"dfs-sys-{uuid.uuid4().hex[:6]}"
+    testbed.kubectl("create", "namespace", name)
+    testbed.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def workload_ns(testbed: Any) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    testbed.kubectl("create", "namespace", name)
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def adopt_crd(testbed: Any, namespace: str) -> None:
+    """An earlier test may have applied the CRD with kubectl: hand it to this release (Helm's adoption)."""
+    if testbed.kubectl("get", "crd", CRD_NAME, check=False).returncode != 0:
+        return
+    testbed.kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
+    testbed.kubectl("annotate", "--overwrite", "crd", CRD_NAME, f"meta.helm.sh/release-name={RELEASE}",
+                    f"meta.helm.sh/release-namespace={namespace}")
+
+
+def service_account_kubeconfig(testbed: Any, namespace: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a bound token, 1 h)."""
+    token = testbed.kubectl("create", "token", RELEASE, "-n", namespace, "--duration=1h").stdout.strip()
+    assert token.count(".") == 2, "expected a JWT from the TokenRequest API"
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "testbed", "cluster": {"server": testbed.api_url,
+                                                     "certificate-authority": str(testbed.ca_cert_path)}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "testbed", "user": "sa"}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def chart_args(testbed: Any, namespace: str, overrides: dict[str, str], *extra: str) -> list[str]:
+    """The installed Deployment's arguments for `dittoctl run`, host-specific values replaced, `extra` added."""
+    deploy = kubectl_json(testbed, "get", "deployment", RELEASE, "-n", namespace)
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    args: list[str] = container["args"]
+    assert args[0] == "run", args
+    flags = {a.split("=", 1)[0] for a in args[1:]}
+    assert set(overrides) <= flags, f"the chart no longer passes {set(overrides) - flags}"
+    kept = [a for a in args[1:] if a.split("=", 1)[0] not in overrides]
+    return [*kept, *(f"{flag}={value}" for flag, value in overrides.items()), *extra]
+
+
+def point_webhook_at(testbed: Any, port: int, ca_b64: str) -> None:
+    """The apiserver cannot reach a kwok pod: send the chart's webhook to the local process instead."""
+    client = {"url": f"https://127.0.0.1:{port}{WEBHOOK_PATH}", "caBundle": ca_b64}
+    testbed.kubectl("patch", "validatingwebhookconfiguration", RELEASE, "--type=json",
+                    "-p", json.dumps([{"op": "replace", "path": "/webhooks/0/clientConfig", "value": client}]))
+
+
+def absent(testbed: Any, kind: str, name: str, namespace: str) -> bool:
+    return bool(testbed.kubectl("get", kind, name, "-n", namespace, check=False).returncode != 0)
+
+
+def forbidden_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "forbidden" in line.lower() or " 403" in line or "403:" in line]
+
+
+def audit_of(testbed: Any, user: str, since: int) -> list[dict[str, Any]]:
+    return list(testbed.audit_events(user=user, since_line=since))
+
+
+def resource_of(event: dict[str, Any]) -> str:
+    ref = event.get("objectRef") or {}
+    return f"{ref.get('resource')}/{ref['subresource']}" if ref.get("subresource") else str(ref.get("resource"))
+
+
+def assert_uninstalled(testbed: Any, helm: Helm, namespace: str) -> None:
+    helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "60s")
+    left = testbed.kubectl("get", "validatingwebhookconfiguration", RELEASE, check=False)
+    assert left.returncode != 0, "helm uninstall left the ValidatingWebhookConfiguration behind"
+    for kind, name in (("clusterrole", RELEASE), ("clusterrole", f"{RELEASE}-cluster"),
+                       ("clusterrolebinding", RELEASE), ("clusterrolebinding", f"{RELEASE}-cluster")):
+        assert testbed.kubectl("get", kind, name, check=False).returncode != 0, f"{kind} {name} left behind"
+    crd = kubectl_json(testbed, "get", "crd", CRD_NAME)  # crds.keep (default): the CRD and all data stay
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns: str, workload_ns: str,
+                                            tmp_path: Path) -> None:
+    # The serving certificate for `provided` mode, signed by the test CA (SANs include 127.0.0.1).
+    cert_dir = tmp_path / "certs"
+    cert, key = testbed.issue_serving_cert(cert_dir, cn=f"{SERVICE}.{release_ns}.svc")
+    testbed.kubectl("create", "secret", "tls", "webhook-tls", "-n", release_ns, f"--cert={cert}", f"--key={key}")
+    adopt_crd(testbed, release_ns)
+    percona_preinstalled = testbed.kubectl("get", "crd", PERCONA_CRD_NAME, check=False).returncode == 0
+
+    helm("install", RELEASE, str(CHART), "-n", release_ns, "--wait", "--timeout", "90s",
+         "--set", "webhook.tls.mode=provided", "--set", "webhook.tls.provided.secretName=webhook-tls",
+         "--set", f"webhook.tls.provided.caBundle={testbed.ca_b64}")
+    operator: OperatorProcess | None = None
+    try:
+        # The chart's pod passed Pod Security "restricted" and became available (kwok runs it).
+        deploy = kubectl_json(testbed, "get", "deployment", RELEASE, "-n", release_ns)
+        assert deploy["status"].get("availableReplicas") == 1, deploy["status"]
+        vwc = kubectl_json(testbed, "get", "validatingwebhookconfiguration", RELEASE)
+        assert base64.b64decode(vwc["webhooks"][0]["clientConfig"]["caBundle"]) == testbed.ca_pem
+
+        sa_user = f"system:serviceaccount:{release_ns}:{RELEASE}"
+        kubeconfig = service_account_kubeconfig(testbed, release_ns, tmp_path / "sa.kubeconfig")
+        webhook_port = free_port()
+        operator = OperatorProcess(str(kubeconfig), tmp_path)
+        operator.extra = chart_args(testbed, release_ns, {
+            "--health-port": str(operator.health_port), "--webhook-port": str(webhook_port),
+            "--cert-dir": str(cert_dir)}, "--webhook-host=127.0.0.1", "--drift-interval=5")
+        point_webhook_at(testbed, webhook_port, testbed.ca_b64)
+        if not percona_preinstalled:
+            testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
+            testbed.kubectl("wait", "--for=condition=Established", f"crd/{PERCONA_CRD_NAME}", "--timeout=60s")
+        mark = testbed.audit_line_count()
+        operator.start()
+
+        lifecycle(testbed, workload_ns)
+
+        log = operator.log_text()
+        assert "became leader" in log, operator.log_tail()
+        assert forbidden_lines(log) == [], "\n".join(forbidden_lines(log))
+        audit = audit_of(testbed, sa_user, mark)
+        denied = [(e["verb"], resource_of(e), (e.get("objectRef") or {}).get("name")) for e in audit
+                  if (e.get("responseStatus") or {}).get("code") == 403]
+        assert denied == [], f"the chart's RBAC denied: {denied}"
+        # The lifecycle really exercised every kind of write the chart grants. (A server-side apply that
+        # creates its object is audited as "patch" but also authorized as "create".)
+        used = {(e["verb"], resource_of(e)) for e in audit if (e.get("responseStatus") or {}).get("code", 500) < 300}
+        expected = {
+            ("patch", "dittoservers"), ("patch", "dittoservers/status"), ("patch", "statefulsets"),
+            ("patch", "configmaps"), ("patch", "services"), ("delete", "services"), ("create", "secrets"),
+            ("create", "events"), ("patch", "perconapgclusters"), ("delete", "perconapgclusters"),
+            ("create", "leases"), ("patch", "leases"),
+        }
+        assert expected <= used, f"not exercised: {sorted(expected - used)}"
+        # Nobody else reconciled these objects (the test bed's cluster-admin operator of other tests).
+        others = [e for e in audit_of(testbed, TESTBED_OPERATOR_USER, mark)
+                  if (e.get("objectRef") or {}).get("namespace") == workload_ns]
+        assert others == [], "another operator touched the test namespace; the RBAC proof is void"
+    finally:
+        if operator is not None:
+            operator.stop()
+        if not percona_preinstalled:
+            testbed.kubectl("delete", "crd", PERCONA_CRD_NAME, "--ignore-not-found", "--timeout=60s", check=False)
+        assert_uninstalled(testbed, helm, release_ns)
+
+
+def lifecycle(testbed: Any, ns: str) -> None:
+    """Create, change and delete DittoServers through every permission-relevant path of the operator."""
+    # The webhook (as the ServiceAccount) denies a bad object and posts a ValidationFailed Event.
+    body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": "bad", "namespace": ns},
+            "spec": {"storage": {"metadataSize": "1Gi", "storageClassName": "no-such-class"},
+                     "adapters": {"nfs": {"port": 8080}}}}
+    denied = testbed.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert denied.returncode != 0
+    assert "spec.adapters.nfs.port: port 8080 is also used by spec.controlPlane.port" in denied.stderr
+    assert 'StorageClass "no-such-class" not found' in denied.stderr
+    eventually(lambda: events(testbed, ns, "ValidationFailed"), what="ValidationFailed event from the webhook")
+
+    # A user Secret (read for the hash) and generated ones (created); Percona with and without deletion.
+    testbed.kubectl("create", "secret", "generic", "jwt", "-n", ns, "--from-literal=k=" + "j" * 40)
+    jwt = {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}}
+    apply_server(testbed, ns, "demo", identity=jwt)
+    apply_server(testbed, ns, "gone", percona=percona_spec(deleteWithServer=True))
+    apply_server(testbed, ns, "kept", percona=percona_spec())
+    for name in ("gone", "kept"):
+        eventually(lambda: absent(testbed, "perconapgcluster", f"{name}-postgres", ns) is False,  # noqa: B023
+                   what=f"PerconaPGCluster {name}-postgres")
+        play_percona_ready(testbed, ns, name)
+    for name in ("demo", "gone", "kept"):
+        wait_ready(testbed, ns, name, timeout=120)
+
+    # Changes: a config change rolls the StatefulSet; metrics on creates a Service, metrics off deletes it.
+    before = server(testbed, ns, "demo")["status"]["configHash"]
+    apply_server(testbed, ns, "demo", identity=jwt, logging={"level": "DEBUG"}, metrics={"enabled": True})
+    eventually(lambda: absent(testbed, "service", "demo-metrics", ns) is False, what="metrics Service created")
+    assert wait_ready(testbed, ns, "demo")["status"]["configHash"] != before
+    apply_server(testbed, ns, "demo", identity=jwt, logging={"level": "DEBUG"})
+    eventually(lambda: absent(testbed, "service", "demo-metrics", ns), what="metrics Service deleted")
+    wait_ready(testbed, ns, "demo")
+
+    # Deletion: drain (scale to 0), Percona deleted or orphaned, finalizer removed, PVCs kept.
+    for name in ("demo", "gone", "kept"):
+        testbed.kubectl("delete", "dittoserver", name, "-n", ns, "--wait=false")
+    for name in ("demo", "gone", "kept"):
+        eventually(lambda: absent(testbed, "dittoserver", name, ns), timeout=90,  # noqa: B023
+                   what=f"DittoServer {name} gone")
+    eventually(lambda: absent(testbed, "perconapgcluster", "gone-postgres", ns), what="gone-postgres deleted")
+    time.sleep(1)  # garbage collection would act now if the orphaning had failed
+    assert cluster(testbed, ns, "kept-postgres")["metadata"].get("ownerReferences", []) == []
+    pvcs = {p["metadata"]["name"] for p in kubectl_json(testbed, "get", "pvc", "-n", ns)["items"]}
+    assert {"metadata-demo-0", "content-demo-0", "controlplane-demo-0"} <= pvcs
+
+
+def test_chart_self_signed_mode_publishes_its_ca(testbed: Any, helm: Helm, release_ns: str,
+                                                 tmp_path: Path) -> None:
+    """selfSigned: the Secret and caBundle writes are granted by name only, and survive `helm upgrade`."""
+    adopt_crd(testbed, release_ns)
+    # failurePolicy Ignore: the configuration points at an unreachable Service while this test runs.
+    helm("install", RELEASE, str(CHART), "-n", release_ns, "--wait", "--timeout", "90s",
+         "--set", "webhook.tls.mode=selfSigned", "--set", "webhook.failurePolicy=Ignore")
+    operator: OperatorProcess | None = None
+    try:
+        sa_user = f"system:serviceaccount:{release_ns}:{RELEASE}"
+        kubeconfig = service_account_kubeconfig(testbed, release_ns, tmp_path / "sa.kubeconfig")
+        cert_dir = tmp_path / "certs"
+        operator = OperatorProcess(str(kubeconfig), tmp_path)
+        operator.extra = chart_args(testbed, release_ns, {
+            "--health-port": str(operator.health_port), "--webhook-port": str(free_port()),
+            "--cert-dir": str(cert_dir)}, "--webhook-host=127.0.0.1")
+        mark = testbed.audit_line_count()
+        operator.start()  # ready = the webhook loaded the certificate it issued itself
+
+        secret = kubectl_json(testbed, "get", "secret", f"{SERVICE}-tls", "-n", release_ns)
+        ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+        leaf = x509.load_pem_x509_certificate((cert_dir / "tls.crt").read_bytes())
+        leaf.verify_directly_issued_by(ca)
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert f"{SERVICE}.{release_ns}.svc" in sans.get_values_for_type(x509.DNSName)
+
+        def bundle() -> bytes:
+            vwc = kubectl_json(testbed, "get", "validatingwebhookconfiguration", RELEASE)
+            return base64.b64decode(vwc["webhooks"][0]["clientConfig"].get("caBundle") or "")
+
+        eventually(lambda: ca.public_bytes(Encoding.PEM) in bundle(),
+                   what="caBundle published")
+        operator.stop()
+        operator.start()  # a restart reuses the stored CA (get by name), it does not create a new one
+        assert kubectl_json(testbed, "get", "secret", f"{SERVICE}-tls", "-n", release_ns)["data"]["ca.crt"] \
+            == secret["data"]["ca.crt"]
+
+        # helm upgrade (three-way merge) keeps the caBundle the operator published.
+        helm("upgrade", RELEASE, str(CHART), "-n", release_ns, "--reuse-values", "--set", "webhook.timeoutSeconds=5")
+        vwc = kubectl_json(testbed, "get", "validatingwebhookconfiguration", RELEASE)
+        assert vwc["webhooks"][0]["timeoutSeconds"] == 5
+        assert ca.public_bytes(Encoding.PEM) in bundle()
+
+        log = operator.log_text()
+        assert forbidden_lines(log) == [], "\n".join(forbidden_lines(log))
+        audit = audit_of(testbed, sa_user, mark)
+        assert [e for e in audit if (e.get("responseStatus") or {}).get("code") == 403] == []
+        used = {(e["verb"], resource_of(e)) for e in audit if (e.get("responseStatus") or {}).get("code", 500) < 300}
+        assert {("create", "secrets"), ("patch", "validatingwebhookconfigurations")} <= used
+    finally:
+        if operator is not None:
+            operator.stop()
+        assert_uninstalled(testbed, helm, release_ns)

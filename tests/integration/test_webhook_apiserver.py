@@ -1,0 +1,181 @@
+"""The webhook behind the real kube-apiserver (TESTBED.md §5): what `kubectl apply` users actually see.
+
+Objects here pass the CRD schema (the apiserver checks that before calling validating webhooks), so every
+denial below comes from our rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certs.source import CertificateSource
+from dittoctl.gateway import Gateway, load_client
+from reconciler.events import EventRecorder
+from webhook.facts import FactSource
+from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
+
+pytestmark = pytest.mark.integration
+CONFIG_NAME = "dittofs-webhook-apiserver-test"
+
+
+class Hook:
+    def __init__(self, testbed: Any, server: WebhookServer) -> None:
+        self.testbed = testbed
+        self.server = server
+
+    async def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        # In a thread: the webhook answering the apiserver runs on this very event loop.
+        result: subprocess.CompletedProcess[str] = await asyncio.to_thread(
+            self.testbed.kubectl, *args, input=input, check=False)
+        return result
+
+
+def manifest(name: str, namespace: str, spec: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+                       "metadata": {"name": name, "namespace": namespace},
+                       "spec": {"storage": {"metadataSize": "1Gi"}, **spec}})
+
+
+def webhook_configuration(port: int, ca_b64: str) -> dict[str, Any]:
+    # What the chart renders, with clientConfig rewritten to a URL on loopback (TESTBED.md §5).
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": CONFIG_NAME},
+        "webhooks": [{
+            "name": "vdittoserver.dittofs.dittofs.com",
+            "clientConfig": {"url": f"https://127.0.0.1:{port}{WEBHOOK_PATH}", "caBundle": ca_b64},
+            "rules": [{"apiGroups": ["dittofs.dittofs.com"], "apiVersions": ["v1alpha1"],
+                       "operations": ["CREATE", "UPDATE"], "resources": ["dittoservers"], "scope": "Namespaced"}],
+            "sideEffects": "NoneOnDryRun", "admissionReviewVersions": ["v1"], "failurePolicy": "Fail",
+            "timeoutSeconds": 10, "matchPolicy": "Equivalent",
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "dittofs.dittofs.com/validation", "operator": "NotIn", "values": ["disabled"]}]},
+        }],
+    }
+
+
+@pytest.fixture(scope="module")
+async def hook(crd: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hook]:
+    testbed = crd
+    cert_dir: Path = tmp_path_factory.mktemp("webhook-certs")
+    testbed.issue_serving_cert(cert_dir)  # tls.crt/tls.key with IP:127.0.0.1, signed by the test CA
+    gateway = Gateway(await load_client(str(testbed.kubeconfig)))
+    facts = FactSource(gateway)
+    server = WebhookServer(AdmissionHandler(facts, EventRecorder(gateway)), CertificateSource(cert_dir),
+                           host="127.0.0.1", port=0, services=[facts])
+    await server.start()
+    assert server.ready
+    h = Hook(testbed, server)
+    try:
+        applied = await h.kubectl("apply", "-f", "-", input=json.dumps(webhook_configuration(server.port,
+                                                                                             testbed.ca_b64)))
+        assert applied.returncode == 0, applied.stderr
+        # The apiserver loads webhook configurations asynchronously: wait until our answers come back.
+        probe = manifest("probe", "default", {"adapters": {"nfs": {"port": 8080}}})
+        deadline = time.monotonic() + 30
+        while True:
+            result = await h.kubectl("apply", "--dry-run=server", "-f", "-", input=probe)
+            if "spec.adapters.nfs.port" in result.stderr:
+                break
+            assert time.monotonic() < deadline, f"webhook never called: {result.stdout}{result.stderr}"
+            await asyncio.sleep(0.3)
+        yield h
+    finally:
+        await h.kubectl("delete", "validatingwebhookconfiguration", CONFIG_NAME, "--ignore-not-found")
+        await server.stop()
+        await gateway.close()
+
+
+async def test_kubectl_apply_shows_every_error_of_an_invalid_object(hook: Hook, namespace: str) -> None:
+    spec = {"storage": {"metadataSize": "1Gi", "storageClassName": "no-such-class"},
+            "adapters": {"nfs": {"port": 8080}},
+            "percona": {"enabled": True, "image": "percona/pg:16", "backup": {"enabled": True}}}
+    result = await hook.kubectl("apply", "-f", "-", input=manifest("bad", namespace, spec))
+    assert result.returncode != 0
+    err = result.stderr
+    assert 'The DittoServer "bad" is invalid' in err, err
+    for line in (
+        "* spec.adapters.nfs.port: port 8080 is also used by spec.controlPlane.port",
+        '* spec.storage.storageClassName: StorageClass "no-such-class" not found; create it or use an '
+        'existing one ("standard")',
+        "* spec.percona.enabled: PerconaPGCluster (pgv2.percona.com/v2) is not served by this cluster; "
+        "install the Percona Operator for PostgreSQL or disable percona.enabled",
+        "* spec.percona.backup.bucket: required when backup is enabled",
+        "* spec.percona.backup.endpoint: required when backup is enabled",
+    ):
+        assert line in err, err
+    got = await hook.kubectl("get", "dittoserver", "bad", "-n", namespace)
+    assert got.returncode != 0  # nothing was stored
+
+
+async def test_warnings_are_printed_and_the_object_is_created(hook: Hook, namespace: str) -> None:
+    spec = {"storage": {"metadataSize": "1Gi", "cacheSize": "2Gi", "storageClassName": "standard"},
+            "s3": {"credentialsSecretRef": {"secretName": "s3-creds"}}}
+    result = await hook.kubectl("apply", "-f", "-", input=manifest("warned", namespace, spec))
+    assert result.returncode == 0, result.stderr
+    assert "dittoserver.dittofs.dittofs.com/warned created" in result.stdout
+    assert "Warning: spec.storage.cacheSize: rename it to contentSize" in result.stderr
+    assert 'Warning: spec.s3.credentialsSecretRef: create Secret "s3-creds"' in result.stderr
+
+    # Once the Secret exists (with one key missing) the warning names the key instead.
+    secret = await hook.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace,
+                                "--from-literal=accessKeyId=AKIA")
+    assert secret.returncode == 0, secret.stderr
+    changed = manifest("warned", namespace, {**spec, "replicas": 0})  # unchanged objects are not even sent
+    again = await hook.kubectl("apply", "--dry-run=server", "-f", "-", input=changed)
+    assert again.returncode == 0, again.stderr
+    assert 'add key "secretAccessKey" to Secret "s3-creds"' in again.stderr
+    assert 'create Secret "s3-creds"' not in again.stderr
+
+
+async def test_storage_cannot_change_on_update(hook: Hook, namespace: str) -> None:
+    created = await hook.kubectl("apply", "-f", "-", input=manifest("grow", namespace, {}))
+    assert created.returncode == 0, created.stderr
+    grown = manifest("grow", namespace, {"storage": {"metadataSize": "2Gi"}})
+    result = await hook.kubectl("apply", "-f", "-", input=grown)
+    assert result.returncode != 0
+    assert ("spec.storage.metadataSize: immutable: StatefulSet volumeClaimTemplates cannot change "
+            "(was '1Gi', now '2Gi')") in result.stderr
+    # Other edits still go through, and deletion never depends on the webhook.
+    ok = await hook.kubectl("apply", "-f", "-", input=manifest("grow", namespace, {"replicas": 0}))
+    assert ok.returncode == 0, ok.stderr
+    deleted = await hook.kubectl("delete", "dittoserver", "grow", "-n", namespace, "--wait=false")
+    assert deleted.returncode == 0, deleted.stderr
+
+
+async def test_denials_post_an_event_except_on_dry_run(hook: Hook, namespace: str) -> None:
+    bad = manifest("evented", namespace, {"adapters": {"smb": {"enabled": True, "port": 12049}}})
+
+    async def events() -> list[dict[str, Any]]:
+        out = await hook.kubectl("get", "events", "-n", namespace, "-o", "json")
+        items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+        return [e for e in items if e.get("reason") == "ValidationFailed"]
+
+    dry = await hook.kubectl("apply", "--dry-run=server", "-f", "-", input=bad)
+    assert dry.returncode != 0
+    await hook.server.handler.flush()
+    assert await events() == []
+
+    real = await hook.kubectl("apply", "-f", "-", input=bad)
+    assert real.returncode != 0
+    await hook.server.handler.flush()
+    [event] = await events()
+    assert event["type"] == "Warning"
+    assert event["involvedObject"]["name"] == "evented" and event["involvedObject"]["kind"] == "DittoServer"
+    assert event["message"].startswith("spec.adapters.smb.port: port 12049 is also used by spec.adapters.nfs.port")
+
+
+async def test_namespaces_can_opt_out(hook: Hook, namespace: str) -> None:
+    label = await hook.kubectl("label", "namespace", namespace, "dittofs.dittofs.com/validation=disabled")
+    assert label.returncode == 0, label.stderr
+    bad = manifest("unchecked", namespace, {"adapters": {"nfs": {"port": 8080}}})
+    result = await hook.kubectl("apply", "--dry-run=server", "-f", "-", input=bad)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,177 @@
+"""FactSource: what gets looked up, caching, and failures turning into "unknown" (fake gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from dittoctl.api.models import API_VERSION
+from dittoctl.gateway import SECRETS, STORAGECLASSES, ApiError, Gateway, Kind, NotFound
+from webhook.facts import ClusterFacts, FactSource
+from webhook.rules import validate
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.classes = {"standard"}
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.percona: bool | Exception = False
+        self.fail_secrets: set[str] = set()
+        self.slow: set[str] = set()
+        self.calls: list[str] = []
+
+    async def list(self, kind: Kind, namespace: str | None = None, **_: Any) -> list[dict[str, Any]]:
+        self.calls.append(f"list {kind.plural}")
+        assert kind is STORAGECLASSES
+        return [{"metadata": {"name": n}} for n in sorted(self.classes)]
+
+    async def get(self, kind: Kind, name: str, namespace: str | None = None, *,
+                  timeout: float | None = None) -> dict[str, Any]:
+        self.calls.append(f"get {kind.plural}/{name}")
+        assert timeout is not None and timeout <= 2.0
+        if name in self.slow:
+            await asyncio.sleep(10)
+        if kind is STORAGECLASSES:
+            if name in self.classes:
+                return {"metadata": {"name": name}}
+            raise NotFound(name)
+        assert kind is SECRETS and namespace is not None
+        if name in self.fail_secrets:
+            raise ApiError(403, "forbidden")
+        if (namespace, name) not in self.secrets:
+            raise NotFound(name)
+        return self.secrets[(namespace, name)]
+
+    async def served(self, group: str, version: str, plural: str) -> bool:
+        self.calls.append("discovery")
+        assert (group, version, plural) == ("pgv2.percona.com", "v2", "perconapgclusters")
+        if isinstance(self.percona, Exception):
+            raise self.percona
+        return self.percona
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def source(gw: FakeGateway, clock: Clock | None = None) -> FactSource:
+    return FactSource(cast(Gateway, gw), timeout=0.2, clock=clock or Clock())
+
+
+def obj(spec: dict[str, Any], namespace: str = "team") -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "DittoServer", "metadata": {"name": "d", "namespace": namespace},
+            "spec": {"storage": {"metadataSize": "1Gi"}, **spec}}
+
+
+def test_offline_facts_are_all_unknown() -> None:
+    facts = ClusterFacts.offline()
+    assert (facts.storage_classes, facts.percona_served, dict(facts.secrets), facts.online) == (None, None, {}, False)
+
+
+async def test_nothing_referenced_means_no_api_calls() -> None:
+    gw = FakeGateway()
+    facts = await source(gw).facts_for(obj({}))
+    assert gw.calls == []
+    assert facts.secrets == {} and facts.percona_served is None
+
+
+async def test_secrets_by_point_get_keep_only_key_names() -> None:
+    gw = FakeGateway()
+    gw.secrets[("team", "s3")] = {"data": {"accessKeyId": "QUtJQQ==", "secretAccessKey": "c2VjcmV0"}}
+    gw.secrets[("team", "jwt")] = {"stringData": {"k": "v"}}
+    gw.fail_secrets.add("admin")
+    spec = {"s3": {"credentialsSecretRef": {"secretName": "s3"}},
+            "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}},
+                         "admin": {"passwordSecretRef": {"name": "admin", "key": "p"}}},
+            "database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}}}
+    facts = await source(gw).facts_for(obj(spec))
+    assert dict(facts.secrets) == {"s3": frozenset({"accessKeyId", "secretAccessKey"}), "jwt": frozenset({"k"}),
+                                   "pg": None}  # "admin" failed: unknown, left out
+    assert "c2VjcmV0" not in repr(facts)
+    verdict = validate(obj(spec), None, facts)
+    assert any('could not verify Secret "admin"' in w for w in verdict.warnings)
+    assert any('create Secret "pg"' in w for w in verdict.warnings)
+
+
+async def test_namespace_override_is_used_for_secrets() -> None:
+    gw = FakeGateway()
+    gw.secrets[("other", "s3")] = {"data": {"accessKeyId": "", "secretAccessKey": ""}}
+    facts = await source(gw).facts_for(obj({"s3": {"credentialsSecretRef": {"secretName": "s3"}}}, namespace=""),
+                                       namespace="other")
+    assert facts.secrets["s3"] == frozenset({"accessKeyId", "secretAccessKey"})
+
+
+async def test_slow_secret_lookup_times_out_as_unknown() -> None:
+    gw = FakeGateway()
+    gw.slow.add("s3")
+    facts = await source(gw).facts_for(obj({"s3": {"credentialsSecretRef": {"secretName": "s3"}}}))
+    assert "s3" not in facts.secrets
+
+
+async def test_storage_classes_from_cache_with_get_on_miss() -> None:
+    gw, clock = FakeGateway(), Clock()
+    src = source(gw, clock)
+    assert await src.refresh_storage_classes()
+    gw.calls.clear()
+    facts = await src.facts_for(obj({"storage": {"metadataSize": "1Gi", "storageClassName": "standard"}}))
+    assert facts.storage_classes == frozenset({"standard"}) and gw.calls == []  # served from the cache
+
+    gw.classes.add("fast")  # created after the last list: found by a point GET on the miss
+    facts = await src.facts_for(obj({"storage": {"metadataSize": "1Gi", "storageClassName": "fast"}}))
+    assert facts.storage_classes == frozenset({"standard", "fast"})
+    assert gw.calls == ["get storageclasses/fast"]
+
+    gw.calls.clear()
+    missing = obj({"storage": {"metadataSize": "1Gi", "storageClassName": "gold"}})
+    for _ in range(3):
+        facts = await src.facts_for(missing)
+        assert facts.storage_classes is not None and "gold" not in facts.storage_classes
+    assert gw.calls == ["get storageclasses/gold"]  # a 404 is trusted for a few seconds
+    clock.now += 10
+    await src.facts_for(missing)
+    assert gw.calls == ["get storageclasses/gold"] * 2
+
+
+async def test_storage_class_lookup_failure_is_unknown() -> None:
+    gw = FakeGateway()
+    gw.slow.add("gold")
+    facts = await source(gw).facts_for(obj({"storage": {"metadataSize": "1Gi", "storageClassName": "gold"}}))
+    assert facts.storage_classes is None
+
+
+async def test_percona_discovery_caches_yes_long_and_no_briefly() -> None:
+    gw, clock = FakeGateway(), Clock()
+    src = source(gw, clock)
+    enabled = obj({"percona": {"enabled": True}})
+    assert (await src.facts_for(enabled)).percona_served is False
+    assert (await src.facts_for(enabled)).percona_served is False
+    assert gw.calls.count("discovery") == 1
+    gw.percona = True  # the Percona operator gets installed
+    clock.now += 5
+    assert (await src.facts_for(enabled)).percona_served is True
+    clock.now += 30
+    assert (await src.facts_for(enabled)).percona_served is True
+    assert gw.calls.count("discovery") == 2
+    gw.percona = ApiError(0, "unreachable")
+    clock.now += 120
+    assert (await src.facts_for(enabled)).percona_served is None
+
+
+async def test_background_resync_keeps_the_cache_warm() -> None:
+    gw = FakeGateway()
+    src = FactSource(cast(Gateway, gw), resync_seconds=0.02)
+    await src.start()
+    gw.classes = {"late"}
+    await asyncio.sleep(0.1)
+    await src.stop()
+    assert await src.storage_classes() == frozenset({"late"})
+
+
+async def test_garbage_objects_never_raise() -> None:
+    src = source(FakeGateway())
+    for garbage in ({}, {"spec": 5}, {"metadata": [], "spec": {"s3": "x"}}, {"spec": {"storage": None}}):
+        assert isinstance(await src.facts_for(garbage), ClusterFacts)
