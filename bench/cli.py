@@ -29,9 +29,10 @@ from typing import Any
 
 from bench import admission, idle, reconciler
 from bench.kube import Kube, client_ssl
+from bench.machine import Contention
 from bench.process import Operator
 from bench.report import RESULTS, Figure, environment, failed, loadavg, markdown, other_apiservers, write
-from tests.testbed import Testbed, ensure_binaries
+from tests.testbed import COMPONENTS, Testbed, ensure_binaries
 from tests.testbed.demo import install_webhook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=840.0,
                    help="wall-clock budget in seconds; experiments that would start later are skipped")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
+    p.add_argument("--quiet-wait", type=float, default=45.0,
+                   help="before each experiment wait up to this many seconds for other workloads on the machine "
+                        "to calm down (default 45; 0 = never wait)")
+    p.add_argument("--quiet-threshold", type=float, default=25.0,
+                   help="foreign CPU (% of one core) below which the machine counts as quiet (default 25)")
     p.add_argument("--keep", action="store_true", help="keep the test bed's work dir (logs, audit log)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: only on "
                    "errors; the figures are targets, not assertions)")
@@ -115,6 +121,13 @@ class Run:
         self.env = environment()
         self.other_apiservers = 0
         self.first_start = 0.0
+        self.contention = Contention(self._pids)
+
+    def _pids(self) -> list[int]:
+        pids = [p for p in (self.tb.pid(c) for c in COMPONENTS) if p is not None]
+        if self.op.proc is not None and self.op.proc.poll() is None:
+            pids.append(self.op.proc.pid)
+        return pids
 
     def log(self, message: str) -> None:
         print(f"[bench +{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr, flush=True)
@@ -147,17 +160,32 @@ class Run:
                              for f, t, g in exp.figures]
             return
         self.log(f"experiment {exp.name}: {', '.join(f for f, _, _ in exp.figures)}")
+        quiet: dict[str, Any] = {}
+        if self.args.quiet_wait > 0:
+            quiet = self.contention.wait_quiet(self.args.quiet_wait, self.args.quiet_threshold)
+            if not quiet["quiet"] or quiet["waited_s"] > 3:
+                self.log(f"  waited {quiet['waited_s']}s for a quiet machine: foreign load "
+                         f"{quiet['last_sample']['foreign_pct_of_one_core']}% of one core")
         load = self.load()
         t0 = time.monotonic()
+        before = self.contention.snapshot()
         try:
             self.ensure_operator()
             figures = await body()
         except Exception as exc:
             self.log(f"experiment {exp.name} failed: {type(exc).__name__}: {exc}")
             figures = [failed(f, t, g, f"{type(exc).__name__}: {exc}") for f, t, g in exp.figures]
+        contention = self.contention.between(before, self.contention.snapshot())
         for fig in figures:
             fig.duration_s = time.monotonic() - t0
             fig.details["machine_load_at_start"] = load
+            fig.details["quiet_wait"] = quiet
+            fig.details["cpu_during_experiment"] = contention
+            foreign = contention["foreign_pct_of_one_core"]
+            if foreign >= self.args.quiet_threshold:
+                fig.details.setdefault("notes", []).append(
+                    f"other workloads on this machine used {foreign:.0f}% of one core during the measurement "
+                    f"(of {contention['cores']} cores); tail latencies are inflated by that contention")
             self.log(f"  {fig.name}: {fig.measured_text} -> {'PASS' if fig.passed else 'FAIL'}")
         self.figures += figures
         self.save()
@@ -170,8 +198,8 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
     async with Kube(tb.api_url, ctx, limit=64) as kube:
 
         async def startup() -> list[Figure]:
-            times = idle.restarts(op, args.starts)
-            fig = idle.start_to_ready(op, times, run.population)
+            times, stops = idle.restarts(op, args.starts)
+            fig = idle.start_to_ready(op, times, stops, run.population)
             fig.details["first_start_of_the_run_s (not counted: cold page cache)"] = round(run.first_start, 3)
             return [fig]
 
@@ -210,7 +238,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             run.log(f"start -> ready with {run.population} DittoServers (3 restarts)")
             mark = tb.audit_line_count()
             with contextlib.suppress(Exception):
-                loaded = idle.restarts(op, 3)
+                loaded, stops = idle.restarts(op, 3)
                 await asyncio.sleep(5.0)
                 writes = len(tb.audit_events(user=tb.operator_user, since_line=mark))
                 for fig in run.figures:
@@ -218,6 +246,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
                         fig.details["starts_at_population_s"] = [round(t, 3) for t in loaded]
                         fig.details["population"] = run.population
                         fig.details["api_writes_across_these_restarts"] = writes
+                        fig.details["sigterm_to_exit_at_population_s"] = [round(t, 3) for t in stops]
                         fig.details.setdefault("notes", []).append(
                             f"with {run.population} DittoServers in the cluster: median "
                             f"{statistics.median(loaded):.2f} s of 3 restarts, {writes} API writes by the operator "

@@ -141,7 +141,7 @@ async def sequential(tb: Testbed, kube: Kube, namespace: str, *, count: int = 20
          Check("samples", len(create_sts), ">=", count, "servers")],
         f"p50 {p50_sts:.0f} ms (p90 {percentile(create_sts, 90) * 1000:.0f}, max "
         f"{max(create_sts, default=float('nan')) * 1000:.0f} ms, n={len(create_sts)})",
-        details={**common,
+        details={**common, "notes": list(notes),
                  "create_to_statefulset_ms": summary(create_sts, 1000.0, 1),
                  "create_response_to_statefulset_ms": summary(create_sts_from_response, 1000.0, 1),
                  "create_request_ms": summary(_deltas(tracker.sent, tracker.created), 1000.0, 1),
@@ -154,7 +154,7 @@ async def sequential(tb: Testbed, kube: Kube, namespace: str, *, count: int = 20
          Check("samples", len(ready), ">=", count, "servers")],
         f"p50 {p50_ready:.0f} ms (p90 {percentile(ready, 90) * 1000:.0f}, max "
         f"{max(ready, default=float('nan')) * 1000:.0f} ms, n={len(ready)})",
-        details={**common,
+        details={**common, "notes": list(notes),
                  "pod_ready_to_server_ready_ms": summary(ready, 1000.0, 1),
                  "statefulset_to_pod_ready_ms (test bed: PVC provisioning, scheduler, kwok)":
                      summary(sts_to_pod, 1000.0, 1),

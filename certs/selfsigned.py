@@ -247,8 +247,10 @@ class SelfSignedManager:
         ca_days: int = CA_DAYS,
         leaf_days: int = LEAF_DAYS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_files_written: Callable[[], object] | None = None,
     ) -> None:
         self.gateway = gateway
+        self.on_files_written = on_files_written  # e.g. CertificateSource.reload: serve without a poll delay
         self.namespace = namespace
         self.secret_name = secret_name
         self.webhook_config_name = webhook_config_name
@@ -378,6 +380,7 @@ class SelfSignedManager:
 
     def _write_files(self, bundle: bytes, leaf: KeyPair) -> None:
         files = {CA_CERT: (bundle, False), TLS_KEY: (leaf.key_pem, True), TLS_CERT: (leaf.cert_pem, False)}
+        written = False
         for name, (data, private) in files.items():
             path = self.cert_dir / name
             try:
@@ -386,6 +389,9 @@ class SelfSignedManager:
             except OSError:
                 pass
             write_atomic(path, data, private=private)
+            written = True
+        if written and self.on_files_written is not None:
+            self.on_files_written()
 
 
 def _expired(cert_pem: bytes, now: datetime) -> bool:

@@ -120,15 +120,16 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
     webhook: Any | None = None
     tasks: list[asyncio.Task[Any]] = []
 
-    if settings.webhook:
-        from webhook.wiring import build_webhook
-
-        webhook = await build_webhook(settings, gateway)
-        await webhook.start()
-
     if settings.reconciler:
         controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval)
         controller.queue.on_result = metrics.observe_reconcile
+
+    if settings.webhook:
+        from webhook.wiring import build_webhook
+
+        # One recorder for both halves, so their events share the 10-minute deduplication.
+        webhook = await build_webhook(settings, gateway, controller.recorder if controller else None)
+        await webhook.start()
     health = Health(controller, webhook)
     await health.start(settings.health_host, settings.health_port)
 

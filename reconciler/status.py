@@ -122,7 +122,8 @@ def phase(obs: Observation, conds: Sequence[Cond]) -> str:
     if by_type["Degraded"].status:
         return "Degraded"
     if obs.desired_replicas == 0:
-        return "Stopped"
+        replicas = int(((obs.statefulset or {}).get("status") or {}).get("replicas", 0))
+        return "Stopped" if replicas == 0 else "Pending"  # still draining
     if ready >= obs.desired_replicas and by_type["Ready"].status:
         return "Running"
     return "Pending"

@@ -70,7 +70,7 @@ class AdmissionHandler:
         except BadRequest:
             raise
         except Exception:  # a bug must not become a 500 or let the object through unexamined
-            log.exception("admission failed", extra=_who(request))
+            log.exception("admission failed", extra=fields(**_who(request)))
             response = {"allowed": False, "status": {
                 "status": "Failure", "code": 500, "reason": "InternalError",
                 "message": "internal error in the dittofs-operator webhook; see the operator log"}}
@@ -183,8 +183,7 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _who(request: Mapping[str, Any]) -> dict[str, Any]:
-    # Not "name": LogRecord reserves it, and logging raises KeyError for reserved keys in `extra`.
-    return {"namespace": str(request.get("namespace") or ""), "dittoserver": str(request.get("name") or ""),
+    return {"namespace": str(request.get("namespace") or ""), "name": str(request.get("name") or ""),
             "operation": str(request.get("operation") or "")}
 
 

@@ -37,12 +37,14 @@ async def build_webhook(settings: WebhookSettings, gateway: Gateway,
     manager that writes those files and keeps the configuration's caBundle current.
     """
     facts = FactSource(gateway)
+    certs = CertificateSource(settings.cert_dir)
     services: list[Service] = [facts]
     if settings.tls_mode == "selfSigned":
         services.append(SelfSignedManager(
             gateway, namespace=settings.service_namespace,
             secret_name=self_signed_secret_name(settings.service_name), service=settings.service_name,
-            webhook_config_name=settings.webhook_config_name, cert_dir=settings.cert_dir))
+            webhook_config_name=settings.webhook_config_name, cert_dir=settings.cert_dir,
+            on_files_written=certs.reload))
     handler = AdmissionHandler(facts, recorder or EventRecorder(gateway))
-    return WebhookServer(handler, CertificateSource(settings.cert_dir), host=settings.webhook_host,
-                         port=settings.webhook_port, services=services)
+    return WebhookServer(handler, certs, host=settings.webhook_host, port=settings.webhook_port,
+                         services=services)

@@ -295,3 +295,12 @@ def test_fake_api_uses_the_real_kinds() -> None:
 @pytest.mark.parametrize("days", [1, 400])
 def test_ca_days_are_respected(days: int) -> None:
     assert not_after(new_ca(days=days, now=T0).cert_pem) == T0 + timedelta(days=days)
+
+
+async def test_written_files_are_served_without_waiting_for_a_poll(tmp_path: Path) -> None:
+    source = CertificateSource(tmp_path, interval=3600)
+    mgr = manager(FakeApi(), tmp_path, Clock(), on_files_written=source.reload)
+    assert not source.ready
+    await mgr.ensure()
+    assert source.ready and source.info is not None
+    assert source.info.serial == x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes()).serial_number

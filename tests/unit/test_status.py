@@ -94,3 +94,8 @@ def test_storage_drift_reports_immutable_changes() -> None:
     assert storage_drift(tmpl("1Gi"), tmpl("1Gi")) == []
     (error,) = storage_drift(tmpl("1Gi"), tmpl("2Gi"))
     assert "immutable" in error and "1Gi" in error and "2Gi" in error
+
+
+def test_scaling_to_zero_is_pending_until_drained() -> None:
+    draining = Observation(generation=1, desired_replicas=0, statefulset=sts(replicas=1, ready=1))
+    assert build_status(draining, None)["phase"] == "Pending"

@@ -1,0 +1,80 @@
+"""CPU accounting from /proc: how busy the machine was during a measurement, and how much of that was
+*foreign* (not the bench, the operator or this run's test bed), i.e. other workloads sharing the 2 cores."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(total, idle+iowait) jiffies over all CPUs, from the first line of /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values[:8]), values[3] + values[4]  # guest time is already inside user/nice
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` and its threads, in seconds (0 when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    wall: float
+    total: int
+    idle: int
+    ours: float
+
+
+class Contention:
+    """Sample with `snapshot()`, compare two with `between()`. `pids` returns the processes that belong
+    to this run (the bench itself is always included). Figures are in percent of one core."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self._pids = pids
+        self.ncpu = len(os.sched_getaffinity(0))
+
+    def snapshot(self) -> Snapshot:
+        total, idle = machine_jiffies()
+        ours = sum(process_cpu(p) for p in {os.getpid(), *self._pids()})
+        return Snapshot(time.monotonic(), total, idle, ours)
+
+    def between(self, a: Snapshot, b: Snapshot) -> dict[str, Any]:
+        wall = max(b.wall - a.wall, 1e-6)
+        total = max(b.total - a.total, 1)
+        busy_fraction = 1.0 - (b.idle - a.idle) / total  # of all CPUs
+        machine = 100.0 * busy_fraction * self.ncpu
+        ours = 100.0 * (b.ours - a.ours) / wall
+        return {
+            "window_s": round(wall, 1),
+            "machine_busy_pct_of_one_core": round(machine, 1),
+            "this_run_pct_of_one_core": round(ours, 1),
+            "foreign_pct_of_one_core": round(max(0.0, machine - ours), 1),
+            "cores": self.ncpu,
+        }
+
+    def measure(self, seconds: float) -> dict[str, Any]:
+        a = self.snapshot()
+        time.sleep(seconds)
+        return self.between(a, self.snapshot())
+
+    def wait_quiet(self, limit: float, threshold: float = 25.0, sample: float = 2.0) -> dict[str, Any]:
+        """Wait (at most `limit` s) until foreign load stays under `threshold` % of one core for one
+        `sample`; returns what was seen. Other engineers' test beds share these cores."""
+        t0 = time.monotonic()
+        last = self.measure(sample)
+        while last["foreign_pct_of_one_core"] >= threshold and time.monotonic() - t0 < limit:
+            last = self.measure(sample)
+        return {"waited_s": round(time.monotonic() - t0, 1), "quiet": last["foreign_pct_of_one_core"] < threshold,
+                "threshold_pct_of_one_core": threshold, "last_sample": last}

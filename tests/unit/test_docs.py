@@ -1,0 +1,165 @@
+"""The docs say what the code does: generated parts are current, examples are what the validator answers.
+
+- docs/CRD_REFERENCE.md is `python -m dittoctl.api.reference` output.
+- docs/INSTALL.md's values table is generated from config/chart/values.yaml (its `# --` comments).
+- docs/TROUBLESHOOTING.md's admission examples: each `<!-- validate: {facts} -->` marker is followed by a
+  YAML block (one document: CREATE; two: UPDATE from the first to the second) and the `kubectl` output block,
+  whose `* error` and `Warning:` lines must be exactly what `webhook.rules.validate` returns.
+
+`UPDATE_DOCS=1` rewrites the generated parts instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dittoctl.api.reference import crd_reference
+from webhook.facts import ClusterFacts
+from webhook.rules import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+VALUES = ROOT / "config" / "chart" / "values.yaml"
+SCHEMA = ROOT / "config" / "chart" / "values.schema.json"
+UPDATE = os.environ.get("UPDATE_DOCS") == "1"
+TABLE_START, TABLE_END = "<!-- values:start -->", "<!-- values:end -->"
+
+
+def test_crd_reference_is_current() -> None:
+    path = DOCS / "CRD_REFERENCE.md"
+    text = crd_reference()
+    if UPDATE:
+        path.write_text(text)
+    assert path.read_text() == text, "docs/CRD_REFERENCE.md is stale: python -m dittoctl.api.reference > it"
+
+
+def test_crd_reference_documents_every_field() -> None:
+    from dittoctl.api.crd import openapi_schema
+    from dittoctl.api.models import DittoServerSpec, DittoServerStatus
+
+    def fields(node: dict[str, Any], path: str) -> Iterator[tuple[str, str]]:
+        node = node.get("items", node) if node.get("type") == "array" else node
+        for name, child in (node.get("properties") or {}).items():
+            yield path, name
+            yield from fields(child, f"{path}.{name}")
+
+    text = crd_reference()
+    sections = {m.group(1): m.group(2) for m in re.finditer(r"(?ms)^#+ ((?:spec|status)\S*)\n(.*?)(?=^#|\Z)", text)}
+    for top, model in (("spec", DittoServerSpec), ("status", DittoServerStatus)):
+        for parent, name in fields(openapi_schema(model), top):
+            section = sections.get(parent) or sections.get(f"{parent}[]")
+            assert section is not None, f"no section for {parent}"
+            row = re.search(rf"(?m)^\| (?:\[)?`{name}`.*$", section)
+            assert row is not None, f"{parent}.{name} is not documented"
+            assert row.group(0).rstrip(" |").split("|")[-1].strip(), f"{parent}.{name} has no description"
+    assert "| `level` | string | `\"INFO\"` |" in text and "`\"ClusterIP\"`" in text  # defaults shown
+
+
+# -- INSTALL.md values table ----------------------------------------------------------------------------------
+def _descriptions() -> dict[str, str]:
+    """`# -- text` comments of values.yaml (helm-docs style), by dotted key path."""
+    found: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    pending: list[str] = []
+    for line in VALUES.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = [stripped[4:].strip()]
+        elif stripped.startswith("#") and pending:
+            pending.append(stripped[1:].strip())
+        elif match := re.match(r"^(\s*)([A-Za-z][\w]*):", line):
+            indent = len(match.group(1))
+            stack = [(i, k) for i, k in stack if i < indent] + [(indent, match.group(2))]
+            if pending:
+                found[".".join(k for _, k in stack)] = " ".join(pending)
+            pending = []
+        elif not stripped:
+            pending = []
+    return found
+
+
+def _leaves() -> Iterator[tuple[str, Any]]:
+    schema = json.loads(SCHEMA.read_text())
+
+    def walk(values: dict[str, Any], props: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
+        for key, value in values.items():
+            node = props.get(key, {})
+            if isinstance(value, dict) and value and "properties" in node:
+                yield from walk(value, node["properties"], f"{path}{key}.")
+            else:
+                yield f"{path}{key}", value
+
+    yield from walk(yaml.safe_load(VALUES.read_text()), schema["properties"], "")
+
+
+def values_table() -> str:
+    descriptions = _descriptions()
+    rows = [TABLE_START, "| value | default | description |", "|---|---|---|"]
+    for key, value in _leaves():
+        assert key in descriptions, f"values.yaml: {key} has no `# --` description"
+        shown = json.dumps(value, separators=(", ", ": "))
+        text = descriptions[key].replace("|", "\\|")
+        rows.append(f"| `{key}` | `{shown}` | {text} |")
+    rows.append(TABLE_END)
+    return "\n".join(rows)
+
+
+def test_install_values_table_is_current() -> None:
+    path = DOCS / "INSTALL.md"
+    text = path.read_text()
+    start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
+    if UPDATE:
+        text = text[:start] + values_table() + text[end:]
+        path.write_text(text)
+    assert text[start:end] == values_table(), "docs/INSTALL.md values table is stale: UPDATE_DOCS=1 pytest it"
+
+
+def test_install_doc_names_only_real_values() -> None:
+    """`--set a.b=...` in INSTALL.md names a value the chart has."""
+    keys = {k for k, _ in _leaves()}
+    prefixes = {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 2)}
+    for doc in ("INSTALL.md", "PERCONA.md", "TROUBLESHOOTING.md"):
+        for name in re.findall(r"--set(?:-string|-file)? ([A-Za-z][\w.]*?)(?:\[\d+\])?(?:\.\w+)*?=", (DOCS / doc).read_text()):
+            assert name in prefixes, f"{doc}: --set {name} is not a chart value"
+
+
+# -- TROUBLESHOOTING.md admission examples --------------------------------------------------------------------
+def _examples() -> list[Any]:
+    text = (DOCS / "TROUBLESHOOTING.md").read_text()
+    pattern = re.compile(r"<!-- validate: (\{.*?\}) -->\s*```yaml\n(.*?)```\s*```text\n(.*?)```", re.S)
+    return [pytest.param(json.loads(m.group(1)), m.group(2), m.group(3), id=f"example-{i}")
+            for i, m in enumerate(pattern.finditer(text), 1)]
+
+
+def test_troubleshooting_has_admission_examples() -> None:
+    assert len(_examples()) >= 5
+
+
+@pytest.mark.parametrize(("facts", "manifest", "output"), _examples())
+def test_troubleshooting_admission_example(facts: dict[str, Any], manifest: str, output: str) -> None:
+    docs = [d for d in yaml.safe_load_all(manifest) if d]
+    old, new = (docs[0], docs[1]) if len(docs) == 2 else (None, docs[0])
+    snapshot = ClusterFacts(
+        storage_classes=frozenset(facts["storage_classes"]) if "storage_classes" in facts else None,
+        percona_served=facts.get("percona_served"),
+        secrets={k: (frozenset(v) if v is not None else None) for k, v in facts.get("secrets", {}).items()},
+    )
+    verdict = validate(new, old, snapshot)
+    errors, warnings = [], []
+    for line in output.splitlines():
+        if line.startswith("Warning: "):
+            warnings.append(line.removeprefix("Warning: "))
+        elif line.startswith("* "):
+            errors.append(line[2:])
+        elif " is invalid: " in line and not line.endswith("is invalid: "):
+            errors.append(line.split(" is invalid: ", 1)[1])
+    assert errors == verdict.errors, f"the validator now says {verdict.errors}"
+    assert warnings == verdict.warnings, f"the validator now warns {verdict.warnings}"
