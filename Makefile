@@ -29,3 +29,5 @@ crd:
 
 golden:
 	UPDATE_GOLDEN=1 $(VENV)/python -m pytest -q tests/unit/test_builders.py
+
+chart manifests: ; UPDATE_CHART=1 $(VENV)/python -m pytest -q -p no:cacheprovider tests/unit/test_chart.py  # sync the chart CRD copy, render config/install

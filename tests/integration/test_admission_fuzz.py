@@ -1,0 +1,121 @@
+"""SPEC §12: 10,000+ generated AdmissionReviews (valid, invalid, garbage bytes, wrong kinds, huge bodies)
+over real HTTPS with keep-alive: no 5xx, no crash, bounded memory, every denial names field paths."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import resource
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from certs.selfsigned import new_ca
+from certs.source import CertificateSource
+from tests.unit.test_webhook_server import FakeFacts, FakeRecorder, client_context, dittoserver, review, write_pair
+from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
+
+COUNT = 10_500
+VALID_SPEC: dict[str, Any] = {
+    "storage": {"metadataSize": "1Gi", "contentSize": "5Gi", "storageClassName": "standard"},
+    "adapters": {"nfs": {"enabled": True, "port": 12049}, "smb": {"enabled": True, "port": 1445}},
+    "controlPlane": {"port": 8080}, "metrics": {"enabled": True, "port": 9090},
+    "logging": {"level": "INFO", "format": "json"},
+    "percona": {"enabled": False, "backup": {"fullSchedule": "0 2 * * *"}},
+}
+JUNK: list[Any] = [None, True, -1, 0, 70000, 1e308, "", "x" * 300, "5 GB", [], {}, [1, "a"], {"$ref": "#"}]
+
+
+def mutate(rng: random.Random, spec: dict[str, Any]) -> dict[str, Any]:
+    """Replace or delete a random leaf, or insert an unknown field, a few times."""
+    spec = copy.deepcopy(spec)
+    for _ in range(rng.randint(1, 4)):
+        node: Any = spec
+        path: list[str] = []
+        while isinstance(node, dict) and node and rng.random() < 0.75:
+            key = rng.choice(sorted(node))
+            if not isinstance(node[key], dict):
+                break
+            path.append(key)
+            node = node[key]
+        if not isinstance(node, dict):
+            continue
+        choice = rng.random()
+        if choice < 0.6 and node:
+            node[rng.choice(sorted(node))] = copy.deepcopy(rng.choice(JUNK))
+        elif choice < 0.8 and node:
+            node.pop(rng.choice(sorted(node)))
+        else:
+            node[f"unknown{rng.randint(0, 9)}"] = copy.deepcopy(rng.choice(JUNK))
+    return spec
+
+
+def body_for(rng: random.Random, i: int) -> tuple[str, bytes]:
+    kind = i % 10
+    if kind < 3:
+        return "valid", json.dumps(review(dittoserver(copy.deepcopy(VALID_SPEC)))).encode()
+    if kind < 6:
+        op = rng.choice(["CREATE", "UPDATE"])
+        old = dittoserver(copy.deepcopy(VALID_SPEC)) if op == "UPDATE" else None
+        return "invalid", json.dumps(review(dittoserver(mutate(rng, VALID_SPEC)), operation=op, old=old)).encode()
+    if kind == 6:
+        return "garbage", rng.randbytes(rng.randint(0, 2048))
+    if kind == 7:
+        wrong = review(dittoserver(VALID_SPEC))
+        wrong["kind"] = rng.choice(["Pod", "AdmissionResponse", 7, None])
+        return "wrong-kind", json.dumps(wrong).encode()
+    if kind == 8:
+        return "json-junk", json.dumps(copy.deepcopy(rng.choice(JUNK))).encode()
+    if i % 100 == 9:  # a handful of 4 MiB bodies (over the 3 MiB cap)
+        return "huge", b'{"apiVersion": "admission.k8s.io/v1", "x": "' + b"a" * (4 << 20) + b'"}'
+    return "valid-update", json.dumps(review(dittoserver(VALID_SPEC), operation="UPDATE",
+                                             old=dittoserver(VALID_SPEC))).encode()
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def test_ten_thousand_reviews_never_5xx(tmp_path: Path) -> None:
+    ca = new_ca()
+    write_pair(tmp_path / "certs", ca)
+    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()), CertificateSource(tmp_path / "certs"),
+                           host="127.0.0.1", port=0)
+    await server.start()
+    rng = random.Random(20261125)
+    counts: dict[str, int] = {}
+    statuses: dict[int, int] = {}
+    denials = 0
+    peak_before = 0.0
+    try:
+        connector = aiohttp.TCPConnector(ssl=client_context(ca), limit=4)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = f"https://127.0.0.1:{server.port}{WEBHOOK_PATH}"
+            for i in range(COUNT):
+                if i == 500:
+                    peak_before = rss_mib()
+                label, data = body_for(rng, i)
+                counts[label] = counts.get(label, 0) + 1
+                async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as resp:
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                    assert resp.status < 500, (label, resp.status, await resp.text())
+                    if resp.status != 200:
+                        assert resp.status == 400 and (await resp.text()).strip(), label
+                        continue
+                    answer = await resp.json()
+                    response = answer["response"]
+                    if label in ("valid", "valid-update"):
+                        assert response["allowed"] is True, response
+                    if not response["allowed"]:
+                        denials += 1
+                        causes = response["status"]["details"]["causes"]
+                        assert causes and all(c["field"] for c in causes), response
+                        assert response["status"]["code"] != 500, response
+    finally:
+        await server.stop()
+    growth = rss_mib() - peak_before
+    print(f"sent {COUNT}: {counts}; HTTP {statuses}; denials {denials}; peak RSS growth {growth:.1f} MiB")
+    assert sum(counts.values()) >= 10_000 and denials > 1000
+    assert growth < 64, f"memory grew by {growth:.1f} MiB"
