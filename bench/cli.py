@@ -123,10 +123,10 @@ class Run:
         self.first_start = 0.0
         self.contention = Contention(self._pids)
 
-    def _pids(self) -> list[int]:
-        pids = [p for p in (self.tb.pid(c) for c in COMPONENTS) if p is not None]
+    def _pids(self) -> dict[str, int]:
+        pids = {c: p for c in COMPONENTS if (p := self.tb.pid(c)) is not None}
         if self.op.proc is not None and self.op.proc.poll() is None:
-            pids.append(self.op.proc.pid)
+            pids["operator"] = self.op.proc.pid
         return pids
 
     def log(self, message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,33 +34,39 @@ class Snapshot:
     wall: float
     total: int
     idle: int
-    ours: float
+    ours: dict[str, tuple[int, float]]  # name -> (pid, cpu seconds)
 
 
 class Contention:
-    """Sample with `snapshot()`, compare two with `between()`. `pids` returns the processes that belong
-    to this run (the bench itself is always included). Figures are in percent of one core."""
+    """Sample with `snapshot()`, compare two with `between()`. `pids` names the processes that belong
+    to this run (the bench itself is always included as "bench"). Figures are in percent of one core."""
 
-    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+    def __init__(self, pids: Callable[[], Mapping[str, int]]) -> None:
         self._pids = pids
         self.ncpu = len(os.sched_getaffinity(0))
 
     def snapshot(self) -> Snapshot:
         total, idle = machine_jiffies()
-        ours = sum(process_cpu(p) for p in {os.getpid(), *self._pids()})
-        return Snapshot(time.monotonic(), total, idle, ours)
+        named = {"bench": os.getpid(), **self._pids()}
+        return Snapshot(time.monotonic(), total, idle, {n: (p, process_cpu(p)) for n, p in named.items()})
 
     def between(self, a: Snapshot, b: Snapshot) -> dict[str, Any]:
         wall = max(b.wall - a.wall, 1e-6)
         total = max(b.total - a.total, 1)
         busy_fraction = 1.0 - (b.idle - a.idle) / total  # of all CPUs
         machine = 100.0 * busy_fraction * self.ncpu
-        ours = 100.0 * (b.ours - a.ours) / wall
+        per: dict[str, float] = {}
+        for name, (pid, cpu) in b.ours.items():
+            before = a.ours.get(name)
+            if before is not None and before[0] == pid:  # same process (the operator restarts)
+                per[name] = round(100.0 * (cpu - before[1]) / wall, 1)
+        ours = sum(per.values())
         return {
             "window_s": round(wall, 1),
             "machine_busy_pct_of_one_core": round(machine, 1),
             "this_run_pct_of_one_core": round(ours, 1),
             "foreign_pct_of_one_core": round(max(0.0, machine - ours), 1),
+            "this_run_by_process_pct_of_one_core": dict(sorted(per.items(), key=lambda kv: -kv[1])),
             "cores": self.ncpu,
         }
 

@@ -71,9 +71,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> dict[int, Any]:
-    from webhook.facts import FactSource
-
     from dittoctl.gateway import Gateway, load_client
+    from webhook.facts import FactSource
 
     gateway = Gateway(await load_client(kubeconfig))
     try:
