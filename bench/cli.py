@@ -219,7 +219,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             return [fig_sts, fig_ready]
 
         async def scale() -> list[Figure]:
-            fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers)
+            fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op)
             run.population += len(tracker.created)
             return [fig]
 

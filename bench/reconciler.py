@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.kube import Kube, Watch, WatchEvent, bounded_gather, pod_ready, server_ready
 from bench.objects import dittoserver, servers_path
+from bench.process import Operator
 from bench.report import Check, Figure
 from bench.stats import percentile, summary
 from tests.testbed import Testbed
@@ -183,9 +184,19 @@ async def delete_all(kube: Kube, namespace: str, names: list[str], timeout: floa
     return time.perf_counter() - t0
 
 
+def reconcile_stats(metrics: dict[str, float]) -> dict[str, float]:
+    def total(prefix: str) -> float:
+        return sum(v for k, v in metrics.items() if k.startswith(prefix))
+
+    return {"reconciles": total("controller_runtime_reconcile_total{"),
+            "errors": total("controller_runtime_reconcile_errors_total{"),
+            "seconds": total("controller_runtime_reconcile_time_seconds_sum{")}
+
+
 async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
-                timeout: float = 300.0) -> tuple[Figure, Tracker]:
+                timeout: float = 300.0, op: Operator | None = None) -> tuple[Figure, Tracker]:
     await _namespace(kube, namespace)
+    stats0 = reconcile_stats(op.metrics()) if op is not None else {}
     tracker = Tracker()
     watches = await _watches(kube, namespace, tracker)
     names = [f"scale-{i:03d}" for i in range(count)]
@@ -217,6 +228,8 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
     finally:
         for w in watches:
             await w.stop()
+    stats1 = reconcile_stats(op.metrics()) if op is not None else {}
+    recon = {k: stats1[k] - stats0[k] for k in stats1}
     ready_times = sorted(t - t0 for t in tracker.server_ready.values())
     wall = ready_times[-1] if len(ready_times) >= count else float("nan")
     writes = tb.audit_events(user=tb.operator_user, since_line=audit_mark)
@@ -247,6 +260,10 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
             if ready_times else {},
             "progress": progress,
             "create_errors": create_errors[:5],
+            "operator_reconciles": {
+                "passes": int(recon.get("reconciles", 0)), "errors": int(recon.get("errors", 0)),
+                "mean_pass_ms": round(1000 * recon["seconds"] / recon["reconciles"], 1)
+                if recon.get("reconciles") else None},
             "operator_api_writes": len(writes),
             "operator_api_writes_per_server": round(len(writes) / count, 2),
             "operator_writes_by_verb_resource": dict(by_kind.most_common()),

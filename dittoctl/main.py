@@ -66,6 +66,8 @@ class Health:
         problems = []
         if self.controller is not None and not self.kopf_ready.is_set():
             problems.append("watch caches not warm yet")
+        if self.controller is not None and not self.controller.secret_watch.started.is_set():
+            problems.append("Secret watch not started")
         if self.webhook is not None and not self.webhook.ready:
             problems.append("webhook not serving (no valid certificate loaded)")
         return problems

@@ -79,6 +79,14 @@ def test_minimal_server_becomes_ready(testbed: Any, operator: OperatorProcess, n
     printed = testbed.kubectl("get", "ditto", "demo", "-n", namespace).stdout
     assert "1/1" in printed and "Running" in printed
     assert events(testbed, namespace, "Created")
+    metrics = operator.metrics()
+    assert 'controller_runtime_reconcile_total{controller="dittoserver",result="success"}' in metrics
+    assert "controller_runtime_reconcile_time_seconds_bucket" in metrics
+    assert 'dittofs_operator_dittoservers{phase="Running"}' in metrics
+    assert 'leader_election_master_status{name="dittofs-operator"} 1.0' in metrics
+    log_lines = [json.loads(line) for line in operator.log_text().splitlines() if line.startswith("{")]
+    applied = [e for e in log_lines if e.get("namespace") == namespace and e["msg"].startswith("applied")]
+    assert applied and all(e["name"] for e in applied), "one JSON line per action with namespace/name"
 
 
 def test_config_secret_and_scale_changes(testbed: Any, operator: OperatorProcess, namespace: str) -> None:

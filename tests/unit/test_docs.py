@@ -167,3 +167,22 @@ def test_troubleshooting_admission_example(facts: dict[str, Any], manifest: str,
             errors.append(line.split(" is invalid: ", 1)[1])
     assert errors == verdict.errors, f"the validator now says {verdict.errors}"
     assert warnings == verdict.warnings, f"the validator now warns {verdict.warnings}"
+
+
+# -- links ----------------------------------------------------------------------------------------------------
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"(?m)^#+ (.+)$", re.sub(r"(?ms)^```.*?^```", "", markdown))}
+
+
+@pytest.mark.parametrize("doc", ["INSTALL.md", "PERCONA.md", "TROUBLESHOOTING.md", "CRD_REFERENCE.md"])
+def test_doc_links_resolve(doc: str) -> None:
+    text = crd_reference() if doc == "CRD_REFERENCE.md" else (DOCS / doc).read_text()
+    text = re.sub(r"(?ms)^```.*?^```", "", text)  # code blocks hold no links
+    for target, anchor in re.findall(r"\]\((?!https?://)([^)#\s]*)(?:#([^)\s]+))?\)", text):
+        path = (DOCS / target).resolve() if target else DOCS / doc
+        assert path.exists(), f"{doc}: link to missing {target}"
+        if anchor:
+            linked = crd_reference() if path.name == "CRD_REFERENCE.md" else path.read_text()
+            assert anchor in _anchors(linked), f"{doc}: no heading #{anchor} in {path.name}"
