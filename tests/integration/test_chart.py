@@ -309,3 +309,24 @@ def test_chart_self_signed_mode_publishes_its_ca(testbed: Any, helm: Helm, relea
         if operator is not None:
             operator.stop()
         assert_uninstalled(testbed, helm, release_ns)
+
+
+def test_install_manifests_are_accepted_by_the_apiserver(testbed: Any) -> None:
+    """config/install (for kubectl users) passes a server-side dry run, cert-manager kinds aside."""
+    docs = [d for d in yaml.safe_load_all((ROOT / "config" / "install" / "dittofs-operator.yaml").read_text()) if d]
+    namespace = docs[0]
+    assert namespace["kind"] == "Namespace"
+    created = testbed.kubectl("get", "namespace", namespace["metadata"]["name"], check=False).returncode != 0
+    if created:
+        testbed.kubectl("apply", "-f", "-", input=json.dumps(namespace))
+    try:
+        rest = [d for d in docs[1:] if not d["apiVersion"].startswith("cert-manager.io/")]
+        assert {d["kind"] for d in rest} >= {"CustomResourceDefinition", "Deployment", "ValidatingWebhookConfiguration",
+                                             "ClusterRole", "Role", "Service", "ServiceAccount"}
+        result = testbed.kubectl("apply", "--server-side", "--force-conflicts", "--dry-run=server",
+                                 "--field-manager=dry-run-check", "-f", "-",
+                                 input="\n---\n".join(json.dumps(d) for d in rest))
+        assert result.stdout.count("(server dry run)") == len(rest), result.stdout
+    finally:
+        if created:
+            testbed.kubectl("delete", "namespace", namespace["metadata"]["name"], "--wait=false", check=False)
