@@ -103,3 +103,31 @@ def test_external_postgres_secret_starts_dfs(dfs_path: Path, tmp_path: Path) -> 
     finally:
         postgres.stop()
         postgres.cleanup()
+
+
+def test_percona_user_secret_environment_starts_dfs(dfs_path: Path, tmp_path: Path) -> None:
+    """Exactly what the StatefulSet renders from a Percona `<cluster>-pguser-dittofs` Secret, sslmode
+    `require` included, against a real PostgreSQL with TLS on."""
+    try:
+        postgres = PostgresServer(password="percona-contract-pw", ssl=True).start()
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL could not start: {exc}")
+    try:
+        secrets = generated_secrets()
+        secrets["demo-postgres-pguser-dittofs"] = {
+            "host": postgres.host, "port": str(postgres.port), "dbname": postgres.database,
+            "user": postgres.user, "password": postgres.password,
+            "uri": f"postgresql://{postgres.user}:{postgres.password}@{postgres.host}:{postgres.port}/dittofs",
+        }
+        config, env = render({"percona": {"enabled": True, "image": "pg:16"}}, secrets)
+        assert env["DITTOFS_DATABASE_POSTGRES_SSLMODE"] == "require"
+        assert env["DITTOFS_DATABASE_POSTGRES_DATABASE"] == "dittofs"
+        with DfsServer(config, env, tmp_path, host_ports=[postgres.port]) as server:
+            check(server, secrets["demo-admin-bootstrap-credentials"]["password"])
+            encrypted = postgres.psql(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                "WHERE s.ssl AND a.usename = 'dittofs';").strip()
+            assert int(encrypted) >= 1, "dfs must hold TLS connections (sslmode=require)"
+    finally:
+        postgres.stop()
+        postgres.cleanup()

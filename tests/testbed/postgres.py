@@ -51,7 +51,9 @@ def postgres_bindir() -> Path:
 class PostgresServer:
     """``initdb`` + ``pg_ctl start`` on ``127.0.0.1:<free port>``; a database and password user for tests."""
 
-    def __init__(self, database: str = "dittofs", user: str = "dittofs", password: str | None = None) -> None:
+    def __init__(self, database: str = "dittofs", user: str = "dittofs", password: str | None = None,
+                 *, ssl: bool = False) -> None:
+        self.ssl = ssl
         self.database = database
         self.user = user
         self.password = password or secrets.token_hex(16)
@@ -119,6 +121,8 @@ class PostgresServer:
         if self.port == 0:  # a restart keeps its port, so clients configured once still reach it
             self.port = free_port()
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses={self.host} -c fsync=off"
+        if self.ssl:
+            opts += f" -c ssl=on -c ssl_cert_file={self._tls_files()[0]} -c ssl_key_file={self._tls_files()[1]}"
         self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start")
         self._running = True
         if first:
@@ -128,6 +132,22 @@ class PostgresServer:
             )
             self.psql(sql)
         return self
+
+    def _tls_files(self) -> tuple[Path, Path]:
+        """A self-signed serving pair for sslmode=require (which encrypts without verifying)."""
+        cert, key = self.dir / "server.crt", self.dir / "server.key"
+        if not cert.exists():
+            from certs.selfsigned import new_ca, new_leaf
+
+            pair = new_leaf(new_ca("testbed-postgres-ca"), ["localhost"], [self.host])
+            cert.write_bytes(pair.cert_pem)
+            key.write_bytes(pair.key_pem)
+            os.chmod(key, 0o600)
+            if self._run_as:
+                pw = pwd.getpwnam(self._run_as)
+                for path in (cert, key):
+                    os.chown(path, pw.pw_uid, pw.pw_gid)
+        return cert, key
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the Unix socket."""
