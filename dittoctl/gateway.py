@@ -73,6 +73,7 @@ PVCS = Kind("", "v1", "persistentvolumeclaims")
 EVENTS = Kind("", "v1", "events")
 STORAGECLASSES = Kind("storage.k8s.io", "v1", "storageclasses", namespaced=False)
 PERCONAPGCLUSTERS = Kind("pgv2.percona.com", "v2", "perconapgclusters")
+PERCONAPGBACKUPS = Kind("pgv2.percona.com", "v2", "perconapgbackups")
 LEASES = Kind("coordination.k8s.io", "v1", "leases")
 WEBHOOKCONFIGS = Kind("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", namespaced=False)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.gateway import PERCONAPGCLUSTERS, ApiError, Conflict, NotFound
+from dittoctl.gateway import PERCONAPGBACKUPS, PERCONAPGCLUSTERS, ApiError, Conflict, NotFound
 from dittoctl.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
 from reconciler.naming import Names
@@ -130,6 +130,8 @@ async def ensure_database(rec: Reconciler, body: Mapping[str, Any], spec: DittoS
         await rec.events.post(body, "Warning", "PerconaNotReady",
                               f"PerconaPGCluster {names.percona_cluster} is {state}")
     memory.database_ready = ready
+    if spec.percona.backup.enabled:
+        await _report_backups(rec, body, names, memory)
     if ready:
         return DatabaseState(Cond("DatabaseReady", True, "PerconaReady",
                                   f"PerconaPGCluster {names.percona_cluster} is ready"), names.percona_cluster)
@@ -148,3 +150,22 @@ async def _existing_owned(rec: Reconciler, names: Names, uid: str) -> DatabaseSt
         return DatabaseState()
     owned = live is not None and any(r.get("uid") == uid for r in live["metadata"].get("ownerReferences", []))
     return DatabaseState(cluster_name=names.percona_cluster if owned else None)
+
+
+async def _report_backups(rec: Reconciler, body: Mapping[str, Any], names: Names, memory: Any) -> None:
+    """One `PerconaBackupCompleted` per newly succeeded PerconaPGBackup of our cluster.
+
+    The first look after a start only records what exists, so a restart never repeats old news.
+    """
+    try:
+        backups = await rec.gw.list(PERCONAPGBACKUPS, names.namespace)
+    except (ApiError, NotFound):
+        return
+    done = {b["metadata"]["name"] for b in backups
+            if (b.get("spec") or {}).get("pgCluster") == names.percona_cluster
+            and str((b.get("status") or {}).get("state", "")).lower() == "succeeded"}
+    if memory.backups_seen is not None:
+        for name in sorted(done - memory.backups_seen):
+            await rec.events.post(body, "Normal", "PerconaBackupCompleted",
+                                  f"PerconaPGBackup {name} of PerconaPGCluster {names.percona_cluster} succeeded")
+    memory.backups_seen = done

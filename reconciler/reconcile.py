@@ -51,6 +51,7 @@ class Memory:
     digests: dict[tuple[str, str], str | None] = field(default_factory=dict)
     database_ready: bool | None = None
     invalid: str | None = None
+    backups_seen: set[str] | None = None
 
 
 class Reconciler:

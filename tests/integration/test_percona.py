@@ -14,6 +14,7 @@ from tests.integration.test_operator import apply_server, events, server, wait_r
 
 pytestmark = pytest.mark.integration
 PERCONA_CRD = Path(__file__).parent / "crds" / "perconapgclusters.yaml"
+BACKUP_CRD = Path(__file__).parent / "crds" / "perconapgbackups.yaml"
 
 
 def cluster(testbed: Any, namespace: str, name: str = "demo-postgres") -> dict[str, Any]:
@@ -136,3 +137,31 @@ def test_percona_turned_off_then_server_deleted_keeps_the_database(testbed: Any,
                timeout=75, what="DittoServer gone")
     time.sleep(3)
     assert cluster(testbed, namespace)["metadata"].get("ownerReferences", []) == []
+
+
+def test_backup_settings_and_completed_backups_are_reported(testbed: Any, operator: OperatorProcess,
+                                                            namespace: str) -> None:
+    testbed.kubectl("apply", "--server-side", "-f", str(BACKUP_CRD))
+    testbed.kubectl("wait", "--for=condition=Established", "crd/perconapgbackups.pgv2.percona.com", "--timeout=60s")
+    testbed.kubectl("create", "secret", "generic", "pgbackrest-s3", "-n", namespace,
+                    "--from-literal=s3.conf=[global]")
+    backup = {"enabled": True, "bucket": "dittofs-backups", "endpoint": "https://s3.example.test",
+              "credentialsSecretRef": {"name": "pgbackrest-s3"}, "retentionDays": 3}
+    apply_server(testbed, namespace, percona=percona_spec(backup=backup))
+    created = eventually(lambda: cluster(testbed, namespace), what="cluster")
+    pgbackrest = created["spec"]["backups"]["pgbackrest"]
+    assert created["spec"]["backups"]["enabled"] is True
+    assert pgbackrest["repos"][0]["s3"]["bucket"] == "dittofs-backups"
+    assert pgbackrest["global"]["repo1-retention-full"] == "3"
+    assert pgbackrest["configuration"] == [{"secret": {"name": "pgbackrest-s3"}}]
+    play_percona_ready(testbed, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    testbed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "pgv2.percona.com/v2", "kind": "PerconaPGBackup",
+        "metadata": {"name": "nightly-1", "namespace": namespace},
+        "spec": {"pgCluster": "demo-postgres", "repoName": "repo1"}}))
+    testbed.kubectl("patch", "perconapgbackup", "nightly-1", "-n", namespace, "--subresource=status",
+                    "--type=merge", "-p", json.dumps({"status": {"state": "Succeeded"}}))
+    done = eventually(lambda: events(testbed, namespace, "PerconaBackupCompleted"), timeout=30,
+                      what="PerconaBackupCompleted (seen on a drift pass)")
+    assert "nightly-1" in done[0]["message"]
