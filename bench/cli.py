@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import admission, idle, reconciler
+from bench.controlplane import BenchTestbed
 from bench.kube import Kube, client_ssl
 from bench.machine import Contention
 from bench.process import Operator
@@ -86,6 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "to calm down (default 45; 0 = never wait)")
     p.add_argument("--quiet-threshold", type=float, default=25.0,
                    help="foreign CPU (% of one core) below which the machine counts as quiet (default 25)")
+    p.add_argument("--kcm-qps", type=float, default=None,
+                   help="diagnostic: run the kube-controller-manager with this --kube-api-qps (default: the test "
+                        "bed's own flags, i.e. the KCM default of 20)")
+    p.add_argument("--operator-arg", action="append", default=[], metavar="ARG",
+                   help="diagnostic: extra argument for `dittoctl run` (repeatable), e.g. --operator-arg=--workers=16")
     p.add_argument("--keep", action="store_true", help="keep the test bed's work dir (logs, audit log)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: only on "
                    "errors; the figures are targets, not assertions)")
@@ -121,6 +127,7 @@ class Run:
         self.env = environment()
         self.other_apiservers = 0
         self.first_start = 0.0
+        self.rss_empty_kib: int | None = None
         self.contention = Contention(self._pids)
 
     def _pids(self) -> dict[str, int]:
@@ -144,6 +151,8 @@ class Run:
             "max_other_kube_apiservers_seen": self.other_apiservers,
             "testbed_workdir": str(self.tb.workdir), "operator_log": str(self.op.log_path),
             "testbed_timings_s": {k: round(v, 2) for k, v in self.tb.timings.items()},
+            "operator_argv": self.op.argv()[1:],
+            "kcm_qps": self.args.kcm_qps,
         }
         return write(self.figures, self.env, self.args.out)
 
@@ -201,10 +210,14 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             times, stops = idle.restarts(op, args.starts)
             fig = idle.start_to_ready(op, times, stops, run.population)
             fig.details["first_start_of_the_run_s (not counted: cold page cache)"] = round(run.first_start, 3)
+            await asyncio.sleep(3.0)
+            run.rss_empty_kib = op.status_kib()["VmRSS"]
+            fig.details["operator_rss_3s_after_ready_mib"] = round(run.rss_empty_kib / 1024, 1)
             return [fig]
 
         async def webhook() -> list[Figure]:
-            return [await admission.webhook_latency(tb, op, rate=args.rate, duration=args.duration)]
+            return [await admission.webhook_latency(tb, op, rate=args.rate, duration=args.duration,
+                                                    contention=run.contention, quiet=args.quiet_threshold)]
 
         async def admission_() -> list[Figure]:
             return [admission.admission_overhead(tb, op, "bench-admission")]
@@ -219,7 +232,8 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             return [fig_sts, fig_ready]
 
         async def scale() -> list[Figure]:
-            fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op)
+            fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op,
+                                                 kcm_qps=args.kcm_qps or reconciler.KCM_QPS)
             run.population += len(tracker.created)
             return [fig]
 
@@ -265,12 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     bins = ensure_binaries(["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok",
                             "kubectl"])
     workdir = Path(tempfile.mkdtemp(prefix="dittofs-bench-"))
-    tb = Testbed(binaries=bins, keep=args.keep or None)
+    tb = BenchTestbed(binaries=bins, keep=args.keep or None, kcm_qps=args.kcm_qps)
     t0 = time.monotonic()
     print(f"[bench] experiments: {', '.join(e.name for e in experiments)}; test bed {tb.workdir}; "
           f"operator log {workdir / 'operator.log'}", file=sys.stderr, flush=True)
     tb.start()
-    op = Operator(tb, workdir, drift_interval=args.drift_interval)
+    op = Operator(tb, workdir, drift_interval=args.drift_interval, extra=args.operator_arg)
     run = Run(args, tb, op, workdir)
     run.started = t0
     try:

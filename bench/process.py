@@ -38,7 +38,8 @@ class Operator:
     """One operator process; ``start()`` may be called again after ``stop()`` (same ports and flags)."""
 
     def __init__(self, tb: Testbed, workdir: Path, *, drift_interval: float, webhook: bool = True,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", extra: list[str] | None = None) -> None:
+        self.extra = list(extra or [])
         self.tb = tb
         self.workdir = workdir
         self.drift_interval = drift_interval
@@ -61,7 +62,7 @@ class Operator:
                      "--cert-dir", str(self.cert_dir), "--tls-mode", "provided"]
         else:
             args.append("--no-webhook")
-        return args
+        return args + self.extra
 
     @property
     def pid(self) -> int:

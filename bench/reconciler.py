@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from operator import contains
 from typing import Any
@@ -184,6 +185,32 @@ async def delete_all(kube: Kube, namespace: str, names: list[str], timeout: floa
     return time.perf_counter() - t0
 
 
+KCM_QPS = 20.0  # kube-controller-manager --kube-api-qps default (the test bed does not set it)
+
+
+def kcm_throttle(events: list[dict[str, Any]], qps: float = KCM_QPS) -> dict[str, dict[str, Any]]:
+    """Writes per kube-controller-manager controller (user agent suffix) and the time they need at the
+    KCM's client rate limit: a floor for anything that waits on those controllers."""
+    per: dict[str, list[float]] = {}
+    for e in events:
+        if (e.get("user") or {}).get("username") != "system:kube-controller-manager":
+            continue
+        controller = str(e.get("userAgent", "")).rsplit("/", 1)[-1] or "unknown"
+        stamp = str(e.get("requestReceivedTimestamp", ""))
+        try:
+            t = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+        per.setdefault(controller, []).append(t)
+    out: dict[str, dict[str, Any]] = {}
+    for controller, stamps in sorted(per.items(), key=lambda kv: -len(kv[1])):
+        stamps.sort()
+        buckets = Counter(int(t // 10) for t in stamps)
+        out[controller] = {"writes": len(stamps), "floor_s": round(len(stamps) / qps, 1),
+                           "peak_writes_per_s_over_10s": round(max(buckets.values()) / 10, 1)}
+    return out
+
+
 def reconcile_stats(metrics: dict[str, float]) -> dict[str, float]:
     def total(prefix: str) -> float:
         return sum(v for k, v in metrics.items() if k.startswith(prefix))
@@ -194,7 +221,8 @@ def reconcile_stats(metrics: dict[str, float]) -> dict[str, float]:
 
 
 async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
-                timeout: float = 300.0, op: Operator | None = None) -> tuple[Figure, Tracker]:
+                timeout: float = 300.0, op: Operator | None = None,
+                kcm_qps: float = KCM_QPS) -> tuple[Figure, Tracker]:
     await _namespace(kube, namespace)
     stats0 = reconcile_stats(op.metrics()) if op is not None else {}
     tracker = Tracker()
@@ -237,10 +265,18 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
                       f"{'/' + e['objectRef']['subresource'] if (e.get('objectRef') or {}).get('subresource') else ''}"
                       for e in writes)
 
+    bottleneck = kcm_throttle(tb.audit_events(since_line=audit_mark), kcm_qps)
+
     def last(d: dict[str, float]) -> float | None:
         return round(max(d.values()) - t0, 2) if len(d) >= count else None
 
     notes = []
+    floor = bottleneck.get("statefulset-controller", {}).get("floor_s")
+    if floor:
+        notes.append(f"test-bed floor: the kube-controller-manager's statefulset-controller made "
+                     f"{bottleneck['statefulset-controller']['writes']} writes at its client limit of "
+                     f"{kcm_qps:g} QPS, so all pods cannot exist before ~{floor:.0f} s whatever the operator does; "
+                     f"the operator created its last StatefulSet at {last(tracker.sts_seen)} s")
     if len(ready_times) < count:
         notes.append(f"only {len(ready_times)} of {count} Ready after {timeout:.0f}s")
     fig = Figure(
@@ -268,6 +304,7 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
             "operator_api_writes_per_server": round(len(writes) / count, 2),
             "operator_writes_by_verb_resource": dict(by_kind.most_common()),
             "watch_errors": [e for w in watches for e in w.errors][:5],
+            "testbed_kcm_client_throttle": bottleneck,
             "notes": notes,
             "method": f"{count} POSTs through the admission webhook, {concurrency} in flight; wall time from "
                       "the first POST to the arrival of the last DittoServer with Ready=True",

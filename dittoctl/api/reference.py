@@ -86,7 +86,9 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
 
 
 def _one_line(text: str | None) -> str:
-    return " ".join((text or "").split()).replace("|", "\\|")
+    """Docstring text as one table cell: `<name>` must not turn into an HTML tag, `|` not end the cell."""
+    text = " ".join((text or "").split()).replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _is_object(node: JsonSchema) -> bool:
@@ -109,7 +111,7 @@ def _type(node: JsonSchema) -> str:
     return str(kind)
 
 
-def _constraints(node: JsonSchema, checks: list[str]) -> list[str]:
+def _constraints(node: JsonSchema, checks: list[str], *, spec: bool = True) -> list[str]:
     out: list[str] = []
     if "enum" in node:
         out.append("One of " + ", ".join(f"`{v}`" for v in node["enum"]) + ".")
@@ -132,7 +134,7 @@ def _constraints(node: JsonSchema, checks: list[str]) -> list[str]:
     if node.get("maxLength"):
         out.append(f"At most {node['maxLength']} characters.")
     out.extend(f"Must be {_MODEL_CHECKS[c]}." for c in checks)
-    if node.get("nullable") and "default" not in node:
+    if spec and node.get("nullable") and "default" not in node:
         out.append("Optional.")
     return out
 
@@ -164,7 +166,7 @@ def _sections(path: str, node: JsonSchema, checks: dict[str, list[str]]) -> Iter
             anchor = _anchor(section_path)
         type_text = _type(child) + (", **required**" if name in required else "")
         text = _one_line(child.get("description"))
-        extra = _constraints(child, checks.get(child_path, []))
+        extra = _constraints(child, checks.get(child_path, []), spec=path.startswith("spec"))
         description = " ".join([text, *extra]).strip()
         rows.append(Row(name, type_text, _default(child), description, anchor))
     yield Section(path, _one_line(node.get("description")), rows)

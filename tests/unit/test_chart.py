@@ -62,6 +62,10 @@ SELF_SIGNED_CLUSTER_RULES: list[Rule] = [
      ("dittofs-operator",)),
 ]
 SELF_SIGNED_LOCAL_RULES: list[Rule] = [
+    (("",), ("secrets",), ("patch",), ("dittofs-operator-webhook-tls",)),
+]
+# ... and when watchNamespaces leaves out the release namespace (no namespaced grant there):
+SELF_SIGNED_UNWATCHED_LOCAL_RULES: list[Rule] = [
     (("",), ("secrets",), ("create",), ()),
     (("",), ("secrets",), ("get", "patch"), ("dittofs-operator-webhook-tls",)),
 ]
@@ -218,8 +222,7 @@ def test_self_signed_mode(helm: Path) -> None:
     from webhook.wiring import self_signed_secret_name
 
     local = only(docs, "Role")
-    assert (("",), ("secrets",), ("get", "patch"), (self_signed_secret_name(settings.service_name),)) \
-        in rules_of(local)
+    assert (("",), ("secrets",), ("patch",), (self_signed_secret_name(settings.service_name),)) in rules_of(local)
 
 
 def test_provided_mode(helm: Path) -> None:
@@ -369,6 +372,10 @@ def test_rbac_rules_are_pinned(helm: Path) -> None:
     assert rules_of(only(self_signed, "ClusterRole", "dittofs-operator-cluster")) \
         == CLUSTER_RULES + SELF_SIGNED_CLUSTER_RULES
     assert rules_of(only(self_signed, "Role")) == LEASE_RULES + SELF_SIGNED_LOCAL_RULES
+    watched = render(helm, "webhook.tls.mode=selfSigned", f"watchNamespaces={{a,{NAMESPACE}}}")
+    assert rules_of(only(watched, "Role")) == LEASE_RULES + SELF_SIGNED_LOCAL_RULES
+    unwatched = render(helm, "webhook.tls.mode=selfSigned", "watchNamespaces={a}")
+    assert rules_of(only(unwatched, "Role")) == LEASE_RULES + SELF_SIGNED_UNWATCHED_LOCAL_RULES
     sa = only(docs, "ServiceAccount")["metadata"]
     for doc in docs:
         if doc["kind"] in ("ClusterRoleBinding", "RoleBinding"):

@@ -1,0 +1,26 @@
+"""The test bed as the benchmarks run it: `tests.testbed.Testbed`, optionally with the kube-controller-
+manager's client rate limit raised (`--kcm-qps`, a diagnostic: by default the test bed runs unchanged)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.testbed import Binaries, Testbed
+
+
+class BenchTestbed(Testbed):
+    __test__ = False
+
+    def __init__(self, *, binaries: Binaries, keep: bool | None = None, kcm_qps: float | None = None,
+                 workdir: Path | None = None) -> None:
+        super().__init__(workdir, binaries=binaries, keep=keep)
+        self.kcm_qps = kcm_qps
+        if kcm_qps is not None and not callable(getattr(Testbed, "_argv", None)):
+            raise RuntimeError("--kcm-qps needs Testbed._argv(name) to extend the KCM flags; it is gone")
+
+    def _argv(self, name: str) -> list[str]:
+        argv = super()._argv(name)
+        if name == "kube-controller-manager" and self.kcm_qps is not None:
+            burst = int(self.kcm_qps * 2)
+            argv += [f"--kube-api-qps={self.kcm_qps:g}", f"--kube-api-burst={burst}"]
+        return argv
