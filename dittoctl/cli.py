@@ -40,6 +40,13 @@ def cmd_crd(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crd_reference(_: argparse.Namespace) -> int:
+    from dittoctl.api.reference import crd_reference
+
+    sys.stdout.write(crd_reference())
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from webhook.facts import ClusterFacts
     from webhook.rules import validate
@@ -139,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         leader_election=args.leader_election,
         lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
         log_level=args.log_level,
         log_format=args.log_format,
         drift_interval=args.drift_interval,
@@ -169,6 +177,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")))
     run.add_argument("--leader-election", action="store_true", default=_bool_env("LEADER_ELECTION", False))
     run.add_argument("--lease-namespace", default=_env("NAMESPACE", "dittofs-system"))
+    run.add_argument("--lease-name", default=_env("LEASE_NAME", "dittofs-operator"),
+                     help="Lease for leader election (one per release)")
     run.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     run.add_argument("--log-format", choices=["json", "text"], default=_env("LOG_FORMAT", "json"))
     run.add_argument("--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "300")))
@@ -195,6 +205,11 @@ def parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition YAML")
     crd.set_defaults(func=cmd_crd)
+
+    docs = sub.add_parser("docs", help="generated documentation")
+    docs_sub = docs.add_subparsers(dest="docs_command", required=True)
+    docs_sub.add_parser("crd-reference", help="Markdown reference of every DittoServer field").set_defaults(
+        func=cmd_crd_reference)
 
     certs = sub.add_parser("certs", help="certificate tools")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True)

@@ -123,7 +123,8 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
     tasks: list[asyncio.Task[Any]] = []
 
     if settings.reconciler:
-        controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval)
+        controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval,
+                                namespaces=settings.namespaces)
         controller.queue.on_result = metrics.observe_reconcile
 
     if settings.webhook:

@@ -32,7 +32,7 @@ class Controller:
     """The reconciler half of the process: cache + queue + reconciler + drift timer."""
 
     def __init__(self, gateway: Gateway, *, workers: int = 4, drift_interval: float = 300.0,
-                 cleanup_timeout: float = 60.0) -> None:
+                 cleanup_timeout: float = 60.0, namespaces: list[str] | None = None) -> None:
         self.gateway = gateway
         self.cache = Cache()
         self.recorder = EventRecorder(gateway)
@@ -41,7 +41,7 @@ class Controller:
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
         self.last_event = 0.0
-        self.secret_watch = SecretWatch(gateway, self.on_secret, self.on_secret_reset)
+        self.secret_watch = SecretWatch(gateway, self.on_secret, self.on_secret_reset, namespaces)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _work(self, key: Key) -> float | None:

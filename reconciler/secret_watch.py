@@ -22,27 +22,40 @@ Handler = Callable[[str, dict[str, object]], None]
 
 
 class SecretWatch:
-    def __init__(self, gateway: Gateway, on_event: Handler, on_reset: Callable[[], None]) -> None:
+    """Cluster-wide, or one stream per watched namespace (the RBAC may be namespaced then)."""
+
+    def __init__(self, gateway: Gateway, on_event: Handler, on_reset: Callable[[], None],
+                 namespaces: list[str] | None = None) -> None:
         self.gw = gateway
         self.on_event = on_event
         self.on_reset = on_reset
+        self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.last_event = 0.0
         self.started = asyncio.Event()
+        self._pending = set(self.namespaces)
 
-    async def _current_version(self) -> str:
-        listing = await self.gw._call("GET", SECRETS.path(), query=[("limit", "1")])
+    async def _current_version(self, namespace: str | None) -> str:
+        listing = await self.gw._call("GET", SECRETS.path(namespace), query=[("limit", "1")])
         return str(listing.get("metadata", {}).get("resourceVersion", ""))
 
     async def run(self) -> None:
+        await asyncio.gather(*(self._run(namespace) for namespace in self.namespaces))
+
+    def _listed(self, namespace: str | None) -> None:
+        self._pending.discard(namespace)
+        if not self._pending:
+            self.started.set()
+
+    async def _run(self, namespace: str | None) -> None:
         version: str | None = None
         backoff = 0.5
         loop = asyncio.get_running_loop()
         while True:
             try:
                 if version is None:
-                    version = await self._current_version()
-                    self.started.set()
-                async for event in self.gw.watch(SECRETS, version):
+                    version = await self._current_version(namespace)
+                    self._listed(namespace)
+                async for event in self.gw.watch(SECRETS, version, namespace=namespace):
                     self.last_event = loop.time()
                     kind = str(event.get("type"))
                     obj = event.get("object") or {}

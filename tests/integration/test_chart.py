@@ -349,8 +349,6 @@ def test_install_manifests_are_accepted_by_the_apiserver(testbed: Any) -> None:
             testbed.kubectl("delete", "namespace", namespace["metadata"]["name"], "--wait=false", check=False)
 
 
-@pytest.mark.xfail(strict=True, reason="reconciler/secret_watch.py lists and watches Secrets cluster-wide even "
-                   "with --namespaces; with watchNamespaces the chart grants Secrets only in those namespaces")
 def test_chart_watch_namespaces_rbac_is_enough(testbed: Any, helm: Helm, release_ns: str, workload_ns: str,
                                               tmp_path: Path) -> None:
     """watchNamespaces: namespaced rights only there (RoleBindings), and the operator needs no more."""

@@ -49,6 +49,7 @@ NAMESPACED_RULES: list[Rule] = [
     (("",), ("pods",), ("list", "watch"), ()),
     (("",), ("events",), ("create",), ()),
     (("pgv2.percona.com",), ("perconapgclusters",), ("get", "create", "patch", "delete"), ()),
+    (("pgv2.percona.com",), ("perconapgbackups",), ("list",), ()),
 ]
 CLUSTER_RULES: list[Rule] = [
     (("storage.k8s.io",), ("storageclasses",), ("get", "list"), ()),

@@ -74,7 +74,7 @@ Secret with the serving certificate. selfSigned mode: the operator writes "<serv
 
 {{/* Fixed in the operator (RunSettings.lease_name); RBAC names it. */}}
 {{- define "dittofs-operator.leaseName" -}}
-dittofs-operator
+{{ include "dittofs-operator.fullname" . }}
 {{- end }}
 
 {{- define "dittofs-operator.certDir" -}}
