@@ -120,7 +120,14 @@ async def ensure_database(rec: Reconciler, body: Mapping[str, Any], spec: DittoS
                                   f"PerconaPGCluster {names.percona_cluster} is being deleted"),
                              names.percona_cluster, gate_open=False, requeue=5.0)
     if live is None or not is_subset(manifest, live):
-        live = await _apply_cluster(rec, body, manifest, live)
+        try:
+            live = await _apply_cluster(rec, body, manifest, live)
+        except NotFound:  # the CRD went away since discovery said it was served
+            rec.percona_served = False
+            return DatabaseState(
+                Cond("DatabaseReady", False, "PerconaNotFound",
+                     "pgv2.percona.com/v2 perconapgclusters is not served: install the Percona Operator for "
+                     "PostgreSQL or disable percona.enabled"), None, gate_open=False, requeue=15.0)
         if memory.database_ready is None and live.get("metadata", {}).get("generation") == 1:
             await rec.events.post(body, "Normal", "PerconaCreated", f"PerconaPGCluster {names.percona_cluster} created")
     ready, state = _ready(live)

@@ -34,6 +34,16 @@ def operator(crd: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ope
 
 
 @pytest.fixture
+def quiet_operator(operator: OperatorProcess) -> Iterator[OperatorProcess]:
+    """The shared cluster-admin operator, stopped for one test that needs to be the only reconciler."""
+    operator.stop()
+    try:
+        yield operator
+    finally:
+        operator.start()
+
+
+@pytest.fixture
 def namespace(testbed: Any) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     testbed.kubectl("create", "namespace", name)

@@ -39,6 +39,11 @@ TESTBED_OPERATOR_USER = "dittofs-operator"  # the test bed's cluster-admin opera
 Helm = Callable[..., Any]
 
 
+@pytest.fixture(autouse=True)
+def _only_reconciler(quiet_operator: OperatorProcess) -> None:
+    """Stop the session's cluster-admin operator: the RBAC proof needs the chart's identity to be alone."""
+
+
 @pytest.fixture
 def helm(testbed: Any) -> Helm:
     import subprocess

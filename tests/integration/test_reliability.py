@@ -90,9 +90,9 @@ def test_apiserver_and_etcd_restart_under_the_operator(testbed: Any, operator: O
     assert operator.proc is not None and operator.proc.pid == pid and operator.proc.poll() is None
 
 
-def test_leader_election_only_the_holder_reconciles(testbed: Any, operator: OperatorProcess, namespace: str,
+def test_leader_election_only_the_holder_reconciles(testbed: Any, quiet_operator: OperatorProcess, namespace: str,
                                                     tmp_path: Path) -> None:
-    operator.stop()  # the shared, non-elected operator would reconcile this namespace too
+    # quiet_operator: the shared, non-elected operator would reconcile this namespace too
     lease_ns = namespace
     args = ["--no-webhook", "--leader-election", "--lease-namespace", lease_ns, "--namespaces", namespace,
             "--drift-interval", "5"]
@@ -120,7 +120,6 @@ def test_leader_election_only_the_holder_reconciles(testbed: Any, operator: Oper
     finally:
         first.stop()
         second.stop()
-        operator.start()
 
 
 def test_planted_secret_values_never_leak(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
