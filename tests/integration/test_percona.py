@@ -42,7 +42,8 @@ def percona_spec(**extra: Any) -> dict[str, Any]:
 
 def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operator: OperatorProcess,
                                                            namespace: str) -> None:
-    assert testbed.kubectl("get", "crd", "perconapgclusters.pgv2.percona.com", check=False).returncode != 0
+    # Start without Percona, whatever ran before in this session (the CRD is cluster-scoped).
+    testbed.kubectl("delete", "crd", "perconapgclusters.pgv2.percona.com", "--ignore-not-found", "--timeout=60s")
     apply_server(testbed, namespace, percona=percona_spec())
 
     def refused() -> dict[str, Any] | None:
