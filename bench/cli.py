@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -76,8 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=500.0, help="webhook requests per second (default 500)")
     p.add_argument("--duration", type=float, default=20.0, help="webhook measurement seconds (default 20)")
     p.add_argument("--starts", type=int, default=5, help="operator starts for start->ready (default 5)")
-    p.add_argument("--drift-interval", type=float, default=20.0,
-                   help="operator --drift-interval, so the idle window holds a drift pass (default 20)")
+    p.add_argument("--drift-interval", type=float, default=30.0,
+                   help="operator --drift-interval, so the idle window holds a drift pass (default 30)")
     p.add_argument("--idle-window", type=float, default=30.0, help="idle CPU window seconds (default 30)")
     p.add_argument("--budget", type=float, default=840.0,
                    help="wall-clock budget in seconds; experiments that would start later are skipped")
@@ -240,7 +239,17 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
         async def steady() -> list[Figure]:
             if run.population < args.servers:
                 raise RuntimeError(f"only {run.population} DittoServers exist; the scale experiment failed")
-            return idle.steady_state(tb, op, run.population, window=args.idle_window)
+            figs = idle.steady_state(tb, op, run.population, window=args.idle_window)
+            if run.rss_empty_kib is not None:
+                rss = next(f for f in figs if f.name == "operator_rss")
+                current = rss.details["proc_status_kib"]["VmRSS"]
+                per_server = (current - run.rss_empty_kib) / run.population
+                rss.details["rss_at_0_servers_mib"] = round(run.rss_empty_kib / 1024, 1)
+                rss.details["rss_per_server_kib"] = round(per_server, 1)
+                rss.details.setdefault("notes", []).append(
+                    f"{run.rss_empty_kib / 1024:.0f} MiB with 0 DittoServers (3 s after ready), so ~{per_server:.0f} "
+                    "KiB per DittoServer (with its StatefulSet, 4 Services, ConfigMap, pod and Secrets)")
+            return figs
 
         bodies: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
             "startup": startup, "webhook": webhook, "admission": admission_, "sequential": sequential,
@@ -248,24 +257,37 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
         for exp in experiments:
             await run.experiment(exp, bodies[exp.name])
         if "startup" in names and run.population > 0 and time.monotonic() - run.started < args.budget:
-            # Start -> ready again with the watch caches holding N objects (informational, in details).
-            run.log(f"start -> ready with {run.population} DittoServers (3 restarts)")
-            mark = tb.audit_line_count()
-            with contextlib.suppress(Exception):
-                loaded, stops = idle.restarts(op, 3)
-                await asyncio.sleep(5.0)
-                writes = len(tb.audit_events(user=tb.operator_user, since_line=mark))
-                for fig in run.figures:
-                    if fig.name == "start_to_ready":
-                        fig.details["starts_at_population_s"] = [round(t, 3) for t in loaded]
-                        fig.details["population"] = run.population
-                        fig.details["api_writes_across_these_restarts"] = writes
-                        fig.details["sigterm_to_exit_at_population_s"] = [round(t, 3) for t in stops]
-                        fig.details.setdefault("notes", []).append(
-                            f"with {run.population} DittoServers in the cluster: median "
-                            f"{statistics.median(loaded):.2f} s of 3 restarts, {writes} API writes by the operator "
-                            "across the restarts (+5 s)")
-                run.save()
+            try:
+                await loaded_restarts(run)
+            except Exception as exc:  # informational only: never lose the figures measured so far
+                run.log(f"restarts with {run.population} DittoServers failed: {type(exc).__name__}: {exc}")
+            run.save()
+
+
+async def loaded_restarts(run: Run) -> None:
+    """Start -> ready again with the watch caches holding N objects (informational, in details), plus the
+    RSS of a freshly started operator at N objects (steady state without the creation burst)."""
+    tb, op = run.tb, run.op
+    run.log(f"start -> ready with {run.population} DittoServers (3 restarts)")
+    mark = tb.audit_line_count()
+    loaded, stops = idle.restarts(op, 3)
+    await asyncio.sleep(10.0)
+    writes = len(tb.audit_events(user=tb.operator_user, since_line=mark))
+    rss_restarted = op.status_kib()["VmRSS"] / 1024
+    for fig in run.figures:
+        if fig.name == "operator_rss":
+            fig.details["rss_10s_after_a_restart_at_population_mib"] = round(rss_restarted, 1)
+            fig.details.setdefault("notes", []).append(
+                f"{rss_restarted:.0f} MiB 10 s after a restart with {run.population} DittoServers "
+                "(steady state without the creation burst)")
+        if fig.name == "start_to_ready":
+            fig.details["starts_at_population_s"] = [round(t, 3) for t in loaded]
+            fig.details["population"] = run.population
+            fig.details["api_writes_across_these_restarts"] = writes
+            fig.details["sigterm_to_exit_at_population_s"] = [round(t, 3) for t in stops]
+            fig.details.setdefault("notes", []).append(
+                f"with {run.population} DittoServers in the cluster: median {statistics.median(loaded):.2f} s "
+                f"of 3 restarts, {writes} API writes by the operator across the restarts (+10 s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -46,5 +47,6 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # kopf is chatty at INFO about every watch event; our own logs say what happened.
-    logging.getLogger("kopf").setLevel(max(logging.WARNING, root.level))
+    kopf_level = os.environ.get("DITTOFS_KOPF_LOG_LEVEL")  # troubleshooting kopf's own machinery
+    logging.getLogger("kopf").setLevel(kopf_level.upper() if kopf_level else max(logging.WARNING, root.level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

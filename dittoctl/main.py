@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +122,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
     controller: Controller | None = None
     webhook: Any | None = None
     tasks: list[asyncio.Task[Any]] = []
+    kopf_stop = asyncio.Event()  # never raised: see the shutdown below
 
     if settings.reconciler:
         controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval,
@@ -168,8 +170,10 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             namespaces=settings.namespaces,
             standalone=True,
             ready_flag=ready_flag,
-            stop_flag=stop,
+            stop_flag=kopf_stop,
         ), name="kopf"))
+    if controller is not None:
+        tasks.append(asyncio.create_task(_reclaim_signals(health.kopf_ready, stop), name="reclaim-signals"))
     log.info("dittofs-operator started", extra=fields(
         reconciler=settings.reconciler, webhook=settings.webhook,
         namespaces=",".join(settings.namespaces) or "*"))
@@ -182,16 +186,35 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
                 raise task.exception()  # type: ignore[misc]
     finally:
         stop.set()
-        for task in tasks:
+        kopf_task = next((t for t in tasks if t.get_name() == "kopf"), None)
+        others = [t for t in tasks if t is not kopf_task]
+        for task in others:  # leader election first: it hands the Lease over on its way out
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         if controller is not None:
             await controller.stop()
         if webhook is not None:
             await webhook.stop()
         await health.stop()
+        if kopf_task is not None:
+            # Cancelling (rather than raising its stop flag) skips kopf's fixed 5 s wait for "hung" tasks.
+            kopf_task.cancel()
+            await asyncio.gather(kopf_task, return_exceptions=True)
         await gateway.close()
         log.info("dittofs-operator stopped")
+
+
+async def _reclaim_signals(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """kopf installs its own SIGTERM/SIGINT handlers; on them it waits 5 s for tasks it did not start.
+    Once kopf runs, take the signals back so shutdown is ours: components first, kopf cancelled last."""
+    await kopf_ready.wait()
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await asyncio.Event().wait()  # keep the task alive until shutdown cancels it
 
 
 def main_run(settings: RunSettings) -> int:
