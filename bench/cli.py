@@ -11,6 +11,11 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
   idle        operator_rss, idle_cpu, drift_api_writes     at N servers (needs `scale`)
 
 Results: bench/results/<figure>.json and bench/results/SUMMARY.md. All traffic stays on 127.0.0.1.
+
+The 2 cores may be shared with other workloads (other test beds). Before each experiment the bench waits
+(bounded) for foreign CPU to calm down, and every figure records the CPU of each of its own processes and
+the foreign remainder (/proc). Diagnostics, not used by `make bench`: --kcm-qps (raise the KCM's client rate
+limit, which caps the 300-server figure on the test bed) and --operator-arg (e.g. --workers=16).
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sequential", type=int, default=20, help="servers for the latency figures (default 20)")
     p.add_argument("--rate", type=float, default=500.0, help="webhook requests per second (default 500)")
     p.add_argument("--duration", type=float, default=20.0, help="webhook measurement seconds (default 20)")
+    p.add_argument("--webhook-attempts", type=int, default=2,
+                   help="webhook latency attempts at most; a second runs only if the first had foreign load "
+                        "(default 2)")
     p.add_argument("--starts", type=int, default=5, help="operator starts for start->ready (default 5)")
     p.add_argument("--drift-interval", type=float, default=30.0,
                    help="operator --drift-interval, so the idle window holds a drift pass (default 30)")
@@ -189,11 +197,13 @@ class Run:
             fig.details["machine_load_at_start"] = load
             fig.details["quiet_wait"] = quiet
             fig.details["cpu_during_experiment"] = contention
-            foreign = contention["foreign_pct_of_one_core"]
+            window = fig.details.get("cpu_during_attempt", contention)  # the kept attempt, if several
+            foreign = window["foreign_pct_of_one_core"]
             if foreign >= self.args.quiet_threshold:
                 fig.details.setdefault("notes", []).append(
                     f"other workloads on this machine used {foreign:.0f}% of one core during the measurement "
-                    f"(of {contention['cores']} cores); tail latencies are inflated by that contention")
+                    f"(of {window['cores']} cores; VM steal {window['of_which_vm_steal_pct_of_one_core']:.0f}%); "
+                    "latencies are inflated by that contention")
             self.log(f"  {fig.name}: {fig.measured_text} -> {'PASS' if fig.passed else 'FAIL'}")
         self.figures += figures
         self.save()
@@ -215,8 +225,32 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             return [fig]
 
         async def webhook() -> list[Figure]:
-            return [await admission.webhook_latency(tb, op, rate=args.rate, duration=args.duration,
-                                                    contention=run.contention, quiet=args.quiet_threshold)]
+            # Tail latency on 2 shared cores is at the mercy of other workloads. When the attempt ran under
+            # foreign load, measure once more after waiting for quiet, and keep the attempt with the LOWER
+            # foreign load (never the lower latency); every attempt stays in the details.
+            attempts: list[Figure] = []
+            for attempt in range(args.webhook_attempts):
+                if attempt:
+                    run.contention.wait_quiet(args.quiet_wait, args.quiet_threshold)
+                before = run.contention.snapshot()
+                fig = await admission.webhook_latency(tb, op, rate=args.rate, duration=args.duration,
+                                                      contention=run.contention, quiet=args.quiet_threshold)
+                fig.details["cpu_during_attempt"] = run.contention.between(before, run.contention.snapshot())
+                attempts.append(fig)
+                foreign = fig.details["cpu_during_attempt"]["foreign_pct_of_one_core"]
+                run.log(f"  webhook attempt {attempt + 1}: {fig.measured_text}; foreign load {foreign}% of a core")
+                if foreign < args.quiet_threshold:
+                    break
+            best = min(attempts, key=lambda f: f.details["cpu_during_attempt"]["foreign_pct_of_one_core"])
+            best.details["attempts"] = [
+                {"measured": f.measured_text, "pass": f.passed,
+                 "foreign_pct_of_one_core": f.details["cpu_during_attempt"]["foreign_pct_of_one_core"],
+                 "latency_ms": f.details["latency_ms"]} for f in attempts]
+            if len(attempts) > 1:
+                best.details.setdefault("notes", []).append(
+                    f"{len(attempts)} attempts because of foreign load; kept attempt "
+                    f"{attempts.index(best) + 1} (least foreign CPU); all are in the JSON")
+            return [best]
 
         async def admission_() -> list[Figure]:
             return [admission.admission_overhead(tb, op, "bench-admission")]

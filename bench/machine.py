@@ -13,10 +13,11 @@ from typing import Any
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def machine_jiffies() -> tuple[int, int]:
-    """(total, idle+iowait) jiffies over all CPUs, from the first line of /proc/stat."""
+def machine_jiffies() -> tuple[int, int, int]:
+    """(total, idle+iowait, steal) jiffies over all CPUs, from the first line of /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(values[:8]), values[3] + values[4]  # guest time is already inside user/nice
+    steal = values[7] if len(values) > 7 else 0
+    return sum(values[:8]), values[3] + values[4], steal  # guest time is already inside user/nice
 
 
 def process_cpu(pid: int) -> float:
@@ -34,6 +35,7 @@ class Snapshot:
     wall: float
     total: int
     idle: int
+    steal: int
     ours: dict[str, tuple[int, float]]  # name -> (pid, cpu seconds)
 
 
@@ -46,9 +48,10 @@ class Contention:
         self.ncpu = len(os.sched_getaffinity(0))
 
     def snapshot(self) -> Snapshot:
-        total, idle = machine_jiffies()
+        total, idle, steal = machine_jiffies()
         named = {"bench": os.getpid(), **self._pids()}
-        return Snapshot(time.monotonic(), total, idle, {n: (p, process_cpu(p)) for n, p in named.items()})
+        return Snapshot(time.monotonic(), total, idle, steal,
+                        {n: (p, process_cpu(p)) for n, p in named.items()})
 
     def between(self, a: Snapshot, b: Snapshot) -> dict[str, Any]:
         wall = max(b.wall - a.wall, 1e-6)
@@ -61,11 +64,13 @@ class Contention:
             if before is not None and before[0] == pid:  # same process (the operator restarts)
                 per[name] = round(100.0 * (cpu - before[1]) / wall, 1)
         ours = sum(per.values())
+        steal = 100.0 * (b.steal - a.steal) / total * self.ncpu
         return {
             "window_s": round(wall, 1),
             "machine_busy_pct_of_one_core": round(machine, 1),
             "this_run_pct_of_one_core": round(ours, 1),
             "foreign_pct_of_one_core": round(max(0.0, machine - ours), 1),
+            "of_which_vm_steal_pct_of_one_core": round(steal, 1),
             "this_run_by_process_pct_of_one_core": dict(sorted(per.items(), key=lambda kv: -kv[1])),
             "cores": self.ncpu,
         }

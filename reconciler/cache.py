@@ -31,6 +31,24 @@ def secret_digest(secret: Mapping[str, Any]) -> dict[str, str]:
     return digests
 
 
+def slim(obj: Mapping[str, Any]) -> Obj:
+    """The object without `managedFields` (often half its size; never read here)."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return dict(obj)
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+def slim_pod(pod: Mapping[str, Any]) -> Obj:
+    """Only what status and deletion read from a pod: identity, labels, phase and container states."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid") if k in meta},
+        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "status": {k: status[k] for k in ("phase", "containerStatuses", "initContainerStatuses") if k in status},
+    }
+
+
 def key_of(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata", {})
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
@@ -51,7 +69,7 @@ class Cache:
 
     # -- DittoServers ----------------------------------------------------------------------------------
     def put_server(self, obj: Obj) -> None:
-        self.servers[key_of(obj)] = obj
+        self.servers[key_of(obj)] = slim(obj)
 
     def drop_server(self, key: Key) -> None:
         self.servers.pop(key, None)
@@ -78,7 +96,7 @@ class Cache:
     # -- children ----------------------------------------------------------------------------------------
     def put_child(self, plural: str, obj: Obj) -> None:
         namespace, name = key_of(obj)
-        self.children[(plural, namespace, name)] = obj
+        self.children[(plural, namespace, name)] = slim(obj)
 
     def drop_child(self, plural: str, key: Key) -> None:
         self.children.pop((plural, *key), None)
@@ -90,7 +108,7 @@ class Cache:
         namespace, name = key_of(obj)
         instance = obj.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL)
         if instance:
-            self.pods[(namespace, instance)][name] = obj
+            self.pods[(namespace, instance)][name] = slim_pod(obj)
 
     def drop_pod(self, obj: Mapping[str, Any]) -> None:
         namespace, name = key_of(obj)
