@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import admission, idle, reconciler
-from bench.controlplane import BenchTestbed
+from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import Contention
 from bench.process import Operator
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="foreign CPU (% of one core) below which the machine counts as quiet (default 25)")
     p.add_argument("--kcm-qps", type=float, default=None,
                    help="diagnostic: run the kube-controller-manager with this --kube-api-qps (default: the test "
-                        "bed's own flags, i.e. the KCM default of 20)")
+                        "bed's own flags; the effective limit is read from the KCM's command line)")
     p.add_argument("--operator-arg", action="append", default=[], metavar="ARG",
                    help="diagnostic: extra argument for `dittoctl run` (repeatable), e.g. --operator-arg=--workers=16")
     p.add_argument("--keep", action="store_true", help="keep the test bed's work dir (logs, audit log)")
@@ -159,7 +159,7 @@ class Run:
             "testbed_workdir": str(self.tb.workdir), "operator_log": str(self.op.log_path),
             "testbed_timings_s": {k: round(v, 2) for k, v in self.tb.timings.items()},
             "operator_argv": self.op.argv()[1:],
-            "kcm_qps": self.args.kcm_qps,
+            "kcm_qps_effective": kcm_qps(self.tb),
         }
         return write(self.figures, self.env, self.args.out)
 
@@ -266,7 +266,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
 
         async def scale() -> list[Figure]:
             fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op,
-                                                 kcm_qps=args.kcm_qps or reconciler.KCM_QPS)
+                                                 kcm_qps=kcm_qps(tb))
             run.population += len(tracker.created)
             return [fig]
 

@@ -7,6 +7,24 @@ from pathlib import Path
 
 from tests.testbed import Binaries, Testbed
 
+KCM_DEFAULT_QPS = 20.0  # kube-controller-manager --kube-api-qps default
+
+
+def kcm_qps(tb: Testbed) -> float:
+    """The kube-controller-manager's effective client QPS limit, read from its command line (last flag wins)."""
+    pid = tb.pid("kube-controller-manager")
+    if pid is None:
+        return KCM_DEFAULT_QPS
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return KCM_DEFAULT_QPS
+    qps = KCM_DEFAULT_QPS
+    for arg in argv:
+        if arg.startswith("--kube-api-qps="):
+            qps = float(arg.split("=", 1)[1])
+    return qps
+
 
 class BenchTestbed(Testbed):
     __test__ = False

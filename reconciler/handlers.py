@@ -31,7 +31,7 @@ OWNED = {MANAGED_BY_LABEL: MANAGER}
 class Controller:
     """The reconciler half of the process: cache + queue + reconciler + drift timer."""
 
-    def __init__(self, gateway: Gateway, *, workers: int = 4, drift_interval: float = 300.0,
+    def __init__(self, gateway: Gateway, *, workers: int = 16, drift_interval: float = 300.0,
                  cleanup_timeout: float = 60.0, namespaces: list[str] | None = None) -> None:
         self.gateway = gateway
         self.cache = Cache()
@@ -92,6 +92,8 @@ class Controller:
             self.cache.drop_server(key)
             self.queue.forget(key)
             return
+        if _echo(self.cache.servers.get(key), body):
+            return  # the watch echoing our own write (already cached from its response)
         self.cache.put_server(body)
         try:
             spec = DittoServerSpec.model_validate(body.get("spec") or {})
@@ -104,6 +106,8 @@ class Controller:
         key = key_of(body)
         if event_type == "DELETED":
             self.cache.drop_child(plural, key)
+        elif _echo(self.cache.child(plural, *key), body):
+            return
         else:
             self.cache.put_child(plural, body)
         instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
@@ -130,6 +134,14 @@ class Controller:
         for namespace, secret in list(self.cache.secret_refs):
             for server in self.cache.secret_refs.get((namespace, secret), ()):
                 self.queue.add((namespace, server))
+
+
+def _echo(cached: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
+    """Same resourceVersion as the cached copy: nothing new (typically our own write coming back)."""
+    if cached is None:
+        return False
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    return version is not None and version == (cached.get("metadata") or {}).get("resourceVersion")
 
 
 def configure_watching(settings: kopf.OperatorSettings) -> None:
