@@ -160,7 +160,8 @@ class Reconciler:
             return None
         if FINALIZER not in (meta.get("finalizers") or []):
             await self._add_finalizer(body)
-            return None  # the patch's watch event brings the next pass
+            body = self.cache.servers.get(key, body)  # the patched object; its watch echo is skipped
+            meta = body.get("metadata", {})
 
         wants_percona = bool(((body.get("spec") or {}).get("percona") or {}).get("enabled"))
         if wants_percona and self.percona_served is not True:
