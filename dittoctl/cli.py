@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     run.add_argument("--log-format", choices=["json", "text"], default=_env("LOG_FORMAT", "json"))
     run.add_argument("--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "300")))
-    run.add_argument("--workers", type=int, default=int(_env("WORKERS", "16")),
+    run.add_argument("--workers", type=int, default=int(_env("WORKERS", "8")),
                      help="concurrent reconciles; passes mostly wait on the API, not the CPU")
     run.set_defaults(func=cmd_run)
 

@@ -47,7 +47,7 @@ class RunSettings:
     lease_namespace: str = "dittofs-system"
     log_level: str = "INFO"
     log_format: str = "json"
-    workers: int = 16
+    workers: int = 8
     drift_interval: float = 300.0
 
 

@@ -31,7 +31,7 @@ OWNED = {MANAGED_BY_LABEL: MANAGER}
 class Controller:
     """The reconciler half of the process: cache + queue + reconciler + drift timer."""
 
-    def __init__(self, gateway: Gateway, *, workers: int = 16, drift_interval: float = 300.0,
+    def __init__(self, gateway: Gateway, *, workers: int = 8, drift_interval: float = 300.0,
                  cleanup_timeout: float = 60.0, namespaces: list[str] | None = None) -> None:
         self.gateway = gateway
         self.cache = Cache()
