@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,9 @@ from webhook.facts import ClusterFacts
 from webhook.rules import validate
 
 log = logging.getLogger("dittofs.reconciler")
+# True during the first pass over a DittoServer (no status yet). Per task, so concurrent workers
+# reconciling different servers never see each other's value.
+_FRESH: ContextVar[bool] = ContextVar("fresh_server", default=False)
 PLURALS: dict[str, Kind] = {"configmaps": CONFIGMAPS, "services": SERVICES, "statefulsets": STATEFULSETS}
 STORAGE_TEMPLATES = ("controlplane", "metadata", "content")
 
@@ -62,12 +66,15 @@ class Reconciler:
         self.events = recorder
         self.cleanup_timeout = cleanup_timeout
         self.memory: dict[Key, Memory] = {}
+
         self.percona_served: bool | None = None
 
     # -- helpers -----------------------------------------------------------------------------------------
     async def _observed(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         cached = self.cache.child(plural, namespace, name)
-        if cached is not None:
+        if cached is not None or _FRESH.get():
+            # A server never reconciled before has no children yet (and if a killed run left one,
+            # applying it again is idempotent): skip the confirming GET, which doubles a burst's calls.
             return cached
         obj = await self.gw.get_or_none(PLURALS[plural], name, namespace)
         if obj is not None:
@@ -105,7 +112,8 @@ class Reconciler:
             wanted.append((names.admin_secret,
                            lambda: admin_secret(names, spec.identity.admin.username, new_password())))
         for name, build in wanted:
-            if await self._secret_digest(names.namespace, name) is not None:
+            known = (names.namespace, name) in self.cache.secrets
+            if (known or not _FRESH.get()) and await self._secret_digest(names.namespace, name) is not None:
                 continue
             manifest = build()
             try:
@@ -154,6 +162,7 @@ class Reconciler:
 
             return await finalize(self, body)
         generation = int(meta.get("generation", 0))
+        _FRESH.set(not body.get("status"))
         memory = self.memory.setdefault(key, Memory())
         if (meta.get("annotations") or {}).get(PAUSE_ANNOTATION) == "disabled":
             await self._paused(body, generation)
