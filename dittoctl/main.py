@@ -123,7 +123,6 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
     controller: Controller | None = None
     webhook: Any | None = None
     tasks: list[asyncio.Task[Any]] = []
-    kopf_stop = asyncio.Event()  # never raised: see the shutdown below
 
     if settings.reconciler:
         controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval,
@@ -171,7 +170,6 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             namespaces=settings.namespaces,
             standalone=True,
             ready_flag=ready_flag,
-            stop_flag=kopf_stop,
         ), name="kopf"))
     if controller is not None:
         tasks.append(asyncio.create_task(_reclaim_signals(health.kopf_ready, stop), name="reclaim-signals"))

@@ -40,7 +40,6 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue(self._work, concurrency=workers)
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
-        self.last_event = 0.0
         self.secret_watch = SecretWatch(gateway, self.on_secret, self.on_secret_reset, namespaces)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -153,19 +152,14 @@ def configure_watching(settings: kopf.OperatorSettings) -> None:
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     """Attach the watch handlers of `controller` to a kopf registry."""
-    def touch() -> None:
-        controller.last_event = asyncio.get_running_loop().time()
-
     @kopf.on.event("dittofs.dittofs.com", "v1alpha1", "dittoservers", registry=registry)
     async def server_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        touch()
         controller.on_server(type, dict(body))
 
     for group, version, plural in (("apps", "v1", "statefulsets"), ("", "v1", "services"),
                                    ("", "v1", "configmaps")):
         def make(plural: str) -> Any:
             async def child_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-                touch()
                 controller.on_child(plural, type, dict(body))
             child_event.__name__ = f"{plural}_event"
             return child_event
@@ -175,6 +169,5 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     @kopf.on.event("", "v1", "pods", labels={**OWNED}, registry=registry)
     async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        touch()
         controller.on_pod(type, dict(body))
 

@@ -30,7 +30,6 @@ class SecretWatch:
         self.on_event = on_event
         self.on_reset = on_reset
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
-        self.last_event = 0.0
         self.started = asyncio.Event()
         self._pending = set(self.namespaces)
 
@@ -49,14 +48,12 @@ class SecretWatch:
     async def _run(self, namespace: str | None) -> None:
         version: str | None = None
         backoff = 0.5
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 if version is None:
                     version = await self._current_version(namespace)
                     self._listed(namespace)
                 async for event in self.gw.watch(SECRETS, version, namespace=namespace):
-                    self.last_event = loop.time()
                     kind = str(event.get("type"))
                     obj = event.get("object") or {}
                     if kind == "ERROR":
