@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dittoctl.gateway import SECRETS, WEBHOOKCONFIGS, ApiError, Conflict, Gateway, NotFound
-from dittoctl.logs import fields
+from dittoctl.kube.gateway import SECRETS, WEBHOOKCONFIGS, ApiError, Conflict, Gateway, NotFound
+from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.certs")
 

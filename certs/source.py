@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from dittoctl.logs import fields
+from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.certs")
 _Signature = tuple[tuple[int, int, int, int, int], ...]

@@ -48,8 +48,8 @@ def cmd_crd_reference(_: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from webhook.facts import ClusterFacts
-    from webhook.rules import validate
+    from dittoctl.api.facts import ClusterFacts
+    from dittoctl.api.rules import validate
 
     docs = _load_documents(args.file)
     if not docs:
@@ -78,7 +78,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> dict[int, Any]:
-    from dittoctl.gateway import Gateway, load_client
+    from dittoctl.kube.gateway import Gateway, load_client
     from webhook.facts import FactSource
 
     gateway = Gateway(await load_client(kubeconfig))
@@ -127,7 +127,7 @@ def cmd_certs_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dittoctl import logs
+    from dittoctl.kube import logs
     from dittoctl.main import RunSettings, main_run
 
     settings = RunSettings(

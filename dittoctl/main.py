@@ -17,9 +17,9 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dittoctl import metrics
-from dittoctl.gateway import Gateway, load_client
-from dittoctl.logs import fields
+from dittoctl.kube import metrics
+from dittoctl.kube.gateway import Gateway, load_client
+from dittoctl.kube.logs import fields
 from reconciler.handlers import Controller, configure_watching, register
 
 log = logging.getLogger("dittofs.main")

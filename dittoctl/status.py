@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from dittoctl.gateway import (
+from dittoctl.kube.gateway import (
     DITTOSERVERS,
     EVENTS,
     PERCONAPGCLUSTERS,

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from dittoctl.gateway import DITTOSERVERS, STATEFULSETS, Conflict, NotFound
-from dittoctl.logs import fields
+from dittoctl.kube.gateway import DITTOSERVERS, STATEFULSETS, Conflict, NotFound
+from dittoctl.kube.logs import fields
 from reconciler.naming import FINALIZER
 
 log = logging.getLogger("dittofs.deletion")

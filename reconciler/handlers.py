@@ -15,9 +15,9 @@ from typing import Any
 import kopf
 
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.gateway import Gateway
+from dittoctl.kube.events import EventRecorder
+from dittoctl.kube.gateway import Gateway
 from reconciler.cache import Cache, Key, key_of
-from reconciler.events import EventRecorder
 from reconciler.naming import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler

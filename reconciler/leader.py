@@ -11,9 +11,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from dittoctl import metrics
-from dittoctl.gateway import LEASES, ApiError, Conflict, Gateway, NotFound
-from dittoctl.logs import fields
+from dittoctl.kube import metrics
+from dittoctl.kube.gateway import LEASES, ApiError, Conflict, Gateway, NotFound
+from dittoctl.kube.logs import fields
 
 if TYPE_CHECKING:
     from reconciler.handlers import Controller

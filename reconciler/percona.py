@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.gateway import PERCONAPGBACKUPS, PERCONAPGCLUSTERS, ApiError, Conflict, NotFound
-from dittoctl.logs import fields
+from dittoctl.kube.gateway import PERCONAPGBACKUPS, PERCONAPGCLUSTERS, ApiError, Conflict, NotFound
+from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
 from reconciler.naming import Names
 from reconciler.specs.percona import adopt_live_values, percona_cluster

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from dittoctl.logs import fields
+from dittoctl.kube.logs import fields
 
 K = TypeVar("K")
 log = logging.getLogger("dittofs.queue")

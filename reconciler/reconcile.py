@@ -13,8 +13,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import DittoServer, DittoServerSpec
-from dittoctl.gateway import (
+from dittoctl.api.rules import validate
+from dittoctl.kube.events import EventRecorder
+from dittoctl.kube.gateway import (
     CONFIGMAPS,
     DITTOSERVERS,
     SECRETS,
@@ -26,19 +29,16 @@ from dittoctl.gateway import (
     Kind,
     NotFound,
 )
-from dittoctl.logs import fields
+from dittoctl.kube.logs import fields
 from reconciler import specs
 from reconciler.cache import Cache, Key, secret_digest
 from reconciler.compare import needs_apply, stamp_manifest
-from reconciler.events import EventRecorder
 from reconciler.naming import FINALIZER, HASH_ANNOTATION, PAUSE_ANNOTATION, Names
 from reconciler.percona import ensure_database
 from reconciler.specs.env import referenced_secrets, secret_uses
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from reconciler.specs.services import endpoints
 from reconciler.status import Cond, Observation, build_status, status_changed
-from webhook.facts import ClusterFacts
-from webhook.rules import validate
 
 log = logging.getLogger("dittofs.reconciler")
 # True during the first pass over a DittoServer (no status yet). Per task, so concurrent workers

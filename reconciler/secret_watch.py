@@ -14,8 +14,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from dittoctl.gateway import SECRETS, ApiError, Gateway, NotFound
-from dittoctl.logs import fields
+from dittoctl.kube.gateway import SECRETS, ApiError, Gateway, NotFound
+from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.secrets")
 Handler = Callable[[str, dict[str, object]], None]

@@ -12,37 +12,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dittoctl.gateway import SECRETS, STORAGECLASSES, ApiError, Conflict, Gateway, NotFound
-from dittoctl.logs import fields
-from webhook.parsed import references
+from dittoctl.api.facts import ClusterFacts
+from dittoctl.api.parsed import references
+from dittoctl.kube.gateway import SECRETS, STORAGECLASSES, ApiError, Conflict, Gateway, NotFound
+from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.webhook.facts")
 T = TypeVar("T")
 
 PERCONA_GROUP, PERCONA_VERSION, PERCONA_PLURAL = "pgv2.percona.com", "v2", "perconapgclusters"
 _LOOKUP_ERRORS = (ApiError, Conflict, NotFound, OSError, TimeoutError, ValueError, TypeError, KeyError)
-
-
-@dataclass(frozen=True)
-class ClusterFacts:
-    """What the cluster looked like for one validation. `None` (or a missing Secret name) = unknown."""
-
-    storage_classes: frozenset[str] | None = None
-    """Names of existing StorageClasses; None = could not verify."""
-    percona_served: bool | None = None
-    """Is pgv2.percona.com/v2 perconapgclusters served? None = could not verify."""
-    secrets: Mapping[str, frozenset[str] | None] = field(default_factory=dict, hash=False)
-    """Secret name -> key names present, or None when the Secret does not exist. Absent name = unknown."""
-    online: bool = True
-    """False for offline validation (`dittoctl validate` without --cluster): nothing was looked up, so
-    unknown facts are not worth a "could not verify" warning."""
-
-    @classmethod
-    def offline(cls) -> ClusterFacts:
-        return cls(storage_classes=None, percona_served=None, secrets={}, online=False)
 
 
 class FactSource:

@@ -18,12 +18,12 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from certs.source import CertificateInfo, CertificateSource
+from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION, GROUP, KIND
-from dittoctl.logs import fields
-from reconciler.events import EventType
+from dittoctl.api.rules import Verdict, validate
+from dittoctl.kube.events import EventType
+from dittoctl.kube.logs import fields
 from webhook import metrics
-from webhook.facts import ClusterFacts
-from webhook.rules import Verdict, validate
 
 log = logging.getLogger("dittofs.webhook")
 

@@ -6,8 +6,8 @@ from typing import Protocol
 
 from certs.selfsigned import SelfSignedManager
 from certs.source import CertificateSource
-from dittoctl.gateway import Gateway
-from reconciler.events import EventRecorder
+from dittoctl.kube.events import EventRecorder
+from dittoctl.kube.gateway import Gateway
 from webhook.facts import FactSource
 from webhook.server import AdmissionHandler, EventSink, Service, WebhookServer
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from certs.source import CertificateSource
-from dittoctl.gateway import Gateway, load_client
-from reconciler.events import EventRecorder
+from dittoctl.kube.events import EventRecorder
+from dittoctl.kube.gateway import Gateway, load_client
 from webhook.facts import FactSource
 from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
 

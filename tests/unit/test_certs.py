@@ -34,7 +34,7 @@ from certs.selfsigned import (
     split_sans,
 )
 from certs.source import CertificateSource
-from dittoctl.gateway import SECRETS, WEBHOOKCONFIGS, Conflict, Gateway, Kind, NotFound
+from dittoctl.kube.gateway import SECRETS, WEBHOOKCONFIGS, Conflict, Gateway, Kind, NotFound
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dittoctl import gateway
 from dittoctl.cli import parser
+from dittoctl.kube import gateway
 from tests.testbed.paths import ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@
 - docs/INSTALL.md's values table is generated from config/chart/values.yaml (its `# --` comments).
 - docs/TROUBLESHOOTING.md's admission examples: each `<!-- validate: {facts} -->` marker is followed by a
   YAML block (one document: CREATE; two: UPDATE from the first to the second) and the `kubectl` output block,
-  whose `* error` and `Warning:` lines must be exactly what `webhook.rules.validate` returns.
+  whose `* error` and `Warning:` lines must be exactly what `dittoctl.api.rules.validate` returns.
 
 `UPDATE_DOCS=1` rewrites the generated parts instead of failing.
 """
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.reference import crd_reference
-from webhook.facts import ClusterFacts
-from webhook.rules import validate
+from dittoctl.api.rules import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

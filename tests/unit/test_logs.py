@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from dittoctl.logs import JsonFormatter, fields
+from dittoctl.kube.logs import JsonFormatter, fields
 
 
 def test_fields_are_unpacked_into_the_json_line() -> None:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION, DittoServer
-from webhook.facts import ClusterFacts
-from webhook.rules import MAX_WARNING, Verdict, referenced_secrets, validate
+from dittoctl.api.rules import MAX_WARNING, Verdict, referenced_secrets, validate
 
 SECRETS: dict[str, frozenset[str] | None] = {
     "jwt": frozenset({"secret"}),

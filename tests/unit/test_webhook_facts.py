@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION
-from dittoctl.gateway import SECRETS, STORAGECLASSES, ApiError, Gateway, Kind, NotFound
-from webhook.facts import ClusterFacts, FactSource
-from webhook.rules import validate
+from dittoctl.api.rules import validate
+from dittoctl.kube.gateway import SECRETS, STORAGECLASSES, ApiError, Gateway, Kind, NotFound
+from webhook.facts import FactSource
 
 
 class FakeGateway:

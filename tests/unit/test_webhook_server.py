@@ -18,9 +18,9 @@ from prometheus_client import REGISTRY
 
 from certs.selfsigned import KeyPair, new_ca, new_leaf
 from certs.source import CertificateSource
+from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION
 from tests.unit.test_rules import _spec_strategy
-from webhook.facts import ClusterFacts
 from webhook.server import (
     MAX_BODY,
     WEBHOOK_PATH,

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic_core import ErrorDetails
 
+from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import (
     _DNS_SUBDOMAIN,
     _GO_DURATION,
@@ -30,13 +31,12 @@ from dittoctl.api.models import (
     DittoServerSpec,
     DittoServerStatus,
 )
+from dittoctl.api.parsed import ParsedSpec, parse_spec, referenced_secrets
 from dittoctl.api.quantity import parse_quantity
-from webhook.facts import ClusterFacts
-from webhook.parsed import ParsedSpec, parse_spec, referenced_secrets
 
 __all__ = ["MAX_WARNING", "Verdict", "referenced_secrets", "validate"]
 
-log = logging.getLogger("dittofs.webhook.rules")
+log = logging.getLogger("dittofs.dittoctl.api.rules")
 MAX_WARNING = 120
 # Services are DNS-1035 labels named <name>-headless (+9), and the StatefulSet's controller-revision-hash
 # label "<name>-<10-char hash>" must fit in 63 characters: 52 is the binding limit.

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from dittoctl.gateway import EVENTS, ApiError, Conflict, Gateway, NotFound
-from dittoctl.logs import fields
+from dittoctl.kube.gateway import EVENTS, ApiError, Conflict, Gateway, NotFound
+from dittoctl.kube.logs import fields
 
 COMPONENT = "dittofs-operator"
 DEDUP_SECONDS = 600.0

@@ -1,0 +1,29 @@
+"""What the cluster looked like for one validation: a plain snapshot the pure rules read.
+
+Filled by `webhook.facts.FactSource` (admission, `dittoctl validate --cluster`) or by the reconciler
+from its caches; `None` always means "could not verify", never "absent".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the cluster looked like for one validation. `None` (or a missing Secret name) = unknown."""
+
+    storage_classes: frozenset[str] | None = None
+    """Names of existing StorageClasses; None = could not verify."""
+    percona_served: bool | None = None
+    """Is pgv2.percona.com/v2 perconapgclusters served? None = could not verify."""
+    secrets: Mapping[str, frozenset[str] | None] = field(default_factory=dict, hash=False)
+    """Secret name -> key names present, or None when the Secret does not exist. Absent name = unknown."""
+    online: bool = True
+    """False for offline validation (`dittoctl validate` without --cluster): nothing was looked up, so
+    unknown facts are not worth a "could not verify" warning."""
+
+    @classmethod
+    def offline(cls) -> ClusterFacts:
+        return cls(storage_classes=None, percona_served=None, secrets={}, online=False)
