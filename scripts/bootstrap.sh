@@ -29,6 +29,25 @@ else
   say "cached: PostgreSQL"
 fi
 
+# The test bed's real node (SPEC §14, tests/testbed/node.py): container runtime, CNI plugins, the offline
+# image builder and its inputs (busybox for the images' shell, gcc for the pause binary), and the
+# userspace NFS client the tests write files with. It needs root; without it the real-node tests fail
+# loudly unless DITTOFS_TESTBED_REAL_NODE=0.
+NODE_PKGS="containerd runc containernetworking-plugins iptables busybox-static umoci libnfs-utils gcc libc6-dev"
+NODE_BINS="/usr/bin/containerd /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables /usr/bin/busybox /usr/bin/umoci
+/usr/bin/nfs-cp /usr/bin/gcc"
+node_missing=""; for b in $NODE_BINS; do [ -x "$b" ] || node_missing="$node_missing $b"; done
+if [ "${SKIP_REAL_NODE:-0}" = 1 ]; then
+  say "skipping real-node packages (SKIP_REAL_NODE=1)"
+elif [ -z "$node_missing" ]; then
+  say "cached: real-node packages"
+elif [ "$(id -u)" = 0 ]; then
+  say "installing real-node packages (Debian):$node_missing missing"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $NODE_PKGS >/dev/null
+else
+  say "WARNING: not root, cannot install the real-node packages ($NODE_PKGS); real-node tests will fail"
+fi
+
 say "test-bed binaries (first build: about 10-30 min on 2 cores)"
 bash tests/testbed/build.sh all
 say "done"

@@ -49,6 +49,7 @@ class Binaries:
     kubectl: Path
     helm: Path
     dfs: Path
+    kubelet: Path
 
     @classmethod
     def discover(cls, cache: Path | None = None) -> Binaries:
@@ -63,6 +64,7 @@ class Binaries:
             kubectl=c / f"kubectl-{_version('KUBECTL_VERSION')}" / "kubectl",
             helm=c / f"helm-{_version('HELM_VERSION')}" / "helm",
             dfs=c / f"dfs-{_version('DFS_VERSION')}" / "dfs",
+            kubelet=k8s / "kubelet",
         )
 
     def all(self) -> dict[str, Path]:
@@ -75,11 +77,12 @@ class Binaries:
             "kubectl": self.kubectl,
             "helm": self.helm,
             "dfs": self.dfs,
+            "kubelet": self.kubelet,
         }
 
     def control_plane(self) -> dict[str, Path]:
         """The binaries ``Testbed.start()`` cannot run without."""
-        return {k: v for k, v in self.all().items() if k not in ("helm", "dfs")}
+        return {k: v for k, v in self.all().items() if k not in ("helm", "dfs", "kubelet")}
 
     def missing(self, names: list[str] | None = None) -> list[str]:
         wanted = self.all() if names is None else {n: self.all()[n] for n in names}
