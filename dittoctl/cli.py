@@ -91,9 +91,9 @@ async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from dittoctl.api.models import DittoServer
+    from dittoctl.api.naming import Names
+    from dittoctl.api.secrets import secret_uses
     from reconciler import specs
-    from reconciler.naming import Names
-    from reconciler.specs.env import secret_uses
     from reconciler.specs.hashing import value_digest
 
     out = []

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.naming import INSTANCE_LABEL
+from dittoctl.api.naming import INSTANCE_LABEL
 from reconciler.specs.hashing import value_digest
 
 Key = tuple[str, str]  # (namespace, name)

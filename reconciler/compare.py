@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.naming import APPLIED_ANNOTATION
+from dittoctl.api.naming import APPLIED_ANNOTATION
 from reconciler.specs.hashing import manifest_hash
 
 

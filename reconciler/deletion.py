@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from dittoctl.api.naming import FINALIZER
 from dittoctl.kube.gateway import DITTOSERVERS, STATEFULSETS, Conflict, NotFound
 from dittoctl.kube.logs import fields
-from reconciler.naming import FINALIZER
 
 log = logging.getLogger("dittofs.deletion")
 

@@ -15,14 +15,14 @@ from typing import Any
 import kopf
 
 from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.naming import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names
+from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from reconciler.cache import Cache, Key, key_of
-from reconciler.naming import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler
 from reconciler.secret_watch import SecretWatch
-from reconciler.specs.env import referenced_secrets
 
 log = logging.getLogger("dittofs.handlers")
 OWNED = {MANAGED_BY_LABEL: MANAGER}
@@ -96,7 +96,7 @@ class Controller:
         self.cache.put_server(body)
         try:
             spec = DittoServerSpec.model_validate(body.get("spec") or {})
-            self.cache.set_refs(key, referenced_secrets(spec, Names(key[1], key[0], "")))
+            self.cache.set_refs(key, watched_secrets(spec, Names(key[1], key[0], "")))
         except ValueError:
             self.cache.set_refs(key, ())
         self.queue.add(key)

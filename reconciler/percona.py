@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import PERCONAPGBACKUPS, PERCONAPGCLUSTERS, ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
-from reconciler.naming import Names
 from reconciler.specs.percona import adopt_live_values, percona_cluster
 from reconciler.status import Cond
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import DittoServer, DittoServerSpec
+from dittoctl.api.naming import FINALIZER, HASH_ANNOTATION, PAUSE_ANNOTATION, Names
 from dittoctl.api.rules import validate
+from dittoctl.api.secrets import secret_uses, watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import (
     CONFIGMAPS,
@@ -33,9 +35,7 @@ from dittoctl.kube.logs import fields
 from reconciler import specs
 from reconciler.cache import Cache, Key, secret_digest
 from reconciler.compare import needs_apply, stamp_manifest
-from reconciler.naming import FINALIZER, HASH_ANNOTATION, PAUSE_ANNOTATION, Names
 from reconciler.percona import ensure_database
-from reconciler.specs.env import referenced_secrets, secret_uses
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from reconciler.specs.services import endpoints
 from reconciler.status import Cond, Observation, build_status, status_changed
@@ -191,7 +191,7 @@ class Reconciler:
         server = verdict.server
         names = Names.of(server)
         spec = server.spec
-        self.cache.set_refs(key, referenced_secrets(spec, names))
+        self.cache.set_refs(key, watched_secrets(spec, names))
 
         await self._ensure_generated(server, names)
         digests: dict[tuple[str, str], str | None] = {}

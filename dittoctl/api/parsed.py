@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import backup_credentials, secret_uses
 
 # Stand-ins for required fields that are missing or broken, so the rest of the spec still parses. They are
 # marked broken, so no rule ever judges them.
@@ -130,42 +132,24 @@ def _whole_spec_error(raw: Any) -> ErrorDetails:
     return {"type": "model_type", "loc": (), "msg": "Input should be an object", "input": raw}
 
 
-def referenced_secrets(spec: DittoServerSpec | Mapping[str, Any]) -> dict[str, set[str]]:
-    """Secret name -> keys the server requires from it (empty set: only existence is checked).
-
-    Accepts a parsed spec or a raw one (parsed leniently; broken sections reference nothing). Optional
-    keys (Postgres sslmode, S3 endpoint) are not required. Generated Secrets (<name>-jwt, ...) are ours.
-    """
-    if isinstance(spec, DittoServerSpec):
-        return _secrets_of(ParsedSpec(spec))
-    return _secrets_of(parse_spec(spec))
+def required_secrets(spec: DittoServerSpec | Mapping[str, Any]) -> dict[str, set[str]]:
+    """Secret name -> keys the user must provide, from a parsed or a raw (leniently parsed) spec."""
+    return _secrets_of(ParsedSpec(spec) if isinstance(spec, DittoServerSpec) else parse_spec(spec))
 
 
 def _secrets_of(parsed: ParsedSpec) -> dict[str, set[str]]:
+    """Secret name -> keys the user must provide (empty set: only existence is checked). Generated
+    Secrets, optional keys and uses decided by a broken field are left out."""
     refs: dict[str, set[str]] = {}
     spec = parsed.spec
     if spec is None:
         return refs
-
-    def need(name: str, *keys: str) -> None:
-        refs.setdefault(name, set()).update(keys)
-
-    if parsed.usable("identity.jwt.secretRef") and (jwt := spec.identity.jwt.secret_ref) is not None:
-        need(jwt.name, jwt.key)
-    admin = spec.identity.admin.password_secret_ref
-    if parsed.usable("identity.admin.passwordSecretRef") and admin is not None:
-        need(admin.name, admin.key)
-    pg = spec.database.postgres_secret_ref
-    # With Percona enabled the server reads Percona's user Secret, so the external one is not consumed.
-    if parsed.usable("database.postgresSecretRef", "percona.enabled") and pg is not None and not spec.percona.enabled:
-        need(pg.name, pg.host_key, pg.port_key, pg.database_key, pg.user_key, pg.password_key)
-    s3 = spec.s3.credentials_secret_ref if spec.s3 is not None else None
-    if parsed.usable("s3.credentialsSecretRef") and s3 is not None:
-        need(s3.secret_name, s3.access_key_id_key, s3.secret_access_key_key)
-    backup = spec.percona.backup
-    if parsed.usable("percona.backup.enabled", "percona.backup.credentialsSecretRef") and backup.enabled and (
-            backup.credentials_secret_ref is not None):
-        need(backup.credentials_secret_ref.name)
+    for use in secret_uses(spec, Names("placeholder", "", "")):
+        if not use.generated and not use.optional and parsed.usable(*use.fields):
+            refs.setdefault(use.secret, set()).add(use.key)
+    backup = backup_credentials(spec)
+    if backup and parsed.usable("percona.backup.enabled", "percona.backup.credentialsSecretRef"):
+        refs.setdefault(backup, set())
     return refs
 
 

@@ -31,10 +31,8 @@ from dittoctl.api.models import (
     DittoServerSpec,
     DittoServerStatus,
 )
-from dittoctl.api.parsed import ParsedSpec, parse_spec, referenced_secrets
+from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
-
-__all__ = ["MAX_WARNING", "Verdict", "referenced_secrets", "validate"]
 
 log = logging.getLogger("dittofs.dittoctl.api.rules")
 MAX_WARNING = 120

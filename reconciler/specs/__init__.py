@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dittoctl.api.models import DittoServerSpec
-from reconciler.naming import Names
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import secret_uses
 from reconciler.specs.config import config_map, render_config
-from reconciler.specs.env import secret_uses
 from reconciler.specs.hashing import config_hash
 from reconciler.specs.services import services
 from reconciler.specs.statefulset import statefulset

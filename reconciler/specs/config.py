@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from dittoctl.api.models import SHUTDOWN_TIMEOUT_SECONDS, DittoServerSpec
-from reconciler.naming import CONFIG_FILE, Names
+from dittoctl.api.naming import CONFIG_FILE, Names
 
 
 def render_config(spec: DittoServerSpec) -> str:

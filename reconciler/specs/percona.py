@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from dittoctl.api.models import DittoServerSpec
-from reconciler.naming import Names
+from dittoctl.api.naming import Names
 
 PERCONA_API = "pgv2.percona.com/v2"
 DB_USER = "dittofs"

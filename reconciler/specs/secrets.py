@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets as _random
 from typing import Any
 
-from reconciler.naming import Names
-from reconciler.specs.env import ADMIN_PASSWORD_KEY, ADMIN_USERNAME_KEY, JWT_KEY
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, ADMIN_USERNAME_KEY, JWT_KEY
 
 
 def new_jwt_value() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dittoctl.api.models import DittoServerSpec
-from reconciler.naming import Names
+from dittoctl.api.naming import Names
 
 
 def _port(name: str, port: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dittoctl.api.models import PRESTOP_SECONDS, DittoServerSpec
-from reconciler.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
+from dittoctl.api.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
 from reconciler.specs.env import container_env
 from reconciler.specs.services import api_port
 

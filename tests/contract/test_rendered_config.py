@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from dittoctl.api.models import DittoServer
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import secret_uses
 from reconciler import specs
-from reconciler.naming import Names
-from reconciler.specs.env import secret_uses
 from reconciler.specs.hashing import value_digest
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from tests.testbed.dfs import DfsServer

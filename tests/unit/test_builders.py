@@ -11,9 +11,9 @@ import yaml
 
 from dittoctl.api.crd import dump_yaml
 from dittoctl.api.models import DittoServer
+from dittoctl.api.naming import HASH_ANNOTATION, Names
+from dittoctl.api.secrets import secret_uses
 from reconciler import specs
-from reconciler.naming import HASH_ANNOTATION, Names
-from reconciler.specs.env import secret_uses
 from reconciler.specs.hashing import config_hash, value_digest
 
 GOLDEN = Path(__file__).parent / "golden"

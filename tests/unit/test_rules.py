@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION, DittoServer
-from dittoctl.api.rules import MAX_WARNING, Verdict, referenced_secrets, validate
+from dittoctl.api.parsed import required_secrets
+from dittoctl.api.rules import MAX_WARNING, Verdict, validate
 
 SECRETS: dict[str, frozenset[str] | None] = {
     "jwt": frozenset({"secret"}),
@@ -396,20 +397,20 @@ def test_long_names_keep_warnings_short() -> None:
     assert all(len(w) <= MAX_WARNING for w in verdict.warnings)
 
 
-def test_referenced_secrets_lists_required_keys() -> None:
+def test_required_secrets_lists_required_keys() -> None:
     spec = server({"database": {"type": "postgres", "postgresSecretRef": {"name": "pg", "hostKey": "h"}},
                    "s3": {"credentialsSecretRef": {"secretName": "s3"}},
                    "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}},
                    "percona": {"backup": {"enabled": True, "credentialsSecretRef": {"name": "bk"}}}})["spec"]
-    assert referenced_secrets(spec) == {
+    assert required_secrets(spec) == {
         "pg": {"h", "port", "database", "user", "password"},
         "s3": {"accessKeyId", "secretAccessKey"},
         "jwt": {"k"},
         "bk": set(),
     }
-    assert referenced_secrets({"garbage": 1}) == {}
+    assert required_secrets({"garbage": 1}) == {}
     with_percona = merge(spec, {"percona": {"enabled": True}})
-    assert "pg" not in referenced_secrets(with_percona)  # Percona's Secret is used instead
+    assert "pg" not in required_secrets(with_percona)  # Percona's Secret is used instead
 
 
 # -- totality -------------------------------------------------------------------------------------------------
