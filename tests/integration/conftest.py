@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import CRD, OperatorProcess
+from tests.support.operator import OperatorProcess
+from tests.support.paths import CRD
 
 pytestmark = pytest.mark.integration
 

@@ -22,18 +22,20 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.integration.harness import ROOT, OperatorProcess, eventually, free_port, kubectl_json
-from tests.integration.test_operator import apply_server, events, server, wait_ready
-from tests.integration.test_percona import PERCONA_CRD, cluster, percona_spec, play_percona_ready
+from tests.support.kube import apply_server, events, kubectl_json, server, wait_ready
+from tests.support.net import free_port
+from tests.support.operator import OperatorProcess
+from tests.support.paths import CHART, ROOT
+from tests.support.percona import PERCONA_CRD, cluster, percona_spec, play_percona_ready
+from tests.support.poll import eventually
+from webhook.server import WEBHOOK_PATH
 
 pytestmark = pytest.mark.integration
 
-CHART = ROOT / "config" / "chart"
 CRD_NAME = "dittoservers.dittofs.dittofs.com"
 PERCONA_CRD_NAME = "perconapgclusters.pgv2.percona.com"
 RELEASE = "dittofs-operator"  # default names: Deployment/SA/VWC dittofs-operator, Service dittofs-operator-webhook
 SERVICE = f"{RELEASE}-webhook"
-WEBHOOK_PATH = "/validate-dittofs-dittofs-com-v1alpha1-dittoserver"
 TESTBED_OPERATOR_USER = "dittofs-operator"  # the test bed's cluster-admin operator identity (other tests)
 
 Helm = Callable[..., Any]

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.harness import ROOT, kubectl_json
+from tests.support.kube import kubectl_json
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.integration
 

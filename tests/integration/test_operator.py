@@ -9,44 +9,17 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import OperatorProcess, condition, eventually, kubectl_json
+from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
+from tests.support.operator import OperatorProcess
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.integration
 OPERATOR_USER = "dittofs-operator"
 
 
-def apply_server(testbed: Any, namespace: str, name: str = "demo", **spec: Any) -> None:
-    body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"storage": {"metadataSize": "1Gi", "contentSize": "2Gi"}, **spec}}
-    testbed.kubectl("apply", "-f", "-", input=json.dumps(body))
-
-
-def server(testbed: Any, namespace: str, name: str = "demo") -> dict[str, Any]:
-    obj: dict[str, Any] = kubectl_json(testbed, "get", "dittoserver", name, "-n", namespace)
-    return obj
-
-
-def wait_ready(testbed: Any, namespace: str, name: str = "demo", timeout: float = 90) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        obj = server(testbed, namespace, name)
-        cond = condition(obj, "Ready")
-        status = obj.get("status") or {}
-        fresh = status.get("observedGeneration") == obj["metadata"]["generation"]
-        return obj if cond and cond["status"] == "True" and fresh else None
-
-    result: dict[str, Any] = eventually(ready, timeout=timeout, what=f"DittoServer {namespace}/{name} Ready")
-    return result
-
-
 def template_hash(testbed: Any, namespace: str, name: str = "demo") -> str:
     sts = kubectl_json(testbed, "get", "statefulset", name, "-n", namespace)
     return str(sts["spec"]["template"]["metadata"]["annotations"]["dittofs.io/config-hash"])
-
-
-def events(testbed: Any, namespace: str, reason: str | None = None) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = kubectl_json(testbed, "get", "events", "-n", namespace)["items"]
-    return [e for e in items if reason is None or e.get("reason") == reason]
 
 
 def operator_writes(testbed: Any, since: int) -> list[dict[str, Any]]:

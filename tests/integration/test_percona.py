@@ -4,40 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import OperatorProcess, condition, eventually, kubectl_json
-from tests.integration.test_operator import apply_server, events, server, wait_ready
+from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
+from tests.support.operator import OperatorProcess
+from tests.support.percona import PERCONA_BACKUP_CRD, PERCONA_CRD, cluster, percona_spec, play_percona_ready
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.integration
-PERCONA_CRD = Path(__file__).parent / "crds" / "perconapgclusters.yaml"
-BACKUP_CRD = Path(__file__).parent / "crds" / "perconapgbackups.yaml"
-
-
-def cluster(testbed: Any, namespace: str, name: str = "demo-postgres") -> dict[str, Any]:
-    obj: dict[str, Any] = kubectl_json(testbed, "get", "perconapgcluster", name, "-n", namespace)
-    return obj
-
-
-def play_percona_ready(testbed: Any, namespace: str, server_name: str = "demo") -> None:
-    """What the Percona operator would do: mark the cluster ready and publish the user Secret."""
-    name = f"{server_name}-postgres"
-    generation = cluster(testbed, namespace, name)["metadata"]["generation"]
-    testbed.kubectl("patch", "perconapgcluster", name, "-n", namespace, "--subresource=status", "--type=merge",
-                    "-p", json.dumps({"status": {"state": "ready", "observedGeneration": generation}}))
-    secret = {"apiVersion": "v1", "kind": "Secret",
-              "metadata": {"name": f"{name}-pguser-dittofs", "namespace": namespace},
-              "stringData": {"host": f"{name}-primary.{namespace}.svc", "port": "5432", "dbname": "dittofs",
-                             "user": "dittofs", "password": "pw-from-percona-1",
-                             "uri": f"postgresql://dittofs:pw-from-percona-1@{name}-primary:5432/dittofs"}}
-    testbed.kubectl("apply", "-f", "-", input=json.dumps(secret))
-
-
-def percona_spec(**extra: Any) -> dict[str, Any]:
-    return {"enabled": True, "image": "percona/percona-postgresql-operator:2.8.0-ppg16-postgres", **extra}
 
 
 def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operator: OperatorProcess,
@@ -142,7 +118,7 @@ def test_percona_turned_off_then_server_deleted_keeps_the_database(testbed: Any,
 
 def test_backup_settings_and_completed_backups_are_reported(testbed: Any, operator: OperatorProcess,
                                                             namespace: str) -> None:
-    testbed.kubectl("apply", "--server-side", "-f", str(BACKUP_CRD))
+    testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_BACKUP_CRD))
     testbed.kubectl("wait", "--for=condition=Established", "crd/perconapgbackups.pgv2.percona.com", "--timeout=60s")
     testbed.kubectl("create", "secret", "generic", "pgbackrest-s3", "-n", namespace,
                     "--from-literal=s3.conf=[global]")

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import ROOT, OperatorProcess, condition, eventually, kubectl_json
-from tests.integration.test_operator import apply_server, server, wait_ready
+from tests.support.kube import apply_server, condition, kubectl_json, server, wait_ready
+from tests.support.operator import OperatorProcess
+from tests.support.paths import ROOT
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.integration
 

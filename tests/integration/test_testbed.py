@@ -6,33 +6,17 @@ import http.server
 import json
 import ssl
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
+from tests.support.poll import eventually
 from tests.testbed import NODE_NAME, OPERATOR_USER, Testbed
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-            last = value
-        except Exception as exc:  # the object may not exist yet
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
 
 
 def get_json(testbed: Testbed, *args: str) -> Any:
@@ -152,7 +136,7 @@ def test_garbage_collector_deletes_dependents(testbed: Testbed, tb_ns: str) -> N
     testbed.kubectl("delete", "configmap", "owner", "-n", tb_ns)
     eventually(
         lambda: testbed.api.request("GET", f"/api/v1/namespaces/{tb_ns}/configmaps/dependent")[0] == 404,
-        "the garbage collector to delete the dependent ConfigMap",
+        what="the garbage collector to delete the dependent ConfigMap",
     )
 
 
@@ -233,7 +217,7 @@ def test_validating_webhook_over_tls_on_loopback(testbed: Testbed, tb_ns: str, t
             denied = proc.returncode != 0 and "testbed webhook denies bad" in proc.stderr
             return proc.stderr if denied else ""
 
-        stderr = eventually(denial, "the webhook to deny the labelled ConfigMap", timeout=30)
+        stderr = eventually(denial, what="the webhook to deny the labelled ConfigMap", timeout=30)
         assert 'admission webhook "deny.testbed.local" denied the request' in stderr
         assert any(r["name"] == "bad" and r["dryRun"] for r in _DenyLabelled.seen)
         # Unlabelled objects pass through the same webhook, and dry-run really created nothing.
@@ -261,7 +245,7 @@ def test_audit_log_records_writes_not_reads(testbed: Testbed, tb_ns: str) -> Non
             and e["objectRef"].get("name") == "audit-probe"
         ]
 
-    events = eventually(creates, "the audit event of the admin's ConfigMap create", timeout=30)
+    events = eventually(creates, what="the audit event of the admin's ConfigMap create", timeout=30)
     assert len(events) == 1
     assert events[0]["level"] == "Metadata"
     assert events[0]["stage"] == "ResponseComplete"
@@ -295,7 +279,7 @@ def test_operator_identity_is_a_plain_user_bound_to_cluster_admin(testbed: Testb
             for e in testbed.audit_events(user=OPERATOR_USER, since_line=since)
             if e["objectRef"].get("name") == "by-operator"
         ],
-        "the operator's audited create",
+        what="the operator's audited create",
         timeout=30,
     )
     assert events[0]["responseStatus"]["code"] == 201

@@ -1,45 +1,17 @@
-"""Run the real `dittoctl run` process against the test bed, and small polling helpers for tests."""
+"""The real `python -m dittoctl run` process as a child of the test session, with its own log file."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "config" / "crd" / "dittoservers.yaml"
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.3, what: str = "") -> T:
-    """Poll until `check` returns a truthy value; fail with the last value/exception."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            last = value
-            if value:
-                return value
-        except Exception as exc:  # the condition may raise until the object exists
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+from tests.support.net import free_port
+from tests.support.paths import ROOT
+from tests.support.poll import eventually
 
 
 class OperatorProcess:
@@ -102,16 +74,3 @@ class OperatorProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
-
-
-def kubectl_json(testbed: Any, *args: str) -> Any:
-    result = testbed.kubectl(*args, "-o", "json")
-    return json.loads(result.stdout)
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for cond in (obj.get("status") or {}).get("conditions", []):
-        if cond.get("type") == kind:
-            found: dict[str, Any] = cond
-            return found
-    return None
