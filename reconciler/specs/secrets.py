@@ -1,4 +1,10 @@
-"""Generated Secrets (SPEC §4.1). The random values are passed in, so builders stay pure."""
+"""Generated Secrets (SPEC §4.1). The random values are passed in, so builders stay pure.
+
+They carry no ownerReference: DittoFS stores the admin password and signs tokens at first boot, into
+the control-plane database on a retained PVC, so the Secrets must live exactly as long as that data. A
+DittoServer deleted and re-created with the same name finds them and still logs in; removing
+everything is `kubectl delete secret,pvc -l app.kubernetes.io/instance=<name>` (docs/TROUBLESHOOTING.md).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ def new_password() -> str:
 def jwt_secret(names: Names, value: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": names.metadata(names.jwt_secret, "jwt"),
+        "metadata": _unowned(names, names.jwt_secret, "jwt"),
         "stringData": {JWT_KEY: value},
     }
 
@@ -28,6 +34,10 @@ def jwt_secret(names: Names, value: str) -> dict[str, Any]:
 def admin_secret(names: Names, username: str, password: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": names.metadata(names.admin_secret, "admin-credentials"),
+        "metadata": _unowned(names, names.admin_secret, "admin-credentials"),
         "stringData": {ADMIN_USERNAME_KEY: username, ADMIN_PASSWORD_KEY: password},
     }
+
+
+def _unowned(names: Names, name: str, component: str) -> dict[str, Any]:
+    return {"name": name, "namespace": names.namespace, "labels": names.labels(component)}
