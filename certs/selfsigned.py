@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dittoctl.kube.background import Background
 from dittoctl.kube.gateway import SECRETS, WEBHOOKCONFIGS, ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
@@ -262,17 +263,13 @@ class SelfSignedManager:
         self.leaf_days = leaf_days
         self.clock = clock
         self.published_bundle: bytes | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("webhook-selfsigned-certs", self.run)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="webhook-selfsigned-certs")
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._loop.stop()
 
     async def run(self) -> None:
         """One pass per `interval` (a quick retry after a failure). Cheap when nothing changes: two GETs."""

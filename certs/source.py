@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from dittoctl.kube.background import Background
 from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.certs")
@@ -106,7 +107,7 @@ class CertificateSource:
         self._last_problem: str | None = None
         self._listeners: list[Callable[[CertificateInfo], None]] = []
         self._front: ssl.SSLContext | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("webhook-certificate-reload", self._poll)
 
     # -- state -------------------------------------------------------------------------------------------
     @property
@@ -145,15 +146,12 @@ class CertificateSource:
 
     # -- polling -----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._task is None:
+        if not self._loop.running:
             self.reload()
-            self._task = asyncio.create_task(self._poll(), name="webhook-certificate-reload")
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._loop.stop()
 
     async def _poll(self) -> None:
         while True:

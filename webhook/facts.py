@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.parsed import references
+from dittoctl.kube.background import Background
 from dittoctl.kube.gateway import SECRETS, STORAGECLASSES, ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
@@ -52,18 +53,14 @@ class FactSource:
         self._percona_at = float("-inf")
         self._percona_lock = asyncio.Lock()
         self._classes_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("webhook-storageclass-resync", self._resync_loop)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._resync_loop(), name="webhook-storageclass-resync")
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._loop.stop()
 
     async def _resync_loop(self) -> None:
         # A relist rather than a watch: clusters have a handful of StorageClasses, one LIST a minute costs
