@@ -283,7 +283,7 @@ async def test_run_loop_survives_failures(tmp_path: Path) -> None:
     mgr = manager(Broken(), tmp_path, Clock(), interval=0.01)
     await mgr.start()
     await asyncio.sleep(0.05)
-    assert mgr._task is not None and not mgr._task.done()
+    assert mgr._loop.running
     await mgr.stop()
 
 
