@@ -112,7 +112,10 @@ def test_volume_claim_templates_are_bound_by_the_fake_provisioner(testbed: Testb
         assert pv["spec"]["claimRef"]["uid"] == pvc["metadata"]["uid"]
         assert pv["spec"].get("storageClassName", "") == cls
         assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
-        assert pv["spec"]["hostPath"]["path"].startswith("/testbed-fake/")
+        host_dir = Path(pv["spec"]["hostPath"]["path"])
+        assert host_dir.parent == testbed.volumes_dir
+        # hostPath gets no fsGroup: the directory itself must let dfs (uid 65532) write.
+        assert host_dir.is_dir() and host_dir.stat().st_mode & 0o777 == 0o777
 
 
 def test_garbage_collector_deletes_dependents(testbed: Testbed, tb_ns: str) -> None:

@@ -16,7 +16,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,14 +29,20 @@ from typing import Any
 
 import yaml
 
+from tests.support.net import free_port
+
 from .api import ApiClient, ApiError
+from .node import RealNode
 from .paths import Binaries
 from .pki import CertificateAuthority, ClusterPKI
 from .provisioner import PROVISIONER_NAME, FakeProvisioner
+from .safety import clean_env, ensure_blackhole_routes, remove_routes
 
 OPERATOR_USER = "dittofs-operator"
 OPERATOR_ADMIN_BINDING = "testbed-dittofs-operator-cluster-admin"
 NODE_NAME = "kwok-node-0"
+# Ports the recipe reserves for others (Debian etcd, dfs adapters): never handed to a component.
+RESERVED_PORTS = frozenset({2379, 2380, 8080, 12049, 1445})
 STORAGE_CLASS = "standard"
 # User names (CN, all in O=system:masters) of the test bed's own clients. "admin" is left to tests/kubectl.
 COMPONENT_USERS = {
@@ -73,17 +78,6 @@ class KubectlError(subprocess.CalledProcessError):
         return f"{super().__str__()}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
-def _free_port(taken: set[int]) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        # Stay clear of ports the recipe reserves for others (Debian etcd, dfs adapters).
-        if port not in taken and port not in (2379, 2380, 8080, 12049, 1445):
-            taken.add(port)
-            return port
-
-
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -117,6 +111,7 @@ class Testbed:
         binaries: Binaries | None = None,
         timeout: float = 90.0,
         keep: bool | None = None,
+        real_node: bool = False,
     ) -> None:
         self.binaries = binaries or Binaries.discover()
         self.timeout = timeout
@@ -132,13 +127,13 @@ class Testbed:
         self.operator_user = OPERATOR_USER
         self.node_name = NODE_NAME
         self.storage_class = STORAGE_CLASS
-        taken: set[int] = set()
+        taken = set(RESERVED_PORTS)
         self.ports: dict[str, int] = {
-            "etcd": _free_port(taken),
-            "etcd-peer": _free_port(taken),
-            "kube-apiserver": _free_port(taken),
-            "kube-controller-manager": _free_port(taken),
-            "kube-scheduler": _free_port(taken),
+            "etcd": free_port(avoid=taken),
+            "etcd-peer": free_port(avoid=taken),
+            "kube-apiserver": free_port(avoid=taken),
+            "kube-controller-manager": free_port(avoid=taken),
+            "kube-scheduler": free_port(avoid=taken),
         }
         self.api_url = f"https://127.0.0.1:{self.ports['kube-apiserver']}"
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -147,6 +142,12 @@ class Testbed:
         self._provisioner: FakeProvisioner | None = None
         self._stopped = False
         self.timings: dict[str, float] = {}
+        self.want_real_node = real_node
+        self.node: RealNode | None = None
+        self.volumes_dir = self.workdir / "volumes"
+        # Blackhole routes this test bed added (and so removes); [] if they were already there.
+        self.added_routes: list[str] = []
+        self.routes_installed = False
 
     # ------------------------------------------------------------------ public properties
 
@@ -202,6 +203,7 @@ class Testbed:
         atexit.register(self.stop)
         t0 = time.monotonic()
         try:
+            self._install_routes()
             self._prepare()
             self.timings["pki"] = time.monotonic() - t0
             self.start_component("etcd")
@@ -215,6 +217,7 @@ class Testbed:
             self._provisioner = FakeProvisioner(
                 ApiClient(self.api_url, self.pki.ca_files.cert, prov.cert, prov.key),
                 self.logs_dir / "provisioner.log",
+                self.volumes_dir,
             )
             self._provisioner.start()
             self._wait_ready("kube-controller-manager")
@@ -228,6 +231,8 @@ class Testbed:
                 logs=("kube-controller-manager",),
             )
             self.timings["ready"] = time.monotonic() - t0
+            if self.want_real_node:
+                self.start_real_node()
         except BaseException:
             # Keep the work dir of a failed start: the error names its logs.
             if self._own_workdir and not self.keep:
@@ -243,6 +248,8 @@ class Testbed:
         self._stopped = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
+        if self.node is not None:
+            self.stop_real_node()
         if self._provisioner is not None:
             self._provisioner.stop()
             if self.is_running("kube-apiserver"):
@@ -253,10 +260,33 @@ class Testbed:
             self._api.close()
         for name in reversed(COMPONENTS):
             self.stop_component(name)
+        remove_routes(self.added_routes)
         if self.keep:
             print(f"[testbed] keeping {self.workdir}", file=sys.stderr)
         elif self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def start_real_node(self) -> RealNode:
+        """Start ``real-node-0`` (kubelet + containerd, see node.py) on this running control plane."""
+        if self.node is None:
+            node = RealNode(self)
+            node.start()
+            self.node = node
+        return self.node
+
+    def stop_real_node(self) -> None:
+        """Stop the real node and restore the host (sysctls, cgroups, mounts, netns, bridge, paths)."""
+        node, self.node = self.node, None
+        if node is not None:
+            node.stop()
+
+    def _install_routes(self) -> None:
+        if os.geteuid() != 0:
+            print("[testbed] not root: cannot install the blackhole routes for the Service and kwok pod CIDRs; "
+                  "nothing stops a ClusterIP dial from leaving the host", file=sys.stderr)
+            return
+        self.added_routes = ensure_blackhole_routes()
+        self.routes_installed = True
 
     def is_running(self, name: str) -> bool:
         proc = self._procs.get(name)
@@ -397,11 +427,11 @@ class Testbed:
     def _prepare(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._pki = ClusterPKI.create(self.pki_dir, OPERATOR_USER, COMPONENT_USERS)
-        self._write_kubeconfig(self.kubeconfig, "admin", self.pki.admin.cert, self.pki.admin.key)
+        self.write_kubeconfig(self.kubeconfig, "admin", self.pki.admin.cert, self.pki.admin.key)
         for name, user in COMPONENT_USERS.items():
             pair = self.pki.components[name]
-            self._write_kubeconfig(self.component_kubeconfig(name), user, pair.cert, pair.key)
-        self._write_kubeconfig(self.operator_kubeconfig, OPERATOR_USER, self.pki.operator.cert, self.pki.operator.key)
+            self.write_kubeconfig(self.component_kubeconfig(name), user, pair.cert, pair.key)
+        self.write_kubeconfig(self.operator_kubeconfig, OPERATOR_USER, self.pki.operator.cert, self.pki.operator.key)
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         sched = {
             "apiVersion": "kubescheduler.config.k8s.io/v1",
@@ -410,12 +440,14 @@ class Testbed:
             "leaderElection": {"leaderElect": False},
         }
         (self.workdir / "scheduler.yaml").write_text(yaml.safe_dump(sched, sort_keys=False))
+        self.ca.issue(self.pki_dir, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                      orgs=("system:masters",), client=True)
         self._api = self._new_admin_client()
 
     def component_kubeconfig(self, name: str) -> Path:
         return self.workdir / "kubeconfig" / f"{name}.kubeconfig"
 
-    def _write_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> None:
+    def write_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         cfg = {
             "apiVersion": "v1",
@@ -476,6 +508,11 @@ class Testbed:
                 # SIGTERM with clients still watching (restart_apiserver): without this the HTTP server
                 # waits out --request-timeout (60 s) for hijacked watch streams; with it, 2 s after drain.
                 "--shutdown-send-retry-after=true",
+                # The real node (node.py): reach its kubelet by IP on the bridge, both sides with test-CA certs.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={pki.ca_files.cert}",
+                f"--kubelet-client-certificate={self.pki_dir / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={self.pki_dir / 'apiserver-kubelet-client.key'}",
                 f"--audit-policy-file={w / 'audit-policy.yaml'}",
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
@@ -520,8 +557,11 @@ class Testbed:
             return [
                 str(b.kwok),
                 f"--kubeconfig={kc}",
-                "--manage-all-nodes=true",
-                "--cidr=10.244.0.1/16",
+                # Only its own node: with manage-all, kwok takes over an expired kubelet lease (a crashed
+                # real node) and fakes it Ready with fake pods, hiding the failure.
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--cidr=10.244.0.1/16",  # safety.KWOK_POD_CIDR, blackholed
                 "--node-lease-duration-seconds=40",
             ]
         raise ValueError(name)
@@ -540,6 +580,7 @@ class Testbed:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 start_new_session=True,
+                env=clean_env(),
             )
         self._write_pids()
 

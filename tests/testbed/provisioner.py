@@ -1,6 +1,8 @@
 """A fake dynamic PV provisioner: a daemon thread that makes a PersistentVolume for every Pending PVC.
 
-There is no kubelet and no CSI driver, so nothing ever mounts these volumes. Each PV is pre-bound to its
+Each PV is a hostPath under the test bed's work dir (``<volumes_dir>/<pv name>``), created mode 0777 before
+the PV exists: hostPath volumes get no fsGroup, and dfs on the real node runs as uid 65532. kwok pods never
+mount them. Each PV is pre-bound to its
 claim through ``claimRef`` (namespace, name, uid); the KCM's PV binder then completes the binding within
 about a second. PVs are created with ``persistentVolumeReclaimPolicy: Retain`` and so stay ``Released``
 when their claim goes; ``delete_created()`` (called at teardown) removes every PV this class made.
@@ -19,7 +21,7 @@ LABEL = "testbed.local/fake-pv"
 PROVISIONER_NAME = "testbed.local/fake"
 
 
-def pv_for_claim(pvc: dict[str, Any]) -> dict[str, Any]:
+def pv_for_claim(pvc: dict[str, Any], volumes_dir: Path) -> dict[str, Any]:
     meta = pvc["metadata"]
     spec = pvc.get("spec", {})
     storage = spec.get("resources", {}).get("requests", {}).get("storage", "1Gi")
@@ -29,7 +31,7 @@ def pv_for_claim(pvc: dict[str, Any]) -> dict[str, Any]:
         "storageClassName": spec.get("storageClassName") or "",
         "volumeMode": spec.get("volumeMode") or "Filesystem",
         "persistentVolumeReclaimPolicy": "Retain",
-        "hostPath": {"path": f"/testbed-fake/{meta['namespace']}/{meta['name']}"},
+        "hostPath": {"path": str(volumes_dir / f"testbed-pv-{meta['uid']}"), "type": "Directory"},
         "claimRef": {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
@@ -51,8 +53,9 @@ def pv_for_claim(pvc: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeProvisioner:
-    def __init__(self, client: ApiClient, log_path: Path, interval: float = 0.5) -> None:
+    def __init__(self, client: ApiClient, log_path: Path, volumes_dir: Path, interval: float = 0.5) -> None:
         self.client = client
+        self.volumes_dir = volumes_dir
         self.interval = interval
         self.log_path = log_path
         self.created: set[str] = set()
@@ -91,10 +94,13 @@ class FakeProvisioner:
                 continue
             if pvc["metadata"].get("deletionTimestamp"):
                 continue
-            pv = pv_for_claim(pvc)
+            pv = pv_for_claim(pvc, self.volumes_dir)
             name = pv["metadata"]["name"]
             if name in self.created:
                 continue
+            path = Path(pv["spec"]["hostPath"]["path"])
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)  # not subject to the umask, unlike mkdir's mode
             status, body = self.client.request("POST", "/api/v1/persistentvolumes", pv)
             if status in (200, 201, 409):
                 self.created.add(name)

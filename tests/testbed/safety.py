@@ -1,0 +1,57 @@
+"""No packet leaves the machine (SPEC §14): proxy-free component environments and blackhole routes.
+
+Nothing in the test bed may dial an address that would leave the host. The apiserver could otherwise
+follow a Service reference (a webhook's ClusterIP) or a kwok pod IP through the default route; with a
+blackhole route the kernel refuses such a connect at once (``EINVAL``/``ENETUNREACH``). Only the Service
+and kwok pod CIDRs are blackholed: a broader range can cut off the machine's DNS resolver.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+
+SERVICE_CIDR = "10.96.0.0/12"  # contains the apiserver's --service-cluster-ip-range
+KWOK_POD_CIDR = "10.244.0.0/16"  # kwok --cidr
+BLACKHOLED = (SERVICE_CIDR, KWOK_POD_CIDR)
+
+
+def is_proxy_var(name: str) -> bool:
+    return name.lower() in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "ftp_proxy")
+
+
+def clean_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """``base`` (default os.environ) without proxy variables: components must never go through a proxy."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not is_proxy_var(k)}
+    env.update(extra)
+    return env
+
+
+def blackhole_routes() -> set[str]:
+    """The blackhole routes of the main table, as CIDR strings."""
+    out = subprocess.run(["ip", "-4", "route", "show", "type", "blackhole"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[1] for line in out.splitlines() if line.startswith("blackhole ")}
+
+
+def ensure_blackhole_routes() -> list[str]:
+    """Install the missing blackhole routes; returns the ones added (to remove at teardown).
+
+    Raises ``PermissionError`` when a route is missing and cannot be added (not root).
+    """
+    present = blackhole_routes()
+    added: list[str] = []
+    for cidr in BLACKHOLED:
+        if cidr in present:
+            continue
+        proc = subprocess.run(["ip", "route", "add", "blackhole", cidr], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise PermissionError(f"cannot install blackhole route {cidr}: {proc.stderr.strip()}")
+        added.append(cidr)
+    return added
+
+
+def remove_routes(cidrs: list[str]) -> None:
+    for cidr in cidrs:
+        subprocess.run(["ip", "route", "del", "blackhole", cidr], capture_output=True, check=False)
