@@ -21,7 +21,8 @@ from bench.process import Operator
 from bench.report import Check, Figure
 from bench.stats import percentile, summary
 from tests.testbed import Testbed
-from tests.testbed.demo import WEBHOOK_PATH, webhook_configuration
+from tests.testbed.webhook import webhook_configuration
+from webhook.server import WEBHOOK_PATH
 
 WEBHOOK_CONFIG = "dittofs-operator"
 WEBHOOKCONFIG_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"

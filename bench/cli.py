@@ -37,11 +37,9 @@ from bench.kube import Kube, client_ssl
 from bench.machine import Contention
 from bench.process import Operator
 from bench.report import RESULTS, Figure, environment, failed, loadavg, markdown, other_apiservers, write
+from tests.support.paths import CRD
 from tests.testbed import COMPONENTS, Testbed, ensure_binaries
-from tests.testbed.demo import install_webhook
-
-ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT / "config" / "crd" / "dittoservers.yaml"
+from tests.testbed.webhook import install_webhook
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`python -m dittoctl run` (reconciler + webhook, one process) as the benchmarks run it.
 
-Like ``tests.testbed.demo.start_operator`` (webhook on 127.0.0.1, TLS from the test CA, the operator's own
+Like ``make demo``'s operator (tests/testbed/demo.py) (webhook on 127.0.0.1, TLS from the test CA, the operator's own
 identity), plus what measuring needs: a fixed drift interval, a fine-grained ``/readyz`` poll so that
 start -> ready is timed to a few milliseconds, and readers for ``/proc/<pid>/{stat,status}`` and
 ``/metrics``.
@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.net import free_port
+from tests.support.paths import ROOT
 from tests.testbed import Testbed
-from tests.testbed.demo import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
 from tests.testbed.dfs import (
     GRACEFUL_STOP_MARKER,
     SEEDED_NFS_PORT,
@@ -19,7 +20,6 @@ from tests.testbed.dfs import (
     UNKNOWN_KEYS_MARKER,
     DfsServer,
     DfsStartError,
-    free_port,
     minimal_config,
     netns_supported,
     run_dfs,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ import pytest
 from certs.source import CertificateSource
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway, load_client
+from tests.testbed.webhook import install_webhook
 from webhook.facts import FactSource
-from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
+from webhook.server import AdmissionHandler, WebhookServer
 
 pytestmark = pytest.mark.integration
 CONFIG_NAME = "dittofs-webhook-apiserver-test"
@@ -44,24 +44,6 @@ def manifest(name: str, namespace: str, spec: dict[str, Any]) -> str:
                        "spec": {"storage": {"metadataSize": "1Gi"}, **spec}})
 
 
-def webhook_configuration(port: int, ca_b64: str) -> dict[str, Any]:
-    # What the chart renders, with clientConfig rewritten to a URL on loopback (TESTBED.md §5).
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": CONFIG_NAME},
-        "webhooks": [{
-            "name": "vdittoserver.dittofs.dittofs.com",
-            "clientConfig": {"url": f"https://127.0.0.1:{port}{WEBHOOK_PATH}", "caBundle": ca_b64},
-            "rules": [{"apiGroups": ["dittofs.dittofs.com"], "apiVersions": ["v1alpha1"],
-                       "operations": ["CREATE", "UPDATE"], "resources": ["dittoservers"], "scope": "Namespaced"}],
-            "sideEffects": "NoneOnDryRun", "admissionReviewVersions": ["v1"], "failurePolicy": "Fail",
-            "timeoutSeconds": 10, "matchPolicy": "Equivalent",
-            "namespaceSelector": {"matchExpressions": [
-                {"key": "dittofs.dittofs.com/validation", "operator": "NotIn", "values": ["disabled"]}]},
-        }],
-    }
-
-
 @pytest.fixture(scope="module")
 async def hook(crd: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hook]:
     testbed = crd
@@ -75,18 +57,8 @@ async def hook(crd: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
     assert server.ready
     h = Hook(testbed, server)
     try:
-        applied = await h.kubectl("apply", "-f", "-", input=json.dumps(webhook_configuration(server.port,
-                                                                                             testbed.ca_b64)))
-        assert applied.returncode == 0, applied.stderr
-        # The apiserver loads webhook configurations asynchronously: wait until our answers come back.
-        probe = manifest("probe", "default", {"adapters": {"nfs": {"port": 8080}}})
-        deadline = time.monotonic() + 30
-        while True:
-            result = await h.kubectl("apply", "--dry-run=server", "-f", "-", input=probe)
-            if "spec.adapters.nfs.port" in result.stderr:
-                break
-            assert time.monotonic() < deadline, f"webhook never called: {result.stdout}{result.stderr}"
-            await asyncio.sleep(0.3)
+        # In a thread: install_webhook blocks until the apiserver calls this loop's webhook server.
+        await asyncio.to_thread(install_webhook, testbed, server.port, CONFIG_NAME)
         yield h
     finally:
         await h.kubectl("delete", "validatingwebhookconfiguration", CONFIG_NAME, "--ignore-not-found")

@@ -7,10 +7,8 @@ DittoServer and shows it reaching Ready. Then keeps running until Ctrl-C so you 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,40 +17,15 @@ import time
 import urllib.request
 from pathlib import Path
 from types import FrameType
-from typing import Any
+
+from tests.support.net import free_port
+from tests.support.paths import CRD, ROOT, SAMPLES
 
 from .cluster import Testbed
 from .paths import ensure_binaries
+from .webhook import install_webhook
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "config" / "crd" / "dittoservers.yaml"
-SAMPLE = ROOT / "config" / "samples" / "dittoserver-minimal.yaml"
-WEBHOOK_PATH = "/validate-dittofs-dittofs-com-v1alpha1-dittoserver"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def webhook_configuration(port: int, ca_b64: str, name: str = "dittofs-operator") -> dict[str, Any]:
-    """The chart's configuration, with the Service reference replaced by a loopback URL (TESTBED §5)."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "vdittoserver.dittofs.dittofs.com",
-            "clientConfig": {"url": f"https://127.0.0.1:{port}{WEBHOOK_PATH}", "caBundle": ca_b64},
-            "rules": [{"apiGroups": ["dittofs.dittofs.com"], "apiVersions": ["v1alpha1"],
-                       "operations": ["CREATE", "UPDATE"], "resources": ["dittoservers"], "scope": "Namespaced"}],
-            "failurePolicy": "Fail", "sideEffects": "NoneOnDryRun", "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 10, "matchPolicy": "Equivalent",
-            "namespaceSelector": {"matchExpressions": [{"key": "dittofs.dittofs.com/validation",
-                                                        "operator": "NotIn", "values": ["disabled"]}]},
-        }],
-    }
+SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
 
 
 def start_operator(tb: Testbed, workdir: Path, *, webhook: bool = True) -> tuple[subprocess.Popen[bytes], int, int]:
@@ -80,20 +53,6 @@ def start_operator(tb: Testbed, workdir: Path, *, webhook: bool = True) -> tuple
             pass
         time.sleep(0.3)
     raise RuntimeError(f"operator not ready after 60 s; see {workdir / 'operator.log'}")
-
-
-def install_webhook(tb: Testbed, port: int) -> None:
-    tb.kubectl("apply", "-f", "-", input=json.dumps(webhook_configuration(port, tb.ca_b64)))
-    bad = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
-           "metadata": {"name": "probe", "namespace": "default"},
-           "spec": {"storage": {"metadataSize": "1Gi"}, "controlPlane": {"port": 12049}}}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # the apiserver loads webhook configurations asynchronously
-        result = tb.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
-        if "spec.controlPlane.port" in result.stderr:  # our message, so our webhook answered
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"the apiserver did not call the webhook within 30 s: {result.stderr.strip()}")
 
 
 def main() -> int:

@@ -42,6 +42,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from tests.support.net import free_port
+
 DFS_VERSION = "v0.29.0"
 SEEDED_NFS_PORT = 12049  # pkg/controlplane/store/adapters.go EnsureDefaultAdapters
 SEEDED_SMB_PORT = 1445  # ditto (models.DefaultSMBPort is 12445, but only for a port of 0)
@@ -94,13 +96,6 @@ def dfs_binary() -> Path:
             "(3-8 min cold, cached by version outside the repo)"
         )
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def minimal_config(sqlite_path: Path | str = "/data/controlplane/controlplane.db", port: int = 8080) -> str:
@@ -623,7 +618,6 @@ __all__ = [
     "TcpForwarder",
     "base_env",
     "dfs_binary",
-    "free_port",
     "minimal_config",
     "netns_supported",
     "run_dfs",

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from .dfs import free_port
+from tests.support.net import free_port
 
 
 class PostgresUnavailable(RuntimeError):

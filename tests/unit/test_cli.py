@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from dittoctl.cli import main
-from tests.unit.test_crd import COMMITTED
+from tests.support.paths import CRD as COMMITTED
+from tests.support.paths import SAMPLES
 
-SAMPLE = Path(__file__).resolve().parents[2] / "config" / "samples" / "dittoserver-minimal.yaml"
+SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
 
 
 def test_crd_prints_the_committed_file(capsys: pytest.CaptureFixture[str]) -> None:
