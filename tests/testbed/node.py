@@ -272,6 +272,7 @@ class RealNode:
         self.lock_timeout = lock_timeout
         self.timings: dict[str, float] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._abandoned: list[subprocess.Popen[bytes]] = []
         self._lock_fd: int | None = None
         self._state: dict[str, Any] | None = None
         self.healthz_port = 0
@@ -300,10 +301,15 @@ class RealNode:
         reasons = preflight(self.tb.binaries.kubelet)
         if reasons:
             raise RealNodeError("the real node cannot start on this host:\n  - " + "\n  - ".join(reasons))
+        if self._lock_fd is not None:
+            raise RealNodeError(f"{NODE_NAME} is already running")
         t0 = time.monotonic()
+        self.timings = {}
         self._acquire_lock()
         try:
-            self._recover_previous()
+            if self._recover_previous():
+                self.timings["recovered"] = time.monotonic() - t0
+                self._reap_abandoned()
             self._state = {"workdir": str(self.dir), "containerd_socket": str(self.socket), **snapshot_host()}
             self._save_state()
             self.timings["lock+recover"] = time.monotonic() - t0
@@ -341,6 +347,21 @@ class RealNode:
             os.close(self._lock_fd)
             self._lock_fd = None
             self._state = None
+
+    def abandon(self) -> None:
+        """For tests: drop the node as a killed session would (lock released, everything left running)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self._abandoned += list(self._procs.values())
+        self._procs = {}
+        self._state = None
+
+    def _reap_abandoned(self) -> None:
+        for proc in self._abandoned:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self._abandoned = []
 
     def is_running(self, name: str) -> bool:
         proc = self._procs.get(name)
@@ -412,10 +433,10 @@ class RealNode:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
-    def _recover_previous(self) -> None:
+    def _recover_previous(self) -> bool:
         """A state file under the lock means a run died before its teardown: undo what it left."""
         if not STATE_FILE.exists():
-            return
+            return False
         try:
             old = json.loads(STATE_FILE.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -427,6 +448,7 @@ class RealNode:
         if old.get("workdir"):
             shutil.rmtree(old["workdir"], ignore_errors=True)
         STATE_FILE.unlink()
+        return True
 
     def _save_state(self) -> None:
         tmp = STATE_FILE.with_suffix(".tmp")

@@ -1,0 +1,439 @@
+"""Claims about the running server, proven on the real node (SPEC §14): the real dfs under a real kubelet.
+
+Every DittoServer here is pinned to ``real-node-0`` (nodeSelector + toleration of its taint), so its pod
+runs the real ``dfs`` v0.29.0 in containerd: Ready means dfs answered the kubelet's probes, a restart
+means a new dfs process, logs come from the kubelet. The node's own safety and hygiene are tested too.
+kwok still serves every test that is about scheduling or scale.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import errno
+import json
+import socket
+import subprocess
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.kube import apply_server, condition, events, kubectl_json, wait_ready
+from tests.support.operator import OperatorProcess
+from tests.support.poll import eventually
+from tests.testbed import Testbed
+from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put
+from tests.testbed.node import NODE_NAME, STATE_FILE, SUBNET, RealNode, RealNodeError, preflight, snapshot_host
+from tests.testbed.safety import BLACKHOLED, blackhole_routes, is_proxy_var
+
+pytestmark = pytest.mark.integration
+SHUTDOWN_STARTED = "Shutdown signal received, initiating graceful shutdown"
+SHUTDOWN_DONE = "Server stopped gracefully"  # tests/testbed/dfs.py GRACEFUL_STOP_MARKER
+BRIDGE_PREFIX = SUBNET.rsplit(".", 1)[0] + "."
+
+
+def real_server(testbed: Testbed, node: RealNode, namespace: str, name: str = "demo", **spec: Any) -> None:
+    apply_server(testbed, namespace, name, **node.pod_placement(), **spec)
+
+
+def pod(testbed: Testbed, namespace: str, name: str = "demo-0") -> dict[str, Any]:
+    found: dict[str, Any] = kubectl_json(testbed, "get", "pod", name, "-n", namespace)
+    return found
+
+
+def dfs_log(testbed: Testbed, namespace: str, name: str = "demo-0") -> str:
+    return testbed.kubectl("logs", name, "-n", namespace, "-c", "dittofs").stdout
+
+
+def admin_login(testbed: Testbed, namespace: str, pod_ip: str, name: str = "demo") -> int:
+    secret = kubectl_json(testbed, "get", "secret", f"{name}-admin-bootstrap-credentials", "-n", namespace)
+    user = base64.b64decode(secret["data"]["username"]).decode()
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    return DfsRest(pod_ip).login(user, password)
+
+
+def on_real_node(testbed: Testbed, namespace: str, name: str = "demo-0") -> dict[str, Any]:
+    """The pod, after checking it runs in containerd on the real node with a bridge IP."""
+    p = pod(testbed, namespace, name)
+    assert p["spec"]["nodeName"] == NODE_NAME
+    assert p["status"]["podIP"].startswith(BRIDGE_PREFIX), p["status"].get("podIP")
+    status = p["status"]["containerStatuses"][0]
+    assert status["containerID"].startswith("containerd://") and "running" in status["state"]
+    return p
+
+
+def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator: OperatorProcess,
+                                                      real_node: RealNode, namespace: str) -> None:
+    """Moved from test_operator: Ready now means the real dfs passed the kubelet's HTTP probes."""
+    real_server(testbed, real_node, namespace)
+    obj = wait_ready(testbed, namespace, timeout=120)
+    status = obj["status"]
+    assert status["phase"] == "Running" and status["ready"] == "1/1"
+    assert status["endpoints"]["nfs"] == f"demo-file.{namespace}.svc:12049"
+    p = on_real_node(testbed, namespace)
+    ip = p["status"]["podIP"]
+    # The kubelet's probes hit these; answer them ourselves over the bridge.
+    for path in ("/health", "/health/ready"):
+        code, _ = DfsRest(ip).call("GET", path)
+        assert code == 200, path
+    assert admin_login(testbed, namespace, ip) == 200, "the operator's generated admin Secret logs in"
+    readiness = p["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+    assert readiness["path"] == "/health/ready"
+    # Every volume is a fake-provisioner hostPath (no fsGroup) and still writable by dfs's uid 65532.
+    script = ("id -u; for d in /data/controlplane /data/store/metadata /data/store/block; do "
+              "echo probe > $d/.w && stat -c '%u %n' $d/.w && rm $d/.w || exit 1; done")
+    out = testbed.kubectl("exec", "demo-0", "-n", namespace, "-c", "dittofs", "--", "sh", "-c", script).stdout
+    lines = out.split()
+    assert lines[0] == "65532", out
+    assert out.count("65532 /data/") == 3, out
+    assert (testbed.volumes_dir).is_dir()
+    owned = [f for f in testbed.volumes_dir.rglob("*") if f.stat().st_uid == 65532]
+    assert owned, "dfs wrote its data as 65532 into the provisioner's host dirs"
+    # What the kwok version of this test checked, unchanged.
+    sts = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)
+    assert status["configHash"] == sts["spec"]["template"]["metadata"]["annotations"]["dittofs.io/config-hash"]
+    assert "dittofs.dittofs.com/finalizer" in obj["metadata"]["finalizers"]
+    for kind, name in (("configmap", "demo-config"), ("service", "demo-headless"), ("service", "demo-api"),
+                       ("service", "demo-file")):
+        ref = kubectl_json(testbed, "get", kind, name, "-n", namespace)["metadata"]["ownerReferences"][0]
+        assert ref["uid"] == obj["metadata"]["uid"] and ref["controller"] is True, (kind, name)
+    jwt = kubectl_json(testbed, "get", "secret", "demo-jwt", "-n", namespace)
+    assert len(base64.b64decode(jwt["data"]["jwt-secret"])) == 64
+    testbed.kubectl("wait", "--for=condition=Ready", "dittoserver/demo", "-n", namespace, "--timeout=30s")
+    printed = testbed.kubectl("get", "ditto", "demo", "-n", namespace).stdout
+    assert "1/1" in printed and "Running" in printed
+    assert events(testbed, namespace, "Created")
+    metrics = operator.metrics()
+    assert 'controller_runtime_reconcile_total{controller="dittoserver",result="success"}' in metrics
+    assert 'dittofs_operator_dittoservers{phase="Running"}' in metrics
+    log_lines = [json.loads(line) for line in operator.log_text().splitlines() if line.startswith("{")]
+    applied = [e for e in log_lines if e.get("namespace") == namespace and e["msg"].startswith("applied")]
+    assert applied and all(e["name"] for e in applied), "one JSON line per action with namespace/name"
+
+
+def test_logging_change_and_secret_rotation_restart_the_real_process(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str) -> None:
+    """Moved from test_operator: a new config hash means a new dfs process, and it runs the new config."""
+    real_server(testbed, real_node, namespace, logging={"level": "INFO"})
+    wait_ready(testbed, namespace, timeout=120)
+    first = on_real_node(testbed, namespace)
+    first_cid = first["status"]["containerStatuses"][0]["containerID"]
+    assert "DEBUG" not in dfs_log(testbed, namespace)
+
+    real_server(testbed, real_node, namespace, logging={"level": "DEBUG"})
+    eventually(lambda: pod(testbed, namespace)["metadata"]["uid"] != first["metadata"]["uid"], timeout=120,
+               what="pod replaced after the logging change")
+    wait_ready(testbed, namespace, timeout=120)
+    second = on_real_node(testbed, namespace)
+    assert second["status"]["containerStatuses"][0]["containerID"] != first_cid
+    def debug_logged() -> str | None:
+        log = dfs_log(testbed, namespace)
+        return log if "DEBUG" in log else None
+
+    eventually(debug_logged, timeout=30, what="DEBUG lines in kubectl logs of the new dfs")
+    updated = events(testbed, namespace, "ConfigUpdated")
+    assert updated and "ConfigMap demo-config updated" in updated[0]["message"]
+
+    # Rotating the JWT Secret restarts dfs again (new container), and the event names only the Secret.
+    new_value = "r" * 64
+    testbed.kubectl("patch", "secret", "demo-jwt", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"stringData": {"jwt-secret": new_value}}))
+    eventually(lambda: pod(testbed, namespace)["metadata"]["uid"] != second["metadata"]["uid"], timeout=120,
+               what="pod replaced after the Secret rotation")
+    wait_ready(testbed, namespace, timeout=120)
+    third = on_real_node(testbed, namespace)
+    assert third["status"]["containerStatuses"][0]["containerID"] not in (first_cid, second["status"]
+                                                                          ["containerStatuses"][0]["containerID"])
+    rotated = eventually(lambda: events(testbed, namespace, "SecretRotated"), what="SecretRotated event")
+    assert "demo-jwt" in rotated[0]["message"] and new_value not in json.dumps(rotated)
+    assert admin_login(testbed, namespace, third["status"]["podIP"]) == 200
+
+
+class LogFollower:
+    """``kubectl logs -f`` in the background: keeps the container's log after the pod object is gone."""
+
+    def __init__(self, testbed: Testbed, namespace: str, pod_name: str) -> None:
+        argv = [str(testbed.binaries.kubectl), f"--kubeconfig={testbed.kubeconfig}", "logs", "-f", pod_name,
+                "-n", namespace, "-c", "dittofs"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[tuple[float, str]] = []
+        self.ended_at: float | None = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line))
+        self.ended_at = time.monotonic()
+
+    def first(self, marker: str) -> float | None:
+        return next((t for t, line in self.lines if marker in line), None)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_deletion_drains_the_real_server_before_the_finalizer_goes(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str) -> None:
+    """Moved from test_operator: SIGTERM reaches dfs, it stops gracefully, then (and only then) the CR goes.
+
+    The operator falls back to removing the finalizer after 60 s (CleanupTimeout event). A graceful drain
+    is told apart by: dfs's own shutdown lines, the container's end before the CR's, well under 60 s,
+    and no CleanupTimeout event.
+    """
+    real_server(testbed, real_node, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    on_real_node(testbed, namespace)
+    pvcs = {p["metadata"]["name"] for p in kubectl_json(testbed, "get", "pvc", "-n", namespace)["items"]}
+    assert pvcs == {"controlplane-demo-0", "metadata-demo-0", "content-demo-0"}
+    follower = LogFollower(testbed, namespace, "demo-0")
+    try:
+        eventually(lambda: follower.lines, timeout=15, what="log stream attached")
+        t0 = time.monotonic()
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+        eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False)
+                   .returncode != 0, timeout=75, interval=0.2, what="DittoServer gone")
+        gone = time.monotonic()
+        eventually(lambda: follower.ended_at, timeout=15, what="log stream closed (container exited)")
+    finally:
+        follower.close()
+    assert follower.ended_at is not None
+    started, done = follower.first(SHUTDOWN_STARTED), follower.first(SHUTDOWN_DONE)
+    log_tail = "".join(line for _, line in follower.lines[-15:])
+    assert started is not None and done is not None, f"no graceful stop in dfs's log:\n{log_tail}"
+    assert "graceful shutdown timed out" not in log_tail
+    assert t0 < started <= done <= gone + 0.5, "dfs stopped before the finalizer went"
+    assert gone - t0 < 45, f"took {gone - t0:.1f}s: the 60 s CleanupTimeout fallback, not a drain"
+    assert not events(testbed, namespace, "CleanupTimeout")
+    assert events(testbed, namespace, "Deleting")
+    remaining = {p["metadata"]["name"] for p in kubectl_json(testbed, "get", "pvc", "-n", namespace)["items"]}
+    assert remaining == pvcs
+    print(f"\n[real-node] delete -> SIGTERM seen {started - t0:.1f}s, dfs stopped {done - t0:.1f}s, "
+          f"CR gone {gone - t0:.1f}s")
+
+
+def test_nfs_file_survives_pod_deletion_and_restart(testbed: Testbed, operator: OperatorProcess,
+                                                    real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+    real_server(testbed, real_node, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    ip = on_real_node(testbed, namespace)["status"]["podIP"]
+    secret = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    rest = DfsRest(ip)
+    assert rest.login(base64.b64decode(secret["data"]["username"]).decode(),
+                      base64.b64decode(secret["data"]["password"]).decode()) == 200
+    rest.ensure_share()
+    payload = f"written over NFS into {namespace} at {time.time()}\n".encode() * 100
+    local = tmp_path / "hello.txt"
+    local.write_bytes(payload)
+    def put() -> bool:
+        nfs_put(ip, local, "hello.txt")
+        return True
+
+    eventually(put, timeout=30, what="nfs-cp into the new share")
+    assert nfs_get(ip, "hello.txt") == payload
+
+    old_uid = pod(testbed, namespace)["metadata"]["uid"]
+    testbed.kubectl("delete", "pod", "demo-0", "-n", namespace, "--wait=true", "--timeout=120s")
+    eventually(lambda: pod(testbed, namespace)["metadata"]["uid"] != old_uid, timeout=60, what="pod recreated")
+    wait_ready(testbed, namespace, timeout=120)
+    new_ip = on_real_node(testbed, namespace)["status"]["podIP"]
+    assert eventually(lambda: nfs_get(new_ip, "hello.txt"), timeout=30, what="file readable after restart") \
+        == payload
+
+
+def test_recreated_server_still_logs_in(testbed: Testbed, operator: OperatorProcess, real_node: RealNode,
+                                        namespace: str) -> None:
+    """Regression: the generated credentials live as long as the data (PVCs are retained on delete).
+
+    dfs reads DITTOFS_ADMIN_INITIAL_PASSWORD at first boot only; a regenerated Secret after a delete +
+    re-create would no longer match the admin row kept in the retained control-plane volume (login 401).
+    """
+    real_server(testbed, real_node, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    first_ip = on_real_node(testbed, namespace)["status"]["podIP"]
+    assert admin_login(testbed, namespace, first_ip) == 200
+    before = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=90s")
+    real_server(testbed, real_node, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    after = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    assert after["data"] == before["data"], "the admin Secret was regenerated"
+    ip = on_real_node(testbed, namespace)["status"]["podIP"]
+    assert admin_login(testbed, namespace, ip) == 200, "the re-created server no longer accepts its admin Secret"
+
+
+# ---------------------------------------------------------------------------------------------- the node
+
+
+def _connect_error(ip: str, port: int) -> tuple[int | None, float]:
+    t0 = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect((ip, port))
+        except OSError as exc:
+            return exc.errno, time.monotonic() - t0
+    return None, time.monotonic() - t0
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def test_no_packet_leaves_the_machine(testbed: Testbed, real_node: RealNode, namespace: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    report: list[str] = []
+    # 1. Blackhole routes for exactly the Service and kwok pod CIDRs.
+    routes = blackhole_routes()
+    assert set(BLACKHOLED) <= routes, routes
+    report.append(f"blackhole routes: {sorted(routes)}")
+
+    # 2. A ClusterIP and a kwok pod IP fail at once with the blackhole's EINVAL, from the host...
+    testbed.kubectl("create", "service", "clusterip", "probe", "-n", namespace, "--tcp=443:8443")
+    cluster_ip = kubectl_json(testbed, "get", "service", "probe", "-n", namespace)["spec"]["clusterIP"]
+    testbed.kubectl("run", "kwokpod", "-n", namespace, "--image=registry.invalid/none:1", "--restart=Never")
+    kwok_ip = eventually(lambda: pod(testbed, namespace, "kwokpod")["status"].get("podIP"), what="kwok pod IP")
+    assert pod(testbed, namespace, "kwokpod")["spec"]["nodeName"] == testbed.node_name  # untolerating: kwok
+    for what, ip in (("ClusterIP", cluster_ip), ("kwok pod IP", kwok_ip)):
+        route = subprocess.run(["ip", "route", "get", ip], capture_output=True, text=True, check=False)
+        assert route.returncode != 0 or route.stdout.startswith("blackhole"), route
+        err, took = _connect_error(ip, 443)
+        assert err == errno.EINVAL and took < 0.5, (what, ip, err, took)
+        report.append(f"connect {what} {ip}:443 -> {errno.errorcode.get(err or 0)} in {took * 1000:.1f} ms")
+
+    # ...and from the apiserver: a webhook behind a Service is dialled at its ClusterIP and fails fast.
+    hook = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": f"blackhole-{namespace}"},
+        "webhooks": [{
+            "name": "blackhole.testbed.local",
+            "clientConfig": {"service": {"name": "probe", "namespace": namespace, "port": 443},
+                             "caBundle": testbed.ca_b64},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }],
+    }
+    testbed.apply_yaml(json.dumps(hook))
+    try:
+        def denied() -> str | None:
+            result = testbed.kubectl("create", "configmap", "x", "-n", namespace, check=False)
+            return result.stderr if "failed calling webhook" in result.stderr else None
+
+        t0 = time.monotonic()
+        message = eventually(denied, timeout=30, what="the webhook call to be attempted")
+        assert "invalid argument" in message, message
+        report.append(f"apiserver -> webhook Service {cluster_ip}: {message.strip()[:160]}")
+        assert time.monotonic() - t0 < 30
+    finally:
+        testbed.kubectl("delete", "validatingwebhookconfiguration", f"blackhole-{namespace}", check=False)
+
+    # 3. No proxy variable reaches any component, even when the test session has them.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    testbed.stop_component("kwok")
+    testbed.start_component("kwok")
+    real_node.stop_kubelet()
+    real_node.start_kubelet()
+    pids = {n: testbed.pid(n) for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                          "kwok")}
+    pids |= {n: real_node.pid(n) for n in ("kubelet", "containerd")}
+    for name, pid in pids.items():
+        assert pid is not None, f"{name} not running"
+        leaked = [k for k in _environ(pid) if is_proxy_var(k)]
+        assert leaked == [], f"{name} has proxy variables {leaked}"
+    report.append(f"proxy variables in {sorted(pids)}: none (kwok and kubelet restarted with HTTPS_PROXY set)")
+
+    # 4. A pod on the real node: a bridge IP, no default route; no forwarding, no masquerade on the host.
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "routes", "namespace": namespace},
+            "spec": {**real_node.pod_placement(), "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": "marmos91c/dittofs:v0.29.0",
+                                     "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}]}}
+    testbed.apply_yaml(json.dumps(body))
+    testbed.kubectl("wait", "--for=condition=Ready", "pod/routes", "-n", namespace, "--timeout=60s")
+    table = testbed.kubectl("exec", "routes", "-n", namespace, "--", "cat", "/proc/net/route").stdout
+    rows = [line.split() for line in table.splitlines()[1:] if line.strip()]
+    assert rows, table
+    assert all(r[1] != "00000000" for r in rows), f"pod has a default route:\n{table}"
+    ip = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True, check=True)
+    assert "dftb0" not in ip.stdout
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "0"
+    nat = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    assert "MASQUERADE" not in nat and "KUBE-" not in nat, nat
+    report.append(f"pod routes: {[(r[0], r[1]) for r in rows]} (no 00000000 destination); ip_forward=0; "
+                  "iptables: no MASQUERADE, no KUBE- chains")
+    print("\n[safety] " + "\n[safety] ".join(report))
+
+
+def test_a_dead_kubelet_is_not_replaced_by_kwok(testbed: Testbed, real_node: RealNode) -> None:
+    """kwok manages only annotated nodes: after the kubelet's lease expires (40 s) nobody renews it.
+
+    With ``--manage-all-nodes=true`` kwok takes over an expired lease and fakes the node Ready.
+    """
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE_NAME}"
+    real_node.kill_kubelet()
+    killed_at = time.time()
+    renew = testbed.api.get(lease_path)["spec"]["renewTime"]
+    try:
+        time.sleep(50)  # past the 40 s lease
+        lease = testbed.api.get(lease_path)["spec"]
+        node = testbed.api.get(f"/api/v1/nodes/{NODE_NAME}")
+        assert lease["holderIdentity"] == NODE_NAME, lease
+        assert lease["renewTime"] == renew, f"someone renewed the dead kubelet's lease: {lease}"
+        assert "kwok.x-k8s.io/node" not in (node["metadata"].get("annotations") or {})
+        ready = condition(node, "Ready")
+        assert ready is not None
+        beat = datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00")).timestamp()
+        assert beat <= killed_at + 1, f"a heartbeat after the kubelet died: {ready}"
+    finally:
+        real_node.start_kubelet()
+    ready = condition(testbed.api.get(f"/api/v1/nodes/{NODE_NAME}"), "Ready")
+    assert ready is not None and ready["status"] == "True"
+
+
+def test_start_without_prerequisites_fails_loudly(testbed: Testbed, tmp_path: Path) -> None:
+    reasons = preflight(tmp_path / "no-kubelet")
+    assert any("kubelet missing" in r and str(tmp_path) in r for r in reasons), reasons
+    broken = Testbed.__new__(Testbed)
+    broken.__dict__.update(testbed.__dict__)
+    broken.binaries = dataclasses.replace(testbed.binaries, kubelet=tmp_path / "no-kubelet")
+    with pytest.raises(RealNodeError, match="kubelet missing"):
+        RealNode(broken).start()
+
+
+def test_teardown_restores_the_host_also_after_a_killed_run(testbed: Testbed, real_node: RealNode) -> None:
+    """Abandon the live node as a killed session would, start again (recovery), stop, compare with before.
+
+    Last in this module: it restarts the session's node (same object, so later users are unaffected).
+    """
+    before = json.loads(STATE_FILE.read_text())  # the host as the node's start found it
+    old = {n: real_node.pid(n) for n in ("kubelet", "containerd")}
+    assert all(old.values()), old
+    assert snapshot_host()["sysctls"]["vm/overcommit_memory"] == "1", "the kubelet did change a sysctl"
+    real_node.abandon()  # lock released; kubelet, containerd, pods, mounts, bridge, sysctls left behind
+    assert STATE_FILE.exists()
+    real_node.start()  # must find the state file and undo the abandoned node first
+    assert "recovered" in real_node.timings, real_node.timings
+    for name, pid in old.items():
+        assert not Path(f"/proc/{pid}").exists() or str(real_node.dir) not in Path(f"/proc/{pid}/cmdline")\
+            .read_bytes().decode(errors="replace"), f"old {name} still running"
+    real_node.stop()
+    after = snapshot_host()
+    try:
+        for key in ("sysctls", "absent_paths", "netns", "cgroups", "bridge_existed"):
+            assert after[key] == before[key], (key, before[key], after[key])
+        mounts = Path("/proc/self/mountinfo").read_text()
+        assert str(real_node.dir) not in mounts
+        assert not STATE_FILE.exists()
+    finally:
+        real_node.start()

@@ -1,0 +1,104 @@
+"""Talk to a real ``dfs`` on the real node: REST login, one read-write share, NFS through ``libnfs-utils``.
+
+The operator does not provision shares yet (SPEC §13), so the tests and the demo create one the way a
+user would: log in as the bootstrap admin, add a badger metadata store and an fs block store on the
+pod's volumes, and a share with ``default_permission: read-write``. NFS then goes straight to the pod IP
+on the bridge (no kernel mount: the host has no NFS client), v3 with MOUNT on the same port.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+SHARE = "/rw"
+NFS_PORT = 12049
+API_PORT = 8080
+
+
+class DfsApiError(RuntimeError):
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path} -> {status}: {body[:300]}")
+        self.status = status
+
+
+def nfs_url(pod_ip: str, name: str, share: str = SHARE) -> str:
+    # uid/gid: root (the default) is squashed to 65534; 65532 matches the server's own files.
+    return f"nfs://{pod_ip}{share}/{name}?nfsport={NFS_PORT}&mountport={NFS_PORT}&version=3&uid=65532&gid=65532"
+
+
+class DfsRest:
+    """A minimal REST client for one dfs (pod IP on the bridge, port 8080)."""
+
+    def __init__(self, host: str, port: int = API_PORT, timeout: float = 10.0) -> None:
+        self.base = f"http://{host}:{port}"
+        self.timeout = timeout
+        self.token: str | None = None
+
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        # No proxy, whatever the environment says: the pod IP is on the local bridge.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=self.timeout) as resp:
+                raw = resp.read().decode()
+                status = int(resp.status)
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read().decode(errors="replace"), int(exc.code)
+        parsed: Any = json.loads(raw) if raw.strip().startswith(("{", "[")) else raw
+        if status >= 300 and status not in ok:
+            raise DfsApiError(method, path, status, raw)
+        return status, parsed
+
+    def login(self, username: str, password: str) -> int:
+        """Log in; returns the HTTP status (200, or 401 for a wrong password) and keeps the token."""
+        status, body = self.call("POST", "/api/v1/auth/login", {"username": username, "password": password},
+                                 ok=(401,))
+        if status == 200:
+            self.token = body["access_token"]
+        return status
+
+    def ensure_share(self, share: str = SHARE) -> None:
+        """Stores on the pod's volumes and a read-write share; GET first (a badger re-POST is not a 409)."""
+        stores = {s["name"] for s in self._list("/api/v1/store/metadata")}
+        if "meta" not in stores:
+            self.call("POST", "/api/v1/store/metadata",
+                      {"name": "meta", "type": "badger", "config": json.dumps({"path": "/data/store/metadata/badger"})})
+        blocks = {s["name"] for s in self._list("/api/v1/store/block/local")}
+        if "local" not in blocks:
+            self.call("POST", "/api/v1/store/block/local",
+                      {"name": "local", "type": "fs", "config": json.dumps({"path": "/data/store/block/blocks"})})
+        shares = {s["name"] for s in self._list("/api/v1/shares")}
+        if share not in shares:
+            self.call("POST", "/api/v1/shares", {"name": share, "metadata_store_id": "meta",
+                                                 "local_block_store": "local", "default_permission": "read-write"})
+
+    def _list(self, path: str) -> list[dict[str, Any]]:
+        _, body = self.call("GET", path)
+        items: list[dict[str, Any]] = body if isinstance(body, list) else (body or {}).get("items") or []
+        return items
+
+
+def nfs_put(pod_ip: str, local: Path, name: str) -> None:
+    _nfs("nfs-cp", str(local), nfs_url(pod_ip, name))
+
+
+def nfs_get(pod_ip: str, name: str) -> bytes:
+    proc = subprocess.run(["nfs-cat", nfs_url(pod_ip, name)], capture_output=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nfs-cat {nfs_url(pod_ip, name)} exited {proc.returncode}: {proc.stderr.decode()}")
+    return proc.stdout
+
+
+def _nfs(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
