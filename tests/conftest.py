@@ -1,4 +1,4 @@
-"""Session-wide fixtures. Keep this file small: only the shared test bed lives here."""
+"""Session-wide fixtures and the no-silent-skip rule. Keep this file small: only the shared test bed lives here."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import prereqs
 from tests.testbed import Testbed, ensure_binaries
 from tests.testbed.node import NOT_PROVEN, RealNode
 
@@ -47,7 +48,8 @@ def real_node(testbed: Testbed, pytestconfig: pytest.Config) -> Iterator[RealNod
     and says what is then not proven.
     """
     if os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0" and os.environ.get("CI", "").lower() not in ("1", "true"):
-        pytest.skip("DITTOFS_TESTBED_REAL_NODE=0: real node disabled; NOT PROVEN: " + "; ".join(NOT_PROVEN))
+        # The "NOT PROVEN (opted out" prefix is what marks an explicit opt-out (tests/support/prereqs.py).
+        pytest.skip("NOT PROVEN (opted out by DITTOFS_TESTBED_REAL_NODE=0): " + "; ".join(NOT_PROVEN))
     capman = pytestconfig.pluginmanager.getplugin("capturemanager")
     show = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
     with show:
@@ -58,3 +60,24 @@ def real_node(testbed: Testbed, pytestconfig: pytest.Config) -> Iterator[RealNod
         yield node
     finally:
         testbed.stop_real_node()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A skipped test proves nothing: every skip fails the run unless it is an explicit opt-out
+    (tests/support/prereqs.py), which is listed at the end instead."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    if not prereqs.record_skip(item.nodeid, reason):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped, and a skip is not a pass: {reason}\n"
+                           f"Make the prerequisite available, or use an explicit opt-out ({prereqs.OPT_OUT_VAR}).")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in prereqs.summary():
+        terminalreporter.write_line(line, yellow=True, bold=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
 import pytest
 
+from tests.support.prereqs import require
 from tests.testbed.dfs import DfsError, dfs_binary
 
 ADMIN_PASSWORD = "it-admin-password-1"
@@ -15,13 +15,8 @@ ADMIN_PASSWORD = "it-admin-password-1"
 
 @pytest.fixture(scope="session")
 def dfs_path() -> Path:
-    """The cached dfs binary; skipped locally when it is not built, an error under CI (``$CI`` set)."""
-    try:
-        return dfs_binary()
-    except DfsError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    """The cached dfs binary (`make bootstrap` builds it); missing, it fails every contract test."""
+    return require("dfs", dfs_binary, DfsError)
 
 
 @pytest.fixture

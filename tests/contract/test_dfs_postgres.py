@@ -1,12 +1,11 @@
 """Contract: dfs v0.29.0 on PostgreSQL set ONLY through ``DITTOFS_DATABASE_POSTGRES_*`` (SPEC §4.2/§4.3).
 
-Needs the Debian ``postgresql`` package (tests/testbed/README-postgres.txt); skipped locally without it,
-an error under CI (``$CI`` set).
+Needs the Debian ``postgresql`` package (installed by `make bootstrap`, tests/testbed/README-postgres.txt);
+without it these tests fail (or, with DITTOFS_TEST_WITHOUT=postgres, are listed as not proven).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.prereqs import require
 from tests.testbed.dfs import (
     GRACEFUL_STOP_MARKER,
     UNKNOWN_KEYS_MARKER,
@@ -40,12 +40,7 @@ SPEC_POSTGRES_CONFIGMAP = (
 
 @pytest.fixture
 def pg() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer()
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    server = require("postgres", PostgresServer, PostgresUnavailable)
     with server:
         yield server
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.net import free_port
+from tests.support.prereqs import missing
 from tests.testbed.dfs import (
     GRACEFUL_STOP_MARKER,
     SEEDED_NFS_PORT,
@@ -269,9 +270,11 @@ def test_api_port_in_use_exits_one(dfs_env: dict[str, str], tmp_path: Path) -> N
 # ---------------------------------------------------------------------------------------------- isolation
 
 
-@pytest.mark.skipif(not netns_supported(), reason="network namespaces need root or CAP_SYS_ADMIN")
 def test_two_isolated_servers_run_concurrently_with_their_own_adapters(dfs_env: dict[str, str], tmp_path: Path) -> None:
     """Each DfsServer gets a private netns: both bind NFS 12049 / SMB 1445 without touching the host."""
+    if not netns_supported():
+        missing("netns", "private network namespaces need root or CAP_SYS_ADMIN and nsenter "
+                "(or TESTBED_DFS_NETNS=0 is set)")
     cfg = minimal_config("/unused.db")
     with (
         DfsServer(cfg, dfs_env, tmp_path / "a") as a,

@@ -17,8 +17,9 @@ from dittoctl.api.secrets import secret_uses
 from reconciler import specs
 from reconciler.specs.hashing import value_digest
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
+from tests.support.prereqs import require
 from tests.testbed.dfs import DfsServer
-from tests.testbed.postgres import PostgresServer
+from tests.testbed.postgres import PostgresServer, PostgresUnavailable
 
 UNKNOWN = "unknown keys"
 
@@ -83,10 +84,8 @@ def test_sqlite_config_and_environment_start_dfs(dfs_path: Path, tmp_path: Path,
 
 
 def test_external_postgres_secret_starts_dfs(dfs_path: Path, tmp_path: Path) -> None:
-    try:
-        postgres = PostgresServer(password="pg-contract-pw-1").start()
-    except Exception as exc:  # PostgreSQL missing is a failed prerequisite, never a skip in CI
-        pytest.fail(f"PostgreSQL could not start: {exc}")
+    # Only missing binaries are a missing prerequisite; any other start failure is a plain failure.
+    postgres = require("postgres", lambda: PostgresServer(password="pg-contract-pw-1"), PostgresUnavailable).start()
     try:
         pg_env = postgres.dittofs_env(sslmode="disable")
         secrets = generated_secrets()
@@ -108,10 +107,8 @@ def test_external_postgres_secret_starts_dfs(dfs_path: Path, tmp_path: Path) -> 
 def test_percona_user_secret_environment_starts_dfs(dfs_path: Path, tmp_path: Path) -> None:
     """Exactly what the StatefulSet renders from a Percona `<cluster>-pguser-dittofs` Secret, sslmode
     `require` included, against a real PostgreSQL with TLS on."""
-    try:
-        postgres = PostgresServer(password="percona-contract-pw", ssl=True).start()
-    except Exception as exc:
-        pytest.fail(f"PostgreSQL could not start: {exc}")
+    postgres = require("postgres", lambda: PostgresServer(password="percona-contract-pw", ssl=True),
+                       PostgresUnavailable).start()
     try:
         secrets = generated_secrets()
         secrets["demo-postgres-pguser-dittofs"] = {
