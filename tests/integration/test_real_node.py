@@ -24,10 +24,13 @@ import pytest
 
 from tests.support.kube import apply_server, condition, events, kubectl_json, wait_ready
 from tests.support.operator import OperatorProcess
+from tests.support.percona import PERCONA_CRD, cluster, percona_spec
 from tests.support.poll import eventually
 from tests.testbed import Testbed
 from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put
-from tests.testbed.node import NODE_NAME, STATE_FILE, SUBNET, RealNode, RealNodeError, preflight, snapshot_host
+from tests.testbed.images import PG_ISREADY_IMAGE
+from tests.testbed.node import NODE_IP, NODE_NAME, STATE_FILE, SUBNET, RealNode, RealNodeError, preflight, snapshot_host
+from tests.testbed.postgres import PostgresServer
 from tests.testbed.safety import BLACKHOLED, blackhole_routes, is_proxy_var
 
 pytestmark = pytest.mark.integration
@@ -267,6 +270,46 @@ def test_recreated_server_still_logs_in(testbed: Testbed, operator: OperatorProc
     assert after["data"] == before["data"], "the admin Secret was regenerated"
     ip = on_real_node(testbed, namespace)["status"]["podIP"]
     assert admin_login(testbed, namespace, ip) == 200, "the re-created server no longer accepts its admin Secret"
+
+
+def test_percona_path_runs_wait_for_postgres_and_dfs_on_postgres(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str) -> None:
+    """The Percona init container is the real pg_isready (Debian's, image built offline) against a real TLS
+    PostgreSQL on the bridge, and dfs then keeps its control plane there. The test plays Percona's part."""
+    testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
+    testbed.kubectl("wait", "--for=condition=Established", "crd/perconapgclusters.pgv2.percona.com",
+                    "--timeout=60s")
+    pg = PostgresServer(ssl=True)
+    pg.host = NODE_IP  # pods reach the host only on the bridge
+    try:
+        pg.start()
+        hba = pg.datadir / "pg_hba.conf"
+        hba.write_text(hba.read_text() + f"hostssl all all {SUBNET} scram-sha-256\n")
+        pg.psql("SELECT pg_reload_conf();")
+        real_server(testbed, real_node, namespace, percona=percona_spec(image=PG_ISREADY_IMAGE))
+        created = eventually(lambda: cluster(testbed, namespace), timeout=60, what="PerconaPGCluster created")
+        testbed.kubectl("patch", "perconapgcluster", "demo-postgres", "-n", namespace, "--subresource=status",
+                        "--type=merge", "-p", json.dumps({"status": {
+                            "state": "ready", "observedGeneration": created["metadata"]["generation"]}}))
+        uri = f"postgresql://{pg.user}:{pg.password}@{NODE_IP}:{pg.port}/{pg.database}?sslmode=require"
+        secret = {"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": "demo-postgres-pguser-dittofs", "namespace": namespace},
+                  "stringData": {"host": NODE_IP, "port": str(pg.port), "dbname": pg.database, "user": pg.user,
+                                 "password": pg.password, "uri": uri}}
+        testbed.kubectl("apply", "-f", "-", input=json.dumps(secret))
+        wait_ready(testbed, namespace, timeout=180)
+        p = on_real_node(testbed, namespace)
+        init = p["status"]["initContainerStatuses"][0]
+        assert init["name"] == "wait-for-postgres" and init["image"].endswith(PG_ISREADY_IMAGE.split("/", 1)[1])
+        assert init["state"]["terminated"]["exitCode"] == 0, init
+        waited = testbed.kubectl("logs", "demo-0", "-n", namespace, "-c", "wait-for-postgres").stdout
+        assert "accepting connections" in waited, waited
+        tables = pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public';", database=pg.database)
+        assert int(tables.strip().split()[-1] if tables.strip() else "0") > 0, f"dfs made no tables: {tables}"
+        assert admin_login(testbed, namespace, p["status"]["podIP"]) == 200
+    finally:
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=90s", check=False)
+        pg.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------- the node
