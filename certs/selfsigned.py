@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from dittoctl.api.kinds import SECRETS, WEBHOOKCONFIGS
 from dittoctl.kube.background import Background
-from dittoctl.kube.gateway import SECRETS, WEBHOOKCONFIGS, ApiError, Conflict, Gateway, NotFound
+from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.certs")

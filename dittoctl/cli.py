@@ -63,7 +63,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         facts = facts_for[id(doc)] if facts_for else ClusterFacts.offline()
         verdict = validate(doc, None, facts)
         name = (doc.get("metadata") or {}).get("name", "<unnamed>")
-        results.append({"name": name, "allowed": verdict.allowed, "errors": verdict.errors,
+        results.append({"name": name, "allowed": verdict.allowed, "errors": verdict.messages,
                         "warnings": verdict.warnings})
     if args.output == "json":
         print(json.dumps(results, indent=2))
@@ -91,22 +91,13 @@ async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from dittoctl.api.models import DittoServer
-    from dittoctl.api.naming import Names
-    from dittoctl.api.secrets import secret_uses
-    from reconciler import specs
-    from reconciler.specs.hashing import value_digest
+    from reconciler.specs import render_offline
 
     out = []
     for doc in _load_documents(args.file):
         doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
         doc["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
-        server = DittoServer.model_validate(doc)
-        names = Names.of(server)
-        # Secret values are unknown offline: hash their references so the output is stable.
-        digests = {(u.secret, u.key): value_digest(f"{u.secret}/{u.key}".encode())
-                   for u in secret_uses(server.spec, names)}
-        desired = specs.build(server.spec, names, digests)
-        out.extend(desired.children())
+        out.extend(render_offline(DittoServer.model_validate(doc)).children())
     sys.stdout.write("---\n".join(dump_yaml(obj) for obj in out))
     return 0
 

@@ -153,7 +153,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             kopf_settings(settings)
             configure_watching(settings)
 
-        await controller._refresh_percona()
+        await controller.reconciler.discovery.refresh()
         if settings.leader_election:
             from reconciler.leader import LeaderElector
 

@@ -5,17 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from dittoctl.kube.gateway import (
-    DITTOSERVERS,
-    EVENTS,
-    PERCONAPGCLUSTERS,
-    PODS,
-    PVCS,
-    ApiError,
-    Gateway,
-    NotFound,
-    load_client,
-)
+from dittoctl.api.kinds import DITTOSERVERS, EVENTS, PERCONAPGCLUSTERS, PODS, PVCS
+from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
 
 
 def _pod_line(pod: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dittoctl.api.kinds import Kind
 from dittoctl.api.naming import INSTANCE_LABEL
 from reconciler.specs.hashing import value_digest
 
@@ -94,15 +95,15 @@ class Cache:
             self.server_refs.pop(server, None)
 
     # -- children ----------------------------------------------------------------------------------------
-    def put_child(self, plural: str, obj: Obj) -> None:
+    def put_child(self, kind: Kind, obj: Obj) -> None:
         namespace, name = key_of(obj)
-        self.children[(plural, namespace, name)] = slim(obj)
+        self.children[(kind.plural, namespace, name)] = slim(obj)
 
-    def drop_child(self, plural: str, key: Key) -> None:
-        self.children.pop((plural, *key), None)
+    def drop_child(self, kind: Kind, key: Key) -> None:
+        self.children.pop((kind.plural, *key), None)
 
-    def child(self, plural: str, namespace: str, name: str) -> Obj | None:
-        return self.children.get((plural, namespace, name))
+    def child(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        return self.children.get((kind.plural, namespace, name))
 
     def put_pod(self, obj: Obj) -> None:
         namespace, name = key_of(obj)

@@ -14,18 +14,19 @@ from typing import Any
 
 import kopf
 
+from dittoctl.api.kinds import DITTOSERVERS, PODS, Kind
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.api.naming import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names
+from dittoctl.api.naming import INSTANCE_LABEL, Names
 from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from reconciler.cache import Cache, Key, key_of
+from reconciler.owned import OBSERVED, SELECTOR, WATCHED_CHILDREN
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler
 from reconciler.secret_watch import SecretWatch
 
 log = logging.getLogger("dittofs.handlers")
-OWNED = {MANAGED_BY_LABEL: MANAGER}
 
 
 class Controller:
@@ -77,12 +78,9 @@ class Controller:
     async def _drift(self) -> None:
         while True:
             await asyncio.sleep(self.drift_interval)
-            await self._refresh_percona()
+            await self.reconciler.discovery.refresh()
             for key in list(self.cache.servers):
                 self.queue.add(key)
-
-    async def _refresh_percona(self) -> None:
-        await self.reconciler.refresh_percona()
 
     # -- watch events -------------------------------------------------------------------------------------
     def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -101,14 +99,14 @@ class Controller:
             self.cache.set_refs(key, ())
         self.queue.add(key)
 
-    def on_child(self, plural: str, event_type: str | None, body: dict[str, Any]) -> None:
+    def on_child(self, kind: Kind, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
         if event_type == "DELETED":
-            self.cache.drop_child(plural, key)
-        elif _echo(self.cache.child(plural, *key), body):
+            self.cache.drop_child(kind, key)
+        elif _echo(self.cache.child(kind, *key), body):
             return
         else:
-            self.cache.put_child(plural, body)
+            self.cache.put_child(kind, body)
         instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
         if instance and (key[0], instance) in self.cache.servers:
             self.queue.add((key[0], instance))
@@ -145,29 +143,28 @@ def _echo(cached: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
 
 def configure_watching(settings: kopf.OperatorSettings) -> None:
     """Server-side label selectors: kopf keeps a record per watched object, so only ours are watched."""
-    selector = f"{MANAGED_BY_LABEL}={MANAGER}"
-    for plural in ("statefulsets", "services", "configmaps", "pods"):  # names unique across groups
-        settings.watching.label_selectors[plural] = selector
+    selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
+    for kind in (*WATCHED_CHILDREN, *(o.kind for o in OBSERVED)):  # plurals are unique across our groups
+        settings.watching.label_selectors[kind.plural] = selector
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    """Attach the watch handlers of `controller` to a kopf registry."""
-    @kopf.on.event("dittofs.dittofs.com", "v1alpha1", "dittoservers", registry=registry)
+    """Attach the watch handlers of `controller` to a kopf registry: the DittoServers, every watched child
+    kind of the registry (reconciler/owned.py), and the server pods."""
+    @kopf.on.event(DITTOSERVERS.group, DITTOSERVERS.version, DITTOSERVERS.plural, registry=registry)
     async def server_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller.on_server(type, dict(body))
 
-    for group, version, plural in (("apps", "v1", "statefulsets"), ("", "v1", "services"),
-                                   ("", "v1", "configmaps")):
-        def make(plural: str) -> Any:
-            async def child_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-                controller.on_child(plural, type, dict(body))
-            child_event.__name__ = f"{plural}_event"
-            return child_event
+    def child_handler(kind: Kind) -> Any:
+        async def child_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            controller.on_child(kind, type, dict(body))
+        child_event.__name__ = f"{kind.plural}_event"
+        return child_event
 
-        kopf.on.event(group, version, plural, labels=OWNED, registry=registry,
-                      id=f"{plural}-watch")(make(plural))
+    for kind in WATCHED_CHILDREN:
+        kopf.on.event(kind.group, kind.version, kind.plural, labels=SELECTOR, registry=registry,
+                      id=f"{kind.plural}-watch")(child_handler(kind))
 
-    @kopf.on.event("", "v1", "pods", labels={**OWNED}, registry=registry)
+    @kopf.on.event(PODS.group, PODS.version, PODS.plural, labels=SELECTOR, registry=registry)
     async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller.on_pod(type, dict(body))
-

@@ -11,8 +11,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dittoctl.api.kinds import LEASES
 from dittoctl.kube import metrics
-from dittoctl.kube.gateway import LEASES, ApiError, Conflict, Gateway, NotFound
+from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from dittoctl.kube.gateway import SECRETS, ApiError, Gateway, NotFound
+from dittoctl.api.kinds import SECRETS
+from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.secrets")

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from dittoctl.api.conditions import ConditionType, Reason
+from dittoctl.api.models import Condition, DittoServerSpec, DittoServerStatus
+from dittoctl.api.naming import PAUSE_ANNOTATION
+from dittoctl.kube.clock import rfc3339_now
+
 BAD_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
-CONDITION_ORDER = ("ConfigReady", "DatabaseReady", "Available", "Progressing", "Degraded",
-                   "ReconciliationPaused", "Ready")
+CONDITION_ORDER = tuple(ConditionType)
+# Top-level status fields, by their wire names: written even when None, so a merge patch clears them.
+_STATUS_FIELDS = tuple(f.alias or name for name, f in DittoServerStatus.model_fields.items())
 
 
 @dataclass(frozen=True)
 class Cond:
-    type: str
+    type: ConditionType
     status: bool
-    reason: str
+    reason: Reason
     message: str = ""
 
 
@@ -27,12 +32,10 @@ class Observation:
     generation: int
     desired_replicas: int
     config_errors: list[str] = field(default_factory=list)
-    config_reason: str = "InvalidSpec"
+    config_reason: Reason = Reason.INVALID_SPEC
     statefulset: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
     database: Cond | None = None
-    paused: bool = False
-    deleting: bool = False
     config_hash: str | None = None
     endpoints: dict[str, str] | None = None
     percona_cluster: str | None = None
@@ -71,66 +74,62 @@ def _sts_counts(sts: Mapping[str, Any] | None) -> tuple[int, int, int, bool]:
 
 
 def conditions(obs: Observation) -> list[Cond]:
+    T, R = ConditionType, Reason
     result: list[Cond] = []
     if obs.config_errors:
-        result.append(Cond("ConfigReady", False, obs.config_reason, "; ".join(obs.config_errors)[:1000]))
+        result.append(Cond(T.CONFIG_READY, False, obs.config_reason, "; ".join(obs.config_errors)[:1000]))
     else:
-        result.append(Cond("ConfigReady", True, "ConfigRendered", "ConfigMap holds config.yaml; Secrets present"))
+        result.append(Cond(T.CONFIG_READY, True, R.CONFIG_RENDERED, "ConfigMap holds config.yaml; Secrets present"))
     if obs.database is not None:
         result.append(obs.database)
     replicas, ready, _available, done = _sts_counts(obs.statefulset)
     if obs.desired_replicas == 0:
-        result.append(Cond("Available", True, "Stopped", "replicas is 0"))
+        result.append(Cond(T.AVAILABLE, True, R.STOPPED, "replicas is 0"))
     elif ready >= 1:
-        result.append(Cond("Available", True, "ReplicasAvailable", f"{ready} ready replica(s)"))
+        result.append(Cond(T.AVAILABLE, True, R.REPLICAS_AVAILABLE, f"{ready} ready replica(s)"))
     else:
-        result.append(Cond("Available", False, "NoReplicasAvailable", "no ready DittoFS pod yet"))
+        result.append(Cond(T.AVAILABLE, False, R.NO_REPLICAS_AVAILABLE, "no ready DittoFS pod yet"))
     if obs.statefulset is None:
-        progressing = Cond("Progressing", not obs.config_errors, "StatefulSetUpdating" if not obs.config_errors
-                           else "ReconcileComplete", "StatefulSet not created yet")
+        progressing = Cond(T.PROGRESSING, not obs.config_errors, R.STATEFULSET_UPDATING if not obs.config_errors
+                           else R.RECONCILE_COMPLETE, "StatefulSet not created yet")
     elif done:
-        progressing = Cond("Progressing", False, "ReconcileComplete", "StatefulSet rolled out")
+        progressing = Cond(T.PROGRESSING, False, R.RECONCILE_COMPLETE, "StatefulSet rolled out")
     elif replicas != obs.desired_replicas:
-        progressing = Cond("Progressing", True, "ScalingReplicas", f"{replicas} -> {obs.desired_replicas} replicas")
+        progressing = Cond(T.PROGRESSING, True, R.SCALING_REPLICAS, f"{replicas} -> {obs.desired_replicas} replicas")
     else:
-        progressing = Cond("Progressing", True, "StatefulSetUpdating", "rolling out the StatefulSet")
+        progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING, "rolling out the StatefulSet")
     result.append(progressing)
     problems = pod_problems(obs.pods)
     if problems:
-        result.append(Cond("Degraded", True, "PodFailing", "; ".join(problems)[:1000]))
+        result.append(Cond(T.DEGRADED, True, R.POD_FAILING, "; ".join(problems)[:1000]))
     else:
-        result.append(Cond("Degraded", False, "AsExpected", "no failing pods"))
-    if obs.paused:
-        result.append(Cond("ReconciliationPaused", True, "AnnotationSet",
-                           "dittofs.dittofs.com/reconcile=disabled; remove it to resume"))
-    failing = [c.type for c in result if c.type in ("ConfigReady", "DatabaseReady", "Available") and not c.status]
-    failing += [c.type for c in result if c.type in ("Progressing", "Degraded") and c.status]
+        result.append(Cond(T.DEGRADED, False, R.AS_EXPECTED, "no failing pods"))
+    failing: list[ConditionType] = [
+        c.type for c in result if c.type in (T.CONFIG_READY, T.DATABASE_READY, T.AVAILABLE) and not c.status]
+    failing += [c.type for c in result if c.type in (T.PROGRESSING, T.DEGRADED) and c.status]
     if failing:
-        result.append(Cond("Ready", False, "ConditionsNotMet", "not ready: " + ", ".join(failing)))
+        result.append(Cond(T.READY, False, R.CONDITIONS_NOT_MET, "not ready: " + ", ".join(failing)))
     else:
-        result.append(Cond("Ready", True, "AllConditionsMet", "DittoFS server is ready"))
+        result.append(Cond(T.READY, True, R.ALL_CONDITIONS_MET, "DittoFS server is ready"))
     return result
 
 
-def phase(obs: Observation, conds: Sequence[Cond]) -> str:
+Phase = str  # one of DittoServerStatus.phase's literals; the model checks it when the status is built
+
+
+def phase(obs: Observation, conds: Sequence[Cond]) -> Phase:
     by_type = {c.type: c for c in conds}
     _replicas, ready, _available, _done = _sts_counts(obs.statefulset)
-    if obs.deleting:
-        return "Deleting"
-    if not by_type["ConfigReady"].status:
+    if not by_type[ConditionType.CONFIG_READY].status:
         return "Failed"
-    if by_type["Degraded"].status:
+    if by_type[ConditionType.DEGRADED].status:
         return "Degraded"
     if obs.desired_replicas == 0:
         replicas = int(((obs.statefulset or {}).get("status") or {}).get("replicas", 0))
         return "Stopped" if replicas == 0 else "Pending"  # still draining
-    if ready >= obs.desired_replicas and by_type["Ready"].status:
+    if ready >= obs.desired_replicas and by_type[ConditionType.READY].status:
         return "Running"
     return "Pending"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_conditions(
@@ -138,28 +137,34 @@ def merge_conditions(
 ) -> list[dict[str, Any]]:
     """metav1.Conditions; lastTransitionTime moves only when status flips."""
     old = {c.get("type"): c for c in previous}
-    stamp = now or _now()
+    stamp = now or rfc3339_now()
     merged = []
-    for cond in sorted(new, key=lambda c: CONDITION_ORDER.index(c.type) if c.type in CONDITION_ORDER else 99):
+    for cond in sorted(new, key=lambda c: CONDITION_ORDER.index(c.type)):
         status = "True" if cond.status else "False"
         before = old.get(cond.type)
         moved = before is None or before.get("status") != status
-        merged.append({
-            "type": cond.type,
-            "status": status,
-            "reason": cond.reason,
-            "message": cond.message,
-            "lastTransitionTime": stamp if moved or before is None else before.get("lastTransitionTime", stamp),
-            "observedGeneration": generation,
-        })
+        merged.append(Condition(
+            type=cond.type,
+            status=status,
+            reason=cond.reason,
+            message=cond.message,
+            last_transition_time=stamp if moved or before is None else before.get("lastTransitionTime", stamp),
+            observed_generation=generation,
+        ).model_dump(by_alias=True, mode="json", exclude_none=True))
     return merged
+
+
+def _wire(status: DittoServerStatus) -> dict[str, Any]:
+    """The status as JSON; every top-level field present (None clears it under a merge patch)."""
+    dumped = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {name: dumped.get(name) for name in _STATUS_FIELDS}
 
 
 def build_status(obs: Observation, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     previous = previous or {}
     conds = conditions(obs)
     replicas, ready, available, _done = _sts_counts(obs.statefulset)
-    status: dict[str, Any] = {
+    return _wire(DittoServerStatus.model_validate({
         "observedGeneration": obs.generation,
         "phase": phase(obs, conds),
         "ready": f"{ready}/{obs.desired_replicas}",
@@ -171,11 +176,38 @@ def build_status(obs: Observation, previous: Mapping[str, Any] | None) -> dict[s
         "endpoints": obs.endpoints,
         "s3": obs.s3,
         "conditions": merge_conditions(previous.get("conditions", []), conds, obs.generation),
-    }
-    return status
+    }))
+
+
+def paused_status(previous: Mapping[str, Any] | None, generation: int) -> dict[str, Any]:
+    """The last status, plus ReconciliationPaused=True (its transition time kept while it stays True)."""
+    previous = dict(previous or {})
+    kept = [c for c in previous.get("conditions", []) if c.get("type") != ConditionType.RECONCILIATION_PAUSED]
+    before = [c for c in previous.get("conditions", []) if c.get("type") == ConditionType.RECONCILIATION_PAUSED]
+    paused = merge_conditions(before, [Cond(ConditionType.RECONCILIATION_PAUSED, True, Reason.ANNOTATION_SET,
+                                            f"{PAUSE_ANNOTATION}=disabled; remove it to resume")], generation)
+    return {**previous, "conditions": [*kept, *paused]}
+
+
+def deleting_status(previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**(previous or {}), "phase": "Deleting"}
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """True when a write is needed; timestamps of unchanged conditions are already carried over."""
     old = old or {}
     return any(old.get(key) != value for key, value in new.items())
+
+
+def s3_status(spec: DittoServerSpec, digests: Mapping[tuple[str, str], str | None]) -> dict[str, Any] | None:
+    if spec.s3 is None or spec.s3.credentials_secret_ref is None:
+        return None
+    ref = spec.s3.credentials_secret_ref
+    keys = [ref.access_key_id_key, ref.secret_access_key_key]
+    missing = [k for k in keys if digests.get((ref.secret_name, k)) is None]
+    found = any(d is not None for (s, _k), d in digests.items() if s == ref.secret_name)
+    if not found:
+        return {"secretFound": False, "missingKeys": keys,
+                "message": f"Secret {ref.secret_name} not found; create it with keys {', '.join(keys)}"}
+    message = f"Secret {ref.secret_name} lacks {', '.join(missing)}" if missing else "credentials present"
+    return {"secretFound": True, "missingKeys": missing, "message": message}

@@ -15,15 +15,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from dittoctl.api.facts import ClusterFacts
+from dittoctl.api.kinds import PERCONAPGCLUSTERS, SECRETS, STORAGECLASSES
 from dittoctl.api.parsed import references
 from dittoctl.kube.background import Background
-from dittoctl.kube.gateway import SECRETS, STORAGECLASSES, ApiError, Conflict, Gateway, NotFound
+from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.webhook.facts")
 T = TypeVar("T")
 
-PERCONA_GROUP, PERCONA_VERSION, PERCONA_PLURAL = "pgv2.percona.com", "v2", "perconapgclusters"
 _LOOKUP_ERRORS = (ApiError, Conflict, NotFound, OSError, TimeoutError, ValueError, TypeError, KeyError)
 
 
@@ -138,7 +138,7 @@ class FactSource:
             if self._percona is not None and age < (self.positive_ttl if self._percona else self.negative_ttl):
                 return self._percona
             try:
-                served = await self._bounded(self.gateway.served(PERCONA_GROUP, PERCONA_VERSION, PERCONA_PLURAL))
+                served = await self._bounded(self.gateway.served(PERCONAPGCLUSTERS))
             except _LOOKUP_ERRORS as exc:
                 log.warning("Percona discovery failed", extra=fields(error=str(exc)))
                 return None

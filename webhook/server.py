@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from certs.source import CertificateInfo, CertificateSource
+from dittoctl.api.conditions import EventReason
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION, GROUP, KIND
 from dittoctl.api.rules import Verdict, validate
@@ -31,7 +32,7 @@ WEBHOOK_PATH = "/validate-dittofs-dittofs-com-v1alpha1-dittoserver"
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
 # The apiserver caps objects at ~1.5 MiB; an UPDATE review carries two of them plus the envelope.
 MAX_BODY = 3 * 1024 * 1024
-VALIDATION_FAILED = "ValidationFailed"
+
 
 
 class FactProvider(Protocol):
@@ -39,7 +40,7 @@ class FactProvider(Protocol):
 
 
 class EventSink(Protocol):
-    async def post(self, regarding: Mapping[str, Any], type_: EventType, reason: str, message: str) -> bool: ...
+    async def post(self, regarding: Mapping[str, Any], type_: EventType, reason: EventReason, message: str) -> bool: ...
 
 
 class Service(Protocol):
@@ -127,7 +128,7 @@ class AdmissionHandler:
             regarding_meta["uid"] = meta["uid"]
         regarding = {"apiVersion": API_VERSION, "kind": KIND, "metadata": regarding_meta}
         # Posted in the background: the admission answer must not wait for an Event write.
-        task = asyncio.create_task(self.recorder.post(regarding, "Warning", VALIDATION_FAILED, message))
+        task = asyncio.create_task(self.recorder.post(regarding, "Warning", EventReason.VALIDATION_FAILED, message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -166,13 +167,10 @@ def denial_status(verdict: Verdict, obj: Mapping[str, Any]) -> dict[str, Any]:
     cause; other clients see `message`, every error joined with "; ".
     """
     meta = _metadata(obj)
-    causes = []
-    for error in verdict.errors:
-        field, _, message = error.partition(": ")
-        causes.append({"type": "FieldValueInvalid", "field": field, "message": message or error})
+    causes = [{"type": "FieldValueInvalid", "field": e.path, "message": e.message} for e in verdict.errors]
     return {
         "status": "Failure", "code": 422, "reason": "Invalid",
-        "message": "; ".join(verdict.errors),
+        "message": "; ".join(verdict.messages),
         "details": {"name": str(meta.get("name") or ""), "group": GROUP, "kind": KIND, "causes": causes},
     }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dittoctl.api.kinds import PERCONAPGCLUSTERS
+
 
 @dataclass(frozen=True)
 class ClusterFacts:
@@ -27,3 +29,9 @@ class ClusterFacts:
     @classmethod
     def offline(cls) -> ClusterFacts:
         return cls(storage_classes=None, percona_served=None, secrets={}, online=False)
+
+
+def percona_not_served() -> str:
+    """The one wording of "no Percona Operator", shared by the webhook rule and the DatabaseReady condition."""
+    return (f"{PERCONAPGCLUSTERS.kind} ({PERCONAPGCLUSTERS.api_version}) is not served by this cluster; "
+            "install the Percona Operator for PostgreSQL or disable percona.enabled")

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic_core import ErrorDetails
 
-from dittoctl.api.facts import ClusterFacts
+from dittoctl.api.facts import ClusterFacts, percona_not_served
 from dittoctl.api.models import (
     _DNS_SUBDOMAIN,
     _GO_DURATION,
@@ -55,11 +55,23 @@ _PATTERNS = {
 }
 
 
+@dataclass(frozen=True)
+class FieldError:
+    """One violation, kept structured until an edge renders it (a 422 cause, a CLI line, a condition)."""
+
+    path: str
+    """Dotted field path, e.g. `spec.storage.metadataSize`."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
 @dataclass
 class Verdict:
     """Outcome of validation: deny when `errors` is non-empty."""
 
-    errors: list[str] = field(default_factory=list)
+    errors: list[FieldError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     server: DittoServer | None = None
     """The parsed object when the models accept it (also when other rules fail)."""
@@ -67,6 +79,11 @@ class Verdict:
     @property
     def allowed(self) -> bool:
         return not self.errors
+
+    @property
+    def messages(self) -> list[str]:
+        """The errors as "path: message" lines."""
+        return [str(e) for e in self.errors]
 
 
 def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: ClusterFacts) -> Verdict:
@@ -82,7 +99,8 @@ def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: Clust
         return verdict
     except Exception as exc:  # a bug must deny with a message, never crash the webhook
         log.exception("validator failed")
-        return Verdict(errors=[f"spec: internal validation error ({type(exc).__name__}); see the operator log"])
+        return Verdict(errors=[FieldError("spec", f"internal validation error ({type(exc).__name__}); "
+                                                  "see the operator log")])
 
 
 class _Check:
@@ -92,11 +110,11 @@ class _Check:
         self.obj = obj
         self.old = old
         self.facts = facts
-        self.errors: list[str] = []
+        self.errors: list[FieldError] = []
         self.warnings: list[tuple[int, str]] = []
 
     def error(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
+        self.errors.append(FieldError(path, message))
 
     def warn(self, path: str, *messages: str, priority: int = _ACTIONABLE) -> None:
         """Adds the first of `messages` (most helpful first) that fits in MAX_WARNING with its path."""
@@ -260,8 +278,7 @@ class _Check:
         if parsed.usable("percona.enabled") and percona.enabled:
             served = self.facts.percona_served
             if served is False:  # rule 6
-                self.error(f"{base}.enabled", "PerconaPGCluster (pgv2.percona.com/v2) is not served by this cluster; "
-                           "install the Percona Operator for PostgreSQL or disable percona.enabled")
+                self.error(f"{base}.enabled", percona_not_served())
             elif served is None:
                 self.unverified(f"{base}.enabled", "that the Percona Operator for PostgreSQL is installed")
             if parsed.usable("database.postgresSecretRef") and spec.database.postgres_secret_ref is not None:  # 7

@@ -10,10 +10,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from dittoctl.kube.gateway import EVENTS, ApiError, Conflict, Gateway, NotFound
+from dittoctl.api.conditions import EventReason
+from dittoctl.api.kinds import EVENTS
+from dittoctl.kube.clock import rfc3339_now
+from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
 COMPONENT = "dittofs-operator"
@@ -21,10 +23,6 @@ DEDUP_SECONDS = 600.0
 _MAX_REMEMBERED = 10_000
 log = logging.getLogger("dittofs.events")
 EventType = Literal["Normal", "Warning"]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -35,7 +33,6 @@ class EventRecorder:
         self.instance = instance
         self.window = window
         self._seen: OrderedDict[tuple[str, ...], float] = OrderedDict()
-        self.posted = 0
 
     def _fresh(self, key: tuple[str, ...]) -> bool:
         now = time.monotonic()
@@ -48,7 +45,7 @@ class EventRecorder:
             self._seen.popitem(last=False)
         return True
 
-    async def post(self, regarding: Mapping[str, Any], type_: EventType, reason: str, message: str) -> bool:
+    async def post(self, regarding: Mapping[str, Any], type_: EventType, reason: EventReason, message: str) -> bool:
         """`regarding` needs apiVersion, kind, metadata.name/namespace (uid optional, e.g. on CREATE)."""
         meta = regarding.get("metadata", {})
         namespace = str(meta.get("namespace") or "default")
@@ -60,7 +57,7 @@ class EventRecorder:
                     "name": name, "namespace": namespace}
         if meta.get("uid"):
             involved["uid"] = meta["uid"]
-        now = _now()
+        now = rfc3339_now()
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
@@ -75,5 +72,4 @@ class EventRecorder:
                                                    error=str(exc)))
             self._seen.pop(key, None)
             return False
-        self.posted += 1
         return True

@@ -10,12 +10,13 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from dittoctl.api.kinds import Kind, kind_of
 
 FIELD_MANAGER = "dittofs-operator"
 Obj = dict[str, Any]
@@ -40,54 +41,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
-
-
-@dataclass(frozen=True)
-class Kind:
-    """Where a resource lives in the REST tree."""
-
-    group: str
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    def path(self, namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{namespace}"
-        base += f"/{self.plural}"
-        if name:
-            base += f"/{name}"
-        if sub:
-            base += f"/{sub}"
-        return base
-
-
-DITTOSERVERS = Kind("dittofs.dittofs.com", "v1alpha1", "dittoservers")
-STATEFULSETS = Kind("apps", "v1", "statefulsets")
-SERVICES = Kind("", "v1", "services")
-CONFIGMAPS = Kind("", "v1", "configmaps")
-SECRETS = Kind("", "v1", "secrets")
-PODS = Kind("", "v1", "pods")
-PVCS = Kind("", "v1", "persistentvolumeclaims")
-EVENTS = Kind("", "v1", "events")
-STORAGECLASSES = Kind("storage.k8s.io", "v1", "storageclasses", namespaced=False)
-PERCONAPGCLUSTERS = Kind("pgv2.percona.com", "v2", "perconapgclusters")
-PERCONAPGBACKUPS = Kind("pgv2.percona.com", "v2", "perconapgbackups")
-LEASES = Kind("coordination.k8s.io", "v1", "leases")
-WEBHOOKCONFIGS = Kind("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", namespaced=False)
-
-KINDS_BY_API: dict[tuple[str, str], Kind] = {
-    ("apps/v1", "StatefulSet"): STATEFULSETS,
-    ("v1", "Service"): SERVICES,
-    ("v1", "ConfigMap"): CONFIGMAPS,
-    ("v1", "Secret"): SECRETS,
-    ("pgv2.percona.com/v2", "PerconaPGCluster"): PERCONAPGCLUSTERS,
-}
-
-
-def kind_of(obj: Mapping[str, Any]) -> Kind:
-    return KINDS_BY_API[(str(obj["apiVersion"]), str(obj["kind"]))]
 
 
 def _error(exc: ApiException) -> Exception:
@@ -125,7 +78,6 @@ class Gateway:
     def __init__(self, api: k8s.ApiClient, *, request_timeout: float = 30.0) -> None:
         self.api = api
         self.timeout = request_timeout
-        self.writes = 0
 
     async def close(self) -> None:
         await self.api.close()
@@ -140,8 +92,6 @@ class Gateway:
         content_type: str = "application/json",
         timeout: float | None = None,
     ) -> Obj:
-        if method != "GET":
-            self.writes += 1
         try:
             result = await self.api.call_api(
                 path,
@@ -244,10 +194,10 @@ class Gateway:
         finally:
             response.release()
 
-    async def served(self, group: str, version: str, plural: str) -> bool:
-        """Discovery: does the apiserver serve `plural` in group/version right now?"""
+    async def served(self, kind: Kind) -> bool:
+        """Discovery: does the apiserver serve `kind` right now?"""
         try:
-            result = await self._call("GET", f"/apis/{group}/{version}")
+            result = await self._call("GET", f"/apis/{kind.group}/{kind.version}")
         except NotFound:
             return False
-        return any(r.get("name") == plural for r in result.get("resources", []))
+        return any(r.get("name") == kind.plural for r in result.get("resources", []))

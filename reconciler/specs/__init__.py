@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.models import DittoServer, DittoServerSpec
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import secret_uses
 from reconciler.specs.config import config_map, render_config
-from reconciler.specs.hashing import config_hash
+from reconciler.specs.hashing import config_hash, value_digest
+from reconciler.specs.percona import percona_cluster
 from reconciler.specs.services import services
 from reconciler.specs.statefulset import statefulset
 
@@ -27,11 +28,14 @@ class Desired:
     config_map: dict[str, Any]
     services: list[dict[str, Any]]
     statefulset: dict[str, Any]
+    percona_cluster: dict[str, Any] | None = None
+    """The control-plane database, when `percona.enabled`."""
     missing_secret_keys: list[tuple[str, str]] = field(default_factory=list)
 
     def children(self) -> list[dict[str, Any]]:
-        """In apply order: ConfigMap, Services, StatefulSet."""
-        return [self.config_map, *self.services, self.statefulset]
+        """In apply order: ConfigMap, Services, PerconaPGCluster, StatefulSet."""
+        database = [self.percona_cluster] if self.percona_cluster is not None else []
+        return [self.config_map, *self.services, *database, self.statefulset]
 
 
 def build(spec: DittoServerSpec, names: Names, digests: SecretDigests) -> Desired:
@@ -46,5 +50,15 @@ def build(spec: DittoServerSpec, names: Names, digests: SecretDigests) -> Desire
         config_map=config_map(names, text),
         services=services(spec, names),
         statefulset=statefulset(spec, names, digest),
+        percona_cluster=percona_cluster(spec, names) if spec.percona.enabled else None,
         missing_secret_keys=missing,
     )
+
+
+def render_offline(server: DittoServer) -> Desired:
+    """What the operator would apply, without a cluster: Secret values are unknown, so each consumed key's
+    digest is taken over its reference (stable output for reviews and GitOps diffs)."""
+    names = Names.of(server)
+    digests = {(u.secret, u.key): value_digest(f"{u.secret}/{u.key}".encode())
+               for u in secret_uses(server.spec, names)}
+    return build(server.spec, names, digests)

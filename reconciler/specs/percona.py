@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dittoctl.api.kinds import PERCONAPGCLUSTERS
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import Names
 
-PERCONA_API = "pgv2.percona.com/v2"
 DB_USER = "dittofs"
 
 
@@ -46,8 +46,8 @@ def percona_cluster(spec: DittoServerSpec, names: Names) -> dict[str, Any]:
     if p.image:
         body["image"] = p.image
     return {
-        "apiVersion": PERCONA_API,
-        "kind": "PerconaPGCluster",
+        "apiVersion": PERCONAPGCLUSTERS.api_version,
+        "kind": PERCONAPGCLUSTERS.kind,
         "metadata": names.metadata(names.percona_cluster, "database"),
         "spec": body,
     }

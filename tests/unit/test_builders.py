@@ -33,7 +33,7 @@ def build(s: DittoServer, value: str = "v") -> specs.Desired:
     return specs.build(s.spec, Names.of(s), digests_for(s, value))
 
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "minimal": {},
     "full": {
         "replicas": 1, "metrics": {"enabled": True}, "adapters": {"smb": {"enabled": True}},
@@ -44,6 +44,9 @@ CASES = {
         "securityContext": {"readOnlyRootFilesystem": True},
         "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}},
     },
+    # The PerconaPGCluster is part of the desired state, so `dittoctl render` and this golden show it.
+    "percona": {"percona": {"enabled": True, "image": "percona/postgres:16", "backup": {
+        "enabled": True, "bucket": "b", "endpoint": "https://s3.example", "credentialsSecretRef": {"name": "bk"}}}},
 }
 
 

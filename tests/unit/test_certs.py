@@ -34,7 +34,8 @@ from certs.selfsigned import (
     split_sans,
 )
 from certs.source import CertificateSource
-from dittoctl.kube.gateway import SECRETS, WEBHOOKCONFIGS, Conflict, Gateway, Kind, NotFound
+from dittoctl.api.kinds import SECRETS, WEBHOOKCONFIGS, Kind
+from dittoctl.kube.gateway import Conflict, Gateway, NotFound
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from dittoctl.api import kinds as api_kinds
 from dittoctl.cli import parser
-from dittoctl.kube import gateway
+from reconciler.owned import CHILDREN, OBSERVED
 from tests.testbed.paths import ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -398,11 +399,21 @@ def test_rbac_never_grants_dangerous_verbs(helm: Path) -> None:
 
 
 def test_rbac_covers_every_kind_the_operator_touches(helm: Path) -> None:
-    """A new gateway Kind without a chart rule fails here (PVCs: only `dittoctl status`, as the user)."""
+    """A new Kind without a chart rule fails here (PVCs: only `dittoctl status`, as the user)."""
     granted = {res for doc in render(helm, "webhook.tls.mode=selfSigned") if doc["kind"] in ("ClusterRole", "Role")
                for _, resources, _, _ in rules_of(doc) for res in resources}
-    used = {kind.plural for kind in vars(gateway).values() if isinstance(kind, gateway.Kind)}
+    used = {kind.plural for kind in vars(api_kinds).values() if isinstance(kind, api_kinds.Kind)}
     assert used - granted == {"persistentvolumeclaims"}
+
+
+def test_rbac_grants_each_registered_kind_exactly_its_verbs(helm: Path) -> None:
+    """reconciler/owned.py is the registry of child and observed kinds: the chart must grant each one exactly
+    the verbs its entry names, so a new child kind cannot ship without (or with too much) RBAC."""
+    role = only(render(helm), "ClusterRole", "dittofs-operator")
+    verbs = {(groups, resources): set(v) for groups, resources, v, names in rules_of(role) if not names}
+    for entry in (*CHILDREN, *OBSERVED):
+        key = ((entry.kind.group,), (entry.kind.plural,))
+        assert verbs.get(key) == set(entry.verbs), f"{entry.kind.plural}: chart grants {verbs.get(key)}"
 
 
 def test_watch_namespaces_bind_namespaced_rules_only_there(helm: Path) -> None:

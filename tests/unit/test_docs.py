@@ -165,7 +165,7 @@ def test_troubleshooting_admission_example(facts: dict[str, Any], manifest: str,
             errors.append(line[2:])
         elif " is invalid: " in line and not line.endswith("is invalid: "):
             errors.append(line.split(" is invalid: ", 1)[1])
-    assert errors == verdict.errors, f"the validator now says {verdict.errors}"
+    assert errors == verdict.messages, f"the validator now says {verdict.messages}"
     assert warnings == verdict.warnings, f"the validator now warns {verdict.warnings}"
 
 

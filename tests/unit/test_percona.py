@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dittoctl.api.models import DittoServer
-from reconciler.naming import Names
+from dittoctl.api.naming import Names
 from reconciler.specs.percona import adopt_live_values, parse_field_path, percona_cluster
 
 

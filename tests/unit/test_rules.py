@@ -50,12 +50,12 @@ def check(spec: dict[str, Any] | None = None, facts: ClusterFacts = GOOD,
 
 
 def assert_well_formed(verdict: Verdict) -> None:
-    for error in verdict.errors:
+    for error in verdict.messages:
         assert ERROR_FORMAT.match(error), error
     for warning in verdict.warnings:
         assert len(warning) <= MAX_WARNING, warning
         assert ERROR_FORMAT.match(warning), warning
-    assert verdict.allowed == (not verdict.errors)
+    assert verdict.allowed == (not verdict.messages)
 
 
 def paths(messages: list[str]) -> list[str]:
@@ -65,7 +65,7 @@ def paths(messages: list[str]) -> list[str]:
 # -- baseline ------------------------------------------------------------------------------------------------
 def test_minimal_spec_is_allowed_without_warnings() -> None:
     verdict = check()
-    assert (verdict.errors, verdict.warnings) == ([], [])
+    assert (verdict.messages, verdict.warnings) == ([], [])
     assert isinstance(verdict.server, DittoServer)
     assert verdict.server.spec.storage.metadata_size == "1Gi"
 
@@ -81,7 +81,7 @@ def test_full_valid_spec_is_allowed() -> None:
                      "admin": {"passwordSecretRef": {"name": "admin", "key": "password"}}},
     }
     verdict = check(spec)
-    assert (verdict.errors, verdict.warnings) == ([], [])
+    assert (verdict.messages, verdict.warnings) == ([], [])
 
 
 # -- rule 1: the models ---------------------------------------------------------------------------------------
@@ -110,39 +110,39 @@ def test_rule_1_model_errors_name_the_field(spec: dict[str, Any], path: str, fra
     verdict = check(spec)
     assert not verdict.allowed
     assert verdict.server is None
-    matching = [e for e in verdict.errors if e.startswith(path + ": ")]
-    assert matching, verdict.errors
+    matching = [e for e in verdict.messages if e.startswith(path + ": ")]
+    assert matching, verdict.messages
     assert fragment in matching[0]
 
 
 def test_rule_1_missing_storage_and_spec() -> None:
-    assert paths(validate({"metadata": {"name": "x"}}, None, GOOD).errors) == ["spec"]
+    assert paths(validate({"metadata": {"name": "x"}}, None, GOOD).messages) == ["spec"]
     missing = validate({"metadata": {"name": "x"}, "spec": {}}, None, GOOD)
-    assert missing.errors == ["spec.storage: required; add this field"]
+    assert missing.messages == ["spec.storage: required; add this field"]
 
 
 def test_rule_1_all_violations_are_collected_with_cross_field_rules() -> None:
     verdict = check({"replicas": 5, "logging": {"level": "LOUD"}, "storage": {"storageClassName": "nope"},
                      "adapters": {"smb": {"enabled": True, "port": 8080}}})
-    assert set(paths(verdict.errors)) == {"spec.replicas", "spec.logging.level", "spec.storage.storageClassName",
+    assert set(paths(verdict.messages)) == {"spec.replicas", "spec.logging.level", "spec.storage.storageClassName",
                                           "spec.adapters.smb.port"}
 
 
 def test_rule_1_broken_section_does_not_produce_made_up_findings() -> None:
     # adapters is broken: its defaults (nfs 12049) must not be compared with controlPlane.port 12049.
     verdict = check({"adapters": {"nfs": {"port": "nfs"}}, "controlPlane": {"port": 12049}})
-    assert paths(verdict.errors) == ["spec.adapters.nfs.port"]
+    assert paths(verdict.messages) == ["spec.adapters.nfs.port"]
 
 
 @pytest.mark.parametrize("name", ["a" * 53, "Upper", "dotted.name", "1starts-with-digit", "trailing-"])
 def test_rule_1_metadata_name_must_fit_child_names(name: str) -> None:
     verdict = validate(server(name=name), None, GOOD)
-    assert paths(verdict.errors) == ["metadata.name"]
+    assert paths(verdict.messages) == ["metadata.name"]
 
 
 def test_rule_1_wrong_kind_and_api_version() -> None:
     obj = server() | {"apiVersion": "v1", "kind": "Pod"}
-    assert paths(validate(obj, None, GOOD).errors) == ["apiVersion", "kind"]
+    assert paths(validate(obj, None, GOOD).messages) == ["apiVersion", "kind"]
 
 
 # -- rule 2: port conflicts -----------------------------------------------------------------------------------
@@ -157,9 +157,9 @@ PORT_FIELDS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize(("a", "b"), [(a, b) for i, a in enumerate(PORT_FIELDS) for b in list(PORT_FIELDS)[i + 1:]])
 def test_rule_2_every_pair_of_enabled_ports_must_differ(a: str, b: str) -> None:
     verdict = check(merge(PORT_FIELDS[a], PORT_FIELDS[b]))
-    assert len(verdict.errors) == 1
-    assert a in verdict.errors[0] and b in verdict.errors[0]
-    assert "7000" in verdict.errors[0]
+    assert len(verdict.messages) == 1
+    assert a in verdict.messages[0] and b in verdict.messages[0]
+    assert "7000" in verdict.messages[0]
 
 
 def test_rule_2_disabled_adapters_may_share_ports() -> None:
@@ -184,13 +184,13 @@ def test_rule_3_no_warning_when_the_capability_is_granted() -> None:
 # -- rule 4: StorageClasses -----------------------------------------------------------------------------------
 def test_rule_4_unknown_storage_class_is_an_error() -> None:
     verdict = check({"storage": {"storageClassName": "gold"}})
-    assert paths(verdict.errors) == ["spec.storage.storageClassName"]
-    assert '"gold" not found' in verdict.errors[0] and '"fast"' in verdict.errors[0]
+    assert paths(verdict.messages) == ["spec.storage.storageClassName"]
+    assert '"gold" not found' in verdict.messages[0] and '"fast"' in verdict.messages[0]
 
 
 def test_rule_4_percona_storage_class_checked_when_enabled() -> None:
     verdict = check({"percona": {"enabled": True, "image": "pg", "storageClassName": "gold"}})
-    assert paths(verdict.errors) == ["spec.percona.storageClassName"]
+    assert paths(verdict.messages) == ["spec.percona.storageClassName"]
     assert check({"percona": {"storageClassName": "gold"}}).allowed
 
 
@@ -205,7 +205,7 @@ def test_rule_4_lookup_failure_is_a_warning() -> None:
 def test_offline_facts_give_no_could_not_verify_noise() -> None:
     verdict = check({"storage": {"storageClassName": "gold"}, "s3": {"credentialsSecretRef": {"secretName": "x"}},
                      "percona": {"enabled": True, "image": "pg"}}, ClusterFacts.offline())
-    assert (verdict.errors, verdict.warnings) == ([], [])
+    assert (verdict.messages, verdict.warnings) == ([], [])
 
 
 # -- rule 5: S3 credentials -----------------------------------------------------------------------------------
@@ -234,8 +234,8 @@ def test_rule_5_unverifiable_secret_warns() -> None:
 def test_rule_6_percona_not_served_is_an_error() -> None:
     facts = ClusterFacts(frozenset(), False, {})
     verdict = check({"percona": {"enabled": True, "image": "pg"}}, facts)
-    assert paths(verdict.errors) == ["spec.percona.enabled"]
-    assert "install the Percona Operator for PostgreSQL or disable percona.enabled" in verdict.errors[0]
+    assert paths(verdict.messages) == ["spec.percona.enabled"]
+    assert "install the Percona Operator for PostgreSQL or disable percona.enabled" in verdict.messages[0]
     assert check({"percona": {"enabled": False}}, facts).allowed
 
 
@@ -264,7 +264,7 @@ def test_rule_8_sqlite_with_postgres_secret_warns() -> None:
 
 def test_postgres_without_a_connection_is_an_error() -> None:
     verdict = check({"database": {"type": "postgres"}})
-    assert paths(verdict.errors) == ["spec.database.postgresSecretRef"]
+    assert paths(verdict.messages) == ["spec.database.postgresSecretRef"]
     assert check({"database": {"type": "postgres"}, "percona": {"enabled": True, "image": "pg"}}).allowed
 
 
@@ -274,7 +274,7 @@ BACKUP = {"percona": {"enabled": True, "image": "pg", "backup": {"enabled": True
 
 def test_rule_9_backup_needs_bucket_and_endpoint() -> None:
     verdict = check(BACKUP)
-    assert paths(verdict.errors) == ["spec.percona.backup.bucket", "spec.percona.backup.endpoint"]
+    assert paths(verdict.messages) == ["spec.percona.backup.bucket", "spec.percona.backup.endpoint"]
     assert paths(verdict.warnings) == ["spec.percona.backup.credentialsSecretRef"]
 
 
@@ -331,7 +331,7 @@ def test_rule_11_percona_without_image_warns() -> None:
 def test_rule_12_storage_is_immutable(old: dict[str, Any], new: dict[str, Any], field: str, was: str,
                                       now: str) -> None:
     verdict = check(new, old=old)
-    assert verdict.errors == [f"spec.storage.{field}: immutable: StatefulSet volumeClaimTemplates cannot change "
+    assert verdict.messages == [f"spec.storage.{field}: immutable: StatefulSet volumeClaimTemplates cannot change "
                               f"(was {was}, now {now}); create a new DittoServer and migrate the data, or "
                               "revert the change"]
 
@@ -419,7 +419,7 @@ def _assert_total(obj: Any, old: Any, facts: ClusterFacts) -> None:
     verdict = validate(obj, old, facts)  # must not raise
     assert isinstance(verdict, Verdict)
     assert_well_formed(verdict)
-    assert not any("internal validation error" in e for e in verdict.errors), verdict.errors
+    assert not any("internal validation error" in e for e in verdict.messages), verdict.messages
     if verdict.allowed and old is None:  # (an UPDATE may be allowed by ratcheting while still invalid)
         assert verdict.server is not None
 

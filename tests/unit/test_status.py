@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from dittoctl.api.conditions import ConditionType, Reason
+from dittoctl.api.crd import build_crd
 from reconciler.compare import is_subset
-from reconciler.reconcile import storage_drift
-from reconciler.status import Observation, build_status, conditions, merge_conditions, status_changed
+from reconciler.phases.statefulset import storage_drift
+from reconciler.status import (
+    Cond,
+    Observation,
+    build_status,
+    conditions,
+    merge_conditions,
+    paused_status,
+    status_changed,
+)
 
 
 def sts(replicas: int = 1, ready: int = 1, updated: int = 1, same_revision: bool = True) -> dict[str, Any]:
@@ -99,3 +109,35 @@ def test_storage_drift_reports_immutable_changes() -> None:
 def test_scaling_to_zero_is_pending_until_drained() -> None:
     draining = Observation(generation=1, desired_replicas=0, statefulset=sts(replicas=1, ready=1))
     assert build_status(draining, None)["phase"] == "Pending"
+
+
+def _pruned(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Paths the apiserver's structural pruning would drop from `value` (what the CRD does not declare)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is None:
+            return [] if "additionalProperties" in schema else [f"{path} (object without properties)"]
+        return [hit for key, item in value.items() for hit in (
+            [f"{path}.{key}"] if key not in props else _pruned(item, props[key], f"{path}.{key}"))]
+    if isinstance(value, list):
+        return [hit for i, item in enumerate(value) for hit in _pruned(item, schema.get("items", {}), f"{path}[{i}]")]
+    return []
+
+
+def test_every_status_field_written_is_declared_by_the_crd() -> None:
+    """The status is built through the pydantic status models; this ties them to what the apiserver keeps:
+    a field the schema would prune (silently lost, `kubectl get` shows nothing) fails here."""
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    database = Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_READY, "initializing")
+    full = Observation(generation=2, desired_replicas=1, statefulset=sts(), config_hash="h",
+                       endpoints={"api": "a:8080", "nfs": "a:12049", "smb": "a:12445"}, database=database,
+                       percona_cluster="demo-postgres", config_errors=["spec.x: broken"],
+                       s3={"secretFound": False, "missingKeys": ["k"], "message": "m"})
+    statuses = [build_status(full, None), build_status(Observation(generation=1, desired_replicas=0), None)]
+    statuses.append(paused_status(statuses[0], 3))
+    for status in statuses:
+        assert _pruned(status, schema, "status") == []
+    assert _pruned({"conditions": [{"type": "Ready", "bogus": 1}]}, schema, "status") == [
+        "status.conditions[0].bogus"], "the check itself must catch an undeclared field"

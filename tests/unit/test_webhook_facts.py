@@ -6,9 +6,10 @@ import asyncio
 from typing import Any, cast
 
 from dittoctl.api.facts import ClusterFacts
+from dittoctl.api.kinds import SECRETS, STORAGECLASSES, Kind
 from dittoctl.api.models import API_VERSION
 from dittoctl.api.rules import validate
-from dittoctl.kube.gateway import SECRETS, STORAGECLASSES, ApiError, Gateway, Kind, NotFound
+from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from webhook.facts import FactSource
 
 
@@ -43,9 +44,9 @@ class FakeGateway:
             raise NotFound(name)
         return self.secrets[(namespace, name)]
 
-    async def served(self, group: str, version: str, plural: str) -> bool:
+    async def served(self, kind: Kind) -> bool:
         self.calls.append("discovery")
-        assert (group, version, plural) == ("pgv2.percona.com", "v2", "perconapgclusters")
+        assert (kind.group, kind.version, kind.plural) == ("pgv2.percona.com", "v2", "perconapgclusters")
         if isinstance(self.percona, Exception):
             raise self.percona
         return self.percona

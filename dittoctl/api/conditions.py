@@ -1,0 +1,62 @@
+"""The closed vocabularies of status and events (SPEC §3.2, §6): condition types, reasons, event reasons.
+
+StrEnums, so they are written to the API as their plain CamelCase values and a typo is a type error.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    CONFIG_READY = "ConfigReady"
+    DATABASE_READY = "DatabaseReady"
+    AVAILABLE = "Available"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    RECONCILIATION_PAUSED = "ReconciliationPaused"
+    READY = "Ready"
+
+
+class Reason(StrEnum):
+    """Condition reasons."""
+
+    CONFIG_RENDERED = "ConfigRendered"
+    INVALID_SPEC = "InvalidSpec"
+    MISSING_SECRET = "MissingSecret"
+    STOPPED = "Stopped"
+    REPLICAS_AVAILABLE = "ReplicasAvailable"
+    NO_REPLICAS_AVAILABLE = "NoReplicasAvailable"
+    STATEFULSET_UPDATING = "StatefulSetUpdating"
+    SCALING_REPLICAS = "ScalingReplicas"
+    RECONCILE_COMPLETE = "ReconcileComplete"
+    POD_FAILING = "PodFailing"
+    AS_EXPECTED = "AsExpected"
+    ANNOTATION_SET = "AnnotationSet"
+    CONDITIONS_NOT_MET = "ConditionsNotMet"
+    ALL_CONDITIONS_MET = "AllConditionsMet"
+    PERCONA_NOT_FOUND = "PerconaNotFound"
+    PERCONA_NOT_READY = "PerconaNotReady"
+    PERCONA_READY = "PerconaReady"
+    POSTGRES_SECRET_INCOMPLETE = "PostgresSecretIncomplete"
+    POSTGRES_SECRET_COMPLETE = "PostgresSecretComplete"
+
+
+class EventReason(StrEnum):
+    """Event reasons: SPEC §6 is a closed list."""
+
+    CREATED = "Created"
+    CONFIG_UPDATED = "ConfigUpdated"
+    SECRET_ROTATED = "SecretRotated"
+    SCALED = "Scaled"
+    PERCONA_CREATED = "PerconaCreated"
+    PERCONA_READY = "PerconaReady"
+    PERCONA_NOT_READY = "PerconaNotReady"
+    PERCONA_DRIFT_DETECTED = "PerconaDriftDetected"
+    PERCONA_BACKUP_COMPLETED = "PerconaBackupCompleted"
+    RECONCILE_FAILED = "ReconcileFailed"
+    VALIDATION_FAILED = "ValidationFailed"
+    DELETING = "Deleting"
+    CLEANUP_TIMEOUT = "CleanupTimeout"
+    PERCONA_DELETED = "PerconaDeleted"
+    PERCONA_ORPHANED = "PerconaOrphaned"

@@ -1,0 +1,37 @@
+"""The registry of kinds the operator creates per DittoServer, and the ones it observes.
+
+Watches, their label selectors, the cache and the RBAC test (tests/unit/test_chart.py) all derive from
+these tuples. A new child kind is one `Owned` entry here, its builder in `reconciler/specs`, and the
+verbs in the chart's ClusterRole (the RBAC test fails until they match).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dittoctl.api.kinds import CONFIGMAPS, PERCONAPGCLUSTERS, PODS, SERVICES, STATEFULSETS, Kind
+from dittoctl.api.naming import MANAGED_BY_LABEL, MANAGER
+
+# Every watched object carries this label: the apiserver filters, so kopf keeps no record of others.
+SELECTOR = {MANAGED_BY_LABEL: MANAGER}
+
+
+@dataclass(frozen=True)
+class Owned:
+    kind: Kind
+    verbs: tuple[str, ...]
+    """What the operator does with it (the chart must grant exactly these)."""
+    watched: bool = True
+    """Streamed into the cache by a label-selected watch; False: read with a GET when needed."""
+
+
+CHILDREN: tuple[Owned, ...] = (
+    Owned(CONFIGMAPS, ("get", "list", "watch", "create", "patch")),
+    Owned(SERVICES, ("get", "list", "watch", "create", "patch", "delete")),
+    Owned(STATEFULSETS, ("get", "list", "watch", "create", "patch")),
+    # Optional CRD that may be installed after start: discovery decides, so it is not watched.
+    Owned(PERCONAPGCLUSTERS, ("get", "create", "patch", "delete"), watched=False),
+)
+# Not created by us, but streamed (by the same label) to follow readiness and failures.
+OBSERVED: tuple[Owned, ...] = (Owned(PODS, ("list", "watch")),)
+WATCHED_CHILDREN: tuple[Kind, ...] = tuple(o.kind for o in CHILDREN if o.watched)

@@ -1,0 +1,184 @@
+"""Phase: the PerconaPGCluster: apply (never forcing over user edits), readiness gate, safe release.
+
+Decided by the ownerReference on the cluster, not by today's `spec.percona.enabled`: a user who turned
+Percona off keeps an owned database, and deleting the server must orphan it, never let GC delete it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dittoctl.api.conditions import ConditionType, EventReason, Reason
+from dittoctl.api.facts import percona_not_served
+from dittoctl.api.kinds import PERCONAPGBACKUPS, PERCONAPGCLUSTERS
+from dittoctl.api.models import DittoServer
+from dittoctl.api.naming import Names
+from dittoctl.kube.gateway import ApiError, Conflict, NotFound
+from dittoctl.kube.logs import fields
+from reconciler.compare import is_subset, stamp_manifest
+from reconciler.context import Pass
+from reconciler.specs import Desired
+from reconciler.specs.percona import adopt_live_values
+from reconciler.status import Cond
+
+log = logging.getLogger("dittofs.percona")
+
+async def release_database(ctx: Pass) -> bool:
+    """True once no PerconaPGCluster of ours can be garbage-collected by surprise."""
+    body = ctx.current()
+    namespace, uid = ctx.namespace, body["metadata"].get("uid")
+    cluster_name = Names(ctx.name, namespace, str(uid)).percona_cluster
+    try:
+        cluster = await ctx.gw.get(PERCONAPGCLUSTERS, cluster_name, namespace)
+    except NotFound:
+        return True  # no cluster, or the Percona CRD is not installed
+    except ApiError:
+        return False
+    refs = cluster.get("metadata", {}).get("ownerReferences", [])
+    ours = [i for i, ref in enumerate(refs) if ref.get("uid") == uid]
+    if not ours:
+        return True
+    delete = bool((body.get("spec") or {}).get("percona", {}).get("deleteWithServer", False))
+    if delete:
+        await ctx.gw.delete(PERCONAPGCLUSTERS, cluster_name, namespace)
+        await ctx.post("Warning", EventReason.PERCONA_DELETED,
+                              f"PerconaPGCluster {cluster_name} deleted (percona.deleteWithServer is true)")
+        return True
+    rv = cluster["metadata"]["resourceVersion"]
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}]
+    ops += [{"op": "remove", "path": f"/metadata/ownerReferences/{i}"} for i in reversed(ours)]
+    try:
+        await ctx.gw.json_patch(PERCONAPGCLUSTERS, cluster_name, ops, namespace)
+    except (Conflict, ApiError):
+        return False
+    await ctx.post("Normal", EventReason.PERCONA_ORPHANED,
+                          f"PerconaPGCluster {cluster_name} kept; ownerReference removed (data preserved)")
+    return True
+
+
+@dataclass
+class DatabaseState:
+    """What the reconcile pass needs to know about the database this time."""
+
+    condition: Cond | None = None
+    cluster_name: str | None = None
+    gate_open: bool = True  # False: do not create/update the StatefulSet yet
+    requeue: float | None = None
+
+
+def _conflict_paths(exc: Conflict) -> list[str]:
+    return [str(c.get("field")) for c in exc.causes if c.get("field")]
+
+
+async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    """SSA without force; on conflict keep the user's values (one drift event) and apply the rest."""
+    try:
+        return await ctx.gw.apply(manifest, force=False)
+    except Conflict as exc:
+        paths = _conflict_paths(exc)
+        current = live or await ctx.gw.get(PERCONAPGCLUSTERS, manifest["metadata"]["name"], ctx.namespace)
+        failed = adopt_live_values(manifest, current, paths)
+        await ctx.post("Warning", EventReason.PERCONA_DRIFT_DETECTED,
+                              f"PerconaPGCluster {manifest['metadata']['name']} was edited directly; keeping "
+                              f"the edited fields: {', '.join(sorted(paths)) or 'unknown'}")
+        if failed:
+            log.warning("could not adopt drifted fields; leaving the cluster unchanged",
+                        extra=fields(name=manifest["metadata"]["name"], fields=",".join(failed)))
+            return current
+        return await ctx.gw.apply(manifest, force=False)
+
+
+def _ready(cluster: Mapping[str, Any]) -> tuple[bool, str]:
+    status = cluster.get("status") or {}
+    state = str(status.get("state") or "unknown")
+    observed = status.get("observedGeneration")
+    generation = cluster.get("metadata", {}).get("generation")
+    current = observed is None or generation is None or int(observed) >= int(generation)
+    return state == "ready" and current, state if current else f"{state} (generation {observed}/{generation})"
+
+
+def _not_served(requeue: float) -> DatabaseState:
+    return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_FOUND, percona_not_served()),
+                         None, gate_open=False, requeue=requeue)
+
+
+def _state(ready: bool, cluster: str, message: str) -> DatabaseState:
+    if ready:
+        return DatabaseState(Cond(ConditionType.DATABASE_READY, True, Reason.PERCONA_READY, message), cluster)
+    return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_READY, message), cluster,
+                         gate_open=False, requeue=5.0)
+
+
+async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired: Desired) -> DatabaseState:
+    spec = server.spec
+    if desired.percona_cluster is None:
+        return await _existing_owned(ctx, names)
+    if not await ctx.shared.discovery.percona():
+        return _not_served(30.0)
+    manifest = stamp_manifest(desired.percona_cluster)
+    live = await ctx.gw.get_or_none(PERCONAPGCLUSTERS, names.percona_cluster, names.namespace)
+    if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
+        return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
+    if live is None or not is_subset(manifest, live):
+        try:
+            live = await _apply_cluster(ctx, manifest, live)
+        except NotFound:  # the CRD went away since discovery said it was served
+            ctx.shared.discovery.percona_served = False
+            return _not_served(15.0)
+        if ctx.memory.database_ready is None and live.get("metadata", {}).get("generation") == 1:
+            await ctx.post("Normal", EventReason.PERCONA_CREATED, f"PerconaPGCluster {names.percona_cluster} created")
+    ready, state = _ready(live)
+    if ready and ctx.memory.database_ready is not True:
+        await ctx.post("Normal", EventReason.PERCONA_READY, f"PerconaPGCluster {names.percona_cluster} is ready")
+    elif not ready and ctx.memory.database_ready is True:
+        await ctx.post("Warning", EventReason.PERCONA_NOT_READY, f"PerconaPGCluster {names.percona_cluster} is {state}")
+    ctx.memory.database_ready = ready
+    if spec.percona.backup.enabled:
+        await _report_backups(ctx, names)
+    return _state(ready, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is ready" if ready
+                  else f"PerconaPGCluster {names.percona_cluster} state: {state}")
+
+
+def postgres_secret_condition(missing: list[tuple[str, str]], secret: str) -> Cond:
+    """External Postgres: DatabaseReady says whether its Secret holds every key the server reads."""
+    gaps = [k for s, k in missing if s == secret]
+    if gaps:
+        return Cond(ConditionType.DATABASE_READY, False, Reason.POSTGRES_SECRET_INCOMPLETE,
+                    f"Secret {secret} lacks keys: {', '.join(gaps)}")
+    return Cond(ConditionType.DATABASE_READY, True, Reason.POSTGRES_SECRET_COMPLETE,
+                f"Secret {secret} holds the connection")
+
+
+async def _existing_owned(ctx: Pass, names: Names) -> DatabaseState:
+    """Percona is off: an owned cluster is left alone (data is never migrated nor deleted)."""
+    if not ctx.shared.discovery.percona_served:
+        return DatabaseState()
+    try:
+        live = await ctx.gw.get_or_none(PERCONAPGCLUSTERS, names.percona_cluster, names.namespace)
+    except ApiError:
+        return DatabaseState()
+    owned = live is not None and any(
+        r.get("uid") == names.uid for r in live["metadata"].get("ownerReferences", []))
+    return DatabaseState(cluster_name=names.percona_cluster if owned else None)
+
+
+async def _report_backups(ctx: Pass, names: Names) -> None:
+    """One `PerconaBackupCompleted` per newly succeeded PerconaPGBackup of our cluster.
+
+    The first look after a start only records what exists, so a restart never repeats old news.
+    """
+    try:
+        backups = await ctx.gw.list(PERCONAPGBACKUPS, names.namespace)
+    except (ApiError, NotFound):
+        return
+    done = {b["metadata"]["name"] for b in backups
+            if (b.get("spec") or {}).get("pgCluster") == names.percona_cluster
+            and str((b.get("status") or {}).get("state", "")).lower() == "succeeded"}
+    if ctx.memory.backups_seen is not None:
+        for name in sorted(done - ctx.memory.backups_seen):
+            await ctx.post("Normal", EventReason.PERCONA_BACKUP_COMPLETED,
+                                  f"PerconaPGBackup {name} of PerconaPGCluster {names.percona_cluster} succeeded")
+    ctx.memory.backups_seen = done

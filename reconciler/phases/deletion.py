@@ -1,0 +1,69 @@
+"""Phase (instead of all others once deletion started, SPEC §5): drain the server gracefully, keep every
+PVC and the generated Secrets, never hang forever.
+
+Percona handling is decided by the ownerReference on the PerconaPGCluster, not by today's spec.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+
+from dittoctl.api.conditions import EventReason
+from dittoctl.api.kinds import DITTOSERVERS, STATEFULSETS
+from dittoctl.api.naming import FINALIZER
+from dittoctl.kube.gateway import Conflict, NotFound
+from dittoctl.kube.logs import fields
+from reconciler.context import Pass
+from reconciler.phases.database import release_database
+from reconciler.status import deleting_status
+
+log = logging.getLogger("dittofs.deletion")
+POLL_SECONDS = 1.0
+
+
+def _age(timestamp: str) -> float:
+    deleted = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    return time.time() - deleted
+
+
+async def finalize(ctx: Pass) -> float | None:
+    meta = ctx.body["metadata"]
+    namespace, name = ctx.namespace, ctx.name
+    if FINALIZER not in (meta.get("finalizers") or []):
+        return None
+    if (ctx.body.get("status") or {}).get("phase") != "Deleting":
+        await ctx.post("Normal", EventReason.DELETING, f"DittoServer {name}: draining StatefulSet {name}")
+        await ctx.write_status(deleting_status(ctx.body.get("status")))
+
+    if not await release_database(ctx):
+        return POLL_SECONDS  # the database must be orphaned before anything else can go
+
+    sts = ctx.cache.child(STATEFULSETS, namespace, name)
+    if sts is None:
+        sts = await ctx.gw.get_or_none(STATEFULSETS, name, namespace)
+    if sts is not None and sts.get("spec", {}).get("replicas", 0) != 0:
+        scaled = await ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}}, namespace)
+        ctx.cache.put_child(STATEFULSETS, scaled)
+    pods = ctx.cache.pods_of(namespace, name)
+    timeout = ctx.shared.cleanup_timeout
+    timed_out = _age(str(meta["deletionTimestamp"])) > timeout
+    if pods and not timed_out:
+        return POLL_SECONDS
+    if pods:
+        await ctx.post("Warning", EventReason.CLEANUP_TIMEOUT,
+                       f"{len(pods)} pod(s) of StatefulSet {name} still running after {int(timeout)}s; "
+                       "removing the finalizer anyway (PVCs are kept)")
+    latest = ctx.current()["metadata"]
+    finalizers = [f for f in latest.get("finalizers", []) if f != FINALIZER]
+    patch = {"metadata": {"finalizers": finalizers, "resourceVersion": latest["resourceVersion"]}}
+    try:
+        await ctx.gw.merge_patch(DITTOSERVERS, name, patch, namespace)
+        log.info("finalizer removed from %s/%s", namespace, name,
+                 extra=fields(namespace=namespace, name=name, podsLeft=len(pods)))
+    except NotFound:
+        return None
+    except Conflict:
+        return 0.2  # a newer version arrived; the next pass uses it
+    return None

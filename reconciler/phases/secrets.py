@@ -1,0 +1,75 @@
+"""Phase: the generated Secrets exist, and the digests of every Secret key the server consumes are known.
+
+Generated Secrets are created once and never regenerated. Digests come from the watch-fed cache, or a
+point GET on a miss; bodies are never kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dittoctl.api.kinds import SECRETS
+from dittoctl.api.models import DittoServer
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import secret_uses
+from dittoctl.kube.gateway import Conflict
+from dittoctl.kube.logs import fields
+from reconciler.cache import SecretDigest, secret_digest
+from reconciler.context import Pass
+from reconciler.specs import SecretDigests
+from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
+
+log = logging.getLogger("dittofs.reconciler")
+
+
+async def _digest(ctx: Pass, name: str) -> SecretDigest:
+    key = (ctx.namespace, name)
+    if key in ctx.cache.secrets:
+        return ctx.cache.secrets[key]
+    obj = await ctx.gw.get_or_none(SECRETS, name, ctx.namespace)
+    digest = secret_digest(obj) if obj is not None else None
+    ctx.cache.put_secret(key, digest)
+    return digest
+
+
+async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None:
+    """`<name>-jwt` and `<name>-admin-bootstrap-credentials`, unless the spec names its own Secrets."""
+    identity = server.spec.identity
+    wanted: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if identity.jwt.secret_ref is None:
+        wanted.append((names.jwt_secret, lambda: jwt_secret(names, new_jwt_value())))
+    if identity.admin.password_secret_ref is None:
+        wanted.append((names.admin_secret, lambda: admin_secret(names, identity.admin.username, new_password())))
+    for name, build in wanted:
+        known = (names.namespace, name) in ctx.cache.secrets
+        # A fresh server's Secrets are created blind (a 409 says they exist): no GET per new server.
+        if (known or not ctx.fresh) and await _digest(ctx, name) is not None:
+            continue
+        try:
+            created = await ctx.gw.create(SECRETS, build(), names.namespace)
+            ctx.cache.put_secret((names.namespace, name), secret_digest(created))
+            log.info("generated Secret %s/%s", names.namespace, name,
+                     extra=fields(namespace=names.namespace, name=name))
+        except Conflict:
+            # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
+            existing = await ctx.gw.get(SECRETS, name, names.namespace)
+            ctx.cache.put_secret((names.namespace, name), secret_digest(existing))
+
+
+async def consumed_digests(ctx: Pass, server: DittoServer, names: Names) -> SecretDigests:
+    """(secret, key) -> digest of the value, None when the Secret or key is missing."""
+    digests: dict[tuple[str, str], str | None] = {}
+    for use in secret_uses(server.spec, names):
+        data = await _digest(ctx, use.secret)
+        digests[(use.secret, use.key)] = None if data is None else data.get(use.key)
+    return digests
+
+
+def missing_secret_errors(missing: list[tuple[str, str]], server: DittoServer, names: Names) -> list[str]:
+    """One line per missing Secret key the server needs now; the Percona user Secret is a database wait
+    (it appears with the database), reported by DatabaseReady instead."""
+    spec = server.spec
+    return [f"Secret {s} has no key {k!r} (or does not exist); create it or fix the reference"
+            for s, k in missing if not (spec.percona.enabled and s == names.percona_user_secret)]

@@ -1,0 +1,35 @@
+"""Phase: the webhook's rules again, so an object admitted while the webhook was off is still judged
+(CloudNativePG's pattern). An invalid spec stops the pass with ConfigReady=False/InvalidSpec."""
+
+from __future__ import annotations
+
+from dittoctl.api.conditions import EventReason
+from dittoctl.api.facts import ClusterFacts
+from dittoctl.api.kinds import STATEFULSETS
+from dittoctl.api.models import DittoServer
+from dittoctl.api.rules import validate
+from reconciler.context import Pass
+from reconciler.status import Observation, build_status
+
+
+async def check_spec(ctx: Pass) -> DittoServer | None:
+    """The parsed server, or None once the problems are reported (event on change, status)."""
+    body = ctx.current()
+    if ((body.get("spec") or {}).get("percona") or {}).get("enabled"):
+        await ctx.shared.discovery.percona()
+    # StorageClasses are not checked here: the webhook did, and a class deleted since must not block.
+    facts = ClusterFacts(storage_classes=None, percona_served=ctx.shared.discovery.percona_served, secrets={})
+    verdict = validate(body, None, facts)
+    if verdict.allowed and verdict.server is not None:
+        ctx.memory.invalid = None
+        return verdict.server
+    messages = verdict.messages
+    joined = "; ".join(messages)
+    if ctx.memory.invalid != joined:
+        ctx.memory.invalid = joined
+        await ctx.post("Warning", EventReason.VALIDATION_FAILED, joined[:1000])
+    replicas = int((body.get("spec") or {}).get("replicas", 1) or 0)
+    await ctx.write_status(build_status(Observation(
+        generation=ctx.generation, desired_replicas=replicas, config_errors=messages,
+        statefulset=ctx.cache.child(STATEFULSETS, *ctx.key), pods=ctx.cache.pods_of(*ctx.key)), body.get("status")))
+    return None

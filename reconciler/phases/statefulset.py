@@ -1,0 +1,72 @@
+"""Phase: the StatefulSet, applied only when the config is complete and the database gate is open;
+events for creation, Secret rotation (names the Secret, never its data) and scaling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from dittoctl.api.conditions import EventReason
+from dittoctl.api.kinds import STATEFULSETS
+from dittoctl.api.naming import HASH_ANNOTATION, Names
+from reconciler.compare import stamp_manifest
+from reconciler.context import Pass
+from reconciler.specs import Desired, SecretDigests
+
+log = logging.getLogger("dittofs.reconciler")
+STORAGE_TEMPLATES = ("controlplane", "metadata", "content")
+Obj = dict[str, Any]
+
+
+async def observe_statefulset(ctx: Pass, names: Names) -> Obj | None:
+    return await ctx.observed(STATEFULSETS, names.statefulset)
+
+
+async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous: Obj | None,
+                            digests: SecretDigests) -> Obj | None:
+    written, _ = await ctx.apply(stamp_manifest(desired.statefulset), previous, known=True)
+    if not written:
+        return previous
+    result = ctx.cache.child(STATEFULSETS, names.namespace, names.statefulset)
+    sts_name = f"StatefulSet {names.statefulset}"
+    if previous is None:
+        await ctx.post("Normal", EventReason.CREATED, f"{sts_name} created")
+        return result
+    old_hash = previous["spec"]["template"]["metadata"].get("annotations", {}).get(HASH_ANNOTATION)
+    if old_hash != desired.config_hash and ctx.memory.digests:
+        before = ctx.memory.digests
+        for secret in sorted({s for (s, k), d in digests.items() if before.get((s, k), d) != d}):
+            await ctx.post("Normal", EventReason.SECRET_ROTATED, f"Secret {secret} changed; rolling {sts_name}")
+    old_replicas = previous["spec"].get("replicas")
+    new_replicas = desired.statefulset["spec"]["replicas"]
+    if old_replicas != new_replicas:
+        await ctx.post("Normal", EventReason.SCALED, f"{sts_name} scaled from {old_replicas} to {new_replicas}")
+    return result
+
+
+def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> list[str]:
+    """volumeClaimTemplates are immutable: report a size/class change instead of failing the apply."""
+    if observed is None:
+        return []
+
+    def claims(sts: Mapping[str, Any]) -> dict[str, tuple[str | None, str | None]]:
+        out = {}
+        for claim in sts.get("spec", {}).get("volumeClaimTemplates", []):
+            spec = claim.get("spec", {})
+            out[claim["metadata"]["name"]] = (
+                spec.get("resources", {}).get("requests", {}).get("storage"), spec.get("storageClassName"))
+        return out
+
+    before, after = claims(observed), claims(desired)
+    errors = []
+    for name in STORAGE_TEMPLATES:
+        if name in before and name in after and before[name] != after[name]:
+            (old_size, old_class), (new_size, new_class) = before[name], after[name]
+            if old_size != new_size:
+                errors.append(f"spec.storage: immutable: volume {name} is {old_size}, spec asks {new_size}; "
+                              "StatefulSet volumeClaimTemplates cannot change")
+            if new_class is not None and old_class != new_class:
+                errors.append(f"spec.storage.storageClassName: immutable: volume {name} uses {old_class}, "
+                              f"spec asks {new_class}")
+    return errors
