@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,26 +57,33 @@ class Health:
         self.controller = controller
         self.webhook = webhook
         self.kopf_ready = asyncio.Event()
-        self.started = time.monotonic()
+        self.kopf_task: asyncio.Task[Any] | None = None
         self._runner: web.AppRunner | None = None
 
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    def problems(self) -> list[str]:
+    def liveness_problems(self) -> list[str]:
+        """Answering at all proves the event loop runs; these say a component stopped for good."""
         problems = []
-        if self.controller is not None and not self.kopf_ready.is_set():
-            problems.append("watch caches not warm yet")
+        if self.kopf_task is not None and self.kopf_task.done():
+            problems.append("kopf (the watch streams) stopped")
+        if self.controller is not None and (silent := self.controller.secret_watch.stale_for()) is not None:
+            problems.append(f"Secret watch silent for {int(silent)}s")
+        return problems
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if self.controller is not None and not (self.kopf_ready.is_set() and self.controller.primed.is_set()):
+            problems.append("watch caches not warm yet (first listing pending)")
         if self.controller is not None and not self.controller.secret_watch.started.is_set():
             problems.append("Secret watch not started")
         if self.webhook is not None and not self.webhook.ready:
             problems.append("webhook not serving (no valid certificate loaded)")
         return problems
 
+    async def healthz(self, _: web.Request) -> web.Response:
+        return _verdict(self.liveness_problems(), "unhealthy")
+
     async def readyz(self, _: web.Request) -> web.Response:
-        problems = self.problems()
-        return web.json_response({"status": "ok" if not problems else "not ready", "problems": problems},
-                                 status=200 if not problems else 503)
+        return _verdict(self.readiness_problems(), "not ready")
 
     async def metrics(self, _: web.Request) -> web.Response:
         if self.controller is not None:
@@ -103,6 +109,11 @@ class Health:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _verdict(problems: list[str], failing: str) -> web.Response:
+    return web.json_response({"status": "ok" if not problems else failing, "problems": problems},
+                             status=200 if not problems else 503)
 
 
 def kopf_settings(settings: kopf.OperatorSettings) -> None:
@@ -164,13 +175,14 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             controller.start()
             metrics.LEADER.labels(settings.lease_name).set(1)
         ready_flag: asyncio.Event = health.kopf_ready
-        tasks.append(asyncio.create_task(kopf.operator(
+        health.kopf_task = asyncio.create_task(kopf.operator(
             registry=registry,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             standalone=True,
             ready_flag=ready_flag,
-        ), name="kopf"))
+        ), name="kopf")
+        tasks.append(health.kopf_task)
     if controller is not None:
         tasks.append(asyncio.create_task(_reclaim_signals(health.kopf_ready, stop), name="reclaim-signals"))
     log.info("dittofs-operator started", extra=fields(

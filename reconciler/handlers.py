@@ -19,7 +19,8 @@ from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import INSTANCE_LABEL, Names
 from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
-from dittoctl.kube.gateway import Gateway
+from dittoctl.kube.gateway import ApiError, Gateway, NotFound
+from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, key_of
 from reconciler.owned import OBSERVED, SELECTOR, WATCHED_CHILDREN
 from reconciler.queue import WorkQueue
@@ -42,6 +43,8 @@ class Controller:
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
         self.secret_watch = SecretWatch(gateway, self.on_secret, self.on_secret_reset, namespaces)
+        self.namespaces: list[str | None] = list(namespaces or []) or [None]
+        self.primed = asyncio.Event()  # the first listing of every watched kind is in the cache
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _work(self, key: Key) -> float | None:
@@ -56,7 +59,32 @@ class Controller:
         self.queue.start()
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._drift(), name="drift-timer"),
-                           asyncio.create_task(self.secret_watch.run(), name="secret-watch")]
+                           asyncio.create_task(self.secret_watch.run(), name="secret-watch"),
+                           asyncio.create_task(self._prime(), name="cache-prime")]
+
+    async def _prime(self) -> None:
+        """List every watched kind once into the cache, so readiness means "caches warm" (kopf's own ready
+        flag rises before its watchers have listed anything). kopf's listing of the same objects then
+        arrives with the same resourceVersions and is skipped as an echo."""
+        backoff = 0.5
+        while True:
+            try:
+                selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
+                for namespace in self.namespaces:
+                    for server in await self.gateway.list(DITTOSERVERS, namespace):
+                        self.on_server("ADDED", _typed(DITTOSERVERS, server))
+                    for kind in WATCHED_CHILDREN:
+                        for child in await self.gateway.list(kind, namespace, label_selector=selector):
+                            self.on_child(kind, "ADDED", _typed(kind, child))
+                    for pod in await self.gateway.list(PODS, namespace, label_selector=selector):
+                        self.on_pod("ADDED", pod)
+                self.primed.set()
+                log.info("caches primed", extra=fields(servers=len(self.cache.servers)))
+                return
+            except (ApiError, NotFound) as exc:
+                log.warning("first listing failed; retrying", extra=fields(error=str(exc)[:200]))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     def start(self) -> None:
         self.active.set()
@@ -131,6 +159,11 @@ class Controller:
         for namespace, secret in list(self.cache.secret_refs):
             for server in self.cache.secret_refs.get((namespace, secret), ()):
                 self.queue.add((namespace, server))
+
+
+def _typed(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+    """List items carry no apiVersion/kind; watch events and the desired manifests do."""
+    return {"apiVersion": kind.api_version, "kind": kind.kind, **obj}
 
 
 def _echo(cached: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:

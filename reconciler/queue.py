@@ -71,9 +71,6 @@ class WorkQueue(Generic[K]):
             timer.cancel()
         self._timers.clear()
 
-    def __len__(self) -> int:
-        return len(self._queued) + len(self._active)
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from dittoctl.api.kinds import SECRETS
@@ -20,6 +21,10 @@ from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.secrets")
 Handler = Callable[[str, dict[str, object]], None]
+WATCH_SECONDS = 290
+# A healthy stream ends by itself every WATCH_SECONDS (the client gives up 30 s later), and a failing one is
+# retried within 30 s: silence beyond that means the loop is stuck.
+STALE_SECONDS = WATCH_SECONDS + 30 + 30 + 60
 
 
 class SecretWatch:
@@ -32,6 +37,8 @@ class SecretWatch:
         self.on_reset = on_reset
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.started = asyncio.Event()
+        self.last_activity = time.monotonic()
+        """Last (re)connect, event, bookmark or stream end; liveness fails when it is older than STALE."""
         self._pending = set(self.namespaces)
 
     async def _current_version(self, namespace: str | None) -> str:
@@ -40,6 +47,11 @@ class SecretWatch:
 
     async def run(self) -> None:
         await asyncio.gather(*(self._run(namespace) for namespace in self.namespaces))
+
+    def stale_for(self) -> float | None:
+        """Seconds of silence beyond STALE_SECONDS, or None while the stream is alive."""
+        silent = time.monotonic() - self.last_activity
+        return silent if silent > STALE_SECONDS else None
 
     def _listed(self, namespace: str | None) -> None:
         self._pending.discard(namespace)
@@ -54,7 +66,10 @@ class SecretWatch:
                 if version is None:
                     version = await self._current_version(namespace)
                     self._listed(namespace)
-                async for event in self.gw.watch(SECRETS, version, namespace=namespace):
+                self.last_activity = time.monotonic()
+                async for event in self.gw.watch(SECRETS, version, timeout_seconds=WATCH_SECONDS,
+                                                 namespace=namespace):
+                    self.last_activity = time.monotonic()
                     kind = str(event.get("type"))
                     obj = event.get("object") or {}
                     if kind == "ERROR":
@@ -64,6 +79,7 @@ class SecretWatch:
                     version = str(obj.get("metadata", {}).get("resourceVersion") or version)
                     if kind != "BOOKMARK":
                         self.on_event(kind, obj)
+                self.last_activity = time.monotonic()
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise

@@ -1,23 +1,4 @@
-"""The shared API: pydantic models of DittoServer and the CRD generated from them."""
+"""The shared API: models, names, kinds, Secret uses, validation rules and the CRD generated from them.
 
-from dittoctl.api.models import (
-    API_VERSION,
-    GROUP,
-    KIND,
-    PLURAL,
-    VERSION,
-    DittoServer,
-    DittoServerSpec,
-    DittoServerStatus,
-)
-
-__all__ = [
-    "API_VERSION",
-    "GROUP",
-    "KIND",
-    "PLURAL",
-    "VERSION",
-    "DittoServer",
-    "DittoServerSpec",
-    "DittoServerStatus",
-]
+The lowest layer: pure, no I/O; both the webhook and the reconciler build on it.
+"""

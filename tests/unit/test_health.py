@@ -1,0 +1,45 @@
+"""/healthz and /readyz say what is true: caches listed, watch streams alive, kopf running."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast
+
+from dittoctl.kube.gateway import Gateway
+from dittoctl.main import Health
+from reconciler.handlers import Controller
+from reconciler.secret_watch import STALE_SECONDS
+
+
+def controller() -> Controller:
+    # Nothing in the constructor touches the API; these checks read only in-memory state.
+    return Controller(cast(Gateway, object()))
+
+
+async def test_ready_only_after_the_first_listing_and_kopf() -> None:
+    health = Health(controller(), None)
+    assert "watch caches not warm yet (first listing pending)" in health.readiness_problems()
+    health.kopf_ready.set()  # kopf raises it before its watchers list anything: not enough alone
+    assert "watch caches not warm yet (first listing pending)" in health.readiness_problems()
+    assert health.controller is not None
+    health.controller.primed.set()
+    health.controller.secret_watch.started.set()
+    assert health.readiness_problems() == []
+
+
+async def test_liveness_fails_on_a_silent_secret_watch_and_a_stopped_kopf() -> None:
+    ctl = controller()
+    health = Health(ctl, None)
+    assert health.liveness_problems() == []
+    ctl.secret_watch.last_activity = time.monotonic() - STALE_SECONDS - 5
+    (problem,) = health.liveness_problems()
+    assert problem.startswith("Secret watch silent for ")
+    ctl.secret_watch.last_activity = time.monotonic()
+
+    async def finished() -> None:
+        return None
+
+    health.kopf_task = asyncio.create_task(finished())
+    await health.kopf_task
+    assert health.liveness_problems() == ["kopf (the watch streams) stopped"]
