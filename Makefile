@@ -14,6 +14,7 @@ cluster: bootstrap
 lint:
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 test: bootstrap lint
 	$(VENV)/python -m pytest -p no:cacheprovider -q -ra --durations=15
