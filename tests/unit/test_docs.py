@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,32 @@ def test_doc_links_resolve(doc: str) -> None:
         if anchor:
             linked = crd_reference() if path.name == "CRD_REFERENCE.md" else path.read_text()
             assert anchor in _anchors(linked), f"{doc}: no heading #{anchor} in {path.name}"
+
+
+# -- docs/ARCHITECTURE.md -----------------------------------------------------------------------------------
+ARCHITECTURE = (DOCS / "ARCHITECTURE.md").read_text()
+
+
+def test_architecture_layers_are_the_enforced_contract() -> None:
+    """The layer table lists, top to bottom, exactly the modules of the import-linter contract."""
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    enforced = [sorted(m.strip() for m in re.split(r"[|:]", layer) if m.strip() not in ("", "dittoctl.__main__"))
+                for layer in contract["layers"]]
+    table = re.findall(r"^\| [A-Za-z][^|]* \| (`[^|]*`) \|", ARCHITECTURE, re.M)
+    documented = [sorted(re.findall(r"`([a-z_.]+)`", cell)) for cell in table]
+    assert documented == enforced
+
+
+def test_architecture_names_every_phase_in_pass_order() -> None:
+    phases = sorted(p.stem for p in (ROOT / "reconciler" / "phases").glob("*.py") if p.stem != "__init__")
+    named = re.findall(r"`([a-z]+)`", ARCHITECTURE.split("A pass: ", 1)[1].split("\n\n", 1)[0])
+    assert sorted(named) == phases, "every module in reconciler/phases is named in the pass description"
+    calls = (ROOT / "reconciler" / "reconcile.py").read_text()
+    order = [n for n in named if n not in ("deletion", "paused")]
+    modules = [re.search(rf"from reconciler\.phases\.{n} import (\w+)", calls) for n in order]
+    assert all(modules), "the reconcile pass imports each phase it names"
+
+
+def test_architecture_paths_exist() -> None:
+    for path in re.findall(r"`((?:dittoctl|reconciler|webhook|certs|config)/[\w/.]+)`", ARCHITECTURE):
+        assert (ROOT / path).exists(), f"docs/ARCHITECTURE.md names {path}, which does not exist"
