@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from dittoctl.api.kinds import DITTOSERVERS, EVENTS, PERCONAPGCLUSTERS, PODS, PVCS
+from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
 
 
@@ -64,13 +65,14 @@ async def show(name: str, namespace: str, kubeconfig: str | None) -> int:
         except NotFound:
             print(f"DittoServer {namespace}/{name} not found", file=sys.stderr)
             return 1
-        selector = f"app.kubernetes.io/name=dittofs,app.kubernetes.io/instance={name}"
+        names = Names(name, namespace, str(server["metadata"].get("uid", "")))
+        selector = ",".join(f"{k}={v}" for k, v in names.selector().items())
         pods = await gateway.list(PODS, namespace, label_selector=selector)
         pvcs = await gateway.list(PVCS, namespace, label_selector=selector)
         percona = None
-        if (server.get("status") or {}).get("perconaClusterName"):
+        if cluster := (server.get("status") or {}).get("perconaClusterName"):
             try:
-                percona = await gateway.get(PERCONAPGCLUSTERS, f"{name}-postgres", namespace)
+                percona = await gateway.get(PERCONAPGCLUSTERS, cluster, namespace)
             except (NotFound, ApiError):
                 percona = None
         events = await gateway.list(EVENTS, namespace, field_selector=f"involvedObject.name={name}")
