@@ -85,8 +85,9 @@ def test_sqlite_config_and_environment_start_dfs(dfs_path: Path, tmp_path: Path,
 
 def test_external_postgres_secret_starts_dfs(dfs_path: Path, tmp_path: Path) -> None:
     # Only missing binaries are a missing prerequisite; any other start failure is a plain failure.
-    postgres = require("postgres", lambda: PostgresServer(password="pg-contract-pw-1"), PostgresUnavailable).start()
+    postgres = require("postgres", lambda: PostgresServer(password="pg-contract-pw-1"), PostgresUnavailable)
     try:
+        postgres.start()
         pg_env = postgres.dittofs_env(sslmode="disable")
         secrets = generated_secrets()
         secrets["pg"] = {
@@ -108,8 +109,9 @@ def test_percona_user_secret_environment_starts_dfs(dfs_path: Path, tmp_path: Pa
     """Exactly what the StatefulSet renders from a Percona `<cluster>-pguser-dittofs` Secret, sslmode
     `require` included, against a real PostgreSQL with TLS on."""
     postgres = require("postgres", lambda: PostgresServer(password="percona-contract-pw", ssl=True),
-                       PostgresUnavailable).start()
+                       PostgresUnavailable)
     try:
+        postgres.start()
         secrets = generated_secrets()
         secrets["demo-postgres-pguser-dittofs"] = {
             "host": postgres.host, "port": str(postgres.port), "dbname": postgres.database,

@@ -99,7 +99,11 @@ class PostgresServer:
             return ""
 
     def __enter__(self) -> PostgresServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()  # __exit__ does not run when __enter__ fails: do not leak the mkdtemp dir
+            raise
         return self
 
     def __exit__(
