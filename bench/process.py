@@ -1,6 +1,6 @@
 """`python -m dittoctl run` (reconciler + webhook, one process) as the benchmarks run it.
 
-Like ``make demo``'s operator (tests/testbed/demo.py) (webhook on 127.0.0.1, TLS from the test CA, the operator's own
+Like the operator of ``make demo`` (webhook on 127.0.0.1, TLS from the test CA, the operator's own
 identity), plus what measuring needs: a fixed drift interval, a fine-grained ``/readyz`` poll so that
 start -> ready is timed to a few milliseconds, and readers for ``/proc/<pid>/{stat,status}`` and
 ``/metrics``.
