@@ -128,7 +128,7 @@ class Pass:
             return False, previous
         result = await self.gw.apply(manifest)
         self.cache.put_child(kind, result)
-        log.info("applied %s %s/%s", kind.kind, self.namespace, name, extra=fields(
+        log.info("applied %s", kind.kind, extra=fields(
             namespace=self.namespace, name=name, kind=kind.kind, action="create" if previous is None else "update"))
         return True, previous
 

@@ -104,7 +104,7 @@ class AdmissionHandler:
             response["warnings"] = verdict.warnings
         if not verdict.allowed:
             response["status"] = denial_status(verdict, obj)
-            log.info("admission denied", extra=fields(**_who(request), errors=len(verdict.errors)))
+            log.info("admission denied", extra=fields(**_who(request, obj), errors=len(verdict.errors)))
             if request.get("dryRun") is not True:
                 self._post_event(obj, namespace, response["status"]["message"])
         return response
@@ -180,8 +180,10 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else {}
 
 
-def _who(request: Mapping[str, Any]) -> dict[str, Any]:
-    return {"namespace": str(request.get("namespace") or ""), "name": str(request.get("name") or ""),
+def _who(request: Mapping[str, Any], obj: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    # request.name is empty on a CREATE; the object's own metadata names it then.
+    name = request.get("name") or (_metadata(obj).get("name") if isinstance(obj, Mapping) else None)
+    return {"namespace": str(request.get("namespace") or ""), "name": str(name or ""),
             "operation": str(request.get("operation") or "")}
 
 

@@ -37,12 +37,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """Human lines that still name the object: `... applied ConfigMap apps/demo-config action=create`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        structured = dict(getattr(record, "fields", None) or {})
+        namespace, name = structured.pop("namespace", None), structured.pop("name", None)
+        if name is not None:
+            line += f" {namespace}/{name}" if namespace else f" {name}"
+        elif namespace is not None:
+            line += f" namespace={namespace}"
+        return line + "".join(f" {key}={value}" for key, value in structured.items())
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

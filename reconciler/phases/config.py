@@ -34,8 +34,7 @@ async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:
         if name in wanted or current is None or not _owned_by(current, names.uid):
             continue
         await ctx.gw.delete(SERVICES, name, names.namespace)
-        log.info("deleted obsolete Service %s/%s", names.namespace, name,
-                 extra=fields(namespace=names.namespace, name=name))
+        log.info("deleted obsolete Service", extra=fields(namespace=names.namespace, name=name))
         ctx.cache.drop_child(SERVICES, (names.namespace, name))
 
 

@@ -85,8 +85,8 @@ async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, An
                               f"PerconaPGCluster {manifest['metadata']['name']} was edited directly; keeping "
                               f"the edited fields: {', '.join(sorted(paths)) or 'unknown'}")
         if failed:
-            log.warning("could not adopt drifted fields; leaving the cluster unchanged",
-                        extra=fields(name=manifest["metadata"]["name"], fields=",".join(failed)))
+            log.warning("could not adopt drifted fields; leaving the cluster unchanged", extra=fields(
+                namespace=ctx.namespace, name=manifest["metadata"]["name"], fields=",".join(failed)))
             return current
         return await ctx.gw.apply(manifest, force=False)
 

@@ -60,8 +60,7 @@ async def finalize(ctx: Pass) -> float | None:
     patch = {"metadata": {"finalizers": finalizers, "resourceVersion": latest["resourceVersion"]}}
     try:
         await ctx.gw.merge_patch(DITTOSERVERS, name, patch, namespace)
-        log.info("finalizer removed from %s/%s", namespace, name,
-                 extra=fields(namespace=namespace, name=name, podsLeft=len(pods)))
+        log.info("finalizer removed", extra=fields(namespace=namespace, name=name, podsLeft=len(pods)))
     except NotFound:
         return None
     except Conflict:

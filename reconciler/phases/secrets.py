@@ -50,8 +50,7 @@ async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None
         try:
             created = await ctx.gw.create(SECRETS, build(), names.namespace)
             ctx.cache.put_secret((names.namespace, name), secret_digest(created))
-            log.info("generated Secret %s/%s", names.namespace, name,
-                     extra=fields(namespace=names.namespace, name=name))
+            log.info("generated Secret", extra=fields(namespace=names.namespace, name=name))
         except Conflict:
             # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
             existing = await ctx.gw.get(SECRETS, name, names.namespace)
