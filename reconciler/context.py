@@ -32,6 +32,8 @@ class Memory:
     digests: dict[tuple[str, str], str | None] = field(default_factory=dict)
     database_ready: bool | None = None
     invalid: str | None = None
+    waiting: str | None = None
+    """The missing Secrets last reported (one event per change)."""
     backups_seen: set[str] | None = None
 
 

@@ -20,7 +20,7 @@ from reconciler.phases.database import ensure_database, postgres_secret_conditio
 from reconciler.phases.deletion import finalize
 from reconciler.phases.finalizer import ensure_finalizer
 from reconciler.phases.paused import is_paused, report_paused
-from reconciler.phases.secrets import consumed_digests, ensure_generated, missing_secret_errors
+from reconciler.phases.secrets import consumed_digests, ensure_generated, missing_secret_errors, report_missing
 from reconciler.phases.spec import check_spec
 from reconciler.phases.statefulset import apply_statefulset, observe_statefulset, storage_drift
 from reconciler.specs.services import endpoints
@@ -61,7 +61,8 @@ class Reconciler:
         names = Names.of(server)
         ctx.cache.set_refs(ctx.key, watched_secrets(server.spec, names))
         await ensure_generated(ctx, server, names)
-        digests = await consumed_digests(ctx, server, names)
+        consumed = await consumed_digests(ctx, server, names)
+        digests = consumed.digests
         desired = specs.build(server.spec, names, digests)
         await apply_config_map(ctx, desired, names)
         await apply_services(ctx, desired, names)
@@ -70,7 +71,8 @@ class Reconciler:
         if database.condition is None and ref is not None:
             database.condition = postgres_secret_condition(desired.missing_secret_keys, ref.name)
 
-        errors = missing_secret_errors(desired.missing_secret_keys, server, names)
+        errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
+        await report_missing(ctx, errors)
         reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
         sts = await observe_statefulset(ctx, names)
         immutable = storage_drift(sts, desired.statefulset)

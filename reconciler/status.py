@@ -89,7 +89,10 @@ def conditions(obs: Observation) -> list[Cond]:
         result.append(Cond(T.AVAILABLE, True, R.REPLICAS_AVAILABLE, f"{ready} ready replica(s)"))
     else:
         result.append(Cond(T.AVAILABLE, False, R.NO_REPLICAS_AVAILABLE, "no ready DittoFS pod yet"))
-    if obs.statefulset is None:
+    if obs.config_errors and obs.config_reason == R.MISSING_SECRET:
+        progressing = Cond(T.PROGRESSING, False, R.WAITING_FOR_SECRET,
+                           "waiting for: " + "; ".join(obs.config_errors)[:1000])
+    elif obs.statefulset is None:
         progressing = Cond(T.PROGRESSING, not obs.config_errors, R.STATEFULSET_UPDATING if not obs.config_errors
                            else R.RECONCILE_COMPLETE, "StatefulSet not created yet")
     elif done:
@@ -120,8 +123,10 @@ Phase = str  # one of DittoServerStatus.phase's literals; the model checks it wh
 def phase(obs: Observation, conds: Sequence[Cond]) -> Phase:
     by_type = {c.type: c for c in conds}
     _replicas, ready, _available, _done = _sts_counts(obs.statefulset)
-    if not by_type[ConditionType.CONFIG_READY].status:
-        return "Failed"
+    config = by_type[ConditionType.CONFIG_READY]
+    if not config.status:
+        # A missing Secret is a wait (it may be created later, e.g. by external-secrets), not a failure.
+        return "Pending" if config.reason == Reason.MISSING_SECRET else "Failed"
     if by_type[ConditionType.DEGRADED].status:
         return "Degraded"
     if obs.desired_replicas == 0:
@@ -189,8 +194,14 @@ def paused_status(previous: Mapping[str, Any] | None, generation: int) -> dict[s
     return {**previous, "conditions": [*kept, *paused]}
 
 
-def deleting_status(previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {**(previous or {}), "phase": "Deleting"}
+def deleting_status(previous: Mapping[str, Any] | None, generation: int, waiting_for: str) -> dict[str, Any]:
+    """Phase Deleting from the first deletion pass on, Ready=False saying what the finalizer waits for."""
+    previous = dict(previous or {})
+    conds = previous.get("conditions", [])
+    before = [c for c in conds if c.get("type") == ConditionType.READY]
+    ready = merge_conditions(before, [Cond(ConditionType.READY, False, Reason.DELETING, waiting_for)], generation)
+    return {**previous, "phase": "Deleting",
+            "conditions": [*(c for c in conds if c.get("type") != ConditionType.READY), *ready]}
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

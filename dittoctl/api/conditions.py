@@ -40,6 +40,8 @@ class Reason(StrEnum):
     PERCONA_READY = "PerconaReady"
     POSTGRES_SECRET_INCOMPLETE = "PostgresSecretIncomplete"
     POSTGRES_SECRET_COMPLETE = "PostgresSecretComplete"
+    WAITING_FOR_SECRET = "WaitingForSecret"
+    DELETING = "Deleting"
 
 
 class EventReason(StrEnum):
@@ -56,6 +58,8 @@ class EventReason(StrEnum):
     PERCONA_BACKUP_COMPLETED = "PerconaBackupCompleted"
     RECONCILE_FAILED = "ReconcileFailed"
     VALIDATION_FAILED = "ValidationFailed"
+    MISSING_SECRET = "MissingSecret"
+    """Warning: a referenced Secret or key is missing; the server waits for it (not a failure)."""
     DELETING = "Deleting"
     CLEANUP_TIMEOUT = "CleanupTimeout"
     PERCONA_DELETED = "PerconaDeleted"

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import DITTOSERVERS, STATEFULSETS
-from dittoctl.api.naming import FINALIZER
+from dittoctl.api.naming import FINALIZER, Names
 from dittoctl.kube.gateway import Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.context import Pass
@@ -21,6 +21,10 @@ from reconciler.status import deleting_status
 
 log = logging.getLogger("dittofs.deletion")
 POLL_SECONDS = 1.0
+
+
+async def _waiting(ctx: Pass, what: str) -> None:
+    await ctx.write_status(deleting_status(ctx.current().get("status"), ctx.generation, what))
 
 
 def _age(timestamp: str) -> float:
@@ -35,9 +39,11 @@ async def finalize(ctx: Pass) -> float | None:
         return None
     if (ctx.body.get("status") or {}).get("phase") != "Deleting":
         await ctx.post("Normal", EventReason.DELETING, f"DittoServer {name}: draining StatefulSet {name}")
-        await ctx.write_status(deleting_status(ctx.body.get("status")))
 
     if not await release_database(ctx):
+        cluster = Names(name, namespace, "").percona_cluster
+        await _waiting(ctx, f"waiting to release PerconaPGCluster {cluster} (the finalizer stays until the "
+                            "database is safe from garbage collection)")
         return POLL_SECONDS  # the database must be orphaned before anything else can go
 
     sts = ctx.cache.child(STATEFULSETS, namespace, name)
@@ -50,6 +56,8 @@ async def finalize(ctx: Pass) -> float | None:
     timeout = ctx.shared.cleanup_timeout
     timed_out = _age(str(meta["deletionTimestamp"])) > timeout
     if pods and not timed_out:
+        await _waiting(ctx, f"draining: waiting for {len(pods)} pod(s) of StatefulSet {name} to stop "
+                            f"(at most {int(timeout)}s after deletion, PVCs are kept)")
         return POLL_SECONDS
     if pods:
         await ctx.post("Warning", EventReason.CLEANUP_TIMEOUT,

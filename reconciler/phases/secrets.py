@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
@@ -57,18 +59,43 @@ async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None
             ctx.cache.put_secret((names.namespace, name), secret_digest(existing))
 
 
-async def consumed_digests(ctx: Pass, server: DittoServer, names: Names) -> SecretDigests:
+@dataclass(frozen=True)
+class Consumed:
+    digests: SecretDigests
     """(secret, key) -> digest of the value, None when the Secret or key is missing."""
+    absent: frozenset[str]
+    """Secrets that do not exist at all."""
+
+
+async def consumed_digests(ctx: Pass, server: DittoServer, names: Names) -> Consumed:
     digests: dict[tuple[str, str], str | None] = {}
+    absent: set[str] = set()
     for use in secret_uses(server.spec, names):
         data = await _digest(ctx, use.secret)
+        if data is None:
+            absent.add(use.secret)
         digests[(use.secret, use.key)] = None if data is None else data.get(use.key)
-    return digests
+    return Consumed(digests, frozenset(absent))
 
 
-def missing_secret_errors(missing: list[tuple[str, str]], server: DittoServer, names: Names) -> list[str]:
-    """One line per missing Secret key the server needs now; the Percona user Secret is a database wait
-    (it appears with the database), reported by DatabaseReady instead."""
-    spec = server.spec
-    return [f"Secret {s} has no key {k!r} (or does not exist); create it or fix the reference"
-            for s, k in missing if not (spec.percona.enabled and s == names.percona_user_secret)]
+def missing_secret_errors(missing: list[tuple[str, str]], consumed: Consumed, server: DittoServer,
+                          names: Names) -> list[str]:
+    """One exact line per problem: a Secret that does not exist is named once, a missing key per key. The
+    Percona user Secret is a database wait (it appears with the database), reported by DatabaseReady."""
+    errors: list[str] = []
+    for secret, key in missing:
+        if server.spec.percona.enabled and secret == names.percona_user_secret:
+            continue
+        line = f"Secret {secret} not found" if secret in consumed.absent else f"Secret {secret} has no key {key}"
+        if line not in errors:
+            errors.append(line)
+    return errors
+
+
+async def report_missing(ctx: Pass, errors: list[str]) -> None:
+    """One Warning event when the server starts waiting for a Secret (or waits for another one)."""
+    waiting = "; ".join(errors) or None
+    if waiting is not None and waiting != ctx.memory.waiting:
+        await ctx.post("Warning", EventReason.MISSING_SECRET, f"waiting for {waiting}; the server starts once "
+                       "it exists (create it, or fix the reference in the spec)")
+    ctx.memory.waiting = waiting

@@ -13,6 +13,7 @@ from reconciler.status import (
     Observation,
     build_status,
     conditions,
+    deleting_status,
     merge_conditions,
     paused_status,
     status_changed,
@@ -141,3 +142,25 @@ def test_every_status_field_written_is_declared_by_the_crd() -> None:
         assert _pruned(status, schema, "status") == []
     assert _pruned({"conditions": [{"type": "Ready", "bogus": 1}]}, schema, "status") == [
         "status.conditions[0].bogus"], "the check itself must catch an undeclared field"
+
+
+def test_a_missing_secret_is_a_wait_not_a_failure() -> None:
+    obs = Observation(generation=1, desired_replicas=1, statefulset=sts(), config_reason=Reason.MISSING_SECRET,
+                      config_errors=["Secret s3-creds not found"])
+    status = build_status(obs, None)
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Pending"
+    assert (conds["ConfigReady"]["reason"], conds["ConfigReady"]["message"]) == (
+        "MissingSecret", "Secret s3-creds not found")
+    assert (conds["Progressing"]["status"], conds["Progressing"]["reason"]) == ("False", "WaitingForSecret")
+    invalid = Observation(generation=1, desired_replicas=1, statefulset=sts(), config_errors=["spec.x: bad"])
+    assert build_status(invalid, None)["phase"] == "Failed"
+
+
+def test_deleting_says_what_the_finalizer_waits_for() -> None:
+    running = build_status(Observation(generation=2, desired_replicas=1, statefulset=sts()), None)
+    deleting = deleting_status(running, 2, "draining: waiting for 1 pod(s) of StatefulSet demo to stop")
+    ready = next(c for c in deleting["conditions"] if c["type"] == "Ready")
+    assert deleting["phase"] == "Deleting"
+    assert (ready["status"], ready["reason"]) == ("False", "Deleting") and "1 pod(s)" in ready["message"]
+    assert [c["type"] for c in deleting["conditions"]].count("Ready") == 1
