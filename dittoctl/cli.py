@@ -15,6 +15,12 @@ import yaml
 
 from dittoctl.api.crd import crd_yaml, dump_yaml
 
+OFFLINE_SKIPPED = (
+    "StorageClasses exist",
+    "referenced Secrets and keys exist",
+    "the Percona Operator CRD is served",
+)
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"DITTOFS_OPERATOR_{name}", default)
@@ -25,12 +31,20 @@ def _bool_env(name: str, default: bool) -> bool:
 
 
 def _load_documents(path: str) -> list[dict[str, Any]]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    docs = [d for d in yaml.safe_load_all(text) if d]
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UsageError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
     items: list[dict[str, Any]] = []
     for doc in docs:
         if not isinstance(doc, dict):
-            raise SystemExit(f"{path}: every YAML document must be a mapping")
+            raise UsageError(f"{path}: every YAML document must be a mapping")
         items.extend(doc.get("items", []) if doc.get("kind", "").endswith("List") else [doc])
     return [d for d in items if d.get("kind") == "DittoServer"]
 
@@ -65,8 +79,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         name = (doc.get("metadata") or {}).get("name", "<unnamed>")
         results.append({"name": name, "allowed": verdict.allowed, "errors": verdict.messages,
                         "warnings": verdict.warnings})
+    # Offline, the cluster-dependent rules had nothing to check: say so instead of an unqualified "valid".
+    skipped = [] if args.cluster else list(OFFLINE_SKIPPED)
     if args.output == "json":
-        print(json.dumps(results, indent=2))
+        print(json.dumps([{**r, "skippedChecks": skipped} for r in results], indent=2))
     else:
         for result in results:
             print(f"DittoServer {result['name']}: {'valid' if result['allowed'] else 'INVALID'}")
@@ -74,6 +90,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"  error: {error}")
             for warning in result["warnings"]:
                 print(f"  warning: {warning}")
+        if skipped:
+            print(f"not checked offline (add --cluster): {'; '.join(skipped)}")
     return 0 if all(r["allowed"] for r in results) else 1
 
 
@@ -90,14 +108,20 @@ async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> 
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from dittoctl.api.models import DittoServer
+    from dittoctl.api.facts import ClusterFacts
+    from dittoctl.api.rules import validate
     from reconciler.specs import render_offline
 
     out = []
     for doc in _load_documents(args.file):
         doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
         doc["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
-        out.extend(render_offline(DittoServer.model_validate(doc)).children())
+        verdict = validate(doc, None, ClusterFacts.offline())
+        if not verdict.allowed or verdict.server is None:
+            name = doc["metadata"].get("name", "<unnamed>")
+            raise UsageError(f"DittoServer {name} is invalid, nothing rendered:\n" +
+                             "\n".join(f"  error: {m}" for m in verdict.messages))
+        out.extend(render_offline(verdict.server).children())
     sys.stdout.write("---\n".join(dump_yaml(obj) for obj in out))
     return 0
 
@@ -214,9 +238,32 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+class UsageError(Exception):
+    """A problem the user fixes (bad file, invalid object): printed as one or a few lines, exit code 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except UsageError as exc:
+        print(f"dittoctl {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI's edge: one line with the fix, never a traceback
+        from dittoctl.kube.gateway import ApiError, NoCredentials
+
+        if isinstance(exc, NoCredentials):
+            message = f"no Kubernetes credentials: {exc}; pass --kubeconfig FILE or set KUBECONFIG"
+        elif isinstance(exc, ApiError) and exc.status == 0:
+            message = f"cannot reach the Kubernetes API ({exc}); check the kubeconfig's server and the network"
+        elif isinstance(exc, ApiError):
+            message = f"the Kubernetes API refused the request: {exc}"
+        else:
+            raise
+        print(f"dittoctl {args.command}: {message}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -57,18 +58,44 @@ def _error(exc: ApiException) -> Exception:
     return ApiError(int(exc.status or 0), message)
 
 
+class NoCredentials(ApiError):
+    """Neither a usable kubeconfig nor an in-cluster service account."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(0, detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def _credentials_problem(kubeconfig: str | None) -> str | None:
+    """Checked first: the loaders print their own line and raise a vaguer error for a missing file."""
+    if kubeconfig:
+        return None if os.path.exists(kubeconfig) else f"kubeconfig {kubeconfig} does not exist"
+    if os.environ.get("KUBERNETES_SERVICE_HOST") or os.path.exists(os.path.expanduser("~/.kube/config")):
+        return None
+    return "no --kubeconfig, no KUBECONFIG, no ~/.kube/config, and not inside a cluster"
+
+
 async def load_client(kubeconfig: str | None = None) -> k8s.ApiClient:
     """An ApiClient from a kubeconfig file, else the in-cluster service account."""
-    if kubeconfig:
-        configuration = k8s.Configuration()
-        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        try:
+    if (problem := _credentials_problem(kubeconfig)) is not None:
+        raise NoCredentials(problem)
+    try:
+        if kubeconfig:
             configuration = k8s.Configuration()
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except k8s_config.ConfigException:
-            configuration = k8s.Configuration()
-            await k8s_config.load_kube_config(client_configuration=configuration)
+            await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            try:
+                configuration = k8s.Configuration()
+                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except k8s_config.ConfigException:
+                configuration = k8s.Configuration()
+                await k8s_config.load_kube_config(client_configuration=configuration)
+    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "no --kubeconfig, KUBECONFIG or in-cluster account"
+        raise NoCredentials(f"{where}: {str(exc).strip() or type(exc).__name__}") from None
     return k8s.ApiClient(configuration)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from tests.support.paths import CRD as COMMITTED
 from tests.support.paths import SAMPLES
 
 SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
+DITTOCTL = Path(sys.executable).with_name("dittoctl")  # the console script `pip install` made
 
 
 def test_crd_prints_the_committed_file(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,3 +55,53 @@ def test_validate_without_dittoserver_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     assert main(["validate", "-f", str(path)]) == 2
+
+
+def test_offline_validate_says_which_checks_need_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", str(SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == ("not checked offline (add --cluster): StorageClasses exist; referenced "
+                                    "Secrets and keys exist; the Percona Operator CRD is served")
+    assert main(["validate", "-f", str(SAMPLE), "-o", "json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["allowed"] is True and len(result["skippedChecks"]) == 3
+
+
+BAD_QUANTITY = "apiVersion: dittofs.dittofs.com/v1alpha1\nkind: DittoServer\nmetadata: {name: bad}\n" \
+               "spec: {storage: {metadataSize: 10Gb}}\n"
+UNREACHABLE = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n" \
+              "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n" \
+              "users: [{name: u, user: {token: x}}]\n"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["render", "-f", "{bad}"], "dittoctl render: DittoServer bad is invalid, nothing rendered:\n"
+                                "  error: spec.storage.metadataSize: must be a Kubernetes quantity such as 1Gi, "
+                                "500Mi or 10G (got '10Gb')"),
+    (["render", "-f", "{missing}"], "dittoctl render: {missing}: No such file or directory"),
+    (["validate", "-f", "{broken}"], "dittoctl validate: {broken}: not valid YAML (line 2): expected the node "
+                                     "content, but found '<stream end>'"),
+    (["status", "demo", "--kubeconfig", "{missing}"], "dittoctl status: no Kubernetes credentials: kubeconfig "
+                                                      "{missing} does not exist; pass --kubeconfig FILE or set "
+                                                      "KUBECONFIG"),
+    (["validate", "--cluster", "-f", "{bad}"], "dittoctl validate: no Kubernetes credentials: no --kubeconfig, "
+                                               "no KUBECONFIG, no ~/.kube/config, and not inside a cluster; pass "
+                                               "--kubeconfig FILE or set KUBECONFIG"),
+    (["run", "--no-webhook"], "dittoctl run: no Kubernetes credentials: no --kubeconfig, no KUBECONFIG, no "
+                              "~/.kube/config, and not inside a cluster; pass --kubeconfig FILE or set KUBECONFIG"),
+    (["status", "demo", "--kubeconfig", "{unreachable}"], "dittoctl status: cannot reach the Kubernetes API"),
+])
+def test_cli_errors_are_a_few_lines_never_a_traceback(tmp_path: Path, args: list[str], expected: str) -> None:
+    """Through the installed `dittoctl` console script, as a user runs it."""
+    files = {"bad": tmp_path / "bad.yaml", "missing": tmp_path / "missing.yaml", "broken": tmp_path / "broken.yaml",
+             "unreachable": tmp_path / "kubeconfig"}
+    files["bad"].write_text(BAD_QUANTITY)
+    files["broken"].write_text("a: [\n")
+    files["unreachable"].write_text(UNREACHABLE)
+    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    proc = subprocess.run([str(DITTOCTL), *argv], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3, proc.stderr
+    assert proc.stderr.startswith(expected.format(**{k: str(v) for k, v in files.items()})), proc.stderr
