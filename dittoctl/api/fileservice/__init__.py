@@ -1,0 +1,30 @@
+"""The declared file service of SPEC §13: pure types, observed-state records and the planner (no I/O)."""
+
+from dittoctl.api.fileservice.observed import Observed, ObservedShare
+from dittoctl.api.fileservice.planner import Plan, plan
+from dittoctl.api.fileservice.types import (
+    AdapterSpec,
+    Call,
+    FileService,
+    Grant,
+    GroupSpec,
+    Kind,
+    NfsOptions,
+    Op,
+    Problem,
+    ProblemKind,
+    Ref,
+    SecretValue,
+    ShareSpec,
+    SnapshotPolicySpec,
+    StoreKind,
+    StoreSpec,
+    UserSpec,
+    digest_of,
+)
+
+__all__ = [
+    "AdapterSpec", "Call", "FileService", "Grant", "GroupSpec", "Kind", "NfsOptions", "Observed", "ObservedShare",
+    "Op", "Plan", "Problem", "ProblemKind", "Ref", "SecretValue", "ShareSpec", "SnapshotPolicySpec", "StoreKind",
+    "StoreSpec", "UserSpec", "digest_of", "plan",
+]

@@ -1,0 +1,469 @@
+"""The pure planner: (declared, observed, owned, applied digests) -> ordered REST calls (SPEC §13.2).
+
+Rules, each one proven in tests/unit/test_fileservice_planner.py:
+- Read by name, POST only what is absent, PUT/PATCH only the fields that differ (durations compared parsed,
+  quotas within DittoFS's rounding). A metadata store is never re-POSTed (a badger re-POST is a 400, not 409).
+- Only objects in ``owned`` (status.provisioned) are updated or deleted. A declared object that exists but
+  is not owned was made by hand: reported (``NotOwned``), never touched. Owned objects absent from the
+  declaration are pruned; owned objects gone from DittoFS are re-created if declared, forgotten otherwise.
+- Store type/path and a share's stores are immutable: reported (``Immutable``), no destructive call.
+- Creates and updates run in dependency order (``Kind``), then deletes in reverse.
+- Secrets are compared by digest against the digest last applied; a planned call carries the reference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from dittoctl.api.fileservice.observed import (
+    Observed,
+    ObservedShare,
+    duration_seconds,
+    quota_matches,
+    same_values,
+)
+from dittoctl.api.fileservice.types import (
+    BOOTSTRAP_ADMIN,
+    STORE_KINDS,
+    Call,
+    FileService,
+    Kind,
+    Op,
+    Problem,
+    ProblemKind,
+    Ref,
+    SecretField,
+    ShareSpec,
+    StoreKind,
+    StoreSpec,
+    digest_key,
+    permission_name,
+    share_name,
+)
+
+API = "/api/v1"
+_IMMUTABLE_STORE_KEYS = ("path", "db_path")
+_ORDER = {kind: i for i, kind in enumerate(Kind)}
+# Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
+# identity and the adapters are seeded by DittoFS, so neither is ever deleted.
+_TRACKED = frozenset(Kind) - {Kind.OPERATOR_ACCOUNT, Kind.ADAPTER, Kind.ADAPTER_SETTINGS, Kind.SHARE_NFS}
+
+
+def _seg(name: str) -> str:
+    return quote(name, safe="")
+
+
+def _share_path(name: str) -> str:
+    return f"{API}/shares/{_seg(share_name(name).lstrip('/'))}"
+
+
+def _store_path(kind: StoreKind) -> str:
+    return f"{API}/store/metadata" if kind is StoreKind.METADATA else f"{API}/store/block/{kind.value}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    calls: tuple[Call, ...]
+    problems: tuple[Problem, ...]
+    owned: frozenset[Ref]  # ownership before the calls, without refs that vanished and are not declared
+
+    @property
+    def writes(self) -> int:
+        return len(self.calls)
+
+    @property
+    def needs_restart(self) -> bool:
+        return any(c.needs_restart for c in self.calls)
+
+    def owned_after(self, done: Iterable[Call] | None = None) -> frozenset[Ref]:
+        """Ownership once ``done`` (default: every call) succeeded: what status.provisioned should say."""
+        owned = set(self.owned)
+        for call in self.calls if done is None else done:
+            if call.op is Op.CREATE and call.kind in _TRACKED:
+                owned.add(call.ref)
+            elif call.op is Op.DELETE:
+                owned.discard(call.ref)
+                if call.kind is Kind.SHARE:  # its grants and policy went with it
+                    owned -= {r for r in owned if r.kind in (Kind.PERMISSION, Kind.SNAPSHOT_POLICY)
+                              and r.name.partition("#")[0] == call.name}
+        return frozenset(owned)
+
+    def digests_after(self, applied: Mapping[str, str], done: Iterable[Call] | None = None) -> dict[str, str]:
+        """Digests of applied secret values once ``done`` succeeded (deleted objects drop theirs)."""
+        out = dict(applied)
+        for call in self.calls if done is None else done:
+            if call.op is Op.DELETE:
+                prefix = f"{call.ref}/"
+                for key in [k for k in out if k.startswith(prefix)]:
+                    del out[key]
+            for sf in call.secrets:
+                out[digest_key(call.ref, sf.slot)] = sf.secret.digest
+        return out
+
+
+@dataclass
+class _Planner:
+    want: FileService
+    seen: Observed
+    owned: frozenset[Ref]
+    applied: Mapping[str, str]
+    calls: list[Call] = field(default_factory=list)
+    deletes: list[Call] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def call(self, op: Op, kind: Kind, name: str, method: str, path: str, body: Mapping[str, Any] | None = None,
+             **extra: Any) -> None:
+        c = Call(op, kind, name, method, path, body, **extra)
+        (self.deletes if op is Op.DELETE else self.calls).append(c)
+
+    def problem(self, kind: ProblemKind, ref: Ref, message: str) -> None:
+        self.problems.append(Problem(kind, ref, message))
+
+    def mine(self, ref: Ref, present: bool) -> bool | None:
+        """True: manage it. False: absent, create it. None: present but made by hand (reported)."""
+        if not present:
+            return False
+        if ref in self.owned:
+            return True
+        self.problem(ProblemKind.NOT_OWNED, ref, "exists in DittoFS but was not created by the operator; "
+                     "left untouched (delete it or rename the declared object)")
+        return None
+
+    def stale(self, kind: Kind, declared: set[str], present: set[str]) -> list[str]:
+        """Owned names of ``kind`` that left the declaration and still exist (to prune)."""
+        return sorted(r.name for r in self.owned if r.kind is kind and r.name not in declared and r.name in present)
+
+    def secret_changed(self, ref: Ref, key: str, digest: str) -> bool:
+        return self.applied.get(digest_key(ref, key)) != digest
+
+    # -- kinds -------------------------------------------------------------------------------------------
+
+    def operator(self) -> None:
+        secret = self.want.operator
+        if secret is None:
+            return
+        name = self.want.operator_name
+        if name in self.seen.users:
+            return  # it logs in with this password; rotation is a re-bootstrap through admin (the lead's call)
+        # The account is the client's identity, never pruned: it is not recorded in `owned`.
+        self.call(Op.CREATE, Kind.OPERATOR_ACCOUNT, name, "POST", f"{API}/users",
+                  {"username": name, "role": "admin"}, secrets=(SecretField("password", secret),),
+                  admin_first_login=True)
+
+    def groups(self) -> None:
+        declared = {g.name for g in self.want.groups}
+        for g in self.want.groups:
+            ref = Ref(Kind.GROUP, g.name)
+            seen = self.seen.groups.get(g.name)
+            state = self.mine(ref, seen is not None)
+            if state is False:
+                body: dict[str, Any] = {"name": g.name}
+                if g.gid is not None:
+                    body["gid"] = g.gid
+                self.call(Op.CREATE, Kind.GROUP, g.name, "POST", f"{API}/groups", body)
+            elif state and seen is not None and g.gid is not None and seen.gid != g.gid:
+                self.call(Op.UPDATE, Kind.GROUP, g.name, "PUT", f"{API}/groups/{_seg(g.name)}", {"gid": g.gid})
+        for name in self.stale(Kind.GROUP, declared, set(self.seen.groups)):
+            self.call(Op.DELETE, Kind.GROUP, name, "DELETE", f"{API}/groups/{_seg(name)}")
+
+    def users(self) -> None:
+        reserved = {BOOTSTRAP_ADMIN, self.want.operator_name}
+        declared = {u.name for u in self.want.users if u.name not in reserved}
+        for u in self.want.users:
+            ref = Ref(Kind.USER, u.name)
+            if u.name in reserved:
+                self.problem(ProblemKind.RESERVED, ref, "this account is reserved for DittoFS/the operator")
+                continue
+            seen = self.seen.users.get(u.name)
+            state = self.mine(ref, seen is not None)
+            path = f"{API}/users/{_seg(u.name)}"
+            admin = u.role == "admin"
+            if state is False:
+                body: dict[str, Any] = {"username": u.name, "role": u.role}
+                for key, value in (("uid", u.uid), ("gid", u.gid)):
+                    if value is not None:
+                        body[key] = value
+                if u.groups:
+                    body["groups"] = sorted(u.groups)
+                secrets = (SecretField("password", u.password),) if u.password else ()
+                # DittoFS refuses a user without a password; the planner still emits it (400 names the cause).
+                self.call(Op.CREATE, Kind.USER, u.name, "POST", f"{API}/users", body, secrets=secrets,
+                          admin_first_login=admin and bool(secrets))
+                continue
+            if not state or seen is None:
+                continue
+            changes: dict[str, Any] = {}
+            if seen.role != u.role:
+                changes["role"] = u.role
+            for key, want, have in (("uid", u.uid, seen.uid), ("gid", u.gid, seen.gid)):
+                if want is not None and want != have:
+                    changes[key] = want
+            if set(u.groups) != set(seen.groups):
+                changes["groups"] = sorted(u.groups)  # PUT replaces the list
+            if changes:
+                self.call(Op.UPDATE, Kind.USER, u.name, "PUT", path, changes)
+            if u.password and self.secret_changed(ref, "password", u.password.digest):
+                # An admin reset sets must_change_password again for admin-role accounts.
+                self.call(Op.SET_PASSWORD, Kind.USER, u.name, "POST", f"{path}/password", {},
+                          secrets=(SecretField("new_password", u.password, label="password"),), admin_first_login=admin)
+        for name in self.stale(Kind.USER, declared, set(self.seen.users) - reserved):
+            self.call(Op.DELETE, Kind.USER, name, "DELETE", f"{API}/users/{_seg(name)}")
+
+    def adapters(self) -> None:
+        # The two adapters are seeded at first boot: declared ones are always managed, never deleted.
+        for a in self.want.adapters:
+            seen = self.seen.adapters.get(a.type)
+            path = f"{API}/adapters/{a.type}"
+            if seen is None:
+                body: dict[str, Any] = {"type": a.type, "enabled": a.enabled}
+                if a.port is not None:
+                    body["port"] = a.port
+                self.call(Op.CREATE, Kind.ADAPTER, a.type, "POST", f"{API}/adapters", body)
+            else:
+                changes: dict[str, Any] = {}
+                if seen.enabled != a.enabled:
+                    changes["enabled"] = a.enabled
+                if a.port is not None and seen.port != a.port:
+                    changes["port"] = a.port
+                if changes:
+                    self.call(Op.UPDATE, Kind.ADAPTER, a.type, "PUT", path, changes)
+            have = self.seen.adapter_settings.get(a.type, {})
+            diff = {k: v for k, v in a.settings if k not in have or not same_values(have[k], v)}
+            if diff:
+                self.call(Op.UPDATE, Kind.ADAPTER_SETTINGS, a.type, "PATCH", f"{path}/settings", diff)
+
+    def stores(self) -> tuple[set[tuple[StoreKind, str]], set[tuple[StoreKind, str]]]:
+        """Plan stores; return (names usable by shares, names planned for deletion)."""
+        usable: set[tuple[StoreKind, str]] = set()
+        for kind in StoreKind:
+            usable |= {(kind, n) for n in self.seen.stores.get(kind, {})}
+        for s in self.want.stores:
+            usable.add((s.kind, s.name))
+            self.store(s)
+        doomed: set[tuple[StoreKind, str]] = set()
+        for kind in StoreKind:
+            declared = {s.name for s in self.want.stores if s.kind is kind}
+            for name in self.stale(STORE_KINDS[kind], declared, set(self.seen.stores.get(kind, {}))):
+                doomed.add((kind, name))
+        return usable - doomed, doomed
+
+    def store(self, s: StoreSpec) -> None:
+        kind = STORE_KINDS[s.kind]
+        ref = Ref(kind, s.name)
+        seen = self.seen.store(s.kind, s.name)
+        state = self.mine(ref, seen is not None)
+        secrets = tuple(SecretField(key, value, in_config=True) for key, value in s.secrets)
+        if state is False:
+            # The body's `config` is a dict here; the executor sends it as the JSON *string* DittoFS wants.
+            self.call(Op.CREATE, kind, s.name, "POST", _store_path(s.kind),
+                      {"name": s.name, "type": s.type, "config": dict(s.config)}, secrets=secrets)
+            return
+        if not state or seen is None:
+            return
+        config = dict(s.config)
+        if seen.type != s.type:
+            self.problem(ProblemKind.IMMUTABLE, ref, f"type is {seen.type!r} in DittoFS, declared {s.type!r}: "
+                         "a store's type cannot change (declare a new store)")
+            return
+        for key in _IMMUTABLE_STORE_KEYS:
+            if key in config and key in seen.config and str(seen.config[key]) != str(config[key]):
+                self.problem(ProblemKind.IMMUTABLE, ref, f"{key} is {seen.config[key]!r} in DittoFS, declared "
+                             f"{config[key]!r}: a store's {key} cannot change (declare a new store)")
+                return
+        plain_differs = any(k not in seen.config or not same_values(seen.config[k], v) for k, v in config.items())
+        secret_differs = any(self.secret_changed(ref, sf.key, sf.secret.digest) for sf in secrets)
+        if plain_differs or secret_differs:
+            # PUT replaces the whole config, so every declared key and every secret is sent again.
+            self.call(Op.UPDATE, kind, s.name, "PUT", f"{_store_path(s.kind)}/{_seg(s.name)}",
+                      {"type": s.type, "config": config}, secrets=secrets, needs_restart=True)
+
+    def shares(self, usable: set[tuple[StoreKind, str]]) -> set[str]:
+        """Plan shares and their sub-objects; return the shares planned for deletion."""
+        declared = {s.key for s in self.want.shares}
+        for s in self.want.shares:
+            self.share(s, usable)
+        doomed = set(self.stale(Kind.SHARE, declared, set(self.seen.shares)))
+        for name in sorted(doomed):
+            self.call(Op.DELETE, Kind.SHARE, name, "DELETE", _share_path(name))
+        return doomed
+
+    def share(self, s: ShareSpec, usable: set[tuple[StoreKind, str]]) -> None:
+        key = s.key
+        ref = Ref(Kind.SHARE, key)
+        seen = self.seen.shares.get(key)
+        state = self.mine(ref, seen is not None)
+        if state is None:
+            return
+        stores = ((StoreKind.METADATA, s.metadata_store), (StoreKind.LOCAL, s.local_store),
+                  (StoreKind.REMOTE, s.remote_store))
+        if state is False:
+            missing = [f"{k.value} store {n!r}" for k, n in stores if n is not None and (k, n) not in usable]
+            if missing:
+                self.problem(ProblemKind.MISSING_DEPENDENCY, ref, f"{', '.join(missing)} neither declared nor "
+                             "present in DittoFS")
+                return
+            body: dict[str, Any] = {"name": key, "metadata_store_id": s.metadata_store,
+                                    "local_block_store": s.local_store, "read_only": s.read_only,
+                                    "default_permission": s.default_permission}
+            if s.remote_store is not None:
+                body["remote_block_store"] = s.remote_store
+            if s.quota_bytes:
+                body["quota_bytes"] = str(s.quota_bytes)  # a string: a JSON number is a 400
+            self.call(Op.CREATE, Kind.SHARE, key, "POST", f"{API}/shares", body)
+        elif seen is not None:
+            moved = [f"{k.value} store is {have!r}, declared {want!r}" for (k, want), have in
+                     zip(stores, (seen.metadata_store, seen.local_store, seen.remote_store), strict=True)
+                     if want != have]
+            if moved:
+                self.problem(ProblemKind.IMMUTABLE, ref, "; ".join(moved) + ": a share's stores cannot change "
+                             "(declare a new share)")
+            changes: dict[str, Any] = {}
+            if seen.read_only != s.read_only:
+                changes["read_only"] = s.read_only
+            if seen.default_permission != s.default_permission:
+                changes["default_permission"] = s.default_permission
+            if not quota_matches(seen.quota, s.quota_bytes):
+                changes["quota_bytes"] = str(s.quota_bytes or 0)  # "0" clears it
+            if changes:
+                self.call(Op.UPDATE, Kind.SHARE, key, "PUT", _share_path(key), changes)
+        self.share_nfs(s, seen)
+        self.permissions(s, seen)
+        self.snapshot_policy(s)
+
+    def share_nfs(self, s: ShareSpec, seen: ObservedShare | None) -> None:
+        if s.nfs is None:
+            return
+        have = seen.nfs if seen is not None else None
+        diff: dict[str, Any] = {}
+        for key in ("squash", "anonymous_uid", "anonymous_gid"):
+            want = getattr(s.nfs, key)
+            if want is not None and (have is None or getattr(have, key) != want):
+                diff[key] = want
+        if diff:
+            self.call(Op.UPDATE, Kind.SHARE_NFS, s.key, "PATCH", f"{_share_path(s.key)}/adapters/nfs/config", diff)
+
+    def permissions(self, s: ShareSpec, seen: ObservedShare | None) -> None:
+        have = (seen.permissions if seen is not None else None) or {}
+        declared: set[str] = set()
+        for g in s.permissions:
+            name = permission_name(s.key, g.principal, g.name)
+            declared.add(name)
+            ref = Ref(Kind.PERMISSION, name)
+            path = f"{_share_path(s.key)}/permissions/{g.principal}s/{_seg(g.name)}"
+            level = have.get((g.principal, g.name))
+            state = self.mine(ref, level is not None)
+            if state is False:
+                self.call(Op.CREATE, Kind.PERMISSION, name, "PUT", path, {"level": g.level})
+            elif state and level != g.level:
+                self.call(Op.UPDATE, Kind.PERMISSION, name, "PUT", path, {"level": g.level})
+        present = {permission_name(s.key, p, n) for p, n in have}
+        for name in self.stale(Kind.PERMISSION, declared, present):
+            if not name.startswith(f"{s.key}#"):
+                continue
+            principal, _, who = name.partition("#")[2].partition(":")
+            self.call(Op.DELETE, Kind.PERMISSION, name, "DELETE",
+                      f"{_share_path(s.key)}/permissions/{principal}s/{_seg(who)}")
+
+    def snapshot_policy(self, s: ShareSpec) -> None:
+        ref = Ref(Kind.SNAPSHOT_POLICY, s.key)
+        have = self.seen.snapshot_policies.get(s.key)
+        path = f"{_share_path(s.key)}/snapshot-policy"
+        p = s.snapshot_policy
+        if p is None:
+            if have is not None and ref in self.owned:
+                self.call(Op.DELETE, Kind.SNAPSHOT_POLICY, s.key, "DELETE", path)
+            return
+        state = self.mine(ref, have is not None)
+        body: dict[str, Any] = {"interval": p.interval, "keep_last": p.keep_last, "enabled": p.enabled,
+                                "name_prefix": p.name_prefix}
+        if p.ttl is not None:
+            body["ttl"] = p.ttl
+        if state is False:
+            self.call(Op.CREATE, Kind.SNAPSHOT_POLICY, s.key, "PUT", path, body)
+        elif state and have is not None:
+            same = (duration_seconds(have.interval) == duration_seconds(p.interval)
+                    and have.keep_last == p.keep_last and have.enabled == p.enabled
+                    and have.name_prefix == p.name_prefix
+                    and duration_seconds(have.ttl or "0") == duration_seconds(p.ttl or "0"))
+            if not same:
+                self.call(Op.UPDATE, Kind.SNAPSHOT_POLICY, s.key, "PUT", path, body)
+
+    def prune_stores(self, doomed: set[tuple[StoreKind, str]], dropped_shares: set[str]) -> None:
+        kept = [sh for name, sh in self.seen.shares.items() if name not in dropped_shares]
+        for kind, name in sorted(doomed):
+            ref = Ref(STORE_KINDS[kind], name)
+            users = sorted(sh.name for sh in kept if (sh.metadata_store, sh.local_store, sh.remote_store)
+                           [list(StoreKind).index(kind)] == name)
+            if users:
+                self.problem(ProblemKind.IN_USE, ref, f"left the spec but shares still use it: {', '.join(users)}")
+                continue
+            self.call(Op.DELETE, STORE_KINDS[kind], name, "DELETE", f"{_store_path(kind)}/{_seg(name)}")
+
+    def forget_dropped_children(self, dropped_shares: set[str]) -> None:
+        """Sub-objects of a share being deleted go with it: no separate DELETE."""
+        self.deletes = [c for c in self.deletes if not (
+            c.kind in (Kind.PERMISSION, Kind.SNAPSHOT_POLICY, Kind.SHARE_NFS)
+            and c.name.partition("#")[0] in dropped_shares)]
+
+    def run(self) -> Plan:
+        self.operator()
+        self.groups()
+        self.users()
+        self.adapters()
+        usable, doomed_stores = self.stores()
+        dropped = self.shares(usable)
+        self.forget_dropped_children(dropped)
+        self.prune_stores(doomed_stores, dropped)
+        creates = sorted(self.calls, key=lambda c: _ORDER[c.kind])  # stable: keeps per-kind order
+        deletes = sorted(self.deletes, key=lambda c: -_ORDER[c.kind])
+        return Plan(tuple(creates + deletes), tuple(self.problems), self.live_owned())
+
+    def live_owned(self) -> frozenset[Ref]:
+        """Drop refs of objects that vanished from DittoFS and are no longer declared."""
+        declared_shares = {s.key for s in self.want.shares}
+        keep: set[Ref] = set()
+        for ref in self.owned:
+            if ref.kind is Kind.SHARE:
+                alive = ref.name in self.seen.shares or ref.name in declared_shares
+            elif ref.kind is Kind.GROUP:
+                alive = ref.name in self.seen.groups or any(g.name == ref.name for g in self.want.groups)
+            elif ref.kind is Kind.USER:
+                alive = ref.name in self.seen.users or any(u.name == ref.name for u in self.want.users)
+            elif ref.kind in (Kind.METADATA_STORE, Kind.LOCAL_STORE, Kind.REMOTE_STORE):
+                kind = next(k for k, v in STORE_KINDS.items() if v is ref.kind)
+                alive = self.seen.store(kind, ref.name) is not None or any(
+                    s.kind is kind and s.name == ref.name for s in self.want.stores)
+            else:
+                share = ref.name.partition("#")[0]
+                alive = share in self.seen.shares or share in declared_shares
+            if alive:
+                keep.add(ref)
+        return frozenset(keep)
+
+
+def plan(
+    want: FileService,
+    seen: Observed,
+    owned: Iterable[Ref] = (),
+    applied: Mapping[str, str] | None = None,
+) -> Plan:
+    """The ordered calls that make ``seen`` serve ``want``, touching only ``owned`` objects (pure)."""
+    return _Planner(want, seen, frozenset(owned), applied or {}).run()
+
+
+def store_body_json(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The wire form of a store body: ``config`` as a JSON string (an object is a 400 on v0.29.0)."""
+    out = dict(body)
+    if isinstance(out.get("config"), dict):
+        out["config"] = json.dumps(out["config"], sort_keys=True)
+    return out
+
+
+def summarize(calls: Sequence[Call]) -> str:
+    return ", ".join(str(c) for c in calls) or "nothing to do"

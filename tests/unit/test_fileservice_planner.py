@@ -1,0 +1,518 @@
+"""The pure file-service planner (SPEC §13.2): plain data in, ordered calls out, like the builders.
+
+``simulate`` is a small model of DittoFS v0.29.0's REST semantics as tests/contract/test_dittofs_client.py
+proved them (IDs instead of store names in shares, humanised quotas, normalised durations, redacted store
+secrets, `null` permissions); it lets hypothesis check that a plan, once applied, converges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dittoctl.api.fileservice import (
+    AdapterSpec,
+    Call,
+    FileService,
+    Grant,
+    GroupSpec,
+    Kind,
+    NfsOptions,
+    Observed,
+    ObservedShare,
+    Op,
+    ProblemKind,
+    Ref,
+    SecretValue,
+    ShareSpec,
+    SnapshotPolicySpec,
+    StoreKind,
+    StoreSpec,
+    UserSpec,
+    digest_of,
+    plan,
+)
+from dittoctl.api.fileservice.observed import (
+    ApiAdapter,
+    ApiGroup,
+    ApiShareNfs,
+    ApiSnapshotPolicy,
+    ApiStore,
+    ApiUser,
+    duration_seconds,
+    parse_permissions,
+    parse_shares,
+    parse_snapshot_policies,
+    quota_matches,
+)
+from dittoctl.api.fileservice.planner import Plan, store_body_json
+
+SECRET_TEXT = "s3cr3t-value-never-printed"
+
+
+def secret(ref: str, value: str = SECRET_TEXT) -> SecretValue:
+    return SecretValue(ref, digest_of(value))
+
+
+def seeded() -> Observed:
+    """A fresh v0.29.0 server: admin, three system groups, nfs:12049 and smb:1445, nothing else."""
+    return Observed(
+        users={"admin": ApiUser(username="admin", role="admin", uid=0, groups=("admins",))},
+        groups={n: ApiGroup(name=n, gid=g) for n, g in (("admins", 0), ("operators", 999), ("users", 1000))},
+        adapters={"nfs": ApiAdapter(type="nfs", enabled=True, port=12049, running=True),
+                  "smb": ApiAdapter(type="smb", enabled=True, port=1445, running=True)},
+        adapter_settings={"nfs": {"lease_time": 90, "max_version": "4.1"}, "smb": {"signing": ""}},
+    )
+
+
+FULL = FileService(
+    operator=secret("op/password"),
+    adapters=(AdapterSpec("nfs", True, 2049, (("lease_time", 60),)), AdapterSpec("smb", False)),
+    stores=(
+        StoreSpec(StoreKind.METADATA, "default", "badger", (("path", "/data/store/metadata/badger"),)),
+        StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", "/data/store/block/blocks"),)),
+        StoreSpec(StoreKind.REMOTE, "s3", "s3", (("bucket", "b"), ("region", "eu-west-1")),
+                  (("access_key_id", secret("s3/id", "AKIA")), ("secret_access_key", secret("s3/key")))),
+    ),
+    shares=(
+        ShareSpec("export", remote_store="s3", default_permission="read", quota_bytes=10 << 30,
+                  nfs=NfsOptions("all_to_guest", 65534, 65534),
+                  permissions=(Grant("user", "alice", "read-write"), Grant("group", "eng", "read")),
+                  snapshot_policy=SnapshotPolicySpec("1h", keep_last=3, ttl="72h", name_prefix="op")),
+    ),
+    users=(UserSpec("alice", secret("users/alice"), uid=1001, gid=2000, groups=("eng",)),),
+    groups=(GroupSpec("eng", 2000),),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a model of DittoFS's REST semantics
+
+
+def _go_duration(text: str) -> str:
+    secs = int(duration_seconds(text) or 0)
+    return f"{secs // 3600}h{secs % 3600 // 60}m{secs % 60}s"
+
+
+def _humanize(n: int) -> str:
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    value, i = float(n), 0
+    while value >= 1024 and i < len(units) - 1:
+        value, i = value / 1024, i + 1
+    return f"{value:.2f}{units[i]}"
+
+
+def simulate(seen: Observed, calls: Iterable[Call]) -> Observed:
+    users = dict(seen.users)
+    groups = dict(seen.groups)
+    adapters = dict(seen.adapters)
+    settings_ = {k: dict(v) for k, v in seen.adapter_settings.items()}
+    stores = {k: dict(seen.stores.get(k, {})) for k in StoreKind}
+    shares = dict(seen.shares)
+    policies = dict(seen.snapshot_policies)
+    for c in calls:
+        body = dict(c.body or {})
+        if c.kind in (Kind.OPERATOR_ACCOUNT, Kind.USER):
+            if c.op is Op.CREATE:
+                users[c.name] = ApiUser.model_validate(body)
+            elif c.op is Op.UPDATE:
+                users[c.name] = users[c.name].model_copy(update={**body, "groups": tuple(body.get(
+                    "groups", users[c.name].groups))})
+            elif c.op is Op.DELETE:
+                del users[c.name]
+        elif c.kind is Kind.GROUP:
+            if c.op is Op.DELETE:
+                del groups[c.name]
+            else:
+                groups[c.name] = ApiGroup(name=c.name, gid=body.get("gid", groups.get(c.name, ApiGroup(name="")).gid))
+        elif c.kind is Kind.ADAPTER:
+            old = adapters.get(c.name, ApiAdapter(type=c.name, enabled=True, port=0))
+            adapters[c.name] = old.model_copy(update={k: v for k, v in body.items() if k != "type"})
+        elif c.kind is Kind.ADAPTER_SETTINGS:
+            settings_.setdefault(c.name, {}).update(body)
+        elif c.kind in (Kind.METADATA_STORE, Kind.LOCAL_STORE, Kind.REMOTE_STORE):
+            kind = {Kind.METADATA_STORE: StoreKind.METADATA, Kind.LOCAL_STORE: StoreKind.LOCAL,
+                    Kind.REMOTE_STORE: StoreKind.REMOTE}[c.kind]
+            if c.op is Op.DELETE:
+                del stores[kind][c.name]
+                continue
+            config = dict(body["config"]) | {sf.key: "********" for sf in c.secrets}  # GET redacts secrets
+            stores[kind][c.name] = ApiStore(id=f"id-{kind}-{c.name}", name=c.name, type=body["type"], config=config)
+        elif c.kind is Kind.SHARE:
+            if c.op is Op.DELETE:
+                del shares[c.name]
+                policies.pop(c.name, None)
+                continue
+            if c.op is Op.CREATE:
+                shares[c.name] = ObservedShare(
+                    c.name, body["metadata_store_id"], body["local_block_store"], body.get("remote_block_store"),
+                    body["read_only"], body["default_permission"], None, 0,
+                    nfs=ApiShareNfs(squash="root_to_guest"), permissions={})
+            update = {k: v for k, v in body.items() if k in ("read_only", "default_permission")}
+            if "quota_bytes" in body:
+                update["quota"] = _humanize(int(body["quota_bytes"])) if int(body["quota_bytes"]) else None
+            shares[c.name] = dataclasses.replace(shares[c.name], **update)
+        elif c.kind is Kind.SHARE_NFS:
+            nfs = shares[c.name].nfs or ApiShareNfs()
+            shares[c.name] = dataclasses.replace(shares[c.name], nfs=nfs.model_copy(update=body))
+        elif c.kind is Kind.PERMISSION:
+            share, _, rest = c.name.partition("#")
+            principal, _, who = rest.partition(":")
+            perms = dict(shares[share].permissions or {})
+            if c.op is Op.DELETE:
+                perms.pop((principal, who), None)
+            else:
+                perms[(principal, who)] = body["level"]
+            shares[share] = dataclasses.replace(shares[share], permissions=perms)
+        elif c.kind is Kind.SNAPSHOT_POLICY:
+            if c.op is Op.DELETE:
+                del policies[c.name]
+            else:
+                policies[c.name] = ApiSnapshotPolicy(
+                    share=c.name, interval=_go_duration(body["interval"]), keep_last=body["keep_last"],
+                    ttl=_go_duration(body["ttl"]) if "ttl" in body else None, name_prefix=body["name_prefix"],
+                    enabled=body["enabled"])
+    return Observed(users, groups, adapters, settings_, stores, shares, policies)
+
+
+def converge(want: FileService, seen: Observed, owned: Iterable[Ref] = (),
+             applied: Mapping[str, str] | None = None) -> tuple[Plan, Observed, frozenset[Ref], dict[str, str]]:
+    p = plan(want, seen, owned, applied)
+    after = simulate(seen, p.calls)
+    return p, after, p.owned_after(), p.digests_after(applied or {})
+
+
+def brief(p: Plan) -> list[tuple[str, str, str, str]]:
+    return [(c.op.value, c.kind.value, c.method, c.path) for c in p.calls]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# golden: the full declaration from a fresh server
+
+
+def test_full_plan_from_a_fresh_server_is_ordered_by_dependency() -> None:
+    p = plan(FULL, seeded())
+    assert p.problems == ()
+    assert brief(p) == [
+        ("create", "operator-account", "POST", "/api/v1/users"),
+        ("create", "group", "POST", "/api/v1/groups"),
+        ("create", "user", "POST", "/api/v1/users"),
+        ("update", "adapter", "PUT", "/api/v1/adapters/nfs"),
+        ("update", "adapter", "PUT", "/api/v1/adapters/smb"),
+        ("update", "adapter-settings", "PATCH", "/api/v1/adapters/nfs/settings"),
+        ("create", "metadata-store", "POST", "/api/v1/store/metadata"),
+        ("create", "local-store", "POST", "/api/v1/store/block/local"),
+        ("create", "remote-store", "POST", "/api/v1/store/block/remote"),
+        ("create", "share", "POST", "/api/v1/shares"),
+        ("update", "share-nfs", "PATCH", "/api/v1/shares/export/adapters/nfs/config"),
+        ("create", "permission", "PUT", "/api/v1/shares/export/permissions/users/alice"),
+        ("create", "permission", "PUT", "/api/v1/shares/export/permissions/groups/eng"),
+        ("create", "snapshot-policy", "PUT", "/api/v1/shares/export/snapshot-policy"),
+    ]
+    bodies = {(c.kind, c.name): c.body for c in p.calls}
+    assert bodies[(Kind.OPERATOR_ACCOUNT, "dittofs-operator")] == {"username": "dittofs-operator", "role": "admin"}
+    assert bodies[(Kind.USER, "alice")] == {"username": "alice", "role": "user", "uid": 1001, "gid": 2000,
+                                            "groups": ["eng"]}
+    assert bodies[(Kind.ADAPTER, "nfs")] == {"port": 2049}
+    assert bodies[(Kind.ADAPTER, "smb")] == {"enabled": False}
+    assert bodies[(Kind.ADAPTER_SETTINGS, "nfs")] == {"lease_time": 60}
+    assert bodies[(Kind.SHARE, "/export")] == {
+        "name": "/export", "metadata_store_id": "default", "local_block_store": "default",
+        "remote_block_store": "s3", "read_only": False, "default_permission": "read", "quota_bytes": str(10 << 30)}
+    assert bodies[(Kind.SHARE_NFS, "/export")] == {"squash": "all_to_guest", "anonymous_uid": 65534,
+                                                   "anonymous_gid": 65534}
+    assert bodies[(Kind.SNAPSHOT_POLICY, "/export")] == {"interval": "1h", "keep_last": 3, "enabled": True,
+                                                         "name_prefix": "op", "ttl": "72h"}
+    remote = next(c for c in p.calls if c.kind is Kind.REMOTE_STORE)
+    assert remote.body == {"name": "s3", "type": "s3", "config": {"bucket": "b", "region": "eu-west-1"}}
+    assert [(s.key, s.secret.ref, s.in_config) for s in remote.secrets] == [
+        ("access_key_id", "s3/id", True), ("secret_access_key", "s3/key", True)]
+    # The wire form of a store body: config as a JSON string.
+    assert store_body_json(remote.body)["config"] == '{"bucket": "b", "region": "eu-west-1"}'
+    # Admin-role accounts must change their password once: the executor does it.
+    assert [c.name for c in p.calls if c.admin_first_login] == ["dittofs-operator"]
+    # Everything created is owned, except the operator's own identity (never pruned).
+    assert {str(r) for r in p.owned_after()} == {
+        "group:eng", "user:alice", "metadata-store:default", "local-store:default", "remote-store:s3",
+        "share:/export", "permission:/export#user:alice", "permission:/export#group:eng",
+        "snapshot-policy:/export"}
+    assert set(p.digests_after({})) == {"operator-account:dittofs-operator/password", "user:alice/password",
+                                        "remote-store:s3/access_key_id", "remote-store:s3/secret_access_key"}
+
+
+def test_a_converged_server_plans_nothing() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    again = plan(FULL, after, owned, applied)
+    assert again.calls == () and again.problems == ()
+    assert again.owned == owned
+
+
+def test_secret_values_never_appear_in_a_plan() -> None:
+    p = plan(FULL, seeded())
+    text = repr(p) + str(p.calls) + repr(FULL)
+    assert SECRET_TEXT not in text and "AKIA" not in text
+    assert digest_of(SECRET_TEXT) not in repr(FULL)  # not even the digest is printed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ownership and drift
+
+
+def test_hand_made_objects_are_reported_and_left_alone() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    # A share and a group made by hand, then declared by mistake with other values:
+    by_hand = dataclasses.replace(after, shares={**after.shares, "/manual": ObservedShare(
+        "/manual", "default", "default", None, True, "none", None, 0)},
+        groups={**after.groups, "ops": ApiGroup(name="ops", gid=7)})
+    want = dataclasses.replace(FULL, shares=(*FULL.shares, ShareSpec("manual")), groups=(*FULL.groups,
+                                                                                           GroupSpec("ops", 8)))
+    p = plan(want, by_hand, owned, applied)
+    assert p.calls == ()
+    assert {(pr.kind, str(pr.ref)) for pr in p.problems} == {(ProblemKind.NOT_OWNED, "share:/manual"),
+                                                             (ProblemKind.NOT_OWNED, "group:ops")}
+    # Undeclared, they are not pruned either (never owned).
+    assert plan(FULL, by_hand, owned, applied).calls == ()
+
+
+def test_drift_is_repaired_only_where_it_differs() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    share = after.shares["/export"]
+    drifted = dataclasses.replace(after, shares={"/export": dataclasses.replace(
+        share, read_only=True, permissions={("user", "alice"): "read"}, nfs=ApiShareNfs(squash="none"))},
+        adapters={**after.adapters, "nfs": after.adapters["nfs"].model_copy(update={"port": 12049})})
+    p = plan(FULL, drifted, owned, applied)
+    assert [(c.op, c.kind, c.body) for c in p.calls] == [
+        (Op.UPDATE, Kind.ADAPTER, {"port": 2049}),
+        (Op.UPDATE, Kind.SHARE, {"read_only": False}),
+        (Op.UPDATE, Kind.SHARE_NFS, {"squash": "all_to_guest", "anonymous_uid": 65534, "anonymous_gid": 65534}),
+        (Op.UPDATE, Kind.PERMISSION, {"level": "read-write"}),
+        (Op.CREATE, Kind.PERMISSION, {"level": "read"}),  # the group grant was deleted by hand
+    ]
+
+
+def test_an_owned_share_deleted_by_hand_is_recreated_with_its_children() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    gone = dataclasses.replace(after, shares={}, snapshot_policies={})
+    p = plan(FULL, gone, owned, applied)
+    assert [(c.op.value, c.kind.value) for c in p.calls] == [
+        ("create", "share"), ("update", "share-nfs"), ("create", "permission"), ("create", "permission"),
+        ("create", "snapshot-policy")]
+    assert p.owned_after() == owned
+
+
+def test_removed_objects_are_pruned_in_reverse_dependency_order() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    p = plan(FileService(operator=FULL.operator), after, owned, applied)
+    assert brief(p) == [
+        ("delete", "share", "DELETE", "/api/v1/shares/export"),  # its grants and policy go with it
+        ("delete", "remote-store", "DELETE", "/api/v1/store/block/remote/s3"),
+        ("delete", "local-store", "DELETE", "/api/v1/store/block/local/default"),
+        ("delete", "metadata-store", "DELETE", "/api/v1/store/metadata/default"),
+        ("delete", "user", "DELETE", "/api/v1/users/alice"),
+        ("delete", "group", "DELETE", "/api/v1/groups/eng"),
+    ]
+    assert p.owned_after() == frozenset()
+    assert p.digests_after(applied) == {"operator-account:dittofs-operator/password": FULL.operator.digest}  # type: ignore[union-attr]
+
+
+def test_removing_a_grant_and_a_policy_deletes_only_those() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    share = dataclasses.replace(FULL.shares[0], permissions=FULL.shares[0].permissions[:1], snapshot_policy=None)
+    p = plan(dataclasses.replace(FULL, shares=(share,)), after, owned, applied)
+    assert brief(p) == [
+        ("delete", "snapshot-policy", "DELETE", "/api/v1/shares/export/snapshot-policy"),
+        ("delete", "permission", "DELETE", "/api/v1/shares/export/permissions/groups/eng"),
+    ]
+
+
+def test_a_store_still_used_by_a_kept_share_is_not_deleted() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    manual = ObservedShare("/manual", "default", "default", None, False, "none", None, 0)
+    seen = dataclasses.replace(after, shares={**after.shares, "/manual": manual})
+    p = plan(FileService(), seen, owned, applied)
+    assert [(c.op.value, c.kind.value, c.name) for c in p.calls if c.kind is not Kind.SHARE] == [
+        ("delete", "remote-store", "s3"), ("delete", "user", "alice"), ("delete", "group", "eng")]
+    assert sorted(str(pr) for pr in p.problems) == [
+        "local-store:default: left the spec but shares still use it: /manual",
+        "metadata-store:default: left the spec but shares still use it: /manual"]
+
+
+def test_vanished_undeclared_objects_are_forgotten() -> None:
+    p = plan(FileService(), seeded(), {Ref(Kind.SHARE, "/old"), Ref(Kind.GROUP, "gone")})
+    assert p.calls == () and p.owned == frozenset()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# immutability, reserved names, dependencies
+
+
+def test_immutable_store_and_share_changes_are_problems_not_calls() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    moved = dataclasses.replace(FULL, stores=(
+        StoreSpec(StoreKind.METADATA, "default", "badger", (("path", "/elsewhere"),)),
+        StoreSpec(StoreKind.LOCAL, "default", "memory"),
+        FULL.stores[2],
+        StoreSpec(StoreKind.LOCAL, "other", "fs", (("path", "/data/other"),)),
+    ), shares=(dataclasses.replace(FULL.shares[0], local_store="other", read_only=True),))
+    p = plan(moved, after, owned, applied)
+    assert sorted((pr.kind.value, str(pr.ref)) for pr in p.problems) == [
+        ("Immutable", "local-store:default"), ("Immutable", "metadata-store:default"), ("Immutable", "share:/export")]
+    assert "local store is 'default', declared 'other'" in str(p.problems)
+    # Only non-destructive calls: the new store and the share's mutable field.
+    assert [(c.op.value, c.kind.value, c.name) for c in p.calls] == [
+        ("create", "local-store", "other"), ("update", "share", "/export")]
+    assert next(c for c in p.calls if c.kind is Kind.SHARE).body == {"read_only": True}
+
+
+def test_a_metadata_store_is_never_posted_twice() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    changed = dataclasses.replace(FULL, stores=(
+        StoreSpec(StoreKind.METADATA, "default", "badger", (("path", "/data/store/metadata/badger"),
+                                                           ("block_cache_mb", 64))), *FULL.stores[1:]))
+    p = plan(changed, after, owned, applied)
+    assert [(c.op, c.method, c.needs_restart) for c in p.calls] == [(Op.UPDATE, "PUT", True)]
+    assert p.needs_restart
+
+
+def test_reserved_accounts_and_missing_stores_are_reported() -> None:
+    want = FileService(users=(UserSpec("admin"), UserSpec("dittofs-operator")), shares=(ShareSpec("x"),))
+    p = plan(want, seeded())
+    assert p.calls == ()
+    assert sorted((pr.kind.value, str(pr.ref)) for pr in p.problems) == [
+        ("MissingDependency", "share:/x"), ("Reserved", "user:admin"), ("Reserved", "user:dittofs-operator")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# secrets by digest
+
+
+def test_changed_secret_values_are_reapplied() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    rotated = dataclasses.replace(
+        FULL, users=(dataclasses.replace(FULL.users[0], password=secret("users/alice", "new")),),
+        stores=(*FULL.stores[:2], dataclasses.replace(FULL.stores[2], secrets=(
+            FULL.stores[2].secrets[0], ("secret_access_key", secret("s3/key", "rotated"))))))
+    p = plan(rotated, after, owned, applied)
+    assert [(c.op, c.kind, c.path, c.needs_restart) for c in p.calls] == [
+        (Op.SET_PASSWORD, Kind.USER, "/api/v1/users/alice/password", False),
+        (Op.UPDATE, Kind.REMOTE_STORE, "/api/v1/store/block/remote/s3", True)]
+    store = p.calls[1]
+    assert store.body == {"type": "s3", "config": {"bucket": "b", "region": "eu-west-1"}}
+    assert {s.key for s in store.secrets} == {"access_key_id", "secret_access_key"}  # PUT replaces the config
+    applied2 = p.digests_after(applied)
+    assert plan(rotated, simulate(after, p.calls), p.owned_after(), applied2).calls == ()
+
+
+def test_an_admin_role_user_completes_its_first_login_on_create_and_reset() -> None:
+    admin = UserSpec("ops", secret("u/ops"), role="admin")
+    p = plan(FileService(users=(admin,)), seeded())
+    assert [(c.op, c.admin_first_login) for c in p.calls] == [(Op.CREATE, True)]
+    after = simulate(seeded(), p.calls)
+    p2 = plan(FileService(users=(dataclasses.replace(admin, password=secret("u/ops", "x")),)), after,
+              p.owned_after(), p.digests_after({}))
+    assert [(c.op, c.admin_first_login) for c in p2.calls] == [(Op.SET_PASSWORD, True)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# value comparison (DittoFS normalises)
+
+
+@pytest.mark.parametrize(("observed", "desired", "same"), [
+    ("1h0m0s", "1h", True), ("24h0m0s", "@daily", True), ("1h30m0s", "90m", True), ("168h0m0s", "@weekly", True),
+    ("1h0m0s", "2h", False), ("1.5h", "90m", True), ("nonsense", "1h", False)])
+def test_durations_compare_parsed(observed: str, desired: str, same: bool) -> None:
+    assert (duration_seconds(observed) == duration_seconds(desired)) is same
+
+
+@pytest.mark.parametrize(("observed", "desired", "same"), [
+    ("1.46KiB", 1500, True), ("953.67MiB", 10**9, True), ("10.00GiB", 10 << 30, True), (None, None, True),
+    (None, 0, True), ("10.00GiB", 11 << 30, False), (None, 1, False), ("1.00KiB", None, False)])
+def test_quotas_compare_within_dittofs_rounding(observed: str | None, desired: int | None, same: bool) -> None:
+    assert quota_matches(observed, desired) is same
+
+
+def test_observed_records_parse_dittofs_json() -> None:
+    stores = {StoreKind.METADATA: {"m": ApiStore(id="id-m", name="m", type="memory")},
+              StoreKind.LOCAL: {"l": ApiStore(id="id-l", name="l", type="memory")}}
+    shares = parse_shares([{"name": "/a", "metadata_store_id": "id-m", "local_block_store_id": "id-l",
+                            "remote_block_store_id": None, "quota_bytes": "1.46KiB", "extra": 1}], stores)
+    assert shares["/a"].metadata_store == "m" and shares["/a"].local_store == "l" and shares["/a"].remote_store is None
+    assert parse_permissions(None) == {}  # v0.29.0 answers `null` for a share without grants
+    assert parse_snapshot_policies([{"share": "/a", "interval": "1h0m0s"}])["/a"].keep_last == 0
+
+
+def test_refs_round_trip_through_status_strings() -> None:
+    for ref in (Ref(Kind.SHARE, "/export"), Ref(Kind.PERMISSION, "/export#group:eng")):
+        assert Ref.parse(str(ref)) == ref
+
+
+# ---------------------------------------------------------------------------------------------------------
+# property: any declaration converges in one pass, and pruning removes exactly what was owned
+
+_names = st.sampled_from(["a", "b", "c"])
+
+
+@st.composite
+def services(draw: st.DrawFn) -> FileService:
+    groups = tuple(GroupSpec(f"g{n}", draw(st.none() | st.integers(2000, 2010)))
+                   for n in draw(st.sets(_names, max_size=3)))
+    users = tuple(UserSpec(f"u{n}", secret(f"u/{n}", draw(st.sampled_from(["p1", "p2"]))),
+                           uid=draw(st.none() | st.integers(1000, 1005)),
+                           groups=tuple(draw(st.sets(st.sampled_from([g.name for g in groups]))) if groups else ()),
+                           role=draw(st.sampled_from(["user", "admin"])))
+                  for n in draw(st.sets(_names, max_size=3)))
+    stores = (StoreSpec(StoreKind.METADATA, "default", "badger", (("path", "/m"),)),
+              StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", "/b"), ("max_size", draw(st.integers(0, 9))))))
+    principals = [("user", u.name) for u in users] + [("group", g.name) for g in groups]
+    shares = tuple(ShareSpec(
+        f"s{n}", read_only=draw(st.booleans()),
+        default_permission=draw(st.sampled_from(["none", "read", "read-write", "admin"])),
+        quota_bytes=draw(st.none() | st.integers(1, 1 << 40)),
+        nfs=draw(st.none() | st.builds(NfsOptions, st.sampled_from(["none", "root_to_guest", "all_to_guest"]),
+                                       st.none() | st.integers(0, 70000))),
+        permissions=tuple(Grant(p, who, draw(st.sampled_from(["read", "read-write"])))  # type: ignore[arg-type]
+                          for p, who in draw(st.sets(st.sampled_from(principals))) if principals) if principals else (),
+        snapshot_policy=draw(st.none() | st.builds(SnapshotPolicySpec, st.sampled_from(["1h", "90m", "@daily"]),
+                                                   st.integers(0, 5), st.none() | st.sampled_from(["72h", "30m"]))))
+        for n in draw(st.sets(_names, max_size=3)))
+    adapters = tuple(AdapterSpec(t, draw(st.booleans()), draw(st.none() | st.integers(1025, 65535)),  # type: ignore[arg-type]
+                                 (("lease_time", draw(st.integers(10, 120))),) if t == "nfs" else ())
+                     for t in draw(st.sets(st.sampled_from(["nfs", "smb"]))))
+    return FileService(operator=secret("op"), adapters=adapters, stores=stores, shares=shares, users=users,
+                       groups=groups)
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=services(), second=services())
+def test_any_declaration_converges_and_prunes_exactly_what_it_owned(first: FileService, second: FileService) -> None:
+    p1, seen1, owned1, applied1 = converge(first, seeded())
+    assert p1.problems == ()
+    assert plan(first, seen1, owned1, applied1).calls == ()
+    # Change the declaration: one pass gets there, touching nothing it does not own, and then rests.
+    p2, seen2, owned2, applied2 = converge(second, seen1, owned1, applied1)
+    assert p2.problems == ()
+    touched = {c.ref for c in p2.calls if c.op is not Op.CREATE and c.kind not in (
+        Kind.ADAPTER, Kind.ADAPTER_SETTINGS, Kind.SHARE_NFS)}
+    assert touched <= owned1
+    assert plan(second, seen2, owned2, applied2).calls == ()
+    assert set(seen2.users) >= {"admin", "dittofs-operator"}  # never pruned
+    assert set(seen2.groups) >= {"admins", "operators", "users"}
+    deleted = [c for c in p2.calls if c.op is Op.DELETE]
+    assert all(c.ref in owned1 for c in deleted)
+    # Deletes come last, in reverse dependency order.
+    kinds = [list(Kind).index(c.kind) for c in deleted]
+    assert kinds == sorted(kinds, reverse=True)
+    assert p2.calls[len(p2.calls) - len(deleted):] == tuple(deleted)
+
+
+def test_simulate_round_trips_a_store_secret_redaction() -> None:
+    # Sanity of the model itself: redacted secrets do not look like drift.
+    seen = simulate(seeded(), plan(FULL, seeded()).calls)
+    assert seen.stores[StoreKind.REMOTE]["s3"].config["secret_access_key"] == "********"
+    assert isinstance(seen.adapter_settings, dict)
+
+
