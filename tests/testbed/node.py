@@ -148,11 +148,12 @@ def _kill_pid(pid: int, must_contain: str, grace: float) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _pod_cgroup_pids() -> list[int]:
+def _pod_cgroup_pids(ours: dict[str, list[str]] | None = None) -> list[int]:
+    """PIDs in the kubepods cgroups; with ``ours`` (the pre-start snapshot), only in those the node made."""
     pids: list[int] = []
     for hierarchy in CGROUP_ROOT.iterdir():
         kubepods = hierarchy / "kubepods"
-        if not kubepods.is_dir():
+        if not kubepods.is_dir() or (ours is not None and "kubepods" in ours.get(hierarchy.name, ["kubepods"])):
             continue
         for procs in kubepods.rglob("cgroup.procs"):
             with contextlib.suppress(OSError, ValueError):
@@ -183,7 +184,7 @@ def restore_host(state: dict[str, Any], log: Callable[[str], None]) -> list[str]
     # 1. Processes: kubelet, then containers (anything in the kubepods cgroups), shims, containerd.
     if state.get("kubelet_pid") and workdir:
         _kill_pid(int(state["kubelet_pid"]), workdir, grace=10)
-    for pid in _pod_cgroup_pids():
+    for pid in _pod_cgroup_pids(state.get("cgroups", {})):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if sock:
@@ -333,7 +334,8 @@ class RealNode:
         try:
             if self._state is not None:
                 if self.is_running("kubelet"):
-                    self._drain()
+                    with contextlib.suppress(Exception):  # the apiserver may be gone; the host comes first
+                        self._drain()
                 self.stop_kubelet()
                 self._kill_tasks()
                 self._stop_proc("containerd", grace=10)
