@@ -8,6 +8,7 @@ gives object-typed parents `default: {}` so the apiserver applies nested default
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import yaml
@@ -30,6 +31,12 @@ def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
         target.update({k: v for k, v in node.items() if k != "$ref"})
         return _inline(target, defs)
     return {key: _inline(value, defs) for key, value in node.items() if key not in _DROP}
+
+
+_MAX_LENGTH = 64  # no quantity, duration, identifier or version needs more
+# Values people type (and mistype) by hand; names keep their pattern, whose length limit would cost more.
+_TYPED_BY_HAND = frozenset({models.QUANTITY_PATTERN, models._GO_DURATION.pattern, models._IDENTIFIER.pattern,
+                            r"^[0-9]+\.[0-9]+\.[0-9]+$"})
 
 
 def _structural(node: JsonSchema, required: bool = True) -> JsonSchema:
@@ -71,9 +78,28 @@ def openapi_schema(model: type[BaseModel]) -> JsonSchema:
     return _structural(_inline(raw, raw.get("$defs", {})))
 
 
+def _humane(node: Any, in_list: bool = False) -> Any:
+    """A `pattern` makes the apiserver answer with the raw regular expression. Where the models know what the
+    pattern means, the schema carries a CEL rule with that wording instead, bounded by maxLength so the
+    estimated cost stays inside the apiserver's budget. Inside unbounded lists the cost multiplies beyond
+    it, so those keep their pattern (the webhook's own message still explains them)."""
+    if isinstance(node, list):
+        return [_humane(item, in_list) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _humane(value, in_list or key == "items") for key, value in node.items()}
+    message = models.PATTERN_MESSAGES.get(node.get("pattern", ""))
+    if message is not None and not in_list and node["pattern"] in _TYPED_BY_HAND:
+        pattern = node.pop("pattern")
+        node["maxLength"] = min(node.get("maxLength", _MAX_LENGTH), _MAX_LENGTH)
+        rule = {"rule": f"self.matches({json.dumps(pattern)})", "message": message}
+        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), rule]
+    return node
+
+
 def build_crd() -> JsonSchema:
     """The CRD as a dict, ready for YAML."""
-    spec = openapi_schema(models.DittoServerSpec)
+    spec = _humane(openapi_schema(models.DittoServerSpec))
     status = openapi_schema(models.DittoServerStatus)
     spec.pop("default", None)
     status.pop("default", None)

@@ -67,6 +67,17 @@ def _check_duration(value: str) -> str:
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+# Human wording of each pattern: the webhook's errors and the CRD's own CEL messages (what `kubectl apply`
+# prints when the schema rejects a value before the webhook sees it) both use it.
+PATTERN_MESSAGES = {
+    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 1Gi, 500Mi or 10G",
+    _DNS_SUBDOMAIN: "must be a lower-case DNS name (a-z, 0-9, '-' and '.')",
+    _SECRET_KEY: "must be a Secret key (letters, digits, '-', '_' and '.')",
+    _IDENTIFIER.pattern: "must be a lower-case SQL identifier (a-z, 0-9, '_'; not starting with a digit)",
+    _GO_DURATION.pattern: "must be a duration such as 15m, 168h or 1h30m",
+    r"^/": "must be an absolute path starting with '/'",
+    r"^[0-9]+\.[0-9]+\.[0-9]+$": "must be a version such as 2.8.0",
+}
 Quantity = Annotated[
     str,
     Field(pattern=QUANTITY_PATTERN),

@@ -20,13 +20,9 @@ from pydantic_core import ErrorDetails
 
 from dittoctl.api.facts import ClusterFacts, percona_not_served
 from dittoctl.api.models import (
-    _DNS_SUBDOMAIN,
-    _GO_DURATION,
-    _IDENTIFIER,
-    _SECRET_KEY,
     API_VERSION,
     KIND,
-    QUANTITY_PATTERN,
+    PATTERN_MESSAGES,
     DittoServer,
     DittoServerSpec,
     DittoServerStatus,
@@ -34,7 +30,7 @@ from dittoctl.api.models import (
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
 
-log = logging.getLogger("dittofs.dittoctl.api.rules")
+log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
 # Services are DNS-1035 labels named <name>-headless (+9), and the StatefulSet's controller-revision-hash
 # label "<name>-<10-char hash>" must fit in 63 characters: 52 is the binding limit.
@@ -44,15 +40,6 @@ _UNVERIFIED, _ACTIONABLE = 1, 0
 # Consequence of a missing Secret or key the server container reads, longest (most helpful) first.
 _POD_FAILS = ("the pod fails with CreateContainerConfigError until then", "the pod cannot start until then",
               "the pod cannot start")
-_PATTERNS = {
-    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 1Gi, 500Mi or 10G",
-    _DNS_SUBDOMAIN: "must be a lower-case DNS name (a-z, 0-9, '-' and '.')",
-    _SECRET_KEY: "must be a Secret key (letters, digits, '-', '_' and '.')",
-    _IDENTIFIER.pattern: "must be a lower-case SQL identifier (a-z, 0-9, '_'; not starting with a digit)",
-    _GO_DURATION.pattern: "must be a duration such as 15m, 168h or 1h30m",
-    r"^/": "must be an absolute path starting with '/'",
-    r"^[0-9]+\.[0-9]+\.[0-9]+$": "must be a version such as 2.8.0",
-}
 
 
 @dataclass(frozen=True)
@@ -429,7 +416,7 @@ def _describe(err: ErrorDetails) -> str:
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}{got}"
     if kind == "string_pattern_mismatch":
-        return _PATTERNS.get(str(ctx.get("pattern")), f"must match {ctx.get('pattern')}") + got
+        return PATTERN_MESSAGES.get(str(ctx.get("pattern")), f"must match {ctx.get('pattern')}") + got
     if kind == "value_error":
         message = str(ctx.get("error") or err["msg"]).removeprefix("Value error, ")
         return message if _show(value) in message or repr(value) in message else message + got
