@@ -1,0 +1,374 @@
+"""The one async REST client of a DittoFS v0.29.0 server (SPEC §13.2): login, tokens, typed reads, execute.
+
+The pure half lives in ``dittoctl.api.fileservice`` (records, planner); this module is its only I/O.
+Behaviour the client relies on was proven against the real ``dfs`` in tests/contract/test_dittofs_client.py:
+- Tokens live in memory only. They are refreshed shortly before ``expires_in`` runs out, and a 401 (the
+  text/plain ``Invalid or expired token``) triggers one refresh-or-login and one retry.
+- A new (or admin-reset) admin-role account has ``must_change_password`` and gets a text/plain 403 for
+  everything else, so its first login self-changes the password to the same value (v0.29.0 accepts that).
+- Errors arrive as problem+json, text/plain (middleware) or an empty 500 body (a recovered panic); each
+  maps to a ``DittoFsError`` subclass whose message never carries a secret value or a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from dittoctl.api.fileservice.observed import (
+    Observed,
+    parse_adapters,
+    parse_groups,
+    parse_permissions,
+    parse_share_nfs,
+    parse_shares,
+    parse_snapshot_policies,
+    parse_stores,
+    parse_users,
+)
+from dittoctl.api.fileservice.planner import API, Plan, store_body_json
+from dittoctl.api.fileservice.types import Call, Kind, StoreKind, share_name
+
+log = logging.getLogger("dittoctl.dittofs")
+_STORE_CALLS = (Kind.METADATA_STORE, Kind.LOCAL_STORE, Kind.REMOTE_STORE)
+_REDACTED = "***"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# errors
+
+
+class DittoFsError(Exception):
+    """A DittoFS call failed. ``detail`` is DittoFS's own message (secrets scrubbed), fit for an event."""
+
+    def __init__(self, message: str, *, method: str = "", path: str = "", status: int | None = None,
+                 detail: str = "", errors: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status = status
+        self.detail = detail
+        self.errors = dict(errors or {})
+
+
+class DittoFsUnreachable(DittoFsError):
+    """No HTTP answer: connection refused, reset, timeout (SPEC §13.3 ``ApiUnreachable``)."""
+
+
+class DittoFsAuthError(DittoFsError):
+    """401: bad credentials, or a token that refresh and re-login could not replace (``AuthFailed``)."""
+
+
+class DittoFsForbidden(DittoFsError):
+    """403: not an admin (``Admin access required``), a pending password change, or a protected object."""
+
+
+class DittoFsNotFound(DittoFsError):
+    """404."""
+
+
+class DittoFsConflict(DittoFsError):
+    """409: it already exists, or it is still in use."""
+
+
+class DittoFsRejected(DittoFsError):
+    """400/405/413/422: DittoFS refused the request (``Rejected`` with its detail and per-field errors)."""
+
+
+class MetadataStoreLocked(DittoFsRejected):
+    """400 on a metadata store POST whose badger directory is already open: v0.29.0's answer to a re-POST
+    (not 409) and to re-creating a deleted store before a restart."""
+
+
+class DittoFsServerError(DittoFsError):
+    """5xx, including the empty-bodied 500 of a recovered panic (e.g. an adapter port above 65535)."""
+
+
+class PlanFailed(DittoFsError):
+    """A plan stopped at ``call``; ``done`` lists the calls that succeeded before it (record them)."""
+
+    def __init__(self, call: Call, done: list[Call], cause: DittoFsError) -> None:
+        super().__init__(f"{call} failed: {cause}", method=cause.method, path=cause.path, status=cause.status,
+                         detail=cause.detail, errors=cause.errors)
+        self.call = call
+        self.done = done
+        self.cause = cause
+
+
+_BY_STATUS: dict[int, type[DittoFsError]] = {
+    401: DittoFsAuthError, 403: DittoFsForbidden, 404: DittoFsNotFound, 409: DittoFsConflict,
+}
+
+
+def _scrub(text: str, secrets: Iterable[str]) -> str:
+    for value in secrets:
+        if value and len(value) >= 4:
+            text = text.replace(value, _REDACTED)
+    return text
+
+
+def _error(method: str, path: str, status: int, content_type: str, raw: bytes, secrets: Iterable[str]) -> DittoFsError:
+    """Map any of DittoFS's three error bodies (problem+json, text/plain, empty) to a typed error."""
+    text = raw.decode(errors="replace").strip()
+    detail, errors = text, {}
+    if "json" in content_type and text:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            detail = str(doc.get("detail") or doc.get("title") or text)
+            if isinstance(doc.get("errors"), dict):
+                errors = {str(k): str(v) for k, v in doc["errors"].items()}
+    if not detail:
+        detail = "empty response body (DittoFS recovered from a panic; see its log)" if status >= 500 else "no detail"
+    secrets = list(secrets)
+    detail = _scrub(detail[:1000], secrets)
+    errors = {k: _scrub(v, secrets) for k, v in errors.items()}
+    suffix = "".join(f"; {k}: {v}" for k, v in sorted(errors.items()))
+    message = f"{method} {path} -> HTTP {status}: {detail}{suffix}"
+    if status >= 500:
+        cls: type[DittoFsError] = DittoFsServerError
+    elif status == 400 and "locked by another process" in detail:
+        cls = MetadataStoreLocked
+    else:
+        cls = _BY_STATUS.get(status, DittoFsRejected)
+    return cls(message, method=method, path=path, status=status, detail=detail, errors=errors)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the client
+
+
+@dataclass
+class _Tokens:
+    access: str = field(default="", repr=False)
+    refresh: str = field(default="", repr=False)
+    expires: float = 0.0  # on the client's clock
+    lifetime: float = 0.0
+
+
+class DittoFsClient:
+    """One logged-in identity on one DittoFS server. Use as ``async with``; share an aiohttp session or not."""
+
+    def __init__(self, base_url: str, username: str, password: SecretStr, *,
+                 session: aiohttp.ClientSession | None = None, timeout: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self._password = password
+        self._session = session
+        self._own_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock
+        self._tokens = _Tokens()
+        self._auth_lock = asyncio.Lock()
+        self.requests: Counter[str] = Counter()  # HTTP requests sent, by method (drift passes: reads only)
+
+    def __repr__(self) -> str:
+        return f"DittoFsClient({self.base_url!r}, user={self.username!r})"
+
+    async def __aenter__(self) -> DittoFsClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # trust_env=False: a proxy from the environment must never carry a DittoFS token.
+            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
+            self._own_session = True
+        return self._session
+
+    # -- transport ---------------------------------------------------------------------------------------
+
+    async def _send(self, method: str, path: str, body: Any, token: str | None,
+                    secrets: Iterable[str] = ()) -> Any:
+        """One HTTP exchange; parsed JSON (or None) on 2xx, a typed error otherwise."""
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.requests[method] += 1
+        try:
+            async with self._http().request(method, self.base_url + path, json=body, headers=headers,
+                                            timeout=self._timeout) as resp:
+                raw = await resp.read()
+                status, ctype = resp.status, resp.headers.get("Content-Type", "")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DittoFsUnreachable(f"{method} {path}: DittoFS at {self.base_url} unreachable: "
+                                     f"{type(exc).__name__}: {_scrub(str(exc), secrets)}",
+                                     method=method, path=path) from None
+        log.debug("dittofs %s %s -> %d", method, path, status)
+        if status >= 300:
+            raise _error(method, path, status, ctype, raw, secrets)
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    def _keep(self, pair: Any) -> None:
+        lifetime = float(pair.get("expires_in") or 900)
+        self._tokens = _Tokens(str(pair["access_token"]), str(pair["refresh_token"]),
+                               self._clock() + lifetime, lifetime)
+
+    async def login(self) -> None:
+        """Log in; a pending first-login password change is completed with the same password."""
+        password = self._password.get_secret_value()
+        pair = await self._send("POST", f"{API}/auth/login", {"username": self.username, "password": password},
+                                None, (password,))
+        self._keep(pair)
+        if (pair.get("user") or {}).get("must_change_password"):
+            await self._complete_first_login(self._tokens.access, password)
+
+    async def _complete_first_login(self, token: str, password: str) -> None:
+        pair = await self._send("POST", f"{API}/users/me/password",
+                                {"current_password": password, "new_password": password}, token, (password,))
+        if isinstance(pair, dict) and pair.get("access_token"):
+            self._keep(pair)
+
+    async def _refresh_or_login(self) -> None:
+        if self._tokens.refresh:
+            try:
+                self._keep(await self._send("POST", f"{API}/auth/refresh", {"refresh_token": self._tokens.refresh},
+                                            None, (self._tokens.refresh,)))
+                return
+            except DittoFsAuthError:
+                log.info("dittofs refresh token of %s refused; logging in again", self.username)
+        await self.login()
+
+    async def _token(self, stale: str | None = None) -> str:
+        async with self._auth_lock:
+            t = self._tokens
+            # Refresh a fifth of the lifetime (at most a minute) before expiry, so a call never races it.
+            due = t.expires - min(60.0, t.lifetime / 5)
+            if not t.access or self._clock() >= due or (stale is not None and t.access == stale):
+                await self._refresh_or_login()
+            return self._tokens.access
+
+    async def request(self, method: str, path: str, body: Any = None, secrets: Iterable[str] = ()) -> Any:
+        """An authenticated call; a 401 gets one refresh-or-login and one retry."""
+        secrets = list(secrets)
+        token = await self._token()
+        try:
+            return await self._send(method, path, body, token, secrets)
+        except DittoFsAuthError:
+            token = await self._token(stale=token)
+            return await self._send(method, path, body, token, secrets)
+
+    # -- typed reads ---------------------------------------------------------------------------------------
+
+    async def me(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"{API}/auth/me")
+        return result
+
+    async def observe(self, shares: Iterable[str] | None = None) -> Observed:
+        """Everything the planner compares, by GET only: 10 list/settings reads, plus 2 per share read in
+        detail (``shares``: names to read in detail; None = all)."""
+        lists = await asyncio.gather(*(self.request("GET", f"{API}{p}") for p in (
+            "/users", "/groups", "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings",
+            "/store/metadata", "/store/block/local", "/store/block/remote", "/shares", "/snapshot-policies")))
+        users, groups, adapters, nfs_settings, smb_settings, meta, local, remote, shares_raw, policies = lists
+        stores = {StoreKind.METADATA: parse_stores(meta), StoreKind.LOCAL: parse_stores(local),
+                  StoreKind.REMOTE: parse_stores(remote)}
+        names = [share_name(s["name"]) for s in shares_raw or []]
+        wanted = names if shares is None else sorted({share_name(n) for n in shares} & set(names))
+        details = await asyncio.gather(*(self._share_details(n) for n in wanted))
+        return Observed(
+            users=parse_users(users), groups=parse_groups(groups), adapters=parse_adapters(adapters),
+            adapter_settings={"nfs": nfs_settings or {}, "smb": smb_settings or {}}, stores=stores,
+            shares=parse_shares(shares_raw, stores, {n: nfs for n, (nfs, _) in zip(wanted, details, strict=True)},
+                                {n: perms for n, (_, perms) in zip(wanted, details, strict=True)}),
+            snapshot_policies=parse_snapshot_policies(policies))
+
+    async def _share_details(self, name: str) -> tuple[Any, Any]:
+        base = f"{API}/shares/{name.lstrip('/')}"
+        nfs, perms = await asyncio.gather(self.request("GET", f"{base}/adapters/nfs/config"),
+                                          self.request("GET", f"{base}/permissions"))
+        return parse_share_nfs(nfs), parse_permissions(perms)
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    async def execute(self, plan: Plan, secrets: Mapping[str, SecretStr]) -> list[Call]:
+        """Run the plan's calls in order; stop at the first failure (``PlanFailed`` lists what succeeded).
+
+        ``secrets`` maps each ``SecretValue.ref`` to its value; a missing one fails that call, not the process.
+        """
+        done: list[Call] = []
+        for call in plan.calls:
+            try:
+                await self.apply(call, secrets)
+            except DittoFsError as exc:
+                raise PlanFailed(call, done, exc) from None
+            done.append(call)
+        return done
+
+    async def apply(self, call: Call, secrets: Mapping[str, SecretStr]) -> None:
+        body: dict[str, Any] | None = None if call.body is None else json.loads(json.dumps(call.body))
+        values: list[str] = []
+        for sf in call.secrets:
+            secret = secrets.get(sf.secret.ref)
+            if secret is None:
+                raise DittoFsRejected(f"{call}: secret {sf.secret.ref!r} is not available", method=call.method,
+                                      path=call.path)
+            value = secret.get_secret_value()
+            values.append(value)
+            target = body.setdefault("config", {}) if sf.in_config and body is not None else body
+            if target is not None:
+                target[sf.key] = value
+        if body is not None and call.kind in _STORE_CALLS:
+            body = store_body_json(body)
+        log.info("dittofs %s", call)
+        await self.request(call.method, call.path, body, values)
+        if call.admin_first_login and values:
+            await self._first_login_of(call.name, values[0])
+
+    async def _first_login_of(self, username: str, password: str) -> None:
+        """A new/reset admin-role account: log in as it and self-change to the same password (v0.29.0 sets
+        must_change_password for admins; until changed, the account can do nothing)."""
+        other = DittoFsClient(self.base_url, username, SecretStr(password), session=self._http(),
+                              timeout=self._timeout.total or 10.0, clock=self._clock)
+        await other.login()
+        self.requests.update(other.requests)
+
+
+async def bootstrap_operator(base_url: str, admin_password: SecretStr, operator_name: str,
+                             operator_password: SecretStr, *, session: aiohttp.ClientSession | None = None,
+                             timeout: float = 10.0) -> DittoFsClient:
+    """The operator's own admin-role account (SPEC §13.2): log in as it; when that is refused, (re)create it
+    through the bootstrap ``admin`` (409 -> admin password reset) and log in again."""
+    client = DittoFsClient(base_url, operator_name, operator_password, session=session, timeout=timeout)
+    try:
+        await client.login()
+        return client
+    except DittoFsAuthError:
+        log.info("dittofs account %s cannot log in; (re)creating it through admin", operator_name)
+    password = operator_password.get_secret_value()
+    admin = DittoFsClient(base_url, "admin", admin_password, session=client._http(), timeout=timeout)
+    try:
+        await admin.request("POST", f"{API}/users", {"username": operator_name, "password": password,
+                                                      "role": "admin"}, (password,))
+    except DittoFsConflict:
+        await admin.request("POST", f"{API}/users/{operator_name}/password", {"new_password": password},
+                            (password,))
+    client.requests.update(admin.requests)
+    await client.login()
+    return client

@@ -1,0 +1,402 @@
+"""Contract: the typed DittoFS client + the pure planner against the real dfs v0.29.0 (no Kubernetes).
+
+Each test runs its own dfs (tests/testbed/dfs.py, private netns when possible) with the bootstrap admin
+password from the environment, exactly like the pod. Hand-made changes go through the raw HTTP helper of
+``DfsServer`` as the bootstrap admin, i.e. the way a human with ``dfsctl``/curl would make them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from dittoctl.api.fileservice import (
+    AdapterSpec,
+    FileService,
+    Grant,
+    GroupSpec,
+    Kind,
+    NfsOptions,
+    Op,
+    Ref,
+    SecretValue,
+    ShareSpec,
+    SnapshotPolicySpec,
+    StoreKind,
+    StoreSpec,
+    UserSpec,
+    digest_of,
+    plan,
+)
+from dittoctl.api.fileservice.planner import Plan
+from dittoctl.kube.dittofs import (
+    DittoFsAuthError,
+    DittoFsClient,
+    DittoFsConflict,
+    DittoFsError,
+    DittoFsForbidden,
+    DittoFsNotFound,
+    DittoFsRejected,
+    DittoFsServerError,
+    DittoFsUnreachable,
+    MetadataStoreLocked,
+    PlanFailed,
+    bootstrap_operator,
+)
+from tests.contract.conftest import ADMIN_PASSWORD
+from tests.testbed.dfs import DfsServer, minimal_config
+
+OPERATOR_PASSWORD = "operator-pw-Zq81-never-logged"
+PASSWORDS = {"op": OPERATOR_PASSWORD, "alice": "alice-pw-Kx2-secret", "bob": "bob-pw-Admin-77x"}
+SECRETS = {ref: SecretStr(v) for ref, v in PASSWORDS.items()}
+ALL_SECRET_TEXT = [ADMIN_PASSWORD, *PASSWORDS.values()]
+
+
+def sv(ref: str) -> SecretValue:
+    return SecretValue(ref, digest_of(PASSWORDS[ref]))
+
+
+def declared(data: Path) -> FileService:
+    """A file service using every object kind the planner knows, except S3 (no S3 endpoint here)."""
+    return FileService(
+        operator=sv("op"),
+        adapters=(AdapterSpec("nfs", True, 12050, (("lease_time", 60), ("max_version", "4.0"))),
+                  AdapterSpec("smb", True, 1445, (("signing", "required"),))),
+        stores=(StoreSpec(StoreKind.METADATA, "default", "badger", (("path", str(data / "metadata" / "badger")),)),
+                StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", str(data / "block" / "blocks")),))),
+        shares=(
+            ShareSpec("export", default_permission="read", quota_bytes=10 << 30,
+                      nfs=NfsOptions("all_to_guest", 65534, 65534),
+                      permissions=(Grant("user", "alice", "read-write"), Grant("group", "eng", "read")),
+                      snapshot_policy=SnapshotPolicySpec("1h", keep_last=3, ttl="72h", name_prefix="op")),
+            ShareSpec("scratch", read_only=True, quota_bytes=1500),
+        ),
+        users=(UserSpec("alice", sv("alice"), uid=1001, gid=2000, groups=("eng",)),
+               UserSpec("bob", sv("bob"), uid=1002, role="admin")),
+        groups=(GroupSpec("eng", 2000),),
+    )
+
+
+@dataclasses.dataclass
+class State:
+    """What status.provisioned and the applied digests would hold between passes."""
+
+    owned: frozenset[Ref] = frozenset()
+    applied: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+async def one_pass(client: DittoFsClient, want: FileService, state: State) -> tuple[Plan, Counter[str], float]:
+    """observe -> plan -> execute, as a reconcile pass would; returns the plan and HTTP calls by method."""
+    client.requests.clear()
+    start = time.perf_counter()
+    seen = await client.observe()
+    p = plan(want, seen, state.owned, state.applied)
+    done = await client.execute(p, SECRETS)
+    state.owned = p.owned_after(done)
+    state.applied = p.digests_after(state.applied, done)
+    return p, Counter(client.requests), time.perf_counter() - start
+
+
+def start_dfs(tmp_path: Path, env: dict[str, str]) -> DfsServer:
+    return DfsServer(minimal_config(tmp_path / "controlplane.db"), env, tmp_path / "dfs").start()
+
+
+@pytest.fixture
+def dfs(dfs_env: dict[str, str], tmp_path: Path) -> Iterator[DfsServer]:
+    server = start_dfs(tmp_path, dfs_env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def operator(dfs: DfsServer) -> AsyncIterator[DittoFsClient]:
+    client = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                      SecretStr(OPERATOR_PASSWORD))
+    async with client:
+        yield client
+
+
+def admin_call(dfs: DfsServer, method: str, path: str, body: object = None) -> tuple[int, object]:
+    """A change by hand: the bootstrap admin over plain HTTP."""
+    token = dfs.login("admin", ADMIN_PASSWORD)["access_token"]
+    return dfs.request(method, "/api/v1" + path, body, token)
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for value in ALL_SECRET_TEXT:
+            assert value not in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# identity
+
+
+async def test_operator_account_is_an_admin_created_through_the_bootstrap_admin(dfs: DfsServer) -> None:
+    client = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                      SecretStr(OPERATOR_PASSWORD))
+    async with client:
+        me = await client.me()
+        assert (me["username"], me["role"], me["must_change_password"]) == ("dittofs-operator", "admin", False)
+        # operator login (401), admin login, create (201), operator login, first-login self-change (200).
+        assert client.requests == Counter({"POST": 5, "GET": 1})
+        # The account can provision (role `operator` could not: admin-only routes).
+        assert isinstance(await client.request("GET", "/api/v1/shares"), list)
+    # A second bootstrap just logs in.
+    again = await bootstrap_operator(dfs.base_url, SecretStr("wrong-admin-pw"), "dittofs-operator",
+                                     SecretStr(OPERATOR_PASSWORD))
+    async with again:
+        assert again.requests == Counter({"POST": 1})
+    # A lost password (changed by hand) is reset through admin; a wrong admin password is an AuthError.
+    status, _ = admin_call(dfs, "POST", "/users/dittofs-operator/password", {"new_password": "changed-by-hand-1"})
+    assert status == 204
+    reset = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                     SecretStr(OPERATOR_PASSWORD))
+    async with reset:
+        assert (await reset.me())["must_change_password"] is False
+    admin_call(dfs, "POST", "/users/dittofs-operator/password", {"new_password": "changed-by-hand-2"})
+    with pytest.raises(DittoFsAuthError) as err:
+        await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD + "x"), "dittofs-operator",
+                                 SecretStr(OPERATOR_PASSWORD))
+    assert "Invalid username or password" in str(err.value)
+    assert_no_secret(str(err.value), repr(err.value), repr(client))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the happy path and the read-only second pass
+
+
+async def test_full_plan_from_empty_then_a_second_pass_only_reads(
+        dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
+    want = declared(tmp_path / "data")
+    state = State()
+    first, calls1, t1 = await one_pass(operator, want, state)
+    assert first.problems == ()
+    kinds = Counter(c.kind for c in first.calls)
+    assert kinds == {Kind.GROUP: 1, Kind.USER: 2, Kind.ADAPTER: 1, Kind.ADAPTER_SETTINGS: 2, Kind.METADATA_STORE: 1,
+                     Kind.LOCAL_STORE: 1, Kind.SHARE: 2, Kind.SHARE_NFS: 1, Kind.PERMISSION: 2,
+                     Kind.SNAPSHOT_POLICY: 1}, "the operator account already exists (bootstrap)"
+    second, calls2, t2 = await one_pass(operator, want, state)
+    print(f"\npass 1: {len(first.calls)} calls planned, HTTP {dict(calls1)} in {t1:.2f}s; "
+          f"pass 2: HTTP {dict(calls2)} in {t2:.2f}s")
+    assert second.calls == () and second.problems == ()
+    assert set(calls2) == {"GET"}, calls2
+    assert calls2["GET"] == 10 + 2 * 2  # bounded: 10 lists/settings + 2 per share
+
+    # What DittoFS now really serves (read as the bootstrap admin, not through our own client).
+    token = dfs.login("admin", ADMIN_PASSWORD)["access_token"]
+    _, share = dfs.request("GET", "/api/v1/shares/export", token=token)
+    assert isinstance(share, dict)
+    assert (share["default_permission"], share["quota_bytes"], share["read_only"]) == ("read", "10.00GiB", False)
+    _, perms = dfs.request("GET", "/api/v1/shares/export/permissions", token=token)
+    assert sorted((p["type"], p["name"], p["level"]) for p in perms) == [
+        ("group", "eng", "read"), ("user", "alice", "read-write")]
+    _, nfs = dfs.request("GET", "/api/v1/shares/export/adapters/nfs/config", token=token)
+    assert nfs["squash"] == "all_to_guest"
+    _, policy = dfs.request("GET", "/api/v1/shares/export/snapshot-policy", token=token)
+    assert (policy["interval"], policy["ttl"], policy["keep_last"]) == ("1h0m0s", "72h0m0s", 3)
+    _, adapters = dfs.request("GET", "/api/v1/adapters", token=token)
+    assert {a["type"]: a["port"] for a in adapters} == {"nfs": 12050, "smb": 1445}
+    _, settings = dfs.request("GET", "/api/v1/adapters/nfs/settings", token=token)
+    assert (settings["lease_time"], settings["max_version"]) == (60, "4.0")
+    # Passwords were applied: alice logs in; bob (admin role) completed his first login and can work.
+    assert dfs.login("alice", PASSWORDS["alice"])["user"]["groups"] == ["eng"]
+    bob = dfs.login("bob", PASSWORDS["bob"])
+    assert bob["user"]["must_change_password"] is False
+    assert dfs.request("GET", "/api/v1/users", token=bob["access_token"])[0] == 200
+    assert {str(r) for r in state.owned} >= {"share:/export", "share:/scratch", "user:alice", "group:eng"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# drift, hand-made objects, pruning
+
+
+async def test_drift_is_repaired_and_hand_made_objects_are_left_alone(
+        dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
+    want = declared(tmp_path / "data")
+    state = State()
+    await one_pass(operator, want, state)
+
+    # By hand: delete an owned share, change another, drop one of its grants, make a share of our own.
+    assert admin_call(dfs, "DELETE", "/shares/scratch")[0] == 204
+    assert admin_call(dfs, "PUT", "/shares/export", {"read_only": True, "default_permission": "none"})[0] == 200
+    assert admin_call(dfs, "DELETE", "/shares/export/permissions/groups/eng")[0] == 204
+    assert admin_call(dfs, "POST", "/shares", {"name": "/manual", "metadata_store_id": "default",
+                                               "local_block_store": "default", "read_only": True})[0] == 201
+    assert admin_call(dfs, "PUT", "/shares/manual/permissions/users/alice", {"level": "admin"})[0] == 204
+
+    repair, calls, took = await one_pass(operator, want, state)
+    print(f"\nrepair: {[str(c) for c in repair.calls]} HTTP {dict(calls)} in {took:.2f}s")
+    assert [(c.op, c.kind, c.name) for c in repair.calls] == [
+        (Op.UPDATE, Kind.SHARE, "/export"),
+        (Op.CREATE, Kind.SHARE, "/scratch"),
+        (Op.CREATE, Kind.PERMISSION, "/export#group:eng"),
+    ]
+    assert next(c.body for c in repair.calls if c.name == "/export") == {"read_only": False,
+                                                                        "default_permission": "read"}
+    assert not any("/manual" in c.path for c in repair.calls)
+    assert calls["POST"] == 1 and calls["PUT"] == 2 and "DELETE" not in calls
+
+    quiet, calls, _ = await one_pass(operator, want, state)
+    assert quiet.calls == () and set(calls) == {"GET"}
+    token = dfs.login("admin", ADMIN_PASSWORD)["access_token"]
+    _, manual = dfs.request("GET", "/api/v1/shares/manual", token=token)
+    assert manual["read_only"] is True
+    _, perms = dfs.request("GET", "/api/v1/shares/manual/permissions", token=token)
+    assert perms == [{"type": "user", "name": "alice", "level": "admin"}]
+
+    # Declaring the hand-made share does not adopt it: a problem, no call.
+    clash = dataclasses.replace(want, shares=(*want.shares, ShareSpec("manual")))
+    reported, calls, _ = await one_pass(operator, clash, state)
+    assert reported.calls == () and [str(p.ref) for p in reported.problems] == ["share:/manual"]
+
+    # Removing owned objects from the spec prunes them (reverse order); /manual stays.
+    smaller = dataclasses.replace(want, shares=want.shares[:1], users=want.users[:1])
+    pruned, calls, _ = await one_pass(operator, smaller, state)
+    assert [(c.op, c.kind, c.name) for c in pruned.calls] == [(Op.DELETE, Kind.SHARE, "/scratch"),
+                                                              (Op.DELETE, Kind.USER, "bob")]
+    _, shares = dfs.request("GET", "/api/v1/shares", token=token)
+    assert sorted(s["name"] for s in shares) == ["/export", "/manual"]
+    assert (await one_pass(operator, smaller, state))[0].calls == ()
+
+
+async def test_immutable_store_path_is_reported_not_applied(
+        dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
+    want = declared(tmp_path / "data")
+    state = State()
+    await one_pass(operator, want, state)
+    moved = dataclasses.replace(want, stores=(
+        StoreSpec(StoreKind.METADATA, "default", "badger", (("path", str(tmp_path / "elsewhere")),)),
+        want.stores[1]))
+    p, calls, _ = await one_pass(operator, moved, state)
+    assert p.calls == () and set(calls) == {"GET"}
+    assert [(pr.kind.value, str(pr.ref)) for pr in p.problems] == [("Immutable", "metadata-store:default")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# errors become typed exceptions, never a crash, never a secret
+
+
+async def test_dittofs_errors_map_to_typed_exceptions(
+        dfs: DfsServer, operator: DittoFsClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="dittoctl.dittofs")
+    want = declared(tmp_path / "data")
+    state = State()
+    await one_pass(operator, want, state)
+    stale = await operator.observe()
+    seen_before = dataclasses.replace(stale, groups={}, stores={**stale.stores, StoreKind.METADATA: {}})
+    errors: list[DittoFsError] = []
+
+    # 409 problem+json: a group that appeared after we read (a race with a human).
+    p = plan(FileService(groups=(GroupSpec("eng", 2000),)), seen_before)
+    with pytest.raises(PlanFailed) as failed:
+        await operator.execute(p, SECRETS)
+    assert isinstance(failed.value.cause, DittoFsConflict) and failed.value.status == 409
+    assert failed.value.done == [] and "Group already exists" in str(failed.value)
+    errors.append(failed.value)
+
+    # 400 on a re-POSTed badger store (v0.29.0 opens it before the insert; not a 409).
+    p = plan(FileService(stores=want.stores[:1]), seen_before)
+    with pytest.raises(PlanFailed) as failed:
+        await operator.execute(p, SECRETS)
+    assert isinstance(failed.value.cause, MetadataStoreLocked) and failed.value.status == 400
+    assert "locked by another process" in failed.value.detail
+    errors.append(failed.value)
+
+    # Empty-bodied 500 (a recovered panic): an out-of-range adapter port; then put it back.
+    p = plan(FileService(adapters=(AdapterSpec("nfs", True, 99999),)), stale)
+    with pytest.raises(PlanFailed) as failed:
+        await operator.execute(p, SECRETS)
+    assert isinstance(failed.value.cause, DittoFsServerError) and failed.value.status == 500
+    assert "empty response body" in str(failed.value)
+    errors.append(failed.value)
+    await operator.execute(plan(want, await operator.observe(), state.owned, state.applied), SECRETS)
+
+    # 422 with per-field errors, 404 problem+json.
+    with pytest.raises(DittoFsRejected) as rejected:
+        await operator.request("PATCH", "/api/v1/adapters/nfs/settings", {"max_version": "5"})
+    assert rejected.value.status == 422 and "max_version" in rejected.value.errors
+    errors.append(rejected.value)
+    with pytest.raises(DittoFsNotFound) as missing:
+        await operator.request("GET", "/api/v1/shares/nope")
+    errors.append(missing.value)
+
+    # text/plain 403 from the middleware: a non-admin identity.
+    async with DittoFsClient(dfs.base_url, "alice", SecretStr(PASSWORDS["alice"])) as alice:
+        with pytest.raises(DittoFsForbidden) as forbidden:
+            await alice.observe()
+    assert forbidden.value.detail == "Admin access required"
+    errors.append(forbidden.value)
+
+    # Bad credentials, and nobody listening at all.
+    async with DittoFsClient(dfs.base_url, "alice", SecretStr("wrong-" + PASSWORDS["alice"])) as bad:
+        with pytest.raises(DittoFsAuthError) as auth:
+            await bad.me()
+    errors.append(auth.value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    async with DittoFsClient(f"http://127.0.0.1:{closed}", "x", SecretStr(OPERATOR_PASSWORD)) as nowhere:
+        with pytest.raises(DittoFsUnreachable) as down:
+            await nowhere.observe()
+    assert "unreachable" in str(down.value)
+    errors.append(down.value)
+
+    for err in errors:
+        assert_no_secret(str(err), repr(err), err.detail, str(err.errors))
+    assert_no_secret(caplog.text, repr(operator))
+    assert "Bearer" not in caplog.text
+
+
+async def test_a_secret_echoed_by_dittofs_is_scrubbed(operator: DittoFsClient) -> None:
+    # A store config DittoFS rejects and echoes back in its detail (unsupported type named by value).
+    with pytest.raises(DittoFsRejected) as err:
+        await operator.request("POST", "/api/v1/store/metadata",
+                               {"name": "x", "type": OPERATOR_PASSWORD, "config": "{}"}, [OPERATOR_PASSWORD])
+    assert "unsupported metadata store type" in str(err.value)
+    assert_no_secret(str(err.value), err.value.detail)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# short-lived tokens
+
+
+async def test_short_tokens_are_refreshed_and_replaced_by_login(dfs_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**dfs_env, "DITTOFS_CONTROLPLANE_JWT_ACCESS_TOKEN_DURATION": "2s",
+           "DITTOFS_CONTROLPLANE_JWT_REFRESH_TOKEN_DURATION": "4s"}
+    server = start_dfs(tmp_path, env)
+    try:
+        # Proactive: the client refreshes before expiry on its own clock.
+        async with DittoFsClient(server.base_url, "admin", SecretStr(ADMIN_PASSWORD)) as client:
+            await client.me()
+            await asyncio.sleep(2.2)
+            assert (await client.me())["username"] == "admin"
+            assert client.requests == Counter({"POST": 2, "GET": 2})  # login + refresh
+        # Reactive: a frozen clock makes the client trust a token the server already expired -> 401
+        # -> refresh -> retry; once the refresh token expired too -> 401 -> re-login -> retry.
+        frozen = time.monotonic()
+        async with DittoFsClient(server.base_url, "admin", SecretStr(ADMIN_PASSWORD), clock=lambda: frozen) as client:
+            await client.me()
+            await asyncio.sleep(2.2)
+            client.requests.clear()
+            assert (await client.me())["username"] == "admin"
+            assert client.requests == Counter({"GET": 2, "POST": 1})  # 401, refresh, retry
+            await asyncio.sleep(4.5)
+            client.requests.clear()
+            seen = await client.observe()
+            assert "admin" in seen.users
+            # 10 concurrent reads all get 401; one refresh (refused) + one login under the lock; 10 retries.
+            assert client.requests == Counter({"GET": 20, "POST": 2})
+    finally:
+        server.stop()
