@@ -344,6 +344,14 @@ def test_a_store_still_used_by_a_kept_share_is_not_deleted() -> None:
 def test_vanished_undeclared_objects_are_forgotten() -> None:
     p = plan(FileService(), seeded(), {Ref(Kind.SHARE, "/old"), Ref(Kind.GROUP, "gone")})
     assert p.calls == () and p.owned == frozenset()
+    # A grant that went with its user (DittoFS deletes a user's grants) is forgotten once undeclared.
+    _, after, owned, applied = converge(FULL, seeded())
+    share = dataclasses.replace(FULL.shares[0], permissions=FULL.shares[0].permissions[1:])
+    without_alice = dataclasses.replace(after, shares={"/export": dataclasses.replace(
+        after.shares["/export"], permissions={("group", "eng"): "read"})})
+    p = plan(dataclasses.replace(FULL, shares=(share,), users=()), without_alice, owned, applied)
+    assert [(c.op, c.kind, c.name) for c in p.calls] == [(Op.DELETE, Kind.USER, "alice")]
+    assert Ref(Kind.PERMISSION, "/export#user:alice") not in p.owned_after()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -439,9 +439,17 @@ class _Planner:
                 kind = next(k for k, v in STORE_KINDS.items() if v is ref.kind)
                 alive = self.seen.store(kind, ref.name) is not None or any(
                     s.kind is kind and s.name == ref.name for s in self.want.stores)
+            elif ref.kind is Kind.PERMISSION:
+                # Deleting a user or group (by hand too) takes its grants with it (proven on v0.29.0).
+                share, _, rest = ref.name.partition("#")
+                principal, _, who = rest.partition(":")
+                seen_share = self.seen.shares.get(share)
+                alive = (seen_share is not None and (principal, who) in (seen_share.permissions or {})) or any(
+                    permission_name(s.key, g.principal, g.name) == ref.name for s in self.want.shares
+                    for g in s.permissions)
             else:
-                share = ref.name.partition("#")[0]
-                alive = share in self.seen.shares or share in declared_shares
+                alive = ref.name in self.seen.snapshot_policies or any(
+                    s.key == ref.name and s.snapshot_policy is not None for s in self.want.shares)
             if alive:
                 keep.add(ref)
         return frozenset(keep)
