@@ -400,3 +400,63 @@ async def test_short_tokens_are_refreshed_and_replaced_by_login(dfs_env: dict[st
             assert client.requests == Counter({"GET": 20, "POST": 2})
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# v0.29.0 behaviour that differs from /work/shared/DITTOFS_API.md (docs/DITTOFS_FACTS.md, "REST provisioning")
+
+
+def test_rest_facts_the_planner_relies_on(dfs: DfsServer) -> None:
+    token = dfs.login("admin", ADMIN_PASSWORD)["access_token"]
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, object]:
+        return dfs.request(method, "/api/v1" + path, body, token)
+
+    assert call("POST", "/store/metadata", {"name": "m", "type": "memory", "config": "{}"})[0] == 201
+    assert call("POST", "/store/block/local", {"name": "l", "type": "memory", "config": "{}"})[0] == 201
+    base = {"metadata_store_id": "m", "local_block_store": "l"}
+    # quota_bytes must be a JSON string; it comes back humanised to 2 decimals; "0" clears it.
+    assert call("POST", "/shares", {**base, "name": "q", "quota_bytes": 1500}) == (
+        400, {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "Invalid request body"})
+    status, share = call("POST", "/shares", {**base, "name": "q", "quota_bytes": "1500"})
+    assert status == 201 and share["quota_bytes"] == "1.46KiB"  # type: ignore[index]
+    assert "quota_bytes" not in call("PUT", "/shares/q", {"quota_bytes": "0"})[1]  # type: ignore[operator]
+    # A share without grants lists them as `null`.
+    assert call("GET", "/shares/q/permissions") == (200, None)
+    # Adapter settings durations are integer seconds: a Go duration string is a 400.
+    assert call("PATCH", "/adapters/nfs/settings", {"lease_time": "60s"})[0] == 400
+    assert call("PATCH", "/adapters/nfs/settings", {"lease_time": 60})[0] == 200
+    # Snapshot macros are normalised to Go durations.
+    assert call("PUT", "/shares/q/snapshot-policy", {"interval": "@daily"})[1]["interval"] == "24h0m0s"  # type: ignore[index]
+    # Deleting a user, a group or a share takes its grants (and a share its policy and NFS options) along.
+    assert call("POST", "/groups", {"name": "eng"})[0] == 201
+    assert call("POST", "/users", {"username": "u1", "password": "u1-password-1", "groups": ["eng"]})[0] == 201
+    assert call("POST", "/users", {"username": "u2", "password": "u2-password-1", "groups": ["nope"]}) == (
+        400, {"type": "about:blank", "title": "Bad Request", "status": 400,
+              "detail": "One or more specified groups do not exist"})
+    for path in ("/shares/q/permissions/users/u1", "/shares/q/permissions/groups/eng"):
+        assert call("PUT", path, {"level": "read"})[0] == 204
+    assert call("PATCH", "/shares/q/adapters/nfs/config", {"squash": "none"})[0] == 200
+    assert call("DELETE", "/users/u1")[0] == 204 and call("DELETE", "/groups/eng")[0] == 204
+    assert call("GET", "/shares/q/permissions") == (200, None)
+    assert call("PUT", "/shares/q/permissions/users/admin", {"level": "read"})[0] == 204
+    assert call("DELETE", "/shares/q")[0] == 204
+    assert call("POST", "/shares", {**base, "name": "q"})[0] == 201
+    assert call("GET", "/shares/q/permissions") == (200, None)
+    assert call("GET", "/snapshot-policies") == (200, [])
+    assert call("GET", "/shares/q/adapters/nfs/config")[1]["squash"] == "root_to_guest"  # type: ignore[index]
+    # Deleting an absent grant is a 204; granting to an unknown user a 404.
+    assert call("DELETE", "/shares/q/permissions/users/ghost")[0] == 204
+    assert call("PUT", "/shares/q/permissions/users/ghost", {"level": "read"})[0] == 404
+    # System groups cannot be deleted (problem+json 403, not the middleware's text).
+    assert call("DELETE", "/groups/users")[1]["detail"] == "Cannot delete system group"  # type: ignore[index]
+    # A new admin-role account may "change" its password to the same value, which clears must_change.
+    assert call("POST", "/users", {"username": "a2", "password": "a2-password-1", "role": "admin"})[0] == 201
+    first = dfs.login("a2", "a2-password-1")
+    assert first["user"]["must_change_password"] is True
+    assert dfs.request("GET", "/api/v1/users", token=first["access_token"])[0] == 403
+    status, _ = dfs.request("POST", "/api/v1/users/me/password", {"new_password": "a2-password-1"},
+                               first["access_token"])
+    assert status == 200 and dfs.login("a2", "a2-password-1")["user"]["must_change_password"] is False
+    # An expired or garbage token is a text/plain 401.
+    assert dfs.request("GET", "/api/v1/auth/me", token="garbage") == (401, "Invalid or expired token\n")
