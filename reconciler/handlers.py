@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import DITTOSERVERS, PODS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import INSTANCE_LABEL, Names
@@ -52,7 +53,17 @@ class Controller:
         await self.secret_watch.started.wait()
         if not self.active.is_set():
             return None
-        return await self.reconciler.reconcile(key)
+        try:
+            return await self.reconciler.reconcile(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The queue logs it and retries with backoff; the user sees it on the object (deduplicated).
+            body = self.cache.servers.get(key)
+            if body is not None:
+                await self.recorder.post(body, "Warning", EventReason.RECONCILE_FAILED,
+                                         f"reconcile failed, retrying with backoff: {type(exc).__name__}: {exc}"[:500])
+            raise
 
     def start_background(self) -> None:
         """Drift timer and Secret watch: run on every replica (caches stay warm for a fast failover)."""

@@ -52,9 +52,7 @@ class Reconciler:
         await ensure_finalizer(ctx)
         server = await check_spec(ctx)
         if server is None:
-            # An invalid spec waits for an edit; only a missing Percona CRD may fix itself.
-            wants_percona = bool(((body.get("spec") or {}).get("percona") or {}).get("enabled"))
-            return 15.0 if wants_percona and not self.discovery.percona_served else None
+            return None  # an invalid spec waits for an edit
         return await self._converge(ctx, server)
 
     async def _converge(self, ctx: Pass, server: DittoServer) -> float | None:

@@ -15,10 +15,9 @@ from reconciler.status import Observation, build_status
 async def check_spec(ctx: Pass) -> DittoServer | None:
     """The parsed server, or None once the problems are reported (event on change, status)."""
     body = ctx.current()
-    if ((body.get("spec") or {}).get("percona") or {}).get("enabled"):
-        await ctx.shared.discovery.percona()
-    # StorageClasses are not checked here: the webhook did, and a class deleted since must not block.
-    facts = ClusterFacts(storage_classes=None, percona_served=ctx.shared.discovery.percona_served, secrets={})
+    # No cluster facts here: a StorageClass deleted since admission must not block, and a missing Percona
+    # CRD is a wait the database phase reports (DatabaseReady=False/PerconaNotFound), not an invalid spec.
+    facts = ClusterFacts(storage_classes=None, percona_served=None, secrets={})
     verdict = validate(body, None, facts)
     if verdict.allowed and verdict.server is not None:
         ctx.memory.invalid = None

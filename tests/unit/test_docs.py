@@ -216,3 +216,47 @@ def test_architecture_names_every_phase_in_pass_order() -> None:
 def test_architecture_paths_exist() -> None:
     for path in re.findall(r"`((?:dittoctl|reconciler|webhook|certs|config)/[\w/.]+)`", ARCHITECTURE):
         assert (ROOT / path).exists(), f"docs/ARCHITECTURE.md names {path}, which does not exist"
+
+
+# -- facts the docs state, checked against the code ---------------------------------------------------------
+def test_every_run_setting_variable_is_documented() -> None:
+    cli = (ROOT / "dittoctl" / "cli.py").read_text()
+    names = {f"DITTOFS_OPERATOR_{n}" for n in re.findall(r'_(?:bool_)?env\("([A-Z_]+)"', cli)}
+    names |= set(re.findall(r'"(DITTOFS_[A-Z_]+)"', (ROOT / "dittoctl" / "kube" / "logs.py").read_text()))
+    install = (DOCS / "INSTALL.md").read_text()
+    assert len(names) >= 18 and not {n for n in names if f"`{n}`" not in install}
+
+
+def test_every_event_reason_is_documented() -> None:
+    from dittoctl.api.conditions import EventReason
+
+    docs = "".join(p.read_text() for p in DOCS.glob("*.md"))
+    assert not [r.value for r in EventReason if f"`{r.value}`" not in docs]
+
+
+def test_links_in_the_readme_and_docs_stay_inside_the_repository() -> None:
+    for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", page.read_text(), flags=re.S))
+        for target in re.findall(r"\]\(([^)#\s]+)[^)]*\)", prose):
+            if "://" in target:
+                continue
+            path = (page.parent / target).resolve()
+            assert path.is_relative_to(ROOT) and path.exists(), f"{page.name} links {target}"
+        assert "../shared" not in page.read_text(), f"{page.name} points outside the repository"
+
+
+def test_install_permission_table_matches_the_registered_kinds_and_the_chart() -> None:
+    """Every namespaced rule the chart grants has its row in INSTALL.md's ClusterRole table, verbs and all."""
+    from tests.unit.test_chart import NAMESPACED_RULES
+
+    table = (DOCS / "INSTALL.md").read_text().split("ClusterRole `dittofs-operator` ", 1)[1].split("\n\n", 2)[1]
+    rows = {(re.sub(r"`|core", "", g).strip(), r.strip("` "), tuple(v.strip() for v in verbs.split(",")))
+            for g, r, verbs in re.findall(r"^\| ([^|]+) \| `([^`]+)` \| ([^|]+) \|", table, re.M)}
+    expected = {(groups[0], resources[0], verbs) for groups, resources, verbs, _ in NAMESPACED_RULES}
+    assert rows == expected
+
+
+def test_the_missing_percona_wording_in_the_docs_is_the_codes() -> None:
+    from dittoctl.api.facts import percona_not_served
+
+    assert f"`PerconaNotFound`: `{percona_not_served()}`" in (DOCS / "TROUBLESHOOTING.md").read_text()

@@ -1,0 +1,113 @@
+"""What a new user sees, through the tools they run (`kubectl`, `helm`) on the real control plane."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.support.kube import apply_server, condition, events, kubectl_json, server
+from tests.support.operator import OperatorProcess
+from tests.support.paths import CHART, ROOT
+from tests.support.poll import eventually
+
+pytestmark = pytest.mark.integration
+DOCS = ROOT / "docs"
+
+
+def test_a_quantity_typo_is_rejected_in_words_not_a_regular_expression(crd: Any, namespace: str) -> None:
+    body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": "typo", "namespace": namespace}, "spec": {"storage": {"metadataSize": "10Gb"}}}
+    proc = crd.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert proc.returncode != 0
+    assert "spec.storage.metadataSize" in proc.stderr, proc.stderr
+    assert "must be a Kubernetes quantity such as 1Gi, 500Mi or 10G" in proc.stderr, proc.stderr
+    assert "[KMGTPE]" not in proc.stderr, "the raw pattern must not reach the user"
+
+
+def test_a_missing_secret_is_a_wait_with_one_event_and_an_exact_message(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    apply_server(testbed, namespace, s3={"bucket": "b", "credentialsSecretRef": {"secretName": "s3-creds"}})
+
+    def waiting() -> dict[str, Any] | None:
+        obj = server(testbed, namespace)
+        config = condition(obj, "ConfigReady")
+        return obj if config and config["reason"] == "MissingSecret" else None
+
+    obj = eventually(waiting, timeout=60, what="ConfigReady=False/MissingSecret")
+    assert obj["status"]["phase"] == "Pending"
+    assert condition(obj, "ConfigReady")["message"] == "Secret s3-creds not found"  # type: ignore[index]
+    progressing = condition(obj, "Progressing")
+    assert progressing is not None and (progressing["status"], progressing["reason"]) == ("False", "WaitingForSecret")
+    listed = testbed.kubectl("get", "dittoserver", "demo", "-n", namespace).stdout
+    assert "Pending" in listed and "Failed" not in listed
+
+    # The Secret appears without one key: a new, exact message and one more event.
+    testbed.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace, "--from-literal=secretAccessKey=x")
+    eventually(lambda: (condition(server(testbed, namespace), "ConfigReady") or {}).get("message")
+               == "Secret s3-creds has no key accessKeyId", timeout=60, what="missing-key message")
+    warnings = events(testbed, namespace, "MissingSecret")
+    assert [w["type"] for w in warnings] == ["Warning", "Warning"], warnings
+    assert "waiting for Secret s3-creds not found" in warnings[0]["message"]
+    described = testbed.kubectl("describe", "dittoserver", "demo", "-n", namespace).stdout
+    assert "MissingSecret" in described and "Events:  <none>" not in described
+
+
+def test_a_server_held_by_its_finalizer_shows_deleting_and_why(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    apply_server(testbed, namespace)
+    pod = eventually(lambda: testbed.kubectl("get", "pod", "demo-0", "-n", namespace, check=False).returncode == 0,
+                     timeout=90, what="pod demo-0")
+    assert pod
+    # A finalizer of the test's own keeps the pod terminating: the operator's drain has to wait for it.
+    testbed.kubectl("patch", "pod", "demo-0", "-n", namespace, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":["testbed.local/hold"]}}')
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+    try:
+        def deleting() -> dict[str, Any] | None:
+            obj = server(testbed, namespace)
+            ready = condition(obj, "Ready")
+            return obj if obj["status"].get("phase") == "Deleting" and ready and ready["reason"] == "Deleting" \
+                else None
+
+        obj = eventually(deleting, timeout=30, what="phase Deleting with the reason")
+        assert "waiting for 1 pod(s) of StatefulSet demo to stop" in condition(obj, "Ready")["message"]  # type: ignore[index]
+        listed = testbed.kubectl("get", "dittoserver", "demo", "-n", namespace).stdout.splitlines()
+        assert listed[1].split()[2] == "Deleting", listed
+    finally:
+        testbed.kubectl("patch", "pod", "demo-0", "-n", namespace, "--type=merge",
+                        "-p", '{"metadata":{"finalizers":null}}', check=False)
+    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+               timeout=90, what="DittoServer gone")
+
+
+def test_helm_install_without_cert_manager_stops_early_and_names_the_fix(crd: Any) -> None:
+    release_ns = f"ux-{uuid.uuid4().hex[:6]}"
+    argv = [str(crd.binaries.helm), "--kubeconfig", str(crd.kubeconfig), "install", "ux-operator", str(CHART),
+            "-n", release_ns, "--create-namespace", "--set", "crds.install=false"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=crd.env(), check=False)
+    assert proc.returncode != 0
+    assert "needs cert-manager" in proc.stderr and "--set webhook.tls.mode=selfSigned" in proc.stderr, proc.stderr
+    assert "ensure CRDs are installed first" not in proc.stderr
+    # Nothing half-installed: no release, no webhook configuration.
+    releases = subprocess.run([*argv[:3], "list", "-A", "-o", "json"], capture_output=True, text=True,
+                              timeout=60, env=crd.env(), check=True).stdout
+    assert "ux-operator" not in releases
+    configs = kubectl_json(crd, "get", "validatingwebhookconfigurations")["items"]
+    assert not [c for c in configs if c["metadata"]["name"].startswith("ux-operator")]
+
+
+def test_a_misspelled_field_is_rejected_as_the_troubleshooting_guide_says(crd: Any, namespace: str) -> None:
+    claimed = re.search(r"`(strict decoding error: unknown field \"spec\.storag\")`",
+                        (DOCS / "TROUBLESHOOTING.md").read_text())
+    assert claimed, "docs/TROUBLESHOOTING.md must quote kubectl's error"
+    body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": "typo", "namespace": namespace},
+            "spec": {"storage": {"metadataSize": "1Gi"}, "storag": {"metadataSize": "1Gi"}}}
+    proc = crd.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert proc.returncode != 0 and claimed.group(1) in proc.stderr, proc.stderr
+    assert crd.kubectl("get", "dittoserver", "typo", "-n", namespace, check=False).returncode != 0
