@@ -458,5 +458,8 @@ def test_rest_facts_the_planner_relies_on(dfs: DfsServer) -> None:
     status, _ = dfs.request("POST", "/api/v1/users/me/password", {"new_password": "a2-password-1"},
                                first["access_token"])
     assert status == 200 and dfs.login("a2", "a2-password-1")["user"]["must_change_password"] is False
+    # A store PUT replaces the whole config (persisted only; the running store changes at restart).
+    assert call("PUT", "/store/metadata/m", {"config": '{"a": 1}'})[0] == 200
+    assert call("PUT", "/store/metadata/m", {"config": '{"b": 2}'})[1]["config"] == {"b": 2}  # type: ignore[index]
     # An expired or garbage token is a text/plain 401.
     assert dfs.request("GET", "/api/v1/auth/me", token="garbage") == (401, "Invalid or expired token\n")
