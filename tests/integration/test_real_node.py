@@ -376,7 +376,7 @@ def test_no_packet_leaves_the_machine(testbed: Testbed, real_node: RealNode, nam
         t0 = time.monotonic()
         message = eventually(denied, timeout=30, what="the webhook call to be attempted")
         assert "invalid argument" in message, message
-        report.append(f"apiserver -> webhook Service {cluster_ip}: {message.strip()[:160]}")
+        report.append(f"apiserver -> webhook Service {cluster_ip}: ...{message.strip()[-120:]}")
         assert time.monotonic() - t0 < 30
     finally:
         testbed.kubectl("delete", "validatingwebhookconfiguration", f"blackhole-{namespace}", check=False)
