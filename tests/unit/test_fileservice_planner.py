@@ -494,7 +494,7 @@ def services(draw: st.DrawFn) -> FileService:
                        groups=groups)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(first=services(), second=services())
 def test_any_declaration_converges_and_prunes_exactly_what_it_owned(first: FileService, second: FileService) -> None:
     p1, seen1, owned1, applied1 = converge(first, seeded())
