@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,16 +40,25 @@ from .webhook import install_webhook
 SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
 
 
+def _operator_args(tb: Testbed, certs: Path, health: int, hook: int | None) -> list[str]:
+    args = [sys.executable, "-m", "dittoctl", "run", "--kubeconfig", str(tb.operator_kubeconfig),
+            "--health-host", "127.0.0.1", "--health-port", str(health), "--log-format", "text"]
+    return args + (["--webhook-host", "127.0.0.1", "--webhook-port", str(hook), "--cert-dir", str(certs),
+                    "--tls-mode", "provided"] if hook is not None else ["--no-webhook"])
+
+
+def operator_command(tb: Testbed, workdir: Path, hook: int) -> str:
+    """The shell line that starts the operator again exactly as the demo did (same webhook port and certs)."""
+    return shlex.join(_operator_args(tb, workdir / "certs", free_port(), hook))
+
+
 def start_operator(tb: Testbed, workdir: Path, *, webhook: bool = True) -> tuple[subprocess.Popen[bytes], int, int]:
     """`dittoctl run` as a child process; returns (process, health port, webhook port)."""
     health, hook = free_port(), free_port()
     certs = workdir / "certs"
     certs.mkdir(parents=True, exist_ok=True)
     tb.issue_serving_cert(certs, name="tls")
-    args = [sys.executable, "-m", "dittoctl", "run", "--kubeconfig", str(tb.operator_kubeconfig),
-            "--health-host", "127.0.0.1", "--health-port", str(health), "--log-format", "text"]
-    args += ["--webhook-host", "127.0.0.1", "--webhook-port", str(hook), "--cert-dir", str(certs),
-             "--tls-mode", "provided"] if webhook else ["--no-webhook"]
+    args = _operator_args(tb, certs, health, hook if webhook else None)
     log = (workdir / "operator.log").open("ab")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -154,10 +164,15 @@ def main() -> int:
               file=sys.stderr)
         if os.environ.get("DEMO_EXIT"):
             return 0
+        restart = operator_command(tb, workdir, hook)
         while not stop.wait(1.0):
-            if proc.poll() is not None:
-                print(f"[demo] operator exited; see {workdir / 'operator.log'}", file=sys.stderr)
-                return 1
+            if proc is not None and proc.poll() is not None:
+                # Restarting the operator is what people do while trying things: the cluster stays.
+                print(f"[demo] the operator exited (code {proc.returncode}; log {workdir / 'operator.log'}). "
+                      "The control plane, the webhook configuration and the DittoServer stay up.\n"
+                      f"[demo] restart the operator in another shell with:\n  {restart}\n"
+                      "[demo] Ctrl-C here tears everything down.", file=sys.stderr, flush=True)
+                proc = None
         return 0
     finally:
         if proc is not None and proc.poll() is None:
