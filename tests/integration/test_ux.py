@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube import apply_server, condition, events, kubectl_json, server
+from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OperatorProcess
 from tests.support.paths import CHART, ROOT
 from tests.support.poll import eventually
+from tests.testbed.node import RealNode
 
 pytestmark = pytest.mark.integration
 DOCS = ROOT / "docs"
@@ -50,37 +51,38 @@ def test_a_missing_secret_is_a_wait_with_one_event_and_an_exact_message(
     testbed.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace, "--from-literal=secretAccessKey=x")
     eventually(lambda: (condition(server(testbed, namespace), "ConfigReady") or {}).get("message")
                == "Secret s3-creds has no key accessKeyId", timeout=60, what="missing-key message")
-    warnings = events(testbed, namespace, "MissingSecret")
-    assert [w["type"] for w in warnings] == ["Warning", "Warning"], warnings
-    assert "waiting for Secret s3-creds not found" in warnings[0]["message"]
+    def two_warnings() -> list[dict[str, Any]] | None:
+        found = events(testbed, namespace, "MissingSecret")
+        return found if len(found) == 2 else None
+
+    warnings = eventually(two_warnings, timeout=30, what="two MissingSecret events")
+    assert {w["type"] for w in warnings} == {"Warning"}
+    assert sorted(w["message"].split(";")[0] for w in warnings) == [
+        "waiting for Secret s3-creds has no key accessKeyId", "waiting for Secret s3-creds not found"]
     described = testbed.kubectl("describe", "dittoserver", "demo", "-n", namespace).stdout
     assert "MissingSecret" in described and "Events:  <none>" not in described
 
 
 def test_a_server_held_by_its_finalizer_shows_deleting_and_why(
-        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
-    apply_server(testbed, namespace)
-    pod = eventually(lambda: testbed.kubectl("get", "pod", "demo-0", "-n", namespace, check=False).returncode == 0,
-                     timeout=90, what="pod demo-0")
-    assert pod
-    # A finalizer of the test's own keeps the pod terminating: the operator's drain has to wait for it.
-    testbed.kubectl("patch", "pod", "demo-0", "-n", namespace, "--type=merge",
-                    "-p", '{"metadata":{"finalizers":["testbed.local/hold"]}}')
+        testbed: Any, operator: OperatorProcess, real_node: RealNode, namespace: str) -> None:
+    """On the real node a drain takes seconds (preStop, dfs's graceful stop): long enough to be seen.
+    (kwok removes a pod's finalizers at once, so a fake pod cannot hold the finalizer.)"""
+    apply_server(testbed, namespace, **real_node.pod_placement())
+    wait_ready(testbed, namespace, timeout=120)
     testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
-    try:
-        def deleting() -> dict[str, Any] | None:
-            obj = server(testbed, namespace)
-            ready = condition(obj, "Ready")
-            return obj if obj["status"].get("phase") == "Deleting" and ready and ready["reason"] == "Deleting" \
-                else None
+    seen: list[tuple[str, str]] = []
 
-        obj = eventually(deleting, timeout=30, what="phase Deleting with the reason")
-        assert "waiting for 1 pod(s) of StatefulSet demo to stop" in condition(obj, "Ready")["message"]  # type: ignore[index]
-        listed = testbed.kubectl("get", "dittoserver", "demo", "-n", namespace).stdout.splitlines()
-        assert listed[1].split()[2] == "Deleting", listed
-    finally:
-        testbed.kubectl("patch", "pod", "demo-0", "-n", namespace, "--type=merge",
-                        "-p", '{"metadata":{"finalizers":null}}', check=False)
+    def deleting() -> dict[str, Any] | None:
+        obj = server(testbed, namespace)
+        ready = condition(obj, "Ready") or {}
+        listed = testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).stdout.splitlines()
+        seen.append((listed[1].split()[2] if len(listed) > 1 else "-", ready.get("message", "")))
+        return obj if obj["status"].get("phase") == "Deleting" and ready.get("reason") == "Deleting" else None
+
+    obj = eventually(deleting, timeout=30, interval=0.2, what="phase Deleting with the reason")
+    assert "waiting for 1 pod(s) of StatefulSet demo to stop" in condition(obj, "Ready")["message"]  # type: ignore[index]
+    assert ("Deleting", condition(obj, "Ready")["message"]) in seen, seen  # type: ignore[index]
+    assert "Running" not in [status for status, _ in seen[1:]], seen
     eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
                timeout=90, what="DittoServer gone")
 
