@@ -344,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run.log(f"control plane up in {time.monotonic() - t0:.1f}s")
         tb.kubectl("apply", "--server-side", "-f", str(CRD))
-        tb.kubectl("wait", "--for=condition=Established", "crd/dittoservers.dittofs.dittofs.com",
-                   "--timeout=60s")
+        tb.wait_crd("dittoservers.dittofs.dittofs.com")
         first = run.first_start = op.start()
         install_webhook(tb, op.webhook_port)
         run.log(f"operator ready in {first:.2f}s (pid {op.pid}); webhook registered on 127.0.0.1:"

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def crd(testbed: Any) -> Any:
     testbed.kubectl("apply", "--server-side", "-f", str(CRD))
-    testbed.kubectl("wait", "--for=condition=Established", "crd/dittoservers.dittofs.dittofs.com",
-                    "--timeout=60s")
+    testbed.wait_crd("dittoservers.dittofs.dittofs.com")
     return testbed
 
 

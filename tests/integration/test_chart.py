@@ -194,7 +194,7 @@ def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns
         assert base64.b64decode(vwc["webhooks"][0]["clientConfig"]["caBundle"]) == testbed.ca_pem
         if not percona_preinstalled:
             testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
-            testbed.kubectl("wait", "--for=condition=Established", f"crd/{PERCONA_CRD_NAME}", "--timeout=60s")
+            testbed.wait_crd(PERCONA_CRD_NAME)
         sa_user = f"system:serviceaccount:{release_ns}:{RELEASE}"
         mark = testbed.audit_line_count()
         operator = start_as_chart(testbed, release_ns, cert_dir, tmp_path)

@@ -35,8 +35,7 @@ def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operato
     assert obj["status"]["phase"] == "Pending"
 
     testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
-    testbed.kubectl("wait", "--for=condition=Established", "crd/perconapgclusters.pgv2.percona.com",
-                    "--timeout=60s")
+    testbed.wait_crd("perconapgclusters.pgv2.percona.com")
     created = eventually(lambda: cluster(testbed, namespace), timeout=60, what="PerconaPGCluster created")
     spec = created["spec"]
     assert spec["backups"] == {"enabled": False}
@@ -124,7 +123,7 @@ def test_percona_turned_off_then_server_deleted_keeps_the_database(testbed: Any,
 def test_backup_settings_and_completed_backups_are_reported(testbed: Any, operator: OperatorProcess,
                                                             namespace: str) -> None:
     testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_BACKUP_CRD))
-    testbed.kubectl("wait", "--for=condition=Established", "crd/perconapgbackups.pgv2.percona.com", "--timeout=60s")
+    testbed.wait_crd("perconapgbackups.pgv2.percona.com")
     testbed.kubectl("create", "secret", "generic", "pgbackrest-s3", "-n", namespace,
                     "--from-literal=s3.conf=[global]")
     backup = {"enabled": True, "bucket": "dittofs-backups", "endpoint": "https://s3.example.test",

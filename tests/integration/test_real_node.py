@@ -277,8 +277,7 @@ def test_percona_path_runs_wait_for_postgres_and_dfs_on_postgres(
     """The Percona init container is the real pg_isready (Debian's, image built offline) against a real TLS
     PostgreSQL on the bridge, and dfs then keeps its control plane there. The test plays Percona's part."""
     testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
-    testbed.kubectl("wait", "--for=condition=Established", "crd/perconapgclusters.pgv2.percona.com",
-                    "--timeout=60s")
+    testbed.wait_crd("perconapgclusters.pgv2.percona.com")
     pg = PostgresServer(ssl=True)
     pg.host = NODE_IP  # pods reach the host only on the bridge
     try:

@@ -362,6 +362,21 @@ class Testbed:
             raise KubectlError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
+    def wait_crd(self, name: str, timeout: float = 60.0) -> None:
+        """Until the CRD is Established. Not `kubectl wait`: right after creation the CRD's status has no
+        conditions yet and kubectl 1.34 fails at once ("accessor error: <nil>") instead of waiting, which
+        a loaded machine turns from rare into routine."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.kubectl("get", "crd", name, "-o",
+                                'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False)
+            if proc.returncode == 0 and proc.stdout.strip() == "True":
+                return
+            if time.monotonic() > deadline:
+                raise KubectlError(proc.returncode or 1, ["wait-crd", name], proc.stdout,
+                                   proc.stderr or f"CRD {name} not Established after {timeout:.0f}s")
+            time.sleep(0.2)
+
     def apply_yaml(self, text: str, *extra: str) -> subprocess.CompletedProcess[str]:
         """``kubectl apply -f -`` of a (multi-document) YAML string."""
         return self.kubectl("apply", "-f", "-", *extra, input=text)

@@ -144,7 +144,7 @@ def main() -> int:
             print("[demo] NOTE: pods are SIMULATED by kwok here (no real dfs runs), because: "
                   + "; ".join(reasons), file=sys.stderr)
         tb.kubectl("apply", "--server-side", "-f", str(CRD))
-        tb.kubectl("wait", "--for=condition=Established", "crd/dittoservers.dittofs.dittofs.com", "--timeout=60s")
+        tb.wait_crd("dittoservers.dittofs.dittofs.com")
         proc, _health, hook = start_operator(tb, workdir)
         install_webhook(tb, hook)
         print(f"[demo] operator running (log: {workdir / 'operator.log'}); webhook on 127.0.0.1:{hook}",
