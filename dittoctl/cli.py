@@ -166,6 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         drift_interval=args.drift_interval,
         workers=args.workers,
+        server_address=args.server_address,
+        provision_networks=[n for n in args.provision_networks.split(",") if n],
     )
     logs.configure(settings.log_level, settings.log_format)
     return main_run(settings)
@@ -196,6 +198,11 @@ def parser() -> argparse.ArgumentParser:
                      help="Lease for leader election (one per release)")
     run.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     run.add_argument("--log-format", choices=["json", "text"], default=_env("LOG_FORMAT", "json"))
+    run.add_argument("--server-address", choices=["service", "pod"], default=_env("SERVER_ADDRESS", "service"),
+                     help="how to reach a server's REST API: its <name>-api Service (in cluster) or its pod IP "
+                          "(out-of-cluster runs)")
+    run.add_argument("--provision-networks", default=_env("PROVISION_NETWORKS", ""),
+                     help="with --server-address pod: comma-separated CIDRs; pods outside are not provisioned")
     run.add_argument("--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "300")))
     run.add_argument("--workers", type=int, default=int(_env("WORKERS", "8")),
                      help="concurrent reconciles; passes mostly wait on the API, not the CPU")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dittoctl.kube import metrics
 from dittoctl.kube.gateway import Gateway, load_client
 from dittoctl.kube.logs import fields
+from reconciler.context import Provisioning
 from reconciler.handlers import Controller, configure_watching, register
 
 log = logging.getLogger("dittofs.main")
@@ -48,6 +50,8 @@ class RunSettings:
     log_format: str = "json"
     workers: int = 8
     drift_interval: float = 300.0
+    server_address: str = "service"
+    provision_networks: list[str] = field(default_factory=list)
 
 
 class Health:
@@ -137,7 +141,9 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
 
     if settings.reconciler:
         controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval,
-                                namespaces=settings.namespaces)
+                                namespaces=settings.namespaces, provisioning=Provisioning(
+                                    settings.server_address,
+                                    tuple(ipaddress.ip_network(n, strict=False) for n in settings.provision_networks)))
         controller.queue.on_result = metrics.observe_reconcile
 
     if settings.webhook:

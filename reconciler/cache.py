@@ -46,7 +46,8 @@ def slim_pod(pod: Mapping[str, Any]) -> Obj:
     return {
         "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid") if k in meta},
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
-        "status": {k: status[k] for k in ("phase", "containerStatuses", "initContainerStatuses") if k in status},
+        "status": {k: status[k] for k in ("phase", "podIP", "containerStatuses", "initContainerStatuses")
+                   if k in status},
     }
 
 

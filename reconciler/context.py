@@ -7,6 +7,7 @@ is fresh, and the few I/O helpers every phase needs (observe a child, apply when
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,18 @@ class Memory:
     waiting: str | None = None
     """The missing Secrets last reported (one event per change)."""
     backups_seen: set[str] | None = None
+    fileservice: Any = None
+    """The file-service phase's own memory (REST client with in-memory tokens, last outcome)."""
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """How the operator reaches DittoFS servers (SPEC §13.2)."""
+
+    server_address: str = "service"
+    """service: <name>-api.<ns>.svc (in cluster); pod: the pod IP (out-of-cluster runs, test beds)."""
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """With server_address=pod: provision only pods whose IP is in one of these (empty: all)."""
 
 
 class Discovery:
@@ -67,6 +80,7 @@ class Shared:
     events: EventRecorder
     discovery: Discovery
     cleanup_timeout: float = 60.0
+    provisioning: Provisioning = field(default_factory=Provisioning)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, key_of
+from reconciler.context import Provisioning
 from reconciler.owned import OBSERVED, SELECTOR, WATCHED_CHILDREN
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler
@@ -35,11 +36,13 @@ class Controller:
     """The reconciler half of the process: cache + queue + reconciler + drift timer."""
 
     def __init__(self, gateway: Gateway, *, workers: int = 8, drift_interval: float = 300.0,
-                 cleanup_timeout: float = 60.0, namespaces: list[str] | None = None) -> None:
+                 cleanup_timeout: float = 60.0, namespaces: list[str] | None = None,
+                 provisioning: Provisioning | None = None) -> None:
         self.gateway = gateway
         self.cache = Cache()
         self.recorder = EventRecorder(gateway)
-        self.reconciler = Reconciler(gateway, self.cache, self.recorder, cleanup_timeout=cleanup_timeout)
+        self.reconciler = Reconciler(gateway, self.cache, self.recorder, cleanup_timeout=cleanup_timeout,
+                                     provisioning=provisioning)
         self.queue: WorkQueue[Key] = WorkQueue(self._work, concurrency=workers)
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)

@@ -6,6 +6,9 @@ nothing changed: children are compared with the watch cache, status with the las
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from dittoctl.api.conditions import Reason
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
@@ -14,10 +17,12 @@ from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from reconciler import specs
 from reconciler.cache import Cache, Key
-from reconciler.context import Discovery, Memory, Pass, Shared
+from reconciler.context import Discovery, Memory, Pass, Provisioning, Shared
 from reconciler.phases.config import apply_config_map, apply_services
 from reconciler.phases.database import ensure_database, postgres_secret_condition
 from reconciler.phases.deletion import finalize
+from reconciler.phases.fileservice import memory as fileservice_memory
+from reconciler.phases.fileservice import provision
 from reconciler.phases.finalizer import ensure_finalizer
 from reconciler.phases.paused import is_paused, report_paused
 from reconciler.phases.secrets import consumed_digests, ensure_generated, missing_secret_errors, report_missing
@@ -29,8 +34,9 @@ from reconciler.status import Observation, build_status, s3_status
 
 class Reconciler:
     def __init__(self, gateway: Gateway, cache: Cache, recorder: EventRecorder, *,
-                 cleanup_timeout: float = 60.0) -> None:
-        self.shared = Shared(gateway, cache, recorder, Discovery(gateway), cleanup_timeout)
+                 cleanup_timeout: float = 60.0, provisioning: Provisioning | None = None) -> None:
+        self.shared = Shared(gateway, cache, recorder, Discovery(gateway), cleanup_timeout,
+                             provisioning or Provisioning())
         self.memory: dict[Key, Memory] = {}
 
     @property
@@ -41,7 +47,9 @@ class Reconciler:
         """Returns seconds until the next pass is wanted (None: wait for a watch event)."""
         body = self.shared.cache.servers.get(key)
         if body is None:
-            self.memory.pop(key, None)
+            gone = self.memory.pop(key, None)
+            if gone is not None and gone.fileservice is not None:
+                await gone.fileservice.close()
             return None
         ctx = Pass(self.shared, key, body, self.memory.setdefault(key, Memory()), fresh=not body.get("status"))
         if body.get("metadata", {}).get("deletionTimestamp"):
@@ -79,6 +87,10 @@ class Reconciler:
         if not errors and database.gate_open:
             sts = await apply_statefulset(ctx, names, desired, sts, digests)
         ctx.memory.digests = dict(digests)
+        fileservice = await provision(ctx, server, names) if not errors and sts is not None else None
+        if fileservice is None:
+            await fileservice_memory(ctx).close()
+        requeues = [r for r in (database.requeue, fileservice.requeue if fileservice else None) if r is not None]
 
         await ctx.write_status(build_status(Observation(
             generation=ctx.generation,
@@ -92,5 +104,14 @@ class Reconciler:
             database=database.condition,
             percona_cluster=database.cluster_name,
             s3=s3_status(server.spec, digests),
+            provisioned=fileservice.condition if fileservice else None,
+            fileservice={"provisioned": fileservice.provisioned, "appliedSecrets": fileservice.applied,
+                         "shares": fileservice.shares} if fileservice else _kept(ctx.current().get("status")),
         ), ctx.current().get("status")))
-        return database.requeue
+        return min(requeues) if requeues else None
+
+
+def _kept(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Ownership is never dropped by a pass that does not provision (the pod is down, the spec is waiting)."""
+    status = status or {}
+    return {k: status.get(k) for k in ("provisioned", "appliedSecrets", "shares")}

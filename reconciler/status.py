@@ -40,6 +40,10 @@ class Observation:
     endpoints: dict[str, str] | None = None
     percona_cluster: str | None = None
     s3: dict[str, Any] | None = None
+    provisioned: Cond | None = None
+    """Condition Provisioned (None while the pod is not meant to run or cannot be reached by design)."""
+    fileservice: dict[str, Any] = field(default_factory=dict)
+    """status.provisioned, appliedSecrets and shares."""
 
 
 def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -107,8 +111,11 @@ def conditions(obs: Observation) -> list[Cond]:
         result.append(Cond(T.DEGRADED, True, R.POD_FAILING, "; ".join(problems)[:1000]))
     else:
         result.append(Cond(T.DEGRADED, False, R.AS_EXPECTED, "no failing pods"))
+    if obs.provisioned is not None:
+        result.append(obs.provisioned)
     failing: list[ConditionType] = [
-        c.type for c in result if c.type in (T.CONFIG_READY, T.DATABASE_READY, T.AVAILABLE) and not c.status]
+        c.type for c in result if c.type in (T.CONFIG_READY, T.DATABASE_READY, T.AVAILABLE, T.PROVISIONED)
+        and not c.status]
     failing += [c.type for c in result if c.type in (T.PROGRESSING, T.DEGRADED) and c.status]
     if failing:
         result.append(Cond(T.READY, False, R.CONDITIONS_NOT_MET, "not ready: " + ", ".join(failing)))
@@ -180,6 +187,7 @@ def build_status(obs: Observation, previous: Mapping[str, Any] | None) -> dict[s
         "perconaClusterName": obs.percona_cluster,
         "endpoints": obs.endpoints,
         "s3": obs.s3,
+        **obs.fileservice,
         "conditions": merge_conditions(previous.get("conditions", []), conds, obs.generation),
     }))
 

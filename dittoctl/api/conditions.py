@@ -15,6 +15,7 @@ class ConditionType(StrEnum):
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     RECONCILIATION_PAUSED = "ReconciliationPaused"
+    PROVISIONED = "Provisioned"
     READY = "Ready"
 
 
@@ -42,6 +43,13 @@ class Reason(StrEnum):
     POSTGRES_SECRET_COMPLETE = "PostgresSecretComplete"
     WAITING_FOR_SECRET = "WaitingForSecret"
     DELETING = "Deleting"
+    WAITING_FOR_SERVER = "WaitingForServer"
+    API_UNREACHABLE = "ApiUnreachable"
+    AUTH_FAILED = "AuthFailed"
+    REJECTED = "Rejected"
+    NOT_OWNED = "NotOwned"
+    IMMUTABLE = "Immutable"
+    CONVERGED = "Converged"
 
 
 class EventReason(StrEnum):
@@ -64,3 +72,12 @@ class EventReason(StrEnum):
     CLEANUP_TIMEOUT = "CleanupTimeout"
     PERCONA_DELETED = "PerconaDeleted"
     PERCONA_ORPHANED = "PerconaOrphaned"
+    PROVISIONED = "Provisioned"
+    """The declared file service converged in DittoFS (posted on the transition only)."""
+    SHARE_CREATED = "ShareCreated"
+    SHARE_DELETED = "ShareDeleted"
+    USER_CREATED = "UserCreated"
+    DRIFT_REPAIRED = "DriftRepaired"
+    """An object the operator manages was changed or deleted in DittoFS by hand and was put back."""
+    PROVISIONING_FAILED = "ProvisioningFailed"
+    """Warning: a DittoFS call failed or the declaration conflicts with DittoFS (DittoFS's own message)."""

@@ -352,6 +352,57 @@ class ServiceSpec(ApiModel):
     """CIDRs allowed to reach a LoadBalancer."""
 
 
+AccessLevel = Literal["none", "read", "read-write", "admin"]
+DEFAULT_SHARE = "/export"
+_ACCOUNT_NAME = r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,63}$"
+PATTERN_MESSAGES[_ACCOUNT_NAME] = "must be a name of letters, digits, '-', '_' and '.' (at most 64)"
+PATTERN_MESSAGES[r"^/[^\s]*$"] = "must be an absolute path starting with '/' (no spaces)"
+AccountName = Annotated[str, Field(pattern=_ACCOUNT_NAME)]
+
+
+class SharePermission(ApiModel):
+    """A grant on a share to one declared user or group (set exactly one of them)."""
+
+    user: AccountName | None = None
+    """A user declared in spec.users."""
+    group: AccountName | None = None
+    """A group declared in spec.groups."""
+    level: AccessLevel
+    """Access level: none, read, read-write or admin."""
+
+
+class FileShareSpec(ApiModel):
+    """A share served over NFS (and SMB when enabled), provisioned over the DittoFS REST API."""
+
+    name: str = Field(pattern=r"^/[^\s]*$", min_length=2, max_length=255)
+    """Share path clients mount, e.g. /export. Its data lives in the default stores on the server's volumes
+    (metadata: badger under /data/store/metadata, blocks: fs under /data/store/block)."""
+    read_only: bool = False
+    """Serve the share read-only."""
+    default_permission: AccessLevel = "none"
+    """Access of clients without a grant (NFS unknown uids, anonymous SMB). DittoFS's default is none."""
+    permissions: list[SharePermission] = Field(default_factory=list)
+    """Grants to declared users and groups."""
+
+
+class FileUserSpec(ApiModel):
+    """A DittoFS user. Its password is a consumed Secret key: changing it resets the password live (no restart)."""
+
+    name: AccountName
+    """User name (admin and dittofs-operator are reserved)."""
+    password_secret_ref: SecretKeyRef
+    """Secret key holding the password (required: DittoFS refuses users without one)."""
+    groups: list[AccountName] = Field(default_factory=list)
+    """Groups declared in spec.groups the user belongs to."""
+
+
+class FileGroupSpec(ApiModel):
+    """A DittoFS group."""
+
+    name: AccountName
+    """Group name (admins, operators and users are DittoFS's own)."""
+
+
 class DittoServerSpec(ApiModel):
     """Desired state of a DittoFS server."""
 
@@ -405,6 +456,20 @@ class DittoServerSpec(ApiModel):
     """Extra pod annotations."""
     termination_grace_period_seconds: int | None = Field(None, ge=MIN_GRACE_SECONDS)
     """Pod grace period; default 105 = preStop 5 + 3 x shutdown timeout 30 + 10."""
+    shares: list[FileShareSpec] | None = None
+    """Shares the operator provisions over the REST API once the pod is Ready. Unset: one share /export with
+    defaultPermission read-write; [] serves none. A share removed from the list is deleted in DittoFS (its
+    data stays in the stores)."""
+    users: list[FileUserSpec] = Field(default_factory=list)
+    """DittoFS users the operator provisions (removed from the list: deleted in DittoFS)."""
+    groups: list[FileGroupSpec] = Field(default_factory=list)
+    """DittoFS groups the operator provisions (removed from the list: deleted in DittoFS)."""
+
+    @property
+    def effective_shares(self) -> list[FileShareSpec]:
+        if self.shares is None:
+            return [FileShareSpec(name=DEFAULT_SHARE, default_permission="read-write")]
+        return self.shares
 
     @property
     def grace_seconds(self) -> int:
@@ -462,6 +527,21 @@ class S3Status(ApiModel):
     """Summary."""
 
 
+class ShareStatus(ApiModel):
+    """A provisioned share and where to mount it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    """Share path."""
+    read_only: bool = False
+    """Served read-only."""
+    nfs: str | None = None
+    """NFS address (nfs://host:port/share), when NFS is enabled."""
+    smb: str | None = None
+    """SMB address (smb://host:port/share), when SMB is enabled."""
+
+
 class DittoServerStatus(ApiModel):
     """Observed state, written by the operator."""
 
@@ -487,6 +567,12 @@ class DittoServerStatus(ApiModel):
     """Service endpoints."""
     s3: S3Status | None = None
     """S3 credentials state."""
+    provisioned: list[str] | None = None
+    """Objects the operator created in DittoFS (kind:name); only these are ever updated or deleted."""
+    applied_secrets: dict[str, str] | None = None
+    """Salted digests of the Secret values last applied in DittoFS (user passwords), never the values."""
+    shares: list[ShareStatus] | None = None
+    """Provisioned shares with ready-to-paste addresses."""
     conditions: list[Condition] = Field(default_factory=list)
     """Conditions."""
 

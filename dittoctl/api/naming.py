@@ -65,6 +65,10 @@ class Names:
         return f"{self.server}-admin-bootstrap-credentials"
 
     @property
+    def operator_secret(self) -> str:
+        return f"{self.server}-operator-credentials"
+
+    @property
     def percona_cluster(self) -> str:
         return f"{self.server}-postgres"
 

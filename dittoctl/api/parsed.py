@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import backup_credentials, secret_uses
+from dittoctl.api.secrets import backup_credentials, provisioned_secrets, secret_uses
 
 # Stand-ins for required fields that are missing or broken, so the rest of the spec still parses. They are
 # marked broken, so no rule ever judges them.
@@ -150,6 +150,9 @@ def _secrets_of(parsed: ParsedSpec) -> dict[str, set[str]]:
     backup = backup_credentials(spec)
     if backup and parsed.usable("percona.backup.enabled", "percona.backup.credentialsSecretRef"):
         refs.setdefault(backup, set())
+    if parsed.usable("users"):
+        for password in provisioned_secrets(spec):
+            refs.setdefault(password.secret, set()).add(password.key)
     return refs
 
 

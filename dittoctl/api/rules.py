@@ -37,6 +37,8 @@ MAX_WARNING = 120
 MAX_NAME = 52
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _UNVERIFIED, _ACTIONABLE = 1, 0
+_SYSTEM_GROUPS = ("admins", "operators", "users")
+_RESERVED_USERS = ("admin", "dittofs-operator")
 # Consequence of a missing Secret or key the server container reads, longest (most helpful) first.
 _POD_FAILS = ("the pod fails with CreateContainerConfigError until then", "the pod cannot start until then",
               "the pod cannot start")
@@ -167,6 +169,7 @@ class _Check:
         self._percona(parsed, spec)  # rules 6, 7, 9, 11
         self._database(parsed, spec)  # rules 8, 10 (Postgres)
         self._identity_secrets(parsed, spec)  # rule 10 (JWT, admin)
+        self._file_service(parsed, spec)  # SPEC §13.1: shares, users, groups
         self._deprecations(parsed, spec)  # rule 14
         self._service(parsed, spec)
         if self.old is not None:
@@ -240,6 +243,57 @@ class _Check:
             if ref is not None and parsed.usable(path.removeprefix("spec.")):
                 keys = self._secret(path, ref.name, *_POD_FAILS)
                 self._keys(path, ref.name, keys, [ref.key], *_POD_FAILS)
+
+    # -- the declared file service (SPEC §13.1) -----------------------------------------------------------
+    def _file_service(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("shares", "users", "groups"):
+            return
+        groups = {g.name for g in spec.groups}
+        users = {u.name for u in spec.users}
+        self._unique("spec.groups", [g.name for g in spec.groups])
+        self._unique("spec.users", [u.name for u in spec.users])
+        shares = spec.shares or []
+        self._unique("spec.shares", ["/" + s.name.strip("/") for s in shares])
+        for i, g in enumerate(spec.groups):
+            if g.name in _SYSTEM_GROUPS:
+                self.error(f"spec.groups[{i}].name", f"{_q(g.name)} is a DittoFS system group; it exists already "
+                           "and is not managed by the operator (choose another name)")
+        for i, u in enumerate(spec.users):
+            base = f"spec.users[{i}]"
+            if u.name in _RESERVED_USERS:
+                self.error(f"{base}.name", f"{_q(u.name)} is reserved for DittoFS and the operator "
+                           "(choose another name)")
+            for j, group in enumerate(u.groups):
+                if group not in groups and group not in _SYSTEM_GROUPS:
+                    self.error(f"{base}.groups[{j}]", f"group {_q(group)} is not declared in spec.groups; add it "
+                               "there or remove it here")
+            why = (f"user {_q(u.name)} is not created until it exists (the server itself runs)",)
+            keys = self._secret(f"{base}.passwordSecretRef", u.password_secret_ref.name, *why)
+            self._keys(f"{base}.passwordSecretRef", u.password_secret_ref.name, keys, [u.password_secret_ref.key],
+                       *why)
+        for i, share in enumerate(shares):
+            base = f"spec.shares[{i}]"
+            if share.name.strip("/") == "":
+                self.error(f"{base}.name", "must name a share below '/', e.g. /export")
+            seen: list[tuple[str, str]] = []
+            for j, p in enumerate(share.permissions):
+                path = f"{base}.permissions[{j}]"
+                if (p.user is None) == (p.group is None):
+                    self.error(path, "set exactly one of user and group")
+                    continue
+                principal, name = ("user", p.user) if p.user is not None else ("group", p.group or "")
+                known = users if principal == "user" else groups | set(_SYSTEM_GROUPS)
+                if name not in known:
+                    self.error(f"{path}.{principal}", f"{principal} {_q(name)} is not declared in "
+                               f"spec.{principal}s; declare it or remove this grant")
+                if (principal, name) in seen:
+                    self.error(path, f"{principal} {_q(name)} has another grant on this share; keep one")
+                seen.append((principal, name))
+
+    def _unique(self, path: str, names: list[str]) -> None:
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                self.error(f"{path}[{i}].name", f"{_q(name)} is declared twice; names must be unique")
 
     # -- database and Percona (rules 6-11) ---------------------------------------------------------------
     def _database(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

@@ -88,8 +88,24 @@ def backup_credentials(spec: DittoServerSpec) -> str | None:
     return backup.credentials_secret_ref.name if backup.enabled and backup.credentials_secret_ref else None
 
 
+@dataclass(frozen=True, order=True)
+class ProvisionedSecret:
+    """A Secret key the operator sends to DittoFS over REST (a user's password): not in the pod's
+    environment and not in the config hash; a change resets the password live."""
+
+    path: str
+    """Spec path of the reference (for messages)."""
+    secret: str
+    key: str
+
+
+def provisioned_secrets(spec: DittoServerSpec) -> list[ProvisionedSecret]:
+    return [ProvisionedSecret(f"spec.users[{i}].passwordSecretRef", u.password_secret_ref.name,
+                              u.password_secret_ref.key) for i, u in enumerate(spec.users)]
+
+
 def watched_secrets(spec: DittoServerSpec, names: Names) -> set[str]:
     """Secret names whose changes must re-trigger a reconcile."""
-    found = {use.secret for use in secret_uses(spec, names)}
+    found = {use.secret for use in secret_uses(spec, names)} | {p.secret for p in provisioned_secrets(spec)}
     backup = backup_credentials(spec)
     return found | {backup} if backup else found

@@ -13,6 +13,9 @@ RECONCILE_TIME = Histogram("controller_runtime_reconcile_time_seconds", "Time pe
                            ["controller"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LEADER = Gauge("leader_election_master_status", "1 while this replica holds the Lease", ["name"])
 SERVERS = Gauge("dittofs_operator_dittoservers", "DittoServers by phase", ["phase"])
+DITTOFS_REQUESTS = Counter("dittofs_operator_dittofs_requests_total",
+                           "REST requests the operator sent to DittoFS servers (a drift pass over an unchanged "
+                           "server sends only GET)", ["method"])
 PHASES = ("Pending", "Running", "Stopped", "Degraded", "Failed", "Deleting")
 
 

@@ -41,3 +41,17 @@ def admin_secret(names: Names, username: str, password: str) -> dict[str, Any]:
 
 def _unowned(names: Names, name: str, component: str) -> dict[str, Any]:
     return {"name": name, "namespace": names.namespace, "labels": names.labels(component)}
+
+
+OPERATOR_PASSWORD_KEY = "password"
+OPERATOR_STATE_KEY = "provisioned"
+
+
+def operator_secret(names: Names, username: str, password: str) -> dict[str, Any]:
+    """The operator's own DittoFS account (SPEC §13.2). It also records what the operator created in DittoFS
+    (key `provisioned`): ownership must survive a re-created DittoServer exactly like the data does."""
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": _unowned(names, names.operator_secret, "operator-credentials"),
+        "stringData": {ADMIN_USERNAME_KEY: username, OPERATOR_PASSWORD_KEY: password},
+    }

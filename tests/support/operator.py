@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.support.net import free_port
 from tests.support.paths import ROOT
 from tests.support.poll import eventually
+from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
 
 
 class OperatorProcess:
@@ -30,8 +31,11 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
+        # Out of the cluster the operator reaches a server by its pod IP, and only on the real node's bridge
+        # (kwok pods have blackholed IPs: never dialled).
         args = [sys.executable, "-m", "dittoctl", "run", "--kubeconfig", self.kubeconfig,
-                "--health-host", "127.0.0.1", "--health-port", str(self.health_port), *self.extra]
+                "--health-host", "127.0.0.1", "--health-port", str(self.health_port),
+                "--server-address", "pod", "--provision-networks", REAL_NODE_SUBNET, *self.extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -32,8 +32,8 @@ from tests.support.net import free_port
 from tests.support.paths import CRD, ROOT, SAMPLES
 
 from .cluster import Testbed
-from .fileservice import DfsRest, nfs_get, nfs_put, nfs_url
-from .node import RealNode, preflight
+from .fileservice import SHARE, DfsRest, nfs_get, nfs_put, nfs_url
+from .node import SUBNET, RealNode, preflight
 from .paths import Binaries, ensure_binaries
 from .webhook import install_webhook
 
@@ -42,7 +42,8 @@ SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
 
 def _operator_args(tb: Testbed, certs: Path, health: int, hook: int | None) -> list[str]:
     args = [sys.executable, "-m", "dittoctl", "run", "--kubeconfig", str(tb.operator_kubeconfig),
-            "--health-host", "127.0.0.1", "--health-port", str(health), "--log-format", "text"]
+            "--health-host", "127.0.0.1", "--health-port", str(health), "--log-format", "text",
+            "--server-address", "pod", "--provision-networks", SUBNET]
     return args + (["--webhook-host", "127.0.0.1", "--webhook-port", str(hook), "--cert-dir", str(certs),
                     "--tls-mode", "provided"] if hook is not None else ["--no-webhook"])
 
@@ -101,13 +102,14 @@ def show_file_service(tb: Testbed, workdir: Path) -> None:
     rest = DfsRest(ip)
     if rest.login(user, password) != 200:
         raise RuntimeError("the admin Secret does not log in to dfs")
-    rest.ensure_share()
+    if SHARE not in rest.shares():
+        raise RuntimeError(f"the operator did not provision {SHARE} (kubectl describe ditto demo)")
     sample = workdir / "hello.txt"
     sample.write_text(f"hello from make demo at {time.ctime()}\n")
     nfs_put(ip, sample, "hello.txt")
     back = nfs_get(ip, "hello.txt").decode()
-    print(f"[demo] real dfs at {ip}: share /rw created; wrote and read back over NFS: {back.strip()!r}",
-          file=sys.stderr)
+    print(f"[demo] real dfs at {ip}: share {SHARE} provisioned by the operator; wrote and read back over NFS: "
+          f"{back.strip()!r}", file=sys.stderr)
     url = nfs_url(ip, "hello.txt")
     print("[demo] write and read a file yourself (libnfs-utils, no kernel mount):", file=sys.stderr)
     print(f"  echo hi > /tmp/hi.txt && nfs-cp /tmp/hi.txt '{nfs_url(ip, 'hi.txt')}'", file=sys.stderr)

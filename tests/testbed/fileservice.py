@@ -1,9 +1,8 @@
-"""Talk to a real ``dfs`` on the real node: REST login, one read-write share, NFS through ``libnfs-utils``.
+"""Talk to a real ``dfs`` on the real node: REST login and reads, NFS through ``libnfs-utils``.
 
-The operator does not provision shares yet (SPEC §13), so the tests and the demo create one the way a
-user would: log in as the bootstrap admin, add a badger metadata store and an fs block store on the
-pod's volumes, and a share with ``default_permission: read-write``. NFS then goes straight to the pod IP
-on the bridge (no kernel mount: the host has no NFS client), v3 with MOUNT on the same port.
+The operator provisions the declared shares over REST (SPEC §13); a minimal DittoServer serves ``/export``
+read-write. NFS goes straight to the pod IP on the bridge (no kernel mount: the host has no NFS client),
+v3 with MOUNT on the same port.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-SHARE = "/rw"
+SHARE = "/export"
 NFS_PORT = 12049
 API_PORT = 8080
 
@@ -66,20 +65,9 @@ class DfsRest:
             self.token = body["access_token"]
         return status
 
-    def ensure_share(self, share: str = SHARE) -> None:
-        """Stores on the pod's volumes and a read-write share; GET first (a badger re-POST is not a 409)."""
-        stores = {s["name"] for s in self._list("/api/v1/store/metadata")}
-        if "meta" not in stores:
-            self.call("POST", "/api/v1/store/metadata",
-                      {"name": "meta", "type": "badger", "config": json.dumps({"path": "/data/store/metadata/badger"})})
-        blocks = {s["name"] for s in self._list("/api/v1/store/block/local")}
-        if "local" not in blocks:
-            self.call("POST", "/api/v1/store/block/local",
-                      {"name": "local", "type": "fs", "config": json.dumps({"path": "/data/store/block/blocks"})})
-        shares = {s["name"] for s in self._list("/api/v1/shares")}
-        if share not in shares:
-            self.call("POST", "/api/v1/shares", {"name": share, "metadata_store_id": "meta",
-                                                 "local_block_store": "local", "default_permission": "read-write"})
+    def shares(self) -> set[str]:
+        """Share names DittoFS serves now (needs a login)."""
+        return {str(s["name"]) for s in self._list("/api/v1/shares")}
 
     def _list(self, path: str) -> list[dict[str, Any]]:
         _, body = self.call("GET", path)
@@ -87,14 +75,15 @@ class DfsRest:
         return items
 
 
-def nfs_put(pod_ip: str, local: Path, name: str) -> None:
-    _nfs("nfs-cp", str(local), nfs_url(pod_ip, name))
+def nfs_put(pod_ip: str, local: Path, name: str, share: str = SHARE) -> None:
+    _nfs("nfs-cp", str(local), nfs_url(pod_ip, name, share))
 
 
-def nfs_get(pod_ip: str, name: str) -> bytes:
-    proc = subprocess.run(["nfs-cat", nfs_url(pod_ip, name)], capture_output=True, timeout=60, check=False)
+def nfs_get(pod_ip: str, name: str, share: str = SHARE) -> bytes:
+    url = nfs_url(pod_ip, name, share)
+    proc = subprocess.run(["nfs-cat", url], capture_output=True, timeout=60, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"nfs-cat {nfs_url(pod_ip, name)} exited {proc.returncode}: {proc.stderr.decode()}")
+        raise RuntimeError(f"nfs-cat {url} exited {proc.returncode}: {proc.stderr.decode()}")
     return proc.stdout
 
 

@@ -50,7 +50,7 @@ def test_crd_reference_documents_every_field() -> None:
         node = node.get("items", node) if node.get("type") == "array" else node
         for name, child in (node.get("properties") or {}).items():
             yield path, name
-            yield from fields(child, f"{path}.{name}")
+            yield from fields(child, f"{path}.{name}" + ("[]" if child.get("type") == "array" else ""))
 
     text = crd_reference()
     sections = {m.group(1): m.group(2) for m in re.finditer(r"(?ms)^#+ ((?:spec|status)\S*)\n(.*?)(?=^#|\Z)", text)}

@@ -438,3 +438,54 @@ def test_validate_is_total_over_generated_specs(spec: dict[str, Any], old_spec: 
 def test_validate_is_total_over_garbage(obj: Any, old: Any, facts: ClusterFacts) -> None:
     _assert_total(obj, old if isinstance(old, dict) else None, facts)
     _assert_total({"metadata": obj, "spec": old}, None, facts)
+
+
+# -- the declared file service (SPEC §13.1) -------------------------------------------------------------------
+FILE_SERVICE: dict[str, Any] = {
+    "groups": [{"name": "readers"}],
+    "users": [{"name": "alice", "passwordSecretRef": {"name": "alice-pw", "key": "password"}, "groups": ["readers"]}],
+    "shares": [{"name": "/projects", "defaultPermission": "none",
+                "permissions": [{"user": "alice", "level": "read-write"}, {"group": "readers", "level": "read"}]}],
+}
+WITH_ALICE = ClusterFacts(storage_classes=GOOD.storage_classes, percona_served=True,
+                          secrets={**SECRETS, "alice-pw": frozenset({"password"})})
+
+
+def test_declared_file_service_is_allowed() -> None:
+    verdict = check(FILE_SERVICE, WITH_ALICE)
+    assert verdict.allowed and not verdict.warnings, verdict
+
+
+@pytest.mark.parametrize(("patch", "path", "fragment"), [
+    ({"shares": [{"name": "/a"}, {"name": "/a/"}]}, "spec.shares[1].name", "declared twice"),
+    ({"shares": [{"name": "export"}]}, "spec.shares[0].name", "absolute path"),
+    ({"users": [FILE_SERVICE["users"][0], FILE_SERVICE["users"][0]]}, "spec.users[1].name", "declared twice"),
+    ({"groups": [{"name": "g"}, {"name": "g"}]}, "spec.groups[1].name", "declared twice"),
+    ({"groups": [{"name": "admins"}]}, "spec.groups[0].name", "system group"),
+    ({"users": [{"name": "admin", "passwordSecretRef": {"name": "alice-pw", "key": "password"}}]},
+     "spec.users[0].name", "reserved"),
+    ({"users": [{"name": "bob", "passwordSecretRef": {"name": "alice-pw", "key": "password"}, "groups": ["nope"]}]},
+     "spec.users[0].groups[0]", "not declared in spec.groups"),
+    ({"shares": [{"name": "/p", "permissions": [{"user": "carol", "level": "read"}]}]},
+     "spec.shares[0].permissions[0].user", "not declared in spec.users"),
+    ({"shares": [{"name": "/p", "permissions": [{"group": "nobody", "level": "read"}]}]},
+     "spec.shares[0].permissions[0].group", "not declared in spec.groups"),
+    ({"shares": [{"name": "/p", "permissions": [{"level": "read"}]}]},
+     "spec.shares[0].permissions[0]", "exactly one of user and group"),
+    ({"shares": [{"name": "/p", "defaultPermission": "write"}]}, "spec.shares[0].defaultPermission", ""),
+])
+def test_file_service_rules_name_the_field(patch: dict[str, Any], path: str, fragment: str) -> None:
+    verdict = check({**FILE_SERVICE, **patch}, WITH_ALICE)
+    assert not verdict.allowed
+    assert any(str(e).startswith(f"{path}: ") and fragment in str(e) for e in verdict.errors), verdict.errors
+
+
+def test_a_missing_user_password_secret_is_a_warning_like_other_secrets() -> None:
+    assert required_secrets(server(FILE_SERVICE)["spec"]).get("alice-pw") == {"password"}
+    verdict = check(FILE_SERVICE)  # the facts know no alice-pw
+    assert verdict.allowed
+    assert any(w.startswith("spec.users[0].passwordSecretRef: ") and "alice-pw" in w for w in verdict.warnings)
+    lacking = ClusterFacts(storage_classes=GOOD.storage_classes, percona_served=True,
+                           secrets={**SECRETS, "alice-pw": frozenset({"other"})})
+    verdict = check(FILE_SERVICE, lacking)
+    assert any("add key 'password'" in w or 'add key "password"' in w for w in verdict.warnings), verdict.warnings

@@ -1,0 +1,326 @@
+"""Phase: the declared file service (SPEC §13), provisioned over DittoFS's REST API once the pod is Ready.
+
+The operator logs in as its own admin-role account (created through the bootstrap `admin`, password in
+the generated `<name>-operator-credentials` Secret); tokens live in memory, one client per server. Each
+pass reads DittoFS (GET only), plans with the pure planner and executes only the calls that differ: an
+unchanged server costs zero REST writes. What the operator created is kept in `status.provisioned`.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from dittoctl.api.conditions import ConditionType, EventReason, Reason
+from dittoctl.api.fileservice import Kind, Op, Plan, ProblemKind, Ref, plan
+from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
+from dittoctl.api.kinds import SECRETS
+from dittoctl.api.models import DittoServer
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, provisioned_secrets
+from dittoctl.kube import metrics
+from dittoctl.kube.dittofs import (
+    DittoFsAuthError,
+    DittoFsClient,
+    DittoFsError,
+    DittoFsForbidden,
+    DittoFsUnreachable,
+    PlanFailed,
+    bootstrap_operator,
+)
+from dittoctl.kube.gateway import Conflict
+from dittoctl.kube.logs import fields
+from reconciler.context import Pass
+from reconciler.phases.secrets import _digest
+from reconciler.specs.fileservice import declared, share_status
+from reconciler.specs.secrets import OPERATOR_PASSWORD_KEY, new_password, operator_secret
+from reconciler.status import Cond
+
+log = logging.getLogger("dittofs.reconciler")
+BACKOFF_FIRST = 5.0
+BACKOFF_MAX = 300.0
+
+
+@dataclass
+class FsMemory:
+    client: DittoFsClient | None = None
+    salt: str = ""
+    adopt: bool = False
+    """The operator account already existed when this DittoServer first provisioned: a re-created server on
+    retained data adopts the declared objects its predecessor made."""
+    failures: int = 0
+    last: str | None = None
+    """The last outcome posted as an event ("ok" or the failure message)."""
+    converged_generation: int | None = None
+    writes: int = 0
+    """DittoFS writes of the last pass."""
+    reported: Counter[str] = field(default_factory=Counter)
+    """The client's request counts already added to the metric."""
+
+    def report(self) -> None:
+        if self.client is None:
+            return
+        for method, count in self.client.requests.items():
+            if count > self.reported[method]:
+                metrics.DITTOFS_REQUESTS.labels(method).inc(count - self.reported[method])
+        self.reported = Counter(self.client.requests)
+
+    async def close(self) -> None:
+        self.report()
+        if self.client is not None:
+            await self.client.close()
+        self.client = None
+        self.reported = Counter()
+
+
+@dataclass
+class Provisioned:
+    """What the pass reports: the condition (None: not reported) and the status fields (None: keep)."""
+
+    condition: Cond | None = None
+    provisioned: list[str] | None = None
+    applied: dict[str, str] | None = None
+    shares: list[dict[str, Any]] | None = None
+    requeue: float | None = None
+
+
+class _Failed(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def memory(ctx: Pass) -> FsMemory:
+    if not isinstance(ctx.memory.fileservice, FsMemory):
+        ctx.memory.fileservice = FsMemory()
+    mem: FsMemory = ctx.memory.fileservice
+    return mem
+
+
+def _pod(ctx: Pass, names: Names) -> dict[str, Any] | None:
+    for pod in ctx.cache.pods_of(names.namespace, names.server):
+        if pod.get("metadata", {}).get("name") == f"{names.statefulset}-0":
+            return pod
+    return None
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    containers = status.get("containerStatuses") or []
+    return status.get("phase") == "Running" and bool(containers) and all(c.get("ready") for c in containers)
+
+
+def _reachable(ctx: Pass, ip: str) -> bool:
+    networks = ctx.shared.provisioning.networks
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned:
+    previous = ctx.current().get("status") or {}
+    keep = Provisioned(provisioned=previous.get("provisioned"), applied=previous.get("appliedSecrets"),
+                       shares=previous.get("shares"))
+    mem = memory(ctx)
+    if server.spec.replicas == 0:
+        await mem.close()
+        return keep
+    pod = _pod(ctx, names)
+    pod_mode = ctx.shared.provisioning.server_address == "pod"
+    ip = str(((pod or {}).get("status") or {}).get("podIP") or "")
+    if pod_mode and ip and not _reachable(ctx, ip):
+        return keep  # outside --provision-networks (a simulated pod): nothing to reach, nothing to report
+    if pod is None or not _ready(pod) or (pod_mode and not ip):
+        keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER,
+                              f"waiting for pod {names.statefulset}-0 to be Ready")
+        return keep
+    host = ip if pod_mode else names.host(names.api_service)
+    base_url = f"http://{host}:{server.spec.control_plane.port}"
+    file_host = ip if pod_mode else names.host(names.file_service)
+    try:
+        result = await _provision(ctx, server, names, base_url, file_host, keep)
+    except _Failed as failed:
+        return await _failure(ctx, mem, keep, failed.reason, failed.message)
+    finally:
+        mem.report()
+    mem.failures = 0
+    if result.condition is not None and result.condition.status:
+        if mem.last != "ok":
+            await ctx.post("Normal", EventReason.PROVISIONED, result.condition.message)
+        mem.last = "ok"
+        mem.converged_generation = ctx.generation
+    elif result.condition is not None:
+        return await _failure(ctx, mem, result, result.condition.reason, result.condition.message)
+    return result
+
+
+async def _failure(ctx: Pass, mem: FsMemory, result: Provisioned, reason: Reason, message: str) -> Provisioned:
+    mem.failures += 1
+    if mem.last != message:
+        await ctx.post("Warning", EventReason.PROVISIONING_FAILED, message[:900])
+        log.warning("provisioning failed", extra=fields(namespace=ctx.namespace, name=ctx.name, reason=reason,
+                                                       error=message[:300]))
+    mem.last = message
+    result.condition = Cond(ConditionType.PROVISIONED, False, reason, message[:1000])
+    result.requeue = min(BACKOFF_FIRST * 2 ** (mem.failures - 1), BACKOFF_MAX)
+    return result
+
+
+async def _secret_data(ctx: Pass, name: str) -> dict[str, str] | None:
+    obj = await ctx.gw.get_or_none(SECRETS, name, ctx.namespace)
+    if obj is None:
+        return None
+    return {k: base64.b64decode(v or "").decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
+
+
+async def _secret_value(ctx: Pass, name: str, key: str) -> str:
+    data = await _secret_data(ctx, name)
+    if data is None or key not in data:
+        raise _Failed(Reason.MISSING_SECRET, f"Secret {name} key {key} is missing")
+    return data[key]
+
+
+async def _operator_password(ctx: Pass, names: Names) -> str:
+    data = await _secret_data(ctx, names.operator_secret)
+    if data is None:
+        try:
+            await ctx.gw.create(SECRETS, operator_secret(names, OPERATOR_ACCOUNT, new_password()), names.namespace)
+            log.info("generated Secret", extra=fields(namespace=names.namespace, name=names.operator_secret))
+        except Conflict:
+            pass
+        data = await _secret_data(ctx, names.operator_secret)
+    if not data or not data.get(OPERATOR_PASSWORD_KEY):
+        raise _Failed(Reason.MISSING_SECRET, f"Secret {names.operator_secret} key {OPERATOR_PASSWORD_KEY} is missing")
+    return data[OPERATOR_PASSWORD_KEY]
+
+
+async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str, first: bool) -> DittoFsClient:
+    mem = memory(ctx)
+    if mem.client is not None and mem.client.base_url == base_url:
+        return mem.client
+    await mem.close()
+    password = await _operator_password(ctx, names)
+    client = DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password))
+    try:
+        await client.login()
+        mem.adopt = first  # the account predates this DittoServer: its predecessor provisioned this data
+    except DittoFsAuthError:
+        await client.close()
+        ref = server.spec.identity.admin.password_secret_ref
+        secret, key = (ref.name, ref.key) if ref else (names.admin_secret, ADMIN_PASSWORD_KEY)
+        admin = await _secret_value(ctx, secret, key)
+        client = await bootstrap_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password))
+        mem.adopt = False
+    mem.client, mem.salt = client, password
+    return client
+
+
+def _map_error(exc: DittoFsError) -> Reason:
+    cause = exc.cause if isinstance(exc, PlanFailed) else exc
+    if isinstance(cause, DittoFsUnreachable):
+        return Reason.API_UNREACHABLE
+    if isinstance(cause, (DittoFsAuthError, DittoFsForbidden)):
+        return Reason.AUTH_FAILED
+    return Reason.REJECTED
+
+
+def _adopted(first: Plan) -> set[Ref]:
+    return {p.ref for p in first.problems if p.kind is ProblemKind.NOT_OWNED}
+
+
+async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str, file_host: str,
+                     keep: Provisioned) -> Provisioned:
+    mem = memory(ctx)
+    first = keep.provisioned is None
+    try:
+        client = await _client(ctx, server, names, base_url, first)
+    except DittoFsError as exc:
+        await mem.close()
+        raise _Failed(_map_error(exc), f"cannot log in to DittoFS at {base_url}: {exc}") from None
+    digests: dict[tuple[str, str], str | None] = {}
+    for use in provisioned_secrets(server.spec):
+        data = await _digest(ctx, use.secret)
+        digests[(use.secret, use.key)] = None if data is None else data.get(use.key)
+    want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt)
+    if missing:
+        raise _Failed(Reason.MISSING_SECRET, "waiting for " + "; ".join(missing))
+    owned = {Ref.parse(r) for r in keep.provisioned or []}
+    applied = dict(keep.applied or {})
+    try:
+        seen = await client.observe()
+        the_plan = plan(want, seen, owned, applied)
+        if mem.adopt and first:
+            owned |= _adopted(the_plan)
+            the_plan = plan(want, seen, owned, applied)
+            if owned:
+                log.info("adopted objects of a previous incarnation", extra=fields(
+                    namespace=ctx.namespace, name=ctx.name, refs=",".join(sorted(map(str, owned)))))
+        values = {}
+        for ref in sorted({sf.secret.ref for c in the_plan.calls for sf in c.secrets}):
+            secret, _, key = ref.partition("/")
+            values[ref] = SecretStr(await _secret_value(ctx, secret, key))
+        done: list[Call] = []
+        error: PlanFailed | None = None
+        try:
+            done = await client.execute(the_plan, values)
+        except PlanFailed as exc:
+            done, error = exc.done, exc
+    except DittoFsError as exc:
+        if isinstance(exc, DittoFsAuthError):
+            await mem.close()
+        raise _Failed(_map_error(exc), f"DittoFS at {base_url}: {exc.detail or exc}") from None
+    mem.writes = len(done)
+    if done:
+        log.info("dittofs provisioned", extra=fields(namespace=ctx.namespace, name=ctx.name, writes=len(done),
+                                                    calls="; ".join(str(c) for c in done)[:1000]))
+    result = Provisioned(provisioned=sorted(str(r) for r in the_plan.owned_after(done)),
+                         applied=the_plan.digests_after(applied, done) or None)
+    present = (set(seen.shares) | {c.name for c in done if c.kind is Kind.SHARE and c.op is Op.CREATE}) - {
+        c.name for c in done if c.kind is Kind.SHARE and c.op is Op.DELETE}
+    result.shares = share_status(server.spec, file_host, sorted(present))
+    await _call_events(ctx, done)
+    if error is not None:
+        if isinstance(error.cause, DittoFsAuthError):
+            await mem.close()
+        message = f"{error.call}: {error.cause.detail or error.cause}"
+        result.condition = Cond(ConditionType.PROVISIONED, False, _map_error(error), message)
+        return result
+    if the_plan.problems:
+        kinds = {p.kind for p in the_plan.problems}
+        reason = (Reason.NOT_OWNED if ProblemKind.NOT_OWNED in kinds else
+                  Reason.IMMUTABLE if ProblemKind.IMMUTABLE in kinds else Reason.REJECTED)
+        result.condition = Cond(ConditionType.PROVISIONED, False, reason,
+                                "; ".join(str(p) for p in the_plan.problems))
+        return result
+    shares = len(result.shares)
+    result.condition = Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED,
+                            f"DittoFS serves {shares} declared share(s), {len(want.users)} user(s), "
+                            f"{len(want.groups)} group(s)")
+    return result
+
+
+async def _call_events(ctx: Pass, done: list[Call]) -> None:
+    mem = memory(ctx)
+    repaired = [c for c in done if c.op is not Op.SET_PASSWORD]  # a rotated password Secret is no drift
+    if repaired and mem.converged_generation == ctx.generation:
+        await ctx.post("Normal", EventReason.DRIFT_REPAIRED,
+                       "repaired in DittoFS: " + ", ".join(str(c.ref) for c in repaired)[:800])
+    for call in done:
+        if call.kind is Kind.SHARE and call.op is Op.CREATE:
+            await ctx.post("Normal", EventReason.SHARE_CREATED, f"share {call.name} created in DittoFS")
+        elif call.kind is Kind.SHARE and call.op is Op.DELETE:
+            await ctx.post("Normal", EventReason.SHARE_DELETED,
+                           f"share {call.name} deleted in DittoFS (its data stays in the stores)")
+        elif call.kind is Kind.USER and call.op is Op.CREATE:
+            await ctx.post("Normal", EventReason.USER_CREATED, f"user {call.name} created in DittoFS")

@@ -1,0 +1,105 @@
+"""The pure half of the file-service phase: DittoServer spec -> declared FileService, share addresses, and
+Provisioned's place in Ready (SPEC §13)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dittoctl.api.conditions import ConditionType, Reason
+from dittoctl.api.fileservice import Grant, Observed, StoreKind, plan
+from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import provisioned_secrets, secret_uses, watched_secrets
+from reconciler import specs
+from reconciler.specs.fileservice import BLOCK_PATH, METADATA_PATH, declared, salted, share_status
+from reconciler.status import Cond, Observation, conditions
+
+NAMES = Names("demo", "ns", "uid-1")
+
+
+def spec(**extra: Any) -> DittoServerSpec:
+    return DittoServerSpec.model_validate({"storage": {"metadataSize": "1Gi"}, **extra})
+
+
+def no_digest(secret: str, key: str) -> str | None:
+    return None
+
+
+def test_minimal_spec_serves_export_read_write_from_the_default_stores() -> None:
+    fs, missing = declared(spec(), no_digest, "salt")
+    assert missing == []
+    assert [(s.name, s.default_permission, s.read_only, s.metadata_store, s.local_store) for s in fs.shares] == [
+        ("/export", "read-write", False, "default", "default")]
+    stores = {(s.kind, s.name, s.type, dict(s.config)["path"]) for s in fs.stores}
+    assert stores == {(StoreKind.METADATA, "default", "badger", METADATA_PATH),
+                      (StoreKind.LOCAL, "default", "fs", BLOCK_PATH)}
+    assert METADATA_PATH.startswith("/data/store/metadata/") and BLOCK_PATH.startswith("/data/store/block/")
+    assert fs.users == () and fs.groups == () and fs.operator is None
+    # Against an empty DittoFS: two stores, then the share.
+    calls = plan(fs, Observed()).calls
+    assert [(c.method, c.path) for c in calls] == [
+        ("POST", "/api/v1/store/metadata"), ("POST", "/api/v1/store/block/local"), ("POST", "/api/v1/shares")]
+
+
+def test_empty_share_list_serves_nothing_and_needs_no_store() -> None:
+    fs, _ = declared(spec(shares=[]), no_digest, "salt")
+    assert fs.shares == () and fs.stores == ()
+
+
+def test_declared_shares_users_groups_map_onto_the_planner() -> None:
+    s = spec(
+        shares=[{"name": "/projects", "defaultPermission": "none", "readOnly": True,
+                 "permissions": [{"user": "alice", "level": "read-write"}, {"group": "readers", "level": "read"}]}],
+        users=[{"name": "alice", "passwordSecretRef": {"name": "alice-pw", "key": "password"}, "groups": ["readers"]}],
+        groups=[{"name": "readers"}],
+    )
+    fs, missing = declared(s, lambda secret, key: "d1" if (secret, key) == ("alice-pw", "password") else None, "k")
+    assert missing == []
+    (share,) = fs.shares
+    assert (share.name, share.read_only, share.default_permission) == ("/projects", True, "none")
+    assert share.permissions == (Grant("user", "alice", "read-write"), Grant("group", "readers", "read"))
+    (user,) = fs.users
+    assert user.name == "alice" and user.groups == ("readers",) and user.role == "user"
+    assert user.password is not None and user.password.ref == "alice-pw/password"
+    assert user.password.digest == salted("k", "d1") != "d1"  # keyed: status never shows a bare hash
+    assert [g.name for g in fs.groups] == ["readers"]
+
+
+def test_a_user_without_its_password_is_left_out_and_named() -> None:
+    s = spec(users=[{"name": "bob", "passwordSecretRef": {"name": "bob-pw", "key": "pw"}}])
+    fs, missing = declared(s, no_digest, "k")
+    assert fs.users == ()
+    assert missing == ["Secret bob-pw key pw (password of user bob)"]
+
+
+def test_a_new_password_digest_plans_a_reset_not_a_restart() -> None:
+    s = spec(users=[{"name": "alice", "passwordSecretRef": {"name": "alice-pw", "key": "password"}}])
+    # A user password is watched (a change re-reconciles) but not consumed by the pod (no config hash).
+    assert "alice-pw" in watched_secrets(s, NAMES)
+    assert all(u.secret != "alice-pw" for u in secret_uses(s, NAMES))
+    assert [p.secret for p in provisioned_secrets(s)] == ["alice-pw"]
+    before = specs.build(s, NAMES, {}).config_hash
+    assert specs.build(s, NAMES, {("alice-pw", "password"): "other"}).config_hash == before
+
+
+def test_share_status_gives_ready_to_paste_addresses() -> None:
+    s = spec(adapters={"smb": {"enabled": True}})
+    assert share_status(s, "10.88.0.5", ["/export"]) == [
+        {"name": "/export", "readOnly": False, "nfs": "nfs://10.88.0.5:12049/export",
+         "smb": "smb://10.88.0.5:1445/export"}]
+    assert share_status(s, "h", []) == []
+
+
+def _ready(provisioned: Cond | None) -> Cond:
+    sts = {"metadata": {"generation": 1}, "spec": {"replicas": 1},
+           "status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "observedGeneration": 1,
+                      "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"}}
+    conds = conditions(Observation(generation=1, desired_replicas=1, statefulset=sts, provisioned=provisioned))
+    return next(c for c in conds if c.type is ConditionType.READY)
+
+
+def test_ready_requires_provisioned_when_it_is_reported() -> None:
+    assert _ready(None).status is True
+    assert _ready(Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED)).status is True
+    failed = _ready(Cond(ConditionType.PROVISIONED, False, Reason.API_UNREACHABLE, "refused"))
+    assert failed.status is False and "Provisioned" in failed.message
