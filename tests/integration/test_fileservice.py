@@ -1,0 +1,138 @@
+"""The declared file service on the real node (SPEC §13, §14): the operator provisions shares, users and
+groups over the real dfs's REST API, a file goes through NFS, an unchanged server costs no writes, and a
+share removed from the spec is removed from DittoFS."""
+
+from __future__ import annotations
+
+import base64
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.kube import apply_server, condition, events, kubectl_json, wait_ready
+from tests.support.operator import OperatorProcess
+from tests.support.poll import eventually
+from tests.testbed import Testbed
+from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put
+from tests.testbed.node import RealNode
+
+pytestmark = pytest.mark.integration
+OPERATOR_USER = "dittofs-operator"
+WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def requests_sent(operator: OperatorProcess) -> dict[str, float]:
+    """dittofs_operator_dittofs_requests_total by HTTP method."""
+    found: dict[str, float] = {}
+    for method, value in re.findall(r'^dittofs_operator_dittofs_requests_total\{method="([A-Z]+)"\} (\S+)$',
+                                    operator.metrics(), re.M):
+        found[method] = float(value)
+    return found
+
+
+def k8s_writes(testbed: Testbed, namespace: str, since: int) -> list[dict[str, Any]]:
+    return [e for e in testbed.audit_events(user=OPERATOR_USER, since_line=since)
+            if e.get("verb") in WRITES and (e.get("objectRef") or {}).get("namespace") == namespace]
+
+
+def admin(testbed: Testbed, namespace: str, ip: str) -> DfsRest:
+    secret = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    rest = DfsRest(ip)
+    assert rest.login(base64.b64decode(secret["data"]["username"]).decode(),
+                      base64.b64decode(secret["data"]["password"]).decode()) == 200
+    return rest
+
+
+def stamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator: OperatorProcess,
+                                                     real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+    testbed.kubectl("create", "secret", "generic", "alice-pw", "-n", namespace, "--from-literal=password=first-pass")
+    spec: dict[str, Any] = {
+        **real_node.pod_placement(),
+        "groups": [{"name": "team"}],
+        "users": [{"name": "alice", "passwordSecretRef": {"name": "alice-pw", "key": "password"}, "groups": ["team"]}],
+        "shares": [
+            {"name": "/export", "defaultPermission": "read-write"},
+            {"name": "/team", "defaultPermission": "read-write",
+             "permissions": [{"user": "alice", "level": "read-write"}, {"group": "team", "level": "read"}]},
+        ],
+    }
+    apply_server(testbed, namespace, **spec)
+    obj = wait_ready(testbed, namespace, timeout=180)
+    provisioned = condition(obj, "Provisioned")
+    assert provisioned is not None and provisioned["status"] == "True", provisioned
+    assert provisioned["reason"] == "Converged"
+    status = obj["status"]
+    assert {"share:/export", "share:/team", "user:alice", "group:team", "metadata-store:default",
+            "local-store:default", "permission:/team#user:alice", "permission:/team#group:team"} \
+        <= set(status["provisioned"]), status["provisioned"]
+    pod = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)
+    ip = pod["status"]["podIP"]
+    assert {s["name"]: s["nfs"] for s in status["shares"]} == {
+        "/export": f"nfs://{ip}:12049/export", "/team": f"nfs://{ip}:12049/team"}
+    assert "alice-pw/password" not in str(status["appliedSecrets"].values())  # digests only, keyed
+    assert "first-pass" not in str(status)
+    pod_ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    lag = stamp(provisioned["lastTransitionTime"]) - stamp(pod_ready["lastTransitionTime"])
+    print(f"\n[fileservice] pod Ready -> Provisioned=True in {lag:.0f} s", file=sys.stderr)
+    assert lag < 30, lag
+
+    # What DittoFS really holds, seen as the bootstrap admin and as alice herself.
+    rest = admin(testbed, namespace, ip)
+    assert {"/export", "/team"} <= rest.shares()
+    _, grants = rest.call("GET", "/api/v1/shares/team/permissions")
+    assert sorted((g["type"], g["name"], g["level"]) for g in grants) == [
+        ("group", "team", "read"), ("user", "alice", "read-write")]
+    assert DfsRest(ip).login("alice", "first-pass") == 200
+    reasons = [e["reason"] for e in events(testbed, namespace)]
+    assert reasons.count("Provisioned") == 1 and reasons.count("ShareCreated") == 2 and "UserCreated" in reasons
+
+    # A file through NFS into the declared share, read back.
+    payload = f"through the declared share in {namespace} at {time.time()}\n".encode() * 50
+    local = tmp_path / "team.txt"
+    local.write_bytes(payload)
+    def put() -> bool:
+        nfs_put(ip, local, "team.txt", share="/team")
+        return True
+
+    eventually(put, timeout=30, what="nfs-cp into /team")
+    assert nfs_get(ip, "team.txt", share="/team") == payload
+
+    # Drift passes over the unchanged server: reads only, and nothing written to Kubernetes.
+    time.sleep(3)
+    before, mark = requests_sent(operator), testbed.audit_line_count()
+    time.sleep(12)  # more than two drift passes (interval 5 s)
+    after = requests_sent(operator)
+    assert after.get("GET", 0) > before.get("GET", 0), "drift passes read DittoFS"
+    dfs_writes = {m: after.get(m, 0) - before.get(m, 0) for m in after if m != "GET"}
+    assert not any(dfs_writes.values()), f"an unchanged server got DittoFS writes: {dfs_writes}"
+    assert k8s_writes(testbed, namespace, mark) == [], "an unchanged server got Kubernetes writes"
+    reads = (after["GET"] - before["GET"])
+    print(f"[fileservice] 12 s of drift passes: {reads:.0f} GETs, 0 writes", file=sys.stderr)
+
+    # A new password is applied live: alice logs in with it, the pod is not restarted.
+    uid = pod["metadata"]["uid"]
+    testbed.kubectl("patch", "secret", "alice-pw", "-n", namespace, "-p",
+                    '{"stringData": {"password": "second-pass"}}')
+    eventually(lambda: DfsRest(ip).login("alice", "second-pass") == 200, timeout=60, what="alice's new password")
+    assert kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] == uid
+
+    # A share left out of the spec is deleted in DittoFS; the other share and its file stay.
+    local.write_bytes(b"kept\n")
+    nfs_put(ip, local, "kept.txt")
+    apply_server(testbed, namespace, **{**spec, "shares": [spec["shares"][0]]})
+    eventually(lambda: "/team" not in rest.shares(), timeout=60, what="/team deleted in DittoFS")
+    assert "/export" in rest.shares()
+    obj = wait_ready(testbed, namespace, timeout=60)
+    assert not [r for r in obj["status"]["provisioned"] if r.startswith(("share:/team", "permission:/team"))]
+    assert [s["name"] for s in obj["status"]["shares"]] == ["/export"]
+    assert nfs_get(ip, "kept.txt") == b"kept\n"
+    assert events(testbed, namespace, "ShareDeleted")
