@@ -136,3 +136,38 @@ def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator:
     assert [s["name"] for s in obj["status"]["shares"]] == ["/export"]
     assert nfs_get(ip, "kept.txt") == b"kept\n"
     assert events(testbed, namespace, "ShareDeleted")
+
+
+def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed, operator: OperatorProcess,
+                                                                real_node: RealNode, namespace: str) -> None:
+    apply_server(testbed, namespace, **real_node.pod_placement())
+    obj = wait_ready(testbed, namespace, timeout=180)
+    assert [s["name"] for s in obj["status"]["shares"]] == ["/export"]  # the default share
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+    rest = admin(testbed, namespace, ip)
+
+    # A human deletes the declared share: the next drift pass puts it back and says so.
+    rest.call("DELETE", "/api/v1/shares/export")
+    assert "/export" not in rest.shares()
+    eventually(lambda: "/export" in rest.shares(), timeout=30, what="/export re-created by a drift pass")
+    eventually(lambda: events(testbed, namespace, "DriftRepaired"), timeout=30, what="DriftRepaired event")
+
+    # A share made by hand is never touched, and declaring its name is reported, not taken over.
+    rest.call("POST", "/api/v1/shares", {"name": "/manual", "metadata_store_id": "default",
+                                         "local_block_store": "default"})
+    apply_server(testbed, namespace, **real_node.pod_placement(),
+                 shares=[{"name": "/export", "defaultPermission": "read-write"}, {"name": "/manual"}])
+
+    def not_owned() -> dict[str, Any] | None:
+        cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+        return cond if cond and cond["reason"] == "NotOwned" else None
+
+    cond = eventually(not_owned, timeout=60, what="Provisioned=False/NotOwned")
+    assert cond["status"] == "False" and "share:/manual" in cond["message"]
+    ready = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Ready")
+    assert ready is not None and ready["status"] == "False" and "Provisioned" in ready["message"]
+    assert events(testbed, namespace, "ProvisioningFailed")
+    apply_server(testbed, namespace, **real_node.pod_placement())  # back to the default share
+    obj = wait_ready(testbed, namespace, timeout=60)
+    assert "share:/manual" not in obj["status"]["provisioned"]
+    assert "/manual" in rest.shares(), "the hand-made share is still there"
