@@ -3,23 +3,27 @@ secrets that never leak, and memory that does not follow unrelated Secrets. Each
 
 from __future__ import annotations
 
+import base64
 import json
 import random
-import re
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.kube import apply_server, condition, kubectl_json, server, wait_ready
+from tests.support.kube import apply_server, condition, kubectl_json, wait_ready
+from tests.support.net import free_port
 from tests.support.operator import OperatorProcess
 from tests.support.paths import ROOT
 from tests.support.poll import eventually
+from tests.testbed.webhook import install_webhook
 
 pytestmark = pytest.mark.integration
+LEAK_WEBHOOK = "dittofs-operator-leak-test"
 
 
 def rss_kib(pid: int) -> int:
@@ -46,6 +50,7 @@ def all_ready(testbed: Any, namespace: str, expected: int) -> bool:
 def test_kill_9_at_random_points_converges(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     """20 rounds of SIGKILL while 50 DittoServers are created, changed and some deleted."""
     rng = random.Random(1234)
+    since = testbed.audit_line_count()
     create_many(testbed, namespace, 50)
     for round_ in range(20):
         time.sleep(rng.uniform(0.05, 1.5))
@@ -68,12 +73,24 @@ def test_kill_9_at_random_points_converges(testbed: Any, operator: OperatorProce
     eventually(lambda: sorted(s["metadata"]["name"] for s in kubectl_json(testbed, "get", "sts", "-n",
                namespace)["items"]) == sorted(f"s{i}" for i in range(50) if i not in (7, 13)),
                timeout=60, what=f"one StatefulSet per server (have {len(stses)})")
-    secrets = [s["metadata"]["name"] for s in kubectl_json(testbed, "get", "secrets", "-n", namespace)["items"]]
-    assert len(secrets) == len(set(secrets))
-    for i in range(50):
-        if i in (7, 13):
-            continue
-        assert f"s{i}-jwt" in secrets and f"s{i}-admin-bootstrap-credentials" in secrets
+    # Generated Secrets: exactly two per server ever created (they outlive a deleted server, see
+    # reconciler/specs/secrets.py), each labelled with its server, and each written exactly once - a
+    # kill between create and cache must find the Secret again, never regenerate or rewrite its value.
+    wanted = {f"s{i}-{kind}" for i in range(50) for kind in ("jwt", "admin-bootstrap-credentials")}
+    found = {s["metadata"]["name"]: s for s in kubectl_json(testbed, "get", "secrets", "-n", namespace)["items"]}
+    assert set(found) == wanted, f"missing {sorted(wanted - set(found))}, unexpected {sorted(set(found) - wanted)}"
+    for name, secret in found.items():
+        owner = name.removesuffix("-jwt").removesuffix("-admin-bootstrap-credentials")
+        assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == owner, name
+        assert all(len(base64.b64decode(v)) >= 16 or k == "username" for k, v in secret["data"].items()), name
+    writes = [e for e in testbed.audit_events(user=testbed.operator_user, since_line=since)
+              if (e.get("objectRef") or {}).get("resource") == "secrets"
+              and (e.get("objectRef") or {}).get("namespace") == namespace]
+    assert writes, "no audited Secret write at all: the audit check below would prove nothing"
+    rewrites = [(e["verb"], e["objectRef"].get("name")) for e in writes if e["verb"] != "create"]
+    assert not rewrites, f"generated Secrets were rewritten: {rewrites}"
+    created = [e for e in writes if (e.get("responseStatus") or {}).get("code") == 201]
+    assert len(created) == len(wanted), f"{len(created)} successful creates for {len(wanted)} Secrets"
     pvcs = {p["metadata"]["name"] for p in kubectl_json(testbed, "get", "pvc", "-n", namespace)["items"]}
     assert {"metadata-s7-0", "metadata-s13-0"} <= pvcs, "PVCs survive every deletion path"
 
@@ -124,40 +141,121 @@ def test_leader_election_only_the_holder_reconciles(testbed: Any, quiet_operator
         second.stop()
 
 
-def test_planted_secret_values_never_leak(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+def encodings(value: str) -> dict[str, str]:
+    """``value`` as it could show up when something leaks it: raw, hex, percent-encoded and base64 (standard
+    and URL-safe) - the base64 forms as the stable core of its encoding at each of the 3 byte alignments, so
+    the value is found inside the encoding of a longer text (a whole Secret, a JSON blob) as well."""
+    raw = value.encode()
+    forms = {"raw": value, "hex": raw.hex(), "percent": urllib.parse.quote(value, safe="")}
+    for align in range(3):
+        # `align` bytes before the value shift its encoding; the characters that also depend on the bytes
+        # around it (at most 2 at each end) are dropped, so the core matches any surroundings.
+        encoded = base64.b64encode(b"\0" * align + raw + b"\0\0").decode()
+        core = encoded[(align * 4 + 2) // 3 + 1:((align + len(raw)) * 4) // 3 - 1]
+        forms[f"base64@{align}"] = core
+        forms[f"base64url@{align}"] = core.replace("+", "-").replace("/", "_")
+    return forms
+
+
+def leaks(text: str, planted: dict[str, str]) -> list[str]:
+    """Which planted value, in which encoding, occurs in ``text``."""
+    return [f"{name} as {form}" for name, value in planted.items()
+            for form, needle in encodings(value).items() if needle in text]
+
+
+def test_planted_secret_values_never_leak(testbed: Any, quiet_operator: OperatorProcess, namespace: str,
+                                          tmp_path: Path) -> None:
+    """Secret values never reach logs, events, status, children, metrics or admission answers - in any
+    obvious encoding - with the whole product running: reconciler and webhook, at DEBUG, the webhook
+    registered with the apiserver and answering real admission requests."""
     planted = {"jwt": "PLANTEDjwt" + "q" * 40, "admin": "PLANTEDadmin0000000001", "s3": "PLANTEDs3secretvalue",
-               "pg": "PLANTEDpgpassword0001"}
-    testbed.kubectl("create", "secret", "generic", "my-jwt", "-n", namespace, f"--from-literal=k={planted['jwt']}")
-    testbed.kubectl("create", "secret", "generic", "my-admin", "-n", namespace,
-                    f"--from-literal=password={planted['admin']}")
-    testbed.kubectl("create", "secret", "generic", "s3", "-n", namespace, "--from-literal=accessKeyId=AKIA",
-                    f"--from-literal=secretAccessKey={planted['s3']}")
-    testbed.kubectl("create", "secret", "generic", "pg", "-n", namespace, "--from-literal=host=db",
-                    "--from-literal=port=5432", "--from-literal=database=d", "--from-literal=user=u",
-                    f"--from-literal=password={planted['pg']}")
-    apply_server(testbed, namespace, identity={"jwt": {"secretRef": {"name": "my-jwt", "key": "k"}},
-                                               "admin": {"passwordSecretRef": {"name": "my-admin", "key": "password"}}},
-                 s3={"credentialsSecretRef": {"secretName": "s3"}}, database={"postgresSecretRef": {"name": "pg"}})
-    wait_ready(testbed, namespace)
-    rotated = "PLANTEDrotated" + "z" * 40
-    testbed.kubectl("patch", "secret", "my-jwt", "-n", namespace, "--type=merge",
-                    "-p", json.dumps({"stringData": {"k": rotated}}))
-    eventually(lambda: any(e["reason"] == "SecretRotated" for e in
-                           kubectl_json(testbed, "get", "events", "-n", namespace)["items"]), what="rotation")
-    status_cli = subprocess.run([sys.executable, "-m", "dittoctl", "status", "demo", "-n", namespace,
-                                 "--kubeconfig", str(testbed.kubeconfig)], cwd=ROOT, capture_output=True,
-                                text=True, timeout=60, check=True).stdout
-    assert "Conditions:" in status_cli
-    haystacks = {
-        "operator log": operator.log_text(),
-        "events": json.dumps(kubectl_json(testbed, "get", "events", "-n", namespace)),
-        "status": json.dumps(server(testbed, namespace).get("status")),
-        "configmaps": json.dumps(kubectl_json(testbed, "get", "configmaps", "-n", namespace)),
-        "statefulset": json.dumps(kubectl_json(testbed, "get", "sts", "-n", namespace)),
-        "dittoctl status": status_cli,
-    }
-    for where, text in haystacks.items():
-        assert not re.search(r"PLANTED", text), f"a planted secret value leaked into the {where}"
+               "pg": "PLANTEDpgpassword0001", "rotated": "PLANTEDrotated" + "z" * 40}
+    # The detector must find what is there: each planted value inside a Secret as the apiserver returns it
+    # (base64 in `data`, at an arbitrary alignment inside the JSON) and inside a base64 blob of a whole text.
+    for name, value in planted.items():
+        blob = base64.b64encode(f'{{"note": "x", "k": "{value}"}}'.encode()).decode()
+        assert leaks(blob, {name: value}), f"the detector misses {name} inside a base64 blob"
+
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    testbed.issue_serving_cert(cert_dir, name="tls")
+    hook_port = free_port()
+    # quiet_operator: the session's reconciler-only operator is stopped, so this one does all the work.
+    proc = OperatorProcess(str(testbed.operator_kubeconfig), tmp_path, extra=[
+        "--webhook-host", "127.0.0.1", "--webhook-port", str(hook_port), "--cert-dir", str(cert_dir),
+        "--tls-mode", "provided", "--log-level", "DEBUG", "--drift-interval", "5"])
+    proc.start()
+    admission: list[str] = []  # what `kubectl` users got back from the webhook
+    try:
+        install_webhook(testbed, hook_port, name=LEAK_WEBHOOK)
+        testbed.kubectl("create", "secret", "generic", "my-jwt", "-n", namespace, f"--from-literal=k={planted['jwt']}")
+        testbed.kubectl("create", "secret", "generic", "my-admin", "-n", namespace,
+                        f"--from-literal=password={planted['admin']}")
+        testbed.kubectl("create", "secret", "generic", "s3", "-n", namespace, "--from-literal=accessKeyId=AKIA",
+                        f"--from-literal=secretAccessKey={planted['s3']}")
+        testbed.kubectl("create", "secret", "generic", "pg", "-n", namespace, "--from-literal=host=db",
+                        "--from-literal=port=5432", "--from-literal=database=d", "--from-literal=user=u",
+                        f"--from-literal=password={planted['pg']}")
+        spec: dict[str, Any] = {
+            "identity": {"jwt": {"secretRef": {"name": "my-jwt", "key": "k"}},
+                         "admin": {"passwordSecretRef": {"name": "my-admin", "key": "password"}}},
+            "s3": {"credentialsSecretRef": {"secretName": "s3"}}, "database": {"postgresSecretRef": {"name": "pg"}}}
+        # Admission traffic that makes the webhook read the referenced Secrets: an allowed create, a denied
+        # update (an event is posted), a warned dry run about a key the s3 Secret lacks.
+        created = apply_manifest(testbed, namespace, spec)
+        assert created.returncode == 0, created.stderr
+        denied = apply_manifest(testbed, namespace, {**spec, "storage": {"metadataSize": "2Gi"}})
+        assert denied.returncode != 0 and "spec.storage.metadataSize: immutable" in denied.stderr, denied.stderr
+        warned = apply_manifest(testbed, namespace, {**spec, "s3": {"credentialsSecretRef": {
+            "secretName": "s3", "accessKeyIdKey": "missing-key"}}}, "--dry-run=server")
+        assert warned.returncode == 0 and 'add key "missing-key" to Secret "s3"' in warned.stderr, warned.stderr
+        admission += [r.stdout + r.stderr for r in (created, denied, warned)]
+        wait_ready(testbed, namespace)
+
+        testbed.kubectl("patch", "secret", "my-jwt", "-n", namespace, "--type=merge",
+                        "-p", json.dumps({"stringData": {"k": planted["rotated"]}}))
+        eventually(lambda: any(e["reason"] == "SecretRotated" for e in
+                               kubectl_json(testbed, "get", "events", "-n", namespace)["items"]), what="rotation")
+        wait_ready(testbed, namespace)
+        status_cli = subprocess.run([sys.executable, "-m", "dittoctl", "status", "demo", "-n", namespace,
+                                     "--kubeconfig", str(testbed.kubeconfig)], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=60, check=True).stdout
+        assert "Conditions:" in status_cli
+        log = proc.log_text()
+        # The webhook really answered the apiserver (and logged at DEBUG) in this very process.
+        assert "admission denied" in log and "DEBUG" in log, proc.log_tail()
+        user_secrets = {"my-jwt", "my-admin", "s3", "pg"}
+        other_secrets = [s for s in kubectl_json(testbed, "get", "secrets", "-n", namespace)["items"]
+                         if s["metadata"]["name"] not in user_secrets]
+        haystacks = {
+            "operator log (reconciler + webhook)": log,
+            "operator metrics": proc.metrics(),
+            "admission answers (kubectl output)": "\n".join(admission),
+            "objects in the namespace": json.dumps(kubectl_json(
+                testbed, "get", "dittoservers,configmaps,services,statefulsets,pods,events,"
+                "persistentvolumeclaims,serviceaccounts", "-n", namespace)),
+            "Secrets the operator generated": json.dumps(other_secrets),
+            "dittoctl status": status_cli,
+        }
+        # The positive control on real apiserver output: every user Secret carries its current value (my-jwt
+        # the rotated one), base64'd.
+        user_secret_json = json.dumps(kubectl_json(testbed, "get", "secrets", "-n", namespace))
+        for name in ("admin", "s3", "pg", "rotated"):
+            assert leaks(user_secret_json, {name: planted[name]}), f"the detector misses {name} in a real Secret"
+        found = {where: hits for where, text in haystacks.items() if (hits := leaks(text, planted))}
+        assert not found, f"planted secret values leaked: {found}"
+        assert len(log) > 10_000, "a short log proves little"  # DEBUG for a whole lifecycle
+    finally:
+        testbed.kubectl("delete", "validatingwebhookconfiguration", LEAK_WEBHOOK, "--ignore-not-found", check=False)
+        proc.stop()
+
+
+def apply_manifest(testbed: Any, namespace: str, spec: dict[str, Any], *flags: str) -> Any:
+    """`kubectl apply` of DittoServer demo without raising: the admission answer is what is checked."""
+    body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": "demo", "namespace": namespace},
+            "spec": {"storage": {"metadataSize": "1Gi", "contentSize": "2Gi"}, **spec}}
+    return testbed.kubectl("apply", *flags, "-f", "-", input=json.dumps(body), check=False)
 
 
 def test_memory_stays_flat_with_unrelated_secrets(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
