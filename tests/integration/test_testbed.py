@@ -58,11 +58,27 @@ def statefulset(name: str, ns: str, replicas: int, claims: list[dict[str, Any]] 
     return json.dumps(body)
 
 
+def rollout(testbed: Testbed, ns: str, name: str, timeout: int = 90) -> None:
+    """`kubectl rollout status`; on a timeout, fail with what each party did (the pods, claims, volumes,
+    events, and the provisioner's and scheduler's logs), so a slow rollout names its cause."""
+    result = testbed.kubectl("rollout", "status", f"statefulset/{name}", "-n", ns, f"--timeout={timeout}s",
+                             check=False, timeout=timeout + 30)
+    if result.returncode == 0:
+        return
+    state = testbed.kubectl("get", "statefulset,pods,pvc,events", "-n", ns, "-o", "wide", check=False).stdout
+    pvs = testbed.kubectl("get", "pv", "-o", "wide", check=False).stdout
+    logs = {log: "\n".join(line for line in (testbed.logs_dir / log).read_text(errors="replace").splitlines()
+                           if ns in line or log == "provisioner.log")[-4000:]
+            for log in ("provisioner.log", "kube-scheduler.log", "kube-controller-manager.log", "kwok.log")}
+    raise AssertionError(f"rollout of {ns}/{name} not done in {timeout}s: {result.stderr}\n{state}\n{pvs}\n"
+                         + "\n".join(f"--- {k}\n{v}" for k, v in logs.items()))
+
+
 def test_statefulset_rolls_out_and_namespace_deletion_removes_pods(testbed: Testbed) -> None:
     ns = f"tb-sts-{uuid.uuid4().hex[:6]}"
     testbed.kubectl("create", "namespace", ns)
     testbed.apply_yaml(statefulset("web", ns, 3))
-    testbed.kubectl("rollout", "status", "statefulset/web", "-n", ns, "--timeout=90s")
+    rollout(testbed, ns, "web")
 
     sts = get_json(testbed, "statefulset", "web", "-n", ns)
     assert sts["status"]["readyReplicas"] == 3
@@ -99,7 +115,7 @@ def test_volume_claim_templates_are_bound_by_the_fake_provisioner(testbed: Testb
         },
     ]
     testbed.apply_yaml(statefulset("db", tb_ns, 1, claims))
-    testbed.kubectl("rollout", "status", "statefulset/db", "-n", tb_ns, "--timeout=90s")
+    rollout(testbed, tb_ns, "db")
 
     pod = get_json(testbed, "pod", "db-0", "-n", tb_ns)
     assert pod_ready(pod), pod["status"]
@@ -298,5 +314,5 @@ def test_restart_of_etcd_and_apiserver_keeps_data_and_controllers(testbed: Testb
     assert get_json(testbed, "configmap", "survivor", "-n", tb_ns)["data"] == {"k": "v"}
     # The KCM, scheduler and kwok reconnect on their own: a new StatefulSet still rolls out.
     testbed.apply_yaml(statefulset("after", tb_ns, 1))
-    testbed.kubectl("rollout", "status", "statefulset/after", "-n", tb_ns, "--timeout=90s")
+    rollout(testbed, tb_ns, "after")
     assert pod_ready(get_json(testbed, "pod", "after-0", "-n", tb_ns))

@@ -89,25 +89,34 @@ class FakeProvisioner:
 
     def sync_once(self) -> None:
         claims = self.client.get("/api/v1/persistentvolumeclaims")["items"]
+        failed: list[Exception] = []
         for pvc in claims:
             if pvc.get("status", {}).get("phase") != "Pending" or pvc.get("spec", {}).get("volumeName"):
                 continue
             if pvc["metadata"].get("deletionTimestamp"):
                 continue
-            pv = pv_for_claim(pvc, self.volumes_dir)
-            name = pv["metadata"]["name"]
-            if name in self.created:
-                continue
-            path = Path(pv["spec"]["hostPath"]["path"])
-            path.mkdir(parents=True, exist_ok=True)
-            path.chmod(0o777)  # not subject to the umask, unlike mkdir's mode
-            status, body = self.client.request("POST", "/api/v1/persistentvolumes", pv)
-            if status in (200, 201, 409):
-                self.created.add(name)
-                meta = pvc["metadata"]
-                self.log(f"PV {name} for {meta['namespace']}/{meta['name']} ({status})")
-            else:
-                raise ApiError("POST", "/api/v1/persistentvolumes", status, body)
+            # One claim that cannot get a PV must not starve the claims listed after it.
+            try:
+                self._provision(pvc)
+            except Exception as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+
+    def _provision(self, pvc: dict[str, Any]) -> None:
+        pv = pv_for_claim(pvc, self.volumes_dir)
+        name = pv["metadata"]["name"]
+        if name in self.created:
+            return
+        path = Path(pv["spec"]["hostPath"]["path"])
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)  # not subject to the umask, unlike mkdir's mode
+        status, body = self.client.request("POST", "/api/v1/persistentvolumes", pv)
+        if status not in (200, 201, 409):
+            raise ApiError("POST", "/api/v1/persistentvolumes", status, body)
+        self.created.add(name)
+        meta = pvc["metadata"]
+        self.log(f"PV {name} for {meta['namespace']}/{meta['name']} ({status})")
 
     def delete_created(self) -> None:
         """Delete every PV this test bed created (by label, so restarts of the thread are covered)."""
