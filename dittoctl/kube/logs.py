@@ -67,3 +67,7 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     kopf_level = os.environ.get("DITTOFS_KOPF_LOG_LEVEL")  # troubleshooting kopf's own machinery
     logging.getLogger("kopf").setLevel(kopf_level.upper() if kopf_level else max(logging.WARNING, root.level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # The client's DEBUG lines carry whole response bodies (Secrets included, base64): never below INFO,
+    # whatever --log-level says. Our own lines say which call failed.
+    for noisy in ("kubernetes_asyncio", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

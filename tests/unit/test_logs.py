@@ -28,3 +28,19 @@ def test_text_lines_name_the_object() -> None:
         setattr(record, key, value)
     line = TextFormatter().format(record)
     assert line.endswith(" INFO dittofs.test applied Service apps/demo-api action=create"), line
+
+
+def test_debug_logging_never_lets_the_client_log_response_bodies() -> None:
+    from dittoctl.kube.logs import configure
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure("DEBUG", "text")
+        client = logging.getLogger("kubernetes_asyncio.client.rest")
+        assert not client.isEnabledFor(logging.DEBUG), "response bodies (Secrets) would reach the log"
+        assert logging.getLogger("dittofs.reconciler").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name in ("kubernetes_asyncio", "urllib3", "kopf", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
