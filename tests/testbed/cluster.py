@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -20,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -69,6 +71,19 @@ class TestbedError(RuntimeError):
     """The control plane (or one component) failed to start, stop or become ready."""
 
     __test__ = False  # not a pytest test class
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork: the child only calls it
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """Components get SIGKILL when the process that started them dies, so a killed test run (kill -9, a CI
+    timeout) leaves no control plane behind eating the machine. The signal follows the starting *thread*,
+    so only a main-thread start asks for it."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return lambda: _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -596,6 +611,7 @@ class Testbed:
                 cwd=self.workdir,
                 start_new_session=True,
                 env=clean_env(),
+                preexec_fn=_die_with_parent(),
             )
         self._write_pids()
 
