@@ -58,6 +58,8 @@ class FsMemory:
     last: str | None = None
     """The last outcome posted as an event ("ok" or the failure message)."""
     converged_generation: int | None = None
+    pod_uid: str | None = None
+    """The pod the client logged in to: a new pod gets a fresh login (its credentials are proven again)."""
     writes: int = 0
     """DittoFS writes of the last pass."""
     reported: Counter[str] = field(default_factory=Counter)
@@ -145,6 +147,10 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
         keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER,
                               f"waiting for pod {names.statefulset}-0 to be Ready")
         return keep
+    uid = str((pod.get("metadata") or {}).get("uid") or "")
+    if uid != mem.pod_uid:
+        await mem.close()
+        mem.pod_uid = uid
     host = ip if pod_mode else names.host(names.api_service)
     base_url = f"http://{host}:{server.spec.control_plane.port}"
     file_host = ip if pod_mode else names.host(names.file_service)

@@ -5,6 +5,7 @@ share removed from the spec is removed from DittoFS."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import sys
 import time
@@ -171,3 +172,46 @@ def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed
     obj = wait_ready(testbed, namespace, timeout=60)
     assert "share:/manual" not in obj["status"]["provisioned"]
     assert "/manual" in rest.shares(), "the hand-made share is still there"
+
+
+def test_lost_credentials_fail_once_with_backoff_and_recover(testbed: Testbed, operator: OperatorProcess,
+                                                             real_node: RealNode, namespace: str) -> None:
+    """AuthFailed is one Warning however often the operator retries (capped backoff), and a lost operator
+    account is re-created through the bootstrap admin."""
+    apply_server(testbed, namespace, **real_node.pod_placement())
+    wait_ready(testbed, namespace, timeout=180)
+    admin_secret = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    good = admin_secret["data"]["password"]
+
+    def pod_uid() -> str | None:
+        found = testbed.kubectl("get", "pod", "demo-0", "-n", namespace, "-o", "json", check=False)
+        return str(json.loads(found.stdout)["metadata"]["uid"]) if found.returncode == 0 else None
+
+    # The operator's own password is gone and the admin Secret no longer matches DittoFS's admin (dfs read it
+    # at first boot only); the changed Secret rolls the pod, and the new pod gets a fresh login: nothing can
+    # log in.
+    first = pod_uid()
+    testbed.kubectl("delete", "secret", "demo-operator-credentials", "-n", namespace)
+    testbed.kubectl("patch", "secret", "demo-admin-bootstrap-credentials", "-n", namespace, "-p",
+                    '{"stringData": {"password": "not-the-first-boot-password"}}')
+    eventually(lambda: pod_uid() not in (None, first), timeout=120, what="pod rolled for the changed Secret")
+
+    def auth_failed() -> dict[str, Any] | None:
+        cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+        return cond if cond and cond["reason"] == "AuthFailed" else None
+
+    cond = eventually(auth_failed, timeout=180, what="Provisioned=False/AuthFailed")
+    assert cond["status"] == "False" and "not-the-first-boot-password" not in cond["message"]
+    time.sleep(30)  # retries at 5, 10, 20 s: still one event
+    warnings = events(testbed, namespace, "ProvisioningFailed")
+    assert len(warnings) == 1 and warnings[0].get("count", 1) == 1, warnings
+    ready = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Ready")
+    assert ready is not None and ready["status"] == "False" and "Provisioned" in ready["message"]
+
+    # The right admin password back: the operator re-creates its account through admin and converges.
+    testbed.kubectl("patch", "secret", "demo-admin-bootstrap-credentials", "-n", namespace, "-p",
+                    json.dumps({"data": {"password": good}}))
+    obj = wait_ready(testbed, namespace, timeout=240)
+    assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+    assert "/export" in admin(testbed, namespace, ip).shares()
