@@ -20,6 +20,7 @@ from pathlib import Path
 from tests.support.net import free_port
 from tests.support.paths import ROOT
 from tests.testbed import Testbed
+from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -56,7 +57,10 @@ class Operator:
         args = [sys.executable, "-m", "dittoctl", "run", "--kubeconfig", str(self.tb.operator_kubeconfig),
                 "--health-host", "127.0.0.1", "--health-port", str(self.health_port),
                 "--log-format", "text", "--log-level", self.log_level,
-                "--drift-interval", str(self.drift_interval)]
+                "--drift-interval", str(self.drift_interval),
+                # Out of cluster, like the tests: kwok pods are outside the real node's subnet, so they are
+                # never dialled (and no Service DNS name is ever looked up).
+                "--server-address", "pod", "--provision-networks", REAL_NODE_SUBNET]
         if self.webhook:
             args += ["--webhook-host", "127.0.0.1", "--webhook-port", str(self.webhook_port),
                      "--cert-dir", str(self.cert_dir), "--tls-mode", "provided"]
