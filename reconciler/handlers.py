@@ -84,14 +84,21 @@ class Controller:
         while True:
             try:
                 selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
-                for namespace in self.namespaces:
-                    for server in await self.gateway.list(DITTOSERVERS, namespace):
-                        self.on_server("ADDED", _typed(DITTOSERVERS, server))
-                    for kind in WATCHED_CHILDREN:
-                        for child in await self.gateway.list(kind, namespace, label_selector=selector):
-                            self.on_child(kind, "ADDED", _typed(kind, child))
-                    for pod in await self.gateway.list(PODS, namespace, label_selector=selector):
-                        self.on_pod("ADDED", pod)
+                # DittoServers last: each is queued as it is recorded, and its pass should find its children.
+                kinds: list[tuple[Kind, str | None]] = [
+                    *((k, selector) for k in WATCHED_CHILDREN), (PODS, selector), (DITTOSERVERS, None)]
+                listings = await asyncio.gather(*(  # independent reads: one round trip, not six
+                    self.gateway.list(kind, namespace, label_selector=labels)
+                    for namespace in self.namespaces for kind, labels in kinds))
+                for (kind, _labels), items in zip(
+                        [pair for _ in self.namespaces for pair in kinds], listings, strict=True):
+                    for item in items:
+                        if kind == DITTOSERVERS:
+                            self.on_server("ADDED", _typed(kind, item))
+                        elif kind == PODS:
+                            self.on_pod("ADDED", item)
+                        else:
+                            self.on_child(kind, "ADDED", _typed(kind, item))
                 self.primed.set()
                 log.info("caches primed", extra=fields(servers=len(self.cache.servers)))
                 return
