@@ -48,7 +48,8 @@ class Controller:
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
         self.secret_watch = SecretWatch(gateway, self.on_secret, self.on_secret_reset, namespaces)
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
-        self.primed = asyncio.Event()  # the first listing of every watched kind is in the cache
+        self.primed = asyncio.Event()  # kopf has delivered the first listing of every watched kind
+        self._seen: set[tuple[str, str, str]] | None = set()  # (plural, namespace, name) kopf delivered
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _work(self, key: Key) -> float | None:
@@ -77,35 +78,36 @@ class Controller:
                            asyncio.create_task(self._prime(), name="cache-prime")]
 
     async def _prime(self) -> None:
-        """List every watched kind once into the cache, so readiness means "caches warm" (kopf's own ready
-        flag rises before its watchers have listed anything). kopf's listing of the same objects then
-        arrives with the same resourceVersions and is skipped as an echo."""
+        """Readiness means "caches warm": kopf's ready flag rises before its watchers have listed anything,
+        so list every watched kind ourselves and wait until kopf has delivered each listed object. Only
+        kopf writes the cache (a listing of ours could be older than its events, or hold an object deleted
+        since); a re-list each round drops objects that went away meanwhile."""
+        selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
+        kinds: list[tuple[Kind, str | None]] = [
+            (DITTOSERVERS, None), *((k, selector) for k in WATCHED_CHILDREN), (PODS, selector)]
         backoff = 0.5
         while True:
             try:
-                selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
-                # DittoServers last: each is queued as it is recorded, and its pass should find its children.
-                kinds: list[tuple[Kind, str | None]] = [
-                    *((k, selector) for k in WATCHED_CHILDREN), (PODS, selector), (DITTOSERVERS, None)]
                 listings = await asyncio.gather(*(  # independent reads: one round trip, not six
                     self.gateway.list(kind, namespace, label_selector=labels)
                     for namespace in self.namespaces for kind, labels in kinds))
-                for (kind, _labels), items in zip(
-                        [pair for _ in self.namespaces for pair in kinds], listings, strict=True):
-                    for item in items:
-                        if kind == DITTOSERVERS:
-                            self.on_server("ADDED", _typed(kind, item))
-                        elif kind == PODS:
-                            self.on_pod("ADDED", item)
-                        else:
-                            self.on_child(kind, "ADDED", _typed(kind, item))
-                self.primed.set()
-                log.info("caches primed", extra=fields(servers=len(self.cache.servers)))
-                return
+                pairs = [pair for _ in self.namespaces for pair in kinds]
+                listed = {(kind.plural, *key_of(item))
+                          for (kind, _labels), items in zip(pairs, listings, strict=True) for item in items}
+                if self._seen is not None and listed <= self._seen:
+                    self._seen = None  # stop recording: only the first listing matters
+                    self.primed.set()
+                    log.info("caches warm", extra=fields(servers=len(self.cache.servers)))
+                    return
+                backoff = 0.5
             except (ApiError, NotFound) as exc:
                 log.warning("first listing failed; retrying", extra=fields(error=str(exc)[:200]))
-                await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff)
+
+    def _saw(self, plural: str, key: Key) -> None:
+        if self._seen is not None:
+            self._seen.add((plural, *key))
 
     def start(self) -> None:
         self.active.set()
@@ -134,6 +136,7 @@ class Controller:
     # -- watch events -------------------------------------------------------------------------------------
     def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
+        self._saw(DITTOSERVERS.plural, key)
         if event_type == "DELETED":
             self.cache.drop_server(key)
             self.queue.forget(key)
@@ -150,6 +153,7 @@ class Controller:
 
     def on_child(self, kind: Kind, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
+        self._saw(kind.plural, key)
         if event_type == "DELETED":
             self.cache.drop_child(kind, key)
         elif _echo(self.cache.child(kind, *key), body):
@@ -161,6 +165,7 @@ class Controller:
             self.queue.add((key[0], instance))
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        self._saw(PODS.plural, key_of(body))
         if event_type == "DELETED":
             self.cache.drop_pod(body)
         else:
@@ -180,11 +185,6 @@ class Controller:
         for namespace, secret in list(self.cache.secret_refs):
             for server in self.cache.secret_refs.get((namespace, secret), ()):
                 self.queue.add((namespace, server))
-
-
-def _typed(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
-    """List items carry no apiVersion/kind; watch events and the desired manifests do."""
-    return {"apiVersion": kind.api_version, "kind": kind.kind, **obj}
 
 
 def _echo(cached: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
