@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import IO
 
 import pytest
@@ -45,6 +46,9 @@ def test_demo_reaches_ready_and_survives_an_operator_exit() -> None:
         assert "1/1" in text and "Running" in text
         workdir = re.search(r"operator running \(log: (\S+)/operator\.log\)", text)
         assert workdir, text
+        # The demo's operator logs text: every line about an object names it (namespace/name).
+        oplog = (Path(workdir.group(1)) / "operator.log").read_text()
+        assert re.search(r" INFO dittofs\.reconciler applied StatefulSet default/demo ", oplog), oplog[-2000:]
 
         # The operator dies: the demo says so, keeps the cluster and prints how to restart it.
         pids = subprocess.run(["pgrep", "-f", f"dittoctl run .*{workdir.group(1)}"], capture_output=True,
