@@ -90,7 +90,9 @@ def test_kill_9_at_random_points_converges(testbed: Any, operator: OperatorProce
     rewrites = [(e["verb"], e["objectRef"].get("name")) for e in writes if e["verb"] != "create"]
     assert not rewrites, f"generated Secrets were rewritten: {rewrites}"
     created = [e for e in writes if (e.get("responseStatus") or {}).get("code") == 201]
-    assert len(created) == len(wanted), f"{len(created)} successful creates for {len(wanted)} Secrets"
+    # Each Secret exists (above) and none was written twice. Not "exactly one 201 each": a create whose
+    # client was SIGKILLed mid-request can commit while its audit record carries no 201 (seen under a CPU hog).
+    assert 0 < len(created) <= len(wanted), f"{len(created)} successful creates for {len(wanted)} Secrets"
     pvcs = {p["metadata"]["name"] for p in kubectl_json(testbed, "get", "pvc", "-n", namespace)["items"]}
     assert {"metadata-s7-0", "metadata-s13-0"} <= pvcs, "PVCs survive every deletion path"
 
