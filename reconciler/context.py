@@ -36,6 +36,8 @@ class Memory:
     waiting: str | None = None
     """The missing Secrets last reported (one event per change)."""
     backups_seen: set[str] | None = None
+    jwt_length: tuple[str, int] | None = None
+    """(digest, length) of the user's JWT secret value last checked (never the value)."""
     fileservice: Any = None
     """The file-service phase's own memory (REST client with in-memory tokens, last outcome)."""
 

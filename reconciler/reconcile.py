@@ -21,11 +21,18 @@ from reconciler.context import Discovery, Memory, Pass, Provisioning, Shared
 from reconciler.phases.config import apply_config_map, apply_services
 from reconciler.phases.database import ensure_database, postgres_secret_condition
 from reconciler.phases.deletion import finalize
+from reconciler.phases.fileservice import Provisioned, provision
 from reconciler.phases.fileservice import memory as fileservice_memory
-from reconciler.phases.fileservice import provision
 from reconciler.phases.finalizer import ensure_finalizer
 from reconciler.phases.paused import is_paused, report_paused
-from reconciler.phases.secrets import consumed_digests, ensure_generated, missing_secret_errors, report_missing
+from reconciler.phases.secrets import (
+    consumed_digests,
+    ensure_generated,
+    jwt_too_short,
+    missing_secret_errors,
+    report_missing,
+    s3_secret,
+)
 from reconciler.phases.spec import check_spec
 from reconciler.phases.statefulset import apply_statefulset, observe_statefulset, storage_drift
 from reconciler.specs.services import endpoints
@@ -69,7 +76,8 @@ class Reconciler:
         await ensure_generated(ctx, server, names)
         consumed = await consumed_digests(ctx, server, names)
         digests = consumed.digests
-        desired = specs.build(server.spec, names, digests)
+        status = ctx.current().get("status") or {}
+        desired = specs.build(server.spec, names, digests, store_revision=int(status.get("storeRevision") or 0))
         await apply_config_map(ctx, desired, names)
         await apply_services(ctx, desired, names)
         database = await ensure_database(ctx, server, names, desired)
@@ -80,6 +88,9 @@ class Reconciler:
         errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
         await report_missing(ctx, errors)
         reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
+        short = await jwt_too_short(ctx, server, digests)
+        if short is not None:
+            errors, reason = [*errors, short], Reason.JWT_SECRET_TOO_SHORT
         sts = await observe_statefulset(ctx, names)
         immutable = storage_drift(sts, desired.statefulset)
         if immutable:
@@ -100,18 +111,26 @@ class Reconciler:
             statefulset=sts,
             pods=ctx.cache.pods_of(names.namespace, names.server),
             config_hash=desired.config_hash,
-            endpoints=endpoints(server.spec, names),
+            endpoints=endpoints(server.spec, names, _listening(fileservice, status)),
             database=database.condition,
             percona_cluster=database.cluster_name,
-            s3=s3_status(server.spec, digests),
+            s3=s3_status(server.spec, await s3_secret(ctx, server)),
             provisioned=fileservice.condition if fileservice else None,
-            fileservice={"provisioned": fileservice.provisioned, "appliedSecrets": fileservice.applied,
-                         "shares": fileservice.shares} if fileservice else _kept(ctx.current().get("status")),
-        ), ctx.current().get("status")))
+            adapters_ready=fileservice.adapters_ready if fileservice else None,
+            fileservice=fileservice.status() if fileservice else _kept(status),
+        ), status))
         return min(requeues) if requeues else None
 
 
 def _kept(status: Mapping[str, Any] | None) -> dict[str, Any]:
     """Ownership is never dropped by a pass that does not provision (the pod is down, the spec is waiting)."""
     status = status or {}
-    return {k: status.get(k) for k in ("provisioned", "appliedSecrets", "shares")}
+    return {k: status.get(k) for k in ("provisioned", "appliedSecrets", "shares", "adapters", "storeRevision")}
+
+
+def _listening(fileservice: Provisioned | None, status: Mapping[str, Any]) -> set[str] | None:
+    """Adapter types proven to listen (None: not probed, e.g. a simulated pod)."""
+    adapters = fileservice.adapters if fileservice is not None else status.get("adapters")
+    if adapters is None:
+        return None
+    return {a["type"] for a in adapters if a.get("listening")}

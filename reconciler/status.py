@@ -42,6 +42,8 @@ class Observation:
     s3: dict[str, Any] | None = None
     provisioned: Cond | None = None
     """Condition Provisioned (None while the pod is not meant to run or cannot be reached by design)."""
+    adapters_ready: Cond | None = None
+    """Condition AdaptersReady (same rule)."""
     fileservice: dict[str, Any] = field(default_factory=dict)
     """status.provisioned, appliedSecrets and shares."""
 
@@ -111,11 +113,10 @@ def conditions(obs: Observation) -> list[Cond]:
         result.append(Cond(T.DEGRADED, True, R.POD_FAILING, "; ".join(problems)[:1000]))
     else:
         result.append(Cond(T.DEGRADED, False, R.AS_EXPECTED, "no failing pods"))
-    if obs.provisioned is not None:
-        result.append(obs.provisioned)
+    result += [c for c in (obs.provisioned, obs.adapters_ready) if c is not None]
     failing: list[ConditionType] = [
-        c.type for c in result if c.type in (T.CONFIG_READY, T.DATABASE_READY, T.AVAILABLE, T.PROVISIONED)
-        and not c.status]
+        c.type for c in result
+        if c.type in (T.CONFIG_READY, T.DATABASE_READY, T.AVAILABLE, T.PROVISIONED, T.ADAPTERS_READY) and not c.status]
     failing += [c.type for c in result if c.type in (T.PROGRESSING, T.DEGRADED) and c.status]
     if failing:
         result.append(Cond(T.READY, False, R.CONDITIONS_NOT_MET, "not ready: " + ", ".join(failing)))
@@ -218,14 +219,14 @@ def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> boo
     return any(old.get(key) != value for key, value in new.items())
 
 
-def s3_status(spec: DittoServerSpec, digests: Mapping[tuple[str, str], str | None]) -> dict[str, Any] | None:
+def s3_status(spec: DittoServerSpec, secret: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """``secret``: the key digests of spec.s3's credentials Secret (None: it does not exist)."""
     if spec.s3 is None or spec.s3.credentials_secret_ref is None:
         return None
     ref = spec.s3.credentials_secret_ref
     keys = [ref.access_key_id_key, ref.secret_access_key_key]
-    missing = [k for k in keys if digests.get((ref.secret_name, k)) is None]
-    found = any(d is not None for (s, _k), d in digests.items() if s == ref.secret_name)
-    if not found:
+    missing = [k for k in keys if secret is None or k not in secret]
+    if secret is None:
         return {"secretFound": False, "missingKeys": keys,
                 "message": f"Secret {ref.secret_name} not found; create it with keys {', '.join(keys)}"}
     message = f"Secret {ref.secret_name} lacks {', '.join(missing)}" if missing else "credentials present"

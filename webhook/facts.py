@@ -9,6 +9,8 @@ Every failure turns into "unknown", which the rules report as a "could not verif
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.kinds import PERCONAPGCLUSTERS, SECRETS, STORAGECLASSES
 from dittoctl.api.parsed import references
+from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH
 from dittoctl.kube.background import Background
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
@@ -85,15 +88,15 @@ class FactSource:
         try:
             refs = references(obj)
             ns = namespace or refs.namespace or "default"
-            classes, percona, secrets = await asyncio.gather(
+            classes, percona, (secrets, short) = await asyncio.gather(
                 self.storage_classes(refs.storage_classes),
                 self.percona_served() if refs.percona else _value(self._percona),
-                self.secret_keys(ns, refs.secrets),
+                self.secret_facts(ns, refs.secrets),
             )
         except Exception:  # the snapshot is best effort: an unexpected failure means "unknown"
             log.exception("fact lookup failed")
             return ClusterFacts()
-        return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets)
+        return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets, short_keys=short)
 
     async def storage_classes(self, wanted: Iterable[str] = ()) -> frozenset[str] | None:
         """Known StorageClass names, after a point GET for each wanted name the cache does not know."""
@@ -147,31 +150,50 @@ class FactSource:
 
     async def secret_keys(self, namespace: str, names: Iterable[str]) -> dict[str, frozenset[str] | None]:
         """Key names of each Secret (None: it does not exist); a failed lookup leaves the name out."""
+        return (await self.secret_facts(namespace, names))[0]
+
+    async def secret_facts(self, namespace: str, names: Iterable[str]) -> tuple[
+            dict[str, frozenset[str] | None], dict[str, frozenset[str]]]:
+        """(key names of each Secret, keys whose value is shorter than a JWT secret must be)."""
         wanted = sorted(set(names))
         results = await asyncio.gather(*(self._secret(namespace, n) for n in wanted), return_exceptions=True)
         found: dict[str, frozenset[str] | None] = {}
+        short: dict[str, frozenset[str]] = {}
         for name, result in zip(wanted, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, _LOOKUP_ERRORS):
                     log.warning("Secret lookup failed", extra=fields(namespace=namespace, secret=name,
                                                                error=type(result).__name__))
                 continue
-            found[name] = result
-        return found
+            found[name] = None if result is None else result[0]
+            if result is not None and result[1]:
+                short[name] = result[1]
+        return found, short
 
-    async def _secret(self, namespace: str, name: str) -> frozenset[str] | None:
+    async def _secret(self, namespace: str, name: str) -> tuple[frozenset[str], frozenset[str]] | None:
         try:
             body = await self._bounded(self.gateway.get(SECRETS, name, namespace, timeout=self.timeout))
         except NotFound:
             return None
-        # Keep key names only; the values are dropped with `body` right here.
-        keys = set(_mapping_keys(body.get("data"))) | set(_mapping_keys(body.get("stringData")))
-        return frozenset(keys)
+        # Keep key names (and which values are too short for a JWT secret) only; the values are dropped with
+        # `body` right here.
+        raw = body.get("data")
+        data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        keys = set(_mapping_keys(data)) | set(_mapping_keys(body.get("stringData")))
+        short = {k for k, v in data.items() if isinstance(v, str) and _decoded_length(v) < MIN_JWT_SECRET_LENGTH}
+        return frozenset(keys), frozenset(short)
 
     async def _bounded(self, call: Awaitable[T], seconds: float | None = None) -> T:
         # The client timeout covers the HTTP exchange; this also bounds connection set-up and retries.
         async with asyncio.timeout(seconds or self.timeout + 0.5):
             return await call
+
+
+def _decoded_length(value: str) -> int:
+    try:
+        return len(base64.b64decode(value))
+    except (ValueError, binascii.Error):
+        return 0
 
 
 async def _value(value: T) -> T:

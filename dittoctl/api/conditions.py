@@ -16,6 +16,7 @@ class ConditionType(StrEnum):
     DEGRADED = "Degraded"
     RECONCILIATION_PAUSED = "ReconciliationPaused"
     PROVISIONED = "Provisioned"
+    ADAPTERS_READY = "AdaptersReady"
     READY = "Ready"
 
 
@@ -50,6 +51,9 @@ class Reason(StrEnum):
     NOT_OWNED = "NotOwned"
     IMMUTABLE = "Immutable"
     CONVERGED = "Converged"
+    JWT_SECRET_TOO_SHORT = "JwtSecretTooShort"
+    LISTENING = "Listening"
+    NOT_LISTENING = "NotListening"
 
 
 class EventReason(StrEnum):
@@ -77,6 +81,8 @@ class EventReason(StrEnum):
     SHARE_CREATED = "ShareCreated"
     SHARE_DELETED = "ShareDeleted"
     USER_CREATED = "UserCreated"
+    ADAPTER_RECONFIGURED = "AdapterReconfigured"
+    """An adapter's port, state or settings were changed live in DittoFS (no pod restart)."""
     DRIFT_REPAIRED = "DriftRepaired"
     """An object the operator manages was changed or deleted in DittoFS by hand and was put back."""
     PROVISIONING_FAILED = "ProvisioningFailed"

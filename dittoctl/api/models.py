@@ -249,31 +249,70 @@ class S3Spec(ApiModel):
     """Default bucket."""
 
 
+NfsVersion = Literal["3", "4.0", "4.1"]
+SmbDialect = Literal["SMB2.0", "SMB2.1", "SMB3.0", "SMB3.0.2", "SMB3.1.1"]
+
+
+class NfsSettings(ApiModel):
+    """NFS settings applied live over the REST API (unset: DittoFS's value is left alone)."""
+
+    min_version: NfsVersion | None = None
+    """Lowest NFS version served: 3, 4.0 or 4.1."""
+    max_version: NfsVersion | None = None
+    """Highest NFS version served: 3, 4.0 or 4.1."""
+    lease_time: Duration | None = None
+    """NFSv4 lease time, 10s to 1h (DittoFS default 90s)."""
+    grace_period: Duration | None = None
+    """NFSv4 grace period after a restart, 10s to 1h (DittoFS default 90s)."""
+    max_connections: int | None = Field(None, ge=0, le=100000)
+    """Connection limit; 0 = unlimited."""
+
+
+class SmbSettings(ApiModel):
+    """SMB settings applied live over the REST API (unset: DittoFS's value is left alone)."""
+
+    min_dialect: SmbDialect | None = None
+    """Lowest dialect: SMB2.0, SMB2.1, SMB3.0, SMB3.0.2 or SMB3.1.1."""
+    max_dialect: SmbDialect | None = None
+    """Highest dialect."""
+    signing: Literal["disabled", "enabled", "required"] | None = None
+    """Message signing."""
+    enable_encryption: bool | None = None
+    """SMB3 encryption."""
+    session_timeout: Duration | None = None
+    """Idle session timeout, 1m to 24h (DittoFS default 15m)."""
+
+
 class AdapterSpec(ApiModel):
-    """A file protocol adapter."""
+    """A file protocol adapter, configured live over the REST API (a port change moves the listener without
+    restarting the pod)."""
 
     enabled: bool
-    """Expose this protocol."""
+    """Serve this protocol."""
     port: Port
-    """Port the adapter listens on."""
+    """Port the adapter listens on (below 1024: the pod gets the safe sysctl net.ipv4.ip_unprivileged_port_start)."""
 
 
 class NfsAdapter(AdapterSpec):
     """NFS adapter."""
 
     enabled: bool = True
-    """Expose NFS."""
+    """Serve NFS."""
     port: Port = 12049
     """NFS port (DittoFS default 12049)."""
+    settings: NfsSettings = Field(default_factory=NfsSettings)
+    """NFS settings."""
 
 
 class SmbAdapter(AdapterSpec):
     """SMB adapter."""
 
     enabled: bool = False
-    """Expose SMB."""
+    """Serve SMB."""
     port: Port = 1445
     """SMB port (DittoFS seeds 1445)."""
+    settings: SmbSettings = Field(default_factory=SmbSettings)
+    """SMB settings."""
 
 
 class AdaptersSpec(ApiModel):
@@ -283,6 +322,92 @@ class AdaptersSpec(ApiModel):
     """NFS."""
     smb: SmbAdapter = Field(default_factory=SmbAdapter)
     """SMB."""
+
+
+_STORE_NAME = r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,63}$"
+_SNAPSHOT_INTERVAL = r"^(@hourly|@daily|@weekly|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
+PATTERN_MESSAGES[_STORE_NAME] = "must be a name of letters, digits, '-', '_' and '.' (at most 64)"
+PATTERN_MESSAGES[r"^/[^\s]*$"] = "must be an absolute path starting with '/' (no spaces)"
+PATTERN_MESSAGES[r"^https?://"] = "must be a URL starting with http:// or https://"
+PATTERN_MESSAGES[_SNAPSHOT_INTERVAL] = "must be a duration such as 6h or 30m, or @hourly, @daily, @weekly"
+PATTERN_MESSAGES[r"^[A-Za-z0-9_-]{0,64}$"] = "must be at most 64 letters, digits, '-' and '_'"
+StoreName = Annotated[str, Field(pattern=_STORE_NAME)]
+DataPath = Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=1024)]
+
+
+class MetadataStoreSpec(ApiModel):
+    """A DittoFS metadata store. Its type and path are immutable."""
+
+    name: StoreName
+    """Store name shares refer to."""
+    type: Literal["badger", "postgres", "memory"] = "badger"
+    """badger (on the metadata volume), postgres, or memory (lost at every restart)."""
+    path: DataPath | None = None
+    """badger directory under /data/store/metadata (default /data/store/metadata/<name>; for the store named
+    default, /data/store/metadata/badger)."""
+    postgres_secret_ref: PostgresSecretRef | None = None
+    """postgres: Secret with host, port, database, user, password and sslmode (keys as in
+    database.postgresSecretRef)."""
+
+
+class LocalStoreSpec(ApiModel):
+    """A DittoFS local block store. Its type and path are immutable."""
+
+    name: StoreName
+    """Store name shares refer to."""
+    type: Literal["fs", "memory"] = "fs"
+    """fs (on the content volume) or memory (lost at every restart)."""
+    path: DataPath | None = None
+    """fs directory under /data/store/block (default /data/store/block/<name>; for the store named default,
+    /data/store/block/blocks)."""
+    max_size: Quantity | None = None
+    """Local cache size limit (e.g. 4Gi); unset: DittoFS's default."""
+
+
+class RemoteStoreCredentials(ApiModel):
+    """Secret with the S3 access key pair, copied into the store's config over the REST API."""
+
+    name: ResourceName
+    """Secret name."""
+    access_key_id_key: SecretKey = "accessKeyId"
+    """Key holding the access key id."""
+    secret_access_key_key: SecretKey = "secretAccessKey"
+    """Key holding the secret access key."""
+
+
+class RemoteStoreSpec(ApiModel):
+    """A DittoFS remote (S3) block store. A change of its config or credentials restarts the pod (DittoFS
+    applies store config only at start)."""
+
+    name: StoreName
+    """Store name shares refer to."""
+    type: Literal["s3"] = "s3"
+    """s3."""
+    bucket: str | None = Field(None, min_length=3, max_length=63)
+    """Bucket (default spec.s3.bucket)."""
+    region: str | None = None
+    """Region (default spec.s3.region)."""
+    endpoint: str | None = Field(None, pattern=r"^https?://")
+    """Endpoint URL of an S3-compatible service (MinIO, Ceph...); unset: AWS."""
+    prefix: str | None = None
+    """Key prefix inside the bucket."""
+    force_path_style: bool | None = None
+    """Path-style addressing (DittoFS turns it on when endpoint is set)."""
+    allow_private_endpoint: bool = False
+    """Allow an endpoint on a loopback or private address (in-cluster MinIO); DittoFS refuses it otherwise."""
+    credentials_secret_ref: RemoteStoreCredentials | None = None
+    """Access key pair (default spec.s3.credentialsSecretRef)."""
+
+
+class StoresSpec(ApiModel):
+    """DittoFS stores, provisioned over the REST API. Unset lists get one store named default."""
+
+    metadata: list[MetadataStoreSpec] | None = None
+    """Metadata stores; unset: default = badger at /data/store/metadata/badger."""
+    local: list[LocalStoreSpec] | None = None
+    """Local block stores; unset: default = fs at /data/store/block/blocks."""
+    remote: list[RemoteStoreSpec] = Field(default_factory=list)
+    """Remote (S3) block stores."""
 
 
 class ControlPlaneSpec(ApiModel):
@@ -354,10 +479,7 @@ class ServiceSpec(ApiModel):
 
 AccessLevel = Literal["none", "read", "read-write", "admin"]
 DEFAULT_SHARE = "/export"
-_ACCOUNT_NAME = r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,63}$"
-PATTERN_MESSAGES[_ACCOUNT_NAME] = "must be a name of letters, digits, '-', '_' and '.' (at most 64)"
-PATTERN_MESSAGES[r"^/[^\s]*$"] = "must be an absolute path starting with '/' (no spaces)"
-AccountName = Annotated[str, Field(pattern=_ACCOUNT_NAME)]
+AccountName = StoreName  # DittoFS names users, groups and stores alike
 
 
 class SharePermission(ApiModel):
@@ -371,18 +493,55 @@ class SharePermission(ApiModel):
     """Access level: none, read, read-write or admin."""
 
 
+class ShareNfsOptions(ApiModel):
+    """Per-share NFS export options (unset: DittoFS's value is left alone)."""
+
+    squash: Literal["none", "root_to_admin", "root_to_guest", "all_to_admin", "all_to_guest"] | None = None
+    """Identity squashing (DittoFS default root_to_guest)."""
+    anonymous_uid: int | None = Field(None, ge=0, le=4294967295, alias="anonymousUID")
+    """uid squashed identities map to."""
+    anonymous_gid: int | None = Field(None, ge=0, le=4294967295, alias="anonymousGID")
+    """gid squashed identities map to."""
+
+
+class SnapshotPolicySpec(ApiModel):
+    """Scheduled snapshots of a share."""
+
+    interval: str = Field(pattern=_SNAPSHOT_INTERVAL)
+    """Go duration (e.g. 6h) or @hourly, @daily, @weekly."""
+    keep_last: int = Field(0, ge=0, le=100000)
+    """Snapshots kept (0: keep all within ttl)."""
+    ttl: Duration | None = None
+    """Age after which snapshots are removed."""
+    name_prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")
+    """Prefix of snapshot names."""
+    enabled: bool = True
+    """Run the schedule."""
+
+
 class FileShareSpec(ApiModel):
     """A share served over NFS (and SMB when enabled), provisioned over the DittoFS REST API."""
 
     name: str = Field(pattern=r"^/[^\s]*$", min_length=2, max_length=255)
-    """Share path clients mount, e.g. /export. Its data lives in the default stores on the server's volumes
-    (metadata: badger under /data/store/metadata, blocks: fs under /data/store/block)."""
+    """Share path clients mount, e.g. /export."""
+    metadata_store: StoreName = "default"
+    """Metadata store (stores.metadata). Immutable."""
+    local_block_store: StoreName = "default"
+    """Local block store (stores.local). Immutable."""
+    remote_block_store: StoreName | None = None
+    """Remote block store (stores.remote) the blocks are tiered to. Immutable."""
     read_only: bool = False
     """Serve the share read-only."""
     default_permission: AccessLevel = "none"
     """Access of clients without a grant (NFS unknown uids, anonymous SMB). DittoFS's default is none."""
+    quota: Quantity | None = None
+    """Size limit of the share (e.g. 10Gi); unset: none."""
+    nfs: ShareNfsOptions | None = None
+    """NFS export options."""
     permissions: list[SharePermission] = Field(default_factory=list)
     """Grants to declared users and groups."""
+    snapshot_policy: SnapshotPolicySpec | None = None
+    """Scheduled snapshots; removed from the spec: the schedule is deleted (snapshots stay)."""
 
 
 class FileUserSpec(ApiModel):
@@ -392,6 +551,12 @@ class FileUserSpec(ApiModel):
     """User name (admin and dittofs-operator are reserved)."""
     password_secret_ref: SecretKeyRef
     """Secret key holding the password (required: DittoFS refuses users without one)."""
+    uid: int | None = Field(None, ge=0, le=4294967295)
+    """NFS uid of the user (AUTH_SYS identity)."""
+    gid: int | None = Field(None, ge=0, le=4294967295)
+    """Primary NFS gid."""
+    role: Literal["user", "admin"] = "user"
+    """DittoFS role; admin may manage the server over its API."""
     groups: list[AccountName] = Field(default_factory=list)
     """Groups declared in spec.groups the user belongs to."""
 
@@ -401,6 +566,8 @@ class FileGroupSpec(ApiModel):
 
     name: AccountName
     """Group name (admins, operators and users are DittoFS's own)."""
+    gid: int | None = Field(None, ge=0, le=4294967295)
+    """NFS gid of the group."""
 
 
 class DittoServerSpec(ApiModel):
@@ -424,6 +591,8 @@ class DittoServerSpec(ApiModel):
     """S3 credentials for block stores."""
     adapters: AdaptersSpec = Field(default_factory=AdaptersSpec)
     """Protocol adapters."""
+    stores: StoresSpec = Field(default_factory=StoresSpec)
+    """Metadata and block stores the shares use."""
     control_plane: ControlPlaneSpec = Field(default_factory=ControlPlaneSpec)
     """REST API."""
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
@@ -542,6 +711,19 @@ class ShareStatus(ApiModel):
     """SMB address (smb://host:port/share), when SMB is enabled."""
 
 
+class AdapterStatus(ApiModel):
+    """A file protocol adapter as the operator last saw it."""
+
+    type: Literal["nfs", "smb"]
+    """nfs or smb."""
+    port: int
+    """Declared port."""
+    enabled: bool
+    """Declared state."""
+    listening: bool
+    """A TCP connect to the port succeeded (DittoFS's own `running` flag is not trusted)."""
+
+
 class DittoServerStatus(ApiModel):
     """Observed state, written by the operator."""
 
@@ -573,6 +755,11 @@ class DittoServerStatus(ApiModel):
     """Salted digests of the Secret values last applied in DittoFS (user passwords), never the values."""
     shares: list[ShareStatus] | None = None
     """Provisioned shares with ready-to-paste addresses."""
+    adapters: list[AdapterStatus] | None = None
+    """Adapters and whether they accept connections."""
+    store_revision: int | None = None
+    """Counts store-config updates DittoFS applies only at start; part of the config hash, so each one rolls
+    the pod once."""
     conditions: list[Condition] = Field(default_factory=list)
     """Conditions."""
 

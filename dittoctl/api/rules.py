@@ -8,6 +8,7 @@ warnings (nothing to act on) come last.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -15,10 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic_core import ErrorDetails
 
 from dittoctl.api.facts import ClusterFacts, percona_not_served
+from dittoctl.api.fileservice.observed import duration_seconds
+from dittoctl.api.fileservice.types import BOOTSTRAP_ADMIN
 from dittoctl.api.models import (
     API_VERSION,
     KIND,
@@ -27,8 +31,10 @@ from dittoctl.api.models import (
     DittoServerSpec,
     DittoServerStatus,
 )
+from dittoctl.api.naming import BLOCK_ROOT, METADATA_ROOT
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
+from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH
 
 log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
@@ -169,7 +175,8 @@ class _Check:
         self._percona(parsed, spec)  # rules 6, 7, 9, 11
         self._database(parsed, spec)  # rules 8, 10 (Postgres)
         self._identity_secrets(parsed, spec)  # rule 10 (JWT, admin)
-        self._file_service(parsed, spec)  # SPEC §13.1: shares, users, groups
+        self._file_service(parsed, spec)  # SPEC §13.1: shares, users, groups, stores
+        self._adapter_settings(parsed, spec)
         self._deprecations(parsed, spec)  # rule 14
         self._service(parsed, spec)
         if self.old is not None:
@@ -190,10 +197,7 @@ class _Check:
             for other, other_port in ports[:i]:
                 if port == other_port:
                     self.error(path, f"port {port} is also used by {other}; give every enabled port its own number")
-        if not _may_bind_low_ports(parsed, spec):
-            for path, port in ports:
-                if port < 1024:
-                    self.warn(path, f"use a port >= 1024 or grant NET_BIND_SERVICE; {port} is privileged")
+        # Ports below 1024 need no warning: the pod gets net.ipv4.ip_unprivileged_port_start (SPEC §13.2).
 
     # -- rule 4: StorageClasses --------------------------------------------------------------------------
     def _storage_classes(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
@@ -243,6 +247,16 @@ class _Check:
             if ref is not None and parsed.usable(path.removeprefix("spec.")):
                 keys = self._secret(path, ref.name, *_POD_FAILS)
                 self._keys(path, ref.name, keys, [ref.key], *_POD_FAILS)
+        jwt = spec.identity.jwt.secret_ref
+        if jwt is not None and jwt.key in self.facts.short_keys.get(jwt.name, frozenset()):
+            self.error("spec.identity.jwt.secretRef", f"Secret {_q(jwt.name)} key {_q(jwt.key)} is shorter than "
+                       f"{MIN_JWT_SECRET_LENGTH} characters and DittoFS refuses to start with it; store a longer "
+                       "random value (e.g. `openssl rand -hex 32`)")
+        admin = spec.identity.admin.username
+        if parsed.usable("identity.admin.username") and admin != BOOTSTRAP_ADMIN:
+            self.error("spec.identity.admin.username", f"must be {BOOTSTRAP_ADMIN!r} (got {_show(admin)}): DittoFS "
+                       f"v0.29.0 always bootstraps the account {BOOTSTRAP_ADMIN!r}; remove the field, and declare "
+                       "other accounts in spec.users")
 
     # -- the declared file service (SPEC §13.1) -----------------------------------------------------------
     def _file_service(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
@@ -271,10 +285,28 @@ class _Check:
             keys = self._secret(f"{base}.passwordSecretRef", u.password_secret_ref.name, *why)
             self._keys(f"{base}.passwordSecretRef", u.password_secret_ref.name, keys, [u.password_secret_ref.key],
                        *why)
+        for i, u in enumerate(spec.users):
+            if u.role == "admin":
+                self.warn(f"spec.users[{i}].role", "admin users can reconfigure the whole server over its API; "
+                          "prefer user with share grants")
+        stores = self._stores(parsed, spec)
         for i, share in enumerate(shares):
             base = f"spec.shares[{i}]"
             if share.name.strip("/") == "":
                 self.error(f"{base}.name", "must name a share below '/', e.g. /export")
+            for key, kind, store in (("metadataStore", "metadata", share.metadata_store),
+                                    ("localBlockStore", "local", share.local_block_store),
+                                    ("remoteBlockStore", "remote", share.remote_block_store)):
+                if store is not None and stores is not None and store not in stores[kind]:
+                    declared = ", ".join(_q(n) for n in sorted(stores[kind])) or "none"
+                    self.error(f"{base}.{key}", f"{kind} store {_q(store)} is not declared in spec.stores.{kind} "
+                               f"(declared: {declared}); declare it or use one of those")
+            policy = share.snapshot_policy
+            if policy is not None and policy.interval.startswith("@") is False:
+                seconds = duration_seconds(policy.interval)
+                if seconds is not None and seconds < 60:
+                    self.error(f"{base}.snapshotPolicy.interval", f"{_q(policy.interval)} is shorter than a "
+                               "minute; snapshot every 1m or more")
             seen: list[tuple[str, str]] = []
             for j, p in enumerate(share.permissions):
                 path = f"{base}.permissions[{j}]"
@@ -289,6 +321,75 @@ class _Check:
                 if (principal, name) in seen:
                     self.error(path, f"{principal} {_q(name)} has another grant on this share; keep one")
                 seen.append((principal, name))
+
+    def _stores(self, parsed: ParsedSpec, spec: DittoServerSpec) -> dict[str, set[str]] | None:
+        """Checks spec.stores; returns the declared names per kind (None when stores is unusable)."""
+        if not parsed.usable("stores", "s3"):
+            return None
+        st = spec.stores
+        metadata = st.metadata if st.metadata is not None else None
+        local = st.local if st.local is not None else None
+        self._unique("spec.stores.metadata", [m.name for m in metadata or []])
+        self._unique("spec.stores.local", [b.name for b in local or []])
+        self._unique("spec.stores.remote", [r.name for r in st.remote])
+        for i, m in enumerate(metadata or []):
+            base = f"spec.stores.metadata[{i}]"
+            self._store_path(f"{base}.path", m.path, m.type == "badger", METADATA_ROOT, m.type)
+            if m.type == "postgres" and m.postgres_secret_ref is None:
+                self.error(f"{base}.postgresSecretRef", "required for a postgres store: name the Secret with "
+                           "host, port, database, user and password")
+            if m.type != "postgres" and m.postgres_secret_ref is not None:
+                self.error(f"{base}.postgresSecretRef", f"only for type postgres (this store is {m.type})")
+        for i, b in enumerate(local or []):
+            self._store_path(f"spec.stores.local[{i}].path", b.path, b.type == "fs", BLOCK_ROOT, b.type)
+        for i, r in enumerate(st.remote):
+            base = f"spec.stores.remote[{i}]"
+            if r.bucket is None and (spec.s3 is None or spec.s3.bucket is None):
+                self.error(f"{base}.bucket", "required: name the bucket here or set spec.s3.bucket")
+            if r.credentials_secret_ref is None and (spec.s3 is None or spec.s3.credentials_secret_ref is None):
+                self.error(f"{base}.credentialsSecretRef", "required: DittoFS needs an access key pair in the "
+                           "store's config; name a Secret here or in spec.s3.credentialsSecretRef")
+            if r.endpoint is not None and not r.allow_private_endpoint and _private_endpoint(r.endpoint):
+                self.error(f"{base}.endpoint", f"{_q(r.endpoint)} is a loopback or private address, which DittoFS "
+                           "refuses; set allowPrivateEndpoint: true for an in-cluster S3 service")
+            ref = r.credentials_secret_ref
+            if ref is not None:
+                why = (f"remote store {_q(r.name)} and the shares on it are not provisioned until it exists",)
+                keys = self._secret(f"{base}.credentialsSecretRef", ref.name, *why)
+                self._keys(f"{base}.credentialsSecretRef", ref.name, keys,
+                           [ref.access_key_id_key, ref.secret_access_key_key], *why)
+        return {"metadata": {m.name for m in metadata} if metadata is not None else {"default"},
+                "local": {b.name for b in local} if local is not None else {"default"},
+                "remote": {r.name for r in st.remote}}
+
+    def _store_path(self, path: str, value: str | None, on_disk: bool, root: str, kind: str) -> None:
+        if value is None:
+            return
+        if not on_disk:
+            self.error(path, f"a {kind} store has no path; remove it")
+        elif not (value.rstrip("/") + "/").startswith(root + "/") or value.rstrip("/") == root or ".." in value:
+            self.error(path, f"must be a directory under {root} (the volume mounted there keeps the data); "
+                       f"got {_show(value)}")
+
+    def _adapter_settings(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("adapters"):
+            return
+        nfs, smb = spec.adapters.nfs.settings, spec.adapters.smb.settings
+        versions = ("3", "4.0", "4.1")
+        if nfs.min_version and nfs.max_version and versions.index(nfs.min_version) > versions.index(nfs.max_version):
+            self.error("spec.adapters.nfs.settings.minVersion", f"{nfs.min_version} is above maxVersion "
+                       f"{nfs.max_version}; lower it or raise maxVersion")
+        dialects = ("SMB2.0", "SMB2.1", "SMB3.0", "SMB3.0.2", "SMB3.1.1")
+        if smb.min_dialect and smb.max_dialect and dialects.index(smb.min_dialect) > dialects.index(smb.max_dialect):
+            self.error("spec.adapters.smb.settings.minDialect", f"{smb.min_dialect} is above maxDialect "
+                       f"{smb.max_dialect}; lower it or raise maxDialect")
+        for path, value, low, high in (("nfs.settings.leaseTime", nfs.lease_time, 10, 3600),
+                                       ("nfs.settings.gracePeriod", nfs.grace_period, 10, 3600),
+                                       ("smb.settings.sessionTimeout", smb.session_timeout, 60, 86400)):
+            seconds = duration_seconds(value) if value is not None else None
+            if seconds is not None and not low <= seconds <= high:
+                self.error(f"spec.adapters.{path}", f"{_q(value or '')} is outside DittoFS's range "
+                           f"{low}s to {high}s")
 
     def _unique(self, path: str, names: list[str]) -> None:
         for i, name in enumerate(names):
@@ -372,6 +473,8 @@ class _Check:
         if old.spec is None:
             return
         self._immutable_storage(old, parsed)
+        if parsed.usable("stores", "shares") and old.usable("stores", "shares"):
+            self._immutable_file_service(old.spec, spec)
         backend = ("database.type", "database.postgresSecretRef", "percona.enabled")
         if parsed.usable(*backend) and old.usable(*backend):
             before, after = _backend(old.spec), _backend(spec)
@@ -381,6 +484,32 @@ class _Check:
             elif before != after:
                 self.warn("spec.database", f"migrate the data first; switching from {before} to {after} "
                           "does not move it")
+
+    def _immutable_file_service(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
+        """A store's type and path and a share's stores cannot change in DittoFS (SPEC §13.2)."""
+        fix = "declare a new one under another name and move the data, or revert the change"
+        for kind in ("metadata", "local", "remote"):
+            before = {s.name: s for s in getattr(old.stores, kind) or []}
+            for i, store in enumerate(getattr(new.stores, kind) or []):
+                was = before.get(store.name)
+                if was is None:
+                    continue
+                for key in ("type", "path"):
+                    a, b = getattr(was, key, None), getattr(store, key, None)
+                    if a != b:
+                        self.error(f"spec.stores.{kind}[{i}].{key}", f"immutable: store {_q(store.name)} was "
+                                   f"{_shown_value(a)}, now {_shown_value(b)}; {fix}")
+        shares = {"/" + s.name.strip("/"): s for s in old.effective_shares}
+        for i, share in enumerate(new.effective_shares):
+            was = shares.get("/" + share.name.strip("/"))
+            if was is None:
+                continue
+            for key, attr in (("metadataStore", "metadata_store"), ("localBlockStore", "local_block_store"),
+                              ("remoteBlockStore", "remote_block_store")):
+                a, b = getattr(was, attr), getattr(share, attr)
+                if a != b:
+                    self.error(f"spec.shares[{i}].{key}", f"immutable: share {_q(share.name)} used "
+                               f"{_shown_value(a)}, now {_shown_value(b)}; declare a new share, or revert the change")
 
     def _immutable_storage(self, old_parse: ParsedSpec, new_parse: ParsedSpec) -> None:
         assert old_parse.spec is not None and new_parse.spec is not None
@@ -411,21 +540,17 @@ def _backend(spec: DittoServerSpec) -> str:
     return "SQLite"
 
 
-def _may_bind_low_ports(parsed: ParsedSpec, spec: DittoServerSpec) -> bool:
-    """The user already handled privileged ports: NET_BIND_SERVICE added, or the sysctl lowered."""
+def _private_endpoint(url: str) -> bool:
+    """An endpoint DittoFS refuses without allow_private_endpoint: a loopback/private/link-local IP literal,
+    localhost, or an in-cluster Service name (it resolves to a private ClusterIP)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith((".svc", ".svc.cluster.local", ".local")) or "." not in host:
+        return True
     try:
-        if parsed.usable("securityContext"):
-            caps = ((spec.security_context or {}).get("capabilities") or {}).get("add") or []
-            if "NET_BIND_SERVICE" in caps:
-                return True
-        if not parsed.usable("podSecurityContext"):
-            return False
-        for sysctl in (spec.pod_security_context or {}).get("sysctls") or []:
-            if sysctl.get("name") == "net.ipv4.ip_unprivileged_port_start" and int(sysctl.get("value")) <= 1:
-                return True
-    except (AttributeError, TypeError, ValueError):
-        return False  # malformed pass-through fields: the apiserver reports those
-    return False
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_private or address.is_loopback or address.is_link_local
 
 
 def _same_quantity(a: str | None, b: str | None) -> bool:

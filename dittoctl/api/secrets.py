@@ -15,6 +15,7 @@ from dittoctl.api.naming import Names
 ADMIN_PASSWORD_KEY = "password"
 ADMIN_USERNAME_KEY = "username"
 JWT_KEY = "jwt-secret"
+MIN_JWT_SECRET_LENGTH = 32  # v0.29.0 refuses a shorter controlplane secret and the pod crash-loops
 
 
 @dataclass(frozen=True, order=True)
@@ -57,17 +58,6 @@ def _postgres_uses(spec: DittoServerSpec, names: Names) -> list[SecretUse]:
     return [*uses, SecretUse(ref.name, ref.ssl_mode_key, prefix + "SSLMODE", where, optional=True)]
 
 
-def _s3_uses(spec: DittoServerSpec) -> list[SecretUse]:
-    if spec.s3 is None or spec.s3.credentials_secret_ref is None:
-        return []
-    ref, where = spec.s3.credentials_secret_ref, ("s3.credentialsSecretRef",)
-    return [
-        SecretUse(ref.secret_name, ref.access_key_id_key, "AWS_ACCESS_KEY_ID", where),
-        SecretUse(ref.secret_name, ref.secret_access_key_key, "AWS_SECRET_ACCESS_KEY", where),
-        SecretUse(ref.secret_name, ref.endpoint_key, "AWS_ENDPOINT_URL", where, optional=True),
-    ]
-
-
 def secret_uses(spec: DittoServerSpec, names: Names) -> list[SecretUse]:
     """Every Secret key the server container reads, in a stable order."""
     jwt, admin = spec.identity.jwt.secret_ref, spec.identity.admin.password_secret_ref
@@ -78,7 +68,6 @@ def secret_uses(spec: DittoServerSpec, names: Names) -> list[SecretUse]:
         if admin else SecretUse(names.admin_secret, ADMIN_PASSWORD_KEY, "DITTOFS_ADMIN_INITIAL_PASSWORD",
                                 generated=True),
         *_postgres_uses(spec, names),
-        *_s3_uses(spec),
     ]
 
 
@@ -90,22 +79,64 @@ def backup_credentials(spec: DittoServerSpec) -> str | None:
 
 @dataclass(frozen=True, order=True)
 class ProvisionedSecret:
-    """A Secret key the operator sends to DittoFS over REST (a user's password): not in the pod's
-    environment and not in the config hash; a change resets the password live."""
+    """A Secret key the operator sends to DittoFS over REST (a user's password, a store's credentials): not
+    in the pod's environment; a password change is applied live, a store's at the next start (the pod
+    rolls through status.storeRevision)."""
 
     path: str
     """Spec path of the reference (for messages)."""
     secret: str
     key: str
+    optional: bool = False
+
+
+S3_KEYS = ("access_key_id", "secret_access_key")
+POSTGRES_STORE_KEYS = ("host", "port", "database", "user", "password", "sslmode")
+
+
+def remote_store_credentials(spec: DittoServerSpec, index: int) -> dict[str, ProvisionedSecret]:
+    """DittoFS config key -> Secret key of remote store ``index``'s credentials (its own, else spec.s3's);
+    empty when neither is set."""
+    store = spec.stores.remote[index]
+    path = f"spec.stores.remote[{index}].credentialsSecretRef"
+    if store.credentials_secret_ref is not None:
+        ref = store.credentials_secret_ref
+        secret, keys = ref.name, (ref.access_key_id_key, ref.secret_access_key_key)
+    elif spec.s3 is not None and spec.s3.credentials_secret_ref is not None:
+        s3 = spec.s3.credentials_secret_ref
+        secret, keys = s3.secret_name, (s3.access_key_id_key, s3.secret_access_key_key)
+        path = "spec.s3.credentialsSecretRef"
+    else:
+        return {}
+    return {config: ProvisionedSecret(path, secret, key) for config, key in zip(S3_KEYS, keys, strict=True)}
+
+
+def postgres_store_secrets(spec: DittoServerSpec, index: int) -> dict[str, ProvisionedSecret]:
+    """DittoFS config key -> Secret key of postgres metadata store ``index`` (sslmode optional)."""
+    ref = spec.stores.metadata[index].postgres_secret_ref if spec.stores.metadata else None
+    if ref is None:
+        return {}
+    path = f"spec.stores.metadata[{index}].postgresSecretRef"
+    keys = (ref.host_key, ref.port_key, ref.database_key, ref.user_key, ref.password_key, ref.ssl_mode_key)
+    pairs = zip(POSTGRES_STORE_KEYS, keys, strict=True)
+    return {config: ProvisionedSecret(path, ref.name, key, optional=config == "sslmode") for config, key in pairs}
 
 
 def provisioned_secrets(spec: DittoServerSpec) -> list[ProvisionedSecret]:
-    return [ProvisionedSecret(f"spec.users[{i}].passwordSecretRef", u.password_secret_ref.name,
-                              u.password_secret_ref.key) for i, u in enumerate(spec.users)]
+    """Every Secret key the operator reads to provision DittoFS over REST (passwords, store credentials)."""
+    found = [ProvisionedSecret(f"spec.users[{i}].passwordSecretRef", u.password_secret_ref.name,
+                               u.password_secret_ref.key) for i, u in enumerate(spec.users)]
+    for i in range(len(spec.stores.remote)):
+        found.extend(remote_store_credentials(spec, i).values())
+    for i in range(len(spec.stores.metadata or [])):
+        found.extend(postgres_store_secrets(spec, i).values())
+    return found
 
 
 def watched_secrets(spec: DittoServerSpec, names: Names) -> set[str]:
     """Secret names whose changes must re-trigger a reconcile."""
     found = {use.secret for use in secret_uses(spec, names)} | {p.secret for p in provisioned_secrets(spec)}
+    if spec.s3 is not None and spec.s3.credentials_secret_ref is not None:
+        found.add(spec.s3.credentials_secret_ref.secret_name)  # status.s3 reports on it
     backup = backup_credentials(spec)
     return found | {backup} if backup else found

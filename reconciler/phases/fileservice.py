@@ -8,7 +8,9 @@ unchanged server costs zero REST writes. What the operator created is kept in `s
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import ipaddress
 import logging
 from collections import Counter
@@ -89,7 +91,14 @@ class Provisioned:
     provisioned: list[str] | None = None
     applied: dict[str, str] | None = None
     shares: list[dict[str, Any]] | None = None
+    adapters: list[dict[str, Any]] | None = None
+    adapters_ready: Cond | None = None
+    store_revision: int | None = None
     requeue: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {"provisioned": self.provisioned, "appliedSecrets": self.applied, "shares": self.shares,
+                "adapters": self.adapters, "storeRevision": self.store_revision}
 
 
 class _Failed(Exception):
@@ -133,7 +142,8 @@ def _reachable(ctx: Pass, ip: str) -> bool:
 async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned:
     previous = ctx.current().get("status") or {}
     keep = Provisioned(provisioned=previous.get("provisioned"), applied=previous.get("appliedSecrets"),
-                       shares=previous.get("shares"))
+                       shares=previous.get("shares"), adapters=previous.get("adapters"),
+                       store_revision=previous.get("storeRevision"))
     mem = memory(ctx)
     if server.spec.replicas == 0:
         await mem.close()
@@ -144,8 +154,9 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     if pod_mode and ip and not _reachable(ctx, ip):
         return keep  # outside --provision-networks (a simulated pod): nothing to reach, nothing to report
     if pod is None or not _ready(pod) or (pod_mode and not ip):
-        keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER,
-                              f"waiting for pod {names.statefulset}-0 to be Ready")
+        waiting = f"waiting for pod {names.statefulset}-0 to be Ready"
+        keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER, waiting)
+        keep.adapters_ready = Cond(ConditionType.ADAPTERS_READY, False, Reason.WAITING_FOR_SERVER, waiting)
         return keep
     uid = str((pod.get("metadata") or {}).get("uid") or "")
     if uid != mem.pod_uid:
@@ -157,9 +168,12 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     try:
         result = await _provision(ctx, server, names, base_url, file_host, keep)
     except _Failed as failed:
-        return await _failure(ctx, mem, keep, failed.reason, failed.message)
+        result = await _failure(ctx, mem, keep, failed.reason, failed.message)
+        await _check_adapters(ctx, server, file_host, result, patient=False)
+        return result
     finally:
         mem.report()
+    await _check_adapters(ctx, server, file_host, result, patient=mem.writes > 0)
     mem.failures = 0
     if result.condition is not None and result.condition.status:
         if mem.last != "ok":
@@ -169,6 +183,47 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     elif result.condition is not None:
         return await _failure(ctx, mem, result, result.condition.reason, result.condition.message)
     return result
+
+
+async def _listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _check_adapters(ctx: Pass, server: DittoServer, host: str, result: Provisioned, *, patient: bool) -> None:
+    """AdaptersReady from a TCP connect per enabled adapter: DittoFS says `running: true` even for a listener
+    that failed to bind (docs/DITTOFS_FACTS.md). ``patient``: adapters were just reconfigured, and DittoFS
+    restarts a listener within about a second."""
+    spec = server.spec.adapters
+    adapters, down = [], []
+    for kind, adapter in (("nfs", spec.nfs), ("smb", spec.smb)):
+        listening = False
+        if adapter.enabled:
+            for attempt in range(6 if patient else 1):
+                if attempt:
+                    await asyncio.sleep(0.5)
+                if listening := await _listening(host, adapter.port):
+                    break
+            if not listening:
+                down.append(f"{kind} port {adapter.port}")
+        adapters.append({"type": kind, "port": adapter.port, "enabled": adapter.enabled, "listening": listening})
+    result.adapters = adapters
+    if down:
+        result.adapters_ready = Cond(ConditionType.ADAPTERS_READY, False, Reason.NOT_LISTENING,
+                                     f"no TCP listener on {', '.join(down)} at {host} (the server log names the "
+                                     "bind error, e.g. the port is taken)")
+        result.requeue = min(result.requeue or BACKOFF_MAX, BACKOFF_FIRST)
+    else:
+        enabled = [f"{a['type']}:{a['port']}" for a in adapters if a["enabled"]]
+        result.adapters_ready = Cond(ConditionType.ADAPTERS_READY, True, Reason.LISTENING,
+                                     f"accepting connections: {', '.join(enabled) or 'no adapter enabled'}")
 
 
 async def _failure(ctx: Pass, mem: FsMemory, result: Provisioned, reason: Reason, message: str) -> Provisioned:
@@ -291,7 +346,12 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         log.info("dittofs provisioned", extra=fields(namespace=ctx.namespace, name=ctx.name, writes=len(done),
                                                     calls="; ".join(str(c) for c in done)[:1000]))
     result = Provisioned(provisioned=sorted(str(r) for r in the_plan.owned_after(done)),
-                         applied=the_plan.digests_after(applied, done) or None)
+                         applied=the_plan.digests_after(applied, done) or None, store_revision=keep.store_revision)
+    restart = [c for c in done if c.needs_restart]
+    if restart:
+        result.store_revision = (keep.store_revision or 0) + 1
+        await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"{', '.join(str(c.ref) for c in restart)} "
+                       "reconfigured in DittoFS, which applies store config at start: rolling the pod")
     present = (set(seen.shares) | {c.name for c in done if c.kind is Kind.SHARE and c.op is Op.CREATE}) - {
         c.name for c in done if c.kind is Kind.SHARE and c.op is Op.DELETE}
     result.shares = share_status(server.spec, file_host, sorted(present))
@@ -330,3 +390,7 @@ async def _call_events(ctx: Pass, done: list[Call]) -> None:
                            f"share {call.name} deleted in DittoFS (its data stays in the stores)")
         elif call.kind is Kind.USER and call.op is Op.CREATE:
             await ctx.post("Normal", EventReason.USER_CREATED, f"user {call.name} created in DittoFS")
+    changed = sorted({c.name for c in done if c.kind in (Kind.ADAPTER, Kind.ADAPTER_SETTINGS)})
+    if changed:
+        await ctx.post("Normal", EventReason.ADAPTER_RECONFIGURED,
+                       f"adapter(s) {', '.join(changed)} reconfigured live in DittoFS (no pod restart)")

@@ -6,6 +6,7 @@ point GET on a miss; bodies are never kept.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import secret_uses
+from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, secret_uses
 from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
 from reconciler.cache import SecretDigest, secret_digest
@@ -57,6 +58,32 @@ async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None
             # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
             existing = await ctx.gw.get(SECRETS, name, names.namespace)
             ctx.cache.put_secret((names.namespace, name), secret_digest(existing))
+
+
+async def jwt_too_short(ctx: Pass, server: DittoServer, digests: SecretDigests) -> str | None:
+    """The error when a user's JWT Secret holds fewer than 32 characters (DittoFS crash-loops on it). One GET
+    per new value: the verdict is remembered by the value's digest, the value itself is dropped at once."""
+    ref = server.spec.identity.jwt.secret_ref
+    digest = digests.get((ref.name, ref.key)) if ref is not None else None
+    if ref is None or digest is None:
+        return None
+    if ctx.memory.jwt_length is None or ctx.memory.jwt_length[0] != digest:
+        obj = await ctx.gw.get_or_none(SECRETS, ref.name, ctx.namespace)
+        raw = ((obj or {}).get("data") or {}).get(ref.key) or ""
+        ctx.memory.jwt_length = (digest, len(base64.b64decode(raw)))
+    length = ctx.memory.jwt_length[1]
+    if length >= MIN_JWT_SECRET_LENGTH:
+        return None
+    return (f"Secret {ref.name} key {ref.key} holds a JWT secret of {length} characters; DittoFS needs at least "
+            f"{MIN_JWT_SECRET_LENGTH} and would crash-loop (store e.g. `openssl rand -hex 32`)")
+
+
+async def s3_secret(ctx: Pass, server: DittoServer) -> SecretDigest:
+    """Key digests of spec.s3's credentials Secret, for status.s3 (None: absent or not declared)."""
+    s3 = server.spec.s3
+    if s3 is None or s3.credentials_secret_ref is None:
+        return None
+    return await _digest(ctx, s3.credentials_secret_ref.secret_name)
 
 
 @dataclass(frozen=True)

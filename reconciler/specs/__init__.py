@@ -38,10 +38,14 @@ class Desired:
         return [self.config_map, *self.services, *database, self.statefulset]
 
 
-def build(spec: DittoServerSpec, names: Names, digests: SecretDigests) -> Desired:
+def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_revision: int = 0) -> Desired:
+    """``store_revision``: status.storeRevision, bumped when DittoFS took a store config it applies only at
+    start; hashed with the config so the pod rolls once per bump."""
     text = render_config(spec)
     uses = secret_uses(spec, names)
     triples = [(u.secret, u.key, digests.get((u.secret, u.key))) for u in uses]
+    if store_revision:
+        triples.append(("<store-revision>", "", str(store_revision)))
     missing = sorted({(u.secret, u.key) for u in uses if not u.optional and digests.get((u.secret, u.key)) is None})
     digest = config_hash(text, triples)
     return Desired(

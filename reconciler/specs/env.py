@@ -17,6 +17,4 @@ def container_env(spec: DittoServerSpec, names: Names) -> list[dict[str, Any]]:
     env = [use.env_var() for use in secret_uses(spec, names)]
     if spec.percona.enabled:
         env.append({"name": "DITTOFS_DATABASE_POSTGRES_SSLMODE", "value": "require"})
-    if spec.s3 is not None:
-        env.append({"name": "AWS_REGION", "value": spec.s3.region})
     return env

@@ -8,24 +8,30 @@ import hmac
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from dittoctl.api.fileservice import (
+    AdapterSpec,
     FileService,
     Grant,
     GroupSpec,
+    NfsOptions,
     SecretValue,
     ShareSpec,
+    SnapshotPolicySpec,
     StoreKind,
     StoreSpec,
     UserSpec,
 )
+from dittoctl.api.fileservice.observed import duration_seconds
+from dittoctl.api.fileservice.types import Scalar
 from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.naming import BLOCK_ROOT, METADATA_ROOT
+from dittoctl.api.quantity import parse_quantity
+from dittoctl.api.secrets import ProvisionedSecret, postgres_store_secrets, remote_store_credentials
 
-METADATA_PATH = "/data/store/metadata/badger"
-BLOCK_PATH = "/data/store/block/blocks"
-DEFAULT_STORES = (
-    StoreSpec(StoreKind.METADATA, "default", "badger", (("path", METADATA_PATH),)),
-    StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", BLOCK_PATH),)),
-)
+METADATA_PATH = f"{METADATA_ROOT}/badger"
+BLOCK_PATH = f"{BLOCK_ROOT}/blocks"
 # (secret, key) -> digest of the value (the cache's), None when the Secret or key is missing.
 DigestOf = Callable[[str, str], str | None]
 
@@ -40,9 +46,107 @@ def salted(salt: str, digest: str) -> str:
     return hmac.new(salt.encode(), digest.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def seconds(duration: str) -> int:
+    return int(duration_seconds(duration) or 0)
+
+
+_SECONDS = frozenset({"lease_time", "grace_period", "session_timeout"})  # Go durations in the spec, seconds in DittoFS
+
+
+def _settings(settings: BaseModel) -> tuple[tuple[str, Scalar], ...]:
+    """The set fields, under their DittoFS names (the spec's snake_case field names are DittoFS's keys)."""
+    values = settings.model_dump(exclude_none=True)
+    return tuple(sorted((k, seconds(v) if k in _SECONDS else v) for k, v in values.items()))
+
+
+def adapters(spec: DittoServerSpec) -> tuple[AdapterSpec, ...]:
+    """Both adapters, always declared: DittoFS seeds both enabled, so a disabled one must be turned off."""
+    nfs, smb = spec.adapters.nfs, spec.adapters.smb
+    return (AdapterSpec("nfs", nfs.enabled, nfs.port, _settings(nfs.settings)),
+            AdapterSpec("smb", smb.enabled, smb.port, _settings(smb.settings)))
+
+
+def _secrets(found: Mapping[str, ProvisionedSecret], digest_of: DigestOf, salt: str, what: str,
+             missing: list[str]) -> tuple[tuple[str, SecretValue], ...] | None:
+    """(config key, value) pairs; None (and the missing keys named) when one is missing."""
+    out: list[tuple[str, SecretValue]] = []
+    for config_key, use in found.items():
+        digest = digest_of(use.secret, use.key)
+        if digest is None:
+            if not use.optional:  # sslmode, as in database.postgresSecretRef
+                missing.append(f"Secret {use.secret} key {use.key} ({what})")
+                return None
+            continue
+        out.append((config_key, SecretValue(secret_ref(use.secret, use.key), salted(salt, digest))))
+    return tuple(out)
+
+
+def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[str]) -> tuple[StoreSpec, ...]:
+    """Declared stores; the implicit `default` ones only when some share needs a store."""
+    out: list[StoreSpec] = []
+    metadata = spec.stores.metadata
+    implicit = bool(spec.effective_shares)
+    if metadata is None and implicit:
+        out.append(StoreSpec(StoreKind.METADATA, "default", "badger", (("path", METADATA_PATH),)))
+    for i, m in enumerate(metadata or []):
+        if m.type == "badger":
+            path = m.path or (METADATA_PATH if m.name == "default" else f"{METADATA_ROOT}/{m.name}")
+            out.append(StoreSpec(StoreKind.METADATA, m.name, "badger", (("path", path),)))
+        elif m.type == "postgres":
+            what = f"metadata store {m.name}"
+            found = _secrets(postgres_store_secrets(spec, i), digest_of, salt, what, missing)
+            if found is not None:
+                out.append(StoreSpec(StoreKind.METADATA, m.name, "postgres", secrets=found))
+        else:
+            out.append(StoreSpec(StoreKind.METADATA, m.name, m.type))
+    local = spec.stores.local
+    if local is None and implicit:
+        out.append(StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", BLOCK_PATH),)))
+    for b in local or []:
+        config: dict[str, Scalar] = {}
+        if b.type == "fs":
+            config["path"] = b.path or (BLOCK_PATH if b.name == "default" else f"{BLOCK_ROOT}/{b.name}")
+        if b.max_size is not None:
+            config["max_size"] = int(parse_quantity(b.max_size))
+        out.append(StoreSpec(StoreKind.LOCAL, b.name, b.type, tuple(sorted(config.items()))))
+    s3 = spec.s3
+    for i, r in enumerate(spec.stores.remote):
+        remote: dict[str, Scalar] = {"bucket": r.bucket or (s3.bucket if s3 else None) or "",
+                                     "region": r.region or (s3.region if s3 else None) or "us-east-1"}
+        for key, value in (("endpoint", r.endpoint), ("prefix", r.prefix), ("force_path_style", r.force_path_style)):
+            if value is not None:
+                remote[key] = value
+        if r.allow_private_endpoint:
+            remote["allow_private_endpoint"] = True
+        found = _secrets(remote_store_credentials(spec, i), digest_of, salt, f"credentials of remote store {r.name}",
+                         missing)
+        if found is None:
+            continue
+        out.append(StoreSpec(StoreKind.REMOTE, r.name, r.type, tuple(sorted(remote.items())), found))
+    return tuple(out)
+
+
+def shares(spec: DittoServerSpec) -> tuple[ShareSpec, ...]:
+    out = []
+    for s in spec.effective_shares:
+        nfs = NfsOptions(s.nfs.squash, s.nfs.anonymous_uid, s.nfs.anonymous_gid) if s.nfs else None
+        policy = None
+        if s.snapshot_policy is not None:
+            p = s.snapshot_policy
+            policy = SnapshotPolicySpec(p.interval, p.keep_last, p.ttl, p.name_prefix, p.enabled)
+        out.append(ShareSpec(
+            s.name, metadata_store=s.metadata_store, local_store=s.local_block_store,
+            remote_store=s.remote_block_store, read_only=s.read_only, default_permission=s.default_permission,
+            quota_bytes=int(parse_quantity(s.quota)) if s.quota else None, nfs=nfs,
+            permissions=tuple(Grant("user" if p.user else "group", p.user or p.group or "", p.level)
+                              for p in s.permissions),
+            snapshot_policy=policy))
+    return tuple(out)
+
+
 def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str) -> tuple[FileService, list[str]]:
-    """(the declared file service, missing Secret keys as messages). Users whose password is missing are
-    left out (and named), so nothing is created without its password."""
+    """(the declared file service, missing Secret keys as messages). Users and stores whose Secret keys are
+    missing are left out (and named), so nothing is created without its credentials."""
     missing: list[str] = []
     users: list[UserSpec] = []
     for u in spec.users:
@@ -52,14 +156,11 @@ def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str) -> tuple[Fil
             missing.append(f"Secret {ref.name} key {ref.key} (password of user {u.name})")
             continue
         users.append(UserSpec(u.name, SecretValue(secret_ref(ref.name, ref.key), salted(salt, digest)),
-                              groups=tuple(u.groups)))
-    shares = tuple(
-        ShareSpec(s.name, read_only=s.read_only, default_permission=s.default_permission,
-                  permissions=tuple(Grant("user" if p.user else "group", p.user or p.group or "", p.level)
-                                    for p in s.permissions))
-        for s in spec.effective_shares)
-    return FileService(stores=DEFAULT_STORES if shares else (), shares=shares, users=tuple(users),
-                       groups=tuple(GroupSpec(g.name) for g in spec.groups)), missing
+                              uid=u.uid, gid=u.gid, groups=tuple(u.groups), role=u.role))
+    declared_shares = shares(spec)
+    return FileService(adapters=adapters(spec), stores=stores(spec, digest_of, salt, missing),
+                       shares=declared_shares, users=tuple(users),
+                       groups=tuple(GroupSpec(g.name, g.gid) for g in spec.groups)), missing
 
 
 def share_status(spec: DittoServerSpec, host: str, present: Sequence[str]) -> list[dict[str, Any]]:

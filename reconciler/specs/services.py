@@ -12,6 +12,11 @@ def _port(name: str, port: int) -> dict[str, Any]:
     return {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
 
 
+def _file_port(name: str, port: int) -> dict[str, Any]:
+    # A number, not the container port's name: adapter ports move live, without a pod template change.
+    return {"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
+
+
 def api_port(spec: DittoServerSpec) -> dict[str, Any]:
     return _port("api", spec.control_plane.port)
 
@@ -19,9 +24,9 @@ def api_port(spec: DittoServerSpec) -> dict[str, Any]:
 def file_ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
     ports = []
     if spec.adapters.nfs.enabled:
-        ports.append(_port("nfs", spec.adapters.nfs.port))
+        ports.append(_file_port("nfs", spec.adapters.nfs.port))
     if spec.adapters.smb.enabled:
-        ports.append(_port("smb", spec.adapters.smb.port))
+        ports.append(_file_port("smb", spec.adapters.smb.port))
     return ports
 
 
@@ -65,10 +70,10 @@ def services(spec: DittoServerSpec, names: Names) -> list[dict[str, Any]]:
     return result
 
 
-def endpoints(spec: DittoServerSpec, names: Names) -> dict[str, str]:
+def endpoints(spec: DittoServerSpec, names: Names, listening: set[str] | None = None) -> dict[str, str]:
+    """Service addresses; an adapter only once it is proven to listen (``listening`` None: not probed)."""
     result = {"api": f"{names.host(names.api_service)}:{spec.control_plane.port}"}
-    if spec.adapters.nfs.enabled:
-        result["nfs"] = f"{names.host(names.file_service)}:{spec.adapters.nfs.port}"
-    if spec.adapters.smb.enabled:
-        result["smb"] = f"{names.host(names.file_service)}:{spec.adapters.smb.port}"
+    for kind, adapter in (("nfs", spec.adapters.nfs), ("smb", spec.adapters.smb)):
+        if adapter.enabled and (listening is None or kind in listening):
+            result[kind] = f"{names.host(names.file_service)}:{adapter.port}"
     return result

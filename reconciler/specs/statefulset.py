@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from dittoctl.api.models import PRESTOP_SECONDS, DittoServerSpec
-from dittoctl.api.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
+from dittoctl.api.naming import BLOCK_ROOT, CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, METADATA_ROOT, Names
 from reconciler.specs.env import container_env
 from reconciler.specs.services import api_port
 
 UID = 65532
+UNPRIVILEGED_PORT_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
 POD_SECURITY_DEFAULTS: dict[str, Any] = {
     "fsGroup": UID,
     "runAsNonRoot": True,
@@ -22,8 +23,7 @@ CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-VOLUMES = (("controlplane", "/data/controlplane"), ("metadata", "/data/store/metadata"),
-           ("content", "/data/store/block"))
+VOLUMES = (("controlplane", "/data/controlplane"), ("metadata", METADATA_ROOT), ("content", BLOCK_ROOT))
 WAIT_FOR_POSTGRES_SECONDS = 300
 
 
@@ -49,11 +49,9 @@ def _probe(path: str, initial: int, period: int, failures: int) -> dict[str, Any
 
 
 def _ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
+    # No NFS/SMB entries: DittoFS moves those listeners live over REST, and a containerPort is informational
+    # only, so listing them would restart the pod for a port change that needs none.
     ports = [{"name": "api", "containerPort": api_port(spec)["port"], "protocol": "TCP"}]
-    if spec.adapters.nfs.enabled:
-        ports.append({"name": "nfs", "containerPort": spec.adapters.nfs.port, "protocol": "TCP"})
-    if spec.adapters.smb.enabled:
-        ports.append({"name": "smb", "containerPort": spec.adapters.smb.port, "protocol": "TCP"})
     if spec.metrics.enabled:
         ports.append({"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"})
     return ports
@@ -88,6 +86,20 @@ def wait_for_postgres(spec: DittoServerSpec, names: Names, security: dict[str, A
     }
 
 
+def _pod_security(spec: DittoServerSpec) -> dict[str, Any]:
+    """The restricted defaults, plus the safe sysctl that lets uid 65532 bind the ports below 1024 asked for
+    (only inside the pod's own network namespace)."""
+    security = merge_over(POD_SECURITY_DEFAULTS, spec.pod_security_context)
+    ports = [spec.control_plane.port, *(a.port for a in (spec.adapters.nfs, spec.adapters.smb) if a.enabled)]
+    if spec.metrics.enabled:
+        ports.append(spec.metrics.port)
+    sysctls = list(security.get("sysctls") or [])
+    if min(ports) < 1024 and not any(s.get("name") == UNPRIVILEGED_PORT_SYSCTL for s in sysctls):
+        # 0, not the lowest port: moving a low adapter port then needs no pod template change either.
+        security["sysctls"] = [*sysctls, {"name": UNPRIVILEGED_PORT_SYSCTL, "value": "0"}]
+    return security
+
+
 def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[str, Any]:
     labels = names.labels("server")
     pod_labels = {**spec.pod_labels, **labels}  # selector labels cannot be overridden
@@ -113,7 +125,7 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": spec.grace_seconds,
-        "securityContext": merge_over(POD_SECURITY_DEFAULTS, spec.pod_security_context),
+        "securityContext": _pod_security(spec),
         "containers": [container],
         "volumes": [{"name": "config", "configMap": {"name": names.config_map}}],
     }

@@ -123,9 +123,10 @@ def test_secrets_only_by_reference() -> None:
     s = server(s3={"credentialsSecretRef": {"secretName": "s3"}}, database={"postgresSecretRef": {"name": "pg"}})
     env = build(s).statefulset["spec"]["template"]["spec"]["containers"][0]["env"]
     by_name = {e["name"]: e for e in env}
-    for name in ("DITTOFS_CONTROLPLANE_SECRET", "DITTOFS_ADMIN_INITIAL_PASSWORD", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "DITTOFS_DATABASE_POSTGRES_PASSWORD"):
+    for name in ("DITTOFS_CONTROLPLANE_SECRET", "DITTOFS_ADMIN_INITIAL_PASSWORD", "DITTOFS_DATABASE_POSTGRES_PASSWORD"):
         assert "value" not in by_name[name] and "secretKeyRef" in by_name[name]["valueFrom"]
+    # v0.29.0 never reads S3 credentials from the environment: they go into each remote store's config.
+    assert not [n for n in by_name if n.startswith("AWS_")]
     assert by_name["DITTOFS_CONTROLPLANE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "demo-jwt",
                                                                                   "key": "jwt-secret"}
 
@@ -146,3 +147,36 @@ def test_services() -> None:
     assert by_name["demo-metrics"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert by_name["demo-api"]["spec"]["selector"] == {"app.kubernetes.io/name": "dittofs",
                                                        "app.kubernetes.io/instance": "demo"}
+
+
+def test_adapter_ports_move_without_a_pod_template_change() -> None:
+    before = build(server(adapters={"smb": {"enabled": True}}))
+    after = build(server(adapters={"nfs": {"port": 2049}, "smb": {"enabled": True, "port": 4450}}))
+    assert before.statefulset["spec"]["template"] == after.statefulset["spec"]["template"]
+    assert before.config_hash == after.config_hash
+    file_svc = next(s for s in after.services if s["metadata"]["name"] == "demo-file")
+    assert [(p["port"], p["targetPort"]) for p in file_svc["spec"]["ports"]] == [(2049, 2049), (4450, 4450)]
+
+
+def test_ports_below_1024_get_the_safe_sysctl_not_a_capability() -> None:
+    low = build(server(adapters={"smb": {"enabled": True, "port": 445}})).statefulset
+    pod = low["spec"]["template"]["spec"]
+    assert pod["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
+    assert "capabilities" not in pod["containers"][0]["securityContext"] or "add" not in \
+        pod["containers"][0]["securityContext"]["capabilities"]
+    high = build(server()).statefulset["spec"]["template"]["spec"]
+    assert "sysctls" not in high["securityContext"]
+    # The user's own value wins.
+    own = build(server(adapters={"nfs": {"port": 2049}, "smb": {"enabled": True, "port": 445}}, podSecurityContext={
+        "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "400"}]})).statefulset
+    assert own["spec"]["template"]["spec"]["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "400"}]
+
+
+def test_a_store_revision_rolls_the_pod_once() -> None:
+    s = server()
+    names = Names.of(s)
+    digests = {(u.secret, u.key): "d" for u in secret_uses(s.spec, names)}
+    zero, one = specs.build(s.spec, names, digests), specs.build(s.spec, names, digests, store_revision=1)
+    assert zero.config_hash == specs.build(s.spec, names, digests, store_revision=0).config_hash
+    assert zero.config_hash != one.config_hash != specs.build(s.spec, names, digests, store_revision=2).config_hash

@@ -209,7 +209,7 @@ def test_architecture_names_every_phase_in_pass_order() -> None:
     assert sorted(named) == phases, "every module in reconciler/phases is named in the pass description"
     calls = (ROOT / "reconciler" / "reconcile.py").read_text()
     order = [n for n in named if n not in ("deletion", "paused")]
-    modules = [re.search(rf"from reconciler\.phases\.{n} import (\w+)", calls) for n in order]
+    modules = [re.search(rf"from reconciler\.phases\.{n} import \(?\s*(\w+)", calls) for n in order]
     assert all(modules), "the reconcile pass imports each phase it names"
 
 

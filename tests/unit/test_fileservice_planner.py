@@ -241,7 +241,9 @@ def test_full_plan_from_a_fresh_server_is_ordered_by_dependency() -> None:
         "share:/export", "permission:/export#user:alice", "permission:/export#group:eng",
         "snapshot-policy:/export"}
     assert set(p.digests_after({})) == {"operator-account:dittofs-operator/password", "user:alice/password",
-                                        "remote-store:s3/access_key_id", "remote-store:s3/secret_access_key"}
+                                        "remote-store:s3/access_key_id", "remote-store:s3/secret_access_key",
+                                        "metadata-store:default/config", "local-store:default/config",
+                                        "remote-store:s3/config"}
 
 
 def test_a_converged_server_plans_nothing() -> None:
@@ -374,6 +376,24 @@ def test_immutable_store_and_share_changes_are_problems_not_calls() -> None:
     assert [(c.op.value, c.kind.value, c.name) for c in p.calls] == [
         ("create", "local-store", "other"), ("update", "share", "/export")]
     assert next(c for c in p.calls if c.kind is Kind.SHARE).body == {"read_only": True}
+
+
+def test_a_store_put_persisted_but_not_recorded_is_sent_again_so_the_pod_still_rolls() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    changed = dataclasses.replace(FULL, stores=(*FULL.stores[:2], StoreSpec(
+        StoreKind.REMOTE, "s3", "s3", (("bucket", "b2"), ("region", "eu-west-1")), FULL.stores[2].secrets)))
+    first = plan(changed, after, owned, applied)
+    assert [(c.op, c.kind, c.needs_restart) for c in first.calls] == [(Op.UPDATE, Kind.REMOTE_STORE, True)]
+    # The operator died after DittoFS persisted the PUT and before status recorded it: DittoFS shows the
+    # new bucket, but has not applied it. The recorded config stamp still says "old", so the PUT (and the
+    # restart it implies) is planned again; once recorded, nothing is.
+    persisted = simulate(after, first.calls)
+    again = plan(changed, persisted, owned, applied)
+    assert [(c.op, c.kind, c.needs_restart) for c in again.calls] == [(Op.UPDATE, Kind.REMOTE_STORE, True)]
+    assert plan(changed, persisted, owned, again.digests_after(applied)).calls == ()
+    # Ownership recorded before stamps existed (no "config" slot) is no reason to PUT.
+    legacy = {k: v for k, v in applied.items() if not k.endswith("/config")}
+    assert plan(FULL, after, owned, legacy).calls == ()
 
 
 def test_a_metadata_store_is_never_posted_twice() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
-from dittoctl.api.fileservice import Grant, Observed, StoreKind, plan
+from dittoctl.api.fileservice import Grant, Kind, Observed, StoreKind, plan
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import provisioned_secrets, secret_uses, watched_secrets
@@ -35,8 +35,11 @@ def test_minimal_spec_serves_export_read_write_from_the_default_stores() -> None
                       (StoreKind.LOCAL, "default", "fs", BLOCK_PATH)}
     assert METADATA_PATH.startswith("/data/store/metadata/") and BLOCK_PATH.startswith("/data/store/block/")
     assert fs.users == () and fs.groups == () and fs.operator is None
+    # Both adapters are declared: DittoFS seeds them enabled, and SMB is off by default here.
+    assert [(a.type, a.enabled, a.port, a.settings) for a in fs.adapters] == [
+        ("nfs", True, 12049, ()), ("smb", False, 1445, ())]
     # Against an empty DittoFS: two stores, then the share.
-    calls = plan(fs, Observed()).calls
+    calls = [c for c in plan(fs, Observed()).calls if c.kind is not Kind.ADAPTER]
     assert [(c.method, c.path) for c in calls] == [
         ("POST", "/api/v1/store/metadata"), ("POST", "/api/v1/store/block/local"), ("POST", "/api/v1/shares")]
 
@@ -63,6 +66,58 @@ def test_declared_shares_users_groups_map_onto_the_planner() -> None:
     assert user.password is not None and user.password.ref == "alice-pw/password"
     assert user.password.digest == salted("k", "d1") != "d1"  # keyed: status never shows a bare hash
     assert [g.name for g in fs.groups] == ["readers"]
+
+
+def test_every_declared_field_reaches_the_planner_in_dittofs_units() -> None:
+    s = spec(
+        s3={"credentialsSecretRef": {"secretName": "s3-creds"}, "region": "eu-central-1", "bucket": "fallback"},
+        adapters={"nfs": {"port": 2049, "settings": {"leaseTime": "2m", "maxVersion": "4.0"}},
+                  "smb": {"enabled": True, "settings": {"sessionTimeout": "1h", "signing": "required"}}},
+        stores={"metadata": [{"name": "default"}, {"name": "fast", "type": "memory"}],
+                "local": [{"name": "default", "maxSize": "1Gi"}],
+                "remote": [{"name": "s3", "endpoint": "http://10.88.0.1:9000", "allowPrivateEndpoint": True,
+                            "prefix": "p/"}]},
+        shares=[{"name": "/data", "remoteBlockStore": "s3", "quota": "10Gi",
+                 "nfs": {"squash": "all_to_guest", "anonymousUID": 99},
+                 "snapshotPolicy": {"interval": "@daily", "keepLast": 7, "ttl": "168h"}}],
+        users=[{"name": "alice", "passwordSecretRef": {"name": "pw", "key": "p"}, "uid": 1000, "gid": 1000,
+                "role": "admin"}],
+        groups=[{"name": "eng", "gid": 2000}],
+    )
+    fs, missing = declared(s, lambda secret, key: f"{secret}/{key}", "k")
+    assert missing == []
+    assert [(a.type, a.enabled, a.port, a.settings) for a in fs.adapters] == [
+        ("nfs", True, 2049, (("lease_time", 120), ("max_version", "4.0"))),
+        ("smb", True, 1445, (("session_timeout", 3600), ("signing", "required")))]
+    by_name = {(st.kind, st.name): st for st in fs.stores}
+    assert dict(by_name[(StoreKind.METADATA, "default")].config) == {"path": METADATA_PATH}
+    assert by_name[(StoreKind.METADATA, "fast")].config == ()
+    assert dict(by_name[(StoreKind.LOCAL, "default")].config) == {"path": BLOCK_PATH, "max_size": 1 << 30}
+    remote = by_name[(StoreKind.REMOTE, "s3")]
+    # Bucket and region fall back to spec.s3; the keys come from spec.s3's Secret, by reference only.
+    assert dict(remote.config) == {"bucket": "fallback", "region": "eu-central-1", "endpoint": "http://10.88.0.1:9000",
+                                   "prefix": "p/", "allow_private_endpoint": True}
+    assert [(k, v.ref) for k, v in remote.secrets] == [("access_key_id", "s3-creds/accessKeyId"),
+                                                       ("secret_access_key", "s3-creds/secretAccessKey")]
+    (share,) = fs.shares
+    assert (share.remote_store, share.quota_bytes) == ("s3", 10 << 30)
+    assert share.nfs is not None and (share.nfs.squash, share.nfs.anonymous_uid, share.nfs.anonymous_gid) == (
+        "all_to_guest", 99, None)
+    assert share.snapshot_policy is not None and (share.snapshot_policy.interval, share.snapshot_policy.keep_last,
+                                                  share.snapshot_policy.ttl) == ("@daily", 7, "168h")
+    (user,) = fs.users
+    assert (user.uid, user.gid, user.role) == (1000, 1000, "admin")
+    assert [(g.name, g.gid) for g in fs.groups] == [("eng", 2000)]
+    # The store credentials are provisioned secrets: watched, never in the pod's environment.
+    assert {"s3-creds", "pw"} <= watched_secrets(s, NAMES)
+    assert not [u for u in secret_uses(s, NAMES) if u.secret == "s3-creds"]
+
+
+def test_a_remote_store_without_its_keys_is_left_out_and_named() -> None:
+    s = spec(stores={"remote": [{"name": "s3", "bucket": "bkt", "credentialsSecretRef": {"name": "c"}}]})
+    fs, missing = declared(s, no_digest, "k")
+    assert [st.name for st in fs.stores if st.kind is StoreKind.REMOTE] == []
+    assert missing == ["Secret c key accessKeyId (credentials of remote store s3)"]
 
 
 def test_a_user_without_its_password_is_left_out_and_named() -> None:
@@ -96,6 +151,18 @@ def _ready(provisioned: Cond | None) -> Cond:
                       "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"}}
     conds = conditions(Observation(generation=1, desired_replicas=1, statefulset=sts, provisioned=provisioned))
     return next(c for c in conds if c.type is ConditionType.READY)
+
+
+def test_ready_requires_adapters_ready_when_it_is_reported() -> None:
+    sts = {"metadata": {"generation": 1}, "spec": {"replicas": 1},
+           "status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "observedGeneration": 1,
+                      "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "a"}}
+    down = Cond(ConditionType.ADAPTERS_READY, False, Reason.NOT_LISTENING, "no TCP listener on nfs port 2049")
+    conds = conditions(Observation(generation=1, desired_replicas=1, statefulset=sts,
+                                   provisioned=Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED),
+                                   adapters_ready=down))
+    ready = next(c for c in conds if c.type is ConditionType.READY)
+    assert ready.status is False and "AdaptersReady" in ready.message
 
 
 def test_ready_requires_provisioned_when_it_is_reported() -> None:

@@ -168,11 +168,10 @@ def test_rule_2_disabled_adapters_may_share_ports() -> None:
 
 
 # -- rule 3: privileged ports ---------------------------------------------------------------------------------
-def test_rule_3_privileged_ports_warn() -> None:
+def test_rule_3_privileged_ports_need_no_warning_the_pod_gets_the_sysctl() -> None:
+    # SPEC §13.2 replaced the warning: the builder adds net.ipv4.ip_unprivileged_port_start (test_builders).
     verdict = check({"adapters": {"nfs": {"port": 2049}, "smb": {"enabled": True, "port": 445}}})
-    assert verdict.allowed
-    assert paths(verdict.warnings) == ["spec.adapters.smb.port"]
-    assert "NET_BIND_SERVICE" in verdict.warnings[0]
+    assert verdict.allowed and verdict.warnings == []
 
 
 def test_rule_3_no_warning_when_the_capability_is_granted() -> None:
@@ -489,3 +488,85 @@ def test_a_missing_user_password_secret_is_a_warning_like_other_secrets() -> Non
                            secrets={**SECRETS, "alice-pw": frozenset({"other"})})
     verdict = check(FILE_SERVICE, lacking)
     assert any("add key 'password'" in w or 'add key "password"' in w for w in verdict.warnings), verdict.warnings
+
+
+# -- stores, adapters and identity of the declared file service (SPEC §13.1, §13.2) ---------------------------
+def test_store_references_paths_endpoints_and_credentials_are_checked_all_at_once() -> None:
+    verdict = check({
+        "stores": {"metadata": [{"name": "meta"}, {"name": "meta"}, {"name": "x", "path": "/etc/badger"}],
+                   "local": [{"name": "mem", "type": "memory", "path": "/data/store/block/m"}],
+                   "remote": [{"name": "s3", "endpoint": "http://10.88.0.1:9000"},
+                              {"name": "aws", "bucket": "bkt", "endpoint": "https://s3.amazonaws.com",
+                               "credentialsSecretRef": {"name": "s3"}}]},
+        "shares": [{"name": "/a", "metadataStore": "default", "localBlockStore": "mem", "remoteBlockStore": "nope"}],
+    })
+    assert paths(verdict.messages) == [
+        "spec.stores.metadata[1].name", "spec.stores.metadata[2].path", "spec.stores.local[0].path",
+        "spec.stores.remote[0].bucket", "spec.stores.remote[0].credentialsSecretRef", "spec.stores.remote[0].endpoint",
+        "spec.shares[0].metadataStore", "spec.shares[0].remoteBlockStore"]
+    text = "\n".join(verdict.messages)
+    assert "must be a directory under /data/store/metadata" in text
+    assert "a memory store has no path" in text
+    assert "set allowPrivateEndpoint: true" in text
+    assert "metadata store \"default\" is not declared in spec.stores.metadata (declared: \"meta\", \"x\")" in text
+
+
+def test_a_declared_remote_store_with_defaults_from_spec_s3_is_allowed() -> None:
+    verdict = check({"s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "bkt"},
+                     "stores": {"remote": [{"name": "s3", "endpoint": "http://minio.storage.svc:9000",
+                                            "allowPrivateEndpoint": True}]},
+                     "shares": [{"name": "/export", "remoteBlockStore": "s3"}]})
+    assert (verdict.messages, verdict.warnings) == ([], [])
+
+
+def test_store_type_and_path_and_share_stores_are_immutable() -> None:
+    old = {"stores": {"local": [{"name": "default"}, {"name": "big", "path": "/data/store/block/big"}]},
+           "shares": [{"name": "/export", "localBlockStore": "big"}]}
+    new = {"stores": {"local": [{"name": "default", "type": "memory"}, {"name": "big", "path": "/data/store/block/b2"}]},
+           "shares": [{"name": "/export", "localBlockStore": "default"}]}
+    verdict = check(new, old=old)
+    assert paths(verdict.messages) == ["spec.stores.local[0].type", "spec.stores.local[1].path",
+                                       "spec.shares[0].localBlockStore"]
+    assert all("immutable" in m for m in verdict.messages)
+    # Adding a store or a share, or changing a mutable field, is fine.
+    more = merge(old, {"stores": {"local": [*old["stores"]["local"], {"name": "new"}]},
+                       "shares": [{"name": "/export", "localBlockStore": "big", "readOnly": True}]})
+    assert check(more, old=old).allowed
+
+
+def test_adapter_settings_are_checked_against_dittofs_ranges() -> None:
+    verdict = check({"adapters": {"nfs": {"settings": {"minVersion": "4.1", "maxVersion": "3", "leaseTime": "5s"}},
+                                  "smb": {"settings": {"minDialect": "SMB3.1.1", "maxDialect": "SMB2.0",
+                                                       "sessionTimeout": "48h"}}}})
+    assert paths(verdict.messages) == ["spec.adapters.nfs.settings.minVersion", "spec.adapters.smb.settings.minDialect",
+                                       "spec.adapters.nfs.settings.leaseTime", "spec.adapters.smb.settings.sessionTimeout"]
+    assert "outside DittoFS's range 10s to 3600s" in verdict.messages[2]
+    bad_enum = check({"adapters": {"smb": {"settings": {"signing": "maybe"}}}})
+    assert paths(bad_enum.messages) == ["spec.adapters.smb.settings.signing"]
+
+
+def test_admin_username_other_than_admin_is_denied() -> None:
+    verdict = check({"identity": {"admin": {"username": "root"}}})
+    assert paths(verdict.messages) == ["spec.identity.admin.username"]
+    assert "always bootstraps the account 'admin'" in verdict.messages[0]
+    assert check({"identity": {"admin": {"username": "admin"}}}).allowed
+
+
+def test_a_jwt_secret_shorter_than_32_characters_is_denied_when_it_can_be_read() -> None:
+    spec = {"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"}}}}
+    short = ClusterFacts(storage_classes=GOOD.storage_classes, percona_served=True, secrets=SECRETS,
+                         short_keys={"jwt": frozenset({"secret"})})
+    verdict = check(spec, facts=short)
+    assert paths(verdict.messages) == ["spec.identity.jwt.secretRef"]
+    assert "shorter than 32 characters" in verdict.messages[0] and "openssl rand -hex 32" in verdict.messages[0]
+    assert check(spec).allowed  # long enough (or unknown): allowed
+
+
+def test_snapshot_policy_interval_below_a_minute_is_denied() -> None:
+    verdict = check({"shares": [{"name": "/export", "snapshotPolicy": {"interval": "30s"}},
+                                {"name": "/b", "snapshotPolicy": {"interval": "@hourly"}}]})
+    assert paths(verdict.messages) == ["spec.shares[0].snapshotPolicy.interval"]
+    malformed = check({"shares": [{"name": "/b", "snapshotPolicy": {"interval": "daily", "namePrefix": "a b"}}]})
+    assert paths(malformed.messages) == ["spec.shares[0].snapshotPolicy.interval",
+                                         "spec.shares[0].snapshotPolicy.namePrefix"]
+    assert "or @hourly, @daily, @weekly" in malformed.messages[0]

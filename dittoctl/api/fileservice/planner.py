@@ -41,6 +41,7 @@ from dittoctl.api.fileservice.types import (
     StoreKind,
     StoreSpec,
     digest_key,
+    digest_of,
     permission_name,
     share_name,
 )
@@ -102,6 +103,8 @@ class Plan:
                     del out[key]
             for sf in call.secrets:
                 out[digest_key(call.ref, sf.slot)] = sf.secret.digest
+            for slot, digest in call.stamps:
+                out[digest_key(call.ref, slot)] = digest
         return out
 
 
@@ -259,10 +262,11 @@ class _Planner:
         seen = self.seen.store(s.kind, s.name)
         state = self.mine(ref, seen is not None)
         secrets = tuple(SecretField(key, value, in_config=True) for key, value in s.secrets)
+        stamp = (("config", digest_of(json.dumps([s.type, dict(s.config)], sort_keys=True))),)
         if state is False:
             # The body's `config` is a dict here; the executor sends it as the JSON *string* DittoFS wants.
             self.call(Op.CREATE, kind, s.name, "POST", _store_path(s.kind),
-                      {"name": s.name, "type": s.type, "config": dict(s.config)}, secrets=secrets)
+                      {"name": s.name, "type": s.type, "config": dict(s.config)}, secrets=secrets, stamps=stamp)
             return
         if not state or seen is None:
             return
@@ -278,10 +282,14 @@ class _Planner:
                 return
         plain_differs = any(k not in seen.config or not same_values(seen.config[k], v) for k, v in config.items())
         secret_differs = any(self.secret_changed(ref, sf.key, sf.secret.digest) for sf in secrets)
-        if plain_differs or secret_differs:
+        # A PUT persisted by an operator that died before recording it: DittoFS shows the new config but has
+        # not applied it (that needs a restart), so the recorded stamp is what tells.
+        recorded = self.applied.get(digest_key(ref, "config"))
+        stamp_differs = recorded is not None and recorded != stamp[0][1]
+        if plain_differs or secret_differs or stamp_differs:
             # PUT replaces the whole config, so every declared key and every secret is sent again.
             self.call(Op.UPDATE, kind, s.name, "PUT", f"{_store_path(s.kind)}/{_seg(s.name)}",
-                      {"type": s.type, "config": config}, secrets=secrets, needs_restart=True)
+                      {"type": s.type, "config": config}, secrets=secrets, needs_restart=True, stamps=stamp)
 
     def shares(self, usable: set[tuple[StoreKind, str]]) -> set[str]:
         """Plan shares and their sub-objects; return the shares planned for deletion."""

@@ -227,6 +227,7 @@ class Call:
     secrets: tuple[SecretField, ...] = ()
     needs_restart: bool = False  # DittoFS persists it but applies it only at the next start (store configs)
     admin_first_login: bool = False  # a new/reset admin-role account must self-change its password once
+    stamps: tuple[tuple[str, str], ...] = ()  # (slot, digest) recorded once it succeeded (a store's config)
 
     @property
     def ref(self) -> Ref:
