@@ -31,11 +31,11 @@ fi
 
 # The test bed's real node (SPEC §14, tests/testbed/node.py): container runtime, CNI plugins, the offline
 # image builder and its inputs (busybox for the images' shell, gcc for the pause binary), and the
-# userspace NFS client the tests write files with. It needs root; without it the real-node tests fail
+# userspace NFS and SMB clients the tests write and read files with. It needs root; without it the real-node tests fail
 # loudly unless DITTOFS_TESTBED_REAL_NODE=0.
-NODE_PKGS="containerd runc containernetworking-plugins iptables busybox-static umoci libnfs-utils gcc libc6-dev"
+NODE_PKGS="containerd runc containernetworking-plugins iptables busybox-static umoci libnfs-utils smbclient gcc libc6-dev"
 NODE_BINS="/usr/bin/containerd /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables /usr/bin/busybox /usr/bin/umoci
-/usr/bin/nfs-cp /usr/bin/gcc"
+/usr/bin/nfs-cp /usr/bin/smbclient /usr/bin/gcc"
 node_missing=""; for b in $NODE_BINS; do [ -x "$b" ] || node_missing="$node_missing $b"; done
 if [ "${SKIP_REAL_NODE:-0}" = 1 ]; then
   say "skipping real-node packages (SKIP_REAL_NODE=1)"

@@ -53,6 +53,7 @@ from dittoctl.kube.dittofs import (
     bootstrap_operator,
 )
 from tests.contract.conftest import ADMIN_PASSWORD
+from tests.support.s3 import ACCESS_KEY_ID, MotoServer
 from tests.testbed.dfs import DfsServer, minimal_config
 
 OPERATOR_PASSWORD = "operator-pw-Zq81-never-logged"
@@ -96,11 +97,16 @@ class State:
 
 async def one_pass(client: DittoFsClient, want: FileService, state: State) -> tuple[Plan, Counter[str], float]:
     """observe -> plan -> execute, as a reconcile pass would; returns the plan and HTTP calls by method."""
+    return await one_pass_with(client, want, state, SECRETS)
+
+
+async def one_pass_with(client: DittoFsClient, want: FileService, state: State,
+                        values: dict[str, SecretStr]) -> tuple[Plan, Counter[str], float]:
     client.requests.clear()
     start = time.perf_counter()
     seen = await client.observe()
     p = plan(want, seen, state.owned, state.applied)
-    done = await client.execute(p, SECRETS)
+    done = await client.execute(p, values)
     state.owned = p.owned_after(done)
     state.applied = p.digests_after(state.applied, done)
     return p, Counter(client.requests), time.perf_counter() - start
@@ -463,3 +469,58 @@ def test_rest_facts_the_planner_relies_on(dfs: DfsServer) -> None:
     assert call("PUT", "/store/metadata/m", {"config": '{"b": 2}'})[1]["config"] == {"b": 2}  # type: ignore[index]
     # An expired or garbage token is a text/plain 401.
     assert dfs.request("GET", "/api/v1/auth/me", token="garbage") == (401, "Invalid or expired token\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a remote S3 store: keys in the store config, a rotation is a restart-only update (moto as the S3 API)
+
+
+async def test_a_remote_s3_store_gets_its_keys_in_its_config_and_rotation_needs_a_restart(
+        dfs_env: dict[str, str], tmp_path: Path) -> None:
+    keys = {"s3id": ACCESS_KEY_ID, "s3key": "moto-secret-key-first-0001", "s3key2": "moto-secret-key-second-002"}
+    values = {**SECRETS, **{ref: SecretStr(v) for ref, v in keys.items()}}
+    with MotoServer(tmp_path) as s3:
+        s3.create_bucket("blocks")
+        server = DfsServer(minimal_config(tmp_path / "controlplane.db"), dfs_env, tmp_path / "dfs",
+                           host_ports=[s3.port]).start()
+        try:
+            client = await bootstrap_operator(server.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                              SecretStr(OPERATOR_PASSWORD))
+            async with client:
+                def remote(key_ref: str) -> StoreSpec:
+                    return StoreSpec(StoreKind.REMOTE, "s3", "s3", (
+                        ("allow_private_endpoint", True), ("bucket", "blocks"), ("endpoint", s3.endpoint),
+                        ("force_path_style", True), ("prefix", "t/"), ("region", "eu-west-1")), (
+                        ("access_key_id", SecretValue("s3id", digest_of(keys["s3id"]))),
+                        ("secret_access_key", SecretValue(key_ref, digest_of(keys[key_ref])))))
+
+                base = declared(tmp_path / "data")
+                want = dataclasses.replace(base, stores=(*base.stores, remote("s3key")), shares=(
+                    dataclasses.replace(base.shares[0], remote_store="s3"),))
+                state = State()
+                seen = await client.observe()
+                first = plan(want, seen, state.owned, state.applied)
+                done = await client.execute(first, values)
+                state.owned, state.applied = first.owned_after(done), first.digests_after(state.applied, done)
+                assert Ref(Kind.REMOTE_STORE, "s3") in state.owned
+                # DittoFS took the keys from the store config (the env has none) and probed the bucket.
+                status, stores = admin_call(server, "GET", "/store/block/remote")
+                assert status == 200 and isinstance(stores, list)
+                (store,) = stores
+                # DittoFS redacts only the secret key on GET; the key id is shown (it is not a secret to AWS).
+                assert store["config"]["secret_access_key"] == "********"
+                assert store["config"]["access_key_id"] == ACCESS_KEY_ID
+                assert store["config"]["bucket"] == "blocks" and "healthy" == store["status"]["status"], store["status"]
+                assert "moto-secret-key" not in str(stores)
+                # Unchanged: reads only.
+                p, calls, _ = await one_pass_with(client, want, state, values)
+                assert p.calls == () and set(calls) == {"GET"}
+                # A rotated secret key: one PUT of the store, marked restart-only (DittoFS applies it at start).
+                rotated = dataclasses.replace(want, stores=(*base.stores, remote("s3key2")))
+                p, calls, _ = await one_pass_with(client, rotated, state, values)
+                assert [(c.op, c.kind, c.needs_restart) for c in p.calls] == [(Op.UPDATE, Kind.REMOTE_STORE, True)]
+                assert calls["PUT"] == 1
+                p, calls, _ = await one_pass_with(client, rotated, state, values)
+                assert p.calls == () and set(calls) == {"GET"}
+        finally:
+            server.stop()

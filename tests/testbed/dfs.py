@@ -113,8 +113,11 @@ def minimal_config(sqlite_path: Path | str = "/data/controlplane/controlplane.db
 
 
 def base_env(workdir: Path) -> dict[str, str]:
-    """The process environment for dfs: ours without ``DITTOFS_*``, with home/XDG/tmp inside ``workdir``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DITTOFS_")}
+    """The process environment for dfs: ours without ``DITTOFS_*``, ``AWS_*`` (the AWS SDK reads them: an
+    ``AWS_CA_BUNDLE`` breaks every S3 store, docs/DITTOFS_FACTS.md) and proxy variables (nothing may leave the
+    machine), with home/XDG/tmp inside ``workdir``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DITTOFS_", "AWS_")) and "proxy" not in k.lower()}
     for key, sub in (
         ("HOME", "home"),
         ("XDG_CONFIG_HOME", "xdg/config"),
