@@ -151,9 +151,9 @@ def _secrets_of(parsed: ParsedSpec) -> dict[str, set[str]]:
     if backup and parsed.usable("percona.backup.enabled", "percona.backup.credentialsSecretRef"):
         refs.setdefault(backup, set())
     if parsed.usable("users", "stores", "s3"):
-        for use in provisioned_secrets(spec):
-            if not use.optional:
-                refs.setdefault(use.secret, set()).add(use.key)
+        for provisioned in provisioned_secrets(spec):
+            if not provisioned.optional:
+                refs.setdefault(provisioned.secret, set()).add(provisioned.key)
     s3 = spec.s3.credentials_secret_ref if spec.s3 is not None else None
     if s3 is not None and parsed.usable("s3.credentialsSecretRef"):
         refs.setdefault(s3.secret_name, set()).update((s3.access_key_id_key, s3.secret_access_key_key))

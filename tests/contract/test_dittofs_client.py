@@ -510,7 +510,7 @@ async def test_a_remote_s3_store_gets_its_keys_in_its_config_and_rotation_needs_
                 # DittoFS redacts only the secret key on GET; the key id is shown (it is not a secret to AWS).
                 assert store["config"]["secret_access_key"] == "********"
                 assert store["config"]["access_key_id"] == ACCESS_KEY_ID
-                assert store["config"]["bucket"] == "blocks" and "healthy" == store["status"]["status"], store["status"]
+                assert store["config"]["bucket"] == "blocks" and store["status"]["status"] == "healthy", store["status"]
                 assert "moto-secret-key" not in str(stores)
                 # Unchanged: reads only.
                 p, calls, _ = await one_pass_with(client, want, state, values)

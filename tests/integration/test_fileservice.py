@@ -18,9 +18,10 @@ import pytest
 from tests.support.kube import apply_server, condition, events, kubectl_json, wait_ready
 from tests.support.operator import OperatorProcess
 from tests.support.poll import eventually
+from tests.support.s3 import ACCESS_KEY_ID, MotoServer
 from tests.testbed import Testbed
-from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put
-from tests.testbed.node import RealNode
+from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put, smb, smb_get
+from tests.testbed.node import NODE_IP, RealNode
 
 pytestmark = pytest.mark.integration
 OPERATOR_USER = "dittofs-operator"
@@ -215,3 +216,94 @@ def test_lost_credentials_fail_once_with_backoff_and_recover(testbed: Testbed, o
     assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
     ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
     assert "/export" in admin(testbed, namespace, ip).shares()
+
+
+def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: OperatorProcess, real_node: RealNode,
+                                             namespace: str, tmp_path: Path) -> None:
+    """SPEC §13 end to end: a user, a share tiered to S3 (moto on the bridge), NFS in, SMB out, the block in
+    the bucket; the NFS port moves live; a rotated password changes the SMB login; a share removed and
+    declared again serves its files again."""
+    with MotoServer(tmp_path, host=NODE_IP) as s3:
+        s3.create_bucket("dittofs-blocks")
+        testbed.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace,
+                        f"--from-literal=accessKeyId={ACCESS_KEY_ID}", "--from-literal=secretAccessKey=moto-key-1")
+        testbed.kubectl("create", "secret", "generic", "alice-pw", "-n", namespace,
+                        "--from-literal=password=smb-pass-1")
+        share = {"name": "/export", "remoteBlockStore": "s3",
+                 "permissions": [{"user": "alice", "level": "read-write"}]}
+        spec: dict[str, Any] = {
+            **real_node.pod_placement(),
+            "adapters": {"smb": {"enabled": True}},
+            "s3": {"credentialsSecretRef": {"secretName": "s3-creds"}, "bucket": "dittofs-blocks"},
+            "stores": {"remote": [{"name": "s3", "endpoint": s3.endpoint, "allowPrivateEndpoint": True,
+                                   "prefix": "demo/"}]},
+            "shares": [share],
+            "users": [{"name": "alice", "passwordSecretRef": {"name": "alice-pw", "key": "password"},
+                       "uid": 1000, "gid": 1000}],
+        }
+        apply_server(testbed, namespace, **spec)
+        obj = wait_ready(testbed, namespace, timeout=180)
+        status = obj["status"]
+        assert "remote-store:s3" in status["provisioned"], status["provisioned"]
+        assert status["adapters"] == [{"type": "nfs", "port": 12049, "enabled": True, "listening": True},
+                                      {"type": "smb", "port": 1445, "enabled": True, "listening": True}]
+        ready = condition(obj, "AdaptersReady")
+        assert ready is not None and ready["status"] == "True", ready
+        pod = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)
+        ip, uid = pod["status"]["podIP"], pod["metadata"]["uid"]
+        env_names = [e["name"] for e in pod["spec"]["containers"][0].get("env", [])]
+        assert not [n for n in env_names if n.startswith("AWS_")], env_names
+        assert "moto-key-1" not in json.dumps(obj) and "smb-pass-1" not in json.dumps(obj)
+
+        # NFS in as alice (uid 1000), SMB out with her password: the same bytes.
+        payload = f"tiered to S3 from {namespace} at {time.time()}\n".encode() * 400
+        local = tmp_path / "tiered.bin"
+        local.write_bytes(payload)
+        def put() -> bool:
+            nfs_put(ip, local, "tiered.bin", uid=1000)
+            return True
+
+        eventually(put, timeout=30, what="nfs-cp as alice")
+        assert smb_get(ip, 1445, "/export", "alice", "smb-pass-1", "tiered.bin", tmp_path) == payload
+
+        # The block reaches the bucket (drained now instead of waiting for DittoFS's upload delay).
+        rest = admin(testbed, namespace, ip)
+        rest.call("POST", "/api/v1/system/drain-uploads", {})
+        eventually(lambda: bool(s3.keys("dittofs-blocks", "demo/")), timeout=60, what="a block in the bucket")
+
+        # The NFS port moves live: same pod, new listener, Services and status follow.
+        events_before = len(events(testbed, namespace, "AdapterReconfigured"))
+        apply_server(testbed, namespace, **{**spec, "adapters": {"nfs": {"port": 2049}, "smb": {"enabled": True}}})
+
+        def moved() -> bool:
+            o = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)
+            return {"type": "nfs", "port": 2049, "enabled": True, "listening": True} in (o["status"].get(
+                "adapters") or []) and (condition(o, "Ready") or {}).get("status") == "True"
+
+        eventually(moved, timeout=60, what="NFS listening on 2049 and Ready")
+        assert nfs_get(ip, "tiered.bin", port=2049, uid=1000) == payload
+        assert kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] == uid
+        file_svc = kubectl_json(testbed, "get", "service", "demo-file", "-n", namespace)
+        assert {(p["name"], p["port"], p["targetPort"]) for p in file_svc["spec"]["ports"]} == {
+            ("nfs", 2049, 2049), ("smb", 1445, 1445)}
+        assert len(events(testbed, namespace, "AdapterReconfigured")) == events_before + 1
+        spec["adapters"] = {"nfs": {"port": 2049}, "smb": {"enabled": True}}
+
+        # A rotated password changes the SMB login, live.
+        testbed.kubectl("patch", "secret", "alice-pw", "-n", namespace, "-p",
+                        '{"stringData": {"password": "smb-pass-2"}}')
+
+        def rotated() -> bool:
+            return smb(ip, 1445, "/export", "alice", "smb-pass-2", "ls", tmp_path).returncode == 0
+
+        eventually(rotated, timeout=60, what="SMB login with the new password")
+        assert smb(ip, 1445, "/export", "alice", "smb-pass-1", "ls", tmp_path).returncode != 0
+
+        # Removed: gone from DittoFS. Declared again: the same files, from the same stores.
+        apply_server(testbed, namespace, **{**spec, "shares": []})
+        eventually(lambda: "/export" not in rest.shares(), timeout=60, what="/export deleted in DittoFS")
+        apply_server(testbed, namespace, **spec)
+        eventually(lambda: "/export" in rest.shares(), timeout=60, what="/export declared again")
+        wait_ready(testbed, namespace, timeout=60)
+        assert smb_get(ip, 1445, "/export", "alice", "smb-pass-2", "tiered.bin", tmp_path) == payload
+        assert kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] == uid

@@ -25,9 +25,9 @@ class DfsApiError(RuntimeError):
         self.status = status
 
 
-def nfs_url(pod_ip: str, name: str, share: str = SHARE) -> str:
+def nfs_url(pod_ip: str, name: str, share: str = SHARE, *, port: int = NFS_PORT, uid: int = 65532) -> str:
     # uid/gid: root (the default) is squashed to 65534; 65532 matches the server's own files.
-    return f"nfs://{pod_ip}{share}/{name}?nfsport={NFS_PORT}&mountport={NFS_PORT}&version=3&uid=65532&gid=65532"
+    return f"nfs://{pod_ip}{share}/{name}?nfsport={port}&mountport={port}&version=3&uid={uid}&gid={uid}"
 
 
 class DfsRest:
@@ -75,12 +75,13 @@ class DfsRest:
         return items
 
 
-def nfs_put(pod_ip: str, local: Path, name: str, share: str = SHARE) -> None:
-    _nfs("nfs-cp", str(local), nfs_url(pod_ip, name, share))
+def nfs_put(pod_ip: str, local: Path, name: str, share: str = SHARE, *, port: int = NFS_PORT,
+            uid: int = 65532) -> None:
+    _nfs("nfs-cp", str(local), nfs_url(pod_ip, name, share, port=port, uid=uid))
 
 
-def nfs_get(pod_ip: str, name: str, share: str = SHARE) -> bytes:
-    url = nfs_url(pod_ip, name, share)
+def nfs_get(pod_ip: str, name: str, share: str = SHARE, *, port: int = NFS_PORT, uid: int = 65532) -> bytes:
+    url = nfs_url(pod_ip, name, share, port=port, uid=uid)
     proc = subprocess.run(["nfs-cat", url], capture_output=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"nfs-cat {url} exited {proc.returncode}: {proc.stderr.decode()}")
@@ -91,3 +92,20 @@ def _nfs(*argv: str) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+
+
+def smb(pod_ip: str, port: int, share: str, user: str, password: str, command: str,
+        cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``smbclient //ip/share -p port -U user%password -c command`` in ``cwd`` (NTLM with the REST password;
+    the share name has no leading slash). The password travels in the environment, not argv."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "PASSWD": password}
+    return subprocess.run(["smbclient", f"//{pod_ip}/{share.lstrip('/')}", "-p", str(port), "-U", user, "-c",
+                           command], capture_output=True, text=True, timeout=60, check=False, cwd=cwd, env=env)
+
+
+def smb_get(pod_ip: str, port: int, share: str, user: str, password: str, name: str, cwd: Path) -> bytes:
+    proc = smb(pod_ip, port, share, user, password, f"get {name} smb-{name}", cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"smbclient get {name} as {user} exited {proc.returncode}: {proc.stdout[-300:]}"
+                           f"{proc.stderr[-300:]}")
+    return (cwd / f"smb-{name}").read_bytes()

@@ -520,16 +520,17 @@ def test_a_declared_remote_store_with_defaults_from_spec_s3_is_allowed() -> None
 
 
 def test_store_type_and_path_and_share_stores_are_immutable() -> None:
-    old = {"stores": {"local": [{"name": "default"}, {"name": "big", "path": "/data/store/block/big"}]},
-           "shares": [{"name": "/export", "localBlockStore": "big"}]}
-    new = {"stores": {"local": [{"name": "default", "type": "memory"}, {"name": "big", "path": "/data/store/block/b2"}]},
+    local: list[dict[str, Any]] = [{"name": "default"}, {"name": "big", "path": "/data/store/block/big"}]
+    old: dict[str, Any] = {"stores": {"local": local}, "shares": [{"name": "/export", "localBlockStore": "big"}]}
+    new = {"stores": {"local": [{"name": "default", "type": "memory"},
+                                {"name": "big", "path": "/data/store/block/b2"}]},
            "shares": [{"name": "/export", "localBlockStore": "default"}]}
     verdict = check(new, old=old)
     assert paths(verdict.messages) == ["spec.stores.local[0].type", "spec.stores.local[1].path",
                                        "spec.shares[0].localBlockStore"]
     assert all("immutable" in m for m in verdict.messages)
     # Adding a store or a share, or changing a mutable field, is fine.
-    more = merge(old, {"stores": {"local": [*old["stores"]["local"], {"name": "new"}]},
+    more = merge(old, {"stores": {"local": [*local, {"name": "new"}]},
                        "shares": [{"name": "/export", "localBlockStore": "big", "readOnly": True}]})
     assert check(more, old=old).allowed
 
@@ -538,8 +539,9 @@ def test_adapter_settings_are_checked_against_dittofs_ranges() -> None:
     verdict = check({"adapters": {"nfs": {"settings": {"minVersion": "4.1", "maxVersion": "3", "leaseTime": "5s"}},
                                   "smb": {"settings": {"minDialect": "SMB3.1.1", "maxDialect": "SMB2.0",
                                                        "sessionTimeout": "48h"}}}})
-    assert paths(verdict.messages) == ["spec.adapters.nfs.settings.minVersion", "spec.adapters.smb.settings.minDialect",
-                                       "spec.adapters.nfs.settings.leaseTime", "spec.adapters.smb.settings.sessionTimeout"]
+    assert paths(verdict.messages) == [
+        "spec.adapters.nfs.settings.minVersion", "spec.adapters.smb.settings.minDialect",
+        "spec.adapters.nfs.settings.leaseTime", "spec.adapters.smb.settings.sessionTimeout"]
     assert "outside DittoFS's range 10s to 3600s" in verdict.messages[2]
     bad_enum = check({"adapters": {"smb": {"settings": {"signing": "maybe"}}}})
     assert paths(bad_enum.messages) == ["spec.adapters.smb.settings.signing"]
