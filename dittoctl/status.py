@@ -37,6 +37,19 @@ def render(server: dict[str, Any], pods: list[dict[str, Any]], pvcs: list[dict[s
     if endpoints:
         lines.append("Endpoints:")
         lines.extend(f"  {key:<4} {value}" for key, value in endpoints.items())
+    adapters = status.get("adapters") or []
+    if adapters:
+        lines.append("Adapters:")
+        for a in adapters:
+            state = "listening" if a.get("listening") else "NOT listening" if a.get("enabled") else "disabled"
+            lines.append(f"  {a.get('type', '?'):<4} port {a.get('port', '?'):<6} {state}")
+    shares = status.get("shares") or []
+    if shares:
+        lines.append("Shares:")
+        for share in shares:
+            where = "  ".join(share[k] for k in ("nfs", "smb") if share.get(k))
+            mode = "ro" if share.get("readOnly") else "rw"
+            lines.append(f"  {share.get('name', '?'):<16} {mode}  {where}")
     lines.append("Pods:")
     lines.extend(_pod_line(p) for p in pods) if pods else lines.append("  (none)")
     lines.append("PersistentVolumeClaims:")

@@ -110,7 +110,11 @@ def build_crd() -> JsonSchema:
         {"name": "Status", "type": "string", "jsonPath": ".status.phase", "description": "Phase"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoints.nfs", "priority": 1,
-         "description": "NFS endpoint"},
+         "description": "NFS endpoint (listening)"},
+        {"name": "SMB", "type": "string", "jsonPath": ".status.endpoints.smb", "priority": 1,
+         "description": "SMB endpoint (listening)"},
+        {"name": "Shares", "type": "string", "jsonPath": ".status.shares[*].name", "priority": 1,
+         "description": "Shares DittoFS serves"},
         {"name": "Image", "type": "string", "jsonPath": ".spec.image", "priority": 1},
     ]
     root = {

@@ -105,3 +105,23 @@ def test_cli_errors_are_a_few_lines_never_a_traceback(tmp_path: Path, args: list
     assert proc.returncode == 1, proc
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3, proc.stderr
     assert proc.stderr.startswith(expected.format(**{k: str(v) for k, v in files.items()})), proc.stderr
+
+
+def test_status_screen_shows_adapters_and_shares() -> None:
+    from dittoctl.status import render as screen
+
+    server = {"metadata": {"name": "demo", "namespace": "apps", "generation": 2}, "status": {
+        "phase": "Running", "ready": "1/1", "observedGeneration": 2,
+        "adapters": [{"type": "nfs", "port": 2049, "enabled": True, "listening": True},
+                     {"type": "smb", "port": 445, "enabled": True, "listening": False}],
+        "shares": [{"name": "/export", "readOnly": False, "nfs": "nfs://demo-file.apps.svc:2049/export"}]}}
+    text = screen(server, [], [], None, [])
+    assert "  nfs  port 2049   listening" in text and "  smb  port 445    NOT listening" in text
+    assert "  /export          rw  nfs://demo-file.apps.svc:2049/export" in text
+
+
+def test_every_sample_is_valid_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    samples = sorted(SAMPLES.glob("*.yaml"))
+    assert len(samples) >= 2
+    for sample in samples:
+        assert main(["validate", "-f", str(sample)]) == 0, capsys.readouterr().out
