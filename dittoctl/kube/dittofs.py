@@ -36,7 +36,7 @@ from dittoctl.api.fileservice.observed import (
     parse_stores,
     parse_users,
 )
-from dittoctl.api.fileservice.planner import API, Plan, store_body_json
+from dittoctl.api.fileservice.planner import API, Plan, Reads, store_body_json
 from dittoctl.api.fileservice.types import Call, Kind, StoreKind, share_name
 
 log = logging.getLogger("dittoctl.dittofs")
@@ -280,24 +280,30 @@ class DittoFsClient:
         result: dict[str, Any] = await self.request("GET", f"{API}/auth/me")
         return result
 
-    async def observe(self, shares: Iterable[str] | None = None) -> Observed:
-        """Everything the planner compares, by GET only: 10 list/settings reads, plus 2 per share read in
-        detail (``shares``: names to read in detail; None = all)."""
-        lists = await asyncio.gather(*(self.request("GET", f"{API}{p}") for p in (
-            "/users", "/groups", "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings",
-            "/store/metadata", "/store/block/local", "/store/block/remote", "/shares", "/snapshot-policies")))
-        users, groups, adapters, nfs_settings, smb_settings, meta, local, remote, shares_raw, policies = lists
-        stores = {StoreKind.METADATA: parse_stores(meta), StoreKind.LOCAL: parse_stores(local),
-                  StoreKind.REMOTE: parse_stores(remote)}
+    async def observe(self, wanted: Reads | None = None) -> Observed:
+        """Everything the planner compares, by GET only: up to 10 list/settings reads (``wanted`` skips the
+        ones nothing depends on), plus 2 per share read in detail (``wanted.details``; None = all)."""
+        wanted = wanted or Reads()
+        paths = ["/users", "/adapters", "/store/metadata", "/store/block/local", "/shares"]
+        optional = {"/groups": wanted.groups, "/store/block/remote": wanted.remote,
+                    "/snapshot-policies": wanted.policies,
+                    **{f"/adapters/{t}/settings": t in wanted.settings for t in ("nfs", "smb")}}
+        paths += [p for p, read in optional.items() if read]
+        got = dict(zip(paths, await asyncio.gather(*(self.request("GET", f"{API}{p}") for p in paths)), strict=True))
+        stores = {StoreKind.METADATA: parse_stores(got["/store/metadata"]),
+                  StoreKind.LOCAL: parse_stores(got["/store/block/local"]),
+                  StoreKind.REMOTE: parse_stores(got.get("/store/block/remote"))}
+        shares_raw = got["/shares"]
         names = [share_name(s["name"]) for s in shares_raw or []]
-        wanted = names if shares is None else sorted({share_name(n) for n in shares} & set(names))
-        details = await asyncio.gather(*(self._share_details(n) for n in wanted))
+        detail = names if wanted.details is None else sorted({share_name(n) for n in wanted.details} & set(names))
+        details = await asyncio.gather(*(self._share_details(n) for n in detail))
         return Observed(
-            users=parse_users(users), groups=parse_groups(groups), adapters=parse_adapters(adapters),
-            adapter_settings={"nfs": nfs_settings or {}, "smb": smb_settings or {}}, stores=stores,
-            shares=parse_shares(shares_raw, stores, {n: nfs for n, (nfs, _) in zip(wanted, details, strict=True)},
-                                {n: perms for n, (_, perms) in zip(wanted, details, strict=True)}),
-            snapshot_policies=parse_snapshot_policies(policies))
+            users=parse_users(got["/users"]), groups=parse_groups(got.get("/groups")),
+            adapters=parse_adapters(got["/adapters"]),
+            adapter_settings={t: got.get(f"/adapters/{t}/settings") or {} for t in ("nfs", "smb")}, stores=stores,
+            shares=parse_shares(shares_raw, stores, {n: nfs for n, (nfs, _) in zip(detail, details, strict=True)},
+                                {n: perms for n, (_, perms) in zip(detail, details, strict=True)}),
+            snapshot_policies=parse_snapshot_policies(got.get("/snapshot-policies")))
 
     async def _share_details(self, name: str) -> tuple[Any, Any]:
         base = f"{API}/shares/{name.lstrip('/')}"

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.fileservice import Kind, Op, Plan, ProblemKind, Ref, plan
+from dittoctl.api.fileservice.planner import reads
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
@@ -66,6 +67,8 @@ class FsMemory:
     """DittoFS writes of the last pass."""
     reported: Counter[str] = field(default_factory=Counter)
     """The client's request counts already added to the metric."""
+    cursor: int = 0
+    """Where the next drift pass starts reading share details (round-robin)."""
 
     def report(self) -> None:
         if self.client is None:
@@ -319,7 +322,11 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     owned = {Ref.parse(r) for r in keep.provisioned or []}
     applied = dict(keep.applied or {})
     try:
-        seen = await client.observe()
+        # A converged generation is re-read as a drift pass: a few shares in detail per pass, round-robin.
+        full = mem.last != "ok" or mem.converged_generation != ctx.generation
+        wanted = reads(want, owned, full=full, cursor=mem.cursor)
+        mem.cursor = 0 if full else mem.cursor + len(wanted.details or ())
+        seen = await client.observe(wanted)
         the_plan = plan(want, seen, owned, applied)
         if mem.adopt and first:
             owned |= _adopted(the_plan)

@@ -49,7 +49,7 @@ from dittoctl.api.fileservice.observed import (
     parse_snapshot_policies,
     quota_matches,
 )
-from dittoctl.api.fileservice.planner import Plan, store_body_json
+from dittoctl.api.fileservice.planner import Plan, reads, store_body_json
 
 SECRET_TEXT = "s3cr3t-value-never-printed"
 
@@ -544,3 +544,38 @@ def test_simulate_round_trips_a_store_secret_redaction() -> None:
     assert isinstance(seen.adapter_settings, dict)
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# drift passes read a bounded number of objects
+
+
+def test_a_drift_pass_reads_a_bounded_window_of_share_details() -> None:
+    many = dataclasses.replace(FULL, shares=tuple(
+        ShareSpec(f"s{i}", permissions=(Grant("user", "alice", "read"),)) for i in range(10)))
+    owned = [Ref(Kind.SHARE, f"/s{i}") for i in range(10)]
+    full = reads(many, owned, full=True)
+    assert full.details == tuple(f"/s{i}" for i in range(10))
+    drift = [reads(many, owned, full=False, cursor=c).details for c in (0, 2, 8, 10)]
+    assert drift == [("/s0", "/s1"), ("/s2", "/s3"), ("/s8", "/s9"), ("/s0", "/s1")]
+    # Lists nothing declared or owned depends on are not read.
+    bare = FileService(adapters=(AdapterSpec("nfs"), AdapterSpec("smb", False)), stores=FULL.stores[:2],
+                       shares=(ShareSpec("export"),))
+    r = reads(bare, [], full=False)
+    assert (r.groups, r.settings, r.remote, r.policies, r.details) == (False, (), False, False, ())
+    assert reads(bare, [Ref(Kind.GROUP, "eng")], full=False).groups  # owned: read, so it can be pruned
+    assert reads(FULL, [], full=True).settings == ("nfs",)  # only adapters with declared settings
+
+
+def test_share_details_not_read_are_left_alone_and_their_grants_stay_owned() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    unread = dataclasses.replace(after, shares={k: dataclasses.replace(v, nfs=None, permissions=None)
+                                                for k, v in after.shares.items()})
+    p = plan(FULL, unread, owned, applied)
+    assert p.calls == () and p.problems == ()
+    assert p.owned == owned
+    # A grant that left the spec is pruned only once its share's grants were read.
+    fewer = dataclasses.replace(FULL, shares=(dataclasses.replace(FULL.shares[0], permissions=FULL.shares[0]
+                                                                  .permissions[:1]),))
+    assert plan(fewer, unread, owned, applied).calls == ()
+    assert [(c.op, c.kind) for c in plan(fewer, after, owned, applied).calls] == [(Op.DELETE, Kind.PERMISSION)]

@@ -67,6 +67,41 @@ def _store_path(kind: StoreKind) -> str:
 
 
 @dataclass(frozen=True)
+class Reads:
+    """Which GETs a pass makes (``dittoctl.kube.dittofs.DittoFsClient.observe``). Lists that nothing declared
+    or owned depends on are skipped; ``details`` names the shares whose NFS options and grants are read
+    (None: all)."""
+
+    groups: bool = True
+    settings: tuple[str, ...] = ("nfs", "smb")
+    remote: bool = True
+    policies: bool = True
+    details: tuple[str, ...] | None = None
+
+
+def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 0, window: int = 2) -> Reads:
+    """The reads a pass needs (pure). ``full``: every declared share in detail (a new generation, a failure,
+    a first pass); otherwise a drift pass reads ``window`` shares' details, round-robin from ``cursor``, so an
+    unchanged server costs a bounded number of reads however many shares it has."""
+    owned = frozenset(owned)
+    kinds = {r.kind for r in owned}
+    declared = [s.key for s in want.shares if s.nfs is not None or s.permissions
+                or Ref(Kind.SHARE, s.key) in owned]
+    if full:
+        details: tuple[str, ...] = tuple(declared)
+    else:
+        picked = [declared[(cursor + i) % len(declared)] for i in range(min(window, len(declared)))] if declared else []
+        details = tuple(dict.fromkeys(picked))
+    return Reads(
+        groups=bool(want.groups) or Kind.GROUP in kinds,
+        settings=tuple(a.type for a in want.adapters if a.settings),
+        remote=any(st.kind is StoreKind.REMOTE for st in want.stores) or Kind.REMOTE_STORE in kinds,
+        policies=any(s.snapshot_policy is not None for s in want.shares) or Kind.SNAPSHOT_POLICY in kinds,
+        details=details,
+    )
+
+
+@dataclass(frozen=True)
 class Plan:
     calls: tuple[Call, ...]
     problems: tuple[Problem, ...]
@@ -345,8 +380,8 @@ class _Planner:
         self.snapshot_policy(s)
 
     def share_nfs(self, s: ShareSpec, seen: ObservedShare | None) -> None:
-        if s.nfs is None:
-            return
+        if s.nfs is None or (seen is not None and seen.nfs is None):
+            return  # nothing declared, or not read this pass (a drift pass reads a few shares at a time)
         have = seen.nfs if seen is not None else None
         diff: dict[str, Any] = {}
         for key in ("squash", "anonymous_uid", "anonymous_gid"):
@@ -357,6 +392,8 @@ class _Planner:
             self.call(Op.UPDATE, Kind.SHARE_NFS, s.key, "PATCH", f"{_share_path(s.key)}/adapters/nfs/config", diff)
 
     def permissions(self, s: ShareSpec, seen: ObservedShare | None) -> None:
+        if seen is not None and seen.permissions is None:
+            return  # not read this pass
         have = (seen.permissions if seen is not None else None) or {}
         declared: set[str] = set()
         for g in s.permissions:
@@ -452,7 +489,9 @@ class _Planner:
                 share, _, rest = ref.name.partition("#")
                 principal, _, who = rest.partition(":")
                 seen_share = self.seen.shares.get(share)
-                alive = (seen_share is not None and (principal, who) in (seen_share.permissions or {})) or any(
+                grants = seen_share.permissions if seen_share is not None else {}
+                # Grants not read this pass (None) are assumed alive: ownership is never dropped on a guess.
+                alive = grants is None or (principal, who) in grants or any(
                     permission_name(s.key, g.principal, g.name) == ref.name for s in self.want.shares
                     for g in s.permissions)
             else:
