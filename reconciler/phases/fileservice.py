@@ -338,6 +338,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         for ref in sorted({sf.secret.ref for c in the_plan.calls for sf in c.secrets}):
             secret, _, key = ref.partition("/")
             values[ref] = SecretStr(await _secret_value(ctx, secret, key))
+        await _claim(ctx, the_plan, keep.provisioned)
         done: list[Call] = []
         error: PlanFailed | None = None
         try:
@@ -381,6 +382,18 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
                             f"DittoFS serves {shares} declared share(s), {len(want.users)} user(s), "
                             f"{len(want.groups)} group(s)")
     return result
+
+
+async def _claim(ctx: Pass, the_plan: Plan, recorded: list[str] | None) -> None:
+    """Record what is about to be created as owned *before* creating it. An operator killed between DittoFS's
+    201 and the status write would otherwise find its own objects unowned (NotOwned) forever. A claim whose
+    create never happened is harmless: the object is absent, so it is created (declared) or forgotten."""
+    creates = [c for c in the_plan.calls if c.op is Op.CREATE]
+    if not creates:
+        return
+    claimed = sorted(str(r) for r in the_plan.owned_after(creates))
+    if claimed != sorted(recorded or []):
+        await ctx.write_status({"provisioned": claimed})
 
 
 async def _call_events(ctx: Pass, done: list[Call]) -> None:

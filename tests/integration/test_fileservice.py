@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import re
 import sys
 import time
@@ -307,3 +308,48 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         wait_ready(testbed, namespace, timeout=60)
         assert smb_get(ip, 1445, "/export", "alice", "smb-pass-2", "tiered.bin", tmp_path) == payload
         assert kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] == uid
+
+
+def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operator: OperatorProcess,
+                                                        real_node: RealNode, namespace: str) -> None:
+    """12 rounds: the spec gains a share, then the operator is SIGKILLed a random moment later (often between
+    DittoFS's 201 and the status write). Every object it created stays owned: the server converges, with
+    no NotOwned, and DittoFS holds exactly what is declared."""
+    for user in ("u0", "u1", "u2"):
+        testbed.kubectl("create", "secret", "generic", f"{user}-pw", "-n", namespace,
+                        f"--from-literal=password={user}-password-kill9")
+    base: dict[str, Any] = {
+        **real_node.pod_placement(),
+        "groups": [{"name": "g0"}, {"name": "g1"}],
+        "users": [{"name": u, "passwordSecretRef": {"name": f"{u}-pw", "key": "password"}, "groups": ["g0"]}
+                  for u in ("u0", "u1", "u2")],
+        "shares": [{"name": f"/b{i}", "permissions": [{"user": f"u{i % 3}", "level": "read-write"},
+                                                      {"group": "g1", "level": "read"}]} for i in range(4)],
+    }
+    apply_server(testbed, namespace, **base)
+    def scheduled() -> bool:
+        got = testbed.kubectl("get", "pod", "demo-0", "-n", namespace, "-o", "jsonpath={.status.podIP}", check=False)
+        return got.returncode == 0 and bool(got.stdout.strip())
+
+    eventually(scheduled, timeout=120, what="pod demo-0 scheduled")
+    rng = random.Random(99)
+    shares = list(base["shares"])
+    for round_ in range(12):
+        shares = [*shares, {"name": f"/r{round_}", "permissions": [{"user": "u1", "level": "read"}]}]
+        if round_ % 3 == 2:
+            shares = [s for s in shares if s["name"] != f"/r{round_ - 2}"]  # and one is pruned
+        apply_server(testbed, namespace, **{**base, "shares": shares})
+        time.sleep(rng.uniform(0.05, 0.8))
+        operator.kill()
+        operator.start()
+    obj = wait_ready(testbed, namespace, timeout=180)
+    provisioned = condition(obj, "Provisioned")
+    assert provisioned is not None and provisioned["reason"] == "Converged", provisioned
+    declared = {s["name"] for s in shares}
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+    rest = admin(testbed, namespace, ip)
+    assert rest.shares() == declared
+    owned = set(obj["status"]["provisioned"])
+    assert {f"share:{n}" for n in declared} | {"user:u0", "user:u1", "user:u2", "group:g0", "group:g1"} <= owned
+    assert not [r for r in owned if r.startswith("share:") and r[len("share:"):] not in declared], owned
+    assert "NotOwned" not in operator.log_text() and "Traceback" not in operator.log_text()
