@@ -309,6 +309,14 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         assert smb_get(ip, 1445, "/export", "alice", "smb-pass-2", "tiered.bin", tmp_path) == payload
         assert kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] == uid
 
+        # The S3 key and both passwords went to DittoFS only: not in status, events, ConfigMaps or logs.
+        seen = "\n".join([json.dumps(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)),
+                          json.dumps(events(testbed, namespace)),
+                          json.dumps(kubectl_json(testbed, "get", "configmaps", "-n", namespace)),
+                          operator.log_text()])
+        for planted in ("moto-key-1", "smb-pass-1", "smb-pass-2"):
+            assert planted not in seen, f"{planted} leaked"
+
 
 def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operator: OperatorProcess,
                                                         real_node: RealNode, namespace: str) -> None:
