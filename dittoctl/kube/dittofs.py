@@ -339,7 +339,7 @@ class DittoFsClient:
             values.append(value)
             target = body.setdefault("config", {}) if sf.in_config and body is not None else body
             if target is not None:
-                target[sf.key] = value
+                target[sf.key] = _integer(call, sf.key, value) if sf.integer else value
         if body is not None and call.kind in _STORE_CALLS:
             body = store_body_json(body)
         log.info("dittofs %s", call)
@@ -354,6 +354,13 @@ class DittoFsClient:
                               timeout=self._timeout.total or 10.0, clock=self._clock)
         await other.login()
         self.requests.update(other.requests)
+
+
+def _integer(call: Call, key: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise DittoFsRejected(f"{call}: {key} must be a number", method=call.method, path=call.path) from None
 
 
 async def bootstrap_operator(base_url: str, admin_password: SecretStr, operator_name: str,

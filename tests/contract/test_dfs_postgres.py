@@ -125,3 +125,42 @@ def test_postgres_without_env_exits_one(dfs_env: dict[str, str], tmp_path: Path)
         server.start()
     assert info.value.returncode == 1
     assert "postgres host is required" in info.value.log
+
+
+async def test_a_postgres_metadata_store_from_secret_values(dfs_env: dict[str, str], pg: PostgresServer,
+                                                            tmp_path: Path) -> None:
+    """spec.stores.metadata[].type postgres: every connection value comes from a Secret (as strings, the way
+    a Secret holds them) and goes into the store config over REST; a share on it works."""
+    from pydantic import SecretStr
+
+    from dittoctl.api.fileservice import (
+        FileService,
+        SecretValue,
+        ShareSpec,
+        StoreKind,
+        StoreSpec,
+        digest_of,
+        plan,
+    )
+    from dittoctl.kube.dittofs import bootstrap_operator
+    from tests.testbed.dfs import minimal_config
+
+    pg.psql("CREATE DATABASE shares_meta OWNER dittofs;")
+    values = {"host": pg.host, "port": str(pg.port), "database": "shares_meta", "user": pg.user,
+              "password": pg.password, "sslmode": "disable"}
+    secrets = tuple((k, SecretValue(f"pg/{k}", digest_of(v))) for k, v in values.items())
+    want = FileService(
+        stores=(StoreSpec(StoreKind.METADATA, "pgmeta", "postgres", secrets=secrets),
+                StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", str(tmp_path / "blocks")),))),
+        shares=(ShareSpec("export", metadata_store="pgmeta"),))
+    with DfsServer(minimal_config(tmp_path / "cp.db"), dfs_env, tmp_path / "dfs", host_ports=[pg.port]) as server:
+        client = await bootstrap_operator(server.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                          SecretStr("operator-pw-Zq81-pg"))
+        async with client:
+            p = plan(want, await client.observe())
+            await client.execute(p, {f"pg/{k}": SecretStr(v) for k, v in values.items()})
+            seen = await client.observe()
+            assert seen.store(StoreKind.METADATA, "pgmeta") is not None
+            assert "/export" in seen.shares and seen.shares["/export"].metadata_store == "pgmeta"
+            assert plan(want, seen, p.owned_after(), p.digests_after({})).calls == ()
+    assert pg.psql("SELECT count(*) FROM information_schema.tables;", database="shares_meta").strip() != "0"

@@ -205,6 +205,7 @@ class SecretField:
     secret: SecretValue
     in_config: bool = False
     label: str = ""  # the digest slot when it differs from ``key`` (a reset sends `new_password`)
+    integer: bool = False  # sent as a JSON number: a Secret holds text, DittoFS ignores a string `port`
 
     @property
     def slot(self) -> str:
