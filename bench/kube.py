@@ -191,9 +191,10 @@ def condition(obj: Obj, kind: str) -> Obj | None:
     return None
 
 
-def server_ready(obj: Obj) -> bool:
-    """Ready=True on a DittoServer, trusted only once observedGeneration caught up (SPEC §3.2)."""
-    cond = condition(obj, "Ready")
+def server_ready(obj: Obj, kind: str = "Ready") -> bool:
+    """Ready=True (or ``kind``=True) on a DittoServer, trusted only once observedGeneration caught up
+    (SPEC §3.2)."""
+    cond = condition(obj, kind)
     if cond is None or cond.get("status") != "True":
         return False
     generation = (obj.get("metadata") or {}).get("generation")

@@ -150,6 +150,7 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     mem = memory(ctx)
     if server.spec.replicas == 0:
         await mem.close()
+        keep.adapters = _adapters(server, set())  # stopped: nothing listens
         return keep
     pod = _pod(ctx, names)
     pod_mode = ctx.shared.provisioning.server_address == "pod"
@@ -160,6 +161,7 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
         waiting = f"waiting for pod {names.statefulset}-0 to be Ready"
         keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER, waiting)
         keep.adapters_ready = Cond(ConditionType.ADAPTERS_READY, False, Reason.WAITING_FOR_SERVER, waiting)
+        keep.adapters = _adapters(server, set())
         return keep
     uid = str((pod.get("metadata") or {}).get("uid") or "")
     if uid != mem.pod_uid:
@@ -200,24 +202,31 @@ async def _listening(host: str, port: int, timeout: float = 1.0) -> bool:
     return True
 
 
+def _adapters(server: DittoServer, listening: set[str]) -> list[dict[str, Any]]:
+    spec = server.spec.adapters
+    return [{"type": kind, "port": a.port, "enabled": a.enabled, "listening": kind in listening}
+            for kind, a in (("nfs", spec.nfs), ("smb", spec.smb))]
+
+
 async def _check_adapters(ctx: Pass, server: DittoServer, host: str, result: Provisioned, *, patient: bool) -> None:
     """AdaptersReady from a TCP connect per enabled adapter: DittoFS says `running: true` even for a listener
     that failed to bind (docs/DITTOFS_FACTS.md). ``patient``: adapters were just reconfigured, and DittoFS
     restarts a listener within about a second."""
     spec = server.spec.adapters
-    adapters, down = [], []
+    up: set[str] = set()
+    down: list[str] = []
     for kind, adapter in (("nfs", spec.nfs), ("smb", spec.smb)):
-        listening = False
-        if adapter.enabled:
-            for attempt in range(6 if patient else 1):
-                if attempt:
-                    await asyncio.sleep(0.5)
-                if listening := await _listening(host, adapter.port):
-                    break
-            if not listening:
-                down.append(f"{kind} port {adapter.port}")
-        adapters.append({"type": kind, "port": adapter.port, "enabled": adapter.enabled, "listening": listening})
-    result.adapters = adapters
+        if not adapter.enabled:
+            continue
+        for attempt in range(6 if patient else 1):
+            if attempt:
+                await asyncio.sleep(0.5)
+            if await _listening(host, adapter.port):
+                up.add(kind)
+                break
+        else:
+            down.append(f"{kind} port {adapter.port}")
+    adapters = result.adapters = _adapters(server, up)
     if down:
         result.adapters_ready = Cond(ConditionType.ADAPTERS_READY, False, Reason.NOT_LISTENING,
                                      f"no TCP listener on {', '.join(down)} at {host} (the server log names the "
