@@ -9,8 +9,11 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
   sequential  create_to_statefulset, pods_ready_to_ready   ~20 servers, one at a time
   scale       scale_300_ready           N servers created at once -> all Ready
   idle        operator_rss, idle_cpu, drift_api_writes     at N servers (needs `scale`)
+  fileservice fileservice_provisioned, fileservice_drift_rest, fileservice_rss
+                                        a file server (10 shares, 5 users, S3) on the test bed's real node
 
-Results: bench/results/<figure>.json and bench/results/SUMMARY.md. All traffic stays on 127.0.0.1.
+Results: bench/results/<figure>.json and bench/results/SUMMARY.md. All traffic stays on 127.0.0.1, except
+`fileservice`'s, which also uses the real node's bridge (10.88.0.0/24: the dfs pod and moto's S3).
 
 The 2 cores may be shared with other workloads (other test beds). Before each experiment the bench waits
 (bounded) for foreign CPU to calm down, and every figure records the CPU of each of its own processes and
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import admission, idle, reconciler
+from bench import admission, fileservice, idle, reconciler
 from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import Contention
@@ -63,6 +66,12 @@ EXPERIMENTS = (
                         ("idle_cpu", "idle CPU at 300 DittoServers", "< 2 % of one core"),
                         ("drift_api_writes", "API writes per drift pass over 300 unchanged DittoServers", "0")),
                needs=("scale",)),
+    Experiment("fileservice", (("fileservice_provisioned", "pod Ready -> Provisioned=True (10 shares, 5 users, "
+                                "1 remote store)", "< 2 s"),
+                               ("fileservice_drift_rest", "DittoFS REST calls per drift pass over an unchanged "
+                                "file server", "0 writes, <= 10 reads per pass"),
+                               ("fileservice_rss", "operator RSS per provisioned file server",
+                                "< 0.5 MiB per server"))),
 )
 FIGURES = {fig: exp.name for exp in EXPERIMENTS for fig, _, _ in exp.figures}
 
@@ -86,6 +95,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-window", type=float, default=30.0, help="idle CPU window seconds (default 30)")
     p.add_argument("--budget", type=float, default=840.0,
                    help="wall-clock budget in seconds; experiments that would start later are skipped")
+    p.add_argument("--fileservice-servers", type=int, default=1,
+                   help="file servers on the real node for the fileservice figures (default 1)")
+    p.add_argument("--fileservice-restarts", type=int, default=3,
+                   help="pod restarts measured after the first provisioning (default 3)")
+    p.add_argument("--fileservice-drift-interval", type=float, default=5.0,
+                   help="operator --drift-interval during the fileservice experiment (default 5)")
+    p.add_argument("--fileservice-window", type=float, default=30.0,
+                   help="seconds of drift passes counted for fileservice_drift_rest (default 30)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
     p.add_argument("--quiet-wait", type=float, default=45.0,
                    help="before each experiment wait up to this many seconds for other workloads on the machine "
@@ -283,9 +300,15 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
                     "KiB per DittoServer (with its StatefulSet, 4 Services, ConfigMap, pod and Secrets)")
             return figs
 
+        async def fileservice_() -> list[Figure]:
+            return await fileservice.fileservice(
+                tb, kube, op, run.workdir, "bench-files", population=run.population,
+                servers=args.fileservice_servers, restarts=args.fileservice_restarts,
+                drift_interval=args.fileservice_drift_interval, window=args.fileservice_window)
+
         bodies: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
             "startup": startup, "webhook": webhook, "admission": admission_, "sequential": sequential,
-            "scale": scale, "idle": steady}
+            "scale": scale, "idle": steady, "fileservice": fileservice_}
         for exp in experiments:
             await run.experiment(exp, bodies[exp.name])
         if "startup" in names and run.population > 0 and time.monotonic() - run.started < args.budget:
@@ -331,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     experiments = select(args.only)
     bins = ensure_binaries(["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok",
-                            "kubectl"])
+                            "kubectl", *(["kubelet"] if any(e.name == "fileservice" for e in experiments) else [])])
     workdir = Path(tempfile.mkdtemp(prefix="dittofs-bench-"))
     tb = BenchTestbed(binaries=bins, keep=args.keep or None, kcm_qps=args.kcm_qps)
     t0 = time.monotonic()

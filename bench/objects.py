@@ -78,7 +78,7 @@ def admission_review(obj: dict[str, Any], *, dry_run: bool = False, uid: str | N
 
 
 def fileserver(name: str, namespace: str, *, s3_endpoint: str, placement: dict[str, Any], users: int = 5,
-               shares: int = 10, bucket: str = "dittofs-blocks", s3_secret: str = "s3-creds") -> dict[str, Any]:
+               shares: int = 10, bucket: str = "dittofs-blocks", s3_credentials: str = "s3-creds") -> dict[str, Any]:
     """A DittoServer with a declared file service (docs/FILE_SERVICE.md): ``users`` users ``u0..`` whose
     passwords are in the Secrets ``<name>-u<i>-pw`` (key ``password``), ``shares`` shares ``/s0..`` each
     read-write for one user, the first tiered to one S3 remote store. ``placement`` pins it to a node."""
@@ -89,7 +89,7 @@ def fileserver(name: str, namespace: str, *, s3_endpoint: str, placement: dict[s
         "spec": {
             **placement,
             "storage": {"metadataSize": "1Gi", "contentSize": "2Gi"},
-            "s3": {"credentialsSecretRef": {"secretName": s3_secret}, "bucket": bucket},
+            "s3": {"credentialsSecretRef": {"secretName": s3_credentials}, "bucket": bucket},
             "stores": {"remote": [{"name": "s3", "endpoint": s3_endpoint, "allowPrivateEndpoint": True}]},
             "users": [{"name": f"u{i}", "passwordSecretRef": {"name": password_secret(name, i), "key": "password"}}
                       for i in range(users)],

@@ -44,7 +44,7 @@ def slim_pod(pod: Mapping[str, Any]) -> Obj:
     """Only what status and deletion read from a pod: identity, labels, phase and container states."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     return {
-        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid") if k in meta},
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid", "deletionTimestamp") if k in meta},
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {k: status[k] for k in ("phase", "podIP", "containerStatuses", "initContainerStatuses")
                    if k in status},

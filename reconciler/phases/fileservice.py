@@ -126,6 +126,10 @@ def _pod(ctx: Pass, names: Names) -> dict[str, Any] | None:
 
 
 def _ready(pod: dict[str, Any]) -> bool:
+    """Running and Ready, and not terminating: a pod being replaced stays Ready until its probe fails, but
+    its server is about to stop (calling it would fail as ApiUnreachable for nothing)."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
     status = pod.get("status") or {}
     containers = status.get("containerStatuses") or []
     return status.get("phase") == "Running" and bool(containers) and all(c.get("ready") for c in containers)
