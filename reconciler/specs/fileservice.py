@@ -82,11 +82,12 @@ def _secrets(found: Mapping[str, ProvisionedSecret], digest_of: DigestOf, salt: 
 
 
 def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[str]) -> tuple[StoreSpec, ...]:
-    """Declared stores; the implicit `default` ones only when some share needs a store."""
+    """Declared stores. The implicit `default` ones are declared even with no share: pruning them would make
+    their paths unusable until a restart (DittoFS keeps a deleted badger store's lock), so `shares: []`
+    followed by a share again would fail."""
     out: list[StoreSpec] = []
     metadata = spec.stores.metadata
-    implicit = bool(spec.effective_shares)
-    if metadata is None and implicit:
+    if metadata is None:
         out.append(StoreSpec(StoreKind.METADATA, "default", "badger", (("path", METADATA_PATH),)))
     for i, m in enumerate(metadata or []):
         if m.type == "badger":
@@ -100,7 +101,7 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
         else:
             out.append(StoreSpec(StoreKind.METADATA, m.name, m.type))
     local = spec.stores.local
-    if local is None and implicit:
+    if local is None:
         out.append(StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", BLOCK_PATH),)))
     for b in local or []:
         config: dict[str, Scalar] = {}

@@ -579,3 +579,13 @@ def test_share_details_not_read_are_left_alone_and_their_grants_stay_owned() -> 
                                                                   .permissions[:1]),))
     assert plan(fewer, unread, owned, applied).calls == ()
     assert [(c.op, c.kind) for c in plan(fewer, after, owned, applied).calls] == [(Op.DELETE, Kind.PERMISSION)]
+
+
+def test_deleting_a_badger_metadata_store_rolls_the_pod_to_release_its_lock() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    extra = dataclasses.replace(FULL, stores=(*FULL.stores, StoreSpec(StoreKind.METADATA, "old", "badger",
+                                                                      (("path", "/data/store/metadata/old"),))))
+    _, after, owned, applied = converge(extra, after, owned, applied)
+    p = plan(FULL, after, owned, applied)
+    assert [(c.op, c.kind, c.name, c.needs_restart) for c in p.calls] == [
+        (Op.DELETE, Kind.METADATA_STORE, "old", True)]

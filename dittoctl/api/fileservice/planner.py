@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dittoctl.api.fileservice.observed import (
+    ApiStore,
     Observed,
     ObservedShare,
     duration_seconds,
@@ -48,6 +49,7 @@ from dittoctl.api.fileservice.types import (
 
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")
+_NO_STORE = ApiStore(id="", name="", type="")
 _INTEGER_KEYS = frozenset({"port"})  # a postgres store silently ignores a string port (and dials 5432)
 _ORDER = {kind: i for i, kind in enumerate(Kind)}
 # Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
@@ -450,7 +452,11 @@ class _Planner:
             if users:
                 self.problem(ProblemKind.IN_USE, ref, f"left the spec but shares still use it: {', '.join(users)}")
                 continue
-            self.call(Op.DELETE, STORE_KINDS[kind], name, "DELETE", f"{_store_path(kind)}/{_seg(name)}")
+            # DittoFS keeps a deleted badger store open (its directory lock) until it restarts: roll the pod so
+            # the path can be used again (its files stay).
+            badger = kind is StoreKind.METADATA and (self.seen.store(kind, name) or _NO_STORE).type == "badger"
+            self.call(Op.DELETE, STORE_KINDS[kind], name, "DELETE", f"{_store_path(kind)}/{_seg(name)}",
+                      needs_restart=badger)
 
     def forget_dropped_children(self, dropped_shares: set[str]) -> None:
         """Sub-objects of a share being deleted go with it: no separate DELETE."""
