@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any, cast
 
 from dittoctl.api.facts import ClusterFacts
@@ -177,3 +178,17 @@ async def test_garbage_objects_never_raise() -> None:
     src = source(FakeGateway())
     for garbage in ({}, {"spec": 5}, {"metadata": [], "spec": {"s3": "x"}}, {"spec": {"storage": None}}):
         assert isinstance(await src.facts_for(garbage), ClusterFacts)
+
+
+async def test_a_short_jwt_secret_is_known_by_length_only() -> None:
+    gw = FakeGateway()
+    short, long = base64.b64encode(b"x" * 31).decode(), base64.b64encode(b"y" * 32).decode()
+    gw.secrets[("team", "jwt")] = {"data": {"k": short, "ok": long}}
+    spec = {"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}}}
+    facts = await source(gw).facts_for(obj(spec))
+    assert dict(facts.short_keys) == {"jwt": frozenset({"k"})}
+    assert short not in repr(facts) and "xxxx" not in repr(facts)
+    verdict = validate(obj(spec), None, facts)
+    assert [m.split(": ")[0] for m in verdict.messages] == ["spec.identity.jwt.secretRef"]
+    fine = await source(gw).facts_for(obj({"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "ok"}}}}))
+    assert validate(obj({"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "ok"}}}}), None, fine).allowed
