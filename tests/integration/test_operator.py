@@ -108,6 +108,24 @@ def test_a_waiting_server_does_not_flood_events(testbed: Any, operator: Operator
     wait_ready(testbed, namespace)
 
 
+def test_a_short_jwt_secret_stops_the_rollout_instead_of_crash_looping(testbed: Any, operator: OperatorProcess,
+                                                                        namespace: str) -> None:
+    # DittoFS exits at start with a JWT secret under 32 characters: no StatefulSet until it is long enough.
+    testbed.kubectl("create", "secret", "generic", "jwt", "-n", namespace, "--from-literal=k=" + "s" * 20)
+    apply_server(testbed, namespace, identity={"jwt": {"secretRef": {"name": "jwt", "key": "k"}}})
+
+    def too_short() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "ConfigReady")
+        return cond if cond and cond["reason"] == "JwtSecretTooShort" else None
+
+    cond = eventually(too_short, what="ConfigReady=False/JwtSecretTooShort")
+    assert cond["status"] == "False" and "20 characters" in cond["message"] and "s" * 20 not in cond["message"]
+    assert server(testbed, namespace)["status"]["phase"] == "Failed"
+    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    testbed.kubectl("patch", "secret", "jwt", "-n", namespace, "-p", json.dumps({"stringData": {"k": "s" * 32}}))
+    wait_ready(testbed, namespace)
+
+
 def test_paused_server_is_left_alone(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     apply_server(testbed, namespace)
     wait_ready(testbed, namespace)
