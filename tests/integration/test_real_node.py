@@ -14,6 +14,7 @@ import errno
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -69,6 +70,20 @@ def on_real_node(testbed: Testbed, namespace: str, name: str = "demo-0") -> dict
     return p
 
 
+def dfs_rss_mib() -> float:
+    """RSS of the real dfs processes on this host (the pod's container runs as a host process)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"/app/dfs\0start"):
+                rss = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS:"))
+                total += int(rss.split()[1])
+        except (OSError, StopIteration):
+            continue
+    assert total, "no dfs process found on the host"
+    return total / 1024
+
+
 def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator: OperatorProcess,
                                                       real_node: RealNode, namespace: str) -> None:
     """Moved from test_operator: Ready now means the real dfs passed the kubelet's HTTP probes."""
@@ -109,6 +124,11 @@ def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator
     testbed.kubectl("wait", "--for=condition=Ready", "dittoserver/demo", "-n", namespace, "--timeout=30s")
     printed = testbed.kubectl("get", "ditto", "demo", "-n", namespace).stdout
     assert "1/1" in printed and "Running" in printed
+    wide = testbed.kubectl("get", "ditto", "demo", "-n", namespace, "-o", "wide").stdout
+    assert "SHARES" in wide and "/export" in wide and f"demo-file.{namespace}.svc:12049" in wide, wide
+    assert status["adapters"] == [{"type": "nfs", "port": 12049, "enabled": True, "listening": True},
+                                  {"type": "smb", "port": 1445, "enabled": False, "listening": False}]
+    print(f"\n[real-node] dfs RSS {dfs_rss_mib():.0f} MiB (one minimal server, provisioned)", file=sys.stderr)
     assert events(testbed, namespace, "Created")
     metrics = operator.metrics()
     assert 'controller_runtime_reconcile_total{controller="dittoserver",result="success"}' in metrics
