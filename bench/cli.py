@@ -95,8 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-window", type=float, default=30.0, help="idle CPU window seconds (default 30)")
     p.add_argument("--budget", type=float, default=840.0,
                    help="wall-clock budget in seconds; experiments that would start later are skipped")
-    p.add_argument("--fileservice-servers", type=int, default=1,
-                   help="file servers on the real node for the fileservice figures (default 1)")
+    p.add_argument("--fileservice-servers", type=int, default=3,
+                   help="file servers on the real node for the fileservice figures (default 3)")
     p.add_argument("--fileservice-restarts", type=int, default=3,
                    help="pod restarts measured after the first provisioning (default 3)")
     p.add_argument("--fileservice-drift-interval", type=float, default=5.0,
