@@ -8,6 +8,7 @@ coalescing queue (level-based, one pass per key at a time).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import INSTANCE_LABEL, Names
 from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
-from dittoctl.kube.gateway import ApiError, Gateway, NotFound
+from dittoctl.kube.gateway import Gateway
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, key_of
 from reconciler.context import Provisioning
@@ -30,6 +31,7 @@ from reconciler.reconcile import Reconciler
 from reconciler.secret_watch import SecretWatch
 
 log = logging.getLogger("dittofs.handlers")
+PRIME_RELIST_SECONDS = 10.0
 
 
 class Controller:
@@ -50,6 +52,8 @@ class Controller:
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.primed = asyncio.Event()  # kopf has delivered the first listing of every watched kind
         self._seen: set[tuple[str, str, str]] | None = set()  # (plural, namespace, name) kopf delivered
+        self._pending: set[tuple[str, str, str]] | None = None  # listed, not delivered yet
+        self._caught_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _work(self, key: Key) -> float | None:
@@ -79,9 +83,10 @@ class Controller:
 
     async def _prime(self) -> None:
         """Readiness means "caches warm": kopf's ready flag rises before its watchers have listed anything,
-        so list every watched kind ourselves and wait until kopf has delivered each listed object. Only
-        kopf writes the cache (a listing of ours could be older than its events, or hold an object deleted
-        since); a re-list each round drops objects that went away meanwhile."""
+        so list what exists (names only) and wait until kopf has delivered each listed object. Only kopf
+        writes the cache (a listing of ours could be older than its events). An object deleted before kopf
+        delivered it would be waited for forever, so a listing that is not caught up within
+        ``PRIME_RELIST_SECONDS`` is taken again."""
         selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
         kinds: list[tuple[Kind, str | None]] = [
             (DITTOSERVERS, None), *((k, selector) for k in WATCHED_CHILDREN), (PODS, selector)]
@@ -89,25 +94,35 @@ class Controller:
         while True:
             try:
                 listings = await asyncio.gather(*(  # independent reads: one round trip, not six
-                    self.gateway.list(kind, namespace, label_selector=labels)
+                    self.gateway.list_keys(kind, namespace, label_selector=labels)
                     for namespace in self.namespaces for kind, labels in kinds))
-                pairs = [pair for _ in self.namespaces for pair in kinds]
-                listed = {(kind.plural, *key_of(item))
-                          for (kind, _labels), items in zip(pairs, listings, strict=True) for item in items}
-                if self._seen is not None and listed <= self._seen:
-                    self._seen = None  # stop recording: only the first listing matters
-                    self.primed.set()
-                    log.info("caches warm", extra=fields(servers=len(self.cache.servers)))
-                    return
-                backoff = 0.5
-            except (ApiError, NotFound) as exc:
-                log.warning("first listing failed; retrying", extra=fields(error=str(exc)[:200]))
+            except Exception as exc:
+                log.warning("first listing failed; retrying", extra=fields(error=f"{type(exc).__name__}: {exc}"[:200]))
                 backoff = min(backoff * 2, 30.0)
-            await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)
+                continue
+            pairs = [pair for _ in self.namespaces for pair in kinds]
+            self._pending = {(kind.plural, *key) for (kind, _labels), keys in zip(pairs, listings, strict=True)
+                             for key in keys} - (self._seen or set())
+            self._caught_up.clear()
+            if self._pending:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PRIME_RELIST_SECONDS):
+                        await self._caught_up.wait()
+            if not self._pending:
+                self._seen = self._pending = None  # stop recording: only the first listing matters
+                self.primed.set()
+                log.info("caches warm", extra=fields(servers=len(self.cache.servers)))
+                return
 
     def _saw(self, plural: str, key: Key) -> None:
-        if self._seen is not None:
-            self._seen.add((plural, *key))
+        if self._seen is None:
+            return
+        self._seen.add((plural, *key))
+        if self._pending is not None:
+            self._pending.discard((plural, *key))
+            if not self._pending:
+                self._caught_up.set()
 
     def start(self) -> None:
         self.active.set()

@@ -21,6 +21,7 @@ from dittoctl.api.kinds import Kind, kind_of
 
 FIELD_MANAGER = "dittofs-operator"
 Obj = dict[str, Any]
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 _OBJECT = {200: "object", 201: "object", 202: "object"}
 
 
@@ -118,13 +119,14 @@ class Gateway:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
         timeout: float | None = None,
+        accept: str = "application/json",
     ) -> Obj:
         try:
             result = await self.api.call_api(
                 path,
                 method,
                 query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params={"Content-Type": content_type, "Accept": accept},
                 body=body,
                 response_types_map=_OBJECT,
                 auth_settings=["BearerToken"],
@@ -156,6 +158,16 @@ class Gateway:
         result = await self._call("GET", kind.path(namespace), query=query)
         items: list[Obj] = result.get("items", [])
         return items
+
+    async def list_keys(self, kind: Kind, namespace: str | None = None, *,
+                        label_selector: str | None = None) -> tuple[tuple[str, str], ...]:
+        """(namespace, name) of each object, listed as metadata only (PartialObjectMetadataList): a fraction
+        of the full objects' bytes and parsing, for callers that need to know only what exists. An empty
+        list has ``items: null`` in that form."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = await self._call("GET", kind.path(namespace), query=query, accept=_METADATA_LIST)
+        return tuple((str(m.get("namespace") or ""), str(m.get("name") or ""))
+                     for m in (item.get("metadata") or {} for item in result.get("items") or ()))
 
     async def apply(self, obj: Mapping[str, Any], *, force: bool = True, subresource: str | None = None) -> Obj:
         """Server-side apply of `obj` (only the fields we own) with our field manager."""

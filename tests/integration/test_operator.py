@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -138,3 +139,22 @@ def test_paused_server_is_left_alone(testbed: Any, operator: OperatorProcess, na
     testbed.kubectl("annotate", "dittoserver", "demo", "-n", namespace, "dittofs.dittofs.com/reconcile-")
     eventually(lambda: testbed.kubectl("get", "service", "demo-api", "-n", namespace, check=False)
                .returncode == 0, what="resumed")
+
+
+def test_ready_only_once_every_listed_object_was_delivered(testbed: Any, operator: OperatorProcess,
+                                                           namespace: str) -> None:
+    docs = [{"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+             "metadata": {"name": f"r{i}", "namespace": namespace}, "spec": {"storage": {"metadataSize": "1Gi"}}}
+            for i in range(30)]
+    testbed.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    eventually(lambda: len(kubectl_json(testbed, "get", "statefulsets", "-n", namespace)["items"]) == 30,
+               timeout=120, what="30 StatefulSets")
+    operator.stop()
+    since = len(operator.log_text().splitlines())
+    t0 = time.monotonic()
+    operator.start()  # returns at the first /readyz 200
+    took = time.monotonic() - t0
+    warm = [json.loads(line) for line in operator.log_text().splitlines()[since:]
+            if line.startswith("{") and '"caches warm"' in line]
+    assert len(warm) == 1 and warm[0]["servers"] >= 30, warm
+    print(f"\n[operator] restart with >= 30 servers: ready in {took:.2f} s", file=sys.stderr)
