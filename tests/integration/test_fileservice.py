@@ -51,6 +51,12 @@ def admin(testbed: Testbed, namespace: str, ip: str) -> DfsRest:
     return rest
 
 
+def admin_as(ip: str, password: str) -> DfsRest:
+    rest = DfsRest(ip)
+    assert rest.login("admin", password) == 200
+    return rest
+
+
 def stamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -139,6 +145,18 @@ def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator:
     assert [s["name"] for s in obj["status"]["shares"]] == ["/export"]
     assert nfs_get(ip, "kept.txt") == b"kept\n"
     assert events(testbed, namespace, "ShareDeleted")
+
+    # A human changes the bootstrap admin's password: the operator works as its own account, unaffected.
+    secret = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    current = base64.b64decode(secret["data"]["password"]).decode()
+    rest.call("POST", "/api/v1/users/me/password",
+              {"current_password": current, "new_password": "changed-by-a-human-1"})
+    assert DfsRest(ip).login("admin", current) == 401
+    apply_server(testbed, namespace, **spec)  # /team again
+    eventually(lambda: "/team" in admin_as(ip, "changed-by-a-human-1").shares(), timeout=60,
+               what="/team provisioned after the admin password changed")
+    provisioned = condition(wait_ready(testbed, namespace, timeout=60), "Provisioned")
+    assert provisioned is not None and provisioned["reason"] == "Converged"
 
 
 def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed, operator: OperatorProcess,
@@ -300,6 +318,23 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         eventually(rotated, timeout=60, what="SMB login with the new password")
         assert smb(ip, 1445, "/export", "alice", "smb-pass-1", "ls", tmp_path).returncode != 0
 
+        # A rotated S3 key reaches the store config, which DittoFS applies only at start: the pod rolls once.
+        testbed.kubectl("patch", "secret", "s3-creds", "-n", namespace, "-p",
+                        '{"stringData": {"secretAccessKey": "moto-key-2"}}')
+
+        def rolled() -> dict[str, Any] | None:
+            o = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)
+            p = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)
+            fresh = p["metadata"]["uid"] != uid and (condition(o, "Ready") or {}).get("status") == "True"
+            return o if fresh and o["status"].get("storeRevision") == 1 else None
+
+        eventually(rolled, timeout=180, what="storeRevision 1, a new pod, Ready again")
+        pod = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)
+        uid, ip = pod["metadata"]["uid"], pod["status"]["podIP"]
+        rest = admin(testbed, namespace, ip)
+        assert events(testbed, namespace, "ConfigUpdated"), "the roll is explained by an event"
+        assert smb_get(ip, 1445, "/export", "alice", "smb-pass-2", "tiered.bin", tmp_path) == payload
+
         # Removed: gone from DittoFS. Declared again: the same files, from the same stores.
         apply_server(testbed, namespace, **{**spec, "shares": []})
         eventually(lambda: "/export" not in rest.shares(), timeout=60, what="/export deleted in DittoFS")
@@ -314,15 +349,15 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
                           json.dumps(events(testbed, namespace)),
                           json.dumps(kubectl_json(testbed, "get", "configmaps", "-n", namespace)),
                           operator.log_text()])
-        for planted in ("moto-key-1", "smb-pass-1", "smb-pass-2"):
+        for planted in ("moto-key-1", "moto-key-2", "smb-pass-1", "smb-pass-2"):
             assert planted not in seen, f"{planted} leaked"
 
 
 def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operator: OperatorProcess,
                                                         real_node: RealNode, namespace: str) -> None:
     """12 rounds: the spec gains a share, then the operator is SIGKILLed a random moment later (often between
-    DittoFS's 201 and the status write). Every object it created stays owned: the server converges, with
-    no NotOwned, and DittoFS holds exactly what is declared."""
+    DittoFS's 201 and the status write); twice the server's pod is deleted instead. Every object it created
+    stays owned: the server converges, with no NotOwned, and DittoFS holds exactly what is declared."""
     for user in ("u0", "u1", "u2"):
         testbed.kubectl("create", "secret", "generic", f"{user}-pw", "-n", namespace,
                         f"--from-literal=password={user}-password-kill9")
@@ -348,6 +383,9 @@ def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operat
             shares = [s for s in shares if s["name"] != f"/r{round_ - 2}"]  # and one is pruned
         apply_server(testbed, namespace, **{**base, "shares": shares})
         time.sleep(rng.uniform(0.05, 0.8))
+        if round_ in (4, 8):  # the server restarts mid-provisioning instead
+            testbed.kubectl("delete", "pod", "demo-0", "-n", namespace, "--wait=false")
+            continue
         operator.kill()
         operator.start()
     obj = wait_ready(testbed, namespace, timeout=180)
