@@ -344,6 +344,22 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         assert smb_get(ip, 1445, "/export", "alice", "smb-pass-2", "tiered.bin", tmp_path) == payload
         assert kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] == uid
 
+        # SMB on 445: the pod gets the safe sysctl (one restart), and uid 65532 binds it.
+        apply_server(testbed, namespace, **{**spec, "adapters": {"nfs": {"port": 2049},
+                                                                 "smb": {"enabled": True, "port": 445}}})
+
+        def on_445() -> bool:
+            o = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)
+            return {"type": "smb", "port": 445, "enabled": True, "listening": True} in (
+                o["status"].get("adapters") or []) and (condition(o, "Ready") or {}).get("status") == "True"
+
+        eventually(on_445, timeout=180, what="SMB listening on 445 and Ready")
+        pod = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)
+        assert {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"} in pod["spec"]["securityContext"][
+            "sysctls"]
+        assert smb_get(pod["status"]["podIP"], 445, "/export", "alice", "smb-pass-2", "tiered.bin",
+                       tmp_path) == payload
+
         # The S3 key and both passwords went to DittoFS only: not in status, events, ConfigMaps or logs.
         seen = "\n".join([json.dumps(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)),
                           json.dumps(events(testbed, namespace)),
