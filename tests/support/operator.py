@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.support.net import free_port
 from tests.support.paths import ROOT
 from tests.support.poll import eventually
+from tests.testbed.cluster import die_with_parent
 from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
 
 
@@ -38,7 +39,8 @@ class OperatorProcess:
                 "--server-address", "pod", "--provision-networks", REAL_NODE_SUBNET, *self.extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=die_with_parent())
         log.close()
         eventually(self.ready, timeout=60, what=f"operator readiness (log {self.log_path})")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.net import free_port
+from tests.testbed.cluster import die_with_parent
 
 ACCESS_KEY_ID = "AKIATESTBEDDITTOFS01"  # moto accepts any key pair; these are never real credentials
 
@@ -41,7 +42,7 @@ class MotoServer:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("AWS_")}
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen([binary, "-H", self.host, "-p", str(self.port)], stdout=log,
-                                          stderr=subprocess.STDOUT, env=env)
+                                          stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

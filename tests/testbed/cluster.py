@@ -77,7 +77,7 @@ _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before any fork: the child only calls it
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """Components get SIGKILL when the process that started them dies, so a killed test run (kill -9, a CI
     timeout) leaves no control plane behind eating the machine. The signal follows the starting *thread*,
     so only a main-thread start asks for it."""
@@ -611,7 +611,7 @@ class Testbed:
                 cwd=self.workdir,
                 start_new_session=True,
                 env=clean_env(),
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         self._write_pids()
 
