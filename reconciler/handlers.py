@@ -57,6 +57,9 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _work(self, key: Key) -> float | None:
+        # No pass on a half-listed cache (a child not delivered yet looks absent), and none competing for
+        # the CPU with kopf's first delivery of every object, which readiness waits for.
+        await self.primed.wait()
         # Digests fetched before the Secret watch runs could miss a rotation in between.
         await self.secret_watch.started.wait()
         if not self.active.is_set():
