@@ -111,6 +111,11 @@ class _Failed(Exception):
         self.message = message
 
 
+def backoff_seconds(failures: int) -> float:
+    """5 s after the first failure, doubling, capped at 5 minutes."""
+    return min(BACKOFF_FIRST * float(1 << min(max(failures, 1) - 1, 16)), BACKOFF_MAX)
+
+
 def memory(ctx: Pass) -> FsMemory:
     if not isinstance(ctx.memory.fileservice, FsMemory):
         ctx.memory.fileservice = FsMemory()
@@ -250,7 +255,7 @@ async def _failure(ctx: Pass, mem: FsMemory, result: Provisioned, reason: Reason
                                                        error=message[:300]))
     mem.last = message
     result.condition = Cond(ConditionType.PROVISIONED, False, reason, message[:1000])
-    result.requeue = min(BACKOFF_FIRST * 2 ** (mem.failures - 1), BACKOFF_MAX)
+    result.requeue = backoff_seconds(mem.failures)
     return result
 
 

@@ -5,9 +5,12 @@ share removed from the spec is removed from DittoFS."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import random
 import re
+import signal
 import sys
 import time
 from datetime import datetime
@@ -415,3 +418,48 @@ def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operat
     assert {f"share:{n}" for n in declared} | {"user:u0", "user:u1", "user:u2", "group:g0", "group:g1"} <= owned
     assert not [r for r in owned if r.startswith("share:") and r[len("share:"):] not in declared], owned
     assert "NotOwned" not in operator.log_text() and "Traceback" not in operator.log_text()
+
+
+def dfs_pid(pod_uid: str) -> int:
+    """The host PID of the pod's dfs process (found by its cgroup, which names the pod UID)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or not (proc / "cmdline").read_bytes().startswith(b"/app/dfs\0start"):
+                continue
+            cgroup = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if pod_uid in cgroup or pod_uid.replace("-", "_") in cgroup:
+            return int(proc.name)
+    raise AssertionError(f"no dfs process of pod {pod_uid} on this host")
+
+
+def test_an_unreachable_api_is_reported_once_and_recovers(testbed: Testbed, operator: OperatorProcess,
+                                                          real_node: RealNode, namespace: str) -> None:
+    """The server stops answering (SIGSTOP: connections hang) while its pod is still Ready: the operator
+    reports ApiUnreachable with one ProvisioningFailed event, retries with backoff, and converges once the
+    server answers again."""
+    spec: dict[str, Any] = {**real_node.pod_placement()}
+    apply_server(testbed, namespace, **spec)
+    wait_ready(testbed, namespace, timeout=180)
+    pod_uid = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"]
+    pid = dfs_pid(pod_uid)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        apply_server(testbed, namespace, **spec, shares=[{"name": "/export", "defaultPermission": "read-write"},
+                                                        {"name": "/later", "defaultPermission": "read"}])
+
+        def unreachable() -> list[dict[str, Any]]:
+            return [e for e in events(testbed, namespace, "ProvisioningFailed") if "unreachable" in e["message"]]
+
+        (event,) = eventually(unreachable, timeout=60, what="a ProvisioningFailed event saying unreachable")
+        assert event["type"] == "Warning"
+        time.sleep(12)  # at least one more failed attempt (backoff 5 s, then a 10 s timeout)
+        assert len(events(testbed, namespace, "ProvisioningFailed")) == 1, "one event, however often it retries"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    obj = wait_ready(testbed, namespace, timeout=180)
+    provisioned = condition(obj, "Provisioned")
+    assert provisioned is not None and provisioned["reason"] == "Converged", provisioned
+    assert [s["name"] for s in obj["status"]["shares"]] == ["/export", "/later"]

@@ -174,3 +174,10 @@ def test_ready_requires_provisioned_when_it_is_reported() -> None:
     assert _ready(Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED)).status is True
     failed = _ready(Cond(ConditionType.PROVISIONED, False, Reason.API_UNREACHABLE, "refused"))
     assert failed.status is False and "Provisioned" in failed.message
+
+
+def test_provisioning_retries_back_off_to_a_cap() -> None:
+    from reconciler.phases.fileservice import backoff_seconds
+
+    assert [backoff_seconds(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert backoff_seconds(10_000) == 300  # no overflow however long it fails
