@@ -249,11 +249,13 @@ async def _check_adapters(ctx: Pass, server: DittoServer, host: str, result: Pro
 
 async def _failure(ctx: Pass, mem: FsMemory, result: Provisioned, reason: Reason, message: str) -> Provisioned:
     mem.failures += 1
-    if mem.last != message:
+    # An unreachable server fails on whichever parallel read times out first: one outage, one event.
+    outcome = f"{reason}" if reason is Reason.API_UNREACHABLE else message
+    if mem.last != outcome:
         await ctx.post("Warning", EventReason.PROVISIONING_FAILED, message[:900])
         log.warning("provisioning failed", extra=fields(namespace=ctx.namespace, name=ctx.name, reason=reason,
                                                        error=message[:300]))
-    mem.last = message
+    mem.last = outcome
     result.condition = Cond(ConditionType.PROVISIONED, False, reason, message[:1000])
     result.requeue = backoff_seconds(mem.failures)
     return result
