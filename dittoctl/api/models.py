@@ -709,6 +709,10 @@ class ShareStatus(ApiModel):
     """NFS address (nfs://host:port/share), when NFS is enabled."""
     smb: str | None = None
     """SMB address (smb://host:port/share), when SMB is enabled."""
+    used_bytes: int | None = None
+    """Bytes stored in the share, as DittoFS last reported."""
+    remote_healthy: bool | None = None
+    """With a remote block store: DittoFS's last probe of it (for S3, the bucket) succeeded."""
 
 
 class AdapterStatus(ApiModel):

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from dittoctl.api.conditions import ConditionType, EventReason, Reason
-from dittoctl.api.fileservice import Kind, Op, Plan, ProblemKind, Ref, plan
+from dittoctl.api.fileservice import Kind, Observed, Op, Plan, ProblemKind, Ref, StoreKind, plan
 from dittoctl.api.fileservice.planner import reads
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
 from dittoctl.api.kinds import SECRETS
@@ -41,7 +41,7 @@ from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
 from reconciler.context import Pass
 from reconciler.phases.secrets import _digest
-from reconciler.specs.fileservice import declared, share_status
+from reconciler.specs.fileservice import ShareUsage, declared, share_status
 from reconciler.specs.secrets import OPERATOR_PASSWORD_KEY, new_password, operator_secret
 from reconciler.status import Cond
 
@@ -380,9 +380,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         result.store_revision = (keep.store_revision or 0) + 1
         await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"{', '.join(str(c.ref) for c in restart)} "
                        "reconfigured in DittoFS, which applies store config at start: rolling the pod")
-    present = (set(seen.shares) | {c.name for c in done if c.kind is Kind.SHARE and c.op is Op.CREATE}) - {
-        c.name for c in done if c.kind is Kind.SHARE and c.op is Op.DELETE}
-    result.shares = share_status(server.spec, file_host, sorted(present))
+    result.shares = share_status(server.spec, file_host, _usage(seen, done))
     await _call_events(ctx, done)
     if error is not None:
         if isinstance(error.cause, DittoFsAuthError):
@@ -414,6 +412,20 @@ async def _claim(ctx: Pass, the_plan: Plan, recorded: list[str] | None) -> None:
     claimed = sorted(str(r) for r in the_plan.owned_after(creates))
     if claimed != sorted(recorded or []):
         await ctx.write_status({"provisioned": claimed})
+
+
+def _usage(seen: Observed, done: list[Call]) -> dict[str, ShareUsage]:
+    """Shares present after ``done``, with what the pass read of them (a share created now: not known yet)."""
+    present: dict[str, ShareUsage] = {}
+    for name, share in seen.shares.items():
+        remote = seen.store(StoreKind.REMOTE, share.remote_store) if share.remote_store else None
+        present[name] = (share.used_bytes, remote.healthy if remote is not None else None)
+    for call in done:
+        if call.kind is Kind.SHARE and call.op is Op.CREATE:
+            present.setdefault(call.name, (None, None))
+        elif call.kind is Kind.SHARE and call.op is Op.DELETE:
+            present.pop(call.name, None)
+    return present
 
 
 async def _call_events(ctx: Pass, done: list[Call]) -> None:

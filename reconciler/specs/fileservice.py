@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -164,14 +164,22 @@ def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str) -> tuple[Fil
                        groups=tuple(GroupSpec(g.name, g.gid) for g in spec.groups)), missing
 
 
-def share_status(spec: DittoServerSpec, host: str, present: Sequence[str]) -> list[dict[str, Any]]:
-    """Declared shares that exist in DittoFS, with ready-to-paste addresses on ``host``."""
+ShareUsage = tuple[int | None, bool | None]  # (used bytes, remote store healthy); None = not known yet
+
+
+def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUsage]) -> list[dict[str, Any]]:
+    """Declared shares that exist in DittoFS, with their usage and ready-to-paste addresses on ``host``."""
     out = []
     nfs, smb = spec.adapters.nfs, spec.adapters.smb
     for s in spec.effective_shares:
         if s.name not in present:
             continue
+        used, remote = present[s.name]
         entry: dict[str, Any] = {"name": s.name, "readOnly": s.read_only}
+        if used is not None:
+            entry["usedBytes"] = used
+        if s.remote_block_store is not None and remote is not None:
+            entry["remoteHealthy"] = remote
         if nfs.enabled:
             entry["nfs"] = f"nfs://{host}:{nfs.port}{s.name}"
         if smb.enabled:

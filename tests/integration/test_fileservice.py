@@ -293,6 +293,13 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         rest.call("POST", "/api/v1/system/drain-uploads", {})
         eventually(lambda: bool(s3.keys("dittofs-blocks", "demo/")), timeout=60, what="a block in the bucket")
 
+        def usage() -> dict[str, Any] | None:
+            shares = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)["status"]["shares"]
+            return shares[0] if shares[0].get("usedBytes", 0) >= len(payload) else None
+
+        used = eventually(usage, timeout=60, what="status.shares[0].usedBytes counting the file")
+        assert used["remoteHealthy"] is True, used
+
         # The NFS port moves live: same pod, new listener, Services and status follow.
         events_before = len(events(testbed, namespace, "AdapterReconfigured"))
         apply_server(testbed, namespace, **{**spec, "adapters": {"nfs": {"port": 2049}, "smb": {"enabled": True}}})

@@ -143,10 +143,15 @@ def test_a_new_password_digest_plans_a_reset_not_a_restart() -> None:
 
 def test_share_status_gives_ready_to_paste_addresses() -> None:
     s = spec(adapters={"smb": {"enabled": True}})
-    assert share_status(s, "10.88.0.5", ["/export"]) == [
-        {"name": "/export", "readOnly": False, "nfs": "nfs://10.88.0.5:12049/export",
+    assert share_status(s, "10.88.0.5", {"/export": (4096, None)}) == [
+        {"name": "/export", "readOnly": False, "usedBytes": 4096, "nfs": "nfs://10.88.0.5:12049/export",
          "smb": "smb://10.88.0.5:1445/export"}]
-    assert share_status(s, "h", []) == []
+    assert share_status(s, "h", {}) == []
+    tiered = spec(stores={"remote": [{"name": "s3", "bucket": "bkt", "credentialsSecretRef": {"name": "c"}}]},
+                  shares=[{"name": "/t", "remoteBlockStore": "s3"}, {"name": "/new"}])
+    assert share_status(tiered, "h", {"/t": (0, False), "/new": (None, None)}) == [
+        {"name": "/t", "readOnly": False, "usedBytes": 0, "remoteHealthy": False, "nfs": "nfs://h:12049/t"},
+        {"name": "/new", "readOnly": False, "nfs": "nfs://h:12049/new"}]
 
 
 def _ready(provisioned: Cond | None) -> Cond:

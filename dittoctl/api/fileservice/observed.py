@@ -47,6 +47,12 @@ class ApiStore(_Record):
     name: str
     type: str
     config: dict[str, Any] = Field(default_factory=dict)
+    status: dict[str, Any] = Field(default_factory=dict)  # {status: healthy|unhealthy|unknown}; S3: a bucket probe
+
+    @property
+    def healthy(self) -> bool | None:
+        state = self.status.get("status")
+        return None if state in (None, "unknown") else state == "healthy"
 
 
 class ApiShare(_Record):
