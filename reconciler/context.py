@@ -161,4 +161,5 @@ class Pass:
         except NotFound:
             return
         self.cache.put_server(result)
-        log.info("status updated", extra=fields(namespace=self.namespace, name=self.name, phase=status.get("phase")))
+        what = {"phase": status["phase"]} if "phase" in status else {"fields": ",".join(sorted(status))}
+        log.info("status updated", extra=fields(namespace=self.namespace, name=self.name, **what))
