@@ -118,7 +118,13 @@ def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator:
     eventually(put, timeout=30, what="nfs-cp into /team")
     assert nfs_get(ip, "team.txt", share="/team") == payload
 
-    # Drift passes over the unchanged server: reads only, and nothing written to Kubernetes.
+    # Drift passes over the unchanged server: reads only, and nothing written to Kubernetes (once status
+    # reports the file just written: usedBytes is part of it).
+    def counted() -> bool:
+        shares = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)["status"]["shares"]
+        return any(s["name"] == "/team" and s.get("usedBytes", 0) >= len(payload) for s in shares)
+
+    eventually(counted, timeout=60, what="status.shares counting team.txt")
     time.sleep(3)
     before, mark = requests_sent(operator), testbed.audit_line_count()
     time.sleep(12)  # more than two drift passes (interval 5 s)
