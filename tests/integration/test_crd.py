@@ -25,7 +25,8 @@ def test_sample_round_trips_with_defaults(crd: Any, namespace: str) -> None:
     crd.kubectl("apply", "-f", "-", input=json.dumps(sample))
     spec = kubectl_json(crd, "get", "dittoserver", "roundtrip", "-n", namespace)["spec"]
     assert spec["service"]["type"] == "ClusterIP"  # a nested default under an omitted parent
-    assert spec["adapters"] == {"nfs": {"enabled": True, "port": 12049}, "smb": {"enabled": False, "port": 1445}}
+    assert spec["adapters"] == {"nfs": {"enabled": True, "port": 12049, "settings": {}},
+                                "smb": {"enabled": False, "port": 1445, "settings": {}}}
     assert spec["controlPlane"] == {"port": 8080}
     assert spec["image"] == "marmos91c/dittofs:v0.29.0" and spec["replicas"] == 1
     assert spec["storage"]["controlPlaneSize"] == "1Gi" and "cacheSize" not in spec["storage"]

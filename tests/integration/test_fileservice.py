@@ -431,8 +431,7 @@ def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operat
     assert {f"share:{n}" for n in declared} | {"user:u0", "user:u1", "user:u2", "group:g0", "group:g1"} <= owned
     assert not [r for r in owned if r.startswith("share:") and r[len("share:"):] not in declared], owned
     mine = [line for line in operator.log_text().splitlines() if namespace in line]
-    assert not [line for line in mine if "NotOwned" in line], mine
-    assert "Traceback" not in operator.log_text()
+    assert not [line for line in mine if "NotOwned" in line or "Traceback" in line], mine
 
 
 def dfs_pid(pod_uid: str) -> int:

@@ -32,7 +32,8 @@ def test_a_quantity_typo_is_rejected_in_words_not_a_regular_expression(crd: Any,
 
 def test_a_missing_secret_is_a_wait_with_one_event_and_an_exact_message(
         testbed: Any, operator: OperatorProcess, namespace: str) -> None:
-    apply_server(testbed, namespace, s3={"bucket": "b", "credentialsSecretRef": {"secretName": "s3-creds"}})
+    # The pod consumes the JWT Secret (S3 keys no longer: they go into remote stores over REST, SPEC §13).
+    apply_server(testbed, namespace, identity={"jwt": {"secretRef": {"name": "my-jwt", "key": "jwt"}}})
 
     def waiting() -> dict[str, Any] | None:
         obj = server(testbed, namespace)
@@ -41,16 +42,16 @@ def test_a_missing_secret_is_a_wait_with_one_event_and_an_exact_message(
 
     obj = eventually(waiting, timeout=60, what="ConfigReady=False/MissingSecret")
     assert obj["status"]["phase"] == "Pending"
-    assert condition(obj, "ConfigReady")["message"] == "Secret s3-creds not found"  # type: ignore[index]
+    assert condition(obj, "ConfigReady")["message"] == "Secret my-jwt not found"  # type: ignore[index]
     progressing = condition(obj, "Progressing")
     assert progressing is not None and (progressing["status"], progressing["reason"]) == ("False", "WaitingForSecret")
     listed = testbed.kubectl("get", "dittoserver", "demo", "-n", namespace).stdout
     assert "Pending" in listed and "Failed" not in listed
 
     # The Secret appears without one key: a new, exact message and one more event.
-    testbed.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace, "--from-literal=secretAccessKey=x")
+    testbed.kubectl("create", "secret", "generic", "my-jwt", "-n", namespace, "--from-literal=other=x")
     eventually(lambda: (condition(server(testbed, namespace), "ConfigReady") or {}).get("message")
-               == "Secret s3-creds has no key accessKeyId", timeout=60, what="missing-key message")
+               == "Secret my-jwt has no key jwt", timeout=60, what="missing-key message")
     def two_warnings() -> list[dict[str, Any]] | None:
         found = events(testbed, namespace, "MissingSecret")
         return found if len(found) == 2 else None
@@ -58,7 +59,7 @@ def test_a_missing_secret_is_a_wait_with_one_event_and_an_exact_message(
     warnings = eventually(two_warnings, timeout=30, what="two MissingSecret events")
     assert {w["type"] for w in warnings} == {"Warning"}
     assert sorted(w["message"].split(";")[0] for w in warnings) == [
-        "waiting for Secret s3-creds has no key accessKeyId", "waiting for Secret s3-creds not found"]
+        "waiting for Secret my-jwt has no key jwt", "waiting for Secret my-jwt not found"]
     described = testbed.kubectl("describe", "dittoserver", "demo", "-n", namespace).stdout
     assert "MissingSecret" in described and "Events:  <none>" not in described
 
