@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from croniter import croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -249,8 +249,11 @@ class S3Spec(ApiModel):
     """Default bucket."""
 
 
+AdapterType = Literal["nfs", "smb"]
 NfsVersion = Literal["3", "4.0", "4.1"]
 SmbDialect = Literal["SMB2.0", "SMB2.1", "SMB3.0", "SMB3.0.2", "SMB3.1.1"]
+NFS_VERSIONS: tuple[str, ...] = get_args(NfsVersion)  # oldest first: min/max comparisons use this order
+SMB_DIALECTS: tuple[str, ...] = get_args(SmbDialect)
 
 
 class NfsSettings(ApiModel):
@@ -323,6 +326,13 @@ class AdaptersSpec(ApiModel):
     smb: SmbAdapter = Field(default_factory=SmbAdapter)
     """SMB."""
 
+    def by_type(self) -> tuple[tuple[AdapterType, NfsAdapter | SmbAdapter], ...]:
+        """Both adapters under their DittoFS type names, in a fixed order."""
+        return (("nfs", self.nfs), ("smb", self.smb))
+
+    def enabled(self) -> tuple[tuple[AdapterType, NfsAdapter | SmbAdapter], ...]:
+        return tuple((kind, a) for kind, a in self.by_type() if a.enabled)
+
 
 _STORE_NAME = r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,63}$"
 _SNAPSHOT_INTERVAL = r"^(@hourly|@daily|@weekly|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
@@ -332,6 +342,11 @@ PATTERN_MESSAGES[r"^https?://"] = "must be a URL starting with http:// or https:
 PATTERN_MESSAGES[_SNAPSHOT_INTERVAL] = "must be a duration such as 6h or 30m, or @hourly, @daily, @weekly"
 PATTERN_MESSAGES[r"^[A-Za-z0-9_-]{0,64}$"] = "must be at most 64 letters, digits, '-' and '_'"
 StoreName = Annotated[str, Field(pattern=_STORE_NAME)]
+DEFAULT_STORE = "default"  # the store every share uses unless it names another
+METADATA_ROOT = "/data/store/metadata"  # the metadata volume's mount: badger stores live below it
+BLOCK_ROOT = "/data/store/block"  # the content volume's mount: fs block stores live below it
+METADATA_PATH = f"{METADATA_ROOT}/badger"  # the default metadata store's directory
+BLOCK_PATH = f"{BLOCK_ROOT}/blocks"  # the default local block store's directory
 DataPath = Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=1024)]
 
 
@@ -349,6 +364,13 @@ class MetadataStoreSpec(ApiModel):
     """postgres: Secret with host, port, database, user, password and sslmode (keys as in
     database.postgresSecretRef)."""
 
+    @property
+    def effective_path(self) -> str | None:
+        """The badger directory in use, declared or default; None for a store without one."""
+        if self.type != "badger":
+            return None
+        return self.path or (METADATA_PATH if self.name == DEFAULT_STORE else f"{METADATA_ROOT}/{self.name}")
+
 
 class LocalStoreSpec(ApiModel):
     """A DittoFS local block store. Its type and path are immutable."""
@@ -362,6 +384,13 @@ class LocalStoreSpec(ApiModel):
     /data/store/block/blocks)."""
     max_size: Quantity | None = None
     """Local cache size limit (e.g. 4Gi); unset: DittoFS's default."""
+
+    @property
+    def effective_path(self) -> str | None:
+        """The fs directory in use, declared or default; None for a store without one."""
+        if self.type != "fs":
+            return None
+        return self.path or (BLOCK_PATH if self.name == DEFAULT_STORE else f"{BLOCK_ROOT}/{self.name}")
 
 
 class RemoteStoreCredentials(ApiModel):
@@ -718,7 +747,7 @@ class ShareStatus(ApiModel):
 class AdapterStatus(ApiModel):
     """A file protocol adapter as the operator last saw it."""
 
-    type: Literal["nfs", "smb"]
+    type: AdapterType
     """nfs or smb."""
     port: int
     """Declared port."""

@@ -16,8 +16,6 @@ NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 CONFIG_FILE = "config.yaml"
-METADATA_ROOT = "/data/store/metadata"  # the metadata volume's mount: badger stores live below it
-BLOCK_ROOT = "/data/store/block"  # the content volume's mount: fs block stores live below it
 CONFIG_DIR = "/config"
 
 

@@ -25,13 +25,16 @@ from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import BOOTSTRAP_ADMIN
 from dittoctl.api.models import (
     API_VERSION,
+    BLOCK_ROOT,
     KIND,
+    METADATA_ROOT,
+    NFS_VERSIONS,
     PATTERN_MESSAGES,
+    SMB_DIALECTS,
     DittoServer,
     DittoServerSpec,
     DittoServerStatus,
 )
-from dittoctl.api.naming import BLOCK_ROOT, METADATA_ROOT
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH
@@ -375,12 +378,12 @@ class _Check:
         if not parsed.usable("adapters"):
             return
         nfs, smb = spec.adapters.nfs.settings, spec.adapters.smb.settings
-        versions = ("3", "4.0", "4.1")
-        if nfs.min_version and nfs.max_version and versions.index(nfs.min_version) > versions.index(nfs.max_version):
+        if nfs.min_version and nfs.max_version and NFS_VERSIONS.index(nfs.min_version) > NFS_VERSIONS.index(
+                nfs.max_version):
             self.error("spec.adapters.nfs.settings.minVersion", f"{nfs.min_version} is above maxVersion "
                        f"{nfs.max_version}; lower it or raise maxVersion")
-        dialects = ("SMB2.0", "SMB2.1", "SMB3.0", "SMB3.0.2", "SMB3.1.1")
-        if smb.min_dialect and smb.max_dialect and dialects.index(smb.min_dialect) > dialects.index(smb.max_dialect):
+        if smb.min_dialect and smb.max_dialect and SMB_DIALECTS.index(smb.min_dialect) > SMB_DIALECTS.index(
+                smb.max_dialect):
             self.error("spec.adapters.smb.settings.minDialect", f"{smb.min_dialect} is above maxDialect "
                        f"{smb.max_dialect}; lower it or raise maxDialect")
         for path, value, low, high in (("nfs.settings.leaseTime", nfs.lease_time, 10, 3600),
@@ -494,11 +497,13 @@ class _Check:
                 was = before.get(store.name)
                 if was is None:
                     continue
-                for key in ("type", "path"):
-                    a, b = getattr(was, key, None), getattr(store, key, None)
+                # The effective path: writing out the default path the store already uses changes nothing.
+                paths = (getattr(was, "effective_path", None), getattr(store, "effective_path", None))
+                for key, a, b in (("type", was.type, store.type), ("path", *paths)):
                     if a != b:
                         self.error(f"spec.stores.{kind}[{i}].{key}", f"immutable: store {_q(store.name)} was "
                                    f"{_shown_value(a)}, now {_shown_value(b)}; {fix}")
+                        break
         shares = {"/" + s.name.strip("/"): s for s in old.effective_shares}
         for i, share in enumerate(new.effective_shares):
             was = shares.get("/" + share.name.strip("/"))

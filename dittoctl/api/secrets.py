@@ -92,6 +92,7 @@ class ProvisionedSecret:
 
 S3_KEYS = ("access_key_id", "secret_access_key")
 POSTGRES_STORE_KEYS = ("host", "port", "database", "user", "password", "sslmode")
+INTEGER_STORE_KEYS = frozenset({"port"})  # sent as numbers: a postgres store ignores a string port (dials 5432)
 
 
 def remote_store_credentials(spec: DittoServerSpec, index: int) -> dict[str, ProvisionedSecret]:

@@ -214,7 +214,7 @@ async def _listening(host: str, port: int, timeout: float = 1.0) -> bool:
 def _adapters(server: DittoServer, listening: set[str]) -> list[dict[str, Any]]:
     spec = server.spec.adapters
     return [{"type": kind, "port": a.port, "enabled": a.enabled, "listening": kind in listening}
-            for kind, a in (("nfs", spec.nfs), ("smb", spec.smb))]
+            for kind, a in spec.by_type()]
 
 
 async def _check_adapters(ctx: Pass, server: DittoServer, host: str, result: Provisioned, *, patient: bool) -> None:
@@ -224,9 +224,7 @@ async def _check_adapters(ctx: Pass, server: DittoServer, host: str, result: Pro
     spec = server.spec.adapters
     up: set[str] = set()
     down: list[str] = []
-    for kind, adapter in (("nfs", spec.nfs), ("smb", spec.smb)):
-        if not adapter.enabled:
-            continue
+    for kind, adapter in spec.enabled():
         for attempt in range(6 if patient else 1):
             if attempt:
                 await asyncio.sleep(0.5)

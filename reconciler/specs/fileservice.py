@@ -25,13 +25,10 @@ from dittoctl.api.fileservice import (
 )
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import Scalar
-from dittoctl.api.models import DittoServerSpec
-from dittoctl.api.naming import BLOCK_ROOT, METADATA_ROOT
+from dittoctl.api.models import BLOCK_PATH, DEFAULT_STORE, METADATA_PATH, DittoServerSpec
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import ProvisionedSecret, postgres_store_secrets, remote_store_credentials
 
-METADATA_PATH = f"{METADATA_ROOT}/badger"
-BLOCK_PATH = f"{BLOCK_ROOT}/blocks"
 # (secret, key) -> digest of the value (the cache's), None when the Secret or key is missing.
 DigestOf = Callable[[str, str], str | None]
 
@@ -61,9 +58,7 @@ def _settings(settings: BaseModel) -> tuple[tuple[str, Scalar], ...]:
 
 def adapters(spec: DittoServerSpec) -> tuple[AdapterSpec, ...]:
     """Both adapters, always declared: DittoFS seeds both enabled, so a disabled one must be turned off."""
-    nfs, smb = spec.adapters.nfs, spec.adapters.smb
-    return (AdapterSpec("nfs", nfs.enabled, nfs.port, _settings(nfs.settings)),
-            AdapterSpec("smb", smb.enabled, smb.port, _settings(smb.settings)))
+    return tuple(AdapterSpec(kind, a.enabled, a.port, _settings(a.settings)) for kind, a in spec.adapters.by_type())
 
 
 def _secrets(found: Mapping[str, ProvisionedSecret], digest_of: DigestOf, salt: str, what: str,
@@ -88,11 +83,10 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
     out: list[StoreSpec] = []
     metadata = spec.stores.metadata
     if metadata is None:
-        out.append(StoreSpec(StoreKind.METADATA, "default", "badger", (("path", METADATA_PATH),)))
+        out.append(StoreSpec(StoreKind.METADATA, DEFAULT_STORE, "badger", (("path", METADATA_PATH),)))
     for i, m in enumerate(metadata or []):
         if m.type == "badger":
-            path = m.path or (METADATA_PATH if m.name == "default" else f"{METADATA_ROOT}/{m.name}")
-            out.append(StoreSpec(StoreKind.METADATA, m.name, "badger", (("path", path),)))
+            out.append(StoreSpec(StoreKind.METADATA, m.name, "badger", (("path", m.effective_path or ""),)))
         elif m.type == "postgres":
             what = f"metadata store {m.name}"
             found = _secrets(postgres_store_secrets(spec, i), digest_of, salt, what, missing)
@@ -102,11 +96,11 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
             out.append(StoreSpec(StoreKind.METADATA, m.name, m.type))
     local = spec.stores.local
     if local is None:
-        out.append(StoreSpec(StoreKind.LOCAL, "default", "fs", (("path", BLOCK_PATH),)))
+        out.append(StoreSpec(StoreKind.LOCAL, DEFAULT_STORE, "fs", (("path", BLOCK_PATH),)))
     for b in local or []:
         config: dict[str, Scalar] = {}
-        if b.type == "fs":
-            config["path"] = b.path or (BLOCK_PATH if b.name == "default" else f"{BLOCK_ROOT}/{b.name}")
+        if b.effective_path is not None:
+            config["path"] = b.effective_path
         if b.max_size is not None:
             config["max_size"] = int(parse_quantity(b.max_size))
         out.append(StoreSpec(StoreKind.LOCAL, b.name, b.type, tuple(sorted(config.items()))))
@@ -170,7 +164,7 @@ ShareUsage = tuple[int | None, bool | None]  # (used bytes, remote store healthy
 def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUsage]) -> list[dict[str, Any]]:
     """Declared shares that exist in DittoFS, with their usage and ready-to-paste addresses on ``host``."""
     out = []
-    nfs, smb = spec.adapters.nfs, spec.adapters.smb
+    enabled = spec.adapters.enabled()
     for s in spec.effective_shares:
         if s.name not in present:
             continue
@@ -180,10 +174,8 @@ def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUs
             entry["usedBytes"] = used
         if s.remote_block_store is not None and remote is not None:
             entry["remoteHealthy"] = remote
-        if nfs.enabled:
-            entry["nfs"] = f"nfs://{host}:{nfs.port}{s.name}"
-        if smb.enabled:
-            entry["smb"] = f"smb://{host}:{smb.port}{s.name}"
+        for kind, adapter in enabled:
+            entry[kind] = f"{kind}://{host}:{adapter.port}{s.name}"
         out.append(entry)
     return out
 

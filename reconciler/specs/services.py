@@ -22,12 +22,7 @@ def api_port(spec: DittoServerSpec) -> dict[str, Any]:
 
 
 def file_ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
-    ports = []
-    if spec.adapters.nfs.enabled:
-        ports.append(_file_port("nfs", spec.adapters.nfs.port))
-    if spec.adapters.smb.enabled:
-        ports.append(_file_port("smb", spec.adapters.smb.port))
-    return ports
+    return [_file_port(kind, adapter.port) for kind, adapter in spec.adapters.enabled()]
 
 
 def _service(names: Names, name: str, component: str, spec_body: dict[str, Any],
@@ -73,7 +68,7 @@ def services(spec: DittoServerSpec, names: Names) -> list[dict[str, Any]]:
 def endpoints(spec: DittoServerSpec, names: Names, listening: set[str] | None = None) -> dict[str, str]:
     """Service addresses; an adapter only once it is proven to listen (``listening`` None: not probed)."""
     result = {"api": f"{names.host(names.api_service)}:{spec.control_plane.port}"}
-    for kind, adapter in (("nfs", spec.adapters.nfs), ("smb", spec.adapters.smb)):
-        if adapter.enabled and (listening is None or kind in listening):
+    for kind, adapter in spec.adapters.enabled():
+        if listening is None or kind in listening:
             result[kind] = f"{names.host(names.file_service)}:{adapter.port}"
     return result

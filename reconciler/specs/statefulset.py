@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dittoctl.api.models import PRESTOP_SECONDS, DittoServerSpec
-from dittoctl.api.naming import BLOCK_ROOT, CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, METADATA_ROOT, Names
+from dittoctl.api.models import BLOCK_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
+from dittoctl.api.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
 from reconciler.specs.env import container_env
 from reconciler.specs.services import api_port
 
@@ -90,7 +90,7 @@ def _pod_security(spec: DittoServerSpec) -> dict[str, Any]:
     """The restricted defaults, plus the safe sysctl that lets uid 65532 bind the ports below 1024 asked for
     (only inside the pod's own network namespace)."""
     security = merge_over(POD_SECURITY_DEFAULTS, spec.pod_security_context)
-    ports = [spec.control_plane.port, *(a.port for a in (spec.adapters.nfs, spec.adapters.smb) if a.enabled)]
+    ports = [spec.control_plane.port, *(a.port for _, a in spec.adapters.enabled())]
     if spec.metrics.enabled:
         ports.append(spec.metrics.port)
     sysctls = list(security.get("sysctls") or [])

@@ -7,11 +7,11 @@ from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
 from dittoctl.api.fileservice import Grant, Kind, Observed, StoreKind, plan
-from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.models import BLOCK_PATH, METADATA_PATH, DittoServerSpec
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import provisioned_secrets, secret_uses, watched_secrets
 from reconciler import specs
-from reconciler.specs.fileservice import BLOCK_PATH, METADATA_PATH, declared, salted, share_status
+from reconciler.specs.fileservice import declared, salted, share_status
 from reconciler.status import Cond, Observation, conditions
 
 NAMES = Names("demo", "ns", "uid-1")

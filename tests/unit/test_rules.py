@@ -535,6 +535,20 @@ def test_store_type_and_path_and_share_stores_are_immutable() -> None:
     assert check(more, old=old).allowed
 
 
+def test_writing_out_the_default_path_a_store_already_uses_is_not_a_change() -> None:
+    old: dict[str, Any] = {"stores": {"metadata": [{"name": "default"}, {"name": "fast"}],
+                                      "local": [{"name": "default"}, {"name": "big"}]}}
+    spelled = {"stores": {"metadata": [{"name": "default", "path": "/data/store/metadata/badger"},
+                                       {"name": "fast", "path": "/data/store/metadata/fast"}],
+                          "local": [{"name": "default", "path": "/data/store/block/blocks"},
+                                    {"name": "big", "path": "/data/store/block/big"}]}}
+    assert check(spelled, old=old).allowed
+    assert check(old, old=spelled).allowed
+    moved = merge(old, {"stores": {"metadata": [{"name": "default", "path": "/data/store/metadata/default"},
+                                                {"name": "fast"}]}})
+    assert paths(check(moved, old=old).messages) == ["spec.stores.metadata[0].path"]
+
+
 def test_adapter_settings_are_checked_against_dittofs_ranges() -> None:
     verdict = check({"adapters": {"nfs": {"settings": {"minVersion": "4.1", "maxVersion": "3", "leaseTime": "5s"}},
                                   "smb": {"settings": {"minDialect": "SMB3.1.1", "maxDialect": "SMB2.0",

@@ -46,11 +46,11 @@ from dittoctl.api.fileservice.types import (
     permission_name,
     share_name,
 )
+from dittoctl.api.secrets import INTEGER_STORE_KEYS
 
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")
 _NO_STORE = ApiStore(id="", name="", type="")
-_INTEGER_KEYS = frozenset({"port"})  # a postgres store silently ignores a string port (and dials 5432)
 _ORDER = {kind: i for i, kind in enumerate(Kind)}
 # Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
 # identity and the adapters are seeded by DittoFS, so neither is ever deleted.
@@ -299,7 +299,7 @@ class _Planner:
         ref = Ref(kind, s.name)
         seen = self.seen.store(s.kind, s.name)
         state = self.mine(ref, seen is not None)
-        secrets = tuple(SecretField(key, value, in_config=True, integer=key in _INTEGER_KEYS)
+        secrets = tuple(SecretField(key, value, in_config=True, integer=key in INTEGER_STORE_KEYS)
                         for key, value in s.secrets)
         stamp = (("config", digest_of(json.dumps([s.type, dict(s.config)], sort_keys=True))),)
         if state is False:

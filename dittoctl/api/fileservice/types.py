@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from dittoctl.api.models import AdapterType
+
 Scalar = str | int | float | bool
 Principal = Literal["user", "group"]
-AdapterType = Literal["nfs", "smb"]
 Level = Literal["none", "read", "read-write", "admin"]
 OPERATOR_ACCOUNT = "dittofs-operator"
 BOOTSTRAP_ADMIN = "admin"  # v0.29.0 always bootstraps literally `admin` (docs/DITTOFS_FACTS.md deviation 4)
