@@ -168,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         server_address=args.server_address,
         provision_networks=[n for n in args.provision_networks.split(",") if n],
+        operator_namespace=args.operator_namespace,
     )
     logs.configure(settings.log_level, settings.log_format)
     return main_run(settings)
@@ -203,6 +204,10 @@ def parser() -> argparse.ArgumentParser:
                           "(out-of-cluster runs)")
     run.add_argument("--provision-networks", default=_env("PROVISION_NETWORKS", ""),
                      help="with --server-address pod: comma-separated CIDRs; pods outside are not provisioned")
+    operator_namespace = os.environ.get("POD_NAMESPACE") or _env("NAMESPACE", "dittofs-system")
+    run.add_argument("--operator-namespace", default=operator_namespace,
+                     help="the operator's own namespace (the chart's pod sets POD_NAMESPACE); every DittoServer's "
+                          "NetworkPolicy lets it in")
     run.add_argument("--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "300")))
     run.add_argument("--workers", type=int, default=int(_env("WORKERS", "8")),
                      help="concurrent reconciles; passes mostly wait on the API, not the CPU")

@@ -52,6 +52,8 @@ class RunSettings:
     drift_interval: float = 300.0
     server_address: str = "service"
     provision_networks: list[str] = field(default_factory=list)
+    operator_namespace: str = "dittofs-system"
+    """Where the operator runs; every DittoServer's NetworkPolicy lets this namespace in."""
 
 
 class Health:
@@ -143,7 +145,8 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         controller = Controller(gateway, workers=settings.workers, drift_interval=settings.drift_interval,
                                 namespaces=settings.namespaces, provisioning=Provisioning(
                                     settings.server_address,
-                                    tuple(ipaddress.ip_network(n, strict=False) for n in settings.provision_networks)))
+                                    tuple(ipaddress.ip_network(n, strict=False) for n in settings.provision_networks),
+                                    operator_namespace=settings.operator_namespace))
         controller.queue.on_result = metrics.observe_reconcile
 
     if settings.webhook:

@@ -7,6 +7,7 @@ is fresh, and the few I/O helpers every phase needs (observe a child, apply when
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Mapping
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGCLUSTERS, Kind, kind_of
+from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGCLUSTERS, SERVICEMONITORS, Kind, kind_of
+from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE
 from dittoctl.kube.events import EventRecorder, EventType
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
@@ -24,6 +26,10 @@ from reconciler.status import status_changed
 
 log = logging.getLogger("dittofs.reconciler")
 Obj = dict[str, Any]
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []))
 
 
 @dataclass
@@ -38,6 +44,8 @@ class Memory:
     backups_seen: set[str] | None = None
     jwt_length: tuple[str, int] | None = None
     """(digest, length) of the user's JWT secret value last checked (never the value)."""
+    service_monitor: bool | None = None
+    """Whether a ServiceMonitor may exist (None: unknown since start), so pruning costs no GET per pass."""
     fileservice: Any = None
     """The file-service phase's own memory (REST client with in-memory tokens, last outcome)."""
 
@@ -50,27 +58,46 @@ class Provisioning:
     """service: <name>-api.<ns>.svc (in cluster); pod: the pod IP (out-of-cluster runs, test beds)."""
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """With server_address=pod: provision only pods whose IP is in one of these (empty: all)."""
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+    """Where the operator runs: each server's NetworkPolicy always lets this namespace in."""
 
 
 class Discovery:
     """Which optional APIs the cluster serves right now. Refreshed on a miss and by the drift timer, so a
-    Percona CRD installed (or removed) after start is noticed without a restart."""
+    CRD installed (or removed) after start (Percona, Prometheus Operator) is noticed without a restart."""
+
+    OPTIONAL = (PERCONAPGCLUSTERS, SERVICEMONITORS)
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.percona_served: bool | None = None
+        self.answers: dict[Kind, bool | None] = dict.fromkeys(self.OPTIONAL)
 
     async def refresh(self) -> None:
-        try:
-            self.percona_served = await self.gateway.served(PERCONAPGCLUSTERS)
-        except ApiError:
-            return
+        for kind in self.OPTIONAL:
+            try:
+                self.answers[kind] = await self.gateway.served(kind)
+            except ApiError:
+                continue
+
+    async def serves(self, kind: Kind) -> bool:
+        """Served? Asks again unless the last answer was yes."""
+        if self.answers.get(kind) is not True:
+            try:
+                self.answers[kind] = await self.gateway.served(kind)
+            except ApiError:
+                return False
+        return bool(self.answers[kind])
+
+    def forget(self, kind: Kind) -> None:
+        """The API said the kind is gone (a 404 on a write): ask again next time."""
+        self.answers[kind] = False
+
+    @property
+    def percona_served(self) -> bool | None:
+        return self.answers[PERCONAPGCLUSTERS]
 
     async def percona(self) -> bool:
-        """Served? Asks again unless the last answer was yes."""
-        if self.percona_served is not True:
-            await self.refresh()
-        return bool(self.percona_served)
+        return await self.serves(PERCONAPGCLUSTERS)
 
 
 @dataclass
@@ -113,6 +140,10 @@ class Pass:
         return self.key[1]
 
     @property
+    def uid(self) -> str:
+        return str(self.body.get("metadata", {}).get("uid", ""))
+
+    @property
     def generation(self) -> int:
         return int(self.body.get("metadata", {}).get("generation", 0))
 
@@ -149,6 +180,16 @@ class Pass:
         log.info("applied %s", kind.kind, extra=fields(
             namespace=self.namespace, name=name, kind=kind.kind, action="create" if previous is None else "update"))
         return True, previous
+
+    async def prune(self, kind: Kind, name: str, current: Obj | None) -> bool:
+        """Deletes an optional child this server owns and no longer wants (never one it does not own)."""
+        if current is None or not owned_by(current, self.uid):
+            return False
+        with contextlib.suppress(NotFound):
+            await self.gw.delete(kind, name, self.namespace)
+        self.cache.drop_child(kind, (self.namespace, name))
+        log.info("deleted obsolete %s", kind.kind, extra=fields(namespace=self.namespace, name=name, kind=kind.kind))
+        return True
 
     async def write_status(self, status: Mapping[str, Any]) -> None:
         """Merge-patches the status subresource when it differs from the last one written."""

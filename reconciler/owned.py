@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dittoctl.api.kinds import CONFIGMAPS, PERCONAPGCLUSTERS, PODS, SERVICES, STATEFULSETS, Kind
+from dittoctl.api.kinds import (
+    CONFIGMAPS,
+    NETWORKPOLICIES,
+    PERCONAPGCLUSTERS,
+    PODS,
+    SERVICEMONITORS,
+    SERVICES,
+    STATEFULSETS,
+    Kind,
+)
 from dittoctl.api.naming import MANAGED_BY_LABEL, MANAGER
 
 # Every watched object carries this label: the apiserver filters, so kopf keeps no record of others.
@@ -29,8 +38,10 @@ CHILDREN: tuple[Owned, ...] = (
     Owned(CONFIGMAPS, ("get", "list", "watch", "create", "patch")),
     Owned(SERVICES, ("get", "list", "watch", "create", "patch", "delete")),
     Owned(STATEFULSETS, ("get", "list", "watch", "create", "patch")),
-    # Optional CRD that may be installed after start: discovery decides, so it is not watched.
+    Owned(NETWORKPOLICIES, ("get", "list", "watch", "create", "patch", "delete")),
+    # Optional CRDs that may be installed after start: discovery decides, so they are not watched.
     Owned(PERCONAPGCLUSTERS, ("get", "create", "patch", "delete"), watched=False),
+    Owned(SERVICEMONITORS, ("get", "create", "patch", "delete"), watched=False),
 )
 # Not created by us, but streamed (by the same label) to follow readiness and failures.
 OBSERVED: tuple[Owned, ...] = (Owned(PODS, ("list", "watch")),)

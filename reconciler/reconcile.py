@@ -18,7 +18,7 @@ from dittoctl.kube.gateway import Gateway
 from reconciler import specs
 from reconciler.cache import Cache, Key
 from reconciler.context import Discovery, Memory, Pass, Provisioning, Shared
-from reconciler.phases.config import apply_config_map, apply_services
+from reconciler.phases.config import apply_config_map, apply_network_policy, apply_service_monitor, apply_services
 from reconciler.phases.database import ensure_database, postgres_secret_condition
 from reconciler.phases.deletion import finalize
 from reconciler.phases.fileservice import Provisioned, provision
@@ -77,9 +77,12 @@ class Reconciler:
         consumed = await consumed_digests(ctx, server, names)
         digests = consumed.digests
         status = ctx.current().get("status") or {}
-        desired = specs.build(server.spec, names, digests, store_revision=int(status.get("storeRevision") or 0))
+        desired = specs.build(server.spec, names, digests, store_revision=int(status.get("storeRevision") or 0),
+                              operator_namespace=self.shared.provisioning.operator_namespace)
         await apply_config_map(ctx, desired, names)
         await apply_services(ctx, desired, names)
+        await apply_network_policy(ctx, desired, names)
+        await apply_service_monitor(ctx, desired, names)
         database = await ensure_database(ctx, server, names, desired)
         ref = server.spec.database.postgres_secret_ref
         if database.condition is None and ref is not None:

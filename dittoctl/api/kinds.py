@@ -43,14 +43,16 @@ PODS = Kind("", "v1", "pods", "Pod")
 PVCS = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Kind("", "v1", "events", "Event")
 STORAGECLASSES = Kind("storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False)
+NETWORKPOLICIES = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+SERVICEMONITORS = Kind("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
 PERCONAPGCLUSTERS = Kind("pgv2.percona.com", "v2", "perconapgclusters", "PerconaPGCluster")
 PERCONAPGBACKUPS = Kind("pgv2.percona.com", "v2", "perconapgbackups", "PerconaPGBackup")
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
 WEBHOOKCONFIGS = Kind("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
                       "ValidatingWebhookConfiguration", namespaced=False)
 _BY_API = {(k.api_version, k.kind): k for k in (
-    DITTOSERVERS, STATEFULSETS, SERVICES, CONFIGMAPS, SECRETS, PODS, PVCS, EVENTS, STORAGECLASSES, PERCONAPGCLUSTERS,
-    PERCONAPGBACKUPS, LEASES, WEBHOOKCONFIGS)}
+    DITTOSERVERS, STATEFULSETS, SERVICES, CONFIGMAPS, SECRETS, PODS, PVCS, EVENTS, STORAGECLASSES, NETWORKPOLICIES,
+    SERVICEMONITORS, PERCONAPGCLUSTERS, PERCONAPGBACKUPS, LEASES, WEBHOOKCONFIGS)}
 
 
 def kind_of(obj: Mapping[str, Any]) -> Kind:

@@ -446,6 +446,18 @@ class ControlPlaneSpec(ApiModel):
     """API port."""
 
 
+class ServiceMonitorSpec(ApiModel):
+    """A ServiceMonitor for the <name>-metrics Service (only when monitoring.coreos.com/v1 is served; the
+    operator notices the CRD arriving or leaving without a restart)."""
+
+    enabled: bool = True
+    """Create it whenever metrics are enabled and the CRD is served."""
+    labels: StringMap = Field(default_factory=dict)
+    """Extra labels, e.g. the one your Prometheus selects ServiceMonitors by (release: prometheus)."""
+    interval: Duration | None = None
+    """Scrape interval (unset: Prometheus's default)."""
+
+
 class MetricsSpec(ApiModel):
     """Prometheus metrics of the server."""
 
@@ -455,6 +467,36 @@ class MetricsSpec(ApiModel):
     """Metrics port."""
     path: str = Field("/metrics", pattern=r"^/")
     """Metrics path."""
+    service_monitor: ServiceMonitorSpec = Field(default_factory=ServiceMonitorSpec)
+    """Prometheus Operator ServiceMonitor, created while metrics are enabled and the CRD is served."""
+
+
+class NetworkPeer(ApiModel):
+    """One allowed source: a CIDR, or pods by labels and/or namespaces by labels (both: those pods in those
+    namespaces). An empty label map matches everything of its kind."""
+
+    cidr: str | None = Field(None, pattern=r"^[0-9a-fA-F.:]+/[0-9]{1,3}$")
+    """IPv4 or IPv6 CIDR, e.g. 10.20.0.0/16."""
+    except_cidrs: list[str] = Field(default_factory=list)
+    """CIDRs inside cidr that are not allowed."""
+    namespaces: StringMap | None = None
+    """Namespace labels, e.g. kubernetes.io/metadata.name: apps ({}: every namespace)."""
+    pods: StringMap | None = None
+    """Pod labels ({}: every pod; without namespaces: pods in the DittoServer's namespace)."""
+
+
+class NetworkPolicySpec(ApiModel):
+    """The <name>-ingress NetworkPolicy: which sources may reach the server's pod. The operator's namespace
+    can always reach the API and the file ports, so a policy can never cut the operator off."""
+
+    enabled: bool = True
+    """Create the policy (false: none, every source can reach every port)."""
+    api_from: list[NetworkPeer] = Field(default_factory=list)
+    """Who else may reach the REST API (it is admin-capable: nobody else by default)."""
+    metrics_from: list[NetworkPeer] | None = None
+    """Who may scrape metrics; unset: any source."""
+    file_clients: list[NetworkPeer] | None = None
+    """Who may use NFS and SMB; unset: any source; []: nobody but the operator's health check."""
 
 
 class JwtSpec(ApiModel):
@@ -632,6 +674,8 @@ class DittoServerSpec(ApiModel):
     """Logging."""
     service: ServiceSpec = Field(default_factory=ServiceSpec)
     """Services."""
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    """Ingress NetworkPolicy of the server's pod."""
     resources: KubeObject | None = None
     """Container resources (Kubernetes ResourceRequirements)."""
     security_context: KubeObject | None = None

@@ -17,6 +17,7 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 CONFIG_FILE = "config.yaml"
 CONFIG_DIR = "/config"
+DEFAULT_OPERATOR_NAMESPACE = "dittofs-system"  # the chart's default namespace
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,14 @@ class Names:
     @property
     def metrics_service(self) -> str:
         return f"{self.server}-metrics"
+
+    @property
+    def service_monitor(self) -> str:
+        return f"{self.server}-metrics"
+
+    @property
+    def network_policy(self) -> str:
+        return f"{self.server}-ingress"
 
     @property
     def jwt_secret(self) -> str:

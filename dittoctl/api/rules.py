@@ -34,6 +34,7 @@ from dittoctl.api.models import (
     DittoServer,
     DittoServerSpec,
     DittoServerStatus,
+    NetworkPeer,
 )
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
@@ -182,6 +183,7 @@ class _Check:
         self._adapter_settings(parsed, spec)
         self._deprecations(parsed, spec)  # rule 14
         self._service(parsed, spec)
+        self._network_policy(parsed, spec)
         if self.old is not None:
             self._update(parsed, spec)  # rules 12, 13
 
@@ -466,6 +468,39 @@ class _Check:
         if lb_open and parsed.usable("service.type", "service.loadBalancerSourceRanges"):
             self.warn("spec.service.loadBalancerSourceRanges", "restrict it; a LoadBalancer exposes the "
                       "admin-capable API to every source")
+
+    def _network_policy(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("networkPolicy"):
+            return
+        policy = spec.network_policy
+        for key, peers in (("apiFrom", policy.api_from), ("metricsFrom", policy.metrics_from or []),
+                             ("fileClients", policy.file_clients or [])):
+            for i, peer in enumerate(peers):
+                self._peer(f"spec.networkPolicy.{key}[{i}]", peer)
+
+    def _peer(self, path: str, peer: NetworkPeer) -> None:
+        selectors = peer.namespaces is not None or peer.pods is not None
+        if peer.cidr is None:
+            if not selectors:
+                self.error(path, "set cidr, or namespaces and/or pods (an empty peer would match nothing)")
+            if peer.except_cidrs:
+                self.error(f"{path}.exceptCidrs", "only with cidr; remove it or set cidr")
+            return
+        if selectors:
+            self.error(path, "set either cidr or namespaces/pods, not both (Kubernetes allows one kind per peer)")
+        try:
+            block = ipaddress.ip_network(peer.cidr, strict=False)
+        except ValueError:
+            self.error(f"{path}.cidr", f"{_show(peer.cidr)} is not a CIDR such as 10.20.0.0/16")
+            return
+        for j, text in enumerate(peer.except_cidrs):
+            try:
+                inner = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                self.error(f"{path}.exceptCidrs[{j}]", f"{_show(text)} is not a CIDR such as 10.20.1.0/24")
+                continue
+            if inner.version != block.version or not inner.subnet_of(block):  # type: ignore[arg-type]
+                self.error(f"{path}.exceptCidrs[{j}]", f"{_show(text)} must lie inside cidr {peer.cidr}")
 
     # -- rules 12 and 13: updates ------------------------------------------------------------------------
     def _update(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

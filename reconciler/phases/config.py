@@ -1,15 +1,14 @@
-"""Phase: the ConfigMap holding config.yaml, and the Services (obsolete ones pruned)."""
+"""Phase: the ConfigMap holding config.yaml, the Services, the NetworkPolicy and the ServiceMonitor (obsolete
+ones pruned)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import SERVICES
+from dittoctl.api.kinds import NETWORKPOLICIES, SERVICEMONITORS, SERVICES
 from dittoctl.api.naming import Names
-from dittoctl.kube.logs import fields
+from dittoctl.kube.gateway import NotFound
 from reconciler.compare import stamp_manifest
 from reconciler.context import Pass
 from reconciler.specs import Desired
@@ -30,13 +29,35 @@ async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:
     wanted = {s["metadata"]["name"] for s in desired.services}
     # Only the optional Services can become obsolete (metrics off, no file adapter left).
     for name in (names.metrics_service, names.file_service):
-        current = ctx.cache.child(SERVICES, names.namespace, name)
-        if name in wanted or current is None or not _owned_by(current, names.uid):
-            continue
-        await ctx.gw.delete(SERVICES, name, names.namespace)
-        log.info("deleted obsolete Service", extra=fields(namespace=names.namespace, name=name))
-        ctx.cache.drop_child(SERVICES, (names.namespace, name))
+        if name not in wanted:
+            await ctx.prune(SERVICES, name, ctx.cache.child(SERVICES, names.namespace, name))
 
 
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []))
+async def apply_network_policy(ctx: Pass, desired: Desired, names: Names) -> None:
+    if desired.network_policy is not None:
+        await ctx.apply(stamp_manifest(desired.network_policy))
+    else:
+        await ctx.prune(NETWORKPOLICIES, names.network_policy,
+                        ctx.cache.child(NETWORKPOLICIES, names.namespace, names.network_policy))
+
+
+async def apply_service_monitor(ctx: Pass, desired: Desired, names: Names) -> None:
+    """Not watched (the CRD may come and go): read each pass while wanted, like the PerconaPGCluster. When not
+    wanted, a leftover is looked for once per start, and only while the CRD is served."""
+    discovery = ctx.shared.discovery
+    if desired.service_monitor is None:
+        if ctx.memory.service_monitor is not False and discovery.answers[SERVICEMONITORS]:
+            current = await ctx.gw.get_or_none(SERVICEMONITORS, names.service_monitor, names.namespace)
+            await ctx.prune(SERVICEMONITORS, names.service_monitor, current)
+        ctx.memory.service_monitor = False
+        return
+    if not await discovery.serves(SERVICEMONITORS):
+        ctx.memory.service_monitor = False
+        return
+    current = await ctx.gw.get_or_none(SERVICEMONITORS, names.service_monitor, names.namespace)
+    ctx.memory.service_monitor = True
+    try:
+        await ctx.apply(stamp_manifest(desired.service_monitor), current, known=True)
+    except NotFound:  # the CRD went away since discovery said it was served
+        discovery.forget(SERVICEMONITORS)
+        ctx.memory.service_monitor = False

@@ -126,7 +126,7 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
         try:
             live = await _apply_cluster(ctx, manifest, live)
         except NotFound:  # the CRD went away since discovery said it was served
-            ctx.shared.discovery.percona_served = False
+            ctx.shared.discovery.forget(PERCONAPGCLUSTERS)
             return _not_served(15.0)
         if ctx.memory.database_ready is None and live.get("metadata", {}).get("generation") == 1:
             await ctx.post("Normal", EventReason.PERCONA_CREATED, f"PerconaPGCluster {names.percona_cluster} created")

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dittoctl.api.models import DittoServer, DittoServerSpec
-from dittoctl.api.naming import Names
+from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE, Names
 from dittoctl.api.secrets import secret_uses
 from reconciler.specs.config import config_map, render_config
 from reconciler.specs.hashing import config_hash, value_digest
+from reconciler.specs.monitoring import service_monitor
+from reconciler.specs.network import network_policy
 from reconciler.specs.percona import percona_cluster
 from reconciler.specs.services import services
 from reconciler.specs.statefulset import statefulset
@@ -30,17 +32,22 @@ class Desired:
     statefulset: dict[str, Any]
     percona_cluster: dict[str, Any] | None = None
     """The control-plane database, when `percona.enabled`."""
+    network_policy: dict[str, Any] | None = None
+    service_monitor: dict[str, Any] | None = None
+    """Wanted by the spec; applied only while the Prometheus Operator's CRD is served."""
     missing_secret_keys: list[tuple[str, str]] = field(default_factory=list)
 
     def children(self) -> list[dict[str, Any]]:
-        """In apply order: ConfigMap, Services, PerconaPGCluster, StatefulSet."""
-        database = [self.percona_cluster] if self.percona_cluster is not None else []
-        return [self.config_map, *self.services, *database, self.statefulset]
+        """In apply order: ConfigMap, Services, NetworkPolicy, ServiceMonitor, PerconaPGCluster, StatefulSet."""
+        optional = [c for c in (self.network_policy, self.service_monitor, self.percona_cluster) if c is not None]
+        return [self.config_map, *self.services, *optional, self.statefulset]
 
 
-def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_revision: int = 0) -> Desired:
+def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_revision: int = 0,
+          operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE) -> Desired:
     """``store_revision``: status.storeRevision, bumped when DittoFS took a store config it applies only at
-    start; hashed with the config so the pod rolls once per bump."""
+    start; hashed with the config so the pod rolls once per bump. ``operator_namespace``: always let in by
+    the NetworkPolicy."""
     text = render_config(spec)
     uses = secret_uses(spec, names)
     triples = [(u.secret, u.key, digests.get((u.secret, u.key))) for u in uses]
@@ -55,6 +62,8 @@ def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_rev
         services=services(spec, names),
         statefulset=statefulset(spec, names, digest),
         percona_cluster=percona_cluster(spec, names) if spec.percona.enabled else None,
+        network_policy=network_policy(spec, names, operator_namespace),
+        service_monitor=service_monitor(spec, names),
         missing_secret_keys=missing,
     )
 

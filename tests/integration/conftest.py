@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.operator import OperatorProcess
+from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.paths import CRD
 
 pytestmark = pytest.mark.integration
@@ -24,10 +24,12 @@ def crd(testbed: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def operator(crd: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """The operator under its own (non-admin) identity, reconciler only; drift pass every 5 s."""
+    """The operator under its own (non-admin) identity, reconciler only; drift pass every 5 s; it says it runs
+    in OPERATOR_NAMESPACE (what each server's NetworkPolicy lets in)."""
     workdir: Path = tmp_path_factory.mktemp("operator")
     proc = OperatorProcess(str(crd.operator_kubeconfig), workdir,
-                           extra=["--no-webhook", "--drift-interval", "5", "--log-level", "INFO"])
+                           extra=["--no-webhook", "--drift-interval", "5", "--log-level", "INFO",
+                                  "--operator-namespace", OPERATOR_NAMESPACE])
     proc.start()
     yield proc
     proc.stop()

@@ -28,12 +28,14 @@ from tests.support.operator import OperatorProcess
 from tests.support.paths import CHART, ROOT
 from tests.support.percona import PERCONA_CRD, cluster, percona_spec, play_percona_ready
 from tests.support.poll import eventually
+from tests.testbed.paths import servicemonitor_crd
 from webhook.server import WEBHOOK_PATH
 
 pytestmark = pytest.mark.integration
 
 CRD_NAME = "dittoservers.dittofs.dittofs.com"
 PERCONA_CRD_NAME = "perconapgclusters.pgv2.percona.com"
+SERVICEMONITOR_CRD_NAME = "servicemonitors.monitoring.coreos.com"
 RELEASE = "dittofs-operator"  # default names: Deployment/SA/VWC dittofs-operator, Service dittofs-operator-webhook
 SERVICE = f"{RELEASE}-webhook"
 TESTBED_OPERATOR_USER = "dittofs-operator"  # the test bed's cluster-admin operator identity (other tests)
@@ -195,6 +197,8 @@ def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns
         if not percona_preinstalled:
             testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
             testbed.wait_crd(PERCONA_CRD_NAME)
+        testbed.kubectl("apply", "--server-side", "-f", str(servicemonitor_crd()))
+        testbed.wait_crd(SERVICEMONITOR_CRD_NAME)
         sa_user = f"system:serviceaccount:{release_ns}:{RELEASE}"
         mark = testbed.audit_line_count()
         operator = start_as_chart(testbed, release_ns, cert_dir, tmp_path)
@@ -215,7 +219,8 @@ def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns
             ("patch", "dittoservers"), ("patch", "dittoservers/status"), ("patch", "statefulsets"),
             ("patch", "configmaps"), ("patch", "services"), ("delete", "services"), ("create", "secrets"),
             ("create", "events"), ("patch", "perconapgclusters"), ("delete", "perconapgclusters"),
-            ("create", "leases"), ("patch", "leases"),
+            ("create", "leases"), ("patch", "leases"), ("patch", "networkpolicies"), ("delete", "networkpolicies"),
+            ("patch", "servicemonitors"), ("delete", "servicemonitors"),
         }
         assert expected <= used, f"not exercised: {sorted(expected - used)}"
         # Nobody else reconciled these objects (the test bed's cluster-admin operator of other tests).
@@ -227,6 +232,7 @@ def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns
             operator.stop()
         if not percona_preinstalled:
             testbed.kubectl("delete", "crd", PERCONA_CRD_NAME, "--ignore-not-found", "--timeout=60s", check=False)
+        testbed.kubectl("delete", "crd", SERVICEMONITOR_CRD_NAME, "--ignore-not-found", "--timeout=60s", check=False)
         uninstall(helm, release_ns)
     assert_uninstalled(testbed)
 
@@ -257,13 +263,18 @@ def lifecycle(testbed: Any, ns: str) -> None:
     for name in ("demo", "gone", "kept"):
         wait_ready(testbed, ns, name, timeout=120)
 
-    # Changes: a config change rolls the StatefulSet; metrics on creates a Service, metrics off deletes it.
+    # Changes: a config change rolls the StatefulSet; metrics on creates a Service and a ServiceMonitor,
+    # metrics off deletes both; the NetworkPolicy goes when turned off.
     before = server(testbed, ns, "demo")["status"]["configHash"]
+    assert absent(testbed, "networkpolicy", "demo-ingress", ns) is False
     apply_server(testbed, ns, "demo", identity=jwt, logging={"level": "DEBUG"}, metrics={"enabled": True})
     eventually(lambda: absent(testbed, "service", "demo-metrics", ns) is False, what="metrics Service created")
+    eventually(lambda: absent(testbed, "servicemonitor", "demo-metrics", ns) is False, what="ServiceMonitor created")
     assert wait_ready(testbed, ns, "demo")["status"]["configHash"] != before
-    apply_server(testbed, ns, "demo", identity=jwt, logging={"level": "DEBUG"})
+    apply_server(testbed, ns, "demo", identity=jwt, logging={"level": "DEBUG"}, networkPolicy={"enabled": False})
     eventually(lambda: absent(testbed, "service", "demo-metrics", ns), what="metrics Service deleted")
+    eventually(lambda: absent(testbed, "servicemonitor", "demo-metrics", ns), what="ServiceMonitor deleted")
+    eventually(lambda: absent(testbed, "networkpolicy", "demo-ingress", ns), what="NetworkPolicy deleted")
     wait_ready(testbed, ns, "demo")
 
     # Deletion: drain (scale to 0), Percona deleted or orphaned, finalizer removed, PVCs kept.

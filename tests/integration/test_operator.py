@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
-from tests.support.operator import OperatorProcess
+from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.poll import eventually
+from tests.testbed.paths import servicemonitor_crd
 
 pytestmark = pytest.mark.integration
 OPERATOR_USER = "dittofs-operator"
@@ -158,3 +159,56 @@ def test_ready_only_once_every_listed_object_was_delivered(testbed: Any, operato
             if line.startswith("{") and '"caches warm"' in line]
     assert len(warm) == 1 and warm[0]["servers"] >= 30, warm
     print(f"\n[operator] restart with >= 30 servers: ready in {took:.2f} s", file=sys.stderr)
+
+
+def test_network_policy_and_service_monitor_follow_the_spec_and_the_crd(testbed: Any, operator: OperatorProcess,
+                                                                        namespace: str) -> None:
+    """The policy the apiserver accepted lets the operator's namespace in first; the ServiceMonitor appears
+    once the Prometheus Operator's real CRD is installed (no operator restart), is recreated when deleted,
+    selects exactly the metrics Service, and both are removed when switched off."""
+    operator_ns = OPERATOR_NAMESPACE  # as the session's operator was told (--operator-namespace)
+    metrics = {"enabled": True, "serviceMonitor": {"labels": {"release": "prom"}, "interval": "30s"}}
+    policy_spec = {"apiFrom": [{"namespaces": {"kubernetes.io/metadata.name": "tools"}}],
+                   "fileClients": [{"cidr": "10.20.0.0/16", "exceptCidrs": ["10.20.9.0/24"]}]}
+    apply_server(testbed, namespace, metrics=metrics, networkPolicy=policy_spec)
+    wait_ready(testbed, namespace)
+    policy = kubectl_json(testbed, "get", "networkpolicy", "demo-ingress", "-n", namespace)
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "dittofs",
+                                                            "app.kubernetes.io/instance": "demo"}
+    api, scrape, files = policy["spec"]["ingress"]
+    operator_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_ns}}}
+    assert api["from"] == [operator_peer, {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "tools"}}}]
+    assert "from" not in scrape and scrape["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert files["from"] == [operator_peer, {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}}]
+    assert testbed.kubectl("get", "servicemonitors", "-n", namespace, check=False).returncode != 0, \
+        "the CRD must not be served before this test installs it"
+
+    crd = servicemonitor_crd()
+    testbed.kubectl("apply", "--server-side", "-f", str(crd))
+    try:
+        testbed.wait_crd("servicemonitors.monitoring.coreos.com")
+
+        def monitor() -> dict[str, Any] | None:
+            proc = testbed.kubectl("get", "servicemonitor", "demo-metrics", "-n", namespace, "-o", "json",
+                                   check=False)
+            return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+        found = eventually(monitor, timeout=60, what="ServiceMonitor once the CRD is served")
+        assert found["metadata"]["labels"]["release"] == "prom"
+        assert found["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+        selector = ",".join(f"{k}={v}" for k, v in found["spec"]["selector"]["matchLabels"].items())
+        selected = kubectl_json(testbed, "get", "services", "-n", namespace, "-l", selector)["items"]
+        assert [s["metadata"]["name"] for s in selected] == ["demo-metrics"]
+        uid = found["metadata"]["uid"]
+        testbed.kubectl("delete", "servicemonitor", "demo-metrics", "-n", namespace)
+        eventually(lambda: (m := monitor()) is not None and m["metadata"]["uid"] != uid, timeout=60,
+                   what="a deleted ServiceMonitor recreated")
+
+        apply_server(testbed, namespace, networkPolicy={"enabled": False})  # metrics off, policy off
+        eventually(lambda: monitor() is None, timeout=60, what="ServiceMonitor deleted with metrics off")
+        eventually(lambda: testbed.kubectl("get", "networkpolicy", "demo-ingress", "-n", namespace,
+                                           check=False).returncode != 0, timeout=60, what="policy deleted")
+        wait_ready(testbed, namespace)
+    finally:
+        testbed.kubectl("delete", "-f", str(crd), "--ignore-not-found", "--timeout=60s", check=False)

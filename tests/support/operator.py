@@ -15,6 +15,8 @@ from tests.support.poll import eventually
 from tests.testbed.cluster import die_with_parent
 from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
 
+OPERATOR_NAMESPACE = "operator-home"  # what the session's operator is told its namespace is
+
 
 class OperatorProcess:
     """`python -m dittoctl run` as a child process with its own log file."""

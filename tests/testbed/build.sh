@@ -7,6 +7,7 @@ export GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
 CACHE=${DITTOFS_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dittofs-operator/testbed}
 K8S=${K8S_VERSION:-v1.34.4} ETCD=${ETCD_VERSION:-v3.6.16} KWOK=${KWOK_VERSION:-v0.7.0}
 HELM=${HELM_VERSION:-v3.19.0} DFS=${DFS_VERSION:-v0.29.0} KUBECTL=${KUBECTL_VERSION:-v1.34.0}
+PROMOP=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
 START=$(date +%s)
 log() { printf '[testbed-build +%4ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 have() { [ -x "$1" ] && { log "cached: $1 ($(du -h "$1" | cut -f1))"; return 0; }; return 1; }
@@ -103,6 +104,18 @@ fetch_kubectl() {
   ); rm -rf "$t"; rm -rf "$out"; mv "$out.tmp" "$out"; log "kubectl $KUBECTL: done"
 }
 
+fetch_crds() {
+  # The Prometheus Operator's real ServiceMonitor CRD, from its module on the Go proxy (the repository's
+  # example/ directory ships the generated CRDs): the ServiceMonitor we build is validated by its schema.
+  local out="$CACHE/prometheus-operator-$PROMOP" f=monitoring.coreos.com_servicemonitors.yaml
+  [ -s "$out/$f" ] && { log "cached: $out/$f"; return; }
+  lock "prometheus-operator-$PROMOP"; [ -s "$out/$f" ] && return
+  local dir; dir=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMOP" |
+    python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out.tmp"; install -D -m 0644 "$dir/example/prometheus-operator-crd/$f" "$out.tmp/$f"
+  rm -rf "$out"; mv "$out.tmp" "$out"; log "prometheus-operator $PROMOP CRD: done"
+}
+
 what=${1:-all}
 case "$what" in
   all)
@@ -110,10 +123,12 @@ case "$what" in
     gobin_install dfs "$DFS" dfs github.com/marmos91/dittofs/cmd/dfs "-X main.version=$DFS"
     gobin_install kwok "$KWOK" kwok sigs.k8s.io/kwok/cmd/kwok
     build_etcd
+    fetch_crds
     build_k8s ;;
   k8s|kubelet) build_k8s ;; etcd) build_etcd ;; kubectl|helm) fetch_kubectl ;;
   dfs) gobin_install dfs "$DFS" dfs github.com/marmos91/dittofs/cmd/dfs "-X main.version=$DFS" ;;
   kwok) gobin_install kwok "$KWOK" kwok sigs.k8s.io/kwok/cmd/kwok ;;
-  *) echo "usage: $0 [all|k8s|kubelet|etcd|kwok|dfs|kubectl]" >&2; exit 2 ;;
+  crds) fetch_crds ;;
+  *) echo "usage: $0 [all|k8s|kubelet|etcd|kwok|dfs|kubectl|crds]" >&2; exit 2 ;;
 esac
 log "binaries in $CACHE"

@@ -22,6 +22,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "HELM_VERSION": "v3.19.0",
     "DFS_VERSION": "v0.29.0",
     "KUBECTL_VERSION": "v1.34.0",
+    "PROMETHEUS_OPERATOR_VERSION": "v0.85.0",
 }
 
 
@@ -95,6 +96,18 @@ class Binaries:
             if p.parent not in out:
                 out.append(p.parent)
         return out
+
+
+def servicemonitor_crd(cache: Path | None = None) -> Path:
+    """The Prometheus Operator's ServiceMonitor CRD, fetched by ``build.sh crds`` (on demand)."""
+    c = cache if cache is not None else cache_dir()
+    version = _version("PROMETHEUS_OPERATOR_VERSION")
+    path = c / f"prometheus-operator-{version}" / "monitoring.coreos.com_servicemonitors.yaml"
+    if not path.is_file():
+        run_build("crds")
+    if not path.is_file():
+        raise RuntimeError(f"build.sh crds did not produce {path}")
+    return path
 
 
 def run_build(what: str = "all") -> None:

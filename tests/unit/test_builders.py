@@ -44,6 +44,16 @@ CASES: dict[str, dict[str, Any]] = {
         "securityContext": {"readOnlyRootFilesystem": True},
         "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}},
     },
+    # Ingress narrowed to declared sources; metrics scraped by a labelled ServiceMonitor.
+    "network": {
+        "metrics": {"enabled": True, "serviceMonitor": {"labels": {"release": "prometheus"}, "interval": "30s"}},
+        "adapters": {"smb": {"enabled": True, "port": 445}},
+        "networkPolicy": {"apiFrom": [{"namespaces": {"kubernetes.io/metadata.name": "tools"},
+                                       "pods": {"app": "dfsctl"}}],
+                          "metricsFrom": [{"namespaces": {"kubernetes.io/metadata.name": "monitoring"}}],
+                          "fileClients": [{"cidr": "10.20.0.0/16", "exceptCidrs": ["10.20.9.0/24"]},
+                                          {"pods": {}}]},
+    },
     # The PerconaPGCluster is part of the desired state, so `dittoctl render` and this golden show it.
     "percona": {"percona": {"enabled": True, "image": "percona/postgres:16", "backup": {
         "enabled": True, "bucket": "b", "endpoint": "https://s3.example", "credentialsSecretRef": {"name": "bk"}}}},
@@ -57,6 +67,28 @@ def test_golden(case: str) -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(rendered)
     assert path.read_text() == rendered, f"golden {path.name} differs: rerun with UPDATE_GOLDEN=1 and review"
+
+
+def test_optional_children_follow_their_switches() -> None:
+    """No policy when disabled, no ServiceMonitor without metrics or with it turned off, no metrics rule
+    for metricsFrom: [], no file rule without an enabled adapter; the operator's namespace is always let in
+    to the API and the file ports, whatever the declared sources."""
+    assert build(server(networkPolicy={"enabled": False})).network_policy is None
+    assert build(server()).service_monitor is None
+    assert build(server(metrics={"enabled": True, "serviceMonitor": {"enabled": False}})).service_monitor is None
+    s = server(metrics={"enabled": True}, networkPolicy={"metricsFrom": [], "fileClients": []},
+               adapters={"nfs": {"enabled": False}})
+    policy = specs.build(s.spec, Names.of(s), digests_for(s), operator_namespace="ops").network_policy
+    assert policy is not None
+    (api,) = policy["spec"]["ingress"]
+    assert api["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}]
+    nobody = server(networkPolicy={"fileClients": []})
+    file_rule = build(nobody).network_policy["spec"]["ingress"][-1]  # type: ignore[index]
+    assert file_rule["ports"] == [{"port": 12049, "protocol": "TCP"}]
+    assert file_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                                        "dittofs-system"}}}]
+    anyone = build(server()).network_policy["spec"]["ingress"][-1]  # type: ignore[index]
+    assert "from" not in anyone, "fileClients unset: any source may mount"
 
 
 def test_config_has_no_secret_values_and_is_deterministic() -> None:

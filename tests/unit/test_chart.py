@@ -46,10 +46,12 @@ NAMESPACED_RULES: list[Rule] = [
     (("apps",), ("statefulsets",), ("get", "list", "watch", "create", "patch"), ()),
     (("",), ("configmaps",), ("get", "list", "watch", "create", "patch"), ()),
     (("",), ("services",), ("get", "list", "watch", "create", "patch", "delete"), ()),
+    (("networking.k8s.io",), ("networkpolicies",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     (("",), ("secrets",), ("get", "list", "watch", "create"), ()),
     (("",), ("pods",), ("list", "watch"), ()),
     (("",), ("events",), ("create",), ()),
     (("pgv2.percona.com",), ("perconapgclusters",), ("get", "create", "patch", "delete"), ()),
+    (("monitoring.coreos.com",), ("servicemonitors",), ("get", "create", "patch", "delete"), ()),
     (("pgv2.percona.com",), ("perconapgbackups",), ("list",), ()),
 ]
 CLUSTER_RULES: list[Rule] = [

@@ -29,7 +29,7 @@ def test_render_prints_children_without_secret_values(capsys: pytest.CaptureFixt
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert kinds == [("ConfigMap", "demo-config"), ("Service", "demo-headless"), ("Service", "demo-api"),
-                     ("Service", "demo-file"), ("StatefulSet", "demo")]
+                     ("Service", "demo-file"), ("NetworkPolicy", "demo-ingress"), ("StatefulSet", "demo")]
     assert all(d["metadata"]["namespace"] == "prod" for d in docs)
     assert "stringData" not in json.dumps(docs)
 

@@ -549,6 +549,23 @@ def test_writing_out_the_default_path_a_store_already_uses_is_not_a_change() -> 
     assert paths(check(moved, old=old).messages) == ["spec.stores.metadata[0].path"]
 
 
+def test_network_peers_name_one_kind_of_source_with_valid_cidrs() -> None:
+    verdict = check({"networkPolicy": {
+        "apiFrom": [{}, {"cidr": "10.0.0.0/8", "pods": {"a": "b"}}],
+        "metricsFrom": [{"pods": {}, "exceptCidrs": ["10.0.0.0/24"]}],
+        "fileClients": [{"cidr": "10.300.0.0/16"}, {"cidr": "10.20.0.0/16", "exceptCidrs": ["10.21.0.0/24", "x/8"]},
+                        {"cidr": "fd00::/8", "exceptCidrs": ["10.20.1.0/24"]}]}})
+    assert paths(verdict.messages) == [
+        "spec.networkPolicy.apiFrom[0]", "spec.networkPolicy.apiFrom[1]",
+        "spec.networkPolicy.metricsFrom[0].exceptCidrs",
+        "spec.networkPolicy.fileClients[0].cidr", "spec.networkPolicy.fileClients[1].exceptCidrs[0]",
+        "spec.networkPolicy.fileClients[1].exceptCidrs[1]", "spec.networkPolicy.fileClients[2].exceptCidrs[0]"]
+    assert "must lie inside cidr 10.20.0.0/16" in verdict.messages[4]
+    good = check({"networkPolicy": {"apiFrom": [{"namespaces": {}}], "fileClients": [
+        {"cidr": "10.20.0.0/16", "exceptCidrs": ["10.20.9.0/24"]}, {"pods": {"app": "x"}, "namespaces": {"t": "1"}}]}})
+    assert (good.messages, good.warnings) == ([], [])
+
+
 def test_adapter_settings_are_checked_against_dittofs_ranges() -> None:
     verdict = check({"adapters": {"nfs": {"settings": {"minVersion": "4.1", "maxVersion": "3", "leaseTime": "5s"}},
                                   "smb": {"settings": {"minDialect": "SMB3.1.1", "maxDialect": "SMB2.0",
