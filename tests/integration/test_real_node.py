@@ -29,7 +29,7 @@ from tests.support.percona import PERCONA_CRD, cluster, percona_spec
 from tests.support.poll import eventually
 from tests.testbed import Testbed
 from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put
-from tests.testbed.images import PG_ISREADY_IMAGE
+from tests.testbed.images import DFS_IMAGE, PG_ISREADY_IMAGE
 from tests.testbed.node import NODE_IP, NODE_NAME, STATE_FILE, SUBNET, RealNode, RealNodeError, preflight, snapshot_host
 from tests.testbed.postgres import PostgresServer
 from tests.testbed.safety import BLACKHOLED, blackhole_routes, is_proxy_var
@@ -242,8 +242,10 @@ def test_deletion_drains_the_real_server_before_the_finalizer_goes(
           f"CR gone {gone - t0:.1f}s")
 
 
-def test_nfs_file_survives_pod_deletion_and_restart(testbed: Testbed, operator: OperatorProcess,
-                                                    real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+def test_nfs_file_survives_pod_deletion_restart_and_image_upgrade(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+    """Also an upgrade (issue 14, item 7): a new spec.image rolls the real server within its startup budget and
+    the file is still there."""
     real_server(testbed, real_node, namespace)
     wait_ready(testbed, namespace, timeout=120)
     ip = on_real_node(testbed, namespace)["status"]["podIP"]
@@ -269,6 +271,19 @@ def test_nfs_file_survives_pod_deletion_and_restart(testbed: Testbed, operator: 
     new_ip = on_real_node(testbed, namespace)["status"]["podIP"]
     assert eventually(lambda: nfs_get(new_ip, "hello.txt"), timeout=30, what="file readable after restart") \
         == payload
+
+    # The upgrade: the same dfs under a new tag, already on the node (IfNotPresent, no registry).
+    upgraded = f"{DFS_IMAGE}-upgrade"
+    subprocess.run([*real_node.ctr, "-n", "k8s.io", "images", "tag", "--force", DFS_IMAGE, upgraded], check=True,
+                   capture_output=True)
+    before = pod(testbed, namespace)["metadata"]["uid"]
+    real_server(testbed, real_node, namespace, image=upgraded)
+    eventually(lambda: (p := pod(testbed, namespace))["metadata"]["uid"] != before
+               and p["spec"]["containers"][0]["image"] == upgraded, timeout=90, what="pod rolled to the new image")
+    wait_ready(testbed, namespace, timeout=180)  # the startup probe's budget is 150 s
+    status = on_real_node(testbed, namespace)["status"]
+    assert eventually(lambda: nfs_get(status["podIP"], "hello.txt"), timeout=30,
+                      what="file readable after the upgrade") == payload
 
 
 def test_recreated_server_still_logs_in(testbed: Testbed, operator: OperatorProcess, real_node: RealNode,

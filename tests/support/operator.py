@@ -22,7 +22,9 @@ class OperatorProcess:
     """`python -m dittoctl run` as a child process with its own log file."""
 
     def __init__(self, kubeconfig: str, workdir: Path, *, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, root: Path = ROOT) -> None:
+        """``root``: the source tree to run (another version's checkout, for upgrade tests)."""
+        self.root = root
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.extra = extra or []
@@ -41,7 +43,7 @@ class OperatorProcess:
                 "--server-address", "pod", "--provision-networks", REAL_NODE_SUBNET, *self.extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(args, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      preexec_fn=die_with_parent())
         log.close()
         eventually(self.ready, timeout=60, what=f"operator readiness (log {self.log_path})")

@@ -1,0 +1,107 @@
+"""Operator upgrades (issue 14, item 7): a new operator taking over servers made by the previous one restarts
+nothing unless the rendered inputs changed, and writes only what is new."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.kube import apply_server, kubectl_json, wait_ready
+from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
+from tests.support.paths import CRD, ROOT
+from tests.support.poll import eventually
+
+pytestmark = pytest.mark.integration
+# The previous version: the last commit before a rendered-output change (per-server NetworkPolicies).
+PREVIOUS = "2c6555d"
+SERVERS = 4
+OPERATOR_USER = "dittofs-operator"
+WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+@pytest.fixture
+def previous_tree(tmp_path: Path) -> Iterator[Path]:
+    """A checkout of the previous version. A clone without that history fails the test loudly."""
+    tree = tmp_path / "previous"
+    proc = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), PREVIOUS],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot check out the previous version {PREVIOUS} (a shallow clone?): {proc.stderr.strip()}")
+    yield tree
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False,
+                   capture_output=True)
+
+
+def _pods(testbed: Any, namespace: str) -> dict[str, tuple[str, int]]:
+    """Pod name -> (uid, restarts)."""
+    return {p["metadata"]["name"]: (p["metadata"]["uid"],
+                                    sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses", [])))
+            for p in kubectl_json(testbed, "get", "pods", "-n", namespace)["items"]}
+
+
+def _statefulsets(testbed: Any, namespace: str) -> dict[str, tuple[int, str]]:
+    """StatefulSet name -> (generation, config hash of the pod template)."""
+    return {s["metadata"]["name"]: (s["metadata"]["generation"],
+                                    s["spec"]["template"]["metadata"]["annotations"]["dittofs.io/config-hash"])
+            for s in kubectl_json(testbed, "get", "statefulsets", "-n", namespace)["items"]}
+
+
+def test_a_new_operator_takes_over_without_restarting_anything(testbed: Any, operator: OperatorProcess,
+                                                               namespace: str, previous_tree: Path,
+                                                               tmp_path: Path) -> None:
+    operator.stop()  # the session's operator must not touch these servers
+    old = new = None
+    try:
+        # The previous version, with its own CRD, as a cluster would have run it.
+        testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                        str(previous_tree / "config" / "crd" / "dittoservers.yaml"))
+        old = OperatorProcess(operator.kubeconfig, tmp_path, root=previous_tree,
+                              extra=["--no-webhook", "--drift-interval", "5", "--namespaces", namespace])
+        old.start()
+        names = [f"up{i}" for i in range(SERVERS)]
+        for name in names:
+            apply_server(testbed, namespace, name=name)
+        for name in names:
+            wait_ready(testbed, namespace, name)
+        time.sleep(6)  # one drift pass: the previous version is settled
+        old.stop()
+        assert kubectl_json(testbed, "get", "networkpolicies", "-n", namespace)["items"] == []
+        pods, stses = _pods(testbed, namespace), _statefulsets(testbed, namespace)
+        assert len(pods) == len(stses) == SERVERS
+
+        # The upgrade: the new CRD, then the new operator.
+        testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        mark = testbed.audit_line_count()
+        new = OperatorProcess(operator.kubeconfig, tmp_path,
+                              extra=["--no-webhook", "--drift-interval", "5", "--namespaces", namespace,
+                                     "--operator-namespace", OPERATOR_NAMESPACE])
+        new.start()
+        eventually(lambda: len(kubectl_json(testbed, "get", "networkpolicies", "-n", namespace)["items"])
+                   == SERVERS, timeout=60, what="the new child (a NetworkPolicy per server)")
+        time.sleep(11)  # two drift passes of the new operator
+
+        assert _pods(testbed, namespace) == pods, "a pod was restarted or replaced by the upgrade"
+        assert _statefulsets(testbed, namespace) == stses, "a StatefulSet was changed by the upgrade"
+        writes = [e for e in testbed.audit_events(user=OPERATOR_USER, since_line=mark)
+                  if e.get("verb") in WRITES and (e.get("objectRef") or {}).get("namespace") == namespace]
+        by_kind = Counter((e["verb"], e["objectRef"]["resource"] + (
+            "/" + e["objectRef"]["subresource"] if e["objectRef"].get("subresource") else "")) for e in writes)
+        assert by_kind[("patch", "networkpolicies")] == SERVERS, by_kind
+        # Status: at most one write per server (new status fields); nothing else.
+        assert by_kind[("patch", "dittoservers/status")] <= SERVERS, by_kind
+        assert set(by_kind) <= {("patch", "networkpolicies"), ("patch", "dittoservers/status")}, by_kind
+        for name in names:
+            wait_ready(testbed, namespace, name)
+        print(f"\n[upgrade] {PREVIOUS} -> this tree over {SERVERS} servers: writes {dict(by_kind)}, pods kept")
+    finally:
+        for proc in (old, new):
+            if proc is not None:
+                proc.stop()
+        testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        operator.start()
