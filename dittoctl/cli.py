@@ -132,6 +132,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(show(args.name, args.namespace, args.kubeconfig))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from dittoctl.report import write_report
+
+    return asyncio.run(write_report(args.name, args.namespace, args.kubeconfig, args.output,
+                                    operator_namespace=args.operator_namespace,
+                                    server_address=args.server_address))
+
+
 def cmd_certs_generate(args: argparse.Namespace) -> int:
     from certs.generate import generate
 
@@ -230,6 +238,16 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("-n", "--namespace", default="default")
     status.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
     status.set_defaults(func=cmd_status)
+
+    report = sub.add_parser("report", help="write a redacted support bundle (tar.gz) for a DittoServer")
+    report.add_argument("name")
+    report.add_argument("-n", "--namespace", default="default")
+    report.add_argument("-o", "--output", help="file to write (default dittofs-report-NS-NAME-TIME.tar.gz)")
+    report.add_argument("--operator-namespace", default="dittofs-system", help="where the operator's pods run")
+    report.add_argument("--server-address", choices=["service", "pod"], default="service",
+                        help="reach DittoFS through its API Service (in cluster) or its pod IP")
+    report.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
+    report.set_defaults(func=cmd_report)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition YAML")
     crd.set_defaults(func=cmd_crd)

@@ -8,6 +8,7 @@ error mapping and write counting live in one place. Objects are plain JSON dicts
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -138,6 +139,29 @@ class Gateway:
         except (OSError, TimeoutError) as exc:
             raise ApiError(0, f"API unreachable: {exc}") from exc
         return result if isinstance(result, dict) else {}
+
+    async def text(self, path: str, query: list[tuple[str, str]] | None = None) -> str:
+        """A plain-text GET (pod logs). The raw body: the client's deserializer would turn a log that happens
+        to be one JSON line into a dict."""
+        try:
+            resp = await self.api.call_api(path, "GET", query_params=query or [], header_params={"Accept": "*/*"},
+                                           auth_settings=["BearerToken"], _preload_content=False,
+                                           _return_http_data_only=True, _request_timeout=self.timeout)
+        except ApiException as exc:
+            raise _error(exc) from None
+        except (OSError, TimeoutError) as exc:
+            raise ApiError(0, f"API unreachable: {exc}") from exc
+        try:
+            body: bytes = await resp.read()
+            status = int(resp.status)
+        finally:
+            resp.release()
+        if not 200 <= status < 300:
+            message = body.decode("utf-8", "replace")
+            with contextlib.suppress(ValueError, AttributeError):
+                message = str(json.loads(message).get("message") or message)
+            raise NotFound(message) if status == 404 else ApiError(status, message)
+        return body.decode("utf-8", "replace")
 
     async def get(self, kind: Kind, name: str, namespace: str | None = None, *, timeout: float | None = None) -> Obj:
         return await self._call("GET", kind.path(namespace, name), timeout=timeout)

@@ -11,7 +11,9 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
+import tarfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -383,6 +385,37 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
                           operator.log_text()])
         for planted in ("moto-key-1", "moto-key-2", "smb-pass-1", "smb-pass-2"):
             assert planted not in seen, f"{planted} leaked"
+
+        # The support bundle (issue 14, item 6): everything a maintainer needs, no secret in any form. DittoFS
+        # itself shows the access key id in GET /store/block/remote; a base64 form is planted in an annotation.
+        b64 = base64.b64encode(b"smb-pass-2").decode()
+        testbed.kubectl("annotate", "dittoserver", "demo", "-n", namespace, f"support.test/note={b64}")
+        check_report(testbed, namespace, tmp_path, planted=(ACCESS_KEY_ID, "moto-key-2", "smb-pass-2"))
+
+
+def check_report(testbed: Testbed, namespace: str, tmp_path: Path, planted: tuple[str, ...]) -> None:
+    out = tmp_path / "report.tar.gz"
+    proc = subprocess.run([sys.executable, "-m", "dittoctl", "report", "demo", "-n", namespace, "-o", str(out),
+                           "--server-address", "pod", "--kubeconfig", str(testbed.kubeconfig)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "values redacted" in proc.stdout, proc.stdout
+    with tarfile.open(out) as tar:
+        files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
+    for wanted in ("dittoserver.yaml", "statefulsets/demo.yaml", "pods/demo-0.yaml", "config/config.yaml",
+                   "events.yaml", "logs/demo-0.dittofs.log", "dittofs/shares.json", "dittofs/users.json",
+                   "dittofs/store/block/remote.json", "dittofs/adapters.json"):
+        assert wanted in files, f"{wanted} missing from the bundle: {sorted(files)}"
+    assert "/export" in files["dittofs/shares.json"] and "alice" in files["dittofs/users.json"]
+    assert "<redacted>" in files["dittofs/store/block/remote.json"], "the access key id DittoFS shows"
+    assert "<redacted>" in files["dittoserver.yaml"], "the base64 form in the annotation"
+    assert not any(p.startswith("secrets/") for p in files), "Secret objects are never bundled"
+    text = "\n".join(files.values())
+    for value in planted:
+        raw = value.encode()
+        for form in (value, base64.b64encode(raw).decode(), base64.b64encode(raw).decode().rstrip("="),
+                     base64.urlsafe_b64encode(raw).decode()):
+            assert form not in text, f"a form of a planted secret leaked into the bundle: {form[:4]}..."
 
 
 def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operator: OperatorProcess,

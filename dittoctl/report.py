@@ -1,0 +1,302 @@
+"""`dittoctl report NAME`: one redacted support bundle (tar.gz) for a DittoServer.
+
+It holds the DittoServer, its children, recent events, the server's and the operator's logs, the rendered
+config and what DittoFS itself reports over REST (adapters, stores, shares, users, groups). Nothing leaves
+unredacted: every value of every Secret in the namespace is replaced wherever it appears, as text and in
+its base64 forms, and values under secret-looking keys are masked too. Secret objects are never included.
+Collection is best effort (a missing piece becomes a note in the bundle); redaction is not: without the
+Secrets to redact, no bundle is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import sys
+import tarfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import SecretStr
+
+from dittoctl.api.fileservice.planner import API
+from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT
+from dittoctl.api.kinds import (
+    CONFIGMAPS,
+    DITTOSERVERS,
+    EVENTS,
+    NETWORKPOLICIES,
+    PERCONAPGCLUSTERS,
+    PODS,
+    PVCS,
+    SECRETS,
+    SERVICES,
+    STATEFULSETS,
+)
+from dittoctl.api.models import DittoServer
+from dittoctl.api.naming import Names
+from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, watched_secrets
+from dittoctl.kube.dittofs import DittoFsClient, DittoFsError
+from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
+
+REDACTED = "<redacted>"
+MIN_SECRET_LENGTH = 4  # shorter values (e.g. "5432", "true") would shred the bundle and protect nothing
+LOG_TAIL_LINES = 2000
+OPERATOR_SELECTOR = "app.kubernetes.io/name=dittofs-operator"
+# `"password": "x"`, `password: x`, `bind_password=x`, ... in JSON, YAML and logs.
+_SECRET_KEY = r"[A-Za-z_]*(?:password|passwd|secret|token|access_key_id|accesskeyid|secret_access_key)[A-Za-z_]*"
+_SECRET_FIELD = re.compile(rf'(?i)("?{_SECRET_KEY}"?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|[^\s,}}]+)')
+_REST_READS = ("/health", "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings", "/store/metadata",
+               "/store/block/local", "/store/block/remote", "/shares", "/users", "/groups", "/snapshot-policies")
+
+
+def secret_forms(values: Iterable[bytes]) -> list[str]:
+    """Every form a Secret value can take in a text: itself, and base64 (standard and URL-safe, padded or
+    not). Longest first, so a value inside another is replaced after it."""
+    forms: set[str] = set()
+    for raw in values:
+        if len(raw) < MIN_SECRET_LENGTH:
+            continue
+        text = raw.decode("utf-8", "replace").strip()
+        if len(text) >= MIN_SECRET_LENGTH:
+            forms.add(text)
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(raw).decode()
+            forms.update({encoded, encoded.rstrip("=")})
+    return sorted(forms, key=lambda f: (-len(f), f))
+
+
+def redact(text: str, forms: Iterable[str]) -> tuple[str, int]:
+    """(redacted text, replacements made)."""
+    count = 0
+    for form in forms:
+        if form in text:
+            count += text.count(form)
+            text = text.replace(form, REDACTED)
+
+    def mask(match: re.Match[str]) -> str:
+        value = match.group(2)
+        if value.strip('"') in ("", REDACTED, "null", "none", "********"):
+            return match.group(0)
+        nonlocal count
+        count += 1
+        return match.group(1) + (f'"{REDACTED}"' if value.startswith('"') else REDACTED)
+
+    return _SECRET_FIELD.sub(mask, text), count
+
+
+@dataclass
+class Bundle:
+    """Files of the report (path -> text), redacted as they are added."""
+
+    forms: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+    redactions: int = 0
+
+    def add(self, path: str, content: Any) -> None:
+        if not isinstance(content, str):
+            content = yaml.safe_dump(content, sort_keys=False, default_flow_style=False)
+        text, count = redact(content, self.forms)
+        self.files[path] = text
+        self.redactions += count
+
+    def note(self, path: str, what: str, error: Exception) -> None:
+        self.add(f"notes/{path}.txt", f"{what} could not be collected: {error}\n")
+
+    def tar_gz(self) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            for path, text in sorted(self.files.items()):
+                data = text.encode()
+                info = tarfile.TarInfo(path)
+                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+
+def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+    """Drop managedFields: noise in a support bundle."""
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    return {**obj, "metadata": meta}
+
+
+# Keys whose values are names, not secrets: redacting "admin" or a namespace name everywhere would shred the
+# bundle and hide nothing.
+NOT_SECRET_KEYS = frozenset({"username", "user", "host", "port", "database", "dbname", "sslmode", "namespace",
+                             "ca.crt", "tls.crt", "region", "bucket", "endpoint"})
+
+
+def _secret_values(secrets: Iterable[Mapping[str, Any]]) -> list[bytes]:
+    values = []
+    for secret in secrets:
+        for key, encoded in (secret.get("data") or {}).items():
+            if key not in NOT_SECRET_KEYS:
+                values.append(base64.b64decode(encoded or ""))
+        for key, text in (secret.get("stringData") or {}).items():
+            if key not in NOT_SECRET_KEYS:
+                values.append(str(text).encode())
+    return values
+
+
+async def _secrets(gateway: Gateway, namespace: str, wanted: set[str]) -> list[dict[str, Any]]:
+    """All Secrets of the namespace, else (no list permission) each one the server references."""
+    try:
+        return await gateway.list(SECRETS, namespace)
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+    found = []
+    for name in sorted(wanted):
+        secret = await gateway.get_or_none(SECRETS, name, namespace)
+        if secret is not None:
+            found.append(secret)
+    return found
+
+
+async def _log(gateway: Gateway, pod: str, namespace: str, container: str | None, previous: bool) -> str:
+    query = [("tailLines", str(LOG_TAIL_LINES))] + ([("container", container)] if container else [])
+    if previous:
+        query.append(("previous", "true"))
+    return await gateway.text(f"{PODS.path(namespace, pod)}/log", query)
+
+
+def _operator_lines(text: str, namespace: str, name: str) -> str:
+    """The operator's lines about this server, and its warnings and errors that name no server (a log shared
+    by every DittoServer must not leak other tenants' names into this bundle)."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        ours = entry.get("namespace") == namespace and entry.get("name") in (name, None)
+        general = "namespace" not in entry and entry.get("level") in ("warning", "error", "critical")
+        if ours or general:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+async def _dittofs(bundle: Bundle, base_url: str, password: str) -> None:
+    async with DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), timeout=10.0) as client:
+        await client.login()
+        for path in _REST_READS:
+            try:
+                bundle.add(f"dittofs{path}.json", json.dumps(await client.request("GET", f"{API}{path}"), indent=2))
+            except DittoFsError as exc:
+                bundle.note(f"dittofs{path.replace('/', '_')}", f"GET {path}", exc)
+
+
+async def collect(gateway: Gateway, name: str, namespace: str, *, operator_namespace: str,
+                  server_address: str = "service") -> Bundle:
+    server = await gateway.get(DITTOSERVERS, name, namespace)
+    names = Names(name, namespace, str(server["metadata"].get("uid", "")))
+    model = DittoServer.model_validate({**server, "status": None})
+    wanted = watched_secrets(model.spec, names) | {names.operator_secret, names.admin_secret, names.jwt_secret}
+    secrets = await _secrets(gateway, namespace, wanted)
+    bundle = Bundle(secret_forms(_secret_values(secrets)))
+
+    bundle.add("dittoserver.yaml", _strip(server))
+    selector = ",".join(f"{k}={v}" for k, v in names.selector().items())
+    children = {"pods": PODS, "pvcs": PVCS, "services": SERVICES, "statefulsets": STATEFULSETS,
+                "configmaps": CONFIGMAPS, "networkpolicies": NETWORKPOLICIES}
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for label, kind in children.items():
+        try:
+            listed[label] = await gateway.list(kind, namespace, label_selector=selector)
+        except ApiError as exc:
+            bundle.note(label, label, exc)
+            continue
+        for obj in listed[label]:
+            bundle.add(f"{label}/{obj['metadata']['name']}.yaml", _strip(obj))
+    for config in listed.get("configmaps", []):
+        for key, text in (config.get("data") or {}).items():
+            bundle.add(f"config/{key}", text)
+    if cluster := (server.get("status") or {}).get("perconaClusterName"):
+        try:
+            bundle.add(f"perconapgclusters/{cluster}.yaml", _strip(await gateway.get(PERCONAPGCLUSTERS, cluster,
+                                                                                      namespace)))
+        except (NotFound, ApiError) as exc:
+            bundle.note("perconapgcluster", f"PerconaPGCluster {cluster}", exc)
+
+    involved = {name, *(o["metadata"]["name"] for objs in listed.values() for o in objs)}
+    try:
+        events = [e for e in await gateway.list(EVENTS, namespace)
+                  if (e.get("involvedObject") or {}).get("name") in involved]
+        events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        bundle.add("events.yaml", [_strip(e) for e in events])
+    except ApiError as exc:
+        bundle.note("events", "events", exc)
+
+    for pod in listed.get("pods", []):
+        pod_name = pod["metadata"]["name"]
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            container = status["name"]
+            for previous in (False, True) if status.get("restartCount") else (False,):
+                suffix = ".previous" if previous else ""
+                try:
+                    text = await _log(gateway, pod_name, namespace, container, previous)
+                    bundle.add(f"logs/{pod_name}.{container}{suffix}.log", text)
+                except ApiError as exc:
+                    bundle.note(f"logs_{pod_name}_{container}{suffix}", f"log of {pod_name}/{container}", exc)
+    try:
+        for op in await gateway.list(PODS, operator_namespace, label_selector=OPERATOR_SELECTOR):
+            op_name = op["metadata"]["name"]
+            text = await _log(gateway, op_name, operator_namespace, None, False)
+            bundle.add(f"operator/{op_name}.log", _operator_lines(text, namespace, name))
+    except ApiError as exc:
+        bundle.note("operator_logs", f"operator logs in {operator_namespace}", exc)
+
+    await _dittofs_state(bundle, gateway, names, model, listed.get("pods", []), server_address, secrets)
+    return bundle
+
+
+async def _dittofs_state(bundle: Bundle, gateway: Gateway, names: Names, server: DittoServer,
+                         pods: list[dict[str, Any]], server_address: str, secrets: list[dict[str, Any]]) -> None:
+    creds = next((s for s in secrets if s["metadata"]["name"] == names.operator_secret), None)
+    password = base64.b64decode(((creds or {}).get("data") or {}).get(ADMIN_PASSWORD_KEY) or "").decode()
+    if not password:
+        bundle.add("notes/dittofs.txt", f"no {names.operator_secret} Secret: the operator never provisioned "
+                                        "this server, so there is no account to read DittoFS with\n")
+        return
+    if server_address == "pod":
+        ip = next((str((p.get("status") or {}).get("podIP") or "") for p in pods), "")
+        host = ip or names.host(names.api_service)
+    else:
+        host = names.host(names.api_service)
+    try:
+        await _dittofs(bundle, f"http://{host}:{server.spec.control_plane.port}", password)
+    except (TimeoutError, DittoFsError, OSError) as exc:
+        bundle.note("dittofs", f"DittoFS's own state at {host}", exc)
+
+
+async def write_report(name: str, namespace: str, kubeconfig: str | None, output: str | None, *,
+                       operator_namespace: str, server_address: str) -> int:
+    gateway = Gateway(await load_client(kubeconfig))
+    try:
+        try:
+            bundle = await collect(gateway, name, namespace, operator_namespace=operator_namespace,
+                                   server_address=server_address)
+        except NotFound:
+            print(f"DittoServer {namespace}/{name} not found", file=sys.stderr)
+            return 1
+        except ApiError as exc:
+            print(f"cannot collect the report (no bundle written, nothing could be redacted safely): {exc}",
+                  file=sys.stderr)
+            return 1
+    finally:
+        await gateway.close()
+    path = output or f"dittofs-report-{namespace}-{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz"
+    Path(path).write_bytes(bundle.tar_gz())  # noqa: ASYNC240 - the CLI is done with the event loop
+    notes = [p for p in bundle.files if p.startswith("notes/")]
+    print(f"wrote {path}: {len(bundle.files)} files, {bundle.redactions} values redacted"
+          + (f"; {len(notes)} pieces missing (see notes/ in the bundle)" if notes else ""))
+    return 0

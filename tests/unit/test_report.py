@@ -1,0 +1,72 @@
+"""`dittoctl report`: the pure redaction and bundling (the collection runs in test_fileservice.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dittoctl.report import REDACTED, Bundle, _operator_lines, _secret_values, redact, secret_forms
+
+PLANTED = b"planted?>secret~"  # its base64 has "+" and padding: the URL-safe and unpadded forms differ
+
+
+def test_every_form_of_a_secret_value_is_redacted() -> None:
+    forms = secret_forms([PLANTED])
+    std, url = base64.b64encode(PLANTED).decode(), base64.urlsafe_b64encode(PLANTED).decode()
+    assert std != url and std.endswith("=")
+    text = f"raw {PLANTED.decode()} std {std} url {url} unpadded {std.rstrip('=')} done"
+    out, count = redact(text, forms)
+    assert out == f"raw {REDACTED} std {REDACTED} url {REDACTED} unpadded {REDACTED} done"
+    assert count == 4
+
+
+def test_values_under_secret_looking_keys_are_masked_in_json_yaml_and_logs() -> None:
+    text = "\n".join([json.dumps({"secret_access_key": "abc", "access_key_id": "AKIA1", "name": "s3"}),
+                      "bind_password: hunter22", 'msg="login" token=eyJhbGciOi level=info',
+                      json.dumps({"password": ""}), "jwt_secret: <redacted>"])
+    out, count = redact(text, [])
+    assert "abc" not in out and "AKIA1" not in out and "hunter22" not in out and "eyJhbGciOi" not in out
+    assert '"name": "s3"' in out and "level=info" in out
+    assert '"password": ""' in out, "an empty value stays (it says the field is unset)"
+    assert count == 4
+
+
+def test_names_are_not_treated_as_secrets() -> None:
+    secret = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in
+                       {"username": "admin", "password": "pw-123456", "namespace": "apps"}.items()}}
+    assert _secret_values([secret]) == [b"pw-123456"]
+    assert secret_forms([b"abc"]) == [], "values shorter than 4 bytes are not hunted (they would shred the text)"
+
+
+@given(st.binary(min_size=4, max_size=40), st.text(max_size=200))
+def test_redaction_leaves_no_form_of_the_value(value: bytes, noise: str) -> None:
+    forms = secret_forms([value])
+    text = f"{noise}{value.decode('utf-8', 'replace')}{noise}{base64.b64encode(value).decode()}"
+    out, _ = redact(text, forms)
+    for form in forms:
+        assert form not in out.replace(REDACTED, "\0")
+
+
+def test_operator_lines_keep_this_server_and_general_failures_only() -> None:
+    lines = [{"level": "info", "namespace": "apps", "name": "demo", "msg": "applied"},
+             {"level": "info", "namespace": "apps", "name": "other", "msg": "applied"},
+             {"level": "info", "namespace": "team", "name": "demo", "msg": "applied"},
+             {"level": "error", "msg": "watch stream stale"}, {"level": "info", "msg": "started"}]
+    text = "\n".join(json.dumps(x) for x in lines) + "\nnot json\n"
+    kept = [json.loads(x) for x in _operator_lines(text, "apps", "demo").splitlines() if x]
+    assert kept == [lines[0], lines[3]]
+
+
+def test_bundle_is_a_tar_gz_of_redacted_files() -> None:
+    bundle = Bundle(secret_forms([PLANTED]))
+    bundle.add("a.yaml", {"metadata": {"annotations": {"x": PLANTED.decode()}}})
+    bundle.add("b.log", f"{PLANTED.decode()}\n")
+    with tarfile.open(fileobj=io.BytesIO(bundle.tar_gz()), mode="r:gz") as tar:
+        files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
+    assert sorted(files) == ["a.yaml", "b.log"] and bundle.redactions == 2
+    assert PLANTED.decode() not in "".join(files.values())
