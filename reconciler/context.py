@@ -44,6 +44,8 @@ class Memory:
     backups_seen: set[str] | None = None
     jwt_length: tuple[str, int] | None = None
     """(digest, length) of the user's JWT secret value last checked (never the value)."""
+    expanded: str | None = None
+    """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
     service_monitor: bool | None = None
     """Whether a ServiceMonitor may exist (None: unknown since start), so pruning costs no GET per pass."""
     fileservice: Any = None

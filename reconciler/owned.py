@@ -14,6 +14,7 @@ from dittoctl.api.kinds import (
     NETWORKPOLICIES,
     PERCONAPGCLUSTERS,
     PODS,
+    PVCS,
     SERVICEMONITORS,
     SERVICES,
     STATEFULSETS,
@@ -37,11 +38,13 @@ class Owned:
 CHILDREN: tuple[Owned, ...] = (
     Owned(CONFIGMAPS, ("get", "list", "watch", "create", "patch")),
     Owned(SERVICES, ("get", "list", "watch", "create", "patch", "delete")),
-    Owned(STATEFULSETS, ("get", "list", "watch", "create", "patch")),
+    Owned(STATEFULSETS, ("get", "list", "watch", "create", "patch", "delete")),
     Owned(NETWORKPOLICIES, ("get", "list", "watch", "create", "patch", "delete")),
     # Optional CRDs that may be installed after start: discovery decides, so they are not watched.
     Owned(PERCONAPGCLUSTERS, ("get", "create", "patch", "delete"), watched=False),
     Owned(SERVICEMONITORS, ("get", "create", "patch", "delete"), watched=False),
+    # Made by the StatefulSet controller; only their requests are raised (volume expansion), never deleted.
+    Owned(PVCS, ("list", "patch"), watched=False),
 )
 # Not created by us, but streamed (by the same label) to follow readiness and failures.
 OBSERVED: tuple[Owned, ...] = (Owned(PODS, ("list", "watch")),)

@@ -35,8 +35,11 @@ from reconciler.phases.secrets import (
 )
 from reconciler.phases.spec import check_spec
 from reconciler.phases.statefulset import apply_statefulset, observe_statefulset, storage_drift
+from reconciler.phases.volumes import expand_volumes
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, s3_status
+
+RECREATE_POLL = 1.0  # seconds between looks at an orphan-deleted StatefulSet until it is gone
 
 
 class Reconciler:
@@ -95,16 +98,24 @@ class Reconciler:
         if short is not None:
             errors, reason = [*errors, short], Reason.JWT_SECRET_TOO_SHORT
         sts = await observe_statefulset(ctx, names)
-        immutable = storage_drift(sts, desired.statefulset)
-        if immutable:
-            errors, reason = [*errors, *immutable], Reason.INVALID_SPEC
-        if not errors and database.gate_open:
+        drift = storage_drift(sts, desired.statefulset)
+        if drift.errors:
+            errors, reason = [*errors, *drift.errors], Reason.INVALID_SPEC
+        # The StatefulSet is being re-created around its pods (volume expansion): wait until it is gone.
+        recreating = sts is not None and bool(sts["metadata"].get("deletionTimestamp"))
+        if sts is not None and drift.grown and not errors and database.gate_open and not recreating:
+            failed = await expand_volumes(ctx, names, sts, drift.grown)
+            if failed:
+                errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
+            recreating = not failed
+        if not errors and database.gate_open and not recreating:
             sts = await apply_statefulset(ctx, names, desired, sts, digests)
         ctx.memory.digests = dict(digests)
         fileservice = await provision(ctx, server, names) if not errors and sts is not None else None
         if fileservice is None:
             await fileservice_memory(ctx).close()
-        requeues = [r for r in (database.requeue, fileservice.requeue if fileservice else None) if r is not None]
+        requeues = [r for r in (database.requeue, fileservice.requeue if fileservice else None,
+                                RECREATE_POLL if recreating else None) if r is not None]
 
         await ctx.write_status(build_status(Observation(
             generation=ctx.generation,

@@ -25,6 +25,7 @@ from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
 log = logging.getLogger("dittofs.webhook.facts")
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 T = TypeVar("T")
 
 _LOOKUP_ERRORS = (ApiError, Conflict, NotFound, OSError, TimeoutError, ValueError, TypeError, KeyError)
@@ -51,6 +52,8 @@ class FactSource:
         self.positive_ttl = positive_ttl
         self._clock = clock
         self._classes: frozenset[str] | None = None
+        self._expandable: dict[str, bool] = {}  # class -> allowVolumeExpansion, from the list and point GETs
+        self._default_class: str | None = None
         self._classes_missing: dict[str, float] = {}  # name -> when a GET last said 404
         self._percona: bool | None = None
         self._percona_at = float("-inf")
@@ -79,29 +82,38 @@ class FactSource:
             log.warning("StorageClass list failed", extra=fields(error=str(exc)))
             return False
         self._classes = frozenset(_name(item) for item in items if _name(item))
+        self._expandable = {_name(item): item.get("allowVolumeExpansion") is True for item in items if _name(item)}
+        self._default_class = next((_name(item) for item in items if (item.get("metadata") or {}).get(
+            "annotations", {}).get(DEFAULT_CLASS_ANNOTATION) == "true"), None)
         return True
 
     # -- lookups -----------------------------------------------------------------------------------------
-    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> ClusterFacts:
+    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None,
+                        old: Mapping[str, Any] | None = None) -> ClusterFacts:
         """Facts about exactly what `obj` references; never raises. `namespace` overrides the object's
-        (the AdmissionReview's request.namespace is authoritative on CREATE)."""
+        (the AdmissionReview's request.namespace is authoritative on CREATE). ``old``: on an update that
+        changes spec.storage, the StorageClasses are listed too (the default class, expansion support)."""
         try:
             refs = references(obj)
             ns = namespace or refs.namespace or "default"
+            storage_changed = old is not None and _storage(old) != _storage(obj)
             classes, percona, (secrets, short) = await asyncio.gather(
-                self.storage_classes(refs.storage_classes),
+                self.storage_classes(refs.storage_classes, listed=storage_changed),
                 self.percona_served() if refs.percona else _value(self._percona),
                 self.secret_facts(ns, refs.secrets),
             )
         except Exception:  # the snapshot is best effort: an unexpected failure means "unknown"
             log.exception("fact lookup failed")
             return ClusterFacts()
-        return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets, short_keys=short)
+        expandable = frozenset(n for n, yes in self._expandable.items() if yes) if classes is not None else None
+        return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets, short_keys=short,
+                            expandable_classes=expandable, default_storage_class=self._default_class)
 
-    async def storage_classes(self, wanted: Iterable[str] = ()) -> frozenset[str] | None:
-        """Known StorageClass names, after a point GET for each wanted name the cache does not know."""
+    async def storage_classes(self, wanted: Iterable[str] = (), *, listed: bool = False) -> frozenset[str] | None:
+        """Known StorageClass names, after a point GET for each wanted name the cache does not know.
+        ``listed``: make sure the full list is known (the default class and expansion support)."""
         wanted = list(wanted)
-        if wanted and self._classes is None:
+        if (wanted or listed) and self._classes is None:
             async with self._classes_lock:  # not started (CLI) or still warming up: one shared LIST
                 if self._classes is None:
                     await self.refresh_storage_classes(self.timeout)
@@ -124,6 +136,7 @@ class FactSource:
                 return None
             if _name(found):
                 added.add(name)
+                self._expandable[name] = found.get("allowVolumeExpansion") is True
                 self._classes_missing.pop(name, None)
         if added:
             known = (known or frozenset()) | added
@@ -198,6 +211,11 @@ def _decoded_length(value: str) -> int:
 
 async def _value(value: T) -> T:
     return value
+
+
+def _storage(obj: Mapping[str, Any]) -> Any:
+    spec = obj.get("spec")
+    return spec.get("storage") if isinstance(spec, Mapping) else None
 
 
 def _name(obj: Any) -> str:

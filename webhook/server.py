@@ -36,7 +36,8 @@ MAX_BODY = 3 * 1024 * 1024
 
 
 class FactProvider(Protocol):
-    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> ClusterFacts: ...
+    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None,
+                        old: Mapping[str, Any] | None = None) -> ClusterFacts: ...
 
 
 class EventSink(Protocol):
@@ -97,8 +98,9 @@ class AdmissionHandler:
             return {"allowed": True}  # finalizer removal during deletion must always pass
         old = request.get("oldObject") if operation == "UPDATE" else None
         namespace = request.get("namespace") if isinstance(request.get("namespace"), str) else None
-        facts = await self._facts(obj, namespace)
-        verdict = validate(obj, old if isinstance(old, Mapping) else None, facts)
+        previous = old if isinstance(old, Mapping) else None
+        facts = await self._facts(obj, namespace, previous)
+        verdict = validate(obj, previous, facts)
         response: dict[str, Any] = {"allowed": verdict.allowed}
         if verdict.warnings:
             response["warnings"] = verdict.warnings
@@ -109,12 +111,13 @@ class AdmissionHandler:
                 self._post_event(obj, namespace, response["status"]["message"])
         return response
 
-    async def _facts(self, obj: Mapping[str, Any], namespace: str | None) -> ClusterFacts:
+    async def _facts(self, obj: Mapping[str, Any], namespace: str | None,
+                     old: Mapping[str, Any] | None) -> ClusterFacts:
         if self.facts is None:
             return ClusterFacts.offline()
         try:
             async with asyncio.timeout(self.facts_timeout):
-                return await self.facts.facts_for(obj, namespace=namespace)
+                return await self.facts.facts_for(obj, namespace=namespace, old=old)
         except TimeoutError:
             log.warning("cluster fact lookups timed out; validating without them")
             return ClusterFacts()

@@ -54,6 +54,7 @@ class Reason(StrEnum):
     JWT_SECRET_TOO_SHORT = "JwtSecretTooShort"
     LISTENING = "Listening"
     NOT_LISTENING = "NotListening"
+    VOLUME_EXPANSION_FAILED = "VolumeExpansionFailed"
 
 
 class EventReason(StrEnum):
@@ -63,6 +64,7 @@ class EventReason(StrEnum):
     CONFIG_UPDATED = "ConfigUpdated"
     SECRET_ROTATED = "SecretRotated"
     SCALED = "Scaled"
+    VOLUMES_EXPANDED = "VolumesExpanded"
     PERCONA_CREATED = "PerconaCreated"
     PERCONA_READY = "PerconaReady"
     PERCONA_NOT_READY = "PerconaNotReady"

@@ -27,6 +27,10 @@ class ClusterFacts:
     online: bool = True
     """False for offline validation (`dittoctl validate` without --cluster): nothing was looked up, so
     unknown facts are not worth a "could not verify" warning."""
+    expandable_classes: frozenset[str] | None = None
+    """StorageClasses with allowVolumeExpansion: true; None = could not verify."""
+    default_storage_class: str | None = None
+    """The class PVCs without one get (None: none, or not known)."""
 
     @classmethod
     def offline(cls) -> ClusterFacts:

@@ -123,7 +123,8 @@ class SecretKeyRef(ApiModel):
 
 
 class StorageSpec(ApiModel):
-    """PersistentVolumeClaims of the server. Sizes and class are immutable after creation."""
+    """PersistentVolumeClaims of the server. Sizes can grow when the StorageClass allows volume expansion
+    (the PVCs are resized, the pod keeps running), never shrink; the class is immutable."""
 
     metadata_size: Quantity
     """Size of the `metadata` volume, mounted at /data/store/metadata (required)."""

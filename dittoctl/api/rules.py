@@ -552,6 +552,7 @@ class _Check:
                                f"{_shown_value(a)}, now {_shown_value(b)}; declare a new share, or revert the change")
 
     def _immutable_storage(self, old_parse: ParsedSpec, new_parse: ParsedSpec) -> None:
+        """The class is immutable; sizes may grow when the StorageClass allows expansion, never shrink."""
         assert old_parse.spec is not None and new_parse.spec is not None
         old, new = old_parse.spec.storage, new_parse.spec.storage
         fields: list[tuple[str, tuple[str, ...], str | None, str | None]] = [
@@ -559,16 +560,35 @@ class _Check:
             ("contentSize", ("storage.contentSize", "storage.cacheSize"), old.effective_content_size,
              new.effective_content_size),
             ("controlPlaneSize", ("storage.controlPlaneSize",), old.control_plane_size, new.control_plane_size),
-            ("storageClassName", ("storage.storageClassName",), old.storage_class_name, new.storage_class_name),
         ]
-        for key, paths, before, after in fields:
-            if not (old_parse.usable(*paths) and new_parse.usable(*paths)):
+        paths = ("storage.storageClassName",)
+        if old_parse.usable(*paths) and new_parse.usable(*paths) and old.storage_class_name != new.storage_class_name:
+            self.error("spec.storage.storageClassName", f"immutable: the PVCs keep their class (was "
+                       f"{_shown_value(old.storage_class_name)}, now {_shown_value(new.storage_class_name)}); "
+                       "create a new DittoServer and migrate the data, or revert the change")
+        for key, field_paths, before, after in fields:
+            if not (old_parse.usable(*field_paths) and new_parse.usable(*field_paths)):
                 continue  # a broken value is reported by rule 1; comparing its default would mislead
-            same = before == after if key == "storageClassName" else _same_quantity(before, after)
-            if not same:
-                self.error(f"spec.storage.{key}", f"immutable: StatefulSet volumeClaimTemplates cannot change "
-                           f"(was {_shown_value(before)}, now {_shown_value(after)}); create a new DittoServer "
-                           "and migrate the data, or revert the change")
+            growth = _growth(before, after)
+            if growth is None or growth == 0:
+                continue
+            change = f"was {_shown_value(before)}, now {_shown_value(after)}"
+            if growth < 0:
+                self.error(f"spec.storage.{key}", f"cannot shrink a volume ({change}); PVCs only grow: set "
+                           f"{_shown_value(before)} or more")
+                continue
+            self._expansion(f"spec.storage.{key}", new.storage_class_name, change)
+
+    def _expansion(self, path: str, declared: str | None, change: str) -> None:
+        name = declared or self.facts.default_storage_class
+        expandable = self.facts.expandable_classes
+        if name is None or expandable is None:
+            if self.facts.online:
+                self.warn(path, f"could not verify that the StorageClass allows volume expansion ({change}); if it "
+                          "does not, the PVCs keep their size and the server reports VolumeExpansionFailed")
+        elif name not in expandable:
+            self.error(path, f"StorageClass {_q(name)} does not allow volume expansion ({change}); set "
+                       "allowVolumeExpansion: true on it (if its driver can resize), or revert the change")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -593,13 +613,15 @@ def _private_endpoint(url: str) -> bool:
     return address.is_private or address.is_loopback or address.is_link_local
 
 
-def _same_quantity(a: str | None, b: str | None) -> bool:
-    if a == b:
-        return True
+def _growth(a: str | None, b: str | None) -> int | None:
+    """Sign of b - a as quantities (0: the same size however written); None when either is unparsable."""
     try:
-        return a is not None and b is not None and parse_quantity(a) == parse_quantity(b)
+        if a is None or b is None:
+            return None
+        before, after = parse_quantity(a), parse_quantity(b)
     except ValueError:
-        return False
+        return None
+    return (after > before) - (after < before)
 
 
 def _status(raw: Any) -> DittoServerStatus | None:

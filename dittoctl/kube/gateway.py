@@ -227,9 +227,12 @@ class Gateway:
             "PATCH", kind.path(namespace, name), body=ops, content_type="application/json-patch+json"
         )
 
-    async def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
+    async def delete(self, kind: Kind, name: str, namespace: str | None = None, *,
+                     orphan: bool = False) -> None:
+        """``orphan``: the object goes, its dependents (a StatefulSet's pods) stay."""
         try:
-            await self._call("DELETE", kind.path(namespace, name))
+            await self._call("DELETE", kind.path(namespace, name),
+                             query=[("propagationPolicy", "Orphan")] if orphan else None)
         except NotFound:
             return
 

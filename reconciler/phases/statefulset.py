@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import STATEFULSETS
 from dittoctl.api.naming import HASH_ANNOTATION, Names
+from dittoctl.api.quantity import parse_quantity
 from reconciler.compare import stamp_manifest
 from reconciler.context import Pass
 from reconciler.specs import Desired, SecretDigests
@@ -31,7 +33,12 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
     result = ctx.cache.child(STATEFULSETS, names.namespace, names.statefulset)
     sts_name = f"StatefulSet {names.statefulset}"
     if previous is None:
-        await ctx.post("Normal", EventReason.CREATED, f"{sts_name} created")
+        if ctx.memory.expanded:
+            await ctx.post("Normal", EventReason.VOLUMES_EXPANDED, f"{sts_name} re-created with larger "
+                           f"volumeClaimTemplates ({ctx.memory.expanded}); its pods kept running")
+            ctx.memory.expanded = None
+        else:
+            await ctx.post("Normal", EventReason.CREATED, f"{sts_name} created")
         return result
     old_hash = previous["spec"]["template"]["metadata"].get("annotations", {}).get(HASH_ANNOTATION)
     if old_hash != desired.config_hash and ctx.memory.digests:
@@ -45,10 +52,21 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
     return result
 
 
-def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> list[str]:
-    """volumeClaimTemplates are immutable: report a size/class change instead of failing the apply."""
+@dataclass(frozen=True)
+class StorageDrift:
+    """How the live volumeClaimTemplates differ from the spec: what cannot be done, and what can grow."""
+
+    errors: list[str] = field(default_factory=list)
+    grown: dict[str, str] = field(default_factory=dict)
+    """Template name -> the larger size the spec asks for."""
+
+
+def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> StorageDrift:
+    """volumeClaimTemplates cannot change in place: a class change or a smaller size is an error (the webhook
+    denies both; this catches them when it was off), a larger size is a volume expansion."""
+    drift = StorageDrift()
     if observed is None:
-        return []
+        return drift
 
     def claims(sts: Mapping[str, Any]) -> dict[str, tuple[str | None, str | None]]:
         out = {}
@@ -59,14 +77,19 @@ def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]
         return out
 
     before, after = claims(observed), claims(desired)
-    errors = []
     for name in STORAGE_TEMPLATES:
-        if name in before and name in after and before[name] != after[name]:
-            (old_size, old_class), (new_size, new_class) = before[name], after[name]
-            if old_size != new_size:
-                errors.append(f"spec.storage: immutable: volume {name} is {old_size}, spec asks {new_size}; "
-                              "StatefulSet volumeClaimTemplates cannot change")
-            if new_class is not None and old_class != new_class:
-                errors.append(f"spec.storage.storageClassName: immutable: volume {name} uses {old_class}, "
-                              f"spec asks {new_class}")
-    return errors
+        if name not in before or name not in after or before[name] == after[name]:
+            continue
+        (old_size, old_class), (new_size, new_class) = before[name], after[name]
+        if new_class is not None and old_class != new_class:
+            drift.errors.append(f"spec.storage.storageClassName: immutable: volume {name} uses {old_class}, "
+                                f"spec asks {new_class}")
+        if old_size is None or new_size is None or old_size == new_size:
+            continue
+        growth = parse_quantity(new_size) - parse_quantity(old_size)
+        if growth < 0:
+            drift.errors.append(f"spec.storage: volume {name} is {old_size}, spec asks {new_size}; a volume "
+                                "cannot shrink")
+        elif growth > 0:
+            drift.grown[name] = new_size
+    return drift

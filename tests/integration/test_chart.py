@@ -29,6 +29,7 @@ from tests.support.paths import CHART, ROOT
 from tests.support.percona import PERCONA_CRD, cluster, percona_spec, play_percona_ready
 from tests.support.poll import eventually
 from tests.testbed.paths import servicemonitor_crd
+from tests.testbed.provisioner import PROVISIONER_NAME
 from webhook.server import WEBHOOK_PATH
 
 pytestmark = pytest.mark.integration
@@ -220,7 +221,8 @@ def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns
             ("patch", "configmaps"), ("patch", "services"), ("delete", "services"), ("create", "secrets"),
             ("create", "events"), ("patch", "perconapgclusters"), ("delete", "perconapgclusters"),
             ("create", "leases"), ("patch", "leases"), ("patch", "networkpolicies"), ("delete", "networkpolicies"),
-            ("patch", "servicemonitors"), ("delete", "servicemonitors"),
+            ("patch", "servicemonitors"), ("delete", "servicemonitors"), ("patch", "persistentvolumeclaims"),
+            ("delete", "statefulsets"),
         }
         assert expected <= used, f"not exercised: {sorted(expected - used)}"
         # Nobody else reconciled these objects (the test bed's cluster-admin operator of other tests).
@@ -277,10 +279,25 @@ def lifecycle(testbed: Any, ns: str) -> None:
     eventually(lambda: absent(testbed, "networkpolicy", "demo-ingress", ns), what="NetworkPolicy deleted")
     wait_ready(testbed, ns, "demo")
 
+    # Volume expansion: PVCs listed and patched, the StatefulSet deleted (orphaning its pod) and re-created.
+    sc = f"expand-{ns}"
+    testbed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
+        "provisioner": PROVISIONER_NAME, "allowVolumeExpansion": True, "volumeBindingMode": "Immediate"}))
+    try:
+        storage = {"metadataSize": "1Gi", "contentSize": "2Gi", "storageClassName": sc}
+        apply_server(testbed, ns, "grow", storage=storage)
+        wait_ready(testbed, ns, "grow", timeout=120)
+        apply_server(testbed, ns, "grow", storage={**storage, "contentSize": "3Gi"})
+        eventually(lambda: events(testbed, ns, "VolumesExpanded"), timeout=90, what="VolumesExpanded")
+        wait_ready(testbed, ns, "grow", timeout=120)
+    finally:
+        testbed.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
+
     # Deletion: drain (scale to 0), Percona deleted or orphaned, finalizer removed, PVCs kept.
-    for name in ("demo", "gone", "kept"):
+    for name in ("demo", "gone", "kept", "grow"):
         testbed.kubectl("delete", "dittoserver", name, "-n", ns, "--wait=false")
-    for name in ("demo", "gone", "kept"):
+    for name in ("demo", "gone", "kept", "grow"):
         eventually(lambda: absent(testbed, "dittoserver", name, ns), timeout=90,  # noqa: B023
                    what=f"DittoServer {name} gone")
     eventually(lambda: absent(testbed, "perconapgcluster", "gone-postgres", ns), what="gone-postgres deleted")

@@ -13,6 +13,7 @@ from tests.support.kube import apply_server, condition, events, kubectl_json, se
 from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.poll import eventually
 from tests.testbed.paths import servicemonitor_crd
+from tests.testbed.provisioner import PROVISIONER_NAME
 
 pytestmark = pytest.mark.integration
 OPERATOR_USER = "dittofs-operator"
@@ -212,3 +213,53 @@ def test_network_policy_and_service_monitor_follow_the_spec_and_the_crd(testbed:
         wait_ready(testbed, namespace)
     finally:
         testbed.kubectl("delete", "-f", str(crd), "--ignore-not-found", "--timeout=60s", check=False)
+
+
+def test_a_larger_volume_grows_its_pvcs_without_restarting_the_pod(testbed: Any, operator: OperatorProcess,
+                                                                  namespace: str) -> None:
+    """Volume expansion (issue 14, item 5) on a StorageClass that allows it: the PVC request is raised (the test
+    bed's provisioner resizes like a CSI resizer), the StatefulSet is re-created with the larger template and
+    adopts the running pod; shrinking is refused with a clear condition."""
+    sc = f"expand-{namespace}"
+    testbed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": sc},
+        "provisioner": PROVISIONER_NAME, "allowVolumeExpansion": True, "reclaimPolicy": "Retain",
+        "volumeBindingMode": "Immediate"}))
+    try:
+        storage = {"metadataSize": "1Gi", "contentSize": "2Gi", "storageClassName": sc}
+        apply_server(testbed, namespace, storage=storage)
+        wait_ready(testbed, namespace)
+        pod_before = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"]
+        sts_before = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["metadata"]["uid"]
+
+        apply_server(testbed, namespace, storage={**storage, "contentSize": "3Gi"})
+
+        def grown() -> dict[str, Any] | None:
+            sts = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)
+            sizes = {t["metadata"]["name"]: t["spec"]["resources"]["requests"]["storage"]
+                     for t in sts["spec"]["volumeClaimTemplates"]}
+            return sts if sts["metadata"]["uid"] != sts_before and sizes["content"] == "3Gi" else None
+
+        sts = eventually(grown, timeout=90, what="a StatefulSet re-created with the 3Gi content template")
+        pvc = eventually(lambda: (c := kubectl_json(testbed, "get", "pvc", "content-demo-0", "-n", namespace))
+                         ["status"].get("capacity", {}).get("storage") == "3Gi" and c, timeout=60,
+                         what="content-demo-0 resized to 3Gi")
+        assert pvc["spec"]["resources"]["requests"]["storage"] == "3Gi"
+        pod = eventually(lambda: (p := kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace))
+                         ["metadata"].get("ownerReferences", [{}])[0].get("uid") == sts["metadata"]["uid"] and p,
+                         timeout=60, what="the pod adopted by the new StatefulSet")
+        assert pod["metadata"]["uid"] == pod_before, "the pod was restarted by the expansion"
+        assert events(testbed, namespace, "VolumesExpanded"), "the re-creation is explained by an event"
+        wait_ready(testbed, namespace)
+
+        # Shrinking (the webhook is off here, so the reconciler's own check answers).
+        apply_server(testbed, namespace, storage={**storage, "contentSize": "1Gi"})
+        refused = eventually(lambda: (c := condition(server(testbed, namespace), "ConfigReady")) is not None
+                             and c["status"] == "False" and c, timeout=60, what="ConfigReady=False on a shrink")
+        assert "cannot shrink" in refused["message"], refused
+        assert kubectl_json(testbed, "get", "pvc", "content-demo-0", "-n", namespace)["spec"]["resources"][
+            "requests"]["storage"] == "3Gi"
+        apply_server(testbed, namespace, storage={**storage, "contentSize": "3Gi"})
+        wait_ready(testbed, namespace)
+    finally:
+        testbed.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)

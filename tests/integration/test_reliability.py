@@ -207,7 +207,7 @@ def test_planted_secret_values_never_leak(testbed: Any, quiet_operator: Operator
         created = apply_manifest(testbed, namespace, spec)
         assert created.returncode == 0, created.stderr
         denied = apply_manifest(testbed, namespace, {**spec, "storage": {"metadataSize": "2Gi"}})
-        assert denied.returncode != 0 and "spec.storage.metadataSize: immutable" in denied.stderr, denied.stderr
+        assert denied.returncode != 0 and "spec.storage.metadataSize: StorageClass" in denied.stderr, denied.stderr
         warned = apply_manifest(testbed, namespace, {**spec, "s3": {"credentialsSecretRef": {
             "secretName": "s3", "accessKeyIdKey": "missing-key"}}}, "--dry-run=server")
         assert warned.returncode == 0 and 'add key "missing-key" to Secret "s3"' in warned.stderr, warned.stderr

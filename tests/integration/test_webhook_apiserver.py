@@ -111,14 +111,18 @@ async def test_warnings_are_printed_and_the_object_is_created(hook: Hook, namesp
     assert 'create Secret "s3-creds"' not in again.stderr
 
 
-async def test_storage_cannot_change_on_update(hook: Hook, namespace: str) -> None:
+async def test_storage_grows_only_where_the_class_allows_it(hook: Hook, namespace: str) -> None:
     created = await hook.kubectl("apply", "-f", "-", input=manifest("grow", namespace, {}))
     assert created.returncode == 0, created.stderr
     grown = manifest("grow", namespace, {"storage": {"metadataSize": "2Gi"}})
     result = await hook.kubectl("apply", "-f", "-", input=grown)
     assert result.returncode != 0
-    assert ("spec.storage.metadataSize: immutable: StatefulSet volumeClaimTemplates cannot change "
-            "(was '1Gi', now '2Gi')") in result.stderr
+    # No class in the spec: the webhook looked up the cluster's default (the test bed's "standard").
+    assert ('spec.storage.metadataSize: StorageClass "standard" does not allow volume expansion '
+            "(was '1Gi', now '2Gi')") in result.stderr, result.stderr
+    shrunk = await hook.kubectl("apply", "-f", "-", input=manifest("grow", namespace,
+                                                                   {"storage": {"metadataSize": "512Mi"}}))
+    assert shrunk.returncode != 0 and "cannot shrink a volume (was '1Gi', now '512Mi')" in shrunk.stderr
     # Other edits still go through, and deletion never depends on the webhook.
     ok = await hook.kubectl("apply", "-f", "-", input=manifest("grow", namespace, {"replicas": 0}))
     assert ok.returncode == 0, ok.stderr

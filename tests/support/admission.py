@@ -29,7 +29,8 @@ class FakeFacts:
         self.fail = fail
         self.calls: list[tuple[Mapping[str, Any], str | None]] = []
 
-    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> ClusterFacts:
+    async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None,
+                        old: Mapping[str, Any] | None = None) -> ClusterFacts:
         self.calls.append((obj, namespace))
         if self.fail:
             raise RuntimeError("boom")

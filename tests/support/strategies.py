@@ -59,4 +59,6 @@ facts_strategy = st.builds(
     percona_served=st.none() | st.booleans(),
     secrets=st.dictionaries(names, st.none() | st.frozensets(names, max_size=3), max_size=4),
     online=st.booleans(),
+    expandable_classes=st.none() | st.frozensets(names, max_size=3),
+    default_storage_class=st.none() | names,
 )

@@ -89,9 +89,10 @@ class ApiClient:
                 return resp.status, raw.decode("utf-8", "replace")
         raise AssertionError("unreachable")
 
-    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (),
+             content_type: str = "application/json") -> Any:
         """Like ``request`` but raise ``ApiError`` unless the status is 2xx or listed in ``ok``."""
-        status, payload = self.request(method, path, body)
+        status, payload = self.request(method, path, body, content_type)
         if 200 <= status < 300 or status in ok:
             return payload
         raise ApiError(method, path, status, payload)

@@ -6,6 +6,10 @@ mount them. Each PV is pre-bound to its
 claim through ``claimRef`` (namespace, name, uid); the KCM's PV binder then completes the binding within
 about a second. PVs are created with ``persistentVolumeReclaimPolicy: Retain`` and so stay ``Released``
 when their claim goes; ``delete_created()`` (called at teardown) removes every PV this class made.
+
+It also plays the external resizer for its own PVs: a bound claim whose request exceeds its capacity (the
+apiserver admits that only for a StorageClass with ``allowVolumeExpansion: true``) gets its PV's and its
+own ``status.capacity`` raised, as a CSI resizer would once the volume has grown.
 """
 
 from __future__ import annotations
@@ -91,6 +95,12 @@ class FakeProvisioner:
         claims = self.client.get("/api/v1/persistentvolumeclaims")["items"]
         failed: list[Exception] = []
         for pvc in claims:
+            if pvc.get("status", {}).get("phase") == "Bound":
+                try:
+                    self._resize(pvc)
+                except Exception as exc:
+                    failed.append(exc)
+                continue
             if pvc.get("status", {}).get("phase") != "Pending" or pvc.get("spec", {}).get("volumeName"):
                 continue
             if pvc["metadata"].get("deletionTimestamp"):
@@ -117,6 +127,21 @@ class FakeProvisioner:
         self.created.add(name)
         meta = pvc["metadata"]
         self.log(f"PV {name} for {meta['namespace']}/{meta['name']} ({status})")
+
+    def _resize(self, pvc: dict[str, Any]) -> None:
+        volume = pvc["spec"].get("volumeName") or ""
+        if not volume.startswith("testbed-pv-"):
+            return
+        wanted = pvc["spec"].get("resources", {}).get("requests", {}).get("storage")
+        if not wanted or wanted == (pvc.get("status", {}).get("capacity") or {}).get("storage"):
+            return
+        meta = pvc["metadata"]
+        self.client.call("PATCH", f"/api/v1/persistentvolumes/{volume}", {"spec": {"capacity": {"storage": wanted}}},
+                         content_type="application/merge-patch+json")
+        self.client.call("PATCH", f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims/{meta['name']}"
+                         "/status", {"status": {"capacity": {"storage": wanted}}},
+                         content_type="application/merge-patch+json")
+        self.log(f"resized {meta['namespace']}/{meta['name']} and PV {volume} to {wanted}")
 
     def delete_created(self) -> None:
         """Delete every PV this test bed created (by label, so restarts of the thread are covered)."""

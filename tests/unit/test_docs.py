@@ -156,6 +156,8 @@ def test_troubleshooting_admission_example(facts: dict[str, Any], manifest: str,
         storage_classes=frozenset(facts["storage_classes"]) if "storage_classes" in facts else None,
         percona_served=facts.get("percona_served"),
         secrets={k: (frozenset(v) if v is not None else None) for k, v in facts.get("secrets", {}).items()},
+        expandable_classes=frozenset(facts["expandable_classes"]) if "expandable_classes" in facts else None,
+        default_storage_class=facts.get("default_storage_class"),
     )
     verdict = validate(new, old, snapshot)
     errors, warnings = [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from typing import Any
 
@@ -317,22 +318,40 @@ def test_rule_11_percona_without_image_warns() -> None:
     assert "RELATED_IMAGE_" in verdict.warnings[0]
 
 
-# -- rule 12: immutable storage -------------------------------------------------------------------------------
+# -- rule 12: storage grows (where the class allows), never shrinks, keeps its class ------------------------------
+EXPANDABLE = dataclasses.replace(GOOD, expandable_classes=frozenset({"fast"}), default_storage_class="standard")
+
+
 @pytest.mark.parametrize(("old", "new", "field", "was", "now"), [
     ({}, {"storage": {"metadataSize": "2Gi"}}, "metadataSize", "'1Gi'", "'2Gi'"),
     ({}, {"storage": {"contentSize": "6Gi"}}, "contentSize", "'5Gi'", "'6Gi'"),
     ({"storage": {"cacheSize": "7Gi"}}, {"storage": {"contentSize": "8Gi"}}, "contentSize", "'7Gi'", "'8Gi'"),
     ({}, {"storage": {"controlPlaneSize": "3Gi"}}, "controlPlaneSize", "'1Gi'", "'3Gi'"),
-    ({}, {"storage": {"storageClassName": "fast"}}, "storageClassName", "unset", "'fast'"),
-    ({"storage": {"storageClassName": "fast"}}, {"storage": {"storageClassName": "standard"}}, "storageClassName",
-     "'fast'", "'standard'"),
 ])
-def test_rule_12_storage_is_immutable(old: dict[str, Any], new: dict[str, Any], field: str, was: str,
-                                      now: str) -> None:
-    verdict = check(new, old=old)
-    assert verdict.messages == [f"spec.storage.{field}: immutable: StatefulSet volumeClaimTemplates cannot change "
-                              f"(was {was}, now {now}); create a new DittoServer and migrate the data, or "
-                              "revert the change"]
+def test_rule_12_growth_needs_a_class_that_allows_expansion(old: dict[str, Any], new: dict[str, Any], field: str,
+                                                            was: str, now: str) -> None:
+    verdict = check(new, old=old, facts=EXPANDABLE)  # the default class, standard, cannot expand
+    assert verdict.messages == [f'spec.storage.{field}: StorageClass "standard" does not allow volume expansion '
+                                f"(was {was}, now {now}); set allowVolumeExpansion: true on it (if its driver can "
+                                "resize), or revert the change"]
+    fast = {"storage": {**new["storage"], "storageClassName": "fast"}}
+    assert check(fast, old={"storage": {**old.get("storage", {}), "storageClassName": "fast"}},
+                 facts=EXPANDABLE).allowed
+    unknown = check(new, old=old)  # expansion support could not be looked up: allowed, with a warning
+    assert unknown.allowed and paths(unknown.warnings) == [f"spec.storage.{field}"]
+
+
+def test_rule_12_volumes_never_shrink_and_keep_their_class() -> None:
+    shrink = check({"storage": {"metadataSize": "1Gi"}}, old={"storage": {"metadataSize": "2Gi"}}, facts=EXPANDABLE)
+    assert shrink.messages == ["spec.storage.metadataSize: cannot shrink a volume (was '2Gi', now '1Gi'); PVCs "
+                               "only grow: set '2Gi' or more"]
+    for old, new, was, now in (({}, {"storage": {"storageClassName": "fast"}}, "unset", "'fast'"),
+                               ({"storage": {"storageClassName": "fast"}},
+                                {"storage": {"storageClassName": "standard"}}, "'fast'", "'standard'")):
+        verdict = check(new, old=old, facts=EXPANDABLE)
+        assert verdict.messages == [f"spec.storage.storageClassName: immutable: the PVCs keep their class (was "
+                                    f"{was}, now {now}); create a new DittoServer and migrate the data, or revert "
+                                    "the change"]
 
 
 @pytest.mark.parametrize(("old", "new"), [

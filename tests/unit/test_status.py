@@ -7,7 +7,7 @@ from typing import Any
 from dittoctl.api.conditions import ConditionType, Reason
 from dittoctl.api.crd import build_crd
 from reconciler.compare import is_subset
-from reconciler.phases.statefulset import storage_drift
+from reconciler.phases.statefulset import StorageDrift, storage_drift
 from reconciler.status import (
     Cond,
     Observation,
@@ -96,15 +96,20 @@ def test_subset_comparison() -> None:
     assert not is_subset({"a": 1}, None)
 
 
-def test_storage_drift_reports_immutable_changes() -> None:
-    def tmpl(size: str) -> dict[str, Any]:
-        return {"spec": {"volumeClaimTemplates": [{"metadata": {"name": "metadata"},
-                                                   "spec": {"resources": {"requests": {"storage": size}}}}]}}
+def test_storage_drift_grows_volumes_and_refuses_shrinking_and_class_changes() -> None:
+    def tmpl(size: str, cls: str | None = None) -> dict[str, Any]:
+        spec: dict[str, Any] = {"resources": {"requests": {"storage": size}}}
+        if cls:
+            spec["storageClassName"] = cls
+        return {"spec": {"volumeClaimTemplates": [{"metadata": {"name": "metadata"}, "spec": spec}]}}
 
-    assert storage_drift(None, tmpl("1Gi")) == []
-    assert storage_drift(tmpl("1Gi"), tmpl("1Gi")) == []
-    (error,) = storage_drift(tmpl("1Gi"), tmpl("2Gi"))
-    assert "immutable" in error and "1Gi" in error and "2Gi" in error
+    assert storage_drift(None, tmpl("1Gi")) == StorageDrift()
+    assert storage_drift(tmpl("1Gi"), tmpl("1024Mi")) == StorageDrift()
+    assert storage_drift(tmpl("1Gi"), tmpl("2Gi")) == StorageDrift(grown={"metadata": "2Gi"})
+    (error,) = storage_drift(tmpl("2Gi"), tmpl("1Gi")).errors
+    assert "cannot shrink" in error and "2Gi" in error and "1Gi" in error
+    changed = storage_drift(tmpl("1Gi", "a"), tmpl("1Gi", "b"))
+    assert changed.grown == {} and len(changed.errors) == 1 and "immutable" in changed.errors[0]
 
 
 def test_scaling_to_zero_is_pending_until_drained() -> None:

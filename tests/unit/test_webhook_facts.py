@@ -17,6 +17,8 @@ from webhook.facts import FactSource
 class FakeGateway:
     def __init__(self) -> None:
         self.classes = {"standard"}
+        self.expandable: set[str] = set()
+        self.default_class: str | None = None
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.percona: bool | Exception = False
         self.fail_secrets: set[str] = set()
@@ -26,7 +28,15 @@ class FakeGateway:
     async def list(self, kind: Kind, namespace: str | None = None, **_: Any) -> list[dict[str, Any]]:
         self.calls.append(f"list {kind.plural}")
         assert kind is STORAGECLASSES
-        return [{"metadata": {"name": n}} for n in sorted(self.classes)]
+        return [self._class(n) for n in sorted(self.classes)]
+
+    def _class(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = {"metadata": {"name": name}}
+        if name == self.default_class:
+            found["metadata"]["annotations"] = {"storageclass.kubernetes.io/is-default-class": "true"}
+        if name in self.expandable:
+            found["allowVolumeExpansion"] = True
+        return found
 
     async def get(self, kind: Kind, name: str, namespace: str | None = None, *,
                   timeout: float | None = None) -> dict[str, Any]:
@@ -36,7 +46,7 @@ class FakeGateway:
             await asyncio.sleep(10)
         if kind is STORAGECLASSES:
             if name in self.classes:
-                return {"metadata": {"name": name}}
+                return self._class(name)
             raise NotFound(name)
         assert kind is SECRETS and namespace is not None
         if name in self.fail_secrets:
@@ -192,3 +202,21 @@ async def test_a_short_jwt_secret_is_known_by_length_only() -> None:
     assert [m.split(": ")[0] for m in verdict.messages] == ["spec.identity.jwt.secretRef"]
     fine = await source(gw).facts_for(obj({"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "ok"}}}}))
     assert validate(obj({"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "ok"}}}}), None, fine).allowed
+
+
+async def test_expansion_support_and_the_default_class_come_from_the_storageclasses() -> None:
+    gw = FakeGateway()
+    gw.classes, gw.expandable, gw.default_class = {"standard", "fast"}, {"fast"}, "standard"
+    src = source(gw)
+    facts = await src.facts_for(obj({}))
+    assert (facts.expandable_classes, facts.default_storage_class) == (None, None), "nothing listed: unknown"
+    assert gw.calls == [], "no class referenced and no size change: nothing looked up"
+    old, new = obj({"storage": {"metadataSize": "1Gi"}}), obj({"storage": {"metadataSize": "2Gi"}})
+    facts = await src.facts_for(new, old=old)  # a size change lists the classes, even with none named
+    assert (facts.expandable_classes, facts.default_storage_class) == (frozenset({"fast"}), "standard")
+    assert gw.calls == ["list storageclasses"]
+    verdict = validate(new, old, facts)
+    assert verdict.messages and "StorageClass \"standard\" does not allow volume expansion" in verdict.messages[0]
+    fast = obj({"storage": {"metadataSize": "2Gi", "storageClassName": "fast"}})
+    fast_old = obj({"storage": {"metadataSize": "1Gi", "storageClassName": "fast"}})
+    assert validate(fast, fast_old, await src.facts_for(fast, old=fast_old)).allowed

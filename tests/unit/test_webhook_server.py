@@ -109,11 +109,11 @@ async def test_invalid_object_is_denied_with_every_message(harness: Harness) -> 
 
 async def test_update_denial_event_carries_the_uid_and_rule_12(harness: Harness) -> None:
     old = dittoserver(uid="u-1")
-    new = dittoserver({"storage": {"metadataSize": "2Gi"}}, uid="u-1")
+    new = dittoserver({"storage": {"metadataSize": "512Mi"}}, uid="u-1")
     response = await harness.respond(review(new, operation="UPDATE", old=old))
     assert not response["allowed"]
-    assert response["status"]["message"].startswith("spec.storage.metadataSize: immutable: StatefulSet "
-                                                    "volumeClaimTemplates cannot change (was '1Gi', now '2Gi')")
+    assert response["status"]["message"].startswith("spec.storage.metadataSize: cannot shrink a volume "
+                                                    "(was '1Gi', now '512Mi')")
     await harness.server.handler.flush()
     assert harness.recorder.posted[0][0]["metadata"]["uid"] == "u-1"
 
