@@ -29,6 +29,7 @@ from reconciler.phases.secrets import (
     consumed_digests,
     ensure_generated,
     jwt_too_short,
+    missing_mounted,
     missing_secret_errors,
     report_missing,
     s3_secret,
@@ -92,6 +93,7 @@ class Reconciler:
             database.condition = postgres_secret_condition(desired.missing_secret_keys, ref.name)
 
         errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
+        errors += await missing_mounted(ctx, server)
         await report_missing(ctx, errors)
         reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
         short = await jwt_too_short(ctx, server, digests)

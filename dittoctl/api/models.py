@@ -440,11 +440,24 @@ class StoresSpec(ApiModel):
     """Remote (S3) block stores."""
 
 
+class ControlPlaneTlsSpec(ApiModel):
+    """HTTPS for the REST API from a kubernetes.io/tls Secret (tls.crt, tls.key, optional ca.crt), mounted into
+    the pod. DittoFS reloads rotated files by itself, so a renewal restarts nothing."""
+
+    secret_name: ResourceName
+    """Secret with tls.crt and tls.key (e.g. one cert-manager keeps renewed); its certificate must name
+    <name>-api.<namespace>.svc. With ca.crt, the operator trusts that CA for its own calls."""
+    min_version: Literal["1.2", "1.3"] | None = None
+    """Lowest TLS version (DittoFS default 1.2)."""
+
+
 class ControlPlaneSpec(ApiModel):
     """REST API and health endpoints."""
 
     port: Port = 8080
     """API port."""
+    tls: ControlPlaneTlsSpec | None = None
+    """Serve the API over HTTPS (probes and the operator follow)."""
 
 
 class ServiceMonitorSpec(ApiModel):

@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import backup_credentials, provisioned_secrets, secret_uses
+from dittoctl.api.secrets import backup_credentials, mounted_secrets, provisioned_secrets, secret_uses
 
 # Stand-ins for required fields that are missing or broken, so the rest of the spec still parses. They are
 # marked broken, so no rule ever judges them.
@@ -154,6 +154,9 @@ def _secrets_of(parsed: ParsedSpec) -> dict[str, set[str]]:
         for provisioned in provisioned_secrets(spec):
             if not provisioned.optional:
                 refs.setdefault(provisioned.secret, set()).add(provisioned.key)
+    if parsed.usable("controlPlane.tls"):
+        for mounted in mounted_secrets(spec):
+            refs.setdefault(mounted.secret, set()).update(mounted.keys)
     s3 = spec.s3.credentials_secret_ref if spec.s3 is not None else None
     if s3 is not None and parsed.usable("s3.credentialsSecretRef"):
         refs.setdefault(s3.secret_name, set()).update((s3.access_key_id_key, s3.secret_access_key_key))

@@ -38,7 +38,7 @@ from dittoctl.api.models import (
 )
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
-from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH
+from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, mounted_secrets
 
 log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
@@ -179,6 +179,7 @@ class _Check:
         self._percona(parsed, spec)  # rules 6, 7, 9, 11
         self._database(parsed, spec)  # rules 8, 10 (Postgres)
         self._identity_secrets(parsed, spec)  # rule 10 (JWT, admin)
+        self._api_tls(parsed, spec)
         self._file_service(parsed, spec)  # SPEC §13.1: shares, users, groups, stores
         self._adapter_settings(parsed, spec)
         self._deprecations(parsed, spec)  # rule 14
@@ -262,6 +263,14 @@ class _Check:
             self.error("spec.identity.admin.username", f"must be {BOOTSTRAP_ADMIN!r} (got {_show(admin)}): DittoFS "
                        f"v0.29.0 always bootstraps the account {BOOTSTRAP_ADMIN!r}; remove the field, and declare "
                        "other accounts in spec.users")
+
+    def _api_tls(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        if not parsed.usable("controlPlane.tls"):
+            return
+        why = ("the pod cannot start without it (cert-manager may still be issuing it)", "the pod cannot start")
+        for mounted in mounted_secrets(spec):
+            keys = self._secret(mounted.path, mounted.secret, *why)
+            self._keys(mounted.path, mounted.secret, keys, list(mounted.keys), *why)
 
     # -- the declared file service (SPEC §13.1) -----------------------------------------------------------
     def _file_service(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

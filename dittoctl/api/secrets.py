@@ -71,6 +71,27 @@ def secret_uses(spec: DittoServerSpec, names: Names) -> list[SecretUse]:
     ]
 
 
+TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY = "tls.crt", "tls.key", "ca.crt"
+API_TLS_DIR = "/tls/api"  # where the control-plane TLS Secret is mounted
+
+
+@dataclass(frozen=True)
+class MountedSecret:
+    """A Secret the pod mounts as files: it must exist with ``keys`` for the pod to start, but it is not
+    hashed into the config (DittoFS reloads rotated certificate files itself)."""
+
+    path: str
+    secret: str
+    keys: tuple[str, ...]
+
+
+def mounted_secrets(spec: DittoServerSpec) -> list[MountedSecret]:
+    tls = spec.control_plane.tls
+    if tls is None:
+        return []
+    return [MountedSecret("spec.controlPlane.tls.secretName", tls.secret_name, (TLS_CERT_KEY, TLS_KEY_KEY))]
+
+
 def backup_credentials(spec: DittoServerSpec) -> str | None:
     """The pgBackRest credentials Secret: read by Percona, not by the server, but a change re-reconciles."""
     backup = spec.percona.backup
@@ -137,6 +158,7 @@ def provisioned_secrets(spec: DittoServerSpec) -> list[ProvisionedSecret]:
 def watched_secrets(spec: DittoServerSpec, names: Names) -> set[str]:
     """Secret names whose changes must re-trigger a reconcile."""
     found = {use.secret for use in secret_uses(spec, names)} | {p.secret for p in provisioned_secrets(spec)}
+    found |= {m.secret for m in mounted_secrets(spec)}  # a rotated CA changes what the operator trusts
     if spec.s3 is not None and spec.s3.credentials_secret_ref is not None:
         found.add(spec.s3.credentials_secret_ref.secret_name)  # status.s3 reports on it
     backup = backup_credentials(spec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -158,13 +159,24 @@ class _Tokens:
     lifetime: float = 0.0
 
 
+@dataclass(frozen=True)
+class TlsTarget:
+    """How to verify an https DittoFS: the trusted CAs and the certificate's expected name."""
+
+    context: ssl.SSLContext
+    server_hostname: str
+
+
 class DittoFsClient:
     """One logged-in identity on one DittoFS server. Use as ``async with``; share an aiohttp session or not."""
 
     def __init__(self, base_url: str, username: str, password: SecretStr, *,
                  session: aiohttp.ClientSession | None = None, timeout: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tls: TlsTarget | None = None) -> None:
+        """``tls``: for an https base URL, the CA to trust and the name the certificate must carry (the pod IP
+        is dialled, the certificate names the API Service)."""
         self.base_url = base_url.rstrip("/")
+        self.tls = tls
         self.username = username
         self._password = password
         self._session = session
@@ -207,8 +219,11 @@ class DittoFsClient:
             headers["Authorization"] = f"Bearer {token}"
         self.requests[method] += 1
         try:
+            extra: dict[str, Any] = {}
+            if self.tls is not None:
+                extra = {"ssl": self.tls.context, "server_hostname": self.tls.server_hostname}
             async with self._http().request(method, self.base_url + path, json=body, headers=headers,
-                                            timeout=self._timeout) as resp:
+                                            timeout=self._timeout, **extra) as resp:
                 raw = await resp.read()
                 status, ctype = resp.status, resp.headers.get("Content-Type", "")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -351,7 +366,7 @@ class DittoFsClient:
         """A new/reset admin-role account: log in as it and self-change to the same password (v0.29.0 sets
         must_change_password for admins; until changed, the account can do nothing)."""
         other = DittoFsClient(self.base_url, username, SecretStr(password), session=self._http(),
-                              timeout=self._timeout.total or 10.0, clock=self._clock)
+                              timeout=self._timeout.total or 10.0, clock=self._clock, tls=self.tls)
         await other.login()
         self.requests.update(other.requests)
 
@@ -365,17 +380,17 @@ def _integer(call: Call, key: str, value: str) -> int:
 
 async def bootstrap_operator(base_url: str, admin_password: SecretStr, operator_name: str,
                              operator_password: SecretStr, *, session: aiohttp.ClientSession | None = None,
-                             timeout: float = 10.0) -> DittoFsClient:
+                             timeout: float = 10.0, tls: TlsTarget | None = None) -> DittoFsClient:
     """The operator's own admin-role account (SPEC §13.2): log in as it; when that is refused, (re)create it
     through the bootstrap ``admin`` (409 -> admin password reset) and log in again."""
-    client = DittoFsClient(base_url, operator_name, operator_password, session=session, timeout=timeout)
+    client = DittoFsClient(base_url, operator_name, operator_password, session=session, timeout=timeout, tls=tls)
     try:
         await client.login()
         return client
     except DittoFsAuthError:
         log.info("dittofs account %s cannot log in; (re)creating it through admin", operator_name)
     password = operator_password.get_secret_value()
-    admin = DittoFsClient(base_url, "admin", admin_password, session=client._http(), timeout=timeout)
+    admin = DittoFsClient(base_url, "admin", admin_password, session=client._http(), timeout=timeout, tls=tls)
     try:
         await admin.request("POST", f"{API}/users", {"username": operator_name, "password": password,
                                                       "role": "admin"}, (password,))

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import ipaddress
 import logging
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, provisioned_secrets
+from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, TLS_CA_KEY, provisioned_secrets
 from dittoctl.kube import metrics
 from dittoctl.kube.dittofs import (
     DittoFsAuthError,
@@ -35,6 +36,7 @@ from dittoctl.kube.dittofs import (
     DittoFsForbidden,
     DittoFsUnreachable,
     PlanFailed,
+    TlsTarget,
     bootstrap_operator,
 )
 from dittoctl.kube.gateway import Conflict
@@ -69,6 +71,8 @@ class FsMemory:
     """The client's request counts already added to the metric."""
     cursor: int = 0
     """Where the next drift pass starts reading share details (round-robin)."""
+    tls: tuple[str, TlsTarget] | None = None
+    """(secret name and ca.crt digest, what the client verifies against)."""
 
     def report(self) -> None:
         if self.client is None:
@@ -177,7 +181,8 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
         await mem.close()
         mem.pod_uid = uid
     host = ip if pod_mode else names.host(names.api_service)
-    base_url = f"http://{host}:{server.spec.control_plane.port}"
+    scheme = "https" if server.spec.control_plane.tls is not None else "http"
+    base_url = f"{scheme}://{host}:{server.spec.control_plane.port}"
     file_host = ip if pod_mode else names.host(names.file_service)
     try:
         result = await _provision(ctx, server, names, base_url, file_host, keep)
@@ -287,13 +292,30 @@ async def _operator_password(ctx: Pass, names: Names) -> str:
     return data[OPERATOR_PASSWORD_KEY]
 
 
+async def _tls(ctx: Pass, server: DittoServer, names: Names) -> TlsTarget | None:
+    """The CA of the control-plane TLS Secret (ca.crt), else the system's; the certificate must name the API
+    Service. Rebuilt only when ca.crt changes (a rotated leaf needs nothing: DittoFS reloads it)."""
+    tls = server.spec.control_plane.tls
+    if tls is None:
+        return None
+    mem = memory(ctx)
+    digests = await _digest(ctx, tls.secret_name) or {}
+    key = f"{tls.secret_name}:{digests.get(TLS_CA_KEY, '')}"
+    if mem.tls is None or mem.tls[0] != key:
+        ca = await _secret_value(ctx, tls.secret_name, TLS_CA_KEY) if TLS_CA_KEY in digests else None
+        context = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
+        mem.tls = (key, TlsTarget(context, names.host(names.api_service)))
+    return mem.tls[1]
+
+
 async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str, first: bool) -> DittoFsClient:
     mem = memory(ctx)
-    if mem.client is not None and mem.client.base_url == base_url:
+    tls = await _tls(ctx, server, names)
+    if mem.client is not None and mem.client.base_url == base_url and mem.client.tls is tls:
         return mem.client
     await mem.close()
     password = await _operator_password(ctx, names)
-    client = DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password))
+    client = DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), tls=tls)
     try:
         await client.login()
         mem.adopt = first  # the account predates this DittoServer: its predecessor provisioned this data
@@ -302,7 +324,7 @@ async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str, f
         ref = server.spec.identity.admin.password_secret_ref
         secret, key = (ref.name, ref.key) if ref else (names.admin_secret, ADMIN_PASSWORD_KEY)
         admin = await _secret_value(ctx, secret, key)
-        client = await bootstrap_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password))
+        client = await bootstrap_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password), tls=tls)
         mem.adopt = False
     mem.client, mem.salt = client, password
     return client

@@ -16,7 +16,7 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, secret_uses
+from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, mounted_secrets, secret_uses
 from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
 from reconciler.cache import SecretDigest, secret_digest
@@ -116,6 +116,18 @@ def missing_secret_errors(missing: list[tuple[str, str]], consumed: Consumed, se
         line = f"Secret {secret} not found" if secret in consumed.absent else f"Secret {secret} has no key {key}"
         if line not in errors:
             errors.append(line)
+    return errors
+
+
+async def missing_mounted(ctx: Pass, server: DittoServer) -> list[str]:
+    """Secrets the pod mounts as files (the API's TLS pair): without them it would sit in ContainerCreating."""
+    errors: list[str] = []
+    for mounted in mounted_secrets(server.spec):
+        data = await _digest(ctx, mounted.secret)
+        if data is None:
+            errors.append(f"Secret {mounted.secret} not found")
+        else:
+            errors += [f"Secret {mounted.secret} has no key {key}" for key in mounted.keys if key not in data]
     return errors
 
 

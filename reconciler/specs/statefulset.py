@@ -6,6 +6,7 @@ from typing import Any
 
 from dittoctl.api.models import BLOCK_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
 from dittoctl.api.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
+from dittoctl.api.secrets import API_TLS_DIR, TLS_CERT_KEY, TLS_KEY_KEY
 from reconciler.specs.env import container_env
 from reconciler.specs.services import api_port
 
@@ -38,9 +39,9 @@ def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[st
     return merged
 
 
-def _probe(path: str, initial: int, period: int, failures: int) -> dict[str, Any]:
+def _probe(path: str, initial: int, period: int, failures: int, scheme: str) -> dict[str, Any]:
     probe: dict[str, Any] = {
-        "httpGet": {"path": path, "port": "api", "scheme": "HTTP"},
+        "httpGet": {"path": path, "port": "api", "scheme": scheme},
         "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures,
     }
     if initial:
@@ -104,6 +105,8 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
     labels = names.labels("server")
     pod_labels = {**spec.pod_labels, **labels}  # selector labels cannot be overridden
     container_security = merge_over(CONTAINER_SECURITY_DEFAULTS, spec.security_context)
+    tls = spec.control_plane.tls
+    scheme = "HTTPS" if tls is not None else "HTTP"
     container: dict[str, Any] = {
         "name": "dittofs",
         "image": spec.image,
@@ -114,20 +117,28 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
         "env": container_env(spec, names),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
         + [{"name": name, "mountPath": path} for name, path in VOLUMES],
-        "livenessProbe": _probe("/health", 15, 10, 3),
-        "readinessProbe": _probe("/health/ready", 10, 5, 3),
-        "startupProbe": _probe("/health", 0, 5, 30),
+        # With TLS the kubelet probes over HTTPS (it does not verify the certificate).
+        "livenessProbe": _probe("/health", 15, 10, 3, scheme),
+        "readinessProbe": _probe("/health/ready", 10, 5, 3, scheme),
+        "startupProbe": _probe("/health", 0, 5, 30, scheme),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
         "securityContext": container_security,
     }
     if spec.resources:
         container["resources"] = spec.resources
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": names.config_map}}]
+    if tls is not None:
+        container["volumeMounts"].append({"name": "api-tls", "mountPath": API_TLS_DIR, "readOnly": True})
+        # 0440 + the pod's fsGroup: the key is readable by the server's group only.
+        volumes.append({"name": "api-tls", "secret": {"secretName": tls.secret_name, "defaultMode": 0o440,
+                                                      "items": [{"key": TLS_CERT_KEY, "path": TLS_CERT_KEY},
+                                                                {"key": TLS_KEY_KEY, "path": TLS_KEY_KEY}]}})
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": spec.grace_seconds,
         "securityContext": _pod_security(spec),
         "containers": [container],
-        "volumes": [{"name": "config", "configMap": {"name": names.config_map}}],
+        "volumes": volumes,
     }
     if spec.percona.enabled:
         pod_spec["initContainers"] = [wait_for_postgres(spec, names, container_security)]

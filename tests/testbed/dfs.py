@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -353,7 +354,10 @@ class DfsServer:
         host_ports: Iterable[int] = (),
         startup_timeout: float = 30.0,
         binary: Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: the config serves HTTPS; requests verify with this context."""
+        self.tls = tls
         self.config_yaml = config_yaml
         self.workdir = workdir
         self.config_path = workdir / "config.yaml"
@@ -394,7 +398,7 @@ class DfsServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.api_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -571,7 +575,7 @@ class DfsServer:
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.tls) as resp:
                 status, raw = int(resp.status), resp.read()
         except urllib.error.HTTPError as err:
             status, raw = int(err.code), err.read()

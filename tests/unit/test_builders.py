@@ -54,6 +54,8 @@ CASES: dict[str, dict[str, Any]] = {
                           "fileClients": [{"cidr": "10.20.0.0/16", "exceptCidrs": ["10.20.9.0/24"]},
                                           {"pods": {}}]},
     },
+    # HTTPS API from a mounted TLS Secret: HTTPS probes, cert files in config.yaml, never in the hash.
+    "tls": {"controlPlane": {"tls": {"secretName": "demo-api-tls", "minVersion": "1.3"}}},
     # The PerconaPGCluster is part of the desired state, so `dittoctl render` and this golden show it.
     "percona": {"percona": {"enabled": True, "image": "percona/postgres:16", "backup": {
         "enabled": True, "bucket": "b", "endpoint": "https://s3.example", "credentialsSecretRef": {"name": "bk"}}}},
@@ -67,6 +69,17 @@ def test_golden(case: str) -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(rendered)
     assert path.read_text() == rendered, f"golden {path.name} differs: rerun with UPDATE_GOLDEN=1 and review"
+
+
+def test_a_rotated_tls_secret_does_not_change_the_config_hash() -> None:
+    """DittoFS reloads rotated certificate files itself: the TLS Secret is mounted, never hashed."""
+    s = server(controlPlane={"tls": {"secretName": "api-tls"}})
+    digests = digests_for(s)
+    assert not [k for k in digests if k[0] == "api-tls"]
+    rotated = {**digests, ("api-tls", "tls.crt"): "new", ("api-tls", "tls.key"): "new"}
+    assert specs.build(s.spec, Names.of(s), rotated).config_hash == build(s).config_hash
+    config = yaml.safe_load(build(s).config_text)["controlplane"]["tls"]
+    assert config == {"cert_file": "/tls/api/tls.crt", "key_file": "/tls/api/tls.key"}
 
 
 def test_optional_children_follow_their_switches() -> None:

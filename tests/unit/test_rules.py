@@ -568,6 +568,18 @@ def test_writing_out_the_default_path_a_store_already_uses_is_not_a_change() -> 
     assert paths(check(moved, old=old).messages) == ["spec.stores.metadata[0].path"]
 
 
+def test_the_api_tls_secret_must_exist_with_its_pair() -> None:
+    spec = {"controlPlane": {"tls": {"secretName": "api-tls"}}}
+    missing = check(spec, facts=dataclasses.replace(GOOD, secrets={"api-tls": None}))
+    assert missing.allowed and paths(missing.warnings) == ["spec.controlPlane.tls.secretName"]
+    assert 'create Secret "api-tls"; the pod cannot start' in missing.warnings[0]
+    no_key = check(spec, facts=dataclasses.replace(GOOD, secrets={"api-tls": frozenset({"tls.crt", "ca.crt"})}))
+    assert no_key.warnings == ['spec.controlPlane.tls.secretName: add key "tls.key" to Secret "api-tls"; the pod '
+                               "cannot start"]
+    fine = check(spec, facts=dataclasses.replace(GOOD, secrets={"api-tls": frozenset({"tls.crt", "tls.key"})}))
+    assert (fine.messages, fine.warnings) == ([], [])
+
+
 def test_network_peers_name_one_kind_of_source_with_valid_cidrs() -> None:
     verdict = check({"networkPolicy": {
         "apiFrom": [{}, {"cidr": "10.0.0.0/8", "pods": {"a": "b"}}],
