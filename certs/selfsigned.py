@@ -112,8 +112,9 @@ def service_dns_names(service: str, namespace: str, cluster_domain: str = "clust
 
 
 def new_leaf(ca: KeyPair, dns_names: Sequence[str], ips: Sequence[str] = (), *, days: int = LEAF_DAYS,
-             now: datetime | None = None) -> KeyPair:
-    """A serving certificate signed by `ca`, valid for the names (SANs; Go ignores the CN) and IPs."""
+             now: datetime | None = None, client: bool = False) -> KeyPair:
+    """A serving certificate signed by `ca`, valid for the names (SANs; Go ignores the CN) and IPs.
+    ``client``: a client certificate instead (extended key usage clientAuth, for mutual TLS)."""
     if not dns_names and not ips:
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
     start = _now(now)
@@ -133,7 +134,8 @@ def new_leaf(ca: KeyPair, dns_names: Sequence[str], ips: Sequence[str] = (), *, 
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
                                      crl_sign=False, content_commitment=False, data_encipherment=False,
                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                              else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

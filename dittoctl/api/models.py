@@ -449,6 +449,12 @@ class ControlPlaneTlsSpec(ApiModel):
     <name>-api.<namespace>.svc. With ca.crt, the operator trusts that CA for its own calls."""
     min_version: Literal["1.2", "1.3"] | None = None
     """Lowest TLS version (DittoFS default 1.2)."""
+    client_ca_secret_name: ResourceName | None = None
+    """Mutual TLS: a Secret whose ca.crt signs the only client certificates the API accepts. The kubelet
+    cannot present one, so the probes become TCP checks."""
+    operator_client_secret_name: ResourceName | None = None
+    """With clientCaSecretName: a kubernetes.io/tls Secret (tls.crt, tls.key) signed by that CA, which the
+    operator presents (so mutual TLS never locks the operator out)."""
 
 
 class ControlPlaneSpec(ApiModel):

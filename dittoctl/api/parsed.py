@@ -17,7 +17,15 @@ from pydantic_core import ErrorDetails
 
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import backup_credentials, mounted_secrets, provisioned_secrets, secret_uses
+from dittoctl.api.secrets import (
+    TLS_CERT_KEY,
+    TLS_KEY_KEY,
+    backup_credentials,
+    mounted_secrets,
+    operator_client_secret,
+    provisioned_secrets,
+    secret_uses,
+)
 
 # Stand-ins for required fields that are missing or broken, so the rest of the spec still parses. They are
 # marked broken, so no rule ever judges them.
@@ -157,6 +165,9 @@ def _secrets_of(parsed: ParsedSpec) -> dict[str, set[str]]:
     if parsed.usable("controlPlane.tls"):
         for mounted in mounted_secrets(spec):
             refs.setdefault(mounted.secret, set()).update(mounted.keys)
+        client = operator_client_secret(spec)
+        if client is not None:
+            refs.setdefault(client, set()).update((TLS_CERT_KEY, TLS_KEY_KEY))
     s3 = spec.s3.credentials_secret_ref if spec.s3 is not None else None
     if s3 is not None and parsed.usable("s3.credentialsSecretRef"):
         refs.setdefault(s3.secret_name, set()).update((s3.access_key_id_key, s3.secret_access_key_key))

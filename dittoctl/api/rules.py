@@ -38,7 +38,7 @@ from dittoctl.api.models import (
 )
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
-from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, mounted_secrets
+from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, TLS_CERT_KEY, TLS_KEY_KEY, mounted_secrets
 
 log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
@@ -271,6 +271,21 @@ class _Check:
         for mounted in mounted_secrets(spec):
             keys = self._secret(mounted.path, mounted.secret, *why)
             self._keys(mounted.path, mounted.secret, keys, list(mounted.keys), *why)
+        tls = spec.control_plane.tls
+        if tls is None or tls.client_ca_secret_name is None:
+            if tls is not None and tls.operator_client_secret_name is not None:
+                self.error("spec.controlPlane.tls.operatorClientSecretName", "only with clientCaSecretName (mutual "
+                           "TLS); remove it or set clientCaSecretName")
+            return
+        client = tls.operator_client_secret_name
+        path = "spec.controlPlane.tls.operatorClientSecretName"
+        if client is None:
+            self.error(path, "required with clientCaSecretName: name a kubernetes.io/tls Secret signed by that CA for "
+                       "the operator to present, or the API would lock the operator out")
+            return
+        lockout = ("the operator cannot reach the API until then", "the operator is locked out")
+        keys = self._secret(path, client, *lockout)
+        self._keys(path, client, keys, [TLS_CERT_KEY, TLS_KEY_KEY], *lockout)
 
     # -- the declared file service (SPEC §13.1) -----------------------------------------------------------
     def _file_service(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

@@ -73,6 +73,7 @@ def secret_uses(spec: DittoServerSpec, names: Names) -> list[SecretUse]:
 
 TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY = "tls.crt", "tls.key", "ca.crt"
 API_TLS_DIR = "/tls/api"  # where the control-plane TLS Secret is mounted
+CLIENT_CA_DIR = "/tls/client-ca"  # where the mutual-TLS client CA is mounted
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,17 @@ def mounted_secrets(spec: DittoServerSpec) -> list[MountedSecret]:
     tls = spec.control_plane.tls
     if tls is None:
         return []
-    return [MountedSecret("spec.controlPlane.tls.secretName", tls.secret_name, (TLS_CERT_KEY, TLS_KEY_KEY))]
+    found = [MountedSecret("spec.controlPlane.tls.secretName", tls.secret_name, (TLS_CERT_KEY, TLS_KEY_KEY))]
+    if tls.client_ca_secret_name is not None:
+        found.append(MountedSecret("spec.controlPlane.tls.clientCaSecretName", tls.client_ca_secret_name,
+                                   (TLS_CA_KEY,)))
+    return found
+
+
+def operator_client_secret(spec: DittoServerSpec) -> str | None:
+    """The client certificate the operator presents to a mutual-TLS API (read by the operator, not mounted)."""
+    tls = spec.control_plane.tls
+    return tls.operator_client_secret_name if tls is not None and tls.client_ca_secret_name else None
 
 
 def backup_credentials(spec: DittoServerSpec) -> str | None:
@@ -159,6 +170,9 @@ def watched_secrets(spec: DittoServerSpec, names: Names) -> set[str]:
     """Secret names whose changes must re-trigger a reconcile."""
     found = {use.secret for use in secret_uses(spec, names)} | {p.secret for p in provisioned_secrets(spec)}
     found |= {m.secret for m in mounted_secrets(spec)}  # a rotated CA changes what the operator trusts
+    client = operator_client_secret(spec)
+    if client is not None:
+        found.add(client)
     if spec.s3 is not None and spec.s3.credentials_secret_ref is not None:
         found.add(spec.s3.credentials_secret_ref.secret_name)  # status.s3 reports on it
     backup = backup_credentials(spec)

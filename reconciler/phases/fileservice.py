@@ -14,8 +14,10 @@ import contextlib
 import ipaddress
 import logging
 import ssl
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -27,7 +29,14 @@ from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, TLS_CA_KEY, provisioned_secrets
+from dittoctl.api.secrets import (
+    ADMIN_PASSWORD_KEY,
+    TLS_CA_KEY,
+    TLS_CERT_KEY,
+    TLS_KEY_KEY,
+    operator_client_secret,
+    provisioned_secrets,
+)
 from dittoctl.kube import metrics
 from dittoctl.kube.dittofs import (
     DittoFsAuthError,
@@ -294,18 +303,39 @@ async def _operator_password(ctx: Pass, names: Names) -> str:
 
 async def _tls(ctx: Pass, server: DittoServer, names: Names) -> TlsTarget | None:
     """The CA of the control-plane TLS Secret (ca.crt), else the system's; the certificate must name the API
-    Service. Rebuilt only when ca.crt changes (a rotated leaf needs nothing: DittoFS reloads it)."""
+    Service; with mutual TLS, the operator's client certificate. Rebuilt only when one of those changes (a
+    rotated serving leaf needs nothing: DittoFS reloads it)."""
     tls = server.spec.control_plane.tls
     if tls is None:
         return None
     mem = memory(ctx)
     digests = await _digest(ctx, tls.secret_name) or {}
-    key = f"{tls.secret_name}:{digests.get(TLS_CA_KEY, '')}"
+    client = operator_client_secret(server.spec)
+    client_digests = (await _digest(ctx, client) or {}) if client else {}
+    key = "|".join([tls.secret_name, digests.get(TLS_CA_KEY, ""), client or "",
+                    client_digests.get(TLS_CERT_KEY, ""), client_digests.get(TLS_KEY_KEY, "")])
     if mem.tls is None or mem.tls[0] != key:
         ca = await _secret_value(ctx, tls.secret_name, TLS_CA_KEY) if TLS_CA_KEY in digests else None
         context = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
+        if client:
+            _load_client_pair(context, await _secret_value(ctx, client, TLS_CERT_KEY),
+                              await _secret_value(ctx, client, TLS_KEY_KEY))
         mem.tls = (key, TlsTarget(context, names.host(names.api_service)))
     return mem.tls[1]
+
+
+def _load_client_pair(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """ssl loads a key pair only from files: a private directory that lives for the load only."""
+    with tempfile.TemporaryDirectory(prefix="dittofs-client-") as tmp:
+        cert_path, key_path = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+        cert_path.write_text(cert)
+        key_path.touch(mode=0o600)
+        key_path.write_text(key)
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise _Failed(Reason.AUTH_FAILED, f"the operator's client certificate does not load: {exc.reason}") \
+                from None
 
 
 async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str, first: bool) -> DittoFsClient:

@@ -8,7 +8,7 @@ import yaml
 
 from dittoctl.api.models import SHUTDOWN_TIMEOUT_SECONDS, DittoServerSpec
 from dittoctl.api.naming import CONFIG_FILE, Names
-from dittoctl.api.secrets import API_TLS_DIR, TLS_CERT_KEY, TLS_KEY_KEY
+from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY
 
 
 def render_config(spec: DittoServerSpec) -> str:
@@ -36,6 +36,8 @@ def render_config(spec: DittoServerSpec) -> str:
                                          "key_file": f"{API_TLS_DIR}/{TLS_KEY_KEY}"}
         if tls.min_version:
             config["controlplane"]["tls"]["min_version"] = tls.min_version
+        if tls.client_ca_secret_name:
+            config["controlplane"]["tls"]["client_ca"] = f"{CLIENT_CA_DIR}/{TLS_CA_KEY}"
     if spec.metrics.enabled:
         # v0.29.0 defaults metrics.host to 127.0.0.1, unreachable for Prometheus in a pod.
         config["metrics"] = {"enabled": True, "host": "0.0.0.0", "port": spec.metrics.port,  # noqa: S104

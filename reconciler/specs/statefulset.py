@@ -6,7 +6,7 @@ from typing import Any
 
 from dittoctl.api.models import BLOCK_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
 from dittoctl.api.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
-from dittoctl.api.secrets import API_TLS_DIR, TLS_CERT_KEY, TLS_KEY_KEY
+from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY
 from reconciler.specs.env import container_env
 from reconciler.specs.services import api_port
 
@@ -39,9 +39,11 @@ def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[st
     return merged
 
 
-def _probe(path: str, initial: int, period: int, failures: int, scheme: str) -> dict[str, Any]:
+def _probe(path: str, initial: int, period: int, failures: int, scheme: str | None) -> dict[str, Any]:
+    """``scheme`` None: a TCP check (mutual TLS, where the kubelet has no client certificate to present)."""
+    check = {"httpGet": {"path": path, "port": "api", "scheme": scheme}} if scheme else {"tcpSocket": {"port": "api"}}
     probe: dict[str, Any] = {
-        "httpGet": {"path": path, "port": "api", "scheme": scheme},
+        **check,
         "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures,
     }
     if initial:
@@ -106,7 +108,7 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
     pod_labels = {**spec.pod_labels, **labels}  # selector labels cannot be overridden
     container_security = merge_over(CONTAINER_SECURITY_DEFAULTS, spec.security_context)
     tls = spec.control_plane.tls
-    scheme = "HTTPS" if tls is not None else "HTTP"
+    scheme = None if tls is not None and tls.client_ca_secret_name else "HTTPS" if tls is not None else "HTTP"
     container: dict[str, Any] = {
         "name": "dittofs",
         "image": spec.image,
@@ -133,6 +135,10 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
         volumes.append({"name": "api-tls", "secret": {"secretName": tls.secret_name, "defaultMode": 0o440,
                                                       "items": [{"key": TLS_CERT_KEY, "path": TLS_CERT_KEY},
                                                                 {"key": TLS_KEY_KEY, "path": TLS_KEY_KEY}]}})
+        if tls.client_ca_secret_name:
+            container["volumeMounts"].append({"name": "client-ca", "mountPath": CLIENT_CA_DIR, "readOnly": True})
+            volumes.append({"name": "client-ca", "secret": {"secretName": tls.client_ca_secret_name,
+                                                            "items": [{"key": TLS_CA_KEY, "path": TLS_CA_KEY}]}})
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": spec.grace_seconds,

@@ -22,9 +22,10 @@ from certs.selfsigned import KeyPair, new_ca, new_leaf
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import API_TLS_DIR, TLS_CERT_KEY, TLS_KEY_KEY, secret_uses
+from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY, secret_uses
 from dittoctl.kube.dittofs import TlsTarget, bootstrap_operator
 from reconciler import specs
+from reconciler.phases.fileservice import _load_client_pair
 from reconciler.specs.hashing import value_digest
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from tests.support.prereqs import require
@@ -200,3 +201,51 @@ def served_serial(port: int) -> int:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_mutual_tls_admits_only_the_operator_s_client_certificate(dfs_path: Path, tmp_path: Path) -> None:
+    """clientCaSecretName: dfs demands a client certificate from that CA (rendered client_ca is a v0.29.0
+    key); the operator presents its own and provisions, a caller without one is refused."""
+    ca, client_ca = new_ca("api-ca"), new_ca("client-ca")
+    service = "demo-api.ns.svc"
+    tls_dir, ca_dir = tmp_path / "tls", tmp_path / "client-ca"
+    for directory, files in ((tls_dir, {TLS_CERT_KEY: (leaf := new_leaf(ca, [service], ["127.0.0.1"])).cert_pem,
+                                        TLS_KEY_KEY: leaf.key_pem}),
+                             (ca_dir, {TLS_CA_KEY: client_ca.cert_pem})):
+        directory.mkdir()
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+    operator_pair = new_leaf(client_ca, ["dittofs-operator"], client=True)
+    secrets = generated_secrets()
+    config, env = render({"controlPlane": {"tls": {"secretName": "api-tls", "clientCaSecretName": "client-ca",
+                                                   "operatorClientSecretName": "operator-client"}}}, secrets)
+    assert f"{CLIENT_CA_DIR}/{TLS_CA_KEY}" in config
+    config = config.replace(API_TLS_DIR, str(tls_dir)).replace(CLIENT_CA_DIR, str(ca_dir))
+    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    _load_client_pair(context, operator_pair.cert_pem.decode(), operator_pair.key_pem.decode())
+    with DfsServer(config, env, tmp_path / "dfs", tls=context) as server:
+        check(server, secrets["demo-admin-bootstrap-credentials"]["password"])
+
+        async def provision() -> list[str]:
+            password = SecretStr(secrets["demo-admin-bootstrap-credentials"]["password"])
+            client = await bootstrap_operator(f"https://127.0.0.1:{server.api_port}", password,
+                                              OPERATOR_ACCOUNT, SecretStr(new_password()),
+                                              tls=TlsTarget(context, service))
+            async with client:
+                return list((await client.observe()).users)
+
+        assert OPERATOR_ACCOUNT in asyncio.run(provision())
+        anonymous = ssl.create_default_context(cadata=ca.cert_pem.decode())  # trusts the server, no client cert
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            anonymous_get(server.api_port, anonymous, service)
+        assert UNKNOWN not in server.log_text()
+
+
+def anonymous_get(port: int, context: ssl.SSLContext, name: str) -> bytes:
+    """One request without a client certificate; with TLS 1.3 the refusal arrives on the first read."""
+    with ssl_handshake(port, context, name) as tls:
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = tls.recv(1)
+    if not answer:
+        raise ConnectionResetError("closed without an answer")
+    return answer

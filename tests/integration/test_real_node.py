@@ -582,3 +582,34 @@ def test_https_api_and_a_certificate_rotation_under_load_restart_nothing(
     assert (condition(wait_ready(testbed, namespace), "Provisioned") or {}).get("status") == "True"
     print(f"\n[real-node] TLS rotation served after {took:.1f}s, {results['ok']} handshakes, "
           f"{results['failed']} failed, pod kept")
+
+    # Mutual TLS: only client certificates from the client CA get in; the operator presents its own, so it
+    # keeps provisioning; the kubelet's probes become TCP checks.
+    clients = new_ca("dittofs-clients")
+    operator_pair = new_leaf(clients, ["dittofs-operator"], client=True)
+    for name, kind, data in (("client-ca", "Opaque", {"ca.crt": clients.cert_pem}),
+                             ("operator-client", "kubernetes.io/tls",
+                              {"tls.crt": operator_pair.cert_pem, "tls.key": operator_pair.key_pem})):
+        testbed.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": {"name": name, "namespace": namespace},
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}))
+    real_server(testbed, real_node, namespace, controlPlane={"tls": {
+        "secretName": "api-tls", "clientCaSecretName": "client-ca", "operatorClientSecretName": "operator-client"}})
+    eventually(lambda: pod(testbed, namespace)["metadata"]["uid"] != uid, timeout=90, what="pod rolled to mTLS")
+    obj = wait_ready(testbed, namespace, timeout=180)
+    assert (condition(obj, "Provisioned") or {}).get("status") == "True", "the operator still provisions"
+    mtls_pod = on_real_node(testbed, namespace)
+    assert "tcpSocket" in mtls_pod["spec"]["containers"][0]["readinessProbe"]
+    ip = mtls_pod["status"]["podIP"]
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        serial_and_get(ip, trusted, service)
+
+
+def serial_and_get(ip: str, context: ssl.SSLContext, name: str) -> bytes:
+    """A request without a client certificate (TLS 1.3 reports the refusal on the first read)."""
+    with socket.create_connection((ip, 8080), timeout=5) as raw, context.wrap_socket(raw, server_hostname=name) as tls:
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = tls.recv(1)
+    if not answer:
+        raise ConnectionResetError("closed without an answer")
+    return answer

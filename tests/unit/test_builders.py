@@ -56,6 +56,9 @@ CASES: dict[str, dict[str, Any]] = {
     },
     # HTTPS API from a mounted TLS Secret: HTTPS probes, cert files in config.yaml, never in the hash.
     "tls": {"controlPlane": {"tls": {"secretName": "demo-api-tls", "minVersion": "1.3"}}},
+    # Mutual TLS: the client CA mounted too, TCP probes (the kubelet has no client certificate).
+    "mtls": {"controlPlane": {"tls": {"secretName": "demo-api-tls", "clientCaSecretName": "demo-clients",
+                                      "operatorClientSecretName": "demo-operator-client"}}},
     # The PerconaPGCluster is part of the desired state, so `dittoctl render` and this golden show it.
     "percona": {"percona": {"enabled": True, "image": "percona/postgres:16", "backup": {
         "enabled": True, "bucket": "b", "endpoint": "https://s3.example", "credentialsSecretRef": {"name": "bk"}}}},

@@ -580,6 +580,24 @@ def test_the_api_tls_secret_must_exist_with_its_pair() -> None:
     assert (fine.messages, fine.warnings) == ([], [])
 
 
+def test_mutual_tls_needs_a_client_certificate_for_the_operator() -> None:
+    secrets = {"api-tls": frozenset({"tls.crt", "tls.key"}), "clients": frozenset({"ca.crt"}),
+               "op": frozenset({"tls.crt", "tls.key"})}
+    facts = dataclasses.replace(GOOD, secrets=secrets)
+    lockout = check({"controlPlane": {"tls": {"secretName": "api-tls", "clientCaSecretName": "clients"}}},
+                    facts=facts)
+    assert paths(lockout.messages) == ["spec.controlPlane.tls.operatorClientSecretName"]
+    assert "lock the operator out" in lockout.messages[0]
+    stray = check({"controlPlane": {"tls": {"secretName": "api-tls", "operatorClientSecretName": "op"}}}, facts=facts)
+    assert paths(stray.messages) == ["spec.controlPlane.tls.operatorClientSecretName"]
+    full = {"controlPlane": {"tls": {"secretName": "api-tls", "clientCaSecretName": "clients",
+                                     "operatorClientSecretName": "op"}}}
+    assert (check(full, facts=facts).messages, check(full, facts=facts).warnings) == ([], [])
+    no_ca = check(full, facts=dataclasses.replace(GOOD, secrets={**secrets, "clients": frozenset({"x"})}))
+    assert no_ca.warnings == ['spec.controlPlane.tls.clientCaSecretName: add key "ca.crt" to Secret "clients"; the '
+                              "pod cannot start"]
+
+
 def test_network_peers_name_one_kind_of_source_with_valid_cidrs() -> None:
     verdict = check({"networkPolicy": {
         "apiFrom": [{}, {"cidr": "10.0.0.0/8", "pods": {"a": "b"}}],
