@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGCLUSTERS, SERVICEMONITORS, Kind, kind_of
+from dittoctl.api.kinds import CERTIFICATES, DITTOSERVERS, PERCONAPGCLUSTERS, SERVICEMONITORS, Kind, kind_of
 from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE
 from dittoctl.kube.events import EventRecorder, EventType
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
@@ -46,6 +46,8 @@ class Memory:
     """(digest, length) of the user's JWT secret value last checked (never the value)."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
+    certificates: bool | None = None
+    """Whether our Certificates may exist (None: unknown since start); see service_monitor."""
     service_monitor: bool | None = None
     """Whether a ServiceMonitor may exist (None: unknown since start), so pruning costs no GET per pass."""
     fileservice: Any = None
@@ -68,7 +70,7 @@ class Discovery:
     """Which optional APIs the cluster serves right now. Refreshed on a miss and by the drift timer, so a
     CRD installed (or removed) after start (Percona, Prometheus Operator) is noticed without a restart."""
 
-    OPTIONAL = (PERCONAPGCLUSTERS, SERVICEMONITORS)
+    OPTIONAL = (PERCONAPGCLUSTERS, SERVICEMONITORS, CERTIFICATES)
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway

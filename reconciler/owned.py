@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dittoctl.api.kinds import (
+    CERTIFICATES,
     CONFIGMAPS,
     NETWORKPOLICIES,
     PERCONAPGCLUSTERS,
@@ -43,6 +44,7 @@ CHILDREN: tuple[Owned, ...] = (
     # Optional CRDs that may be installed after start: discovery decides, so they are not watched.
     Owned(PERCONAPGCLUSTERS, ("get", "create", "patch", "delete"), watched=False),
     Owned(SERVICEMONITORS, ("get", "create", "patch", "delete"), watched=False),
+    Owned(CERTIFICATES, ("get", "create", "patch", "delete"), watched=False),
     # Made by the StatefulSet controller; only their requests are raised (volume expansion), never deleted.
     Owned(PVCS, ("list", "patch"), watched=False),
 )

@@ -18,7 +18,13 @@ from dittoctl.kube.gateway import Gateway
 from reconciler import specs
 from reconciler.cache import Cache, Key
 from reconciler.context import Discovery, Memory, Pass, Provisioning, Shared
-from reconciler.phases.config import apply_config_map, apply_network_policy, apply_service_monitor, apply_services
+from reconciler.phases.config import (
+    apply_certificates,
+    apply_config_map,
+    apply_network_policy,
+    apply_service_monitor,
+    apply_services,
+)
 from reconciler.phases.database import ensure_database, postgres_secret_condition
 from reconciler.phases.deletion import finalize
 from reconciler.phases.fileservice import Provisioned, provision
@@ -85,6 +91,7 @@ class Reconciler:
                               operator_namespace=self.shared.provisioning.operator_namespace)
         await apply_config_map(ctx, desired, names)
         await apply_services(ctx, desired, names)
+        certificate_errors = await apply_certificates(ctx, desired, names)
         await apply_network_policy(ctx, desired, names)
         await apply_service_monitor(ctx, desired, names)
         database = await ensure_database(ctx, server, names, desired)
@@ -93,7 +100,7 @@ class Reconciler:
             database.condition = postgres_secret_condition(desired.missing_secret_keys, ref.name)
 
         errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
-        errors += await missing_mounted(ctx, server)
+        errors += await missing_mounted(ctx, server) + certificate_errors
         await report_missing(ctx, errors)
         reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
         short = await jwt_too_short(ctx, server, digests)

@@ -44,6 +44,7 @@ PVCS = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 EVENTS = Kind("", "v1", "events", "Event")
 STORAGECLASSES = Kind("storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False)
 NETWORKPOLICIES = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+CERTIFICATES = Kind("cert-manager.io", "v1", "certificates", "Certificate")
 SERVICEMONITORS = Kind("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
 PERCONAPGCLUSTERS = Kind("pgv2.percona.com", "v2", "perconapgclusters", "PerconaPGCluster")
 PERCONAPGBACKUPS = Kind("pgv2.percona.com", "v2", "perconapgbackups", "PerconaPGBackup")
@@ -52,7 +53,7 @@ WEBHOOKCONFIGS = Kind("admissionregistration.k8s.io", "v1", "validatingwebhookco
                       "ValidatingWebhookConfiguration", namespaced=False)
 _BY_API = {(k.api_version, k.kind): k for k in (
     DITTOSERVERS, STATEFULSETS, SERVICES, CONFIGMAPS, SECRETS, PODS, PVCS, EVENTS, STORAGECLASSES, NETWORKPOLICIES,
-    SERVICEMONITORS, PERCONAPGCLUSTERS, PERCONAPGBACKUPS, LEASES, WEBHOOKCONFIGS)}
+    SERVICEMONITORS, CERTIFICATES, PERCONAPGCLUSTERS, PERCONAPGBACKUPS, LEASES, WEBHOOKCONFIGS)}
 
 
 def kind_of(obj: Mapping[str, Any]) -> Kind:

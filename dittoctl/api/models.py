@@ -440,6 +440,28 @@ class StoresSpec(ApiModel):
     """Remote (S3) block stores."""
 
 
+class IssuerRef(ApiModel):
+    """A cert-manager issuer."""
+
+    name: ResourceName
+    """Issuer name."""
+    kind: Literal["Issuer", "ClusterIssuer"] = "Issuer"
+    """Issuer (in the DittoServer's namespace) or ClusterIssuer."""
+    group: str = "cert-manager.io"
+    """API group of the issuer (external issuers have their own)."""
+
+
+class CertificateSpec(ApiModel):
+    """Ask the operator to request the certificates from cert-manager (needs cert-manager's CRDs)."""
+
+    issuer_ref: IssuerRef
+    """Who signs them."""
+    duration: Duration | None = None
+    """Certificate lifetime (cert-manager's default 2160h)."""
+    renew_before: Duration | None = None
+    """Renew this long before expiry (cert-manager's default: a third of the duration)."""
+
+
 class ControlPlaneTlsSpec(ApiModel):
     """HTTPS for the REST API from a kubernetes.io/tls Secret (tls.crt, tls.key, optional ca.crt), mounted into
     the pod. DittoFS reloads rotated files by itself, so a renewal restarts nothing."""
@@ -455,6 +477,9 @@ class ControlPlaneTlsSpec(ApiModel):
     operator_client_secret_name: ResourceName | None = None
     """With clientCaSecretName: a kubernetes.io/tls Secret (tls.crt, tls.key) signed by that CA, which the
     operator presents (so mutual TLS never locks the operator out)."""
+    certificate: CertificateSpec | None = None
+    """Have the operator request a cert-manager Certificate <name>-api into secretName (and, with mutual
+    TLS, <name>-operator-client into operatorClientSecretName) instead of providing the Secrets yourself."""
 
 
 class ControlPlaneSpec(ApiModel):

@@ -62,6 +62,14 @@ class Names:
         return f"{self.server}-metrics"
 
     @property
+    def api_certificate(self) -> str:
+        return f"{self.server}-api"
+
+    @property
+    def operator_certificate(self) -> str:
+        return f"{self.server}-operator-client"
+
+    @property
     def network_policy(self) -> str:
         return f"{self.server}-ingress"
 

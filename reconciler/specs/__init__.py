@@ -9,6 +9,7 @@ from typing import Any
 from dittoctl.api.models import DittoServer, DittoServerSpec
 from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE, Names
 from dittoctl.api.secrets import secret_uses
+from reconciler.specs.certificates import certificates
 from reconciler.specs.config import config_map, render_config
 from reconciler.specs.hashing import config_hash, value_digest
 from reconciler.specs.monitoring import service_monitor
@@ -32,15 +33,18 @@ class Desired:
     statefulset: dict[str, Any]
     percona_cluster: dict[str, Any] | None = None
     """The control-plane database, when `percona.enabled`."""
+    certificates: list[dict[str, Any]] = field(default_factory=list)
+    """cert-manager Certificates, when asked for; applied only while cert-manager's CRD is served."""
     network_policy: dict[str, Any] | None = None
     service_monitor: dict[str, Any] | None = None
     """Wanted by the spec; applied only while the Prometheus Operator's CRD is served."""
     missing_secret_keys: list[tuple[str, str]] = field(default_factory=list)
 
     def children(self) -> list[dict[str, Any]]:
-        """In apply order: ConfigMap, Services, NetworkPolicy, ServiceMonitor, PerconaPGCluster, StatefulSet."""
+        """In apply order: ConfigMap, Services, Certificates, NetworkPolicy, ServiceMonitor, PerconaPGCluster,
+        StatefulSet."""
         optional = [c for c in (self.network_policy, self.service_monitor, self.percona_cluster) if c is not None]
-        return [self.config_map, *self.services, *optional, self.statefulset]
+        return [self.config_map, *self.services, *self.certificates, *optional, self.statefulset]
 
 
 def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_revision: int = 0,
@@ -62,6 +66,7 @@ def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_rev
         services=services(spec, names),
         statefulset=statefulset(spec, names, digest),
         percona_cluster=percona_cluster(spec, names) if spec.percona.enabled else None,
+        certificates=certificates(spec, names),
         network_policy=network_policy(spec, names, operator_namespace),
         service_monitor=service_monitor(spec, names),
         missing_secret_keys=missing,

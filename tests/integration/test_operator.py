@@ -12,7 +12,7 @@ import pytest
 from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.poll import eventually
-from tests.testbed.paths import servicemonitor_crd
+from tests.testbed.paths import certificate_crd, servicemonitor_crd
 from tests.testbed.provisioner import PROVISIONER_NAME
 
 pytestmark = pytest.mark.integration
@@ -263,3 +263,52 @@ def test_a_larger_volume_grows_its_pvcs_without_restarting_the_pod(testbed: Any,
         wait_ready(testbed, namespace)
     finally:
         testbed.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
+
+
+def test_cert_manager_certificates_are_requested_when_asked(testbed: Any, operator: OperatorProcess,
+                                                            namespace: str) -> None:
+    """controlPlane.tls.certificate (issue 14, item 1): without cert-manager the server says so; with its real
+    Certificate CRD (no controller here: issuance is the install-path issue's), the serving and the operator's
+    client Certificates are created as the schema accepts them, and deleted when no longer asked for."""
+    tls = {"secretName": "demo-api-tls", "clientCaSecretName": "demo-api-tls",
+           "operatorClientSecretName": "demo-operator-client",
+           "certificate": {"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}, "duration": "720h"}}
+    apply_server(testbed, namespace, controlPlane={"tls": tls})
+
+    def config_ready() -> dict[str, Any] | None:
+        return condition(server(testbed, namespace), "ConfigReady")
+
+    unserved = eventually(lambda: (c := config_ready()) is not None and c["status"] == "False"
+                          and "install cert-manager" in c["message"] and c, timeout=60, what="cert-manager missing")
+    assert "Secret demo-api-tls not found" in unserved["message"], unserved
+    crd = certificate_crd()
+    testbed.kubectl("apply", "--server-side", "-f", str(crd))
+    try:
+        testbed.wait_crd("certificates.cert-manager.io")
+
+        def certificates() -> dict[str, Any]:
+            items = kubectl_json(testbed, "get", "certificates.cert-manager.io", "-n", namespace)["items"]
+            return {c["metadata"]["name"]: c for c in items}
+
+        def both() -> dict[str, Any] | None:
+            found = certificates()
+            return found if len(found) == 2 else None
+
+        found = eventually(both, timeout=60, what="two Certificates")
+        serving, client = found["demo-api"], found["demo-operator-client"]
+        assert (serving["spec"]["secretName"], client["spec"]["secretName"]) == ("demo-api-tls", "demo-operator-client")
+        assert f"demo-api.{namespace}.svc" in serving["spec"]["dnsNames"]
+        assert "client auth" in client["spec"]["usages"] and "server auth" in serving["spec"]["usages"]
+        assert serving["spec"]["issuerRef"] == {"name": "ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+        def issued_secret_only() -> dict[str, Any] | None:
+            cond = config_ready()
+            return cond if cond is not None and "install cert-manager" not in cond["message"] else None
+
+        waiting = eventually(issued_secret_only, timeout=60, what="waiting for the issued Secret only")
+        assert waiting["status"] == "False" and "Secret demo-api-tls not found" in waiting["message"], waiting
+
+        apply_server(testbed, namespace)  # TLS off: our Certificates go, the server starts over HTTP
+        eventually(lambda: certificates() == {}, timeout=60, what="Certificates deleted")
+        wait_ready(testbed, namespace)
+    finally:
+        testbed.kubectl("delete", "-f", str(crd), "--ignore-not-found", "--timeout=60s", check=False)

@@ -7,7 +7,7 @@ export GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
 CACHE=${DITTOFS_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dittofs-operator/testbed}
 K8S=${K8S_VERSION:-v1.34.4} ETCD=${ETCD_VERSION:-v3.6.16} KWOK=${KWOK_VERSION:-v0.7.0}
 HELM=${HELM_VERSION:-v3.19.0} DFS=${DFS_VERSION:-v0.29.0} KUBECTL=${KUBECTL_VERSION:-v1.34.0}
-PROMOP=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}
+PROMOP=${PROMETHEUS_OPERATOR_VERSION:-v0.85.0} CERTMGR=${CERT_MANAGER_VERSION:-v1.11.5}
 START=$(date +%s)
 log() { printf '[testbed-build +%4ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 have() { [ -x "$1" ] && { log "cached: $1 ($(du -h "$1" | cut -f1))"; return 0; }; return 1; }
@@ -116,6 +116,21 @@ fetch_crds() {
   rm -rf "$out"; mv "$out.tmp" "$out"; log "prometheus-operator $PROMOP CRD: done"
 }
 
+fetch_cert_manager_crds() {
+  # cert-manager's real Certificate CRD from its module (deploy/crds). Its labels are Helm template strings,
+  # which are not valid label values: they are dropped, the schema is kept as it is.
+  local out="$CACHE/cert-manager-$CERTMGR" f=crd-certificates.yaml
+  [ -s "$out/$f" ] && { log "cached: $out/$f"; return; }
+  lock "cert-manager-$CERTMGR"; [ -s "$out/$f" ] && return
+  local dir; dir=$(go mod download -json "github.com/cert-manager/cert-manager@$CERTMGR" |
+    python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  # The metadata.labels block (2-space key, 4-space entries) before `spec:`; plain text, no YAML library.
+  awk 'BEGIN{skip=0} /^spec:/{done=1} !done && /^  labels:/{skip=1; next} skip && /^    /{next} {skip=0; print}' \
+    "$dir/deploy/crds/$f" >"$out.tmp/$f"
+  rm -rf "$out"; mv "$out.tmp" "$out"; log "cert-manager $CERTMGR Certificate CRD: done"
+}
+
 what=${1:-all}
 case "$what" in
   all)
@@ -124,11 +139,12 @@ case "$what" in
     gobin_install kwok "$KWOK" kwok sigs.k8s.io/kwok/cmd/kwok
     build_etcd
     fetch_crds
+    fetch_cert_manager_crds
     build_k8s ;;
   k8s|kubelet) build_k8s ;; etcd) build_etcd ;; kubectl|helm) fetch_kubectl ;;
   dfs) gobin_install dfs "$DFS" dfs github.com/marmos91/dittofs/cmd/dfs "-X main.version=$DFS" ;;
   kwok) gobin_install kwok "$KWOK" kwok sigs.k8s.io/kwok/cmd/kwok ;;
-  crds) fetch_crds ;;
+  crds) fetch_crds; fetch_cert_manager_crds ;;
   *) echo "usage: $0 [all|k8s|kubelet|etcd|kwok|dfs|kubectl|crds]" >&2; exit 2 ;;
 esac
 log "binaries in $CACHE"

@@ -23,6 +23,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "DFS_VERSION": "v0.29.0",
     "KUBECTL_VERSION": "v1.34.0",
     "PROMETHEUS_OPERATOR_VERSION": "v0.85.0",
+    "CERT_MANAGER_VERSION": "v1.11.5",
 }
 
 
@@ -103,6 +104,17 @@ def servicemonitor_crd(cache: Path | None = None) -> Path:
     c = cache if cache is not None else cache_dir()
     version = _version("PROMETHEUS_OPERATOR_VERSION")
     path = c / f"prometheus-operator-{version}" / "monitoring.coreos.com_servicemonitors.yaml"
+    if not path.is_file():
+        run_build("crds")
+    if not path.is_file():
+        raise RuntimeError(f"build.sh crds did not produce {path}")
+    return path
+
+
+def certificate_crd(cache: Path | None = None) -> Path:
+    """cert-manager's Certificate CRD (labels dropped), fetched by ``build.sh crds`` (on demand)."""
+    c = cache if cache is not None else cache_dir()
+    path = c / f"cert-manager-{_version('CERT_MANAGER_VERSION')}" / "crd-certificates.yaml"
     if not path.is_file():
         run_build("crds")
     if not path.is_file():

@@ -56,6 +56,10 @@ CASES: dict[str, dict[str, Any]] = {
     },
     # HTTPS API from a mounted TLS Secret: HTTPS probes, cert files in config.yaml, never in the hash.
     "tls": {"controlPlane": {"tls": {"secretName": "demo-api-tls", "minVersion": "1.3"}}},
+    # The operator requests both certificates from cert-manager.
+    "certificate": {"controlPlane": {"tls": {
+        "secretName": "demo-api-tls", "clientCaSecretName": "demo-api-tls", "operatorClientSecretName": "demo-op",
+        "certificate": {"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}, "duration": "720h"}}}},
     # Mutual TLS: the client CA mounted too, TCP probes (the kubelet has no client certificate).
     "mtls": {"controlPlane": {"tls": {"secretName": "demo-api-tls", "clientCaSecretName": "demo-clients",
                                       "operatorClientSecretName": "demo-operator-client"}}},

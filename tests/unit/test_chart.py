@@ -53,6 +53,7 @@ NAMESPACED_RULES: list[Rule] = [
     (("",), ("events",), ("create",), ()),
     (("pgv2.percona.com",), ("perconapgclusters",), ("get", "create", "patch", "delete"), ()),
     (("monitoring.coreos.com",), ("servicemonitors",), ("get", "create", "patch", "delete"), ()),
+    (("cert-manager.io",), ("certificates",), ("get", "create", "patch", "delete"), ()),
     (("pgv2.percona.com",), ("perconapgbackups",), ("list",), ()),
 ]
 CLUSTER_RULES: list[Rule] = [
