@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from dittoctl.api.fileservice.planner import API
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT
@@ -41,8 +41,15 @@ from dittoctl.api.kinds import (
 )
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, watched_secrets
-from dittoctl.kube.dittofs import DittoFsClient, DittoFsError
+from dittoctl.api.secrets import (
+    ADMIN_PASSWORD_KEY,
+    TLS_CA_KEY,
+    TLS_CERT_KEY,
+    TLS_KEY_KEY,
+    operator_client_secret,
+    watched_secrets,
+)
+from dittoctl.kube.dittofs import DittoFsClient, DittoFsError, TlsTarget
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
 
 REDACTED = "<redacted>"
@@ -185,8 +192,8 @@ def _operator_lines(text: str, namespace: str, name: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-async def _dittofs(bundle: Bundle, base_url: str, password: str) -> None:
-    async with DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), timeout=10.0) as client:
+async def _dittofs(bundle: Bundle, base_url: str, password: str, tls: TlsTarget | None) -> None:
+    async with DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), timeout=10.0, tls=tls) as client:
         await client.login()
         for path in _REST_READS:
             try:
@@ -199,8 +206,13 @@ async def collect(gateway: Gateway, name: str, namespace: str, *, operator_names
                   server_address: str = "service") -> Bundle:
     server = await gateway.get(DITTOSERVERS, name, namespace)
     names = Names(name, namespace, str(server["metadata"].get("uid", "")))
-    model = DittoServer.model_validate({**server, "status": None})
-    wanted = watched_secrets(model.spec, names) | {names.operator_secret, names.admin_secret, names.jwt_secret}
+    try:
+        model: DittoServer | None = DittoServer.model_validate({**server, "status": None})
+    except ValidationError:
+        model = None  # a spec the webhook would refuse: still worth a bundle, without what needs the model
+    wanted = {names.operator_secret, names.admin_secret, names.jwt_secret}
+    if model is not None:
+        wanted |= watched_secrets(model.spec, names)
     secrets = await _secrets(gateway, namespace, wanted)
     bundle = Bundle(secret_forms(_secret_values(secrets)))
 
@@ -255,14 +267,31 @@ async def collect(gateway: Gateway, name: str, namespace: str, *, operator_names
     except ApiError as exc:
         bundle.note("operator_logs", f"operator logs in {operator_namespace}", exc)
 
-    await _dittofs_state(bundle, gateway, names, model, listed.get("pods", []), server_address, secrets)
+    if model is None:
+        bundle.add("notes/dittofs.txt", "the spec does not validate; DittoFS's own state was not read\n")
+    else:
+        await _dittofs_state(bundle, names, model, listed.get("pods", []), server_address, secrets)
     return bundle
 
 
-async def _dittofs_state(bundle: Bundle, gateway: Gateway, names: Names, server: DittoServer,
-                         pods: list[dict[str, Any]], server_address: str, secrets: list[dict[str, Any]]) -> None:
-    creds = next((s for s in secrets if s["metadata"]["name"] == names.operator_secret), None)
-    password = base64.b64decode(((creds or {}).get("data") or {}).get(ADMIN_PASSWORD_KEY) or "").decode()
+def _value(secrets: list[dict[str, Any]], name: str | None, key: str) -> str:
+    found = next((s for s in secrets if s["metadata"]["name"] == name), None)
+    return base64.b64decode(((found or {}).get("data") or {}).get(key) or "").decode()
+
+
+def _tls(server: DittoServer, names: Names, secrets: list[dict[str, Any]]) -> TlsTarget | None:
+    """The API's TLS as the operator sees it: the Secret's ca.crt, and the operator's client pair."""
+    tls = server.spec.control_plane.tls
+    if tls is None:
+        return None
+    client = operator_client_secret(server.spec)
+    pair = (_value(secrets, client, TLS_CERT_KEY), _value(secrets, client, TLS_KEY_KEY)) if client else None
+    return TlsTarget.of(names.host(names.api_service), _value(secrets, tls.secret_name, TLS_CA_KEY) or None, pair)
+
+
+async def _dittofs_state(bundle: Bundle, names: Names, server: DittoServer, pods: list[dict[str, Any]],
+                         server_address: str, secrets: list[dict[str, Any]]) -> None:
+    password = _value(secrets, names.operator_secret, ADMIN_PASSWORD_KEY)
     if not password:
         bundle.add("notes/dittofs.txt", f"no {names.operator_secret} Secret: the operator never provisioned "
                                         "this server, so there is no account to read DittoFS with\n")
@@ -273,8 +302,10 @@ async def _dittofs_state(bundle: Bundle, gateway: Gateway, names: Names, server:
     else:
         host = names.host(names.api_service)
     try:
-        await _dittofs(bundle, f"http://{host}:{server.spec.control_plane.port}", password)
-    except (TimeoutError, DittoFsError, OSError) as exc:
+        tls = _tls(server, names, secrets)
+        scheme = "https" if tls is not None else "http"
+        await _dittofs(bundle, f"{scheme}://{host}:{server.spec.control_plane.port}", password, tls)
+    except (TimeoutError, DittoFsError, OSError) as exc:  # ssl.SSLError is an OSError
         bundle.note("dittofs", f"DittoFS's own state at {host}", exc)
 
 

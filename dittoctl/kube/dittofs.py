@@ -16,10 +16,12 @@ import asyncio
 import json
 import logging
 import ssl
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -165,6 +167,22 @@ class TlsTarget:
 
     context: ssl.SSLContext
     server_hostname: str
+
+    @classmethod
+    def of(cls, server_hostname: str, ca_pem: str | None = None,
+           client_pair: tuple[str, str] | None = None) -> TlsTarget:
+        """Trust ``ca_pem`` (else the system's CAs); present ``client_pair`` (cert, key PEM) for mutual TLS.
+        Raises ``ssl.SSLError`` for a pair that does not load."""
+        context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+        if client_pair is not None:
+            # ssl loads a key pair only from files: a private directory that lives for the load only.
+            with tempfile.TemporaryDirectory(prefix="dittofs-client-") as tmp:
+                cert_path, key_path = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+                cert_path.write_text(client_pair[0])
+                key_path.touch(mode=0o600)
+                key_path.write_text(client_pair[1])
+                context.load_cert_chain(cert_path, key_path)
+        return cls(context, server_hostname)
 
 
 class DittoFsClient:

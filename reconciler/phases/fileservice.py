@@ -14,10 +14,8 @@ import contextlib
 import ipaddress
 import logging
 import ssl
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -316,26 +314,14 @@ async def _tls(ctx: Pass, server: DittoServer, names: Names) -> TlsTarget | None
                     client_digests.get(TLS_CERT_KEY, ""), client_digests.get(TLS_KEY_KEY, "")])
     if mem.tls is None or mem.tls[0] != key:
         ca = await _secret_value(ctx, tls.secret_name, TLS_CA_KEY) if TLS_CA_KEY in digests else None
-        context = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
-        if client:
-            _load_client_pair(context, await _secret_value(ctx, client, TLS_CERT_KEY),
-                              await _secret_value(ctx, client, TLS_KEY_KEY))
-        mem.tls = (key, TlsTarget(context, names.host(names.api_service)))
-    return mem.tls[1]
-
-
-def _load_client_pair(context: ssl.SSLContext, cert: str, key: str) -> None:
-    """ssl loads a key pair only from files: a private directory that lives for the load only."""
-    with tempfile.TemporaryDirectory(prefix="dittofs-client-") as tmp:
-        cert_path, key_path = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-        cert_path.write_text(cert)
-        key_path.touch(mode=0o600)
-        key_path.write_text(key)
+        pair = (await _secret_value(ctx, client, TLS_CERT_KEY), await _secret_value(ctx, client, TLS_KEY_KEY)) \
+            if client else None
         try:
-            context.load_cert_chain(cert_path, key_path)
+            mem.tls = (key, TlsTarget.of(names.host(names.api_service), ca, pair))
         except ssl.SSLError as exc:
-            raise _Failed(Reason.AUTH_FAILED, f"the operator's client certificate does not load: {exc.reason}") \
-                from None
+            raise _Failed(Reason.AUTH_FAILED, f"the operator's client certificate in Secret {client} does not "
+                          f"load: {exc.reason}") from None
+    return mem.tls[1]
 
 
 async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str, first: bool) -> DittoFsClient:

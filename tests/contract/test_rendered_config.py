@@ -25,7 +25,6 @@ from dittoctl.api.naming import Names
 from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY, secret_uses
 from dittoctl.kube.dittofs import TlsTarget, bootstrap_operator
 from reconciler import specs
-from reconciler.phases.fileservice import _load_client_pair
 from reconciler.specs.hashing import value_digest
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from tests.support.prereqs import require
@@ -221,8 +220,9 @@ def test_mutual_tls_admits_only_the_operator_s_client_certificate(dfs_path: Path
                                                    "operatorClientSecretName": "operator-client"}}}, secrets)
     assert f"{CLIENT_CA_DIR}/{TLS_CA_KEY}" in config
     config = config.replace(API_TLS_DIR, str(tls_dir)).replace(CLIENT_CA_DIR, str(ca_dir))
-    context = ssl.create_default_context(cadata=ca.cert_pem.decode())
-    _load_client_pair(context, operator_pair.cert_pem.decode(), operator_pair.key_pem.decode())
+    target = TlsTarget.of(service, ca.cert_pem.decode(), (operator_pair.cert_pem.decode(),
+                                                          operator_pair.key_pem.decode()))
+    context = target.context
     with DfsServer(config, env, tmp_path / "dfs", tls=context) as server:
         check(server, secrets["demo-admin-bootstrap-credentials"]["password"])
 

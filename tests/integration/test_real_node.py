@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from datetime import datetime
@@ -603,6 +604,15 @@ def test_https_api_and_a_certificate_rotation_under_load_restart_nothing(
     ip = mtls_pod["status"]["podIP"]
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
         serial_and_get(ip, trusted, service)
+    # The support bundle reads DittoFS the way the operator does: over mutual TLS with its certificate.
+    out = Path(testbed.workdir) / f"report-{namespace}.tar.gz"
+    proc = subprocess.run([sys.executable, "-m", "dittoctl", "report", "demo", "-n", namespace, "-o", str(out),
+                           "--server-address", "pod", "--kubeconfig", str(testbed.kubeconfig)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert "dittofs/shares.json" in names and not [n for n in names if n.startswith("notes/dittofs")], names
 
 
 def serial_and_get(ip: str, context: ssl.SSLContext, name: str) -> bytes:
