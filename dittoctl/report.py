@@ -59,8 +59,10 @@ OPERATOR_SELECTOR = "app.kubernetes.io/name=dittofs-operator"
 # `"password": "x"`, `password: x`, `bind_password=x`, ... in JSON, YAML and logs.
 _SECRET_KEY = r"[A-Za-z_]*(?:password|passwd|secret|token|access_key_id|accesskeyid|secret_access_key)[A-Za-z_]*"
 _SECRET_FIELD = re.compile(rf'(?i)("?{_SECRET_KEY}"?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|[^\s,}}]+)')
-_REST_READS = ("/health", "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings", "/store/metadata",
-               "/store/block/local", "/store/block/remote", "/shares", "/users", "/groups", "/snapshot-policies")
+# (file in the bundle, path); /health lives outside the versioned API.
+_REST_READS = (("health", "/health"), *((p.lstrip("/"), f"{API}{p}") for p in (
+    "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings", "/store/metadata", "/store/block/local",
+    "/store/block/remote", "/shares", "/users", "/groups", "/snapshot-policies")))
 
 
 def secret_forms(values: Iterable[bytes]) -> list[str]:
@@ -195,11 +197,11 @@ def _operator_lines(text: str, namespace: str, name: str) -> str:
 async def _dittofs(bundle: Bundle, base_url: str, password: str, tls: TlsTarget | None) -> None:
     async with DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), timeout=10.0, tls=tls) as client:
         await client.login()
-        for path in _REST_READS:
+        for name, path in _REST_READS:
             try:
-                bundle.add(f"dittofs{path}.json", json.dumps(await client.request("GET", f"{API}{path}"), indent=2))
+                bundle.add(f"dittofs/{name}.json", json.dumps(await client.request("GET", path), indent=2))
             except DittoFsError as exc:
-                bundle.note(f"dittofs{path.replace('/', '_')}", f"GET {path}", exc)
+                bundle.note(f"dittofs_{name.replace('/', '_')}", f"GET {path}", exc)
 
 
 async def collect(gateway: Gateway, name: str, namespace: str, *, operator_namespace: str,

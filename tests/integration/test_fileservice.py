@@ -404,12 +404,13 @@ def check_report(testbed: Testbed, namespace: str, tmp_path: Path, planted: tupl
         files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
     for wanted in ("dittoserver.yaml", "statefulsets/demo.yaml", "pods/demo-0.yaml", "config/config.yaml",
                    "events.yaml", "logs/demo-0.dittofs.log", "dittofs/shares.json", "dittofs/users.json",
-                   "dittofs/store/block/remote.json", "dittofs/adapters.json"):
+                   "dittofs/store/block/remote.json", "dittofs/adapters.json", "dittofs/health.json"):
         assert wanted in files, f"{wanted} missing from the bundle: {sorted(files)}"
     assert "/export" in files["dittofs/shares.json"] and "alice" in files["dittofs/users.json"]
     assert "<redacted>" in files["dittofs/store/block/remote.json"], "the access key id DittoFS shows"
     assert "<redacted>" in files["dittoserver.yaml"], "the base64 form in the annotation"
     assert not any(p.startswith("secrets/") for p in files), "Secret objects are never bundled"
+    assert not [p for p in files if p.startswith("notes/dittofs")], "every DittoFS read succeeded"
     text = "\n".join(files.values())
     for value in planted:
         raw = value.encode()
