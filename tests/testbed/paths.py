@@ -99,27 +99,25 @@ class Binaries:
         return out
 
 
-def servicemonitor_crd(cache: Path | None = None) -> Path:
-    """The Prometheus Operator's ServiceMonitor CRD, fetched by ``build.sh crds`` (on demand)."""
-    c = cache if cache is not None else cache_dir()
-    version = _version("PROMETHEUS_OPERATOR_VERSION")
-    path = c / f"prometheus-operator-{version}" / "monitoring.coreos.com_servicemonitors.yaml"
+def _crd(directory: str, file: str, cache: Path | None) -> Path:
+    """A CRD file ``build.sh crds`` fetched from its project's module (on demand)."""
+    path = (cache if cache is not None else cache_dir()) / directory / file
     if not path.is_file():
         run_build("crds")
     if not path.is_file():
         raise RuntimeError(f"build.sh crds did not produce {path}")
     return path
+
+
+def servicemonitor_crd(cache: Path | None = None) -> Path:
+    """The Prometheus Operator's ServiceMonitor CRD."""
+    return _crd(f"prometheus-operator-{_version('PROMETHEUS_OPERATOR_VERSION')}",
+                "monitoring.coreos.com_servicemonitors.yaml", cache)
 
 
 def certificate_crd(cache: Path | None = None) -> Path:
-    """cert-manager's Certificate CRD (labels dropped), fetched by ``build.sh crds`` (on demand)."""
-    c = cache if cache is not None else cache_dir()
-    path = c / f"cert-manager-{_version('CERT_MANAGER_VERSION')}" / "crd-certificates.yaml"
-    if not path.is_file():
-        run_build("crds")
-    if not path.is_file():
-        raise RuntimeError(f"build.sh crds did not produce {path}")
-    return path
+    """cert-manager's Certificate CRD (its Helm-templated labels dropped)."""
+    return _crd(f"cert-manager-{_version('CERT_MANAGER_VERSION')}", "crd-certificates.yaml", cache)
 
 
 def run_build(what: str = "all") -> None:
