@@ -564,6 +564,95 @@ class AdminSpec(ApiModel):
     """Initial password. Generated as <name>-admin-bootstrap-credentials when unset; used at first boot."""
 
 
+_LDAP_URL = r"^ldaps?://[^\s/]+/?$"
+_LDAP_ATTRIBUTE = r"^[A-Za-z][A-Za-z0-9-]*$"
+_REALM = r"^[^@/\s]*$"
+_NETBIOS = r"^[^.@/\s]*$"
+_PRINCIPAL = r"^[^@\s]+(@[^@/\s]+)?$"
+PATTERN_MESSAGES.update({
+    _LDAP_URL: "must be ldaps://host[:port] or ldap://host[:port]",
+    _LDAP_ATTRIBUTE: "must be an LDAP attribute name (a letter, then letters, digits or '-')",
+    _REALM: "must not contain '@', '/' or spaces",
+    _NETBIOS: "must be a single label (no '.', '@', '/' or spaces)",
+    _PRINCIPAL: "must be a principal such as nfs/files.example.com@EXAMPLE.COM",
+})
+
+
+class LdapSpec(ApiModel):
+    """An LDAP / Active Directory identity provider. DittoFS seeds it from the config at first boot and keeps
+    it in its database; the operator converges later edits and bind-password rotations over the REST API,
+    which DittoFS applies live."""
+
+    url: str = Field(pattern=_LDAP_URL)
+    """Directory URL: ldaps://dc.example.com:636 (preferred) or ldap://dc.example.com:389 with startTLS."""
+    start_tls: bool = False
+    """Upgrade an ldap:// connection with StartTLS (ignored for ldaps://)."""
+    allow_plaintext: bool = False
+    """Explicitly allow binding over unencrypted ldap:// without StartTLS (lab use only)."""
+    base_dn: str = Field(min_length=1)
+    """Search base, e.g. DC=example,DC=com."""
+    bind_dn: str = Field(min_length=1)
+    """Service account the server binds as before searching."""
+    bind_password_secret_ref: SecretKeyRef
+    """The service account's password (a rotation is applied live, without a restart)."""
+    user_attribute: str = Field("sAMAccountName", pattern=_LDAP_ATTRIBUTE)
+    """Attribute matched against the user name."""
+    realm: str = Field("", pattern=_REALM)
+    """Expected AD realm, e.g. EXAMPLE.COM (matches user@REALM principals)."""
+    id_mapping: Literal["rfc2307", "rid"] = "rfc2307"
+    """How uid/gid are derived: rfc2307 (uidNumber/gidNumber attributes) or rid (from the SID, like
+    Samba's idmap_rid)."""
+    nested_groups: bool = False
+    """Resolve nested group memberships (AD LDAP_MATCHING_RULE_IN_CHAIN)."""
+    timeout: Duration = "10s"
+    """Bound on each directory operation (dial, bind, search)."""
+    max_group_results: int = Field(200, ge=1)
+    """Cap on the groups resolved for one user."""
+    ca_secret_ref: SecretKeyRef | None = None
+    """CA bundle (PEM) that signs the directory's certificate; unset: the image's system roots."""
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    """Lowest TLS version for the directory connection."""
+
+
+class MachineAccountSpec(ApiModel):
+    """An AD machine account for NTLM pass-through (NETLOGON) over SMB."""
+
+    account_name: str = Field(min_length=1)
+    """The computer account, e.g. DITTOFS$."""
+    secret_ref: SecretKeyRef
+    """The machine account's password (a rotation is applied live)."""
+    dc_addresses: list[str] = Field(default_factory=list)
+    """Domain controllers (host or host:port); unset: discovered through DNS."""
+
+
+class KerberosSpec(ApiModel):
+    """Kerberos (RPCSEC_GSS for NFS, SPNEGO for SMB). The keytab and krb5.conf are mounted from Secrets: a
+    rotated keytab is reloaded by DittoFS (within a minute), a rotated krb5.conf restarts the pod. DittoFS
+    keeps the other fields in its database after the first boot, so a change is sent over the REST API and
+    applied by a restart."""
+
+    service_principal: str = Field(min_length=1, pattern=_PRINCIPAL)
+    """The server's principal, e.g. nfs/files.example.com@EXAMPLE.COM."""
+    keytab_secret_ref: SecretKeyRef
+    """The keytab holding the service principal's keys."""
+    krb5_conf_secret_ref: SecretKeyRef
+    """The krb5.conf (realms, KDCs); DittoFS cannot start Kerberos without one."""
+    realm: str = Field("", pattern=_REALM)
+    """Default realm, e.g. EXAMPLE.COM."""
+    netbios_domain: str = Field("", pattern=_NETBIOS)
+    """NetBIOS domain for SMB, e.g. EXAMPLE."""
+    dns_domain: str = Field("", pattern=_REALM)
+    """DNS domain for SMB, e.g. example.com."""
+    max_clock_skew: Duration = "5m"
+    """Tolerated clock skew."""
+    context_ttl: Duration = "8h"
+    """Lifetime of an established GSS context."""
+    max_contexts: int = Field(10000, ge=1)
+    """Cap on concurrent GSS contexts."""
+    machine_account: MachineAccountSpec | None = None
+    """NTLM pass-through through an AD machine account."""
+
+
 class IdentitySpec(ApiModel):
     """Authentication settings."""
 
@@ -571,6 +660,10 @@ class IdentitySpec(ApiModel):
     """JWT settings."""
     admin: AdminSpec = Field(default_factory=AdminSpec)
     """Administrator."""
+    ldap: LdapSpec | None = None
+    """LDAP / Active Directory identity provider."""
+    kerberos: KerberosSpec | None = None
+    """Kerberos authentication."""
 
 
 class LoggingSpec(ApiModel):

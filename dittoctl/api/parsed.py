@@ -162,9 +162,10 @@ def _secrets_of(parsed: ParsedSpec) -> dict[str, set[str]]:
         for provisioned in provisioned_secrets(spec):
             if not provisioned.optional:
                 refs.setdefault(provisioned.secret, set()).add(provisioned.key)
-    if parsed.usable("controlPlane.tls"):
-        for mounted in mounted_secrets(spec):
+    for mounted in mounted_secrets(spec):
+        if parsed.usable(mounted.path.removeprefix("spec.")):
             refs.setdefault(mounted.secret, set()).update(mounted.keys)
+    if parsed.usable("controlPlane.tls"):
         client = operator_client_secret(spec)
         if client is not None:
             refs.setdefault(client, set()).update((TLS_CERT_KEY, TLS_KEY_KEY))

@@ -180,6 +180,8 @@ class _Check:
         self._database(parsed, spec)  # rules 8, 10 (Postgres)
         self._identity_secrets(parsed, spec)  # rule 10 (JWT, admin)
         self._api_tls(parsed, spec)
+        self._mounted(parsed, spec)
+        self._identity_providers(parsed, spec)
         self._file_service(parsed, spec)  # SPEC §13.1: shares, users, groups, stores
         self._adapter_settings(parsed, spec)
         self._deprecations(parsed, spec)  # rule 14
@@ -264,13 +266,50 @@ class _Check:
                        f"v0.29.0 always bootstraps the account {BOOTSTRAP_ADMIN!r}; remove the field, and declare "
                        "other accounts in spec.users")
 
+    def _mounted(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        why = ("the pod cannot start without it (cert-manager may still be issuing it)", "the pod cannot start")
+        for mounted in mounted_secrets(spec):
+            if parsed.usable(mounted.path.removeprefix("spec.")):
+                keys = self._secret(mounted.path, mounted.secret, *why)
+                self._keys(mounted.path, mounted.secret, keys, list(mounted.keys), *why)
+
+    def _identity_providers(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        ldap = spec.identity.ldap
+        if ldap is not None and parsed.usable("identity.ldap"):
+            path = "spec.identity.ldap"
+            plaintext = ldap.url.lower().startswith("ldap://")
+            if plaintext and not ldap.start_tls and not ldap.allow_plaintext:
+                self.error(f"{path}.url", f"{_show(ldap.url)} sends the bind password in clear text; use ldaps://, or "
+                           "set startTLS: true, or (lab only) allowPlaintext: true")
+            elif not plaintext and ldap.start_tls:
+                self.warn(f"{path}.startTLS", "ignored with ldaps:// (the connection is already encrypted); remove it")
+            if ldap.ca_secret_ref is not None and plaintext and not ldap.start_tls:
+                self.warn(f"{path}.caSecretRef", "unused without TLS; use ldaps:// or startTLS: true")
+            ref = ldap.bind_password_secret_ref
+            keys = self._secret(f"{path}.bindPasswordSecretRef", ref.name, *_POD_FAILS)
+            self._keys(f"{path}.bindPasswordSecretRef", ref.name, keys, [ref.key], *_POD_FAILS)
+        kerberos = spec.identity.kerberos
+        if kerberos is not None and parsed.usable("identity.kerberos"):
+            path = "spec.identity.kerberos"
+            realm = kerberos.service_principal.partition("@")[2]
+            if realm and kerberos.realm and realm != kerberos.realm:
+                self.error(f"{path}.realm", f"{_show(kerberos.realm)} differs from the service principal's realm "
+                           f"{_show(realm)}; make them equal or remove realm (it defaults to the principal's)")
+            if not realm and not kerberos.realm:
+                self.error(f"{path}.realm", "required when servicePrincipal has no @REALM suffix; set realm (e.g. "
+                           "EXAMPLE.COM) or write the principal as nfs/host@EXAMPLE.COM")
+            machine = kerberos.machine_account
+            if machine is not None:
+                if not kerberos.netbios_domain:
+                    self.error(f"{path}.netbiosDomain", "required with machineAccount (NTLM pass-through needs the "
+                               "domain's NetBIOS name, e.g. EXAMPLE)")
+                ref = machine.secret_ref
+                keys = self._secret(f"{path}.machineAccount.secretRef", ref.name, *_POD_FAILS)
+                self._keys(f"{path}.machineAccount.secretRef", ref.name, keys, [ref.key], *_POD_FAILS)
+
     def _api_tls(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         if not parsed.usable("controlPlane.tls"):
             return
-        why = ("the pod cannot start without it (cert-manager may still be issuing it)", "the pod cannot start")
-        for mounted in mounted_secrets(spec):
-            keys = self._secret(mounted.path, mounted.secret, *why)
-            self._keys(mounted.path, mounted.secret, keys, list(mounted.keys), *why)
         tls = spec.control_plane.tls
         if tls is None or tls.client_ca_secret_name is None:
             if tls is not None and tls.operator_client_secret_name is not None:

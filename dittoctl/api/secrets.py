@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.models import DittoServerSpec, SecretKeyRef
 from dittoctl.api.naming import Names
 
 ADMIN_PASSWORD_KEY = "password"
@@ -30,6 +30,9 @@ class SecretUse:
     optional: bool = False
     generated: bool = False
     """Made by the operator (<name>-jwt, ...) or by Percona, never by the user."""
+    hashed: bool = True
+    """False for a value DittoFS reads only at its first boot and the operator rotates over REST (a bind
+    password): a rotation must not restart the pod."""
 
     def env_var(self) -> dict[str, Any]:
         ref: dict[str, Any] = {"name": self.secret, "key": self.key}
@@ -68,32 +71,90 @@ def secret_uses(spec: DittoServerSpec, names: Names) -> list[SecretUse]:
         if admin else SecretUse(names.admin_secret, ADMIN_PASSWORD_KEY, "DITTOFS_ADMIN_INITIAL_PASSWORD",
                                 generated=True),
         *_postgres_uses(spec, names),
+        *_identity_uses(spec),
     ]
+
+
+def _identity_uses(spec: DittoServerSpec) -> list[SecretUse]:
+    """Passwords DittoFS needs at its first boot (its config check refuses an LDAP section without one); later
+    rotations go over REST (see ``provisioned_secrets``)."""
+    uses: list[SecretUse] = []
+    ldap, kerberos = spec.identity.ldap, spec.identity.kerberos
+    if ldap is not None:
+        ref = ldap.bind_password_secret_ref
+        uses.append(SecretUse(ref.name, ref.key, "DITTOFS_LDAP_BIND_PASSWORD",
+                              ("identity.ldap.bindPasswordSecretRef",), hashed=False))
+    if kerberos is not None and kerberos.machine_account is not None:
+        ref = kerberos.machine_account.secret_ref
+        uses.append(SecretUse(ref.name, ref.key, "DITTOFS_KERBEROS_MACHINE_ACCOUNT_SECRET",
+                              ("identity.kerberos.machineAccount.secretRef",), hashed=False))
+    return uses
+
+
+def hashed_secret_keys(spec: DittoServerSpec, names: Names) -> list[tuple[str, str]]:
+    """(secret, key) pairs whose value joins the config hash: a change restarts the pod."""
+    keys = [(u.secret, u.key) for u in secret_uses(spec, names) if u.hashed]
+    return keys + [(m.secret, key) for m in mounted_secrets(spec) if m.hashed for key in m.keys]
+
+
+def consumed_keys(spec: DittoServerSpec, names: Names) -> list[tuple[str, str]]:
+    """(secret, key) pairs the reconciler digests before building: the environment and the hashed files."""
+    keys = [(u.secret, u.key) for u in secret_uses(spec, names)]
+    return keys + [(m.secret, key) for m in mounted_secrets(spec) if m.hashed for key in m.keys]
 
 
 TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY = "tls.crt", "tls.key", "ca.crt"
 API_TLS_DIR = "/tls/api"  # where the control-plane TLS Secret is mounted
 CLIENT_CA_DIR = "/tls/client-ca"  # where the mutual-TLS client CA is mounted
+LDAP_CA_FILE = "/identity/ldap-ca/ca.crt"
+KEYTAB_FILE = "/identity/kerberos/krb5.keytab"
+KRB5_CONF_FILE = "/identity/krb5/krb5.conf"
 
 
 @dataclass(frozen=True)
 class MountedSecret:
-    """A Secret the pod mounts as files: it must exist with ``keys`` for the pod to start, but it is not
-    hashed into the config (DittoFS reloads rotated certificate files itself)."""
+    """A Secret the pod mounts as files: it must exist with every key for the pod to start. ``files`` maps
+    each key to its file name under ``directory``."""
 
     path: str
     secret: str
-    keys: tuple[str, ...]
+    volume: str
+    directory: str
+    files: tuple[tuple[str, str], ...]
+    hashed: bool = False
+    """DittoFS reads the file only at start (krb5.conf): its digest joins the config hash. Certificates,
+    the LDAP CA and the keytab are re-read by DittoFS, so their rotation restarts nothing."""
+    mode: int | None = None
+    """0440 for private keys (with the pod's fsGroup: readable by the server's group only)."""
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self.files)
+
+
+def _file(secret_path: str, ref: SecretKeyRef, volume: str, file: str, *, hashed: bool = False,
+          mode: int | None = None) -> MountedSecret:
+    directory, _, name = file.rpartition("/")
+    return MountedSecret(secret_path, ref.name, volume, directory, ((ref.key, name),), hashed, mode)
 
 
 def mounted_secrets(spec: DittoServerSpec) -> list[MountedSecret]:
+    found: list[MountedSecret] = []
     tls = spec.control_plane.tls
-    if tls is None:
-        return []
-    found = [MountedSecret("spec.controlPlane.tls.secretName", tls.secret_name, (TLS_CERT_KEY, TLS_KEY_KEY))]
-    if tls.client_ca_secret_name is not None:
-        found.append(MountedSecret("spec.controlPlane.tls.clientCaSecretName", tls.client_ca_secret_name,
-                                   (TLS_CA_KEY,)))
+    if tls is not None:
+        found.append(MountedSecret("spec.controlPlane.tls.secretName", tls.secret_name, "api-tls", API_TLS_DIR,
+                                   ((TLS_CERT_KEY, TLS_CERT_KEY), (TLS_KEY_KEY, TLS_KEY_KEY)), mode=0o440))
+        if tls.client_ca_secret_name is not None:
+            found.append(MountedSecret("spec.controlPlane.tls.clientCaSecretName", tls.client_ca_secret_name,
+                                       "client-ca", CLIENT_CA_DIR, ((TLS_CA_KEY, TLS_CA_KEY),)))
+    ldap, kerberos = spec.identity.ldap, spec.identity.kerberos
+    if ldap is not None and ldap.ca_secret_ref is not None:
+        found.append(_file("spec.identity.ldap.caSecretRef", ldap.ca_secret_ref, "ldap-ca", LDAP_CA_FILE))
+    if kerberos is not None:
+        found.append(_file("spec.identity.kerberos.keytabSecretRef", kerberos.keytab_secret_ref, "keytab",
+                           KEYTAB_FILE, mode=0o440))
+        found.append(_file("spec.identity.kerberos.krb5ConfSecretRef", kerberos.krb5_conf_secret_ref, "krb5-conf",
+                           KRB5_CONF_FILE, hashed=True))
     return found
 
 
@@ -163,6 +224,24 @@ def provisioned_secrets(spec: DittoServerSpec) -> list[ProvisionedSecret]:
         found.extend(remote_store_credentials(spec, i).values())
     for i in range(len(spec.stores.metadata or [])):
         found.extend(postgres_store_secrets(spec, i).values())
+    return found + list(identity_secrets(spec).values())
+
+
+LDAP_PASSWORD_SLOT = "ldap"
+MACHINE_SECRET_SLOT = "kerberos"
+
+
+def identity_secrets(spec: DittoServerSpec) -> dict[str, ProvisionedSecret]:
+    """The identity providers' passwords, sent over REST when they rotate (DittoFS applies them live)."""
+    found: dict[str, ProvisionedSecret] = {}
+    ldap, kerberos = spec.identity.ldap, spec.identity.kerberos
+    if ldap is not None:
+        ref = ldap.bind_password_secret_ref
+        found[LDAP_PASSWORD_SLOT] = ProvisionedSecret("spec.identity.ldap.bindPasswordSecretRef", ref.name, ref.key)
+    if kerberos is not None and kerberos.machine_account is not None:
+        ref = kerberos.machine_account.secret_ref
+        found[MACHINE_SECRET_SLOT] = ProvisionedSecret("spec.identity.kerberos.machineAccount.secretRef", ref.name,
+                                                       ref.key)
     return found
 
 

@@ -330,13 +330,22 @@ class DittoFsClient:
         names = [share_name(s["name"]) for s in shares_raw or []]
         detail = names if wanted.details is None else sorted({share_name(n) for n in wanted.details} & set(names))
         details = await asyncio.gather(*(self._share_details(n) for n in detail))
+        identity = await asyncio.gather(*(self._identity_provider(t) for t in wanted.identity))
         return Observed(
+            identity={t: record for t, record in zip(wanted.identity, identity, strict=True) if record is not None},
             users=parse_users(got["/users"]), groups=parse_groups(got.get("/groups")),
             adapters=parse_adapters(got["/adapters"]),
             adapter_settings={t: got.get(f"/adapters/{t}/settings") or {} for t in ("nfs", "smb")}, stores=stores,
             shares=parse_shares(shares_raw, stores, {n: nfs for n, (nfs, _) in zip(detail, details, strict=True)},
                                 {n: perms for n, (_, perms) in zip(detail, details, strict=True)}),
             snapshot_policies=parse_snapshot_policies(got.get("/snapshot-policies")))
+
+    async def _identity_provider(self, kind: str) -> dict[str, Any] | None:
+        try:
+            record: dict[str, Any] = await self.request("GET", f"{API}/identity-providers/{kind}/config")
+        except DittoFsNotFound:
+            return None  # never configured
+        return record
 
     async def _share_details(self, name: str) -> tuple[Any, Any]:
         base = f"{API}/shares/{name.lstrip('/')}"
@@ -370,7 +379,7 @@ class DittoFsClient:
                                       path=call.path)
             value = secret.get_secret_value()
             values.append(value)
-            target = body.setdefault("config", {}) if sf.in_config and body is not None else body
+            target = body.setdefault(sf.within, {}) if sf.within and body is not None else body
             if target is not None:
                 target[sf.key] = _integer(call, sf.key, value) if sf.integer else value
         if body is not None and call.kind in _STORE_CALLS:

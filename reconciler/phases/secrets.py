@@ -16,7 +16,7 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, mounted_secrets, secret_uses
+from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, consumed_keys, mounted_secrets
 from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
 from reconciler.cache import SecretDigest, secret_digest
@@ -97,11 +97,11 @@ class Consumed:
 async def consumed_digests(ctx: Pass, server: DittoServer, names: Names) -> Consumed:
     digests: dict[tuple[str, str], str | None] = {}
     absent: set[str] = set()
-    for use in secret_uses(server.spec, names):
-        data = await _digest(ctx, use.secret)
+    for secret, key in consumed_keys(server.spec, names):
+        data = await _digest(ctx, secret)
         if data is None:
-            absent.add(use.secret)
-        digests[(use.secret, use.key)] = None if data is None else data.get(use.key)
+            absent.add(secret)
+        digests[(secret, key)] = None if data is None else data.get(key)
     return Consumed(digests, frozenset(absent))
 
 

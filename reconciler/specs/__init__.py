@@ -8,7 +8,7 @@ from typing import Any
 
 from dittoctl.api.models import DittoServer, DittoServerSpec
 from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE, Names
-from dittoctl.api.secrets import secret_uses
+from dittoctl.api.secrets import consumed_keys, hashed_secret_keys, secret_uses
 from reconciler.specs.certificates import certificates
 from reconciler.specs.config import config_map, render_config
 from reconciler.specs.hashing import config_hash, value_digest
@@ -54,11 +54,12 @@ def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_rev
     the NetworkPolicy."""
     text = render_config(spec)
     uses = secret_uses(spec, names)
-    triples = [(u.secret, u.key, digests.get((u.secret, u.key))) for u in uses]
+    triples = [(secret, key, digests.get((secret, key))) for secret, key in hashed_secret_keys(spec, names)]
     if store_revision:
         triples.append(("<store-revision>", "", str(store_revision)))
     missing = sorted({(u.secret, u.key) for u in uses if not u.optional and digests.get((u.secret, u.key)) is None})
-    digest = config_hash(text, triples)
+    seeded = spec.identity.ldap is not None or spec.identity.kerberos is not None
+    digest = config_hash(render_config(spec, seeds=False) if seeded else text, triples)
     return Desired(
         config_text=text,
         config_hash=digest,
@@ -77,6 +78,6 @@ def render_offline(server: DittoServer) -> Desired:
     """What the operator would apply, without a cluster: Secret values are unknown, so each consumed key's
     digest is taken over its reference (stable output for reviews and GitOps diffs)."""
     names = Names.of(server)
-    digests = {(u.secret, u.key): value_digest(f"{u.secret}/{u.key}".encode())
-               for u in secret_uses(server.spec, names)}
+    digests = {(secret, key): value_digest(f"{secret}/{key}".encode())
+               for secret, key in consumed_keys(server.spec, names)}
     return build(server.spec, names, digests)

@@ -9,10 +9,13 @@ import yaml
 from dittoctl.api.models import SHUTDOWN_TIMEOUT_SECONDS, DittoServerSpec
 from dittoctl.api.naming import CONFIG_FILE, Names
 from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY
+from reconciler.specs.identity import identity_config
 
 
-def render_config(spec: DittoServerSpec) -> str:
-    """Deterministic YAML: no secrets (those arrive as environment variables, see `env.py`)."""
+def render_config(spec: DittoServerSpec, *, seeds: bool = True) -> str:
+    """Deterministic YAML: no secrets (those arrive as environment variables, see `env.py`). ``seeds=False``
+    leaves out the sections DittoFS reads only at its first boot (the identity providers): the config hash
+    is taken over that, so editing them restarts nothing (the planner applies them over REST)."""
     config: dict[str, Any] = {
         "logging": {"level": spec.logging.level, "format": spec.logging.format, "output": "stdout"},
         "shutdown_timeout": f"{SHUTDOWN_TIMEOUT_SECONDS}s",
@@ -42,6 +45,8 @@ def render_config(spec: DittoServerSpec) -> str:
         # v0.29.0 defaults metrics.host to 127.0.0.1, unreachable for Prometheus in a pod.
         config["metrics"] = {"enabled": True, "host": "0.0.0.0", "port": spec.metrics.port,  # noqa: S104
                              "path": spec.metrics.path}
+    if seeds:
+        config.update(identity_config(spec))
     # No `admin` block: v0.29.0 reads admin.username only in `dfs init`; the bootstrap user is always
     # `admin`, its password comes from DITTOFS_ADMIN_INITIAL_PASSWORD (docs/DITTOFS_FACTS.md).
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

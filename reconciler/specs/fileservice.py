@@ -24,10 +24,18 @@ from dittoctl.api.fileservice import (
     UserSpec,
 )
 from dittoctl.api.fileservice.observed import duration_seconds
-from dittoctl.api.fileservice.types import Scalar
+from dittoctl.api.fileservice.types import IdentityProviderSpec, Scalar
 from dittoctl.api.models import BLOCK_PATH, DEFAULT_STORE, METADATA_PATH, DittoServerSpec
 from dittoctl.api.quantity import parse_quantity
-from dittoctl.api.secrets import ProvisionedSecret, postgres_store_secrets, remote_store_credentials
+from dittoctl.api.secrets import (
+    LDAP_PASSWORD_SLOT,
+    MACHINE_SECRET_SLOT,
+    ProvisionedSecret,
+    identity_secrets,
+    postgres_store_secrets,
+    remote_store_credentials,
+)
+from reconciler.specs.identity import KERBEROS_DURATIONS, LDAP_DURATIONS, kerberos_record, ldap_record
 
 # (secret, key) -> digest of the value (the cache's), None when the Secret or key is missing.
 DigestOf = Callable[[str, str], str | None]
@@ -155,7 +163,40 @@ def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str) -> tuple[Fil
     declared_shares = shares(spec)
     return FileService(adapters=adapters(spec), stores=stores(spec, digest_of, salt, missing),
                        shares=declared_shares, users=tuple(users),
-                       groups=tuple(GroupSpec(g.name, g.gid) for g in spec.groups)), missing
+                       groups=tuple(GroupSpec(g.name, g.gid) for g in spec.groups),
+                       identity=identity_providers(spec, digest_of, salt, missing)), missing
+
+
+def identity_providers(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
+                       missing: list[str]) -> tuple[IdentityProviderSpec, ...]:
+    """The LDAP and Kerberos records, with their write-only password (a provider whose password Secret is
+    missing is left out, and named)."""
+    passwords = identity_secrets(spec)
+    found: list[IdentityProviderSpec] = []
+
+    def password(slot: str, what: str) -> tuple[bool, SecretValue | None]:
+        """(usable, the password if one is declared)."""
+        use = passwords.get(slot)
+        if use is None:
+            return True, None
+        digest = digest_of(use.secret, use.key)
+        if digest is None:
+            missing.append(f"Secret {use.secret} key {use.key} ({what})")
+            return False, None
+        return True, SecretValue(secret_ref(use.secret, use.key), salted(salt, digest))
+
+    ldap, kerberos = spec.identity.ldap, spec.identity.kerberos
+    if ldap is not None:
+        usable, secret = password(LDAP_PASSWORD_SLOT, "LDAP bind password")
+        if usable:
+            found.append(IdentityProviderSpec("ldap", ldap_record(ldap), secret, "bind_password",
+                                              durations=LDAP_DURATIONS))
+    if kerberos is not None:
+        usable, secret = password(MACHINE_SECRET_SLOT, "Kerberos machine account password")
+        if usable:
+            found.append(IdentityProviderSpec("kerberos", kerberos_record(kerberos), secret, "secret",
+                                              within="machine_account", restart=True, durations=KERBEROS_DURATIONS))
+    return tuple(found)
 
 
 ShareUsage = tuple[int | None, bool | None]  # (used bytes, remote store healthy); None = not known yet

@@ -6,7 +6,7 @@ from typing import Any
 
 from dittoctl.api.models import BLOCK_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
 from dittoctl.api.naming import CONFIG_DIR, CONFIG_FILE, HASH_ANNOTATION, Names
-from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY
+from dittoctl.api.secrets import mounted_secrets
 from reconciler.specs.env import container_env
 from reconciler.specs.services import api_port
 
@@ -129,16 +129,13 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
     if spec.resources:
         container["resources"] = spec.resources
     volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": names.config_map}}]
-    if tls is not None:
-        container["volumeMounts"].append({"name": "api-tls", "mountPath": API_TLS_DIR, "readOnly": True})
-        # 0440 + the pod's fsGroup: the key is readable by the server's group only.
-        volumes.append({"name": "api-tls", "secret": {"secretName": tls.secret_name, "defaultMode": 0o440,
-                                                      "items": [{"key": TLS_CERT_KEY, "path": TLS_CERT_KEY},
-                                                                {"key": TLS_KEY_KEY, "path": TLS_KEY_KEY}]}})
-        if tls.client_ca_secret_name:
-            container["volumeMounts"].append({"name": "client-ca", "mountPath": CLIENT_CA_DIR, "readOnly": True})
-            volumes.append({"name": "client-ca", "secret": {"secretName": tls.client_ca_secret_name,
-                                                            "items": [{"key": TLS_CA_KEY, "path": TLS_CA_KEY}]}})
+    for mounted in mounted_secrets(spec):
+        container["volumeMounts"].append({"name": mounted.volume, "mountPath": mounted.directory, "readOnly": True})
+        source: dict[str, Any] = {"secretName": mounted.secret}
+        if mounted.mode is not None:
+            source["defaultMode"] = mounted.mode
+        source["items"] = [{"key": key, "path": file} for key, file in mounted.files]
+        volumes.append({"name": mounted.volume, "secret": source})
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": spec.grace_seconds,

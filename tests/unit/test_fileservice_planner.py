@@ -229,8 +229,8 @@ def test_full_plan_from_a_fresh_server_is_ordered_by_dependency() -> None:
                                                          "name_prefix": "op", "ttl": "72h"}
     remote = next(c for c in p.calls if c.kind is Kind.REMOTE_STORE)
     assert remote.body == {"name": "s3", "type": "s3", "config": {"bucket": "b", "region": "eu-west-1"}}
-    assert [(s.key, s.secret.ref, s.in_config) for s in remote.secrets] == [
-        ("access_key_id", "s3/id", True), ("secret_access_key", "s3/key", True)]
+    assert [(s.key, s.secret.ref, s.within) for s in remote.secrets] == [
+        ("access_key_id", "s3/id", "config"), ("secret_access_key", "s3/key", "config")]
     # The wire form of a store body: config as a JSON string.
     assert store_body_json(remote.body)["config"] == '{"bucket": "b", "region": "eu-west-1"}'
     # Admin-role accounts must change their password once: the executor does it.

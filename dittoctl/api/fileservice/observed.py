@@ -124,6 +124,9 @@ class Observed:
     stores: Mapping[StoreKind, Mapping[str, ApiStore]] = field(default_factory=dict)
     shares: Mapping[str, ObservedShare] = field(default_factory=dict)
     snapshot_policies: Mapping[str, ApiSnapshotPolicy] = field(default_factory=dict)
+    identity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Identity-provider records by type, as ``GET /identity-providers/{type}/config`` shows them (passwords
+    redacted); a type never configured is absent."""
 
     def store(self, kind: StoreKind, name: str) -> ApiStore | None:
         return self.stores.get(kind, {}).get(name)

@@ -80,6 +80,7 @@ class Reads:
     remote: bool = True
     policies: bool = True
     details: tuple[str, ...] | None = None
+    identity: tuple[str, ...] = ()
 
 
 def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 0, window: int = 2) -> Reads:
@@ -101,6 +102,8 @@ def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 
         remote=any(st.kind is StoreKind.REMOTE for st in want.stores) or Kind.REMOTE_STORE in kinds,
         policies=any(s.snapshot_policy is not None for s in want.shares) or Kind.SNAPSHOT_POLICY in kinds,
         details=details,
+        identity=tuple(sorted({p.type for p in want.identity}
+                              | {r.name for r in owned if r.kind is Kind.IDENTITY_PROVIDER})),
     )
 
 
@@ -279,6 +282,31 @@ class _Planner:
             if diff:
                 self.call(Op.UPDATE, Kind.ADAPTER_SETTINGS, a.type, "PATCH", f"{path}/settings", diff)
 
+    def identity_providers(self) -> None:
+        """Identity providers are singletons the spec owns once declared (DittoFS seeds them from the rendered
+        config at first boot, so "present but not created over REST" is the normal case, not a hand-made
+        object). Dropped from the spec: disabled, the rest of the record kept."""
+        declared = {p.type: p for p in self.want.identity}
+        for p in self.want.identity:
+            ref = Ref(Kind.IDENTITY_PROVIDER, p.type)
+            self.owned |= {ref}
+            seen = self.seen.identity.get(p.type)
+            secrets = () if p.secret is None else (SecretField(p.secret_key, p.secret, within=p.within),)
+            plain_differs = seen is None or not _same_record(seen, p.config, p.durations)
+            secret_differs = p.secret is not None and self.secret_changed(ref, p.secret_key, p.secret.digest)
+            if plain_differs or secret_differs:
+                # An unchanged password is left out: DittoFS keeps the stored one when none is sent.
+                self.call(Op.CREATE if seen is None else Op.UPDATE, Kind.IDENTITY_PROVIDER, p.type, "PUT",
+                          f"{API}/identity-providers/{p.type}/config", dict(p.config),
+                          secrets=secrets if secret_differs or seen is None else (),
+                          needs_restart=p.restart and plain_differs)
+        for name in sorted(r.name for r in self.owned if r.kind is Kind.IDENTITY_PROVIDER):
+            seen = self.seen.identity.get(name)
+            if name not in declared and seen is not None and seen.get("enabled"):
+                body = {**seen, "enabled": False}
+                self.call(Op.UPDATE, Kind.IDENTITY_PROVIDER, name, "PUT",
+                          f"{API}/identity-providers/{name}/config", body, needs_restart=name == "kerberos")
+
     def stores(self) -> tuple[set[tuple[StoreKind, str]], set[tuple[StoreKind, str]]]:
         """Plan stores; return (names usable by shares, names planned for deletion)."""
         usable: set[tuple[StoreKind, str]] = set()
@@ -299,7 +327,7 @@ class _Planner:
         ref = Ref(kind, s.name)
         seen = self.seen.store(s.kind, s.name)
         state = self.mine(ref, seen is not None)
-        secrets = tuple(SecretField(key, value, in_config=True, integer=key in INTEGER_STORE_KEYS)
+        secrets = tuple(SecretField(key, value, within="config", integer=key in INTEGER_STORE_KEYS)
                         for key, value in s.secrets)
         stamp = (("config", digest_of(json.dumps([s.type, dict(s.config)], sort_keys=True))),)
         if state is False:
@@ -468,6 +496,7 @@ class _Planner:
         self.operator()
         self.groups()
         self.users()
+        self.identity_providers()
         self.adapters()
         usable, doomed_stores = self.stores()
         dropped = self.shares(usable)
@@ -502,12 +531,34 @@ class _Planner:
                 alive = grants is None or (principal, who) in grants or any(
                     permission_name(s.key, g.principal, g.name) == ref.name for s in self.want.shares
                     for g in s.permissions)
+            elif ref.kind is Kind.IDENTITY_PROVIDER:
+                # Kept while declared, or until it is seen disabled (a later hand-made one is not ours).
+                alive = any(p.type == ref.name for p in self.want.identity) or bool(
+                    (self.seen.identity.get(ref.name) or {}).get("enabled"))
             else:
                 alive = ref.name in self.seen.snapshot_policies or any(
                     s.key == ref.name and s.snapshot_policy is not None for s in self.want.shares)
             if alive:
                 keep.add(ref)
         return frozenset(keep)
+
+
+def _same_record(seen: Mapping[str, Any], want: Mapping[str, Any], durations: frozenset[str]) -> bool:
+    """Every declared key equal in ``seen`` (sub-records compared the same way; redacted passwords and keys
+    DittoFS adds are not declared, so not compared)."""
+    for key, value in want.items():
+        have = seen.get(key)
+        if have is None and not value:
+            continue  # DittoFS omits empty fields (omitempty)
+        if isinstance(value, Mapping):
+            if not isinstance(have, Mapping) or not _same_record(have, value, durations):
+                return False
+        elif key in durations:
+            if not isinstance(have, str) or duration_seconds(have) != duration_seconds(str(value)):
+                return False
+        elif not same_values(have, value):
+            return False
+    return True
 
 
 def plan(

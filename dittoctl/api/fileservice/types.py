@@ -132,6 +132,25 @@ class GroupSpec:
     gid: int | None = None
 
 
+IdentityType = Literal["ldap", "kerberos"]
+
+
+@dataclass(frozen=True)
+class IdentityProviderSpec:
+    """The whole record DittoFS keeps for an identity provider (``PUT /identity-providers/{type}/config``
+    replaces it), in its wire shape; the write-only password is ``secret``, sent at ``within.secret_key``."""
+
+    type: IdentityType
+    config: Mapping[str, Any] = field(hash=False)
+    secret: SecretValue | None = None
+    secret_key: str = ""
+    within: str = ""
+    restart: bool = False
+    """DittoFS applies the record at its next start (Kerberos), not live (LDAP)."""
+    durations: frozenset[str] = frozenset()
+    """Keys compared as Go durations (DittoFS answers ``5m0s`` for ``5m``)."""
+
+
 @dataclass(frozen=True)
 class FileService:
     """Everything SPEC §13.1 declares, already defaulted (the lead maps the CRD onto this)."""
@@ -142,6 +161,7 @@ class FileService:
     shares: tuple[ShareSpec, ...] = ()
     users: tuple[UserSpec, ...] = ()
     groups: tuple[GroupSpec, ...] = ()
+    identity: tuple[IdentityProviderSpec, ...] = ()
     operator_name: str = OPERATOR_ACCOUNT
 
 
@@ -155,6 +175,7 @@ class Kind(StrEnum):
     OPERATOR_ACCOUNT = "operator-account"
     GROUP = "group"
     USER = "user"
+    IDENTITY_PROVIDER = "identity-provider"
     ADAPTER = "adapter"
     ADAPTER_SETTINGS = "adapter-settings"
     METADATA_STORE = "metadata-store"
@@ -200,11 +221,12 @@ def permission_name(share: str, principal: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class SecretField:
-    """Where the executor puts a resolved secret value: ``body[key]`` or, when ``in_config``, ``config[key]``."""
+    """Where the executor puts a resolved secret value: ``body[key]``, or ``body[within][key]`` (a store's
+    ``config``, a Kerberos ``machine_account``)."""
 
     key: str
     secret: SecretValue
-    in_config: bool = False
+    within: str = ""
     label: str = ""  # the digest slot when it differs from ``key`` (a reset sends `new_password`)
     integer: bool = False  # sent as a JSON number: a Secret holds text, DittoFS ignores a string `port`
 
