@@ -29,6 +29,18 @@ else
   say "cached: PostgreSQL"
 fi
 
+# The identity-provider contract tests (tests/contract/test_identity_providers.py): a real OpenLDAP slapd
+# and MIT ktutil to write a keytab. Debian may start its own slapd: stopped, the tests run theirs.
+if [ "${SKIP_IDENTITY:-0}" != 1 ] && { [ ! -x /usr/sbin/slapd ] || [ ! -x /usr/bin/ktutil ]; }; then
+  say "installing slapd and krb5-user (Debian) for the identity contract tests"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    slapd krb5-user >/dev/null
+  $SUDO service slapd stop >/dev/null 2>&1 || true
+else
+  say "cached: slapd, ktutil"
+fi
+
 # The test bed's real node (SPEC §14, tests/testbed/node.py): container runtime, CNI plugins, the offline
 # image builder and its inputs (busybox for the images' shell, gcc for the pause binary), and the
 # userspace NFS and SMB clients the tests write and read files with. It needs root; without it the real-node tests fail

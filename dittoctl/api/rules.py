@@ -280,11 +280,11 @@ class _Check:
             plaintext = ldap.url.lower().startswith("ldap://")
             if plaintext and not ldap.start_tls and not ldap.allow_plaintext:
                 self.error(f"{path}.url", f"{_show(ldap.url)} sends the bind password in clear text; use ldaps://, or "
-                           "set startTLS: true, or (lab only) allowPlaintext: true")
+                           "set startTls: true, or (lab only) allowPlaintext: true")
             elif not plaintext and ldap.start_tls:
-                self.warn(f"{path}.startTLS", "ignored with ldaps:// (the connection is already encrypted); remove it")
+                self.warn(f"{path}.startTls", "ignored with ldaps:// (the connection is already encrypted); remove it")
             if ldap.ca_secret_ref is not None and plaintext and not ldap.start_tls:
-                self.warn(f"{path}.caSecretRef", "unused without TLS; use ldaps:// or startTLS: true")
+                self.warn(f"{path}.caSecretRef", "unused without TLS; use ldaps:// or startTls: true")
             ref = ldap.bind_password_secret_ref
             keys = self._secret(f"{path}.bindPasswordSecretRef", ref.name, *_POD_FAILS)
             self._keys(f"{path}.bindPasswordSecretRef", ref.name, keys, [ref.key], *_POD_FAILS)

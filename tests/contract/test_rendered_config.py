@@ -22,7 +22,7 @@ from certs.selfsigned import KeyPair, new_ca, new_leaf
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY, secret_uses
+from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY, consumed_keys
 from dittoctl.kube.dittofs import TlsTarget, bootstrap_operator
 from reconciler import specs
 from reconciler.specs.hashing import value_digest
@@ -39,8 +39,8 @@ def render(spec: dict[str, Any], secrets: dict[str, dict[str, str]]) -> tuple[st
     server = DittoServer.model_validate({"metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
                                          "spec": {"storage": {"metadataSize": "1Gi"}, **spec}})
     names = Names.of(server)
-    digests = {(u.secret, u.key): value_digest(secrets.get(u.secret, {}).get(u.key, "").encode())
-               for u in secret_uses(server.spec, names)}
+    digests = {(secret, key): value_digest(secrets.get(secret, {}).get(key, "").encode())
+               for secret, key in consumed_keys(server.spec, names)}
     desired = specs.build(server.spec, names, digests)
     container = desired.statefulset["spec"]["template"]["spec"]["containers"][0]
     env: dict[str, str] = {}

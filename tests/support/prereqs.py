@@ -22,6 +22,7 @@ AREAS = {
     "dfs": "the contract tests against the real dfs v0.29.0 binary (tests/contract)",
     "postgres": "dfs on a real PostgreSQL, with and without TLS (tests/contract)",
     "netns": "dfs servers isolated in private network namespaces (needs root or CAP_SYS_ADMIN)",
+    "identity": "dfs against a real OpenLDAP slapd and an MIT ktutil keytab (tests/contract)",
 }
 # The reason of every opt-out skip starts with this, which is how tests/conftest.py tells them apart.
 OPT_OUT_TAG = "NOT PROVEN (opted out"
