@@ -12,7 +12,7 @@ import yaml
 from dittoctl.api.crd import dump_yaml
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import HASH_ANNOTATION, Names
-from dittoctl.api.secrets import secret_uses
+from dittoctl.api.secrets import consumed_keys, secret_uses
 from reconciler import specs
 from reconciler.specs.hashing import config_hash, value_digest
 
@@ -26,7 +26,7 @@ def server(**spec: Any) -> DittoServer:
 
 
 def digests_for(s: DittoServer, value: str = "v") -> dict[tuple[str, str], str | None]:
-    return {(u.secret, u.key): value_digest(value.encode()) for u in secret_uses(s.spec, Names.of(s))}
+    return {key: value_digest(value.encode()) for key in consumed_keys(s.spec, Names.of(s))}
 
 
 def build(s: DittoServer, value: str = "v") -> specs.Desired:
@@ -63,6 +63,17 @@ CASES: dict[str, dict[str, Any]] = {
     # Mutual TLS: the client CA mounted too, TCP probes (the kubelet has no client certificate).
     "mtls": {"controlPlane": {"tls": {"secretName": "demo-api-tls", "clientCaSecretName": "demo-clients",
                                       "operatorClientSecretName": "demo-operator-client"}}},
+    # LDAP + Kerberos: the first-boot seed in config.yaml, passwords as env, CA/keytab/krb5.conf mounted.
+    "identity": {"identity": {
+        "ldap": {"url": "ldaps://dc.example.com:636", "baseDn": "DC=example,DC=com",
+                 "bindDn": "CN=svc,DC=example,DC=com",
+                 "bindPasswordSecretRef": {"name": "ldap-bind", "key": "password"}, "realm": "EXAMPLE.COM",
+                 "caSecretRef": {"name": "ldap-ca", "key": "ca.crt"}, "nestedGroups": True},
+        "kerberos": {"servicePrincipal": "nfs/files.example.com@EXAMPLE.COM", "netbiosDomain": "EXAMPLE",
+                     "keytabSecretRef": {"name": "krb", "key": "keytab"},
+                     "krb5ConfSecretRef": {"name": "krb", "key": "krb5.conf"},
+                     "machineAccount": {"accountName": "DITTOFS$", "secretRef": {"name": "machine", "key": "pw"},
+                                        "dcAddresses": ["dc1.example.com"]}}}},
     # The PerconaPGCluster is part of the desired state, so `dittoctl render` and this golden show it.
     "percona": {"percona": {"enabled": True, "image": "percona/postgres:16", "backup": {
         "enabled": True, "bucket": "b", "endpoint": "https://s3.example", "credentialsSecretRef": {"name": "bk"}}}},
@@ -87,6 +98,41 @@ def test_a_rotated_tls_secret_does_not_change_the_config_hash() -> None:
     assert specs.build(s.spec, Names.of(s), rotated).config_hash == build(s).config_hash
     config = yaml.safe_load(build(s).config_text)["controlplane"]["tls"]
     assert config == {"cert_file": "/tls/api/tls.crt", "key_file": "/tls/api/tls.key"}
+
+
+def test_identity_edits_and_password_rotations_restart_nothing_a_new_krb5_conf_does() -> None:
+    """DittoFS reads the identity sections only at first boot (the planner converges them over REST) and
+    re-reads the keytab and the LDAP CA itself; only krb5.conf is read once at start."""
+    spec = CASES["identity"]
+    s = server(**spec)
+    base = build(s)
+    config = yaml.safe_load(base.config_text)
+    assert config["ldap"]["tls"] == {"min_version": "1.2", "ca_cert_file": "/identity/ldap-ca/ca.crt"}
+    assert (config["kerberos"]["keytab_path"], config["kerberos"]["krb5_conf"]) == (
+        "/identity/kerberos/krb5.keytab", "/identity/krb5/krb5.conf")
+    assert (config["kerberos"]["realm"], config["kerberos"]["dns_domain"]) == ("EXAMPLE.COM", "example.com")
+    assert "password" not in base.config_text and "secret" not in base.config_text
+    env = {e["name"]: e for e in base.statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DITTOFS_LDAP_BIND_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "ldap-bind", "key": "password"}
+    machine = env["DITTOFS_KERBEROS_MACHINE_ACCOUNT_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert machine == {"name": "machine", "key": "pw"}
+    edited = server(**merge_spec(spec, {"identity": {"ldap": {"nestedGroups": False, "timeout": "30s"},
+                                                      "kerberos": {"contextTtl": "1h"}}}))
+    assert build(edited).config_text != base.config_text  # the seed follows (a re-created server needs it)
+    assert build(edited).config_hash == base.config_hash
+    digests = digests_for(s)
+    for rotated in (("ldap-bind", "password"), ("machine", "pw"), ("krb", "keytab"), ("ldap-ca", "ca.crt")):
+        assert specs.build(s.spec, Names.of(s), {**digests, rotated: "new"}).config_hash == base.config_hash, rotated
+    krb5 = specs.build(s.spec, Names.of(s), {**digests, ("krb", "krb5.conf"): "new"})
+    assert krb5.config_hash != base.config_hash
+    assert build(server()).config_hash == build(server()).config_hash  # no identity: the hash as before
+
+
+def merge_spec(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = merge_spec(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def test_optional_children_follow_their_switches() -> None:

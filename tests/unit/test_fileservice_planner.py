@@ -589,3 +589,81 @@ def test_deleting_a_badger_metadata_store_rolls_the_pod_to_release_its_lock() ->
     p = plan(FULL, after, owned, applied)
     assert [(c.op, c.kind, c.name, c.needs_restart) for c in p.calls] == [
         (Op.DELETE, Kind.METADATA_STORE, "old", True)]
+
+
+# -- identity providers (issue 14, item 4) -------------------------------------------------------------------
+def _identity_spec(**ldap: object) -> FileService:
+    from dittoctl.api.models import DittoServer
+    from reconciler.specs.fileservice import declared
+    raw = {"metadata": {"name": "demo", "namespace": "ns", "uid": "u"}, "spec": {
+        "storage": {"metadataSize": "1Gi"}, "shares": [], "identity": {
+            "ldap": {"url": "ldaps://dc:636", "baseDn": "DC=x", "bindDn": "CN=svc",
+                     "bindPasswordSecretRef": {"name": "bind", "key": "pw"}, **ldap},
+            "kerberos": {"servicePrincipal": "nfs/h@EXAMPLE.COM", "keytabSecretRef": {"name": "k", "key": "kt"},
+                         "krb5ConfSecretRef": {"name": "k", "key": "conf"}}}}}
+    want, missing = declared(DittoServer.model_validate(raw).spec, lambda s, k: digest_of(f"{s}/{k}"), "salt")
+    assert missing == []
+    return FileService(identity=want.identity)
+
+
+def _as_dittofs_shows(want: FileService) -> dict[str, dict[str, object]]:
+    """The records as DittoFS answers GET after seeding: durations normalised, passwords redacted."""
+    seen: dict[str, dict[str, object]] = {}
+    for p in want.identity:
+        record = dict(p.config)
+        if p.type == "kerberos":
+            record.update(max_clock_skew="5m0s", context_ttl="8h0m0s", machine_account={})
+        else:
+            record["bind_password"] = "********"
+        seen[p.type] = record
+    return seen
+
+
+def test_identity_seeded_records_need_only_the_unrecorded_password() -> None:
+    want = _identity_spec()
+    seen = Observed(identity=_as_dittofs_shows(want))
+    first = plan(want, seen)
+    # "5m" == "5m0s", omitted empty sub-records equal: Kerberos needs nothing. LDAP's password has no applied
+    # digest yet: sent once, live.
+    assert [(c.op, c.name, c.needs_restart, [s.key for s in c.secrets]) for c in first.calls] == [
+        (Op.UPDATE, "ldap", False, ["bind_password"])]
+    assert first.calls[0].path == "/api/v1/identity-providers/ldap/config"
+    assert "bind_password" not in (first.calls[0].body or {})  # the value travels only as a SecretField
+    assert first.owned_after() == {Ref(Kind.IDENTITY_PROVIDER, "ldap"), Ref(Kind.IDENTITY_PROVIDER, "kerberos")}
+    applied = first.digests_after({})
+    assert plan(want, seen, first.owned_after(), applied).calls == ()
+    # A rotated password: one PUT with it; an edit without one: a PUT that leaves the stored password alone.
+    rotated = dataclasses.replace(want, identity=tuple(
+        dataclasses.replace(p, secret=secret("bind/pw", "new")) if p.type == "ldap" else p for p in want.identity))
+    again = plan(rotated, seen, first.owned_after(), applied)
+    assert [(c.name, [s.key for s in c.secrets]) for c in again.calls] == [("ldap", ["bind_password"])]
+    edited = _identity_spec(nestedGroups=True)
+    third = plan(edited, seen, first.owned_after(), applied)
+    assert [(c.name, c.secrets, (c.body or {}).get("nested_groups")) for c in third.calls] == [("ldap", (), True)]
+
+
+def test_identity_kerberos_edits_restart_and_absent_records_are_created_with_their_password() -> None:
+    want = _identity_spec()
+    seen = _as_dittofs_shows(want)
+    kerberos = dict(seen["kerberos"], context_ttl="4h0m0s")
+    p = plan(want, Observed(identity={"kerberos": kerberos}))
+    assert [(c.op, c.name, c.needs_restart, [s.key for s in c.secrets]) for c in p.calls] == [
+        (Op.CREATE, "ldap", False, ["bind_password"]), (Op.UPDATE, "kerberos", True, [])]
+    assert p.needs_restart
+    assert reads(want, (), full=False).identity == ("kerberos", "ldap")
+
+
+def test_identity_dropped_from_the_spec_is_disabled_once_and_then_forgotten() -> None:
+    want = _identity_spec()
+    seen = _as_dittofs_shows(want)
+    owned = {Ref(Kind.IDENTITY_PROVIDER, "ldap"), Ref(Kind.IDENTITY_PROVIDER, "kerberos")}
+    assert reads(FileService(), owned, full=False).identity == ("kerberos", "ldap")  # still read, to disable them
+    p = plan(FileService(), Observed(identity=seen), owned)
+    assert [(c.name, c.needs_restart, (c.body or {})["enabled"]) for c in p.calls] == [
+        ("kerberos", True, False), ("ldap", False, False)]
+    assert (p.calls[1].body or {})["bind_password"] == "********"  # DittoFS keeps the stored password
+    disabled = {t: {**r, "enabled": False} for t, r in seen.items()}
+    after = plan(FileService(), Observed(identity=disabled), p.owned_after())
+    assert after.calls == () and after.owned == frozenset()
+    # Never ours (made with dfsctl): left alone.
+    assert plan(FileService(), Observed(identity=seen)).calls == ()

@@ -652,3 +652,81 @@ def test_snapshot_policy_interval_below_a_minute_is_denied() -> None:
     assert paths(malformed.messages) == ["spec.shares[0].snapshotPolicy.interval",
                                          "spec.shares[0].snapshotPolicy.namePrefix"]
     assert "or @hourly, @daily, @weekly" in malformed.messages[0]
+
+
+# -- identity providers (issue 14, item 4) -------------------------------------------------------------------
+IDENTITY_SECRETS: dict[str, frozenset[str] | None] = {
+    **SECRETS, "bind": frozenset({"password"}), "ldap-ca": frozenset({"ca.crt"}),
+    "krb": frozenset({"keytab", "krb5.conf"}), "machine": frozenset({"password"}),
+}
+IDENTITY_FACTS = dataclasses.replace(GOOD, secrets=IDENTITY_SECRETS)
+LDAP = {"url": "ldaps://dc.example.com:636", "baseDn": "DC=example,DC=com", "bindDn": "CN=svc,DC=example,DC=com",
+        "bindPasswordSecretRef": {"name": "bind", "key": "password"}}
+KERBEROS = {"servicePrincipal": "nfs/files.example.com@EXAMPLE.COM",
+            "keytabSecretRef": {"name": "krb", "key": "keytab"},
+            "krb5ConfSecretRef": {"name": "krb", "key": "krb5.conf"}}
+
+
+def test_ldap_and_kerberos_with_their_secrets_are_allowed_without_warnings() -> None:
+    verdict = check({"identity": {"ldap": {**LDAP, "caSecretRef": {"name": "ldap-ca", "key": "ca.crt"}},
+                                  "kerberos": {**KERBEROS, "netbiosDomain": "EXAMPLE", "machineAccount": {
+                                      "accountName": "DITTOFS$",
+                                      "secretRef": {"name": "machine", "key": "password"}}}}},
+                    IDENTITY_FACTS)
+    assert verdict.allowed and verdict.warnings == [], verdict
+
+
+def test_plaintext_ldap_needs_start_tls_or_an_explicit_opt_in() -> None:
+    plain = {**LDAP, "url": "ldap://dc.example.com:389"}
+    denied = check({"identity": {"ldap": plain}}, IDENTITY_FACTS)
+    assert not denied.allowed and paths(denied.messages) == ["spec.identity.ldap.url"]
+    assert "clear text" in denied.messages[0] and "startTls: true" in denied.messages[0]
+    assert check({"identity": {"ldap": {**plain, "startTls": True}}}, IDENTITY_FACTS).allowed
+    assert check({"identity": {"ldap": {**plain, "allowPlaintext": True}}}, IDENTITY_FACTS).allowed
+    ignored = check({"identity": {"ldap": {**LDAP, "startTls": True}}}, IDENTITY_FACTS)
+    assert ignored.allowed and paths(ignored.warnings) == ["spec.identity.ldap.startTls"]
+
+
+@pytest.mark.parametrize(("patch", "path", "fragment"), [
+    ({"url": "http://dc:389"}, "spec.identity.ldap.url", "ldaps://host"),
+    ({"userAttribute": "sam account"}, "spec.identity.ldap.userAttribute", "attribute name"),
+    ({"idMapping": "ad"}, "spec.identity.ldap.idMapping", "rfc2307"),
+    ({"bindPasswordSecretRef": None}, "spec.identity.ldap.bindPasswordSecretRef", ""),
+])
+def test_ldap_field_errors_name_the_field(patch: dict[str, Any], path: str, fragment: str) -> None:
+    verdict = check({"identity": {"ldap": {**LDAP, **patch}}}, IDENTITY_FACTS)
+    assert not verdict.allowed and path in paths(verdict.messages), verdict.messages
+    assert fragment in " ".join(verdict.messages)
+
+
+def test_kerberos_realm_must_be_known_and_agree_with_the_principal() -> None:
+    bare = check({"identity": {"kerberos": {**KERBEROS, "servicePrincipal": "nfs/files.example.com"}}}, IDENTITY_FACTS)
+    assert not bare.allowed and paths(bare.messages) == ["spec.identity.kerberos.realm"]
+    other = check({"identity": {"kerberos": {**KERBEROS, "realm": "OTHER.COM"}}}, IDENTITY_FACTS)
+    assert not other.allowed and "differs from the service principal's realm" in other.messages[0]
+    assert check({"identity": {"kerberos": {**KERBEROS, "realm": "EXAMPLE.COM"}}}, IDENTITY_FACTS).allowed
+    dotted = check({"identity": {"kerberos": {**KERBEROS, "netbiosDomain": "example.com"}}}, IDENTITY_FACTS)
+    assert paths(dotted.messages) == ["spec.identity.kerberos.netbiosDomain"]
+    assert "single label" in dotted.messages[0]
+
+
+def test_a_machine_account_needs_the_netbios_domain() -> None:
+    machine = {"accountName": "DITTOFS$", "secretRef": {"name": "machine", "key": "password"}}
+    verdict = check({"identity": {"kerberos": {**KERBEROS, "machineAccount": machine}}}, IDENTITY_FACTS)
+    assert not verdict.allowed and paths(verdict.messages) == ["spec.identity.kerberos.netbiosDomain"]
+
+
+def test_identity_secrets_are_checked_and_listed_as_required() -> None:
+    spec = {"identity": {"ldap": {**LDAP, "caSecretRef": {"name": "ldap-ca", "key": "ca.crt"}}, "kerberos": KERBEROS}}
+    verdict = check(spec, GOOD)  # none of them exists
+    assert verdict.allowed
+    assert sorted(paths(verdict.warnings)) == ["spec.identity.kerberos.keytabSecretRef",
+                                               "spec.identity.kerberos.krb5ConfSecretRef",
+                                               "spec.identity.ldap.bindPasswordSecretRef",
+                                               "spec.identity.ldap.caSecretRef"]
+    keytab_only = {**IDENTITY_SECRETS, "krb": frozenset({"keytab"})}
+    wrong_key = check(spec, dataclasses.replace(IDENTITY_FACTS, secrets=keytab_only))
+    assert paths(wrong_key.warnings) == ["spec.identity.kerberos.krb5ConfSecretRef"]
+    assert 'add key "krb5.conf" to Secret "krb"' in wrong_key.warnings[0]
+    assert required_secrets(DittoServer.model_validate(server(spec)).spec) == {
+        "bind": {"password"}, "ldap-ca": {"ca.crt"}, "krb": {"keytab", "krb5.conf"}}
