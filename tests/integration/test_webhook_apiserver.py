@@ -91,6 +91,22 @@ async def test_kubectl_apply_shows_every_error_of_an_invalid_object(hook: Hook, 
     assert got.returncode != 0  # nothing was stored
 
 
+async def test_plaintext_ldap_is_denied_with_the_fix(hook: Hook, namespace: str) -> None:
+    """identity.ldap (issue 14, item 4): ldap:// without StartTLS would send the bind password in clear text
+    (upstream's operator accepts it); kubectl shows the field and the three ways out."""
+    ldap = {"url": "ldap://dc.example.com:389", "baseDn": "DC=example,DC=com", "bindDn": "CN=svc",
+            "bindPasswordSecretRef": {"name": "bind", "key": "password"}}
+    spec: dict[str, Any] = {"storage": {"metadataSize": "1Gi"}, "identity": {"ldap": ldap}}
+    result = await hook.kubectl("apply", "-f", "-", input=manifest("plain", namespace, spec))
+    assert result.returncode != 0
+    assert ("spec.identity.ldap.url: 'ldap://dc.example.com:389' sends the bind password in clear text; use "
+            "ldaps://, or set startTls: true, or (lab only) allowPlaintext: true") in result.stderr, result.stderr
+    spec["identity"]["ldap"] = {**ldap, "startTls": True}
+    allowed = await hook.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest("plain", namespace, spec))
+    assert allowed.returncode == 0, allowed.stderr
+    assert 'Warning: spec.identity.ldap.bindPasswordSecretRef: create Secret "bind"' in allowed.stderr
+
+
 async def test_warnings_are_printed_and_the_object_is_created(hook: Hook, namespace: str) -> None:
     spec = {"storage": {"metadataSize": "1Gi", "cacheSize": "2Gi", "storageClassName": "standard"},
             "s3": {"credentialsSecretRef": {"secretName": "s3-creds"}}}
