@@ -415,7 +415,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     if restart:
         result.store_revision = (keep.store_revision or 0) + 1
         await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"{', '.join(str(c.ref) for c in restart)} "
-                       "reconfigured in DittoFS, which applies store config at start: rolling the pod")
+                       "reconfigured in DittoFS, which applies it at its next start: rolling the pod")
     result.shares = share_status(server.spec, file_host, _usage(seen, done))
     await _call_events(ctx, done)
     if error is not None:

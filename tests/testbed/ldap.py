@@ -1,4 +1,4 @@
-"""A real OpenLDAP `slapd` (Debian's package) on 127.0.0.1, for the identity-provider contract tests.
+"""A real OpenLDAP `slapd` (Debian's package), for the identity-provider tests (contract and real node).
 
 One empty `dc=example,dc=com` database whose root DN binds with ``password``: enough for DittoFS's own
 "dial + bind" check. With ``tls`` it offers StartTLS on its ldap:// port with that certificate.
@@ -33,16 +33,17 @@ def slapd_binary() -> str:
 
 
 class Slapd:
-    def __init__(self, workdir: Path, password: str, tls: KeyPair | None = None) -> None:
+    def __init__(self, workdir: Path, password: str, tls: KeyPair | None = None, host: str = "127.0.0.1") -> None:
+        """``host``: where it listens (the real node's pods reach the host only on the bridge address)."""
         slapd_binary()
-        self.workdir, self.password, self.tls = workdir, password, tls
-        self.port = free_port()
+        self.workdir, self.password, self.tls, self.host = workdir, password, tls, host
+        self.port = free_port(host)
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
-        return f"ldap://127.0.0.1:{self.port}"
+        return f"ldap://{self.host}:{self.port}"
 
     def _config(self) -> Path:
         lines = [f"include {SCHEMA}", f"pidfile {self.workdir}/slapd.pid", "modulepath /usr/lib/ldap",
@@ -69,7 +70,7 @@ class Slapd:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"slapd exited {self.proc.returncode}: {self.log_text()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return self
             except OSError:
                 time.sleep(0.05)
