@@ -62,7 +62,7 @@ _SECRET_FIELD = re.compile(rf'(?i)("?{_SECRET_KEY}"?\s*[:=]\s*)("(?:[^"\\]|\\.)*
 # (file in the bundle, path); /health lives outside the versioned API.
 _REST_READS = (("health", "/health"), *((p.lstrip("/"), f"{API}{p}") for p in (
     "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings", "/store/metadata", "/store/block/local",
-    "/store/block/remote", "/shares", "/users", "/groups", "/snapshot-policies")))
+    "/store/block/remote", "/shares", "/users", "/groups", "/snapshot-policies", "/identity-providers")))
 
 
 def secret_forms(values: Iterable[bytes]) -> list[str]:
@@ -197,11 +197,18 @@ def _operator_lines(text: str, namespace: str, name: str) -> str:
 async def _dittofs(bundle: Bundle, base_url: str, password: str, tls: TlsTarget | None) -> None:
     async with DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), timeout=10.0, tls=tls) as client:
         await client.login()
-        for name, path in _REST_READS:
+        reads = list(_REST_READS)
+        while reads:
+            name, path = reads.pop(0)
             try:
-                bundle.add(f"dittofs/{name}.json", json.dumps(await client.request("GET", path), indent=2))
+                answer = await client.request("GET", path)
             except DittoFsError as exc:
                 bundle.note(f"dittofs_{name.replace('/', '_')}", f"GET {path}", exc)
+                continue
+            bundle.add(f"dittofs/{name}.json", json.dumps(answer, indent=2))
+            if name == "identity-providers":  # each configured one (DittoFS redacts its passwords)
+                reads += [(f"{name}/{p['type']}", f"{API}/{name}/{p['type']}/config") for p in answer or []
+                          if p.get("configured")]
 
 
 async def collect(gateway: Gateway, name: str, namespace: str, *, operator_namespace: str,

@@ -702,6 +702,22 @@ def test_ldap_and_kerberos_serve_from_the_real_pod_and_rotate_without_a_restart(
         assert rest.login("admin", admin_password) == 200
         assert ldap_ok(), "the rotated password is the one DittoFS keeps across the restart"
 
+        # The support bundle shows both providers as DittoFS keeps them, and no password in any form.
+        out = Path(testbed.workdir) / f"report-{namespace}.tar.gz"
+        proc = subprocess.run([sys.executable, "-m", "dittoctl", "report", "demo", "-n", namespace, "-o", str(out),
+                               "--server-address", "pod", "--kubeconfig", str(testbed.kubeconfig)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        with tarfile.open(out) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+        assert not [n for n in files if n.startswith("notes/dittofs")], sorted(files)
+        stored = json.loads(files["dittofs/identity-providers/ldap.json"])
+        assert stored["bind_password"] == "********" and stored["url"] == ldap.url
+        assert json.loads(files["dittofs/identity-providers/kerberos.json"])["context_ttl"] == "4h"
+        blob = b"".join(files.values())
+        for value in (b"bind-first-pw", b"bind-second-pw", base64.b64encode(b"bind-second-pw")):
+            assert value not in blob, value
+
 
 def template_hash(testbed: Testbed, namespace: str, name: str = "demo") -> str:
     sts = kubectl_json(testbed, "get", "statefulset", name, "-n", namespace)
