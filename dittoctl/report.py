@@ -46,7 +46,7 @@ from dittoctl.api.secrets import (
     TLS_CA_KEY,
     TLS_CERT_KEY,
     TLS_KEY_KEY,
-    operator_client_secret,
+    api_trust,
     watched_secrets,
 )
 from dittoctl.kube.dittofs import DittoFsClient, DittoFsError, TlsTarget
@@ -226,7 +226,7 @@ async def collect(gateway: Gateway, name: str, namespace: str, *, operator_names
     bundle = Bundle(secret_forms(_secret_values(secrets)))
 
     bundle.add("dittoserver.yaml", _strip(server))
-    selector = ",".join(f"{k}={v}" for k, v in names.selector().items())
+    selector = names.selector_string()
     children = {"pods": PODS, "pvcs": PVCS, "services": SERVICES, "statefulsets": STATEFULSETS,
                 "configmaps": CONFIGMAPS, "networkpolicies": NETWORKPOLICIES}
     listed: dict[str, list[dict[str, Any]]] = {}
@@ -290,12 +290,12 @@ def _value(secrets: list[dict[str, Any]], name: str | None, key: str) -> str:
 
 def _tls(server: DittoServer, names: Names, secrets: list[dict[str, Any]]) -> TlsTarget | None:
     """The API's TLS as the operator sees it: the Secret's ca.crt, and the operator's client pair."""
-    tls = server.spec.control_plane.tls
-    if tls is None:
+    trust = api_trust(server.spec)
+    if trust is None:
         return None
-    client = operator_client_secret(server.spec)
+    client = trust.client_secret
     pair = (_value(secrets, client, TLS_CERT_KEY), _value(secrets, client, TLS_KEY_KEY)) if client else None
-    return TlsTarget.of(names.host(names.api_service), _value(secrets, tls.secret_name, TLS_CA_KEY) or None, pair)
+    return TlsTarget.of(names.host(names.api_service), _value(secrets, trust.ca_secret, TLS_CA_KEY) or None, pair)
 
 
 async def _dittofs_state(bundle: Bundle, names: Names, server: DittoServer, pods: list[dict[str, Any]],

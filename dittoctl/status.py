@@ -79,7 +79,7 @@ async def show(name: str, namespace: str, kubeconfig: str | None) -> int:
             print(f"DittoServer {namespace}/{name} not found", file=sys.stderr)
             return 1
         names = Names(name, namespace, str(server["metadata"].get("uid", "")))
-        selector = ",".join(f"{k}={v}" for k, v in names.selector().items())
+        selector = names.selector_string()
         pods = await gateway.list(PODS, namespace, label_selector=selector)
         pvcs = await gateway.list(PVCS, namespace, label_selector=selector)
         percona = None

@@ -46,10 +46,9 @@ class Memory:
     """(digest, length) of the user's JWT secret value last checked (never the value)."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
-    certificates: bool | None = None
-    """Whether our Certificates may exist (None: unknown since start); see service_monitor."""
-    service_monitor: bool | None = None
-    """Whether a ServiceMonitor may exist (None: unknown since start), so pruning costs no GET per pass."""
+    optional: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Per optional kind (plural): the children this process applied (absent: unknown since start), so
+    pruning costs no GET per pass."""
     fileservice: Any = None
     """The file-service phase's own memory (REST client with in-memory tokens, last outcome)."""
 

@@ -18,7 +18,7 @@ import kopf
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import DITTOSERVERS, PODS, Kind
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.api.naming import INSTANCE_LABEL, Names
+from dittoctl.api.naming import INSTANCE_LABEL, Names, selector_string
 from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
@@ -90,7 +90,7 @@ class Controller:
         writes the cache (a listing of ours could be older than its events). An object deleted before kopf
         delivered it would be waited for forever, so a listing that is not caught up within
         ``PRIME_RELIST_SECONDS`` is taken again."""
-        selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
+        selector = selector_string(SELECTOR)
         kinds: list[tuple[Kind, str | None]] = [
             (DITTOSERVERS, None), *((k, selector) for k in WATCHED_CHILDREN), (PODS, selector)]
         backoff = 0.5
@@ -215,7 +215,7 @@ def _echo(cached: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
 
 def configure_watching(settings: kopf.OperatorSettings) -> None:
     """Server-side label selectors: kopf keeps a record per watched object, so only ours are watched."""
-    selector = ",".join(f"{k}={v}" for k, v in SELECTOR.items())
+    selector = selector_string(SELECTOR)
     for kind in (*WATCHED_CHILDREN, *(o.kind for o in OBSERVED)):  # plurals are unique across our groups
         settings.watching.label_selectors[kind.plural] = selector
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from dittoctl.kube.gateway import NamespaceTerminating
 from dittoctl.kube.logs import fields
 
 K = TypeVar("K")
@@ -71,6 +72,12 @@ class WorkQueue(Generic[K]):
             timer.cancel()
         self._timers.clear()
 
+    def _retry_after(self, key: K) -> float:
+        """Exponential backoff per key: 0.5 s doubling up to the maximum."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        return float(min(0.5 * 2 ** (failures - 1), self._max_backoff))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -85,10 +92,13 @@ class WorkQueue(Generic[K]):
                 result = "requeue_after" if requeue else "success"
             except asyncio.CancelledError:
                 raise
+            except NamespaceTerminating:
+                # The namespace controller is deleting the server too; its deletion pass will run.
+                requeue = self._retry_after(key)
+                log.info("namespace is being deleted; retrying in %.1fs", requeue, extra=fields(key=str(key)))
+                result = "requeue_after"
             except Exception:
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                requeue = min(0.5 * 2 ** (failures - 1), self._max_backoff)
+                requeue = self._retry_after(key)
                 log.exception("reconcile failed; retrying in %.1fs", requeue, extra=fields(key=str(key)))
                 result = "error"
             finally:

@@ -113,7 +113,7 @@ class Reconciler:
         # The StatefulSet is being re-created around its pods (volume expansion): wait until it is gone.
         recreating = sts is not None and bool(sts["metadata"].get("deletionTimestamp"))
         if sts is not None and drift.grown and not errors and database.gate_open and not recreating:
-            failed = await expand_volumes(ctx, names, sts, drift.grown)
+            failed = await expand_volumes(ctx, names, drift.grown)
             if failed:
                 errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
             recreating = not failed

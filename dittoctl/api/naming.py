@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,9 @@ class Names:
         """Pod selector: immutable, so only name + instance."""
         return {NAME_LABEL: "dittofs", INSTANCE_LABEL: self.server}
 
+    def selector_string(self) -> str:
+        return selector_string(self.selector())
+
     def labels(self, component: str) -> dict[str, str]:
         return {
             **self.selector(),
@@ -127,3 +131,8 @@ class Names:
 
     def host(self, service: str) -> str:
         return f"{service}.{self.namespace}.svc"
+
+
+def selector_string(labels: Mapping[str, str]) -> str:
+    """A label selector for list/watch calls (``k=v,k2=v2``)."""
+    return ",".join(f"{k}={v}" for k, v in labels.items())

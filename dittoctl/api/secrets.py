@@ -158,6 +158,20 @@ def mounted_secrets(spec: DittoServerSpec) -> list[MountedSecret]:
     return found
 
 
+@dataclass(frozen=True)
+class ApiTrust:
+    """What the operator (and `dittoctl report`) trusts and presents on the API's TLS: the serving Secret's
+    ca.crt (else the system roots), and with mutual TLS its own client pair."""
+
+    ca_secret: str
+    client_secret: str | None
+
+
+def api_trust(spec: DittoServerSpec) -> ApiTrust | None:
+    tls = spec.control_plane.tls
+    return None if tls is None else ApiTrust(tls.secret_name, operator_client_secret(spec))
+
+
 def operator_client_secret(spec: DittoServerSpec) -> str | None:
     """The client certificate the operator presents to a mutual-TLS API (read by the operator, not mounted)."""
     tls = spec.control_plane.tls

@@ -46,6 +46,10 @@ class ApiError(Exception):
         self.status = status
 
 
+class NamespaceTerminating(ApiError):
+    """A write into a namespace being deleted (403): expected while it drains, retried without alarm."""
+
+
 def _error(exc: ApiException) -> Exception:
     body: dict[str, Any] = {}
     try:
@@ -57,6 +61,8 @@ def _error(exc: ApiException) -> Exception:
         return NotFound(message)
     if exc.status == 409:
         return Conflict(message, (body.get("details") or {}).get("causes"))
+    if exc.status == 403 and "because it is being terminated" in message:
+        return NamespaceTerminating(403, message)
     return ApiError(int(exc.status or 0), message)
 
 

@@ -4,9 +4,11 @@ the ServiceMonitor (obsolete ones pruned)."""
 from __future__ import annotations
 
 import logging
+from enum import Enum
+from typing import Any
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import CERTIFICATES, NETWORKPOLICIES, SERVICEMONITORS, SERVICES
+from dittoctl.api.kinds import CERTIFICATES, NETWORKPOLICIES, SERVICEMONITORS, SERVICES, Kind
 from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import NotFound
 from reconciler.compare import stamp_manifest
@@ -41,52 +43,56 @@ async def apply_network_policy(ctx: Pass, desired: Desired, names: Names) -> Non
                         ctx.cache.child(NETWORKPOLICIES, names.namespace, names.network_policy))
 
 
-async def apply_certificates(ctx: Pass, desired: Desired, names: Names) -> list[str]:
-    """Like the ServiceMonitor: not watched, read each pass while wanted. Returns the problem when cert-manager
-    is asked for but not installed (the server would wait for its TLS Secret forever)."""
+class OptionalChildren(Enum):
+    """What happened to the children of a kind whose CRD may come and go."""
+
+    NONE_WANTED = "none wanted"
+    APPLIED = "applied"
+    NOT_SERVED = "not served"
+
+
+async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], candidates: tuple[str, ...],
+                          namespace: str) -> OptionalChildren:
+    """Children of an optional kind (cert-manager's, the Prometheus Operator's): not watched, since the CRD
+    may come and go, so each wanted one is read each pass. A candidate no longer wanted is pruned when this
+    process applied it, or once after a start (nothing remembered), and only while the CRD is served: an
+    unchanged server costs no GET for what it does not want."""
     discovery = ctx.shared.discovery
-    wanted = {c["metadata"]["name"]: c for c in desired.certificates}
-    if not wanted:
-        if ctx.memory.certificates is not False and discovery.answers[CERTIFICATES]:
-            for name in (names.api_certificate, names.operator_certificate):
-                await ctx.prune(CERTIFICATES, name, await ctx.gw.get_or_none(CERTIFICATES, name, names.namespace))
-        ctx.memory.certificates = False
-        return []
-    if not await discovery.serves(CERTIFICATES):
-        return [f"spec.controlPlane.tls.certificate: {CERTIFICATES.kind} ({CERTIFICATES.api_version}) is not served "
-                "by this cluster; install cert-manager, or create the TLS Secret yourself and remove certificate"]
-    ctx.memory.certificates = True
-    for name, manifest in wanted.items():
-        current = await ctx.gw.get_or_none(CERTIFICATES, name, names.namespace)
+    by_name = {m["metadata"]["name"]: m for m in wanted}
+    before = ctx.memory.optional.get(kind.plural)
+    stale = [n for n in candidates if n not in by_name and (before is None or n in before)]
+    # Discovery is asked only while something is wanted; otherwise its last answer will do.
+    served = await discovery.serves(kind) if by_name else bool(discovery.answers.get(kind))
+    ctx.memory.optional[kind.plural] = frozenset()
+    if stale and served:
+        for name in stale:
+            await ctx.prune(kind, name, await ctx.gw.get_or_none(kind, name, namespace))
+    if not by_name:
+        return OptionalChildren.NONE_WANTED
+    if not served:
+        return OptionalChildren.NOT_SERVED
+    for name, manifest in by_name.items():
+        current = await ctx.gw.get_or_none(kind, name, namespace)
         try:
             await ctx.apply(stamp_manifest(manifest), current, known=True)
         except NotFound:  # the CRD went away since discovery said it was served
-            discovery.forget(CERTIFICATES)
-            return [f"spec.controlPlane.tls.certificate: {CERTIFICATES.kind} is no longer served; install "
-                    "cert-manager"]
-    if ctx.memory.certificates and names.operator_certificate not in wanted:
-        current = await ctx.gw.get_or_none(CERTIFICATES, names.operator_certificate, names.namespace)
-        await ctx.prune(CERTIFICATES, names.operator_certificate, current)
+            discovery.forget(kind)
+            return OptionalChildren.NOT_SERVED
+        ctx.memory.optional[kind.plural] |= {name}
+    return OptionalChildren.APPLIED
+
+
+async def apply_certificates(ctx: Pass, desired: Desired, names: Names) -> list[str]:
+    """Returns the problem when cert-manager is asked for but not installed (the server would wait for its
+    TLS Secret forever)."""
+    outcome = await _apply_optional(ctx, CERTIFICATES, desired.certificates,
+                                    (names.api_certificate, names.operator_certificate), names.namespace)
+    if outcome is OptionalChildren.NOT_SERVED:
+        return [f"spec.controlPlane.tls.certificate: {CERTIFICATES.kind} ({CERTIFICATES.api_version}) is not served "
+                "by this cluster; install cert-manager, or create the TLS Secret yourself and remove certificate"]
     return []
 
 
 async def apply_service_monitor(ctx: Pass, desired: Desired, names: Names) -> None:
-    """Not watched (the CRD may come and go): read each pass while wanted, like the PerconaPGCluster. When not
-    wanted, a leftover is looked for once per start, and only while the CRD is served."""
-    discovery = ctx.shared.discovery
-    if desired.service_monitor is None:
-        if ctx.memory.service_monitor is not False and discovery.answers[SERVICEMONITORS]:
-            current = await ctx.gw.get_or_none(SERVICEMONITORS, names.service_monitor, names.namespace)
-            await ctx.prune(SERVICEMONITORS, names.service_monitor, current)
-        ctx.memory.service_monitor = False
-        return
-    if not await discovery.serves(SERVICEMONITORS):
-        ctx.memory.service_monitor = False
-        return
-    current = await ctx.gw.get_or_none(SERVICEMONITORS, names.service_monitor, names.namespace)
-    ctx.memory.service_monitor = True
-    try:
-        await ctx.apply(stamp_manifest(desired.service_monitor), current, known=True)
-    except NotFound:  # the CRD went away since discovery said it was served
-        discovery.forget(SERVICEMONITORS)
-        ctx.memory.service_monitor = False
+    wanted = [] if desired.service_monitor is None else [desired.service_monitor]
+    await _apply_optional(ctx, SERVICEMONITORS, wanted, (names.service_monitor,), names.namespace)

@@ -32,7 +32,7 @@ from dittoctl.api.secrets import (
     TLS_CA_KEY,
     TLS_CERT_KEY,
     TLS_KEY_KEY,
-    operator_client_secret,
+    api_trust,
     provisioned_secrets,
 )
 from dittoctl.kube import metrics
@@ -303,17 +303,17 @@ async def _tls(ctx: Pass, server: DittoServer, names: Names) -> TlsTarget | None
     """The CA of the control-plane TLS Secret (ca.crt), else the system's; the certificate must name the API
     Service; with mutual TLS, the operator's client certificate. Rebuilt only when one of those changes (a
     rotated serving leaf needs nothing: DittoFS reloads it)."""
-    tls = server.spec.control_plane.tls
-    if tls is None:
+    trust = api_trust(server.spec)
+    if trust is None:
         return None
     mem = memory(ctx)
-    digests = await _digest(ctx, tls.secret_name) or {}
-    client = operator_client_secret(server.spec)
+    digests = await _digest(ctx, trust.ca_secret) or {}
+    client = trust.client_secret
     client_digests = (await _digest(ctx, client) or {}) if client else {}
-    key = "|".join([tls.secret_name, digests.get(TLS_CA_KEY, ""), client or "",
+    key = "|".join([trust.ca_secret, digests.get(TLS_CA_KEY, ""), client or "",
                     client_digests.get(TLS_CERT_KEY, ""), client_digests.get(TLS_KEY_KEY, "")])
     if mem.tls is None or mem.tls[0] != key:
-        ca = await _secret_value(ctx, tls.secret_name, TLS_CA_KEY) if TLS_CA_KEY in digests else None
+        ca = await _secret_value(ctx, trust.ca_secret, TLS_CA_KEY) if TLS_CA_KEY in digests else None
         pair = (await _secret_value(ctx, client, TLS_CERT_KEY), await _secret_value(ctx, client, TLS_KEY_KEY)) \
             if client else None
         try:

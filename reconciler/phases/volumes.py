@@ -6,7 +6,6 @@ running pods under the same revision: nothing restarts. PVCs are never deleted o
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from dittoctl.api.kinds import PVCS, STATEFULSETS
 from dittoctl.api.naming import Names
@@ -18,10 +17,10 @@ from reconciler.context import Pass
 log = logging.getLogger("dittofs.reconciler")
 
 
-async def expand_volumes(ctx: Pass, names: Names, sts: dict[str, Any], grown: dict[str, str]) -> list[str]:
+async def expand_volumes(ctx: Pass, names: Names, grown: dict[str, str]) -> list[str]:
     """Returns errors (a PVC that refused its new size); none means the StatefulSet was orphan-deleted and the
     next pass re-creates it."""
-    selector = ",".join(f"{k}={v}" for k, v in names.selector().items())
+    selector = names.selector_string()
     claims = await ctx.gw.list(PVCS, names.namespace, label_selector=selector)
     errors = []
     for pvc in sorted(claims, key=lambda c: str(c["metadata"]["name"])):

@@ -1,0 +1,59 @@
+"""The work queue's retry rules, and the API errors it tells apart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from dittoctl.kube.gateway import ApiError, NamespaceTerminating, _error
+from reconciler.queue import WorkQueue
+
+TERMINATING = ('configmaps "demo-config" is forbidden: unable to create new content in namespace apps because '
+               "it is being terminated")
+
+
+def api_exception(status: int, message: str) -> ApiException:
+    exc = ApiException(status=status, reason="Forbidden")
+    exc.body = json.dumps({"kind": "Status", "message": message, "reason": "Forbidden", "code": status})
+    return exc
+
+
+def test_a_write_into_a_terminating_namespace_is_its_own_error() -> None:
+    assert isinstance(_error(api_exception(403, TERMINATING)), NamespaceTerminating)
+    other = _error(api_exception(403, 'secrets is forbidden: User "x" cannot list resource "secrets"'))
+    assert isinstance(other, ApiError) and not isinstance(other, NamespaceTerminating)
+
+
+async def test_a_terminating_namespace_is_retried_quietly_other_failures_loudly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+    done = asyncio.Event()
+
+    async def worker(key: str) -> float | None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise NamespaceTerminating(403, TERMINATING)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        done.set()
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(worker, concurrency=1, max_backoff=0.05)
+    results: list[str] = []
+    queue.on_result = lambda result, _seconds: results.append(result)
+    caplog.set_level(logging.INFO, logger="dittofs.queue")
+    queue.start()
+    try:
+        queue.add("apps/demo")
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await queue.stop()
+    assert calls == ["apps/demo"] * 3 and results == ["requeue_after", "error", "success"]
+    quiet, loud = (r for r in caplog.records if r.name == "dittofs.queue")
+    assert quiet.levelno == logging.INFO and quiet.exc_info is None
+    assert "namespace is being deleted" in quiet.getMessage()
+    assert loud.levelno == logging.ERROR and loud.exc_info is not None
