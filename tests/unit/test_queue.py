@@ -18,7 +18,7 @@ TERMINATING = ('configmaps "demo-config" is forbidden: unable to create new cont
 
 def api_exception(status: int, message: str) -> ApiException:
     exc = ApiException(status=status, reason="Forbidden")
-    exc.body = json.dumps({"kind": "Status", "message": message, "reason": "Forbidden", "code": status})
+    exc.body = json.dumps({"kind": "Status", "message": message, "reason": "Forbidden", "code": status}).encode()
     return exc
 
 
