@@ -12,6 +12,8 @@ config and in the records the planner compares alike.
 from __future__ import annotations
 
 import dataclasses
+import json
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -219,3 +221,59 @@ def test_machine_account_and_every_key_are_known_to_dfs(ldap_tools: None, dfs_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert UNKNOWN not in result.stdout + result.stderr
     assert "machine-secret-1" not in config and FIRST_PW not in config
+
+
+def stored_row(server: DfsServer, kind: str) -> dict[str, Any]:
+    """DittoFS's own database row (sqlite): the only place the write-only secrets can be seen."""
+    with sqlite3.connect(server.workdir / "controlplane.db") as db:
+        (config,) = db.execute("SELECT config FROM identity_provider_configs WHERE type = ?", (kind,)).fetchone()
+    row: dict[str, Any] = json.loads(config)
+    return row
+
+
+async def test_the_machine_account_password_is_seeded_then_rotated_live(ldap_tools: None, dfs_env: dict[str, str],
+                                                                        tmp_path: Path) -> None:
+    """NTLM pass-through's machine account: its password reaches DittoFS's database from the environment at
+    first boot, and a rotation is PUT inside ``machine_account`` without a restart flag (DittoFS swaps the
+    NETLOGON credential live); GET never shows it."""
+    root = tmp_path / "pod-identity"
+    for sub in ("kerberos", "krb5"):
+        (root / sub).mkdir(parents=True)
+    keytab(root / "kerberos" / "krb5.keytab", PRINCIPAL, "keytab-key-pw")
+    (root / "krb5" / "krb5.conf").write_text("[libdefaults]\n  default_realm = EXAMPLE.COM\n")
+    raw = {"identity": {"kerberos": {
+        "servicePrincipal": PRINCIPAL, "netbiosDomain": "EXAMPLE", "keytabSecretRef": {"name": "krb", "key": "keytab"},
+        "krb5ConfSecretRef": {"name": "krb", "key": "krb5.conf"},
+        "machineAccount": {"accountName": "DITTOFS$", "dcAddresses": ["127.0.0.1:1"],
+                           "secretRef": {"name": "machine", "key": "password"}}}}}
+    secrets = generated_secrets()
+    secrets["machine"] = {"password": "machine-first-1"}
+    config, env = render(raw, secrets)
+    server = DfsServer(relocate(config, root), env, tmp_path / "dfs").start()
+    try:
+        assert UNKNOWN not in server.log_text()
+        assert stored_row(server, "kerberos")["machine_account"]["secret"] == "machine-first-1"
+        client = await bootstrap_operator(server.base_url, SecretStr(secrets["demo-admin-bootstrap-credentials"][
+            "password"]), "dittofs-operator", SecretStr("operator-pw-identity-2"))
+        async with client:
+            shown = await client.request("GET", "/api/v1/identity-providers/kerberos/config")
+            assert shown["machine_account"]["secret"] == "********"
+            assert shown["machine_account"]["account_name"] == "DITTOFS$"
+            state = State()
+            # No applied digest yet: the password is sent once, and only the password changed: no restart.
+            want = wanted(raw, secrets, root)
+            assert await converge(client, want, state, secrets) == [
+                (Op.UPDATE, Kind.IDENTITY_PROVIDER, "kerberos", False, True)]
+            assert await converge(client, want, state, secrets) == []
+            secrets["machine"] = {"password": "machine-second-2"}
+            want = wanted(raw, secrets, root)
+            assert await converge(client, want, state, secrets) == [
+                (Op.UPDATE, Kind.IDENTITY_PROVIDER, "kerberos", False, True)]
+            row = stored_row(server, "kerberos")
+            assert row["machine_account"]["secret"] == "machine-second-2"
+            assert row["machine_account"]["account_name"] == "DITTOFS$" and row["service_principal"] == PRINCIPAL
+            shown = await client.request("GET", "/api/v1/identity-providers/kerberos/config")
+            assert shown["machine_account"]["secret"] == "********"
+        assert "machine-second-2" not in server.log_text() and "machine-first-1" not in server.log_text()
+    finally:
+        server.stop()
