@@ -42,8 +42,35 @@ def wait_ready(testbed: Any, namespace: str, name: str = "demo", timeout: float 
         fresh = status.get("observedGeneration") == obj["metadata"]["generation"]
         return obj if cond and cond["status"] == "True" and fresh else None
 
-    result: dict[str, Any] = eventually(ready, timeout=timeout, what=f"DittoServer {namespace}/{name} Ready")
+    try:
+        result: dict[str, Any] = eventually(ready, timeout=timeout, what=f"DittoServer {namespace}/{name} Ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_diagnosis(testbed, namespace, name)}") from None
     return result
+
+
+def _diagnosis(testbed: Any, namespace: str, name: str) -> str:
+    """What a timed-out wait saw last: the server's conditions, its StatefulSet's rollout and its pods."""
+    lines: list[str] = []
+    try:
+        obj = server(testbed, namespace, name)
+        status = obj.get("status") or {}
+        lines.append(f"generation {obj['metadata']['generation']}, observed {status.get('observedGeneration')}, "
+                     f"phase {status.get('phase')}")
+        lines += [f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message', '')[:300]}"
+                  for c in status.get("conditions") or []]
+        sts = kubectl_json(testbed, "get", "statefulset", name, "-n", namespace)
+        lines.append(f"statefulset status: {json.dumps(sts.get('status'))}")
+        pods = kubectl_json(testbed, "get", "pods", "-n", namespace)["items"]
+        for p in pods:
+            phase = p.get("status", {}).get("phase")
+            ready = [c.get("status") for c in p.get("status", {}).get("conditions") or [] if c["type"] == "Ready"]
+            lines.append(f"pod {p['metadata']['name']}: {phase}, ready {ready}, node {p['spec'].get('nodeName')}, "
+                         f"image {p['spec']['containers'][0]['image']}, "
+                         f"revision {p['metadata'].get('labels', {}).get('controller-revision-hash')}")
+    except Exception as exc:  # diagnostics must never hide the timeout itself
+        lines.append(f"(diagnosis failed: {exc!r})")
+    return "\n".join(lines)
 
 
 def events(testbed: Any, namespace: str, reason: str | None = None) -> list[dict[str, Any]]:
