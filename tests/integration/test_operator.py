@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.poll import eventually
+from tests.testbed.certmanager import CertManager
 from tests.testbed.paths import certificate_crd, servicemonitor_crd
 from tests.testbed.provisioner import PROVISIONER_NAME
 
@@ -377,3 +383,66 @@ def test_identity_providers_mount_their_files_and_only_krb5_conf_restarts(
                         json.dumps({"stringData": {key: value}}))
     time.sleep(8)  # the Secret watch fires within a second; more than one drift pass (5 s)
     assert template_hash(testbed, namespace) == second
+
+
+def test_a_running_cert_manager_issues_the_certificates_the_operator_requests(
+        testbed: Any, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+    """controlPlane.tls.certificate (issue 14, item 1) with a real cert-manager v1.11.5 controller (built from
+    its module; the install-path issue runs it in the cluster): a CA Issuer signs the serving certificate
+    (SAN: the API Service) and the operator's client certificate; the Secrets it writes are what the server
+    mounts and the operator presents, and the server comes up with them."""
+    cert_manager = CertManager(testbed, namespace, tmp_path)
+    try:
+        with cert_manager:
+            for obj in (
+                {"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "bootstrap"},
+                 "spec": {"selfSigned": {}}},
+                {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "root"},
+                 "spec": {"isCA": True, "commonName": "dittofs-test-root", "secretName": "root-ca",
+                          "issuerRef": {"name": "bootstrap", "kind": "Issuer"}}},
+                {"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "ca"},
+                 "spec": {"ca": {"secretName": "root-ca"}}},
+            ):
+                testbed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+            tls = {"secretName": "demo-api-tls", "clientCaSecretName": "demo-api-tls",
+                   "operatorClientSecretName": "demo-operator-client",
+                   "certificate": {"issuerRef": {"name": "ca", "kind": "Issuer"}, "duration": "720h"}}
+            t0 = time.monotonic()
+            apply_server(testbed, namespace, controlPlane={"tls": tls})
+
+            def issued(name: str) -> dict[str, Any] | None:
+                cert = kubectl_json(testbed, "get", "certificates.cert-manager.io", name, "-n", namespace)
+                ready = [c for c in (cert.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
+                return cert if ready and ready[0]["status"] == "True" else None
+
+            def both_issued() -> bool:
+                return all(issued(name) for name in ("demo-api", "demo-operator-client"))
+
+            eventually(both_issued, timeout=90, what=f"both Certificates issued (log {cert_manager.log_path})")
+            took = time.monotonic() - t0
+            wait_ready(testbed, namespace)
+            root = x509.load_pem_x509_certificate(secret_bytes(testbed, namespace, "root-ca", "tls.crt"))
+            serving = x509.load_pem_x509_certificate(secret_bytes(testbed, namespace, "demo-api-tls", "tls.crt"))
+            client = x509.load_pem_x509_certificate(secret_bytes(testbed, namespace, "demo-operator-client",
+                                                                 "tls.crt"))
+            # The client CA the server mounts (ca.crt of its own Secret) is the CA that signs the operator.
+            assert secret_bytes(testbed, namespace, "demo-api-tls", "ca.crt") == root.public_bytes(Encoding.PEM)
+            for cert in (serving, client):
+                cert.verify_directly_issued_by(root)
+            names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert f"demo-api.{namespace}.svc" in names.get_values_for_type(x509.DNSName)
+            usages = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
+            sts = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)
+            volumes = {v["name"]: v.get("secret", {}).get("secretName")
+                       for v in sts["spec"]["template"]["spec"]["volumes"]}
+            assert (volumes["api-tls"], volumes["client-ca"]) == ("demo-api-tls", "demo-api-tls")
+            print(f"\n[cert-manager] both certificates issued {took:.1f} s after the DittoServer was applied",
+                  file=sys.stderr)
+    finally:
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=90s", check=False)
+        cert_manager.remove_crds()
+
+
+def secret_bytes(testbed: Any, namespace: str, name: str, key: str) -> bytes:
+    return base64.b64decode(kubectl_json(testbed, "get", "secret", name, "-n", namespace)["data"][key])

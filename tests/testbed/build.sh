@@ -119,16 +119,40 @@ fetch_crds() {
 fetch_cert_manager_crds() {
   # cert-manager's real Certificate CRD from its module (deploy/crds). Its labels are Helm template strings,
   # which are not valid label values: they are dropped, the schema is kept as it is.
-  local out="$CACHE/cert-manager-$CERTMGR" f=crd-certificates.yaml
-  [ -s "$out/$f" ] && { log "cached: $out/$f"; return; }
-  lock "cert-manager-$CERTMGR"; [ -s "$out/$f" ] && return
+  local out="$CACHE/cert-manager-$CERTMGR" f
+  [ -s "$out/crd-issuers.yaml" ] && { log "cached: $out/crd-*.yaml"; return; }
+  lock "cert-manager-$CERTMGR"; [ -s "$out/crd-issuers.yaml" ] && return
   local dir; dir=$(go mod download -json "github.com/cert-manager/cert-manager@$CERTMGR" |
     python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
   rm -rf "$out.tmp"; mkdir -p "$out.tmp"
   # The metadata.labels block (2-space key, 4-space entries) before `spec:`; plain text, no YAML library.
-  awk 'BEGIN{skip=0} /^spec:/{done=1} !done && /^  labels:/{skip=1; next} skip && /^    /{next} {skip=0; print}' \
-    "$dir/deploy/crds/$f" >"$out.tmp/$f"
-  rm -rf "$out"; mv "$out.tmp" "$out"; log "cert-manager $CERTMGR Certificate CRD: done"
+  for f in "$dir"/deploy/crds/crd-*.yaml; do
+    awk 'BEGIN{skip=0} /^spec:/{done=1} !done && /^  labels:/{skip=1; next} skip && /^    /{next} {skip=0; print}' \
+      "$f" >"$out.tmp/$(basename "$f")"
+  done
+  if grep -l '{{' "$out.tmp"/*.yaml; then log "cert-manager CRDs: a template is left"; exit 1; fi
+  rm -rf "$out"; mv "$out.tmp" "$out"; log "cert-manager $CERTMGR CRDs: done"
+}
+
+build_cert_manager() {
+  # cert-manager's controller (and cainjector, for the install path) from its module: at v1.11.x the binaries
+  # are packages of the root module (separate cmd/* modules, which the proxy cannot serve, start at v1.12).
+  # The wrapper keeps `go 1.19` (the binaries keep that era's TLS/X.509 defaults) and repeats the root
+  # go.mod's replace directives (a dependency's are ignored). Upstream's flags: -trimpath, AppVersion.
+  local out="$CACHE/cert-manager-bin-$CERTMGR" mod=github.com/cert-manager/cert-manager
+  have "$out/controller" && have "$out/cainjector" && return
+  lock "cert-manager-bin-$CERTMGR"; have "$out/controller" && have "$out/cainjector" && return
+  log "cert-manager $CERTMGR: building controller + cainjector (about 2 min cold)"
+  local d="$CACHE/src/cert-manager-$CERTMGR" src; mkdir -p "$d"; cd "$d"
+  src=$(go mod download -json "$mod@$CERTMGR" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Dir"])')
+  { printf 'module testbed.local/certmanagerbin\n\ngo 1.19\n\nrequire %s %s\n\n' "$mod" "$CERTMGR"
+    awk '/^replace \(/{b=1; print; next} b{print; if ($0 ~ /^\)/) b=0; next} /^replace /{print}' "$src/go.mod"
+  } >go.mod
+  go get "$mod/cmd/controller@$CERTMGR" "$mod/cmd/cainjector@$CERTMGR"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  go build -trimpath -ldflags "-s -w -X $mod/pkg/util.AppVersion=$CERTMGR" -o "$out.tmp/" \
+    "$mod/cmd/controller" "$mod/cmd/cainjector"
+  rm -rf "$out"; mv "$out.tmp" "$out"; log "cert-manager $CERTMGR: done"
 }
 
 what=${1:-all}
@@ -140,11 +164,13 @@ case "$what" in
     build_etcd
     fetch_crds
     fetch_cert_manager_crds
+    build_cert_manager
     build_k8s ;;
   k8s|kubelet) build_k8s ;; etcd) build_etcd ;; kubectl|helm) fetch_kubectl ;;
   dfs) gobin_install dfs "$DFS" dfs github.com/marmos91/dittofs/cmd/dfs "-X main.version=$DFS" ;;
   kwok) gobin_install kwok "$KWOK" kwok sigs.k8s.io/kwok/cmd/kwok ;;
   crds) fetch_crds; fetch_cert_manager_crds ;;
-  *) echo "usage: $0 [all|k8s|kubelet|etcd|kwok|dfs|kubectl|crds]" >&2; exit 2 ;;
+  cert-manager) fetch_cert_manager_crds; build_cert_manager ;;
+  *) echo "usage: $0 [all|k8s|kubelet|etcd|kwok|dfs|kubectl|crds|cert-manager]" >&2; exit 2 ;;
 esac
 log "binaries in $CACHE"

@@ -120,6 +120,29 @@ def certificate_crd(cache: Path | None = None) -> Path:
     return _crd(f"cert-manager-{_version('CERT_MANAGER_VERSION')}", "crd-certificates.yaml", cache)
 
 
+def cert_manager_crds(cache: Path | None = None) -> list[Path]:
+    """All six of cert-manager's CRDs (what its controller watches)."""
+    directory = (cache if cache is not None else cache_dir()) / f"cert-manager-{_version('CERT_MANAGER_VERSION')}"
+    certificate_crd(cache)
+    found = sorted(directory.glob("crd-*.yaml"))
+    if len(found) != 6:
+        run_build("crds")
+        found = sorted(directory.glob("crd-*.yaml"))
+    if len(found) != 6:
+        raise RuntimeError(f"build.sh crds left {len(found)} cert-manager CRDs in {directory}, expected 6")
+    return found
+
+
+def cert_manager_binary(name: str, cache: Path | None = None) -> Path:
+    """cert-manager's ``controller`` or ``cainjector``, built from its module (on demand)."""
+    path = (cache if cache is not None else cache_dir()) / f"cert-manager-bin-{_version('CERT_MANAGER_VERSION')}" / name
+    if not path.is_file():
+        run_build("cert-manager")
+    if not path.is_file():
+        raise RuntimeError(f"build.sh cert-manager did not produce {path}")
+    return path
+
+
 def run_build(what: str = "all") -> None:
     """Run ``build.sh`` (which skips cached binaries), streaming its progress to stderr.
 

@@ -1,0 +1,66 @@
+"""A real cert-manager v1.11.5 controller against the test bed (built from its module by ``build.sh``).
+
+It runs out of the cluster (``--kubeconfig``), like the operator, scoped to one namespace (``--namespace``:
+namespaced Issuers only, so it never touches another test's objects), without leader election, its
+metrics on a free loopback port. Its six CRDs are applied first and deleted by ``remove_crds`` (a test that
+proves the operator's answer to a cluster *without* cert-manager must not find them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests.support.net import free_port
+from tests.testbed.cluster import die_with_parent
+from tests.testbed.paths import cert_manager_binary, cert_manager_crds
+
+CRD_NAMES = ("certificaterequests", "certificates", "challenges", "clusterissuers", "issuers", "orders")
+
+
+class CertManager:
+    def __init__(self, testbed: Any, namespace: str, workdir: Path) -> None:
+        self.testbed, self.namespace = testbed, namespace
+        self.binary = cert_manager_binary("controller")
+        self.log_path = workdir / f"cert-manager-{namespace}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CertManager:
+        for crd in cert_manager_crds():
+            self.testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        for name in CRD_NAMES:
+            self.testbed.wait_crd(f"{name}.cert-manager.io" if name not in ("challenges", "orders")
+                                  else f"{name}.acme.cert-manager.io")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(self.binary), "--kubeconfig", str(self.testbed.kubeconfig), "--leader-elect=false",
+             f"--namespace={self.namespace}", f"--cluster-resource-namespace={self.namespace}",
+             f"--metrics-listen-address=127.0.0.1:{free_port()}", "--v=2"],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+        log.close()
+        return self
+
+    def remove_crds(self) -> None:
+        for crd in cert_manager_crds():
+            self.testbed.kubectl("delete", "-f", str(crd), "--ignore-not-found", "--timeout=60s", check=False)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> CertManager:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
