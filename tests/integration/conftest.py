@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.chart import Helm, helm_runner
 from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.paths import CRD
 
@@ -48,6 +49,30 @@ def quiet_operator(operator: OperatorProcess) -> Iterator[OperatorProcess]:
 @pytest.fixture
 def namespace(testbed: Any) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
-    testbed.kubectl("create", "namespace", name)
+    testbed.create_namespace(name)
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def helm(testbed: Any) -> Helm:
+    return helm_runner(testbed)
+
+
+@pytest.fixture
+def release_ns(testbed: Any) -> Iterator[str]:
+    """The release namespace, enforcing Pod Security "restricted" (the chart's pod must pass it)."""
+    name = f"dfs-sys-{uuid.uuid4().hex[:6]}"
+    testbed.create_namespace(name)
+    testbed.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
+    yield name
+    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def workload_ns(testbed: Any) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    testbed.create_namespace(name)
     yield name
     testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tests.support.chart import RELEASE, SERVICE, Helm, adopt_crd, assert_uninstalled, uninstall
 from tests.support.kube import apply_server, events, kubectl_json, server, wait_ready
 from tests.support.net import free_port
 from tests.support.operator import OperatorProcess
@@ -34,61 +33,15 @@ from webhook.server import WEBHOOK_PATH
 
 pytestmark = pytest.mark.integration
 
-CRD_NAME = "dittoservers.dittofs.dittofs.com"
 PERCONA_CRD_NAME = "perconapgclusters.pgv2.percona.com"
 SERVICEMONITOR_CRD_NAME = "servicemonitors.monitoring.coreos.com"
-RELEASE = "dittofs-operator"  # default names: Deployment/SA/VWC dittofs-operator, Service dittofs-operator-webhook
-SERVICE = f"{RELEASE}-webhook"
 TESTBED_OPERATOR_USER = "dittofs-operator"  # the test bed's cluster-admin operator identity (other tests)
 
-Helm = Callable[..., Any]
 
 
 @pytest.fixture(autouse=True)
 def _only_reconciler(quiet_operator: OperatorProcess) -> None:
     """Stop the session's cluster-admin operator: the RBAC proof needs the chart's identity to be alone."""
-
-
-@pytest.fixture
-def helm(testbed: Any) -> Helm:
-    import subprocess
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(testbed.binaries.helm), "--kubeconfig", str(testbed.kubeconfig), *args]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=testbed.env(), check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    return run
-
-
-@pytest.fixture
-def release_ns(testbed: Any) -> Iterator[str]:
-    """The release namespace, enforcing Pod Security "restricted" (the chart's pod must pass it)."""
-    name = f"dfs-sys-{uuid.uuid4().hex[:6]}"
-    testbed.kubectl("create", "namespace", name)
-    testbed.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
-                    "pod-security.kubernetes.io/enforce-version=latest")
-    yield name
-    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture
-def workload_ns(testbed: Any) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    testbed.kubectl("create", "namespace", name)
-    yield name
-    testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def adopt_crd(testbed: Any, namespace: str) -> None:
-    """An earlier test may have applied the CRD with kubectl: hand it to this release (Helm's adoption)."""
-    if testbed.kubectl("get", "crd", CRD_NAME, check=False).returncode != 0:
-        return
-    testbed.kubectl("label", "--overwrite", "crd", CRD_NAME, "app.kubernetes.io/managed-by=Helm")
-    testbed.kubectl("annotate", "--overwrite", "crd", CRD_NAME, f"meta.helm.sh/release-name={RELEASE}",
-                    f"meta.helm.sh/release-namespace={namespace}")
 
 
 def service_account_kubeconfig(testbed: Any, namespace: str, path: Path) -> Path:
@@ -167,21 +120,6 @@ def audit_of(testbed: Any, user: str, since: int) -> list[dict[str, Any]]:
 def resource_of(event: dict[str, Any]) -> str:
     ref = event.get("objectRef") or {}
     return f"{ref.get('resource')}/{ref['subresource']}" if ref.get("subresource") else str(ref.get("resource"))
-
-
-def uninstall(helm: Helm, namespace: str) -> None:
-    """Always run (finally): a failed test must not leave a failurePolicy=Fail webhook behind."""
-    helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "60s", "--ignore-not-found", check=False)
-
-
-def assert_uninstalled(testbed: Any) -> None:
-    left = testbed.kubectl("get", "validatingwebhookconfiguration", RELEASE, check=False)
-    assert left.returncode != 0, "helm uninstall left the ValidatingWebhookConfiguration behind"
-    for kind, name in (("clusterrole", RELEASE), ("clusterrole", f"{RELEASE}-cluster"),
-                       ("clusterrolebinding", RELEASE), ("clusterrolebinding", f"{RELEASE}-cluster")):
-        assert testbed.kubectl("get", kind, name, check=False).returncode != 0, f"{kind} {name} left behind"
-    crd = kubectl_json(testbed, "get", "crd", CRD_NAME)  # crds.keep (default): the CRD and all data stay
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
 def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns: str, workload_ns: str,

@@ -380,7 +380,9 @@ def test_no_packet_leaves_the_machine(testbed: Testbed, real_node: RealNode, nam
     # 2. A ClusterIP and a kwok pod IP fail at once with the blackhole's EINVAL, from the host...
     testbed.kubectl("create", "service", "clusterip", "probe", "-n", namespace, "--tcp=443:8443")
     cluster_ip = kubectl_json(testbed, "get", "service", "probe", "-n", namespace)["spec"]["clusterIP"]
-    testbed.kubectl("run", "kwokpod", "-n", namespace, "--image=registry.invalid/none:1", "--restart=Never")
+    # Labelled for the Service's selector: the apiserver calls Service webhooks at their endpoints.
+    testbed.kubectl("run", "kwokpod", "-n", namespace, "--image=registry.invalid/none:1", "--restart=Never",
+                    "--labels=app=probe")
     kwok_ip = eventually(lambda: pod(testbed, namespace, "kwokpod")["status"].get("podIP"), what="kwok pod IP")
     assert pod(testbed, namespace, "kwokpod")["spec"]["nodeName"] == testbed.node_name  # untolerating: kwok
     for what, ip in (("ClusterIP", cluster_ip), ("kwok pod IP", kwok_ip)):
@@ -390,7 +392,8 @@ def test_no_packet_leaves_the_machine(testbed: Testbed, real_node: RealNode, nam
         assert err == errno.EINVAL and took < 0.5, (what, ip, err, took)
         report.append(f"connect {what} {ip}:443 -> {errno.errorcode.get(err or 0)} in {took * 1000:.1f} ms")
 
-    # ...and from the apiserver: a webhook behind a Service is dialled at its ClusterIP and fails fast.
+    # ...and from the apiserver: a webhook behind a Service is dialled at its endpoint (aggregator routing),
+    # here the kwok pod's IP, and fails fast.
     hook = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": f"blackhole-{namespace}"},
@@ -414,7 +417,8 @@ def test_no_packet_leaves_the_machine(testbed: Testbed, real_node: RealNode, nam
         t0 = time.monotonic()
         message = eventually(denied, timeout=30, what="the webhook call to be attempted")
         assert "invalid argument" in message, message
-        report.append(f"apiserver -> webhook Service {cluster_ip}: ...{message.strip()[-120:]}")
+        assert kwok_ip in message, message
+        report.append(f"apiserver -> webhook Service {cluster_ip} (endpoint {kwok_ip}): ...{message.strip()[-120:]}")
         assert time.monotonic() - t0 < 30
     finally:
         testbed.kubectl("delete", "validatingwebhookconfiguration", f"blackhole-{namespace}", check=False)

@@ -392,6 +392,17 @@ class Testbed:
                                    proc.stderr or f"CRD {name} not Established after {timeout:.0f}s")
             time.sleep(0.2)
 
+    def create_namespace(self, name: str, timeout: float = 30.0) -> None:
+        """Create ``name`` and wait for its ``default`` ServiceAccount, which pod admission requires."""
+        self.kubectl("create", "namespace", name)
+        path = f"/api/v1/namespaces/{name}/serviceaccounts/default"
+        deadline = time.monotonic() + timeout
+        while self.api.request("GET", path)[0] != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"namespace {name}: no default ServiceAccount after {timeout:.0f}s (is the "
+                                   "controller-manager running?)")
+            time.sleep(0.05)
+
     def apply_yaml(self, text: str, *extra: str) -> subprocess.CompletedProcess[str]:
         """``kubectl apply -f -`` of a (multi-document) YAML string."""
         return self.kubectl("apply", "-f", "-", *extra, input=text)
@@ -450,6 +461,10 @@ class Testbed:
     def _check_name(self, name: str) -> None:
         if name not in COMPONENTS:
             raise ValueError(f"unknown component {name!r}; expected one of {COMPONENTS}")
+
+    def admin_client(self) -> ApiClient:
+        """A new admin client with its own connection (for a thread beside the test's ``api``)."""
+        return self._new_admin_client()
 
     def _new_admin_client(self) -> ApiClient:
         return ApiClient(self.api_url, self.pki.ca_files.cert, self.pki.admin.cert, self.pki.admin.key)
@@ -534,7 +549,11 @@ class Testbed:
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
-                "--disable-admission-plugins=ServiceAccount",
+                # ServiceAccount admission is on, as in a real cluster: in-cluster clients (the chart's operator
+                # on the real node) get their token volume. Pods wait for the namespace's `default` account.
+                # Webhooks behind a Service are called at the Service's endpoints (there is no kube-proxy, and
+                # a ClusterIP is blackholed): the real node's pods are reachable on its bridge.
+                "--enable-aggregator-routing=true",
                 # SIGTERM with clients still watching (restart_apiserver): without this the HTTP server
                 # waits out --request-timeout (60 s) for hijacked watch streams; with it, 2 s after drain.
                 "--shutdown-send-retry-after=true",

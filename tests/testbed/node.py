@@ -78,6 +78,7 @@ HOST_TOOLS = {
     "ctr": Path("/usr/bin/ctr"),
     "runc": Path("/usr/sbin/runc"),
     "CNI bridge plugin": Path("/usr/lib/cni/bridge"),
+    "socat": Path("/usr/bin/socat"),
     "CNI host-local plugin": Path("/usr/lib/cni/host-local"),
     "busybox-static": Path("/usr/bin/busybox"),
     "umoci": Path("/usr/bin/umoci"),
@@ -316,6 +317,7 @@ class RealNode:
             self.timings["lock+recover"] = time.monotonic() - t0
             self._setup_network()
             self._start_containerd()
+            self._start_api_relay()
             self.timings["containerd"] = time.monotonic() - t0
             self._import_images()
             self.timings["images"] = time.monotonic() - t0
@@ -339,6 +341,7 @@ class RealNode:
                 self.stop_kubelet()
                 self._kill_tasks()
                 self._stop_proc("containerd", grace=10)
+                self._stop_proc("apiserver-relay", grace=5)
                 problems = restore_host(self._state, self.log)
                 with contextlib.suppress(Exception):
                     self.tb.api.call("DELETE", f"/api/v1/nodes/{NODE_NAME}", ok=(404,))
@@ -372,6 +375,19 @@ class RealNode:
     def pid(self, name: str) -> int | None:
         proc = self._procs.get(name)
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def api_port(self) -> int:
+        return int(self.tb.ports["kube-apiserver"])
+
+    def in_cluster_env(self) -> list[dict[str, str]]:
+        """Env for an in-cluster client on this node: the apiserver at the node's bridge address.
+
+        What kube-proxy would do for the ``kubernetes`` Service's ClusterIP (blackholed here); the kubelet's
+        own service env names the ClusterIP, and a container's explicit env wins over it.
+        """
+        return [{"name": "KUBERNETES_SERVICE_HOST", "value": NODE_IP},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": str(self.api_port)}]
 
     def kill_kubelet(self) -> None:
         """SIGKILL the kubelet (a crash, for tests); containers keep running under their shims."""
@@ -574,6 +590,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--v=1",
         ]
 
+    def _start_api_relay(self) -> None:
+        # The apiserver listens on loopback only; pods reach it at the bridge address through socat
+        # (a fork per connection), never through the Service's ClusterIP.
+        self._spawn("apiserver-relay", [str(HOST_TOOLS["socat"]),
+                                        f"TCP-LISTEN:{self.api_port},bind={NODE_IP},fork,reuseaddr",
+                                        f"TCP:127.0.0.1:{self.api_port}"])
+
     def _start_containerd(self) -> None:
         self._write_configs()
         self._spawn("containerd", [str(HOST_TOOLS["containerd"]), "--config", str(self.containerd_dir / "config.toml")])
@@ -668,7 +691,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         proc = self._procs.get(name)
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
+        # The whole session: socat's per-connection children go with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:

@@ -173,7 +173,8 @@ APISERVER_DNS = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-APISERVER_IPS = ("127.0.0.1", "10.96.0.1")
+# 10.88.0.1: the real node's bridge address, where in-cluster clients reach the apiserver (node.py relay).
+APISERVER_IPS = ("127.0.0.1", "10.96.0.1", "10.88.0.1")
 
 
 @dataclass(frozen=True)
