@@ -45,9 +45,14 @@ fi
 # image builder and its inputs (busybox for the images' shell, gcc for the pause binary), and the
 # userspace NFS and SMB clients the tests write and read files with. It needs root; without it the real-node tests fail
 # loudly unless DITTOFS_TESTBED_REAL_NODE=0.
-NODE_PKGS="containerd runc containernetworking-plugins iptables busybox-static umoci libnfs-utils smbclient gcc libc6-dev"
+# The operator's own image (tests/testbed/image/, `build.sh operator-image`): mmdebstrap for the base image,
+# buildah to build the Dockerfile, skopeo to export it. Without recommends these add only their libraries,
+# uidmap and the containers config (no podman, no netavark: containers-common's network stack dependency
+# is met by containernetworking-plugins), and nothing runs until a build does. socat relays the
+# loopback apiserver to the node's bridge address for in-cluster clients (node.py).
+NODE_PKGS="containerd runc containernetworking-plugins iptables busybox-static umoci libnfs-utils smbclient gcc libc6-dev mmdebstrap buildah skopeo socat"
 NODE_BINS="/usr/bin/containerd /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables /usr/bin/busybox /usr/bin/umoci
-/usr/bin/nfs-cp /usr/bin/smbclient /usr/bin/gcc"
+/usr/bin/nfs-cp /usr/bin/smbclient /usr/bin/gcc /usr/bin/mmdebstrap /usr/bin/buildah /usr/bin/skopeo /usr/bin/socat"
 node_missing=""; for b in $NODE_BINS; do [ -x "$b" ] || node_missing="$node_missing $b"; done
 if [ "${SKIP_REAL_NODE:-0}" = 1 ]; then
   say "skipping real-node packages (SKIP_REAL_NODE=1)"

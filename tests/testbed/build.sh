@@ -171,6 +171,9 @@ case "$what" in
   kwok) gobin_install kwok "$KWOK" kwok sigs.k8s.io/kwok/cmd/kwok ;;
   crds) fetch_crds; fetch_cert_manager_crds ;;
   cert-manager) fetch_cert_manager_crds; build_cert_manager ;;
-  *) echo "usage: $0 [all|k8s|kubelet|etcd|kwok|dfs|kubectl|crds|cert-manager]" >&2; exit 2 ;;
+  # The operator's image from the repository's Dockerfile (buildah; needs root), as an OCI archive in
+  # $CACHE/images/; its path is the last line on stdout. Builds the base image first when it is missing.
+  operator-image) bash "$(dirname "$0")/image/build-operator.sh" ;;
+  *) echo "usage: $0 [all|k8s|kubelet|etcd|kwok|dfs|kubectl|crds|cert-manager|operator-image]" >&2; exit 2 ;;
 esac
 log "binaries in $CACHE"
