@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dittoctl.api.kinds import SECRETS, WEBHOOKCONFIGS
+from dittoctl.kube.anchor import anchor_owners
 from dittoctl.kube.background import Background
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
@@ -345,7 +346,8 @@ class SelfSignedManager:
                     "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                     "metadata": {"name": self.secret_name, "namespace": self.namespace,
                                  "labels": {"app.kubernetes.io/managed-by": "dittofs-operator",
-                                            "app.kubernetes.io/component": "webhook-certificate"}},
+                                            "app.kubernetes.io/component": "webhook-certificate"},
+                                 "ownerReferences": await anchor_owners(self.gateway, self.webhook_config_name)},
                     "data": {k: v for k, v in encoded.items() if v is not None},
                 }
                 await self.gateway.create(SECRETS, body, self.namespace)

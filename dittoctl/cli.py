@@ -26,6 +26,18 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"DITTOFS_OPERATOR_{name}", default)
 
 
+def _number_env(name: str, default: str, kind: type[int] | type[float]) -> int | float:
+    raw = _env(name, default)
+    try:
+        return kind(raw)
+    except ValueError:
+        # Kubernetes service links: a Service "dittofs-operator-webhook" beside the pod sets
+        # DITTOFS_OPERATOR_WEBHOOK_PORT=tcp://<ip>:443 in it.
+        hint = ("; a Kubernetes Service link set it: add enableServiceLinks: false to the pod spec (the chart "
+                "does) or pass the flag instead") if raw.startswith(("tcp://", "udp://")) else ""
+        raise UsageError(f"DITTOFS_OPERATOR_{name}={raw!r} is not a number{hint}") from None
+
+
 def _bool_env(name: str, default: bool) -> bool:
     return _env(name, str(default)).lower() in ("1", "true", "yes", "on")
 
@@ -192,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-webhook", action="store_true", default=_bool_env("NO_WEBHOOK", False))
     run.add_argument("--no-reconciler", action="store_true", default=_bool_env("NO_RECONCILER", False))
     run.add_argument("--webhook-host", default=_env("WEBHOOK_HOST", "0.0.0.0"))  # noqa: S104
-    run.add_argument("--webhook-port", type=int, default=int(_env("WEBHOOK_PORT", "9443")))
+    run.add_argument("--webhook-port", type=int, default=_number_env("WEBHOOK_PORT", "9443", int))
     run.add_argument("--cert-dir", default=_env("CERT_DIR", "/tmp/k8s-webhook-server/serving-certs"))  # noqa: S108
     run.add_argument("--tls-mode", choices=["certManager", "selfSigned", "provided"],
                      default=_env("TLS_MODE", "provided"))
@@ -200,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--service-name", default=_env("SERVICE_NAME", "dittofs-operator-webhook"))
     run.add_argument("--service-namespace", default=_env("NAMESPACE", "dittofs-system"))
     run.add_argument("--health-host", default=_env("HEALTH_HOST", "0.0.0.0"))  # noqa: S104
-    run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")))
+    run.add_argument("--health-port", type=int, default=_number_env("HEALTH_PORT", "8081", int))
     run.add_argument("--leader-election", action="store_true", default=_bool_env("LEADER_ELECTION", False))
     run.add_argument("--lease-namespace", default=_env("NAMESPACE", "dittofs-system"))
     run.add_argument("--lease-name", default=_env("LEASE_NAME", "dittofs-operator"),
@@ -216,8 +228,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--operator-namespace", default=operator_namespace,
                      help="the operator's own namespace (the chart's pod sets POD_NAMESPACE); every DittoServer's "
                           "NetworkPolicy lets it in")
-    run.add_argument("--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "300")))
-    run.add_argument("--workers", type=int, default=int(_env("WORKERS", "8")),
+    run.add_argument("--drift-interval", type=float, default=_number_env("DRIFT_INTERVAL", "300", float))
+    run.add_argument("--workers", type=int, default=_number_env("WORKERS", "8", int),
                      help="concurrent reconciles; passes mostly wait on the API, not the CPU")
     run.set_defaults(func=cmd_run)
 
@@ -273,7 +285,12 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        cli = parser()
+    except UsageError as exc:  # an unusable DITTOFS_OPERATOR_* default
+        print(f"dittoctl: {exc}", file=sys.stderr)
+        return 2
+    args = cli.parse_args(argv)
     try:
         result: int = args.func(args)
     except UsageError as exc:

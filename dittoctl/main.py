@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import ipaddress
 import logging
@@ -166,7 +167,12 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             if settings.kubeconfig or os.environ.get("KUBECONFIG"):
                 return kopf.login_with_kubeconfig(**kwargs)
-            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+            account = kopf.login_with_service_account(**kwargs)
+            if account is None:
+                return kopf.login_with_kubeconfig(**kwargs)
+            # kopf names the API https://kubernetes.default.svc, which needs cluster DNS; talk to the server
+            # the gateway uses (KUBERNETES_SERVICE_HOST/PORT, as client-go does), so both halves agree.
+            return dataclasses.replace(account, server=str(api.configuration.host))
 
         @kopf.on.startup(registry=registry)
         async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -177,18 +183,23 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         if settings.leader_election:
             from reconciler.leader import LeaderElector
 
-            elector = LeaderElector(gateway, settings.lease_name, settings.lease_namespace, controller)
+            elector = LeaderElector(gateway, settings.lease_name, settings.lease_namespace, controller,
+                                    anchor=settings.webhook_config_name if settings.webhook else None)
             tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
             controller.start_background()
         else:
             controller.start()
             metrics.LEADER.labels(settings.lease_name).set(1)
+        from reconciler.leader import own_identity
+
         ready_flag: asyncio.Event = health.kopf_ready
         health.kopf_task = asyncio.create_task(kopf.operator(
             registry=registry,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             standalone=True,
+            # Unnamed, kopf calls getpass.getuser(), which fails for a uid without a passwd entry (our image).
+            identity=own_identity(),  # type: ignore[arg-type]  # kopf's Identity: a NewType of str, not exported
             ready_flag=ready_flag,
         ), name="kopf")
         tasks.append(health.kopf_task)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dittoctl.api.kinds import LEASES
 from dittoctl.kube import metrics
+from dittoctl.kube.anchor import anchor_owners
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
@@ -32,14 +33,24 @@ def _parse(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def own_identity() -> str:
+    """This replica's name: the pod's (the chart sets POD_NAME), else the host's; never the user's.
+
+    A numeric non-root user (65532 in our image) has no passwd entry, so getpass.getuser() fails.
+    """
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
 class LeaderElector:
     def __init__(self, gateway: Gateway, name: str, namespace: str, controller: Controller, *,
-                 lease_seconds: int = 15, renew_deadline: float = 10.0, retry: float = 2.0) -> None:
+                 lease_seconds: int = 15, renew_deadline: float = 10.0, retry: float = 2.0,
+                 anchor: str | None = None) -> None:
         self.gw = gateway
+        self.anchor = anchor  # the webhook configuration that owns the Lease (dittoctl.kube.anchor)
         self.name = name
         self.namespace = namespace
         self.controller = controller
-        self.identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        self.identity = f"{own_identity()}_{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
         self.renew_deadline = renew_deadline
         self.retry = retry
@@ -56,7 +67,8 @@ class LeaderElector:
             lease = await self.gw.get(LEASES, self.name, self.namespace, timeout=self.retry * 2)
         except NotFound:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "metadata": {"name": self.name, "namespace": self.namespace,
+                                 "ownerReferences": await anchor_owners(self.gw, self.anchor)},
                     "spec": self._spec(now, None, 0)}
             try:
                 await self.gw.create(LEASES, body, self.namespace)

@@ -125,3 +125,15 @@ def test_every_sample_is_valid_offline(capsys: pytest.CaptureFixture[str]) -> No
     assert len(samples) >= 2
     for sample in samples:
         assert main(["validate", "-f", str(sample)]) == 0, capsys.readouterr().out
+
+
+def test_a_service_link_in_the_operator_env_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Found on the real node: a Service "dittofs-operator-webhook" beside a pod with service links on sets
+    DITTOFS_OPERATOR_WEBHOOK_PORT=tcp://<ClusterIP>:443, which `dittoctl run` read as its own port."""
+    monkeypatch.setenv("DITTOFS_OPERATOR_WEBHOOK_PORT", "tcp://10.96.45.131:443")
+    assert main(["run", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "DITTOFS_OPERATOR_WEBHOOK_PORT='tcp://10.96.45.131:443' is not a number" in err, err
+    assert "enableServiceLinks: false" in err
+    assert "Traceback" not in err

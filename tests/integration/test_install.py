@@ -1,0 +1,285 @@
+"""The install path a cluster admin takes, run for real (issue 17): the image built from our unchanged
+Dockerfile, imported into the real node's containerd; `helm install` of the chart, its operator pod on the
+real node under the chart's ServiceAccount (restricted Pod Security, read-only root); the apiserver calling
+the webhook through its Service (at the pod's endpoint: there is no kube-proxy and ClusterIPs are
+blackholed); a DittoServer provisioned from inside the cluster and serving its share over NFS; then
+`helm upgrade`, a leader failover with two replicas, and `helm uninstall`.
+
+The only test-bed concession is the operator's apiserver address: `KUBERNETES_SERVICE_HOST` names the node's
+bridge address (a relay to the loopback apiserver) instead of the `kubernetes` Service's ClusterIP, which
+kube-proxy would translate in a real cluster. Everything else is the chart's own rendering.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.chart import RELEASE, SERVICE, Helm, adopt_crd, assert_uninstalled, uninstall
+from tests.support.kube import apply_server, condition, kubectl_json, wait_ready
+from tests.support.operator import OperatorProcess
+from tests.support.paths import CHART
+from tests.support.poll import eventually
+from tests.testbed import Testbed
+from tests.testbed.fileservice import nfs_get, nfs_put
+from tests.testbed.images import import_archive, operator_image
+from tests.testbed.node import SUBNET, RealNode
+
+pytestmark = pytest.mark.integration
+GROUP_PATH = "/apis/dittofs.dittofs.com/v1alpha1"
+INVALID = {"storage": {"metadataSize": "1Gi", "contentSize": "2Gi"}, "adapters": {"nfs": {"port": 8080}}}
+DENIAL = "spec.adapters.nfs.port: port 8080 is also used by spec.controlPlane.port"  # only the webhook knows
+
+
+@pytest.fixture(scope="module")
+def image(real_node: RealNode) -> str:
+    """The operator image from the Dockerfile (cached by the project's files), in the node's containerd."""
+    t0 = time.monotonic()
+    ref, archive = operator_image()
+    built = time.monotonic() - t0
+    import_archive(real_node.ctr, archive)
+    print(f"\n[install] image {ref}: build/cache {built:.1f} s, import {time.monotonic() - t0 - built:.1f} s, "
+          f"archive {archive.stat().st_size / 2**20:.1f} MiB", file=sys.stderr)
+    return ref
+
+
+def values(real_node: RealNode, **more: Any) -> dict[str, Any]:
+    placement = real_node.pod_placement()
+    return {
+        "webhook": {"tls": {"mode": "selfSigned"}},
+        "nodeSelector": placement["nodeSelector"],
+        "tolerations": placement["tolerations"],
+        "extraEnv": real_node.in_cluster_env(),
+        # No cluster DNS here: reach each DittoFS pod at its IP, on the node's bridge only.
+        "extraArgs": ["--server-address=pod", f"--provision-networks={SUBNET}"],
+        **more,
+    }
+
+
+def operator_pods(testbed: Testbed, namespace: str) -> list[dict[str, Any]]:
+    pods = kubectl_json(testbed, "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator")
+    return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def ready_pods(testbed: Testbed, namespace: str, count: int) -> list[dict[str, Any]] | None:
+    pods = operator_pods(testbed, namespace)
+    ready = [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                     for c in p["status"].get("conditions") or [])]
+    return ready if len(ready) == count == len(pods) else None
+
+
+def lease_holder(testbed: Testbed, namespace: str) -> str | None:
+    lease = testbed.api.call("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{RELEASE}",
+                             ok=(404,))
+    return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+
+def admit_invalid(testbed: Testbed, namespace: str) -> str:
+    """`kubectl apply` of an invalid DittoServer; returns the denial (fails if it was admitted)."""
+    body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": "invalid", "namespace": namespace}, "spec": INVALID}
+    result = testbed.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert result.returncode != 0, "an invalid DittoServer was admitted"
+    return str(result.stderr)
+
+
+def health(ip: str, path: str) -> int:
+    with urllib.request.urlopen(f"http://{ip}:8081{path}", timeout=3) as resp:
+        return int(resp.status)
+
+
+class Admissions(threading.Thread):
+    """Server-side dry-run creates of a valid DittoServer, back to back: every one passes the webhook."""
+
+    def __init__(self, testbed: Testbed, namespace: str) -> None:
+        super().__init__(daemon=True)
+        self.api = testbed.admin_client()
+        self.path = f"{GROUP_PATH}/namespaces/{namespace}/dittoservers?dryRun=All"
+        self.body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+                     "metadata": {"name": "probe", "namespace": namespace},
+                     "spec": {"storage": {"metadataSize": "1Gi", "contentSize": "2Gi"}}}
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120  # bounded whatever the test does
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            status, payload = self.api.request("POST", self.path, self.body)
+            self.latencies.append(time.monotonic() - t0)
+            if status != 201:
+                message = payload.get("message") if isinstance(payload, dict) else payload
+                self.failures.append(f"HTTP {status}: {message}")
+            time.sleep(0.05)
+
+
+def test_helm_install_runs_operator_and_webhook_on_the_real_node(
+        testbed: Testbed, real_node: RealNode, quiet_operator: OperatorProcess, helm: Helm, release_ns: str,
+        workload_ns: str, image: str, tmp_path: Path) -> None:
+    report: list[str] = []
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values(real_node)))
+    adopt_crd(testbed, release_ns)
+    try:
+        # 1. Install: the operator pod on the real node, Ready through the chart's own probes.
+        t0 = time.monotonic()
+        helm("install", RELEASE, str(CHART), "-n", release_ns, "-f", str(values_file), "--wait", "--timeout", "180s")
+        pods = eventually(lambda: ready_pods(testbed, release_ns, 1), timeout=60, what="the operator pod Ready")
+        report.append(f"helm install --wait -> operator Ready: {time.monotonic() - t0:.1f} s")
+        pod = pods[0]
+        name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+        assert pod["spec"]["nodeName"] == real_node.name
+        assert pod["spec"]["serviceAccountName"] == RELEASE
+        assert pod["status"]["containerStatuses"][0]["imageID"], pod["status"]["containerStatuses"]
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+        container = pod["spec"]["containers"][0]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["image"] == image.removeprefix("docker.io/library/"), (container["image"], image)
+        # The token volume came from ServiceAccount admission (the chart's account, not a test credential).
+        assert any(v.get("projected") for v in pod["spec"]["volumes"]), pod["spec"]["volumes"]
+        started = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+        ready_at = next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
+        report.append(f"container start {started} -> pod Ready {ready_at}")
+        assert (health(ip, "/healthz"), health(ip, "/readyz")) == (200, 200)
+        rss = real_node_rss(pod["metadata"]["uid"])
+        report.append(f"operator container RSS after install: {rss / 2**20:.1f} MiB")
+
+        # JSON logs, as `kubectl logs` shows them.
+        logs = testbed.kubectl("logs", name, "-n", release_ns).stdout
+        lines = [json.loads(line) for line in logs.splitlines() if line.strip()]
+        assert lines and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in lines), logs[-2000:]
+
+        # 2. The webhook, in-cluster, through its Service's endpoint.
+        endpoints = kubectl_json(testbed, "get", "endpoints", SERVICE, "-n", release_ns)
+        addresses = [a["ip"] for s in endpoints.get("subsets") or [] for a in s.get("addresses") or []]
+        assert addresses == [ip], endpoints
+        denial = admit_invalid(testbed, workload_ns)
+        assert 'The DittoServer "invalid" is invalid' in denial and DENIAL in denial, denial
+        report.append(f"invalid DittoServer: {denial.strip()[:160]}")
+
+        # 3. A valid DittoServer, reconciled and provisioned by the in-cluster operator; a file through NFS.
+        apply_server(testbed, workload_ns, **real_node.pod_placement(),
+                     shares=[{"name": "/export", "defaultPermission": "read-write"}])
+        obj = wait_ready(testbed, workload_ns, timeout=180)
+        provisioned = condition(obj, "Provisioned")
+        assert provisioned is not None and provisioned["status"] == "True", provisioned
+        sa_user = f"system:serviceaccount:{release_ns}:{RELEASE}"
+        writes = [e for e in testbed.audit_events(user=sa_user) if e.get("verb") in {"create", "patch", "update"}
+                  and (e.get("objectRef") or {}).get("namespace") == workload_ns]
+        assert writes, f"no write to {workload_ns} by {sa_user}: the in-cluster operator did not reconcile"
+        dfs_pod = kubectl_json(testbed, "get", "pod", "demo-0", "-n", workload_ns)
+        dfs_ip, dfs_uid = dfs_pod["status"]["podIP"], dfs_pod["metadata"]["uid"]
+        payload = f"installed by helm in {workload_ns}\n".encode() * 100
+        (tmp_path / "f.txt").write_bytes(payload)
+
+        def put() -> bool:
+            nfs_put(dfs_ip, tmp_path / "f.txt", "f.txt", share="/export")
+            return True
+
+        eventually(put, timeout=30, what="nfs-cp into /export")
+        assert nfs_get(dfs_ip, "f.txt", share="/export") == payload
+
+        # 4. helm upgrade to a changed value: the operator rolls, the DittoFS pod does not.
+        helm("upgrade", RELEASE, str(CHART), "-n", release_ns, "-f", str(values_file),
+             "--set", "logging.level=DEBUG", "--wait", "--timeout", "180s")
+        pods = eventually(lambda: ready_pods(testbed, release_ns, 1), timeout=60, what="the upgraded operator")
+        assert pods[0]["metadata"]["name"] != name, "helm upgrade did not roll the operator"
+        assert "--log-level=DEBUG" in pods[0]["spec"]["containers"][0]["args"]
+        dfs_pod = kubectl_json(testbed, "get", "pod", "demo-0", "-n", workload_ns)
+        assert dfs_pod["metadata"]["uid"] == dfs_uid
+        assert dfs_pod["status"]["containerStatuses"][0]["restartCount"] == 0
+        assert DENIAL in admit_invalid(testbed, workload_ns)
+        wait_ready(testbed, workload_ns, timeout=60)
+
+        # 5. Two replicas: delete the leader's pod; the other takes the Lease, every admission passes.
+        helm("upgrade", RELEASE, str(CHART), "-n", release_ns, "-f", str(values_file),
+             "--set", "logging.level=DEBUG", "--set", "replicaCount=2", "--wait", "--timeout", "180s")
+        pods = eventually(lambda: ready_pods(testbed, release_ns, 2), timeout=90, what="two operator replicas")
+        leader = eventually(lambda: lease_holder(testbed, release_ns), timeout=30, what="a Lease holder")
+        leader_pod = leader.rsplit("_", 1)[0]  # holderIdentity: <pod name>_<random>
+        assert leader_pod in {p["metadata"]["name"] for p in pods}, (leader, pods)
+        admissions = Admissions(testbed, workload_ns)
+        admissions.start()
+        time.sleep(2)
+        t_kill = time.monotonic()
+        testbed.kubectl("delete", "pod", leader_pod, "-n", release_ns, "--wait=false")
+        new_leader = eventually(lambda: (h if (h := lease_holder(testbed, release_ns)) not in (None, leader)
+                                         else None), timeout=60, interval=0.05, what="a new Lease holder")
+        gap = time.monotonic() - t_kill
+        eventually(lambda: ready_pods(testbed, release_ns, 2), timeout=90, what="the replacement replica")
+        time.sleep(2)
+        admissions.stop.set()
+        admissions.join(timeout=30)
+        lat = sorted(admissions.latencies)
+        report.append(f"failover: Lease {leader} -> {new_leader} in {gap:.2f} s; admissions during it: "
+                      f"{len(lat)} sent, {len(admissions.failures)} failed, "
+                      f"p50 {statistics.median(lat) * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
+        assert admissions.failures == [], admissions.failures[:5]
+        assert len(lat) > 20, lat
+        assert gap < 20, gap
+        # The DittoServer is still reconciled by the new leader: an edit reaches its StatefulSet.
+        testbed.kubectl("annotate", "dittoserver", "demo", "-n", workload_ns, "testbed.local/poke=1")
+        wait_ready(testbed, workload_ns, timeout=60)
+    except BaseException:
+        print(diagnosis(testbed, release_ns), file=sys.stderr)
+        raise
+    finally:
+        print("\n[install] " + "\n[install] ".join(report), file=sys.stderr)
+        uninstall(helm, release_ns)
+
+    # 6. helm uninstall: no webhook configuration, no RBAC left; the CRD and the DittoServer (with its data) stay.
+    assert_uninstalled(testbed)
+    # What the operator made for itself (Lease, selfSigned Secret) is owned by the webhook configuration: the
+    # garbage collector follows it out. Only the namespace's own default account is left.
+    leftovers: list[str] = []
+
+    def nothing_left() -> bool | None:
+        names = testbed.kubectl("get", "deployment,replicaset,pod,service,serviceaccount,secret,configmap,lease,"
+                                "role,rolebinding,poddisruptionbudget", "-n", release_ns, "-o", "name").stdout.split()
+        leftovers[:] = [n for n in names if n not in ("serviceaccount/default", "configmap/kube-root-ca.crt")]
+        return True if not leftovers else None
+
+    try:
+        eventually(nothing_left, timeout=60, what=f"helm uninstall to leave nothing in {release_ns}")
+    except AssertionError:
+        raise AssertionError(f"helm uninstall left {leftovers} in {release_ns}") from None
+    assert kubectl_json(testbed, "get", "dittoserver", "demo", "-n", workload_ns)["metadata"]["name"] == "demo"
+
+
+def diagnosis(testbed: Testbed, namespace: str) -> str:
+    """What a failed install looked like: the operator pods, their events and the last log lines."""
+    parts = [testbed.kubectl("get", "deploy,rs,pods,endpoints", "-n", namespace, "-o", "wide", check=False).stdout,
+             testbed.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout[-3000:]]
+    for pod in operator_pods(testbed, namespace):
+        name = pod["metadata"]["name"]
+        parts.append(f"--- {name} status: {json.dumps(pod['status'].get('containerStatuses'))[:1500]}")
+        parts.append(testbed.kubectl("logs", name, "-n", namespace, "--tail=40", check=False).stdout)
+    return "\n[install diagnosis] ".join(["", *parts])
+
+
+def real_node_rss(pod_uid: str) -> int:
+    """Resident memory of the operator's process on the real node, found by its pod's cgroup."""
+    markers = (pod_uid, pod_uid.replace("-", "_"))  # cgroupfs and systemd drivers spell it differently
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cgroup = (proc / "cgroup").read_text()
+            if not any(m in cgroup for m in markers) or not any(b"dittoctl" in a for a in cmdline):
+                continue
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+    raise AssertionError(f"no dittoctl process in the cgroup of pod {pod_uid}")
