@@ -12,7 +12,10 @@ kube-proxy would translate in a real cluster. Everything else is the chart's own
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
+import ssl
 import statistics
 import sys
 import threading
@@ -23,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from tests.support.chart import RELEASE, SERVICE, Helm, adopt_crd, assert_uninstalled, uninstall
 from tests.support.kube import apply_server, condition, kubectl_json, wait_ready
@@ -30,6 +34,7 @@ from tests.support.operator import OperatorProcess
 from tests.support.paths import CHART
 from tests.support.poll import eventually
 from tests.testbed import Testbed
+from tests.testbed.certmanager import CertManager
 from tests.testbed.fileservice import nfs_get, nfs_put
 from tests.testbed.images import import_archive, operator_image
 from tests.testbed.node import SUBNET, RealNode
@@ -100,8 +105,9 @@ def health(ip: str, path: str) -> int:
 class Admissions(threading.Thread):
     """Server-side dry-run creates of a valid DittoServer, back to back: every one passes the webhook."""
 
-    def __init__(self, testbed: Testbed, namespace: str) -> None:
+    def __init__(self, testbed: Testbed, namespace: str, limit: float = 120.0) -> None:
         super().__init__(daemon=True)
+        self.limit = limit
         self.api = testbed.admin_client()
         self.path = f"{GROUP_PATH}/namespaces/{namespace}/dittoservers?dryRun=All"
         self.body = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
@@ -111,8 +117,13 @@ class Admissions(threading.Thread):
         self.latencies: list[float] = []
         self.failures: list[str] = []
 
+    def summary(self) -> str:
+        lat = sorted(self.latencies)
+        return (f"{len(lat)} sent, {len(self.failures)} failed, p50 {statistics.median(lat) * 1000:.1f} ms, "
+                f"max {lat[-1] * 1000:.1f} ms")
+
     def run(self) -> None:
-        deadline = time.monotonic() + 120  # bounded whatever the test does
+        deadline = time.monotonic() + self.limit  # bounded whatever the test does
         while not self.stop.is_set() and time.monotonic() < deadline:
             t0 = time.monotonic()
             status, payload = self.api.request("POST", self.path, self.body)
@@ -220,12 +231,10 @@ def test_helm_install_runs_operator_and_webhook_on_the_real_node(
         time.sleep(2)
         admissions.stop.set()
         admissions.join(timeout=30)
-        lat = sorted(admissions.latencies)
         report.append(f"failover: Lease {leader} -> {new_leader} in {gap:.2f} s; admissions during it: "
-                      f"{len(lat)} sent, {len(admissions.failures)} failed, "
-                      f"p50 {statistics.median(lat) * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
+                      f"{admissions.summary()}")
         assert admissions.failures == [], admissions.failures[:5]
-        assert len(lat) > 20, lat
+        assert len(admissions.latencies) > 20, admissions.latencies
         assert gap < 20, gap
         # The DittoServer is still reconciled by the new leader: an edit reaches its StatefulSet.
         testbed.kubectl("annotate", "dittoserver", "demo", "-n", workload_ns, "testbed.local/poke=1")
@@ -254,6 +263,118 @@ def test_helm_install_runs_operator_and_webhook_on_the_real_node(
     except AssertionError:
         raise AssertionError(f"helm uninstall left {leftovers} in {release_ns}") from None
     assert kubectl_json(testbed, "get", "dittoserver", "demo", "-n", workload_ns)["metadata"]["name"] == "demo"
+
+
+CERTIFICATES = "/apis/cert-manager.io/v1/namespaces/{ns}/certificates"
+
+
+def served_certificate(ip: str, port: int = 9443) -> x509.Certificate:
+    """The certificate the webhook serves right now (read without verifying: the test compares it)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((ip, port), timeout=3) as sock, ctx.wrap_socket(sock) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def secret_pem(testbed: Testbed, namespace: str, name: str, key: str) -> bytes | None:
+    status, secret = testbed.api.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    data = (secret.get("data") or {}) if status == 200 else {}
+    return base64.b64decode(data[key]) if data.get(key) else None
+
+
+def renew(testbed: Testbed, namespace: str, name: str) -> None:
+    """What `cmctl renew` does: set the Certificate's Issuing condition (reason ManuallyTriggered)."""
+    path = f"{CERTIFICATES.format(ns=namespace)}/{name}"
+    cert = testbed.api.get(path)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [c for c in cert["status"].get("conditions") or [] if c["type"] != "Issuing"]
+    conditions.append({"type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
+                       "message": "renewal triggered by the install test", "lastTransitionTime": now})
+    testbed.api.call("PATCH", f"{path}/status", {"status": {"conditions": conditions}},
+                     content_type="application/merge-patch+json")
+
+
+def test_cert_manager_issues_injects_and_renews_without_a_failed_admission(
+        testbed: Testbed, real_node: RealNode, quiet_operator: OperatorProcess, helm: Helm, release_ns: str,
+        workload_ns: str, image: str, tmp_path: Path) -> None:
+    """The chart's default TLS mode with a real cert-manager v1.11.5 controller and cainjector."""
+    report: list[str] = []
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values(real_node, webhook={"tls": {"mode": "certManager"}})))
+    cert_manager = CertManager(testbed, release_ns, tmp_path, cainjector=True)
+    tls_secret, cert_name, config = f"{SERVICE}-tls", f"{RELEASE}-serving-cert", RELEASE
+    adopt_crd(testbed, release_ns)
+    try:
+        cert_manager.start()
+        t0 = time.monotonic()
+        helm("install", RELEASE, str(CHART), "-n", release_ns, "-f", str(values_file), "--wait", "--timeout", "180s")
+        pods = eventually(lambda: ready_pods(testbed, release_ns, 1), timeout=120, what="the operator pod Ready")
+        report.append(f"helm install (certManager) -> operator Ready: {time.monotonic() - t0:.1f} s")
+        ip = pods[0]["status"]["podIP"]
+
+        # Issued by the chart's CA, injected by cainjector, served by the pod.
+        leaf_pem = eventually(lambda: secret_pem(testbed, release_ns, tls_secret, "tls.crt"), timeout=60,
+                              what=f"Secret {tls_secret} (log {cert_manager.log_path})")
+        ca_pem = secret_pem(testbed, release_ns, tls_secret, "ca.crt")
+        assert ca_pem is not None
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        leaf = x509.load_pem_x509_certificate(leaf_pem)
+        leaf.verify_directly_issued_by(ca)
+        assert ca.subject != leaf.subject  # a CA, not a self-signed leaf
+
+        def injected() -> bytes | None:
+            hooks = testbed.api.get(f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{config}")
+            bundle = hooks["webhooks"][0]["clientConfig"].get("caBundle")
+            return base64.b64decode(bundle) if bundle else None
+
+        bundle = eventually(injected, timeout=60,
+                            what=f"cainjector's caBundle (log {cert_manager.cainjector_log_path})")
+        assert x509.load_pem_x509_certificate(bundle) == ca
+        served = eventually(lambda: c if (c := served_certificate(ip)).serial_number == leaf.serial_number else None,
+                            timeout=120, what="the pod serving cert-manager's certificate")
+        report.append(f"issued, injected and served: {time.monotonic() - t0:.1f} s after helm install; "
+                      f"leaf serial {served.serial_number:x}")
+        assert DENIAL in admit_invalid(testbed, workload_ns)
+
+        # A renewal: a new leaf (new key: rotationPolicy Always) from the same CA; the caBundle stays; the pod
+        # picks the new files up when the kubelet refreshes the volume, and no admission fails meanwhile.
+        admissions = Admissions(testbed, workload_ns, limit=240)
+        admissions.start()
+        time.sleep(2)
+        t_renew = time.monotonic()
+        renew(testbed, release_ns, cert_name)
+
+        def renewed() -> x509.Certificate | None:
+            pem = secret_pem(testbed, release_ns, tls_secret, "tls.crt")
+            new = x509.load_pem_x509_certificate(pem) if pem else None
+            return new if new is not None and new.serial_number != leaf.serial_number else None
+
+        new_leaf = eventually(renewed, timeout=60, what="the renewed Secret")
+        issued = time.monotonic() - t_renew
+        new_leaf.verify_directly_issued_by(ca)
+        eventually(lambda: served_certificate(ip).serial_number == new_leaf.serial_number or None, timeout=180,
+                   interval=1, what="the pod serving the renewed certificate")
+        picked_up = time.monotonic() - t_renew
+        time.sleep(2)
+        admissions.stop.set()
+        admissions.join(timeout=30)
+        assert injected() == bundle, "the renewal changed the caBundle"
+        restarts = operator_pods(testbed, release_ns)[0]["status"]["containerStatuses"][0]["restartCount"]
+        report.append(f"renewal: Secret {issued:.1f} s, served by the pod {picked_up:.1f} s after the trigger "
+                      f"(same pod, restartCount {restarts}); admissions meanwhile: {admissions.summary()}")
+        assert admissions.failures == [], admissions.failures[:5]
+        assert operator_pods(testbed, release_ns)[0]["metadata"]["uid"] == pods[0]["metadata"]["uid"]
+    except BaseException:
+        print(diagnosis(testbed, release_ns), file=sys.stderr)
+        raise
+    finally:
+        print("\n[install] " + "\n[install] ".join(report), file=sys.stderr)
+        uninstall(helm, release_ns)
+        cert_manager.stop()
+        cert_manager.remove_crds()  # other tests prove the answer to a cluster without cert-manager
+    assert_uninstalled(testbed)
 
 
 def diagnosis(testbed: Testbed, namespace: str) -> str:

@@ -2,7 +2,9 @@
 
 It runs out of the cluster (``--kubeconfig``), like the operator, scoped to one namespace (``--namespace``:
 namespaced Issuers only, so it never touches another test's objects), without leader election, its
-metrics on a free loopback port. Its six CRDs are applied first and deleted by ``remove_crds`` (a test that
+metrics on a free loopback port. With ``cainjector=True`` cert-manager's cainjector runs beside it, scoped
+the same way: it fills the ``caBundle`` of webhook configurations annotated ``cert-manager.io/inject-ca-from``.
+Its six CRDs are applied first and deleted by ``remove_crds`` (a test that
 proves the operator's answer to a cluster *without* cert-manager must not find them).
 """
 
@@ -21,11 +23,14 @@ CRD_NAMES = ("certificaterequests", "certificates", "challenges", "clusterissuer
 
 
 class CertManager:
-    def __init__(self, testbed: Any, namespace: str, workdir: Path) -> None:
+    def __init__(self, testbed: Any, namespace: str, workdir: Path, *, cainjector: bool = False) -> None:
         self.testbed, self.namespace = testbed, namespace
         self.binary = cert_manager_binary("controller")
+        self.cainjector = cert_manager_binary("cainjector") if cainjector else None
         self.log_path = workdir / f"cert-manager-{namespace}.log"
+        self.cainjector_log_path = workdir / f"cainjector-{namespace}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.injector: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CertManager:
         for crd in cert_manager_crds():
@@ -40,6 +45,13 @@ class CertManager:
              f"--metrics-listen-address=127.0.0.1:{free_port()}", "--v=2"],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
         log.close()
+        if self.cainjector is not None:
+            log = self.cainjector_log_path.open("ab")
+            self.injector = subprocess.Popen(
+                [str(self.cainjector), "--kubeconfig", str(self.testbed.kubeconfig), "--leader-elect=false",
+                 f"--namespace={self.namespace}", "--v=2"],
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+            log.close()
         return self
 
     def remove_crds(self) -> None:
@@ -50,14 +62,15 @@ class CertManager:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+        for proc in (self.proc, self.injector):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        self.proc = self.injector = None
 
     def __enter__(self) -> CertManager:
         return self.start()

@@ -192,13 +192,18 @@ def test_install_manifests_are_current(helm: Path) -> None:
 def test_default_render_is_cert_manager_mode(helm: Path) -> None:
     docs = render(helm)
     assert kinds(docs) == sorted([
-        "Certificate", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
-        "CustomResourceDefinition", "Deployment", "Issuer", "Role", "RoleBinding", "Service", "ServiceAccount",
-        "ValidatingWebhookConfiguration"])
-    cert = only(docs, "Certificate")
-    issuer = only(docs, "Issuer")
-    assert issuer["spec"] == {"selfSigned": {}}
-    assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": issuer["metadata"]["name"]}
+        "Certificate", "Certificate", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+        "CustomResourceDefinition", "Deployment", "Issuer", "Issuer", "Role", "RoleBinding", "Service",
+        "ServiceAccount", "ValidatingWebhookConfiguration"])
+    # A private CA issues the serving certificate: renewing it keeps the caBundle (cainjector takes ca.crt).
+    certs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+    issuers = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Issuer"}
+    cert, ca = certs["dittofs-operator-serving-cert"], certs["dittofs-operator-webhook-ca"]
+    assert issuers["dittofs-operator-selfsigned-issuer"]["spec"] == {"selfSigned": {}}
+    assert ca["spec"]["isCA"] is True and ca["spec"]["duration"] == "43800h"
+    assert ca["spec"]["issuerRef"] == {"kind": "Issuer", "name": "dittofs-operator-selfsigned-issuer"}
+    assert issuers["dittofs-operator-webhook-ca"]["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": "dittofs-operator-webhook-ca"}
     assert cert["spec"]["dnsNames"] == [f"dittofs-operator-webhook.{NAMESPACE}.svc",
                                         f"dittofs-operator-webhook.{NAMESPACE}.svc.cluster.local"]
     vwc = only(docs, "ValidatingWebhookConfiguration")

@@ -68,6 +68,10 @@ Secret with the serving certificate. selfSigned mode: the operator writes "<serv
 {{- printf "%s-serving-cert" (include "dittofs-operator.fullname" .) }}
 {{- end }}
 
+{{- define "dittofs-operator.caName" -}}
+{{- printf "%s-webhook-ca" (include "dittofs-operator.fullname" .) }}
+{{- end }}
+
 {{- define "dittofs-operator.issuerName" -}}
 {{- printf "%s-selfsigned-issuer" (include "dittofs-operator.fullname" .) }}
 {{- end }}
