@@ -11,6 +11,8 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
   idle        operator_rss, idle_cpu, drift_api_writes     at N servers (needs `scale`)
   fileservice fileservice_provisioned, fileservice_drift_rest, fileservice_rss
                                         a file server (10 shares, 5 users, S3) on the test bed's real node
+  image       image_size, image_start_to_ready, image_rss
+                                        the Dockerfile's image, helm-installed on the real node
 
 Results: bench/results/<figure>.json and bench/results/SUMMARY.md. All traffic stays on 127.0.0.1, except
 `fileservice`'s, which also uses the real node's bridge (10.88.0.0/24: the dfs pod and moto's S3).
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import admission, fileservice, idle, reconciler
+from bench import admission, fileservice, idle, image, reconciler
 from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import Contention
@@ -72,6 +74,9 @@ EXPERIMENTS = (
                                 "file server", "0 writes, <= 10 reads per pass"),
                                ("fileservice_rss", "operator RSS per provisioned file server",
                                 "< 0.5 MiB per server"))),
+    Experiment("image", (("image_size", "operator image size (from the Dockerfile)", "< 100 MiB compressed"),
+                         ("image_start_to_ready", "in-cluster operator: process start -> /readyz 200", "< 3 s"),
+                         ("image_rss", "in-cluster operator RSS, idle, 10 s after ready", "< 90 MiB"))),
 )
 FIGURES = {fig: exp.name for exp in EXPERIMENTS for fig, _, _ in exp.figures}
 
@@ -306,9 +311,12 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
                 servers=args.fileservice_servers, restarts=args.fileservice_restarts,
                 drift_interval=args.fileservice_drift_interval, window=args.fileservice_window)
 
+        async def image_() -> list[Figure]:
+            return await image.image(tb, "bench-image")
+
         bodies: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
             "startup": startup, "webhook": webhook, "admission": admission_, "sequential": sequential,
-            "scale": scale, "idle": steady, "fileservice": fileservice_}
+            "scale": scale, "idle": steady, "fileservice": fileservice_, "image": image_}
         for exp in experiments:
             await run.experiment(exp, bodies[exp.name])
         if "startup" in names and run.population > 0 and time.monotonic() - run.started < args.budget:
@@ -353,8 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{exp.name}{needs}: {', '.join(f for f, _, _ in exp.figures)}")
         return 0
     experiments = select(args.only)
+    real_node = any(e.name in ("fileservice", "image") for e in experiments)
     bins = ensure_binaries(["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok",
-                            "kubectl", *(["kubelet"] if any(e.name == "fileservice" for e in experiments) else [])])
+                            "kubectl", *(["kubelet", "helm"] if real_node else [])])
     workdir = Path(tempfile.mkdtemp(prefix="dittofs-bench-"))
     tb = BenchTestbed(binaries=bins, keep=args.keep or None, kcm_qps=args.kcm_qps)
     t0 = time.monotonic()

@@ -192,6 +192,19 @@ async def test_first_pass_creates_secret_files_and_ca_bundle(tmp_path: Path) -> 
     assert api.writes == []  # steady state: reads only
 
 
+async def test_the_secret_is_owned_by_the_webhook_configuration(tmp_path: Path) -> None:
+    """`helm uninstall` deletes the configuration; the garbage collector then deletes the Secret."""
+    api = FakeApi()
+    api.objects[("validatingwebhookconfigurations", None, "dittofs")]["metadata"]["uid"] = "c0ffee"
+    assert await manager(api, tmp_path, Clock()).ensure()
+    owners = api.objects[("secrets", "sys", "hook-tls")]["metadata"]["ownerReferences"]
+    assert owners == [{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+                       "name": "dittofs", "uid": "c0ffee", "blockOwnerDeletion": False}]
+    without = FakeApi(webhooks=0)  # no configuration (yet): the Secret is still made, unowned
+    assert not await manager(without, tmp_path / "b", Clock()).ensure()
+    assert without.objects[("secrets", "sys", "hook-tls")]["metadata"]["ownerReferences"] == []
+
+
 async def test_leaf_is_renewed_before_expiry_with_the_same_ca(tmp_path: Path) -> None:
     api, clock = FakeApi(), Clock()
     mgr = manager(api, tmp_path, clock)
