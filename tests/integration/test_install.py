@@ -404,3 +404,19 @@ def real_node_rss(pod_uid: str) -> int:
             continue
         return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
     raise AssertionError(f"no dittoctl process in the cgroup of pod {pod_uid}")
+
+
+def test_default_mode_without_cert_manager_fails_at_install_naming_the_fix(
+        testbed: Testbed, helm: Helm, release_ns: str) -> None:
+    """Bad input: the default TLS mode on a cluster that does not serve cert-manager.io/v1."""
+    served = testbed.kubectl("api-versions").stdout.split()
+    assert "cert-manager.io/v1" not in served, "a previous test left cert-manager's CRDs installed"
+    result = helm("install", RELEASE, str(CHART), "-n", release_ns, check=False)
+    try:
+        assert result.returncode != 0, result.stdout
+        assert "needs cert-manager" in result.stderr and "--set webhook.tls.mode=selfSigned" in result.stderr, \
+            result.stderr
+        assert testbed.kubectl("get", "deployment", RELEASE, "-n", release_ns, check=False).returncode != 0
+        assert testbed.kubectl("get", "validatingwebhookconfiguration", RELEASE, check=False).returncode != 0
+    finally:
+        uninstall(helm, release_ns)
