@@ -75,32 +75,42 @@ def secret_uses(spec: DittoServerSpec, names: Names) -> list[SecretUse]:
     ]
 
 
-def _identity_uses(spec: DittoServerSpec) -> list[SecretUse]:
-    """Passwords DittoFS needs at its first boot (its config check refuses an LDAP section without one); later
-    rotations go over REST (see ``provisioned_secrets``)."""
-    uses: list[SecretUse] = []
+LDAP_PASSWORD_SLOT = "ldap"
+MACHINE_SECRET_SLOT = "kerberos"
+
+
+def _identity_passwords(spec: DittoServerSpec) -> list[tuple[str, str, str, SecretKeyRef]]:
+    """(slot, field, env var, ref) per identity-provider password: seeded from the env at DittoFS's first boot
+    (its config check refuses an LDAP section without one), rotated over REST later (DittoFS applies it live)."""
+    found: list[tuple[str, str, str, SecretKeyRef]] = []
     ldap, kerberos = spec.identity.ldap, spec.identity.kerberos
     if ldap is not None:
-        ref = ldap.bind_password_secret_ref
-        uses.append(SecretUse(ref.name, ref.key, "DITTOFS_LDAP_BIND_PASSWORD",
-                              ("identity.ldap.bindPasswordSecretRef",), hashed=False))
+        found.append((LDAP_PASSWORD_SLOT, "identity.ldap.bindPasswordSecretRef", "DITTOFS_LDAP_BIND_PASSWORD",
+                      ldap.bind_password_secret_ref))
     if kerberos is not None and kerberos.machine_account is not None:
-        ref = kerberos.machine_account.secret_ref
-        uses.append(SecretUse(ref.name, ref.key, "DITTOFS_KERBEROS_MACHINE_ACCOUNT_SECRET",
-                              ("identity.kerberos.machineAccount.secretRef",), hashed=False))
-    return uses
+        found.append((MACHINE_SECRET_SLOT, "identity.kerberos.machineAccount.secretRef",
+                      "DITTOFS_KERBEROS_MACHINE_ACCOUNT_SECRET", kerberos.machine_account.secret_ref))
+    return found
+
+
+def _identity_uses(spec: DittoServerSpec) -> list[SecretUse]:
+    return [SecretUse(ref.name, ref.key, env, (path,), hashed=False) for _, path, env, ref in _identity_passwords(spec)]
+
+
+def _secret_keys(spec: DittoServerSpec, names: Names, *, all_env: bool) -> list[tuple[str, str]]:
+    keys = [(u.secret, u.key) for u in secret_uses(spec, names) if all_env or u.hashed]
+    return keys + [(m.secret, key) for m in mounted_secrets(spec) if m.hashed for key in m.keys]
 
 
 def hashed_secret_keys(spec: DittoServerSpec, names: Names) -> list[tuple[str, str]]:
     """(secret, key) pairs whose value joins the config hash: a change restarts the pod."""
-    keys = [(u.secret, u.key) for u in secret_uses(spec, names) if u.hashed]
-    return keys + [(m.secret, key) for m in mounted_secrets(spec) if m.hashed for key in m.keys]
+    return _secret_keys(spec, names, all_env=False)
 
 
 def consumed_keys(spec: DittoServerSpec, names: Names) -> list[tuple[str, str]]:
-    """(secret, key) pairs the reconciler digests before building: the environment and the hashed files."""
-    keys = [(u.secret, u.key) for u in secret_uses(spec, names)]
-    return keys + [(m.secret, key) for m in mounted_secrets(spec) if m.hashed for key in m.keys]
+    """(secret, key) pairs the reconciler digests before building: the whole environment (unhashed values,
+    such as the LDAP bind password, are compared by digest and sent over REST) and the hashed files."""
+    return _secret_keys(spec, names, all_env=True)
 
 
 TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY = "tls.crt", "tls.key", "ca.crt"
@@ -241,22 +251,10 @@ def provisioned_secrets(spec: DittoServerSpec) -> list[ProvisionedSecret]:
     return found + list(identity_secrets(spec).values())
 
 
-LDAP_PASSWORD_SLOT = "ldap"
-MACHINE_SECRET_SLOT = "kerberos"
-
-
 def identity_secrets(spec: DittoServerSpec) -> dict[str, ProvisionedSecret]:
     """The identity providers' passwords, sent over REST when they rotate (DittoFS applies them live)."""
-    found: dict[str, ProvisionedSecret] = {}
-    ldap, kerberos = spec.identity.ldap, spec.identity.kerberos
-    if ldap is not None:
-        ref = ldap.bind_password_secret_ref
-        found[LDAP_PASSWORD_SLOT] = ProvisionedSecret("spec.identity.ldap.bindPasswordSecretRef", ref.name, ref.key)
-    if kerberos is not None and kerberos.machine_account is not None:
-        ref = kerberos.machine_account.secret_ref
-        found[MACHINE_SECRET_SLOT] = ProvisionedSecret("spec.identity.kerberos.machineAccount.secretRef", ref.name,
-                                                       ref.key)
-    return found
+    return {slot: ProvisionedSecret(f"spec.{path}", ref.name, ref.key)
+            for slot, path, _, ref in _identity_passwords(spec)}
 
 
 def watched_secrets(spec: DittoServerSpec, names: Names) -> set[str]:

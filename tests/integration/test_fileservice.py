@@ -11,9 +11,7 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
-import tarfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube import apply_server, condition, events, kubectl_json, wait_ready
+from tests.support.kube import apply_server, condition, events, kubectl_json, report_bundle, wait_ready
 from tests.support.operator import OperatorProcess
 from tests.support.poll import eventually
 from tests.support.s3 import ACCESS_KEY_ID, MotoServer
@@ -394,14 +392,9 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
 
 
 def check_report(testbed: Testbed, namespace: str, tmp_path: Path, planted: tuple[str, ...]) -> None:
-    out = tmp_path / "report.tar.gz"
-    proc = subprocess.run([sys.executable, "-m", "dittoctl", "report", "demo", "-n", namespace, "-o", str(out),
-                           "--server-address", "pod", "--kubeconfig", str(testbed.kubeconfig)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert "values redacted" in proc.stdout, proc.stdout
-    with tarfile.open(out) as tar:
-        files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
+    stdout, bundle = report_bundle(testbed, namespace, tmp_path / "report.tar.gz")
+    assert "values redacted" in stdout, stdout
+    files = {name: data.decode() for name, data in bundle.items()}
     for wanted in ("dittoserver.yaml", "statefulsets/demo.yaml", "pods/demo-0.yaml", "config/config.yaml",
                    "events.yaml", "logs/demo-0.dittofs.log", "dittofs/shares.json", "dittofs/users.json",
                    "dittofs/store/block/remote.json", "dittofs/adapters.json", "dittofs/health.json"):

@@ -16,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from datetime import datetime
@@ -27,7 +26,7 @@ import pytest
 from cryptography import x509
 
 from certs.selfsigned import KeyPair, new_ca, new_leaf
-from tests.support.kube import apply_server, condition, events, kubectl_json, wait_ready
+from tests.support.kube import apply_server, condition, events, kubectl_json, report_bundle, wait_ready
 from tests.support.operator import OperatorProcess
 from tests.support.percona import PERCONA_CRD, cluster, percona_spec
 from tests.support.poll import eventually
@@ -609,13 +608,8 @@ def test_https_api_and_a_certificate_rotation_under_load_restart_nothing(
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
         serial_and_get(ip, trusted, service)
     # The support bundle reads DittoFS the way the operator does: over mutual TLS with its certificate.
-    out = Path(testbed.workdir) / f"report-{namespace}.tar.gz"
-    proc = subprocess.run([sys.executable, "-m", "dittoctl", "report", "demo", "-n", namespace, "-o", str(out),
-                           "--server-address", "pod", "--kubeconfig", str(testbed.kubeconfig)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    with tarfile.open(out) as tar:
-        names = tar.getnames()
+    _, files = report_bundle(testbed, namespace, Path(testbed.workdir) / f"report-{namespace}.tar.gz")
+    names = list(files)
     assert "dittofs/shares.json" in names and not [n for n in names if n.startswith("notes/dittofs")], names
 
 
@@ -707,13 +701,7 @@ def test_ldap_and_kerberos_serve_from_the_real_pod_and_rotate_without_a_restart(
         assert ldap_ok(), "the rotated password is the one DittoFS keeps across the restart"
 
         # The support bundle shows both providers as DittoFS keeps them, and no password in any form.
-        out = Path(testbed.workdir) / f"report-{namespace}.tar.gz"
-        proc = subprocess.run([sys.executable, "-m", "dittoctl", "report", "demo", "-n", namespace, "-o", str(out),
-                               "--server-address", "pod", "--kubeconfig", str(testbed.kubeconfig)],
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert proc.returncode == 0, proc.stderr
-        with tarfile.open(out) as tar:
-            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+        _, files = report_bundle(testbed, namespace, Path(testbed.workdir) / f"report-{namespace}.tar.gz")
         assert not [n for n in files if n.startswith("notes/dittofs")], sorted(files)
         stored = json.loads(files["dittofs/identity-providers/ldap.json"])
         assert stored["bind_password"] == "********" and stored["url"] == ldap.url

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
 from typing import Any
 
 from tests.support.poll import eventually
@@ -76,3 +80,14 @@ def _diagnosis(testbed: Any, namespace: str, name: str) -> str:
 def events(testbed: Any, namespace: str, reason: str | None = None) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = kubectl_json(testbed, "get", "events", "-n", namespace)["items"]
     return [e for e in items if reason is None or e.get("reason") == reason]
+
+
+def report_bundle(testbed: Any, namespace: str, out: Path, name: str = "demo") -> tuple[str, dict[str, bytes]]:
+    """`dittoctl report` as a user runs it from this machine (DittoFS at its pod IP); (stdout, bundle files)."""
+    proc = subprocess.run([sys.executable, "-m", "dittoctl", "report", name, "-n", namespace, "-o", str(out),
+                           "--server-address", "pod", "--kubeconfig", str(testbed.kubeconfig)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(out) as tar:
+        files = {m.name: f.read() for m in tar.getmembers() if m.isfile() and (f := tar.extractfile(m)) is not None}
+    return proc.stdout, files

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.net import free_port
+from tests.support.process import stop_process
 from tests.testbed.cluster import die_with_parent
 
 ACCESS_KEY_ID = "AKIATESTBEDDITTOFS01"  # moto accepts any key pair; these are never real credentials
@@ -56,13 +57,7 @@ class MotoServer:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        stop_process(self._proc)
 
     def _request(self, method: str, path: str) -> bytes:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from tests.support.net import free_port
+from tests.support.process import stop_process
 from tests.testbed.cluster import die_with_parent
 from tests.testbed.paths import cert_manager_binary, cert_manager_crds
 
@@ -63,13 +64,7 @@ class CertManager:
 
     def stop(self) -> None:
         for proc in (self.proc, self.injector):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, grace=15)
         self.proc = self.injector = None
 
     def __enter__(self) -> CertManager:

@@ -15,6 +15,7 @@ from types import TracebackType
 
 from certs.selfsigned import KeyPair
 from tests.support.net import free_port
+from tests.support.process import stop_process
 
 SLAPD = "/usr/sbin/slapd"
 SCHEMA = Path("/etc/ldap/schema/core.schema")
@@ -83,13 +84,7 @@ class Slapd:
         self.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def log_text(self) -> str:
