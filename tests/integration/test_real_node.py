@@ -501,7 +501,7 @@ def test_teardown_restores_the_host_also_after_a_killed_run(testbed: Testbed, re
     Last in this module: it restarts the session's node (same object, so later users are unaffected).
     """
     before = json.loads(STATE_FILE.read_text())  # the host as the node's start found it
-    old = {n: real_node.pid(n) for n in ("kubelet", "containerd")}
+    old = {n: real_node.pid(n) for n in ("kubelet", "containerd", "apiserver-relay")}
     assert all(old.values()), old
     assert snapshot_host()["sysctls"]["vm/overcommit_memory"] == "1", "the kubelet did change a sysctl"
     real_node.abandon()  # lock released; kubelet, containerd, pods, mounts, bridge, sysctls left behind
@@ -509,7 +509,8 @@ def test_teardown_restores_the_host_also_after_a_killed_run(testbed: Testbed, re
     real_node.start()  # must find the state file and undo the abandoned node first
     assert "recovered" in real_node.timings, real_node.timings
     for name, pid in old.items():
-        assert not Path(f"/proc/{pid}").exists() or str(real_node.dir) not in Path(f"/proc/{pid}/cmdline")\
+        marker = f"bind={real_node.node_ip}," if name == "apiserver-relay" else str(real_node.dir)
+        assert not Path(f"/proc/{pid}").exists() or marker not in Path(f"/proc/{pid}/cmdline")\
             .read_bytes().decode(errors="replace"), f"old {name} still running"
     real_node.stop()
     after = snapshot_host()

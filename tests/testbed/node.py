@@ -195,6 +195,8 @@ def restore_host(state: dict[str, Any], log: Callable[[str], None]) -> list[str]
                     os.kill(int(entry.name), signal.SIGKILL)
     if state.get("containerd_pid") and workdir:
         _kill_pid(int(state["containerd_pid"]), workdir, grace=10)
+    if state.get("relay_pid"):
+        _kill_pid(int(state["relay_pid"]), f"bind={NODE_IP},", grace=5)
     # 2. Mounts under the work dir and in the stray paths, innermost first.
     roots = [workdir] if workdir else []
     roots += [p for p in STRAY_PATHS if p in state.get("absent_paths", [])]
@@ -596,6 +598,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self._spawn("apiserver-relay", [str(HOST_TOOLS["socat"]),
                                         f"TCP-LISTEN:{self.api_port},bind={NODE_IP},fork,reuseaddr",
                                         f"TCP:127.0.0.1:{self.api_port}"])
+        if self._state is not None:  # a killed run's relay is stopped by the next start (restore_host)
+            self._state["relay_pid"] = self._procs["apiserver-relay"].pid
+            self._save_state()
 
     def _start_containerd(self) -> None:
         self._write_configs()
