@@ -7,6 +7,7 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
   webhook     webhook_latency           direct HTTPS AdmissionReviews, 500 req/s, keep-alive
   admission   admission_overhead        dry-run apply through the apiserver, webhook (un)registered
   sequential  create_to_statefulset, pods_ready_to_ready   ~20 servers, one at a time
+  floor       scale_300_floor           the same N servers' children applied by a plain client, no operator
   scale       scale_300_ready           N servers created at once -> all Ready
   idle        operator_rss, idle_cpu, drift_api_writes     at N servers (needs `scale`)
   fileservice fileservice_provisioned, fileservice_drift_rest, fileservice_rss
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import admission, fileservice, idle, image, reconciler
+from bench import admission, fileservice, floor, idle, image, reconciler
 from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import Contention
@@ -63,6 +64,8 @@ EXPERIMENTS = (
     Experiment("sequential", (("create_to_statefulset", "create -> StatefulSet exists", "p50 < 300 ms"),
                               ("pods_ready_to_ready", "pods ready -> Ready=True on the DittoServer",
                                "p50 < 500 ms"))),
+    Experiment("floor", (("scale_300_floor", "control-plane floor: the 300 servers' children applied directly -> "
+                          "all pods Ready", "informational"),)),
     Experiment("scale", (("scale_300_ready", "300 DittoServers created at once -> all Ready", "< 60 s"),)),
     Experiment("idle", (("operator_rss", "operator RSS at 300 DittoServers", "< 150 MiB"),
                         ("idle_cpu", "idle CPU at 300 DittoServers", "< 2 % of one core"),
@@ -284,10 +287,22 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             run.log(f"deleted the {len(tracker.created)} sequential servers in {took:.1f}s")
             return [fig_sts, fig_ready]
 
+        async def floor_() -> list[Figure]:
+            return [await floor.floor(kube, "bench-floor", count=args.servers)]
+
         async def scale() -> list[Figure]:
             fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op,
                                                  kcm_qps=kcm_qps(tb))
             run.population += len(tracker.created)
+            base = next((f for f in run.figures if f.name == "scale_300_floor" and f.passed), None)
+            if base is not None and fig.headline is not None and fig.headline.value is not None:
+                floor_s = base.checks[0].value or 0.0
+                overhead = fig.headline.value - floor_s
+                fig.details["floor_s"] = floor_s
+                fig.details["operator_overhead_s"] = round(overhead, 2)
+                fig.details.setdefault("notes", []).append(
+                    f"control-plane floor {floor_s:.1f} s (scale_300_floor): the operator adds {overhead:+.1f} s "
+                    f"({100 * overhead / floor_s:+.0f} %)" if floor_s else "floor not measured")
             return [fig]
 
         async def steady() -> list[Figure]:
@@ -316,7 +331,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
 
         bodies: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
             "startup": startup, "webhook": webhook, "admission": admission_, "sequential": sequential,
-            "scale": scale, "idle": steady, "fileservice": fileservice_, "image": image_}
+            "floor": floor_, "scale": scale, "idle": steady, "fileservice": fileservice_, "image": image_}
         for exp in experiments:
             await run.experiment(exp, bodies[exp.name])
         if "startup" in names and run.population > 0 and time.monotonic() - run.started < args.budget:
