@@ -13,6 +13,7 @@ kube-proxy would translate in a real cluster. Everything else is the chart's own
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import ssl
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,7 @@ def test_helm_install_runs_operator_and_webhook_on_the_real_node(
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values(real_node)))
     adopt_crd(testbed, release_ns)
-    try:
+    with installed(testbed, helm, release_ns, report):
         # 1. Install: the operator pod on the real node, Ready through the chart's own probes.
         t0 = time.monotonic()
         helm("install", RELEASE, str(CHART), "-n", release_ns, "-f", str(values_file), "--wait", "--timeout", "180s")
@@ -239,12 +241,6 @@ def test_helm_install_runs_operator_and_webhook_on_the_real_node(
         # The DittoServer is still reconciled by the new leader: an edit reaches its StatefulSet.
         testbed.kubectl("annotate", "dittoserver", "demo", "-n", workload_ns, "testbed.local/poke=1")
         wait_ready(testbed, workload_ns, timeout=60)
-    except BaseException:
-        print(diagnosis(testbed, release_ns), file=sys.stderr)
-        raise
-    finally:
-        print("\n[install] " + "\n[install] ".join(report), file=sys.stderr)
-        uninstall(helm, release_ns)
 
     # 6. helm uninstall: no webhook configuration, no RBAC left; the CRD and the DittoServer (with its data) stay.
     assert_uninstalled(testbed)
@@ -306,7 +302,8 @@ def test_cert_manager_issues_injects_and_renews_without_a_failed_admission(
     cert_manager = CertManager(testbed, release_ns, tmp_path, cainjector=True)
     tls_secret, cert_name, config = f"{SERVICE}-tls", f"{RELEASE}-serving-cert", RELEASE
     adopt_crd(testbed, release_ns)
-    try:
+    # cert-manager goes after the release; its CRDs too: other tests prove the answer to a cluster without it.
+    with installed(testbed, helm, release_ns, report, after=(cert_manager.stop, cert_manager.remove_crds)):
         cert_manager.start()
         t0 = time.monotonic()
         helm("install", RELEASE, str(CHART), "-n", release_ns, "-f", str(values_file), "--wait", "--timeout", "180s")
@@ -366,15 +363,24 @@ def test_cert_manager_issues_injects_and_renews_without_a_failed_admission(
                       f"(same pod, restartCount {restarts}); admissions meanwhile: {admissions.summary()}")
         assert admissions.failures == [], admissions.failures[:5]
         assert operator_pods(testbed, release_ns)[0]["metadata"]["uid"] == pods[0]["metadata"]["uid"]
+    assert_uninstalled(testbed)
+
+
+@contextlib.contextmanager
+def installed(testbed: Testbed, helm: Helm, namespace: str, report: list[str],
+              after: tuple[Callable[[], object], ...] = ()) -> Iterator[None]:
+    """The body installs the chart; a failure prints the diagnosis; the report is printed and the release
+    uninstalled whatever happens (a failurePolicy=Fail webhook must not outlive the test), then ``after``."""
+    try:
+        yield
     except BaseException:
-        print(diagnosis(testbed, release_ns), file=sys.stderr)
+        print(diagnosis(testbed, namespace), file=sys.stderr)
         raise
     finally:
         print("\n[install] " + "\n[install] ".join(report), file=sys.stderr)
-        uninstall(helm, release_ns)
-        cert_manager.stop()
-        cert_manager.remove_crds()  # other tests prove the answer to a cluster without cert-manager
-    assert_uninstalled(testbed)
+        uninstall(helm, namespace)
+        for cleanup in after:
+            cleanup()
 
 
 def diagnosis(testbed: Testbed, namespace: str) -> str:
