@@ -185,6 +185,7 @@ async def delete_all(kube: Kube, namespace: str, names: list[str], timeout: floa
     return time.perf_counter() - t0
 
 
+BURST_CPU_S = 6.0  # issue 15: <= 20 ms of operator CPU per server in the 300 burst
 KCM_QPS = 20.0  # kube-controller-manager --kube-api-qps default
 
 
@@ -225,6 +226,7 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
                 kcm_qps: float = KCM_QPS) -> tuple[Figure, Tracker]:
     await _namespace(kube, namespace)
     stats0 = reconcile_stats(op.metrics()) if op is not None else {}
+    cpu0 = op.cpu() if op is not None else None
     tracker = Tracker()
     watches = await _watches(kube, namespace, tracker)
     names = [f"scale-{i:03d}" for i in range(count)]
@@ -257,6 +259,7 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
         for w in watches:
             await w.stop()
     stats1 = reconcile_stats(op.metrics()) if op is not None else {}
+    cpu_s = round(op.cpu().cpu - cpu0.cpu, 2) if op is not None and cpu0 is not None else None
     recon = {k: stats1[k] - stats0[k] for k in stats1}
     ready_times = sorted(t - t0 for t in tracker.server_ready.values())
     wall = ready_times[-1] if len(ready_times) >= count else float("nan")
@@ -282,7 +285,8 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
     fig = Figure(
         "scale_300_ready", f"{count} DittoServers created at once -> all Ready", "< 60 s",
         [Check("wall time", round(wall, 2), "<", 60.0, "s"),
-         Check("create errors", len(create_errors), "==", 0, "requests")],
+         Check("create errors", len(create_errors), "==", 0, "requests"),
+         *([Check("operator CPU", cpu_s, "<=", BURST_CPU_S, "CPU-s")] if cpu_s is not None else [])],
         f"{wall:.1f} s" + (f" ({len(ready_times)}/{count} Ready)" if len(ready_times) < count else ""),
         details={
             "servers": count, "post_concurrency": concurrency,
@@ -300,6 +304,8 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
                 "passes": int(recon.get("reconciles", 0)), "errors": int(recon.get("errors", 0)),
                 "mean_pass_ms": round(1000 * recon["seconds"] / recon["reconciles"], 1)
                 if recon.get("reconciles") else None},
+            "operator_cpu_s": cpu_s,
+            "operator_cpu_ms_per_server": round(1000 * cpu_s / count, 1) if cpu_s is not None else None,
             "operator_api_writes": len(writes),
             "operator_api_writes_per_server": round(len(writes) / count, 2),
             "operator_writes_by_verb_resource": dict(by_kind.most_common()),

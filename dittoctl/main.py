@@ -22,7 +22,7 @@ from dittoctl.kube import metrics
 from dittoctl.kube.gateway import Gateway, load_client
 from dittoctl.kube.logs import fields
 from reconciler.context import Provisioning
-from reconciler.handlers import Controller, configure_watching, register
+from reconciler.handlers import Controller, configure_persistence, configure_watching, register
 
 log = logging.getLogger("dittofs.main")
 
@@ -130,6 +130,7 @@ def kopf_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     settings.persistence.finalizer = "dittofs.dittofs.com/kopf"  # unused: no change-tracking handlers
+    configure_persistence(settings)
 
 
 async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:

@@ -6,6 +6,7 @@ nothing changed: children are compared with the watch cache, status with the las
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ from reconciler.phases.secrets import (
 from reconciler.phases.spec import check_spec
 from reconciler.phases.statefulset import apply_statefulset, observe_statefulset, storage_drift
 from reconciler.phases.volumes import expand_volumes
+from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, s3_status
 
@@ -74,26 +76,25 @@ class Reconciler:
         if is_paused(body):
             await report_paused(ctx)
             return None
-        await ensure_finalizer(ctx)
         server = await check_spec(ctx)
         if server is None:
+            await ensure_finalizer(ctx)
             return None  # an invalid spec waits for an edit
         return await self._converge(ctx, server)
 
     async def _converge(self, ctx: Pass, server: DittoServer) -> float | None:
         names = Names.of(server)
         ctx.cache.set_refs(ctx.key, watched_secrets(server.spec, names))
-        await ensure_generated(ctx, server, names)
+        # Independent writes go out together: a new server's first pass is a few round trips, not a dozen.
+        await asyncio.gather(ensure_finalizer(ctx), ensure_generated(ctx, server, names))
         consumed = await consumed_digests(ctx, server, names)
         digests = consumed.digests
         status = ctx.current().get("status") or {}
-        desired = specs.build(server.spec, names, digests, store_revision=int(status.get("storeRevision") or 0),
-                              operator_namespace=self.shared.provisioning.operator_namespace)
-        await apply_config_map(ctx, desired, names)
-        await apply_services(ctx, desired, names)
-        certificate_errors = await apply_certificates(ctx, desired, names)
-        await apply_network_policy(ctx, desired, names)
-        await apply_service_monitor(ctx, desired, names)
+        desired = self._desired(ctx, server, names, digests, int(status.get("storeRevision") or 0))
+        *_, certificate_errors = await asyncio.gather(
+            apply_config_map(ctx, desired, names), apply_services(ctx, desired, names),
+            apply_network_policy(ctx, desired, names), apply_service_monitor(ctx, desired, names),
+            apply_certificates(ctx, desired, names))
         database = await ensure_database(ctx, server, names, desired)
         ref = server.spec.database.postgres_secret_ref
         if database.condition is None and ref is not None:
@@ -143,6 +144,21 @@ class Reconciler:
             fileservice=fileservice.status() if fileservice else _kept(status),
         ), status))
         return min(requeues) if requeues else None
+
+
+    def _desired(self, ctx: Pass, server: DittoServer, names: Names, digests: SecretDigests,
+                 store_revision: int) -> Desired:
+        """The builders are pure: the same inputs give the same manifests, so a pass that only follows the
+        StatefulSet or its pods (most passes) reuses them instead of rendering and hashing again."""
+        operator_namespace = self.shared.provisioning.operator_namespace
+        inputs = (ctx.generation, tuple(sorted(digests.items())), store_revision, operator_namespace)
+        memo = ctx.memory.desired
+        if ctx.generation and memo is not None and memo[0] == inputs:
+            return memo[1]
+        desired = specs.build(server.spec, names, digests, store_revision=store_revision,
+                              operator_namespace=operator_namespace)
+        ctx.memory.desired = (inputs, desired)
+        return desired
 
 
 def _kept(status: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -3,6 +3,7 @@ the ServiceMonitor (obsolete ones pruned)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from enum import Enum
 from typing import Any
@@ -26,8 +27,7 @@ async def apply_config_map(ctx: Pass, desired: Desired, names: Names) -> None:
 
 
 async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:
-    for service in desired.services:
-        await ctx.apply(stamp_manifest(service))
+    await asyncio.gather(*(ctx.apply(stamp_manifest(service)) for service in desired.services))
     wanted = {s["metadata"]["name"] for s in desired.services}
     # Only the optional Services can become obsolete (metrics off, no file adapter left).
     for name in (names.metrics_service, names.file_service):
