@@ -229,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
                      help="the operator's own namespace (the chart's pod sets POD_NAMESPACE); every DittoServer's "
                           "NetworkPolicy lets it in")
     run.add_argument("--drift-interval", type=float, default=_number_env("DRIFT_INTERVAL", "300", float))
-    run.add_argument("--workers", type=int, default=_number_env("WORKERS", "8", int),
+    run.add_argument("--workers", type=int, default=_number_env("WORKERS", "32", int),
                      help="concurrent reconciles; passes mostly wait on the API, not the CPU")
     run.set_defaults(func=cmd_run)
 

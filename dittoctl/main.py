@@ -49,7 +49,7 @@ class RunSettings:
     lease_namespace: str = "dittofs-system"
     log_level: str = "INFO"
     log_format: str = "json"
-    workers: int = 8
+    workers: int = 32  # passes mostly wait on the API: more in flight keep a burst moving (bench, issue 15)
     drift_interval: float = 300.0
     server_address: str = "service"
     provision_networks: list[str] = field(default_factory=list)

@@ -23,8 +23,7 @@ def is_subset(desired: Any, observed: Any) -> bool:
 
 def stamp_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     """Annotate a manifest with the digest of what we apply, so removals (not just drift) are noticed. Once:
-    the desired manifests are reused while their inputs are unchanged (reconciler.reconcile) and never
-    mutated, and a second digest would cover the first."""
+    a second digest would cover the first, and the child would look changed on every pass."""
     meta = manifest["metadata"]
     if APPLIED_ANNOTATION in (meta.get("annotations") or {}):
         return manifest

@@ -11,9 +11,10 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import CERTIFICATES, DITTOSERVERS, PERCONAPGCLUSTERS, SERVICEMONITORS, Kind, kind_of
@@ -54,11 +55,6 @@ class Memory:
     pruning costs no GET per pass."""
     fileservice: Any = None
     """The file-service phase's own memory (REST client with in-memory tokens, last outcome)."""
-    checked: tuple[int, DittoServer] | None = None
-    """(generation, the parsed server) of the last valid spec: validation is pure and the spec changes only
-    with the generation."""
-    desired: tuple[Hashable, Desired] | None = None
-    """(inputs, what they build): the builders are pure, so unchanged inputs give the same manifests."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +116,38 @@ class Discovery:
         return await self.serves(PERCONAPGCLUSTERS)
 
 
+T = TypeVar("T")
+
+
+class Recent(Generic[T]):
+    """What was derived for the last ``size`` servers reconciled, by key, valid while its inputs are equal.
+
+    A new server's first passes follow each other closely (its StatefulSet and pods move), and parsing and
+    building are pure but not free: rendering config.yaml alone was half of such a pass in the profile.
+    Bounded, so memory does not grow with the number of servers (a full build is ~55 KiB)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._items: OrderedDict[Key, tuple[Hashable, T]] = OrderedDict()
+
+    def get(self, key: Key, inputs: Hashable) -> T | None:
+        item = self._items.get(key)
+        if item is None or item[0] != inputs:
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    def put(self, key: Key, inputs: Hashable, value: T) -> T:
+        self._items[key] = (inputs, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def drop(self, key: Key) -> None:
+        self._items.pop(key, None)
+
+
 @dataclass
 class Shared:
     """Everything that outlives one pass."""
@@ -130,6 +158,10 @@ class Shared:
     discovery: Discovery
     cleanup_timeout: float = 60.0
     provisioning: Provisioning = field(default_factory=Provisioning)
+    parsed: Recent[DittoServer] = field(default_factory=Recent)
+    """The validated server by (uid, generation): the spec changes only with the generation."""
+    built: Recent[Desired] = field(default_factory=Recent)
+    """The desired children by every input of the builders."""
 
 
 @dataclass

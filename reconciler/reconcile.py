@@ -25,14 +25,16 @@ from reconciler.phases.config import (
     apply_network_policy,
     apply_service_monitor,
     apply_services,
+    unserved_certificates,
 )
-from reconciler.phases.database import ensure_database, postgres_secret_condition
+from reconciler.phases.database import DatabaseState, ensure_database, postgres_secret_condition
 from reconciler.phases.deletion import finalize
 from reconciler.phases.fileservice import Provisioned, provision
 from reconciler.phases.fileservice import memory as fileservice_memory
 from reconciler.phases.finalizer import ensure_finalizer
 from reconciler.phases.paused import is_paused, report_paused
 from reconciler.phases.secrets import (
+    Consumed,
     consumed_digests,
     ensure_generated,
     jwt_too_short,
@@ -48,6 +50,7 @@ from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, s3_status
 
+Obj = dict[str, Any]
 RECREATE_POLL = 1.0  # seconds between looks at an orphan-deleted StatefulSet until it is gone
 
 
@@ -66,6 +69,8 @@ class Reconciler:
         """Returns seconds until the next pass is wanted (None: wait for a watch event)."""
         body = self.shared.cache.servers.get(key)
         if body is None:
+            self.shared.parsed.drop(key)
+            self.shared.built.drop(key)
             gone = self.memory.pop(key, None)
             if gone is not None and gone.fileservice is not None:
                 await gone.fileservice.close()
@@ -91,35 +96,12 @@ class Reconciler:
         digests = consumed.digests
         status = ctx.current().get("status") or {}
         desired = self._desired(ctx, server, names, digests, int(status.get("storeRevision") or 0))
-        *_, certificate_errors = await asyncio.gather(
+        # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
+        # gates: so it goes out with them, and a new server is one round trip from its StatefulSet.
+        *_, (sts, database, errors, reason, recreating) = await asyncio.gather(
             apply_config_map(ctx, desired, names), apply_services(ctx, desired, names),
             apply_network_policy(ctx, desired, names), apply_service_monitor(ctx, desired, names),
-            apply_certificates(ctx, desired, names))
-        database = await ensure_database(ctx, server, names, desired)
-        ref = server.spec.database.postgres_secret_ref
-        if database.condition is None and ref is not None:
-            database.condition = postgres_secret_condition(desired.missing_secret_keys, ref.name)
-
-        errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
-        errors += await missing_mounted(ctx, server) + certificate_errors
-        await report_missing(ctx, errors)
-        reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
-        short = await jwt_too_short(ctx, server, digests)
-        if short is not None:
-            errors, reason = [*errors, short], Reason.JWT_SECRET_TOO_SHORT
-        sts = await observe_statefulset(ctx, names)
-        drift = storage_drift(sts, desired.statefulset)
-        if drift.errors:
-            errors, reason = [*errors, *drift.errors], Reason.INVALID_SPEC
-        # The StatefulSet is being re-created around its pods (volume expansion): wait until it is gone.
-        recreating = sts is not None and bool(sts["metadata"].get("deletionTimestamp"))
-        if sts is not None and drift.grown and not errors and database.gate_open and not recreating:
-            failed = await expand_volumes(ctx, names, drift.grown)
-            if failed:
-                errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
-            recreating = not failed
-        if not errors and database.gate_open and not recreating:
-            sts = await apply_statefulset(ctx, names, desired, sts, digests)
+            apply_certificates(ctx, desired, names), self._statefulset(ctx, server, names, desired, consumed))
         ctx.memory.digests = dict(digests)
         fileservice = await provision(ctx, server, names) if not errors and sts is not None else None
         if fileservice is None:
@@ -146,19 +128,45 @@ class Reconciler:
         return min(requeues) if requeues else None
 
 
+    async def _statefulset(self, ctx: Pass, server: DittoServer, names: Names, desired: Desired,
+                           consumed: Consumed) -> tuple[Obj | None, DatabaseState, list[str], Reason, bool]:
+        """The StatefulSet behind its gates (complete config, database, storage): (the StatefulSet, the
+        database state, the errors and their reason, whether it is being re-created)."""
+        digests = consumed.digests
+        database = await ensure_database(ctx, server, names, desired)
+        ref = server.spec.database.postgres_secret_ref
+        if database.condition is None and ref is not None:
+            database.condition = postgres_secret_condition(desired.missing_secret_keys, ref.name)
+
+        errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
+        errors += await missing_mounted(ctx, server) + await unserved_certificates(ctx, desired)
+        await report_missing(ctx, errors)
+        reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
+        short = await jwt_too_short(ctx, server, digests)
+        if short is not None:
+            errors, reason = [*errors, short], Reason.JWT_SECRET_TOO_SHORT
+        sts = await observe_statefulset(ctx, names)
+        drift = storage_drift(sts, desired.statefulset)
+        if drift.errors:
+            errors, reason = [*errors, *drift.errors], Reason.INVALID_SPEC
+        # The StatefulSet is being re-created around its pods (volume expansion): wait until it is gone.
+        recreating = sts is not None and bool(sts["metadata"].get("deletionTimestamp"))
+        if sts is not None and drift.grown and not errors and database.gate_open and not recreating:
+            failed = await expand_volumes(ctx, names, drift.grown)
+            if failed:
+                errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
+            recreating = not failed
+        if not errors and database.gate_open and not recreating:
+            sts = await apply_statefulset(ctx, names, desired, sts, digests)
+        return sts, database, errors, reason, recreating
+
     def _desired(self, ctx: Pass, server: DittoServer, names: Names, digests: SecretDigests,
                  store_revision: int) -> Desired:
-        """The builders are pure: the same inputs give the same manifests, so a pass that only follows the
-        StatefulSet or its pods (most passes) reuses them instead of rendering and hashing again."""
         operator_namespace = self.shared.provisioning.operator_namespace
-        inputs = (ctx.generation, tuple(sorted(digests.items())), store_revision, operator_namespace)
-        memo = ctx.memory.desired
-        if ctx.generation and memo is not None and memo[0] == inputs:
-            return memo[1]
-        desired = specs.build(server.spec, names, digests, store_revision=store_revision,
-                              operator_namespace=operator_namespace)
-        ctx.memory.desired = (inputs, desired)
-        return desired
+        inputs = (ctx.uid, ctx.generation, tuple(sorted(digests.items())), store_revision, operator_namespace)
+        known = self.shared.built.get(ctx.key, inputs) if ctx.generation else None
+        return known or self.shared.built.put(ctx.key, inputs, specs.build(
+            server.spec, names, digests, store_revision=store_revision, operator_namespace=operator_namespace))
 
 
 def _kept(status: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from enum import Enum
 from typing import Any
 
 from dittoctl.api.conditions import EventReason
@@ -43,16 +42,8 @@ async def apply_network_policy(ctx: Pass, desired: Desired, names: Names) -> Non
                         ctx.cache.child(NETWORKPOLICIES, names.namespace, names.network_policy))
 
 
-class OptionalChildren(Enum):
-    """What happened to the children of a kind whose CRD may come and go."""
-
-    NONE_WANTED = "none wanted"
-    APPLIED = "applied"
-    NOT_SERVED = "not served"
-
-
 async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], candidates: tuple[str, ...],
-                          namespace: str) -> OptionalChildren:
+                          namespace: str) -> None:
     """Children of an optional kind (cert-manager's, the Prometheus Operator's): not watched, since the CRD
     may come and go, so each wanted one is read each pass. A candidate no longer wanted is pruned when this
     process applied it, or once after a start (nothing remembered), and only while the CRD is served: an
@@ -67,27 +58,27 @@ async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], c
     if stale and served:
         for name in stale:
             await ctx.prune(kind, name, await ctx.gw.get_or_none(kind, name, namespace))
-    if not by_name:
-        return OptionalChildren.NONE_WANTED
-    if not served:
-        return OptionalChildren.NOT_SERVED
+    if not by_name or not served:
+        return
     for name, manifest in by_name.items():
         current = await ctx.gw.get_or_none(kind, name, namespace)
         try:
             await ctx.apply(stamp_manifest(manifest), current, known=True)
         except NotFound:  # the CRD went away since discovery said it was served
             discovery.forget(kind)
-            return OptionalChildren.NOT_SERVED
+            return
         ctx.memory.optional[kind.plural] |= {name}
-    return OptionalChildren.APPLIED
 
 
-async def apply_certificates(ctx: Pass, desired: Desired, names: Names) -> list[str]:
-    """Returns the problem when cert-manager is asked for but not installed (the server would wait for its
-    TLS Secret forever)."""
-    outcome = await _apply_optional(ctx, CERTIFICATES, desired.certificates,
-                                    (names.api_certificate, names.operator_certificate), names.namespace)
-    if outcome is OptionalChildren.NOT_SERVED:
+async def apply_certificates(ctx: Pass, desired: Desired, names: Names) -> None:
+    await _apply_optional(ctx, CERTIFICATES, desired.certificates,
+                          (names.api_certificate, names.operator_certificate), names.namespace)
+
+
+async def unserved_certificates(ctx: Pass, desired: Desired) -> list[str]:
+    """The problem when cert-manager is asked for but not installed (the server would wait for its TLS Secret
+    forever): a gate of the StatefulSet, so decided from discovery before anything is applied."""
+    if desired.certificates and not await ctx.shared.discovery.serves(CERTIFICATES):
         return [f"spec.controlPlane.tls.certificate: {CERTIFICATES.kind} ({CERTIFICATES.api_version}) is not served "
                 "by this cluster; install cert-manager, or create the TLS Secret yourself and remove certificate"]
     return []

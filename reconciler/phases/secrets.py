@@ -6,6 +6,7 @@ point GET on a miss; bodies are never kept.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Callable
@@ -45,19 +46,22 @@ async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None
         wanted.append((names.jwt_secret, lambda: jwt_secret(names, new_jwt_value())))
     if identity.admin.password_secret_ref is None:
         wanted.append((names.admin_secret, lambda: admin_secret(names, identity.admin.username, new_password())))
-    for name, build in wanted:
-        known = (names.namespace, name) in ctx.cache.secrets
-        # A fresh server's Secrets are created blind (a 409 says they exist): no GET per new server.
-        if (known or not ctx.fresh) and await _digest(ctx, name) is not None:
-            continue
-        try:
-            created = await ctx.gw.create(SECRETS, build(), names.namespace)
-            ctx.cache.put_secret((names.namespace, name), secret_digest(created))
-            log.info("generated Secret", extra=fields(namespace=names.namespace, name=name))
-        except Conflict:
-            # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
-            existing = await ctx.gw.get(SECRETS, name, names.namespace)
-            ctx.cache.put_secret((names.namespace, name), secret_digest(existing))
+    await asyncio.gather(*(_generate(ctx, names.namespace, name, build) for name, build in wanted))
+
+
+async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], dict[str, Any]]) -> None:
+    known = (namespace, name) in ctx.cache.secrets
+    # A fresh server's Secrets are created blind (a 409 says they exist): no GET per new server.
+    if (known or not ctx.fresh) and await _digest(ctx, name) is not None:
+        return
+    try:
+        created = await ctx.gw.create(SECRETS, build(), namespace)
+        ctx.cache.put_secret((namespace, name), secret_digest(created))
+        log.info("generated Secret", extra=fields(namespace=namespace, name=name))
+    except Conflict:
+        # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
+        existing = await ctx.gw.get(SECRETS, name, namespace)
+        ctx.cache.put_secret((namespace, name), secret_digest(existing))
 
 
 async def jwt_too_short(ctx: Pass, server: DittoServer, digests: SecretDigests) -> str | None:

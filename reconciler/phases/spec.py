@@ -15,17 +15,17 @@ from reconciler.status import Observation, build_status
 async def check_spec(ctx: Pass) -> DittoServer | None:
     """The parsed server, or None once the problems are reported (event on change, status)."""
     body = ctx.current()
-    generation = ctx.generation
-    if generation and ctx.memory.checked is not None and ctx.memory.checked[0] == generation:
-        return ctx.memory.checked[1]
+    inputs = (ctx.uid, ctx.generation)
+    known = ctx.shared.parsed.get(ctx.key, inputs) if ctx.generation else None  # no generation: nothing to key on
+    if known is not None:
+        return known
     # No cluster facts here: a StorageClass deleted since admission must not block, and a missing Percona
     # CRD is a wait the database phase reports (DatabaseReady=False/PerconaNotFound), not an invalid spec.
     facts = ClusterFacts(storage_classes=None, percona_served=None, secrets={})
     verdict = validate(body, None, facts)
     if verdict.allowed and verdict.server is not None:
         ctx.memory.invalid = None
-        ctx.memory.checked = (generation, verdict.server)
-        return verdict.server
+        return ctx.shared.parsed.put(ctx.key, inputs, verdict.server)
     messages = verdict.messages
     joined = "; ".join(messages)
     if ctx.memory.invalid != joined:

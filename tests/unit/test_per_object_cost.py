@@ -1,0 +1,118 @@
+"""What keeps a pass cheap (issue 15), pinned: stamps are idempotent, discovery trusts a recent "no", kopf keeps
+no per-event essence, and the API client reads its proxy once instead of per request."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+
+from dittoctl.api.kinds import SERVICEMONITORS, Kind
+from dittoctl.api.naming import APPLIED_ANNOTATION
+from dittoctl.kube.gateway import load_client
+from reconciler.compare import stamp_manifest
+from reconciler.context import Discovery, Recent
+from reconciler.handlers import configure_persistence
+
+
+def test_a_stamp_is_taken_once_and_a_second_stamp_changes_nothing() -> None:
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "n"},
+                "data": {"a": "1"}}
+    first = copy.deepcopy(stamp_manifest(manifest))
+    assert APPLIED_ANNOTATION in first["metadata"]["annotations"]
+    assert stamp_manifest(manifest) == first
+    other = stamp_manifest({**copy.deepcopy(manifest), "metadata": {"name": "x", "namespace": "n"},
+                            "data": {"a": "2"}})
+    assert other["metadata"]["annotations"][APPLIED_ANNOTATION] != first["metadata"]["annotations"][APPLIED_ANNOTATION]
+
+
+class _Served:
+    """The one Gateway method Discovery calls, answering from a dict and counting the questions."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, bool] = {}
+        self.asked = 0
+
+    async def served(self, kind: Kind) -> bool:
+        self.asked += 1
+        return self.answers.get(kind.plural, False)
+
+
+@pytest.mark.asyncio
+async def test_discovery_trusts_a_no_for_a_while_and_a_yes_until_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = _Served()
+    discovery = Discovery(api)  # type: ignore[arg-type]
+    clock = [1000.0]
+    monkeypatch.setattr("reconciler.context.time.monotonic", lambda: clock[0])
+    assert not await discovery.serves(SERVICEMONITORS)
+    assert not await discovery.serves(SERVICEMONITORS)
+    assert api.asked == 1, "a fresh 'not served' is not asked again on every pass"
+    clock[0] += Discovery.NEGATIVE_TTL + 0.1
+    api.answers[SERVICEMONITORS.plural] = True
+    assert await discovery.serves(SERVICEMONITORS), "a CRD installed later is noticed once the no is stale"
+    assert await discovery.serves(SERVICEMONITORS)
+    assert api.asked == 2
+    discovery.forget(SERVICEMONITORS)  # a 404 on a write
+    api.answers[SERVICEMONITORS.plural] = False
+    assert not await discovery.serves(SERVICEMONITORS)
+    assert api.asked == 3, "a forgotten kind is asked again at once"
+
+
+def test_kopf_keeps_no_essence_and_no_progress_per_event() -> None:
+    settings = kopf.OperatorSettings()
+    configure_persistence(settings)
+    body = kopf.Body({"metadata": {"name": "x", "annotations": {"a": "b"}}, "spec": {"big": list(range(100))}})
+    assert settings.persistence.diffbase_storage.build(body=body) == {}
+    assert settings.persistence.diffbase_storage.fetch(body=body) is None
+    essence = kopf.BodyEssence({"spec": {"x": 1}})
+    assert settings.persistence.progress_storage.clear(essence=essence) is essence
+
+
+def _kubeconfig(tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    return path
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("env", "proxy"), [
+    ({"HTTPS_PROXY": "http://proxy.invalid:3128"}, "http://proxy.invalid:3128"),
+    ({"HTTPS_PROXY": "http://proxy.invalid:3128", "NO_PROXY": "127.0.0.1"}, None),
+    ({}, None),
+])
+async def test_the_api_client_reads_its_proxy_once_not_per_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], proxy: str | None) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    api: Any = await load_client(str(_kubeconfig(tmp_path)))
+    try:
+        assert api.rest_client.proxy == proxy
+        assert api.rest_client.pool_manager.trust_env is False
+        assert not api.rest_client.pool_manager.closed
+    finally:
+        await api.close()
+
+
+def test_recent_keeps_a_bounded_number_of_servers_valid_while_their_inputs_are_equal() -> None:
+    recent: Recent[str] = Recent(size=2)
+    recent.put(("ns", "a"), ("uid-a", 1), "built a")
+    recent.put(("ns", "b"), ("uid-b", 1), "built b")
+    assert recent.get(("ns", "a"), ("uid-a", 1)) == "built a"  # now the most recent
+    assert recent.get(("ns", "a"), ("uid-a", 2)) is None, "a new generation is built again"
+    assert recent.get(("ns", "a"), ("uid-other", 1)) is None, "a re-created server (new uid) is built again"
+    recent.put(("ns", "c"), ("uid-c", 1), "built c")
+    assert recent.get(("ns", "b"), ("uid-b", 1)) is None, "the least recent goes first"
+    assert recent.get(("ns", "a"), ("uid-a", 1)) == "built a"
+    recent.drop(("ns", "a"))
+    assert recent.get(("ns", "a"), ("uid-a", 1)) is None
