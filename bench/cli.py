@@ -15,8 +15,12 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
   image       image_size, image_start_to_ready, image_rss
                                         the Dockerfile's image, helm-installed on the real node
 
-Results: bench/results/<figure>.json and bench/results/SUMMARY.md. All traffic stays on 127.0.0.1, except
-`fileservice`'s, which also uses the real node's bridge (10.88.0.0/24: the dfs pod and moto's S3).
+Results: bench/results/<figure>.json and bench/results/SUMMARY.md. During `sequential` and `scale` py-spy samples
+the operator (bench/profile.py): a flame graph per experiment in bench/results/profile_<experiment>.svg and its
+top entries in the figures' JSON (`operator_profile`); --no-profile turns it off.
+
+All traffic stays on 127.0.0.1, except `fileservice`'s, which also uses the real node's bridge (10.88.0.0/24:
+the dfs pod and moto's S3).
 
 The 2 cores may be shared with other workloads (other test beds). Before each experiment the bench waits
 (bounded) for foreign CPU to calm down, and every figure records the CPU of each of its own processes and

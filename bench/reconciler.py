@@ -42,6 +42,7 @@ class Tracker:
     created: dict[str, float] = field(default_factory=dict)
     server_seen: dict[str, float] = field(default_factory=dict)
     sts_seen: dict[str, float] = field(default_factory=dict)
+    sts_ready: dict[str, float] = field(default_factory=dict)
     pod_ready: dict[str, float] = field(default_factory=dict)
     server_ready: dict[str, float] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
@@ -63,6 +64,8 @@ class Tracker:
         self.events["statefulsets"] += 1
         if ev.type != "DELETED":
             self.sts_seen.setdefault(ev.obj["metadata"]["name"], ev.arrived)
+            if int((ev.obj.get("status") or {}).get("readyReplicas") or 0) >= 1:
+                self.sts_ready.setdefault(ev.obj["metadata"]["name"], ev.arrived)
             self.changed.set()
 
     def on_pod(self, ev: WatchEvent) -> None:
@@ -158,6 +161,10 @@ async def sequential(tb: Testbed, kube: Kube, namespace: str, *, count: int = 20
         f"{max(ready, default=float('nan')) * 1000:.0f} ms, n={len(ready)})",
         details={**common, "notes": list(notes),
                  "pod_ready_to_server_ready_ms": summary(ready, 1000.0, 1),
+                 "of which pod_ready_to_statefulset_ready_ms (the controller-manager counts the pod)":
+                     summary(_deltas(tracker.pod_ready, tracker.sts_ready), 1000.0, 1),
+                 "of which statefulset_ready_to_server_ready_ms (the operator: Ready needs the rollout done)":
+                     summary(_deltas(tracker.sts_ready, tracker.server_ready), 1000.0, 1),
                  "statefulset_to_pod_ready_ms (test bed: PVC provisioning, scheduler, kwok)":
                      summary(sts_to_pod, 1000.0, 1),
                  "method": "t0 = arrival of the pod with Ready=True, t1 = arrival of the DittoServer with "

@@ -25,7 +25,7 @@ from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key
 from reconciler.compare import needs_apply
-from reconciler.specs import Desired
+from reconciler.specs import Desired, RenderedConfig
 from reconciler.status import status_changed
 
 log = logging.getLogger("dittofs.reconciler")
@@ -55,6 +55,9 @@ class Memory:
     pruning costs no GET per pass."""
     fileservice: Any = None
     """The file-service phase's own memory (REST client with in-memory tokens, last outcome)."""
+    rendered: tuple[tuple[str, int], RenderedConfig] | None = None
+    """((uid, generation), config.yaml rendered for it): a few KiB kept for every server, so a drift pass
+    does not emit YAML again (the full build is kept only for the last few servers, see ``Recent``)."""
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,14 @@ class Reconciler:
         operator_namespace = self.shared.provisioning.operator_namespace
         inputs = (ctx.uid, ctx.generation, tuple(sorted(digests.items())), store_revision, operator_namespace)
         known = self.shared.built.get(ctx.key, inputs) if ctx.generation else None
-        return known or self.shared.built.put(ctx.key, inputs, specs.build(
-            server.spec, names, digests, store_revision=store_revision, operator_namespace=operator_namespace))
+        if known is not None:
+            return known
+        generation = (ctx.uid, ctx.generation)
+        if ctx.memory.rendered is None or ctx.memory.rendered[0] != generation or not ctx.generation:
+            ctx.memory.rendered = (generation, specs.render(server.spec))
+        return self.shared.built.put(ctx.key, inputs, specs.build(
+            server.spec, names, digests, store_revision=store_revision, operator_namespace=operator_namespace,
+            rendered=ctx.memory.rendered[1]))
 
 
 def _kept(status: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -47,19 +47,34 @@ class Desired:
         return [self.config_map, *self.services, *self.certificates, *optional, self.statefulset]
 
 
+@dataclass(frozen=True)
+class RenderedConfig:
+    """config.yaml, and the text its hash is taken over (without the first-boot seeds)."""
+
+    text: str
+    hashed: str
+
+
+def render(spec: DittoServerSpec) -> RenderedConfig:
+    """YAML emitting is the dearest step of a build (pure-Python PyYAML): callers may keep this per generation."""
+    text = render_config(spec)
+    seeded = spec.identity.ldap is not None or spec.identity.kerberos is not None
+    return RenderedConfig(text, render_config(spec, seeds=False) if seeded else text)
+
+
 def build(spec: DittoServerSpec, names: Names, digests: SecretDigests, store_revision: int = 0,
-          operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE) -> Desired:
+          operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE, rendered: RenderedConfig | None = None) -> Desired:
     """``store_revision``: status.storeRevision, bumped when DittoFS took a store config it applies only at
     start; hashed with the config so the pod rolls once per bump. ``operator_namespace``: always let in by
-    the NetworkPolicy."""
-    text = render_config(spec)
+    the NetworkPolicy. ``rendered``: ``render(spec)``, when the caller kept it."""
+    rendered = rendered or render(spec)
+    text = rendered.text
     uses = secret_uses(spec, names)
     triples = [(secret, key, digests.get((secret, key))) for secret, key in hashed_secret_keys(spec, names)]
     if store_revision:
         triples.append(("<store-revision>", "", str(store_revision)))
     missing = sorted({(u.secret, u.key) for u in uses if not u.optional and digests.get((u.secret, u.key)) is None})
-    seeded = spec.identity.ldap is not None or spec.identity.kerberos is not None
-    digest = config_hash(render_config(spec, seeds=False) if seeded else text, triples)
+    digest = config_hash(rendered.hashed, triples)
     return Desired(
         config_text=text,
         config_hash=digest,

@@ -12,7 +12,7 @@ import pytest
 
 from dittoctl.api.kinds import SERVICEMONITORS, Kind
 from dittoctl.api.naming import APPLIED_ANNOTATION
-from dittoctl.kube.gateway import load_client
+from dittoctl.kube.gateway import CONNECTIONS, load_client
 from reconciler.compare import stamp_manifest
 from reconciler.context import Discovery, Recent
 from reconciler.handlers import configure_persistence
@@ -100,6 +100,7 @@ async def test_the_api_client_reads_its_proxy_once_not_per_request(
         assert api.rest_client.proxy == proxy
         assert api.rest_client.pool_manager.trust_env is False
         assert not api.rest_client.pool_manager.closed
+        assert api.rest_client.pool_manager.connector.limit == CONNECTIONS, "a small pool: 128 KiB per TLS connection"
     finally:
         await api.close()
 
