@@ -41,13 +41,15 @@ def slim(obj: Mapping[str, Any]) -> Obj:
 
 
 def slim_pod(pod: Mapping[str, Any]) -> Obj:
-    """Only what status and deletion read from a pod: identity, labels, phase and container states."""
+    """Only what status and deletion read from a pod: identity, labels, phase, its Ready condition and container
+    states."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    slim = {k: status[k] for k in ("phase", "podIP", "containerStatuses", "initContainerStatuses") if k in status}
+    slim["conditions"] = [c for c in status.get("conditions") or () if c.get("type") == "Ready"]
     return {
         "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid", "deletionTimestamp") if k in meta},
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
-        "status": {k: status[k] for k in ("phase", "podIP", "containerStatuses", "initContainerStatuses")
-                   if k in status},
+        "status": slim,
     }
 
 

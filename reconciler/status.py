@@ -61,18 +61,35 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     return problems
 
 
-def _sts_counts(sts: Mapping[str, Any] | None) -> tuple[int, int, int, bool]:
-    """(replicas, ready, available, rolled-out) from the StatefulSet status."""
+REVISION_LABEL = "controller-revision-hash"
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or ())
+
+
+def _sts_counts(sts: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]] = ()) -> tuple[int, int, int, bool]:
+    """(replicas, ready, available, rolled-out) from the StatefulSet status, raised by what the pods already show.
+
+    The controller-manager counts a ready pod into the StatefulSet status some 20 ms after the pod's own update
+    (more under load); the pods are watched too, so a count they already prove is not waited for. Nothing is
+    lowered by the pods, and "rolled out" still needs the controller to have seen the current generation and
+    set its update revision: the pods only shorten the wait, never decide a rollout alone."""
     if not sts:
         return 0, 0, 0, False
     status = sts.get("status", {})
     spec_replicas = int(sts.get("spec", {}).get("replicas", 1))
-    replicas = int(status.get("replicas", 0))
-    ready = int(status.get("readyReplicas", 0))
+    revision = status.get("updateRevision")
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    replicas = max(int(status.get("replicas", 0)), len(live))
+    ready = max(int(status.get("readyReplicas", 0)), sum(1 for p in live if _pod_ready(p)))
     available = int(status.get("availableReplicas", 0))
     generation_seen = int(status.get("observedGeneration", 0)) >= int(sts.get("metadata", {}).get("generation", 0))
-    updated = int(status.get("updatedReplicas", 0))
-    revision_done = status.get("currentRevision") == status.get("updateRevision") or spec_replicas == 0
+    current = [p for p in live if revision and ((p.get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL)
+               == revision]
+    updated = max(int(status.get("updatedReplicas", 0)), len(current))
+    revision_done = status.get("currentRevision") == revision or spec_replicas == 0
     done = generation_seen and replicas == spec_replicas and (
         spec_replicas == 0 or (updated == spec_replicas and revision_done and ready == spec_replicas)
     )
@@ -88,7 +105,7 @@ def conditions(obs: Observation) -> list[Cond]:
         result.append(Cond(T.CONFIG_READY, True, R.CONFIG_RENDERED, "ConfigMap holds config.yaml; Secrets present"))
     if obs.database is not None:
         result.append(obs.database)
-    replicas, ready, _available, done = _sts_counts(obs.statefulset)
+    replicas, ready, _available, done = _sts_counts(obs.statefulset, obs.pods)
     if obs.desired_replicas == 0:
         result.append(Cond(T.AVAILABLE, True, R.STOPPED, "replicas is 0"))
     elif ready >= 1:
@@ -130,7 +147,7 @@ Phase = str  # one of DittoServerStatus.phase's literals; the model checks it wh
 
 def phase(obs: Observation, conds: Sequence[Cond]) -> Phase:
     by_type = {c.type: c for c in conds}
-    _replicas, ready, _available, _done = _sts_counts(obs.statefulset)
+    _replicas, ready, _available, _done = _sts_counts(obs.statefulset, obs.pods)
     config = by_type[ConditionType.CONFIG_READY]
     if not config.status:
         # A missing Secret is a wait (it may be created later, e.g. by external-secrets), not a failure.
@@ -176,7 +193,7 @@ def _wire(status: DittoServerStatus) -> dict[str, Any]:
 def build_status(obs: Observation, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     previous = previous or {}
     conds = conditions(obs)
-    replicas, ready, available, _done = _sts_counts(obs.statefulset)
+    replicas, ready, available, _done = _sts_counts(obs.statefulset, obs.pods)
     return _wire(DittoServerStatus.model_validate({
         "observedGeneration": obs.generation,
         "phase": phase(obs, conds),

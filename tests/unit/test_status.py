@@ -169,3 +169,39 @@ def test_deleting_says_what_the_finalizer_waits_for() -> None:
     assert deleting["phase"] == "Deleting"
     assert (ready["status"], ready["reason"]) == ("False", "Deleting") and "1 pod(s)" in ready["message"]
     assert [c["type"] for c in deleting["conditions"]].count("Ready") == 1
+
+
+def pod(name: str, revision: str = "a", ready: bool = True, terminating: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"controller-revision-hash": revision}}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-12-03T00:00:00Z"
+    return {"metadata": meta, "status": {"phase": "Running",
+                                         "conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+def test_a_ready_pod_is_counted_before_the_controller_manager_counts_it() -> None:
+    """Issue 15: the StatefulSet status trails the pod by a controller-manager round; the pods already prove it."""
+    lagging = sts(ready=0)
+    assert by_type(Observation(generation=1, desired_replicas=1, statefulset=lagging))["Ready"][0] is False
+    status = build_status(Observation(generation=1, desired_replicas=1, statefulset=lagging, pods=[pod("demo-0")]),
+                          None)
+    assert status["phase"] == "Running" and status["ready"] == "1/1" and status["readyReplicas"] == 1
+
+
+def test_pods_never_finish_a_rollout_the_controller_has_not_started_nor_count_when_not_ready() -> None:
+    # A new template: the controller has not seen the generation yet, so no pod can prove the rollout done.
+    unseen = sts(ready=0)
+    unseen["metadata"]["generation"] = 3
+    assert by_type(Observation(generation=1, desired_replicas=1, statefulset=unseen,
+                               pods=[pod("demo-0")]))["Ready"][0] is False
+    # The old revision's pod is ready, the update revision has no pod yet: still rolling out.
+    rolling = sts(ready=1, updated=0, same_revision=False)
+    assert by_type(Observation(generation=1, desired_replicas=1, statefulset=rolling,
+                               pods=[pod("demo-0", revision="a")]))["Progressing"] == (True, "StatefulSetUpdating")
+    # Not ready, or terminating: not counted.
+    for p in (pod("demo-0", ready=False), pod("demo-0", terminating=True)):
+        assert by_type(Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0),
+                                   pods=[p]))["Ready"][0] is False
+    # The pods never lower what the controller counted (a pod missing from the watch cache is no evidence).
+    assert build_status(Observation(generation=1, desired_replicas=1, statefulset=sts(), pods=[]),
+                        None)["readyReplicas"] == 1
