@@ -83,8 +83,11 @@ def _sts_counts(sts: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
     revision = status.get("updateRevision")
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     replicas = max(int(status.get("replicas", 0)), len(live))
-    ready = max(int(status.get("readyReplicas", 0)), sum(1 for p in live if _pod_ready(p)))
-    available = int(status.get("availableReplicas", 0))
+    ready_pods = sum(1 for p in live if _pod_ready(p))
+    ready = max(int(status.get("readyReplicas", 0)), ready_pods)
+    # Without minReadySeconds a ready pod is available at once (the controller's own rule).
+    immediate = not int(sts.get("spec", {}).get("minReadySeconds") or 0)
+    available = max(int(status.get("availableReplicas", 0)), ready_pods if immediate else 0)
     generation_seen = int(status.get("observedGeneration", 0)) >= int(sts.get("metadata", {}).get("generation", 0))
     current = [p for p in live if revision and ((p.get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL)
                == revision]

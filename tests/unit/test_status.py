@@ -205,3 +205,13 @@ def test_pods_never_finish_a_rollout_the_controller_has_not_started_nor_count_wh
     # The pods never lower what the controller counted (a pod missing from the watch cache is no evidence).
     assert build_status(Observation(generation=1, desired_replicas=1, statefulset=sts(), pods=[]),
                         None)["readyReplicas"] == 1
+
+
+def test_a_ready_pod_is_available_at_once_unless_min_ready_seconds_asks_to_wait() -> None:
+    lagging = sts(ready=0)
+    lagging["status"]["availableReplicas"] = 0
+    assert build_status(Observation(generation=1, desired_replicas=1, statefulset=lagging, pods=[pod("demo-0")]),
+                        None)["availableReplicas"] == 1
+    lagging["spec"]["minReadySeconds"] = 30
+    assert build_status(Observation(generation=1, desired_replicas=1, statefulset=lagging, pods=[pod("demo-0")]),
+                        None)["availableReplicas"] == 0
