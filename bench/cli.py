@@ -306,7 +306,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
         async def floor_() -> list[Figure]:
             op.stop()  # the floor's children carry our labels: a running operator would spend CPU caching them
             try:
-                return [await floor.floor(kube, "bench-floor", count=args.servers)]
+                return [await floor.floor(kube, "bench-floor", count=args.servers, contention=run.contention)]
             finally:
                 op.start()  # here, so that its start is in no other experiment's window
 

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from bench.kube import Kube, bounded_gather
+from bench.machine import Contention
 from bench.objects import dittoserver
 from bench.reconciler import Tracker, _namespace, _watches, log
 from bench.report import Check, Figure
@@ -59,7 +60,7 @@ def _path(obj: dict[str, Any]) -> str:
 
 
 async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
-                timeout: float = 300.0) -> Figure:
+                timeout: float = 300.0, contention: Contention | None = None) -> Figure:
     await _namespace(kube, namespace)
     monitors = (await kube.request("GET", "/apis/monitoring.coreos.com/v1"))[0] == 200
     tracker = Tracker()
@@ -68,7 +69,9 @@ async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: in
     # Rendered before the clock (the builders are not the floor); a ServiceMonitor only where its CRD is served,
     # as the operator does.
     rendered = {n: [o for o in children(n, namespace) if monitors or o["kind"] != "ServiceMonitor"] for n in names}
+    cpu: dict[str, Any] = {}
     try:
+        before = contention.snapshot() if contention is not None else None
         t0 = time.perf_counter()
 
         async def apply(name: str) -> None:
@@ -81,6 +84,8 @@ async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: in
         applied = time.perf_counter() - t0
         log(f"floor: children of {count - len(errors)} servers applied in {applied:.1f}s")
         await tracker.until(lambda: len(tracker.pod_ready) >= count - len(errors), timeout)
+        if contention is not None and before is not None:
+            cpu = contention.between(before, contention.snapshot())
     finally:
         for w in watches:
             await w.stop()
@@ -99,6 +104,7 @@ async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: in
                  "ready_count_at": {f"{q}%": round(percentile(ready, q), 2) for q in (10, 50, 90, 100)}
                  if ready else {},
                  "apply_errors": errors[:5],
+                 "cpu_until_all_ready": cpu,
                  "method": "server-side apply of render_offline(...).children() per server, the operator's order, "
                            f"{concurrency} servers in flight; wall time from the first apply to the last server's "
                            "first Ready pod"},

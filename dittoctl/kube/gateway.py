@@ -24,7 +24,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from dittoctl.api.kinds import Kind, kind_of
 
 FIELD_MANAGER = "dittofs-operator"
-CONNECTIONS = 16  # requests in flight to the API server at most (more wait for a free connection)
+CONNECTIONS = 32  # requests in flight to the API server at most (more wait for a free connection)
 Obj = dict[str, Any]
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 _OBJECT = {200: "object", 201: "object", 202: "object"}
