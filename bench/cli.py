@@ -323,6 +323,8 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
                 if floor_s:
                     fig.checks.append(Check("over the floor", round(100 * overhead / floor_s, 1), "<=",
                                             FLOOR_MARGIN_PCT, "%"))
+                    fig.target_text += f"; <= floor + {FLOOR_MARGIN_PCT:g} %"
+                    fig.measured_text += f" (floor {floor_s:.1f} s: {100 * overhead / floor_s:+.0f} %)"
                 fig.details.setdefault("notes", []).append(
                     f"control-plane floor {floor_s:.1f} s (scale_300_floor): the operator adds {overhead:+.1f} s "
                     f"({100 * overhead / floor_s:+.0f} %)" if floor_s else "floor not measured")
