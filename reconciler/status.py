@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
@@ -47,6 +48,11 @@ class Observation:
     fileservice: dict[str, Any] = field(default_factory=dict)
     """status.provisioned, appliedSecrets and shares."""
 
+    @cached_property
+    def counts(self) -> tuple[int, int, int, bool]:
+        """(replicas, ready, available, rolled-out): read by the conditions, the phase and the status alike."""
+        return _sts_counts(self.statefulset, self.pods)
+
 
 def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     """'pod/x: Reason' for every container stuck in a state the user must fix."""
@@ -64,7 +70,8 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
 REVISION_LABEL = "controller-revision-hash"
 
 
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """The pod's Ready condition (its containers' readiness and any readiness gates), as the kubelet reports it."""
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or ())
 
@@ -83,7 +90,7 @@ def _sts_counts(sts: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
     revision = status.get("updateRevision")
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     replicas = max(int(status.get("replicas", 0)), len(live))
-    ready_pods = sum(1 for p in live if _pod_ready(p))
+    ready_pods = sum(1 for p in live if pod_ready(p))
     ready = max(int(status.get("readyReplicas", 0)), ready_pods)
     # Without minReadySeconds a ready pod is available at once (the controller's own rule).
     immediate = not int(sts.get("spec", {}).get("minReadySeconds") or 0)
@@ -108,7 +115,7 @@ def conditions(obs: Observation) -> list[Cond]:
         result.append(Cond(T.CONFIG_READY, True, R.CONFIG_RENDERED, "ConfigMap holds config.yaml; Secrets present"))
     if obs.database is not None:
         result.append(obs.database)
-    replicas, ready, _available, done = _sts_counts(obs.statefulset, obs.pods)
+    replicas, ready, _available, done = obs.counts
     if obs.desired_replicas == 0:
         result.append(Cond(T.AVAILABLE, True, R.STOPPED, "replicas is 0"))
     elif ready >= 1:
@@ -150,7 +157,7 @@ Phase = str  # one of DittoServerStatus.phase's literals; the model checks it wh
 
 def phase(obs: Observation, conds: Sequence[Cond]) -> Phase:
     by_type = {c.type: c for c in conds}
-    _replicas, ready, _available, _done = _sts_counts(obs.statefulset, obs.pods)
+    _replicas, ready, _available, _done = obs.counts
     config = by_type[ConditionType.CONFIG_READY]
     if not config.status:
         # A missing Secret is a wait (it may be created later, e.g. by external-secrets), not a failure.
@@ -196,7 +203,7 @@ def _wire(status: DittoServerStatus) -> dict[str, Any]:
 def build_status(obs: Observation, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     previous = previous or {}
     conds = conditions(obs)
-    replicas, ready, available, _done = _sts_counts(obs.statefulset, obs.pods)
+    replicas, ready, available, _done = obs.counts
     return _wire(DittoServerStatus.model_validate({
         "observedGeneration": obs.generation,
         "phase": phase(obs, conds),

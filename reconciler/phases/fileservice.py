@@ -52,7 +52,7 @@ from reconciler.context import Pass
 from reconciler.phases.secrets import _digest
 from reconciler.specs.fileservice import ShareUsage, declared, share_status
 from reconciler.specs.secrets import OPERATOR_PASSWORD_KEY, new_password, operator_secret
-from reconciler.status import Cond
+from reconciler.status import Cond, pod_ready
 
 log = logging.getLogger("dittofs.reconciler")
 BACKOFF_FIRST = 5.0
@@ -146,9 +146,7 @@ def _ready(pod: dict[str, Any]) -> bool:
     its server is about to stop (calling it would fail as ApiUnreachable for nothing)."""
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
-    status = pod.get("status") or {}
-    containers = status.get("containerStatuses") or []
-    return status.get("phase") == "Running" and bool(containers) and all(c.get("ready") for c in containers)
+    return (pod.get("status") or {}).get("phase") == "Running" and pod_ready(pod)
 
 
 def _reachable(ctx: Pass, ip: str) -> bool:
