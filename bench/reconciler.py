@@ -225,7 +225,10 @@ def reconcile_stats(metrics: dict[str, float]) -> dict[str, float]:
 
     return {"reconciles": total("controller_runtime_reconcile_total{"),
             "errors": total("controller_runtime_reconcile_errors_total{"),
-            "seconds": total("controller_runtime_reconcile_time_seconds_sum{")}
+            "seconds": total("controller_runtime_reconcile_time_seconds_sum{"),
+            **{f"requests {method}": sum(v for k, v in metrics.items()
+                                         if k.startswith("rest_client_requests_total{") and f'method="{method}"' in k)
+               for method in ("GET", "PATCH", "POST", "DELETE")}}
 
 
 async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
@@ -313,6 +316,8 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
                 "passes": int(recon.get("reconciles", 0)), "errors": int(recon.get("errors", 0)),
                 "mean_pass_ms": round(1000 * recon["seconds"] / recon["reconciles"], 1)
                 if recon.get("reconciles") else None},
+            "operator_api_requests_per_server": {k.split()[1]: round(v / count, 2) for k, v in recon.items()
+                                                 if k.startswith("requests ")},
             "operator_cpu_s": cpu_s,
             "operator_cpu_ms_per_server": round(1000 * cpu_s / count, 1) if cpu_s is not None else None,
             "operator_api_writes": len(writes),

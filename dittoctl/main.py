@@ -22,7 +22,7 @@ from dittoctl.kube import metrics
 from dittoctl.kube.gateway import Gateway, load_client
 from dittoctl.kube.logs import fields
 from reconciler.context import Provisioning
-from reconciler.handlers import Controller, configure_persistence, configure_watching, register
+from reconciler.handlers import Controller, configure_persistence, register, watch_streams
 
 log = logging.getLogger("dittofs.main")
 
@@ -72,16 +72,15 @@ class Health:
         problems = []
         if self.kopf_task is not None and self.kopf_task.done():
             problems.append("kopf (the watch streams) stopped")
-        if self.controller is not None and (silent := self.controller.secret_watch.stale_for()) is not None:
-            problems.append(f"Secret watch silent for {int(silent)}s")
+        if self.controller is not None:
+            problems.extend(f"{plural} watch silent for {int(silent)}s"
+                            for plural, silent in self.controller.stale_watches())
         return problems
 
     def readiness_problems(self) -> list[str]:
         problems = []
         if self.controller is not None and not (self.kopf_ready.is_set() and self.controller.primed.is_set()):
             problems.append("watch caches not warm yet (first listing pending)")
-        if self.controller is not None and not self.controller.secret_watch.started.is_set():
-            problems.append("Secret watch not started")
         if self.webhook is not None and not self.webhook.ready:
             problems.append("webhook not serving (no valid certificate loaded)")
         return problems
@@ -137,7 +136,8 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig
-    api = await load_client(settings.kubeconfig)
+    api = await load_client(settings.kubeconfig,
+                            streams=watch_streams(settings.namespaces) if settings.reconciler else 0)
     gateway = Gateway(api)
     controller: Controller | None = None
     webhook: Any | None = None
@@ -178,7 +178,6 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         @kopf.on.startup(registry=registry)
         async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             kopf_settings(settings)
-            configure_watching(settings)
 
         await controller.reconciler.discovery.refresh()
         if settings.leader_election:

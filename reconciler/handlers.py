@@ -1,14 +1,16 @@
-"""kopf wiring: watch streams feed the cache and the work queue; kopf never patches our objects.
+"""Watch wiring: kopf streams the DittoServers, our own `Watch` streams their children, pods and Secrets;
+all feed the cache and the work queue, and nothing here patches our objects.
 
-Only `@kopf.on.event` handlers are used: they keep no progress annotations and post no events of
-their own, so an unchanged DittoServer costs zero API writes. Reconciliation itself runs in our
-coalescing queue (level-based, one pass per key at a time).
+Only a `@kopf.on.event` handler is used: it keeps no progress annotations and posts no events of its
+own, so an unchanged DittoServer costs zero API writes. Reconciliation itself runs in our coalescing
+queue (level-based, one pass per key at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import kopf
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import DITTOSERVERS, PODS, Kind
+from dittoctl.api.kinds import DITTOSERVERS, PODS, SECRETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import INSTANCE_LABEL, Names, selector_string
 from dittoctl.api.secrets import watched_secrets
@@ -25,13 +27,19 @@ from dittoctl.kube.gateway import Gateway
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, key_of
 from reconciler.context import Provisioning
-from reconciler.owned import OBSERVED, SELECTOR, WATCHED_CHILDREN
+from reconciler.owned import SELECTOR, WATCHED_CHILDREN
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler
-from reconciler.secret_watch import SecretWatch
+from reconciler.watch import Watch
 
 log = logging.getLogger("dittofs.handlers")
 PRIME_RELIST_SECONDS = 10.0
+
+
+def watch_streams(namespaces: list[str] | None) -> int:
+    """Connections the controller's watches hold open: one per streamed kind (the children, pods, Secrets)
+    and watched namespace."""
+    return (len(WATCHED_CHILDREN) + 2) * max(1, len(namespaces or []))
 
 
 class Controller:
@@ -48,20 +56,27 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue(self._work, concurrency=workers)
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
-        self.secret_watch = SecretWatch(gateway, self.on_secret, self.on_secret_reset, namespaces)
+        selector = selector_string(SELECTOR)
+        self.secret_watch = Watch(gateway, SECRETS, self.on_secret, namespaces=namespaces, listing=False,
+                                  on_reset=self.on_secret_reset)
+        self.watches = [
+            *(Watch(gateway, kind, functools.partial(self.on_child, kind), namespaces=namespaces,
+                    label_selector=selector) for kind in WATCHED_CHILDREN),
+            Watch(gateway, PODS, self.on_pod, namespaces=namespaces, label_selector=selector),
+            self.secret_watch,
+        ]
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
-        self.primed = asyncio.Event()  # kopf has delivered the first listing of every watched kind
-        self._seen: set[tuple[str, str, str]] | None = set()  # (plural, namespace, name) kopf delivered
-        self._pending: set[tuple[str, str, str]] | None = None  # listed, not delivered yet
+        self.primed = asyncio.Event()  # every watch listed, and kopf has delivered every listed DittoServer
+        self._seen: set[Key] | None = set()  # DittoServers kopf delivered
+        self._pending: set[Key] | None = None  # listed, not delivered yet
         self._caught_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _work(self, key: Key) -> float | None:
-        # No pass on a half-listed cache (a child not delivered yet looks absent), and none competing for
-        # the CPU with kopf's first delivery of every object, which readiness waits for.
+        # No pass on a half-listed cache (a child not delivered yet looks absent; a Secret digest fetched
+        # before the Secret watch runs could miss a rotation in between), and none competing for the CPU
+        # with the first listings, which readiness waits for.
         await self.primed.wait()
-        # Digests fetched before the Secret watch runs could miss a rotation in between.
-        await self.secret_watch.started.wait()
         if not self.active.is_set():
             return None
         try:
@@ -81,49 +96,49 @@ class Controller:
         self.queue.start()
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._drift(), name="drift-timer"),
-                           asyncio.create_task(self.secret_watch.run(), name="secret-watch"),
+                           *(asyncio.create_task(w.run(), name=f"{w.kind.plural}-watch") for w in self.watches),
                            asyncio.create_task(self._prime(), name="cache-prime")]
 
+    def stale_watches(self) -> list[tuple[str, float]]:
+        """(plural, seconds silent) of every stream that has gone quiet for too long."""
+        return [(w.kind.plural, silent) for w in self.watches if (silent := w.stale_for()) is not None]
+
     async def _prime(self) -> None:
-        """Readiness means "caches warm": kopf's ready flag rises before its watchers have listed anything,
-        so list what exists (names only) and wait until kopf has delivered each listed object. Only kopf
-        writes the cache (a listing of ours could be older than its events). An object deleted before kopf
-        delivered it would be waited for forever, so a listing that is not caught up within
-        ``PRIME_RELIST_SECONDS`` is taken again."""
-        selector = selector_string(SELECTOR)
-        kinds: list[tuple[Kind, str | None]] = [
-            (DITTOSERVERS, None), *((k, selector) for k in WATCHED_CHILDREN), (PODS, selector)]
+        """Readiness means "caches warm": every watch of ours has delivered its first listing, and kopf has
+        delivered every DittoServer that exists (its ready flag rises before its watcher has listed
+        anything). Only kopf writes the DittoServers into the cache (a listing of ours could be older than
+        its events), so their names are listed and waited for. One deleted before kopf delivered it would be
+        waited for forever, so a listing that is not caught up within ``PRIME_RELIST_SECONDS`` is taken
+        again."""
         backoff = 0.5
         while True:
             try:
-                listings = await asyncio.gather(*(  # independent reads: one round trip, not six
-                    self.gateway.list_keys(kind, namespace, label_selector=labels)
-                    for namespace in self.namespaces for kind, labels in kinds))
+                listings = await asyncio.gather(*(self.gateway.list_keys(DITTOSERVERS, namespace)
+                                                  for namespace in self.namespaces))
             except Exception as exc:
                 log.warning("first listing failed; retrying", extra=fields(error=f"{type(exc).__name__}: {exc}"[:200]))
                 backoff = min(backoff * 2, 30.0)
                 await asyncio.sleep(backoff)
                 continue
-            pairs = [pair for _ in self.namespaces for pair in kinds]
-            self._pending = {(kind.plural, *key) for (kind, _labels), keys in zip(pairs, listings, strict=True)
-                             for key in keys} - (self._seen or set())
+            self._pending = {key for keys in listings for key in keys} - (self._seen or set())
             self._caught_up.clear()
             if self._pending:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(PRIME_RELIST_SECONDS):
                         await self._caught_up.wait()
             if not self._pending:
-                self._seen = self._pending = None  # stop recording: only the first listing matters
-                self.primed.set()
-                log.info("caches warm", extra=fields(servers=len(self.cache.servers)))
-                return
+                break
+        self._seen = self._pending = None  # stop recording: only the first listing matters
+        await asyncio.gather(*(w.started.wait() for w in self.watches))
+        self.primed.set()
+        log.info("caches warm", extra=fields(servers=len(self.cache.servers)))
 
-    def _saw(self, plural: str, key: Key) -> None:
+    def _saw(self, key: Key) -> None:
         if self._seen is None:
             return
-        self._seen.add((plural, *key))
+        self._seen.add(key)
         if self._pending is not None:
-            self._pending.discard((plural, *key))
+            self._pending.discard(key)
             if not self._pending:
                 self._caught_up.set()
 
@@ -154,7 +169,7 @@ class Controller:
     # -- watch events -------------------------------------------------------------------------------------
     def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
-        self._saw(DITTOSERVERS.plural, key)
+        self._saw(key)
         if event_type == "DELETED":
             self.cache.drop_server(key)
             self.queue.forget(key)
@@ -171,11 +186,11 @@ class Controller:
 
     def on_child(self, kind: Kind, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
-        self._saw(kind.plural, key)
+        version = (body.get("metadata") or {}).get("resourceVersion")
         if event_type == "DELETED":
             self.cache.drop_child(kind, key)
-        elif _echo(self.cache.child(kind, *key), body):
-            return
+        elif version is not None and str(version) == self.cache.child_version(kind, *key):
+            return  # the watch echoing our own write (already cached from its response)
         else:
             self.cache.put_child(kind, body)
         instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
@@ -183,7 +198,6 @@ class Controller:
             self.queue.add((key[0], instance))
 
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
-        self._saw(PODS.plural, key_of(body))
         if event_type == "DELETED":
             self.cache.drop_pod(body)
         else:
@@ -251,30 +265,9 @@ def configure_persistence(settings: kopf.OperatorSettings) -> None:
     settings.persistence.progress_storage = _NoProgress()
 
 
-def configure_watching(settings: kopf.OperatorSettings) -> None:
-    """Server-side label selectors: kopf keeps a record per watched object, so only ours are watched."""
-    selector = selector_string(SELECTOR)
-    for kind in (*WATCHED_CHILDREN, *(o.kind for o in OBSERVED)):  # plurals are unique across our groups
-        settings.watching.label_selectors[kind.plural] = selector
-
-
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    """Attach the watch handlers of `controller` to a kopf registry: the DittoServers, every watched child
-    kind of the registry (reconciler/owned.py), and the server pods."""
+    """Attach the DittoServer handler of `controller` to a kopf registry (the other kinds are streamed by the
+    controller's own watches)."""
     @kopf.on.event(DITTOSERVERS.group, DITTOSERVERS.version, DITTOSERVERS.plural, registry=registry)
     async def server_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller.on_server(type, dict(body))
-
-    def child_handler(kind: Kind) -> Any:
-        async def child_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-            controller.on_child(kind, type, dict(body))
-        child_event.__name__ = f"{kind.plural}_event"
-        return child_event
-
-    for kind in WATCHED_CHILDREN:
-        kopf.on.event(kind.group, kind.version, kind.plural, labels=SELECTOR, registry=registry,
-                      id=f"{kind.plural}-watch")(child_handler(kind))
-
-    @kopf.on.event(PODS.group, PODS.version, PODS.plural, labels=SELECTOR, registry=registry)
-    async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        controller.on_pod(type, dict(body))

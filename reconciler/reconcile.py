@@ -97,7 +97,7 @@ class Reconciler:
         status = ctx.current().get("status") or {}
         desired = self._desired(ctx, server, names, digests, int(status.get("storeRevision") or 0))
         # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
-        # gates: so it goes out with them, and a new server is one round trip from its StatefulSet.
+        # gates: so it goes out with them, and a new server's StatefulSet is its second round trip.
         *_, (sts, database, errors, reason, recreating) = await asyncio.gather(
             apply_config_map(ctx, desired, names), apply_services(ctx, desired, names),
             apply_network_policy(ctx, desired, names), apply_service_monitor(ctx, desired, names),
@@ -126,7 +126,6 @@ class Reconciler:
             fileservice=fileservice.status() if fileservice else _kept(status),
         ), status))
         return min(requeues) if requeues else None
-
 
     async def _statefulset(self, ctx: Pass, server: DittoServer, names: Names, desired: Desired,
                            consumed: Consumed) -> tuple[Obj | None, DatabaseState, list[str], Reason, bool]:
@@ -162,6 +161,8 @@ class Reconciler:
 
     def _desired(self, ctx: Pass, server: DittoServer, names: Names, digests: SecretDigests,
                  store_revision: int) -> Desired:
+        """The desired children, from ``Recent`` while every input of the builders is unchanged; config.yaml,
+        the dearest part, from the server's own memory while its generation is."""
         operator_namespace = self.shared.provisioning.operator_namespace
         inputs = (ctx.uid, ctx.generation, tuple(sorted(digests.items())), store_revision, operator_namespace)
         known = self.shared.built.get(ctx.key, inputs) if ctx.generation else None

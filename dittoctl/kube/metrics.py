@@ -16,6 +16,8 @@ SERVERS = Gauge("dittofs_operator_dittoservers", "DittoServers by phase", ["phas
 DITTOFS_REQUESTS = Counter("dittofs_operator_dittofs_requests_total",
                            "REST requests the operator sent to DittoFS servers (a drift pass over an unchanged "
                            "server sends only GET)", ["method"])
+API_REQUESTS = Counter("rest_client_requests_total", "Requests to the Kubernetes API server by method and HTTP "
+                       "code (0: unreachable); watch streams count once per (re)connect", ["code", "method"])
 PHASES = ("Pending", "Running", "Stopped", "Degraded", "Failed", "Deleting")
 
 

@@ -9,7 +9,7 @@ from typing import cast
 from dittoctl.kube.gateway import Gateway
 from dittoctl.main import Health
 from reconciler.handlers import Controller
-from reconciler.secret_watch import STALE_SECONDS
+from reconciler.watch import STALE_SECONDS
 
 
 def controller() -> Controller:
@@ -24,18 +24,20 @@ async def test_ready_only_after_the_first_listing_and_kopf() -> None:
     assert "watch caches not warm yet (first listing pending)" in health.readiness_problems()
     assert health.controller is not None
     health.controller.primed.set()
-    health.controller.secret_watch.started.set()
     assert health.readiness_problems() == []
 
 
-async def test_liveness_fails_on_a_silent_secret_watch_and_a_stopped_kopf() -> None:
+async def test_liveness_fails_on_a_silent_watch_and_a_stopped_kopf() -> None:
     ctl = controller()
     health = Health(ctl, None)
     assert health.liveness_problems() == []
-    ctl.secret_watch.last_activity = time.monotonic() - STALE_SECONDS - 5
-    (problem,) = health.liveness_problems()
-    assert problem.startswith("Secret watch silent for ")
-    ctl.secret_watch.last_activity = time.monotonic()
+    assert {w.kind.plural for w in ctl.watches} == {"configmaps", "services", "statefulsets", "networkpolicies",
+                                                     "pods", "secrets"}
+    for watch in ctl.watches:
+        watch.last_activity = time.monotonic() - STALE_SECONDS - 5
+        (problem,) = health.liveness_problems()
+        assert problem.startswith(f"{watch.kind.plural} watch silent for ")
+        watch.last_activity = time.monotonic()
 
     async def finished() -> None:
         return None

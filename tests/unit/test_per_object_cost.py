@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import pytest
 
-from dittoctl.api.kinds import SERVICEMONITORS, Kind
+from dittoctl.api.kinds import SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.naming import APPLIED_ANNOTATION
-from dittoctl.kube.gateway import CONNECTIONS, load_client
+from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
+from reconciler.cache import Cache
 from reconciler.compare import stamp_manifest
 from reconciler.context import Discovery, Recent
-from reconciler.handlers import configure_persistence
+from reconciler.handlers import Controller, configure_persistence, watch_streams
 
 
 def test_a_stamp_is_taken_once_and_a_second_stamp_changes_nothing() -> None:
@@ -95,14 +96,21 @@ async def test_the_api_client_reads_its_proxy_once_not_per_request(
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    api: Any = await load_client(str(_kubeconfig(tmp_path)))
+    api: Any = await load_client(str(_kubeconfig(tmp_path)), streams=6)
     try:
         assert api.rest_client.proxy == proxy
         assert api.rest_client.pool_manager.trust_env is False
         assert not api.rest_client.pool_manager.closed
-        assert api.rest_client.pool_manager.connector.limit == CONNECTIONS, "a small pool: 128 KiB per TLS connection"
+        # A small pool (128 KiB per TLS connection), with room for the watch streams beside the requests.
+        assert api.rest_client.pool_manager.connector.limit == REQUESTS + 6
     finally:
         await api.close()
+
+
+@pytest.mark.parametrize("namespaces", [None, ["a"], ["a", "b", "c"]])
+def test_a_connection_is_reserved_for_every_watch_stream(namespaces: list[str] | None) -> None:
+    controller = Controller(cast(Gateway, object()), namespaces=namespaces)
+    assert watch_streams(namespaces) == len(controller.watches) * len(controller.namespaces)
 
 
 def test_recent_keeps_a_bounded_number_of_servers_valid_while_their_inputs_are_equal() -> None:
@@ -117,3 +125,20 @@ def test_recent_keeps_a_bounded_number_of_servers_valid_while_their_inputs_are_e
     assert recent.get(("ns", "a"), ("uid-a", 1)) == "built a"
     recent.drop(("ns", "a"))
     assert recent.get(("ns", "a"), ("uid-a", 1)) is None
+
+
+def test_a_cached_child_is_kept_compact_and_read_back_whole() -> None:
+    cache = Cache()
+    sts = {"apiVersion": "apps/v1", "kind": "StatefulSet",
+           "metadata": {"name": "demo", "namespace": "ns", "resourceVersion": "42", "managedFields": [{"m": 1}]},
+           "spec": {"replicas": 1, "template": {"metadata": {"annotations": {"h": "ü"}}}},
+           "status": {"readyReplicas": 1}}
+    cache.put_child(STATEFULSETS, sts)
+    assert isinstance(cache.children[("statefulsets", "ns", "demo")].raw, bytes)
+    read = cache.child(STATEFULSETS, "ns", "demo")
+    assert read == {**sts, "metadata": {"name": "demo", "namespace": "ns", "resourceVersion": "42"}}
+    assert read is not None
+    read["spec"]["replicas"] = 5  # a reader's change never reaches the cache
+    assert cache.child(STATEFULSETS, "ns", "demo")["spec"]["replicas"] == 1  # type: ignore[index]
+    assert cache.child_version(STATEFULSETS, "ns", "demo") == "42"
+    assert cache.child(STATEFULSETS, "ns", "other") is None and cache.child_version(STATEFULSETS, "ns", "x") is None

@@ -7,7 +7,6 @@ import json
 import logging
 
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from dittoctl.kube.gateway import ApiError, NamespaceTerminating, _error
 from reconciler.queue import WorkQueue
@@ -16,16 +15,16 @@ TERMINATING = ('configmaps "demo-config" is forbidden: unable to create new cont
                "it is being terminated")
 
 
-def api_exception(status: int, message: str) -> ApiException:
-    exc = ApiException(status=status, reason="Forbidden")
-    exc.body = json.dumps({"kind": "Status", "message": message, "reason": "Forbidden", "code": status}).encode()
-    return exc
+def status_body(status: int, message: str) -> bytes:
+    return json.dumps({"kind": "Status", "message": message, "reason": "Forbidden", "code": status}).encode()
 
 
 def test_a_write_into_a_terminating_namespace_is_its_own_error() -> None:
-    assert isinstance(_error(api_exception(403, TERMINATING)), NamespaceTerminating)
-    other = _error(api_exception(403, 'secrets is forbidden: User "x" cannot list resource "secrets"'))
+    assert isinstance(_error(403, "Forbidden", status_body(403, TERMINATING)), NamespaceTerminating)
+    other = _error(403, "Forbidden", status_body(403, 'secrets is forbidden: User "x" cannot list resource "secrets"'))
     assert isinstance(other, ApiError) and not isinstance(other, NamespaceTerminating)
+    assert other.status == 403 and "cannot list" in str(other)
+    assert str(_error(502, "Bad Gateway", b"<html>not json</html>")) == "HTTP 502: Bad Gateway"
 
 
 async def test_a_terminating_namespace_is_retried_quietly_other_failures_loudly(

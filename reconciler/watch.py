@@ -1,0 +1,138 @@
+"""The watch streams the operator runs itself; kopf drives only the DittoServers.
+
+kopf passes every event through its per-object machinery (a worker task, memory records, batching), which
+was a fifth of the operator's CPU in the 300-server burst, spent on children and pods whose events only
+need to land in the cache. A `Watch` lists (in pages), then streams from the listing's version with
+bookmarks, handing each object to a callback and keeping nothing of it but its key and labels.
+
+When the stream expires (410 Gone), events may have been missed: a listing watch lists again and reports
+the objects that vanished as deleted; a version-only watch (Secrets: thousands in a cluster, almost none
+of them ours, so never listed) calls `on_reset` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dittoctl.api.kinds import Kind
+from dittoctl.kube.gateway import ApiError, Gateway, NotFound
+from dittoctl.kube.logs import fields
+
+log = logging.getLogger("dittofs.watch")
+Handler = Callable[[str, dict[str, Any]], None]
+Key = tuple[str, str]
+WATCH_SECONDS = 290
+PAGE = 250  # objects per listing page: bounds the transient memory of a relist at scale
+# A healthy stream ends by itself every WATCH_SECONDS (the client gives up 30 s later), and a failing one is
+# retried within 30 s: silence beyond that means the loop is stuck.
+STALE_SECONDS = WATCH_SECONDS + 30 + 30 + 60
+
+
+class Watch:
+    """One kind, cluster-wide or one stream per watched namespace (the RBAC may be namespaced then)."""
+
+    def __init__(self, gateway: Gateway, kind: Kind, on_event: Handler, *, namespaces: list[str] | None = None,
+                 label_selector: str | None = None, listing: bool = True,
+                 on_reset: Callable[[], None] | None = None) -> None:
+        self.gw = gateway
+        self.kind = kind
+        self.on_event = on_event
+        self.on_reset = on_reset
+        self.listing = listing
+        self.label_selector = label_selector
+        self.namespaces: list[str | None] = list(namespaces or []) or [None]
+        self.started = asyncio.Event()
+        """Every namespace listed (or, without listing, its current version taken)."""
+        self.last_activity = time.monotonic()
+        """Last (re)connect, event, bookmark or stream end; liveness fails when it is older than STALE."""
+        self._pending = set(self.namespaces)
+        # namespace -> key -> labels of every object delivered and not deleted (listing watches only)
+        self._known: dict[str | None, dict[Key, Mapping[str, str]]] = {}
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._run(namespace) for namespace in self.namespaces))
+
+    def stale_for(self) -> float | None:
+        """Seconds of silence beyond STALE_SECONDS, or None while the stream is alive."""
+        silent = time.monotonic() - self.last_activity
+        return silent if silent > STALE_SECONDS else None
+
+    async def _list(self, namespace: str | None) -> str:
+        """Delivers the current objects (and the vanished ones as deleted); returns the listing's version."""
+        if not self.listing:
+            async with contextlib.aclosing(self.gw.pages(self.kind, namespace, limit=1)) as pages:
+                async for page in pages:
+                    return str((page.get("metadata") or {}).get("resourceVersion") or "")
+        version = ""
+        listed: dict[Key, Mapping[str, str]] = {}
+        async for page in self.gw.pages(self.kind, namespace, label_selector=self.label_selector, limit=PAGE):
+            version = str((page.get("metadata") or {}).get("resourceVersion") or version)
+            for obj in page.get("items") or ():
+                # A list's items carry no type of their own; what is compared with a manifest must.
+                obj.setdefault("apiVersion", self.kind.api_version)
+                obj.setdefault("kind", self.kind.kind)
+                meta = obj.get("metadata") or {}
+                listed[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = meta.get("labels") or {}
+                self.on_event("ADDED", obj)
+        for (ns, name), labels in (self._known.get(namespace) or {}).items():
+            if (ns, name) not in listed:
+                self.on_event("DELETED", {"metadata": {"namespace": ns, "name": name, "labels": labels}})
+        self._known[namespace] = listed
+        return version
+
+    def _deliver(self, namespace: str | None, event_type: str, obj: dict[str, Any]) -> None:
+        if self.listing:
+            meta = obj.get("metadata") or {}
+            key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+            known = self._known.setdefault(namespace, {})
+            if event_type == "DELETED":
+                known.pop(key, None)
+            else:
+                known[key] = meta.get("labels") or {}
+        self.on_event(event_type, obj)
+
+    def _listed(self, namespace: str | None) -> None:
+        self._pending.discard(namespace)
+        if not self._pending:
+            self.started.set()
+
+    async def _run(self, namespace: str | None) -> None:
+        version: str | None = None
+        backoff = 0.5
+        while True:
+            try:
+                if version is None:
+                    version = await self._list(namespace)
+                    self._listed(namespace)
+                self.last_activity = time.monotonic()
+                async for event in self.gw.watch(self.kind, version, timeout_seconds=WATCH_SECONDS,
+                                                 namespace=namespace, label_selector=self.label_selector):
+                    self.last_activity = time.monotonic()
+                    event_type = str(event.get("type"))
+                    obj = event.get("object") or {}
+                    if event_type == "ERROR":
+                        if obj.get("code") == 410:
+                            raise NotFound("watch expired")
+                        raise ApiError(int(obj.get("code") or 0), str(obj.get("message")))
+                    version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                    if event_type != "BOOKMARK":
+                        self._deliver(namespace, event_type, obj)
+                self.last_activity = time.monotonic()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except NotFound:
+                log.info("%s watch expired; listing again", self.kind.plural, extra=fields(kind=self.kind.kind))
+                version = None
+                if self.on_reset is not None:
+                    self.on_reset()
+            except (ApiError, OSError, ValueError) as exc:
+                log.warning("%s watch interrupted; retrying", self.kind.plural,
+                            extra=fields(kind=self.kind.kind, error=str(exc)[:200]))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)

@@ -1,0 +1,92 @@
+"""The operator's own watch streams: listing, streaming from the listing's version, and catching up after
+the stream expired (410) without missing a deletion. The gateway here is a script of plain API answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from dittoctl.api.kinds import SECRETS, STATEFULSETS, Kind
+from dittoctl.kube.gateway import Gateway
+from reconciler.watch import Watch
+
+
+def obj(name: str, version: str, instance: str = "demo") -> dict[str, Any]:
+    return {"metadata": {"namespace": "apps", "name": name, "resourceVersion": version,
+                         "labels": {"app.kubernetes.io/instance": instance}}}
+
+
+class Script:
+    """Answers `pages` and `watch` from queues of plain data; a watch ends when its script runs out."""
+
+    def __init__(self, listings: list[list[dict[str, Any]]], streams: list[list[dict[str, Any]]]) -> None:
+        self.listings = listings
+        self.streams = streams
+        self.calls: list[tuple[str, Any]] = []
+        self.done = asyncio.Event()
+
+    async def pages(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+                    limit: int = 500) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(("list", (label_selector, limit)))
+        items = self.listings.pop(0)
+        half = len(items) // 2  # two pages of one snapshot
+        yield {"metadata": {"resourceVersion": "10", "continue": "more"}, "items": items[:half]}
+        yield {"metadata": {"resourceVersion": "10"}, "items": items[half:]}
+
+    async def watch(self, kind: Kind, resource_version: str, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(("watch", resource_version))
+        if not self.streams:
+            self.done.set()
+            await asyncio.Event().wait()  # an idle stream
+        for event in self.streams.pop(0):
+            yield event
+
+
+async def run_until_done(watch: Watch, script: Script) -> None:
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.wait_for(script.done.wait(), 5)
+    finally:
+        task.cancel()
+
+
+async def test_lists_then_streams_from_the_listing_and_reports_what_vanished_while_expired() -> None:
+    script = Script(
+        listings=[[obj("a", "5"), obj("b", "6")], [obj("b", "6"), obj("c", "12", "other")]],
+        streams=[
+            [{"type": "MODIFIED", "object": obj("b", "11")},
+             {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}}],
+            [{"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}],
+        ])
+    seen: list[tuple[str, str, str]] = []
+    typed: list[tuple[str, str]] = []
+
+    def on_event(kind: str, o: dict[str, Any]) -> None:
+        seen.append((kind, o["metadata"]["name"], o["metadata"]["labels"]["app.kubernetes.io/instance"]))
+        typed.append((o.get("apiVersion", ""), o.get("kind", "")))
+
+    watch = Watch(cast(Gateway, script), STATEFULSETS, on_event, label_selector="managed=us")
+    await run_until_done(watch, script)
+    assert watch.started.is_set()
+    # The listing's version, then the bookmark's after the stream ended; after the 410 a new listing.
+    assert script.calls == [("list", ("managed=us", 250)), ("watch", "10"), ("watch", "15"),
+                            ("list", ("managed=us", 250)), ("watch", "10")]
+    assert seen == [("ADDED", "a", "demo"), ("ADDED", "b", "demo"), ("MODIFIED", "b", "demo"),
+                    ("ADDED", "b", "demo"), ("ADDED", "c", "other"),
+                    ("DELETED", "a", "demo")]  # with its labels, so its server is queued again
+    # Listed items get their type (a list's items have none), so they compare equal to a manifest.
+    assert typed[:2] == [("apps/v1", "StatefulSet")] * 2
+
+
+async def test_a_version_only_watch_lists_nothing_and_resets_after_expiry() -> None:
+    script = Script(listings=[[], []],
+                    streams=[[{"type": "ADDED", "object": obj("s", "11")},
+                              {"type": "ERROR", "object": {"code": 410}}]])
+    seen: list[str] = []
+    resets: list[bool] = []
+    watch = Watch(cast(Gateway, script), SECRETS, lambda kind, o: seen.append(kind), listing=False,
+                  on_reset=lambda: resets.append(True))
+    await run_until_done(watch, script)
+    assert seen == ["ADDED"] and resets == [True]
+    assert [c for c in script.calls if c[0] == "list"] == [("list", (None, 1))] * 2
