@@ -11,6 +11,7 @@ import kopf
 import pytest
 
 from dittoctl.api.kinds import SERVICEMONITORS, STATEFULSETS, Kind
+from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION
 from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
 from reconciler.cache import Cache
@@ -142,3 +143,32 @@ def test_a_cached_child_is_kept_compact_and_read_back_whole() -> None:
     assert cache.child(STATEFULSETS, "ns", "demo")["spec"]["replicas"] == 1  # type: ignore[index]
     assert cache.child_version(STATEFULSETS, "ns", "demo") == "42"
     assert cache.child(STATEFULSETS, "ns", "other") is None and cache.child_version(STATEFULSETS, "ns", "x") is None
+
+
+def test_a_status_event_does_not_parse_the_spec_again_a_new_generation_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    controller = Controller(cast(Gateway, object()))
+    parsed: list[int] = []
+    validate = DittoServerSpec.model_validate
+
+    def counting(value: Any, *args: Any, **kwargs: Any) -> DittoServerSpec:
+        parsed.append(1)
+        return validate(value, *args, **kwargs)
+
+    monkeypatch.setattr(DittoServerSpec, "model_validate", counting)
+
+    def server(generation: int, version: str, secret: str, phase: str = "") -> dict[str, Any]:
+        return {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+                "metadata": {"namespace": "ns", "name": "demo", "uid": "u1", "generation": generation,
+                             "resourceVersion": version},
+                "spec": {"storage": {"metadataSize": "1Gi"},
+                         "identity": {"jwt": {"secretRef": {"name": secret, "key": "k"}}}},
+                "status": {"phase": phase} if phase else {}}
+
+    controller.on_server("ADDED", server(1, "1", "jwt-a"))
+    controller.on_server("MODIFIED", server(1, "2", "jwt-a", phase="Running"))
+    assert len(parsed) == 1 and controller.cache.server_refs[("ns", "demo")] >= {"jwt-a"}
+    controller.on_server("MODIFIED", server(2, "3", "jwt-b"))
+    assert len(parsed) == 2
+    refs = controller.cache.server_refs[("ns", "demo")]
+    assert "jwt-b" in refs and "jwt-a" not in refs
