@@ -61,6 +61,11 @@ def key_of(obj: Mapping[str, Any]) -> Key:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
+def version_of(obj: Mapping[str, Any] | None) -> str | None:
+    version = None if obj is None else (obj.get("metadata") or {}).get("resourceVersion")
+    return None if version is None else str(version)
+
+
 @dataclass(frozen=True)
 class Packed:
     """A cached child: its resourceVersion (to recognise an echo without decoding) and its compact JSON."""
@@ -70,9 +75,7 @@ class Packed:
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Packed:
-        version = (obj.get("metadata") or {}).get("resourceVersion")
-        return cls(str(version) if version is not None else None,
-                   json.dumps(slim(obj), separators=(",", ":"), ensure_ascii=False).encode())
+        return cls(version_of(obj), json.dumps(slim(obj), separators=(",", ":"), ensure_ascii=False).encode())
 
 
 @dataclass

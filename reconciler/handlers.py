@@ -25,7 +25,7 @@ from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from dittoctl.kube.logs import fields
-from reconciler.cache import Cache, Key, key_of
+from reconciler.cache import Cache, Key, key_of, version_of
 from reconciler.context import Provisioning
 from reconciler.owned import SELECTOR, WATCHED_CHILDREN
 from reconciler.queue import WorkQueue
@@ -175,7 +175,7 @@ class Controller:
             self.queue.forget(key)
             return
         previous = self.cache.servers.get(key)
-        if _echo(previous, body):
+        if _echo(version_of(previous), body):
             return  # the watch echoing our own write (already cached from its response)
         self.cache.put_server(body)
         if not _same_generation(previous, body):  # status and metadata events leave the references as they are
@@ -188,10 +188,9 @@ class Controller:
 
     def on_child(self, kind: Kind, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
-        version = (body.get("metadata") or {}).get("resourceVersion")
         if event_type == "DELETED":
             self.cache.drop_child(kind, key)
-        elif version is not None and str(version) == self.cache.child_version(kind, *key):
+        elif _echo(self.cache.child_version(kind, *key), body):
             return  # the watch echoing our own write (already cached from its response)
         else:
             self.cache.put_child(kind, body)
@@ -231,12 +230,9 @@ def _same_generation(cached: Mapping[str, Any] | None, body: Mapping[str, Any]) 
                                                                                        new.get("generation"))
 
 
-def _echo(cached: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
+def _echo(cached_version: str | None, body: Mapping[str, Any]) -> bool:
     """Same resourceVersion as the cached copy: nothing new (typically our own write coming back)."""
-    if cached is None:
-        return False
-    version = (body.get("metadata") or {}).get("resourceVersion")
-    return version is not None and version == (cached.get("metadata") or {}).get("resourceVersion")
+    return cached_version is not None and cached_version == version_of(body)
 
 
 class _NoDiffBase(kopf.DiffBaseStorage):
