@@ -24,6 +24,7 @@ from dittoctl.api.naming import INSTANCE_LABEL, Names, selector_string
 from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
+from dittoctl.kube.heap import trimmer
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, key_of, version_of
 from reconciler.context import Provisioning
@@ -34,6 +35,7 @@ from reconciler.watch import Watch
 
 log = logging.getLogger("dittofs.handlers")
 PRIME_RELIST_SECONDS = 10.0
+TRIM_SECONDS = 10.0
 
 
 def watch_streams(namespaces: list[str] | None) -> int:
@@ -71,6 +73,7 @@ class Controller:
         self._pending: set[Key] | None = None  # listed, not delivered yet
         self._caught_up = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.trim = trimmer()
 
     async def _work(self, key: Key) -> float | None:
         # No pass on a half-listed cache (a child not delivered yet looks absent; a Secret digest fetched
@@ -96,8 +99,21 @@ class Controller:
         self.queue.start()
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._drift(), name="drift-timer"),
+                           asyncio.create_task(self._release_memory(), name="release-memory"),
                            *(asyncio.create_task(w.run(), name=f"{w.kind.plural}-watch") for w in self.watches),
                            asyncio.create_task(self._prime(), name="cache-prime")]
+
+    async def _release_memory(self, every: float = TRIM_SECONDS) -> None:
+        """Once the passes stop after some work (a burst, a drift pass), hand the heap they freed back to the
+        OS; a settled operator does nothing here."""
+        if self.trim is None:
+            return
+        trimmed = self.queue.passes
+        while True:
+            await asyncio.sleep(every)
+            if self.queue.passes != trimmed and self.queue.idle:
+                trimmed = self.queue.passes
+                self.trim()
 
     def stale_watches(self) -> list[tuple[str, float]]:
         """(plural, seconds silent) of every stream that has gone quiet for too long."""

@@ -29,6 +29,8 @@ class WorkQueue(Generic[K]):
         self._concurrency = concurrency
         self._max_backoff = max_backoff
         self.on_result: Callable[[str, float], None] | None = None
+        self.passes = 0
+        """Passes finished so far (any result)."""
 
     def add(self, key: K) -> None:
         if key in self._active:
@@ -57,6 +59,11 @@ class WorkQueue(Generic[K]):
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing running (a key waiting on a retry timer is neither)."""
+        return not self._queued and not self._active
 
     def start(self) -> None:
         if not self._tasks:
@@ -103,6 +110,7 @@ class WorkQueue(Generic[K]):
                 result = "error"
             finally:
                 self._active.discard(key)
+                self.passes += 1
             if self.on_result is not None:
                 self.on_result(result, loop.time() - started)
             if key in self._dirty:
