@@ -27,7 +27,6 @@ FIELD_MANAGER = "dittofs-operator"
 REQUESTS = 32  # requests in flight to the API server at most (more wait for a free connection)
 Obj = dict[str, Any]
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
-_OBJECT = {200: "object", 201: "object", 202: "object"}
 
 
 class NotFound(Exception):
@@ -169,8 +168,8 @@ class Gateway:
         metrics.API_REQUESTS.labels(str(response.status), method).inc()
         return response
 
-    async def _exchange(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
-        """Status and body; only transport failures raise."""
+    async def _exchange(self, method: str, path: str, **kwargs: Any) -> bytes:
+        """The body of a 2xx answer; any other status raises its mapped error."""
         response = await self._send(method, path, **kwargs)
         try:
             raw = await response.read()
@@ -180,7 +179,7 @@ class Gateway:
             response.release()
         if not 200 <= response.status < 300:
             raise _error(response.status, str(response.reason or ""), raw)
-        return response.status, raw
+        return raw
 
     async def _call(
         self,
@@ -193,14 +192,14 @@ class Gateway:
         timeout: float | None = None,
         accept: str = "application/json",
     ) -> Obj:
-        _, raw = await self._exchange(method, path, body=body, query=query, content_type=content_type,
-                                      timeout=timeout, accept=accept)
+        raw = await self._exchange(method, path, body=body, query=query, content_type=content_type,
+                                   timeout=timeout, accept=accept)
         result = json.loads(raw) if raw else {}
         return result if isinstance(result, dict) else {}
 
     async def text(self, path: str, query: list[tuple[str, str]] | None = None) -> str:
         """A plain-text GET (pod logs), the raw body as it came."""
-        _, raw = await self._exchange("GET", path, query=query, accept="*/*")
+        raw = await self._exchange("GET", path, query=query, accept="*/*")
         return raw.decode("utf-8", "replace")
 
     async def get(self, kind: Kind, name: str, namespace: str | None = None, *, timeout: float | None = None) -> Obj:
