@@ -94,7 +94,7 @@ class Health:
     async def metrics(self, _: web.Request) -> web.Response:
         if self.controller is not None:
             counts = dict.fromkeys(metrics.PHASES, 0)
-            for body in self.controller.cache.servers.values():
+            for body in self.controller.cache.all_servers():
                 phase = (body.get("status") or {}).get("phase") or "Pending"
                 counts[phase] = counts.get(phase, 0) + 1
             for phase, count in counts.items():

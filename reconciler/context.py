@@ -204,7 +204,7 @@ class Pass:
 
     def current(self) -> Mapping[str, Any]:
         """The latest known version of the object (our own writes update the cache)."""
-        return self.cache.servers.get(self.key, self.body)
+        return self.cache.server(self.key) or self.body
 
     async def post(self, type_: EventType, reason: EventReason, message: str) -> None:
         await self.shared.events.post(self.current(), type_, reason, message)

@@ -88,7 +88,7 @@ class Controller:
             raise
         except Exception as exc:
             # The queue logs it and retries with backoff; the user sees it on the object (deduplicated).
-            body = self.cache.servers.get(key)
+            body = self.cache.server(key)
             if body is not None:
                 await self.recorder.post(body, "Warning", EventReason.RECONCILE_FAILED,
                                          f"reconcile failed, retrying with backoff: {type(exc).__name__}: {exc}"[:500])
@@ -190,9 +190,9 @@ class Controller:
             self.cache.drop_server(key)
             self.queue.forget(key)
             return
-        previous = self.cache.servers.get(key)
-        if _echo(version_of(previous), body):
+        if _echo(self.cache.server_version(key), body):
             return  # the watch echoing our own write (already cached from its response)
+        previous = self.cache.server(key)
         self.cache.put_server(body)
         if not _same_generation(previous, body):  # status and metadata events leave the references as they are
             try:

@@ -67,7 +67,7 @@ class Reconciler:
 
     async def reconcile(self, key: Key) -> float | None:
         """Returns seconds until the next pass is wanted (None: wait for a watch event)."""
-        body = self.shared.cache.servers.get(key)
+        body = self.shared.cache.server(key)
         if body is None:
             self.shared.parsed.drop(key)
             self.shared.built.drop(key)

@@ -8,13 +8,13 @@ HTTP 400 with a reason; nothing a client sends produces a 500.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import orjson
 from aiohttp import web
 
 from certs.source import CertificateInfo, CertificateSource
@@ -146,7 +146,7 @@ def parse_review(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_BODY:
         raise BadRequest(f"request body is larger than {MAX_BODY} bytes")
     try:
-        review = json.loads(body)
+        review = orjson.loads(body)
     except (ValueError, RecursionError):
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(review, dict):
@@ -232,7 +232,7 @@ class WebhookServer:
             if request.content_type != "application/json":
                 raise BadRequest(f"Content-Type must be application/json (got {request.content_type[:60]})")
             review = await self.handler.review(await request.read())
-            return web.Response(body=json.dumps(review).encode(), content_type="application/json")
+            return web.Response(body=orjson.dumps(review), content_type="application/json")
         except BadRequest as exc:
             status = 400
             return web.Response(status=400, text=str(exc))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import os
 import urllib.parse
 import urllib.request
@@ -17,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -56,7 +56,7 @@ class NamespaceTerminating(ApiError):
 def _error(status: int, reason: str, raw: bytes) -> Exception:
     body: Any = {}
     with contextlib.suppress(ValueError):
-        body = json.loads(raw) if raw else {}
+        body = orjson.loads(raw) if raw else {}
     body = body if isinstance(body, dict) else {}
     message = str(body.get("message") or reason or "")
     if status == 404:
@@ -194,7 +194,7 @@ class Gateway:
     ) -> Obj:
         raw = await self._exchange(method, path, body=body, query=query, content_type=content_type,
                                    timeout=timeout, accept=accept)
-        result = json.loads(raw) if raw else {}
+        result = orjson.loads(raw) if raw else {}
         return result if isinstance(result, dict) else {}
 
     async def text(self, path: str, query: list[tuple[str, str]] | None = None) -> str:
@@ -311,7 +311,7 @@ class Gateway:
                     raise ApiError(0, f"watch stream broken: {exc}") from exc
                 if not line:
                     return
-                yield json.loads(line)
+                yield orjson.loads(line)
         finally:
             response.release()
 

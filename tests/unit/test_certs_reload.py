@@ -55,7 +55,7 @@ async def served_serial(port: int, ctx: ssl.SSLContext) -> int:
         await writer.drain()
         response = await reader.read()
         assert response.startswith(b"HTTP/1.1 200"), response[:200]
-        assert b'"allowed": true' in response
+        assert b'"allowed":true' in response
     finally:
         writer.close()
     return x509.load_der_x509_certificate(der).serial_number

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, cast
 
 import kopf
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dittoctl.api.kinds import SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
@@ -21,6 +25,7 @@ from reconciler.compare import stamp_manifest
 from reconciler.context import Discovery, Recent
 from reconciler.handlers import Controller, configure_persistence, watch_streams
 from reconciler.queue import WorkQueue
+from reconciler.specs.hashing import manifest_hash
 
 
 def test_a_stamp_is_taken_once_and_a_second_stamp_changes_nothing() -> None:
@@ -32,6 +37,22 @@ def test_a_stamp_is_taken_once_and_a_second_stamp_changes_nothing() -> None:
     other = stamp_manifest({**copy.deepcopy(manifest), "metadata": {"name": "x", "namespace": "n"},
                             "data": {"a": "2"}})
     assert other["metadata"]["annotations"][APPLIED_ANNOTATION] != first["metadata"]["annotations"][APPLIED_ANNOTATION]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text() | st.sampled_from(["3e4f", ":1.5", "a\x7fb", "é", "\x1f", "v1.2e-3"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=5))
+def test_the_manifest_digest_never_changes_spelling(manifest: dict[str, Any]) -> None:
+    """Every child carries the digest: a new encoder must give the old digest for every value, or an upgrade would
+    re-apply every child once."""
+    spelled = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    assert manifest_hash(manifest) == hashlib.sha256(spelled).hexdigest()[:16]
 
 
 class _Served:
