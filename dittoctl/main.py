@@ -18,7 +18,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dittoctl.kube import metrics
+from dittoctl.kube import heap, metrics
 from dittoctl.kube.gateway import Gateway, load_client
 from dittoctl.kube.logs import fields
 from reconciler.context import Provisioning
@@ -252,6 +252,8 @@ async def _reclaim_signals(kopf_ready: asyncio.Event, stop: asyncio.Event) -> No
 
 
 def main_run(settings: RunSettings) -> int:
+    heap.pin_mmap_threshold()  # process-wide, so before the first large allocation
+
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -76,7 +76,9 @@ class Packed:
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Packed:
-        return cls(version_of(obj), orjson.dumps(slim(obj)))
+        # Copied to an exact-size object: orjson grows its output by realloc and shrinks it in place, and each
+        # long-lived shrunk buffer pins the freed tail beside it (3x the live size in RSS after a trim).
+        return cls(version_of(obj), memoryview(orjson.dumps(slim(obj))).tobytes())
 
     def unpack(self) -> Obj:
         """A fresh copy each time (callers may keep or change it)."""
