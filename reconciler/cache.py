@@ -3,7 +3,7 @@
 They are hints, not truth: a miss falls back to a point GET, and every write's response is stored
 back, so a cold start or a lagging watch costs reads, never duplicate writes. Secrets are reduced to
 per-key digests on arrival, and only for Secrets some DittoServer references; bodies are never kept.
-DittoServers and children are kept as compact JSON and decoded per read (orjson: ~10 us for a DittoServer): a
+DittoServers, children and pods are kept as compact JSON and decoded per read (orjson: ~10 us for a DittoServer): a
 decoded StatefulSet is ~35 KiB of dicts, its JSON ~6 KiB, and a pass reads each object once or twice.
 """
 
@@ -67,7 +67,7 @@ def version_of(obj: Mapping[str, Any] | None) -> str | None:
     return None if version is None else str(version)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Packed:
     """A cached object: its resourceVersion (to recognise an echo without decoding) and its compact JSON."""
 
@@ -90,8 +90,8 @@ class Cache:
     servers: dict[Key, Packed] = field(default_factory=dict)
     # (plural, namespace, name) -> object
     children: dict[tuple[str, str, str], Packed] = field(default_factory=dict)
-    # (namespace, instance) -> pod name -> pod
-    pods: dict[Key, dict[str, Obj]] = field(default_factory=lambda: defaultdict(dict))
+    # (namespace, instance) -> pod name -> the fields of it we read (`slim_pod`)
+    pods: dict[Key, dict[str, Packed]] = field(default_factory=lambda: defaultdict(dict))
     secrets: dict[Key, SecretDigest] = field(default_factory=dict)
     # (namespace, secret name) -> DittoServer names referencing it
     secret_refs: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -155,7 +155,7 @@ class Cache:
         namespace, name = key_of(obj)
         instance = obj.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL)
         if instance:
-            self.pods[(namespace, instance)][name] = slim_pod(obj)
+            self.pods[(namespace, instance)][name] = Packed.of(slim_pod(obj))
 
     def drop_pod(self, obj: Mapping[str, Any]) -> None:
         namespace, name = key_of(obj)
@@ -167,7 +167,7 @@ class Cache:
                 del self.pods[(namespace, str(instance))]
 
     def pods_of(self, namespace: str, instance: str) -> list[Obj]:
-        return list(self.pods.get((namespace, instance), {}).values())
+        return [packed.unpack() for packed in self.pods.get((namespace, instance), {}).values()]
 
     # -- Secrets -----------------------------------------------------------------------------------------
     def secret_event(self, obj: Mapping[str, Any], deleted: bool) -> set[str]:

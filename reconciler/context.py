@@ -150,6 +150,9 @@ class Recent(Generic[T]):
     def drop(self, key: Key) -> None:
         self._items.pop(key, None)
 
+    def clear(self) -> None:
+        self._items.clear()
+
 
 @dataclass
 class Shared:

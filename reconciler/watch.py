@@ -3,7 +3,9 @@
 kopf passes every event through its per-object machinery (a worker task, memory records, batching), which
 was a fifth of the operator's CPU in the 300-server burst, spent on children and pods whose events only
 need to land in the cache. A `Watch` lists (in pages), then streams from the listing's version with
-bookmarks, handing each object to a callback and keeping nothing of it but its key and labels.
+bookmarks, handing each object to a callback and keeping nothing of it but its key and the labels that route
+it (interned: an event that changes neither adds no object that outlives it, so a burst's freed memory is not
+pinned by small survivors).
 
 When the stream expires (410 Gone), events may have been missed: a listing watch lists again and reports
 the objects that vanished as deleted; a version-only watch (Secrets: thousands in a cluster, almost none
@@ -15,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from dittoctl.api.kinds import Kind
+from dittoctl.api.naming import INSTANCE_LABEL
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
 
@@ -38,21 +42,23 @@ class Watch:
 
     def __init__(self, gateway: Gateway, kind: Kind, on_event: Handler, *, namespaces: list[str] | None = None,
                  label_selector: str | None = None, listing: bool = True,
-                 on_reset: Callable[[], None] | None = None) -> None:
+                 on_reset: Callable[[], None] | None = None, kept_labels: tuple[str, ...] = (INSTANCE_LABEL,)) -> None:
         self.gw = gateway
         self.kind = kind
         self.on_event = on_event
         self.on_reset = on_reset
         self.listing = listing
         self.label_selector = label_selector
+        self.kept_labels = kept_labels
+        """What a vanished object is reported with (its own labels are gone with it)."""
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.started = asyncio.Event()
         """Every namespace listed (or, without listing, its current version taken)."""
         self.last_activity = time.monotonic()
         """Last (re)connect, event, bookmark or stream end; liveness fails when it is older than STALE."""
         self._pending = set(self.namespaces)
-        # namespace -> key -> labels of every object delivered and not deleted (listing watches only)
-        self._known: dict[str | None, dict[Key, Mapping[str, str]]] = {}
+        # namespace -> key -> kept labels of every object delivered and not deleted (listing watches only)
+        self._known: dict[str | None, dict[Key, tuple[tuple[str, str], ...]]] = {}
 
     async def run(self) -> None:
         await asyncio.gather(*(self._run(namespace) for namespace in self.namespaces))
@@ -69,31 +75,38 @@ class Watch:
                 async for page in pages:
                     return str((page.get("metadata") or {}).get("resourceVersion") or "")
         version = ""
-        listed: dict[Key, Mapping[str, str]] = {}
+        known = self._known.get(namespace) or {}
+        listed: dict[Key, tuple[tuple[str, str], ...]] = {}
         async for page in self.gw.pages(self.kind, namespace, label_selector=self.label_selector, limit=PAGE):
             version = str((page.get("metadata") or {}).get("resourceVersion") or version)
             for obj in page.get("items") or ():
                 # A list's items carry no type of their own; what is compared with a manifest must.
                 obj.setdefault("apiVersion", self.kind.api_version)
                 obj.setdefault("kind", self.kind.kind)
-                meta = obj.get("metadata") or {}
-                listed[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = meta.get("labels") or {}
+                key, labels = self._kept(obj)
+                old = known.get(key)
+                listed[key] = old if old == labels else labels  # the one already kept, when equal
                 self.on_event("ADDED", obj)
-        for (ns, name), labels in (self._known.get(namespace) or {}).items():
+        for (ns, name), labels in known.items():
             if (ns, name) not in listed:
-                self.on_event("DELETED", {"metadata": {"namespace": ns, "name": name, "labels": labels}})
+                self.on_event("DELETED", {"metadata": {"namespace": ns, "name": name, "labels": dict(labels)}})
         self._known[namespace] = listed
         return version
 
+    def _kept(self, obj: Mapping[str, Any]) -> tuple[Key, tuple[tuple[str, str], ...]]:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        kept = tuple((name, sys.intern(str(labels[name]))) for name in self.kept_labels if name in labels)
+        return (str(meta.get("namespace") or ""), str(meta.get("name") or "")), kept
+
     def _deliver(self, namespace: str | None, event_type: str, obj: dict[str, Any]) -> None:
         if self.listing:
-            meta = obj.get("metadata") or {}
-            key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+            key, labels = self._kept(obj)
             known = self._known.setdefault(namespace, {})
             if event_type == "DELETED":
                 known.pop(key, None)
-            else:
-                known[key] = meta.get("labels") or {}
+            elif known.get(key) != labels:
+                known[key] = labels
         self.on_event(event_type, obj)
 
     def _listed(self, namespace: str | None) -> None:

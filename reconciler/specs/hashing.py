@@ -35,10 +35,20 @@ def config_hash(config_text: str, secret_digests: Iterable[tuple[str, str, str |
     return hasher.hexdigest()
 
 
-# Where orjson's bytes may differ from `json.dumps(ensure_ascii=True)`: non-ASCII and DEL (json escapes them) and
-# any float (the two spell some differently: `1e-05` and `0.00001`). Builders emit no floats; a string that only
-# looks like one (`":1.5"`) costs the slower spelling, never a different digest.
-_NOT_JSON_SPELLING = re.compile(rb"[^\x20-\x7e]|[:,[]-?[0-9]+[.eE]")
+_NEGATIVE_EXPONENT = re.compile(rb"e-[0-9]")
+
+
+def _json_spelling(raw: bytes) -> bool:
+    """Whether orjson's bytes are `json.dumps(ensure_ascii=True)`'s own. They differ in non-ASCII and DEL (json
+    escapes them) and in floats below 1e-4 (json's `1e-05` and `1e-07`, orjson's `0.00001` and `1e-7`); a string
+    that only looks like one (`"v0.00001"`) costs the slower spelling, never a different digest."""
+    if not raw.isascii() or b"\x7f" in raw or b"0.0000" in raw:
+        return False
+    for match in _NEGATIVE_EXPONENT.finditer(raw):  # `scale-17` matches too: only digit-e-digit is a float
+        at = match.start()
+        if at and raw[at - 1] in b"0123456789" and not raw[at + 3:at + 4].isdigit():
+            return False
+    return True
 
 
 def manifest_hash(manifest: Mapping[str, object]) -> str:
@@ -50,6 +60,6 @@ def manifest_hash(manifest: Mapping[str, object]) -> str:
         raw = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # not JSON as orjson reads it (e.g. an int beyond 64 bits)
         raw = b"\x80"
-    if _NOT_JSON_SPELLING.search(raw):
+    if not _json_spelling(raw):
         raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
