@@ -31,7 +31,9 @@ log = logging.getLogger("dittofs.watch")
 Handler = Callable[[str, dict[str, Any]], None]
 Key = tuple[str, str]
 WATCH_SECONDS = 290
-PAGE = 250  # objects per listing page: bounds the transient memory of a relist at scale
+# Objects per listing page. A page is decoded at once, and what outlives it (each object's cache entry) pins the
+# memory it was decoded in: 50 instead of 250 took the RSS 10 s after a restart at 300 servers from 112 to 100 MiB.
+PAGE = 50
 # A healthy stream ends by itself every WATCH_SECONDS (the client gives up 30 s later), and a failing one is
 # retried within 30 s: silence beyond that means the loop is stuck.
 STALE_SECONDS = WATCH_SECONDS + 30 + 30 + 60

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from dittoctl.api.kinds import SECRETS, STATEFULSETS, Kind
 from dittoctl.kube.gateway import Gateway
-from reconciler.watch import Watch
+from reconciler.watch import PAGE, Watch
 
 
 def obj(name: str, version: str, instance: str = "demo") -> dict[str, Any]:
@@ -70,8 +70,8 @@ async def test_lists_then_streams_from_the_listing_and_reports_what_vanished_whi
     await run_until_done(watch, script)
     assert watch.started.is_set()
     # The listing's version, then the bookmark's after the stream ended; after the 410 a new listing.
-    assert script.calls == [("list", ("managed=us", 250)), ("watch", "10"), ("watch", "15"),
-                            ("list", ("managed=us", 250)), ("watch", "10")]
+    assert script.calls == [("list", ("managed=us", PAGE)), ("watch", "10"), ("watch", "15"),
+                            ("list", ("managed=us", PAGE)), ("watch", "10")]
     assert seen == [("ADDED", "a", "demo"), ("ADDED", "b", "demo"), ("MODIFIED", "b", "demo"),
                     ("ADDED", "b", "demo"), ("ADDED", "c", "other"),
                     ("DELETED", "a", "demo")]  # with its labels, so its server is queued again
