@@ -166,8 +166,8 @@ class Shared:
     provisioning: Provisioning = field(default_factory=Provisioning)
     parsed: Recent[DittoServer] = field(default_factory=lambda: Recent(512))
     """The validated server by (uid, generation): the spec changes only with the generation. Room for a whole
-    burst (a server's passes are minutes apart in a 300 burst; 64 re-validated nearly every pass, 5 % of its CPU):
-    ~15 KiB each, dropped once the passes stop."""
+    burst (a server's passes are tens of seconds apart in a 300 burst; with 64, nearly every pass validated again,
+    5 % of its CPU): ~15 KiB each, dropped once the passes stop."""
     built: Recent[Desired] = field(default_factory=Recent)
     """The desired children by every input of the builders."""
 
