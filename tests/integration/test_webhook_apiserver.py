@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from certs.source import CertificateSource
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway, load_client
 from tests.testbed.webhook import install_webhook
 from webhook.facts import FactSource
-from webhook.server import AdmissionHandler, WebhookServer
+from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
 
 pytestmark = pytest.mark.integration
 CONFIG_NAME = "dittofs-webhook-apiserver-test"
@@ -174,3 +175,30 @@ async def test_namespaces_can_opt_out(hook: Hook, namespace: str) -> None:
     bad = manifest("unchecked", namespace, {"adapters": {"nfs": {"port": 8080}}})
     result = await hook.kubectl("apply", "--dry-run=server", "-f", "-", input=bad)
     assert result.returncode == 0, result.stderr
+
+
+def _reviews() -> float:
+    return sum(REGISTRY.get_sample_value("controller_runtime_webhook_requests_total",
+                                         {"webhook": WEBHOOK_PATH, "code": code}) or 0.0 for code in ("200", "400"))
+
+
+async def test_only_writes_that_touch_the_spec_are_sent(hook: Hook, namespace: str) -> None:
+    """The configuration's matchConditions: a label, an annotation or the operator's finalizer patch never
+    costs a webhook round trip; a spec change still does, and is still judged."""
+    created = await hook.kubectl("apply", "-f", "-", input=manifest("quiet", namespace, {}))
+    assert created.returncode == 0, created.stderr
+    before = _reviews()
+    for args in (("label", "dittoserver", "quiet", "team=storage"),
+                 ("annotate", "dittoserver", "quiet", "note=metadata only"),
+                 ("patch", "dittoserver", "quiet", "--type=merge", "-p",
+                  '{"metadata": {"finalizers": ["dittofs.dittofs.com/finalizer"]}}')):
+        result = await hook.kubectl(*args, "-n", namespace)
+        assert result.returncode == 0, result.stderr
+    assert _reviews() == before
+    bad = await hook.kubectl("patch", "dittoserver", "quiet", "-n", namespace, "--type=merge", "-p",
+                             '{"spec": {"adapters": {"nfs": {"port": 8080}}}}')
+    assert bad.returncode != 0 and "port 8080 is also used by spec.controlPlane.port" in bad.stderr, bad.stderr
+    assert _reviews() == before + 1
+    released = await hook.kubectl("patch", "dittoserver", "quiet", "-n", namespace, "--type=merge", "-p",
+                                  '{"metadata": {"finalizers": null}}')
+    assert released.returncode == 0, released.stderr

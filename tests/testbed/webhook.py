@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from webhook.server import WEBHOOK_PATH
+from webhook.server import MATCH_CONDITIONS, WEBHOOK_PATH
 
 from .cluster import Testbed
 
@@ -32,6 +32,7 @@ def webhook_configuration(port: int, ca_b64: str, name: str = CONFIG_NAME) -> di
             "clientConfig": {"url": f"https://127.0.0.1:{port}{WEBHOOK_PATH}", "caBundle": ca_b64},
             "rules": [{"apiGroups": ["dittofs.dittofs.com"], "apiVersions": ["v1alpha1"],
                        "operations": ["CREATE", "UPDATE"], "resources": ["dittoservers"], "scope": "Namespaced"}],
+            "matchConditions": MATCH_CONDITIONS,
             "failurePolicy": "Fail", "sideEffects": "NoneOnDryRun", "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 10, "matchPolicy": "Equivalent",
             "namespaceSelector": {"matchExpressions": [{"key": "dittofs.dittofs.com/validation",

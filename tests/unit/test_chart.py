@@ -23,6 +23,7 @@ from dittoctl.api import kinds as api_kinds
 from dittoctl.cli import parser
 from reconciler.owned import CHILDREN, OBSERVED
 from tests.testbed.paths import ensure_binaries
+from webhook.server import MATCH_CONDITIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "config" / "chart"
@@ -265,6 +266,7 @@ def test_webhook_configuration(helm: Path) -> None:
                               "resources": ["dittoservers"], "operations": ["CREATE", "UPDATE"],
                               "scope": "Namespaced"}]
     assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 7)
+    assert hook["matchConditions"] == MATCH_CONDITIONS  # the test bed registers the same
     assert (hook["sideEffects"], hook["admissionReviewVersions"], hook["matchPolicy"]) == (
         "NoneOnDryRun", ["v1"], "Equivalent")
     assert hook["namespaceSelector"] == {"matchExpressions": [

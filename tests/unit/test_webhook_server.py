@@ -138,6 +138,18 @@ async def test_objects_being_deleted_are_always_allowed(harness: Harness) -> Non
     assert harness.facts.calls == []
 
 
+async def test_metadata_only_updates_are_allowed_without_lookups(harness: Harness) -> None:
+    """What the configuration's matchConditions skip, for a configuration without them: the rules would ratchet
+    an unchanged spec anyway, so no lookup is made and nothing is judged."""
+    old = dittoserver({"replicas": 7}, uid="u-1")
+    new = dittoserver({"replicas": 7}, uid="u-1", finalizers=["dittofs.dittofs.com/finalizer"])
+    assert (await harness.respond(review(new, operation="UPDATE", old=old)))["allowed"] is True
+    assert harness.facts.calls == []
+    changed = dittoserver({"replicas": 9}, uid="u-1")
+    assert (await harness.respond(review(changed, operation="UPDATE", old=old)))["allowed"] is False
+    assert len(harness.facts.calls) == 1
+
+
 async def test_foreign_kinds_and_subresources_are_allowed(harness: Harness) -> None:
     body = review({"spec": "whatever"})
     body["request"]["kind"] = {"group": "", "version": "v1", "kind": "Pod"}
