@@ -147,6 +147,10 @@ class Cache:
         packed = self.children.get((kind.plural, namespace, name))
         return None if packed is None else packed.unpack()
 
+    def packed_child(self, kind: Kind, namespace: str, name: str) -> Packed | None:
+        """The cached version itself (its identity changes with every new version)."""
+        return self.children.get((kind.plural, namespace, name))
+
     def child_version(self, kind: Kind, namespace: str, name: str) -> str | None:
         packed = self.children.get((kind.plural, namespace, name))
         return None if packed is None else packed.version

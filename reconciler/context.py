@@ -23,7 +23,7 @@ from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE
 from dittoctl.kube.events import EventRecorder, EventType
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
-from reconciler.cache import Cache, Key
+from reconciler.cache import Cache, Key, Packed, version_of
 from reconciler.compare import needs_apply
 from reconciler.specs import Desired, RenderedConfig
 from reconciler.status import status_changed
@@ -182,6 +182,9 @@ class Pass:
     memory: Memory
     fresh: bool
     """No status yet: the server was never reconciled, so its children cannot exist yet either."""
+    desired: Desired | None = None
+    """This pass's build, once made (its ``in_sync`` spares comparing a child that did not change)."""
+    _current: tuple[Packed, Obj] | None = field(default=None, repr=False)
 
     @property
     def gw(self) -> Gateway:
@@ -208,8 +211,14 @@ class Pass:
         return int(self.body.get("metadata", {}).get("generation", 0))
 
     def current(self) -> Mapping[str, Any]:
-        """The latest known version of the object (our own writes update the cache)."""
-        return self.cache.server(self.key) or self.body
+        """The latest known version of the object (our own writes update the cache). Read only: it is decoded
+        once per cached version, and a pass asks for it from most phases."""
+        packed = self.cache.servers.get(self.key)
+        if packed is None:
+            return self.body
+        if self._current is None or self._current[0] is not packed:
+            self._current = (packed, packed.unpack())
+        return self._current[1]
 
     async def post(self, type_: EventType, reason: EventReason, message: str) -> None:
         await self.shared.events.post(self.current(), type_, reason, message)
@@ -227,13 +236,20 @@ class Pass:
 
     async def apply(self, manifest: dict[str, Any], previous: Obj | None = None,
                     known: bool = False) -> tuple[bool, Obj | None]:
-        """(written, previous): server-side apply only when the observed child differs from `manifest`.
+        """(written, previous): server-side apply only when the observed child differs from `manifest`;
+        `previous` is the child before the write (None when nothing was written: it may not be decoded).
         `known=True` means `previous` was already observed this pass."""
         kind = kind_of(manifest)
         name = manifest["metadata"]["name"]
+        packed = self.cache.packed_child(kind, self.namespace, name)
+        in_sync = self.desired.in_sync if self.desired is not None else None
+        if in_sync is not None and packed is not None and in_sync.get((kind.plural, name)) is packed:
+            return False, None  # this very version already held this very build
         if not known:
             previous = await self.observed(kind, name)
         if not needs_apply(manifest, previous):
+            if in_sync is not None and packed is not None and packed.version == version_of(previous):
+                in_sync[(kind.plural, name)] = packed
             return False, previous
         result = await self.gw.apply(manifest)
         self.cache.put_child(kind, result)

@@ -67,15 +67,17 @@ class Reconciler:
 
     async def reconcile(self, key: Key) -> float | None:
         """Returns seconds until the next pass is wanted (None: wait for a watch event)."""
-        body = self.shared.cache.server(key)
-        if body is None:
+        packed = self.shared.cache.servers.get(key)
+        if packed is None:
             self.shared.parsed.drop(key)
             self.shared.built.drop(key)
             gone = self.memory.pop(key, None)
             if gone is not None and gone.fileservice is not None:
                 await gone.fileservice.close()
             return None
-        ctx = Pass(self.shared, key, body, self.memory.setdefault(key, Memory()), fresh=not body.get("status"))
+        body = packed.unpack()
+        ctx = Pass(self.shared, key, body, self.memory.setdefault(key, Memory()), fresh=not body.get("status"),
+                   _current=(packed, body))
         if body.get("metadata", {}).get("deletionTimestamp"):
             return await finalize(ctx)
         if is_paused(body):
@@ -95,13 +97,14 @@ class Reconciler:
         consumed = await consumed_digests(ctx, server, names)
         digests = consumed.digests
         status = ctx.current().get("status") or {}
-        desired = self._desired(ctx, server, names, digests, int(status.get("storeRevision") or 0))
+        desired = ctx.desired = self._desired(ctx, server, names, digests, int(status.get("storeRevision") or 0))
         # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
         # gates: so it goes out with them, and a new server's StatefulSet is its second round trip.
-        *_, (sts, database, errors, reason, recreating) = await asyncio.gather(
-            apply_config_map(ctx, desired, names), apply_services(ctx, desired, names),
-            apply_network_policy(ctx, desired, names), apply_service_monitor(ctx, desired, names),
-            apply_certificates(ctx, desired, names), self._statefulset(ctx, server, names, desired, consumed))
+        # It is also sent first: the pods, the slowest part of a new server, start from it.
+        (sts, database, errors, reason, recreating), *_ = await asyncio.gather(
+            self._statefulset(ctx, server, names, desired, consumed), apply_config_map(ctx, desired, names),
+            apply_services(ctx, desired, names), apply_network_policy(ctx, desired, names),
+            apply_service_monitor(ctx, desired, names), apply_certificates(ctx, desired, names))
         ctx.memory.digests = dict(digests)
         fileservice = await provision(ctx, server, names) if not errors and sts is not None else None
         if fileservice is None:

@@ -15,16 +15,18 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dittoctl.api.kinds import SERVICEMONITORS, STATEFULSETS, Kind
+from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION
 from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
+from reconciler import context
 from reconciler.cache import Cache
-from reconciler.compare import stamp_manifest
-from reconciler.context import Discovery, Recent
+from reconciler.compare import needs_apply, stamp_manifest
+from reconciler.context import Discovery, Memory, Pass, Recent, Shared
 from reconciler.handlers import Controller, configure_persistence, watch_streams
 from reconciler.queue import WorkQueue
+from reconciler.specs import Desired
 from reconciler.specs.hashing import manifest_hash
 
 
@@ -280,3 +282,47 @@ async def test_freed_memory_is_released_once_after_work_and_never_while_settled(
     finally:
         task.cancel()
         await controller.queue.stop()
+
+
+async def test_an_unchanged_child_is_compared_once_per_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass skips decoding and comparing a cached child whose very version already held the same build; a new
+    version (anyone's write) is compared again, and a drifted one is applied."""
+    applied: list[dict[str, Any]] = []
+
+    class _Gateway:
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            applied.append(manifest)
+            return {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": str(len(applied) + 100)}}
+
+    cache = Cache()
+    shared = Shared(cast(Gateway, _Gateway()), cache, cast(Any, None), cast(Any, None))
+    manifest = stamp_manifest({"apiVersion": "v1", "kind": "ConfigMap",
+                               "metadata": {"name": "demo-config", "namespace": "ns"}, "data": {"a": "1"}})
+    desired = Desired(config_text="", config_hash="", config_map=manifest, services=[], statefulset={})
+    cache.put_child(CONFIGMAPS, {**copy.deepcopy(manifest), "metadata": {
+        **manifest["metadata"], "resourceVersion": "7", "uid": "c1"}})
+    compared: list[int] = []
+
+    def counting(desired: Any, observed: Any) -> bool:
+        compared.append(1)
+        return needs_apply(desired, observed)
+
+    monkeypatch.setattr(context, "needs_apply", counting)
+
+    def one_pass() -> Pass:
+        ctx = Pass(shared, ("ns", "demo"), {"metadata": {"name": "demo"}}, Memory(), fresh=False)
+        ctx.desired = desired
+        return ctx
+
+    assert await one_pass().apply(manifest) == (False, cache.child(CONFIGMAPS, "ns", "demo-config"))
+    assert await one_pass().apply(manifest) == (False, None)
+    assert (len(compared), applied) == (1, [])  # the second pass did not even decode it
+    drifted = cache.child(CONFIGMAPS, "ns", "demo-config")
+    assert drifted is not None
+    drifted["data"] = {"a": "2"}
+    drifted["metadata"]["resourceVersion"] = "8"
+    cache.put_child(CONFIGMAPS, drifted)  # someone's edit arrives on the watch
+    written, before = await one_pass().apply(manifest)
+    assert written and before == drifted and applied == [manifest] and len(compared) == 2
+    assert await one_pass().apply(manifest) == (False, cache.child(CONFIGMAPS, "ns", "demo-config"))
+    assert len(compared) == 3  # our write's result is compared once, then trusted
