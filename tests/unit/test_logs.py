@@ -18,6 +18,15 @@ def test_fields_are_unpacked_into_the_json_line() -> None:
     assert entry["logger"] == "dittofs.test" and entry["level"] == "info"
 
 
+def test_any_field_value_makes_a_json_line() -> None:
+    record = logging.LogRecord("dittofs.test", logging.INFO, __file__, 1, "héllo", (), None)
+    for key, value in fields(big=2**70, other=object, text="ü").items():
+        setattr(record, key, value)
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["msg"], entry["big"], entry["text"]) == ("héllo", 2**70, "ü")
+    assert entry["other"] == "<class 'object'>"
+
+
 def test_logging_with_fields_does_not_raise() -> None:
     logging.getLogger("dittofs.test").info("x", extra=fields(name="n", namespace="ns"))
 
