@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from certs.source import CertificateSource
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway, load_client
-from tests.testbed.webhook import install_webhook
+from tests.testbed.webhook import install_webhook, webhook_configuration
 from webhook.facts import FactSource
 from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
 
@@ -202,3 +202,31 @@ async def test_only_writes_that_touch_the_spec_are_sent(hook: Hook, namespace: s
     released = await hook.kubectl("patch", "dittoserver", "quiet", "-n", namespace, "--type=merge", "-p",
                                   '{"metadata": {"finalizers": null}}')
     assert released.returncode == 0, released.stderr
+
+
+async def test_metadata_writes_do_not_depend_on_the_webhook(hook: Hook, namespace: str) -> None:
+    """With the webhook unreachable (failurePolicy Fail), a spec change is refused, but labels and the
+    operator's finalizer still go through: the operator can always add and remove its finalizer."""
+    created = await hook.kubectl("apply", "-f", "-", input=manifest("steady", namespace, {}))
+    assert created.returncode == 0, created.stderr
+    dead = webhook_configuration(1, hook.testbed.ca_b64, "dittofs-unreachable-test")  # nothing listens on port 1
+    dead["webhooks"][0]["namespaceSelector"]["matchExpressions"].append(
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]})
+    registered = await hook.kubectl("apply", "-f", "-", input=json.dumps(dead))
+    assert registered.returncode == 0, registered.stderr
+    try:
+        change = ["patch", "dittoserver", "steady", "-n", namespace, "--type=merge", "-p",
+                  '{"spec": {"replicas": 0}}', "--dry-run=server"]
+        for _ in range(100):  # the apiserver loads configurations asynchronously
+            refused = await hook.kubectl(*change)
+            if refused.returncode != 0:
+                break
+            await asyncio.sleep(0.3)
+        assert refused.returncode != 0 and "failed calling webhook" in refused.stderr, refused.stderr
+        for patch in ('{"metadata": {"labels": {"team": "storage"}}}',
+                      '{"metadata": {"finalizers": ["dittofs.dittofs.com/finalizer"]}}',
+                      '{"metadata": {"finalizers": null}}'):
+            result = await hook.kubectl("patch", "dittoserver", "steady", "-n", namespace, "--type=merge", "-p", patch)
+            assert result.returncode == 0, result.stderr
+    finally:
+        await hook.kubectl("delete", "validatingwebhookconfiguration", "dittofs-unreachable-test", "--ignore-not-found")

@@ -20,6 +20,7 @@ from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION
 from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
+from dittoctl.main import KOPF_WORKER_IDLE, kopf_settings
 from reconciler import context
 from reconciler.cache import Cache
 from reconciler.compare import needs_apply, stamp_manifest
@@ -28,6 +29,7 @@ from reconciler.handlers import Controller, configure_persistence, watch_streams
 from reconciler.queue import WorkQueue
 from reconciler.specs import Desired
 from reconciler.specs.hashing import manifest_hash
+from reconciler.watch import PAGE
 
 
 def test_a_stamp_is_taken_once_and_a_second_stamp_changes_nothing() -> None:
@@ -91,6 +93,16 @@ async def test_discovery_trusts_a_no_for_a_while_and_a_yes_until_forgotten(monke
     api.answers[SERVICEMONITORS.plural] = False
     assert not await discovery.serves(SERVICEMONITORS)
     assert api.asked == 3, "a forgotten kind is asked again at once"
+
+
+def test_kopf_lists_in_pages_and_lets_idle_workers_go() -> None:
+    """A decoded DittoServer must not outlive its event by long: after a restart at 300 servers, kopf's default
+    five idle seconds per object and one unpaged listing measured 8.5 MiB more RSS."""
+    settings = kopf.OperatorSettings()
+    kopf_settings(settings)
+    assert settings.watching.chunk_size == PAGE
+    assert settings.queueing.idle_timeout == KOPF_WORKER_IDLE <= 1.0
+    assert settings.posting.enabled is False
 
 
 def test_kopf_keeps_no_essence_and_no_progress_per_event() -> None:
