@@ -237,7 +237,8 @@ class Pass:
     async def apply(self, manifest: dict[str, Any], previous: Obj | None = None,
                     known: bool = False) -> tuple[bool, Obj | None]:
         """(written, previous): server-side apply only when the observed child differs from `manifest`;
-        `previous` is the child before the write (None when nothing was written: it may not be decoded).
+        `previous` is the child before the write (when nothing was written, it may be None: an unchanged child
+        is not even decoded).
         `known=True` means `previous` was already observed this pass."""
         kind = kind_of(manifest)
         name = manifest["metadata"]["name"]
