@@ -185,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_format=args.log_format,
         drift_interval=args.drift_interval,
+        shutdown_delay=args.shutdown_delay,
         workers=args.workers,
         server_address=args.server_address,
         provision_networks=[n for n in args.provision_networks.split(",") if n],
@@ -229,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
                      help="the operator's own namespace (the chart's pod sets POD_NAMESPACE); every DittoServer's "
                           "NetworkPolicy lets it in")
     run.add_argument("--drift-interval", type=float, default=_number_env("DRIFT_INTERVAL", "300", float))
+    run.add_argument("--shutdown-delay", type=float, default=0.0, metavar="SECONDS",
+                     help="after a stop signal, keep answering admission requests (unready) this long, until the "
+                          "apiserver stops routing to this pod (in a cluster: a few seconds; the chart sets 5)")
     run.add_argument("--workers", type=int, default=_number_env("WORKERS", "32", int),
                      help="concurrent reconciles; passes mostly wait on the API, not the CPU")
     run.set_defaults(func=cmd_run)

@@ -52,6 +52,9 @@ class RunSettings:
     log_format: str = "json"
     workers: int = 32  # passes mostly wait on the API: more in flight keep a burst moving (bench, issue 15)
     drift_interval: float = 300.0
+    shutdown_delay: float = 0.0
+    """Seconds the webhook keeps answering, unready, after a stop signal: the apiserver may still route to this pod
+    until its endpoint is gone, and a request meeting a closed listener fails its admission (the chart sets it)."""
     server_address: str = "service"
     provision_networks: list[str] = field(default_factory=list)
     operator_namespace: str = "dittofs-system"
@@ -66,6 +69,7 @@ class Health:
         self.webhook = webhook
         self.kopf_ready = asyncio.Event()
         self.kopf_task: asyncio.Task[Any] | None = None
+        self.stopping = False
         self._runner: web.AppRunner | None = None
 
     def liveness_problems(self) -> list[str]:
@@ -79,7 +83,7 @@ class Health:
         return problems
 
     def readiness_problems(self) -> list[str]:
-        problems = []
+        problems = ["shutting down"] if self.stopping else []
         if self.controller is not None and not (self.kopf_ready.is_set() and self.controller.primed.is_set()):
             problems.append("watch caches not warm yet (first listing pending)")
         if self.webhook is not None and not self.webhook.ready:
@@ -235,6 +239,9 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         if controller is not None:
             await controller.stop()
         if webhook is not None:
+            if settings.shutdown_delay > 0:
+                health.stopping = True
+                await asyncio.sleep(settings.shutdown_delay)
             await webhook.stop()
         await health.stop()
         if kopf_task is not None:
