@@ -144,7 +144,7 @@ class Cache:
         self.children.pop((kind.plural, *key), None)
 
     def child(self, kind: Kind, namespace: str, name: str) -> Obj | None:
-        packed = self.children.get((kind.plural, namespace, name))
+        packed = self.packed_child(kind, namespace, name)
         return None if packed is None else packed.unpack()
 
     def packed_child(self, kind: Kind, namespace: str, name: str) -> Packed | None:
@@ -152,7 +152,7 @@ class Cache:
         return self.children.get((kind.plural, namespace, name))
 
     def child_version(self, kind: Kind, namespace: str, name: str) -> str | None:
-        packed = self.children.get((kind.plural, namespace, name))
+        packed = self.packed_child(kind, namespace, name)
         return None if packed is None else packed.version
 
     def put_pod(self, obj: Obj) -> None:
