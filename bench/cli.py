@@ -8,6 +8,8 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
   admission   admission_overhead        dry-run apply through the apiserver, webhook (un)registered
   sequential  create_to_statefulset, pods_ready_to_ready   ~20 servers, one at a time
   floor       scale_300_floor           the same N servers' children applied by a plain client, no operator
+  apicost     apiserver_write_cost      control-plane CPU per request: the floor's children, the operator's
+                                        contract writes (operator stopped, webhook unregistered)
   scale       scale_300_ready           N servers created at once -> all Ready
   idle        operator_rss, idle_cpu, drift_api_writes     at N servers (needs `scale`)
   fileservice fileservice_provisioned, fileservice_drift_rest, fileservice_rss
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import admission, fileservice, floor, idle, image, reconciler
+from bench import admission, apicost, fileservice, floor, idle, image, reconciler
 from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import Contention
@@ -73,6 +75,8 @@ EXPERIMENTS = (
                                "p50 < 500 ms"))),
     Experiment("floor", (("scale_300_floor", "control-plane floor: the 300 servers' children applied directly -> "
                           "all pods Ready", "informational"),)),
+    Experiment("apicost", (("apiserver_write_cost", "control-plane CPU per server: the floor's writes and the "
+                            "operator's contract writes", "informational"),)),
     Experiment("scale", (("scale_300_ready", "300 DittoServers created at once -> all Ready", "< 60 s"),)),
     Experiment("idle", (("operator_rss", "operator RSS at 300 DittoServers", "< 150 MiB"),
                         ("idle_cpu", "idle CPU at 300 DittoServers", "< 2 % of one core"),
@@ -310,7 +314,11 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             finally:
                 op.start()  # here, so that its start is in no other experiment's window
 
+        async def apicost_() -> list[Figure]:
+            return [await apicost.write_costs(tb, kube, op, "bench-apicost", count=args.servers)]
+
         async def scale() -> list[Figure]:
+            before = run.contention.snapshot()
             fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op,
                                                  kcm_qps=kcm_qps(tb))
             run.population += len(tracker.created)
@@ -328,6 +336,10 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
                 fig.details.setdefault("notes", []).append(
                     f"control-plane floor {floor_s:.1f} s (scale_300_floor): the operator adds {overhead:+.1f} s "
                     f"({100 * overhead / floor_s:+.0f} %)" if floor_s else "floor not measured")
+                cost = next((f for f in run.figures if f.name == "apiserver_write_cost" and f.passed), None)
+                if cost is not None:
+                    _decompose(fig, run.contention.between(before, run.contention.snapshot()), base, cost,
+                               args.servers)
             return [fig]
 
         async def steady() -> list[Figure]:
@@ -356,7 +368,8 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
 
         bodies: dict[str, Callable[[], Awaitable[list[Figure]]]] = {
             "startup": startup, "webhook": webhook, "admission": admission_, "sequential": sequential,
-            "floor": floor_, "scale": scale, "idle": steady, "fileservice": fileservice_, "image": image_}
+            "floor": floor_, "apicost": apicost_, "scale": scale, "idle": steady, "fileservice": fileservice_,
+            "image": image_}
         for exp in experiments:
             await run.experiment(exp, bodies[exp.name])
         if "startup" in names and run.population > 0 and time.monotonic() - run.started < args.budget:
@@ -365,6 +378,30 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             except Exception as exc:  # informational only: never lose the figures measured so far
                 run.log(f"restarts with {run.population} DittoServers failed: {type(exc).__name__}: {exc}")
             run.save()
+
+
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def _decompose(scale: Figure, ours: dict[str, Any], floor_fig: Figure, cost: Figure, servers: int) -> None:
+    """Both bursts saturate the cores, so the wall time follows the CPU every process spent: how much more the
+    control plane spent in the operator's burst than in the floor, against what the contract's writes cost it."""
+    def cpu_s(cpu: dict[str, Any], names: tuple[str, ...]) -> float:
+        by = cpu.get("this_run_by_process_pct_of_one_core") or {}
+        return float(sum(by.get(n, 0.0) for n in names)) / 100 * float(cpu.get("window_s") or 0.0)
+
+    base = floor_fig.details.get("cpu_until_all_ready") or {}
+    if not ours or not base:
+        return
+    extra = cpu_s(ours, CONTROL_PLANE) - cpu_s(base, CONTROL_PLANE)
+    contract = float(cost.checks[0].value or 0.0) * servers / 1000
+    operator = float(scale.details.get("operator_cpu_s") or 0.0)
+    scale.details["overhead_cpu_s"] = {"control_plane_beyond_the_floor": round(extra, 1),
+                                       "of_which_the_contract_writes_measured": round(contract, 1),
+                                       "operator": round(operator, 1)}
+    scale.details.setdefault("notes", []).append(
+        f"CPU beyond the floor: the control plane {extra:+.1f} CPU-s (the contract's writes alone cost it "
+        f"~{contract:.1f} CPU-s, apiserver_write_cost), the operator {operator:.1f} CPU-s")
 
 
 async def loaded_restarts(run: Run) -> None:

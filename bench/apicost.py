@@ -1,0 +1,224 @@
+"""What each write costs the control plane (issue 15): the CPU the apiserver, etcd and the controller-manager spend
+per request, for the writes the floor makes (a server's children) and for the writes the operator makes beyond
+them (the contract of SPEC §4-§6: the DittoServer, its finalizer and status, the generated Secrets, an Event).
+
+During the 300 burst both cores are saturated, so the wall time follows the CPU spent by every process; this
+decomposes the operator's overhead over the floor into what its writes cost the control plane and what the
+operator spends itself. Measured on a quiet control plane with the operator stopped and the admission webhook
+unregistered (its cost is `admission_overhead`'s), ``count`` requests per kind, ``concurrency`` in flight;
+the control plane's idle CPU over the same time is subtracted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from bench.admission import set_webhook
+from bench.floor import _drop_namespace, _path, children
+from bench.kube import Kube, Watch, bounded_gather
+from bench.machine import process_cpu
+from bench.objects import dittoserver, servers_path
+from bench.process import Operator
+from bench.reconciler import _namespace
+from bench.report import Check, Figure
+from dittoctl.api.naming import MANAGED_BY_LABEL, MANAGER
+from tests.testbed import Testbed
+
+COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager")
+WATCHERS = 8  # streams added to measure what one delivered watch event costs the apiserver
+CONTRACT = {  # the operator's writes per server beyond its children, and how often each is made in a create
+    "DittoServer create": 1, "DittoServer finalizer patch": 1, "DittoServer status patch": 2,
+    "Secret create": 2, "Event create": 1}
+
+
+def _status(round_: int) -> dict[str, Any]:
+    """A status shaped like the operator's (its condition types, the counts, the endpoints)."""
+    types = ("Ready", "Available", "ConfigReady", "DatabaseReady", "Progressing", "Degraded", "Provisioned",
+             "AdaptersReady")
+    conditions = [{"type": t, "status": "False", "reason": "Waiting", "message": f"waiting ({round_})",
+                   "lastTransitionTime": "2026-12-03T17:00:00Z", "observedGeneration": 1} for t in types]
+    return {"status": {"phase": "Pending" if round_ == 1 else "Running", "observedGeneration": 1,
+                       "replicas": 1, "readyReplicas": round_ - 1, "ready": f"{round_ - 1}/1",
+                       "configHash": "0" * 64, "conditions": conditions,
+                       "endpoints": {"api": "x-api.ns.svc:8080", "nfs": "x-file.ns.svc:2049"}}}
+
+
+@dataclass(frozen=True)
+class Split:
+    floor: dict[str, float]
+    """ms of control-plane CPU per server for each child kind the floor applies."""
+    contract: dict[str, float]
+    """The same for each of the operator's writes beyond the children."""
+    watch_event: float
+    """ms per watch event delivered to one more stream (0 when below the meter's resolution)."""
+
+
+def per_server_costs(per_request: dict[str, dict[str, float]], per_server: dict[str, float]) -> Split:
+    """Per-request costs (label -> component -> ms) times how often one server's create makes each request."""
+    def total(label: str) -> float:
+        return sum(per_request.get(label, {}).values())
+
+    status = (total("DittoServer status patch (1)") + total("DittoServer status patch (2)")) / 2
+    contract = {label: round(times * (status if label == "DittoServer status patch" else total(label)), 1)
+                for label, times in CONTRACT.items()}
+    floor = {label: round(count * total(f"{label} apply"), 1) for label, count in per_server.items()}
+    event = (total(f"ConfigMap apply, {WATCHERS} watchers") - total("ConfigMap apply, no watcher")) / WATCHERS
+    return Split(floor, contract, round(max(0.0, event), 3))
+
+
+class _Meter:
+    def __init__(self, tb: Testbed) -> None:
+        self.pids = {name: pid for name in COMPONENTS if (pid := tb.pid(name)) is not None}
+        self.idle_per_s: dict[str, float] = {}
+
+    def cpu(self) -> dict[str, float]:
+        return {name: process_cpu(pid) for name, pid in self.pids.items()}
+
+    async def idle(self, seconds: float) -> None:
+        before, t = self.cpu(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        after, took = self.cpu(), time.perf_counter() - t
+        self.idle_per_s = {n: (after[n] - before[n]) / took for n in before}
+
+    async def quiet(self, limit: float = 8.0, step: float = 0.5) -> None:
+        """Until the control plane is back at its idle rate: what a block of requests set off (a Service's
+        endpoints, the garbage collector's bookkeeping) is counted in that block, not the next."""
+        deadline = time.perf_counter() + limit
+        idle = sum(self.idle_per_s.values())
+        while time.perf_counter() < deadline:
+            before, t = self.cpu(), time.perf_counter()
+            await asyncio.sleep(step)
+            rate = (sum(self.cpu().values()) - sum(before.values())) / (time.perf_counter() - t)
+            if rate <= 1.5 * idle + 0.02:
+                return
+
+    async def measure(self, calls: list[Callable[[], Awaitable[Any]]],
+                      concurrency: int) -> tuple[dict[str, float], list[str]]:
+        """ms of CPU per call, per component, net of the idle rate; and the errors."""
+        await self.quiet()
+        before, t = self.cpu(), time.perf_counter()
+        results = await bounded_gather(concurrency, calls)
+        await self.quiet()
+        after, took = self.cpu(), time.perf_counter() - t
+        per_call = {n: max(0.0, (after[n] - before[n] - self.idle_per_s.get(n, 0.0) * took)) * 1000 / len(calls)
+                    for n in before}
+        return per_call, [repr(r)[:200] for r in results if isinstance(r, BaseException)]
+
+
+async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, count: int = 300,
+                      concurrency: int = 16) -> Figure:
+    op.stop()  # its watches and passes would add to the control plane's CPU (and it would reconcile our servers)
+    await _namespace(kube, namespace)
+    set_webhook(tb, op.webhook_port, False, namespace)
+    meter = _Meter(tb)
+    costs: dict[str, dict[str, float]] = {}
+    errors: list[str] = []
+    names = [f"cost-{i:03d}" for i in range(count)]
+    base = servers_path(namespace)
+    try:
+        await asyncio.sleep(3.0)  # the operator's stop and the namespace settle
+        await meter.idle(5.0)
+
+        async def measure(label: str, calls: list[Callable[[], Awaitable[Any]]]) -> None:
+            per_call, failed = await meter.measure(calls, concurrency)
+            costs[label] = {n: round(v, 2) for n, v in per_call.items()}
+            errors.extend(f"{label}: {e}" for e in failed)
+
+        def patch(path: str, body: dict[str, Any]) -> Awaitable[Any]:
+            return kube.call("PATCH", path, body, content_type="application/merge-patch+json")
+
+        def apply(obj: dict[str, Any]) -> Awaitable[Any]:
+            return kube.call("PATCH", _path(obj), obj, content_type="application/apply-patch+yaml",
+                             params={"fieldManager": "bench-cost", "force": "true"})
+
+        # The operator's contract writes, in the order a create makes them.
+        await measure("DittoServer create", [partial(kube.call, "POST", base, dittoserver(n, namespace))
+                                             for n in names])
+        await measure("DittoServer finalizer patch", [
+            partial(patch, f"{base}/{n}", {"metadata": {"finalizers": ["dittofs.dittofs.com/finalizer"]}})
+            for n in names])
+        for round_ in (1, 2):
+            await measure(f"DittoServer status patch ({round_})", [
+                partial(patch, f"{base}/{n}/status", _status(round_)) for n in names])
+        await measure("Secret create", [partial(
+            kube.call, "POST", f"/api/v1/namespaces/{namespace}/secrets",
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{n}-jwt"},
+             "data": {"secret": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}) for n in names])
+        await measure("Event create", [partial(
+            kube.call, "POST", f"/api/v1/namespaces/{namespace}/events",
+            {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{n}."},
+             "involvedObject": {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer", "name": n,
+                                "namespace": namespace},
+             "reason": "Created", "message": "created StatefulSet", "type": "Normal"}) for n in names])
+
+        # The floor's writes: each child kind, server-side applied as the floor does. The StatefulSets have no
+        # replicas here: their pods and PVCs are the controller-manager's work, the same in the floor and the burst.
+        rendered = {n: children(n, namespace) for n in names}
+        for obj in (o for n in names for o in rendered[n] if o["kind"] == "StatefulSet"):
+            obj["spec"]["replicas"] = 0
+        by_label: dict[str, list[dict[str, Any]]] = {}
+        for n in names:
+            for obj in rendered[n]:
+                if obj["kind"] == "ServiceMonitor":
+                    continue  # served only with the Prometheus Operator; the test bed has none
+                label = obj["kind"]
+                if label == "Service":
+                    label += " (headless)" if obj["spec"].get("clusterIP") == "None" else " (ClusterIP)"
+                by_label.setdefault(label, []).append(obj)
+        per_server = {label: len(objs) / count for label, objs in by_label.items()}
+        for label, objs in by_label.items():
+            await measure(f"{label} apply", [partial(apply, o) for o in objs[:count]])
+
+        # One watch event delivered: the same ConfigMaps changed again, without and with WATCHERS streams.
+        def cm(n: str, value: str) -> dict[str, Any]:
+            return {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": f"{n}-probe", "namespace": namespace,
+                                 "labels": {MANAGED_BY_LABEL: MANAGER}}, "data": {"v": value}}
+        await bounded_gather(concurrency, [partial(apply, cm(n, "a")) for n in names])
+        await measure("ConfigMap apply, no watcher", [partial(apply, cm(n, "b")) for n in names])
+        watches = [Watch(kube, f"/api/v1/namespaces/{namespace}/configmaps", lambda _e: None,
+                         label_selector=f"{MANAGED_BY_LABEL}={MANAGER}") for _ in range(WATCHERS)]
+        for w in watches:
+            await w.start()
+        try:
+            await measure(f"ConfigMap apply, {WATCHERS} watchers", [partial(apply, cm(n, "c")) for n in names])
+        finally:
+            for w in watches:
+                await w.stop()
+    finally:
+        await bounded_gather(concurrency, [partial(
+            kube.call, "PATCH", f"{base}/{n}", {"metadata": {"finalizers": None}}, ok=(404,),
+            content_type="application/merge-patch+json") for n in names])
+        await _drop_namespace(kube, namespace, 120.0)
+        await _namespace(kube, namespace)  # empty: where the webhook's registration is probed
+        op.start()
+        set_webhook(tb, op.webhook_port, True, namespace)
+
+    split = per_server_costs(costs, per_server)
+    floor_ms, contract_ms = sum(split.floor.values()), sum(split.contract.values())
+    return Figure(
+        "apiserver_write_cost", "control-plane CPU per server: the floor's writes and the operator's contract writes",
+        "informational",
+        # Zero would mean the meter saw nothing (a wrong pid, a missing /proc): the figure is then wrong, not good.
+        [Check("the contract's writes per server", round(contract_ms, 1), ">", 0.0, "ms CPU"),
+         Check("failed requests", len(errors), "==", 0, "requests")],
+        f"children {floor_ms:.0f} ms, contract writes {contract_ms:.0f} ms of control-plane CPU per server "
+        f"(+{100 * contract_ms / floor_ms:.0f} %); a watch event delivered {split.watch_event:.2f} ms" if floor_ms else
+        "no floor writes measured",
+        details={
+            "per_request_ms": costs,
+            "floor_children_per_server_ms": split.floor,
+            "contract_writes_per_server_ms": split.contract,
+            "per_watch_event_delivered_ms": split.watch_event,
+            "idle_cpu_ms_per_s": {n: round(v * 1000, 1) for n, v in meter.idle_per_s.items()},
+            "errors": errors[:5],
+            "method": f"{count} requests per kind, {concurrency} in flight, admin client, operator stopped, webhook "
+                      "unregistered; CPU of kube-apiserver + etcd + kube-controller-manager from /proc, net of their "
+                      "idle rate; per server = per request x how often a create makes it",
+        },
+    )

@@ -1,0 +1,53 @@
+"""The arithmetic of `apiserver_write_cost` and of the scale figure's CPU decomposition (bench/apicost.py,
+bench/cli.py): plain data, no control plane."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.apicost import WATCHERS, per_server_costs
+from bench.cli import _decompose
+from bench.report import Check, Figure
+
+
+def _ms(apiserver: float, etcd: float = 0.0) -> dict[str, float]:
+    return {"kube-apiserver": apiserver, "etcd": etcd, "kube-controller-manager": 0.0}
+
+
+def test_per_server_costs_weigh_each_request_by_how_often_a_create_makes_it() -> None:
+    per_request = {
+        "DittoServer create": _ms(5.0), "DittoServer finalizer patch": _ms(5.0, 1.0),
+        "DittoServer status patch (1)": _ms(6.0), "DittoServer status patch (2)": _ms(8.0),
+        "Secret create": _ms(1.0, 0.5), "Event create": _ms(1.0),
+        "Service (ClusterIP) apply": _ms(7.0, 3.0), "ConfigMap apply": _ms(2.0),
+        "ConfigMap apply, no watcher": _ms(2.0), f"ConfigMap apply, {WATCHERS} watchers": _ms(2.0 + WATCHERS * 0.25),
+    }
+    split = per_server_costs(per_request, {"Service (ClusterIP)": 3.0, "ConfigMap": 1.0})
+    assert split.contract == {"DittoServer create": 5.0, "DittoServer finalizer patch": 6.0,
+                              "DittoServer status patch": 14.0, "Secret create": 3.0, "Event create": 1.0}
+    assert split.floor == {"Service (ClusterIP)": 30.0, "ConfigMap": 2.0}
+    assert split.watch_event == pytest.approx(0.25)
+
+
+def test_a_watch_event_below_the_meters_resolution_reads_zero_not_negative() -> None:
+    per_request = {"ConfigMap apply, no watcher": _ms(2.1), f"ConfigMap apply, {WATCHERS} watchers": _ms(1.3)}
+    assert per_server_costs(per_request, {}).watch_event == 0.0
+
+
+def _figure(name: str, value: float, **details: object) -> Figure:
+    return Figure(name, name, "", [Check("x", value, ">", 0.0, "")], "", details=dict(details))
+
+
+def test_the_scale_figure_says_what_the_control_plane_spent_beyond_the_floor() -> None:
+    floor = _figure("scale_300_floor", 40.0, cpu_until_all_ready={
+        "window_s": 40.0,
+        "this_run_by_process_pct_of_one_core": {"kube-apiserver": 100.0, "etcd": 20.0, "bench": 10.0}})
+    scale = _figure("scale_300_ready", 60.0, operator_cpu_s=10.0)
+    ours = {"window_s": 60.0, "this_run_by_process_pct_of_one_core": {"kube-apiserver": 100.0, "etcd": 20.0,
+                                                                        "operator": 16.0, "bench": 10.0}}
+    cost = _figure("apiserver_write_cost", 30.0)
+    _decompose(scale, ours, floor, cost, 300)
+    # control plane: 60 s x 1.2 cores - 40 s x 1.2 cores; the contract: 30 ms x 300 servers
+    assert scale.details["overhead_cpu_s"] == {"control_plane_beyond_the_floor": 24.0,
+                                               "of_which_the_contract_writes_measured": 9.0, "operator": 10.0}
+    assert "+24.0 CPU-s" in scale.details["notes"][-1]
