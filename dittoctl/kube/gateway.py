@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import os
 import urllib.parse
 import urllib.request
@@ -130,6 +131,14 @@ def _read_env_once(api: k8s.ApiClient) -> None:
     rest.pool_manager = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
 
 
+def _encode(body: Any) -> bytes:
+    """A request body as JSON bytes (also for apply-patch+yaml: JSON is YAML)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer beyond 64 bits, which orjson refuses
+        return json.dumps(body).encode()
+
+
 class Gateway:
     """Thin async CRUD + server-side apply over raw JSON."""
 
@@ -151,17 +160,28 @@ class Gateway:
         accept: str = "application/json",
         timeout: float | None = None,
     ) -> aiohttp.ClientResponse:
-        """One request through kubernetes_asyncio's REST layer (its TLS, proxy and token refresh), without
+        """One request over kubernetes_asyncio's session (its TLS and proxy) with its token refresh, without
         ``call_api``: that walks every request body in Python to sanitise it (a StatefulSet is hundreds of
-        fields) and decodes each response twice, 18 % of the operator's CPU in the 300 burst."""
+        fields) and decodes each response twice, 18 % of the operator's CPU in the 300 burst. Its REST layer is
+        skipped too: it encodes every body with stdlib json, 3 % of the burst, where orjson takes a tenth."""
         api = self.api
+        rest = api.rest_client
         headers = {**api.default_headers, "Content-Type": content_type, "Accept": accept}
         params: Any = list(query or ())  # pairs, as urlencode takes them (the stub says dict)
         await api.update_params_for_auth(headers, params, ["BearerToken"])
+        url = str(api.configuration.host) + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        options: dict[str, Any] = {"headers": headers,
+                                   "timeout": aiohttp.ClientTimeout(total=timeout or self.timeout)}
+        if body is not None:
+            options["data"] = _encode(body)
+        if rest.proxy:
+            options["proxy"] = rest.proxy
+            if rest.proxy_headers:
+                options["proxy_headers"] = rest.proxy_headers
+        if rest.server_hostname:
+            options["server_hostname"] = rest.server_hostname
         try:
-            response: aiohttp.ClientResponse = await api.rest_client.request(
-                method, str(api.configuration.host) + path, query_params=params, headers=headers, body=body,
-                _preload_content=False, _request_timeout=timeout or self.timeout)
+            response: aiohttp.ClientResponse = await rest.pool_manager.request(method, url, **options)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             metrics.API_REQUESTS.labels("0", method).inc()
             raise ApiError(0, f"API unreachable: {exc}") from exc

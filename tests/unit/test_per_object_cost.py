@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION
-from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
+from dittoctl.kube.gateway import REQUESTS, Gateway, _encode, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
 from dittoctl.main import KOPF_WORKER_IDLE, kopf_settings
 from reconciler import context
@@ -338,3 +338,11 @@ async def test_an_unchanged_child_is_compared_once_per_build(monkeypatch: pytest
     assert written and before == drifted and applied == [manifest] and len(compared) == 2
     assert await one_pass().apply(manifest) == (False, cache.child(CONFIGMAPS, "ns", "demo-config"))
     assert len(compared) == 3  # our write's result is compared once, then trusted
+
+
+def test_request_bodies_are_json_and_big_integers_still_go_out() -> None:
+    """The gateway encodes bodies itself (orjson); what orjson refuses falls back to json, never fails."""
+    body = {"metadata": {"name": "a"}, "spec": {"replicas": 1, "ratio": 0.5, "note": "é"}}
+    assert json.loads(_encode(body)) == body
+    huge = {"data": {"n": 2**70}}
+    assert json.loads(_encode(huge)) == huge

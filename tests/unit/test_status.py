@@ -6,6 +6,7 @@ from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
 from dittoctl.api.crd import build_crd
+from dittoctl.api.models import Condition
 from reconciler.compare import is_subset
 from reconciler.phases.statefulset import StorageDrift, storage_drift
 from reconciler.status import (
@@ -79,6 +80,19 @@ def test_transition_time_moves_only_on_flip() -> None:
     flipped = {c["type"]: c for c in merge_conditions(first, conditions(broken), 2, now="T3")}
     assert flipped["Available"]["lastTransitionTime"] == "T3"
     assert flipped["ConfigReady"]["lastTransitionTime"] == "T1"
+
+
+def test_merged_conditions_are_spelled_as_the_condition_model_dumps_them() -> None:
+    """merge_conditions writes plain JSON (no model per condition): it must be exactly Condition's wire form,
+    so a status written by it never differs from one the model would write (a needless write per pass)."""
+    obs = Observation(generation=3, desired_replicas=1, statefulset=sts(ready=0),
+                      config_errors=["Secret x missing"], config_reason=Reason.MISSING_SECRET)
+    for merged in (merge_conditions([], conditions(obs), 3, now="T1"),
+                   paused_status(None, 3)["conditions"], deleting_status(None, 3, "draining")["conditions"]):
+        assert merged
+        for cond in merged:
+            assert Condition.model_validate(cond).model_dump(by_alias=True, mode="json", exclude_none=True) == cond
+            assert type(cond["type"]) is str and type(cond["reason"]) is str  # not the enums: orjson and == agree
 
 
 def test_unchanged_status_needs_no_write() -> None:
