@@ -199,13 +199,21 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         op.start()
         set_webhook(tb, op.webhook_port, True, namespace)
 
+    return report(costs, per_server, errors, meter.idle_per_s,
+                  method=f"{count} requests per kind, {concurrency} in flight, admin client, operator stopped, "
+                         "webhook unregistered; CPU of kube-apiserver + etcd + kube-controller-manager from /proc, "
+                         "net of their idle rate; per server = per request x how often a create makes it")
+
+
+def report(costs: dict[str, dict[str, float]], per_server: dict[str, float], errors: list[str],
+           idle_per_s: dict[str, float], *, method: str) -> Figure:
     split = per_server_costs(costs, per_server)
     floor_ms, contract_ms = sum(split.floor.values()), sum(split.contract.values())
     return Figure(
         "apiserver_write_cost", "control-plane CPU per server: the floor's writes and the operator's contract writes",
         "informational",
         # Zero would mean the meter saw nothing (a wrong pid, a missing /proc): the figure is then wrong, not good.
-        [Check("the contract's writes per server", round(contract_ms, 1), ">", 0.0, "ms CPU"),
+        [Check("the contract's writes per server", round(contract_ms, 1), ">=", 0.1, "ms CPU"),
          Check("failed requests", len(errors), "==", 0, "requests")],
         f"children {floor_ms:.0f} ms, contract writes {contract_ms:.0f} ms of control-plane CPU per server "
         f"(+{100 * contract_ms / floor_ms:.0f} %); a watch event delivered {split.watch_event:.2f} ms" if floor_ms else
@@ -215,10 +223,8 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
             "floor_children_per_server_ms": split.floor,
             "contract_writes_per_server_ms": split.contract,
             "per_watch_event_delivered_ms": split.watch_event,
-            "idle_cpu_ms_per_s": {n: round(v * 1000, 1) for n, v in meter.idle_per_s.items()},
+            "idle_cpu_ms_per_s": {n: round(v * 1000, 1) for n, v in idle_per_s.items()},
             "errors": errors[:5],
-            "method": f"{count} requests per kind, {concurrency} in flight, admin client, operator stopped, webhook "
-                      "unregistered; CPU of kube-apiserver + etcd + kube-controller-manager from /proc, net of their "
-                      "idle rate; per server = per request x how often a create makes it",
+            "method": method,
         },
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.apicost import WATCHERS, per_server_costs
+from bench.apicost import WATCHERS, per_server_costs, report
 from bench.cli import _decompose
 from bench.report import Check, Figure
 
@@ -29,13 +29,23 @@ def test_per_server_costs_weigh_each_request_by_how_often_a_create_makes_it() ->
     assert split.watch_event == pytest.approx(0.25)
 
 
+def test_the_figure_passes_on_a_measurement_and_fails_on_an_empty_meter() -> None:
+    costs = {"DittoServer create": _ms(5.0), "ConfigMap apply": _ms(2.0)}
+    figure = report(costs, {"ConfigMap": 1.0}, [], {"kube-apiserver": 0.02}, method="m")
+    assert figure.passed, figure.checks
+    assert "children 2 ms, contract writes 5 ms" in figure.measured_text
+    nothing = {label: _ms(0.0) for label in costs}
+    assert not report(nothing, {"ConfigMap": 1.0}, [], {}, method="m").passed
+    assert not report(costs, {"ConfigMap": 1.0}, ["Secret create: KubeError(...)"], {}, method="m").passed
+
+
 def test_a_watch_event_below_the_meters_resolution_reads_zero_not_negative() -> None:
     per_request = {"ConfigMap apply, no watcher": _ms(2.1), f"ConfigMap apply, {WATCHERS} watchers": _ms(1.3)}
     assert per_server_costs(per_request, {}).watch_event == 0.0
 
 
 def _figure(name: str, value: float, **details: object) -> Figure:
-    return Figure(name, name, "", [Check("x", value, ">", 0.0, "")], "", details=dict(details))
+    return Figure(name, name, "", [Check("x", value, ">=", 0.1, "")], "", details=dict(details))
 
 
 def test_the_scale_figure_says_what_the_control_plane_spent_beyond_the_floor() -> None:
