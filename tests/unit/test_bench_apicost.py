@@ -16,21 +16,21 @@ def _ms(apiserver: float, etcd: float = 0.0) -> dict[str, float]:
 
 def test_per_server_costs_weigh_each_request_by_how_often_a_create_makes_it() -> None:
     per_request = {
-        "DittoServer create": _ms(5.0), "DittoServer finalizer patch": _ms(5.0, 1.0),
+        "DittoServer create, through the webhook": _ms(5.0), "DittoServer finalizer patch": _ms(5.0, 1.0),
         "DittoServer status patch (1)": _ms(6.0), "DittoServer status patch (2)": _ms(8.0),
         "Secret create": _ms(1.0, 0.5), "Event create": _ms(1.0),
         "Service (ClusterIP) apply": _ms(7.0, 3.0), "ConfigMap apply": _ms(2.0),
         "ConfigMap apply, no watcher": _ms(2.0), f"ConfigMap apply, {WATCHERS} watchers": _ms(2.0 + WATCHERS * 0.25),
     }
     split = per_server_costs(per_request, {"Service (ClusterIP)": 3.0, "ConfigMap": 1.0})
-    assert split.contract == {"DittoServer create": 5.0, "DittoServer finalizer patch": 6.0,
+    assert split.contract == {"DittoServer create, through the webhook": 5.0, "DittoServer finalizer patch": 6.0,
                               "DittoServer status patch": 14.0, "Secret create": 3.0, "Event create": 1.0}
     assert split.floor == {"Service (ClusterIP)": 30.0, "ConfigMap": 2.0}
     assert split.watch_event == pytest.approx(0.25)
 
 
 def test_the_figure_passes_on_a_measurement_and_fails_on_an_empty_meter() -> None:
-    costs = {"DittoServer create": _ms(5.0), "ConfigMap apply": _ms(2.0)}
+    costs = {"DittoServer create, through the webhook": _ms(5.0), "ConfigMap apply": _ms(2.0)}
     figure = report(costs, {"ConfigMap": 1.0}, [], {"kube-apiserver": 0.02}, method="m")
     assert figure.passed, figure.checks
     assert "children 2 ms, contract writes 5 ms" in figure.measured_text
