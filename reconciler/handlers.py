@@ -56,6 +56,7 @@ class Controller:
         self.reconciler = Reconciler(gateway, self.cache, self.recorder, cleanup_timeout=cleanup_timeout,
                                      provisioning=provisioning)
         self.queue: WorkQueue[Key] = WorkQueue(self._work, concurrency=workers)
+        self.reconciler.shared.service_lane.wake = self.queue.add
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
         selector = selector_string(SELECTOR)

@@ -18,7 +18,7 @@ from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from reconciler import specs
 from reconciler.cache import Cache, Key
-from reconciler.context import Discovery, Memory, Pass, Provisioning, Shared
+from reconciler.context import LANE_RETRY, Discovery, Memory, Pass, Provisioning, Shared
 from reconciler.phases.config import (
     apply_certificates,
     apply_config_map,
@@ -110,8 +110,13 @@ class Reconciler:
         if fileservice is None:
             await fileservice_memory(ctx).close()
         requeues = [r for r in (database.requeue, fileservice.requeue if fileservice else None,
-                                RECREATE_POLL if recreating else None) if r is not None]
+                                RECREATE_POLL if recreating else None, LANE_RETRY if ctx.deferred else None)
+                    if r is not None]
 
+        if ctx.deferred:
+            # A pass that left writes for later has not converged: its status waits for them (the pass that
+            # makes them writes it), rather than one more DittoServer write per server in a burst.
+            return min(requeues)
         await ctx.write_status(build_status(Observation(
             generation=ctx.generation,
             desired_replicas=server.spec.replicas,

@@ -12,7 +12,7 @@ from dittoctl.api.kinds import CERTIFICATES, NETWORKPOLICIES, SERVICEMONITORS, S
 from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import NotFound
 from reconciler.compare import stamp_manifest
-from reconciler.context import Pass
+from reconciler.context import Deferred, Pass
 from reconciler.specs import Desired
 
 log = logging.getLogger("dittofs.reconciler")
@@ -26,7 +26,13 @@ async def apply_config_map(ctx: Pass, desired: Desired, names: Names) -> None:
 
 
 async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:
-    await asyncio.gather(*(ctx.apply(stamp_manifest(service)) for service in desired.services))
+    results = await asyncio.gather(*(ctx.apply(stamp_manifest(service), lane=ctx.shared.service_lane)
+                                     for service in desired.services), return_exceptions=True)
+    for result in results:
+        if isinstance(result, Deferred):
+            ctx.deferred.append(result.name)
+        elif isinstance(result, BaseException):
+            raise result
     wanted = {s["metadata"]["name"] for s in desired.services}
     # Only the optional Services can become obsolete (metrics off, no file adapter left).
     for name in (names.metrics_service, names.file_service):

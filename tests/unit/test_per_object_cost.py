@@ -346,3 +346,45 @@ def test_request_bodies_are_json_and_big_integers_still_go_out() -> None:
     assert json.loads(_encode(body)) == body
     huge = {"data": {"n": 2**70}}
     assert json.loads(_encode(huge)) == huge
+
+
+async def test_service_writes_take_a_lane_and_a_full_lane_defers_instead_of_waiting() -> None:
+    """At most the lane's size of Service writes are in flight; a pass that finds the lane full does not wait
+    (it would hold a worker, and the StatefulSets of the servers behind it): the write is deferred, and the
+    server is queued again once a slot frees. Other kinds never take the lane."""
+    in_flight: dict[str, int] = {"Service": 0, "StatefulSet": 0}
+    peak: dict[str, int] = {"Service": 0, "StatefulSet": 0}
+    woken: list[tuple[str, str]] = []
+
+    class _Gateway:
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            kind = manifest["kind"]
+            in_flight[kind] += 1
+            peak[kind] = max(peak[kind], in_flight[kind])
+            await asyncio.sleep(0.02)
+            in_flight[kind] -= 1
+            return {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "1"}}
+
+    lane = context.Lane(2)
+    lane.wake = woken.append
+    shared = Shared(cast(Gateway, _Gateway()), Cache(), cast(Any, None), cast(Any, None), service_lane=lane)
+
+    def child(kind: str, name: str) -> dict[str, Any]:
+        return {"apiVersion": "v1" if kind == "Service" else "apps/v1", "kind": kind,
+                "metadata": {"name": name, "namespace": "ns"}}
+
+    def one_pass(name: str) -> Pass:
+        return Pass(shared, ("ns", name), {"metadata": {"name": name}}, Memory(), fresh=True)
+
+    first, second = one_pass("a"), one_pass("b")
+    results = await asyncio.gather(
+        *(first.apply(child("Service", f"a{i}"), lane=lane) for i in range(2)),
+        *(second.apply(child("Service", f"b{i}"), lane=lane) for i in range(2)),
+        *(second.apply(child("StatefulSet", f"b{i}")) for i in range(3)), return_exceptions=True)
+    deferred = [r for r in results if isinstance(r, context.Deferred)]
+    assert [d.name for d in deferred] == ["b0", "b1"]
+    assert all(r[0] for r in results if not isinstance(r, BaseException))
+    assert peak == {"Service": 2, "StatefulSet": 3}
+    assert woken == [("ns", "b")] and lane.free == 2 and not lane.waiting  # woken once, slots all back
+    assert await second.apply(child("Service", "b0"), lane=lane) == (True, None)
+
