@@ -49,26 +49,60 @@ class Deferred(Exception):
 class Lane:
     """At most ``size`` writes of one kind in flight, operator-wide, and no pass waiting for a slot: waiting
     would hold a worker, and the new servers behind it would wait for their StatefulSets (the slowest part
-    of a new server, pods and volumes, starts from it). A pass that finds the lane full leaves its key, and
-    ``wake`` queues it again as a write leaves."""
+    of a new server, pods and volumes, starts from it).
+
+    A pass that finds the lane full leaves its key with the number of writes it deferred (``defer``). As writes
+    leave, slots are set aside for the first key waiting until all of its writes fit, and it is woken (``wake``):
+    its next pass writes them all instead of finding the lane full again. What that pass does not use goes back
+    when it ends (``release``), whatever ended it."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self.free = size
-        self.waiting: dict[Key, None] = {}  # insertion-ordered: first come, first woken
+        self.waiting: dict[Key, int] = {}  # insertion-ordered: first come, first woken
+        self.held: dict[Key, tuple[int, int]] = {}  # key -> (slots set aside, number of the wake-up)
+        self.wakes = 0
         self.wake: Callable[[Key], None] | None = None
 
     def enter(self, key: Key) -> bool:
-        if self.free > 0:
+        slots, woken = self.held.get(key, (0, 0))
+        if slots:
+            self.held[key] = (slots - 1, woken)
+            return True
+        # Newcomers do not pass a waiting key (without a wake-up, nobody waits).
+        if self.free > 0 and (not self.waiting or self.wake is None):
             self.free -= 1
             return True
-        self.waiting[key] = None
         return False
+
+    def defer(self, key: Key, writes: int) -> None:
+        """``key``'s pass left ``writes`` writes for later."""
+        if self.wake is not None:
+            self.waiting[key] = min(writes, self.size)
+            self._hand_over()
 
     def leave(self) -> None:
         self.free += 1
-        if self.waiting and self.wake is not None:
-            key = next(iter(self.waiting))
+        self._hand_over()
+
+    def release(self, key: Key, started: int) -> None:
+        """A pass for ``key`` ended that began when ``wakes`` was ``started``: slots set aside for it by an earlier
+        wake-up and not used go back. Those of a later wake-up stay for the pass that wake-up queued."""
+        slots, woken = self.held.get(key, (0, 0))
+        if key in self.held and woken <= started:
+            del self.held[key]
+            self.free += slots
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self.waiting and self.wake is not None:
+            key, wanted = next(iter(self.waiting.items()))
+            if self.free < wanted:
+                return
             del self.waiting[key]
+            self.free -= wanted
+            self.wakes += 1
+            self.held[key] = (self.held.get(key, (0, 0))[0] + wanted, self.wakes)
             self.wake(key)
 
 

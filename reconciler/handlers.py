@@ -83,6 +83,8 @@ class Controller:
         await self.primed.wait()
         if not self.active.is_set():
             return None
+        lane = self.reconciler.shared.service_lane
+        started = lane.wakes
         try:
             return await self.reconciler.reconcile(key)
         except asyncio.CancelledError:
@@ -94,6 +96,8 @@ class Controller:
                 await self.recorder.post(body, "Warning", EventReason.RECONCILE_FAILED,
                                          f"reconcile failed, retrying with backoff: {type(exc).__name__}: {exc}"[:500])
             raise
+        finally:
+            lane.release(key, started)
 
     def start_background(self) -> None:
         """Drift timer and Secret watch: run on every replica (caches stay warm for a fast failover)."""

@@ -33,6 +33,8 @@ async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:
             ctx.deferred.append(result.name)
         elif isinstance(result, BaseException):
             raise result
+    if ctx.deferred:
+        ctx.shared.service_lane.defer(ctx.key, len(ctx.deferred))
     wanted = {s["metadata"]["name"] for s in desired.services}
     # Only the optional Services can become obsolete (metrics off, no file adapter left).
     for name in (names.metrics_service, names.file_service):

@@ -385,6 +385,58 @@ async def test_service_writes_take_a_lane_and_a_full_lane_defers_instead_of_wait
     assert [d.name for d in deferred] == ["b0", "b1"]
     assert all(r[0] for r in results if not isinstance(r, BaseException))
     assert peak == {"Service": 2, "StatefulSet": 3}
-    assert woken == [("ns", "b")] and lane.free == 2 and not lane.waiting  # woken once, slots all back
+    # b's pass tells the lane what it left; both slots were free again by then, so they are set aside for b at once
+    lane.defer(("ns", "b"), 2)
+    assert woken == [("ns", "b")] and lane.free == 0 and not lane.waiting
+    assert not lane.enter(("ns", "c"))  # a newcomer does not take b's slots
     assert await second.apply(child("Service", "b0"), lane=lane) == (True, None)
+    assert await second.apply(child("Service", "b1"), lane=lane) == (True, None)
+    assert lane.free == 2 and lane.held == {("ns", "b"): (0, 1)}
+    lane.release(("ns", "b"), started=1)
+    assert lane.free == 2 and not lane.held
+
+
+def test_the_lane_sets_slots_aside_for_the_first_waiting_server_until_all_its_writes_fit() -> None:
+    woken: list[tuple[str, str]] = []
+    lane = context.Lane(4)
+    lane.wake = woken.append
+    a, b, c = ("ns", "a"), ("ns", "b"), ("ns", "c")
+    assert all(lane.enter(a) for _ in range(4)) and not lane.enter(b)
+    lane.defer(b, 3)
+    lane.defer(c, 1)
+    lane.leave()
+    lane.leave()
+    assert woken == [] and lane.free == 2  # b needs 3; c, behind it, waits too
+    lane.leave()
+    assert woken == [b] and lane.held[b] == (3, 1) and lane.free == 0
+    lane.leave()
+    assert woken == [b, c] and lane.held[c] == (1, 2)
+
+
+def test_slots_set_aside_go_back_when_the_pass_they_were_for_ends_unused() -> None:
+    """Whatever ends the woken pass (its server deleted, an error), unused slots go back; but a pass that began
+    before the wake-up keeps them for the pass the wake-up queued."""
+    woken: list[tuple[str, str]] = []
+    lane = context.Lane(2)
+    lane.wake = woken.append
+    a, b = ("ns", "a"), ("ns", "b")
+    assert lane.enter(a) and lane.enter(a)
+    started_before = lane.wakes
+    lane.defer(b, 2)
+    lane.leave()
+    lane.leave()
+    assert woken == [b] and lane.held[b] == (2, 1)
+    lane.release(b, started=started_before)  # b's deferring pass ends after the wake-up: kept
+    assert lane.held[b] == (2, 1) and lane.free == 0
+    lane.release(b, started=lane.wakes)  # the woken pass ends without writing (say, the server is gone)
+    assert lane.free == 2 and not lane.held
+    assert lane.enter(a)
+
+
+def test_without_a_wake_up_the_lane_only_counts() -> None:
+    lane = context.Lane(1)
+    assert lane.enter(("ns", "a")) and not lane.enter(("ns", "b"))
+    lane.defer(("ns", "b"), 1)
+    lane.leave()
+    assert lane.enter(("ns", "b"))
 
