@@ -45,16 +45,24 @@ def slim(obj: Mapping[str, Any]) -> Obj:
 
 
 def slim_pod(pod: Mapping[str, Any]) -> Obj:
-    """Only what status and deletion read from a pod: identity, labels, phase, its Ready condition and container
-    states."""
+    """Only what status, provisioning and deletion read from a pod: identity, labels, phase, IP, whether it is
+    Ready, and which containers wait for a reason. Two versions that differ elsewhere (timestamps, restart
+    counts, image IDs, its node) look the same, so their events wake no pass."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    slim = {k: status[k] for k in ("phase", "podIP", "containerStatuses", "initContainerStatuses") if k in status}
-    slim["conditions"] = [c for c in status.get("conditions") or () if c.get("type") == "Ready"]
-    return {
-        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid", "deletionTimestamp") if k in meta},
-        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
-        "status": slim,
-    }
+    slim: Obj = {k: status[k] for k in ("phase", "podIP") if k in status}
+    slim["conditions"] = [{"type": "Ready", "status": c.get("status")}
+                          for c in status.get("conditions") or () if c.get("type") == "Ready"]
+    for key in ("initContainerStatuses", "containerStatuses"):
+        if key in status:
+            slim[key] = [_waiting_only(cs) for cs in status[key] or ()]
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid", "deletionTimestamp") if k in meta},
+            "status": slim}
+
+
+def _waiting_only(container: Mapping[str, Any]) -> Obj:
+    reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+    return {"name": container.get("name")} if reason is None else {"name": container.get("name"),
+                                                                     "state": {"waiting": {"reason": reason}}}
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:
@@ -90,6 +98,8 @@ class Cache:
     servers: dict[Key, Packed] = field(default_factory=dict)
     # (plural, namespace, name) -> object
     children: dict[tuple[str, str, str], Packed] = field(default_factory=dict)
+    # children a pass is writing -> the last version (or DELETED) the watch delivered meanwhile
+    writing: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     # (namespace, instance) -> pod name -> the fields of it we read (`slim_pod`)
     pods: dict[Key, dict[str, Packed]] = field(default_factory=lambda: defaultdict(dict))
     secrets: dict[Key, SecretDigest] = field(default_factory=dict)
@@ -140,6 +150,29 @@ class Cache:
         namespace, name = key_of(obj)
         self.children[(kind.plural, namespace, name)] = Packed.of(obj)
 
+    def begin_write(self, kind: Kind, namespace: str, name: str) -> None:
+        self.writing[(kind.plural, namespace, name)] = None
+
+    def end_write(self, kind: Kind, namespace: str, name: str, result: Obj | None) -> bool:
+        """Stores a write's response (None: the write failed). True when the watch delivered some other version
+        while it was in flight: the cached copy is then dropped (which of the two is newer is unknown; the next
+        read asks the apiserver) and the server needs another pass."""
+        seen = self.writing.pop((kind.plural, namespace, name), None)
+        if seen is not None and (result is None or seen != version_of(result)):
+            self.drop_child(kind, (namespace, name))
+            return True
+        if result is not None:
+            self.put_child(kind, result)
+        return False
+
+    def during_write(self, kind: Kind, event_type: str | None, obj: Obj) -> bool:
+        """Records a watch event for a child being written; False when none is."""
+        ref = (kind.plural, *key_of(obj))
+        if ref not in self.writing:
+            return False
+        self.writing[ref] = "DELETED" if event_type == "DELETED" else version_of(obj) or ""
+        return True
+
     def drop_child(self, kind: Kind, key: Key) -> None:
         self.children.pop((kind.plural, *key), None)
 
@@ -155,11 +188,16 @@ class Cache:
         packed = self.packed_child(kind, namespace, name)
         return None if packed is None else packed.version
 
-    def put_pod(self, obj: Obj) -> None:
+    def put_pod(self, obj: Obj) -> bool:
+        """Records a pod of a server; False when nothing we read from it changed (or it belongs to none)."""
         namespace, name = key_of(obj)
         instance = obj.get("metadata", {}).get("labels", {}).get(INSTANCE_LABEL)
-        if instance:
-            self.pods[(namespace, instance)][name] = Packed.of(slim_pod(obj))
+        if not instance:
+            return False
+        pods = self.pods[(namespace, instance)]
+        packed, cached = Packed.of(slim_pod(obj)), pods.get(name)
+        pods[name] = packed
+        return cached is None or cached.raw != packed.raw
 
     def drop_pod(self, obj: Mapping[str, Any]) -> None:
         namespace, name = key_of(obj)

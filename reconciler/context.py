@@ -246,6 +246,8 @@ class Shared:
     """The desired children by every input of the builders."""
     service_lane: Lane = field(default_factory=lambda: Lane(SERVICE_WRITES))
     """Entered for each Service write (see SERVICE_WRITES); the controller sets its ``wake``."""
+    requeue: Callable[[Key], None] | None = None
+    """Another pass for a server (the controller's queue): set by the controller."""
 
 
 @dataclass
@@ -333,12 +335,15 @@ class Pass:
             return False, previous
         if lane is not None and not lane.enter(self.key):
             raise Deferred(kind.kind, name)
+        self.cache.begin_write(kind, self.namespace, name)
+        result: Obj | None = None
         try:
             result = await self.gw.apply(manifest)
         finally:
             if lane is not None:
                 lane.leave()
-        self.cache.put_child(kind, result)
+            if self.cache.end_write(kind, self.namespace, name, result) and self.shared.requeue is not None:
+                self.shared.requeue(self.key)
         log.info("applied %s", kind.kind, extra=fields(
             namespace=self.namespace, name=name, kind=kind.kind, action="create" if previous is None else "update"))
         return True, previous

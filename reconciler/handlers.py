@@ -56,7 +56,7 @@ class Controller:
         self.reconciler = Reconciler(gateway, self.cache, self.recorder, cleanup_timeout=cleanup_timeout,
                                      provisioning=provisioning)
         self.queue: WorkQueue[Key] = WorkQueue(self._work, concurrency=workers)
-        self.reconciler.shared.service_lane.wake = self.queue.add
+        self.reconciler.shared.requeue = self.reconciler.shared.service_lane.wake = self.queue.add
         self.drift_interval = drift_interval
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
         selector = selector_string(SELECTOR)
@@ -212,6 +212,8 @@ class Controller:
 
     def on_child(self, kind: Kind, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
+        if self.cache.during_write(kind, event_type, body):
+            return  # a pass is writing it: its own write coming back before the response (decided there)
         if event_type == "DELETED":
             self.cache.drop_child(kind, key)
         elif _echo(self.cache.child_version(kind, *key), body):
@@ -225,8 +227,8 @@ class Controller:
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
         if event_type == "DELETED":
             self.cache.drop_pod(body)
-        else:
-            self.cache.put_pod(body)
+        elif not self.cache.put_pod(body):
+            return  # nothing a pass reads changed (most of a starting pod's updates)
         instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
         namespace = body.get("metadata", {}).get("namespace", "")
         if instance and (namespace, instance) in self.cache.servers:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.api.naming import APPLIED_ANNOTATION
+from dittoctl.api.naming import APPLIED_ANNOTATION, INSTANCE_LABEL
 from dittoctl.kube.gateway import REQUESTS, Gateway, _encode, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
 from dittoctl.main import KOPF_WORKER_IDLE, kopf_settings
@@ -29,6 +29,7 @@ from reconciler.handlers import Controller, configure_persistence, watch_streams
 from reconciler.queue import WorkQueue
 from reconciler.specs import Desired
 from reconciler.specs.hashing import manifest_hash
+from reconciler.status import pod_problems
 from reconciler.watch import PAGE
 
 
@@ -440,3 +441,87 @@ def test_without_a_wake_up_the_lane_only_counts() -> None:
     lane.leave()
     assert lane.enter(("ns", "b"))
 
+
+
+def _pod(**status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "demo-0", "namespace": "ns", "uid": "p1", "resourceVersion": "1",
+                         "labels": {INSTANCE_LABEL: "demo"}, "creationTimestamp": "2026-12-03T10:00:00Z"},
+            "spec": {"containers": [{"name": "dfs"}]}, "status": status}
+
+
+def test_a_pod_update_that_changes_nothing_a_pass_reads_wakes_no_pass() -> None:
+    """A starting pod is updated several times (scheduled, container started, timestamps, restart counts); a pass
+    reads its phase, IP, Ready condition, waiting reasons and identity only, so only those changes queue one."""
+    controller = Controller(cast(Gateway, object()))
+    controller.cache.put_server({"metadata": {"namespace": "ns", "name": "demo", "resourceVersion": "1"}})
+    queued = controller.queue._queued
+    controller.on_pod("ADDED", _pod(phase="Pending"))
+    assert queued == {("ns", "demo")}
+    queued.clear()
+    scheduled = _pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}])
+    scheduled["spec"]["nodeName"] = "kwok-node-0"
+    controller.on_pod("MODIFIED", scheduled)
+    running = {"name": "dfs", "ready": False, "restartCount": 0, "state": {"running": {"startedAt": "t1"}}}
+    controller.on_pod("MODIFIED", _pod(phase="Pending", containerStatuses=[running],
+                                       conditions=[{"type": "Ready", "status": "False", "lastProbeTime": None}]))
+    assert queued == {("ns", "demo")}  # the Ready condition appeared (False); the schedule alone queued nothing
+    queued.clear()
+    controller.on_pod("MODIFIED", _pod(phase="Pending", containerStatuses=[{**running, "restartCount": 1}],
+                                       conditions=[{"type": "Ready", "status": "False", "lastTransitionTime": "t2"}]))
+    assert not queued
+    for changed in (_pod(phase="Running", podIP="10.0.0.1", containerStatuses=[running],
+                         conditions=[{"type": "Ready", "status": "False"}]),
+                    _pod(phase="Running", podIP="10.0.0.1", containerStatuses=[running],
+                         conditions=[{"type": "Ready", "status": "True"}]),
+                    _pod(phase="Running", podIP="10.0.0.1", conditions=[{"type": "Ready", "status": "True"}],
+                         containerStatuses=[{"name": "dfs", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}])):
+        controller.on_pod("MODIFIED", changed)
+        assert queued == {("ns", "demo")}, changed
+        queued.clear()
+    pods = controller.cache.pods_of("ns", "demo")
+    assert pod_problems(pods) == ["pod demo-0 container dfs: CrashLoopBackOff"] and pods[0]["status"]["podIP"]
+    assert _pod()["metadata"]["name"] == pods[0]["metadata"]["name"]
+
+
+async def test_a_childs_own_write_coming_back_before_the_response_wakes_no_pass() -> None:
+    """The watch may deliver a pass's own write before its response: that echo queues nothing. Another version
+    (or a deletion) seen while the write was in flight drops the cached copy and queues the server again."""
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    cache.put_server({"metadata": {"namespace": "ns", "name": "demo", "resourceVersion": "1"}})
+    requeued: list[tuple[str, str]] = []
+    meanwhile: list[tuple[str, str]] = []  # what the watch delivers during the next write: (event, version)
+
+    class _Gateway:
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            result = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "10"}}
+            for event, version in meanwhile:
+                controller.on_child(CONFIGMAPS, event, {**result, "metadata": {
+                    **result["metadata"], "resourceVersion": version}})
+            return result
+
+    shared = Shared(cast(Gateway, _Gateway()), cache, cast(Any, None), cast(Any, None), requeue=requeued.append)
+
+    async def write() -> None:
+        manifest = stamp_manifest({"apiVersion": "v1", "kind": "ConfigMap", "data": {"a": str(len(requeued))},
+                                   "metadata": {"name": "demo-config", "namespace": "ns",
+                                                "labels": {INSTANCE_LABEL: "demo"}}})
+        cache.drop_child(CONFIGMAPS, ("ns", "demo-config"))
+        written, _ = await Pass(shared, ("ns", "demo"), {"metadata": {"name": "demo"}}, Memory(), fresh=True
+                                ).apply(manifest)
+        assert written and not cache.writing
+
+    meanwhile[:] = [("ADDED", "10")]
+    await write()
+    assert not requeued and not controller.queue._queued
+    assert cache.child_version(CONFIGMAPS, "ns", "demo-config") == "10"
+    meanwhile[:] = [("ADDED", "10"), ("MODIFIED", "11")]  # someone's edit right after ours
+    await write()
+    assert requeued == [("ns", "demo")] and cache.child(CONFIGMAPS, "ns", "demo-config") is None
+    meanwhile[:] = [("DELETED", "10")]
+    await write()
+    assert requeued == [("ns", "demo")] * 2 and cache.child(CONFIGMAPS, "ns", "demo-config") is None
+    assert not controller.queue._queued  # the pass itself asks; the watch event did not
+    meanwhile[:] = []
+    await write()
+    assert len(requeued) == 2 and cache.child_version(CONFIGMAPS, "ns", "demo-config") == "10"
