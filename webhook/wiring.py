@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from certs.selfsigned import SelfSignedManager
 from certs.source import CertificateSource
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
@@ -40,6 +39,9 @@ async def build_webhook(settings: WebhookSettings, gateway: Gateway,
     certs = CertificateSource(settings.cert_dir)
     services: list[Service] = [facts]
     if settings.tls_mode == "selfSigned":
+        # Imported here: only this mode makes certificates, and `cryptography` costs the others 35 ms at start.
+        from certs.selfsigned import SelfSignedManager
+
         services.append(SelfSignedManager(
             gateway, namespace=settings.service_namespace,
             secret_name=self_signed_secret_name(settings.service_name), service=settings.service_name,

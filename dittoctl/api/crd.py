@@ -7,8 +7,12 @@ gives object-typed parents `default: {}` so the apiserver applies nested default
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
+import inspect
 import json
+import textwrap
 from typing import Any
 
 import yaml
@@ -73,9 +77,65 @@ def _structural(node: JsonSchema, required: bool = True) -> JsonSchema:
     return node
 
 
+@functools.cache
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The string literal under each annotated attribute of `cls` (and of its bases): the field's description.
+
+    pydantic's ``use_attribute_docstrings`` reads the same, but at class creation, which read and parsed the
+    source of every model each time the operator started (70 ms); only the schema needs them."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if issubclass(base, BaseModel) and base is not BaseModel:
+            docs.update(_attribute_docs(base))
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(body, ast.ClassDef)
+    for node, following in zip(body.body, body.body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+def _describe(node: JsonSchema, model: type[BaseModel]) -> None:
+    """Sets each property's description from its attribute docstring, unless the field spells one itself."""
+    docs = _attribute_docs(model)
+    properties = node.get("properties", {})
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key in properties and name in docs and field.description is None:
+            # Keys in pydantic's own order (sorted), as if it had set the description itself.
+            properties[key] = dict(sorted({"description": docs[name], **properties[key]}.items()))
+
+
+def _models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every model the schema of `root` names in its $defs, by that name (the class name here)."""
+    found = {root.__name__: root}
+    stack = [root]
+    while stack:
+        for field in stack.pop().model_fields.values():
+            for arg in _type_args(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg.__name__ not in found:
+                    found[arg.__name__] = arg
+                    stack.append(arg)
+    return found
+
+
+def _type_args(annotation: Any) -> list[Any]:
+    args = [annotation]
+    for arg in getattr(annotation, "__args__", ()):
+        args += _type_args(arg)
+    return args
+
+
 def openapi_schema(model: type[BaseModel]) -> JsonSchema:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _structural(_inline(raw, raw.get("$defs", {})))
+    defs = raw.get("$defs", {})
+    named = _models(model)
+    _describe(raw, model)
+    for name, node in defs.items():
+        _describe(node, named[name])
+    return _structural(_inline(raw, defs))
 
 
 def _humane(node: Any, in_list: bool = False) -> Any:

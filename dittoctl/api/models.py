@@ -101,8 +101,8 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
-        use_attribute_docstrings=True,
         validate_default=True,
+        defer_build=True,
     )
 
 
@@ -865,7 +865,7 @@ class DittoServerSpec(ApiModel):
 class Condition(ApiModel):
     """A metav1.Condition."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     type: str
     """Condition type."""
@@ -884,7 +884,7 @@ class Condition(ApiModel):
 class Endpoints(ApiModel):
     """In-cluster addresses (host:port) of the server."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     api: str | None = None
     """REST API."""
@@ -897,7 +897,7 @@ class Endpoints(ApiModel):
 class S3Status(ApiModel):
     """State of the S3 credentials Secret."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     secret_found: bool
     """The Secret exists."""
@@ -910,7 +910,7 @@ class S3Status(ApiModel):
 class ShareStatus(ApiModel):
     """A provisioned share and where to mount it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     name: str
     """Share path."""
@@ -942,7 +942,7 @@ class AdapterStatus(ApiModel):
 class DittoServerStatus(ApiModel):
     """Observed state, written by the operator."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     observed_generation: int | None = None
     """Generation last reconciled; conditions are stale until it matches metadata.generation."""
@@ -982,7 +982,7 @@ class DittoServerStatus(ApiModel):
 class DittoServer(BaseModel):
     """A DittoFS file server managed by the dittofs-operator."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, defer_build=True)
 
     api_version: Literal["dittofs.dittofs.com/v1alpha1"] = Field("dittofs.dittofs.com/v1alpha1", alias="apiVersion")
     kind: Literal["DittoServer"] = "DittoServer"

@@ -17,7 +17,7 @@ from dittoctl.api.fileservice.types import StoreKind, share_name
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 class ApiUser(_Record):
@@ -88,13 +88,15 @@ class ApiSnapshotPolicy(_Record):
     enabled: bool = True
 
 
-_USERS = TypeAdapter(list[ApiUser])
-_GROUPS = TypeAdapter(list[ApiGroup])
-_ADAPTERS = TypeAdapter(list[ApiAdapter])
-_STORES = TypeAdapter(list[ApiStore])
-_SHARES = TypeAdapter(list[ApiShare])
-_PERMISSIONS = TypeAdapter(list[ApiPermission] | None)  # no grants is `null`, not `[]`
-_POLICIES = TypeAdapter(list[ApiSnapshotPolicy])
+# Built on first use, not at import: the operator is ready long before it reads any DittoFS.
+_DEFERRED = ConfigDict(defer_build=True)
+_USERS = TypeAdapter(list[ApiUser], config=_DEFERRED)
+_GROUPS = TypeAdapter(list[ApiGroup], config=_DEFERRED)
+_ADAPTERS = TypeAdapter(list[ApiAdapter], config=_DEFERRED)
+_STORES = TypeAdapter(list[ApiStore], config=_DEFERRED)
+_SHARES = TypeAdapter(list[ApiShare], config=_DEFERRED)
+_PERMISSIONS = TypeAdapter(list[ApiPermission] | None, config=_DEFERRED)  # no grants is `null`, not `[]`
+_POLICIES = TypeAdapter(list[ApiSnapshotPolicy], config=_DEFERRED)
 
 
 @dataclass(frozen=True)
