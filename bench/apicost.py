@@ -19,13 +19,14 @@ from functools import partial
 from typing import Any
 
 from bench.admission import set_webhook
-from bench.floor import _drop_namespace, _path, children
+from bench.floor import children
 from bench.kube import Kube, Watch, bounded_gather
 from bench.machine import process_cpu
-from bench.objects import dittoserver, servers_path
+from bench.objects import dittoserver, object_path, servers_path
 from bench.process import Operator
-from bench.reconciler import _namespace
+from bench.reconciler import log
 from bench.report import Check, Figure
+from dittoctl.api.conditions import ConditionType
 from dittoctl.api.naming import MANAGED_BY_LABEL, MANAGER
 from tests.testbed import Testbed
 
@@ -39,8 +40,8 @@ CONTRACT = {  # the operator's writes per server beyond its children, and how of
 
 def _status(round_: int) -> dict[str, Any]:
     """A status shaped like the operator's (its condition types, the counts, the endpoints)."""
-    types = ("Ready", "Available", "ConfigReady", "DatabaseReady", "Progressing", "Degraded", "Provisioned",
-             "AdaptersReady")
+    # Every condition a running server carries (ReconciliationPaused only appears on a paused one).
+    types = [str(t) for t in ConditionType if t is not ConditionType.RECONCILIATION_PAUSED]
     conditions = [{"type": t, "status": "False", "reason": "Waiting", "message": f"waiting ({round_})",
                    "lastTransitionTime": "2026-12-03T17:00:00Z", "observedGeneration": 1} for t in types]
     return {"status": {"phase": "Pending" if round_ == 1 else "Running", "observedGeneration": 1,
@@ -116,7 +117,7 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
     # Its watches and passes would add to the control plane's CPU (and it would reconcile our servers): it runs
     # only as the webhook, for the creates that go through admission, and then not at all.
     op.stop()
-    await _namespace(kube, namespace)
+    await kube.create_namespace(namespace)
     meter = _Meter(tb)
     costs: dict[str, dict[str, float]] = {}
     errors: list[str] = []
@@ -149,7 +150,7 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
             return kube.call("PATCH", path, body, content_type="application/merge-patch+json")
 
         def apply(obj: dict[str, Any]) -> Awaitable[Any]:
-            return kube.call("PATCH", _path(obj), obj, content_type="application/apply-patch+yaml",
+            return kube.call("PATCH", object_path(obj), obj, content_type="application/apply-patch+yaml",
                              params={"fieldManager": "bench-cost", "force": "true"})
 
         # The operator's contract writes, in the order a create makes them.
@@ -210,8 +211,9 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         await bounded_gather(concurrency, [partial(
             kube.call, "PATCH", f"{base}/{n}", {"metadata": {"finalizers": None}}, ok=(404,),
             content_type="application/merge-patch+json") for n in names])
-        await _drop_namespace(kube, namespace, 120.0)
-        await _namespace(kube, namespace)  # empty: where the webhook's registration is probed
+        if not await kube.delete_namespace(namespace, 120.0):
+            log(f"apicost: namespace {namespace} still terminating after 120s")
+        await kube.create_namespace(namespace)  # empty: where the webhook's registration is probed
         op.start()
         set_webhook(tb, op.webhook_port, True, namespace)
 

@@ -26,7 +26,7 @@ from bench.idle import settle
 from bench.kube import Kube, Watch, WatchEvent, condition, pod_ready, server_ready
 from bench.objects import fileserver, password_secret, servers_path
 from bench.process import Operator
-from bench.reconciler import INSTANCE, _namespace, delete_all, log
+from bench.reconciler import INSTANCE, delete_all, log
 from bench.report import Check, Figure
 from bench.stats import summary
 from tests.support.s3 import ACCESS_KEY_ID, MotoServer
@@ -138,7 +138,7 @@ async def fileservice(tb: Testbed, kube: Kube, op: Operator, workdir: Path, name
 async def _measure(tb: Testbed, kube: Kube, op: Operator, namespace: str, endpoint: str,
                    placement: dict[str, Any], *, population: int, servers: int, restarts: int, window: float,
                    timeout: float, node_timings: dict[str, float]) -> list[Figure]:
-    await _namespace(kube, namespace)
+    await kube.create_namespace(namespace)
     names = ["demo"] + [f"demo{i}" for i in range(1, servers)]
     await _secret(kube, namespace, S3_SECRET, {"accessKeyId": ACCESS_KEY_ID, "secretAccessKey": "bench-secret-key"})
     for name in names:

@@ -12,19 +12,17 @@ this floor is the operator's overhead.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from functools import partial
 from typing import Any
 
 from bench.kube import Kube, bounded_gather
 from bench.machine import Contention
-from bench.objects import dittoserver
-from bench.reconciler import Tracker, _namespace, _watches, log
+from bench.objects import dittoserver, object_path
+from bench.reconciler import Tracker, _watches, log
 from bench.report import Check, Figure
 from bench.stats import percentile
 from dittoctl.api.facts import ClusterFacts
-from dittoctl.api.kinds import kind_of
 from dittoctl.api.rules import validate
 from reconciler.specs import render_offline
 
@@ -44,24 +42,9 @@ def children(name: str, namespace: str) -> list[dict[str, Any]]:
     return out
 
 
-async def _drop_namespace(kube: Kube, namespace: str, timeout: float) -> None:
-    """The floor's servers must not be around for the experiments after it."""
-    await kube.call("DELETE", f"/api/v1/namespaces/{namespace}", ok=(404,))
-    deadline = time.perf_counter() + timeout
-    while (await kube.request("GET", f"/api/v1/namespaces/{namespace}"))[0] != 404:
-        if time.perf_counter() > deadline:
-            log(f"floor: namespace {namespace} still terminating after {timeout:.0f}s")
-            return
-        await asyncio.sleep(1.0)
-
-
-def _path(obj: dict[str, Any]) -> str:
-    return kind_of(obj).path(obj["metadata"].get("namespace"), obj["metadata"]["name"])
-
-
 async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
                 timeout: float = 300.0, contention: Contention | None = None) -> Figure:
-    await _namespace(kube, namespace)
+    await kube.create_namespace(namespace)
     monitors = (await kube.request("GET", "/apis/monitoring.coreos.com/v1"))[0] == 200
     tracker = Tracker()
     watches = await _watches(kube, namespace, tracker)
@@ -76,7 +59,7 @@ async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: in
 
         async def apply(name: str) -> None:
             for obj in rendered[name]:
-                await kube.call("PATCH", _path(obj), obj, content_type="application/apply-patch+yaml",
+                await kube.call("PATCH", object_path(obj), obj, content_type="application/apply-patch+yaml",
                                 params={"fieldManager": FIELD_MANAGER, "force": "true"})
 
         results = await bounded_gather(concurrency, [partial(apply, n) for n in names])
@@ -89,7 +72,8 @@ async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: in
     finally:
         for w in watches:
             await w.stop()
-        await _drop_namespace(kube, namespace, timeout)
+        if not await kube.delete_namespace(namespace, timeout):  # the floor's servers must not outlive it
+            log(f"floor: namespace {namespace} still terminating after {timeout:.0f}s")
     ready = sorted(t - t0 for t in tracker.pod_ready.values())
     wall = ready[-1] if len(ready) >= count else float("nan")
     per_server = len(rendered[names[0]])

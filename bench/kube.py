@@ -84,6 +84,20 @@ class Kube:
                 return resp.status, json.loads(raw or b"null")
             return resp.status, raw.decode("utf-8", "replace")
 
+    async def create_namespace(self, name: str) -> None:
+        await self.call("POST", "/api/v1/namespaces",
+                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, ok=(409,))
+
+    async def delete_namespace(self, name: str, timeout: float) -> bool:
+        """Deletes a namespace and waits until it is gone; False when it is still terminating at `timeout`."""
+        await self.call("DELETE", f"/api/v1/namespaces/{name}", ok=(404,))
+        deadline = time.perf_counter() + timeout
+        while (await self.request("GET", f"/api/v1/namespaces/{name}"))[0] != 404:
+            if time.perf_counter() > deadline:
+                return False
+            await asyncio.sleep(1.0)
+        return True
+
     async def call(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (),
                    content_type: str = "application/json", params: dict[str, str] | None = None) -> Any:
         status, payload = await self.request(method, path, body, content_type=content_type, params=params)

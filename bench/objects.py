@@ -6,6 +6,8 @@ import json
 import uuid
 from typing import Any
 
+from dittoctl.api.kinds import kind_of
+
 GROUP = "dittofs.dittofs.com"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -16,6 +18,11 @@ PLURAL = "dittoservers"
 def servers_path(namespace: str, name: str | None = None) -> str:
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
     return f"{path}/{name}" if name else path
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    """The REST path of a Kubernetes object (its kind must be one the operator knows)."""
+    return kind_of(obj).path(obj["metadata"].get("namespace"), obj["metadata"]["name"])
 
 
 def dittoserver(name: str, namespace: str, storage_class: str = "standard") -> dict[str, Any]:

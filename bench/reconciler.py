@@ -101,11 +101,6 @@ async def _watches(kube: Kube, namespace: str, tracker: Tracker) -> list[Watch]:
     return watches
 
 
-async def _namespace(kube: Kube, name: str) -> None:
-    await kube.call("POST", "/api/v1/namespaces",
-                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, ok=(409,))
-
-
 def _deltas(start: dict[str, float], end: dict[str, float]) -> list[float]:
     return [end[k] - start[k] for k in start if k in end]
 
@@ -114,7 +109,7 @@ async def sequential(tb: Testbed, kube: Kube, namespace: str, *, count: int = 20
                      timeout_each: float = 60.0) -> tuple[Figure, Figure, Tracker]:
     """One DittoServer at a time (the next is created once the previous is Ready), so the latencies are
     the operator's, not a queue's."""
-    await _namespace(kube, namespace)
+    await kube.create_namespace(namespace)
     tracker = Tracker()
     watches = await _watches(kube, namespace, tracker)
     timeouts: list[str] = []
@@ -234,7 +229,7 @@ def reconcile_stats(metrics: dict[str, float]) -> dict[str, float]:
 async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
                 timeout: float = 300.0, op: Operator | None = None,
                 kcm_qps: float = KCM_QPS) -> tuple[Figure, Tracker]:
-    await _namespace(kube, namespace)
+    await kube.create_namespace(namespace)
     stats0 = reconcile_stats(op.metrics()) if op is not None else {}
     cpu0 = op.cpu() if op is not None else None
     tracker = Tracker()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import os
 import urllib.parse
 import urllib.request
@@ -23,6 +22,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from dittoctl.api.kinds import Kind, kind_of
 from dittoctl.kube import metrics
+from dittoctl.kube.jsonbytes import dumps
 
 FIELD_MANAGER = "dittofs-operator"
 REQUESTS = 32  # requests in flight to the API server at most (more wait for a free connection)
@@ -131,14 +131,6 @@ def _read_env_once(api: k8s.ApiClient) -> None:
     rest.pool_manager = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
 
 
-def _encode(body: Any) -> bytes:
-    """A request body as JSON bytes (also for apply-patch+yaml: JSON is YAML)."""
-    try:
-        return orjson.dumps(body)
-    except TypeError:  # an integer beyond 64 bits, which orjson refuses
-        return json.dumps(body).encode()
-
-
 class Gateway:
     """Thin async CRUD + server-side apply over raw JSON."""
 
@@ -173,7 +165,7 @@ class Gateway:
         options: dict[str, Any] = {"headers": headers,
                                    "timeout": aiohttp.ClientTimeout(total=timeout or self.timeout)}
         if body is not None:
-            options["data"] = _encode(body)
+            options["data"] = dumps(body)
         if rest.proxy:
             options["proxy"] = rest.proxy
             if rest.proxy_headers:

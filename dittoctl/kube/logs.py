@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from datetime import UTC, datetime
 
-import orjson
+from dittoctl.kube.jsonbytes import dumps
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -36,10 +35,7 @@ class JsonFormatter(logging.Formatter):
             entry.setdefault(key, value if isinstance(value, (str, int, float, bool, type(None))) else str(value))
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        try:
-            return orjson.dumps(entry, default=str).decode()
-        except TypeError:  # an integer beyond 64 bits, which orjson refuses
-            return json.dumps(entry, default=str)
+        return dumps(entry, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):

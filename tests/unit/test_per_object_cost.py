@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION, INSTANCE_LABEL
-from dittoctl.kube.gateway import REQUESTS, Gateway, _encode, load_client
+from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
+from dittoctl.kube.jsonbytes import dumps
 from dittoctl.main import KOPF_WORKER_IDLE, kopf_settings
 from reconciler import context
 from reconciler.cache import Cache
@@ -230,6 +231,7 @@ def test_large_blocks_are_kept_out_of_the_heap_here() -> None:
 _PACKING = """
 import random, resource, sys
 from reconciler.cache import Packed
+from dittoctl.kube.jsonbytes import dumps
 from dittoctl.kube.heap import trimmer
 
 def rss_mib():
@@ -344,9 +346,9 @@ async def test_an_unchanged_child_is_compared_once_per_build(monkeypatch: pytest
 def test_request_bodies_are_json_and_big_integers_still_go_out() -> None:
     """The gateway encodes bodies itself (orjson); what orjson refuses falls back to json, never fails."""
     body = {"metadata": {"name": "a"}, "spec": {"replicas": 1, "ratio": 0.5, "note": "é"}}
-    assert json.loads(_encode(body)) == body
+    assert json.loads(dumps(body)) == body
     huge = {"data": {"n": 2**70}}
-    assert json.loads(_encode(huge)) == huge
+    assert json.loads(dumps(huge)) == huge
 
 
 async def test_service_writes_take_a_lane_and_a_full_lane_defers_instead_of_waiting() -> None:
