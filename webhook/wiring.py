@@ -39,7 +39,7 @@ async def build_webhook(settings: WebhookSettings, gateway: Gateway,
     certs = CertificateSource(settings.cert_dir)
     services: list[Service] = [facts]
     if settings.tls_mode == "selfSigned":
-        # Imported here: only this mode makes certificates, and `cryptography` costs the others 35 ms at start.
+        # Imported here: only this mode makes certificates (the others would pay ~5 ms at start for it).
         from certs.selfsigned import SelfSignedManager
 
         services.append(SelfSignedManager(
