@@ -1,7 +1,8 @@
 """The `DittoServer` API (dittofs.dittofs.com/v1alpha1) as pydantic v2 models.
 
 One source of truth: the CRD schema, the webhook, the reconciler and `dittoctl validate` all read these
-classes. Attribute docstrings become schema descriptions, so `kubectl explain` shows them.
+classes. Attribute docstrings become schema descriptions (read by `dittoctl.api.crd` when it generates the CRD),
+so `kubectl explain` shows them.
 """
 
 from __future__ import annotations
