@@ -13,6 +13,9 @@ import functools
 import inspect
 import json
 import textwrap
+import types
+import typing
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -108,24 +111,27 @@ def _describe(node: JsonSchema, model: type[BaseModel]) -> None:
             properties[key] = dict(sorted({"description": docs[name], **properties[key]}.items()))
 
 
+def models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The models a field's annotation names (through Optional, unions, lists and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            yield from models_in(arg)
+
+
 def _models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
     """Every model the schema of `root` names in its $defs, by that name (the class name here)."""
     found = {root.__name__: root}
     stack = [root]
     while stack:
         for field in stack.pop().model_fields.values():
-            for arg in _type_args(field.annotation):
-                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg.__name__ not in found:
-                    found[arg.__name__] = arg
-                    stack.append(arg)
+            for model in models_in(field.annotation):
+                if model.__name__ not in found:
+                    found[model.__name__] = model
+                    stack.append(model)
     return found
-
-
-def _type_args(annotation: Any) -> list[Any]:
-    args = [annotation]
-    for arg in getattr(annotation, "__args__", ()):
-        args += _type_args(arg)
-    return args
 
 
 def openapi_schema(model: type[BaseModel]) -> JsonSchema:
