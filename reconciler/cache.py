@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from dittoctl.api.kinds import Kind
+from dittoctl.api.kinds import DITTOSERVERS, Kind
 from dittoctl.api.naming import INSTANCE_LABEL
 from reconciler.specs.hashing import value_digest
 
@@ -98,8 +98,8 @@ class Cache:
     servers: dict[Key, Packed] = field(default_factory=dict)
     # (plural, namespace, name) -> object
     children: dict[tuple[str, str, str], Packed] = field(default_factory=dict)
-    # children a pass is writing -> the last version (or DELETED) the watch delivered meanwhile
-    writing: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    # children and DittoServers a pass is writing -> the watch events (type, object) delivered meanwhile
+    writing: dict[tuple[str, str, str], list[tuple[str | None, Obj]]] = field(default_factory=dict)
     # (namespace, instance) -> pod name -> the fields of it we read (`slim_pod`)
     pods: dict[Key, dict[str, Packed]] = field(default_factory=lambda: defaultdict(dict))
     secrets: dict[Key, SecretDigest] = field(default_factory=dict)
@@ -151,27 +151,49 @@ class Cache:
         self.children[(kind.plural, namespace, name)] = Packed.of(obj)
 
     def begin_write(self, kind: Kind, namespace: str, name: str) -> None:
-        self.writing[(kind.plural, namespace, name)] = None
-
-    def end_write(self, kind: Kind, namespace: str, name: str, result: Obj | None) -> bool:
-        """Stores a write's response (None: the write failed). True when the watch delivered some other version
-        while it was in flight: the cached copy is then dropped (which of the two is newer is unknown; the next
-        read asks the apiserver) and the server needs another pass."""
-        seen = self.writing.pop((kind.plural, namespace, name), None)
-        if seen is not None and (result is None or seen != version_of(result)):
-            self.drop_child(kind, (namespace, name))
-            return True
-        if result is not None:
-            self.put_child(kind, result)
-        return False
+        self.writing[(kind.plural, namespace, name)] = []
 
     def during_write(self, kind: Kind, event_type: str | None, obj: Obj) -> bool:
-        """Records a watch event for a child being written; False when none is."""
-        ref = (kind.plural, *key_of(obj))
-        if ref not in self.writing:
+        """Holds back a watch event for an object being written (its handler then skips it); False when none is."""
+        events = self.writing.get((kind.plural, *key_of(obj)))
+        if events is None:
             return False
-        self.writing[ref] = "DELETED" if event_type == "DELETED" else version_of(obj) or ""
+        events.append((event_type, obj))
         return True
+
+    def end_write(self, kind: Kind, namespace: str, name: str, result: Obj | None) -> bool:
+        """Stores the newest known version after a write (``result`` is its response; None: it failed). True when
+        the watch delivered anything but the write's own echo meanwhile: the server needs another pass.
+
+        One object's watch events come in order: those after the echo are newer than the response, the others
+        older. A deletion seen meanwhile drops the cached copy (for a child, the next read asks the apiserver)."""
+        events = self.writing.pop((kind.plural, namespace, name), [])
+        version = version_of(result)
+        echo = next((i for i, (event_type, obj) in enumerate(events)
+                     if version is not None and event_type != "DELETED" and version_of(obj) == version), None)
+        if echo is not None:
+            after = events[echo + 1:]
+        else:  # the echo is still to come (all were older), or the write failed (all are real)
+            after = [] if result is not None else events
+        if any(event_type == "DELETED" for event_type, _ in events):
+            self._drop(kind, (namespace, name))
+        elif after:
+            self._put(kind, after[-1][1])
+        elif result is not None:
+            self._put(kind, result)
+        return len(events) > (echo is not None)
+
+    def _put(self, kind: Kind, obj: Obj) -> None:
+        if kind.plural == DITTOSERVERS.plural:
+            self.put_server(obj)
+        else:
+            self.put_child(kind, obj)
+
+    def _drop(self, kind: Kind, key: Key) -> None:
+        if kind.plural == DITTOSERVERS.plural:
+            self.drop_server(key)
+        else:
+            self.drop_child(kind, key)
 
     def drop_child(self, kind: Kind, key: Key) -> None:
         self.children.pop((kind.plural, *key), None)
@@ -213,12 +235,16 @@ class Cache:
 
     # -- Secrets -----------------------------------------------------------------------------------------
     def secret_event(self, obj: Mapping[str, Any], deleted: bool) -> set[str]:
-        """Record a watched Secret if referenced; returns the DittoServers to re-reconcile."""
+        """Record a watched Secret if referenced; returns the DittoServers to re-reconcile: none when the cache
+        already held these very digests (a Secret a pass just generated, coming back on the watch)."""
         key = key_of(obj)
         holders = self.secret_refs.get(key)
         if not holders:
             return set()
-        self.secrets[key] = None if deleted else secret_digest(obj)
+        digest = None if deleted else secret_digest(obj)
+        if key in self.secrets and self.secrets[key] == digest:
+            return set()
+        self.secrets[key] = digest
         return set(holders)
 
     def put_secret(self, key: Key, digest: SecretDigest) -> None:

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -35,7 +35,8 @@ Obj = dict[str, Any]
 # the API connections, and the workers, that StatefulSets and status writes were waiting for. With 8 in flight
 # Services went through faster too (36-59/s against 28/s).
 SERVICE_WRITES = 8
-LANE_RETRY = 5.0  # seconds: a pass whose writes found their lane full runs again by then, woken or not
+LANE_RETRY = 30.0  # seconds: a deferred pass runs again by then even if no wake-up came (the lane wakes every
+# waiting key in turn; at 5 s, ~330 passes of the 300 burst only found the lane still full and deferred again)
 
 
 class Deferred(Exception):
@@ -335,18 +336,27 @@ class Pass:
             return False, previous
         if lane is not None and not lane.enter(self.key):
             raise Deferred(kind.kind, name)
-        self.cache.begin_write(kind, self.namespace, name)
-        result: Obj | None = None
         try:
-            result = await self.gw.apply(manifest)
+            await self.write(kind, name, self.gw.apply(manifest))
         finally:
             if lane is not None:
                 lane.leave()
-            if self.cache.end_write(kind, self.namespace, name, result) and self.shared.requeue is not None:
-                self.shared.requeue(self.key)
         log.info("applied %s", kind.kind, extra=fields(
             namespace=self.namespace, name=name, kind=kind.kind, action="create" if previous is None else "update"))
         return True, previous
+
+    async def write(self, kind: Kind, name: str, request: Awaitable[Obj]) -> Obj:
+        """Sends a write of a child or of this DittoServer and caches its response. The watch may deliver the
+        write before the response: that echo queues no pass, anything else seen meanwhile queues one
+        (``Cache.end_write``)."""
+        self.cache.begin_write(kind, self.namespace, name)
+        result: Obj | None = None
+        try:
+            result = await request
+        finally:
+            if self.cache.end_write(kind, self.namespace, name, result) and self.shared.requeue is not None:
+                self.shared.requeue(self.key)
+        return result
 
     async def prune(self, kind: Kind, name: str, current: Obj | None) -> bool:
         """Deletes an optional child this server owns and no longer wants (never one it does not own)."""
@@ -364,10 +374,9 @@ class Pass:
         if not status_changed(body.get("status"), status):
             return
         try:
-            result = await self.gw.merge_patch(DITTOSERVERS, self.name, {"status": dict(status)}, self.namespace,
-                                               subresource="status")
+            await self.write(DITTOSERVERS, self.name, self.gw.merge_patch(
+                DITTOSERVERS, self.name, {"status": dict(status)}, self.namespace, subresource="status"))
         except NotFound:
             return
-        self.cache.put_server(result)
         what = {"phase": status["phase"]} if "phase" in status else {"fields": ",".join(sorted(status))}
         log.info("status updated", extra=fields(namespace=self.namespace, name=self.name, **what))

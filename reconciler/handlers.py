@@ -194,6 +194,8 @@ class Controller:
     def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
         self._saw(key)
+        if self.cache.during_write(DITTOSERVERS, event_type, body):
+            return  # a pass is writing it: decided there, once the response is in
         if event_type == "DELETED":
             self.cache.drop_server(key)
             self.queue.forget(key)

@@ -18,6 +18,5 @@ async def ensure_finalizer(ctx: Pass) -> None:
         return
     finalizers = [*(meta.get("finalizers") or []), FINALIZER]
     patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
-    result = await ctx.gw.merge_patch(DITTOSERVERS, ctx.name, patch, ctx.namespace)
-    ctx.cache.put_server(result)  # its watch echo is skipped: same resourceVersion
+    await ctx.write(DITTOSERVERS, ctx.name, ctx.gw.merge_patch(DITTOSERVERS, ctx.name, patch, ctx.namespace))
     log.info("added finalizer", extra=fields(namespace=ctx.namespace, name=ctx.name))

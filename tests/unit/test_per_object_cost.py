@@ -27,6 +27,7 @@ from reconciler.cache import Cache
 from reconciler.compare import needs_apply, stamp_manifest
 from reconciler.context import Discovery, Memory, Pass, Recent, Shared
 from reconciler.handlers import Controller, configure_persistence, watch_streams
+from reconciler.phases.finalizer import ensure_finalizer
 from reconciler.queue import WorkQueue
 from reconciler.specs import Desired
 from reconciler.specs.hashing import manifest_hash
@@ -486,13 +487,15 @@ def test_a_pod_update_that_changes_nothing_a_pass_reads_wakes_no_pass() -> None:
 
 
 async def test_a_childs_own_write_coming_back_before_the_response_wakes_no_pass() -> None:
-    """The watch may deliver a pass's own write before its response: that echo queues nothing. Another version
-    (or a deletion) seen while the write was in flight drops the cached copy and queues the server again."""
+    """The watch may deliver a pass's own write before its response: that echo queues nothing. Anything else seen
+    while the write was in flight queues the server again, and the cache keeps the newest version: a later one
+    than the echo, else the response. A deletion seen meanwhile drops the cached copy."""
     controller = Controller(cast(Gateway, object()))
     cache = controller.cache
     cache.put_server({"metadata": {"namespace": "ns", "name": "demo", "resourceVersion": "1"}})
     requeued: list[tuple[str, str]] = []
     meanwhile: list[tuple[str, str]] = []  # what the watch delivers during the next write: (event, version)
+    fail = False
 
     class _Gateway:
         async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -500,6 +503,8 @@ async def test_a_childs_own_write_coming_back_before_the_response_wakes_no_pass(
             for event, version in meanwhile:
                 controller.on_child(CONFIGMAPS, event, {**result, "metadata": {
                     **result["metadata"], "resourceVersion": version}})
+            if fail:
+                raise RuntimeError("the write failed")
             return result
 
     shared = Shared(cast(Gateway, _Gateway()), cache, cast(Any, None), cast(Any, None), requeue=requeued.append)
@@ -519,11 +524,82 @@ async def test_a_childs_own_write_coming_back_before_the_response_wakes_no_pass(
     assert cache.child_version(CONFIGMAPS, "ns", "demo-config") == "10"
     meanwhile[:] = [("ADDED", "10"), ("MODIFIED", "11")]  # someone's edit right after ours
     await write()
-    assert requeued == [("ns", "demo")] and cache.child(CONFIGMAPS, "ns", "demo-config") is None
-    meanwhile[:] = [("DELETED", "10")]
+    assert requeued == [("ns", "demo")] and cache.child_version(CONFIGMAPS, "ns", "demo-config") == "11"
+    meanwhile[:] = [("MODIFIED", "9")]  # an edit before ours; our echo is still to come
     await write()
-    assert requeued == [("ns", "demo")] * 2 and cache.child(CONFIGMAPS, "ns", "demo-config") is None
-    assert not controller.queue._queued  # the pass itself asks; the watch event did not
+    assert requeued == [("ns", "demo")] * 2 and cache.child_version(CONFIGMAPS, "ns", "demo-config") == "10"
+    meanwhile[:] = [("ADDED", "10"), ("DELETED", "12")]
+    await write()
+    assert requeued == [("ns", "demo")] * 3 and cache.child(CONFIGMAPS, "ns", "demo-config") is None
+    assert not controller.queue._queued  # the pass itself asks; the watch events did not
     meanwhile[:] = []
     await write()
-    assert len(requeued) == 2 and cache.child_version(CONFIGMAPS, "ns", "demo-config") == "10"
+    assert len(requeued) == 3 and cache.child_version(CONFIGMAPS, "ns", "demo-config") == "10"
+    fail, meanwhile[:] = True, [("MODIFIED", "13")]  # a failed write: what the watch said is all we know
+    with pytest.raises(RuntimeError):
+        await write()
+    assert len(requeued) == 4 and cache.child_version(CONFIGMAPS, "ns", "demo-config") == "13"
+    assert not cache.writing
+
+
+async def test_the_servers_own_status_and_finalizer_writes_coming_back_wake_no_pass() -> None:
+    """The same for the DittoServer's own writes (its finalizer, its status): the echo queues nothing; a user's
+    edit seen during the write is kept and queues a pass; a deletion seen during it drops the server."""
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    server = {"metadata": {"namespace": "ns", "name": "demo", "resourceVersion": "1", "generation": 1,
+                           "uid": "u1"}, "spec": {}}
+    controller.on_server("ADDED", copy.deepcopy(server))
+    controller.queue._queued.clear()
+    requeued: list[tuple[str, str]] = []
+    meanwhile: list[tuple[str, dict[str, Any]]] = []
+
+    class _Gateway:
+        async def merge_patch(self, kind: Kind, name: str, patch: dict[str, Any], namespace: str,
+                              subresource: str | None = None) -> dict[str, Any]:
+            current = cache.server(("ns", "demo")) or {}
+            version = str(int(current["metadata"]["resourceVersion"]) + 1)
+            result = {**current, **patch, "metadata": {**current["metadata"], **patch.get("metadata", {}),
+                                                       "resourceVersion": version}}
+            result["metadata"].pop("managedFields", None)
+            for event, change in [("MODIFIED", result), *meanwhile]:
+                controller.on_server(event, {**result, **change, "metadata": {
+                    **result["metadata"], **change.get("metadata", {})}})
+            return result
+
+    shared = Shared(cast(Gateway, _Gateway()), cache, cast(Any, None), cast(Any, None), requeue=requeued.append)
+
+    def ctx() -> Pass:
+        return Pass(shared, ("ns", "demo"), cache.server(("ns", "demo")) or {}, Memory(), fresh=False)
+
+    await ensure_finalizer(ctx())
+    await ctx().write_status({"phase": "Pending"})
+    assert not requeued and not controller.queue._queued and not cache.writing
+    stored = cache.server(("ns", "demo")) or {}
+    assert stored["metadata"]["finalizers"] and stored["status"] == {"phase": "Pending"}
+    meanwhile[:] = [("MODIFIED", {"metadata": {"resourceVersion": "99", "generation": 2}, "spec": {"replicas": 0}})]
+    await ctx().write_status({"phase": "Running"})
+    stored = cache.server(("ns", "demo")) or {}
+    assert requeued == [("ns", "demo")] and stored["spec"] == {"replicas": 0} and not controller.queue._queued
+    meanwhile[:] = [("DELETED", {"metadata": {"resourceVersion": "100"}})]
+    await ctx().write_status({"phase": "Failed"})
+    assert requeued == [("ns", "demo")] * 2 and cache.server(("ns", "demo")) is None
+
+
+def test_a_generated_secret_coming_back_on_the_watch_wakes_no_pass() -> None:
+    """A Secret whose digests the cache already holds (one a pass just generated and stored) queues nothing; a
+    changed value, a deletion or a first sighting does."""
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    cache.set_refs(("ns", "demo"), ["demo-jwt"])
+    cache.put_server({"metadata": {"namespace": "ns", "name": "demo", "resourceVersion": "1"}})
+    secret = {"metadata": {"namespace": "ns", "name": "demo-jwt", "resourceVersion": "5"}, "data": {"k": "YQ=="}}
+    controller.on_secret("ADDED", secret)
+    assert controller.queue._queued == {("ns", "demo")}
+    controller.queue._queued.clear()
+    controller.on_secret("MODIFIED", {**secret, "metadata": {**secret["metadata"], "resourceVersion": "6"}})
+    assert not controller.queue._queued
+    for event, data in (("MODIFIED", {"k": "Yg=="}), ("DELETED", {"k": "Yg=="}), ("ADDED", {"k": "Yg=="})):
+        controller.on_secret(event, {**secret, "data": data})
+        assert controller.queue._queued == {("ns", "demo")}, event
+        controller.queue._queued.clear()
