@@ -166,10 +166,13 @@ class Discovery:
         self._asked[kind] = time.monotonic()
         return bool(self.answers[kind])
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> bool:
+        """Asks again about every optional API; True when an answer changed."""
+        before = dict(self.answers)
         for kind in self.OPTIONAL:
             with contextlib.suppress(ApiError):
                 await self._ask(kind)
+        return self.answers != before
 
     async def serves(self, kind: Kind) -> bool:
         """Served? Asks again unless the last answer was yes, or a recent no."""

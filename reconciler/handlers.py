@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -44,6 +46,12 @@ def watch_streams(namespaces: list[str] | None) -> int:
     return (len(WATCHED_CHILDREN) + 2) * max(1, len(namespaces or []))
 
 
+def due_for_drift(servers: Iterable[Key], compared: Mapping[Key, float], *, since: float,
+                  everything: bool = False) -> list[Key]:
+    """The servers a drift tick queues: those no pass began comparing at or after ``since``."""
+    return [key for key in servers if everything or compared.get(key, -math.inf) < since]
+
+
 class Controller:
     """The reconciler half of the process: cache + queue + reconciler + drift timer."""
 
@@ -58,6 +66,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue(self._work, concurrency=workers)
         self.reconciler.shared.requeue = self.reconciler.shared.service_lane.wake = self.queue.add
         self.drift_interval = drift_interval
+        self._compared: dict[Key, float] = {}  # server -> when a pass since the last drift tick started
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
         selector = selector_string(SELECTOR)
         self.secret_watch = Watch(gateway, SECRETS, self.on_secret, namespaces=namespaces, listing=False,
@@ -85,8 +94,11 @@ class Controller:
             return None
         lane = self.reconciler.shared.service_lane
         started = lane.wakes
+        began = time.monotonic()
         try:
-            return await self.reconciler.reconcile(key)
+            after = await self.reconciler.reconcile(key)
+            self._compared[key] = began
+            return after
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -184,10 +196,18 @@ class Controller:
             self.queue.add(key)
 
     async def _drift(self) -> None:
+        """Every interval, a pass for each server that had none in the last half interval (kopf's ``idle``
+        timers in spirit): any pass reads the same cache and DittoFS, so one that just ran for an event
+        leaves nothing for the timer to find. In a burst the tick no longer adds a pass to every server busy
+        anyway; settled, every server still gets one per interval (the timer's own passes start right after
+        the tick), and none goes more than 1.5 intervals uncompared. A changed answer about the optional
+        APIs queues them all."""
         while True:
             await asyncio.sleep(self.drift_interval)
-            await self.reconciler.discovery.refresh()
-            for key in list(self.cache.servers):
+            changed = await self.reconciler.discovery.refresh()
+            compared, self._compared = self._compared, {}
+            for key in due_for_drift(self.cache.servers, compared, since=time.monotonic() - self.drift_interval / 2,
+                                     everything=changed):
                 self.queue.add(key)
 
     # -- watch events -------------------------------------------------------------------------------------
