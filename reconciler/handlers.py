@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import DITTOSERVERS, PODS, SECRETS, Kind
+from dittoctl.api.kinds import DITTOSERVERS, PODS, SECRETS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import INSTANCE_LABEL, Names, selector_string
 from dittoctl.api.secrets import watched_secrets
@@ -33,6 +33,7 @@ from reconciler.context import Provisioning
 from reconciler.owned import SELECTOR, WATCHED_CHILDREN
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler
+from reconciler.status import statefulset_news
 from reconciler.watch import Watch
 
 log = logging.getLogger("dittofs.handlers")
@@ -236,13 +237,17 @@ class Controller:
         key = key_of(body)
         if self.cache.during_write(kind, event_type, body):
             return  # a pass is writing it: its own write coming back before the response (decided there)
+        instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
         if event_type == "DELETED":
             self.cache.drop_child(kind, key)
         elif _echo(self.cache.child_version(kind, *key), body):
             return  # the watch echoing our own write (already cached from its response)
         else:
+            news = kind is not STATEFULSETS or not instance or statefulset_news(
+                self.cache.child(kind, *key), body, self.cache.pods_of(key[0], instance))
             self.cache.put_child(kind, body)
-        instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
+            if not news:
+                return  # only its status moved, and nothing a pass derives from it
         if instance and (key[0], instance) in self.cache.servers:
             self.queue.add((key[0], instance))
 

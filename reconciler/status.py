@@ -106,6 +106,23 @@ def _sts_counts(sts: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
     return replicas, ready, available, done
 
 
+def statefulset_news(old: Mapping[str, Any] | None, new: Mapping[str, Any],
+                     pods: Sequence[Mapping[str, Any]] = ()) -> bool:
+    """Whether a pass could read anything new from this version of the StatefulSet: not when only its status
+    moved and the counts a pass derives from it, with these pods, stay as they were (the controller-manager
+    counting a pod the pod watch already showed ready: two or three updates per new server)."""
+    if old is None:
+        return True
+    if _identity(old) != _identity(new) or old.get("spec") != new.get("spec"):
+        return True
+    before, after = old.get("status") or {}, new.get("status") or {}
+    return before.get("replicas") != after.get("replicas") or _sts_counts(old, pods) != _sts_counts(new, pods)
+
+
+def _identity(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
+
+
 def conditions(obs: Observation) -> list[Cond]:
     T, R = ConditionType, Reason
     result: list[Cond] = []

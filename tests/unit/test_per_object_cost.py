@@ -31,7 +31,7 @@ from reconciler.phases.finalizer import ensure_finalizer
 from reconciler.queue import WorkQueue
 from reconciler.specs import Desired
 from reconciler.specs.hashing import manifest_hash
-from reconciler.status import pod_problems
+from reconciler.status import pod_problems, statefulset_news
 from reconciler.watch import PAGE
 
 
@@ -616,3 +616,32 @@ def test_a_drift_tick_skips_servers_a_pass_compared_in_the_last_half_interval() 
     assert due_for_drift([a, b, c], compared, since=since) == [b, c]
     assert due_for_drift([a, b, c], compared, since=since, everything=True) == [a, b, c]
     assert due_for_drift([a], {a: since}, since=since) == []
+
+
+def test_a_statefulset_status_update_wakes_a_pass_only_when_what_a_pass_derives_moves() -> None:
+    """The controller-manager counting a pod the pod watch already showed ready changes nothing a pass reads;
+    a count the pods do not prove yet, a rollout's progress, or any change outside the status does."""
+    def sts(generation: int = 1, **status: Any) -> dict[str, Any]:
+        return {"metadata": {"name": "demo", "namespace": "ns", "generation": generation, "resourceVersion": "1",
+                             "labels": {INSTANCE_LABEL: "demo"}},
+                "spec": {"replicas": 1},
+                "status": {"observedGeneration": generation, "replicas": 1, "updateRevision": "r1",
+                           "currentRevision": "r1", "updatedReplicas": 1, **status}}
+
+    def moved(new: dict[str, Any]) -> dict[str, Any]:
+        return {**new, "metadata": {**new["metadata"], "resourceVersion": "2"}}
+
+    ready_pod = {"metadata": {"name": "demo-0", "labels": {"controller-revision-hash": "r1"}},
+                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    counted = moved(sts(readyReplicas=1, availableReplicas=1))
+    assert statefulset_news(None, counted)
+    assert not statefulset_news(sts(), counted, [ready_pod])  # the pods already showed it
+    assert statefulset_news(sts(), counted)  # news: no pod showed it
+    assert not statefulset_news(sts(), moved(sts(currentReplicas=1)), [ready_pod])  # a field no pass reads
+    assert statefulset_news(sts(), moved({**sts(), "status": {**sts()["status"], "replicas": 2}}), [ready_pod])
+    rolled = sts(generation=2)
+    assert statefulset_news({**rolled, "status": {**rolled["status"], "observedGeneration": 1}}, moved(rolled),
+                            [ready_pod])  # the controller saw the new generation: a rollout can be done
+    relabelled = moved(sts())
+    relabelled["metadata"] = {**relabelled["metadata"], "annotations": {"a": "b"}}
+    assert statefulset_news(sts(), relabelled, [ready_pod])
