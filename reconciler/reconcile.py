@@ -173,6 +173,7 @@ class Reconciler:
         the dearest part, from the server's own memory while its generation is."""
         operator_namespace = self.shared.provisioning.operator_namespace
         inputs = (ctx.uid, ctx.generation, tuple(sorted(digests.items())), store_revision, operator_namespace)
+        ctx.in_sync = ctx.memory.marks(inputs) if ctx.generation else None
         known = self.shared.built.get(ctx.key, inputs) if ctx.generation else None
         if known is not None:
             return known

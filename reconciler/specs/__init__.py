@@ -39,10 +39,6 @@ class Desired:
     service_monitor: dict[str, Any] | None = None
     """Wanted by the spec; applied only while the Prometheus Operator's CRD is served."""
     missing_secret_keys: list[tuple[str, str]] = field(default_factory=list)
-    in_sync: dict[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
-    """(kind plural, name) -> the cached version of that child last found to hold every field above: the
-    reconciler's note, so an unchanged child is not decoded and compared on every pass of a burst. Lives
-    as long as this build."""
 
     def children(self) -> list[dict[str, Any]]:
         """In apply order: ConfigMap, Services, Certificates, NetworkPolicy, ServiceMonitor, PerconaPGCluster,

@@ -300,7 +300,8 @@ async def test_freed_memory_is_released_once_after_work_and_never_while_settled(
         await controller.queue.stop()
 
 
-async def test_an_unchanged_child_is_compared_once_per_build(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_unchanged_child_is_compared_once_per_build_even_when_the_build_is_remade(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A pass skips decoding and comparing a cached child whose very version already held the same build; a new
     version (anyone's write) is compared again, and a drifted one is applied."""
     applied: list[dict[str, Any]] = []
@@ -325,9 +326,11 @@ async def test_an_unchanged_child_is_compared_once_per_build(monkeypatch: pytest
 
     monkeypatch.setattr(context, "needs_apply", counting)
 
-    def one_pass() -> Pass:
-        ctx = Pass(shared, ("ns", "demo"), {"metadata": {"name": "demo"}}, Memory(), fresh=False)
-        ctx.desired = desired
+    memory = Memory()
+
+    def one_pass(build: str = "build-1") -> Pass:
+        ctx = Pass(shared, ("ns", "demo"), {"metadata": {"name": "demo"}}, memory, fresh=False)
+        ctx.desired, ctx.in_sync = desired, memory.marks(build)  # as Reconciler._desired sets them
         return ctx
 
     assert await one_pass().apply(manifest) == (False, cache.child(CONFIGMAPS, "ns", "demo-config"))
@@ -342,6 +345,9 @@ async def test_an_unchanged_child_is_compared_once_per_build(monkeypatch: pytest
     assert written and before == drifted and applied == [manifest] and len(compared) == 2
     assert await one_pass().apply(manifest) == (False, cache.child(CONFIGMAPS, "ns", "demo-config"))
     assert len(compared) == 3  # our write's result is compared once, then trusted
+    assert await one_pass().apply(manifest) == (False, None)
+    assert await one_pass("build-2").apply(manifest) == (False, cache.child(CONFIGMAPS, "ns", "demo-config"))
+    assert len(compared) == 4  # another build (a rotated Secret, a new generation) compares it again
 
 
 def test_request_bodies_are_json_and_big_integers_still_go_out() -> None:
