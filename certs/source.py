@@ -23,9 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import Any
 
 from dittoctl.kube.background import Background
 from dittoctl.kube.logs import fields
@@ -62,26 +60,67 @@ def _no_password() -> bytes:
     return b""
 
 
-def check_pair(cert_pem: bytes, key_pem: bytes) -> CertificateInfo:
-    """Parse and match a PEM chain and key; raises CertificateError naming the problem."""
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (the ssl module has no name for it): an expired pair is still described.
+_NO_CHECK_TIME = 0x200000
+
+
+def load_pair(cert_path: Path, key_path: Path) -> tuple[ssl.SSLContext, CertificateInfo]:
+    """A serving context for the pair, and the certificate it shows a TLS client; raises CertificateError naming
+    the problem.
+
+    The certificate is read by a TLS handshake in memory against the new context, not by an X.509 library: it
+    proves the pair serves (a client that trusts the chain accepts it for server auth, whatever the clock
+    says), and it keeps `cryptography` out of the serving process (~11 MiB of RSS and 30 ms of start, issue 15).
+    """
+    cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False  # the names are the apiserver's to check; the pair is ours
+    client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | _NO_CHECK_TIME
     try:
-        chain = x509.load_pem_x509_certificates(cert_pem)
-    except ValueError as exc:
-        raise CertificateError(f"certificate is not valid PEM ({exc})") from None
+        client.load_verify_locations(cadata=cert_pem.decode("ascii"))
+    except (ValueError, ssl.SSLError) as exc:
+        raise CertificateError(f"certificate is not valid PEM ({getattr(exc, 'reason', None) or exc})") from None
+    context = tls_context()
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise CertificateError(f"private key is not a valid unencrypted PEM key ({exc})") from None
-    leaf = chain[0]
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if (leaf.public_key().public_bytes(serialization.Encoding.DER, spki)
-            != key.public_key().public_bytes(serialization.Encoding.DER, spki)):
-        raise CertificateError("private key does not match the certificate")
-    return CertificateInfo(
-        subject=leaf.subject.rfc4514_string(), serial=leaf.serial_number,
-        not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc,
+        context.load_cert_chain(cert_path, key_path, password=_no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise CertificateError("private key does not match the certificate") from None
+        raise CertificateError(f"private key is not a valid unencrypted PEM key ({exc.reason or exc})") from None
+    # load_cert_chain re-reads the files: make sure it saw the bytes that were just checked.
+    if (cert_path.read_bytes(), key_path.read_bytes()) != (cert_pem, key_pem):
+        raise CertificateError("files changed while loading; retrying on the next poll")
+    peer = _handshake(client, context)
+    subject = ",".join(f"{name}={value}" for rdn in peer.get("subject", ()) for name, value in rdn)
+    return context, CertificateInfo(
+        subject=subject, serial=int(peer["serialNumber"], 16),
+        not_before=_when(peer["notBefore"]), not_after=_when(peer["notAfter"]),
         sha256=hashlib.sha256(cert_pem + b"\0" + key_pem).hexdigest(),
     )
+
+
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> dict[str, Any]:
+    """The certificate a client of `server` verified, over a handshake between two ends in memory."""
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    near = client.wrap_bio(client_in, client_out)
+    far = server.wrap_bio(server_in, server_out, server_side=True)
+    for _ in range(4):  # TLS 1.3 needs two flights, 1.2 three
+        try:
+            near.do_handshake()
+            return near.getpeercert() or {}
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateError(f"a TLS client rejects the certificate ({exc.verify_message})") from None
+        server_in.write(client_out.read())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            far.do_handshake()
+        client_in.write(server_out.read())
+    raise CertificateError("the pair does not complete a TLS handshake")
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(text), UTC)
 
 
 class CertificateSource:
@@ -181,7 +220,7 @@ class CertificateSource:
             return False
         self._seen = signature
         try:
-            context, info = self._build()
+            context, info = load_pair(self.cert_path, self.key_path)
         except (OSError, ValueError, ssl.SSLError) as exc:
             what = "keeping the current certificate" if self._context else "webhook stays not ready"
             self._problem(f"ignoring certificate files ({exc}); {what}")
@@ -197,16 +236,6 @@ class CertificateSource:
             with contextlib.suppress(Exception):
                 listener(info)
         return True
-
-    def _build(self) -> tuple[ssl.SSLContext, CertificateInfo]:
-        cert_pem, key_pem = self.cert_path.read_bytes(), self.key_path.read_bytes()
-        info = check_pair(cert_pem, key_pem)
-        context = tls_context()
-        context.load_cert_chain(self.cert_path, self.key_path, password=_no_password)
-        # load_cert_chain re-reads the files: make sure it saw the bytes that were just checked.
-        if (self.cert_path.read_bytes(), self.key_path.read_bytes()) != (cert_pem, key_pem):
-            raise CertificateError("files changed while loading; retrying on the next poll")
-        return context, info
 
     def _problem(self, message: str) -> None:
         if message != self._last_problem:  # log each distinct problem once, not once per poll

@@ -127,6 +127,7 @@ def _verdict(problems: list[str], failing: str) -> web.Response:
                              status=200 if not problems else 503)
 
 
+START_COLLECTOR_AFTER = 5.0  # seconds; the garbage collector's latest start (see _collect_once_started)
 KOPF_WORKER_IDLE = 0.5  # seconds a per-object kopf worker waits for the next event before it exits
 
 
@@ -219,6 +220,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         tasks.append(health.kopf_task)
     if controller is not None:
         tasks.append(asyncio.create_task(_reclaim_signals(health.kopf_ready, stop), name="reclaim-signals"))
+    collector = asyncio.create_task(_collect_once_started(health.kopf_ready if controller is not None else None))
     log.info("dittofs-operator started", extra=fields(
         reconciler=settings.reconciler, webhook=settings.webhook,
         namespaces=",".join(settings.namespaces) or "*"))
@@ -231,6 +233,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
                 raise task.exception()  # type: ignore[misc]
     finally:
         stop.set()
+        collector.cancel()
         kopf_task = next((t for t in tasks if t.get_name() == "kopf"), None)
         others = [t for t in tasks if t is not kopf_task]
         for task in others:  # leader election first: it hands the Lease over on its way out
@@ -252,13 +255,22 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         log.info("dittofs-operator stopped")
 
 
+async def _collect_once_started(started: asyncio.Event | None) -> None:
+    """Start-up objects (modules, models, kopf's registries, the first listing) live for the whole process: keep
+    them out of the cyclic collector's full passes, which otherwise pause the loop for tens of milliseconds, and
+    only then turn the collector on (``dittoctl run`` starts with it off). A start that hangs (no apiserver)
+    gets it back after a few seconds: its retries make garbage."""
+    if started is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(started.wait(), START_COLLECTOR_AFTER)
+    gc.freeze()
+    gc.enable()
+
+
 async def _reclaim_signals(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
     """kopf installs its own SIGTERM/SIGINT handlers; on them it waits 5 s for tasks it did not start.
     Once kopf runs, take the signals back so shutdown is ours: components first, kopf cancelled last."""
     await kopf_ready.wait()
-    # Start-up objects (modules, models, kopf's registries) live for the whole process: keep them out
-    # of the cyclic collector's full passes, which otherwise pause the loop for tens of milliseconds.
-    gc.freeze()
     if threading.current_thread() is not threading.main_thread():
         return
     loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.selfsigned import KeyPair, new_ca, new_leaf
-from certs.source import CertificateSource, check_pair
+from certs.source import CertificateSource, load_pair
 from dittoctl.api.models import API_VERSION
 from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
 
@@ -71,21 +72,45 @@ async def server(tmp_path: Path) -> AsyncIterator[WebhookServer]:
 
 
 # -- pair validation ------------------------------------------------------------------------------------------
-def test_check_pair_rejects_mismatch_garbage_and_encrypted_keys() -> None:
+def pair_files(directory: Path, cert_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert_pem)
+    (directory / "tls.key").write_bytes(key_pem)
+    return directory / "tls.crt", directory / "tls.key"
+
+
+def test_load_pair_describes_what_a_client_sees(tmp_path: Path) -> None:
+    ca = new_ca()
+    a = leaf_for(ca)
+    context, info = load_pair(*pair_files(tmp_path, a.cert_pem + ca.cert_pem, a.key_pem))
+    assert isinstance(context, ssl.SSLContext)
+    assert (info.serial, info.subject) == (serial(a.cert_pem), "commonName=localhost")
+    assert (info.not_before, info.not_after) == (a.cert.not_valid_before_utc, a.cert.not_valid_after_utc)
+    # An expired pair is still described (the source logs it and keeps the metric honest), not refused.
+    then = datetime.now(UTC) - timedelta(days=800)
+    old = new_leaf(new_ca(now=then), ["localhost"], now=then)
+    _, expired = load_pair(*pair_files(tmp_path / "old", old.cert_pem, old.key_pem))
+    assert expired.not_after == old.cert.not_valid_after_utc < datetime.now(UTC)
+
+
+def test_load_pair_names_what_is_wrong(tmp_path: Path) -> None:
     ca = new_ca()
     a, b = leaf_for(ca), leaf_for(ca)
-    assert check_pair(a.cert_pem, a.key_pem).serial == serial(a.cert_pem)
     with pytest.raises(ValueError, match="does not match"):
-        check_pair(a.cert_pem, b.key_pem)
+        load_pair(*pair_files(tmp_path, a.cert_pem, b.key_pem))
     with pytest.raises(ValueError, match="not valid PEM"):
-        check_pair(a.cert_pem[: len(a.cert_pem) // 2], a.key_pem)
+        load_pair(*pair_files(tmp_path, a.cert_pem[: len(a.cert_pem) // 2], a.key_pem))
     with pytest.raises(ValueError, match="private key"):
-        check_pair(a.cert_pem, b"")
+        load_pair(*pair_files(tmp_path, a.cert_pem, b""))
     encrypted = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"pw"))
     with pytest.raises(ValueError, match="private key"):
-        check_pair(a.cert_pem, encrypted)
+        load_pair(*pair_files(tmp_path, a.cert_pem, encrypted))
+    # A client certificate (extended key usage clientAuth only) is one the apiserver would refuse to talk to.
+    client = new_leaf(ca, ["localhost"], client=True)
+    with pytest.raises(ValueError, match="TLS client rejects"):
+        load_pair(*pair_files(tmp_path, client.cert_pem, client.key_pem))
 
 
 def test_half_written_or_mismatched_pair_is_ignored(tmp_path: Path) -> None:

@@ -1,0 +1,22 @@
+"""What the serving process loads. Its RSS and start time (issue 15) depend on these staying out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.support.paths import ROOT
+
+
+def test_the_serving_process_leaves_heavy_libraries_out() -> None:
+    code = ("import json, sys, dittoctl.main, webhook.server, webhook.wiring, certs.source; "
+            "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout)
+    assert "webhook.server" in loaded and "kopf" in loaded  # the probe did import the process
+    # cryptography: ~11 MiB of RSS and 30 ms of start; only the self-signed mode and `dittoctl certs` need it.
+    assert [m for m in loaded if m.split(".")[0] == "cryptography"] == []
+    # kubernetes_asyncio's generated API and model classes (~45 MiB): dittoctl/kube/client.py keeps them out.
+    generated = ("kubernetes_asyncio.client.models.", "kubernetes_asyncio.client.api.")
+    assert [m for m in loaded if m.startswith(generated)] == []
