@@ -8,6 +8,7 @@ start -> ready is timed to a few milliseconds, and readers for ``/proc/<pid>/{st
 
 from __future__ import annotations
 
+import compileall
 import http.client
 import os
 import signal
@@ -23,6 +24,16 @@ from tests.testbed import Testbed
 from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PACKAGES = ("dittoctl", "reconciler", "webhook", "certs")
+
+
+def compile_packages() -> None:
+    """Byte-compile the operator's packages, as its image does (`pip install --compile`). From a source tree
+    with PYTHONDONTWRITEBYTECODE set (this machine's default), every start would compile ~100 modules first:
+    ~60 ms of start -> ready that no installed operator pays."""
+    for package in PACKAGES:
+        if not compileall.compile_dir(ROOT / package, quiet=1):
+            raise OperatorError(f"{package} does not compile")
 
 
 class OperatorError(RuntimeError):
@@ -81,6 +92,8 @@ class Operator:
         if self.webhook and not (self.cert_dir / "tls.crt").exists():
             self.cert_dir.mkdir(parents=True, exist_ok=True)
             self.tb.issue_serving_cert(self.cert_dir, name="tls")
+        if self.starts == 0:
+            compile_packages()
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"=== bench start #{self.starts}\n".encode())
