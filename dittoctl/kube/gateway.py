@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
+import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -26,6 +27,11 @@ from dittoctl.kube.jsonbytes import dumps
 
 FIELD_MANAGER = "dittofs-operator"
 REQUESTS = 32  # requests in flight to the API server at most (more wait for a free connection)
+# Each pooled TLS connection holds asyncio's 256 KiB read buffer: a burst's 32 kept open for aiohttp's default
+# 15 s were 8 MiB of RSS 10 s after a restart at 300 servers (bench, issue 15). A settled operator asks the
+# API nothing (its watches have connections of their own), so an idle connection goes after 2-4 s (aiohttp
+# checks every keep-alive period, and rounds periods of 5 s or more up to the next second).
+IDLE_CONNECTION_SECONDS = 2.0
 Obj = dict[str, Any]
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
@@ -108,27 +114,42 @@ async def load_client(kubeconfig: str | None = None, *, streams: int = 0) -> k8s
     except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "no --kubeconfig, KUBECONFIG or in-cluster account"
         raise NoCredentials(f"{where}: {str(exc).strip() or type(exc).__name__}") from None
-    # Each pooled TLS connection holds asyncio's 128 KiB read buffer: kubernetes_asyncio's default pool of 100
-    # was 20 MiB of the operator's RSS after a 300-server burst, with the API server the bottleneck anyway.
-    configuration.connection_pool_maxsize = REQUESTS + streams
     api = k8s.ApiClient(configuration)
-    _read_env_once(api)
+    await _own_session(api, streams)
     return api
 
 
-def _read_env_once(api: k8s.ApiClient) -> None:
-    """kubernetes_asyncio opens its session with aiohttp's ``trust_env``, which looks up the proxy variables
-    and ~/.netrc in a worker thread on every request (10 % of the operator's CPU in the 300 burst). The
-    proxy is resolved once here instead; an API server authenticates by token or certificate, never netrc."""
-    rest = api.rest_client
-    host = str(urllib.parse.urlsplit(str(api.configuration.host)).hostname or "")
+async def _own_session(api: k8s.ApiClient, streams: int) -> None:
+    """Replace kubernetes_asyncio's HTTP session with one made for the operator:
+
+    - a pool of ``REQUESTS`` + ``streams`` connections (its default of 100 was 20 MiB of RSS after a 300-server
+      burst, with the API server the bottleneck anyway), closed after ``IDLE_CONNECTION_SECONDS`` idle;
+    - no ``trust_env``: aiohttp would look up the proxy variables and ~/.netrc in a worker thread on every
+      request (10 % of the operator's CPU in the 300 burst). The proxy is resolved once here instead; an API
+      server authenticates by token or certificate, never netrc.
+    """
+    rest, configuration = api.rest_client, api.configuration
+    host = str(urllib.parse.urlsplit(str(configuration.host)).hostname or "")
     proxy = urllib.request.getproxies_environment().get("https")
     if not rest.proxy and proxy and host and not urllib.request.proxy_bypass(host):
         rest.proxy = proxy
-    session = rest.pool_manager
-    connector = session.connector
-    session.detach()  # keeps the connector (and its TLS context) for the new session
+    await rest.pool_manager.close()  # never used: no connection yet
+    connector = aiohttp.TCPConnector(limit=REQUESTS + streams, ssl=_tls_context(configuration),
+                                     keepalive_timeout=IDLE_CONNECTION_SECONDS)
     rest.pool_manager = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
+
+
+def _tls_context(configuration: k8s.Configuration) -> ssl.SSLContext:
+    """The TLS settings kubernetes_asyncio's REST client derives from a configuration (rest.py), unchanged."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.disable_strict_ssl_verification:
+        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return context
 
 
 class Gateway:

@@ -4,9 +4,11 @@ no per-event essence, and the API client reads its proxy once instead of per req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
+import ssl
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,9 +17,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from certs.selfsigned import new_ca, new_leaf
 from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION, INSTANCE_LABEL
+from dittoctl.kube import gateway
 from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
 from dittoctl.kube.jsonbytes import dumps
@@ -147,10 +151,46 @@ async def test_the_api_client_reads_its_proxy_once_not_per_request(
         assert api.rest_client.proxy == proxy
         assert api.rest_client.pool_manager.trust_env is False
         assert not api.rest_client.pool_manager.closed
-        # A small pool (128 KiB per TLS connection), with room for the watch streams beside the requests.
+        # A small pool (256 KiB per TLS connection), with room for the watch streams beside the requests.
         assert api.rest_client.pool_manager.connector.limit == REQUESTS + 6
     finally:
         await api.close()
+
+
+@pytest.mark.asyncio
+async def test_an_idle_api_connection_is_closed_soon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settled operator holds no pooled connection (256 KiB of TLS buffer each) for long after a burst."""
+    monkeypatch.setattr(gateway, "IDLE_CONNECTION_SECONDS", 0.3)
+    ca = new_ca()
+    leaf = new_leaf(ca, ["localhost"], ["127.0.0.1"])
+    (tmp_path / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp_path / "tls.key").write_bytes(leaf.key_pem)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    served: list[bytes] = []
+    closed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:  # keep-alive: one request after another, until the client hangs up
+                head = await reader.readuntil(b"\r\n\r\n")
+                served.append(head.split(b" ", 2)[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        closed.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    config = _kubeconfig(tmp_path).read_text().replace("127.0.0.1:6443", f"127.0.0.1:{port}")
+    (tmp_path / "kubeconfig").write_text(config)
+    api: Any = await load_client(str(tmp_path / "kubeconfig"))
+    try:
+        assert await Gateway(api).text("/version") == "{}"
+        assert served == [b"/version"]
+        await asyncio.wait_for(closed.wait(), 5.0)  # the client hung up, not the server
+    finally:
+        await api.close()
+        server.close()
 
 
 @pytest.mark.parametrize("namespaces", [None, ["a"], ["a", "b", "c"]])
