@@ -414,6 +414,7 @@ async def loaded_restarts(run: Run) -> None:
     await asyncio.sleep(10.0)
     writes = len(tb.audit_events(user=tb.operator_user, since_line=mark))
     rss_restarted = op.status_kib()["VmRSS"] / 1024
+    run.log(f"RSS 10 s after a restart with {run.population} DittoServers: {rss_restarted:.1f} MiB")
     for fig in run.figures:
         if fig.name == "operator_rss":
             fig.details["rss_10s_after_a_restart_at_population_mib"] = round(rss_restarted, 1)
