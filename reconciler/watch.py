@@ -8,8 +8,10 @@ it (interned: an event that changes neither adds no object that outlives it, so 
 pinned by small survivors).
 
 When the stream expires (410 Gone), events may have been missed: a listing watch lists again and reports
-the objects that vanished as deleted; a version-only watch (Secrets: thousands in a cluster, almost none
-of them ours, so never listed) calls `on_reset` instead.
+the objects that vanished as deleted; a version-only watch (other people's Secrets: thousands in a cluster,
+almost none of them read by us, so never listed) calls `on_reset` instead. A watch whose listing is only
+useful once something else is known (the operator's own Secrets: a listed Secret no DittoServer references
+yet is dropped) waits for it with `after`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class Watch:
 
     def __init__(self, gateway: Gateway, kind: Kind, on_event: Handler, *, namespaces: list[str] | None = None,
                  label_selector: str | None = None, listing: bool = True,
-                 on_reset: Callable[[], None] | None = None, kept_labels: tuple[str, ...] = (INSTANCE_LABEL,)) -> None:
+                 on_reset: Callable[[], None] | None = None, kept_labels: tuple[str, ...] = (INSTANCE_LABEL,),
+                 after: asyncio.Event | None = None) -> None:
         self.gw = gateway
         self.kind = kind
         self.on_event = on_event
@@ -52,6 +55,7 @@ class Watch:
         self.listing = listing
         self.label_selector = label_selector
         self.kept_labels = kept_labels
+        self.after = after
         """What a vanished object is reported with (its own labels are gone with it)."""
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.started = asyncio.Event()
@@ -63,6 +67,9 @@ class Watch:
         self._known: dict[str | None, dict[Key, tuple[tuple[str, str], ...]]] = {}
 
     async def run(self) -> None:
+        if self.after is not None:
+            await self.after.wait()
+            self.last_activity = time.monotonic()
         await asyncio.gather(*(self._run(namespace) for namespace in self.namespaces))
 
     def stale_for(self) -> float | None:

@@ -133,6 +133,7 @@ class Names:
         return f"{service}.{self.namespace}.svc"
 
 
-def selector_string(labels: Mapping[str, str]) -> str:
-    """A label selector for list/watch calls (``k=v,k2=v2``)."""
-    return ",".join(f"{k}={v}" for k, v in labels.items())
+def selector_string(labels: Mapping[str, str], *, negated: bool = False) -> str:
+    """A label selector for list/watch calls (``k=v,k2=v2``); negated, each label differs or is absent
+    (``k!=v,k2!=v2``)."""
+    return ",".join(f"{k}{'!=' if negated else '='}{v}" for k, v in labels.items())

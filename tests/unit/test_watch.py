@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from dittoctl.api.kinds import SECRETS, STATEFULSETS, Kind
+from dittoctl.api.naming import selector_string
 from dittoctl.kube.gateway import Gateway
+from reconciler.owned import SELECTOR
 from reconciler.watch import PAGE, Watch
 
 
@@ -90,3 +92,28 @@ async def test_a_version_only_watch_lists_nothing_and_resets_after_expiry() -> N
     await run_until_done(watch, script)
     assert seen == ["ADDED"] and resets == [True]
     assert [c for c in script.calls if c[0] == "list"] == [("list", (None, 1))] * 2
+
+
+async def test_a_watch_with_a_prerequisite_lists_only_once_it_is_met() -> None:
+    script = Script(listings=[[obj("generated-a", "5"), obj("generated-b", "6")]], streams=[])
+    seen: list[str] = []
+    known = asyncio.Event()
+    watch = Watch(cast(Gateway, script), SECRETS, lambda _type, o: seen.append(o["metadata"]["name"]),
+                  label_selector="managed=us", after=known)
+    task = asyncio.create_task(watch.run())
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert script.calls == [] and seen == [] and not watch.started.is_set()
+        known.set()
+        await asyncio.wait_for(script.done.wait(), 5)
+        assert watch.started.is_set()
+        assert script.calls == [("list", ("managed=us", PAGE)), ("watch", "10")]
+        assert seen == ["generated-a", "generated-b"]
+    finally:
+        task.cancel()
+
+
+def test_the_operators_secrets_and_all_others_are_two_disjoint_streams() -> None:
+    assert selector_string(SELECTOR) == "app.kubernetes.io/managed-by=dittofs-operator"
+    assert selector_string(SELECTOR, negated=True) == "app.kubernetes.io/managed-by!=dittofs-operator"
