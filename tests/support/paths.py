@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -11,3 +12,9 @@ SAMPLES = ROOT / "config" / "samples"
 # Stand-in CRDs of the Percona operator (its objects are played by the tests).
 PERCONA_CRD = ROOT / "tests" / "integration" / "crds" / "perconapgclusters.yaml"
 PERCONA_BACKUP_CRD = ROOT / "tests" / "integration" / "crds" / "perconapgbackups.yaml"
+
+
+def packages() -> list[str]:
+    """The operator's top-level packages, as pyproject gives them to the wheel (and so to the image)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return [pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]]

@@ -22,10 +22,10 @@ import yaml
 from dittoctl.api import kinds as api_kinds
 from dittoctl.cli import parser
 from reconciler.owned import CHILDREN, OBSERVED
+from tests.support.paths import ROOT, packages
 from tests.testbed.paths import ensure_binaries
 from webhook.server import MATCH_CONDITIONS
 
-ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "config" / "chart"
 CRD = ROOT / "config" / "crd" / "dittoservers.yaml"
 CHART_CRD = CHART / "files" / "dittoservers.yaml"
@@ -496,8 +496,7 @@ def test_dockerfile_shape() -> None:
     assert re.search(r"(?m)^USER 65532:65532$", final)
     assert '\nENTRYPOINT ["dittoctl"]\n' in final and '\nCMD ["run"]\n' in final
     # Every package the wheel needs is copied into the build context (pyproject's package list).
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    for package in {p.rstrip("*") for p in include}:
+    for package in packages():
         assert re.search(rf"(?m)^COPY {package}/ {package}/$", builder), f"{package}/ is not copied"
         assert f"!{package}/" in (ROOT / ".dockerignore").read_text()
 
