@@ -46,11 +46,17 @@ class FakeRecorder:
         return True
 
 
+def pair_files(directory: Path, cert_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
+    """A serving pair as a mounted kubernetes.io/tls Secret holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(cert_pem)
+    (directory / "tls.key").write_bytes(key_pem)
+    return directory / "tls.crt", directory / "tls.key"
+
+
 def write_pair(directory: Path, ca: KeyPair, *names: str) -> KeyPair:
     leaf = new_leaf(ca, list(names) or ["localhost"], ["127.0.0.1"])
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tls.crt").write_bytes(leaf.cert_pem)
-    (directory / "tls.key").write_bytes(leaf.key_pem)
+    pair_files(directory, leaf.cert_pem, leaf.key_pem)
     return leaf
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from certs.selfsigned import KeyPair, new_ca, new_leaf
 from certs.source import CertificateSource, load_pair
 from dittoctl.api.models import API_VERSION
+from tests.support.admission import client_context, pair_files
 from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
 
 BODY = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
@@ -33,17 +34,11 @@ def leaf_for(ca: KeyPair) -> KeyPair:
 
 
 def install(directory: Path, pair: KeyPair) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tls.crt").write_bytes(pair.cert_pem)
-    (directory / "tls.key").write_bytes(pair.key_pem)
+    pair_files(directory, pair.cert_pem, pair.key_pem)
 
 
 def serial(pem: bytes) -> int:
     return x509.load_pem_x509_certificate(pem).serial_number
-
-
-def trusting(*cas: KeyPair) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata="".join(ca.cert_pem.decode() for ca in cas))
 
 
 async def served_serial(port: int, ctx: ssl.SSLContext) -> int:
@@ -72,13 +67,6 @@ async def server(tmp_path: Path) -> AsyncIterator[WebhookServer]:
 
 
 # -- pair validation ------------------------------------------------------------------------------------------
-def pair_files(directory: Path, cert_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tls.crt").write_bytes(cert_pem)
-    (directory / "tls.key").write_bytes(key_pem)
-    return directory / "tls.crt", directory / "tls.key"
-
-
 def test_load_pair_describes_what_a_client_sees(tmp_path: Path) -> None:
     ca = new_ca()
     a = leaf_for(ca)
@@ -168,7 +156,7 @@ async def test_rotation_under_load_drops_no_request(tmp_path: Path, server: Webh
         if server.ready:
             break
         await asyncio.sleep(0.02)
-    ctx = trusting(ca1, ca2)
+    ctx = client_context(ca1, ca2)
     seen: list[int] = []
     failures: list[BaseException] = []
     stop = asyncio.Event()
@@ -207,7 +195,7 @@ async def test_keep_alive_connections_survive_a_rotation(tmp_path: Path, server:
         await asyncio.sleep(0.02)
     url = f"https://127.0.0.1:{server.port}{WEBHOOK_PATH}"
     headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting(ca), limit=1)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(ca), limit=1)) as session:
         deadline = time.monotonic() + 1.0
         rotated = False
         while time.monotonic() < deadline:

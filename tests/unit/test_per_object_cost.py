@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from certs.selfsigned import new_ca, new_leaf
+from certs.selfsigned import new_ca
 from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION, INSTANCE_LABEL
@@ -37,6 +37,7 @@ from reconciler.specs import Desired
 from reconciler.specs.hashing import manifest_hash
 from reconciler.status import pod_problems, statefulset_news
 from reconciler.watch import PAGE
+from tests.support.admission import write_pair
 
 
 def test_a_stamp_is_taken_once_and_a_second_stamp_changes_nothing() -> None:
@@ -162,9 +163,7 @@ async def test_an_idle_api_connection_is_closed_soon(tmp_path: Path, monkeypatch
     """A settled operator holds no pooled connection (256 KiB of TLS buffer each) for long after a burst."""
     monkeypatch.setattr(gateway, "IDLE_CONNECTION_SECONDS", 0.3)
     ca = new_ca()
-    leaf = new_leaf(ca, ["localhost"], ["127.0.0.1"])
-    (tmp_path / "tls.crt").write_bytes(leaf.cert_pem)
-    (tmp_path / "tls.key").write_bytes(leaf.key_pem)
+    write_pair(tmp_path, ca)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
     served: list[bytes] = []
