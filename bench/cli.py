@@ -414,10 +414,15 @@ async def loaded_restarts(run: Run) -> None:
     await asyncio.sleep(10.0)
     writes = len(tb.audit_events(user=tb.operator_user, since_line=mark))
     rss_restarted = op.status_kib()["VmRSS"] / 1024
-    run.log(f"RSS 10 s after a restart with {run.population} DittoServers: {rss_restarted:.1f} MiB")
+    # What the last start read (its counters began with it): each request's response is memory touched.
+    reads = {k.split()[1]: int(v) for k, v in reconciler.reconcile_stats(op.metrics()).items()
+             if k.startswith("requests ")}
+    run.log(f"RSS 10 s after a restart with {run.population} DittoServers: {rss_restarted:.1f} MiB "
+            f"(its requests: {reads})")
     for fig in run.figures:
         if fig.name == "operator_rss":
             fig.details["rss_10s_after_a_restart_at_population_mib"] = round(rss_restarted, 1)
+            fig.details["requests_of_that_start_by_method"] = reads
             fig.details.setdefault("notes", []).append(
                 f"{rss_restarted:.0f} MiB 10 s after a restart with {run.population} DittoServers "
                 "(steady state without the creation burst)")
