@@ -14,7 +14,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -39,6 +39,12 @@ from reconciler.watch import Watch
 log = logging.getLogger("dittofs.handlers")
 PRIME_RELIST_SECONDS = 10.0
 TRIM_SECONDS = 2.0  # a settled operator's check is a counter comparison; a trim follows work within 2 s
+
+
+# Whether a pass could read anything new from a child's update (old, new, the server's pods), for the kinds
+# whose updates are mostly status a pass does not derive anything from; any other kind's update is news.
+News = Callable[[Mapping[str, Any] | None, Mapping[str, Any], Sequence[Mapping[str, Any]]], bool]
+CHILD_NEWS: Mapping[Kind, News] = {STATEFULSETS: statefulset_news}
 
 
 def watch_streams(namespaces: list[str] | None) -> int:
@@ -253,7 +259,8 @@ class Controller:
         elif _echo(self.cache.child_version(kind, *key), body):
             return  # the watch echoing our own write (already cached from its response)
         else:
-            news = kind is not STATEFULSETS or not instance or statefulset_news(
+            predicate = CHILD_NEWS.get(kind)
+            news = predicate is None or not instance or predicate(
                 self.cache.child(kind, *key), body, self.cache.pods_of(key[0], instance))
             self.cache.put_child(kind, body)
             if not news:
