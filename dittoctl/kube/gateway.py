@@ -140,7 +140,8 @@ async def _own_session(api: k8s.ApiClient, streams: int) -> None:
 
 
 def _tls_context(configuration: k8s.Configuration) -> ssl.SSLContext:
-    """The TLS settings kubernetes_asyncio's REST client derives from a configuration (rest.py), unchanged."""
+    """The TLS settings kubernetes_asyncio's REST client derives from a configuration (rest.py), unchanged
+    (a unit test compares the two contexts, so an upgrade that changes them fails there)."""
     context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
     if configuration.cert_file:
         context.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)

@@ -12,10 +12,13 @@ import ssl
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import kopf
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.rest import RESTClientObject
 
 from certs.selfsigned import new_ca
 from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
@@ -190,6 +193,37 @@ async def test_an_idle_api_connection_is_closed_soon(tmp_path: Path, monkeypatch
     finally:
         await api.close()
         server.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("strict", [True, False])
+async def test_the_own_session_trusts_exactly_what_kubernetes_asyncio_would(tmp_path: Path, verify: bool,
+                                                                         strict: bool) -> None:
+    """The gateway rebuilds the TLS context kubernetes_asyncio derives from a kubeconfig (aiohttp cannot
+    change the keep-alive of the connector it already made): the two must not drift apart on an upgrade."""
+    ca = new_ca()
+    write_pair(tmp_path, ca, "client")
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    configuration = k8s.Configuration()
+    configuration.host = "https://127.0.0.1:6443"
+    configuration.ssl_ca_cert = str(tmp_path / "ca.crt")
+    configuration.cert_file, configuration.key_file = str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")
+    configuration.verify_ssl = verify
+    configuration.disable_strict_ssl_verification = not strict
+    rest = RESTClientObject(configuration)
+    try:
+        connector = rest.pool_manager.connector
+        assert isinstance(connector, aiohttp.TCPConnector) and isinstance(connector._ssl, ssl.SSLContext)
+        theirs = connector._ssl
+
+        def described(context: ssl.SSLContext) -> tuple[Any, ...]:
+            return (context.verify_mode, context.check_hostname, context.verify_flags, context.options,
+                    context.minimum_version, context.cert_store_stats(), context.get_ca_certs())
+
+        assert described(gateway._tls_context(configuration)) == described(theirs)
+    finally:
+        await rest.close()
 
 
 @pytest.mark.parametrize("namespaces", [None, ["a"], ["a", "b", "c"]])
