@@ -55,8 +55,9 @@ class Watch:
         self.listing = listing
         self.label_selector = label_selector
         self.kept_labels = kept_labels
-        self.after = after
         """What a vanished object is reported with (its own labels are gone with it)."""
+        self.after = after
+        """Listing waits for this (None: lists at once)."""
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.started = asyncio.Event()
         """Every namespace listed (or, without listing, its current version taken)."""
