@@ -95,7 +95,7 @@ EXPERIMENTS = (
 FIGURES = {fig: exp.name for exp in EXPERIMENTS for fig, _, _ in exp.figures}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", action="append", default=[], metavar="NAME",
@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="before each experiment wait up to this many seconds for other workloads on the machine "
                         "to calm down (default 45; 0 = never wait)")
     p.add_argument("--quiet-threshold", type=float, default=25.0,
-                   help="foreign CPU (% of one core) below which the machine counts as quiet (default 25)")
+                   help="foreign CPU (%% of one core) below which the machine counts as quiet (default 25)")
     p.add_argument("--kcm-qps", type=float, default=None,
                    help="diagnostic: run the kube-controller-manager with this --kube-api-qps (default: the test "
                         "bed's own flags; the effective limit is read from the KCM's command line)")
@@ -138,7 +138,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the test bed's work dir (logs, audit log)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: only on "
                    "errors; the figures are targets, not assertions)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def select(only: list[str]) -> list[Experiment]:
