@@ -84,7 +84,9 @@ class Health:
 
     def readiness_problems(self) -> list[str]:
         problems = ["shutting down"] if self.stopping else []
-        if self.controller is not None and not (self.kopf_ready.is_set() and self.controller.primed.is_set()):
+        if self.controller is not None and self.controller.missing is not None:
+            problems.append(self.controller.missing)
+        elif self.controller is not None and not (self.kopf_ready.is_set() and self.controller.primed.is_set()):
             problems.append("watch caches not warm yet (first listing pending)")
         if self.webhook is not None and not self.webhook.ready:
             problems.append("webhook not serving (no valid certificate loaded)")
@@ -207,16 +209,19 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             metrics.LEADER.labels(settings.lease_name).set(1)
         from reconciler.leader import own_identity
 
-        ready_flag: asyncio.Event = health.kopf_ready
-        health.kopf_task = asyncio.create_task(kopf.operator(
-            registry=registry,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            standalone=True,
-            # Unnamed, kopf calls getpass.getuser(), which fails for a uid without a passwd entry (our image).
-            identity=own_identity(),  # type: ignore[arg-type]  # kopf's Identity: a NewType of str, not exported
-            ready_flag=ready_flag,
-        ), name="kopf")
+        async def kopf_once_served(served: asyncio.Event) -> None:
+            await served.wait()  # kopf never looks for a resource again that it did not find at its start
+            await kopf.operator(
+                registry=registry,
+                clusterwide=not settings.namespaces,
+                namespaces=settings.namespaces,
+                standalone=True,
+                # Unnamed, kopf calls getpass.getuser(), which fails for a uid without a passwd entry (our image).
+                identity=own_identity(),  # type: ignore[arg-type]  # kopf's Identity: a NewType of str, not exported
+                ready_flag=health.kopf_ready,
+            )
+
+        health.kopf_task = asyncio.create_task(kopf_once_served(controller.crd_served), name="kopf")
         tasks.append(health.kopf_task)
     if controller is not None:
         tasks.append(asyncio.create_task(_reclaim_signals(health.kopf_ready, stop), name="reclaim-signals"))

@@ -38,6 +38,10 @@ from reconciler.watch import Watch
 
 log = logging.getLogger("dittofs.handlers")
 PRIME_RELIST_SECONDS = 10.0
+SERVED_POLL_MAX = 5.0  # seconds between discovery checks while the DittoServer CRD is missing
+CRD_MISSING = (f"the DittoServer CRD ({DITTOSERVERS.plural}.{DITTOSERVERS.group}, version {DITTOSERVERS.version}) "
+               "is not served: install it with `dittoctl crd | kubectl apply -f -` (the Helm chart installs it "
+               "from its crds/ directory); the operator starts watching as soon as it is served")
 TRIM_SECONDS = 2.0  # a settled operator's check is a counter comparison; a trim follows work within 2 s
 
 
@@ -95,6 +99,8 @@ class Controller:
         ]
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.primed = asyncio.Event()  # every watch listed, and kopf has delivered every listed DittoServer
+        self.crd_served = asyncio.Event()  # kopf may start: it resolves the DittoServer resource only once
+        self.missing: str | None = None  # why the DittoServer API cannot be watched yet, for /readyz
         self._seen: set[Key] | None = set()  # DittoServers kopf delivered
         self._pending: set[Key] | None = None  # listed, not delivered yet
         self._caught_up = asyncio.Event()
@@ -131,7 +137,8 @@ class Controller:
         """Drift timer and Secret watch: run on every replica (caches stay warm for a fast failover)."""
         self.queue.start()
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._drift(), name="drift-timer"),
+            self._tasks = [asyncio.create_task(self._until_served(), name="crd-served"),
+                           asyncio.create_task(self._drift(), name="drift-timer"),
                            asyncio.create_task(self._release_memory(), name="release-memory"),
                            *(asyncio.create_task(w.run(), name=f"{w.kind.plural}-watch") for w in self.watches),
                            asyncio.create_task(self._prime(), name="cache-prime")]
@@ -155,6 +162,28 @@ class Controller:
         """(plural, seconds silent) of every stream that has gone quiet for too long."""
         return [(w.kind.plural, silent) for w in self.watches if (silent := w.stale_for()) is not None]
 
+    async def _until_served(self) -> None:
+        """kopf resolves the DittoServer resource once, when it starts (its scanning is off: no cluster-wide CRD
+        watch, and no RBAC for one). Started before the CRD, the process turned ready and never watched a
+        DittoServer. So kopf and the first listing wait until discovery serves the CRD, and until then
+        readiness says what is missing and how to fix it."""
+        delay = 0.5
+        while True:
+            try:
+                if await self.gateway.served(DITTOSERVERS):
+                    break
+                if self.missing is None:
+                    log.error(CRD_MISSING)
+                self.missing = CRD_MISSING
+            except Exception as exc:
+                log.warning("discovery failed; retrying", extra=fields(error=f"{type(exc).__name__}: {exc}"[:200]))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SERVED_POLL_MAX)
+        if self.missing is not None:
+            log.info("DittoServer CRD served; starting to watch")
+        self.missing = None
+        self.crd_served.set()
+
     async def _prime(self) -> None:
         """Readiness means "caches warm": every watch of ours has delivered its first listing, and kopf has
         delivered every DittoServer that exists (its ready flag rises before its watcher has listed
@@ -162,6 +191,7 @@ class Controller:
         its events), so their names are listed and waited for. One deleted before kopf delivered it would be
         waited for forever, so a listing that is not caught up within ``PRIME_RELIST_SECONDS`` is taken
         again."""
+        await self.crd_served.wait()
         backoff = 0.5
         while True:
             try:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OperatorProcess
-from tests.support.paths import CHART, ROOT
+from tests.support.paths import CHART, CRD, ROOT
 from tests.support.poll import eventually
 from tests.testbed.node import RealNode
 
@@ -114,3 +114,39 @@ def test_a_misspelled_field_is_rejected_as_the_troubleshooting_guide_says(crd: A
     proc = crd.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
     assert proc.returncode != 0 and claimed.group(1) in proc.stderr, proc.stderr
     assert crd.kubectl("get", "dittoserver", "typo", "-n", namespace, check=False).returncode != 0
+
+
+def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_installed(tmp_path: Any) -> None:
+    """kopf resolves its resources once, when it starts. An operator that started first (a GitOps sync, a
+    `kubectl apply -f` of a whole directory) used to turn ready and never watch a DittoServer. This needs a
+    control plane without the CRD, so it starts its own."""
+    from tests.testbed import Testbed, ensure_binaries
+
+    bed = Testbed(binaries=ensure_binaries())
+    bed.start()
+    proc = OperatorProcess(str(bed.operator_kubeconfig), tmp_path, extra=["--no-webhook", "--log-level", "INFO"])
+    try:
+        proc.start(wait=False)
+        problems = eventually(lambda: [p for p in proc.readiness() or [] if "CRD" in p] or None, timeout=30,
+                              what="/readyz naming the missing CRD")
+        assert "dittoservers.dittofs.dittofs.com" in problems[0], problems
+        assert "dittoctl crd | kubectl apply -f -" in problems[0], problems
+        assert "dittoctl crd | kubectl apply -f -" in proc.log_text()
+        assert not proc.ready()
+
+        bed.kubectl("apply", "--server-side", "-f", str(CRD))
+        bed.wait_crd("dittoservers.dittofs.dittofs.com")
+        eventually(proc.ready, timeout=30, what=f"readiness once the CRD is served (log {proc.log_path})")
+        bed.create_namespace("late")
+        apply_server(bed, "late")
+
+        def reconciled() -> dict[str, Any] | None:
+            obj = server(bed, "late")
+            return obj if (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"] else None
+
+        obj = eventually(reconciled, timeout=60, what=f"a reconciled DittoServer (log {proc.log_path})")
+        assert "dittofs.dittofs.com/finalizer" in obj["metadata"]["finalizers"]
+        assert bed.kubectl("get", "statefulset", "demo", "-n", "late", check=False).returncode == 0
+    finally:
+        proc.stop()
+        bed.stop()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,7 +36,8 @@ class OperatorProcess:
         self.log_path = workdir / f"operator-{self.health_port}.log"
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        """``wait``: until /readyz answers 200."""
         self.starts += 1
         # Out of the cluster the operator reaches a server by its pod IP, and only on the real node's bridge
         # (kwok pods have blackholed IPs: never dialled).
@@ -46,16 +49,25 @@ class OperatorProcess:
         self.proc = subprocess.Popen(args, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      preexec_fn=die_with_parent())
         log.close()
-        eventually(self.ready, timeout=60, what=f"operator readiness (log {self.log_path})")
+        if wait:
+            eventually(self.ready, timeout=60, what=f"operator readiness (log {self.log_path})")
 
     def ready(self) -> bool:
+        return self.readiness() == []
+
+    def readiness(self) -> list[str] | None:
+        """What /readyz says is missing ([] when ready); None while it does not answer."""
         if self.proc is None or self.proc.poll() is not None:
             raise AssertionError(f"operator exited: {self.log_tail()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=2) as resp:
-                return bool(resp.status == 200)
+                body = resp.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
         except OSError:
-            return False
+            return None
+        problems: list[str] = json.loads(body)["problems"]
+        return problems
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as resp:
