@@ -22,11 +22,12 @@ from bench.admission import set_webhook
 from bench.floor import children
 from bench.kube import Kube, Watch, bounded_gather
 from bench.machine import process_cpu
-from bench.objects import dittoserver, object_path, servers_path
+from bench.objects import PLURAL, VERSION, dittoserver, object_path, servers_path
 from bench.process import Operator
 from bench.reconciler import log
 from bench.report import Check, Figure
 from dittoctl.api.conditions import ConditionType
+from dittoctl.api.crd import build_crd
 from dittoctl.api.naming import MANAGED_BY_LABEL, MANAGER
 from tests.testbed import Testbed
 
@@ -36,6 +37,32 @@ ADMITTED = "DittoServer create, through the webhook"
 CONTRACT = {  # the operator's writes per server beyond its children, and how often each is made in a create
     ADMITTED: 1, "DittoServer finalizer patch": 1, "DittoServer status patch": 2,
     "Secret create": 2, "Event create": 1}
+# The DittoServer writes again, against a copy of the CRD without the schema's defaults (SPEC §3 asks for them):
+# how much of each DittoServer write is the apiserver applying and carrying those defaults.
+UNDEFAULTED_GROUP = "undefaulted.bench.dittofs.com"
+UNDEFAULTED = " (CRD without schema defaults)"
+SERVER_WRITES = ("DittoServer create, no webhook", "DittoServer finalizer patch", "DittoServer status patch (1)",
+                 "DittoServer status patch (2)")
+
+
+def without_defaults(schema: Any) -> Any:
+    """``schema`` with every ``default`` dropped (a property named "default" stays)."""
+    if isinstance(schema, list):
+        return [without_defaults(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {key: ({name: without_defaults(sub) for name, sub in value.items()} if key == "properties"
+                  else without_defaults(value)) for key, value in schema.items() if key != "default"}
+
+
+def undefaulted_crd() -> dict[str, Any]:
+    """The DittoServer CRD without its schema defaults, in a group of its own so both can be served at once."""
+    crd = build_crd()
+    crd["metadata"] = {"name": f"{PLURAL}.{UNDEFAULTED_GROUP}"}
+    crd["spec"]["group"] = UNDEFAULTED_GROUP
+    for version in crd["spec"]["versions"]:
+        version["schema"] = without_defaults(version["schema"])
+    return crd
 
 
 def _status(round_: int) -> dict[str, Any]:
@@ -58,6 +85,8 @@ class Split:
     """The same for each of the operator's writes beyond the children."""
     watch_event: float
     """ms per watch event delivered to one more stream (0 when below the meter's resolution)."""
+    defaults: float | None
+    """ms per server that the CRD's schema defaults add to the DittoServer writes (None: not measured)."""
 
 
 def per_server_costs(per_request: dict[str, dict[str, float]], per_server: dict[str, float]) -> Split:
@@ -70,7 +99,11 @@ def per_server_costs(per_request: dict[str, dict[str, float]], per_server: dict[
                 for label, times in CONTRACT.items()}
     floor = {label: round(count * total(f"{label} apply"), 1) for label, count in per_server.items()}
     event = (total(f"ConfigMap apply, {WATCHERS} watchers") - total("ConfigMap apply, no watcher")) / WATCHERS
-    return Split(floor, contract, round(max(0.0, event), 3))
+    defaults = None
+    if all(label + UNDEFAULTED in per_request for label in SERVER_WRITES):
+        # A server's create makes each of these once (the two status patches are its first and its Ready one).
+        defaults = round(sum(total(label) - total(label + UNDEFAULTED) for label in SERVER_WRITES), 1)
+    return Split(floor, contract, round(max(0.0, event), 3), defaults)
 
 
 class _Meter:
@@ -162,6 +195,15 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         for round_ in (1, 2):
             await measure(f"DittoServer status patch ({round_})", [
                 partial(patch, f"{base}/{n}/status", _status(round_)) for n in names])
+        bare = await _serve_undefaulted(kube, namespace)
+        await measure(SERVER_WRITES[0] + UNDEFAULTED, [partial(kube.call, "POST", bare, {
+            **dittoserver(n, namespace), "apiVersion": f"{UNDEFAULTED_GROUP}/{VERSION}"}) for n in names])
+        await measure(SERVER_WRITES[1] + UNDEFAULTED, [
+            partial(patch, f"{bare}/{n}", {"metadata": {"finalizers": ["dittofs.dittofs.com/finalizer"]}})
+            for n in names])
+        for round_ in (1, 2):
+            await measure(SERVER_WRITES[1 + round_] + UNDEFAULTED, [
+                partial(patch, f"{bare}/{n}/status", _status(round_)) for n in names])
         await measure("Secret create", [partial(
             kube.call, "POST", f"/api/v1/namespaces/{namespace}/secrets",
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{n}-jwt"},
@@ -208,9 +250,11 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
             for w in watches:
                 await w.stop()
     finally:
+        bare = f"/apis/{UNDEFAULTED_GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
         await bounded_gather(concurrency, [partial(
-            kube.call, "PATCH", f"{base}/{n}", {"metadata": {"finalizers": None}}, ok=(404,),
-            content_type="application/merge-patch+json") for n in names])
+            kube.call, "PATCH", f"{path}/{n}", {"metadata": {"finalizers": None}}, ok=(404,),
+            content_type="application/merge-patch+json") for path in (base, bare) for n in names])
+        await kube.call("DELETE", f"{CRDS}/{PLURAL}.{UNDEFAULTED_GROUP}", ok=(404,))
         if not await kube.delete_namespace(namespace, 120.0):
             log(f"apicost: namespace {namespace} still terminating after 120s")
         await kube.create_namespace(namespace)  # empty: where the webhook's registration is probed
@@ -221,6 +265,22 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
                   method=f"{count} requests per kind, {concurrency} in flight, admin client, operator stopped, "
                          "webhook unregistered; CPU of kube-apiserver + etcd + kube-controller-manager from /proc, "
                          "net of their idle rate; per server = per request x how often a create makes it")
+
+
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+async def _serve_undefaulted(kube: Kube, namespace: str, timeout: float = 60.0) -> str:
+    """Installs `undefaulted_crd` and returns its DittoServers' path in ``namespace`` once a list answers (a
+    new CRD's storage answers 429 for a moment after discovery serves it)."""
+    await kube.call("POST", CRDS, undefaulted_crd(), ok=(409,))
+    path = f"/apis/{UNDEFAULTED_GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    deadline = time.perf_counter() + timeout
+    while (await kube.request("GET", path))[0] != 200:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{UNDEFAULTED_GROUP} not served after {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+    return path
 
 
 def report(costs: dict[str, dict[str, float]], per_server: dict[str, float], errors: list[str],
@@ -234,13 +294,15 @@ def report(costs: dict[str, dict[str, float]], per_server: dict[str, float], err
         [Check("the contract's writes per server", round(contract_ms, 1), ">=", 0.1, "ms CPU"),
          Check("failed requests", len(errors), "==", 0, "requests")],
         f"children {floor_ms:.0f} ms, contract writes {contract_ms:.0f} ms of control-plane CPU per server "
-        f"(+{100 * contract_ms / floor_ms:.0f} %); a watch event delivered {split.watch_event:.2f} ms" if floor_ms else
-        "no floor writes measured",
+        f"(+{100 * contract_ms / floor_ms:.0f} %); a watch event delivered {split.watch_event:.2f} ms"
+        + (f"; the CRD's schema defaults are {split.defaults:.0f} ms of the DittoServer's writes"
+           if split.defaults is not None else "") if floor_ms else "no floor writes measured",
         details={
             "per_request_ms": costs,
             "floor_children_per_server_ms": split.floor,
             "contract_writes_per_server_ms": split.contract,
             "per_watch_event_delivered_ms": split.watch_event,
+            "schema_defaults_per_server_ms": split.defaults,
             "idle_cpu_ms_per_s": {n: round(v * 1000, 1) for n, v in idle_per_s.items()},
             "errors": errors[:5],
             "method": method,

@@ -3,9 +3,20 @@ bench/cli.py): plain data, no control plane."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
-from bench.apicost import WATCHERS, per_server_costs, report
+from bench.apicost import (
+    SERVER_WRITES,
+    UNDEFAULTED,
+    WATCHERS,
+    per_server_costs,
+    report,
+    undefaulted_crd,
+    without_defaults,
+)
 from bench.cli import _decompose
 from bench.report import Check, Figure
 
@@ -42,6 +53,35 @@ def test_the_figure_passes_on_a_measurement_and_fails_on_an_empty_meter() -> Non
 def test_a_watch_event_below_the_meters_resolution_reads_zero_not_negative() -> None:
     per_request = {"ConfigMap apply, no watcher": _ms(2.1), f"ConfigMap apply, {WATCHERS} watchers": _ms(1.3)}
     assert per_server_costs(per_request, {}).watch_event == 0.0
+
+
+def test_what_the_schema_defaults_cost_is_the_server_writes_against_the_crd_without_them() -> None:
+    per_request = {label: _ms(6.0, 1.0) for label in SERVER_WRITES}
+    assert per_server_costs(per_request, {}).defaults is None  # not measured, not zero
+    per_request |= {label + UNDEFAULTED: _ms(3.0, 0.5) for label in SERVER_WRITES}
+    assert per_server_costs(per_request, {}).defaults == 4 * 3.5
+    figure = report(per_request | {"ConfigMap apply": _ms(2.0)}, {"ConfigMap": 1.0}, [], {}, method="m")
+    assert "the CRD's schema defaults are 14 ms of the DittoServer's writes" in figure.measured_text
+
+
+def test_the_undefaulted_crd_differs_from_ours_only_in_its_group_and_defaults() -> None:
+    from dittoctl.api.crd import build_crd
+
+    ours, bare = build_crd(), undefaulted_crd()
+    assert bare["spec"]["group"] != ours["spec"]["group"]
+    assert bare["metadata"]["name"] == f"dittoservers.{bare['spec']['group']}"
+    text, bare_text = json.dumps(ours), json.dumps(bare)
+    assert '"default":' in text and '"default":' not in bare_text
+
+    def strip(node: Any) -> Any:  # naive: no property of ours is named "default"
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "default"}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    assert [v["schema"] for v in bare["spec"]["versions"]] == [strip(v["schema"]) for v in ours["spec"]["versions"]]
+    assert bare["spec"]["names"] == ours["spec"]["names"]
+    field = {"type": "object", "properties": {"default": {"type": "string", "default": "x"}}, "default": {}}
+    assert without_defaults(field) == {"type": "object", "properties": {"default": {"type": "string"}}}
 
 
 def _figure(name: str, value: float, **details: object) -> Figure:
