@@ -74,7 +74,11 @@ class Watch:
         await asyncio.gather(*(self._run(namespace) for namespace in self.namespaces))
 
     def stale_for(self) -> float | None:
-        """Seconds of silence beyond STALE_SECONDS, or None while the stream is alive."""
+        """Seconds of silence beyond STALE_SECONDS, or None while the stream is alive. Waiting for ``after`` is
+        not silence: what it waits for (the DittoServer CRD, kopf's first delivery) is readiness's to report,
+        and a restart would not bring it sooner."""
+        if self.after is not None and not self.after.is_set():
+            return None
         silent = time.monotonic() - self.last_activity
         return silent if silent > STALE_SECONDS else None
 

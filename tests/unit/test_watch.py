@@ -11,7 +11,7 @@ from dittoctl.api.kinds import SECRETS, STATEFULSETS, Kind
 from dittoctl.api.naming import selector_string
 from dittoctl.kube.gateway import Gateway
 from reconciler.owned import SELECTOR
-from reconciler.watch import PAGE, Watch
+from reconciler.watch import PAGE, STALE_SECONDS, Watch
 
 
 def obj(name: str, version: str, instance: str = "demo") -> dict[str, Any]:
@@ -114,6 +114,17 @@ async def test_a_watch_with_a_prerequisite_lists_only_once_it_is_met() -> None:
         task.cancel()
 
 
-def test_the_operators_secrets_and_all_others_are_two_disjoint_streams() -> None:
+def test_waiting_for_a_prerequisite_is_not_silence_but_silence_after_it_is() -> None:
+    known = asyncio.Event()
+    watch = Watch(cast(Gateway, Script([], [])), SECRETS, lambda _type, o: None, after=known)
+    watch.last_activity -= STALE_SECONDS + 60  # constructed long ago: the CRD was missing all along
+    assert watch.stale_for() is None
+    known.set()
+    silent = watch.stale_for()
+    assert silent is not None and silent > STALE_SECONDS
+    assert Watch(cast(Gateway, Script([], [])), SECRETS, lambda _type, o: None).stale_for() is None
+
+
+def test_the_two_secret_streams_select_a_label_and_its_complement() -> None:
     assert selector_string(SELECTOR) == "app.kubernetes.io/managed-by=dittofs-operator"
     assert selector_string(SELECTOR, negated=True) == "app.kubernetes.io/managed-by!=dittofs-operator"
