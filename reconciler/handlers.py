@@ -85,7 +85,7 @@ class Controller:
         # does not GET two per server (659 GETs in 2 s at 300 servers, whose peak fragmented the heap for
         # good). A listed Secret no cached DittoServer references is dropped, so the listing waits for them.
         # Every other Secret in the cluster is only streamed from now on.
-        self.secret_watches = [
+        secret_watches = [
             Watch(gateway, SECRETS, self.on_secret, namespaces=namespaces, label_selector=selector,
                   after=self.servers_known),
             Watch(gateway, SECRETS, self.on_secret, namespaces=namespaces, listing=False,
@@ -95,7 +95,7 @@ class Controller:
             *(Watch(gateway, kind, functools.partial(self.on_child, kind), namespaces=namespaces,
                     label_selector=selector) for kind in WATCHED_CHILDREN),
             Watch(gateway, PODS, self.on_pod, namespaces=namespaces, label_selector=selector),
-            *self.secret_watches,
+            *secret_watches,
         ]
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.primed = asyncio.Event()  # every watch listed, and kopf has delivered every listed DittoServer
