@@ -116,6 +116,7 @@ def statefulset_news(old: Mapping[str, Any] | None, new: Mapping[str, Any],
     if _identity(old) != _identity(new) or old.get("spec") != new.get("spec"):
         return True
     before, after = old.get("status") or {}, new.get("status") or {}
+    # The raw count as well: a stopped server's phase reads it (Pending while draining, then Stopped).
     return before.get("replicas") != after.get("replicas") or _sts_counts(old, pods) != _sts_counts(new, pods)
 
 
