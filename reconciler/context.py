@@ -7,6 +7,7 @@ is fresh, and the few I/O helpers every phase needs (observe a child, apply when
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -179,9 +180,10 @@ class Discovery:
     async def refresh(self) -> bool:
         """Asks again about every optional API; True when an answer changed."""
         before = dict(self.answers)
-        for kind in self.OPTIONAL:
-            with contextlib.suppress(ApiError):
-                await self._ask(kind)
+        results = await asyncio.gather(*(self._ask(kind) for kind in self.OPTIONAL), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ApiError):
+                raise result
         return self.answers != before
 
     async def serves(self, kind: Kind) -> bool:

@@ -21,11 +21,11 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import RESTClientObject
 
 from certs.selfsigned import new_ca
-from dittoctl.api.kinds import CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
+from dittoctl.api.kinds import CERTIFICATES, CONFIGMAPS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import APPLIED_ANNOTATION, INSTANCE_LABEL
 from dittoctl.kube import gateway
-from dittoctl.kube.gateway import REQUESTS, Gateway, load_client
+from dittoctl.kube.gateway import REQUESTS, ApiError, Gateway, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
 from dittoctl.kube.jsonbytes import dumps
 from dittoctl.main import KOPF_WORKER_IDLE, kopf_settings
@@ -104,6 +104,36 @@ async def test_discovery_trusts_a_no_for_a_while_and_a_yes_until_forgotten(monke
     api.answers[SERVICEMONITORS.plural] = False
     assert not await discovery.serves(SERVICEMONITORS)
     assert api.asked == 3, "a forgotten kind is asked again at once"
+
+
+@pytest.mark.asyncio
+async def test_a_refresh_asks_about_every_optional_kind_at_once_and_keeps_what_it_could_learn() -> None:
+    class Slow(_Served):
+        in_flight = peak = 0
+
+        async def served(self, kind: Kind) -> bool:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            await asyncio.sleep(0.01)
+            self.in_flight -= 1
+            if kind.plural == "certificates":
+                raise ApiError(503, "discovery unavailable")
+            return await super().served(kind)
+
+    api = Slow()
+    api.answers[SERVICEMONITORS.plural] = True
+    discovery = Discovery(api)  # type: ignore[arg-type]
+    assert await discovery.refresh()
+    assert api.peak == len(Discovery.OPTIONAL), "the start waits for one round trip, not one per kind"
+    assert discovery.answers[SERVICEMONITORS] is True and discovery.percona_served is False
+    assert discovery.answers[CERTIFICATES] is None, "an error leaves the answer unknown"
+
+    class Broken(_Served):
+        async def served(self, kind: Kind) -> bool:
+            raise RuntimeError("a bug, not an API answer")
+
+    with pytest.raises(RuntimeError):
+        await Discovery(Broken()).refresh()  # type: ignore[arg-type]
 
 
 def test_kopf_lists_in_pages_and_lets_idle_workers_go() -> None:
