@@ -84,8 +84,8 @@ class Health:
 
     def readiness_problems(self) -> list[str]:
         problems = ["shutting down"] if self.stopping else []
-        if self.controller is not None and self.controller.missing is not None:
-            problems.append(self.controller.missing)
+        if self.controller is not None and self.controller.waiting is not None:
+            problems.append(self.controller.waiting)
         elif self.controller is not None and not (self.kopf_ready.is_set() and self.controller.primed.is_set()):
             problems.append("watch caches not warm yet (first listing pending)")
         if self.webhook is not None and not self.webhook.ready:

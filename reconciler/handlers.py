@@ -100,7 +100,7 @@ class Controller:
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.primed = asyncio.Event()  # every watch listed, and kopf has delivered every listed DittoServer
         self.crd_served = asyncio.Event()  # kopf may start: it resolves the DittoServer resource only once
-        self.missing: str | None = None  # why the DittoServer API cannot be watched yet, for /readyz
+        self.waiting: str | None = None  # why the caches cannot be warm yet (the CRD, a failed listing), for /readyz
         self._seen: set[Key] | None = set()  # DittoServers kopf delivered
         self._pending: set[Key] | None = None  # listed, not delivered yet
         self._caught_up = asyncio.Event()
@@ -172,16 +172,16 @@ class Controller:
             try:
                 if await self.gateway.served(DITTOSERVERS):
                     break
-                if self.missing is None:
+                if self.waiting != CRD_MISSING:
                     log.error(CRD_MISSING)
-                self.missing = CRD_MISSING
+                self.waiting = CRD_MISSING
             except Exception as exc:
                 log.warning("discovery failed; retrying", extra=fields(error=f"{type(exc).__name__}: {exc}"[:200]))
             await asyncio.sleep(delay)
             delay = min(delay * 2, SERVED_POLL_MAX)
-        if self.missing is not None:
+        if self.waiting is not None:
             log.info("DittoServer CRD served; starting to watch")
-        self.missing = None
+        self.waiting = None
         self.crd_served.set()
 
     async def _prime(self) -> None:
@@ -198,10 +198,13 @@ class Controller:
                 listings = await asyncio.gather(*(self.gateway.list_keys(DITTOSERVERS, namespace)
                                                   for namespace in self.namespaces))
             except Exception as exc:
-                log.warning("first listing failed; retrying", extra=fields(error=f"{type(exc).__name__}: {exc}"[:200]))
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("first listing failed; retrying", extra=fields(error=error))
+                self.waiting = f"listing DittoServers failed (retrying): {error}"
                 backoff = min(backoff * 2, 30.0)
                 await asyncio.sleep(backoff)
                 continue
+            self.waiting = None
             self._pending = {key for keys in listings for key in keys} - (self._seen or set())
             self._caught_up.clear()
             if self._pending:

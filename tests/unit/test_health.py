@@ -27,6 +27,13 @@ async def test_ready_only_after_the_first_listing_and_kopf() -> None:
     assert health.readiness_problems() == []
 
 
+async def test_readiness_names_what_the_caches_wait_for() -> None:
+    ctl = controller()
+    health = Health(ctl, None)
+    ctl.waiting = "listing DittoServers failed (retrying): Forbidden: HTTP 403: cannot list dittoservers"
+    assert health.readiness_problems() == [ctl.waiting], "the cause, not only 'not warm yet'"
+
+
 async def test_liveness_fails_on_a_silent_watch_and_a_stopped_kopf() -> None:
     ctl = controller()
     health = Health(ctl, None)
@@ -35,6 +42,9 @@ async def test_liveness_fails_on_a_silent_watch_and_a_stopped_kopf() -> None:
                                                      "pods", "secrets"}
     for watch in ctl.watches:
         watch.last_activity = time.monotonic() - STALE_SECONDS - 5
+        if watch.after is not None:  # waiting for kopf's first delivery is not silence (test_watch.py)
+            assert health.liveness_problems() == []
+            watch.after.set()
         (problem,) = health.liveness_problems()
         assert problem.startswith(f"{watch.kind.plural} watch silent for ")
         watch.last_activity = time.monotonic()
