@@ -38,7 +38,7 @@ from reconciler.watch import Watch
 
 log = logging.getLogger("dittofs.handlers")
 PRIME_RELIST_SECONDS = 10.0
-SERVED_POLL_MAX = 5.0  # seconds between discovery checks while the DittoServer CRD is missing
+SERVED_POLL = (0.5, 5.0)  # seconds between discovery checks while the DittoServer CRD is missing: first, most
 CRD_MISSING = (f"the DittoServer CRD ({DITTOSERVERS.plural}.{DITTOSERVERS.group}, version {DITTOSERVERS.version}) "
                "is not served: install it with `dittoctl crd | kubectl apply -f -` (the Helm chart installs it "
                "from its crds/ directory); the operator starts watching as soon as it is served")
@@ -167,19 +167,22 @@ class Controller:
         watch, and no RBAC for one). Started before the CRD, the process turned ready and never watched a
         DittoServer. So kopf and the first listing wait until discovery serves the CRD, and until then
         readiness says what is missing and how to fix it."""
-        delay = 0.5
+        (delay, most), missed = SERVED_POLL, False
         while True:
             try:
                 if await self.gateway.served(DITTOSERVERS):
                     break
-                if self.waiting != CRD_MISSING:
+                if not missed:
                     log.error(CRD_MISSING)
+                missed = True
                 self.waiting = CRD_MISSING
             except Exception as exc:
-                log.warning("discovery failed; retrying", extra=fields(error=f"{type(exc).__name__}: {exc}"[:200]))
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("discovery failed; retrying", extra=fields(error=error))
+                self.waiting = f"discovery of the DittoServer API failed (retrying): {error}"
             await asyncio.sleep(delay)
-            delay = min(delay * 2, SERVED_POLL_MAX)
-        if self.waiting is not None:
+            delay = min(delay * 2, most)
+        if missed:
             log.info("DittoServer CRD served; starting to watch")
         self.waiting = None
         self.crd_served.set()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import cast
 
-from dittoctl.kube.gateway import Gateway
+import pytest
+
+from dittoctl.api.kinds import DITTOSERVERS, Kind
+from dittoctl.kube.gateway import ApiError, Gateway
 from dittoctl.main import Health
-from reconciler.handlers import Controller
+from reconciler.handlers import CRD_MISSING, Controller
 from reconciler.watch import STALE_SECONDS
 
 
@@ -55,3 +59,33 @@ async def test_liveness_fails_on_a_silent_watch_and_a_stopped_kopf() -> None:
     health.kopf_task = asyncio.create_task(finished())
     await health.kopf_task
     assert health.liveness_problems() == ["kopf (the watch streams) stopped"]
+
+
+async def test_the_caches_wait_for_the_crd_and_readiness_says_how_to_install_it(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    answers: list[bool | Exception] = [False, False, ApiError(0, "connection refused"), False, True]
+
+    class Discovery:
+        async def served(self, kind: Kind) -> bool:
+            assert kind is DITTOSERVERS
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr("reconciler.handlers.SERVED_POLL", (0.001, 0.002))
+    caplog.set_level(logging.INFO, logger="dittofs.handlers")
+    ctl = Controller(cast(Gateway, Discovery()))
+    health = Health(ctl, None)
+    seen: list[list[str]] = []
+    task = asyncio.create_task(ctl._until_served())
+    while not task.done():
+        seen.append(health.readiness_problems())
+        await asyncio.sleep(0)
+    await task
+    assert ctl.crd_served.is_set() and ctl.waiting is None and answers == []
+    assert [CRD_MISSING] in seen
+    assert any(p[0].startswith("discovery of the DittoServer API failed (retrying): ApiError") for p in seen if p)
+    assert "dittoctl crd | kubectl apply -f -" in CRD_MISSING and "dittoservers.dittofs.dittofs.com" in CRD_MISSING
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [CRD_MISSING], "said once"
+    assert "DittoServer CRD served; starting to watch" in caplog.text
