@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from dittoctl.api.kinds import DITTOSERVERS, EVENTS, PERCONAPGCLUSTERS, PODS, PVCS
+from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS, EVENTS, PERCONAPGCLUSTERS, PODS, PVCS
 from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
 
@@ -76,7 +76,9 @@ async def show(name: str, namespace: str, kubeconfig: str | None) -> int:
         try:
             server = await gateway.get(DITTOSERVERS, name, namespace)
         except NotFound:
-            print(f"DittoServer {namespace}/{name} not found", file=sys.stderr)
+            served = await gateway.served(DITTOSERVERS)
+            print(f"DittoServer {namespace}/{name} not found" if served else f"dittoctl status: {CRD_NOT_SERVED}",
+                  file=sys.stderr)
             return 1
         names = Names(name, namespace, str(server["metadata"].get("uid", "")))
         selector = names.selector_string()

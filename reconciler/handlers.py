@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import DITTOSERVERS, PODS, SECRETS, STATEFULSETS, Kind
+from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS, PODS, SECRETS, STATEFULSETS, Kind
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import INSTANCE_LABEL, Names, selector_string
 from dittoctl.api.secrets import watched_secrets
@@ -39,9 +39,7 @@ from reconciler.watch import Watch
 log = logging.getLogger("dittofs.handlers")
 PRIME_RELIST_SECONDS = 10.0
 SERVED_POLL = (0.5, 5.0)  # seconds between discovery checks while the DittoServer CRD is missing: first, most
-CRD_MISSING = (f"the DittoServer CRD ({DITTOSERVERS.plural}.{DITTOSERVERS.group}, version {DITTOSERVERS.version}) "
-               "is not served: install it with `dittoctl crd | kubectl apply -f -` (the Helm chart installs it "
-               "from its crds/ directory); the operator starts watching as soon as it is served")
+CRD_MISSING = f"{CRD_NOT_SERVED}; the operator starts watching as soon as it is served"
 TRIM_SECONDS = 2.0  # a settled operator's check is a counter comparison; a trim follows work within 2 s
 
 

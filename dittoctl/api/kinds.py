@@ -35,6 +35,9 @@ class Kind:
 
 
 DITTOSERVERS = Kind("dittofs.dittofs.com", "v1alpha1", "dittoservers", "DittoServer")
+CRD_NOT_SERVED = (f"the DittoServer CRD ({DITTOSERVERS.plural}.{DITTOSERVERS.group}, version "
+                  f"{DITTOSERVERS.version}) is not served: install it with `dittoctl crd | kubectl apply -f -` "
+                  "(the Helm chart installs it from its crds/ directory)")
 STATEFULSETS = Kind("apps", "v1", "statefulsets", "StatefulSet")
 SERVICES = Kind("", "v1", "services", "Service")
 CONFIGMAPS = Kind("", "v1", "configmaps", "ConfigMap")

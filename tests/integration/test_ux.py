@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -133,11 +134,18 @@ def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_insta
         assert "dittoctl crd | kubectl apply -f -" in problems[0], problems
         assert "dittoctl crd | kubectl apply -f -" in proc.log_text()
         assert not proc.ready()
+        status = subprocess.run([sys.executable, "-m", "dittoctl", "status", "demo", "-n", "default",
+                                 "--kubeconfig", str(bed.kubeconfig)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 1
+        assert "is not served: install it with `dittoctl crd | kubectl apply -f -`" in status.stderr, status.stderr
 
         bed.kubectl("apply", "--server-side", "-f", str(CRD))
         bed.wait_crd("dittoservers.dittofs.dittofs.com")
         eventually(proc.ready, timeout=30, what=f"readiness once the CRD is served (log {proc.log_path})")
         bed.create_namespace("late")
+        status = subprocess.run([sys.executable, "-m", "dittoctl", "status", "nope", "-n", "late",
+                                 "--kubeconfig", str(bed.kubeconfig)], capture_output=True, text=True, timeout=60)
+        assert (status.returncode, status.stderr.strip()) == (1, "DittoServer late/nope not found")
         apply_server(bed, "late")
 
         def reconciled() -> dict[str, Any] | None:
