@@ -88,6 +88,8 @@ class Health:
             problems.append(self.controller.waiting)
         elif self.controller is not None and not (self.kopf_ready.is_set() and self.controller.primed.is_set()):
             problems.append("watch caches not warm yet (first listing pending)")
+            problems.extend(f"{w.kind.plural} watch failing (retrying): {w.error}" for w in self.controller.watches
+                            if w.error is not None and not w.started.is_set())
         if self.webhook is not None and not self.webhook.ready:
             problems.append("webhook not serving (no valid certificate loaded)")
         return problems

@@ -63,6 +63,8 @@ class Watch:
         """Every namespace listed (or, without listing, its current version taken)."""
         self.last_activity = time.monotonic()
         """Last (re)connect, event, bookmark or stream end; liveness fails when it is older than STALE."""
+        self.error: str | None = None
+        """Why the last attempt failed, until a listing succeeds (readiness names it)."""
         self._pending = set(self.namespaces)
         # namespace -> key -> kept labels of every object delivered and not deleted (listing watches only)
         self._known: dict[str | None, dict[Key, tuple[tuple[str, str], ...]]] = {}
@@ -136,6 +138,7 @@ class Watch:
                 if version is None:
                     version = await self._list(namespace)
                     self._listed(namespace)
+                    self.error = None
                 self.last_activity = time.monotonic()
                 async for event in self.gw.watch(self.kind, version, timeout_seconds=WATCH_SECONDS,
                                                  namespace=namespace, label_selector=self.label_selector):
@@ -161,5 +164,6 @@ class Watch:
             except (ApiError, OSError, ValueError) as exc:
                 log.warning("%s watch interrupted; retrying", self.kind.plural,
                             extra=fields(kind=self.kind.kind, error=str(exc)[:200]))
+                self.error = f"{type(exc).__name__}: {exc}"[:300]
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)

@@ -34,6 +34,13 @@ async def test_ready_only_after_the_first_listing_and_kopf() -> None:
 async def test_readiness_names_what_the_caches_wait_for() -> None:
     ctl = controller()
     health = Health(ctl, None)
+    policies = next(w for w in ctl.watches if w.kind.plural == "networkpolicies")
+    policies.error = "Forbidden: HTTP 403: networkpolicies is forbidden"  # the ClusterRole lacks list/watch
+    assert health.readiness_problems() == ["watch caches not warm yet (first listing pending)",
+                                           "networkpolicies watch failing (retrying): Forbidden: HTTP 403: "
+                                           "networkpolicies is forbidden"]
+    policies.started.set()  # an error after the first listing (a dropped stream) is not readiness's concern
+    assert health.readiness_problems() == ["watch caches not warm yet (first listing pending)"]
     ctl.waiting = "listing DittoServers failed (retrying): Forbidden: HTTP 403: cannot list dittoservers"
     assert health.readiness_problems() == [ctl.waiting], "the cause, not only 'not warm yet'"
 

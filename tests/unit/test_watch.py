@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from dittoctl.api.kinds import SECRETS, STATEFULSETS, Kind
 from dittoctl.api.naming import selector_string
-from dittoctl.kube.gateway import Gateway
+from dittoctl.kube.gateway import ApiError, Gateway
 from reconciler.owned import SELECTOR
 from reconciler.watch import PAGE, STALE_SECONDS, Watch
 
@@ -110,6 +110,31 @@ async def test_a_watch_with_a_prerequisite_lists_only_once_it_is_met() -> None:
         assert watch.started.is_set()
         assert script.calls == [("list", ("managed=us", PAGE)), ("watch", "10")]
         assert seen == ["generated-a", "generated-b"]
+    finally:
+        task.cancel()
+
+
+async def test_a_failing_listing_is_kept_as_the_watchs_error_until_one_succeeds() -> None:
+    class Refused(Script):
+        refusals = 1
+
+        async def pages(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+                        limit: int = 500) -> AsyncIterator[dict[str, Any]]:
+            if self.refusals:
+                self.refusals -= 1
+                raise ApiError(403, "statefulsets.apps is forbidden")
+            async for page in super().pages(kind, namespace, label_selector=label_selector, limit=limit):
+                yield page
+
+    script = Refused(listings=[[obj("demo", "5")]], streams=[])
+    watch = Watch(cast(Gateway, script), STATEFULSETS, lambda _type, o: None)
+    task = asyncio.create_task(watch.run())
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert watch.error == "ApiError: HTTP 403: statefulsets.apps is forbidden" and not watch.started.is_set()
+        await asyncio.wait_for(script.done.wait(), 5)  # retried after its backoff
+        assert watch.started.is_set() and watch.error is None
     finally:
         task.cancel()
 
