@@ -18,6 +18,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS
 from dittoctl.kube import heap, metrics
 from dittoctl.kube.gateway import Gateway, load_client
 from dittoctl.kube.logs import fields
@@ -26,6 +27,10 @@ from reconciler.handlers import Controller, configure_persistence, register, wat
 from reconciler.watch import PAGE
 
 log = logging.getLogger("dittofs.main")
+
+
+class CrdGone(Exception):
+    """kopf stopped because the DittoServer API went away (the CRD was deleted)."""
 
 
 @dataclass
@@ -236,8 +241,14 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task is not waiter and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if task is waiter or (error := task.exception()) is None:
+                continue
+            if task is health.kopf_task and not await _still_served(gateway):
+                # kopf cannot watch a resource again once it is gone; a new process waits for the CRD (and says
+                # so in /readyz) instead of a traceback from kopf's watcher.
+                log.error(f"{CRD_NOT_SERVED}; exiting: a restart waits for it")
+                raise CrdGone() from error
+            raise error
     finally:
         stop.set()
         collector.cancel()
@@ -260,6 +271,14 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             await asyncio.gather(kopf_task, return_exceptions=True)
         await gateway.close()
         log.info("dittofs-operator stopped")
+
+
+async def _still_served(gateway: Gateway) -> bool:
+    """True unless discovery answers that the DittoServer API is gone."""
+    try:
+        return await gateway.served(DITTOSERVERS)
+    except Exception:
+        return True  # no answer: the original error is the better report
 
 
 async def _collect_once_started(started: asyncio.Event | None) -> None:
@@ -298,5 +317,8 @@ def main_run(settings: RunSettings) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await run(settings, stop)
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except CrdGone:
+        return 1
     return 0

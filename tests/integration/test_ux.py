@@ -155,6 +155,16 @@ def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_insta
         obj = eventually(reconciled, timeout=60, what=f"a reconciled DittoServer (log {proc.log_path})")
         assert "dittofs.dittofs.com/finalizer" in obj["metadata"]["finalizers"]
         assert bed.kubectl("get", "statefulset", "demo", "-n", "late", check=False).returncode == 0
+
+        # The CRD deleted: the server is finalized (the deletion waits for that), then the process exits with one
+        # line instead of kopf's traceback, so that its restart waits for the CRD as above.
+        bed.kubectl("delete", "crd", "dittoservers.dittofs.dittofs.com", "--timeout=90s")
+        assert proc.proc is not None
+        assert proc.proc.wait(timeout=60) == 1, proc.log_tail()
+        assert "is not served: install it with `dittoctl crd | kubectl apply -f -` (the Helm chart installs it from " \
+               "its crds/ directory); exiting: a restart waits for it" in proc.log_text()
+        last = [json.loads(line)["msg"] for line in proc.log_text().splitlines()[-2:]]
+        assert last[1] == "dittofs-operator stopped", last  # kopf logs its watcher's failure; the exit is ours
     finally:
         proc.stop()
         bed.stop()
