@@ -22,13 +22,14 @@ from bench.admission import set_webhook
 from bench.floor import children
 from bench.kube import Kube, Watch, bounded_gather
 from bench.machine import process_cpu
-from bench.objects import PLURAL, VERSION, dittoserver, object_path, servers_path
+from bench.objects import KIND, PLURAL, VERSION, dittoserver, object_path, servers_path
 from bench.process import Operator
 from bench.reconciler import log
 from bench.report import Check, Figure
 from dittoctl.api.conditions import ConditionType
 from dittoctl.api.crd import build_crd
-from dittoctl.api.naming import MANAGED_BY_LABEL, MANAGER
+from dittoctl.api.kinds import Kind
+from dittoctl.api.naming import FINALIZER, MANAGED_BY_LABEL, MANAGER
 from tests.testbed import Testbed
 
 COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager")
@@ -39,7 +40,8 @@ CONTRACT = {  # the operator's writes per server beyond its children, and how of
     "Secret create": 2, "Event create": 1}
 # The DittoServer writes again, against a copy of the CRD without the schema's defaults (SPEC §3 asks for them):
 # how much of each DittoServer write is the apiserver applying and carrying those defaults.
-UNDEFAULTED_GROUP = "undefaulted.bench.dittofs.com"
+UNDEFAULTED_KIND = Kind("undefaulted.bench.dittofs.com", VERSION, PLURAL, KIND)
+UNDEFAULTED_CRD = f"{PLURAL}.{UNDEFAULTED_KIND.group}"
 UNDEFAULTED = " (CRD without schema defaults)"
 SERVER_WRITES = ("DittoServer create, no webhook", "DittoServer finalizer patch", "DittoServer status patch (1)",
                  "DittoServer status patch (2)")
@@ -58,8 +60,8 @@ def without_defaults(schema: Any) -> Any:
 def undefaulted_crd() -> dict[str, Any]:
     """The DittoServer CRD without its schema defaults, in a group of its own so both can be served at once."""
     crd = build_crd()
-    crd["metadata"] = {"name": f"{PLURAL}.{UNDEFAULTED_GROUP}"}
-    crd["spec"]["group"] = UNDEFAULTED_GROUP
+    crd["metadata"] = {"name": UNDEFAULTED_CRD}
+    crd["spec"]["group"] = UNDEFAULTED_KIND.group
     for version in crd["spec"]["versions"]:
         version["schema"] = without_defaults(version["schema"])
     return crd
@@ -190,16 +192,16 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         await measure("DittoServer create, no webhook", [partial(kube.call, "POST", base, dittoserver(n, namespace))
                                              for n in names])
         await measure("DittoServer finalizer patch", [
-            partial(patch, f"{base}/{n}", {"metadata": {"finalizers": ["dittofs.dittofs.com/finalizer"]}})
+            partial(patch, f"{base}/{n}", {"metadata": {"finalizers": [FINALIZER]}})
             for n in names])
         for round_ in (1, 2):
             await measure(f"DittoServer status patch ({round_})", [
                 partial(patch, f"{base}/{n}/status", _status(round_)) for n in names])
         bare = await _serve_undefaulted(kube, namespace)
         await measure(SERVER_WRITES[0] + UNDEFAULTED, [partial(kube.call, "POST", bare, {
-            **dittoserver(n, namespace), "apiVersion": f"{UNDEFAULTED_GROUP}/{VERSION}"}) for n in names])
+            **dittoserver(n, namespace), "apiVersion": UNDEFAULTED_KIND.api_version}) for n in names])
         await measure(SERVER_WRITES[1] + UNDEFAULTED, [
-            partial(patch, f"{bare}/{n}", {"metadata": {"finalizers": ["dittofs.dittofs.com/finalizer"]}})
+            partial(patch, f"{bare}/{n}", {"metadata": {"finalizers": [FINALIZER]}})
             for n in names])
         for round_ in (1, 2):
             await measure(SERVER_WRITES[1 + round_] + UNDEFAULTED, [
@@ -250,11 +252,11 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
             for w in watches:
                 await w.stop()
     finally:
-        bare = f"/apis/{UNDEFAULTED_GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+        bare = UNDEFAULTED_KIND.path(namespace)
         await bounded_gather(concurrency, [partial(
             kube.call, "PATCH", f"{path}/{n}", {"metadata": {"finalizers": None}}, ok=(404,),
             content_type="application/merge-patch+json") for path in (base, bare) for n in names])
-        await kube.call("DELETE", f"{CRDS}/{PLURAL}.{UNDEFAULTED_GROUP}", ok=(404,))
+        await kube.call("DELETE", f"{CRDS}/{UNDEFAULTED_CRD}", ok=(404,))
         if not await kube.delete_namespace(namespace, 120.0):
             log(f"apicost: namespace {namespace} still terminating after 120s")
         await kube.create_namespace(namespace)  # empty: where the webhook's registration is probed
@@ -274,11 +276,11 @@ async def _serve_undefaulted(kube: Kube, namespace: str, timeout: float = 60.0) 
     """Installs `undefaulted_crd` and returns its DittoServers' path in ``namespace`` once a list answers (a
     new CRD's storage answers 429 for a moment after discovery serves it)."""
     await kube.call("POST", CRDS, undefaulted_crd(), ok=(409,))
-    path = f"/apis/{UNDEFAULTED_GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    path = UNDEFAULTED_KIND.path(namespace)
     deadline = time.perf_counter() + timeout
     while (await kube.request("GET", path))[0] != 200:
         if time.perf_counter() > deadline:
-            raise TimeoutError(f"{UNDEFAULTED_GROUP} not served after {timeout:.0f}s")
+            raise TimeoutError(f"{UNDEFAULTED_CRD} not served after {timeout:.0f}s")
         await asyncio.sleep(0.2)
     return path
 
