@@ -27,7 +27,7 @@ from dittoctl.api.secrets import watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from dittoctl.kube.heap import trimmer
-from dittoctl.kube.logs import fields
+from dittoctl.kube.logs import described, fields
 from reconciler.cache import Cache, Key, key_of, version_of
 from reconciler.context import Provisioning
 from reconciler.owned import SELECTOR, WATCHED_CHILDREN
@@ -126,7 +126,7 @@ class Controller:
             body = self.cache.server(key)
             if body is not None:
                 await self.recorder.post(body, "Warning", EventReason.RECONCILE_FAILED,
-                                         f"reconcile failed, retrying with backoff: {type(exc).__name__}: {exc}"[:500])
+                                         f"reconcile failed, retrying with backoff: {described(exc, 500)}"[:500])
             raise
         finally:
             lane.release(key, started)
@@ -175,7 +175,7 @@ class Controller:
                 missed = True
                 self.waiting = CRD_MISSING
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                error = described(exc)
                 log.warning("discovery failed; retrying", extra=fields(error=error))
                 self.waiting = f"discovery of the DittoServer API failed (retrying): {error}"
             await asyncio.sleep(delay)
@@ -199,7 +199,7 @@ class Controller:
                 listings = await asyncio.gather(*(self.gateway.list_keys(DITTOSERVERS, namespace)
                                                   for namespace in self.namespaces))
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
+                error = described(exc)
                 log.warning("first listing failed; retrying", extra=fields(error=error))
                 self.waiting = f"listing DittoServers failed (retrying): {error}"
                 backoff = min(backoff * 2, 30.0)

@@ -27,7 +27,7 @@ from typing import Any
 from dittoctl.api.kinds import Kind
 from dittoctl.api.naming import INSTANCE_LABEL
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
-from dittoctl.kube.logs import fields
+from dittoctl.kube.logs import described, fields
 from reconciler.cache import Key, key_of
 
 log = logging.getLogger("dittofs.watch")
@@ -164,6 +164,6 @@ class Watch:
             except (ApiError, OSError, ValueError) as exc:
                 log.warning("%s watch interrupted; retrying", self.kind.plural,
                             extra=fields(kind=self.kind.kind, error=str(exc)[:200]))
-                self.error = f"{type(exc).__name__}: {exc}"[:300]
+                self.error = described(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)

@@ -18,6 +18,11 @@ def fields(**values: object) -> dict[str, object]:
     return {"fields": values}
 
 
+def described(exc: BaseException, limit: int = 300) -> str:
+    """An error as logs, events and /readyz show it: its type and message, bounded."""
+    return f"{type(exc).__name__}: {exc}"[:limit]
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
