@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -318,7 +319,9 @@ def main_run(settings: RunSettings) -> int:
         await run(settings, stop)
 
     try:
-        asyncio.run(runner())
+        # uvloop runs the loop and its TLS in C: 18 % less operator CPU over the 300 burst (ISSUE15-round11).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
+            loop.run(runner())
     except CrdGone:
         return 1
     return 0
