@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -41,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bench import admission, apicost, fileservice, floor, idle, image, reconciler
@@ -135,7 +138,8 @@ def parser() -> argparse.ArgumentParser:
                    help="diagnostic: extra argument for `dittoctl run` (repeatable), e.g. --operator-arg=--workers=16")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help=f"do not sample the operator with py-spy during {', '.join(PROFILED)} (flame graphs)")
-    p.add_argument("--keep", action="store_true", help="keep the test bed's work dir (logs, audit log)")
+    p.add_argument("--keep", action="store_true", help="keep the work dirs: the test bed's (logs, audit log) and "
+                   "the operator's (log, webhook certificate and key, raw profiles)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: only on "
                    "errors; the figures are targets, not assertions)")
     return p
@@ -440,6 +444,10 @@ async def loaded_restarts(run: Run) -> None:
                 f"of 3 restarts, {writes} API writes by the operator across the restarts (+10 s)")
 
 
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -451,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     real_node = any(e.name in ("fileservice", "image") for e in experiments)
     bins = ensure_binaries(["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok",
                             "kubectl", *(["kubelet", "helm"] if real_node else [])])
+    # A SIGTERM (a timeout, kill) tears down like Ctrl-C: the operator and the test bed stop, the work dirs go.
+    signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="dittofs-bench-"))
     tb = BenchTestbed(binaries=bins, keep=args.keep or None, kcm_qps=args.kcm_qps)
     t0 = time.monotonic()
@@ -475,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
         op.stop()
         tb.stop()
         summary = run.save()
+        # It holds the webhook's private key: kept only when asked for, or with a test bed kept for its logs.
+        if tb.keep:
+            print(f"[bench] keeping {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     text = markdown(run.figures, run.env)
     print(text)
     print(f"[bench] results in {args.out} ({summary.name}); total {time.monotonic() - t0:.0f}s",

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,3 +185,4 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         tb.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # the operator's log and its webhook certificate and key
