@@ -198,6 +198,11 @@ class Cache:
     def drop_child(self, kind: Kind, key: Key) -> None:
         self.children.pop((kind.plural, *key), None)
 
+    def drop_kind(self, kind: Kind) -> None:
+        """Forgets every child of a kind (its API went away)."""
+        for key in [k for k in self.children if k[0] == kind.plural]:
+            del self.children[key]
+
     def child(self, kind: Kind, namespace: str, name: str) -> Obj | None:
         packed = self.packed_child(kind, namespace, name)
         return None if packed is None else packed.unpack()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import CERTIFICATES, DITTOSERVERS, PERCONAPGCLUSTERS, SERVICEMONITORS, Kind, kind_of
+from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGCLUSTERS, Kind, kind_of
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE
 from dittoctl.kube.events import EventRecorder, EventType
@@ -26,6 +26,7 @@ from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, Packed, version_of
 from reconciler.compare import needs_apply
+from reconciler.owned import FOLLOWED_CHILDREN
 from reconciler.specs import Desired, RenderedConfig
 from reconciler.status import status_changed
 
@@ -164,18 +165,26 @@ class Discovery:
     "not served" is trusted for ``NEGATIVE_TTL`` seconds: asked on every pass, it was one discovery GET per
     pass per server without the Prometheus Operator (the largest of our phases in the 300 burst profile)."""
 
-    OPTIONAL = (PERCONAPGCLUSTERS, SERVICEMONITORS, CERTIFICATES)
+    OPTIONAL = FOLLOWED_CHILDREN
     NEGATIVE_TTL = 10.0
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.answers: dict[Kind, bool | None] = dict.fromkeys(self.OPTIONAL)
         self._asked: dict[Kind, float] = {}
+        self.on_change: Callable[[Kind, bool], None] | None = None
+        """Told each changed answer (the controller watches a kind while it is served)."""
+
+    def _answer(self, kind: Kind, served: bool) -> None:
+        before, self.answers[kind] = self.answers.get(kind), served
+        if before != served and self.on_change is not None:
+            self.on_change(kind, served)
 
     async def _ask(self, kind: Kind) -> bool:
-        self.answers[kind] = await self.gateway.served(kind)
+        served = await self.gateway.served(kind)
         self._asked[kind] = time.monotonic()
-        return bool(self.answers[kind])
+        self._answer(kind, served)
+        return served
 
     async def refresh(self) -> bool:
         """Asks again about every optional API; True when an answer changed."""
@@ -197,9 +206,9 @@ class Discovery:
             return False
 
     def forget(self, kind: Kind) -> None:
-        """The API said the kind is gone (a 404 on a write): ask again next time."""
-        self.answers[kind] = False
+        """The API said the kind is gone (a 404 on a write or a listing): ask again next time."""
         self._asked.pop(kind, None)
+        self._answer(kind, False)
 
     @property
     def percona_served(self) -> bool | None:
@@ -260,10 +269,18 @@ class Shared:
     5 % of its CPU): ~15 KiB each, dropped once the passes stop."""
     built: Recent[Desired] = field(default_factory=Recent)
     """The desired children by every input of the builders."""
+    followed: dict[Kind, asyncio.Event] = field(default_factory=dict)
+    """Optional kinds (``owned.FOLLOWED_CHILDREN``) watched now -> set once the watch has listed: from then on,
+    their children are in the cache."""
     service_lane: Lane = field(default_factory=lambda: Lane(SERVICE_WRITES))
     """Entered for each Service write (see SERVICE_WRITES); the controller sets its ``wake``."""
     requeue: Callable[[Key], None] | None = None
     """Another pass for a server (the controller's queue): set by the controller."""
+
+    def follows(self, kind: Kind) -> bool:
+        """Is every child of this optional kind in the cache (its watch has listed)?"""
+        listed = self.followed.get(kind)
+        return listed is not None and listed.is_set()
 
 
 @dataclass
@@ -331,6 +348,13 @@ class Pass:
         if obj is not None:
             self.cache.put_child(kind, obj)
         return obj
+
+    async def optional_child(self, kind: Kind, name: str) -> Obj | None:
+        """A child of an optional kind: from the cache once its watch has listed (a miss means absent), else one
+        GET."""
+        if self.shared.follows(kind):
+            return self.cache.child(kind, self.namespace, name)
+        return await self.gw.get_or_none(kind, name, self.namespace)
 
     async def apply(self, manifest: dict[str, Any], previous: Obj | None = None, known: bool = False, *,
                     lane: Lane | None = None) -> tuple[bool, Obj | None]:

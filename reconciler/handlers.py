@@ -30,7 +30,7 @@ from dittoctl.kube.heap import trimmer
 from dittoctl.kube.logs import described, fields
 from reconciler.cache import Cache, Key, key_of, version_of
 from reconciler.context import Provisioning
-from reconciler.owned import SELECTOR, WATCHED_CHILDREN
+from reconciler.owned import FOLLOWED_CHILDREN, SELECTOR, WATCHED_CHILDREN
 from reconciler.queue import WorkQueue
 from reconciler.reconcile import Reconciler
 from reconciler.status import statefulset_news
@@ -50,9 +50,9 @@ CHILD_NEWS: Mapping[Kind, News] = {STATEFULSETS: statefulset_news}
 
 
 def watch_streams(namespaces: list[str] | None) -> int:
-    """Connections the controller's watches hold open: one per streamed kind (the children, pods, and two for
-    Secrets: the operator's own and the others) and watched namespace."""
-    return (len(WATCHED_CHILDREN) + 3) * max(1, len(namespaces or []))
+    """Connections the controller's watches hold open: one per streamed kind (the children, the optional kinds
+    while served, pods, and two for Secrets: the operator's own and the others) and watched namespace."""
+    return (len(WATCHED_CHILDREN) + len(FOLLOWED_CHILDREN) + 3) * max(1, len(namespaces or []))
 
 
 def due_for_drift(servers: Iterable[Key], compared: Mapping[Key, float], *, since: float,
@@ -95,6 +95,10 @@ class Controller:
             Watch(gateway, PODS, self.on_pod, namespaces=namespaces, label_selector=selector),
             *secret_watches,
         ]
+        self._watch_namespaces = namespaces
+        self.followed: dict[Kind, tuple[Watch, asyncio.Task[None]]] = {}
+        """Optional kinds watched while their CRD is served (``_follow``)."""
+        self.reconciler.discovery.on_change = self._follow
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.primed = asyncio.Event()  # every watch listed, and kopf has delivered every listed DittoServer
         self.crd_served = asyncio.Event()  # kopf may start: it resolves the DittoServer resource only once
@@ -158,7 +162,29 @@ class Controller:
 
     def stale_watches(self) -> list[tuple[str, float]]:
         """(plural, seconds silent) of every stream that has gone quiet for too long."""
-        return [(w.kind.plural, silent) for w in self.watches if (silent := w.stale_for()) is not None]
+        return [(w.kind.plural, silent) for w in (*self.watches, *(w for w, _ in self.followed.values()))
+                if (silent := w.stale_for()) is not None]
+
+    def _follow(self, kind: Kind, served: bool) -> None:
+        """Discovery changed its answer about an optional kind: watch it while it is served. Passes read its
+        children from the cache once the watch has listed (``Shared.follows``), with a GET before; the watch
+        ends by itself when a listing finds the CRD gone, and its cached children go with it."""
+        if kind not in FOLLOWED_CHILDREN:
+            return
+        shared = self.reconciler.shared
+        if served and kind not in self.followed:
+            watch = Watch(self.gateway, kind, functools.partial(self.on_child, kind),
+                          namespaces=self._watch_namespaces, label_selector=selector_string(SELECTOR),
+                          on_gone=functools.partial(self.reconciler.discovery.forget, kind))
+            self.followed[kind] = (watch, asyncio.create_task(watch.run(), name=f"{kind.plural}-watch"))
+            shared.followed[kind] = watch.started
+            log.info("%s served; watching them", kind.plural, extra=fields(kind=kind.kind))
+        elif not served and kind in self.followed:
+            _, task = self.followed.pop(kind)
+            task.cancel()
+            del shared.followed[kind]
+            self.cache.drop_kind(kind)
+            log.info("%s no longer served; watch stopped", kind.plural, extra=fields(kind=kind.kind))
 
     async def _until_served(self) -> None:
         """kopf resolves the DittoServer resource once, when it starts (its scanning is off: no cluster-wide CRD
@@ -234,9 +260,10 @@ class Controller:
         self.start_background()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *(task for _, task in self.followed.values())]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         await self.queue.stop()
 

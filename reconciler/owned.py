@@ -33,7 +33,10 @@ class Owned:
     verbs: tuple[str, ...]
     """What the operator does with it (the chart must grant exactly these)."""
     watched: bool = True
-    """Streamed into the cache by a label-selected watch; False: read with a GET when needed."""
+    """Streamed into the cache by a label-selected watch from the start; False: see ``followed``."""
+    followed: bool = False
+    """An optional CRD's kind: streamed like the others only while discovery says its CRD is served (the watch
+    ends when it goes away); until its first listing, read with a GET when needed."""
 
 
 CHILDREN: tuple[Owned, ...] = (
@@ -41,13 +44,14 @@ CHILDREN: tuple[Owned, ...] = (
     Owned(SERVICES, ("get", "list", "watch", "create", "patch", "delete")),
     Owned(STATEFULSETS, ("get", "list", "watch", "create", "patch", "delete")),
     Owned(NETWORKPOLICIES, ("get", "list", "watch", "create", "patch", "delete")),
-    # Optional CRDs that may be installed after start: discovery decides, so they are not watched.
-    Owned(PERCONAPGCLUSTERS, ("get", "create", "patch", "delete"), watched=False),
-    Owned(SERVICEMONITORS, ("get", "create", "patch", "delete"), watched=False),
-    Owned(CERTIFICATES, ("get", "create", "patch", "delete"), watched=False),
+    # Optional CRDs that may be installed (or removed) after start: watched while discovery says they are served.
+    Owned(PERCONAPGCLUSTERS, ("get", "list", "watch", "create", "patch", "delete"), watched=False, followed=True),
+    Owned(SERVICEMONITORS, ("get", "list", "watch", "create", "patch", "delete"), watched=False, followed=True),
+    Owned(CERTIFICATES, ("get", "list", "watch", "create", "patch", "delete"), watched=False, followed=True),
     # Made by the StatefulSet controller; only their requests are raised (volume expansion), never deleted.
     Owned(PVCS, ("list", "patch"), watched=False),
 )
 # Not created by us, but streamed (by the same label) to follow readiness and failures.
 OBSERVED: tuple[Owned, ...] = (Owned(PODS, ("list", "watch")),)
 WATCHED_CHILDREN: tuple[Kind, ...] = tuple(o.kind for o in CHILDREN if o.watched)
+FOLLOWED_CHILDREN: tuple[Kind, ...] = tuple(o.kind for o in CHILDREN if o.followed)

@@ -12,6 +12,9 @@ the objects that vanished as deleted; a version-only watch (other people's Secre
 almost none of them read by us, so never listed) calls `on_reset` instead. A watch whose listing is only
 useful once something else is known (the operator's own Secrets: a listed Secret no DittoServer references
 yet is dropped) waits for it with `after`.
+
+A listing answered 404 means the API does not serve the kind (its CRD is not installed, or was deleted): a watch
+of an optional kind (``on_gone``) then ends, and any other retries with backoff, never in a tight loop.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class Watch:
     def __init__(self, gateway: Gateway, kind: Kind, on_event: Handler, *, namespaces: list[str] | None = None,
                  label_selector: str | None = None, listing: bool = True,
                  on_reset: Callable[[], None] | None = None, kept_labels: tuple[str, ...] = (INSTANCE_LABEL,),
-                 after: asyncio.Event | None = None) -> None:
+                 after: asyncio.Event | None = None, on_gone: Callable[[], None] | None = None) -> None:
         self.gw = gateway
         self.kind = kind
         self.on_event = on_event
@@ -58,6 +61,8 @@ class Watch:
         """What a vanished object is reported with (its own labels are gone with it)."""
         self.after = after
         """Listing waits for this (None: lists at once)."""
+        self.on_gone = on_gone
+        """Called when a listing finds the kind not served; the watch then ends (None: it retries)."""
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.started = asyncio.Event()
         """Every namespace listed (or, without listing, its current version taken)."""
@@ -156,11 +161,21 @@ class Watch:
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
-            except NotFound:
-                log.info("%s watch expired; listing again", self.kind.plural, extra=fields(kind=self.kind.kind))
-                version = None
-                if self.on_reset is not None:
-                    self.on_reset()
+            except NotFound as exc:
+                if version is not None:
+                    log.info("%s watch expired; listing again", self.kind.plural, extra=fields(kind=self.kind.kind))
+                    version = None
+                    if self.on_reset is not None:
+                        self.on_reset()
+                    continue
+                if self.on_gone is not None:  # the listing itself: the kind is not served
+                    log.info("%s not served; watch ended", self.kind.plural, extra=fields(kind=self.kind.kind))
+                    self.on_gone()
+                    return
+                log.warning("%s not served; retrying", self.kind.plural, extra=fields(kind=self.kind.kind))
+                self.error = described(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
             except (ApiError, OSError, ValueError) as exc:
                 log.warning("%s watch interrupted; retrying", self.kind.plural,
                             extra=fields(kind=self.kind.kind, error=str(exc)[:200]))

@@ -52,26 +52,26 @@ async def apply_network_policy(ctx: Pass, desired: Desired, names: Names) -> Non
 
 async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], candidates: tuple[str, ...],
                           namespace: str) -> None:
-    """Children of an optional kind (cert-manager's, the Prometheus Operator's): not watched, since the CRD
-    may come and go, so each wanted one is read each pass. A candidate no longer wanted is pruned when this
-    process applied it, or once after a start (nothing remembered), and only while the CRD is served: an
-    unchanged server costs no GET for what it does not want."""
+    """Children of an optional kind (cert-manager's, the Prometheus Operator's), applied only while discovery
+    says its CRD is served, and read with ``Pass.optional_child``: from the cache once the kind's watch has
+    listed, else with a GET. Without the watch, a candidate no longer wanted is looked for only when this process
+    applied it, or once after a start (nothing remembered): an unchanged server costs no GET for what it does
+    not want."""
     discovery = ctx.shared.discovery
     by_name = {m["metadata"]["name"]: m for m in wanted}
-    before = ctx.memory.optional.get(kind.plural)
-    stale = [n for n in candidates if n not in by_name and (before is None or n in before)]
     # Discovery is asked only while something is wanted; otherwise its last answer will do.
     served = await discovery.serves(kind) if by_name else bool(discovery.answers.get(kind))
+    before = None if ctx.shared.follows(kind) else ctx.memory.optional.get(kind.plural)
+    if served:
+        for name in candidates:
+            if name not in by_name and (before is None or name in before):
+                await ctx.prune(kind, name, await ctx.optional_child(kind, name))
     ctx.memory.optional[kind.plural] = frozenset()
-    if stale and served:
-        for name in stale:
-            await ctx.prune(kind, name, await ctx.gw.get_or_none(kind, name, namespace))
     if not by_name or not served:
         return
     for name, manifest in by_name.items():
-        current = await ctx.gw.get_or_none(kind, name, namespace)
         try:
-            await ctx.apply(stamp_manifest(manifest), current, known=True)
+            await ctx.apply(stamp_manifest(manifest), await ctx.optional_child(kind, name), known=True)
         except NotFound:  # the CRD went away since discovery said it was served
             discovery.forget(kind)
             return

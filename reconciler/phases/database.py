@@ -119,12 +119,12 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
     if not await ctx.shared.discovery.percona():
         return _not_served(30.0)
     manifest = stamp_manifest(desired.percona_cluster)
-    live = await ctx.gw.get_or_none(PERCONAPGCLUSTERS, names.percona_cluster, names.namespace)
+    live = await ctx.optional_child(PERCONAPGCLUSTERS, names.percona_cluster)
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
     if live is None or not is_subset(manifest, live):
         try:
-            live = await _apply_cluster(ctx, manifest, live)
+            live = await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster, _apply_cluster(ctx, manifest, live))
         except NotFound:  # the CRD went away since discovery said it was served
             ctx.shared.discovery.forget(PERCONAPGCLUSTERS)
             return _not_served(15.0)
@@ -157,7 +157,7 @@ async def _existing_owned(ctx: Pass, names: Names) -> DatabaseState:
     if not ctx.shared.discovery.percona_served:
         return DatabaseState()
     try:
-        live = await ctx.gw.get_or_none(PERCONAPGCLUSTERS, names.percona_cluster, names.namespace)
+        live = await ctx.optional_child(PERCONAPGCLUSTERS, names.percona_cluster)
     except ApiError:
         return DatabaseState()
     owned = live is not None and any(

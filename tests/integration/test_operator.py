@@ -37,6 +37,15 @@ def operator_writes(testbed: Any, since: int) -> list[dict[str, Any]]:
     return result
 
 
+def apiserver_requests(testbed: Any, resource: str, verb: str) -> float:
+    """The apiserver's own count of requests for a resource (all clients; only the operator reads the ones asked
+    about while a test waits)."""
+    text = testbed.kubectl("get", "--raw", "/metrics").stdout
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("apiserver_request_total{") and f'resource="{resource}"' in line
+               and f'verb="{verb}"' in line)
+
+
 def reconcile_passes(operator: OperatorProcess) -> float:
     return sum(float(line.rpartition(" ")[2]) for line in operator.metrics().splitlines()
                if line.startswith("controller_runtime_reconcile_total{"))
@@ -225,6 +234,14 @@ def test_network_policy_and_service_monitor_follow_the_spec_and_the_crd(testbed:
         selected = kubectl_json(testbed, "get", "services", "-n", namespace, "-l", selector)["items"]
         assert [s["metadata"]["name"] for s in selected] == ["demo-metrics"]
         uid = found["metadata"]["uid"]
+        # Watched while the CRD is served: the passes (a drift pass every 5 s here) read it from the cache.
+        eventually(lambda: "servicemonitors served; watching them" in operator.log_text(), timeout=30,
+                   what="the ServiceMonitor watch")
+        gets = apiserver_requests(testbed, "servicemonitors", "GET")  # reads are not audited
+        assert gets > 0, "the metric counts this test's own kubectl gets"
+        passes = reconcile_passes(operator)
+        eventually(lambda: reconcile_passes(operator) >= passes + 3, timeout=30, what="three more passes")
+        assert apiserver_requests(testbed, "servicemonitors", "GET") == gets, "passes read the ServiceMonitor"
         testbed.kubectl("delete", "servicemonitor", "demo-metrics", "-n", namespace)
         eventually(lambda: (m := monitor()) is not None and m["metadata"]["uid"] != uid, timeout=60,
                    what="a deleted ServiceMonitor recreated")
@@ -233,6 +250,16 @@ def test_network_policy_and_service_monitor_follow_the_spec_and_the_crd(testbed:
         eventually(lambda: monitor() is None, timeout=60, what="ServiceMonitor deleted with metrics off")
         eventually(lambda: testbed.kubectl("get", "networkpolicy", "demo-ingress", "-n", namespace,
                                            check=False).returncode != 0, timeout=60, what="policy deleted")
+        wait_ready(testbed, namespace)
+
+        # The CRD goes away: the watch ends by itself (no listing retried against a missing API).
+        testbed.kubectl("delete", "-f", str(crd), "--timeout=60s")
+        eventually(lambda: "servicemonitors no longer served; watch stopped" in operator.log_text(), timeout=30,
+                   what="the ServiceMonitor watch stopped")
+        lists = apiserver_requests(testbed, "servicemonitors", "LIST")
+        assert lists > 0, "the metric counts the watch's listings"
+        time.sleep(6)  # more than a drift interval
+        assert apiserver_requests(testbed, "servicemonitors", "LIST") == lists, "listings of a missing API"
         wait_ready(testbed, namespace)
     finally:
         testbed.kubectl("delete", "-f", str(crd), "--ignore-not-found", "--timeout=60s", check=False)

@@ -52,9 +52,9 @@ NAMESPACED_RULES: list[Rule] = [
     (("",), ("secrets",), ("get", "list", "watch", "create"), ()),
     (("",), ("pods",), ("list", "watch"), ()),
     (("",), ("events",), ("create",), ()),
-    (("pgv2.percona.com",), ("perconapgclusters",), ("get", "create", "patch", "delete"), ()),
-    (("monitoring.coreos.com",), ("servicemonitors",), ("get", "create", "patch", "delete"), ()),
-    (("cert-manager.io",), ("certificates",), ("get", "create", "patch", "delete"), ()),
+    (("pgv2.percona.com",), ("perconapgclusters",), ("get", "list", "watch", "create", "patch", "delete"), ()),
+    (("monitoring.coreos.com",), ("servicemonitors",), ("get", "list", "watch", "create", "patch", "delete"), ()),
+    (("cert-manager.io",), ("certificates",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     (("pgv2.percona.com",), ("perconapgbackups",), ("list",), ()),
 ]
 CLUSTER_RULES: list[Rule] = [

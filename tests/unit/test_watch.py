@@ -7,9 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from dittoctl.api.kinds import SECRETS, STATEFULSETS, Kind
+from dittoctl.api.kinds import SECRETS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.naming import selector_string
-from dittoctl.kube.gateway import ApiError, Gateway
+from dittoctl.kube.gateway import ApiError, Gateway, NotFound
+from reconciler.context import Memory, Pass
+from reconciler.handlers import Controller
 from reconciler.owned import SELECTOR
 from reconciler.watch import PAGE, STALE_SECONDS, Watch
 
@@ -153,3 +155,79 @@ def test_waiting_for_a_prerequisite_is_not_silence_but_silence_after_it_is() -> 
 def test_the_two_secret_streams_select_a_label_and_its_complement() -> None:
     assert selector_string(SELECTOR) == "app.kubernetes.io/managed-by=dittofs-operator"
     assert selector_string(SELECTOR, negated=True) == "app.kubernetes.io/managed-by!=dittofs-operator"
+
+
+class Unserved(Script):
+    """Lists answer 404 (the kind's CRD is not installed) `refusals` times, then as scripted."""
+
+    def __init__(self, refusals: int, listings: list[list[dict[str, Any]]]) -> None:
+        super().__init__(listings, [])
+        self.refusals = refusals
+
+    async def pages(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+                    limit: int = 500) -> AsyncIterator[dict[str, Any]]:
+        if self.refusals:
+            self.refusals -= 1
+            self.calls.append(("list", "404"))
+            raise NotFound("the server could not find the requested resource")
+        async for page in super().pages(kind, namespace, label_selector=label_selector, limit=limit):
+            yield page
+
+
+async def test_a_watch_of_an_optional_kind_ends_when_its_listing_finds_the_kind_gone() -> None:
+    script = Unserved(refusals=2, listings=[])
+    gone: list[bool] = []
+    watch = Watch(cast(Gateway, script), SERVICEMONITORS, lambda _type, o: None, namespaces=["a", "b"],
+                  on_gone=lambda: gone.append(True))
+    await asyncio.wait_for(watch.run(), 5)  # ends by itself: no retry loop against a missing API
+    assert gone == [True, True] and not watch.started.is_set()  # told once per namespace
+    assert script.calls == [("list", "404")] * 2
+
+
+async def test_any_other_watch_retries_a_missing_kind_with_backoff_not_in_a_tight_loop() -> None:
+    script = Unserved(refusals=3, listings=[[obj("demo", "5")]])
+    watch = Watch(cast(Gateway, script), STATEFULSETS, lambda _type, o: None)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert script.calls == [("list", "404")], "a 404 listing waits before it asks again"
+        assert watch.error is not None and "NotFound" in watch.error
+        await asyncio.wait_for(script.done.wait(), 10)  # 0.5 + 1 + 2 s of backoff
+        assert watch.started.is_set() and [c for c in script.calls if c[0] == "list"][-1] == ("list", (None, PAGE))
+    finally:
+        task.cancel()
+
+
+async def test_an_optional_kind_is_watched_while_served_and_then_read_from_the_cache() -> None:
+    class Cluster(Script):
+        """Also answers discovery and point GETs (recorded)."""
+
+        async def served(self, kind: Kind) -> bool:
+            return True
+
+        async def get_or_none(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            self.calls.append(("get", name))
+            return None
+
+    script = Cluster(listings=[[obj("demo-metrics", "7")]], streams=[])
+    controller = Controller(cast(Gateway, script))
+    shared = controller.reconciler.shared
+    ctx = Pass(shared, ("apps", "demo"), {"metadata": {"namespace": "apps", "name": "demo"}}, Memory(), fresh=False)
+    try:
+        assert await ctx.optional_child(SERVICEMONITORS, "demo-metrics") is None  # not served yet: a GET
+        assert script.calls == [("get", "demo-metrics")]
+        assert await controller.reconciler.discovery.serves(SERVICEMONITORS)
+        await asyncio.wait_for(script.done.wait(), 5)  # listed, then streaming
+        assert shared.follows(SERVICEMONITORS)
+        found = await ctx.optional_child(SERVICEMONITORS, "demo-metrics")
+        assert found is not None and found["metadata"]["resourceVersion"] == "7"
+        assert await ctx.optional_child(SERVICEMONITORS, "absent") is None
+        assert [c[0] for c in script.calls] == ["get", "list", "watch"], "read from the cache: no GET"
+        _, task = controller.followed[SERVICEMONITORS]
+
+        controller.reconciler.discovery.forget(SERVICEMONITORS)  # a 404: the CRD went away
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled() and not shared.follows(SERVICEMONITORS) and SERVICEMONITORS not in controller.followed
+        assert controller.cache.child(SERVICEMONITORS, "apps", "demo-metrics") is None, "its cache went with it"
+    finally:
+        await controller.stop()
