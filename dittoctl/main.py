@@ -319,7 +319,7 @@ def main_run(settings: RunSettings) -> int:
         await run(settings, stop)
 
     try:
-        # uvloop runs the loop and its TLS in C: 18 % less operator CPU over the 300 burst (ISSUE15-round11).
+        # uvloop runs the loop and its TLS in C: 9 % less operator CPU over the 300 burst (ISSUE15-round11).
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             loop.run(runner())
     except CrdGone:
