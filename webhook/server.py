@@ -121,6 +121,8 @@ class AdmissionHandler:
             log.info("admission denied", extra=fields(**_who(request, obj), errors=len(verdict.errors)))
             if request.get("dryRun") is not True:
                 self._post_event(obj, namespace, response["status"]["message"])
+        else:
+            log.debug("admission allowed", extra=fields(**_who(request, obj), warnings=len(verdict.warnings)))
         return response
 
     async def _facts(self, obj: Mapping[str, Any], namespace: str | None,

@@ -50,8 +50,7 @@ async def apply_network_policy(ctx: Pass, desired: Desired, names: Names) -> Non
                         ctx.cache.child(NETWORKPOLICIES, names.namespace, names.network_policy))
 
 
-async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], candidates: tuple[str, ...],
-                          namespace: str) -> None:
+async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], candidates: tuple[str, ...]) -> None:
     """Children of an optional kind (cert-manager's, the Prometheus Operator's), applied only while discovery
     says its CRD is served, and read with ``Pass.optional_child``: from the cache once the kind's watch has
     listed, else with a GET. Without the watch, a candidate no longer wanted is looked for only when this process
@@ -79,8 +78,7 @@ async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], c
 
 
 async def apply_certificates(ctx: Pass, desired: Desired, names: Names) -> None:
-    await _apply_optional(ctx, CERTIFICATES, desired.certificates,
-                          (names.api_certificate, names.operator_certificate), names.namespace)
+    await _apply_optional(ctx, CERTIFICATES, desired.certificates, (names.api_certificate, names.operator_certificate))
 
 
 async def unserved_certificates(ctx: Pass, desired: Desired) -> list[str]:
@@ -94,4 +92,4 @@ async def unserved_certificates(ctx: Pass, desired: Desired) -> list[str]:
 
 async def apply_service_monitor(ctx: Pass, desired: Desired, names: Names) -> None:
     wanted = [] if desired.service_monitor is None else [desired.service_monitor]
-    await _apply_optional(ctx, SERVICEMONITORS, wanted, (names.service_monitor,), names.namespace)
+    await _apply_optional(ctx, SERVICEMONITORS, wanted, (names.service_monitor,))
