@@ -77,6 +77,7 @@ class Controller:
         self.drift_interval = drift_interval
         self._compared: dict[Key, float] = {}  # server -> when a pass since the last drift tick started
         self.active = asyncio.Event()  # set while this replica may reconcile (leader)
+        self._watch_namespaces = namespaces
         selector = selector_string(SELECTOR)
         self.servers_known = asyncio.Event()  # kopf has delivered every DittoServer listed at the start
         # The Secrets the operator generates are listed, so that a restart reads their digests in pages and
@@ -90,12 +91,10 @@ class Controller:
                   label_selector=selector_string(SELECTOR, negated=True), on_reset=self.on_secret_reset),
         ]
         self.watches = [
-            *(Watch(gateway, kind, functools.partial(self.on_child, kind), namespaces=namespaces,
-                    label_selector=selector) for kind in WATCHED_CHILDREN),
+            *(self._child_watch(kind) for kind in WATCHED_CHILDREN),
             Watch(gateway, PODS, self.on_pod, namespaces=namespaces, label_selector=selector),
             *secret_watches,
         ]
-        self._watch_namespaces = namespaces
         self.followed: dict[Kind, tuple[Watch, asyncio.Task[None]]] = {}
         """Optional kinds watched while their CRD is served (``_follow``)."""
         self.reconciler.discovery.on_change = self._follow
@@ -160,6 +159,11 @@ class Controller:
                 if self.trim is not None:
                     self.trim()
 
+    def _child_watch(self, kind: Kind, on_gone: Callable[[], None] | None = None) -> Watch:
+        """The label-selected stream of one child kind into the cache."""
+        return Watch(self.gateway, kind, functools.partial(self.on_child, kind), namespaces=self._watch_namespaces,
+                     label_selector=selector_string(SELECTOR), on_gone=on_gone)
+
     def stale_watches(self) -> list[tuple[str, float]]:
         """(plural, seconds silent) of every stream that has gone quiet for too long."""
         return [(w.kind.plural, silent) for w in (*self.watches, *(w for w, _ in self.followed.values()))
@@ -173,9 +177,7 @@ class Controller:
             return
         shared = self.reconciler.shared
         if served and kind not in self.followed:
-            watch = Watch(self.gateway, kind, functools.partial(self.on_child, kind),
-                          namespaces=self._watch_namespaces, label_selector=selector_string(SELECTOR),
-                          on_gone=functools.partial(self.reconciler.discovery.forget, kind))
+            watch = self._child_watch(kind, on_gone=functools.partial(self.reconciler.discovery.forget, kind))
             self.followed[kind] = (watch, asyncio.create_task(watch.run(), name=f"{kind.plural}-watch"))
             shared.followed[kind] = watch.started
             log.info("%s served; watching them", kind.plural, extra=fields(kind=kind.kind))
