@@ -1,0 +1,233 @@
+"""`python -m bench.compare --base REV -- BENCH-ARGS`: the same bench on two checkouts, alternated, paired.
+
+On a shared 2-core machine a figure moves ±15 % between two runs of the same code (issue 15, round 11): more
+than most changes worth making, so one run of each side proves nothing either way. This runs `python -m bench
+BENCH-ARGS` on a git worktree of REV ("base") and on this checkout as it is, uncommitted edits included
+("head"), in pairs whose order alternates (base first, then head first, ...), so a drift in the machine's load
+falls on both sides. Each metric gets its paired differences' mean over their standard error (t): |t| > ~2.5
+over 6+ pairs is a change larger than the noise.
+
+Results: OUT/COMPARE.md and OUT/compare.json, and every run's own results in OUT/runs/<side>-<pair>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.report import RESULTS
+from tests.support.paths import ROOT
+
+SIDES = ("base", "head")
+FOREIGN = "foreign CPU"  # other workloads' share of the machine during the figure: the noise, not a result
+
+
+def schedule(pairs: int) -> list[tuple[int, str]]:
+    """(pair, side) in run order: base first in odd pairs, head first in even ones."""
+    return [(pair, side) for pair in range(1, pairs + 1)
+            for side in (SIDES if pair % 2 else SIDES[::-1])]
+
+
+def metrics(results: Path) -> dict[str, tuple[float, str]]:
+    """'figure: metric' -> (value, unit) of every measured figure in one bench run's results directory: its
+    checks (what its targets judge), else its headline value, and the foreign CPU during it."""
+    found: dict[str, tuple[float, str]] = {}
+    for path in sorted(results.glob("*.json")):
+        fig = json.loads(path.read_text())
+        if fig.get("error") or "figure" not in fig:
+            continue
+        name = fig["figure"]
+        checks = [c for c in fig.get("checks", []) if isinstance(c.get("value"), int | float)]
+        for check in checks:
+            found[f"{name}: {check['metric']}"] = (float(check["value"]), check.get("unit", ""))
+        if not checks and isinstance(fig.get("value"), int | float):
+            found[name] = (float(fig["value"]), fig.get("unit", ""))
+        foreign = (fig.get("details") or {}).get("cpu_during_experiment", {}).get("foreign_pct_of_one_core")
+        if isinstance(foreign, int | float):
+            found[f"{name}: {FOREIGN}"] = (float(foreign), "% of a core")
+    return found
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One metric over the pairs that measured it on both sides."""
+
+    metric: str
+    unit: str
+    base: list[float]
+    head: list[float]
+
+    @property
+    def diffs(self) -> list[float]:
+        return [h - b for b, h in zip(self.base, self.head, strict=True)]
+
+    @property
+    def change_pct(self) -> float | None:
+        base = statistics.fmean(self.base)
+        return None if base == 0 else 100 * (statistics.fmean(self.head) / base - 1)
+
+    @property
+    def t(self) -> float | None:
+        """Mean paired difference over its standard error; None under 2 pairs or with no spread at all."""
+        if len(self.diffs) < 2:
+            return None
+        spread = statistics.stdev(self.diffs)
+        if spread == 0:
+            return None
+        return statistics.fmean(self.diffs) / (spread / math.sqrt(len(self.diffs)))
+
+    @property
+    def head_lower(self) -> int:
+        return sum(d < 0 for d in self.diffs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean_base": statistics.fmean(self.base), "mean_head": statistics.fmean(self.head),
+                "change_pct": self.change_pct, "t": self.t, "pairs_head_lower": self.head_lower}
+
+
+def paired(runs: dict[tuple[int, str], dict[str, tuple[float, str]]]) -> list[Paired]:
+    """Every metric measured by both sides of at least one pair, pairs with a failed side left out."""
+    pairs = sorted({pair for pair, _ in runs if (pair, "base") in runs and (pair, "head") in runs})
+    names = sorted({m for pair in pairs for side in SIDES for m in runs[pair, side]})
+    rows = []
+    for name in names:
+        both = [pair for pair in pairs if name in runs[pair, "base"] and name in runs[pair, "head"]]
+        if both:
+            rows.append(Paired(name, runs[both[0], "base"][name][1], [runs[p, "base"][name][0] for p in both],
+                               [runs[p, "head"][name][0] for p in both]))
+    return rows
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Bench comparison",
+        "",
+        f"base `{meta['base']['rev']}` ({meta['base']['commit'][:12]}) against head `{meta['head']['commit'][:12]}`"
+        f"{' + uncommitted edits' if meta['head']['dirty'] else ''}; {meta['pairs']} alternated pairs of "
+        f"`python -m bench {' '.join(meta['bench_args'])}`; {meta['date']}",
+        "",
+        "| metric | unit | base mean | head mean | change | t | pairs head lower |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        change = row.change_pct
+        lines.append(f"| {row.metric} | {row.unit} | {_number(statistics.fmean(row.base), 4)} | "
+                     f"{_number(statistics.fmean(row.head), 4)} | "
+                     f"{'-' if change is None else f'{change:+.1f} %'} | {_number(row.t, 2)} | "
+                     f"{row.head_lower} of {len(row.base)} |")
+    if meta["failed"]:
+        lines += ["", "Failed runs (left out with their pair): " + ", ".join(meta["failed"])]
+    lines += ["", "t: the paired differences' mean over their standard error; |t| > ~2.5 over 6+ pairs is a "
+              "change larger than the noise. A `foreign CPU` row is other workloads' share of the machine "
+              "during that figure: the noise each side met, not a result.", ""]
+    return "\n".join(lines)
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _bench(root: Path, bench_args: Sequence[str], out: Path) -> bool:
+    """One `python -m bench` run in `root`; a SIGTERM to it tears its test bed down before it exits."""
+    with out.with_suffix(".log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench", *bench_args, "--out", str(out)], cwd=root,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait() == 0
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, metavar="REV", help="git revision to compare against (e.g. HEAD, main~2)")
+    p.add_argument("--pairs", type=int, default=6, help="alternated pairs of runs (default 6)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results directory (default {RESULTS.relative_to(ROOT)}/compare-<date>)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="after --: the arguments of every `python -m bench` run, e.g. -- --only scale --no-profile")
+    args = p.parse_args(argv)
+    if args.bench_args[:1] == ["--"]:
+        args.bench_args = args.bench_args[1:]
+    if args.pairs < 1:
+        p.error("--pairs must be at least 1")
+    if any(a == "--out" or a.startswith("--out=") for a in args.bench_args):
+        p.error("--out belongs to bench.compare, not to the bench runs (each gets OUT/runs/<side>-<pair>)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out or RESULTS / f"compare-{time.strftime('%Y-%m-%d-%H%M', time.gmtime())}"
+    try:
+        base_commit = _git("rev-parse", "--verify", f"{args.base}^{{commit}}")
+    except subprocess.CalledProcessError as exc:
+        print(f"bench.compare: --base {args.base!r} is not a commit here: {exc.stderr.strip()}", file=sys.stderr)
+        return 2
+    meta: dict[str, Any] = {
+        "base": {"rev": args.base, "commit": base_commit},
+        "head": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain"))},
+        "pairs": args.pairs, "bench_args": args.bench_args, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "failed": [],
+    }
+    signal.signal(signal.SIGTERM, _terminated)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    worktree = Path(tempfile.mkdtemp(prefix="dittofs-compare-")) / "base"
+    roots = {"base": worktree, "head": ROOT}
+    runs: dict[tuple[int, str], dict[str, tuple[float, str]]] = {}
+    try:
+        _git("worktree", "add", "--detach", str(worktree), base_commit)
+        for pair, side in schedule(args.pairs):
+            results = out / "runs" / f"{side}-{pair}"
+            t0 = time.monotonic()
+            ok = _bench(roots[side], args.bench_args, results)
+            found = metrics(results) if results.is_dir() else {}
+            if ok and found:
+                runs[pair, side] = found
+            else:
+                meta["failed"].append(f"{side}-{pair}")
+            print(f"[compare] pair {pair} {side}: {'ok' if ok else 'FAILED'} in {time.monotonic() - t0:.0f}s; "
+                  + ", ".join(f"{k} {v:g}" for k, (v, _) in list(found.items())[:4]), file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("[compare] interrupted", file=sys.stderr)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(worktree.parent, ignore_errors=True)
+    rows = paired(runs)
+    (out / "compare.json").write_text(json.dumps({**meta, "metrics": [r.as_dict() for r in rows]}, indent=2) + "\n")
+    text = markdown(rows, meta)
+    (out / "COMPARE.md").write_text(text)
+    print(text)
+    print(f"[compare] results in {out}", file=sys.stderr)
+    complete = all((pair, side) in runs for pair, side in schedule(args.pairs))
+    return 0 if complete and rows else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""bench/compare.py: alternated pairs, the figures a run wrote, paired statistics and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.compare import FOREIGN, Paired, markdown, metrics, paired, parse_args, schedule
+
+
+def _figure(out: Path, name: str, value: float, checks: list[tuple[str, float, str]], foreign: float | None = None,
+            error: str | None = None) -> None:
+    details = {} if foreign is None else {"cpu_during_experiment": {"foreign_pct_of_one_core": foreign}}
+    (out / f"{name}.json").write_text(json.dumps({
+        "figure": name, "value": value, "unit": "s", "error": error, "details": details,
+        "checks": [{"metric": m, "value": v, "op": "<", "target": 1, "unit": u} for m, v, u in checks]}))
+
+
+def test_the_order_alternates_so_drift_falls_on_both_sides() -> None:
+    assert schedule(3) == [(1, "base"), (1, "head"), (2, "head"), (2, "base"), (3, "base"), (3, "head")]
+
+
+def test_a_run_yields_its_checks_else_its_value_and_the_foreign_cpu(tmp_path: Path) -> None:
+    _figure(tmp_path, "scale_300_ready", 41.7, [("wall time", 41.7, "s"), ("operator CPU", 6.39, "CPU-s")],
+            foreign=3.5)
+    _figure(tmp_path, "scale_300_floor", 33.8, [])
+    _figure(tmp_path, "webhook_latency", 0, [("p50", 0.7, "ms")], error="webhook unreachable")
+    (tmp_path / "notes.json").write_text("{}")  # not a figure
+    assert metrics(tmp_path) == {
+        "scale_300_ready: wall time": (41.7, "s"),
+        "scale_300_ready: operator CPU": (6.39, "CPU-s"),
+        f"scale_300_ready: {FOREIGN}": (3.5, "% of a core"),
+        "scale_300_floor": (33.8, "s"),
+    }
+
+
+def test_paired_statistics() -> None:
+    row = Paired("m", "s", base=[10.0, 12.0, 11.0], head=[9.0, 11.0, 10.5])
+    assert row.diffs == [-1.0, -1.0, -0.5]
+    assert row.t == pytest.approx(-5.0)  # mean -5/6 over sd (0.2887) / sqrt(3)
+    assert row.change_pct == pytest.approx(100 * (30.5 / 33 - 1))
+    assert row.head_lower == 3
+    assert Paired("m", "s", [1.0], [2.0]).t is None  # one pair: no spread to judge it by
+    assert Paired("m", "s", [1.0, 2.0], [2.0, 3.0]).t is None  # identical differences: no spread either
+
+
+def test_a_pair_with_a_failed_side_is_left_out() -> None:
+    runs = {(1, "base"): {"a": (1.0, "s")}, (1, "head"): {"a": (2.0, "s"), "b": (5.0, "s")},
+            (2, "head"): {"a": (4.0, "s")},  # its base run failed
+            (3, "base"): {"a": (3.0, "s"), "b": (1.0, "s")}, (3, "head"): {"a": (3.5, "s"), "b": (2.0, "s")}}
+    rows = {r.metric: r for r in paired(runs)}
+    assert (rows["a"].base, rows["a"].head) == ([1.0, 3.0], [2.0, 3.5])
+    assert (rows["b"].base, rows["b"].head) == ([1.0], [2.0])  # measured on both sides of pair 3 only
+
+
+def test_the_report_names_both_sides_and_the_failed_runs() -> None:
+    meta = {"base": {"rev": "main~1", "commit": "a" * 40}, "head": {"commit": "b" * 40, "dirty": True},
+            "pairs": 2, "bench_args": ["--only", "scale"], "date": "2026-12-05 00:00 UTC", "failed": ["base-2"]}
+    text = markdown([Paired("scale_300_ready: operator CPU", "CPU-s", [6.0, 6.4], [5.5, 6.1])], meta)
+    assert "base `main~1` (aaaaaaaaaaaa) against head `bbbbbbbbbbbb` + uncommitted edits" in text
+    assert "| scale_300_ready: operator CPU | CPU-s | 6.2 | 5.8 | -6.5 % | -4 | 2 of 2 |" in text
+    assert "Failed runs (left out with their pair): base-2" in text
+
+
+def test_the_bench_arguments_follow_a_double_dash_and_out_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--base", "HEAD", "--", "--only", "scale", "--no-profile"]).bench_args == [
+        "--only", "scale", "--no-profile"]
+    with pytest.raises(SystemExit):
+        parse_args(["--base", "HEAD", "--", "--only", "scale", "--out", "x"])
+    assert "--out belongs to bench.compare" in capsys.readouterr().err
