@@ -37,6 +37,12 @@ class Snapshot:
     idle: int
     steal: int
     ours: dict[str, tuple[int, float]]  # name -> (pid, cpu seconds)
+    reaped: float = 0.0  # cpu seconds of the bench's children that exited and were waited for, all of them
+
+
+def reaped_children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 class Contention:
@@ -51,7 +57,7 @@ class Contention:
         total, idle, steal = machine_jiffies()
         named = {"bench": os.getpid(), **self._pids()}
         return Snapshot(time.monotonic(), total, idle, steal,
-                        {n: (p, process_cpu(p)) for n, p in named.items()})
+                        {n: (p, process_cpu(p)) for n, p in named.items()}, reaped_children_cpu())
 
     def between(self, a: Snapshot, b: Snapshot) -> dict[str, Any]:
         wall = max(b.wall - a.wall, 1e-6)
@@ -61,8 +67,15 @@ class Contention:
         per: dict[str, float] = {}
         for name, (pid, cpu) in b.ours.items():
             before = a.ours.get(name)
-            if before is not None and before[0] == pid:  # same process (the operator restarts)
-                per[name] = round(100.0 * (cpu - before[1]) / wall, 1)
+            # A new pid (the operator restarted) was started within the window: all of its CPU is in it.
+            since = before[1] if before is not None and before[0] == pid else 0.0
+            per[name] = round(100.0 * (cpu - since) / wall, 1)
+        # A process of this run that exited within the window (a restarted operator) is no longer in /proc,
+        # but the bench reaped it: its CPU is in the children's times, minus what it had used before the window.
+        gone = sum(cpu for name, (pid, cpu) in a.ours.items() if b.ours.get(name, (None, 0.0))[0] != pid)
+        exited = b.reaped - a.reaped - gone
+        if exited > 0:
+            per["exited processes"] = round(100.0 * exited / wall, 1)
         ours = sum(per.values())
         steal = 100.0 * (b.steal - a.steal) / total * self.ncpu
         return {
