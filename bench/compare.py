@@ -41,22 +41,27 @@ def schedule(pairs: int) -> list[tuple[int, str]]:
             for side in (SIDES if pair % 2 else SIDES[::-1])]
 
 
+def _measured(value: Any) -> bool:
+    """A number, not NaN: a figure that timed out (299 of 300 Ready) has NaN for its value."""
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def metrics(results: Path) -> dict[str, tuple[float, str]]:
     """'figure: metric' -> (value, unit) of every measured figure in one bench run's results directory: its
     checks (what its targets judge), else its headline value, and the foreign CPU during it."""
     found: dict[str, tuple[float, str]] = {}
     for path in sorted(results.glob("*.json")):
         fig = json.loads(path.read_text())
-        if fig.get("error") or "figure" not in fig:
-            continue
+        if fig.get("error") or "figure" not in fig or not _measured(fig.get("value")):
+            continue  # not measured, or timed out: its other numbers are not comparable either
         name = fig["figure"]
-        checks = [c for c in fig.get("checks", []) if isinstance(c.get("value"), int | float)]
+        checks = [c for c in fig.get("checks", []) if _measured(c.get("value"))]
         for check in checks:
             found[f"{name}: {check['metric']}"] = (float(check["value"]), check.get("unit", ""))
-        if not checks and isinstance(fig.get("value"), int | float):
+        if not checks and _measured(fig.get("value")):
             found[name] = (float(fig["value"]), fig.get("unit", ""))
         foreign = (fig.get("details") or {}).get("cpu_during_experiment", {}).get("foreign_pct_of_one_core")
-        if isinstance(foreign, int | float):
+        if _measured(foreign):
             found[f"{name}: {FOREIGN}"] = (float(foreign), "% of a core")
     return found
 
@@ -111,8 +116,8 @@ def paired(runs: dict[tuple[int, str], dict[str, tuple[float, str]]]) -> list[Pa
     return rows
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
+def _number(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}g}"
 
 
 def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
@@ -128,9 +133,9 @@ def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
     ]
     for row in rows:
         change = row.change_pct
-        lines.append(f"| {row.metric} | {row.unit} | {_number(statistics.fmean(row.base), 4)} | "
-                     f"{_number(statistics.fmean(row.head), 4)} | "
-                     f"{'-' if change is None else f'{change:+.1f} %'} | {_number(row.t, 2)} | "
+        lines.append(f"| {row.metric} | {row.unit} | {_number(statistics.fmean(row.base))} | "
+                     f"{_number(statistics.fmean(row.head))} | "
+                     f"{'-' if change is None else f'{change:+.1f} %'} | {'-' if row.t is None else f'{row.t:.1f}'} | "
                      f"{row.head_lower} of {len(row.base)} |")
     if meta["failed"]:
         lines += ["", "Failed runs (left out with their pair): " + ", ".join(meta["failed"])]

@@ -22,11 +22,13 @@ def test_the_order_alternates_so_drift_falls_on_both_sides() -> None:
     assert schedule(3) == [(1, "base"), (1, "head"), (2, "head"), (2, "base"), (3, "base"), (3, "head")]
 
 
-def test_a_run_yields_its_checks_else_its_value_and_the_foreign_cpu(tmp_path: Path) -> None:
+def test_a_run_yields_its_measured_figures_checks_else_values_and_the_foreign_cpu(tmp_path: Path) -> None:
     _figure(tmp_path, "scale_300_ready", 41.7, [("wall time", 41.7, "s"), ("operator CPU", 6.39, "CPU-s")],
             foreign=3.5)
     _figure(tmp_path, "scale_300_floor", 33.8, [])
     _figure(tmp_path, "webhook_latency", 0, [("p50", 0.7, "ms")], error="webhook unreachable")
+    _figure(tmp_path, "scale_1000_ready", float("nan"), [("wall time", float("nan"), "s"),  # timed out: its
+                                                         ("operator CPU", 8.6, "CPU-s")])  # CPU is not comparable
     (tmp_path / "notes.json").write_text("{}")  # not a figure
     assert metrics(tmp_path) == {
         "scale_300_ready: wall time": (41.7, "s"),
@@ -60,7 +62,7 @@ def test_the_report_names_both_sides_and_the_failed_runs() -> None:
             "pairs": 2, "bench_args": ["--only", "scale"], "date": "2026-12-05 00:00 UTC", "failed": ["base-2"]}
     text = markdown([Paired("scale_300_ready: operator CPU", "CPU-s", [6.0, 6.4], [5.5, 6.1])], meta)
     assert "base `main~1` (aaaaaaaaaaaa) against head `bbbbbbbbbbbb` + uncommitted edits" in text
-    assert "| scale_300_ready: operator CPU | CPU-s | 6.2 | 5.8 | -6.5 % | -4 | 2 of 2 |" in text
+    assert "| scale_300_ready: operator CPU | CPU-s | 6.2 | 5.8 | -6.5 % | -4.0 | 2 of 2 |" in text
     assert "Failed runs (left out with their pair): base-2" in text
 
 
