@@ -159,10 +159,11 @@ class Controller:
                 if self.trim is not None:
                     self.trim()
 
-    def _child_watch(self, kind: Kind, on_gone: Callable[[], None] | None = None) -> Watch:
+    def _child_watch(self, kind: Kind, on_gone: Callable[[], None] | None = None,
+                     on_forbidden: Callable[[], None] | None = None) -> Watch:
         """The label-selected stream of one child kind into the cache."""
         return Watch(self.gateway, kind, functools.partial(self.on_child, kind), namespaces=self._watch_namespaces,
-                     label_selector=selector_string(SELECTOR), on_gone=on_gone)
+                     label_selector=selector_string(SELECTOR), on_gone=on_gone, on_forbidden=on_forbidden)
 
     def stale_watches(self) -> list[tuple[str, float]]:
         """(plural, seconds silent) of every stream that has gone quiet for too long."""
@@ -175,18 +176,30 @@ class Controller:
         ends by itself when a listing finds the CRD gone, and its cached children go with it."""
         if kind not in FOLLOWED_CHILDREN:
             return
-        shared = self.reconciler.shared
         if served and kind not in self.followed:
-            watch = self._child_watch(kind, on_gone=functools.partial(self.reconciler.discovery.forget, kind))
+            watch = self._child_watch(kind, on_gone=functools.partial(self.reconciler.discovery.forget, kind),
+                                      on_forbidden=functools.partial(self._refused, kind))
             self.followed[kind] = (watch, asyncio.create_task(watch.run(), name=f"{kind.plural}-watch"))
-            shared.followed[kind] = watch.started
+            self.reconciler.shared.followed[kind] = watch.started
             log.info("%s served; watching them", kind.plural, extra=fields(kind=kind.kind))
         elif not served and kind in self.followed:
-            _, task = self.followed.pop(kind)
-            task.cancel()
-            del shared.followed[kind]
-            self.cache.drop_kind(kind)
+            self._unfollow(kind)
             log.info("%s no longer served; watch stopped", kind.plural, extra=fields(kind=kind.kind))
+
+    def _refused(self, kind: Kind) -> None:
+        """The operator may not list or watch an optional kind (a ClusterRole older than the chart's): passes
+        read its objects with a GET each, as before these watches, instead of a watch retrying 403s forever."""
+        if kind in self.followed:
+            self._unfollow(kind)
+            log.warning("%s: no permission to list and watch them; each pass reads them with a GET instead. Grant "
+                        "list and watch on %s.%s (the chart's ClusterRole does) and restart the operator",
+                        kind.plural, kind.plural, kind.group, extra=fields(kind=kind.kind))
+
+    def _unfollow(self, kind: Kind) -> None:
+        _, task = self.followed.pop(kind)
+        task.cancel()
+        del self.reconciler.shared.followed[kind]
+        self.cache.drop_kind(kind)
 
     async def _until_served(self) -> None:
         """kopf resolves the DittoServer resource once, when it starts (its scanning is off: no cluster-wide CRD

@@ -14,7 +14,8 @@ useful once something else is known (the operator's own Secrets: a listed Secret
 yet is dropped) waits for it with `after`.
 
 A listing answered 404 means the API does not serve the kind (its CRD is not installed, or was deleted): a watch
-of an optional kind (``on_gone``) then ends, and any other retries with backoff, never in a tight loop.
+of an optional kind (``on_gone``) then ends, and any other retries with backoff, never in a tight loop. One
+refused (403) ends too when it can do without (``on_forbidden``: an optional kind, read with a GET instead).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Watch:
     def __init__(self, gateway: Gateway, kind: Kind, on_event: Handler, *, namespaces: list[str] | None = None,
                  label_selector: str | None = None, listing: bool = True,
                  on_reset: Callable[[], None] | None = None, kept_labels: tuple[str, ...] = (INSTANCE_LABEL,),
-                 after: asyncio.Event | None = None, on_gone: Callable[[], None] | None = None) -> None:
+                 after: asyncio.Event | None = None, on_gone: Callable[[], None] | None = None,
+                 on_forbidden: Callable[[], None] | None = None) -> None:
         self.gw = gateway
         self.kind = kind
         self.on_event = on_event
@@ -63,6 +65,8 @@ class Watch:
         """Listing waits for this (None: lists at once)."""
         self.on_gone = on_gone
         """Called when a listing finds the kind not served; the watch then ends (None: it retries)."""
+        self.on_forbidden = on_forbidden
+        """Called when a listing is refused (403); the watch then ends (None: it retries)."""
         self.namespaces: list[str | None] = list(namespaces or []) or [None]
         self.started = asyncio.Event()
         """Every namespace listed (or, without listing, its current version taken)."""
@@ -177,6 +181,9 @@ class Watch:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
             except (ApiError, OSError, ValueError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 403 and version is None and self.on_forbidden:
+                    self.on_forbidden()
+                    return
                 log.warning("%s watch interrupted; retrying", self.kind.plural,
                             extra=fields(kind=self.kind.kind, error=str(exc)[:200]))
                 self.error = described(exc)

@@ -182,6 +182,41 @@ def test_chart_rbac_runs_the_full_lifecycle(testbed: Any, helm: Helm, release_ns
     assert_uninstalled(testbed)
 
 
+def test_a_cluster_role_without_list_and_watch_on_servicemonitors_means_gets_not_a_403_loop(
+        testbed: Any, helm: Helm, release_ns: str, workload_ns: str, tmp_path: Path) -> None:
+    """A ClusterRole from before the optional kinds were watched (get, no list/watch): one warning naming what to
+    grant, the ServiceMonitor still applied (read with GETs), the operator Ready."""
+    operator: OperatorProcess | None = None
+    try:
+        cert_dir = install_provided(testbed, helm, release_ns, tmp_path)
+        testbed.kubectl("apply", "--server-side", "-f", str(servicemonitor_crd()))
+        testbed.wait_crd(SERVICEMONITOR_CRD_NAME)
+        role = kubectl_json(testbed, "get", "clusterrole", RELEASE)
+        for rule in role["rules"]:
+            if "servicemonitors" in rule.get("resources", []):
+                rule["verbs"] = [v for v in rule["verbs"] if v not in ("list", "watch")]
+        testbed.kubectl("replace", "-f", "-", input=json.dumps(role))
+        operator = start_as_chart(testbed, release_ns, cert_dir, tmp_path)
+        apply_server(testbed, workload_ns, metrics={"enabled": True})
+        wait_ready(testbed, workload_ns)
+        found = kubectl_json(testbed, "get", "servicemonitor", "demo-metrics", "-n", workload_ns)
+        assert found["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+        time.sleep(6)  # a drift pass (every 5 s) reads it again, with a GET
+        refused = [line for line in operator.log_text().splitlines()
+                   if "servicemonitors: no permission to list and watch them" in line]
+        assert len(refused) == 1 and "monitoring.coreos.com" in refused[0], operator.log_tail()
+        assert operator.ready(), operator.log_tail()
+        assert "servicemonitors watch interrupted" not in operator.log_text(), "retried the refused listing"
+    finally:
+        if operator is not None:
+            operator.stop()
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", workload_ns, "--ignore-not-found", "--timeout=60s",
+                        check=False)
+        testbed.kubectl("delete", "crd", SERVICEMONITOR_CRD_NAME, "--ignore-not-found", "--timeout=60s", check=False)
+        uninstall(helm, release_ns)
+    assert_uninstalled(testbed)
+
+
 def lifecycle(testbed: Any, ns: str) -> None:
     """Create, change and delete DittoServers through every permission-relevant path of the operator."""
     # The webhook (as the ServiceAccount) denies a bad object and posts a ValidationFailed Event.

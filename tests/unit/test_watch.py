@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import pytest
+
 from dittoctl.api.kinds import SECRETS, SERVICEMONITORS, STATEFULSETS, Kind
 from dittoctl.api.naming import selector_string
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
@@ -229,5 +231,41 @@ async def test_an_optional_kind_is_watched_while_served_and_then_read_from_the_c
         await asyncio.gather(task, return_exceptions=True)
         assert task.cancelled() and not shared.follows(SERVICEMONITORS) and SERVICEMONITORS not in controller.followed
         assert controller.cache.child(SERVICEMONITORS, "apps", "demo-metrics") is None, "its cache went with it"
+    finally:
+        await controller.stop()
+
+
+async def test_an_optional_kind_the_role_may_not_list_is_read_with_gets_not_watched_in_a_403_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class OlderRole(Script):
+        """A ClusterRole from before these watches: get, but no list or watch, on ServiceMonitors."""
+
+        async def served(self, kind: Kind) -> bool:
+            return True
+
+        async def pages(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+                        limit: int = 500) -> AsyncIterator[dict[str, Any]]:
+            self.calls.append(("list", "403"))
+            raise ApiError(403, 'servicemonitors.monitoring.coreos.com is forbidden: cannot list resource')
+            yield {}  # pragma: no cover - an async generator that refuses
+
+        async def get_or_none(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            self.calls.append(("get", name))
+            return None
+
+    script = OlderRole(listings=[], streams=[])
+    controller = Controller(cast(Gateway, script))
+    shared = controller.reconciler.shared
+    ctx = Pass(shared, ("apps", "demo"), {"metadata": {"namespace": "apps", "name": "demo"}}, Memory(), fresh=False)
+    try:
+        assert await controller.reconciler.discovery.serves(SERVICEMONITORS)
+        _, task = controller.followed[SERVICEMONITORS]
+        await asyncio.gather(task, return_exceptions=True)  # ends: no retry loop against the refusal
+        assert SERVICEMONITORS not in controller.followed and not shared.follows(SERVICEMONITORS)
+        assert await ctx.optional_child(SERVICEMONITORS, "demo-metrics") is None
+        assert script.calls == [("list", "403"), ("get", "demo-metrics")], "one refused listing, then a GET"
+        refusals = [r for r in caplog.records if "no permission to list and watch" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].levelname == "WARNING"
+        assert "monitoring.coreos.com" in refusals[0].getMessage()  # names what to grant
     finally:
         await controller.stop()
