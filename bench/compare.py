@@ -216,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs[pair, side] = found
             else:
                 meta["failed"].append(f"{side}-{pair}")
-            print(f"[compare] pair {pair} {side}: {'ok' if ok else 'FAILED'} in {time.monotonic() - t0:.0f}s; "
+            status = "ok" if ok and found else "FAILED" if not ok else "FAILED (nothing measured)"
+            print(f"[compare] pair {pair} {side}: {status} in {time.monotonic() - t0:.0f}s; "
                   + ", ".join(f"{k} {v:g}" for k, (v, _) in list(found.items())[:4]), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("[compare] interrupted", file=sys.stderr)
