@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -43,14 +42,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench import admission, apicost, fileservice, floor, idle, image, reconciler
 from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import Contention
-from bench.process import Operator
+from bench.process import Operator, sigterm_as_ctrl_c
 from bench.profile import Profiler
 from bench.report import RESULTS, Check, Figure, environment, failed, loadavg, markdown, other_apiservers, write
 from tests.support.paths import CRD
@@ -444,10 +442,6 @@ async def loaded_restarts(run: Run) -> None:
                 f"of 3 restarts, {writes} API writes by the operator across the restarts (+10 s)")
 
 
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -459,8 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     real_node = any(e.name in ("fileservice", "image") for e in experiments)
     bins = ensure_binaries(["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok",
                             "kubectl", *(["kubelet", "helm"] if real_node else [])])
-    # A SIGTERM (a timeout, kill) tears down like Ctrl-C: the operator and the test bed stop, the work dirs go.
-    signal.signal(signal.SIGTERM, _interrupted)
+    sigterm_as_ctrl_c()
     workdir = Path(tempfile.mkdtemp(prefix="dittofs-bench-"))
     tb = BenchTestbed(binaries=bins, keep=args.keep or None, kcm_qps=args.kcm_qps)
     t0 = time.monotonic()

@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,9 +24,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from bench.process import sigterm_as_ctrl_c
 from bench.report import RESULTS
 from tests.support.paths import ROOT
 
@@ -58,7 +57,7 @@ def metrics(results: Path) -> dict[str, tuple[float, str]]:
         checks = [c for c in fig.get("checks", []) if _measured(c.get("value"))]
         for check in checks:
             found[f"{name}: {check['metric']}"] = (float(check["value"]), check.get("unit", ""))
-        if not checks and _measured(fig.get("value")):
+        if not checks:
             found[name] = (float(fig["value"]), fig.get("unit", ""))
         foreign = (fig.get("details") or {}).get("cpu_during_experiment", {}).get("foreign_pct_of_one_core")
         if _measured(foreign):
@@ -150,10 +149,6 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
                           timeout=60).stdout.strip()
 
 
-def _terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _bench(root: Path, bench_args: Sequence[str], out: Path) -> bool:
     """One `python -m bench` run in `root`; a SIGTERM to it tears its test bed down before it exits."""
     with out.with_suffix(".log").open("wb") as log:
@@ -200,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pairs": args.pairs, "bench_args": args.bench_args, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "failed": [],
     }
-    signal.signal(signal.SIGTERM, _terminated)
+    sigterm_as_ctrl_c()
     (out / "runs").mkdir(parents=True, exist_ok=True)
     worktree = Path(tempfile.mkdtemp(prefix="dittofs-compare-")) / "base"
     roots = {"base": worktree, "head": ROOT}

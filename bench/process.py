@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from tests.support.net import free_port
 from tests.support.paths import ROOT, packages
@@ -25,6 +26,15 @@ from tests.testbed.cluster import die_with_parent
 from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def sigterm_as_ctrl_c() -> None:
+    """A SIGTERM (a timeout, kill) tears down like Ctrl-C: the operator and test beds stop, work dirs go."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def compile_packages() -> None:
