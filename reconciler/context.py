@@ -277,6 +277,14 @@ class Shared:
     requeue: Callable[[Key], None] | None = None
     """Another pass for a server (the controller's queue): set by the controller."""
 
+    def forget(self, key: Key | None = None) -> None:
+        """Drops what passes derived (parsed spec, build) for one server, or for all."""
+        for recent in (self.parsed, self.built):
+            if key is None:
+                recent.clear()
+            else:
+                recent.drop(key)
+
     def follows(self, kind: Kind) -> bool:
         """Is every child of this optional kind in the cache (its watch has listed)?"""
         listed = self.followed.get(kind)

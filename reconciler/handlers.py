@@ -154,8 +154,7 @@ class Controller:
                 trimmed = self.queue.passes
                 # What the last passes derived only helps passes that follow each other closely; settled, it
                 # is ~3.5 MiB of builds nobody reads before the next drift pass rebuilds them anyway.
-                self.reconciler.shared.parsed.clear()
-                self.reconciler.shared.built.clear()
+                self.reconciler.shared.forget()
                 if self.trim is not None:
                     self.trim()
 

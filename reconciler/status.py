@@ -262,6 +262,11 @@ def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> boo
     return any(old.get(key) != value for key, value in new.items())
 
 
+def settled(previous: Mapping[str, Any] | None, reported: Mapping[str, Any]) -> bool:
+    """The server was Running and this pass found nothing to report (``reported`` is the status it built)."""
+    return reported.get("phase") == "Running" and not status_changed(previous, reported)
+
+
 def s3_status(spec: DittoServerSpec, secret: Mapping[str, str] | None) -> dict[str, Any] | None:
     """``secret``: the key digests of spec.s3's credentials Secret (None: it does not exist)."""
     if spec.s3 is None or spec.s3.credentials_secret_ref is None:

@@ -38,7 +38,7 @@ from reconciler.phases.finalizer import ensure_finalizer
 from reconciler.queue import WorkQueue
 from reconciler.specs import Desired
 from reconciler.specs.hashing import manifest_hash
-from reconciler.status import pod_problems, statefulset_news
+from reconciler.status import pod_problems, settled, statefulset_news
 from reconciler.watch import PAGE
 from tests.support.admission import write_pair
 
@@ -138,11 +138,11 @@ async def test_a_refresh_asks_about_every_optional_kind_at_once_and_keeps_what_i
 
 def test_kopf_lists_in_pages_and_lets_idle_workers_go() -> None:
     """A decoded DittoServer must not outlive its event by long: after a restart at 300 servers, kopf's default
-    five idle seconds per object and one unpaged listing measured 8.5 MiB more RSS."""
+    five idle seconds per object and one unpaged listing measured 8.5 MiB more RSS, and 0.5 s 9 MiB more."""
     settings = kopf.OperatorSettings()
     kopf_settings(settings)
     assert settings.watching.chunk_size == PAGE
-    assert settings.queueing.idle_timeout == KOPF_WORKER_IDLE <= 1.0
+    assert settings.queueing.idle_timeout == KOPF_WORKER_IDLE <= 0.1
     assert settings.posting.enabled is False
 
 
@@ -276,6 +276,26 @@ def test_recent_keeps_a_bounded_number_of_servers_valid_while_their_inputs_are_e
     assert recent.get(("ns", "a"), ("uid-a", 1)) == "built a"
     recent.drop(("ns", "a"))
     assert recent.get(("ns", "a"), ("uid-a", 1)) is None
+
+
+def test_a_running_server_whose_pass_reports_nothing_new_keeps_nothing_derived() -> None:
+    """After a restart at 300 servers every first pass is such a pass. Their parsed specs and builds, kept to the
+    end of the wave, raised the heap's peak for good: RSS 10 s after the restart 85 -> 78 MiB without them."""
+    running = {"phase": "Running", "observedGeneration": 3, "conditions": [{"type": "Ready", "status": "True"}]}
+    assert settled(running, dict(running))
+    assert not settled({}, running), "it has just turned Running: the write's echo and the pods may follow"
+    assert not settled(running, {**running, "observedGeneration": 4}), "an edit was taken up: more may follow"
+    assert not settled({"phase": "Pending"}, {"phase": "Pending"}), "converging: its next pass comes soon"
+
+    shared = Shared(cast(Gateway, object()), Cache(), cast(Any, None), cast(Any, None))
+    for name in ("a", "b"):
+        shared.parsed.put(("ns", name), ("uid", 1), cast(Any, f"parsed {name}"))
+        shared.built.put(("ns", name), ("uid", 1), cast(Any, f"built {name}"))
+    shared.forget(("ns", "a"))
+    assert shared.parsed.get(("ns", "a"), ("uid", 1)) is None and shared.built.get(("ns", "a"), ("uid", 1)) is None
+    assert shared.parsed.get(("ns", "b"), ("uid", 1)) and shared.built.get(("ns", "b"), ("uid", 1))
+    shared.forget()
+    assert shared.parsed.get(("ns", "b"), ("uid", 1)) is None and shared.built.get(("ns", "b"), ("uid", 1)) is None
 
 
 def test_a_cached_child_is_kept_compact_and_read_back_whole() -> None:
