@@ -64,6 +64,7 @@ class Experiment:
 
 
 FLOOR_MARGIN_PCT = 15.0  # issue 15: the 300 burst within 15 % of the control-plane floor
+RESTART_RSS_MIB = 90.0  # issue 15: RSS at N servers, also 10 s after a restart at N
 PROFILED = ("sequential", "scale")  # the per-object work: one create at a time, and the burst
 EXPERIMENTS = (
     Experiment("startup", (("start_to_ready", "process start -> ready (/readyz 200)", "< 3 s"),)),
@@ -428,6 +429,10 @@ async def loaded_restarts(run: Run) -> None:
     for fig in run.figures:
         if fig.name == "operator_rss":
             fig.details["rss_10s_after_a_restart_at_population_mib"] = round(rss_restarted, 1)
+            fig.checks.append(Check("VmRSS 10 s after a restart", round(rss_restarted, 1), "<=", RESTART_RSS_MIB,
+                                    "MiB"))
+            fig.target_text += f"; <= {RESTART_RSS_MIB:g} MiB 10 s after a restart"
+            fig.measured_text += f"; {rss_restarted:.1f} MiB 10 s after a restart"
             fig.details["requests_of_that_start_by_method"] = reads
             fig.details.setdefault("notes", []).append(
                 f"{rss_restarted:.0f} MiB 10 s after a restart with {run.population} DittoServers "
