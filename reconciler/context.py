@@ -266,7 +266,7 @@ class Shared:
     parsed: Recent[DittoServer] = field(default_factory=lambda: Recent(512))
     """The validated server by (uid, generation): the spec changes only with the generation. Room for a whole
     burst (a server's passes are tens of seconds apart in a 300 burst; with 64, nearly every pass validated again,
-    5 % of its CPU): ~15 KiB each, dropped once the passes stop."""
+    5 % of its CPU): ~15 KiB each, dropped once the passes stop or a pass finds its server settled."""
     built: Recent[Desired] = field(default_factory=Recent)
     """The desired children by every input of the builders."""
     followed: dict[Kind, asyncio.Event] = field(default_factory=dict)
