@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.kinds import PERCONAPGCLUSTERS, SECRETS, STORAGECLASSES
-from dittoctl.api.parsed import references
+from dittoctl.api.parsed import ParsedSpec, references
 from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH
 from dittoctl.kube.background import Background
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
@@ -89,12 +89,13 @@ class FactSource:
 
     # -- lookups -----------------------------------------------------------------------------------------
     async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None,
-                        old: Mapping[str, Any] | None = None) -> ClusterFacts:
+                        old: Mapping[str, Any] | None = None, parsed: ParsedSpec | None = None) -> ClusterFacts:
         """Facts about exactly what `obj` references; never raises. `namespace` overrides the object's
         (the AdmissionReview's request.namespace is authoritative on CREATE). ``old``: on an update that
-        changes spec.storage, the StorageClasses are listed too (the default class, expansion support)."""
+        changes spec.storage, the StorageClasses are listed too (the default class, expansion support).
+        ``parsed``: `obj`'s spec, when the caller has parsed it already."""
         try:
-            refs = references(obj)
+            refs = references(obj, parsed)
             ns = namespace or refs.namespace or "default"
             storage_changed = old is not None and _storage(old) != _storage(obj)
             classes, percona, (secrets, short) = await asyncio.gather(

@@ -85,10 +85,12 @@ class Verdict:
         return [str(e) for e in self.errors]
 
 
-def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: ClusterFacts) -> Verdict:
-    """All violations of `obj` (an UPDATE when `old` is given). Total: any input gives a Verdict."""
+def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: ClusterFacts, *,
+             parsed: ParsedSpec | None = None) -> Verdict:
+    """All violations of `obj` (an UPDATE when `old` is given). Total: any input gives a Verdict. ``parsed``:
+    ``parse_spec(obj["spec"])``, when the caller has it already (the webhook, which read the references)."""
     try:
-        verdict = _Check(obj, old, facts).run()
+        verdict = _Check(obj, old, facts, parsed).run()
         if old is not None and verdict.errors:
             # Ratchet, like Kubernetes' CRD validation ratcheting: an UPDATE is not denied for a problem
             # the stored object already had (a StorageClass deleted since, a rule added by an upgrade).
@@ -105,10 +107,11 @@ def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: Clust
 class _Check:
     """One validation pass; collects findings instead of stopping at the first."""
 
-    def __init__(self, obj: Any, old: Any, facts: ClusterFacts) -> None:
+    def __init__(self, obj: Any, old: Any, facts: ClusterFacts, parsed: ParsedSpec | None = None) -> None:
         self.obj = obj
         self.old = old
         self.facts = facts
+        self.parsed = parsed
         self.errors: list[FieldError] = []
         self.warnings: list[tuple[int, str]] = []
 
@@ -147,7 +150,7 @@ class _Check:
         if "spec" not in obj:
             self.error("spec", "required; a DittoServer needs at least spec.storage.metadataSize")
             return self.verdict(None)
-        parsed = parse_spec(obj.get("spec"))
+        parsed = self.parsed if self.parsed is not None else parse_spec(obj.get("spec"))
         for err in parsed.errors:
             self.error(_path(err["loc"]), _describe(err))
         if parsed.spec is not None:

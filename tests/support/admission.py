@@ -15,6 +15,7 @@ from typing import Any
 from certs.selfsigned import KeyPair, new_leaf
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION
+from dittoctl.api.parsed import ParsedSpec
 
 GOOD_FACTS = ClusterFacts(storage_classes=frozenset({"standard"}), percona_served=True, secrets={})
 # A cause's field: a root the validator reports on, then any path that cannot contain the ": " that
@@ -30,7 +31,7 @@ class FakeFacts:
         self.calls: list[tuple[Mapping[str, Any], str | None]] = []
 
     async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None,
-                        old: Mapping[str, Any] | None = None) -> ClusterFacts:
+                        old: Mapping[str, Any] | None = None, parsed: ParsedSpec | None = None) -> ClusterFacts:
         self.calls.append((obj, namespace))
         if self.fail:
             raise RuntimeError("boom")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any, cast
+
+import pytest
 
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.kinds import SECRETS, STORAGECLASSES, Kind
-from dittoctl.api.models import API_VERSION
+from dittoctl.api.models import API_VERSION, DittoServerSpec
 from dittoctl.api.rules import validate
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from webhook.facts import FactSource
+from webhook.server import AdmissionHandler
 
 
 class FakeGateway:
@@ -220,3 +224,25 @@ async def test_expansion_support_and_the_default_class_come_from_the_storageclas
     fast = obj({"storage": {"metadataSize": "2Gi", "storageClassName": "fast"}})
     fast_old = obj({"storage": {"metadataSize": "1Gi", "storageClassName": "fast"}})
     assert validate(fast, fast_old, await src.facts_for(fast, old=fast_old)).allowed
+
+
+async def test_an_admission_parses_the_spec_once_for_its_lookups_and_its_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    parses: list[object] = []
+    original = DittoServerSpec.model_validate.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[DittoServerSpec], raw: object, *args: Any, **kwargs: Any) -> DittoServerSpec:
+        parses.append(raw)
+        result: DittoServerSpec = original(cls, raw, *args, **kwargs)
+        return result
+
+    monkeypatch.setattr(DittoServerSpec, "model_validate", classmethod(counted))
+    gw = FakeGateway()
+    gw.secrets[("team", "s3")] = {"data": {"accessKeyId": "", "secretAccessKey": ""}}
+    body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u1", "operation": "CREATE", "namespace": "team",
+        "kind": {"group": "dittofs.dittofs.com", "version": "v1alpha1", "kind": "DittoServer"},
+        "object": obj({"storage": {"metadataSize": "1Gi", "storageClassName": "standard"}})}}
+    answer = await AdmissionHandler(source(gw)).review(json.dumps(body).encode())
+    assert answer["response"]["allowed"] is True
+    assert gw.calls == ["list storageclasses"]  # the lookups did read the parsed references
+    assert len(parses) == 1
