@@ -237,7 +237,6 @@ async def test_an_admission_parses_the_spec_once_for_its_lookups_and_its_rules(m
 
     monkeypatch.setattr(DittoServerSpec, "model_validate", classmethod(counted))
     gw = FakeGateway()
-    gw.secrets[("team", "s3")] = {"data": {"accessKeyId": "", "secretAccessKey": ""}}
     body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "u1", "operation": "CREATE", "namespace": "team",
         "kind": {"group": "dittofs.dittofs.com", "version": "v1alpha1", "kind": "DittoServer"},
