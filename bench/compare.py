@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from bench.process import sigterm_as_ctrl_c
 from bench.report import RESULTS
@@ -32,6 +32,7 @@ from tests.support.paths import ROOT
 
 SIDES = ("base", "head")
 FOREIGN = "foreign CPU"  # other workloads' share of the machine during the figure: the noise, not a result
+OPERATOR = "operator's CPU share"  # the operator's share of a core during the figure: a result (e.g. per admission)
 
 
 def schedule(pairs: int) -> list[tuple[int, str]]:
@@ -40,14 +41,14 @@ def schedule(pairs: int) -> list[tuple[int, str]]:
             for side in (SIDES if pair % 2 else SIDES[::-1])]
 
 
-def _measured(value: Any) -> bool:
+def _measured(value: Any) -> TypeGuard[int | float]:
     """A number, not NaN: a figure that timed out (299 of 300 Ready) has NaN for its value."""
     return isinstance(value, int | float) and math.isfinite(value)
 
 
 def metrics(results: Path) -> dict[str, tuple[float, str]]:
     """'figure: metric' -> (value, unit) of every measured figure in one bench run's results directory: its
-    checks (what its targets judge), else its headline value, and the foreign CPU during it."""
+    checks (what its targets judge), else its headline value, and the operator's and the foreign CPU during it."""
     found: dict[str, tuple[float, str]] = {}
     for path in sorted(results.glob("*.json")):
         fig = json.loads(path.read_text())
@@ -59,8 +60,11 @@ def metrics(results: Path) -> dict[str, tuple[float, str]]:
             found[f"{name}: {check['metric']}"] = (float(check["value"]), check.get("unit", ""))
         if not checks:
             found[name] = (float(fig["value"]), fig.get("unit", ""))
-        foreign = (fig.get("details") or {}).get("cpu_during_experiment", {}).get("foreign_pct_of_one_core")
-        if _measured(foreign):
+        cpu = (fig.get("details") or {}).get("cpu_during_experiment") or {}
+        operator = (cpu.get("this_run_by_process_pct_of_one_core") or {}).get("operator")
+        if _measured(operator):
+            found[f"{name}: {OPERATOR}"] = (float(operator), "% of a core")
+        if _measured(foreign := cpu.get("foreign_pct_of_one_core")):
             found[f"{name}: {FOREIGN}"] = (float(foreign), "% of a core")
     return found
 
@@ -139,8 +143,9 @@ def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
     if meta["failed"]:
         lines += ["", "Failed runs (left out with their pair): " + ", ".join(meta["failed"])]
     lines += ["", "t: the paired differences' mean over their standard error; |t| > ~2.5 over 6+ pairs is a "
-              "change larger than the noise. A `foreign CPU` row is other workloads' share of the machine "
-              "during that figure: the noise each side met, not a result.", ""]
+              "change larger than the noise. An `operator's CPU share` row is the operator's share of a core "
+              "during that figure (e.g. what 500 admissions a second cost it). A `foreign CPU` row is other "
+              "workloads' share of the machine during that figure: the noise each side met, not a result.", ""]
     return "\n".join(lines)
 
 

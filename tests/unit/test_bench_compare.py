@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import FOREIGN, Paired, markdown, metrics, paired, parse_args, schedule
+from bench.compare import FOREIGN, OPERATOR, Paired, markdown, metrics, paired, parse_args, schedule
 
 
 def _figure(out: Path, name: str, value: float, checks: list[tuple[str, float, str]], foreign: float | None = None,
-            error: str | None = None) -> None:
-    details = {} if foreign is None else {"cpu_during_experiment": {"foreign_pct_of_one_core": foreign}}
+            error: str | None = None, operator: float | None = None) -> None:
+    cpu: dict[str, object] = {} if foreign is None else {"foreign_pct_of_one_core": foreign}
+    if operator is not None:
+        cpu["this_run_by_process_pct_of_one_core"] = {"operator": operator, "kube-apiserver": 40.0}
+    details = {"cpu_during_experiment": cpu} if cpu else {}
     (out / f"{name}.json").write_text(json.dumps({
         "figure": name, "value": value, "unit": "s", "error": error, "details": details,
         "checks": [{"metric": m, "value": v, "op": "<", "target": 1, "unit": u} for m, v, u in checks]}))
@@ -22,9 +25,9 @@ def test_the_order_alternates_so_drift_falls_on_both_sides() -> None:
     assert schedule(3) == [(1, "base"), (1, "head"), (2, "head"), (2, "base"), (3, "base"), (3, "head")]
 
 
-def test_a_run_yields_its_measured_figures_checks_else_values_and_the_foreign_cpu(tmp_path: Path) -> None:
+def test_a_run_yields_its_measured_figures_checks_else_values_and_the_cpu_shares(tmp_path: Path) -> None:
     _figure(tmp_path, "scale_300_ready", 41.7, [("wall time", 41.7, "s"), ("operator CPU", 6.39, "CPU-s")],
-            foreign=3.5)
+            foreign=3.5, operator=85.0)
     _figure(tmp_path, "scale_300_floor", 33.8, [])
     _figure(tmp_path, "webhook_latency", 0, [("p50", 0.7, "ms")], error="webhook unreachable")
     _figure(tmp_path, "scale_1000_ready", float("nan"), [("wall time", float("nan"), "s"),  # timed out: its
@@ -34,6 +37,7 @@ def test_a_run_yields_its_measured_figures_checks_else_values_and_the_foreign_cp
         "scale_300_ready: wall time": (41.7, "s"),
         "scale_300_ready: operator CPU": (6.39, "CPU-s"),
         f"scale_300_ready: {FOREIGN}": (3.5, "% of a core"),
+        f"scale_300_ready: {OPERATOR}": (85.0, "% of a core"),
         "scale_300_floor": (33.8, "s"),
     }
 
