@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
 from certs.source import CertificateInfo, CertificateSource
 from dittoctl.api.conditions import EventReason
@@ -231,7 +232,7 @@ class WebhookServer:
         # The path's metric children, looked up once: labels() takes a lock and hashes its values each time.
         self._in_flight = metrics.IN_FLIGHT.labels(path)
         self._latency = metrics.LATENCY.labels(path)
-        self._answered = {code: metrics.REQUESTS.labels(path, str(code)) for code in (200, 400)}
+        self._answered: dict[int, Counter] = {}  # status -> its counter, made on first use
 
     @property
     def ready(self) -> bool:
@@ -266,7 +267,9 @@ class WebhookServer:
             return web.Response(status=400, text="request could not be read")
         finally:
             self._in_flight.dec()
-            self._answered[status].inc()
+            if (answered := self._answered.get(status)) is None:
+                answered = self._answered[status] = metrics.REQUESTS.labels(self.path, str(status))
+            answered.inc()
             self._latency.observe(time.perf_counter() - started)
 
     async def start(self) -> None:
