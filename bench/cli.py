@@ -47,7 +47,7 @@ from typing import Any
 from bench import admission, apicost, fileservice, floor, idle, image, reconciler
 from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
-from bench.machine import Contention
+from bench.machine import OPERATOR, Contention
 from bench.process import Operator, sigterm_as_ctrl_c
 from bench.profile import Profiler
 from bench.report import RESULTS, Check, Figure, environment, failed, loadavg, markdown, other_apiservers, write
@@ -183,7 +183,7 @@ class Run:
     def _pids(self) -> dict[str, int]:
         pids = {c: p for c in COMPONENTS if (p := self.tb.pid(c)) is not None}
         if self.op.proc is not None and self.op.proc.poll() is None:
-            pids["operator"] = self.op.proc.pid
+            pids[OPERATOR] = self.op.proc.pid
         return pids
 
     def log(self, message: str) -> None:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from bench.machine import OPERATOR as OPERATOR_PROCESS
 from bench.process import sigterm_as_ctrl_c
 from bench.report import RESULTS
 from tests.support.paths import ROOT
@@ -61,7 +62,7 @@ def metrics(results: Path) -> dict[str, tuple[float, str]]:
         if not checks:
             found[name] = (float(fig["value"]), fig.get("unit", ""))
         cpu = (fig.get("details") or {}).get("cpu_during_experiment") or {}
-        operator = (cpu.get("this_run_by_process_pct_of_one_core") or {}).get("operator")
+        operator = (cpu.get("this_run_by_process_pct_of_one_core") or {}).get(OPERATOR_PROCESS)
         if _measured(operator):
             found[f"{name}: {OPERATOR}"] = (float(operator), "% of a core")
         if _measured(foreign := cpu.get("foreign_pct_of_one_core")):

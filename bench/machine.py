@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+OPERATOR = "operator"  # the operator process's name among a run's processes (Contention's `pids`)
 
 
 def machine_jiffies() -> tuple[int, int, int]:
