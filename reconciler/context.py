@@ -25,7 +25,7 @@ from dittoctl.kube.events import EventRecorder, EventType
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, Packed, version_of
-from reconciler.compare import needs_apply
+from reconciler.compare import needs_apply, stamp_manifest
 from reconciler.owned import FOLLOWED_CHILDREN
 from reconciler.specs import Desired, RenderedConfig
 from reconciler.status import status_changed
@@ -366,7 +366,8 @@ class Pass:
 
     async def apply(self, manifest: dict[str, Any], previous: Obj | None = None, known: bool = False, *,
                     lane: Lane | None = None) -> tuple[bool, Obj | None]:
-        """(written, previous): server-side apply only when the observed child differs from `manifest`;
+        """(written, previous): server-side apply only when the observed child differs from `manifest`, which is
+        stamped here (``stamp_manifest``) unless the child is known to hold it already;
         `previous` is the child before the write (when nothing was written, it may be None: an unchanged child
         is not even decoded).
         `known=True` means `previous` was already observed this pass. `lane`: entered for the write only; when
@@ -378,6 +379,9 @@ class Pass:
         if in_sync is not None and packed is not None and packed.version is not None \
                 and in_sync.get((kind.plural, name)) == packed.version:
             return False, None  # this very version already held this very build
+        # Stamped only now: a build is remade for most passes of a burst (``Recent``), and the digests of its
+        # children were ~3 % of the operator's CPU, mostly in passes that found every child in sync.
+        stamp_manifest(manifest)
         if not known:
             previous = await self.observed(kind, name)
         if not needs_apply(manifest, previous):

@@ -11,7 +11,6 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import CERTIFICATES, NETWORKPOLICIES, SERVICEMONITORS, SERVICES, Kind
 from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import NotFound
-from reconciler.compare import stamp_manifest
 from reconciler.context import Deferred, Pass
 from reconciler.specs import Desired
 
@@ -19,14 +18,14 @@ log = logging.getLogger("dittofs.reconciler")
 
 
 async def apply_config_map(ctx: Pass, desired: Desired, names: Names) -> None:
-    written, old = await ctx.apply(stamp_manifest(desired.config_map))
+    written, old = await ctx.apply(desired.config_map)
     if written and old is not None:
         await ctx.post("Normal", EventReason.CONFIG_UPDATED,
                        f"ConfigMap {names.config_map} updated (config hash {desired.config_hash[:12]})")
 
 
 async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:
-    results = await asyncio.gather(*(ctx.apply(stamp_manifest(service), lane=ctx.shared.service_lane)
+    results = await asyncio.gather(*(ctx.apply(service, lane=ctx.shared.service_lane)
                                      for service in desired.services), return_exceptions=True)
     for result in results:
         if isinstance(result, Deferred):
@@ -44,7 +43,7 @@ async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:
 
 async def apply_network_policy(ctx: Pass, desired: Desired, names: Names) -> None:
     if desired.network_policy is not None:
-        await ctx.apply(stamp_manifest(desired.network_policy))
+        await ctx.apply(desired.network_policy)
     else:
         await ctx.prune(NETWORKPOLICIES, names.network_policy,
                         ctx.cache.child(NETWORKPOLICIES, names.namespace, names.network_policy))
@@ -70,7 +69,7 @@ async def _apply_optional(ctx: Pass, kind: Kind, wanted: list[dict[str, Any]], c
         return
     for name, manifest in by_name.items():
         try:
-            await ctx.apply(stamp_manifest(manifest), await ctx.optional_child(kind, name), known=True)
+            await ctx.apply(manifest, await ctx.optional_child(kind, name), known=True)
         except NotFound:  # the CRD went away since discovery said it was served
             discovery.forget(kind)
             return

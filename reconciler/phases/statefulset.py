@@ -12,7 +12,6 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import STATEFULSETS
 from dittoctl.api.naming import HASH_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
-from reconciler.compare import stamp_manifest
 from reconciler.context import Pass
 from reconciler.specs import Desired, SecretDigests
 
@@ -27,7 +26,7 @@ async def observe_statefulset(ctx: Pass, names: Names) -> Obj | None:
 
 async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous: Obj | None,
                             digests: SecretDigests) -> Obj | None:
-    written, _ = await ctx.apply(stamp_manifest(desired.statefulset), previous, known=True)
+    written, _ = await ctx.apply(desired.statefulset, previous, known=True)
     if not written:
         return previous
     result = ctx.cache.child(STATEFULSETS, names.namespace, names.statefulset)

@@ -29,7 +29,7 @@ from dittoctl.kube.gateway import REQUESTS, ApiError, Gateway, load_client
 from dittoctl.kube.heap import pin_mmap_threshold, trimmer
 from dittoctl.kube.jsonbytes import dumps
 from dittoctl.main import KOPF_WORKER_IDLE, kopf_settings
-from reconciler import context
+from reconciler import compare, context
 from reconciler.cache import Cache
 from reconciler.compare import needs_apply, stamp_manifest
 from reconciler.context import Discovery, Memory, Pass, Recent, Shared
@@ -473,6 +473,54 @@ async def test_an_unchanged_child_is_compared_once_per_build_even_when_the_build
     assert await one_pass().apply(manifest) == (False, None)
     assert await one_pass("build-2").apply(manifest) == (False, cache.child(CONFIGMAPS, "ns", "demo-config"))
     assert len(compared) == 4  # another build (a rotated Secret, a new generation) compares it again
+
+
+async def test_a_child_known_to_hold_the_build_costs_no_digest_and_any_other_is_stamped_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The applied digest (``stamp_manifest``) is taken by a pass that compares or writes the child, never by one
+    that knows the child's very version held this build: in a burst most passes remake the build and find every
+    child in sync."""
+    applied: list[dict[str, Any]] = []
+
+    class _Gateway:
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            applied.append(manifest)
+            return {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": "9"}}
+
+    digests: list[str] = []
+
+    def counting(manifest: Any) -> str:
+        digests.append(manifest["metadata"]["name"])
+        return manifest_hash(manifest)
+
+    monkeypatch.setattr(compare, "manifest_hash", counting)
+    cache = Cache()
+    shared = Shared(cast(Gateway, _Gateway()), cache, cast(Any, None), cast(Any, None))
+    memory = Memory()
+
+    def built() -> dict[str, Any]:  # what each remade build holds: a fresh, unstamped manifest
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo-config", "namespace": "ns"},
+                "data": {"a": "1"}}
+
+    live = stamp_manifest(built())
+    digests.clear()
+    cache.put_child(CONFIGMAPS, {**live, "metadata": {**live["metadata"], "resourceVersion": "7"}})
+
+    def one_pass(build: str) -> Pass:
+        ctx = Pass(shared, ("ns", "demo"), {"metadata": {"name": "demo"}}, memory, fresh=False)
+        ctx.in_sync = memory.marks(build)
+        return ctx
+
+    first = built()
+    assert (await one_pass("build-1").apply(first))[0] is False
+    assert digests == ["demo-config"] and first["metadata"]["annotations"] == live["metadata"]["annotations"]
+    again = built()
+    assert await one_pass("build-1").apply(again) == (False, None)
+    assert digests == ["demo-config"] and "annotations" not in again["metadata"]  # known in sync: no digest
+    changed = {**built(), "data": {"a": "2"}}
+    assert (await one_pass("build-2").apply(changed))[0] is True
+    assert applied == [changed] and APPLIED_ANNOTATION in changed["metadata"]["annotations"]  # written stamped
+    assert len(digests) == 2
 
 
 def test_request_bodies_are_json_and_big_integers_still_go_out() -> None:
