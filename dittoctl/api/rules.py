@@ -90,12 +90,13 @@ def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: Clust
     """All violations of `obj` (an UPDATE when `old` is given). Total: any input gives a Verdict. ``parsed``:
     ``parse_spec(obj["spec"])``, when the caller has it already (the webhook, which read the references)."""
     try:
-        verdict = _Check(obj, old, facts, parsed).run()
+        check = _Check(obj, old, facts, parsed)
+        verdict = check.run()
         if old is not None and verdict.errors:
             # Ratchet, like Kubernetes' CRD validation ratcheting: an UPDATE is not denied for a problem
             # the stored object already had (a StorageClass deleted since, a rule added by an upgrade).
             # Otherwise metadata-only writes, e.g. the operator's finalizer patch, would be stuck.
-            before = set(_Check(old, None, facts).run().errors)
+            before = set(_Check(old, None, facts, check.old_parsed).run().errors)
             verdict.errors = [e for e in verdict.errors if e not in before]
         return verdict
     except Exception as exc:  # a bug must deny with a message, never crash the webhook
@@ -112,6 +113,8 @@ class _Check:
         self.old = old
         self.facts = facts
         self.parsed = parsed
+        self.old_parsed: ParsedSpec | None = None
+        """The old object's spec, once the update rules parsed it (the ratchet checks the old object with it)."""
         self.errors: list[FieldError] = []
         self.warnings: list[tuple[int, str]] = []
 
@@ -573,7 +576,7 @@ class _Check:
         old_raw = self.old.get("spec") if isinstance(self.old, Mapping) else None
         if not isinstance(old_raw, Mapping):
             return
-        old = parse_spec(old_raw)
+        old = self.old_parsed = parse_spec(old_raw)
         if old.spec is None:
             return
         self._immutable_storage(old, parsed)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dittoctl.api.facts import ClusterFacts
-from dittoctl.api.models import API_VERSION, DittoServer
+from dittoctl.api.models import API_VERSION, DittoServer, DittoServerSpec
 from dittoctl.api.parsed import required_secrets
 from dittoctl.api.rules import MAX_WARNING, Verdict, validate
 from tests.support.strategies import facts_strategy, json_values, spec_strategy
@@ -398,6 +398,21 @@ def test_update_is_not_denied_for_a_problem_the_object_already_had() -> None:
     assert not check(stale).allowed
     assert check(merge(stale, {"replicas": 0}), old=stale).allowed  # e.g. stopping the server
     assert not check(merge(stale, {"replicas": 9}), old=stale).allowed  # a new problem is still denied
+
+
+def test_a_ratcheted_update_parses_each_spec_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    parses: list[object] = []
+    original = DittoServerSpec.model_validate.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[DittoServerSpec], raw: object, *args: Any, **kwargs: Any) -> DittoServerSpec:
+        parses.append(raw)
+        result: DittoServerSpec = original(cls, raw, *args, **kwargs)
+        return result
+
+    monkeypatch.setattr(DittoServerSpec, "model_validate", classmethod(counted))
+    stale = {"storage": {"storageClassName": "deleted-since"}}
+    assert check(merge(stale, {"replicas": 0}), old=stale).allowed  # the ratchet ran: the new object had an error
+    assert len(parses) == 2  # the new spec, and the old one (by the update rules, then reused by the ratchet)
 
 
 # -- ordering, lengths, references ----------------------------------------------------------------------------
