@@ -379,8 +379,8 @@ class Pass:
         if in_sync is not None and packed is not None and packed.version is not None \
                 and in_sync.get((kind.plural, name)) == packed.version:
             return False, None  # this very version already held this very build
-        # Stamped only now: a build is remade for most passes of a burst (``Recent``), and the digests of its
-        # children were ~3 % of the operator's CPU, mostly in passes that found every child in sync.
+        # Stamped only now: a build is remade for most passes of a burst (``Recent``), and a stamp digests the whole
+        # manifest. A child known to hold the build needs none (a 300 burst took 7 515 digests instead of 10 185).
         stamp_manifest(manifest)
         if not known:
             previous = await self.observed(kind, name)
