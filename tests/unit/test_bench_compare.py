@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from bench.compare import FOREIGN, OPERATOR, Paired, markdown, metrics, paired, parse_args, schedule
+from bench.machine import OPERATOR as OPERATOR_PROCESS
 
 
 def _figure(out: Path, name: str, value: float, checks: list[tuple[str, float, str]], foreign: float | None = None,
             error: str | None = None, operator: float | None = None) -> None:
     cpu: dict[str, object] = {} if foreign is None else {"foreign_pct_of_one_core": foreign}
     if operator is not None:
-        cpu["this_run_by_process_pct_of_one_core"] = {"operator": operator, "kube-apiserver": 40.0}
+        cpu["this_run_by_process_pct_of_one_core"] = {OPERATOR_PROCESS: operator, "kube-apiserver": 40.0}
     details = {"cpu_during_experiment": cpu} if cpu else {}
     (out / f"{name}.json").write_text(json.dumps({
         "figure": name, "value": value, "unit": "s", "error": error, "details": details,

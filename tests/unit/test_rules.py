@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dittoctl.api.facts import ClusterFacts
-from dittoctl.api.models import API_VERSION, DittoServer, DittoServerSpec
+from dittoctl.api.models import API_VERSION, DittoServer
 from dittoctl.api.parsed import required_secrets
 from dittoctl.api.rules import MAX_WARNING, Verdict, validate
+from tests.support.parses import count_spec_parses
 from tests.support.strategies import facts_strategy, json_values, spec_strategy
 
 SECRETS: dict[str, frozenset[str] | None] = {
@@ -401,15 +402,7 @@ def test_update_is_not_denied_for_a_problem_the_object_already_had() -> None:
 
 
 def test_a_ratcheted_update_parses_each_spec_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    parses: list[object] = []
-    original = DittoServerSpec.model_validate.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type[DittoServerSpec], raw: object, *args: Any, **kwargs: Any) -> DittoServerSpec:
-        parses.append(raw)
-        result: DittoServerSpec = original(cls, raw, *args, **kwargs)
-        return result
-
-    monkeypatch.setattr(DittoServerSpec, "model_validate", classmethod(counted))
+    parses = count_spec_parses(monkeypatch)
     stale = {"storage": {"storageClassName": "deleted-since"}}
     assert check(merge(stale, {"replicas": 0}), old=stale).allowed  # the ratchet ran: the new object had an error
     assert len(parses) == 2  # the new spec, and the old one (by the update rules, then reused by the ratchet)

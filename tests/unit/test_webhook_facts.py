@@ -11,9 +11,10 @@ import pytest
 
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.kinds import SECRETS, STORAGECLASSES, Kind
-from dittoctl.api.models import API_VERSION, DittoServerSpec
+from dittoctl.api.models import API_VERSION
 from dittoctl.api.rules import validate
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
+from tests.support.parses import count_spec_parses
 from webhook.facts import FactSource
 from webhook.server import AdmissionHandler
 
@@ -227,15 +228,7 @@ async def test_expansion_support_and_the_default_class_come_from_the_storageclas
 
 
 async def test_an_admission_parses_the_spec_once_for_its_lookups_and_its_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    parses: list[object] = []
-    original = DittoServerSpec.model_validate.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type[DittoServerSpec], raw: object, *args: Any, **kwargs: Any) -> DittoServerSpec:
-        parses.append(raw)
-        result: DittoServerSpec = original(cls, raw, *args, **kwargs)
-        return result
-
-    monkeypatch.setattr(DittoServerSpec, "model_validate", classmethod(counted))
+    parses = count_spec_parses(monkeypatch)
     gw = FakeGateway()
     body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "u1", "operation": "CREATE", "namespace": "team",
