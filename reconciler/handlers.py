@@ -43,10 +43,12 @@ CRD_MISSING = f"{CRD_NOT_SERVED}; the operator starts watching as soon as it is 
 TRIM_SECONDS = 2.0  # a settled operator's check is a counter comparison; a trim follows work within 2 s
 
 
-# Whether a pass could read anything new from a child's update (old, new, the server's pods), for the kinds
-# whose updates are mostly status a pass does not derive anything from; any other kind's update is news.
-News = Callable[[Mapping[str, Any] | None, Mapping[str, Any], Sequence[Mapping[str, Any]]], bool]
-CHILD_NEWS: Mapping[Kind, News] = {STATEFULSETS: statefulset_news}
+# Whether a pass could read anything new from a child's update (old, new, the server's pods, whether the pass would
+# report a status), for the kinds whose updates are mostly status that only the server's status derives from; any
+# other kind's update is news.
+News = Callable[[Mapping[str, Any] | None, Mapping[str, Any], Sequence[Mapping[str, Any]], bool], bool]
+CHILD_NEWS: Mapping[Kind, News] = {
+    STATEFULSETS: lambda old, new, pods, reporting: statefulset_news(old, new, pods, reporting=reporting)}
 
 
 def watch_streams(namespaces: list[str] | None) -> int:
@@ -334,9 +336,12 @@ class Controller:
         elif _echo(self.cache.child_version(kind, *key), body):
             return  # the watch echoing our own write (already cached from its response)
         else:
-            predicate = CHILD_NEWS.get(kind)
-            news = predicate is None or not instance or predicate(
-                self.cache.child(kind, *key), body, self.cache.pods_of(key[0], instance))
+            predicate = CHILD_NEWS.get(kind) if instance else None
+            news = True
+            if predicate is not None and instance:
+                reporting = not self._reports_later((key[0], instance))
+                news = predicate(self.cache.child(kind, *key), body,
+                                 self.cache.pods_of(key[0], instance) if reporting else (), reporting)
             self.cache.put_child(kind, body)
             if not news:
                 return  # only its status moved, and nothing a pass derives from it
@@ -349,9 +354,16 @@ class Controller:
         elif not self.cache.put_pod(body):
             return  # nothing a pass reads changed (most of a starting pod's updates)
         instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
-        namespace = body.get("metadata", {}).get("namespace", "")
-        if instance and (namespace, instance) in self.cache.servers:
-            self.queue.add((namespace, instance))
+        key = (body.get("metadata", {}).get("namespace", ""), instance)
+        if instance and key in self.cache.servers and not self._reports_later(key):
+            self.queue.add(key)
+
+    def _reports_later(self, key: Key) -> bool:
+        """The server's last pass left Service writes for the lane and wrote no status: the pass its wake-up queues
+        (or its retry) reads every pod and StatefulSet anew. What only its status derives from (pods, a
+        StatefulSet's status) queues no pass before that one: in the 300 burst such passes deferred again and
+        wrote nothing."""
+        return key in self.reconciler.shared.service_lane.waiting
 
     def on_secret(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         namespace = str(body.get("metadata", {}).get("namespace", ""))

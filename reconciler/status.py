@@ -107,14 +107,17 @@ def _sts_counts(sts: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
 
 
 def statefulset_news(old: Mapping[str, Any] | None, new: Mapping[str, Any],
-                     pods: Sequence[Mapping[str, Any]] = ()) -> bool:
+                     pods: Sequence[Mapping[str, Any]] = (), *, reporting: bool = True) -> bool:
     """Whether a pass could read anything new from this version of the StatefulSet: not when only its status
     moved and the counts a pass derives from it, with these pods, stay as they were (the controller-manager
-    counting a pod the pod watch already showed ready: two or three updates per new server)."""
+    counting a pod the pod watch already showed ready: two or three updates per new server). Without
+    ``reporting`` (the server's next status waits for a pass already due), a status change is no news at all."""
     if old is None:
         return True
     if _identity(old) != _identity(new) or old.get("spec") != new.get("spec"):
         return True
+    if not reporting:
+        return False
     before, after = old.get("status") or {}, new.get("status") or {}
     # The raw count as well: a stopped server's phase reads it (Pending while draining, then Stopped).
     return before.get("replicas") != after.get("replicas") or _sts_counts(old, pods) != _sts_counts(new, pods)

@@ -824,3 +824,49 @@ def test_a_statefulset_status_update_wakes_a_pass_only_when_what_a_pass_derives_
     relabelled = moved(sts())
     relabelled["metadata"] = {**relabelled["metadata"], "annotations": {"a": "b"}}
     assert statefulset_news(sts(), relabelled, [ready_pod])
+
+
+def test_a_server_waiting_for_its_service_lane_is_queued_only_by_changes_to_what_it_owns() -> None:
+    """Its last pass left Service writes for the lane and wrote no status; the pass its wake-up queues reads every
+    pod and StatefulSet anew. Until then a pod event or a StatefulSet's status queues nothing (in the 300 burst
+    ~350 such passes deferred again and wrote nothing), but a change outside the StatefulSet's status, a deletion
+    and the wake-up itself do; once woken, the server's pods queue passes again."""
+    controller = Controller(cast(Gateway, object()))
+    key = ("ns", "demo")
+    controller.cache.put_server({"metadata": {"namespace": "ns", "name": "demo", "resourceVersion": "1"}})
+    queued = controller.queue._queued
+    lane = controller.reconciler.shared.service_lane
+    while lane.enter(("ns", "other")):
+        pass  # another server's Service writes fill the lane
+    lane.defer(key, 4)
+    assert key in lane.waiting and not queued
+
+    controller.on_pod("ADDED", _pod(phase="Pending"))
+    controller.on_pod("MODIFIED", _pod(phase="Running", podIP="10.0.0.1",
+                                       conditions=[{"type": "Ready", "status": "True"}]))
+    meta = {"name": "demo", "namespace": "ns", "generation": 1, "labels": {INSTANCE_LABEL: "demo"}}
+    sts = {"metadata": {**meta, "resourceVersion": "1"}, "spec": {"replicas": 1}, "status": {"replicas": 0}}
+    controller.on_child(STATEFULSETS, "ADDED", sts)
+    queued.clear()  # a first sighting is news
+    counted = {**sts, "metadata": {**meta, "resourceVersion": "2"}, "status": {"replicas": 1, "readyReplicas": 1}}
+    controller.on_child(STATEFULSETS, "MODIFIED", counted)
+    assert not queued
+    # The cache still follows: the wake-up's pass reads the pod ready and the StatefulSet's new status.
+    assert controller.cache.pods_of(*key)[0]["status"]["podIP"] == "10.0.0.1"
+    assert (controller.cache.child(STATEFULSETS, *key) or {})["status"] == counted["status"]
+
+    edited = {**counted, "metadata": {**meta, "resourceVersion": "3"}, "spec": {"replicas": 2}}
+    controller.on_child(STATEFULSETS, "MODIFIED", edited)
+    assert queued == {key}  # drift: the pass puts the StatefulSet back without waiting for the lane
+    queued.clear()
+    controller.on_child(STATEFULSETS, "DELETED", edited)
+    assert queued == {key}
+    queued.clear()
+
+    while key in lane.waiting:
+        lane.leave()  # the other server's writes end: slots are set aside for this one, and it is woken
+    assert queued == {key}
+    queued.clear()
+    controller.on_pod("MODIFIED", _pod(phase="Running", podIP="10.0.0.2",
+                                       conditions=[{"type": "Ready", "status": "True"}]))
+    assert queued == {key}
