@@ -7,6 +7,7 @@ error mapping and write counting live in one place. Objects are plain JSON dicts
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import os
@@ -32,6 +33,12 @@ REQUESTS = 32  # requests in flight to the API server at most (more wait for a f
 # API nothing (its watches have connections of their own), so an idle connection goes after 2-4 s (aiohttp
 # checks every keep-alive period, and rounds periods of 5 s or more up to the next second).
 IDLE_CONNECTION_SECONDS = 2.0
+# A 429, or a 5xx answering a read, that says when to come back (Retry-After) was not processed: the API's priority
+# and fairness shedding load, a watch cache still initialising (a CRD installed with the operator), a graceful
+# shutdown. It is sent again then, as client-go does (10 times at most there), instead of failing the pass with a
+# warning and an Event: one more write to an apiserver that just asked for less.
+RETRY_AFTER_ATTEMPTS = 5
+RETRY_AFTER_MAX_SECONDS = 10.0
 Obj = dict[str, Any]
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
@@ -58,6 +65,17 @@ class ApiError(Exception):
 
 class NamespaceTerminating(ApiError):
     """A write into a namespace being deleted (403): expected while it drains, retried without alarm."""
+
+
+def retry_after(status: int, method: str, header: str | None) -> float | None:
+    """Seconds to wait before sending the request again, or None: not a request the API asked to be retried."""
+    if header is None or not (status == 429 or (status >= 500 and method == "GET")):
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        seconds = 1.0  # an HTTP date: the apiserver sends whole seconds, so this is not one
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
 
 
 def _error(status: int, reason: str, raw: bytes) -> Exception:
@@ -203,17 +221,24 @@ class Gateway:
         return response
 
     async def _exchange(self, method: str, path: str, **kwargs: Any) -> bytes:
-        """The body of a 2xx answer; any other status raises its mapped error."""
-        response = await self._send(method, path, **kwargs)
-        try:
-            raw = await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ApiError(0, f"API unreachable: {exc}") from exc
-        finally:
-            response.release()
-        if not 200 <= response.status < 300:
-            raise _error(response.status, str(response.reason or ""), raw)
-        return raw
+        """The body of a 2xx answer; any other status raises its mapped error, once the retries the API asked
+        for (``RETRY_AFTER_ATTEMPTS``) are spent."""
+        attempt = 0
+        while True:
+            response = await self._send(method, path, **kwargs)
+            try:
+                raw = await response.read()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise ApiError(0, f"API unreachable: {exc}") from exc
+            finally:
+                response.release()
+            if 200 <= response.status < 300:
+                return raw
+            wait = retry_after(response.status, method, response.headers.get("Retry-After"))
+            if wait is None or attempt >= RETRY_AFTER_ATTEMPTS:
+                raise _error(response.status, str(response.reason or ""), raw)
+            attempt += 1
+            await asyncio.sleep(wait)
 
     async def _call(
         self,

@@ -4,7 +4,6 @@ no per-event essence, and the API client reads its proxy once instead of per req
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import json
@@ -41,6 +40,7 @@ from reconciler.specs.hashing import manifest_hash
 from reconciler.status import pod_problems, settled, statefulset_news
 from reconciler.watch import PAGE
 from tests.support.admission import write_pair
+from tests.support.scripted_api import kubeconfig, response, scripted_api
 
 
 def test_a_stamp_is_taken_once_and_a_second_stamp_changes_nothing() -> None:
@@ -156,18 +156,6 @@ def test_kopf_keeps_no_essence_and_no_progress_per_event() -> None:
     assert settings.persistence.progress_storage.clear(essence=essence) is essence
 
 
-def _kubeconfig(tmp_path: Path) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text("""apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: x, context: {cluster: c, user: u}}]
-current-context: x
-""")
-    return path
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("env", "proxy"), [
     ({"HTTPS_PROXY": "http://proxy.invalid:3128"}, "http://proxy.invalid:3128"),
@@ -180,7 +168,7 @@ async def test_the_api_client_reads_its_proxy_once_not_per_request(
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    api: Any = await load_client(str(_kubeconfig(tmp_path)), streams=6)
+    api: Any = await load_client(str(kubeconfig(tmp_path)), streams=6)
     try:
         assert api.rest_client.proxy == proxy
         assert api.rest_client.pool_manager.trust_env is False
@@ -195,34 +183,10 @@ async def test_the_api_client_reads_its_proxy_once_not_per_request(
 async def test_an_idle_api_connection_is_closed_soon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A settled operator holds no pooled connection (256 KiB of TLS buffer each) for long after a burst."""
     monkeypatch.setattr(gateway, "IDLE_CONNECTION_SECONDS", 0.3)
-    ca = new_ca()
-    write_pair(tmp_path, ca)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-    served: list[bytes] = []
-    closed = asyncio.Event()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:  # keep-alive: one request after another, until the client hangs up
-                head = await reader.readuntil(b"\r\n\r\n")
-                served.append(head.split(b" ", 2)[1])
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
-                await writer.drain()
-        closed.set()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
-    config = _kubeconfig(tmp_path).read_text().replace("127.0.0.1:6443", f"127.0.0.1:{port}")
-    (tmp_path / "kubeconfig").write_text(config)
-    api: Any = await load_client(str(tmp_path / "kubeconfig"))
-    try:
-        assert await Gateway(api).text("/version") == "{}"
-        assert served == [b"/version"]
-        await asyncio.wait_for(closed.wait(), 5.0)  # the client hung up, not the server
-    finally:
-        await api.close()
-        server.close()
+    async with scripted_api(tmp_path, lambda _: response("200 OK")) as api:
+        assert await Gateway(api.client).text("/version") == "{}"
+        assert api.served == [b"/version"]
+        await asyncio.wait_for(api.closed.wait(), 5.0)  # the client hung up, not the server
 
 
 @pytest.mark.asyncio
