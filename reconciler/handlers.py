@@ -336,7 +336,7 @@ class Controller:
         elif _echo(self.cache.child_version(kind, *key), body):
             return  # the watch echoing our own write (already cached from its response)
         else:
-            predicate = CHILD_NEWS.get(kind) if instance else None
+            predicate = CHILD_NEWS.get(kind)
             news = True
             if predicate is not None and instance:
                 reporting = not self._reports_later((key[0], instance))
