@@ -47,8 +47,7 @@ TRIM_SECONDS = 2.0  # a settled operator's check is a counter comparison; a trim
 # report a status), for the kinds whose updates are mostly status that only the server's status derives from; any
 # other kind's update is news.
 News = Callable[[Mapping[str, Any] | None, Mapping[str, Any], Sequence[Mapping[str, Any]], bool], bool]
-CHILD_NEWS: Mapping[Kind, News] = {
-    STATEFULSETS: lambda old, new, pods, reporting: statefulset_news(old, new, pods, reporting=reporting)}
+CHILD_NEWS: Mapping[Kind, News] = {STATEFULSETS: statefulset_news}
 
 
 def watch_streams(namespaces: list[str] | None) -> int:

@@ -107,7 +107,7 @@ def _sts_counts(sts: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
 
 
 def statefulset_news(old: Mapping[str, Any] | None, new: Mapping[str, Any],
-                     pods: Sequence[Mapping[str, Any]] = (), *, reporting: bool = True) -> bool:
+                     pods: Sequence[Mapping[str, Any]] = (), reporting: bool = True) -> bool:
     """Whether a pass could read anything new from this version of the StatefulSet: not when only its status
     moved and the counts a pass derives from it, with these pods, stay as they were (the controller-manager
     counting a pod the pod watch already showed ready: two or three updates per new server). Without
