@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import quote
 
 from dittoctl.api.fileservice.observed import (
-    ApiStore,
     Observed,
     ObservedShare,
     duration_seconds,
@@ -50,7 +49,6 @@ from dittoctl.api.secrets import INTEGER_STORE_KEYS
 
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")
-_NO_STORE = ApiStore(id="", name="", type="")
 _ORDER = {kind: i for i, kind in enumerate(Kind)}
 # Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
 # identity and the adapters are seeded by DittoFS, so neither is ever deleted.
@@ -482,7 +480,8 @@ class _Planner:
                 continue
             # DittoFS keeps a deleted badger store open (its directory lock) until it restarts: roll the pod so
             # the path can be used again (its files stay).
-            badger = kind is StoreKind.METADATA and (self.seen.store(kind, name) or _NO_STORE).type == "badger"
+            seen = self.seen.store(kind, name)
+            badger = kind is StoreKind.METADATA and seen is not None and seen.type == "badger"
             self.call(Op.DELETE, STORE_KINDS[kind], name, "DELETE", f"{_store_path(kind)}/{_seg(name)}",
                       needs_restart=badger)
 
