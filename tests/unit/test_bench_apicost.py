@@ -12,6 +12,7 @@ from bench.apicost import (
     SERVER_WRITES,
     UNDEFAULTED,
     WATCHERS,
+    median_round,
     per_server_costs,
     report,
     undefaulted_crd,
@@ -50,9 +51,20 @@ def test_the_figure_passes_on_a_measurement_and_fails_on_an_empty_meter() -> Non
     assert not report(costs, {"ConfigMap": 1.0}, ["Secret create: KubeError(...)"], {}, method="m").passed
 
 
-def test_a_watch_event_below_the_meters_resolution_reads_zero_not_negative() -> None:
-    per_request = {"ConfigMap apply, no watcher": _ms(2.1), f"ConfigMap apply, {WATCHERS} watchers": _ms(1.3)}
-    assert per_server_costs(per_request, {}).watch_event == 0.0
+def test_a_watch_event_the_meter_did_not_resolve_is_said_so_not_read_as_free() -> None:
+    per_request = {"ConfigMap apply, no watcher": _ms(2.1), f"ConfigMap apply, {WATCHERS} watchers": _ms(1.3),
+                   "ConfigMap apply": _ms(1.0), "Event create": _ms(1.0)}
+    assert per_server_costs(per_request, {}).watch_event is None
+    figure = report(per_request, {"ConfigMap": 1.0}, [], {}, method="m")
+    assert "a watch event delivered not resolved" in figure.measured_text
+    assert figure.details["per_watch_event_delivered_ms"] is None
+
+
+def test_each_side_of_the_watch_probe_keeps_its_median_round() -> None:
+    # One round that absorbed an earlier block's work (3.2 ms) must not decide the side it fell on.
+    rounds = [_ms(3.2), _ms(1.0, 0.1), _ms(0.9)]
+    assert median_round(rounds) == _ms(1.0, 0.1)
+    assert median_round([_ms(2.0)]) == _ms(2.0)
 
 
 def test_what_the_schema_defaults_cost_is_the_server_writes_against_the_crd_without_them() -> None:
