@@ -35,6 +35,8 @@ from tests.testbed import Testbed
 COMPONENTS = ("kube-apiserver", "etcd", "kube-controller-manager")
 WATCHERS = 8  # streams added to measure what one delivered watch event costs the apiserver
 WATCH_ROUNDS = 3  # rounds of ConfigMap applies with and without them
+# The watch-event probe's two sides, by how many streams watch the ConfigMaps.
+PROBES = {0: "ConfigMap apply, no watcher", WATCHERS: f"ConfigMap apply, {WATCHERS} watchers"}
 ADMITTED = "DittoServer create, through the webhook"
 CONTRACT = {  # the operator's writes per server beyond its children, and how often each is made in a create
     ADMITTED: 1, "DittoServer finalizer patch": 1, "DittoServer status patch": 2,
@@ -102,7 +104,7 @@ def per_server_costs(per_request: dict[str, dict[str, float]], per_server: dict[
     contract = {label: round(times * (status if label == "DittoServer status patch" else total(label)), 1)
                 for label, times in CONTRACT.items()}
     floor = {label: round(count * total(f"{label} apply"), 1) for label, count in per_server.items()}
-    event = (total(f"ConfigMap apply, {WATCHERS} watchers") - total("ConfigMap apply, no watcher")) / WATCHERS
+    event = (total(PROBES[WATCHERS]) - total(PROBES[0])) / WATCHERS
     defaults = None
     if all(label + UNDEFAULTED in per_request for label in SERVER_WRITES):
         # A server's create makes each of these once (the two status patches are its first and its Ready one).
@@ -260,18 +262,17 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
             finally:
                 for w in watches:
                     await w.stop()
-            errors.extend(f"ConfigMap apply, {watchers} watchers: {e}" for e in failed)
+            errors.extend(f"{PROBES[watchers]}: {e}" for e in failed)
             return per_call
 
         await bounded_gather(concurrency, [partial(apply, cm(n, "a")) for n in names])
-        sides: dict[int, list[dict[str, float]]] = {0: [], WATCHERS: []}
+        sides: dict[int, list[dict[str, float]]] = {watchers: [] for watchers in PROBES}
         for i in range(WATCH_ROUNDS):
             for watchers in sorted(sides, reverse=bool(i % 2)):
                 sides[watchers].append(await probe(f"{i}-{watchers}", watchers))
         for watchers, rounds in sides.items():
-            label = f"ConfigMap apply, {WATCHERS} watchers" if watchers else "ConfigMap apply, no watcher"
-            costs[label] = {n: round(v, 2) for n, v in median_round(rounds).items()}
-            watch_rounds[label] = [round(sum(r.values()), 2) for r in rounds]
+            costs[PROBES[watchers]] = {n: round(v, 2) for n, v in median_round(rounds).items()}
+            watch_rounds[PROBES[watchers]] = [round(sum(r.values()), 2) for r in rounds]
     finally:
         bare = UNDEFAULTED_KIND.path(namespace)
         await bounded_gather(concurrency, [partial(

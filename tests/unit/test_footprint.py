@@ -8,9 +8,11 @@ import sys
 
 from tests.support.paths import ROOT
 
+SERVING = "dittoctl.main, webhook.server, webhook.wiring, certs.source"  # what `dittoctl run` imports
+
 
 def test_the_serving_process_leaves_heavy_libraries_out() -> None:
-    code = ("import json, sys, dittoctl.main, webhook.server, webhook.wiring, certs.source; "
+    code = (f"import json, sys, {SERVING}; "
             "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded = json.loads(out.stdout)
@@ -39,7 +41,7 @@ def test_aiohttp_is_imported_without_the_system_trust_store_and_every_later_cont
 def test_no_model_of_ours_is_built_at_import() -> None:
     # Every model defers its schema (defer_build): the operator is ready long before it parses a DittoServer or
     # reads a DittoFS, and one model built at import (ApiStore, by a module-level default) was ~5 ms of a start.
-    code = ("import json, pydantic, dittoctl.main, webhook.server, webhook.wiring, certs.source\n"
+    code = (f"import json, pydantic, {SERVING}\n"
             "def subclasses(c):\n"
             "    for s in c.__subclasses__():\n"
             "        yield s\n"
