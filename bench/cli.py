@@ -19,7 +19,10 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
 
 Results: bench/results/<figure>.json and bench/results/SUMMARY.md. During `sequential` and `scale` py-spy samples
 the operator (bench/profile.py): a flame graph per experiment in bench/results/profile_<experiment>.svg and its
-top entries in the figures' JSON (`operator_profile`); --no-profile turns it off.
+top entries in the figures' JSON (`operator_profile`). During `floor` and `scale` Go's profiler samples the
+control plane (kube-apiserver, kube-controller-manager, kube-scheduler) over the measured window:
+profile_<experiment>_<component>.svg, and in the JSON (`control_plane_profile`) each one's CPU-s, top entries
+and, for the burst, the functions that spent more than in the floor. --no-profile turns both off.
 
 All traffic stays on 127.0.0.1, except `fileservice`'s, which also uses the real node's bridge (10.88.0.0/24:
 the dfs pod and moto's S3).
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import ssl
 import statistics
 import sys
 import tempfile
@@ -49,7 +53,7 @@ from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import OPERATOR, Contention
 from bench.process import Operator, sigterm_as_ctrl_c
-from bench.profile import Profiler
+from bench.profile import GO_COMPONENTS, ControlPlaneProfiler, Profiler, Stacks, grew
 from bench.report import RESULTS, Check, Figure, environment, failed, loadavg, markdown, other_apiservers, write
 from tests.support.paths import CRD
 from tests.testbed import COMPONENTS, Testbed, ensure_binaries
@@ -179,6 +183,19 @@ class Run:
         self.first_start = 0.0
         self.rss_empty_kib: int | None = None
         self.contention = Contention(self._pids)
+        self.floor_stacks: dict[str, Stacks] = {}  # the floor's control-plane profiles, to compare the burst's
+
+    def control_plane_profiler(self, name: str) -> ControlPlaneProfiler | None:
+        """Go's CPU profiles of the control plane over one experiment's window, with --profile."""
+        if not self.args.profile:
+            return None
+        # The controller-manager and the scheduler serve a certificate they made themselves: on loopback the
+        # client certificate matters (their profiles need authorization), not the server's name.
+        ctx = client_ssl(self.tb.ca_cert_path, self.tb.pki.admin.cert, self.tb.pki.admin.key)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ControlPlaneProfiler({c: f"https://127.0.0.1:{self.tb.ports[c]}" for c in GO_COMPONENTS}, ctx,
+                                    self.workdir, name)
 
     def _pids(self) -> dict[str, int]:
         pids = {c: p for c in COMPONENTS if (p := self.tb.pid(c)) is not None}
@@ -317,17 +334,28 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
         async def floor_() -> list[Figure]:
             op.stop()  # the floor's children carry our labels: a running operator would spend CPU caching them
             try:
-                return [await floor.floor(kube, "bench-floor", count=args.servers, contention=run.contention)]
+                profiler = run.control_plane_profiler("floor")
+                fig = await floor.floor(kube, "bench-floor", count=args.servers, contention=run.contention,
+                                        window=profiler)
             finally:
                 op.start()  # here, so that its start is in no other experiment's window
+            if profiler is not None:
+                fig.details["control_plane_profile"], run.floor_stacks = profiler.result(args.out)
+            return [fig]
 
         async def apicost_() -> list[Figure]:
             return [await apicost.write_costs(tb, kube, op, "bench-apicost", count=args.servers)]
 
         async def scale() -> list[Figure]:
             before = run.contention.snapshot()
+            profiler = run.control_plane_profiler("scale")
             fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op,
-                                                 kcm_qps=kcm_qps(tb))
+                                                 kcm_qps=kcm_qps(tb), window=profiler)
+            if profiler is not None:
+                fig.details["control_plane_profile"], stacks = profiler.result(args.out)
+                if run.floor_stacks:
+                    fig.details["control_plane_profile"]["grew_over_the_floor"] = {
+                        c: grew(run.floor_stacks[c], stacks[c]) for c in stacks.keys() & run.floor_stacks.keys()}
             run.population += len(tracker.created)
             base = next((f for f in run.figures if f.name == "scale_300_floor" and f.passed), None)
             if base is not None and fig.headline is not None and fig.headline.value is not None:

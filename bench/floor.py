@@ -13,6 +13,7 @@ this floor is the operator's overhead.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -43,7 +44,9 @@ def children(name: str, namespace: str) -> list[dict[str, Any]]:
 
 
 async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
-                timeout: float = 300.0, contention: Contention | None = None) -> Figure:
+                timeout: float = 300.0, contention: Contention | None = None,
+                window: AbstractContextManager[object] | None = None) -> Figure:
+    """``window``: entered for the measured span only, from the first apply to the last Ready pod."""
     await kube.create_namespace(namespace)
     monitors = (await kube.request("GET", "/apis/monitoring.coreos.com/v1"))[0] == 200
     tracker = Tracker()
@@ -54,21 +57,21 @@ async def floor(kube: Kube, namespace: str, *, count: int = 300, concurrency: in
     rendered = {n: [o for o in children(n, namespace) if monitors or o["kind"] != "ServiceMonitor"] for n in names}
     cpu: dict[str, Any] = {}
     try:
-        before = contention.snapshot() if contention is not None else None
-        t0 = time.perf_counter()
-
         async def apply(name: str) -> None:
             for obj in rendered[name]:
                 await kube.call("PATCH", object_path(obj), obj, content_type="application/apply-patch+yaml",
                                 params={"fieldManager": FIELD_MANAGER, "force": "true"})
 
-        results = await bounded_gather(concurrency, [partial(apply, n) for n in names])
-        errors = [repr(r) for r in results if isinstance(r, BaseException)]
-        applied = time.perf_counter() - t0
-        log(f"floor: children of {count - len(errors)} servers applied in {applied:.1f}s")
-        await tracker.until(lambda: len(tracker.pod_ready) >= count - len(errors), timeout)
-        if contention is not None and before is not None:
-            cpu = contention.between(before, contention.snapshot())
+        with window or nullcontext():
+            before = contention.snapshot() if contention is not None else None
+            t0 = time.perf_counter()
+            results = await bounded_gather(concurrency, [partial(apply, n) for n in names])
+            errors = [repr(r) for r in results if isinstance(r, BaseException)]
+            applied = time.perf_counter() - t0
+            log(f"floor: children of {count - len(errors)} servers applied in {applied:.1f}s")
+            await tracker.until(lambda: len(tracker.pod_ready) >= count - len(errors), timeout)
+            if contention is not None and before is not None:
+                cpu = contention.between(before, contention.snapshot())
     finally:
         for w in watches:
             await w.stop()

@@ -8,6 +8,11 @@ executor threads blocked on their queue as busy. From them this module writes, p
 - the top entries (self and inclusive) and the share per package, into the figure's JSON details.
 
 Frames are merged by function and file (line numbers dropped), so one function is one box per call path.
+
+The control plane's Go components (kube-apiserver, kube-controller-manager, kube-scheduler) are profiled the
+same way over the floor's and the burst's windows: Go's own sampler (``/debug/pprof/profile``, 100 Hz) in
+slices of ``SLICE_S`` seconds, read back with ``go tool pprof -traces``. The burst's figure then names the
+functions that spent more in the burst than in the floor: where the control plane's extra CPU went.
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ import html
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 import zlib
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,9 @@ from typing import Any
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 PACKAGE_ROOTS = ("site-packages/", "/work/main/", "lib/python3.11/")
 WIDTH, ROW, FONT = 1600.0, 17, 11
+SAMPLE_S = 0.01  # py-spy and Go's CPU profiler both sample at 100 Hz
+GO_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+SLICE_S = 2  # a window ends at most this late: the slice in flight is waited for and kept
 
 
 def py_spy() -> str:
@@ -68,6 +81,11 @@ class Stacks:
     """Collapsed stacks, frames already shortened."""
 
     counts: Counter[tuple[str, ...]]
+    groups: dict[str, str] = field(default_factory=dict)
+    """Frame -> its package, where the frame's name does not say it (Go frames)."""
+
+    def package(self, frame: str) -> str:
+        return self.groups.get(frame) or package_of(frame)
 
     @classmethod
     def parse(cls, text: str) -> Stacks:
@@ -88,13 +106,9 @@ class Stacks:
     def top(self, n: int = 15) -> dict[str, Any]:
         total = self.total or 1
         own: Counter[str] = Counter()
-        inclusive: Counter[str] = Counter()
-        packages: Counter[str] = Counter()
         for frames, count in self.counts.items():
             own[frames[-1]] += count
-            packages[package_of(frames[-1])] += count
-            for name in set(frames):
-                inclusive[name] += count
+        packages, inclusive = self.self_by_package(), self.inclusive()
 
         def share(c: Counter[str]) -> list[dict[str, Any]]:
             return [{"frame": k, "samples": v, "pct": round(100 * v / total, 1)} for k, v in c.most_common(n)]
@@ -112,9 +126,24 @@ class Stacks:
                 node.samples += count
         return root
 
+    def self_by_package(self) -> Counter[str]:
+        """Samples per package of the frame that was running."""
+        out: Counter[str] = Counter()
+        for frames, count in self.counts.items():
+            out[self.package(frames[-1])] += count
+        return out
 
-def _color(name: str) -> str:
-    hue = zlib.crc32(package_of(name).encode()) % 60  # reds to yellows, stable per package
+    def inclusive(self) -> Counter[str]:
+        """Samples per function, its callees included (a recursive function counted once per sample)."""
+        out: Counter[str] = Counter()
+        for frames, count in self.counts.items():
+            for name in set(frames):
+                out[name] += count
+        return out
+
+
+def _color(name: str, package: Callable[[str], str] = package_of) -> str:
+    hue = zlib.crc32(package(name).encode()) % 60  # reds to yellows, stable per package
     return f"hsl({hue},85%,{62 + zlib.crc32(name.encode()) % 12}%)"
 
 
@@ -148,7 +177,8 @@ def flame_svg(stacks: Stacks, title: str) -> str:
         label = name if float(width) > 7 * len(name) else name[: max(0, int(float(width) / 7) - 2)] + ".."
         out.append(f'<g><title>{html.escape(name)}: {samples} samples, '
                    f'{100 * int(samples) / total:.1f}%</title>'
-                   f'<rect x="{x}" y="{y}" width="{width}" height="{ROW - 1}" fill="{_color(name)}"/>'
+                   f'<rect x="{x}" y="{y}" width="{width}" height="{ROW - 1}" '
+                   f'fill="{_color(name, stacks.package)}"/>'
                    + (f'<text x="{float(x) + 2:.1f}" y="{y + ROW - 5}">{html.escape(label)}</text>'
                       if float(width) > 21 else "") + "</g>")
     out.append("</svg>")
@@ -187,3 +217,135 @@ class Profiler:
         svg = self.out / f"profile_{self.name}.svg"
         svg.write_text(flame_svg(stacks, f"operator CPU profile: {self.name} (py-spy, {self.rate} Hz)"))
         self.result = {"flame_graph": svg.name, "rate_hz": self.rate, **stacks.top()}
+
+
+GO_DURATION = re.compile(r"^\s*(?P<value>[0-9.]+)(?P<unit>ns|us|µs|ms|s|min|h)\s+(?P<frame>\S.*)$")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def go_frame(func: str) -> tuple[str, str]:
+    """A Go function's full name -> (its name as Go prints it, its module for the by-package shares):
+    ``k8s.io/apiserver/pkg/endpoints/handlers.UpdateResource.func1`` -> (``handlers.UpdateResource.func1``,
+    ``apiserver``); ``runtime.mallocgc (inline)`` -> (``runtime.mallocgc``, ``runtime``)."""
+    func = func.removesuffix(" (inline)")
+    directory, _, name = func.rpartition("/")
+    parts = [*directory.split("/"), name.split(".", 1)[0]] if directory else [name.split(".", 1)[0]]
+    if "." not in parts[0]:
+        return name, parts[0]  # the standard library: its top package
+    # A module on a host: its name (github.com and golang.org/x have one more level).
+    deep = parts[0] in ("github.com", "golang.org")
+    return name, parts[min(len(parts) - 1, 2 if deep else 1)]
+
+
+def parse_go_traces(text: str) -> Stacks:
+    """``go tool pprof -traces`` output (one block per stack, leaf first, its CPU time on the first line)."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    groups: dict[str, str] = {}
+    for block in re.split(r"^-+\+-+$", text, flags=re.M)[1:]:
+        lines = [line for line in block.splitlines() if line.strip()]
+        # The sample's labels, if any, come first ("  name:  value"); then its time and leaf frame.
+        found = next(((i, m) for i, line in enumerate(lines) if (m := GO_DURATION.match(line))), None)
+        if found is None:
+            continue
+        at, head = found
+        frames: list[str] = []
+        for func in [head["frame"], *(line.strip() for line in lines[at + 1:])]:
+            name, group = go_frame(func)
+            groups[name] = group
+            frames.append(name)
+        samples = round(float(head["value"]) * _UNIT_S[head["unit"]] / SAMPLE_S)
+        if frames and samples:
+            counts[tuple(reversed(frames))] += samples
+    return Stacks(counts, groups)
+
+
+def go_tool() -> str:
+    found = shutil.which("go")
+    if found is None:
+        raise RuntimeError("`go` is not on PATH: the control plane's profiles are read with `go tool pprof` "
+                           "(the test bed's binaries are built with the same Go)")
+    return found
+
+
+def grew(before: Stacks, after: Stacks, n: int = 12) -> dict[str, Any]:
+    """Where ``after`` spent more CPU than ``before``: the functions whose inclusive CPU-s grew most (a call
+    chain shows as several rows with one delta; ties in name order), and the change of each package's own CPU-s."""
+    b, a = before.inclusive(), after.inclusive()
+    delta = {k: a[k] - b[k] for k in a.keys() | b.keys()}
+    pb, pa = before.self_by_package(), after.self_by_package()
+    return {
+        "frames": [{"frame": k, "before_s": round(b[k] * SAMPLE_S, 2), "after_s": round(a[k] * SAMPLE_S, 2),
+                    "delta_s": round(d * SAMPLE_S, 2)}
+                   for k, d in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0]))[:n] if d > 0],
+        "self_by_package_delta_s": {k: round((pa[k] - pb[k]) * SAMPLE_S, 2)
+                                    for k in sorted(pa.keys() | pb.keys(), key=lambda k: pb[k] - pa[k])[:n]},
+    }
+
+
+class ControlPlaneProfiler:
+    """``with ControlPlaneProfiler(endpoints, ctx, raw_dir, name) as p: <window>``; then ``p.stacks()``.
+
+    One thread per component fetches ``SLICE_S``-second CPU profiles back to back while the window is open;
+    the slice in flight when it closes is waited for and kept."""
+
+    def __init__(self, endpoints: Mapping[str, str], ctx: ssl.SSLContext, raw_dir: Path, name: str) -> None:
+        self.endpoints, self.ctx, self.raw_dir, self.name = endpoints, ctx, raw_dir, name
+        self.files: dict[str, list[Path]] = {c: [] for c in endpoints}
+        self.errors: dict[str, str] = {}
+        self.window_s = 0.0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._fetch, args=(c,), daemon=True) for c in endpoints]
+        self._t0 = 0.0
+
+    def _fetch(self, component: str) -> None:
+        url = f"{self.endpoints[component]}/debug/pprof/profile?seconds={SLICE_S}"
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(url, context=self.ctx, timeout=SLICE_S + 30) as response:
+                    data = response.read()
+            except OSError as exc:
+                self.errors[component] = f"{type(exc).__name__}: {exc}"
+                return
+            path = self.raw_dir / f"pprof_{self.name}_{component}_{len(self.files[component]):03d}.pb.gz"
+            path.write_bytes(data)
+            self.files[component].append(path)
+
+    def __enter__(self) -> ControlPlaneProfiler:
+        self.raw_dir.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.monotonic()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(SLICE_S + 35)
+        self.window_s = time.monotonic() - self._t0
+
+    def stacks(self) -> dict[str, Stacks]:
+        out: dict[str, Stacks] = {}
+        for component, files in self.files.items():
+            if files:
+                proc = subprocess.run([go_tool(), "tool", "pprof", "-traces", *map(str, files)],
+                                      capture_output=True, text=True, timeout=300, check=True)
+                out[component] = parse_go_traces(proc.stdout)
+        return out
+
+    def result(self, out: Path) -> tuple[dict[str, Any], dict[str, Stacks]]:
+        """Per component: its CPU-s in the window, a flame graph in ``out`` and its top entries."""
+        summary: dict[str, Any] = {"window_s": round(self.window_s, 1), "slice_s": SLICE_S,
+                                   **({"errors": self.errors} if self.errors else {})}
+        try:
+            stacks = self.stacks()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # a profile never costs the figure
+            summary.setdefault("errors", {})["go tool pprof"] = f"{type(exc).__name__}: {exc}"
+            return summary, {}
+        out.mkdir(parents=True, exist_ok=True)
+        for component, st in stacks.items():
+            svg = out / f"profile_{self.name}_{component}.svg"
+            svg.write_text(flame_svg(st, f"{component} CPU profile: {self.name} (pprof, 100 Hz)"))
+            top = st.top(10)
+            summary[component] = {"cpu_s": round(st.total * SAMPLE_S, 2), "flame_graph": svg.name,
+                                  "self": top["self"], "self_by_package": top["self_by_package"]}
+        return summary, stacks

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -227,8 +228,9 @@ def reconcile_stats(metrics: dict[str, float]) -> dict[str, float]:
 
 
 async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, concurrency: int = 50,
-                timeout: float = 300.0, op: Operator | None = None,
-                kcm_qps: float = KCM_QPS) -> tuple[Figure, Tracker]:
+                timeout: float = 300.0, op: Operator | None = None, kcm_qps: float = KCM_QPS,
+                window: AbstractContextManager[object] | None = None) -> tuple[Figure, Tracker]:
+    """``window``: entered for the measured span only, from the first POST to the last Ready server."""
     await kube.create_namespace(namespace)
     stats0 = reconcile_stats(op.metrics()) if op is not None else {}
     cpu0 = op.cpu() if op is not None else None
@@ -246,31 +248,31 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
         return op.cpu().cpu - cpu0.cpu
 
     creation_wave = asyncio.create_task(cpu_once_all_statefulsets())
+    async def create(name: str) -> None:
+        tracker.sent[name] = time.perf_counter()
+        await kube.call("POST", servers_path(namespace), dittoserver(name, namespace))
+        tracker.created[name] = time.perf_counter()
+
     try:
-        t0 = time.perf_counter()
+        with window or nullcontext():
+            t0 = time.perf_counter()
+            results = await bounded_gather(concurrency, [partial(create, n) for n in names])
+            create_errors = [repr(r) for r in results if isinstance(r, BaseException)]
+            t_created = time.perf_counter() - t0
+            log(f"{count - len(create_errors)} DittoServers created in {t_created:.1f}s")
 
-        async def create(name: str) -> None:
-            tracker.sent[name] = time.perf_counter()
-            await kube.call("POST", servers_path(namespace), dittoserver(name, namespace))
-            tracker.created[name] = time.perf_counter()
+            def done() -> bool:
+                return len(tracker.server_ready) >= count - len(create_errors)
 
-        results = await bounded_gather(concurrency, [partial(create, n) for n in names])
-        create_errors = [repr(r) for r in results if isinstance(r, BaseException)]
-        t_created = time.perf_counter() - t0
-        log(f"{count - len(create_errors)} DittoServers created in {t_created:.1f}s")
-
-        def done() -> bool:
-            return len(tracker.server_ready) >= count - len(create_errors)
-
-        deadline = t0 + timeout
-        while not done() and time.perf_counter() < deadline:
-            await tracker.until(done, min(10.0, max(0.0, deadline - time.perf_counter())))
-            snap = {"t": round(time.perf_counter() - t0, 1), "statefulsets": len(tracker.sts_seen),
-                    "pods_ready": len(tracker.pod_ready), "ready": len(tracker.server_ready),
-                    **({"operator_cpu_s": round(op.cpu().cpu - cpu0.cpu, 2)}
-                       if op is not None and cpu0 is not None else {})}
-            progress.append(snap)
-            log(f"scale: {snap}")
+            deadline = t0 + timeout
+            while not done() and time.perf_counter() < deadline:
+                await tracker.until(done, min(10.0, max(0.0, deadline - time.perf_counter())))
+                snap = {"t": round(time.perf_counter() - t0, 1), "statefulsets": len(tracker.sts_seen),
+                        "pods_ready": len(tracker.pod_ready), "ready": len(tracker.server_ready),
+                        **({"operator_cpu_s": round(op.cpu().cpu - cpu0.cpu, 2)}
+                           if op is not None and cpu0 is not None else {})}
+                progress.append(snap)
+                log(f"scale: {snap}")
     finally:
         for w in watches:
             await w.stop()

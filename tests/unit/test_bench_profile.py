@@ -1,10 +1,11 @@
-"""bench/profile.py: py-spy's collapsed stacks become top entries and a flame graph."""
+"""bench/profile.py: py-spy's collapsed stacks and Go's pprof traces become top entries, a flame graph and what
+grew between two windows."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from bench.profile import Stacks, flame_svg, frame_name, package_of
+from bench.profile import Stacks, flame_svg, frame_name, go_frame, grew, package_of, parse_go_traces
 
 _ROOT = 'process 1:"python -m dittoctl run";main (dittoctl/cli.py:10)'
 _SITE = "/work/main/.venv/lib/python3.11/site-packages"
@@ -41,3 +42,58 @@ def test_the_flame_graph_is_svg_with_one_box_per_call_path() -> None:
     assert titles[0].startswith("all: 100 samples")
     assert sum(t.startswith("reconcile (reconciler/reconcile.py)") for t in titles) == 1
     assert any(t.startswith("deepcopy (copy.py): 30 samples, 30.0%") for t in titles)
+
+
+SEP = "-----------+-------------------------------------------------------"
+# `go tool pprof -traces`: leaf first; a sample's labels (if any) before its time.
+TRACES = "\n".join([
+    "File: kube-apiserver", "Type: cpu", "Duration: 2s, Total samples = 1.50s (75.00%)",
+    SEP,
+    "      1.20s   runtime.mallocgc (inline)",
+    "             k8s.io/apiserver/pkg/endpoints/handlers.UpdateResource.func1",
+    "             net/http.HandlerFunc.ServeHTTP",
+    SEP,
+    "  workqueue:  statefulset",
+    "     200ms   encoding/json.Marshal",
+    "             k8s.io/apiserver/pkg/endpoints/handlers.UpdateResource.func1",
+    "             net/http.HandlerFunc.ServeHTTP",
+    SEP,
+    "     100ms   runtime.gcBgMarkWorker",
+    SEP,
+])
+
+
+def test_go_frames_keep_the_name_go_prints_and_group_by_module() -> None:
+    assert go_frame("k8s.io/apiserver/pkg/endpoints/handlers.UpdateResource.func1") == (
+        "handlers.UpdateResource.func1", "apiserver")
+    assert go_frame("runtime.mallocgc (inline)") == ("runtime.mallocgc", "runtime")
+    assert go_frame("crypto/tls.(*Conn).Write") == ("tls.(*Conn).Write", "crypto")
+    assert go_frame("golang.org/x/net/http2.(*serverConn).serve") == ("http2.(*serverConn).serve", "net")
+    assert go_frame("github.com/google/cel-go/interpreter.(*evalOr).Eval") == ("interpreter.(*evalOr).Eval", "cel-go")
+
+
+def test_pprof_traces_become_stacks_root_first_in_100_hz_samples() -> None:
+    stacks = parse_go_traces(TRACES)
+    assert stacks.total == 150
+    assert stacks.counts[("http.HandlerFunc.ServeHTTP", "handlers.UpdateResource.func1", "runtime.mallocgc")] == 120
+    assert stacks.counts[("http.HandlerFunc.ServeHTTP", "handlers.UpdateResource.func1", "json.Marshal")] == 20
+    assert stacks.inclusive()["handlers.UpdateResource.func1"] == 140
+    assert stacks.top()["self_by_package"] == {"runtime": 86.7, "encoding": 13.3}
+    svg = flame_svg(stacks, "t")
+    assert "handlers.UpdateResource.func1: 140 samples, 93.3%" in svg
+
+
+def test_what_grew_lists_the_functions_that_spent_more_biggest_first() -> None:
+    before = parse_go_traces(TRACES)
+    after = Stacks(before.counts + Stacks.parse("a (x.py);b (x.py) 40").counts, before.groups)
+    after.counts[("http.HandlerFunc.ServeHTTP", "handlers.UpdateResource.func1", "json.Marshal")] += 100
+    change = grew(before, after)
+    rows = change["frames"]
+    # Ties in name order, so a figure's JSON does not change between two reads of one profile.
+    assert [r["frame"] for r in rows] == ["handlers.UpdateResource.func1", "http.HandlerFunc.ServeHTTP",
+                                          "json.Marshal", "a (x.py)", "b (x.py)"]
+    assert rows[1] == {"frame": "http.HandlerFunc.ServeHTTP", "before_s": 1.4, "after_s": 2.4, "delta_s": 1.0}
+    assert rows[3]["delta_s"] == 0.4
+    assert "runtime.gcBgMarkWorker" not in {r["frame"] for r in rows}  # unchanged: not listed
+    # The running frame's package: json.Marshal's +1.0 s is the standard library's encoding, b's +0.4 s x.py's.
+    assert change["self_by_package_delta_s"] == {"encoding": 1.0, "x": 0.4, "runtime": 0.0}
