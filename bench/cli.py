@@ -53,7 +53,7 @@ from bench.controlplane import BenchTestbed, kcm_qps
 from bench.kube import Kube, client_ssl
 from bench.machine import OPERATOR, Contention
 from bench.process import Operator, sigterm_as_ctrl_c
-from bench.profile import GO_COMPONENTS, ControlPlaneProfiler, Profiler, Stacks, grew
+from bench.profile import GO_COMPONENTS, ControlPlaneProfiler, Profiler, Stacks, beyond_the_floor
 from bench.report import RESULTS, Check, Figure, environment, failed, loadavg, markdown, other_apiservers, write
 from tests.support.paths import CRD
 from tests.testbed import COMPONENTS, Testbed, ensure_binaries
@@ -353,9 +353,10 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
                                                  kcm_qps=kcm_qps(tb), window=profiler)
             if profiler is not None:
                 fig.details["control_plane_profile"], stacks = profiler.result(args.out)
-                if run.floor_stacks:
-                    fig.details["control_plane_profile"]["grew_over_the_floor"] = {
-                        c: grew(run.floor_stacks[c], stacks[c]) for c in stacks.keys() & run.floor_stacks.keys()}
+                if run.floor_stacks and stacks:
+                    fig.details["control_plane_profile"]["grew_over_the_floor"], note = beyond_the_floor(
+                        run.floor_stacks, stacks)
+                    fig.details.setdefault("notes", []).append(note)
             run.population += len(tracker.created)
             base = next((f for f in run.figures if f.name == "scale_300_floor" and f.passed), None)
             if base is not None and fig.headline is not None and fig.headline.value is not None:

@@ -284,6 +284,19 @@ def grew(before: Stacks, after: Stacks, n: int = 12) -> dict[str, Any]:
     }
 
 
+def beyond_the_floor(floor: Mapping[str, Stacks], burst: Mapping[str, Stacks]) -> tuple[dict[str, Any], str]:
+    """Per component profiled in both windows: ``grew`` from the floor to the burst, and a one-line note."""
+    parts, out = [], {}
+    for component in (c for c in GO_COMPONENTS if c in floor and c in burst):
+        out[component] = change = grew(floor[component], burst[component])
+        before, after = floor[component].total * SAMPLE_S, burst[component].total * SAMPLE_S
+        top = next(iter(change["self_by_package_delta_s"].items()), None)
+        parts.append(f"{component} {before:.1f} -> {after:.1f} CPU-s ({after - before:+.1f}"
+                     + (f"; the most of it in {top[0]} code, {top[1]:+.1f}" if top and top[1] > 0 else "") + ")")
+    note = "the control plane's CPU from the floor's window to the burst's (Go's profiler): " + ", ".join(parts)
+    return out, note
+
+
 class ControlPlaneProfiler:
     """``with ControlPlaneProfiler(endpoints, ctx, raw_dir, name) as p: <window>``; then ``p.stacks()``.
 

@@ -4,8 +4,18 @@ grew between two windows."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 
-from bench.profile import Stacks, flame_svg, frame_name, go_frame, grew, package_of, parse_go_traces
+from bench.profile import (
+    Stacks,
+    beyond_the_floor,
+    flame_svg,
+    frame_name,
+    go_frame,
+    grew,
+    package_of,
+    parse_go_traces,
+)
 
 _ROOT = 'process 1:"python -m dittoctl run";main (dittoctl/cli.py:10)'
 _SITE = "/work/main/.venv/lib/python3.11/site-packages"
@@ -97,3 +107,17 @@ def test_what_grew_lists_the_functions_that_spent_more_biggest_first() -> None:
     assert "runtime.gcBgMarkWorker" not in {r["frame"] for r in rows}  # unchanged: not listed
     # The running frame's package: json.Marshal's +1.0 s is the standard library's encoding, b's +0.4 s x.py's.
     assert change["self_by_package_delta_s"] == {"encoding": 1.0, "x": 0.4, "runtime": 0.0}
+
+
+def test_the_burst_is_compared_with_the_floor_component_by_component_in_one_note() -> None:
+    floor = parse_go_traces(TRACES)
+    burst = Stacks(floor.counts + Counter({("runtime.gcBgMarkWorker",): 250}), floor.groups)
+    change, note = beyond_the_floor(
+        {"kube-apiserver": floor, "kube-scheduler": floor},
+        {"kube-apiserver": burst, "kube-scheduler": floor, "kube-controller-manager": floor})
+    assert set(change) == {"kube-apiserver", "kube-scheduler"}  # the manager was profiled in one window only
+    assert change["kube-apiserver"]["frames"][0] == {"frame": "runtime.gcBgMarkWorker", "before_s": 0.1,
+                                                     "after_s": 2.6, "delta_s": 2.5}
+    assert note == ("the control plane's CPU from the floor's window to the burst's (Go's profiler): "
+                    "kube-apiserver 1.5 -> 4.0 CPU-s (+2.5; the most of it in runtime code, +2.5), "
+                    "kube-scheduler 1.5 -> 1.5 CPU-s (+0.0)")
