@@ -351,6 +351,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             profiler = run.control_plane_profiler("scale")
             fig, tracker = await reconciler.scale(tb, kube, "bench-scale", count=args.servers, op=op,
                                                  kcm_qps=kcm_qps(tb), window=profiler)
+            ours = run.contention.between(before, run.contention.snapshot())  # before the profiles are read
             if profiler is not None:
                 fig.details["control_plane_profile"], stacks = profiler.result(args.out)
                 if run.floor_stacks and stacks:
@@ -374,8 +375,7 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
                     f"({100 * overhead / floor_s:+.0f} %)" if floor_s else "floor not measured")
                 cost = next((f for f in run.figures if f.name == "apiserver_write_cost" and f.passed), None)
                 if cost is not None:
-                    _decompose(fig, run.contention.between(before, run.contention.snapshot()), base, cost,
-                               args.servers)
+                    _decompose(fig, ours, base, cost, args.servers)
             return [fig]
 
         async def steady() -> list[Figure]:
