@@ -60,13 +60,19 @@ def without_defaults(schema: Any) -> Any:
                   else without_defaults(value)) for key, value in schema.items() if key != "default"}
 
 
-def undefaulted_crd() -> dict[str, Any]:
-    """The DittoServer CRD without its schema defaults, in a group of its own so both can be served at once."""
+def crd_without_defaults() -> dict[str, Any]:
+    """The DittoServer CRD without its schema defaults (the operator's models still default every field)."""
     crd = build_crd()
-    crd["metadata"] = {"name": UNDEFAULTED_CRD}
-    crd["spec"]["group"] = UNDEFAULTED_KIND.group
     for version in crd["spec"]["versions"]:
         version["schema"] = without_defaults(version["schema"])
+    return crd
+
+
+def undefaulted_crd() -> dict[str, Any]:
+    """`crd_without_defaults` in a group of its own, so that both CRDs can be served at once."""
+    crd = crd_without_defaults()
+    crd["metadata"] = {"name": UNDEFAULTED_CRD}
+    crd["spec"]["group"] = UNDEFAULTED_KIND.group
     return crd
 
 

@@ -30,13 +30,15 @@ the dfs pod and moto's S3).
 The 2 cores may be shared with other workloads (other test beds). Before each experiment the bench waits
 (bounded) for foreign CPU to calm down, and every figure records the CPU of each of its own processes and
 the foreign remainder (/proc). Diagnostics, not used by `make bench`: --kcm-qps (raise the KCM's client rate
-limit, which caps the 300-server figure on the test bed) and --operator-arg (e.g. --workers=16).
+limit, which caps the 300-server figure on the test bed), --operator-arg (e.g. --workers=16) and
+--crd-without-defaults (the CRD without its schema's defaults: what they cost the burst).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import ssl
 import statistics
@@ -139,8 +141,12 @@ def parser() -> argparse.ArgumentParser:
                         "bed's own flags; the effective limit is read from the KCM's command line)")
     p.add_argument("--operator-arg", action="append", default=[], metavar="ARG",
                    help="diagnostic: extra argument for `dittoctl run` (repeatable), e.g. --operator-arg=--workers=16")
+    p.add_argument("--crd-without-defaults", action="store_true",
+                   help="diagnostic: install the DittoServer CRD without its schema's defaults (SPEC §3 asks for "
+                        "them), to measure what they cost the burst; the operator's models default every field")
     p.add_argument("--no-profile", dest="profile", action="store_false",
-                   help=f"do not sample the operator with py-spy during {', '.join(PROFILED)} (flame graphs)")
+                   help=f"do not sample the operator with py-spy during {', '.join(PROFILED)}, nor the control "
+                        "plane with Go's profiler during floor and scale (flame graphs)")
     p.add_argument("--keep", action="store_true", help="keep the work dirs: the test bed's (logs, audit log) and "
                    "the operator's (log, webhook certificate and key, raw profiles)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: only on "
@@ -499,7 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     run.started = t0
     try:
         run.log(f"control plane up in {time.monotonic() - t0:.1f}s")
-        tb.kubectl("apply", "--server-side", "-f", str(CRD))
+        crd = CRD
+        if args.crd_without_defaults:
+            crd = workdir / "crd-without-defaults.json"
+            crd.write_text(json.dumps(apicost.crd_without_defaults()))
+        tb.kubectl("apply", "--server-side", "-f", str(crd))
         tb.wait_crd("dittoservers.dittofs.dittofs.com")
         first = run.first_start = op.start()
         install_webhook(tb, op.webhook_port)
