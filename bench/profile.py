@@ -37,7 +37,8 @@ from typing import Any
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 PACKAGE_ROOTS = ("site-packages/", "/work/main/", "lib/python3.11/")
 WIDTH, ROW, FONT = 1600.0, 17, 11
-SAMPLE_S = 0.01  # py-spy and Go's CPU profiler both sample at 100 Hz
+RATE_HZ = 100  # py-spy's rate here, and the rate Go's CPU profiler always samples at
+SAMPLE_S = 1 / RATE_HZ
 GO_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 SLICE_S = 2  # a window ends at most this late: the slice in flight is waited for and kept
 GO_MIN_WIDTH = 1.6  # px: boxes under 0.1 % of the samples; Go's deep stacks made 3 MB graphs at 0.4
@@ -190,7 +191,7 @@ def flame_svg(stacks: Stacks, title: str, *, min_width: float = 0.4) -> str:
 class Profiler:
     """``with Profiler(pid, out, name) as p: ...``; then ``p.result`` (top entries) and ``out/profile_<name>.svg``."""
 
-    def __init__(self, pid: int, out: Path, name: str, raw: Path, *, rate: int = 100) -> None:
+    def __init__(self, pid: int, out: Path, name: str, raw: Path, *, rate: int = RATE_HZ) -> None:
         """``raw``: where the collapsed stacks stay (e.g. the run's work dir, kept with ``--keep``)."""
         self.pid, self.out, self.name, self.rate, self.raw = pid, out, name, rate, raw
         self.proc: subprocess.Popen[bytes] | None = None
@@ -256,7 +257,7 @@ def parse_go_traces(text: str) -> Stacks:
             groups[name] = group
             frames.append(name)
         samples = round(float(head["value"]) * _UNIT_S[head["unit"]] / SAMPLE_S)
-        if frames and samples:
+        if samples:
             counts[tuple(reversed(frames))] += samples
     return Stacks(counts, groups)
 
@@ -359,7 +360,7 @@ class ControlPlaneProfiler:
         out.mkdir(parents=True, exist_ok=True)
         for component, st in stacks.items():
             svg = out / f"profile_{self.name}_{component}.svg"
-            svg.write_text(flame_svg(st, f"{component} CPU profile: {self.name} (pprof, 100 Hz)",
+            svg.write_text(flame_svg(st, f"{component} CPU profile: {self.name} (pprof, {RATE_HZ} Hz)",
                                      min_width=GO_MIN_WIDTH))
             top = st.top(10)
             summary[component] = {"cpu_s": round(st.total * SAMPLE_S, 2), "flame_graph": svg.name,
