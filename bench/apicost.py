@@ -22,7 +22,7 @@ from bench.admission import set_webhook
 from bench.floor import children
 from bench.kube import Kube, Watch, bounded_gather
 from bench.machine import process_cpu
-from bench.objects import KIND, PLURAL, VERSION, dittoserver, object_path, servers_path
+from bench.objects import API_VERSION, KIND, PLURAL, VERSION, dittoserver, object_path, servers_path
 from bench.process import Operator
 from bench.reconciler import log
 from bench.report import Check, Figure
@@ -44,7 +44,7 @@ CONTRACT = {  # the operator's writes per server beyond its children, and how of
 # The DittoServer writes again, against a copy of the CRD without the schema's defaults (SPEC §3 asks for them):
 # how much of each DittoServer write is the apiserver applying and carrying those defaults.
 UNDEFAULTED_KIND = Kind("undefaulted.bench.dittofs.com", VERSION, PLURAL, KIND)
-UNDEFAULTED_CRD = f"{PLURAL}.{UNDEFAULTED_KIND.group}"
+UNDEFAULTED_CRD = UNDEFAULTED_KIND.crd_name
 UNDEFAULTED = " (CRD without schema defaults)"
 SERVER_WRITES = ("DittoServer create, no webhook", "DittoServer finalizer patch", "DittoServer status patch (1)",
                  "DittoServer status patch (2)")
@@ -229,7 +229,7 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         await measure("Event create", [partial(
             kube.call, "POST", f"/api/v1/namespaces/{namespace}/events",
             {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{n}."},
-             "involvedObject": {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer", "name": n,
+             "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": n,
                                 "namespace": namespace},
              "reason": "Created", "message": "created StatefulSet", "type": "Normal"}) for n in names])
 

@@ -57,7 +57,7 @@ from bench.machine import OPERATOR, Contention
 from bench.process import Operator, sigterm_as_ctrl_c
 from bench.profile import GO_COMPONENTS, ControlPlaneProfiler, Profiler, Stacks, beyond_the_floor
 from bench.report import RESULTS, Check, Figure, environment, failed, loadavg, markdown, other_apiservers, write
-from tests.support.paths import CRD
+from tests.support.paths import CRD, CRD_NAME
 from tests.testbed import COMPONENTS, Testbed, ensure_binaries
 from tests.testbed.webhook import install_webhook
 
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             crd = workdir / "crd-without-defaults.json"
             crd.write_text(json.dumps(apicost.crd_without_defaults()))
         tb.kubectl("apply", "--server-side", "-f", str(crd))
-        tb.wait_crd("dittoservers.dittofs.dittofs.com")
+        tb.wait_crd(CRD_NAME)
         first = run.first_start = op.start()
         install_webhook(tb, op.webhook_port)
         run.log(f"operator ready in {first:.2f}s (pid {op.pid}); webhook registered on 127.0.0.1:"

@@ -6,18 +6,17 @@ import json
 import uuid
 from typing import Any
 
-from dittoctl.api.kinds import kind_of
+from dittoctl.api.kinds import DITTOSERVERS, kind_of
 
-GROUP = "dittofs.dittofs.com"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "DittoServer"
-PLURAL = "dittoservers"
+GROUP = DITTOSERVERS.group
+VERSION = DITTOSERVERS.version
+API_VERSION = DITTOSERVERS.api_version
+KIND = DITTOSERVERS.kind
+PLURAL = DITTOSERVERS.plural
 
 
 def servers_path(namespace: str, name: str | None = None) -> str:
-    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-    return f"{path}/{name}" if name else path
+    return DITTOSERVERS.path(namespace, name)
 
 
 def object_path(obj: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from dittoctl.api import models
+from dittoctl.api.kinds import DITTOSERVERS
 
 JsonSchema = dict[str, Any]
 _DROP = {"title", "$defs"}
@@ -199,7 +200,7 @@ def build_crd() -> JsonSchema:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{models.PLURAL}.{models.GROUP}",
+            "name": DITTOSERVERS.crd_name,
             "labels": {"app.kubernetes.io/name": "dittofs-operator", "app.kubernetes.io/part-of": "dittofs"},
         },
         "spec": {

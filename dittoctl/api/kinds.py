@@ -19,6 +19,11 @@ class Kind:
     namespaced: bool = True
 
     @property
+    def crd_name(self) -> str:
+        """The name of the CustomResourceDefinition that serves this kind (fixed by the API: plural.group)."""
+        return f"{self.plural}.{self.group}"
+
+    @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
@@ -35,7 +40,7 @@ class Kind:
 
 
 DITTOSERVERS = Kind("dittofs.dittofs.com", "v1alpha1", "dittoservers", "DittoServer")
-CRD_NOT_SERVED = (f"the DittoServer CRD ({DITTOSERVERS.plural}.{DITTOSERVERS.group}, version "
+CRD_NOT_SERVED = (f"the DittoServer CRD ({DITTOSERVERS.crd_name}, version "
                   f"{DITTOSERVERS.version}) is not served: install it with `dittoctl crd | kubectl apply -f -` "
                   "(the Helm chart installs it from its crds/ directory)")
 STATEFULSETS = Kind("apps", "v1", "statefulsets", "StatefulSet")

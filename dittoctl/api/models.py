@@ -15,13 +15,14 @@ from croniter import croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from dittoctl.api.kinds import DITTOSERVERS
 from dittoctl.api.quantity import parse_quantity
 
-GROUP = "dittofs.dittofs.com"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "DittoServer"
-PLURAL = "dittoservers"
+GROUP = DITTOSERVERS.group
+VERSION = DITTOSERVERS.version
+API_VERSION = DITTOSERVERS.api_version
+KIND = DITTOSERVERS.kind
+PLURAL = DITTOSERVERS.plural
 SINGULAR = "dittoserver"
 SHORT_NAMES = ("ditto", "dittofs")
 CATEGORIES = ("dittofs",)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.chart import Helm, helm_runner
 from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
-from tests.support.paths import CRD
+from tests.support.paths import CRD, CRD_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def crd(testbed: Any) -> Any:
     testbed.kubectl("apply", "--server-side", "-f", str(CRD))
-    testbed.wait_crd("dittoservers.dittofs.dittofs.com")
+    testbed.wait_crd(CRD_NAME)
     return testbed
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OperatorProcess
-from tests.support.paths import CHART, CRD, ROOT
+from tests.support.paths import CHART, CRD, CRD_NAME, ROOT
 from tests.support.poll import eventually
 from tests.testbed.node import RealNode
 
@@ -130,7 +130,7 @@ def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_insta
         proc.start(wait=False)
         problems = eventually(lambda: [p for p in proc.readiness() or [] if "CRD" in p] or None, timeout=30,
                               what="/readyz naming the missing CRD")
-        assert "dittoservers.dittofs.dittofs.com" in problems[0], problems
+        assert CRD_NAME in problems[0], problems
         assert "dittoctl crd | kubectl apply -f -" in problems[0], problems
         assert "dittoctl crd | kubectl apply -f -" in proc.log_text()
         assert not proc.ready()
@@ -140,7 +140,7 @@ def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_insta
         assert "is not served: install it with `dittoctl crd | kubectl apply -f -`" in status.stderr, status.stderr
 
         bed.kubectl("apply", "--server-side", "-f", str(CRD))
-        bed.wait_crd("dittoservers.dittofs.dittofs.com")
+        bed.wait_crd(CRD_NAME)
         eventually(proc.ready, timeout=30, what=f"readiness once the CRD is served (log {proc.log_path})")
         bed.create_namespace("late")
         status = subprocess.run([sys.executable, "-m", "dittoctl", "status", "nope", "-n", "late",
@@ -158,7 +158,7 @@ def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_insta
 
         # The CRD deleted: the server is finalized (the deletion waits for that), then the process exits with one
         # line instead of kopf's traceback, so that its restart waits for the CRD as above.
-        bed.kubectl("delete", "crd", "dittoservers.dittofs.dittofs.com", "--timeout=90s")
+        bed.kubectl("delete", "crd", CRD_NAME, "--timeout=90s")
         assert proc.proc is not None
         assert proc.proc.wait(timeout=60) == 1, proc.log_tail()
         assert "is not served: install it with `dittoctl crd | kubectl apply -f -` (the Helm chart installs it from " \

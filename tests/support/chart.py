@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.kube import kubectl_json
+from tests.support.paths import CRD_NAME
 
-CRD_NAME = "dittoservers.dittofs.dittofs.com"
 RELEASE = "dittofs-operator"  # default names: Deployment/SA/VWC dittofs-operator, Service dittofs-operator-webhook
 SERVICE = f"{RELEASE}-webhook"
 

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from tests.support.net import free_port
-from tests.support.paths import CRD, ROOT, SAMPLES
+from tests.support.paths import CRD, CRD_NAME, ROOT, SAMPLES
 
 from .cluster import Testbed
 from .fileservice import SHARE, DfsRest, nfs_get, nfs_put, nfs_url
@@ -147,7 +147,7 @@ def main() -> int:
             print("[demo] NOTE: pods are SIMULATED by kwok here (no real dfs runs), because: "
                   + "; ".join(reasons), file=sys.stderr)
         tb.kubectl("apply", "--server-side", "-f", str(CRD))
-        tb.wait_crd("dittoservers.dittofs.dittofs.com")
+        tb.wait_crd(CRD_NAME)
         proc, _health, hook = start_operator(tb, workdir)
         install_webhook(tb, hook)
         print(f"[demo] operator running (log: {workdir / 'operator.log'}); webhook on 127.0.0.1:{hook}",

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from dittoctl.api.crd import build_crd, crd_yaml
+from dittoctl.api.kinds import DITTOSERVERS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "config" / "crd" / "dittoservers.yaml"
@@ -60,7 +61,10 @@ def test_parents_with_defaults_default_to_empty_objects() -> None:
 
 def test_names_columns_and_subresources() -> None:
     crd = build_crd()
+    # The name the CRD gets is the one the operator's readiness message and the tests wait for.
+    assert crd["metadata"]["name"] == DITTOSERVERS.crd_name == "dittoservers.dittofs.dittofs.com"
     names = crd["spec"]["names"]
+    assert names["plural"] == DITTOSERVERS.plural and crd["spec"]["group"] == DITTOSERVERS.group
     assert names["shortNames"] == ["ditto", "dittofs"] and names["categories"] == ["dittofs"]
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
