@@ -285,8 +285,10 @@ def grew(before: Stacks, after: Stacks, n: int = 12) -> dict[str, Any]:
     }
 
 
-def beyond_the_floor(floor: Mapping[str, Stacks], burst: Mapping[str, Stacks]) -> tuple[dict[str, Any], str]:
-    """Per component profiled in both windows: ``grew`` from the floor to the burst, and a one-line note."""
+def beyond_the_floor(floor: Mapping[str, Stacks], burst: Mapping[str, Stacks],
+                     label: str = "the floor") -> tuple[dict[str, Any], str]:
+    """Per component profiled in both windows: ``grew`` from a floor (``label``) to the burst, and a one-line
+    note."""
     parts, out = [], {}
     for component in (c for c in GO_COMPONENTS if c in floor and c in burst):
         out[component] = change = grew(floor[component], burst[component])
@@ -294,7 +296,7 @@ def beyond_the_floor(floor: Mapping[str, Stacks], burst: Mapping[str, Stacks]) -
         top = next(iter(change["self_by_package_delta_s"].items()), None)
         parts.append(f"{component} {before:.1f} -> {after:.1f} CPU-s ({after - before:+.1f}"
                      + (f"; the most of it in {top[0]} code, {top[1]:+.1f}" if top and top[1] > 0 else "") + ")")
-    note = "the control plane's CPU from the floor's window to the burst's (Go's profiler): " + ", ".join(parts)
+    note = f"the control plane's CPU from {label}'s window to the burst's (Go's profiler): " + ", ".join(parts)
     return out, note
 
 

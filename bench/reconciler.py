@@ -49,6 +49,8 @@ class Tracker:
     deleted: dict[str, float] = field(default_factory=dict)
     events: Counter[str] = field(default_factory=Counter)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_pod_ready: Callable[[str], None] | None = None
+    """Called with the server's name when its first Ready pod arrives."""
 
     def on_server(self, ev: WatchEvent) -> None:
         name = ev.obj["metadata"]["name"]
@@ -73,7 +75,10 @@ class Tracker:
         self.events["pods"] += 1
         instance = (ev.obj["metadata"].get("labels") or {}).get(INSTANCE)
         if instance and ev.type != "DELETED" and pod_ready(ev.obj):
-            self.pod_ready.setdefault(instance, ev.arrived)
+            if instance not in self.pod_ready:
+                self.pod_ready[instance] = ev.arrived
+                if self.on_pod_ready is not None:
+                    self.on_pod_ready(instance)
             self.changed.set()
 
     async def until(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -341,6 +346,8 @@ async def scale(tb: Testbed, kube: Kube, namespace: str, *, count: int = 300, co
             "operator_api_writes_per_server": round(len(writes) / count, 2),
             "operator_writes_by_verb_resource": dict(by_kind.most_common()),
             "watch_errors": [e for w in watches for e in w.errors][:5],
+            # The bench's streams are label-free, the operator's are labelled: the same events for these kinds.
+            "watch_events_per_server": {k: round(v / count, 1) for k, v in sorted(tracker.events.items())},
             "testbed_kcm_client_throttle": bottleneck,
             "notes": notes,
             "method": f"{count} POSTs through the admission webhook, {concurrency} in flight; wall time from "

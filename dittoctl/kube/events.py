@@ -25,6 +25,25 @@ log = logging.getLogger("dittofs.events")
 EventType = Literal["Normal", "Warning"]
 
 
+def event_body(regarding: Mapping[str, Any], type_: EventType, reason: EventReason, message: str,
+               instance: str = COMPONENT) -> dict[str, Any]:
+    """The core/v1 Event the operator posts about ``regarding`` (the bench's contract floor posts the same)."""
+    meta = regarding.get("metadata", {})
+    namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    involved = {"apiVersion": regarding.get("apiVersion"), "kind": regarding.get("kind"),
+                "name": name, "namespace": namespace}
+    if meta.get("uid"):
+        involved["uid"] = meta["uid"]
+    now = rfc3339_now()
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{name}.", "namespace": namespace},
+        "involvedObject": involved, "reason": reason, "message": message[:1024], "type": type_,
+        "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
+        "reportingInstance": instance, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+
+
 class EventRecorder:
     """Posts core/v1 Events through the gateway; never raises (events are best effort)."""
 
@@ -53,18 +72,7 @@ class EventRecorder:
         key = (str(regarding.get("kind")), namespace, name, reason, message)
         if not name or not self._fresh(key):
             return False
-        involved = {"apiVersion": regarding.get("apiVersion"), "kind": regarding.get("kind"),
-                    "name": name, "namespace": namespace}
-        if meta.get("uid"):
-            involved["uid"] = meta["uid"]
-        now = rfc3339_now()
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{name}.", "namespace": namespace},
-            "involvedObject": involved, "reason": reason, "message": message[:1024], "type": type_,
-            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
-            "reportingInstance": self.instance, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
+        event = event_body(regarding, type_, reason, message, self.instance)
         try:
             await self.gateway.create(EVENTS, event, namespace)
         except (ApiError, Conflict, NotFound) as exc:
