@@ -8,8 +8,8 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
   admission   admission_overhead        dry-run apply through the apiserver, webhook (un)registered
   sequential  create_to_statefulset, pods_ready_to_ready   ~20 servers, one at a time
   floor       scale_300_floor           the same N servers' children applied by a plain client, no operator
-  contract    scale_300_contract_floor  the floor plus every other write SPEC §4-§6 asks for a new server, by a
-                                        plain client (a perfect operator; the operator serves only the webhook)
+  contract    scale_300_contract_floor  the floor plus every other write SPEC §4-§6 asks for a new server, by the
+                                        same plain client (the operator serves only the admission webhook)
   apicost     apiserver_write_cost      control-plane CPU per request: the floor's children, the operator's
                                         contract writes (operator stopped, webhook unregistered)
   scale       scale_300_ready           N servers created at once -> all Ready
@@ -476,8 +476,8 @@ def _decompose(scale: Figure, ours: dict[str, Any], floor_fig: Figure, cost: Fig
 
 
 def _beyond_the_contract(scale: Figure, contract_s: float, floor_s: float | None) -> None:
-    """The burst against what any operator keeping the contract would need (informational: the issue's target
-    is the plain floor)."""
+    """The burst against the contract's writes made by a plain client (informational: the issue's target is the
+    plain floor)."""
     wall = float(scale.headline.value or 0.0) if scale.headline is not None else 0.0
     if not contract_s or not wall:
         return
