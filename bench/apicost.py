@@ -19,14 +19,13 @@ from functools import partial
 from typing import Any
 
 from bench.admission import set_webhook
-from bench.floor import children
+from bench.floor import ContractPlan, children, early_plan
 from bench.kube import Kube, Watch, bounded_gather
 from bench.machine import process_cpu
-from bench.objects import API_VERSION, KIND, PLURAL, VERSION, dittoserver, object_path, servers_path
+from bench.objects import KIND, PLURAL, VERSION, dittoserver, object_path, servers_path
 from bench.process import Operator
 from bench.reconciler import log
 from bench.report import Check, Figure
-from dittoctl.api.conditions import ConditionType
 from dittoctl.api.crd import build_crd
 from dittoctl.api.kinds import Kind
 from dittoctl.api.naming import FINALIZER, MANAGED_BY_LABEL, MANAGER
@@ -76,16 +75,9 @@ def undefaulted_crd() -> dict[str, Any]:
     return crd
 
 
-def _status(round_: int) -> dict[str, Any]:
-    """A status shaped like the operator's (its condition types, the counts, the endpoints)."""
-    # Every condition a running server carries (ReconciliationPaused only appears on a paused one).
-    types = [str(t) for t in ConditionType if t is not ConditionType.RECONCILIATION_PAUSED]
-    conditions = [{"type": t, "status": "False", "reason": "Waiting", "message": f"waiting ({round_})",
-                   "lastTransitionTime": "2026-12-03T17:00:00Z", "observedGeneration": 1} for t in types]
-    return {"status": {"phase": "Pending" if round_ == 1 else "Running", "observedGeneration": 1,
-                       "replicas": 1, "readyReplicas": round_ - 1, "ready": f"{round_ - 1}/1",
-                       "configHash": "0" * 64, "conditions": conditions,
-                       "endpoints": {"api": "x-api.ns.svc:8080", "nfs": "x-file.ns.svc:2049"}}}
+def _status(plan: ContractPlan, round_: int) -> dict[str, Any]:
+    """The first status a create writes (Progressing), or its second (Ready)."""
+    return plan.progressing if round_ == 1 else plan.ready
 
 
 @dataclass(frozen=True)
@@ -166,7 +158,6 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
                       concurrency: int = 16) -> Figure:
     # Its watches and passes would add to the control plane's CPU (and it would reconcile our servers): it runs
     # only as the webhook, for the creates that go through admission, and then not at all.
-    op.stop()
     await kube.create_namespace(namespace)
     meter = _Meter(tb)
     costs: dict[str, dict[str, float]] = {}
@@ -180,19 +171,16 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         costs[label] = {n: round(v, 2) for n, v in per_call.items()}
         errors.extend(f"{label}: {e}" for e in failed)
 
+    # The bodies the operator sends (status, Secret, Event), rendered by its own builders as the contract floor's.
+    plans = {n: early_plan(dittoserver(n, namespace)) for n in names}
     try:
-        op.extra.append("--no-reconciler")
-        try:
-            op.start()
+        with op.webhook_only():
             await asyncio.sleep(3.0)  # the operator's start and the namespace settle
             await meter.idle(5.0)
             meter.pids["operator (webhook)"] = op.pid
             await measure(ADMITTED, [partial(kube.call, "POST", base, dittoserver(f"{n}-w", namespace))
                                      for n in names])
             del meter.pids["operator (webhook)"]
-        finally:
-            op.stop()
-            op.extra.remove("--no-reconciler")
         set_webhook(tb, op.webhook_port, False, namespace)
         await asyncio.sleep(3.0)
         await meter.idle(5.0)
@@ -212,7 +200,7 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
             for n in names])
         for round_ in (1, 2):
             await measure(f"DittoServer status patch ({round_})", [
-                partial(patch, f"{base}/{n}/status", _status(round_)) for n in names])
+                partial(patch, f"{base}/{n}/status", _status(plans[n], round_)) for n in names])
         bare = await _serve_undefaulted(kube, namespace)
         await measure(SERVER_WRITES[0] + UNDEFAULTED, [partial(kube.call, "POST", bare, {
             **dittoserver(n, namespace), "apiVersion": UNDEFAULTED_KIND.api_version}) for n in names])
@@ -221,17 +209,11 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
             for n in names])
         for round_ in (1, 2):
             await measure(SERVER_WRITES[1 + round_] + UNDEFAULTED, [
-                partial(patch, f"{bare}/{n}/status", _status(round_)) for n in names])
+                partial(patch, f"{bare}/{n}/status", _status(plans[n], round_)) for n in names])
         await measure("Secret create", [partial(
-            kube.call, "POST", f"/api/v1/namespaces/{namespace}/secrets",
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{n}-jwt"},
-             "data": {"secret": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}}) for n in names])
+            kube.call, "POST", f"/api/v1/namespaces/{namespace}/secrets", plans[n].secrets[0]) for n in names])
         await measure("Event create", [partial(
-            kube.call, "POST", f"/api/v1/namespaces/{namespace}/events",
-            {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{n}."},
-             "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": n,
-                                "namespace": namespace},
-             "reason": "Created", "message": "created StatefulSet", "type": "Normal"}) for n in names])
+            kube.call, "POST", f"/api/v1/namespaces/{namespace}/events", plans[n].event) for n in names])
 
         # The floor's writes: each child kind, server-side applied as the floor does. The StatefulSets have no
         # replicas here: their pods and PVCs are the controller-manager's work, the same in the floor and the burst.

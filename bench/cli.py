@@ -356,16 +356,12 @@ async def run_experiments(run: Run, experiments: list[Experiment]) -> None:
             return [fig]
 
         async def contract_() -> list[Figure]:
-            op.stop()
-            op.extra.append("--no-reconciler")  # the webhook admits the creates; nothing else answers them
             try:
-                op.start()
-                profiler = run.control_plane_profiler("contract")
-                fig = await floor.contract_floor(kube, "bench-contract", count=args.servers,
-                                                 contention=run.contention, window=profiler)
+                with op.webhook_only():
+                    profiler = run.control_plane_profiler("contract")
+                    fig = await floor.contract_floor(kube, "bench-contract", count=args.servers,
+                                                     contention=run.contention, window=profiler)
             finally:
-                op.stop()
-                op.extra.remove("--no-reconciler")
                 op.start()
             if profiler is not None:
                 fig.details["control_plane_profile"], run.contract_stacks = profiler.result(args.out)

@@ -119,6 +119,12 @@ def contract_plan(created: Mapping[str, Any]) -> ContractPlan:
         ready={"status": ready})
 
 
+def early_plan(doc: Mapping[str, Any]) -> ContractPlan:
+    """The plan for ``doc`` before it is created: what the create will assign is a placeholder (see ``bind``)."""
+    return contract_plan({**doc, "metadata": {**doc["metadata"], "uid": PENDING, "resourceVersion": PENDING,
+                                              "generation": 1}})
+
+
 def bind(plan: ContractPlan, created: Mapping[str, Any]) -> ContractPlan:
     """``plan``, rendered before the clock from the document sent, for the object its create returned: what the
     apiserver assigned (uid, resourceVersion) goes where the writes name it."""
@@ -238,8 +244,7 @@ async def contract_floor(kube: Kube, namespace: str, *, count: int = 300, concur
     names = [f"contract-{i:03d}" for i in range(count)]
     docs = {n: dittoserver(n, namespace) for n in names}
     # Rendered before the clock, as the floor's children; bound to each server's create on the way.
-    rendered = {n: contract_plan({**doc, "metadata": {**doc["metadata"], "uid": PENDING, "resourceVersion": PENDING,
-                                                      "generation": 1}}) for n, doc in docs.items()}
+    rendered = {n: early_plan(doc) for n, doc in docs.items()}
     plans: dict[str, ContractPlan] = {}
     writes: list[int] = []
     readying: set[asyncio.Task[None]] = set()

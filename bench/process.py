@@ -9,12 +9,14 @@ start -> ready is timed to a few milliseconds, and readers for ``/proc/<pid>/{st
 from __future__ import annotations
 
 import compileall
+import contextlib
 import http.client
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -134,6 +136,19 @@ class Operator:
             return 0, ""
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def webhook_only(self) -> Iterator[None]:
+        """The process restarted as the admission webhook alone (``--no-reconciler``): the writes a measurement
+        makes get admitted, and nothing reconciles them. Stopped again at the end; the caller restarts it."""
+        self.stop()
+        self.extra.append("--no-reconciler")
+        try:
+            self.start()
+            yield
+        finally:
+            self.stop()
+            self.extra.remove("--no-reconciler")
 
     def stop(self, grace: float = 20.0) -> int | None:
         if self.proc is None:
