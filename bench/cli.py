@@ -20,9 +20,9 @@ whole run. Experiments run in a fixed order; each yields one or more figures:
                                         the Dockerfile's image, helm-installed on the real node
 
 Results: bench/results/<figure>.json and bench/results/SUMMARY.md. During `sequential` and `scale` py-spy samples
-the operator (bench/profile.py): a flame graph per experiment in bench/results/profile_<experiment>.svg and its
-top entries in the figures' JSON (`operator_profile`). During `floor` and `scale` Go's profiler samples the
-control plane (kube-apiserver, kube-controller-manager, kube-scheduler) over the measured window:
+the operator (bench/profile.py): a flame graph per experiment in bench/results/profile_<experiment>.svg, and its
+top entries and its share per task in the figures' JSON (`operator_profile`). During `floor` and `scale` Go's
+profiler samples the control plane (kube-apiserver, kube-controller-manager, kube-scheduler) over the measured window:
 profile_<experiment>_<component>.svg, and in the JSON (`control_plane_profile`) each one's CPU-s, top entries
 and, for the burst, the functions that spent more than in the floor. --no-profile turns both off.
 

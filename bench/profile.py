@@ -5,7 +5,8 @@ the threads holding the GIL (``--gil``), so samples ~ Python CPU time: py-spy's 
 executor threads blocked on their queue as busy. From them this module writes, per experiment:
 
 - ``profile_<name>.svg``: the flame graph (root at the bottom, width = share of samples; hover for figures);
-- the top entries (self and inclusive) and the share per package, into the figure's JSON details.
+- the top entries (self and inclusive), the share per package, and the share per task (``by_task``: what the event
+  loop was running — the passes, kopf, the watch streams, the connections), into the figure's JSON details.
 
 Frames are merged by function and file (line numbers dropped), so one function is one box per call path.
 
@@ -42,6 +43,19 @@ SAMPLE_S = 1 / RATE_HZ
 GO_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 SLICE_S = 2  # a window ends at most this late: the slice in flight is waited for and kept
 GO_MIN_WIDTH = 1.6  # px: boxes under 0.1 % of the samples; Go's deep stacks made 3 MB graphs at 0.4
+# Where the event loop hands over to a task or a callback: the frame above it names what the sample worked for.
+LOOP_ENTRY = "Runner.run (asyncio/runners.py)"
+OUTSIDE_LOOP = "outside the event loop"
+# (path prefix of that frame's file, group), first match wins. Tasks a pass gathers (its child writes) start in
+# reconciler/ too, so they count with the passes.
+TASKS = (
+    ("kopf/", "kopf: the DittoServer stream and its workers"),
+    ("reconciler/watch.py", "the operator's own watch streams"),
+    ("reconciler/", "reconcile passes and the writes they gather"),
+    ("aiohttp/web_", "aiohttp servers: admission webhook, health"),
+    ("aiohttp/", "connections: aiohttp's protocol callbacks, TLS"),
+    ("ssl.py", "connections: aiohttp's protocol callbacks, TLS"),
+)
 
 
 def py_spy() -> str:
@@ -115,8 +129,12 @@ class Stacks:
         def share(c: Counter[str]) -> list[dict[str, Any]]:
             return [{"frame": k, "samples": v, "pct": round(100 * v / total, 1)} for k, v in c.most_common(n)]
 
-        return {"samples": self.total, "self": share(own), "inclusive": share(inclusive),
-                "self_by_package": {k: round(100 * v / total, 1) for k, v in packages.most_common(12)}}
+        out = {"samples": self.total, "self": share(own), "inclusive": share(inclusive),
+               "self_by_package": {k: round(100 * v / total, 1) for k, v in packages.most_common(12)}}
+        tasks = self.by_task()
+        if set(tasks) != {OUTSIDE_LOOP}:  # Go's stacks have no event loop
+            out["by_task"] = {k: round(100 * v / total, 1) for k, v in tasks.most_common()}
+        return out
 
     def tree(self) -> Node:
         root = Node("all")
@@ -133,6 +151,24 @@ class Stacks:
         out: Counter[str] = Counter()
         for frames, count in self.counts.items():
             out[self.package(frames[-1])] += count
+        return out
+
+    def by_task(self) -> Counter[str]:
+        """Samples per kind of work, named by the task or callback the event loop was running (``TASKS``): which
+        part of the process a share of its CPU paid for, callees and all."""
+        out: Counter[str] = Counter()
+        for frames, count in self.counts.items():
+            if LOOP_ENTRY not in frames:
+                out[OUTSIDE_LOOP] += count
+                continue
+            above = frames[frames.index(LOOP_ENTRY) + 1:]
+            if not above:
+                out["the event loop itself"] += count
+                continue
+            m = FRAME.match(above[0])
+            path = m["file"] if m else above[0]
+            out[next((group for prefix, group in TASKS if path.startswith(prefix)),
+                     f"other: {self.package(above[0])}")] += count
         return out
 
     def inclusive(self) -> Counter[str]:

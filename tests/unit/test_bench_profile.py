@@ -45,6 +45,34 @@ def test_top_entries_count_self_and_inclusive_samples_by_function() -> None:
     assert top["self_by_package"] == {"reconciler": 70.0, "copy": 30.0}
 
 
+def test_samples_are_grouped_by_the_task_the_event_loop_was_running() -> None:
+    loop = f"{_ROOT};Runner.run (/usr/lib/python3.11/asyncio/runners.py:118)"
+    raw = "\n".join([
+        f"{loop};worker ({_SITE}/kopf/_core/reactor/queueing.py:50);invoke ({_SITE}/kopf/_core/actions/x.py:9) 14",
+        f"{loop};Watch._run (/work/main/reconciler/watch.py:170);Gateway.watch (/work/main/dittoctl/kube/g.py:9) 13",
+        f"{loop};WorkQueue._run (/work/main/reconciler/queue.py:97) 40",
+        f"{loop};apply_services (/work/main/reconciler/phases/config.py:37) 14",  # a write a pass gathered
+        f"{loop};ResponseHandler.data_received ({_SITE}/aiohttp/client_proto.py:300) 6",
+        f"{loop};SSLObject.read (/usr/lib/python3.11/ssl.py:900) 4",
+        f"{loop};RequestHandler._handle_request ({_SITE}/aiohttp/web_protocol.py:400) 2",
+        f"{loop};Queue.get (/usr/lib/python3.11/asyncio/queues.py:160) 1",
+        f"{loop} 5",
+        f"{_ROOT};_worker (/usr/lib/python3.11/concurrent/futures/thread.py:80) 1",
+    ])
+    stacks = Stacks.parse(raw)
+    assert stacks.total == 100
+    assert stacks.top()["by_task"] == {
+        "reconcile passes and the writes they gather": 54.0,
+        "kopf: the DittoServer stream and its workers": 14.0,
+        "the operator's own watch streams": 13.0,
+        "connections: aiohttp's protocol callbacks, TLS": 10.0,
+        "the event loop itself": 5.0,
+        "aiohttp servers: admission webhook, health": 2.0,
+        "other: asyncio": 1.0,
+        "outside the event loop": 1.0,
+    }
+
+
 def test_the_flame_graph_is_svg_with_one_box_per_call_path() -> None:
     svg = flame_svg(Stacks.parse(RAW), "t")
     root = ET.fromstring(svg)  # noqa: S314 - our own output
@@ -89,6 +117,7 @@ def test_pprof_traces_become_stacks_root_first_in_100_hz_samples() -> None:
     assert stacks.counts[("http.HandlerFunc.ServeHTTP", "handlers.UpdateResource.func1", "json.Marshal")] == 20
     assert stacks.inclusive()["handlers.UpdateResource.func1"] == 140
     assert stacks.top()["self_by_package"] == {"runtime": 86.7, "encoding": 13.3}
+    assert "by_task" not in stacks.top()  # no event loop in Go
     svg = flame_svg(stacks, "t")
     assert "handlers.UpdateResource.func1: 140 samples, 93.3%" in svg
 
