@@ -45,7 +45,7 @@ SLICE_S = 2  # a window ends at most this late: the slice in flight is waited fo
 GO_MIN_WIDTH = 1.6  # px: boxes under 0.1 % of the samples; Go's deep stacks made 3 MB graphs at 0.4
 # Where the event loop hands over to a task or a callback: the frame above it names what the sample worked for.
 LOOP_ENTRY = "Runner.run (asyncio/runners.py)"
-OUTSIDE_LOOP = "outside the event loop"
+OUTSIDE_LOOP, LOOP_ITSELF = "outside the event loop", "the event loop itself"
 # (path prefix of that frame's file, group), first match wins. Tasks a pass gathers (its child writes) start in
 # reconciler/ too, so they count with the passes.
 TASKS = (
@@ -163,7 +163,7 @@ class Stacks:
                 continue
             above = frames[frames.index(LOOP_ENTRY) + 1:]
             if not above:
-                out["the event loop itself"] += count
+                out[LOOP_ITSELF] += count
                 continue
             m = FRAME.match(above[0])
             path = m["file"] if m else above[0]
