@@ -7,7 +7,9 @@ BENCH-ARGS` on a git worktree of REV ("base") and on this checkout as it is, unc
 falls on both sides. Each metric gets its paired differences' mean over their standard error (t): |t| > ~2.5
 over 6+ pairs is a change larger than the noise.
 
-Results: OUT/COMPARE.md and OUT/compare.json, and every run's own results in OUT/runs/<side>-<pair>/.
+Results: OUT/COMPARE.md and OUT/compare.json, and every run's own results in OUT/runs/<side>-<pair>/. The head
+side's uncommitted edits are kept as OUT/head.patch (``git apply`` on the head commit), so a comparison of an
+experiment that was never committed can be run again.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
         "# Bench comparison",
         "",
         f"base `{meta['base']['rev']}` ({meta['base']['commit'][:12]}) against head `{meta['head']['commit'][:12]}`"
-        f"{' + uncommitted edits' if meta['head']['dirty'] else ''}; {meta['pairs']} alternated pairs of "
+        f"{_edits(meta['head'])}; {meta['pairs']} alternated pairs of "
         f"`python -m bench {' '.join(meta['bench_args'])}`; {meta['date']}",
         "",
         "| metric | unit | base mean | head mean | change | t | pairs head lower |",
@@ -148,6 +150,22 @@ def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
               "during that figure (e.g. what 500 admissions a second cost it). A `foreign CPU` row is other "
               "workloads' share of the machine during that figure: the noise each side met, not a result.", ""]
     return "\n".join(lines)
+
+
+def _edits(head: dict[str, Any]) -> str:
+    if not head["dirty"]:
+        return ""
+    untracked = head.get("untracked") or []
+    return (" + uncommitted edits" + (f" (`{head['patch']}`)" if head.get("patch") else "")
+            + (f"; untracked files: {', '.join(f'`{u}`' for u in untracked)}" if untracked else ""))
+
+
+def head_edits(root: Path = ROOT) -> tuple[str, list[str]]:
+    """The checkout's uncommitted edits to tracked files as a patch (empty: none), and its untracked files."""
+    patch = subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True, text=True, check=True,
+                           timeout=60).stdout
+    untracked = _git("ls-files", "--others", "--exclude-standard", cwd=root)
+    return patch, untracked.splitlines()
 
 
 def _git(*args: str, cwd: Path = ROOT) -> str:
@@ -203,6 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     sigterm_as_ctrl_c()
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    patch, untracked = head_edits()
+    if patch:
+        (out / "head.patch").write_text(patch)
+        meta["head"]["patch"] = "head.patch"
+    # Results written under the checkout are its own untracked files, not the experiment's.
+    meta["head"]["untracked"] = [u for u in untracked if not (ROOT / u).resolve().is_relative_to(out.resolve())]
     worktree = Path(tempfile.mkdtemp(prefix="dittofs-compare-")) / "base"
     roots = {"base": worktree, "head": ROOT}
     runs: dict[tuple[int, str], dict[str, tuple[float, str]]] = {}

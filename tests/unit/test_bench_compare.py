@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.compare import FOREIGN, OPERATOR, Paired, markdown, metrics, paired, parse_args, schedule
+from bench.compare import FOREIGN, OPERATOR, Paired, head_edits, markdown, metrics, paired, parse_args, schedule
 from bench.machine import OPERATOR as OPERATOR_PROCESS
 
 
@@ -63,12 +65,36 @@ def test_a_pair_with_a_failed_side_is_left_out() -> None:
 
 
 def test_the_report_names_both_sides_and_the_failed_runs() -> None:
-    meta = {"base": {"rev": "main~1", "commit": "a" * 40}, "head": {"commit": "b" * 40, "dirty": True},
+    head: dict[str, Any] = {"commit": "b" * 40, "dirty": True}
+    meta = {"base": {"rev": "main~1", "commit": "a" * 40}, "head": head,
             "pairs": 2, "bench_args": ["--only", "scale"], "date": "2026-12-05 00:00 UTC", "failed": ["base-2"]}
     text = markdown([Paired("scale_300_ready: operator CPU", "CPU-s", [6.0, 6.4], [5.5, 6.1])], meta)
     assert "base `main~1` (aaaaaaaaaaaa) against head `bbbbbbbbbbbb` + uncommitted edits" in text
     assert "| scale_300_ready: operator CPU | CPU-s | 6.2 | 5.8 | -6.5 % | -4.0 | 2 of 2 |" in text
     assert "Failed runs (left out with their pair): base-2" in text
+    head |= {"patch": "head.patch", "untracked": ["bench/new.py"]}
+    assert ("head `bbbbbbbbbbbb` + uncommitted edits (`head.patch`); untracked files: `bench/new.py`; 2 alternated"
+            in markdown([], meta))
+
+
+def test_the_head_sides_edits_are_a_patch_that_applies_to_its_commit(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "base")
+    assert head_edits(tmp_path) == ("", [])
+    (tmp_path / "a.py").write_text("x = 2\n")
+    (tmp_path / "new.py").write_text("y = 1\n")
+    patch, untracked = head_edits(tmp_path)
+    assert untracked == ["new.py"]
+    git("checkout", "a.py")
+    (tmp_path / "head.patch").write_text(patch)
+    git("apply", "head.patch")
+    assert (tmp_path / "a.py").read_text() == "x = 2\n"
 
 
 def test_the_bench_arguments_follow_a_double_dash_and_out_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
