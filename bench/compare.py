@@ -162,15 +162,14 @@ def _edits(head: dict[str, Any]) -> str:
 
 def head_edits(root: Path = ROOT) -> tuple[str, list[str]]:
     """The checkout's uncommitted edits to tracked files as a patch (empty: none), and its untracked files."""
-    patch = subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True, text=True, check=True,
-                           timeout=60).stdout
+    patch = _git("diff", "HEAD", cwd=root, strip=False)  # a patch keeps its last newline, or git apply refuses it
     untracked = _git("ls-files", "--others", "--exclude-standard", cwd=root)
     return patch, untracked.splitlines()
 
 
-def _git(*args: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
-                          timeout=60).stdout.strip()
+def _git(*args: str, cwd: Path = ROOT, strip: bool = True) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60).stdout
+    return out.strip() if strip else out
 
 
 def _bench(root: Path, bench_args: Sequence[str], out: Path) -> bool:
