@@ -212,20 +212,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"bench.compare: --base {args.base!r} is not a commit here: {exc.stderr.strip()}", file=sys.stderr)
         return 2
+    patch, untracked = head_edits()
+    # Results written under the checkout are its own untracked files, not the experiment's.
+    untracked = [u for u in untracked if not (ROOT / u).resolve().is_relative_to(out.resolve())]
     meta: dict[str, Any] = {
         "base": {"rev": args.base, "commit": base_commit},
-        "head": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain"))},
+        "head": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(patch or untracked),
+                 "patch": "head.patch" if patch else None, "untracked": untracked},
         "pairs": args.pairs, "bench_args": args.bench_args, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "failed": [],
     }
     sigterm_as_ctrl_c()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    patch, untracked = head_edits()
     if patch:
         (out / "head.patch").write_text(patch)
-        meta["head"]["patch"] = "head.patch"
-    # Results written under the checkout are its own untracked files, not the experiment's.
-    meta["head"]["untracked"] = [u for u in untracked if not (ROOT / u).resolve().is_relative_to(out.resolve())]
     worktree = Path(tempfile.mkdtemp(prefix="dittofs-compare-")) / "base"
     roots = {"base": worktree, "head": ROOT}
     runs: dict[tuple[int, str], dict[str, tuple[float, str]]] = {}

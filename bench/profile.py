@@ -48,13 +48,14 @@ LOOP_ENTRY = "Runner.run (asyncio/runners.py)"
 OUTSIDE_LOOP, LOOP_ITSELF = "outside the event loop", "the event loop itself"
 # (path prefix of that frame's file, group), first match wins. Tasks a pass gathers (its child writes) start in
 # reconciler/ too, so they count with the passes.
+CONNECTIONS = "connections: aiohttp's protocol callbacks, TLS"
 TASKS = (
     ("kopf/", "kopf: the DittoServer stream and its workers"),
     ("reconciler/watch.py", "the operator's own watch streams"),
     ("reconciler/", "reconcile passes and the writes they gather"),
     ("aiohttp/web_", "aiohttp servers: admission webhook, health"),
-    ("aiohttp/", "connections: aiohttp's protocol callbacks, TLS"),
-    ("ssl.py", "connections: aiohttp's protocol callbacks, TLS"),
+    ("aiohttp/", CONNECTIONS),
+    ("ssl.py", CONNECTIONS),
 )
 
 
