@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from bench.admission import set_webhook
-from bench.floor import ContractPlan, children, early_plan
+from bench.floor import ADMITTED, ContractPlan, children, early_plan
 from bench.kube import Kube, Watch, bounded_gather
 from bench.machine import process_cpu
 from bench.objects import KIND, PLURAL, VERSION, dittoserver, object_path, servers_path
@@ -36,10 +36,6 @@ WATCHERS = 8  # streams added to measure what one delivered watch event costs th
 WATCH_ROUNDS = 3  # rounds of ConfigMap applies with and without them
 # The watch-event probe's two sides, by how many streams watch the ConfigMaps.
 PROBES = {0: "ConfigMap apply, no watcher", WATCHERS: f"ConfigMap apply, {WATCHERS} watchers"}
-ADMITTED = "DittoServer create, through the webhook"
-CONTRACT = {  # the operator's writes per server beyond its children, and how often each is made in a create
-    ADMITTED: 1, "DittoServer finalizer patch": 1, "DittoServer status patch": 2,
-    "Secret create": 2, "Event create": 1}
 # The DittoServer writes again, against a copy of the CRD without the schema's defaults (SPEC §3 asks for them):
 # how much of each DittoServer write is the apiserver applying and carrying those defaults.
 UNDEFAULTED_KIND = Kind("undefaulted.bench.dittofs.com", VERSION, PLURAL, KIND)
@@ -93,21 +89,23 @@ class Split:
     """ms per server that the CRD's schema defaults add to the DittoServer writes (None: not measured)."""
 
 
-def per_server_costs(per_request: dict[str, dict[str, float]], per_server: dict[str, float]) -> Split:
-    """Per-request costs (label -> component -> ms) times how often one server's create makes each request."""
+def per_server_costs(per_request: dict[str, dict[str, float]], per_server: dict[str, float],
+                     contract: Mapping[str, int]) -> Split:
+    """Per-request costs (label -> component -> ms) times how often one server's create makes each request: each
+    child kind ``per_server`` times, each of the contract's other requests as ``ContractPlan.requests`` says."""
     def total(label: str) -> float:
         return sum(per_request.get(label, {}).values())
 
     status = (total("DittoServer status patch (1)") + total("DittoServer status patch (2)")) / 2
-    contract = {label: round(times * (status if label == "DittoServer status patch" else total(label)), 1)
-                for label, times in CONTRACT.items()}
+    writes = {label: round(times * (status if label == "DittoServer status patch" else total(label)), 1)
+              for label, times in contract.items()}
     floor = {label: round(count * total(f"{label} apply"), 1) for label, count in per_server.items()}
     event = (total(PROBES[WATCHERS]) - total(PROBES[0])) / WATCHERS
     defaults = None
     if all(label + UNDEFAULTED in per_request for label in SERVER_WRITES):
         # A server's create makes each of these once (the two status patches are its first and its Ready one).
         defaults = round(sum(total(label) - total(label + UNDEFAULTED) for label in SERVER_WRITES), 1)
-    return Split(floor, contract, round(event, 3) if event > 0 else None, defaults)
+    return Split(floor, writes, round(event, 3) if event > 0 else None, defaults)
 
 
 def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -273,7 +271,7 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         op.start()
         set_webhook(tb, op.webhook_port, True, namespace)
 
-    return report(costs, per_server, errors, meter.idle_per_s, watch_rounds=watch_rounds,
+    return report(costs, per_server, plans[names[0]].requests(), errors, meter.idle_per_s, watch_rounds=watch_rounds,
                   method=f"{count} requests per kind, {concurrency} in flight, admin client, operator stopped, "
                          "webhook unregistered; CPU of kube-apiserver + etcd + kube-controller-manager from /proc, "
                          "net of their idle rate; per server = per request x how often a create makes it")
@@ -295,10 +293,10 @@ async def _serve_undefaulted(kube: Kube, namespace: str, timeout: float = 60.0) 
     return path
 
 
-def report(costs: dict[str, dict[str, float]], per_server: dict[str, float], errors: list[str],
-           idle_per_s: dict[str, float], *, method: str, watch_rounds: dict[str, list[float]] | None = None,
-           ) -> Figure:
-    split = per_server_costs(costs, per_server)
+def report(costs: dict[str, dict[str, float]], per_server: dict[str, float], contract: Mapping[str, int],
+           errors: list[str], idle_per_s: dict[str, float], *, method: str,
+           watch_rounds: dict[str, list[float]] | None = None) -> Figure:
+    split = per_server_costs(costs, per_server, contract)
     floor_ms, contract_ms = sum(split.floor.values()), sum(split.contract.values())
     return Figure(
         "apiserver_write_cost", "control-plane CPU per server: the floor's writes and the operator's contract writes",

@@ -19,7 +19,11 @@ from bench.apicost import (
     without_defaults,
 )
 from bench.cli import _decompose
+from bench.floor import early_plan
+from bench.objects import dittoserver
 from bench.report import Check, Figure
+
+CONTRACT = early_plan(dittoserver("demo", "ns")).requests()
 
 
 def _ms(apiserver: float, etcd: float = 0.0) -> dict[str, float]:
@@ -34,7 +38,7 @@ def test_per_server_costs_weigh_each_request_by_how_often_a_create_makes_it() ->
         "Service (ClusterIP) apply": _ms(7.0, 3.0), "ConfigMap apply": _ms(2.0),
         "ConfigMap apply, no watcher": _ms(2.0), f"ConfigMap apply, {WATCHERS} watchers": _ms(2.0 + WATCHERS * 0.25),
     }
-    split = per_server_costs(per_request, {"Service (ClusterIP)": 3.0, "ConfigMap": 1.0})
+    split = per_server_costs(per_request, {"Service (ClusterIP)": 3.0, "ConfigMap": 1.0}, CONTRACT)
     assert split.contract == {"DittoServer create, through the webhook": 5.0, "DittoServer finalizer patch": 6.0,
                               "DittoServer status patch": 14.0, "Secret create": 3.0, "Event create": 1.0}
     assert split.floor == {"Service (ClusterIP)": 30.0, "ConfigMap": 2.0}
@@ -43,19 +47,19 @@ def test_per_server_costs_weigh_each_request_by_how_often_a_create_makes_it() ->
 
 def test_the_figure_passes_on_a_measurement_and_fails_on_an_empty_meter() -> None:
     costs = {"DittoServer create, through the webhook": _ms(5.0), "ConfigMap apply": _ms(2.0)}
-    figure = report(costs, {"ConfigMap": 1.0}, [], {"kube-apiserver": 0.02}, method="m")
+    figure = report(costs, {"ConfigMap": 1.0}, CONTRACT, [], {"kube-apiserver": 0.02}, method="m")
     assert figure.passed, figure.checks
     assert "children 2 ms, contract writes 5 ms" in figure.measured_text
     nothing = {label: _ms(0.0) for label in costs}
-    assert not report(nothing, {"ConfigMap": 1.0}, [], {}, method="m").passed
-    assert not report(costs, {"ConfigMap": 1.0}, ["Secret create: KubeError(...)"], {}, method="m").passed
+    assert not report(nothing, {"ConfigMap": 1.0}, CONTRACT, [], {}, method="m").passed
+    assert not report(costs, {"ConfigMap": 1.0}, CONTRACT, ["Secret create: KubeError(...)"], {}, method="m").passed
 
 
 def test_a_watch_event_the_meter_did_not_resolve_is_said_so_not_read_as_free() -> None:
     per_request = {"ConfigMap apply, no watcher": _ms(2.1), f"ConfigMap apply, {WATCHERS} watchers": _ms(1.3),
                    "ConfigMap apply": _ms(1.0), "Event create": _ms(1.0)}
-    assert per_server_costs(per_request, {}).watch_event is None
-    figure = report(per_request, {"ConfigMap": 1.0}, [], {}, method="m")
+    assert per_server_costs(per_request, {}, CONTRACT).watch_event is None
+    figure = report(per_request, {"ConfigMap": 1.0}, CONTRACT, [], {}, method="m")
     assert "a watch event delivered not resolved" in figure.measured_text
     assert figure.details["per_watch_event_delivered_ms"] is None
 
@@ -69,10 +73,10 @@ def test_each_side_of_the_watch_probe_keeps_its_median_round() -> None:
 
 def test_what_the_schema_defaults_cost_is_the_server_writes_against_the_crd_without_them() -> None:
     per_request = {label: _ms(6.0, 1.0) for label in SERVER_WRITES}
-    assert per_server_costs(per_request, {}).defaults is None  # not measured, not zero
+    assert per_server_costs(per_request, {}, CONTRACT).defaults is None  # not measured, not zero
     per_request |= {label + UNDEFAULTED: _ms(3.0, 0.5) for label in SERVER_WRITES}
-    assert per_server_costs(per_request, {}).defaults == 4 * 3.5
-    figure = report(per_request | {"ConfigMap apply": _ms(2.0)}, {"ConfigMap": 1.0}, [], {}, method="m")
+    assert per_server_costs(per_request, {}, CONTRACT).defaults == 4 * 3.5
+    figure = report(per_request | {"ConfigMap apply": _ms(2.0)}, {"ConfigMap": 1.0}, CONTRACT, [], {}, method="m")
     assert "the CRD's schema defaults are 14 ms of the DittoServer's writes" in figure.measured_text
 
 

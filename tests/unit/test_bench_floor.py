@@ -31,6 +31,9 @@ def test_the_plan_makes_every_write_the_contract_asks_for_a_new_server() -> None
     assert len(secrets["demo-admin-bootstrap-credentials"]["stringData"][ADMIN_PASSWORD_KEY]) >= 24
     assert plan.event["reason"] == EventReason.CREATED and plan.event["involvedObject"]["uid"] == UID
     assert plan.event["metadata"]["namespace"] == "ns"
+    # Beyond the children: the create, the finalizer, both Secrets, the two statuses and the Event.
+    assert plan.requests() == {"DittoServer create, through the webhook": 1, "DittoServer finalizer patch": 1,
+                               "DittoServer status patch": 2, "Secret create": 2, "Event create": 1}
 
 
 def test_the_children_are_the_floors_owned_by_the_server() -> None:
