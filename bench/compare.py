@@ -35,6 +35,7 @@ from tests.support.paths import ROOT
 
 SIDES = ("base", "head")
 FOREIGN = "foreign CPU"  # other workloads' share of the machine during the figure: the noise, not a result
+SPEED = "machine: reference work"  # how fast the machine ran Python at the run's start: a control, not a result
 OPERATOR = "operator's CPU share"  # the operator's share of a core during the figure: a result (e.g. per admission)
 
 
@@ -69,6 +70,8 @@ def metrics(results: Path) -> dict[str, tuple[float, str]]:
             found[f"{name}: {OPERATOR}"] = (float(operator), "% of a core")
         if _measured(foreign := cpu.get("foreign_pct_of_one_core")):
             found[f"{name}: {FOREIGN}"] = (float(foreign), "% of a core")
+        if _measured(speed := (fig.get("machine") or {}).get("reference_work_ms")):
+            found[SPEED] = (float(speed), "ms")
     return found
 
 
@@ -148,7 +151,9 @@ def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
     lines += ["", "t: the paired differences' mean over their standard error; |t| > ~2.5 over 6+ pairs is a "
               "change larger than the noise. An `operator's CPU share` row is the operator's share of a core "
               "during that figure (e.g. what 500 admissions a second cost it). A `foreign CPU` row is other "
-              "workloads' share of the machine during that figure: the noise each side met, not a result.", ""]
+              "workloads' share of the machine during that figure: the noise each side met, not a result. The "
+              f"`{SPEED}` row is the machine's CPU time for a fixed Python workload at each run's start "
+              "(`bench.machine.reference_work_ms`): whether the machine itself ran slower for one side.", ""]
     return "\n".join(lines)
 
 

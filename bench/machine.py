@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OPERATOR = "operator"  # the operator process's name among a run's processes (Contention's `pids`)
+REFERENCE_ROUNDS, REFERENCE_LOOPS = 5, 400  # ~60 ms a round on the machines of issue 15
 
 
 def machine_jiffies() -> tuple[int, int, int]:
@@ -29,6 +32,41 @@ def process_cpu(pid: int) -> float:
         return 0.0
     fields = raw[raw.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _reference_document() -> dict[str, Any]:
+    """A StatefulSet-sized tree (~6 KiB of JSON), the same on every machine."""
+    env = [{"name": f"VARIABLE_{j}", "value": f"value-{j}-" + "x" * j} for j in range(24)]
+    ports = [{"name": f"port-{j}", "containerPort": 8000 + j, "protocol": "TCP"} for j in range(6)]
+    containers = [{"name": f"container-{i}", "image": "registry.invalid/image:v1", "env": env, "ports": ports,
+                   "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}} for i in range(3)]
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "reference", "labels": {f"example.com/label-{i}": f"value-{i}" for i in range(8)}},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": containers}}}}
+
+
+def _leaves(node: Any) -> int:
+    if isinstance(node, dict):
+        return sum(_leaves(value) for value in node.values())
+    if isinstance(node, list):
+        return sum(_leaves(item) for item in node)
+    return 1
+
+
+def reference_work_ms(rounds: int = REFERENCE_ROUNDS, loops: int = REFERENCE_LOOPS) -> float:
+    """CPU ms of this thread for a fixed interpreter-bound workload, the median of ``rounds``: JSON round trips and
+    walks of a StatefulSet-sized tree, the kind of work the operator's passes and streams do. It runs only the
+    standard library, so no change to this project moves it, and it says how fast this machine runs Python: the
+    same code read 5.7-7.0 operator CPU-s in one session's bursts and 5.6-6.5 in another's (issue 15)."""
+    text = json.dumps(_reference_document())
+    times = []
+    for _ in range(rounds):
+        start = time.thread_time()
+        for _ in range(loops):
+            _leaves(json.loads(text))
+            json.dumps(json.loads(text))
+        times.append((time.thread_time() - start) * 1000)
+    return round(statistics.median(times), 1)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.machine import reference_work_ms
 from tests.support.paths import ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -155,6 +156,7 @@ def environment() -> dict[str, Any]:
             "python_implementation": platform.python_implementation(),
             "kernel": platform.release(),
             "platform": platform.platform(),
+            "reference_work_ms": reference_work_ms(),
         },
     }
 
@@ -171,11 +173,12 @@ def write(figures: Sequence[Figure], env: dict[str, Any], out: Path = RESULTS) -
 
 def markdown(figures: Sequence[Figure], env: dict[str, Any]) -> str:
     m = env["machine"]
+    speed = f", reference work {m['reference_work_ms']:g} ms" if "reference_work_ms" in m else ""
     lines = [
         "# Benchmarks (SPEC §11)",
         "",
         f"commit `{env['commit'][:12]}`{' (dirty work tree)' if env['worktree_dirty'] else ''}; "
-        f"{m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, Python {m['python']}; "
+        f"{m['nproc']} cores ({m['cpu_model']}{speed}), {m['memory_gib']} GiB, Python {m['python']}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| figure | target | measured | result |",

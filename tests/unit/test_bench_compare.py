@@ -9,18 +9,19 @@ from typing import Any
 
 import pytest
 
-from bench.compare import FOREIGN, OPERATOR, Paired, head_edits, markdown, metrics, paired, parse_args, schedule
+from bench.compare import FOREIGN, OPERATOR, SPEED, Paired, head_edits, markdown, metrics, paired, parse_args, schedule
 from bench.machine import OPERATOR as OPERATOR_PROCESS
 
 
 def _figure(out: Path, name: str, value: float, checks: list[tuple[str, float, str]], foreign: float | None = None,
-            error: str | None = None, operator: float | None = None) -> None:
+            error: str | None = None, operator: float | None = None, speed: float | None = None) -> None:
     cpu: dict[str, object] = {} if foreign is None else {"foreign_pct_of_one_core": foreign}
     if operator is not None:
         cpu["this_run_by_process_pct_of_one_core"] = {OPERATOR_PROCESS: operator, "kube-apiserver": 40.0}
     details = {"cpu_during_experiment": cpu} if cpu else {}
     (out / f"{name}.json").write_text(json.dumps({
         "figure": name, "value": value, "unit": "s", "error": error, "details": details,
+        "machine": {} if speed is None else {"reference_work_ms": speed},
         "checks": [{"metric": m, "value": v, "op": "<", "target": 1, "unit": u} for m, v, u in checks]}))
 
 
@@ -30,8 +31,8 @@ def test_the_order_alternates_so_drift_falls_on_both_sides() -> None:
 
 def test_a_run_yields_its_measured_figures_checks_else_values_and_the_cpu_shares(tmp_path: Path) -> None:
     _figure(tmp_path, "scale_300_ready", 41.7, [("wall time", 41.7, "s"), ("operator CPU", 6.39, "CPU-s")],
-            foreign=3.5, operator=85.0)
-    _figure(tmp_path, "scale_300_floor", 33.8, [])
+            foreign=3.5, operator=85.0, speed=61.3)
+    _figure(tmp_path, "scale_300_floor", 33.8, [], speed=61.3)
     _figure(tmp_path, "webhook_latency", 0, [("p50", 0.7, "ms")], error="webhook unreachable")
     _figure(tmp_path, "scale_1000_ready", float("nan"), [("wall time", float("nan"), "s"),  # timed out: its
                                                          ("operator CPU", 8.6, "CPU-s")])  # CPU is not comparable
@@ -42,6 +43,7 @@ def test_a_run_yields_its_measured_figures_checks_else_values_and_the_cpu_shares
         f"scale_300_ready: {FOREIGN}": (3.5, "% of a core"),
         f"scale_300_ready: {OPERATOR}": (85.0, "% of a core"),
         "scale_300_floor": (33.8, "s"),
+        SPEED: (61.3, "ms"),  # once per run: every figure of a run carries the same machine facts
     }
 
 

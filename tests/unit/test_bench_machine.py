@@ -1,10 +1,14 @@
-"""bench/machine.py: whose CPU a window held, including a restarted operator's (no longer in /proc)."""
+"""bench/machine.py: whose CPU a window held, including a restarted operator's (no longer in /proc); how fast the
+machine runs Python."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.machine import Contention, Snapshot
+from bench.machine import Contention, Snapshot, _reference_document, reference_work_ms
+from bench.report import markdown
 
 
 def test_a_restarted_operator_counts_for_this_run_not_as_foreign_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,3 +31,16 @@ def test_the_same_processes_count_their_cpu_within_the_window_only() -> None:
     a = Snapshot(wall=0.0, total=0, idle=0, steal=0, ours={"bench": (1, 1.0), "operator": (10, 2.0)}, reaped=5.0)
     b = Snapshot(wall=2.0, total=400, idle=300, steal=0, ours={"bench": (1, 1.2), "operator": (10, 2.6)}, reaped=5.0)
     assert contention.between(a, b)["this_run_by_process_pct_of_one_core"] == {"operator": 30.0, "bench": 10.0}
+
+
+def test_the_reference_work_is_the_same_on_every_run() -> None:
+    # Its figures are compared across sessions and machines: a changed workload makes every earlier one meaningless.
+    assert len(json.dumps(_reference_document())) == 6138
+    assert 0 < reference_work_ms(rounds=3, loops=10) < 1000
+
+
+def test_every_runs_summary_says_how_fast_its_machine_ran_python() -> None:
+    machine = {"nproc": 2, "cpu_model": "Intel Xeon", "memory_gib": 23.5, "python": "3.11.7"}
+    env = {"commit": "5e477171cc94", "worktree_dirty": False, "machine": {**machine, "reference_work_ms": 59.4}}
+    assert "2 cores (Intel Xeon, reference work 59.4 ms), 23.5 GiB" in markdown([], env)
+    assert "2 cores (Intel Xeon), 23.5 GiB" in markdown([], {**env, "machine": machine})  # results from before it
