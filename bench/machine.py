@@ -38,7 +38,7 @@ def _reference_document() -> dict[str, Any]:
     """A StatefulSet-sized tree (~6 KiB of JSON), the same on every machine."""
     env = [{"name": f"VARIABLE_{j}", "value": f"value-{j}-" + "x" * j} for j in range(24)]
     ports = [{"name": f"port-{j}", "containerPort": 8000 + j, "protocol": "TCP"} for j in range(6)]
-    containers = [{"name": f"container-{i}", "image": "registry.invalid/image:v1", "env": env, "ports": ports,
+    containers = [{"name": f"container-{i}", "image": "example/image:v1", "env": env, "ports": ports,
                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}} for i in range(3)]
     return {"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "reference", "labels": {f"example.com/label-{i}": f"value-{i}" for i in range(8)}},
