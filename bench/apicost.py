@@ -19,7 +19,16 @@ from functools import partial
 from typing import Any
 
 from bench.admission import set_webhook
-from bench.floor import ADMITTED, ContractPlan, children, early_plan
+from bench.floor import (
+    ADMITTED,
+    EVENT_CREATE,
+    FINALIZER_PATCH,
+    SECRET_CREATE,
+    STATUS_PATCH,
+    ContractPlan,
+    children,
+    early_plan,
+)
 from bench.kube import Kube, Watch, bounded_gather
 from bench.machine import process_cpu
 from bench.objects import KIND, PLURAL, VERSION, dittoserver, object_path, servers_path
@@ -41,8 +50,7 @@ PROBES = {0: "ConfigMap apply, no watcher", WATCHERS: f"ConfigMap apply, {WATCHE
 UNDEFAULTED_KIND = Kind("undefaulted.bench.dittofs.com", VERSION, PLURAL, KIND)
 UNDEFAULTED_CRD = UNDEFAULTED_KIND.crd_name
 UNDEFAULTED = " (CRD without schema defaults)"
-SERVER_WRITES = ("DittoServer create, no webhook", "DittoServer finalizer patch", "DittoServer status patch (1)",
-                 "DittoServer status patch (2)")
+SERVER_WRITES = ("DittoServer create, no webhook", FINALIZER_PATCH, f"{STATUS_PATCH} (1)", f"{STATUS_PATCH} (2)")
 
 
 def without_defaults(schema: Any) -> Any:
@@ -96,8 +104,8 @@ def per_server_costs(per_request: dict[str, dict[str, float]], per_server: dict[
     def total(label: str) -> float:
         return sum(per_request.get(label, {}).values())
 
-    status = (total("DittoServer status patch (1)") + total("DittoServer status patch (2)")) / 2
-    writes = {label: round(times * (status if label == "DittoServer status patch" else total(label)), 1)
+    status = (total(SERVER_WRITES[2]) + total(SERVER_WRITES[3])) / 2
+    writes = {label: round(times * (status if label == STATUS_PATCH else total(label)), 1)
               for label, times in contract.items()}
     floor = {label: round(count * total(f"{label} apply"), 1) for label, count in per_server.items()}
     event = (total(PROBES[WATCHERS]) - total(PROBES[0])) / WATCHERS
@@ -191,13 +199,13 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
                              params={"fieldManager": "bench-cost", "force": "true"})
 
         # The operator's contract writes, in the order a create makes them.
-        await measure("DittoServer create, no webhook", [partial(kube.call, "POST", base, dittoserver(n, namespace))
+        await measure(SERVER_WRITES[0], [partial(kube.call, "POST", base, dittoserver(n, namespace))
                                              for n in names])
-        await measure("DittoServer finalizer patch", [
+        await measure(FINALIZER_PATCH, [
             partial(patch, f"{base}/{n}", {"metadata": {"finalizers": [FINALIZER]}})
             for n in names])
         for round_ in (1, 2):
-            await measure(f"DittoServer status patch ({round_})", [
+            await measure(f"{STATUS_PATCH} ({round_})", [
                 partial(patch, f"{base}/{n}/status", _status(plans[n], round_)) for n in names])
         bare = await _serve_undefaulted(kube, namespace)
         await measure(SERVER_WRITES[0] + UNDEFAULTED, [partial(kube.call, "POST", bare, {
@@ -208,9 +216,9 @@ async def write_costs(tb: Testbed, kube: Kube, op: Operator, namespace: str, *, 
         for round_ in (1, 2):
             await measure(SERVER_WRITES[1 + round_] + UNDEFAULTED, [
                 partial(patch, f"{bare}/{n}/status", _status(plans[n], round_)) for n in names])
-        await measure("Secret create", [partial(
+        await measure(SECRET_CREATE, [partial(
             kube.call, "POST", f"/api/v1/namespaces/{namespace}/secrets", plans[n].secrets[0]) for n in names])
-        await measure("Event create", [partial(
+        await measure(EVENT_CREATE, [partial(
             kube.call, "POST", f"/api/v1/namespaces/{namespace}/events", plans[n].event) for n in names])
 
         # The floor's writes: each child kind, server-side applied as the floor does. The StatefulSets have no

@@ -77,7 +77,10 @@ def children(name: str, namespace: str) -> list[dict[str, Any]]:
     return out
 
 
+# The contract's requests beyond the children, by the names `apicost` measures and reports them under.
 ADMITTED = "DittoServer create, through the webhook"
+FINALIZER_PATCH, STATUS_PATCH = "DittoServer finalizer patch", "DittoServer status patch"
+SECRET_CREATE, EVENT_CREATE = "Secret create", "Event create"
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,8 @@ class ContractPlan:
     def requests(self) -> dict[str, int]:
         """How often one server's create makes each request beyond its children, the create itself included,
         under the names ``apicost`` measures them by (the one home of these counts)."""
-        return {ADMITTED: 1, "DittoServer finalizer patch": 1, "DittoServer status patch": 2,  # progressing, ready
-                "Secret create": len(self.secrets), "Event create": 1}
+        return {ADMITTED: 1, FINALIZER_PATCH: 1, STATUS_PATCH: 2,  # progressing, ready
+                SECRET_CREATE: len(self.secrets), EVENT_CREATE: 1}
 
 
 def contract_plan(created: Mapping[str, Any]) -> ContractPlan:
