@@ -119,6 +119,10 @@ class Memory:
 
     digests: dict[tuple[str, str], str | None] = field(default_factory=dict)
     database_ready: bool | None = None
+    percona_kept: tuple[int, frozenset[str]] | None = None
+    """(generation, the PerconaPGCluster fields a user's edit owns): applied at their live values while the
+    server's generation stays, so a kept edit costs no write and no second `PerconaDriftDetected`; a new
+    generation offers our values again and SSA says who still owns what."""
     invalid: str | None = None
     waiting: str | None = None
     """The missing Secrets last reported (one event per change)."""

@@ -6,8 +6,9 @@ Percona off keeps an owned database, and deleting the server must orphan it, nev
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,17 +74,28 @@ def _conflict_paths(exc: Conflict) -> list[str]:
     return [str(c.get("field")) for c in exc.causes if c.get("field")]
 
 
+def _keeping(manifest: dict[str, Any], live: dict[str, Any],
+             paths: Collection[str]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of `manifest` holding the live values at `paths` (the build itself is shared by later passes)."""
+    kept = copy.deepcopy(manifest)
+    return kept, adopt_live_values(kept, live, sorted(paths))
+
+
 async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
-    """SSA without force; on conflict keep the user's values (one drift event) and apply the rest."""
+    """SSA without force; on conflict keep the user's values (one drift event per newly edited field) and
+    apply the rest."""
     try:
         return await ctx.gw.apply(manifest, force=False)
     except Conflict as exc:
-        paths = _conflict_paths(exc)
+        paths = frozenset(_conflict_paths(exc))
         current = live or await ctx.gw.get(PERCONAPGCLUSTERS, manifest["metadata"]["name"], ctx.namespace)
-        failed = adopt_live_values(manifest, current, paths)
-        await ctx.post("Warning", EventReason.PERCONA_DRIFT_DETECTED,
-                              f"PerconaPGCluster {manifest['metadata']['name']} was edited directly; keeping "
-                              f"the edited fields: {', '.join(sorted(paths)) or 'unknown'}")
+        manifest, failed = _keeping(manifest, current, paths)
+        reported = ctx.memory.percona_kept[1] if ctx.memory.percona_kept else frozenset()
+        ctx.memory.percona_kept = (ctx.generation, paths)
+        if not paths or not paths <= reported:
+            await ctx.post("Warning", EventReason.PERCONA_DRIFT_DETECTED,
+                           f"PerconaPGCluster {manifest['metadata']['name']} was edited directly; keeping "
+                           f"the edited fields: {', '.join(sorted(paths)) or 'unknown'}")
         if failed:
             log.warning("could not adopt drifted fields; leaving the cluster unchanged", extra=fields(
                 namespace=ctx.namespace, name=manifest["metadata"]["name"], fields=",".join(failed)))
@@ -122,6 +134,9 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
     live = await ctx.optional_child(PERCONAPGCLUSTERS, names.percona_cluster)
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
+    kept = ctx.memory.percona_kept
+    if live is not None and kept is not None and kept[0] == ctx.generation:
+        manifest, _ = _keeping(manifest, live, kept[1])
     if live is None or not is_subset(manifest, live):
         try:
             live = await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster, _apply_cluster(ctx, manifest, live))

@@ -21,8 +21,6 @@ pytestmark = pytest.mark.integration
 # The previous version: the last commit before a rendered-output change (per-server NetworkPolicies).
 PREVIOUS = "2c6555d"
 SERVERS = 4
-OPERATOR_USER = "dittofs-operator"
-WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 @pytest.fixture
@@ -88,8 +86,7 @@ def test_a_new_operator_takes_over_without_restarting_anything(testbed: Any, ope
 
         assert _pods(testbed, namespace) == pods, "a pod was restarted or replaced by the upgrade"
         assert _statefulsets(testbed, namespace) == stses, "a StatefulSet was changed by the upgrade"
-        writes = [e for e in testbed.audit_events(user=OPERATOR_USER, since_line=mark)
-                  if e.get("verb") in WRITES and (e.get("objectRef") or {}).get("namespace") == namespace]
+        writes = testbed.operator_writes(mark, namespace)
         by_kind = Counter((e["verb"], e["objectRef"]["resource"] + (
             "/" + e["objectRef"]["subresource"] if e["objectRef"].get("subresource") else "")) for e in writes)
         assert by_kind[("patch", "networkpolicies")] == SERVERS, by_kind

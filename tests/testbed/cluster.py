@@ -41,6 +41,7 @@ from .provisioner import PROVISIONER_NAME, FakeProvisioner
 from .safety import clean_env, ensure_blackhole_routes, remove_routes
 
 OPERATOR_USER = "dittofs-operator"
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 OPERATOR_ADMIN_BINDING = "testbed-dittofs-operator-cluster-admin"
 NODE_NAME = "kwok-node-0"
 # Ports the recipe reserves for others (Debian etcd, dfs adapters): never handed to a component.
@@ -449,6 +450,12 @@ class Testbed:
             if user is None or event.get("user", {}).get("username") == user:
                 events.append(event)
         return events
+
+    def operator_writes(self, since_line: int = 0, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The operator's audited writes from line ``since_line`` on, optionally only those in ``namespace``."""
+        return [e for e in self.audit_events(user=OPERATOR_USER, since_line=since_line)
+                if e.get("verb") in WRITE_VERBS
+                and (namespace is None or (e.get("objectRef") or {}).get("namespace") == namespace)]
 
     def wait_for(
         self, what: str, check: Callable[[], bool], timeout: float | None = None, interval: float = 0.25
