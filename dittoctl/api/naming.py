@@ -13,6 +13,9 @@ FINALIZER = "dittofs.dittofs.com/finalizer"
 PAUSE_ANNOTATION = "dittofs.dittofs.com/reconcile"
 HASH_ANNOTATION = "dittofs.io/config-hash"
 APPLIED_ANNOTATION = "dittofs.io/applied-hash"
+# On the control-plane PVC: what the operator created in DittoFS, kept exactly as long as the data is.
+OWNERSHIP_ANNOTATION = "dittofs.io/provisioned"
+CONTROL_PLANE_VOLUME = "controlplane"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -85,6 +88,11 @@ class Names:
     @property
     def operator_secret(self) -> str:
         return f"{self.server}-operator-credentials"
+
+    @property
+    def control_plane_claim(self) -> str:
+        """Pod 0's control-plane PVC (the StatefulSet controller names it <template>-<statefulset>-<ordinal>)."""
+        return f"{CONTROL_PLANE_VOLUME}-{self.statefulset}-0"
 
     @property
     def percona_cluster(self) -> str:

@@ -3,7 +3,8 @@
 The operator logs in as its own admin-role account (created through the bootstrap `admin`, password in
 the generated `<name>-operator-credentials` Secret); tokens live in memory, one client per server. Each
 pass reads DittoFS (GET only), plans with the pure planner and executes only the calls that differ: an
-unchanged server costs zero REST writes. What the operator created is kept in `status.provisioned`.
+unchanged server costs zero REST writes. What the operator created is kept in `status.provisioned` and, for a
+re-created server, on its control-plane PVC.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 from pydantic import SecretStr
 
 from dittoctl.api.conditions import ConditionType, EventReason, Reason
-from dittoctl.api.fileservice import Kind, Observed, Op, Plan, ProblemKind, Ref, StoreKind, plan
+from dittoctl.api.fileservice import Kind, Observed, Op, Plan, ProblemKind, Ref, StoreKind
 from dittoctl.api.fileservice.planner import reads
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
-from dittoctl.api.kinds import SECRETS
+from dittoctl.api.kinds import PVCS, SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import (
@@ -46,11 +47,18 @@ from dittoctl.kube.dittofs import (
     TlsTarget,
     bootstrap_operator,
 )
-from dittoctl.kube.gateway import Conflict
+from dittoctl.kube.gateway import Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.context import Pass
 from reconciler.phases.secrets import _digest
-from reconciler.specs.fileservice import ShareUsage, declared, share_status
+from reconciler.specs.fileservice import (
+    ShareUsage,
+    adopting,
+    declared,
+    ownership_record,
+    recorded_refs,
+    share_status,
+)
 from reconciler.specs.secrets import OPERATOR_PASSWORD_KEY, new_password, operator_secret
 from reconciler.status import Cond, pod_ready
 
@@ -63,9 +71,10 @@ BACKOFF_MAX = 300.0
 class FsMemory:
     client: DittoFsClient | None = None
     salt: str = ""
-    adopt: bool = False
-    """The operator account already existed when this DittoServer first provisioned: a re-created server on
-    retained data adopts the declared objects its predecessor made."""
+    recorded: list[str] | None = None
+    """What the control-plane PVC records as created by the operator (read once, written when it changes): a
+    re-created server on retained data adopts exactly what its predecessor made."""
+    record_read: bool = False
     failures: int = 0
     last: str | None = None
     """The last outcome posted as an event ("ok" or the failure message)."""
@@ -297,6 +306,27 @@ async def _operator_password(ctx: Pass, names: Names) -> str:
     return data[OPERATOR_PASSWORD_KEY]
 
 
+async def _recorded(ctx: Pass, names: Names) -> list[str] | None:
+    """The ownership the control-plane PVC records (read once per process and server)."""
+    mem = memory(ctx)
+    if not mem.record_read:
+        claims = await ctx.gw.list(PVCS, names.namespace, label_selector=names.selector_string())
+        claim = next((c for c in claims if c["metadata"]["name"] == names.control_plane_claim), None)
+        mem.recorded = None if claim is None else recorded_refs(claim["metadata"].get("annotations"))
+        mem.record_read = True
+    return mem.recorded
+
+
+async def _record(ctx: Pass, names: Names, refs: list[str]) -> None:
+    """Keep the control-plane PVC's ownership record equal to ``refs`` (a write only when it changes). The
+    record lives exactly as long as the data: deleting the volumes leaves nothing to adopt."""
+    if refs == await _recorded(ctx, names):
+        return
+    with contextlib.suppress(NotFound):  # no such volume: the status alone records ownership
+        await ctx.gw.merge_patch(PVCS, names.control_plane_claim, ownership_record(refs), names.namespace)
+    memory(ctx).recorded = refs
+
+
 async def _tls(ctx: Pass, server: DittoServer, names: Names) -> TlsTarget | None:
     """The CA of the control-plane TLS Secret (ca.crt), else the system's; the certificate must name the API
     Service; with mutual TLS, the operator's client certificate. Rebuilt only when one of those changes (a
@@ -322,7 +352,7 @@ async def _tls(ctx: Pass, server: DittoServer, names: Names) -> TlsTarget | None
     return mem.tls[1]
 
 
-async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str, first: bool) -> DittoFsClient:
+async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str) -> DittoFsClient:
     mem = memory(ctx)
     tls = await _tls(ctx, server, names)
     if mem.client is not None and mem.client.base_url == base_url and mem.client.tls is tls:
@@ -332,14 +362,12 @@ async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str, f
     client = DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), tls=tls)
     try:
         await client.login()
-        mem.adopt = first  # the account predates this DittoServer: its predecessor provisioned this data
     except DittoFsAuthError:
         await client.close()
         ref = server.spec.identity.admin.password_secret_ref
         secret, key = (ref.name, ref.key) if ref else (names.admin_secret, ADMIN_PASSWORD_KEY)
         admin = await _secret_value(ctx, secret, key)
         client = await bootstrap_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password), tls=tls)
-        mem.adopt = False
     mem.client, mem.salt = client, password
     return client
 
@@ -353,16 +381,12 @@ def _map_error(exc: DittoFsError) -> Reason:
     return Reason.REJECTED
 
 
-def _adopted(first: Plan) -> set[Ref]:
-    return {p.ref for p in first.problems if p.kind is ProblemKind.NOT_OWNED}
-
-
 async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str, file_host: str,
                      keep: Provisioned) -> Provisioned:
     mem = memory(ctx)
     first = keep.provisioned is None
     try:
-        client = await _client(ctx, server, names, base_url, first)
+        client = await _client(ctx, server, names, base_url)
     except DittoFsError as exc:
         await mem.close()
         raise _Failed(_map_error(exc), f"cannot log in to DittoFS at {base_url}: {exc}") from None
@@ -381,18 +405,15 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         wanted = reads(want, owned, full=full, cursor=mem.cursor)
         mem.cursor = 0 if full else mem.cursor + len(wanted.details or ())
         seen = await client.observe(wanted)
-        the_plan = plan(want, seen, owned, applied)
-        if mem.adopt and first:
-            owned |= _adopted(the_plan)
-            the_plan = plan(want, seen, owned, applied)
-            if owned:
-                log.info("adopted objects of a previous incarnation", extra=fields(
-                    namespace=ctx.namespace, name=ctx.name, refs=",".join(sorted(map(str, owned)))))
+        the_plan, adopted = adopting(want, seen, owned, applied, await _recorded(ctx, names) if first else None)
+        if adopted:
+            log.info("adopted objects of a previous incarnation", extra=fields(
+                namespace=ctx.namespace, name=ctx.name, refs=",".join(sorted(map(str, adopted)))))
         values = {}
         for ref in sorted({sf.secret.ref for c in the_plan.calls for sf in c.secrets}):
             secret, _, key = ref.partition("/")
             values[ref] = SecretStr(await _secret_value(ctx, secret, key))
-        await _claim(ctx, the_plan, keep.provisioned)
+        await _claim(ctx, names, the_plan, keep.provisioned)
         done: list[Call] = []
         error: PlanFailed | None = None
         try:
@@ -409,6 +430,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
                                                     calls="; ".join(str(c) for c in done)[:1000]))
     result = Provisioned(provisioned=sorted(str(r) for r in the_plan.owned_after(done)),
                          applied=the_plan.digests_after(applied, done) or None, store_revision=keep.store_revision)
+    await _record(ctx, names, result.provisioned or [])
     restart = [c for c in done if c.needs_restart]
     if restart:
         result.store_revision = (keep.store_revision or 0) + 1
@@ -436,14 +458,16 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     return result
 
 
-async def _claim(ctx: Pass, the_plan: Plan, recorded: list[str] | None) -> None:
-    """Record what is about to be created as owned *before* creating it. An operator killed between DittoFS's
-    201 and the status write would otherwise find its own objects unowned (NotOwned) forever. A claim whose
-    create never happened is harmless: the object is absent, so it is created (declared) or forgotten."""
+async def _claim(ctx: Pass, names: Names, the_plan: Plan, recorded: list[str] | None) -> None:
+    """Record what is about to be created as owned *before* creating it, on the control-plane PVC (for a
+    re-created server) and in the status. An operator killed between DittoFS's 201 and the status write would
+    otherwise find its own objects unowned (NotOwned) forever. A claim whose create never happened is
+    harmless: the object is absent, so it is created (declared) or forgotten."""
     creates = [c for c in the_plan.calls if c.op is Op.CREATE]
     if not creates:
         return
     claimed = sorted(str(r) for r in the_plan.owned_after(creates))
+    await _record(ctx, names, claimed)
     if claimed != sorted(recorded or []):
         await ctx.write_status({"provisioned": claimed})
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,16 +17,22 @@ from dittoctl.api.fileservice import (
     Grant,
     GroupSpec,
     NfsOptions,
+    Observed,
+    Plan,
+    ProblemKind,
+    Ref,
     SecretValue,
     ShareSpec,
     SnapshotPolicySpec,
     StoreKind,
     StoreSpec,
     UserSpec,
+    plan,
 )
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import IdentityProviderSpec, Scalar
 from dittoctl.api.models import BLOCK_PATH, DEFAULT_STORE, METADATA_PATH, DittoServerSpec
+from dittoctl.api.naming import OWNERSHIP_ANNOTATION
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
     LDAP_PASSWORD_SLOT,
@@ -221,9 +228,30 @@ def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUs
     return out
 
 
-def owned_state(raw: Mapping[str, Any] | None) -> tuple[list[str], dict[str, str]]:
-    """(refs, applied digests) from the JSON kept in the operator Secret / status."""
-    raw = raw or {}
-    refs = [str(r) for r in raw.get("refs") or []]
-    applied = {str(k): str(v) for k, v in (raw.get("applied") or {}).items()}
-    return refs, applied
+def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mapping[str, str],
+             recorded: Iterable[str] | None) -> tuple[Plan, set[Ref]]:
+    """The plan, and what it adopts: the declared objects found unowned that the control-plane PVC records as
+    the operator's, i.e. those a re-created server's predecessor made (never one made by hand under a
+    declared name). A child is judged only once its parent is owned, so adoption repeats until nothing
+    recorded is left unowned."""
+    mine = set(recorded or ())
+    adopted: set[Ref] = set()
+    the_plan = plan(want, seen, owned, applied)
+    while more := {p.ref for p in the_plan.problems if p.kind is ProblemKind.NOT_OWNED and str(p.ref) in mine}:
+        adopted |= more
+        the_plan = plan(want, seen, owned | adopted, applied)
+    return the_plan, adopted
+
+
+def ownership_record(refs: Iterable[str]) -> dict[str, Any]:
+    """The merge patch recording ``refs`` (what the operator created in DittoFS) on the control-plane PVC."""
+    return {"metadata": {"annotations": {OWNERSHIP_ANNOTATION: json.dumps(sorted(refs))}}}
+
+
+def recorded_refs(annotations: Mapping[str, str] | None) -> list[str] | None:
+    """The refs a PVC's annotations record (None: no record, e.g. a volume from before records existed)."""
+    try:
+        refs = json.loads((annotations or {})[OWNERSHIP_ANNOTATION])
+    except (KeyError, ValueError):
+        return None
+    return sorted(str(r) for r in refs) if isinstance(refs, list) else None

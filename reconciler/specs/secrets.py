@@ -44,12 +44,11 @@ def _unowned(names: Names, name: str, component: str) -> dict[str, Any]:
 
 
 OPERATOR_PASSWORD_KEY = "password"
-OPERATOR_STATE_KEY = "provisioned"
 
 
 def operator_secret(names: Names, username: str, password: str) -> dict[str, Any]:
-    """The operator's own DittoFS account (SPEC §13.2). It also records what the operator created in DittoFS
-    (key `provisioned`): ownership must survive a re-created DittoServer exactly like the data does."""
+    """The operator's own DittoFS account (SPEC §13.2). What the account created is recorded on the
+    control-plane PVC instead (``ownership_record``): the record must live exactly as long as the data."""
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": _unowned(names, names.operator_secret, "operator-credentials"),

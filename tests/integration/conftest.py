@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.chart import Helm, helm_runner
+from tests.support.kube import enforce_restricted
 from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.paths import CRD, CRD_NAME
 
@@ -64,8 +65,7 @@ def release_ns(testbed: Any) -> Iterator[str]:
     """The release namespace, enforcing Pod Security "restricted" (the chart's pod must pass it)."""
     name = f"dfs-sys-{uuid.uuid4().hex[:6]}"
     testbed.create_namespace(name)
-    testbed.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
-                    "pod-security.kubernetes.io/enforce-version=latest")
+    enforce_restricted(testbed, name)
     yield name
     testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

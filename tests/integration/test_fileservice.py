@@ -24,12 +24,10 @@ from tests.support.operator import OperatorProcess
 from tests.support.poll import eventually
 from tests.support.s3 import ACCESS_KEY_ID, MotoServer
 from tests.testbed import Testbed
-from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put, smb, smb_get
+from tests.testbed.fileservice import DfsRest, dfs_pid, nfs_get, nfs_put, smb, smb_get
 from tests.testbed.node import NODE_IP, RealNode
 
 pytestmark = pytest.mark.integration
-OPERATOR_USER = "dittofs-operator"
-WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 def requests_sent(operator: OperatorProcess) -> dict[str, float]:
@@ -39,11 +37,6 @@ def requests_sent(operator: OperatorProcess) -> dict[str, float]:
                                     operator.metrics(), re.M):
         found[method] = float(value)
     return found
-
-
-def k8s_writes(testbed: Testbed, namespace: str, since: int) -> list[dict[str, Any]]:
-    return [e for e in testbed.audit_events(user=OPERATOR_USER, since_line=since)
-            if e.get("verb") in WRITES and (e.get("objectRef") or {}).get("namespace") == namespace]
 
 
 def admin(testbed: Testbed, namespace: str, ip: str) -> DfsRest:
@@ -132,7 +125,7 @@ def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator:
     assert after.get("GET", 0) > before.get("GET", 0), "drift passes read DittoFS"
     dfs_writes = {m: after.get(m, 0) - before.get(m, 0) for m in after if m != "GET"}
     assert not any(dfs_writes.values()), f"an unchanged server got DittoFS writes: {dfs_writes}"
-    assert k8s_writes(testbed, namespace, mark) == [], "an unchanged server got Kubernetes writes"
+    assert testbed.operator_writes(mark, namespace) == [], "an unchanged server got Kubernetes writes"
     reads = (after["GET"] - before["GET"])
     print(f"[fileservice] 12 s of drift passes: {reads:.0f} GETs, 0 writes", file=sys.stderr)
 
@@ -294,8 +287,15 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         eventually(put, timeout=30, what="nfs-cp as alice")
         assert smb_get(ip, 1445, "/export", "alice", "smb-pass-1", "tiered.bin", tmp_path) == payload
 
-        # The block reaches the bucket (drained now instead of waiting for DittoFS's upload delay).
+        # DittoFS v0.29.0 counts no pending uploads, whatever waits for the bucket: the bytes at risk are
+        # `unsynced_bytes`, which is why status.shares[] has no pendingUploads (docs/DITTOFS_FACTS.md).
         rest = admin(testbed, namespace, ip)
+        _, stats = rest.call("GET", "/api/v1/shares/export/blockstore/stats")
+        uploaded = s3.keys("dittofs-blocks", "demo/")
+        assert stats["totals"]["has_remote"] is True and stats["totals"]["pending_uploads"] == 0, stats
+        assert uploaded or stats["totals"]["unsynced_bytes"] > 0, (uploaded, stats)
+
+        # The block reaches the bucket (drained now instead of waiting for DittoFS's upload delay).
         rest.call("POST", "/api/v1/system/drain-uploads", {})
         eventually(lambda: bool(s3.keys("dittofs-blocks", "demo/")), timeout=60, what="a block in the bucket")
 
@@ -461,20 +461,6 @@ def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operat
     assert not [line for line in mine if "NotOwned" in line or "Traceback" in line], mine
 
 
-def dfs_pid(pod_uid: str) -> int:
-    """The host PID of the pod's dfs process (found by its cgroup, which names the pod UID)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit() or not (proc / "cmdline").read_bytes().startswith(b"/app/dfs\0start"):
-                continue
-            cgroup = (proc / "cgroup").read_text()
-        except OSError:
-            continue
-        if pod_uid in cgroup or pod_uid.replace("-", "_") in cgroup:
-            return int(proc.name)
-    raise AssertionError(f"no dfs process of pod {pod_uid} on this host")
-
-
 def test_an_unreachable_api_is_reported_once_and_recovers(testbed: Testbed, operator: OperatorProcess,
                                                           real_node: RealNode, namespace: str) -> None:
     """The server stops answering (SIGSTOP: connections hang) while its pod is still Ready: the operator
@@ -495,6 +481,12 @@ def test_an_unreachable_api_is_reported_once_and_recovers(testbed: Testbed, oper
 
         (event,) = eventually(unreachable, timeout=60, what="a ProvisioningFailed event saying unreachable")
         assert event["type"] == "Warning"
+
+        def reported() -> dict[str, Any] | None:  # the pass that posted the event writes the status last
+            cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+            return cond if cond and (cond["status"], cond["reason"]) == ("False", "ApiUnreachable") else None
+
+        eventually(reported, timeout=30, what="Provisioned=False/ApiUnreachable")
         time.sleep(12)  # at least one more failed attempt (backoff 5 s, then a 10 s timeout)
         assert len(events(testbed, namespace, "ProvisioningFailed")) == 1, "one event, however often it retries"
     finally:

@@ -22,19 +22,11 @@ from tests.testbed.paths import certificate_crd, servicemonitor_crd
 from tests.testbed.provisioner import PROVISIONER_NAME
 
 pytestmark = pytest.mark.integration
-OPERATOR_USER = "dittofs-operator"
 
 
 def template_hash(testbed: Any, namespace: str, name: str = "demo") -> str:
     sts = kubectl_json(testbed, "get", "statefulset", name, "-n", namespace)
     return str(sts["spec"]["template"]["metadata"]["annotations"]["dittofs.io/config-hash"])
-
-
-def operator_writes(testbed: Any, since: int) -> list[dict[str, Any]]:
-    writes = {"create", "update", "patch", "delete", "deletecollection"}
-    result: list[dict[str, Any]] = [e for e in testbed.audit_events(user=OPERATOR_USER, since_line=since)
-                                    if e.get("verb") in writes]
-    return result
 
 
 def apiserver_requests(testbed: Any, resource: str, verb: str) -> float:
@@ -65,8 +57,27 @@ def test_scheduling_only_changes_do_not_roll_and_zero_replicas_stop(testbed: Any
     wait_ready(testbed, namespace)
     assert template_hash(testbed, namespace) == first
 
+    # SSA owns only what it sends: a removed annotation disappears, and the type switches both ways (the
+    # node ports the apiserver allocated go with NodePort).
+    def services(kind: str, gone: str, kept: str | None) -> bool:
+        for name in ("demo-api", "demo-file"):
+            svc = kubectl_json(testbed, "get", "service", name, "-n", namespace)
+            annotations = svc["metadata"].get("annotations") or {}
+            nodeports = [p for p in svc["spec"]["ports"] if p.get("nodePort")]
+            if svc["spec"]["type"] != kind or gone in annotations or (kept and kept not in annotations) \
+                    or bool(nodeports) != (kind == "NodePort"):
+                return False
+        return True
+
+    apply_server(testbed, namespace, service={"type": "NodePort", "annotations": {"owner": "files"}})
+    eventually(lambda: services("NodePort", gone="team", kept="owner"), what="NodePort, annotation replaced")
+    apply_server(testbed, namespace, service={"type": "ClusterIP"})
+    eventually(lambda: services("ClusterIP", gone="owner", kept=None), what="back to ClusterIP, no annotation")
+    wait_ready(testbed, namespace)
+    assert template_hash(testbed, namespace) == first
+
     # replicas: 0 stops the server.
-    apply_server(testbed, namespace, service={"annotations": {"team": "storage"}}, replicas=0)
+    apply_server(testbed, namespace, replicas=0)
     stopped = eventually(lambda: (s := server(testbed, namespace))["status"].get("phase") == "Stopped" and s,
                          timeout=90, what="phase Stopped")
     assert stopped["status"]["ready"] == "0/0"
@@ -86,13 +97,12 @@ def test_children_are_repaired_and_unchanged_objects_cost_no_writes(
     eventually(lambda: kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"]
                ["spec"]["containers"][0]["image"] == "marmos91c/dittofs:v0.29.0", what="StatefulSet repaired")
     wait_ready(testbed, namespace)
-    repairs = [w for w in operator_writes(testbed, 0) if (w.get("objectRef") or {}).get("namespace") == namespace]
+    repairs = testbed.operator_writes(0, namespace)
     assert any(w["objectRef"]["resource"] == "services" for w in repairs), "the audit log must see our writes"
     time.sleep(3)  # let the last watch events settle
     mark = testbed.audit_line_count()
     time.sleep(12)  # more than two drift passes (interval 5 s)
-    writes = [w for w in operator_writes(testbed, mark)
-              if (w.get("objectRef") or {}).get("namespace") == namespace]
+    writes = testbed.operator_writes(mark, namespace)
     assert writes == [], f"unchanged objects were written: {[(w['verb'], w['objectRef']) for w in writes]}"
 
 
@@ -188,8 +198,7 @@ def test_ready_only_once_every_listed_object_was_delivered(testbed: Any, operato
     # operator would apply (list items carry no apiVersion/kind of their own), so none of them writes.
     eventually(lambda: reconcile_passes(operator) >= 30, timeout=60, what="a pass per server after the restart")
     writes = [f"{w['verb']} {w['objectRef'].get('resource')}/{w['objectRef'].get('subresource') or ''} "
-              f"{w['objectRef'].get('name')}" for w in operator_writes(testbed, mark)
-              if (w.get("objectRef") or {}).get("namespace") == namespace]
+              f"{w['objectRef'].get('name')}" for w in testbed.operator_writes(mark, namespace)]
     assert writes == [], writes[:10]
     print(f"\n[operator] restart with >= 30 servers: ready in {took:.2f} s", file=sys.stderr)
 

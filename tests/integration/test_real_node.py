@@ -9,9 +9,12 @@ kwok still serves every test that is about scheduling or scale.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import errno
 import json
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -26,12 +29,20 @@ import pytest
 from cryptography import x509
 
 from certs.selfsigned import KeyPair, new_ca, new_leaf
-from tests.support.kube import apply_server, condition, events, kubectl_json, report_bundle, wait_ready
+from tests.support.kube import (
+    apply_server,
+    condition,
+    enforce_restricted,
+    events,
+    kubectl_json,
+    report_bundle,
+    wait_ready,
+)
 from tests.support.operator import OperatorProcess
 from tests.support.percona import PERCONA_CRD, cluster, percona_spec
 from tests.support.poll import eventually
 from tests.testbed import Testbed
-from tests.testbed.fileservice import DfsRest, nfs_get, nfs_put
+from tests.testbed.fileservice import DfsRest, dfs_pid, nfs_get, nfs_put
 from tests.testbed.images import DFS_IMAGE, PG_ISREADY_IMAGE
 from tests.testbed.node import NODE_IP, NODE_NAME, STATE_FILE, SUBNET, RealNode, RealNodeError, preflight, snapshot_host
 from tests.testbed.postgres import PostgresServer
@@ -89,7 +100,9 @@ def dfs_rss_mib() -> float:
 
 def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator: OperatorProcess,
                                                       real_node: RealNode, namespace: str) -> None:
-    """Moved from test_operator: Ready now means the real dfs passed the kubelet's HTTP probes."""
+    """Moved from test_operator: Ready now means the real dfs passed the kubelet's HTTP probes, in a namespace
+    enforcing Pod Security "restricted" (SPEC §4.7), where a non-compliant pod would never be created."""
+    enforce_restricted(testbed, namespace)
     real_server(testbed, real_node, namespace)
     obj = wait_ready(testbed, namespace, timeout=120)
     status = obj["status"]
@@ -136,6 +149,11 @@ def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator
     metrics = operator.metrics()
     assert 'controller_runtime_reconcile_total{controller="dittoserver",result="success"}' in metrics
     assert 'dittofs_operator_dittoservers{phase="Running"}' in metrics
+    assert 'controller_runtime_reconcile_time_seconds_count{controller="dittoserver"}' in metrics
+    # SPEC §8's controller-runtime names, so existing dashboards work (the families exist before a sample; the
+    # webhook's, with the webhook off here, in tests/unit/test_webhook_server.py).
+    for family in ("controller_runtime_reconcile_errors_total", "leader_election_master_status"):
+        assert f"# TYPE {family} " in metrics, family
     log_lines = [json.loads(line) for line in operator.log_text().splitlines() if line.startswith("{")]
     applied = [e for e in log_lines if e.get("namespace") == namespace and e["msg"].startswith("applied")]
     assert applied and all(e["name"] for e in applied), "one JSON line per action with namespace/name"
@@ -245,6 +263,32 @@ def test_deletion_drains_the_real_server_before_the_finalizer_goes(
           f"CR gone {gone - t0:.1f}s")
 
 
+def test_a_server_that_does_not_stop_is_released_after_the_cleanup_timeout(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str) -> None:
+    """SPEC §5: 60 s after the deletion the pod wait is skipped (one CleanupTimeout, Warning) and the finalizer
+    goes; the PVCs stay. A stopped dfs plays the stuck server: SIGTERM waits, and the default grace period
+    (105 s) keeps the kubelet from killing it before the operator gives up."""
+    real_server(testbed, real_node, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    pid = dfs_pid(pod(testbed, namespace)["metadata"]["uid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+        eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False)
+                   .returncode != 0, timeout=100, what="DittoServer released by the cleanup timeout")
+        took = time.monotonic() - t0
+        assert 55 < took < 95, f"released after {took:.1f}s, not by the 60 s cleanup timeout"
+        (timeout,) = events(testbed, namespace, "CleanupTimeout")
+        assert timeout["type"] == "Warning" and "removing the finalizer anyway (PVCs are kept)" in timeout["message"]
+        assert pod(testbed, namespace)["metadata"].get("deletionTimestamp"), "the stuck pod is still draining"
+        claims = kubectl_json(testbed, "get", "pvc", "-n", namespace, "-l", "app.kubernetes.io/instance=demo")
+        assert len(claims["items"]) == 3, [c["metadata"]["name"] for c in claims["items"]]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # the pending SIGTERM stops it gracefully now
+
+
 def test_nfs_file_survives_pod_deletion_restart_and_image_upgrade(
         testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str, tmp_path: Path) -> None:
     """Also an upgrade (issue 14, item 7): a new spec.image rolls the real server within its startup budget and
@@ -289,31 +333,64 @@ def test_nfs_file_survives_pod_deletion_restart_and_image_upgrade(
                       what="file readable after the upgrade") == payload
 
 
-def test_recreated_server_still_logs_in(testbed: Testbed, operator: OperatorProcess, real_node: RealNode,
-                                        namespace: str) -> None:
-    """Regression: the generated credentials live as long as the data (PVCs are retained on delete).
+def test_recreated_server_keeps_its_data_and_adopts_only_what_it_made(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+    """SPEC §12: delete + re-create a DittoServer -> same data, login works.
 
-    dfs reads DITTOFS_ADMIN_INITIAL_PASSWORD at first boot only; a regenerated Secret after a delete +
-    re-create would no longer match the admin row kept in the retained control-plane volume (login 401).
+    The generated credentials live as long as the data (PVCs are retained on delete): dfs reads
+    DITTOFS_ADMIN_INITIAL_PASSWORD at first boot only, so a regenerated Secret would no longer match the admin
+    row kept in the retained control-plane volume (login 401). What the operator created in DittoFS is
+    recorded on the control-plane PVC, so the re-created server adopts exactly that, never a share made by
+    hand (SPEC §13: objects created by hand are never touched).
     """
     real_server(testbed, real_node, namespace)
     wait_ready(testbed, namespace, timeout=120)
     first_ip = on_real_node(testbed, namespace)["status"]["podIP"]
     assert admin_login(testbed, namespace, first_ip) == 200
-    before = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    payload = f"kept across a re-create of {namespace}/demo at {time.time()}\n".encode()
+    (tmp_path / "kept.txt").write_bytes(payload)
+    nfs_put(first_ip, tmp_path / "kept.txt", "kept.txt")
+    rest = DfsRest(first_ip)
+    admin = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    assert rest.login(*(base64.b64decode(admin["data"][k]).decode() for k in ("username", "password"))) == 200
+    rest.call("POST", "/api/v1/shares", {"name": "/manual", "metadata_store_id": "default",
+                                         "local_block_store": "default"})
+    claim = kubectl_json(testbed, "get", "pvc", "controlplane-demo-0", "-n", namespace)
+    assert "share:/export" in json.loads(claim["metadata"]["annotations"]["dittofs.io/provisioned"])
+    secrets = ("demo-admin-bootstrap-credentials", "demo-operator-credentials")
+    before = [kubectl_json(testbed, "get", "secret", s, "-n", namespace)["data"] for s in secrets]
+    created = len(events(testbed, namespace, "ShareCreated"))
+    assert created >= 1
+
     testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=90s")
     real_server(testbed, real_node, namespace)
-    wait_ready(testbed, namespace, timeout=120)
-    after = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
-    assert after["data"] == before["data"], "the admin Secret was regenerated"
+    obj = wait_ready(testbed, namespace, timeout=120)
+    after = [kubectl_json(testbed, "get", "secret", s, "-n", namespace)["data"] for s in secrets]
+    assert after == before, "a generated Secret was regenerated"
     ip = on_real_node(testbed, namespace)["status"]["podIP"]
     assert admin_login(testbed, namespace, ip) == 200, "the re-created server no longer accepts its admin Secret"
+    assert nfs_get(ip, "kept.txt") == payload
+    assert "share:/export" in obj["status"]["provisioned"] and "share:/manual" not in obj["status"]["provisioned"]
+    assert len(events(testbed, namespace, "ShareCreated")) == created, "the predecessor's share was made again"
+
+    # Declaring the hand-made share's name is reported, not taken over.
+    real_server(testbed, real_node, namespace,
+                shares=[{"name": "/export", "defaultPermission": "read-write"}, {"name": "/manual"}])
+
+    def not_owned() -> dict[str, Any] | None:
+        cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+        return cond if cond and cond["reason"] == "NotOwned" else None
+
+    cond = eventually(not_owned, timeout=60, what="Provisioned=False/NotOwned for the hand-made share")
+    assert "share:/manual" in cond["message"] and "share:/export" not in cond["message"], cond
 
 
 def test_percona_path_runs_wait_for_postgres_and_dfs_on_postgres(
         testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str) -> None:
     """The Percona init container is the real pg_isready (Debian's, image built offline) against a real TLS
-    PostgreSQL on the bridge, and dfs then keeps its control plane there. The test plays Percona's part."""
+    PostgreSQL on the bridge, and dfs then keeps its control plane there. The test plays Percona's part. Both
+    containers pass Pod Security "restricted" (SPEC §4.7)."""
+    enforce_restricted(testbed, namespace)
     testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
     testbed.wait_crd("perconapgclusters.pgv2.percona.com")
     pg = PostgresServer(ssl=True)

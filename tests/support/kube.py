@@ -32,6 +32,12 @@ def apply_server(testbed: Any, namespace: str, name: str = "demo", **spec: Any) 
     testbed.kubectl("apply", "-f", "-", input=json.dumps(body))
 
 
+def enforce_restricted(testbed: Any, namespace: str) -> None:
+    """Pod Security "restricted" on ``namespace``: a pod that does not pass it is never created."""
+    testbed.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
+
+
 def server(testbed: Any, namespace: str, name: str = "demo") -> dict[str, Any]:
     obj: dict[str, Any] = kubectl_json(testbed, "get", "dittoserver", name, "-n", namespace)
     return obj

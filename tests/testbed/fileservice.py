@@ -109,3 +109,17 @@ def smb_get(pod_ip: str, port: int, share: str, user: str, password: str, name: 
         raise RuntimeError(f"smbclient get {name} as {user} exited {proc.returncode}: {proc.stdout[-300:]}"
                            f"{proc.stderr[-300:]}")
     return (cwd / f"smb-{name}").read_bytes()
+
+
+def dfs_pid(pod_uid: str) -> int:
+    """The host PID of the pod's dfs process (found by its cgroup, which names the pod UID)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or not (proc / "cmdline").read_bytes().startswith(b"/app/dfs\0start"):
+                continue
+            cgroup = (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if pod_uid in cgroup or pod_uid.replace("-", "_") in cgroup:
+            return int(proc.name)
+    raise RuntimeError(f"no dfs process of pod {pod_uid} on this host")

@@ -50,6 +50,7 @@ from dittoctl.api.fileservice.observed import (
     quota_matches,
 )
 from dittoctl.api.fileservice.planner import Plan, reads, store_body_json
+from reconciler.specs.fileservice import adopting, ownership_record, recorded_refs
 
 SECRET_TEXT = "s3cr3t-value-never-printed"
 
@@ -278,6 +279,26 @@ def test_hand_made_objects_are_reported_and_left_alone() -> None:
                                                              (ProblemKind.NOT_OWNED, "group:ops")}
     # Undeclared, they are not pruned either (never owned).
     assert plan(FULL, by_hand, owned, applied).calls == ()
+
+
+def test_a_recreated_server_adopts_only_what_its_predecessor_recorded() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    # The predecessor's record, on the control-plane PVC the re-created server mounts again.
+    record = ownership_record(str(r) for r in owned)["metadata"]["annotations"]
+    by_hand = dataclasses.replace(after, shares={**after.shares, "/manual": ObservedShare(
+        "/manual", "default", "default", None, True, "none", None, 0)})
+    want = dataclasses.replace(FULL, shares=(*FULL.shares, ShareSpec("manual")))
+    # The re-created DittoServer's status owns nothing yet; grants and policies are judged once their share
+    # is adopted.
+    the_plan, adopted = adopting(want, by_hand, set(), applied, recorded_refs(record))
+    assert adopted == set(owned)
+    assert {(pr.kind, str(pr.ref)) for pr in the_plan.problems} == {(ProblemKind.NOT_OWNED, "share:/manual")}
+    assert the_plan.calls == ()
+    # Without a record (a volume from before records existed, or an unreadable one) nothing is adopted.
+    assert recorded_refs(None) is None and recorded_refs({"dittofs.io/provisioned": "{}"}) is None
+    assert recorded_refs({"dittofs.io/provisioned": "not json"}) is None
+    the_plan, adopted = adopting(want, by_hand, set(), applied, None)
+    assert adopted == set() and Ref.parse("share:/export") in {pr.ref for pr in the_plan.problems}
 
 
 def test_drift_is_repaired_only_where_it_differs() -> None:
