@@ -3,6 +3,7 @@ the cluster outlives the operator (restarting it is what people do while trying 
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
@@ -44,6 +45,23 @@ def test_demo_reaches_ready_and_survives_an_operator_exit() -> None:
         read_until(demo.stdout, "Ctrl-C tears everything down", seen, 30)
         text = "".join(seen)
         assert "1/1" in text and "Running" in text
+        if os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0":
+            assert "pods are SIMULATED by kwok" in text, text
+        else:
+            # The real dfs served the declared user over both protocols, and the demo says how, never with a
+            # password in it.
+            assert "wrote over NFS, read back over NFS and SMB" in text, text
+            assert "nfs-cp /tmp/hi.txt 'nfs://" in text and "nfs-cat 'nfs://" in text, text
+            assert re.search(r"PASSWD=.*kubectl get secret demo-user-password .* smbclient //\S+/export -p 1445 "
+                             r"-U demo", text), text
+            path = re.search(r'export PATH="(\S+):\$PATH"', text)
+            assert path, text
+            kubectl = next(Path(d) / "kubectl" for d in path.group(1).split(os.pathsep)
+                           if (Path(d) / "kubectl").exists())
+            password = subprocess.run(
+                [str(kubectl), "--kubeconfig", kubeconfig, "get", "secret", "demo-user-password", "-o",
+                 "jsonpath={.data.password}"], capture_output=True, text=True, timeout=30, check=True).stdout
+            assert password and base64.b64decode(password).decode() not in text
         workdir = re.search(r"operator running \(log: (\S+)/operator\.log\)", text)
         assert workdir, text
         # The demo's operator logs text: every line about an object names it (namespace/name).

@@ -5,8 +5,9 @@ Starts the control plane, installs the CRD and the ValidatingWebhookConfiguratio
 DittoServer and shows it reaching Ready. Then keeps running until Ctrl-C so you can use kubectl.
 
 When it can (root, containerd & co. installed: node.preflight), the sample runs on the test bed's real
-node, so the real dfs serves it: the demo adds a share, writes and reads a file over NFS, and prints the
-commands to do the same. Otherwise it says plainly that the pod is simulated by kwok.
+node, so the real dfs serves it: the sample then also declares SMB and a user with read-write access to the
+share; the demo writes a file over NFS, reads it back over NFS and SMB, and prints the commands to do the
+same (nfs-cp/nfs-cat, smbclient). Otherwise it says plainly that the pod is simulated by kwok.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -33,12 +35,15 @@ from tests.support.net import free_port
 from tests.support.paths import CRD, CRD_NAME, ROOT, SAMPLES
 
 from .cluster import Testbed
-from .fileservice import SHARE, DfsRest, nfs_get, nfs_put, nfs_url
+from .fileservice import SHARE, DfsRest, nfs_get, nfs_put, nfs_url, smb_get
 from .node import SUBNET, RealNode, preflight
 from .paths import Binaries, ensure_binaries
 from .webhook import install_webhook
 
 SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
+# On the real node the sample also declares a user with read-write access to the share (NFS uid, SMB login).
+DEMO_USER, DEMO_UID, DEMO_SECRET = "demo", 1000, "demo-user-password"
+SMB_PORT = 1445
 
 
 def _operator_args(tb: Testbed, certs: Path, health: int, hook: int | None) -> list[str]:
@@ -86,38 +91,62 @@ def real_node_reasons(bins: Binaries) -> list[str]:
 
 
 def sample_manifest(node: RealNode | None) -> str:
-    """The sample DittoServer, pinned to the real node when there is one."""
+    """The sample DittoServer. On the real node it also serves SMB and declares a user with read-write access
+    to the share, so that the file can be read back through both protocols."""
     docs = [d for d in yaml.safe_load_all(SAMPLE.read_text()) if d]
     if node is not None:
         for doc in docs:
             doc["spec"].update(node.pod_placement())
+            doc["spec"].update({
+                "adapters": {"smb": {"enabled": True}},
+                "users": [{"name": DEMO_USER, "uid": DEMO_UID, "gid": DEMO_UID,
+                           "passwordSecretRef": {"name": DEMO_SECRET, "key": "password"}}],
+                "shares": [{"name": SHARE, "permissions": [{"user": DEMO_USER, "level": "read-write"}]}]})
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
+def user_secret() -> str:
+    """The demo user's password Secret, a fresh password each run (applied from stdin: never in argv)."""
+    return json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": DEMO_SECRET},
+                       "stringData": {"password": secrets.token_urlsafe(18)}})
+
+
+def _secret_value(tb: Testbed, name: str, key: str) -> str:
+    secret = json.loads(tb.kubectl("get", "secret", name, "-o", "json").stdout)
+    return base64.b64decode(secret["data"][key]).decode()
+
+
 def show_file_service(tb: Testbed, workdir: Path) -> None:
-    """Log in as the bootstrap admin, add a read-write share, write and read a file over NFS; print how."""
+    """Check what the operator provisioned (admin login, the share), write a file over NFS as the declared
+    user, read it back over NFS and SMB; print how to do it by hand (never a password)."""
     pod: dict[str, Any] = json.loads(tb.kubectl("get", "pod", "demo-0", "-o", "json").stdout)
     ip = pod["status"]["podIP"]
-    secret = json.loads(tb.kubectl("get", "secret", "demo-admin-bootstrap-credentials", "-o", "json").stdout)
-    user, password = (base64.b64decode(secret["data"][k]).decode() for k in ("username", "password"))
     rest = DfsRest(ip)
-    if rest.login(user, password) != 200:
+    admin = "demo-admin-bootstrap-credentials"
+    if rest.login(_secret_value(tb, admin, "username"), _secret_value(tb, admin, "password")) != 200:
         raise RuntimeError("the admin Secret does not log in to dfs")
     if SHARE not in rest.shares():
         raise RuntimeError(f"the operator did not provision {SHARE} (kubectl describe ditto demo)")
     sample = workdir / "hello.txt"
     sample.write_text(f"hello from make demo at {time.ctime()}\n")
-    nfs_put(ip, sample, "hello.txt")
-    back = nfs_get(ip, "hello.txt").decode()
-    print(f"[demo] real dfs at {ip}: share {SHARE} provisioned by the operator; wrote and read back over NFS: "
-          f"{back.strip()!r}", file=sys.stderr)
-    url = nfs_url(ip, "hello.txt")
-    print("[demo] write and read a file yourself (libnfs-utils, no kernel mount):", file=sys.stderr)
-    print(f"  echo hi > /tmp/hi.txt && nfs-cp /tmp/hi.txt '{nfs_url(ip, 'hi.txt')}'", file=sys.stderr)
-    print(f"  nfs-cat '{nfs_url(ip, 'hi.txt')}'; nfs-ls '{url.rsplit('/', 1)[0]}?nfsport=12049&mountport=12049'",
+    nfs_put(ip, sample, "hello.txt", uid=DEMO_UID)
+    over_nfs = nfs_get(ip, "hello.txt", uid=DEMO_UID)
+    over_smb = smb_get(ip, SMB_PORT, SHARE, DEMO_USER, _secret_value(tb, DEMO_SECRET, "password"), "hello.txt",
+                       workdir)
+    if over_nfs != sample.read_bytes() or over_smb != over_nfs:
+        raise RuntimeError(f"hello.txt read back differently over NFS ({over_nfs!r}) and SMB ({over_smb!r})")
+    print(f"[demo] real dfs at {ip}: share {SHARE} and user {DEMO_USER} provisioned by the operator; wrote over "
+          f"NFS, read back over NFS and SMB: {over_nfs.decode().strip()!r}", file=sys.stderr)
+    url = nfs_url(ip, "hi.txt", uid=DEMO_UID)
+    password = f"kubectl get secret {DEMO_SECRET} -o jsonpath='{{.data.password}}' | base64 -d"
+    print(f"[demo] write and read a file yourself as {DEMO_USER} (uid {DEMO_UID}):", file=sys.stderr)
+    print(f"  NFS (libnfs-utils, no kernel mount): echo hi > /tmp/hi.txt && nfs-cp /tmp/hi.txt '{url}'",
           file=sys.stderr)
-    print(f"  REST: curl -s http://{ip}:8080/health; admin password: kubectl get secret "
-          "demo-admin-bootstrap-credentials -o jsonpath='{.data.password}' | base64 -d", file=sys.stderr)
+    print(f"    nfs-cat '{url}'", file=sys.stderr)
+    print(f"  SMB: PASSWD=\"$({password})\" smbclient //{ip}{SHARE} -p {SMB_PORT} -U {DEMO_USER} "
+          "-c 'get hi.txt -; ls'", file=sys.stderr)
+    print(f"  REST: curl -s http://{ip}:8080/health; admin password: kubectl get secret {admin} "
+          "-o jsonpath='{.data.password}' | base64 -d", file=sys.stderr)
 
 
 def main() -> int:
@@ -152,6 +181,8 @@ def main() -> int:
         install_webhook(tb, hook)
         print(f"[demo] operator running (log: {workdir / 'operator.log'}); webhook on 127.0.0.1:{hook}",
               file=sys.stderr)
+        if tb.node is not None:
+            tb.kubectl("apply", "-f", "-", input=user_secret())
         tb.kubectl("apply", "-f", "-", input=sample_manifest(tb.node))
         t1 = time.monotonic()
         tb.kubectl("wait", "--for=condition=Ready", "dittoserver/demo", "--timeout=120s")
