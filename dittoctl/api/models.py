@@ -949,7 +949,9 @@ class DittoServerStatus(ApiModel):
     observed_generation: int | None = None
     """Generation last reconciled; conditions are stale until it matches metadata.generation."""
     phase: Literal["Pending", "Running", "Stopped", "Degraded", "Failed", "Deleting"] | None = None
-    """Summary phase."""
+    """Summary phase: Deleting during deletion; Failed when ConfigReady is False (Pending while a referenced
+    Secret is missing); Degraded; Stopped at 0 replicas; Running once every replica is ready and Ready is
+    True (pods up while the file service is not yet provisioned stay Pending); else Pending."""
     ready: str | None = None
     """"<ready>/<desired>" replicas."""
     replicas: int | None = None

@@ -6,8 +6,9 @@ from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
 from dittoctl.api.crd import build_crd
-from dittoctl.api.models import Condition
+from dittoctl.api.models import Condition, DittoServerSpec
 from reconciler.compare import is_subset
+from reconciler.phases.database import postgres_secret_condition
 from reconciler.phases.statefulset import StorageDrift, storage_drift
 from reconciler.status import (
     Cond,
@@ -17,6 +18,7 @@ from reconciler.status import (
     deleting_status,
     merge_conditions,
     paused_status,
+    s3_status,
     status_changed,
 )
 
@@ -60,6 +62,59 @@ def test_invalid_spec_fails() -> None:
     assert status["phase"] == "Failed"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert "ConfigReady" in ready["message"]
+
+
+def test_scaling_and_no_replica_available_are_named() -> None:
+    growing = sts(replicas=1)
+    growing["spec"]["replicas"] = 3  # applied; the controller has made one pod so far
+    scaling = Observation(generation=1, desired_replicas=3, statefulset=growing)
+    conds = by_type(scaling)
+    assert conds["Progressing"] == (True, "ScalingReplicas") and conds["Available"] == (True, "ReplicasAvailable")
+    assert build_status(scaling, None)["phase"] == "Pending"
+    starting = by_type(Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0)))
+    assert starting["Available"] == (False, "NoReplicasAvailable")
+    assert starting["Ready"] == (False, "ConditionsNotMet")
+
+
+def test_pods_ready_but_file_service_not_provisioned_stays_pending() -> None:
+    """Phase Running needs Ready=True, not only ready pods: a server that serves no share is not running."""
+    waiting = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER, "waiting")
+    obs = Observation(generation=1, desired_replicas=1, statefulset=sts(), provisioned=waiting)
+    status = build_status(obs, None)
+    assert status["ready"] == "1/1" and status["phase"] == "Pending"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and "Provisioned" in ready["message"]
+
+
+def test_external_postgres_secret_completeness_is_database_ready() -> None:
+    incomplete = postgres_secret_condition([("pg", "password"), ("pg", "sslmode"), ("other", "host")], "pg")
+    assert (incomplete.status, incomplete.reason) == (False, Reason.POSTGRES_SECRET_INCOMPLETE)
+    assert incomplete.message == "Secret pg lacks keys: password, sslmode"
+    complete = postgres_secret_condition([("other", "host")], "pg")
+    assert (complete.status, complete.reason) == (True, Reason.POSTGRES_SECRET_COMPLETE)
+    blocked = Observation(generation=1, desired_replicas=1, statefulset=sts(), database=incomplete)
+    assert by_type(blocked)["Ready"] == (False, "ConditionsNotMet")
+
+
+def test_s3_status_says_what_is_missing_never_a_value() -> None:
+    spec = DittoServerSpec.model_validate({"storage": {"metadataSize": "1Gi"},
+                                           "s3": {"credentialsSecretRef": {"secretName": "s3-creds"}}})
+    assert s3_status(DittoServerSpec.model_validate({"storage": {"metadataSize": "1Gi"}}), None) is None
+    assert s3_status(spec, None) == {
+        "secretFound": False, "missingKeys": ["accessKeyId", "secretAccessKey"],
+        "message": "Secret s3-creds not found; create it with keys accessKeyId, secretAccessKey"}
+    assert s3_status(spec, {"accessKeyId": "digest-1"}) == {
+        "secretFound": True, "missingKeys": ["secretAccessKey"], "message": "Secret s3-creds lacks secretAccessKey"}
+    assert s3_status(spec, {"accessKeyId": "d1", "secretAccessKey": "d2"}) == {
+        "secretFound": True, "missingKeys": [], "message": "credentials present"}
+
+
+def test_percona_cluster_name_is_cleared_when_no_cluster_is_owned() -> None:
+    owned = build_status(Observation(generation=1, desired_replicas=1, statefulset=sts(),
+                                     percona_cluster="demo-postgres"), None)
+    assert owned["perconaClusterName"] == "demo-postgres"
+    cleared = build_status(Observation(generation=1, desired_replicas=1, statefulset=sts()), owned)
+    assert cleared.get("perconaClusterName") is None and status_changed(owned, cleared)
 
 
 def test_degraded_names_pod_and_reason() -> None:
