@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from dittoctl.api.naming import HASH_ANNOTATION, Names
 from dittoctl.api.secrets import consumed_keys, secret_uses
 from reconciler import specs
 from reconciler.specs.hashing import config_hash, value_digest
+from reconciler.specs.secrets import new_jwt_value, new_password
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -278,3 +280,12 @@ def test_a_store_revision_rolls_the_pod_once() -> None:
     zero, one = specs.build(s.spec, names, digests), specs.build(s.spec, names, digests, store_revision=1)
     assert zero.config_hash == specs.build(s.spec, names, digests, store_revision=0).config_hash
     assert zero.config_hash != one.config_hash != specs.build(s.spec, names, digests, store_revision=2).config_hash
+
+
+def test_generated_secret_values_have_the_spec_s_strength() -> None:
+    """SPEC §4.1: the JWT secret is 64 hex characters from a CSPRNG; passwords are long and URL-safe."""
+    jwts = {new_jwt_value() for _ in range(50)}
+    passwords = {new_password() for _ in range(50)}
+    assert len(jwts) == 50 and len(passwords) == 50  # fresh every time
+    assert all(len(v) == 64 and set(v) <= set("0123456789abcdef") for v in jwts)
+    assert all(len(p) >= 24 and set(p) <= set(string.ascii_letters + string.digits + "-_") for p in passwords)

@@ -120,6 +120,36 @@ def test_status_screen_shows_adapters_and_shares() -> None:
     assert "  /export          rw  nfs://demo-file.apps.svc:2049/export" in text
 
 
+def test_status_screen_shows_pods_volumes_percona_and_the_last_events() -> None:
+    """SPEC §8: phase, conditions, pods, PVCs, Percona state and recent events on one screen."""
+    from dittoctl.status import render as screen
+
+    server = {"metadata": {"name": "demo", "namespace": "apps", "generation": 3}, "status": {
+        "phase": "Pending", "ready": "0/1", "observedGeneration": 2,
+        "conditions": [{"type": "DatabaseReady", "status": "False", "reason": "PerconaNotReady",
+                        "message": "PerconaPGCluster demo-postgres state: initializing"}]}}
+    pod = {"metadata": {"name": "demo-0"}, "spec": {"nodeName": "real-node-0"}, "status": {
+        "phase": "Pending", "containerStatuses": [{"name": "dittofs", "state": {"waiting": {
+            "reason": "CreateContainerConfigError"}}}]}}
+    pvc = {"metadata": {"name": "controlplane-demo-0"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}},
+           "status": {"phase": "Bound"}}
+    percona = {"metadata": {"name": "demo-postgres"}, "status": {"state": "initializing"}}
+    events = [{"lastTimestamp": f"2026-12-06T07:{m:02d}:00Z", "type": "Normal", "reason": "Created",
+               "message": f"event {m}"} for m in range(12)]
+    text = screen(server, [pod], [pvc], percona, events)
+    assert "  phase: Pending   ready: 0/1   generation: 3 (observed 2)" in text
+    assert "the operator has not caught up yet" in text
+    assert "  DatabaseReady          False  PerconaNotReady" in text
+    assert "  demo-0" in text and "node=real-node-0 dittofs=waiting:CreateContainerConfigError" in text
+    assert "  controlplane-demo-0          Bound    1Gi" in text
+    assert "PerconaPGCluster demo-postgres: state=initializing" in text
+    shown = [line for line in text.splitlines() if " Created " in line]
+    assert len(shown) == 10 and "event 11" in shown[-1] and "event 1\n" not in text  # the last ten, oldest first
+    empty = screen(server, [], [], None, [])
+    assert "Pods:\n  (none)" in empty and "PersistentVolumeClaims:\n  (none)" in empty
+    assert "state=" not in empty and "Recent events" not in empty
+
+
 def test_every_sample_is_valid_offline(capsys: pytest.CaptureFixture[str]) -> None:
     samples = sorted(SAMPLES.glob("*.yaml"))
     assert len(samples) >= 2

@@ -96,3 +96,21 @@ async def test_the_caches_wait_for_the_crd_and_readiness_says_how_to_install_it(
     assert "dittoctl crd | kubectl apply -f -" in CRD_MISSING and "dittoservers.dittofs.dittofs.com" in CRD_MISSING
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [CRD_MISSING], "said once"
     assert "DittoServer CRD served; starting to watch" in caplog.text
+
+
+async def test_a_webhook_without_a_certificate_is_unready_but_alive() -> None:
+    """SPEC §7-§8: /readyz is false while the webhook has no valid certificate (the apiserver must not route to
+    it); the reconciler keeps working and /healthz stays true, so the pod is not restarted for it."""
+    class Webhook:
+        ready = False
+
+    webhook = Webhook()
+    health = Health(controller(), webhook)
+    health.kopf_ready.set()
+    assert health.controller is not None
+    health.controller.primed.set()
+    assert health.readiness_problems() == ["webhook not serving (no valid certificate loaded)"]
+    assert health.liveness_problems() == []
+    webhook.ready = True  # a certificate arrived (cert-manager, hot reload)
+    assert health.readiness_problems() == []
+    assert Health(None, webhook).readiness_problems() == []  # --no-reconciler: the webhook alone decides

@@ -56,3 +56,16 @@ async def test_a_terminating_namespace_is_retried_quietly_other_failures_loudly(
     assert quiet.levelno == logging.INFO and quiet.exc_info is None
     assert "namespace is being deleted" in quiet.getMessage()
     assert loud.levelno == logging.ERROR and loud.exc_info is not None
+
+
+def test_retries_back_off_exponentially_per_key_up_to_the_cap() -> None:
+    """SPEC §4: capped exponential backoff; one server's failures never slow another's retries."""
+    async def never(key: str) -> None:
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(never, max_backoff=60.0)
+    delays = [queue._retry_after("a") for _ in range(9)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert queue._retry_after("b") == 0.5
+    queue.forget("a")  # a success (or a deleted server) starts over
+    assert queue._retry_after("a") == 0.5
