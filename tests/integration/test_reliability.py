@@ -73,6 +73,23 @@ def test_kill_9_at_random_points_converges(testbed: Any, operator: OperatorProce
     eventually(lambda: sorted(s["metadata"]["name"] for s in kubectl_json(testbed, "get", "sts", "-n",
                namespace)["items"]) == sorted(f"s{i}" for i in range(50) if i not in (7, 13)),
                timeout=60, what=f"one StatefulSet per server (have {len(stses)})")
+
+    # Their ConfigMaps and Services go too; every survivor has the same set (no orphan, none missing).
+    def children_by_server(kind: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for obj in kubectl_json(testbed, "get", kind, "-n", namespace, "-l", "app.kubernetes.io/name=dittofs")["items"]:
+            server_name, _, suffix = obj["metadata"]["name"].partition("-")
+            found.setdefault(server_name, set()).add(suffix)
+        return found
+
+    live = {f"s{i}" for i in range(50) if i not in (7, 13)}
+    for kind in ("configmaps", "services"):
+        def only_live(kind: str = kind) -> dict[str, set[str]] | None:
+            found = children_by_server(kind)
+            return found if set(found) == live else None
+
+        children = eventually(only_live, timeout=60, what=f"{kind} of the surviving servers only")
+        assert len({frozenset(v) for v in children.values()}) == 1 and children["s0"], children["s0"]
     # Generated Secrets: exactly two per server ever created (they outlive a deleted server, see
     # reconciler/specs/secrets.py), each labelled with its server, and each written exactly once - a
     # kill between create and cache must find the Secret again, never regenerate or rewrite its value.

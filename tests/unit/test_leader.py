@@ -1,0 +1,114 @@
+"""SPEC §8 high availability: only the Lease holder reconciles, and a replica that cannot renew within its
+deadline stops reconciling at once, before another replica can take the Lease over."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from dittoctl.api.kinds import Kind
+from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
+from reconciler.handlers import Controller
+from reconciler.leader import LeaderElector, _micro
+
+
+class LeaseStore:
+    """The Lease as the apiserver keeps it (plain data), with resourceVersion checks; ``down`` fails every call."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.version = 0
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ApiError(0, "connection refused")
+
+    async def get(self, kind: Kind, name: str, namespace: str | None = None, **_: Any) -> dict[str, Any]:
+        self._check()
+        if self.lease is None:
+            raise NotFound(name)
+        return {**self.lease, "metadata": {**self.lease["metadata"], "resourceVersion": str(self.version)}}
+
+    async def create(self, kind: Kind, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        self._check()
+        if self.lease is not None:
+            raise Conflict("exists")
+        self.lease, self.version = obj, 1
+        return obj
+
+    async def merge_patch(self, kind: Kind, name: str, patch: dict[str, Any], namespace: str | None = None,
+                          **_: Any) -> dict[str, Any]:
+        self._check()
+        assert self.lease is not None
+        if patch["metadata"]["resourceVersion"] != str(self.version):
+            raise Conflict("the object has been modified")
+        self.lease["spec"] = {**self.lease["spec"], **patch["spec"]}
+        self.version += 1
+        return self.lease
+
+    def held_by(self, identity: str, renewed: datetime) -> None:
+        assert self.lease is not None
+        self.lease["spec"].update(holderIdentity=identity, renewTime=_micro(renewed))
+        self.version += 1
+
+
+class Reconciling:
+    """The part of the Controller the elector drives: the gate every reconcile pass waits on."""
+
+    def __init__(self) -> None:
+        self.active = asyncio.Event()
+
+    def resume(self) -> None:
+        self.active.set()
+
+
+async def until(check: Any, timeout: float = 3.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {timeout}s: {check}")
+
+
+async def test_the_holder_reconciles_and_stops_at_once_when_it_cannot_renew() -> None:
+    store, ctl = LeaseStore(), Reconciling()
+    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
+                            lease_seconds=3, renew_deadline=0.3, retry=0.05)
+    task = asyncio.create_task(elector.run())
+    try:
+        await until(ctl.active.is_set)
+        assert elector.leading and store.lease is not None
+        assert store.lease["spec"]["holderIdentity"] == elector.identity
+        store.down = True  # the apiserver is unreachable: no renewal
+        lost = asyncio.get_running_loop().time()
+        await until(lambda: not ctl.active.is_set())
+        waited = asyncio.get_running_loop().time() - lost
+        # After the renew deadline (0.3 s) and a retry, and well before the 3 s Lease could pass to another
+        # replica (the slack is for a loaded machine).
+        assert 0.2 <= waited < 2.0, waited  # a transient failure alone does not stop it
+        assert not elector.leading
+        store.down = False
+        await until(ctl.active.is_set)  # still its own Lease: it leads again
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert store.lease["spec"]["holderIdentity"] is None, "a stopping leader hands the Lease over"
+
+
+async def test_a_live_lease_of_another_replica_is_left_alone_and_an_expired_one_taken() -> None:
+    store, ctl = LeaseStore(), Reconciling()
+    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
+                            lease_seconds=2, renew_deadline=0.3, retry=0.05)
+    now = datetime.now(UTC)
+    store.lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "dittofs-operator"},
+                   "spec": {"holderIdentity": "other-pod_1", "leaseDurationSeconds": 2, "renewTime": _micro(now),
+                            "leaseTransitions": 3}}
+    assert await elector.try_acquire() is False
+    assert store.lease["spec"]["holderIdentity"] == "other-pod_1"
+    store.held_by("other-pod_1", now - timedelta(seconds=5))  # it stopped renewing
+    assert await elector.try_acquire() is True
+    assert store.lease["spec"]["holderIdentity"] == elector.identity
+    assert store.lease["spec"]["leaseTransitions"] == 4
+    assert not ctl.active.is_set(), "try_acquire alone never starts reconciling; run() does"
