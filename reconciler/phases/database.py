@@ -103,7 +103,8 @@ async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, An
         return await ctx.gw.apply(manifest, force=False)
 
 
-def _ready(cluster: Mapping[str, Any]) -> tuple[bool, str]:
+def cluster_ready(cluster: Mapping[str, Any]) -> tuple[bool, str]:
+    """SPEC §4.8: ready = state "ready" at the cluster's current generation; (ready, the state to report)."""
     status = cluster.get("status") or {}
     state = str(status.get("state") or "unknown")
     observed = status.get("observedGeneration")
@@ -145,7 +146,7 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
             return _not_served(15.0)
         if ctx.memory.database_ready is None and live.get("metadata", {}).get("generation") == 1:
             await ctx.post("Normal", EventReason.PERCONA_CREATED, f"PerconaPGCluster {names.percona_cluster} created")
-    ready, state = _ready(live)
+    ready, state = cluster_ready(live)
     if ready and ctx.memory.database_ready is not True:
         await ctx.post("Normal", EventReason.PERCONA_READY, f"PerconaPGCluster {names.percona_cluster} is ready")
     elif not ready and ctx.memory.database_ready is True:

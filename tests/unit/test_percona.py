@@ -6,6 +6,7 @@ from typing import Any
 
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
+from reconciler.phases.database import cluster_ready
 from reconciler.specs.percona import adopt_live_values, parse_field_path, percona_cluster
 
 
@@ -50,3 +51,15 @@ def test_adopt_live_values_keeps_user_edits_only() -> None:
     assert ours["spec"] == {"postgresVersion": 17, "image": "new",
                             "instances": [{"name": "instance1", "replicas": 3}]}
     assert adopt_live_values(ours, live, [".spec.nothing.here", "garbage"]) == [".spec.nothing.here", "garbage"]
+
+
+def test_a_cluster_is_ready_only_at_its_current_generation() -> None:
+    def cluster(state: str | None, generation: int | None = 2, observed: int | None = 2) -> dict[str, Any]:
+        status = {k: v for k, v in (("state", state), ("observedGeneration", observed)) if v is not None}
+        return {"metadata": {"generation": generation}, "status": status}
+
+    assert cluster_ready(cluster("ready")) == (True, "ready")
+    assert cluster_ready(cluster("ready", observed=1)) == (False, "ready (generation 1/2)")  # an edit not seen yet
+    assert cluster_ready(cluster("initializing")) == (False, "initializing")
+    assert cluster_ready(cluster("ready", observed=None)) == (True, "ready")  # an operator without the field
+    assert cluster_ready({"metadata": {}}) == (False, "unknown")
