@@ -104,6 +104,13 @@ def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator
     enforcing Pod Security "restricted" (SPEC §4.7), where a non-compliant pod would never be created."""
     enforce_restricted(testbed, namespace)
     real_server(testbed, real_node, namespace)
+
+    def waiting() -> dict[str, Any] | None:  # the readiness probe's 10 s delay leaves time to see it
+        cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+        return cond if cond and (cond["status"], cond["reason"]) == ("False", "WaitingForServer") else None
+
+    assert "waiting for pod demo-0 to be Ready" in eventually(waiting, timeout=30, interval=0.2,
+                                                              what="Provisioned=False/WaitingForServer")["message"]
     obj = wait_ready(testbed, namespace, timeout=120)
     status = obj["status"]
     assert status["phase"] == "Running" and status["ready"] == "1/1"
@@ -570,6 +577,17 @@ def test_start_without_prerequisites_fails_loudly(testbed: Testbed, tmp_path: Pa
     broken.binaries = dataclasses.replace(testbed.binaries, kubelet=tmp_path / "no-kubelet")
     with pytest.raises(RealNodeError, match="kubelet missing"):
         RealNode(broken).start()
+
+
+def test_a_second_real_node_on_the_host_is_refused(testbed: Testbed, real_node: RealNode) -> None:
+    """SPEC §14: one real node per host. A second one (another session, another test bed) waits for the host
+    lock and then fails loudly, touching nothing of the running node."""
+    kubelet = real_node.pid("kubelet")
+    second = RealNode(testbed, lock_timeout=1.5)
+    with pytest.raises(RealNodeError, match="still held after"):
+        second.start()
+    assert kubelet and real_node.pid("kubelet") == kubelet
+    assert STATE_FILE.exists() and json.loads(STATE_FILE.read_text())["workdir"] == str(real_node.dir)
 
 
 def test_teardown_restores_the_host_also_after_a_killed_run(testbed: Testbed, real_node: RealNode) -> None:
