@@ -47,7 +47,7 @@ from dittoctl.kube.dittofs import (
     TlsTarget,
     bootstrap_operator,
 )
-from dittoctl.kube.gateway import Conflict, NotFound
+from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.context import Pass
 from reconciler.phases.secrets import _digest
@@ -322,8 +322,14 @@ async def _record(ctx: Pass, names: Names, refs: list[str]) -> None:
     record lives exactly as long as the data: deleting the volumes leaves nothing to adopt."""
     if refs == await _recorded(ctx, names):
         return
-    with contextlib.suppress(NotFound):  # no such volume: the status alone records ownership
+    try:
         await ctx.gw.merge_patch(PVCS, names.control_plane_claim, ownership_record(refs), names.namespace)
+    except NotFound:
+        pass  # no such volume: the status alone records ownership
+    except (ApiError, Conflict) as exc:
+        # Never a reason to stop provisioning: only a re-created server would miss the record (NotOwned).
+        log.warning("ownership not recorded on the control-plane PVC", extra=fields(
+            namespace=ctx.namespace, name=ctx.name, pvc=names.control_plane_claim, error=str(exc)[:300]))
     memory(ctx).recorded = refs
 
 
