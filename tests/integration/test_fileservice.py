@@ -24,7 +24,16 @@ from tests.support.operator import OperatorProcess
 from tests.support.poll import eventually
 from tests.support.s3 import ACCESS_KEY_ID, MotoServer
 from tests.testbed import Testbed
-from tests.testbed.fileservice import DfsRest, dfs_pid, nfs_get, nfs_put, smb, smb_get
+from tests.testbed.fileservice import (
+    DfsRest,
+    admin_rest,
+    bootstrap_admin,
+    dfs_pid,
+    nfs_get,
+    nfs_put,
+    smb,
+    smb_get,
+)
 from tests.testbed.node import NODE_IP, RealNode
 
 pytestmark = pytest.mark.integration
@@ -37,14 +46,6 @@ def requests_sent(operator: OperatorProcess) -> dict[str, float]:
                                     operator.metrics(), re.M):
         found[method] = float(value)
     return found
-
-
-def admin(testbed: Testbed, namespace: str, ip: str) -> DfsRest:
-    secret = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
-    rest = DfsRest(ip)
-    assert rest.login(base64.b64decode(secret["data"]["username"]).decode(),
-                      base64.b64decode(secret["data"]["password"]).decode()) == 200
-    return rest
 
 
 def admin_as(ip: str, password: str) -> DfsRest:
@@ -91,7 +92,7 @@ def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator:
     assert lag < 30, lag
 
     # What DittoFS really holds, seen as the bootstrap admin and as alice herself.
-    rest = admin(testbed, namespace, ip)
+    rest = admin_rest(testbed, namespace, ip)
     assert {"/export", "/team"} <= rest.shares()
     _, grants = rest.call("GET", "/api/v1/shares/team/permissions")
     assert sorted((g["type"], g["name"], g["level"]) for g in grants) == [
@@ -149,8 +150,7 @@ def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator:
     assert events(testbed, namespace, "ShareDeleted")
 
     # A human changes the bootstrap admin's password: the operator works as its own account, unaffected.
-    secret = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
-    current = base64.b64decode(secret["data"]["password"]).decode()
+    _, current = bootstrap_admin(testbed, namespace)
     rest.call("POST", "/api/v1/users/me/password",
               {"current_password": current, "new_password": "changed-by-a-human-1"})
     assert DfsRest(ip).login("admin", current) == 401
@@ -167,7 +167,7 @@ def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed
     obj = wait_ready(testbed, namespace, timeout=180)
     assert [s["name"] for s in obj["status"]["shares"]] == ["/export"]  # the default share
     ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
-    rest = admin(testbed, namespace, ip)
+    rest = admin_rest(testbed, namespace, ip)
 
     # A human deletes the declared share: the next drift pass puts it back and says so.
     rest.call("DELETE", "/api/v1/shares/export")
@@ -236,7 +236,7 @@ def test_lost_credentials_fail_once_with_backoff_and_recover(testbed: Testbed, o
     obj = wait_ready(testbed, namespace, timeout=240)
     assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
     ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
-    assert "/export" in admin(testbed, namespace, ip).shares()
+    assert "/export" in admin_rest(testbed, namespace, ip).shares()
 
 
 def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: OperatorProcess, real_node: RealNode,
@@ -289,7 +289,7 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
 
         # DittoFS v0.29.0 counts no pending uploads, whatever waits for the bucket: the bytes at risk are
         # `unsynced_bytes`, which is why status.shares[] has no pendingUploads (docs/DITTOFS_FACTS.md).
-        rest = admin(testbed, namespace, ip)
+        rest = admin_rest(testbed, namespace, ip)
         _, stats = rest.call("GET", "/api/v1/shares/export/blockstore/stats")
         uploaded = s3.keys("dittofs-blocks", "demo/")
         assert stats["totals"]["has_remote"] is True and stats["totals"]["pending_uploads"] == 0, stats
@@ -347,7 +347,7 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         eventually(rolled, timeout=180, what="storeRevision 1, a new pod, Ready again")
         pod = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)
         uid, ip = pod["metadata"]["uid"], pod["status"]["podIP"]
-        rest = admin(testbed, namespace, ip)
+        rest = admin_rest(testbed, namespace, ip)
         assert events(testbed, namespace, "ConfigUpdated"), "the roll is explained by an event"
         assert smb_get(ip, 1445, "/export", "alice", "smb-pass-2", "tiered.bin", tmp_path) == payload
 
@@ -452,7 +452,7 @@ def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operat
     assert provisioned is not None and provisioned["reason"] == "Converged", provisioned
     declared = {s["name"] for s in shares}
     ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
-    rest = admin(testbed, namespace, ip)
+    rest = admin_rest(testbed, namespace, ip)
     assert rest.shares() == declared
     owned = set(obj["status"]["provisioned"])
     assert {f"share:{n}" for n in declared} | {"user:u0", "user:u1", "user:u2", "group:g0", "group:g1"} <= owned

@@ -42,7 +42,7 @@ from tests.support.operator import OperatorProcess
 from tests.support.percona import PERCONA_CRD, cluster, percona_spec
 from tests.support.poll import eventually
 from tests.testbed import Testbed
-from tests.testbed.fileservice import DfsRest, dfs_pid, nfs_get, nfs_put
+from tests.testbed.fileservice import DfsRest, admin_rest, bootstrap_admin, dfs_pid, nfs_get, nfs_put
 from tests.testbed.images import DFS_IMAGE, PG_ISREADY_IMAGE
 from tests.testbed.node import NODE_IP, NODE_NAME, STATE_FILE, SUBNET, RealNode, RealNodeError, preflight, snapshot_host
 from tests.testbed.postgres import PostgresServer
@@ -68,10 +68,7 @@ def dfs_log(testbed: Testbed, namespace: str, name: str = "demo-0") -> str:
 
 
 def admin_login(testbed: Testbed, namespace: str, pod_ip: str, name: str = "demo") -> int:
-    secret = kubectl_json(testbed, "get", "secret", f"{name}-admin-bootstrap-credentials", "-n", namespace)
-    user = base64.b64decode(secret["data"]["username"]).decode()
-    password = base64.b64decode(secret["data"]["password"]).decode()
-    return DfsRest(pod_ip).login(user, password)
+    return DfsRest(pod_ip).login(*bootstrap_admin(testbed, namespace, name))
 
 
 def on_real_node(testbed: Testbed, namespace: str, name: str = "demo-0") -> dict[str, Any]:
@@ -303,10 +300,7 @@ def test_nfs_file_survives_pod_deletion_restart_and_image_upgrade(
     real_server(testbed, real_node, namespace)
     wait_ready(testbed, namespace, timeout=120)
     ip = on_real_node(testbed, namespace)["status"]["podIP"]
-    secret = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
-    rest = DfsRest(ip)
-    assert rest.login(base64.b64decode(secret["data"]["username"]).decode(),
-                      base64.b64decode(secret["data"]["password"]).decode()) == 200
+    rest = admin_rest(testbed, namespace, ip)
     assert "/export" in rest.shares(), "the operator provisioned the default share"
     payload = f"written over NFS into {namespace} at {time.time()}\n".encode() * 100
     local = tmp_path / "hello.txt"
@@ -357,9 +351,7 @@ def test_recreated_server_keeps_its_data_and_adopts_only_what_it_made(
     payload = f"kept across a re-create of {namespace}/demo at {time.time()}\n".encode()
     (tmp_path / "kept.txt").write_bytes(payload)
     nfs_put(first_ip, tmp_path / "kept.txt", "kept.txt")
-    rest = DfsRest(first_ip)
-    admin = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
-    assert rest.login(*(base64.b64decode(admin["data"][k]).decode() for k in ("username", "password"))) == 200
+    rest = admin_rest(testbed, namespace, first_ip)
     rest.call("POST", "/api/v1/shares", {"name": "/manual", "metadata_store_id": "default",
                                          "local_block_store": "default"})
     claim = kubectl_json(testbed, "get", "pvc", "controlplane-demo-0", "-n", namespace)
@@ -756,10 +748,8 @@ def test_ldap_and_kerberos_serve_from_the_real_pod_and_rotate_without_a_restart(
         assert "LDAP identity provider enabled (seeded from config file/env)" in log
         assert "RPCSEC_GSS (Kerberos) authentication enabled" in log, "the mounted keytab did not load"
         assert "bind-first-pw" not in log
-        admin = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
-        admin_password = base64.b64decode(admin["data"]["password"]).decode()
-        rest = DfsRest(ip)
-        assert rest.login("admin", admin_password) == 200
+        rest = admin_rest(testbed, namespace, ip)
+        _, admin_password = bootstrap_admin(testbed, namespace)
 
         def ldap_ok() -> bool:
             _, stored = rest.call("GET", "/api/v1/identity-providers/ldap/config")

@@ -35,7 +35,7 @@ from tests.support.net import free_port
 from tests.support.paths import CRD, CRD_NAME, ROOT, SAMPLES
 
 from .cluster import Testbed
-from .fileservice import SHARE, DfsRest, nfs_get, nfs_put, nfs_url, smb_get
+from .fileservice import SHARE, admin_rest, nfs_get, nfs_put, nfs_url, smb_get
 from .node import SUBNET, RealNode, preflight
 from .paths import Binaries, ensure_binaries
 from .webhook import install_webhook
@@ -121,10 +121,7 @@ def show_file_service(tb: Testbed, workdir: Path) -> None:
     user, read it back over NFS and SMB; print how to do it by hand (never a password)."""
     pod: dict[str, Any] = json.loads(tb.kubectl("get", "pod", "demo-0", "-o", "json").stdout)
     ip = pod["status"]["podIP"]
-    rest = DfsRest(ip)
-    admin = "demo-admin-bootstrap-credentials"
-    if rest.login(_secret_value(tb, admin, "username"), _secret_value(tb, admin, "password")) != 200:
-        raise RuntimeError("the admin Secret does not log in to dfs")
+    rest = admin_rest(tb, "default", ip)
     if SHARE not in rest.shares():
         raise RuntimeError(f"the operator did not provision {SHARE} (kubectl describe ditto demo)")
     sample = workdir / "hello.txt"
@@ -145,8 +142,8 @@ def show_file_service(tb: Testbed, workdir: Path) -> None:
     print(f"    nfs-cat '{url}'", file=sys.stderr)
     print(f"  SMB: PASSWD=\"$({password})\" smbclient //{ip}{SHARE} -p {SMB_PORT} -U {DEMO_USER} "
           "-c 'get hi.txt -; ls'", file=sys.stderr)
-    print(f"  REST: curl -s http://{ip}:8080/health; admin password: kubectl get secret {admin} "
-          "-o jsonpath='{.data.password}' | base64 -d", file=sys.stderr)
+    print(f"  REST: curl -s http://{ip}:8080/health; admin password: kubectl get secret "
+          "demo-admin-bootstrap-credentials -o jsonpath='{.data.password}' | base64 -d", file=sys.stderr)
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ v3 with MOUNT on the same port.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import urllib.error
@@ -73,6 +74,23 @@ class DfsRest:
         _, body = self.call("GET", path)
         items: list[dict[str, Any]] = body if isinstance(body, list) else (body or {}).get("items") or []
         return items
+
+
+def bootstrap_admin(tb: Any, namespace: str, server: str = "demo") -> tuple[str, str]:
+    """(username, password) from a server's generated bootstrap admin Secret (``tb``: the Testbed)."""
+    secret = json.loads(tb.kubectl("get", "secret", f"{server}-admin-bootstrap-credentials", "-n", namespace,
+                                   "-o", "json").stdout)
+    username, password = (base64.b64decode(secret["data"][k]).decode() for k in ("username", "password"))
+    return username, password
+
+
+def admin_rest(tb: Any, namespace: str, pod_ip: str, server: str = "demo") -> DfsRest:
+    """A REST client logged in to the server's dfs as its bootstrap admin (fails loudly otherwise)."""
+    rest = DfsRest(pod_ip)
+    status = rest.login(*bootstrap_admin(tb, namespace, server))
+    if status != 200:
+        raise DfsApiError("POST", "/api/v1/auth/login", status, "the bootstrap admin Secret does not log in")
+    return rest
 
 
 def nfs_put(pod_ip: str, local: Path, name: str, share: str = SHARE, *, port: int = NFS_PORT,
