@@ -314,8 +314,8 @@ class DittoFsClient:
         return result
 
     async def observe(self, wanted: Reads | None = None) -> Observed:
-        """Everything the planner compares, by GET only: up to 10 list/settings reads (``wanted`` skips the
-        ones nothing depends on), plus 2 per share read in detail (``wanted.details``; None = all)."""
+        """Everything the planner compares, by GET only: 5 lists, the optional ones ``wanted`` names, and 2 per
+        share read in detail (``wanted.details``; None = all)."""
         wanted = wanted or Reads()
         paths = ["/users", "/adapters", "/store/metadata", "/store/block/local", "/shares"]
         optional = {"/groups": wanted.groups, "/store/block/remote": wanted.remote,
@@ -338,7 +338,7 @@ class DittoFsClient:
             adapter_settings={t: got.get(f"/adapters/{t}/settings") or {} for t in ("nfs", "smb")}, stores=stores,
             shares=parse_shares(shares_raw, stores, {n: nfs for n, (nfs, _) in zip(detail, details, strict=True)},
                                 {n: perms for n, (_, perms) in zip(detail, details, strict=True)}),
-            snapshot_policies=parse_snapshot_policies(got.get("/snapshot-policies")))
+            snapshot_policies=parse_snapshot_policies(got.get("/snapshot-policies")), unread=wanted.skipped())
 
     async def _identity_provider(self, kind: str) -> dict[str, Any] | None:
         try:

@@ -86,7 +86,7 @@ class FsMemory:
     reported: Counter[str] = field(default_factory=Counter)
     """The client's request counts already added to the metric."""
     cursor: int = 0
-    """Where the next drift pass starts reading share details (round-robin)."""
+    """Where the next drift pass's round-robin of optional reads starts (``planner.reads``)."""
     tls: tuple[str, TlsTarget] | None = None
     """(secret name and ca.crt digest, what the client verifies against)."""
 
@@ -406,10 +406,10 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     owned = {Ref.parse(r) for r in keep.provisioned or []}
     applied = dict(keep.applied or {})
     try:
-        # A converged generation is re-read as a drift pass: a few shares in detail per pass, round-robin.
+        # A converged generation is re-read as a drift pass: a bounded number of reads, round-robin.
         full = mem.last != "ok" or mem.converged_generation != ctx.generation
         wanted = reads(want, owned, full=full, cursor=mem.cursor)
-        mem.cursor = 0 if full else mem.cursor + len(wanted.details or ())
+        mem.cursor = 0 if full else mem.cursor + wanted.advance
         seen = await client.observe(wanted)
         the_plan, adopted = adopting(want, seen, owned, applied, await _recorded(ctx, names) if first else None)
         if adopted:

@@ -37,7 +37,7 @@ from dittoctl.api.fileservice import (
     digest_of,
     plan,
 )
-from dittoctl.api.fileservice.planner import Plan
+from dittoctl.api.fileservice.planner import DRIFT_READS, Plan, Reads, reads
 from dittoctl.kube.dittofs import (
     DittoFsAuthError,
     DittoFsClient,
@@ -101,10 +101,10 @@ async def one_pass(client: DittoFsClient, want: FileService, state: State) -> tu
 
 
 async def one_pass_with(client: DittoFsClient, want: FileService, state: State,
-                        values: dict[str, SecretStr]) -> tuple[Plan, Counter[str], float]:
+                        values: dict[str, SecretStr], wanted: Reads | None = None) -> tuple[Plan, Counter[str], float]:
     client.requests.clear()
     start = time.perf_counter()
-    seen = await client.observe()
+    seen = await client.observe(wanted)
     p = plan(want, seen, state.owned, state.applied)
     done = await client.execute(p, values)
     state.owned = p.owned_after(done)
@@ -275,6 +275,43 @@ async def test_drift_is_repaired_and_hand_made_objects_are_left_alone(
     _, shares = dfs.request("GET", "/api/v1/shares", token=token)
     assert sorted(s["name"] for s in shares) == ["/export", "/manual"]
     assert (await one_pass(operator, smaller, state))[0].calls == ()
+
+
+async def test_drift_passes_read_at_most_ten_and_reach_every_declared_object(
+        dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
+    want = declared(tmp_path / "data")
+    state = State()
+    await one_pass(operator, want, state)
+
+    # By hand, in three of the lists a single drift pass may skip: a policy, an SMB setting, a grant.
+    assert admin_call(dfs, "DELETE", "/shares/export/snapshot-policy")[0] == 204
+    assert admin_call(dfs, "PATCH", "/adapters/smb/settings", {"signing": "disabled"})[0] == 200
+    assert admin_call(dfs, "DELETE", "/shares/export/permissions/users/alice")[0] == 204
+
+    async def drift_passes(count: int) -> tuple[list[tuple[Op, Kind, str]], list[Counter[str]]]:
+        cursor, repaired, sent = 0, [], []
+        for _ in range(count):
+            wanted = reads(want, state.owned, full=False, cursor=cursor)
+            cursor += wanted.advance
+            p, calls, _ = await one_pass_with(operator, want, state, SECRETS, wanted)
+            assert p.problems == ()
+            repaired += [(c.op, c.kind, c.name) for c in p.calls]
+            sent.append(calls)
+        return repaired, sent
+
+    # Unbounded, this server would take 13 reads a pass (5 lists, groups, policies, 2 settings, 2 shares).
+    repaired, sent = await drift_passes(3)
+    print(f"\ndrift passes after hand edits: {[dict(c) for c in sent]}")
+    assert all(c["GET"] <= DRIFT_READS for c in sent), sent
+    assert sorted(repaired) == sorted([(Op.UPDATE, Kind.ADAPTER_SETTINGS, "smb"),
+                                       (Op.CREATE, Kind.SNAPSHOT_POLICY, "/export"),
+                                       (Op.CREATE, Kind.PERMISSION, "/export#user:alice")])
+    repaired, sent = await drift_passes(3)
+    assert repaired == [] and all(set(c) == {"GET"} and c["GET"] <= DRIFT_READS for c in sent), sent
+    _, policy = admin_call(dfs, "GET", "/shares/export/snapshot-policy")
+    assert isinstance(policy, dict) and policy["keep_last"] == 3
+    _, smb = admin_call(dfs, "GET", "/adapters/smb/settings")
+    assert isinstance(smb, dict) and smb["signing"] == "required"
 
 
 async def test_immutable_store_path_is_reported_not_applied(

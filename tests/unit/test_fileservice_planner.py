@@ -49,7 +49,7 @@ from dittoctl.api.fileservice.observed import (
     parse_snapshot_policies,
     quota_matches,
 )
-from dittoctl.api.fileservice.planner import Plan, reads, store_body_json
+from dittoctl.api.fileservice.planner import DRIFT_READS, Plan, Reads, reads, store_body_json
 from reconciler.specs.fileservice import adopting, ownership_record, recorded_refs
 
 SECRET_TEXT = "s3cr3t-value-never-printed"
@@ -571,21 +571,109 @@ def test_simulate_round_trips_a_store_secret_redaction() -> None:
 # drift passes read a bounded number of objects
 
 
-def test_a_drift_pass_reads_a_bounded_window_of_share_details() -> None:
-    many = dataclasses.replace(FULL, shares=tuple(
-        ShareSpec(f"s{i}", permissions=(Grant("user", "alice", "read"),)) for i in range(10)))
-    owned = [Ref(Kind.SHARE, f"/s{i}") for i in range(10)]
-    full = reads(many, owned, full=True)
-    assert full.details == tuple(f"/s{i}" for i in range(10))
-    drift = [reads(many, owned, full=False, cursor=c).details for c in (0, 2, 8, 10)]
-    assert drift == [("/s0", "/s1"), ("/s2", "/s3"), ("/s8", "/s9"), ("/s0", "/s1")]
+def observing(seen: Observed, wanted: Reads) -> Observed:
+    """What ``DittoFsClient.observe(wanted)`` returns of a server that holds ``seen``."""
+    details = set(wanted.details) if wanted.details is not None else set(seen.shares)
+    return dataclasses.replace(
+        seen, groups=seen.groups if wanted.groups else {},
+        adapter_settings={t: v for t, v in seen.adapter_settings.items() if t in wanted.settings},
+        stores={k: v for k, v in seen.stores.items() if k is not StoreKind.REMOTE or wanted.remote},
+        shares={n: sh if n in details else dataclasses.replace(sh, nfs=None, permissions=None)
+                for n, sh in seen.shares.items()},
+        snapshot_policies=seen.snapshot_policies if wanted.policies else {},
+        identity={t: r for t, r in seen.identity.items() if t in wanted.identity}, unread=wanted.skipped())
+
+
+def drift_passes(want: FileService, owned: Iterable[Ref], count: int) -> list[Reads]:
+    cursor, out = 0, []
+    for _ in range(count):
+        out.append(reads(want, owned, full=False, cursor=cursor))
+        cursor += out[-1].advance
+    return out
+
+
+def everything() -> FileService:
+    """FULL and more: both adapters' settings, 10 shares with grants and policies, both identity providers."""
+    return dataclasses.replace(
+        FULL, adapters=(AdapterSpec("nfs", True, 2049, (("lease_time", 60),)), AdapterSpec("smb", True, None,
+                                                                                      (("signing", "required"),))),
+    shares=(*FULL.shares, *(ShareSpec(f"s{i}", permissions=(Grant("user", "alice", "read"),),
+                                      snapshot_policy=SnapshotPolicySpec("1h")) for i in range(9))),
+        identity=_identity_spec().identity)
+
+
+def test_a_drift_pass_reads_at_most_ten_whatever_the_spec_declares() -> None:
+    want = everything()
+    owned = plan(want, seeded()).owned_after()
+    full = reads(want, owned, full=True)
+    # 5 lists, groups, remote stores, policies, 2 settings, 2 identity providers, 10 shares in detail.
+    assert full.gets == 5 + 1 + 1 + 1 + 2 + 2 + 2 * 10
+    passes = drift_passes(want, owned, 12)
+    assert max(p.gets or 99 for p in passes) <= DRIFT_READS
+    assert all(p.remote for p in passes)  # shares name remote stores; status reports their health
+    # Round-robin: one cycle of 7 passes compares everything the full pass does, at least once.
+    cycle = passes[:7]
+    assert any(p.groups for p in cycle) and any(p.policies for p in cycle)
+    assert {t for p in cycle for t in p.settings} == {"nfs", "smb"}
+    assert {t for p in cycle for t in p.identity} == {"ldap", "kerberos"}
+    assert {n for p in cycle for n in p.details or ()} == set(full.details or ())
+    # The benchmark's server (10 shares, 5 users, a remote store): 2 shares in detail per pass, 10 GETs.
+    bench = FileService(stores=FULL.stores, shares=tuple(ShareSpec(f"s{i}", remote_store="s3") for i in range(10)))
+    owned = plan(bench, seeded()).owned_after()
+    assert [(p.details, p.gets) for p in drift_passes(bench, owned, 6)] == [
+        (("/s0", "/s1"), 10), (("/s2", "/s3"), 10), (("/s4", "/s5"), 10), (("/s6", "/s7"), 10),
+        (("/s8", "/s9"), 10), (("/s0", "/s1"), 10)]
     # Lists nothing declared or owned depends on are not read.
     bare = FileService(adapters=(AdapterSpec("nfs"), AdapterSpec("smb", False)), stores=FULL.stores[:2],
                        shares=(ShareSpec("export"),))
     r = reads(bare, [], full=False)
-    assert (r.groups, r.settings, r.remote, r.policies, r.details) == (False, (), False, False, ())
+    assert (r.groups, r.settings, r.remote, r.policies, r.details, r.gets) == (False, (), False, False, (), 5)
     assert reads(bare, [Ref(Kind.GROUP, "eng")], full=False).groups  # owned: read, so it can be pruned
     assert reads(FULL, [], full=True).settings == ("nfs",)  # only adapters with declared settings
+
+
+def test_what_a_drift_pass_did_not_read_is_neither_created_nor_pruned() -> None:
+    want = everything()
+    _, after, owned, applied = converge(want, seeded())
+    seen = dataclasses.replace(after, identity=_as_dittofs_shows(want))
+    assert plan(want, seen, owned, applied).calls == ()
+    nothing = Reads(groups=False, settings=(), remote=False, policies=False, details=())
+    blind = observing(seen, nothing)
+    assert blind.unread == {"groups", "remote", "policies", "settings/nfs", "settings/smb", "identity/ldap",
+                            "identity/kerberos"}
+    p = plan(want, blind, owned, applied)
+    assert (p.calls, p.problems, p.owned) == ((), (), owned)
+    # Dropped from the spec while unread: pruned (or disabled) only on a pass that reads them.
+    fewer = dataclasses.replace(want, groups=(), identity=(), shares=tuple(
+        dataclasses.replace(s, snapshot_policy=None) for s in want.shares))
+    p = plan(fewer, blind, owned, applied)
+    assert (p.calls, p.owned) == ((), owned)
+    assert {(c.op, c.kind) for c in plan(fewer, seen, owned, applied).calls} == {
+        (Op.DELETE, Kind.GROUP), (Op.DELETE, Kind.SNAPSHOT_POLICY), (Op.UPDATE, Kind.IDENTITY_PROVIDER)}
+
+
+def test_drift_in_what_one_pass_skips_is_repaired_within_a_cycle() -> None:
+    want = everything()
+    _, after, owned, applied = converge(want, seeded())
+    # By hand: a snapshot policy and a group deleted, an NFS setting and a late share's grant changed.
+    drifted = dataclasses.replace(
+        after, groups={k: v for k, v in after.groups.items() if k != "eng"},
+        snapshot_policies={k: v for k, v in after.snapshot_policies.items() if k != "/s7"},
+        adapter_settings={**after.adapter_settings, "nfs": {**after.adapter_settings["nfs"], "lease_time": 30}},
+        shares={**after.shares, "/s8": dataclasses.replace(after.shares["/s8"], permissions={})},
+        identity=_as_dittofs_shows(want))
+    seen, repaired = drifted, []
+    for wanted in drift_passes(want, owned, 7):
+        assert (wanted.gets or 99) <= DRIFT_READS
+        p = plan(want, observing(seen, wanted), owned, applied)
+        assert p.problems == ()
+        repaired += [(c.op, c.kind, c.name) for c in p.calls]
+        seen = dataclasses.replace(simulate(seen, p.calls), identity=seen.identity)
+        owned, applied = p.owned_after(), p.digests_after(applied)
+    assert sorted(repaired) == sorted([
+        (Op.CREATE, Kind.GROUP, "eng"), (Op.CREATE, Kind.SNAPSHOT_POLICY, "/s7"),
+        (Op.UPDATE, Kind.ADAPTER_SETTINGS, "nfs"), (Op.CREATE, Kind.PERMISSION, "/s8#user:alice")])
+    assert plan(want, seen, owned, applied).calls == ()
 
 
 def test_share_details_not_read_are_left_alone_and_their_grants_stay_owned() -> None:

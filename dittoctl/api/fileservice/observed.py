@@ -129,6 +129,8 @@ class Observed:
     identity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Identity-provider records by type, as ``GET /identity-providers/{type}/config`` shows them (passwords
     redacted); a type never configured is absent."""
+    unread: frozenset[str] = frozenset()
+    """The optional reads this pass skipped (``planner.Reads.skipped``): their kinds are unknown, not absent."""
 
     def store(self, kind: StoreKind, name: str) -> ApiStore | None:
         return self.stores.get(kind, {}).get(name)

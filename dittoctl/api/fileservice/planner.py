@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 from dittoctl.api.fileservice.observed import (
@@ -31,6 +31,7 @@ from dittoctl.api.fileservice.types import (
     STORE_KINDS,
     Call,
     FileService,
+    IdentityType,
     Kind,
     Op,
     Problem,
@@ -67,42 +68,84 @@ def _store_path(kind: StoreKind) -> str:
     return f"{API}/store/metadata" if kind is StoreKind.METADATA else f"{API}/store/block/{kind.value}"
 
 
+DRIFT_READS = 10
+"""SPEC §11: REST reads of a drift pass over an unchanged server, whatever it declares."""
+_LISTS = 5  # users, adapters, metadata and local stores, shares: every pass reads them
+_SETTINGS = ("nfs", "smb")
+_IDENTITY: tuple[str, ...] = get_args(IdentityType)
+
+
 @dataclass(frozen=True)
 class Reads:
-    """Which GETs a pass makes (``dittoctl.kube.dittofs.DittoFsClient.observe``). Lists that nothing declared
-    or owned depends on are skipped; ``details`` names the shares whose NFS options and grants are read
-    (None: all)."""
+    """Which GETs a pass makes (``dittoctl.kube.dittofs.DittoFsClient.observe``) beyond the five lists every
+    pass reads. ``details`` names the shares whose NFS options and grants are read (None: all); ``advance`` is
+    how far a drift pass moved the round-robin."""
 
     groups: bool = True
-    settings: tuple[str, ...] = ("nfs", "smb")
+    settings: tuple[str, ...] = _SETTINGS
     remote: bool = True
     policies: bool = True
     details: tuple[str, ...] | None = None
     identity: tuple[str, ...] = ()
+    advance: int = 0
+
+    @property
+    def gets(self) -> int | None:
+        """The GETs this makes (None: one pair per share DittoFS has)."""
+        if self.details is None:
+            return None
+        return (_LISTS + self.groups + self.remote + self.policies + len(self.settings) + len(self.identity)
+                + 2 * len(self.details))
+
+    def skipped(self) -> frozenset[str]:
+        """The optional reads left out (``Observed.unread``): the planner leaves their kinds alone."""
+        read = {"groups": self.groups, "remote": self.remote, "policies": self.policies,
+                **{f"settings/{t}": t in self.settings for t in _SETTINGS},
+                **{f"identity/{t}": t in self.identity for t in _IDENTITY}}
+        return frozenset(name for name, done in read.items() if not done)
 
 
-def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 0, window: int = 2) -> Reads:
-    """The reads a pass needs (pure). ``full``: every declared share in detail (a new generation, a failure,
-    a first pass); otherwise a drift pass reads ``window`` shares' details, round-robin from ``cursor``, so an
-    unchanged server costs a bounded number of reads however many shares it has."""
+def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 0,
+          budget: int = DRIFT_READS) -> Reads:
+    """The reads a pass needs (pure): what the declaration or the owned objects depend on. ``full`` (a new
+    generation, a failure, a first pass): all of it. A drift pass reads the five lists and the remote stores
+    (shares name them; status reports their health), and fills the rest of ``budget`` round-robin from
+    ``cursor`` with the other lists and the shares' details, so every declared object is compared every few
+    passes and an unchanged server costs a bounded number of reads whatever it declares."""
     owned = frozenset(owned)
     kinds = {r.kind for r in owned}
     declared = [s.key for s in want.shares if s.nfs is not None or s.permissions
                 or Ref(Kind.SHARE, s.key) in owned]
-    if full:
-        details: tuple[str, ...] = tuple(declared)
-    else:
-        picked = [declared[(cursor + i) % len(declared)] for i in range(min(window, len(declared)))] if declared else []
-        details = tuple(dict.fromkeys(picked))
-    return Reads(
+    everything = Reads(
         groups=bool(want.groups) or Kind.GROUP in kinds,
         settings=tuple(a.type for a in want.adapters if a.settings),
         remote=any(st.kind is StoreKind.REMOTE for st in want.stores) or Kind.REMOTE_STORE in kinds,
         policies=any(s.snapshot_policy is not None for s in want.shares) or Kind.SNAPSHOT_POLICY in kinds,
-        details=details,
+        details=tuple(declared),
         identity=tuple(sorted({p.type for p in want.identity}
                               | {r.name for r in owned if r.kind is Kind.IDENTITY_PROVIDER})),
     )
+    if full:
+        return everything
+    # (field, value, GETs): each a unit of the round-robin.
+    units = ([("groups", "", 1)] * everything.groups + [("policies", "", 1)] * everything.policies
+             + [("settings", t, 1) for t in everything.settings] + [("identity", t, 1) for t in everything.identity]
+             + [("details", n, 2) for n in declared])
+    room = budget - _LISTS - everything.remote
+    picked: list[tuple[str, str, int]] = []
+    for i in range(len(units)):
+        unit = units[(cursor + i) % len(units)]
+        if unit[2] > room:
+            break
+        picked.append(unit)
+        room -= unit[2]
+
+    def values(name: str) -> tuple[str, ...]:
+        return tuple(value for field_, value, _ in picked if field_ == name)
+
+    return Reads(groups=bool(values("groups")), settings=values("settings"), remote=everything.remote,
+                 policies=bool(values("policies")), details=values("details"), identity=values("identity"),
+                 advance=len(picked))
 
 
 @dataclass(frozen=True)
@@ -181,6 +224,10 @@ class _Planner:
         """Owned names of ``kind`` that left the declaration and still exist (to prune)."""
         return sorted(r.name for r in self.owned if r.kind is kind and r.name not in declared and r.name in present)
 
+    def read(self, unit: str) -> bool:
+        """Whether this pass read ``unit`` (``Reads.skipped``): what was not read is not known to be absent."""
+        return unit not in self.seen.unread
+
     def secret_changed(self, ref: Ref, key: str, digest: str) -> bool:
         return self.applied.get(digest_key(ref, key)) != digest
 
@@ -199,6 +246,8 @@ class _Planner:
                   admin_first_login=True)
 
     def groups(self) -> None:
+        if not self.read("groups"):
+            return
         declared = {g.name for g in self.want.groups}
         for g in self.want.groups:
             ref = Ref(Kind.GROUP, g.name)
@@ -275,6 +324,8 @@ class _Planner:
                     changes["port"] = a.port
                 if changes:
                     self.call(Op.UPDATE, Kind.ADAPTER, a.type, "PUT", path, changes)
+            if not self.read(f"settings/{a.type}"):
+                continue
             have = self.seen.adapter_settings.get(a.type, {})
             diff = {k: v for k, v in a.settings if k not in have or not same_values(have[k], v)}
             if diff:
@@ -288,6 +339,8 @@ class _Planner:
         for p in self.want.identity:
             ref = Ref(Kind.IDENTITY_PROVIDER, p.type)
             self.owned |= {ref}
+            if not self.read(f"identity/{p.type}"):
+                continue
             seen = self.seen.identity.get(p.type)
             secrets = () if p.secret is None else (SecretField(p.secret_key, p.secret, within=p.within),)
             plain_differs = seen is None or not _same_record(seen, p.config, p.durations)
@@ -300,7 +353,7 @@ class _Planner:
                           needs_restart=p.restart and plain_differs)
         for name in sorted(r.name for r in self.owned if r.kind is Kind.IDENTITY_PROVIDER):
             seen = self.seen.identity.get(name)
-            if name not in declared and seen is not None and seen.get("enabled"):
+            if name not in declared and seen is not None and seen.get("enabled") and self.read(f"identity/{name}"):
                 body = {**seen, "enabled": False}
                 self.call(Op.UPDATE, Kind.IDENTITY_PROVIDER, name, "PUT",
                           f"{API}/identity-providers/{name}/config", body, needs_restart=name == "kerberos")
@@ -321,6 +374,8 @@ class _Planner:
         return usable - doomed, doomed
 
     def store(self, s: StoreSpec) -> None:
+        if s.kind is StoreKind.REMOTE and not self.read("remote"):
+            return
         kind = STORE_KINDS[s.kind]
         ref = Ref(kind, s.name)
         seen = self.seen.store(s.kind, s.name)
@@ -446,6 +501,8 @@ class _Planner:
                       f"{_share_path(s.key)}/permissions/{principal}s/{_seg(who)}")
 
     def snapshot_policy(self, s: ShareSpec) -> None:
+        if not self.read("policies"):
+            return
         ref = Ref(Kind.SNAPSHOT_POLICY, s.key)
         have = self.seen.snapshot_policies.get(s.key)
         path = f"{_share_path(s.key)}/snapshot-policy"
@@ -510,7 +567,10 @@ class _Planner:
         declared_shares = {s.key for s in self.want.shares}
         keep: set[Ref] = set()
         for ref in self.owned:
-            if ref.kind is Kind.SHARE:
+            unit = _UNITS.get(ref.kind)
+            if unit is not None and not self.read(unit.format(ref.name)):
+                alive = True  # not read this pass: ownership is never dropped on a guess
+            elif ref.kind is Kind.SHARE:
                 alive = ref.name in self.seen.shares or ref.name in declared_shares
             elif ref.kind is Kind.GROUP:
                 alive = ref.name in self.seen.groups or any(g.name == ref.name for g in self.want.groups)
@@ -540,6 +600,11 @@ class _Planner:
             if alive:
                 keep.add(ref)
         return frozenset(keep)
+
+
+# The optional read (``Reads.skipped``) that shows objects of a kind.
+_UNITS = {Kind.GROUP: "groups", Kind.REMOTE_STORE: "remote", Kind.SNAPSHOT_POLICY: "policies",
+          Kind.IDENTITY_PROVIDER: "identity/{}"}
 
 
 def _same_record(seen: Mapping[str, Any], want: Mapping[str, Any], durations: frozenset[str]) -> bool:
