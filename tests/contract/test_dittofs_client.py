@@ -112,6 +112,13 @@ async def one_pass_with(client: DittoFsClient, want: FileService, state: State,
     return p, Counter(client.requests), time.perf_counter() - start
 
 
+async def provisioned(client: DittoFsClient, tmp_path: Path) -> tuple[FileService, State]:
+    """``declared`` after one pass: everything created, its ownership and digests recorded."""
+    want, state = declared(tmp_path / "data"), State()
+    await one_pass(client, want, state)
+    return want, state
+
+
 def start_dfs(tmp_path: Path, env: dict[str, str]) -> DfsServer:
     return DfsServer(minimal_config(tmp_path / "controlplane.db"), env, tmp_path / "dfs").start()
 
@@ -230,9 +237,7 @@ async def test_full_plan_from_empty_then_a_second_pass_only_reads(
 
 async def test_drift_is_repaired_and_hand_made_objects_are_left_alone(
         dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
-    want = declared(tmp_path / "data")
-    state = State()
-    await one_pass(operator, want, state)
+    want, state = await provisioned(operator, tmp_path)
 
     # By hand: delete an owned share, change another, drop one of its grants, make a share of our own.
     assert admin_call(dfs, "DELETE", "/shares/scratch")[0] == 204
@@ -279,9 +284,7 @@ async def test_drift_is_repaired_and_hand_made_objects_are_left_alone(
 
 async def test_drift_passes_read_at_most_ten_and_reach_every_declared_object(
         dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
-    want = declared(tmp_path / "data")
-    state = State()
-    await one_pass(operator, want, state)
+    want, state = await provisioned(operator, tmp_path)
 
     # By hand, in three of the lists a single drift pass may skip: a policy, an SMB setting, a grant.
     assert admin_call(dfs, "DELETE", "/shares/export/snapshot-policy")[0] == 204
@@ -316,9 +319,7 @@ async def test_drift_passes_read_at_most_ten_and_reach_every_declared_object(
 
 async def test_immutable_store_path_is_reported_not_applied(
         dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
-    want = declared(tmp_path / "data")
-    state = State()
-    await one_pass(operator, want, state)
+    want, state = await provisioned(operator, tmp_path)
     moved = dataclasses.replace(want, stores=(
         StoreSpec(StoreKind.METADATA, "default", "badger", (("path", str(tmp_path / "elsewhere")),)),
         want.stores[1]))
@@ -334,9 +335,7 @@ async def test_immutable_store_path_is_reported_not_applied(
 async def test_dittofs_errors_map_to_typed_exceptions(
         dfs: DfsServer, operator: DittoFsClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="dittoctl.dittofs")
-    want = declared(tmp_path / "data")
-    state = State()
-    await one_pass(operator, want, state)
+    want, state = await provisioned(operator, tmp_path)
     stale = await operator.observe()
     seen_before = dataclasses.replace(stale, groups={}, stores={**stale.stores, StoreKind.METADATA: {}})
     errors: list[DittoFsError] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 import time
@@ -474,12 +473,11 @@ def test_a_running_cert_manager_issues_the_certificates_the_operator_requests(
             eventually(both_issued, timeout=90, what=f"both Certificates issued (log {cert_manager.log_path})")
             took = time.monotonic() - t0
             wait_ready(testbed, namespace)
-            root = x509.load_pem_x509_certificate(secret_bytes(testbed, namespace, "root-ca", "tls.crt"))
-            serving = x509.load_pem_x509_certificate(secret_bytes(testbed, namespace, "demo-api-tls", "tls.crt"))
-            client = x509.load_pem_x509_certificate(secret_bytes(testbed, namespace, "demo-operator-client",
-                                                                 "tls.crt"))
+            root = x509.load_pem_x509_certificate(testbed.secret_data(namespace, "root-ca")["tls.crt"])
+            serving = x509.load_pem_x509_certificate(testbed.secret_data(namespace, "demo-api-tls")["tls.crt"])
+            client = x509.load_pem_x509_certificate(testbed.secret_data(namespace, "demo-operator-client")["tls.crt"])
             # The client CA the server mounts (ca.crt of its own Secret) is the CA that signs the operator.
-            assert secret_bytes(testbed, namespace, "demo-api-tls", "ca.crt") == root.public_bytes(Encoding.PEM)
+            assert testbed.secret_data(namespace, "demo-api-tls")["ca.crt"] == root.public_bytes(Encoding.PEM)
             for cert in (serving, client):
                 cert.verify_directly_issued_by(root)
             names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -496,6 +494,3 @@ def test_a_running_cert_manager_issues_the_certificates_the_operator_requests(
         testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=90s", check=False)
         cert_manager.remove_crds()
 
-
-def secret_bytes(testbed: Any, namespace: str, name: str, key: str) -> bytes:
-    return base64.b64decode(kubectl_json(testbed, "get", "secret", name, "-n", namespace)["data"][key])

@@ -37,6 +37,7 @@ from .api import ApiClient, ApiError
 from .node import RealNode
 from .paths import Binaries
 from .pki import CertificateAuthority, ClusterPKI
+from .procs import Components
 from .provisioner import PROVISIONER_NAME, FakeProvisioner
 from .safety import clean_env, ensure_blackhole_routes, remove_routes
 
@@ -115,7 +116,7 @@ def _http_ok(url: str, timeout: float = 2.0) -> str | None:
         return None
 
 
-class Testbed:
+class Testbed(Components):
     """A throw-away Kubernetes control plane. Use as a context manager, or ``start()`` / ``stop()``."""
 
     __test__ = False  # not a pytest test class
@@ -304,14 +305,6 @@ class Testbed:
         self.added_routes = ensure_blackhole_routes()
         self.routes_installed = True
 
-    def is_running(self, name: str) -> bool:
-        proc = self._procs.get(name)
-        return proc is not None and proc.poll() is None
-
-    def pid(self, name: str) -> int | None:
-        proc = self._procs.get(name)
-        return proc.pid if proc is not None and proc.poll() is None else None
-
     def stop_component(self, name: str, grace: float = 10.0) -> int | None:
         """SIGTERM the component by recorded PID, wait ``grace`` s, then SIGKILL; returns the exit code."""
         self._check_name(name)
@@ -377,6 +370,11 @@ class Testbed:
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A Secret's decoded values (for a test's own use: never print them)."""
+        secret = json.loads(self.kubectl("get", "secret", name, "-n", namespace, "-o", "json").stdout)
+        return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
 
     def wait_crd(self, name: str, timeout: float = 60.0) -> None:
         """Until the CRD is Established. Not `kubectl wait`: right after creation the CRD's status has no

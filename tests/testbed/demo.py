@@ -12,7 +12,6 @@ same (nfs-cp/nfs-cat, smbclient). Otherwise it says plainly that the pod is simu
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -111,11 +110,6 @@ def user_secret() -> str:
                        "stringData": {"password": secrets.token_urlsafe(18)}})
 
 
-def _secret_value(tb: Testbed, name: str, key: str) -> str:
-    secret = json.loads(tb.kubectl("get", "secret", name, "-o", "json").stdout)
-    return base64.b64decode(secret["data"][key]).decode()
-
-
 def show_file_service(tb: Testbed, workdir: Path) -> None:
     """Check what the operator provisioned (admin login, the share), write a file over NFS as the declared
     user, read it back over NFS and SMB; print how to do it by hand (never a password)."""
@@ -128,8 +122,8 @@ def show_file_service(tb: Testbed, workdir: Path) -> None:
     sample.write_text(f"hello from make demo at {time.ctime()}\n")
     nfs_put(ip, sample, "hello.txt", uid=DEMO_UID)
     over_nfs = nfs_get(ip, "hello.txt", uid=DEMO_UID)
-    over_smb = smb_get(ip, SMB_PORT, SHARE, DEMO_USER, _secret_value(tb, DEMO_SECRET, "password"), "hello.txt",
-                       workdir)
+    user_password = tb.secret_data("default", DEMO_SECRET)["password"].decode()
+    over_smb = smb_get(ip, SMB_PORT, SHARE, DEMO_USER, user_password, "hello.txt", workdir)
     if over_nfs != sample.read_bytes() or over_smb != over_nfs:
         raise RuntimeError(f"hello.txt read back differently over NFS ({over_nfs!r}) and SMB ({over_smb!r})")
     print(f"[demo] real dfs at {ip}: share {SHARE} and user {DEMO_USER} provisioned by the operator; wrote over "

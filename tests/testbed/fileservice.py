@@ -7,7 +7,6 @@ v3 with MOUNT on the same port.
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import urllib.error
@@ -78,10 +77,8 @@ class DfsRest:
 
 def bootstrap_admin(tb: Any, namespace: str, server: str = "demo") -> tuple[str, str]:
     """(username, password) from a server's generated bootstrap admin Secret (``tb``: the Testbed)."""
-    secret = json.loads(tb.kubectl("get", "secret", f"{server}-admin-bootstrap-credentials", "-n", namespace,
-                                   "-o", "json").stdout)
-    username, password = (base64.b64decode(secret["data"][k]).decode() for k in ("username", "password"))
-    return username, password
+    data = tb.secret_data(namespace, f"{server}-admin-bootstrap-credentials")
+    return data["username"].decode(), data["password"].decode()
 
 
 def admin_rest(tb: Any, namespace: str, pod_ip: str, server: str = "demo") -> DfsRest:

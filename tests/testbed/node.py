@@ -36,6 +36,7 @@ from tests.support.net import free_port
 
 from .api import ApiError
 from .images import build_archive, dfs_image, import_archive, pause_image, pg_isready_image
+from .procs import Components
 from .safety import clean_env
 
 if TYPE_CHECKING:
@@ -260,7 +261,7 @@ def _rmdir_cgroup_tree(top: Path, timeout: float = 10.0) -> bool:
         time.sleep(0.2)
 
 
-class RealNode:
+class RealNode(Components):
     """``real-node-0``: start it on a running ``Testbed`` with ``start()``, undo everything with ``stop()``."""
 
     __test__ = False
@@ -369,14 +370,6 @@ class RealNode:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         self._abandoned = []
-
-    def is_running(self, name: str) -> bool:
-        proc = self._procs.get(name)
-        return proc is not None and proc.poll() is None
-
-    def pid(self, name: str) -> int | None:
-        proc = self._procs.get(name)
-        return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
     def api_port(self) -> int:
