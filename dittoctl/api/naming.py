@@ -15,7 +15,10 @@ HASH_ANNOTATION = "dittofs.io/config-hash"
 APPLIED_ANNOTATION = "dittofs.io/applied-hash"
 # On the control-plane PVC: what the operator created in DittoFS, kept exactly as long as the data is.
 OWNERSHIP_ANNOTATION = "dittofs.io/provisioned"
+# The StatefulSet's volume claim templates (a PVC is named <template>-<statefulset>-0).
 CONTROL_PLANE_VOLUME = "controlplane"
+METADATA_VOLUME = "metadata"
+CONTENT_VOLUME = "content"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

@@ -17,7 +17,8 @@ import logging
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum, auto
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
@@ -55,6 +56,7 @@ from reconciler.specs.fileservice import (
     ShareUsage,
     adopting,
     declared,
+    endpoints,
     ownership_record,
     recorded_refs,
     share_status,
@@ -67,14 +69,17 @@ BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 300.0
 
 
+class _Unread(Enum):
+    UNREAD = auto()
+
+
 @dataclass
 class FsMemory:
     client: DittoFsClient | None = None
     salt: str = ""
-    recorded: list[str] | None = None
-    """What the control-plane PVC records as created by the operator (read once, written when it changes): a
-    re-created server on retained data adopts exactly what its predecessor made."""
-    record_read: bool = False
+    recorded: list[str] | Literal[_Unread.UNREAD] | None = _Unread.UNREAD
+    """What the control-plane PVC records as created by the operator (None: no record; read once, written
+    when it changes): a re-created server on retained data adopts exactly what its predecessor made."""
     failures: int = 0
     last: str | None = None
     """The last outcome posted as an event ("ok" or the failure message)."""
@@ -194,10 +199,7 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     if uid != mem.pod_uid:
         await mem.close()
         mem.pod_uid = uid
-    host = ip if pod_mode else names.host(names.api_service)
-    scheme = "https" if server.spec.control_plane.tls is not None else "http"
-    base_url = f"{scheme}://{host}:{server.spec.control_plane.port}"
-    file_host = ip if pod_mode else names.host(names.file_service)
+    base_url, file_host = endpoints(server.spec, names, ip if pod_mode else None)
     try:
         result = await _provision(ctx, server, names, base_url, file_host, keep)
     except _Failed as failed:
@@ -309,11 +311,10 @@ async def _operator_password(ctx: Pass, names: Names) -> str:
 async def _recorded(ctx: Pass, names: Names) -> list[str] | None:
     """The ownership the control-plane PVC records (read once per process and server)."""
     mem = memory(ctx)
-    if not mem.record_read:
-        claims = await ctx.gw.list(PVCS, names.namespace, label_selector=names.selector_string())
-        claim = next((c for c in claims if c["metadata"]["name"] == names.control_plane_claim), None)
-        mem.recorded = None if claim is None else recorded_refs(claim["metadata"].get("annotations"))
-        mem.record_read = True
+    if mem.recorded is _Unread.UNREAD:
+        # A list, not a get: the operator may list and patch PVCs, nothing more.
+        claims = await ctx.gw.list(PVCS, names.namespace, field_selector=f"metadata.name={names.control_plane_claim}")
+        mem.recorded = recorded_refs(claims[0]["metadata"].get("annotations")) if claims else None
     return mem.recorded
 
 

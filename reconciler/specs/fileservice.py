@@ -32,7 +32,7 @@ from dittoctl.api.fileservice import (
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import IdentityProviderSpec, Scalar
 from dittoctl.api.models import BLOCK_PATH, DEFAULT_STORE, METADATA_PATH, DittoServerSpec
-from dittoctl.api.naming import OWNERSHIP_ANNOTATION
+from dittoctl.api.naming import OWNERSHIP_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
     LDAP_PASSWORD_SLOT,
@@ -207,6 +207,14 @@ def identity_providers(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
 
 
 ShareUsage = tuple[int | None, bool | None]  # (used bytes, remote store healthy); None = not known yet
+
+
+def endpoints(spec: DittoServerSpec, names: Names, pod_ip: str | None) -> tuple[str, str]:
+    """(DittoFS's REST base URL, the host its file protocols answer on): the pod's IP when provisioning by
+    pod (``--server-address pod``, ``pod_ip``), else the API and file Services' cluster DNS names."""
+    host = pod_ip or names.host(names.api_service)
+    scheme = "https" if spec.control_plane.tls is not None else "http"
+    return f"{scheme}://{host}:{spec.control_plane.port}", pod_ip or names.host(names.file_service)
 
 
 def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUsage]) -> list[dict[str, Any]]:

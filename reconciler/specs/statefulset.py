@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from dittoctl.api.models import BLOCK_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
-from dittoctl.api.naming import CONFIG_DIR, CONFIG_FILE, CONTROL_PLANE_VOLUME, HASH_ANNOTATION, Names
+from dittoctl.api.naming import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    CONTENT_VOLUME,
+    CONTROL_PLANE_VOLUME,
+    HASH_ANNOTATION,
+    METADATA_VOLUME,
+    Names,
+)
 from dittoctl.api.secrets import mounted_secrets
 from reconciler.specs.env import container_env
 from reconciler.specs.services import api_port
@@ -24,7 +32,7 @@ CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-VOLUMES = ((CONTROL_PLANE_VOLUME, "/data/controlplane"), ("metadata", METADATA_ROOT), ("content", BLOCK_ROOT))
+VOLUMES = ((CONTROL_PLANE_VOLUME, "/data/controlplane"), (METADATA_VOLUME, METADATA_ROOT), (CONTENT_VOLUME, BLOCK_ROOT))
 WAIT_FOR_POSTGRES_SECONDS = 300
 
 
@@ -176,8 +184,8 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
             },
             "volumeClaimTemplates": [
                 _claim(CONTROL_PLANE_VOLUME, storage.control_plane_size, storage.storage_class_name, claim_labels),
-                _claim("metadata", storage.metadata_size, storage.storage_class_name, claim_labels),
-                _claim("content", storage.effective_content_size, storage.storage_class_name, claim_labels),
+                _claim(METADATA_VOLUME, storage.metadata_size, storage.storage_class_name, claim_labels),
+                _claim(CONTENT_VOLUME, storage.effective_content_size, storage.storage_class_name, claim_labels),
             ],
         },
     }
