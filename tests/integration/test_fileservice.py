@@ -496,3 +496,46 @@ def test_an_unreachable_api_is_reported_once_and_recovers(testbed: Testbed, oper
     provisioned = condition(obj, "Provisioned")
     assert provisioned is not None and provisioned["reason"] == "Converged", provisioned
     assert [s["name"] for s in obj["status"]["shares"]] == ["/export", "/later"]
+
+
+def test_a_call_dittofs_refuses_is_reported_with_its_own_message(testbed: Testbed, operator: OperatorProcess,
+                                                                  real_node: RealNode, namespace: str) -> None:
+    """SPEC §13.3 ``Rejected``: a declared badger store whose directory a store made by hand already holds.
+    The webhook cannot know that; DittoFS refuses the POST (400, its directory lock). The condition and one
+    ProvisioningFailed event carry DittoFS's own message; declaring another store converges, and the hand-made
+    store is left alone."""
+    placement: dict[str, Any] = {**real_node.pod_placement()}
+    apply_server(testbed, namespace, **placement)
+    wait_ready(testbed, namespace, timeout=180)
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+    admin = admin_rest(testbed, namespace, ip)
+    status, _ = admin.call("POST", "/api/v1/store/metadata", {
+        "name": "manual", "type": "badger", "config": json.dumps({"path": "/data/store/metadata/extra"})})
+    assert status == 201
+
+    apply_server(testbed, namespace, **placement, stores={"metadata": [{"name": "default"}, {"name": "extra"}]})
+
+    def rejected() -> dict[str, Any] | None:
+        cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+        return cond if cond and (cond["status"], cond["reason"]) == ("False", "Rejected") else None
+
+    cond = eventually(rejected, timeout=60, what="Provisioned=False/Rejected")
+    # DittoFS's own words, from badger's directory lock.
+    assert cond["message"].startswith("create metadata-store extra (POST /api/v1/store/metadata): "), cond
+    assert "Another process is using this Badger database" in cond["message"], cond
+    (event,) = eventually(lambda: events(testbed, namespace, "ProvisioningFailed"), timeout=30,
+                          what="a ProvisioningFailed event")
+    assert event["type"] == "Warning" and "Another process is using this Badger database" in event["message"], event
+    ready = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Ready")
+    assert ready is not None and ready["status"] == "False", ready
+    time.sleep(12)  # retried with backoff (5 s, then 10 s): the same message posts no second event
+    assert len(events(testbed, namespace, "ProvisioningFailed")) == 1
+
+    apply_server(testbed, namespace, **placement, stores={"metadata": [{"name": "default"}, {"name": "other"}]})
+    obj = wait_ready(testbed, namespace, timeout=120)
+    provisioned = condition(obj, "Provisioned")
+    assert provisioned is not None and provisioned["reason"] == "Converged", provisioned
+    assert "metadata-store:other" in obj["status"]["provisioned"], obj["status"]["provisioned"]
+    assert "metadata-store:extra" not in obj["status"]["provisioned"]
+    _, stores = admin.call("GET", "/api/v1/store/metadata")
+    assert {s["name"] for s in stores} == {"default", "manual", "other"}, stores
