@@ -100,11 +100,14 @@ class Reconciler:
         # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
         # gates: so it goes out with them, and a new server's StatefulSet is its second round trip.
         # It is also sent first: the pods, the slowest part of a new server, start from it.
-        (sts, database, errors, reason, recreating), *_ = await asyncio.gather(
+        (sts, database, errors, reason, recreating), refused, *_ = await asyncio.gather(
             self._statefulset(ctx, server, names, desired, consumed), apply_config_map(ctx, desired, names),
             apply_services(ctx, desired, names), apply_network_policy(ctx, desired, names),
             apply_service_monitor(ctx, desired, names), apply_certificates(ctx, desired, names))
         ctx.memory.digests = dict(digests)
+        if refused is not None:
+            reason = reason if errors else Reason.CONFIG_MAP_MISSING
+            errors = [*errors, f"ConfigMap {names.config_map} is missing and cannot be created: {refused}"[:500]]
         fileservice = await provision(ctx, server, names) if not errors and sts is not None else None
         if fileservice is None:
             await fileservice_memory(ctx).close()
@@ -133,6 +136,8 @@ class Reconciler:
             fileservice=fileservice.status() if fileservice else _kept(status),
         ), status)
         await ctx.write_status(reported)
+        if refused is not None:
+            raise refused  # retried with backoff, and a ReconcileFailed event
         if requeues:
             return min(requeues)
         if settled(status, reported):

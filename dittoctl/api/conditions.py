@@ -26,6 +26,7 @@ class Reason(StrEnum):
     CONFIG_RENDERED = "ConfigRendered"
     INVALID_SPEC = "InvalidSpec"
     MISSING_SECRET = "MissingSecret"
+    CONFIG_MAP_MISSING = "ConfigMapMissing"
     STOPPED = "Stopped"
     REPLICAS_AVAILABLE = "ReplicasAvailable"
     NO_REPLICAS_AVAILABLE = "NoReplicasAvailable"

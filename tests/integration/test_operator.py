@@ -121,6 +121,37 @@ def test_restart_mid_reconcile_converges_without_duplicates(testbed: Any, operat
     assert sorted(s["metadata"]["name"] for s in stses) == [f"s{i}" for i in range(5)]
 
 
+def test_a_config_map_that_cannot_be_recreated_is_reported_not_claimed(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """SPEC §3.2 ``ConfigMapMissing``: the ConfigMap deleted by hand while a quota forbids a new one. ConfigReady
+    used to keep saying "ConfigMap holds config.yaml"; it says what the API refused, and the server recovers
+    once the quota goes."""
+    apply_server(testbed, namespace)
+    wait_ready(testbed, namespace)
+    testbed.apply_yaml(json.dumps({"apiVersion": "v1", "kind": "ResourceQuota",
+                                   "metadata": {"name": "no-configmaps", "namespace": namespace},
+                                   "spec": {"hard": {"configmaps": "0"}}}))
+    testbed.kubectl("delete", "configmap", "demo-config", "-n", namespace)
+
+    def missing() -> dict[str, Any] | None:
+        obj = server(testbed, namespace)
+        cond = condition(obj, "ConfigReady")
+        return obj if cond and (cond["status"], cond["reason"]) == ("False", "ConfigMapMissing") else None
+
+    obj = eventually(missing, timeout=60, what="ConfigReady=False/ConfigMapMissing")
+    message = condition(obj, "ConfigReady")["message"]  # type: ignore[index]
+    assert message.startswith("ConfigMap demo-config is missing and cannot be created: HTTP 403: "), message
+    assert "quota" in message, message
+    assert obj["status"]["phase"] == "Failed"
+    assert condition(obj, "Ready")["status"] == "False"  # type: ignore[index]
+    assert any("demo-config" in e["message"] for e in events(testbed, namespace, "ReconcileFailed"))
+
+    testbed.kubectl("delete", "resourcequota", "no-configmaps", "-n", namespace)
+    obj = wait_ready(testbed, namespace, timeout=120)
+    assert condition(obj, "ConfigReady")["reason"] == "ConfigRendered"  # type: ignore[index]
+    assert testbed.kubectl("get", "configmap", "demo-config", "-n", namespace, check=False).returncode == 0
+
+
 def test_a_waiting_server_does_not_flood_events(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     # The JWT Secret does not exist: the server waits (ConfigReady=False/MissingSecret) on every drift pass.
     apply_server(testbed, namespace, identity={"jwt": {"secretRef": {"name": "absent", "key": "k"}}})
