@@ -48,7 +48,7 @@ from reconciler.phases.statefulset import apply_statefulset, observe_statefulset
 from reconciler.phases.volumes import expand_volumes
 from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.services import endpoints
-from reconciler.status import Observation, build_status, s3_status, settled
+from reconciler.status import Observation, build_status, kept_fileservice, s3_status, settled
 
 Obj = dict[str, Any]
 RECREATE_POLL = 1.0  # seconds between looks at an orphan-deleted StatefulSet until it is gone
@@ -133,7 +133,7 @@ class Reconciler:
             s3=s3_status(server.spec, await s3_secret(ctx, server)),
             provisioned=fileservice.condition if fileservice else None,
             adapters_ready=fileservice.adapters_ready if fileservice else None,
-            fileservice=fileservice.status() if fileservice else _kept(status),
+            fileservice=fileservice.status() if fileservice else kept_fileservice(status),
         ), status)
         await ctx.write_status(reported)
         if refused is not None:
@@ -196,12 +196,6 @@ class Reconciler:
         return self.shared.built.put(ctx.key, inputs, specs.build(
             server.spec, names, digests, store_revision=store_revision, operator_namespace=operator_namespace,
             rendered=ctx.memory.rendered[1]))
-
-
-def _kept(status: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Ownership is never dropped by a pass that does not provision (the pod is down, the spec is waiting)."""
-    status = status or {}
-    return {k: status.get(k) for k in ("provisioned", "appliedSecrets", "shares", "adapters", "storeRevision")}
 
 
 def _listening(fileservice: Provisioned | None, status: Mapping[str, Any]) -> set[str] | None:

@@ -224,6 +224,22 @@ def _wire(status: DittoServerStatus) -> dict[str, Any]:
     return {name: dumped.get(name) for name in _STATUS_FIELDS}
 
 
+def kept_fileservice(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Ownership is never dropped by a pass that does not provision (the pod is down, the spec is waiting)."""
+    status = status or {}
+    return {k: status.get(k) for k in ("provisioned", "appliedSecrets", "shares", "adapters", "storeRevision")}
+
+
+def carried_over(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``Observation`` fields a pass that builds nothing keeps from the last status (an invalid spec): a
+    cleared ``storeRevision`` or ``appliedSecrets`` would roll the pod once the spec is fixed, a cleared
+    ``provisioned`` would forget what the operator owns in DittoFS."""
+    status = status or {}
+    return {"config_hash": status.get("configHash"), "endpoints": status.get("endpoints"),
+            "percona_cluster": status.get("perconaClusterName"), "s3": status.get("s3"),
+            "fileservice": kept_fileservice(status)}
+
+
 def build_status(obs: Observation, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     previous = previous or {}
     conds = conditions(obs)

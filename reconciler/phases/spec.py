@@ -9,7 +9,7 @@ from dittoctl.api.kinds import STATEFULSETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.rules import validate
 from reconciler.context import Pass
-from reconciler.status import Observation, build_status
+from reconciler.status import Observation, build_status, carried_over
 
 
 async def check_spec(ctx: Pass) -> DittoServer | None:
@@ -32,7 +32,9 @@ async def check_spec(ctx: Pass) -> DittoServer | None:
         ctx.memory.invalid = joined
         await ctx.post("Warning", EventReason.VALIDATION_FAILED, joined[:1000])
     replicas = int((body.get("spec") or {}).get("replicas", 1) or 0)
+    previous = body.get("status")
     await ctx.write_status(build_status(Observation(
         generation=ctx.generation, desired_replicas=replicas, config_errors=messages,
-        statefulset=ctx.cache.child(STATEFULSETS, *ctx.key), pods=ctx.cache.pods_of(*ctx.key)), body.get("status")))
+        statefulset=ctx.cache.child(STATEFULSETS, *ctx.key), pods=ctx.cache.pods_of(*ctx.key),
+        **carried_over(previous)), previous))
     return None

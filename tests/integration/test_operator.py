@@ -152,6 +152,31 @@ def test_a_config_map_that_cannot_be_recreated_is_reported_not_claimed(
     assert testbed.kubectl("get", "configmap", "demo-config", "-n", namespace, check=False).returncode == 0
 
 
+def test_a_spec_refused_by_the_reconciler_keeps_the_status_it_cannot_rebuild(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """Admitted while the webhook was off, an invalid edit builds nothing; its status must still carry the config
+    hash (and, alike, what the operator owns in DittoFS and the store revision), or fixing the spec would be
+    read as a new configuration."""
+    apply_server(testbed, namespace)
+    before = wait_ready(testbed, namespace)["status"]
+    assert before["configHash"]
+    apply_server(testbed, namespace, identity={"ldap": {
+        "url": "ldap://dc.example.com", "baseDn": "DC=example,DC=com", "bindDn": "CN=svc",
+        "bindPasswordSecretRef": {"name": "ldap-bind", "key": "password"}}})
+
+    def refused() -> dict[str, Any] | None:
+        obj = server(testbed, namespace)
+        cond = condition(obj, "ConfigReady")
+        fresh = obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if fresh and cond and cond["reason"] == "InvalidSpec" else None
+
+    status = eventually(refused, timeout=60, what="ConfigReady=False/InvalidSpec")["status"]
+    assert status["phase"] == "Failed"
+    assert status["configHash"] == before["configHash"], status
+    apply_server(testbed, namespace)
+    assert wait_ready(testbed, namespace)["status"]["configHash"] == before["configHash"]
+
+
 def test_a_waiting_server_does_not_flood_events(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     # The JWT Secret does not exist: the server waits (ConfigReady=False/MissingSecret) on every drift pass.
     apply_server(testbed, namespace, identity={"jwt": {"secretRef": {"name": "absent", "key": "k"}}})

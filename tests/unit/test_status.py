@@ -14,6 +14,7 @@ from reconciler.status import (
     Cond,
     Observation,
     build_status,
+    carried_over,
     conditions,
     deleting_status,
     merge_conditions,
@@ -62,6 +63,22 @@ def test_invalid_spec_fails() -> None:
     assert status["phase"] == "Failed"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert "ConfigReady" in ready["message"]
+
+
+def test_an_invalid_spec_keeps_what_the_operator_owns_and_applied() -> None:
+    """A spec the reconciler refuses (the webhook was off) builds nothing, but its status must not forget the
+    config hash, the Percona cluster, the DittoFS objects it owns, the secrets it applied or the store revision:
+    a cleared revision or digest would roll the pod once the spec is fixed, a cleared ownership list would leave
+    objects that leave the spec meanwhile in DittoFS for ever."""
+    previous = {"configHash": "h1", "perconaClusterName": "demo-postgres", "endpoints": {"api": "demo-api.ns:8080"},
+                "s3": {"secretFound": True, "missingKeys": [], "message": "ok"},
+                "provisioned": ["share:/export", "user:alice"], "appliedSecrets": {"user:alice/password": "d1"},
+                "storeRevision": 2, "shares": [{"name": "/export", "readOnly": False}],
+                "adapters": [{"type": "nfs", "port": 12049, "enabled": True, "listening": True}]}
+    status = build_status(Observation(generation=3, desired_replicas=1, config_errors=["spec.x: bad"],
+                                      **carried_over(previous)), previous)
+    assert status["phase"] == "Failed"
+    assert {k: status.get(k) for k in previous} == previous
 
 
 def test_scaling_and_no_replica_available_are_named() -> None:
