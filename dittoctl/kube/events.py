@@ -69,7 +69,8 @@ class EventRecorder:
         meta = regarding.get("metadata", {})
         namespace = str(meta.get("namespace") or "default")
         name = str(meta.get("name") or "")
-        key = (str(regarding.get("kind")), namespace, name, reason, message)
+        # The uid too: a server re-created under the same name is another object, with events of its own.
+        key = (str(regarding.get("kind")), namespace, name, str(meta.get("uid") or ""), reason, message)
         if not name or not self._fresh(key):
             return False
         event = event_body(regarding, type_, reason, message, self.instance)

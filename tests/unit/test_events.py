@@ -69,6 +69,9 @@ def test_the_same_event_posts_once_per_window(monkeypatch: pytest.MonkeyPatch) -
     assert [b["message"] for b in sent.bodies] == ["ConfigMap demo-config updated",
                                                    "ConfigMap demo-config updated (hash 2)",
                                                    "ConfigMap demo-config updated"]
+    # A server deleted and re-created under the same name is another object: its events are its own.
+    again = {**SERVER, "metadata": {**SERVER["metadata"], "uid": "uid-of-the-new-one"}}  # type: ignore[dict-item]
+    assert asyncio.run(rec.post(again, "Normal", EventReason.CONFIG_UPDATED, "ConfigMap demo-config updated"))
 
 
 def test_a_failed_post_never_raises_and_is_tried_again() -> None:
