@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Annotated, Any, Literal, get_args
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, get_args, overload
 
 from croniter import croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -431,6 +432,10 @@ class RemoteStoreSpec(ApiModel):
     """Access key pair (default spec.s3.credentialsSecretRef)."""
 
 
+StoreList = Literal["metadata", "local", "remote"]
+STORE_LISTS: tuple[StoreList, ...] = ("metadata", "local", "remote")
+
+
 class StoresSpec(ApiModel):
     """DittoFS stores, provisioned over the REST API. Unset lists get one store named default."""
 
@@ -440,6 +445,20 @@ class StoresSpec(ApiModel):
     """Local block stores; unset: default = fs at /data/store/block/blocks."""
     remote: list[RemoteStoreSpec] = Field(default_factory=list)
     """Remote (S3) block stores."""
+
+    @overload
+    def served(self, kind: Literal["metadata"]) -> Sequence[MetadataStoreSpec]: ...
+    @overload
+    def served(self, kind: Literal["local"]) -> Sequence[LocalStoreSpec]: ...
+    @overload
+    def served(self, kind: StoreList) -> Sequence[MetadataStoreSpec | LocalStoreSpec | RemoteStoreSpec]: ...
+    def served(self, kind: StoreList) -> Sequence[MetadataStoreSpec | LocalStoreSpec | RemoteStoreSpec]:
+        """The stores of ``kind`` the server has: the declared ones, or for an unset list the implicit default."""
+        if kind == "remote":
+            return self.remote
+        if kind == "metadata":
+            return [MetadataStoreSpec(name=DEFAULT_STORE)] if self.metadata is None else self.metadata
+        return [LocalStoreSpec(name=DEFAULT_STORE)] if self.local is None else self.local
 
 
 class IssuerRef(ApiModel):

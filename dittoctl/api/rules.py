@@ -31,6 +31,7 @@ from dittoctl.api.models import (
     NFS_VERSIONS,
     PATTERN_MESSAGES,
     SMB_DIALECTS,
+    STORE_LISTS,
     DittoServer,
     DittoServerSpec,
     DittoServerStatus,
@@ -595,18 +596,21 @@ class _Check:
     def _immutable_file_service(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A store's type and path and a share's stores cannot change in DittoFS (SPEC §13.2)."""
         fix = "declare a new one under another name and move the data, or revert the change"
-        for kind in ("metadata", "local", "remote"):
-            before = {s.name: s for s in getattr(old.stores, kind) or []}
-            for i, store in enumerate(getattr(new.stores, kind) or []):
-                was = before.get(store.name)
-                if was is None:
+        for kind in STORE_LISTS:
+            before = {s.name: s for s in old.stores.served(kind)}
+            # An unset list is the implicit default store: declaring it with another type or path is a change too.
+            implicit = getattr(new.stores, kind) is None
+            for i, store in enumerate(new.stores.served(kind)):
+                prior = before.get(store.name)
+                if prior is None:
                     continue
                 # The effective path: writing out the default path the store already uses changes nothing.
-                paths = (getattr(was, "effective_path", None), getattr(store, "effective_path", None))
-                for key, a, b in (("type", was.type, store.type), ("path", *paths)):
+                paths = (getattr(prior, "effective_path", None), getattr(store, "effective_path", None))
+                for key, a, b in (("type", prior.type, store.type), ("path", *paths)):
                     if a != b:
-                        self.error(f"spec.stores.{kind}[{i}].{key}", f"immutable: store {_q(store.name)} was "
-                                   f"{_shown_value(a)}, now {_shown_value(b)}; {fix}")
+                        where = f"spec.stores.{kind}" if implicit else f"spec.stores.{kind}[{i}].{key}"
+                        self.error(where, f"immutable: store {_q(store.name)} was {_shown_value(a)}, now "
+                                   f"{_shown_value(b)}; {fix}")
                         break
         shares = {"/" + s.name.strip("/"): s for s in old.effective_shares}
         for i, share in enumerate(new.effective_shares):

@@ -31,7 +31,7 @@ from dittoctl.api.fileservice import (
 )
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import IdentityProviderSpec, Scalar
-from dittoctl.api.models import BLOCK_PATH, DEFAULT_STORE, METADATA_PATH, DittoServerSpec
+from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import OWNERSHIP_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
@@ -96,10 +96,7 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
     their paths unusable until a restart (DittoFS keeps a deleted badger store's lock), so `shares: []`
     followed by a share again would fail."""
     out: list[StoreSpec] = []
-    metadata = spec.stores.metadata
-    if metadata is None:
-        out.append(StoreSpec(StoreKind.METADATA, DEFAULT_STORE, "badger", (("path", METADATA_PATH),)))
-    for i, m in enumerate(metadata or []):
+    for i, m in enumerate(spec.stores.served("metadata")):
         if m.type == "badger":
             out.append(StoreSpec(StoreKind.METADATA, m.name, "badger", (("path", m.effective_path or ""),)))
         elif m.type == "postgres":
@@ -109,10 +106,7 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
                 out.append(StoreSpec(StoreKind.METADATA, m.name, "postgres", secrets=found))
         else:
             out.append(StoreSpec(StoreKind.METADATA, m.name, m.type))
-    local = spec.stores.local
-    if local is None:
-        out.append(StoreSpec(StoreKind.LOCAL, DEFAULT_STORE, "fs", (("path", BLOCK_PATH),)))
-    for b in local or []:
+    for b in spec.stores.served("local"):
         config: dict[str, Scalar] = {}
         if b.effective_path is not None:
             config["path"] = b.effective_path

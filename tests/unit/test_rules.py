@@ -576,6 +576,21 @@ def test_writing_out_the_default_path_a_store_already_uses_is_not_a_change() -> 
     assert paths(check(moved, old=old).messages) == ["spec.stores.metadata[0].path"]
 
 
+def test_the_implicit_default_stores_are_immutable_too() -> None:
+    # No stores list: the server has a default badger and a default fs store, at their default paths.
+    implicit: dict[str, Any] = {}
+    memory = {"stores": {"metadata": [{"name": "default", "type": "memory"}],
+                         "local": [{"name": "default", "path": "/data/store/block/other"}]}}
+    assert paths(check(memory, old=implicit).messages) == ["spec.stores.metadata[0].type",
+                                                           "spec.stores.local[0].path"]
+    # And back: dropping the lists brings the implicit stores, which differ from the declared ones.
+    assert paths(check(implicit, old=memory).messages) == ["spec.stores.metadata", "spec.stores.local"]
+    # Writing the implicit stores out, or adding one beside them, changes nothing.
+    spelled = {"stores": {"metadata": [{"name": "default"}, {"name": "fast"}], "local": [{"name": "default"}]}}
+    assert check(spelled, old=implicit).allowed
+    assert check(implicit, old={"stores": {"local": [{"name": "default"}]}}).allowed
+
+
 def test_the_api_tls_secret_must_exist_with_its_pair() -> None:
     spec = {"controlPlane": {"tls": {"secretName": "api-tls"}}}
     missing = check(spec, facts=dataclasses.replace(GOOD, secrets={"api-tls": None}))
