@@ -317,6 +317,23 @@ async def test_drift_passes_read_at_most_ten_and_reach_every_declared_object(
     assert isinstance(smb, dict) and smb["signing"] == "required"
 
 
+async def test_a_share_and_a_user_disabled_by_hand_are_enabled_again(
+        dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
+    want, state = await provisioned(operator, tmp_path)
+    assert admin_call(dfs, "POST", "/shares/export/disable")[0] == 200
+    assert admin_call(dfs, "PUT", "/users/alice", {"enabled": False})[0] == 200
+    assert dfs.request("POST", "/api/v1/auth/login", {"username": "alice", "password": PASSWORDS["alice"]})[0] != 200
+
+    repair = (await one_pass(operator, want, state))[0]
+    assert [(c.op, c.kind, c.method, c.path) for c in repair.calls] == [
+        (Op.UPDATE, Kind.USER, "PUT", "/api/v1/users/alice"),
+        (Op.UPDATE, Kind.SHARE, "POST", "/api/v1/shares/export/enable")]
+    _, share = admin_call(dfs, "GET", "/shares/export")
+    assert isinstance(share, dict) and share["enabled"] is True
+    assert dfs.login("alice", PASSWORDS["alice"])["access_token"]
+    assert (await one_pass(operator, want, state))[0].calls == ()
+
+
 async def test_immutable_store_path_is_reported_not_applied(
         dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
     want, state = await provisioned(operator, tmp_path)

@@ -154,6 +154,8 @@ def simulate(seen: Observed, calls: Iterable[Call]) -> Observed:
                     body["read_only"], body["default_permission"], None, 0,
                     nfs=ApiShareNfs(squash="root_to_guest"), permissions={})
             update = {k: v for k, v in body.items() if k in ("read_only", "default_permission")}
+            if c.path.endswith("/enable"):
+                update["enabled"] = True
             if "quota_bytes" in body:
                 update["quota"] = _humanize(int(body["quota_bytes"])) if int(body["quota_bytes"]) else None
             shares[c.name] = dataclasses.replace(shares[c.name], **update)
@@ -674,6 +676,18 @@ def test_drift_in_what_one_pass_skips_is_repaired_within_a_cycle() -> None:
         (Op.CREATE, Kind.GROUP, "eng"), (Op.CREATE, Kind.SNAPSHOT_POLICY, "/s7"),
         (Op.UPDATE, Kind.ADAPTER_SETTINGS, "nfs"), (Op.CREATE, Kind.PERMISSION, "/s8#user:alice")])
     assert plan(want, seen, owned, applied).calls == ()
+
+
+def test_a_share_or_user_disabled_by_hand_is_enabled_again() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    disabled = dataclasses.replace(
+        after, users={**after.users, "alice": after.users["alice"].model_copy(update={"enabled": False})},
+        shares={**after.shares, "/export": dataclasses.replace(after.shares["/export"], enabled=False)})
+    p = plan(FULL, disabled, owned, applied)
+    assert [(c.op, c.kind, c.method, c.path, c.body) for c in p.calls] == [
+        (Op.UPDATE, Kind.USER, "PUT", "/api/v1/users/alice", {"enabled": True}),
+        (Op.UPDATE, Kind.SHARE, "POST", "/api/v1/shares/export/enable", None)]
+    assert plan(FULL, simulate(disabled, p.calls), owned, applied).calls == ()
 
 
 def test_share_details_not_read_are_left_alone_and_their_grants_stay_owned() -> None:

@@ -113,6 +113,7 @@ class ObservedShare:
     used_bytes: int
     nfs: ApiShareNfs | None = None
     permissions: Mapping[tuple[str, str], str] | None = None  # (principal, name) -> level
+    enabled: bool = True  # POST /shares/{name}/disable by hand turns it off
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ def parse_shares(
             used_bytes=s.used_bytes,
             nfs=(nfs or {}).get(key),
             permissions=(permissions or {}).get(key),
+            enabled=s.enabled,
         )
     return out
 

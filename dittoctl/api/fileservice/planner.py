@@ -297,6 +297,8 @@ class _Planner:
                     changes[key] = want
             if set(u.groups) != set(seen.groups):
                 changes["groups"] = sorted(u.groups)  # PUT replaces the list
+            if not seen.enabled:
+                changes["enabled"] = True  # a declared user logs in; disabled by hand, it is drift
             if changes:
                 self.call(Op.UPDATE, Kind.USER, u.name, "PUT", path, changes)
             if u.password and self.secret_changed(ref, "password", u.password.digest):
@@ -460,6 +462,8 @@ class _Planner:
                 changes["quota_bytes"] = str(s.quota_bytes or 0)  # "0" clears it
             if changes:
                 self.call(Op.UPDATE, Kind.SHARE, key, "PUT", _share_path(key), changes)
+            if not seen.enabled:  # a declared share is served; disabled by hand, it is drift
+                self.call(Op.UPDATE, Kind.SHARE, key, "POST", f"{_share_path(key)}/enable")
         self.share_nfs(s, seen)
         self.permissions(s, seen)
         self.snapshot_policy(s)
