@@ -148,6 +148,21 @@ def memory(ctx: Pass) -> FsMemory:
     return mem
 
 
+def _recall(mem: FsMemory, status: dict[str, Any], generation: int) -> None:
+    """A new process (a restart, a new leader) starts from what the status already says: events go out on
+    transitions only, not once per server per restart, and a repair at a converged generation is drift."""
+    cond = next((c for c in status.get("conditions") or () if c.get("type") == ConditionType.PROVISIONED), None)
+    if cond is None:
+        return
+    if cond.get("status") == "True":
+        mem.last = "ok"
+        if cond.get("observedGeneration") == generation:
+            mem.converged_generation = generation
+    else:
+        reason = cond.get("reason")
+        mem.last = str(reason) if reason == Reason.API_UNREACHABLE else str(cond.get("message") or "")
+
+
 def _pod(ctx: Pass, names: Names) -> dict[str, Any] | None:
     for pod in ctx.cache.pods_of(names.namespace, names.server):
         if pod.get("metadata", {}).get("name") == f"{names.statefulset}-0":
@@ -180,6 +195,8 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
                        shares=previous.get("shares"), adapters=previous.get("adapters"),
                        store_revision=previous.get("storeRevision"))
     mem = memory(ctx)
+    if mem.last is None:
+        _recall(mem, previous, ctx.generation)
     if server.spec.replicas == 0:
         await mem.close()
         keep.adapters = _adapters(server, set())  # stopped: nothing listens
@@ -203,9 +220,9 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     try:
         result = await _provision(ctx, server, names, base_url, file_host, keep)
     except _Failed as failed:
-        result = await _failure(ctx, mem, keep, failed.reason, failed.message)
-        await _check_adapters(ctx, server, file_host, result, patient=False)
-        return result
+        # Adapters first: an outage that also hides them must keep the failure's backoff, not their 5 s retry.
+        await _check_adapters(ctx, server, file_host, keep, patient=False)
+        return await _failure(ctx, mem, keep, failed.reason, failed.message)
     finally:
         mem.report()
     await _check_adapters(ctx, server, file_host, result, patient=mem.writes > 0)

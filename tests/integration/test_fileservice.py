@@ -460,6 +460,15 @@ def test_kill_9_mid_provisioning_leaves_nothing_unowned(testbed: Testbed, operat
     mine = [line for line in operator.log_text().splitlines() if namespace in line]
     assert not [line for line in mine if "NotOwned" in line or "Traceback" in line], mine
 
+    # Events on transitions only: a restart of a converged operator posts no second Provisioned.
+    posted = len(events(testbed, namespace, "Provisioned"))
+    operator.kill()
+    operator.start()
+    time.sleep(12)  # the first pass after the start, and more than one drift pass (interval 5 s)
+    obj = wait_ready(testbed, namespace, timeout=60)
+    assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
+    assert len(events(testbed, namespace, "Provisioned")) == posted, "a restart posted Provisioned again"
+
 
 def test_an_unreachable_api_is_reported_once_and_recovers(testbed: Testbed, operator: OperatorProcess,
                                                           real_node: RealNode, namespace: str) -> None:
