@@ -391,7 +391,16 @@ async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str) -
         ref = server.spec.identity.admin.password_secret_ref
         secret, key = (ref.name, ref.key) if ref else (names.admin_secret, ADMIN_PASSWORD_KEY)
         admin = await _secret_value(ctx, secret, key)
-        client = await bootstrap_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password), tls=tls)
+        try:
+            client = await bootstrap_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password),
+                                              tls=tls)
+        except DittoFsAuthError as exc:
+            # Say which account is lost and which Secret would re-create it, not only "401 on login".
+            raise DittoFsAuthError(
+                f"the operator's account {OPERATOR_ACCOUNT} cannot log in, and re-creating it through the bootstrap "
+                f"admin failed: DittoFS refuses the admin password in Secret {secret} key {key} (restore the one "
+                f"the server first booted with): {exc}", method=exc.method, path=exc.path, status=exc.status,
+                detail=exc.detail) from None
     mem.client, mem.salt = client, password
     return client
 

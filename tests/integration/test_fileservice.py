@@ -224,6 +224,8 @@ def test_lost_credentials_fail_once_with_backoff_and_recover(testbed: Testbed, o
 
     cond = eventually(auth_failed, timeout=180, what="Provisioned=False/AuthFailed")
     assert cond["status"] == "False" and "not-the-first-boot-password" not in cond["message"]
+    assert "account dittofs-operator cannot log in" in cond["message"], cond
+    assert "Secret demo-admin-bootstrap-credentials key password" in cond["message"], cond
     time.sleep(30)  # retries at 5, 10, 20 s: still one event
     warnings = events(testbed, namespace, "ProvisioningFailed")
     assert len(warnings) == 1 and warnings[0].get("count", 1) == 1, warnings
