@@ -143,6 +143,22 @@ def test_degraded_names_pod_and_reason() -> None:
     assert build_status(obs, None)["phase"] == "Degraded"
 
 
+def test_every_stuck_state_of_the_server_or_its_init_container_is_degraded() -> None:
+    """SPEC §3.2: CrashLoopBackOff, ImagePullBackOff/ErrImagePull and CreateContainerConfigError, also of the
+    Postgres wait (an init container); a pod merely starting is not."""
+    for where, container in (("containerStatuses", "dittofs"), ("initContainerStatuses", "wait-for-postgres")):
+        for reason in ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"):
+            pod = {"metadata": {"name": "demo-0"}, "status": {where: [
+                {"name": container, "state": {"waiting": {"reason": reason}}}]}}
+            obs = Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0), pods=[pod])
+            cond = next(c for c in conditions(obs) if c.type == "Degraded")
+            assert cond.status and f"container {container}: {reason}" in cond.message, (where, reason)
+    starting = {"metadata": {"name": "demo-0"}, "status": {"containerStatuses": [
+        {"name": "dittofs", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    obs = Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0), pods=[starting])
+    assert not next(c for c in conditions(obs) if c.type == "Degraded").status
+
+
 def test_transition_time_moves_only_on_flip() -> None:
     obs = Observation(generation=1, desired_replicas=1, statefulset=sts())
     first = merge_conditions([], conditions(obs), 1, now="T1")
