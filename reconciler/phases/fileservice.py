@@ -56,7 +56,7 @@ from reconciler.specs.fileservice import (
     ShareUsage,
     adopting,
     declared,
-    endpoints,
+    dittofs_address,
     ownership_record,
     recorded_refs,
     share_status,
@@ -159,8 +159,7 @@ def _recall(mem: FsMemory, status: dict[str, Any], generation: int) -> None:
         if cond.get("observedGeneration") == generation:
             mem.converged_generation = generation
     else:
-        reason = cond.get("reason")
-        mem.last = str(reason) if reason == Reason.API_UNREACHABLE else str(cond.get("message") or "")
+        mem.last = _outcome(str(cond.get("reason") or ""), str(cond.get("message") or ""))
 
 
 def _pod(ctx: Pass, names: Names) -> dict[str, Any] | None:
@@ -216,7 +215,7 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     if uid != mem.pod_uid:
         await mem.close()
         mem.pod_uid = uid
-    base_url, file_host = endpoints(server.spec, names, ip if pod_mode else None)
+    base_url, file_host = dittofs_address(server.spec, names, ip if pod_mode else None)
     try:
         result = await _provision(ctx, server, names, base_url, file_host, keep)
     except _Failed as failed:
@@ -283,10 +282,15 @@ async def _check_adapters(ctx: Pass, server: DittoServer, host: str, result: Pro
                                      f"accepting connections: {', '.join(enabled) or 'no adapter enabled'}")
 
 
+def _outcome(reason: str, message: str) -> str:
+    """A failure as ``FsMemory.last`` remembers it. An unreachable server fails on whichever parallel read times
+    out first, so its message varies: one outage, one event."""
+    return reason if reason == Reason.API_UNREACHABLE else message
+
+
 async def _failure(ctx: Pass, mem: FsMemory, result: Provisioned, reason: Reason, message: str) -> Provisioned:
     mem.failures += 1
-    # An unreachable server fails on whichever parallel read times out first: one outage, one event.
-    outcome = f"{reason}" if reason is Reason.API_UNREACHABLE else message
+    outcome = _outcome(reason, message)
     if mem.last != outcome:
         await ctx.post("Warning", EventReason.PROVISIONING_FAILED, message[:900])
         log.warning("provisioning failed", extra=fields(namespace=ctx.namespace, name=ctx.name, reason=reason,

@@ -203,7 +203,7 @@ def identity_providers(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
 ShareUsage = tuple[int | None, bool | None]  # (used bytes, remote store healthy); None = not known yet
 
 
-def endpoints(spec: DittoServerSpec, names: Names, pod_ip: str | None) -> tuple[str, str]:
+def dittofs_address(spec: DittoServerSpec, names: Names, pod_ip: str | None) -> tuple[str, str]:
     """(DittoFS's REST base URL, the host its file protocols answer on): the pod's IP when provisioning by
     pod (``--server-address pod``, ``pod_ip``), else the API and file Services' cluster DNS names."""
     host = pod_ip or names.host(names.api_service)

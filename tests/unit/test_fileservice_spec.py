@@ -11,7 +11,7 @@ from dittoctl.api.models import BLOCK_PATH, METADATA_PATH, DittoServerSpec
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import provisioned_secrets, secret_uses, watched_secrets
 from reconciler import specs
-from reconciler.specs.fileservice import declared, endpoints, salted, share_status
+from reconciler.specs.fileservice import declared, dittofs_address, salted, share_status
 from reconciler.status import Cond, Observation, conditions
 
 NAMES = Names("demo", "ns", "uid-1")
@@ -165,11 +165,12 @@ def _ready(provisioned: Cond | None) -> Cond:
 def test_dittofs_is_dialled_at_its_services_unless_provisioning_by_pod() -> None:
     # The default (--server-address service): the API and file Services' DNS names, which the test bed
     # cannot dial (no packet may go to a ClusterIP), so every real-node test provisions by pod IP.
-    assert endpoints(spec(), NAMES, None) == ("http://demo-api.ns.svc:8080", "demo-file.ns.svc")
-    assert endpoints(spec(), NAMES, "10.247.0.5") == ("http://10.247.0.5:8080", "10.247.0.5")
+    assert dittofs_address(spec(), NAMES, None) == ("http://demo-api.ns.svc:8080", "demo-file.ns.svc")
+    assert dittofs_address(spec(), NAMES, "10.247.0.5") == ("http://10.247.0.5:8080", "10.247.0.5")
     tls = spec(controlPlane={"port": 8443, "tls": {"secretName": "demo-api-tls"}})
-    assert endpoints(tls, NAMES, None) == ("https://demo-api.ns.svc:8443", "demo-file.ns.svc")
-    assert endpoints(tls, NAMES, "10.247.0.5")[0] == "https://10.247.0.5:8443"  # the certificate names the Service
+    assert dittofs_address(tls, NAMES, None) == ("https://demo-api.ns.svc:8443", "demo-file.ns.svc")
+    # By IP too: the certificate still names the Service (TlsTarget.server_hostname).
+    assert dittofs_address(tls, NAMES, "10.247.0.5")[0] == "https://10.247.0.5:8443"
 
 
 def test_ready_requires_adapters_ready_when_it_is_reported() -> None:
