@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dittoctl.api.conditions import Reason
+from dittoctl.api.kinds import CONFIGMAPS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import watched_secrets
@@ -25,6 +26,7 @@ from reconciler.phases.config import (
     apply_network_policy,
     apply_service_monitor,
     apply_services,
+    config_map_refusal,
     unserved_certificates,
 )
 from reconciler.phases.database import DatabaseState, ensure_database, postgres_secret_condition
@@ -97,17 +99,24 @@ class Reconciler:
         digests = consumed.digests
         status = ctx.current().get("status") or {}
         desired = ctx.desired = self._desired(ctx, server, names, digests, int(status.get("storeRevision") or 0))
+        # An existing ConfigMap is brought up to date before the StatefulSet may roll the pods to the new config
+        # hash: were the update refused while the roll landed, the pods would run the old config under the new
+        # hash, and nothing would roll them again once it went through. Unchanged, it costs no round trip.
+        existed = ctx.cache.packed_child(CONFIGMAPS, names.namespace, names.config_map) is not None
+        refused = await apply_config_map(ctx, desired, names) if existed else None
         # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
-        # gates: so it goes out with them, and a new server's StatefulSet is its second round trip.
+        # gates: so a new server's goes out with them, its second round trip.
         # It is also sent first: the pods, the slowest part of a new server, start from it.
-        (sts, database, errors, reason, recreating), refused, *_ = await asyncio.gather(
-            self._statefulset(ctx, server, names, desired, consumed), apply_config_map(ctx, desired, names),
+        (sts, database, errors, reason, recreating), created, *_ = await asyncio.gather(
+            self._statefulset(ctx, server, names, desired, consumed, held=refused is not None),
+            asyncio.sleep(0) if existed else apply_config_map(ctx, desired, names),
             apply_services(ctx, desired, names), apply_network_policy(ctx, desired, names),
             apply_service_monitor(ctx, desired, names), apply_certificates(ctx, desired, names))
         ctx.memory.digests = dict(digests)
+        refused = refused or created
         if refused is not None:
             reason = reason if errors else Reason.CONFIG_MAP_MISSING
-            errors = [*errors, f"ConfigMap {names.config_map} is missing and cannot be created: {refused}"[:500]]
+            errors = [*errors, config_map_refusal(names, refused, existed)]
         fileservice = await provision(ctx, server, names) if not errors and sts is not None else None
         if fileservice is None:
             await fileservice_memory(ctx).close()
@@ -149,9 +158,11 @@ class Reconciler:
         return None
 
     async def _statefulset(self, ctx: Pass, server: DittoServer, names: Names, desired: Desired,
-                           consumed: Consumed) -> tuple[Obj | None, DatabaseState, list[str], Reason, bool]:
-        """The StatefulSet behind its gates (complete config, database, storage): (the StatefulSet, the
-        database state, the errors and their reason, whether it is being re-created)."""
+                           consumed: Consumed, *, held: bool) -> tuple[Obj | None, DatabaseState, list[str], Reason,
+                                                                   bool]:
+        """The StatefulSet behind its gates (complete config, database, storage; `held`: its ConfigMap could not
+        be brought up to date): (the StatefulSet, the database state, the errors and their reason, whether it is
+        being re-created)."""
         digests = consumed.digests
         database = await ensure_database(ctx, server, names, desired)
         ref = server.spec.database.postgres_secret_ref
@@ -171,12 +182,12 @@ class Reconciler:
             errors, reason = [*errors, *drift.errors], Reason.INVALID_SPEC
         # The StatefulSet is being re-created around its pods (volume expansion): wait until it is gone.
         recreating = sts is not None and bool(sts["metadata"].get("deletionTimestamp"))
-        if sts is not None and drift.grown and not errors and database.gate_open and not recreating:
+        if sts is not None and drift.grown and not errors and not held and database.gate_open and not recreating:
             failed = await expand_volumes(ctx, names, drift.grown)
             if failed:
                 errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
             recreating = not failed
-        if not errors and database.gate_open and not recreating:
+        if not errors and not held and database.gate_open and not recreating:
             sts = await apply_statefulset(ctx, names, desired, sts, digests)
         return sts, database, errors, reason, recreating
 

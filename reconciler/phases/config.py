@@ -8,30 +8,37 @@ import logging
 from typing import Any
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import CERTIFICATES, CONFIGMAPS, NETWORKPOLICIES, SERVICEMONITORS, SERVICES, Kind
+from dittoctl.api.kinds import CERTIFICATES, NETWORKPOLICIES, SERVICEMONITORS, SERVICES, Kind
 from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import ApiError, NamespaceTerminating, NotFound
 from reconciler.context import Deferred, Pass
 from reconciler.specs import Desired
 
 log = logging.getLogger("dittofs.reconciler")
+TRANSIENT = frozenset({408, 409, 429})
+"""Refusals that say "not now" (a timeout, a create racing another, throttling), not "never": retried unreported."""
 
 
 async def apply_config_map(ctx: Pass, desired: Desired, names: Names) -> ApiError | None:
-    """Returns the API's refusal when the ConfigMap is absent and cannot be created (a quota, an admission
-    policy, a config over 1 MiB): ConfigReady says so (``ConfigMapMissing``) instead of its last, stale word.
-    A refused update of an existing ConfigMap fails the pass as any other write does."""
+    """Returns the API's refusal (a quota, an admission policy, a config over 1 MiB) to create the ConfigMap or to
+    bring it up to date: ConfigReady says so (``ConfigMapMissing``) instead of its last, stale word."""
     try:
         written, old = await ctx.apply(desired.config_map)
     except ApiError as exc:
-        absent = ctx.cache.packed_child(CONFIGMAPS, names.namespace, names.config_map) is None
-        if isinstance(exc, NamespaceTerminating) or not 400 <= exc.status < 500 or not absent:
+        if isinstance(exc, NamespaceTerminating) or not 400 <= exc.status < 500 or exc.status in TRANSIENT:
             raise
         return exc
     if written and old is not None:
         await ctx.post("Normal", EventReason.CONFIG_UPDATED,
                        f"ConfigMap {names.config_map} updated (config hash {desired.config_hash[:12]})")
     return None
+
+
+def config_map_refusal(names: Names, refused: ApiError, existed: bool) -> str:
+    if existed:
+        return (f"ConfigMap {names.config_map} cannot be updated to the current config.yaml, so the pods keep "
+                f"the previous one: {refused}")[:500]
+    return f"ConfigMap {names.config_map} is missing and cannot be created: {refused}"[:500]
 
 
 async def apply_services(ctx: Pass, desired: Desired, names: Names) -> None:

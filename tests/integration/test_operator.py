@@ -152,6 +152,63 @@ def test_a_config_map_that_cannot_be_recreated_is_reported_not_claimed(
     assert testbed.kubectl("get", "configmap", "demo-config", "-n", namespace, check=False).returncode == 0
 
 
+def test_a_config_map_update_that_is_refused_holds_the_pods_on_the_config_they_run(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """An admission policy refuses the update of an existing ConfigMap. The StatefulSet used to roll the pods to
+    the new config hash at the same time, so they restarted on the old config.yaml under the new hash, and nothing
+    rolled them again once the update went through. Now the pods stay as they are, ConfigReady says why, and the
+    roll follows the update."""
+    apply_server(testbed, namespace)
+    wait_ready(testbed, namespace)
+    before = template_hash(testbed, namespace)
+    policy = f"freeze-config-{namespace}"
+    testbed.apply_yaml(json.dumps({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                         "operations": ["UPDATE"], "resources": ["configmaps"]}]},
+                 "validations": [{"expression": "object.metadata.name != 'demo-config'",
+                                  "message": "demo-config is frozen"}]}}))
+    testbed.apply_yaml(json.dumps({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy},
+        "spec": {"policyName": policy, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": namespace}}}}}))
+    try:
+        def frozen() -> bool:
+            probe = testbed.kubectl("annotate", "--dry-run=server", "configmap", "demo-config", "-n", namespace,
+                                    "probe=1", check=False)
+            return probe.returncode != 0 and "frozen" in probe.stderr
+        eventually(frozen, timeout=30, what="the policy refusing ConfigMap updates")
+        apply_server(testbed, namespace, logging={"level": "DEBUG"})
+
+        def refused() -> dict[str, Any] | None:
+            obj = server(testbed, namespace)
+            cond = condition(obj, "ConfigReady")
+            fresh = obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+            return obj if fresh and cond and cond["reason"] == "ConfigMapMissing" else None
+
+        obj = eventually(refused, timeout=60, what="ConfigReady=False/ConfigMapMissing")
+        message = condition(obj, "ConfigReady")["message"]  # type: ignore[index]
+        assert message.startswith("ConfigMap demo-config cannot be updated to the current config.yaml, so the "
+                                  "pods keep the previous one: HTTP 422: "), message
+        assert "frozen" in message, message
+        assert obj["status"]["phase"] == "Failed"
+        time.sleep(3)  # a few more (failed, backed-off) passes: none of them may roll the pods
+        assert template_hash(testbed, namespace) == before
+        config = kubectl_json(testbed, "get", "configmap", "demo-config", "-n", namespace)
+        assert "DEBUG" not in config["data"]["config.yaml"]
+    finally:
+        testbed.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
+                        check=False)
+    obj = wait_ready(testbed, namespace, timeout=120)
+    assert obj["status"]["configHash"] == template_hash(testbed, namespace) != before
+    config = kubectl_json(testbed, "get", "configmap", "demo-config", "-n", namespace)
+    assert "DEBUG" in config["data"]["config.yaml"]
+
+
 def test_a_spec_refused_by_the_reconciler_keeps_the_status_it_cannot_rebuild(
         testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     """Admitted while the webhook was off, an invalid edit builds nothing; its status must still carry the config
