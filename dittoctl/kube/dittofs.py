@@ -204,6 +204,7 @@ class DittoFsClient:
         self._tokens = _Tokens()
         self._auth_lock = asyncio.Lock()
         self.requests: Counter[str] = Counter()  # HTTP requests sent, by method (drift passes: reads only)
+        self.role: str | None = None  # as of the last login
 
     def __repr__(self) -> str:
         return f"DittoFsClient({self.base_url!r}, user={self.username!r})"
@@ -269,7 +270,9 @@ class DittoFsClient:
         pair = await self._send("POST", f"{API}/auth/login", {"username": self.username, "password": password},
                                 None, (password,))
         self._keep(pair)
-        if (pair.get("user") or {}).get("must_change_password"):
+        user = pair.get("user") or {}
+        self.role = user.get("role")
+        if user.get("must_change_password"):
             await self._complete_first_login(self._tokens.access, password)
 
     async def _complete_first_login(self, token: str, password: str) -> None:
@@ -408,20 +411,46 @@ def _integer(call: Call, key: str, value: str) -> int:
 async def bootstrap_operator(base_url: str, admin_password: SecretStr, operator_name: str,
                              operator_password: SecretStr, *, session: aiohttp.ClientSession | None = None,
                              timeout: float = 10.0, tls: TlsTarget | None = None) -> DittoFsClient:
-    """The operator's own admin-role account (SPEC §13.2): log in as it; when that is refused, (re)create it
-    through the bootstrap ``admin`` (409 -> admin password reset) and log in again."""
+    """The operator's own admin-role account (SPEC §13.2), restored through the bootstrap ``admin`` when it
+    cannot log in as an enabled admin."""
+    return (await operator_login(base_url, operator_name, operator_password, session=session, timeout=timeout,
+                                 tls=tls)
+            or await restore_operator(base_url, admin_password, operator_name, operator_password, session=session,
+                                      timeout=timeout, tls=tls))
+
+
+async def operator_login(base_url: str, operator_name: str, operator_password: SecretStr, *,
+                         session: aiohttp.ClientSession | None = None, timeout: float = 10.0,
+                         tls: TlsTarget | None = None) -> DittoFsClient | None:
+    """Logged in as the operator's account, or None when it must be restored: refused (401: gone, or its
+    password changed by hand; 403: disabled by hand) or no longer an admin (demoted by hand, it could log in but
+    provision nothing)."""
     client = DittoFsClient(base_url, operator_name, operator_password, session=session, timeout=timeout, tls=tls)
     try:
         await client.login()
-        return client
-    except DittoFsAuthError:
-        log.info("dittofs account %s cannot log in; (re)creating it through admin", operator_name)
+        if client.role == "admin":
+            return client
+    except (DittoFsAuthError, DittoFsForbidden):
+        pass
+    await client.close()
+    return None
+
+
+async def restore_operator(base_url: str, admin_password: SecretStr, operator_name: str,
+                           operator_password: SecretStr, *, session: aiohttp.ClientSession | None = None,
+                           timeout: float = 10.0, tls: TlsTarget | None = None) -> DittoFsClient:
+    """(Re)creates the operator's account through the bootstrap ``admin`` and logs in as it. An account that
+    exists (409) was changed by hand: it is made an enabled admin again (a disabled one cannot log in, 403; a
+    demoted one can but provisions nothing) and given the operator's password back."""
+    log.info("dittofs account %s cannot log in as an enabled admin; restoring it through admin", operator_name)
+    client = DittoFsClient(base_url, operator_name, operator_password, session=session, timeout=timeout, tls=tls)
     password = operator_password.get_secret_value()
     admin = DittoFsClient(base_url, "admin", admin_password, session=client._http(), timeout=timeout, tls=tls)
     try:
         await admin.request("POST", f"{API}/users", {"username": operator_name, "password": password,
                                                       "role": "admin"}, (password,))
     except DittoFsConflict:
+        await admin.request("PUT", f"{API}/users/{operator_name}", {"role": "admin", "enabled": True})
         await admin.request("POST", f"{API}/users/{operator_name}/password", {"new_password": password},
                             (password,))
     client.requests.update(admin.requests)

@@ -46,7 +46,8 @@ from dittoctl.kube.dittofs import (
     DittoFsUnreachable,
     PlanFailed,
     TlsTarget,
-    bootstrap_operator,
+    operator_login,
+    restore_operator,
 )
 from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
@@ -387,17 +388,14 @@ async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str) -
         return mem.client
     await mem.close()
     password = await _operator_password(ctx, names)
-    client = DittoFsClient(base_url, OPERATOR_ACCOUNT, SecretStr(password), tls=tls)
-    try:
-        await client.login()
-    except DittoFsAuthError:
-        await client.close()
+    client = await operator_login(base_url, OPERATOR_ACCOUNT, SecretStr(password), tls=tls)
+    if client is None:
         ref = server.spec.identity.admin.password_secret_ref
         secret, key = (ref.name, ref.key) if ref else (names.admin_secret, ADMIN_PASSWORD_KEY)
         admin = await _secret_value(ctx, secret, key)
         try:
-            client = await bootstrap_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password),
-                                              tls=tls)
+            client = await restore_operator(base_url, SecretStr(admin), OPERATOR_ACCOUNT, SecretStr(password),
+                                            tls=tls)
         except DittoFsAuthError as exc:
             # Say which account is lost and which Secret would re-create it, not only "401 on login".
             raise DittoFsAuthError(
@@ -458,8 +456,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         except PlanFailed as exc:
             done, error = exc.done, exc
     except DittoFsError as exc:
-        if isinstance(exc, DittoFsAuthError):
-            await mem.close()
+        if isinstance(exc, (DittoFsAuthError, DittoFsForbidden)):
+            await mem.close()  # the next pass logs in afresh, and restores an account changed by hand
         raise _Failed(_map_error(exc), f"DittoFS at {base_url}: {exc.detail or exc}") from None
     mem.writes = len(done)
     if done:
@@ -476,7 +474,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     result.shares = share_status(server.spec, file_host, _usage(seen, done))
     await _call_events(ctx, done)
     if error is not None:
-        if isinstance(error.cause, DittoFsAuthError):
+        if isinstance(error.cause, (DittoFsAuthError, DittoFsForbidden)):
             await mem.close()
         message = f"{error.call}: {error.cause.detail or error.cause}"
         result.condition = Cond(ConditionType.PROVISIONED, False, _map_error(error), message)

@@ -51,6 +51,7 @@ from dittoctl.kube.dittofs import (
     MetadataStoreLocked,
     PlanFailed,
     bootstrap_operator,
+    operator_login,
 )
 from tests.contract.conftest import ADMIN_PASSWORD
 from tests.support.s3 import ACCESS_KEY_ID, MotoServer
@@ -162,8 +163,9 @@ async def test_operator_account_is_an_admin_created_through_the_bootstrap_admin(
     async with client:
         me = await client.me()
         assert (me["username"], me["role"], me["must_change_password"]) == ("dittofs-operator", "admin", False)
-        # operator login (401), admin login, create (201), operator login, first-login self-change (200).
-        assert client.requests == Counter({"POST": 5, "GET": 1})
+        # admin login, create (201), operator login, first-login self-change (200); the refused operator login
+        # before them was the probe's (``operator_login``).
+        assert client.requests == Counter({"POST": 4, "GET": 1})
         # The account can provision (role `operator` could not: admin-only routes).
         assert isinstance(await client.request("GET", "/api/v1/shares"), list)
     # A second bootstrap just logs in.
@@ -184,6 +186,45 @@ async def test_operator_account_is_an_admin_created_through_the_bootstrap_admin(
                                  SecretStr(OPERATOR_PASSWORD))
     assert "Invalid username or password" in str(err.value)
     assert_no_secret(str(err.value), repr(err.value), repr(client))
+
+
+async def test_an_operator_account_disabled_or_demoted_by_hand_is_restored(dfs: DfsServer) -> None:
+    """SPEC §13.2 "if the account is lost, it is re-created": an account disabled by hand cannot log in (403, not
+    401), and one demoted by hand logs in but provisions nothing. Both used to leave the operator stuck; both are
+    made an enabled admin with the operator's password again."""
+    first = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                     SecretStr(OPERATOR_PASSWORD))
+    await first.close()
+    status, _ = admin_call(dfs, "PUT", "/users/dittofs-operator", {"enabled": False})
+    assert status == 200
+    async with DittoFsClient(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) as disabled:
+        with pytest.raises(DittoFsForbidden, match="disabled"):
+            await disabled.login()
+    assert await operator_login(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) is None
+    restored = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                        SecretStr(OPERATOR_PASSWORD))
+    async with restored:
+        me = await restored.me()
+        assert (me["role"], me["enabled"], me["must_change_password"]) == ("admin", True, False)
+        assert isinstance(await restored.request("GET", "/api/v1/shares"), list)
+
+    status, _ = admin_call(dfs, "PUT", "/users/dittofs-operator", {"role": "user"})
+    assert status == 200
+    async with DittoFsClient(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) as demoted:
+        await demoted.login()
+        assert demoted.role == "user"
+        with pytest.raises(DittoFsForbidden):
+            await demoted.request("GET", "/api/v1/shares")
+    assert await operator_login(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) is None
+    restored = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                        SecretStr(OPERATOR_PASSWORD))
+    async with restored:
+        me = await restored.me()
+        assert (me["role"], me["enabled"], me["must_change_password"]) == ("admin", True, False)
+        assert isinstance(await restored.request("GET", "/api/v1/shares"), list)
+    healthy = await operator_login(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD))
+    assert healthy is not None and healthy.requests == Counter({"POST": 1})
+    await healthy.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -238,7 +238,21 @@ def test_lost_credentials_fail_once_with_backoff_and_recover(testbed: Testbed, o
     obj = wait_ready(testbed, namespace, timeout=240)
     assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
     ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
-    assert "/export" in admin_rest(testbed, namespace, ip).shares()
+    rest = admin_rest(testbed, namespace, ip)
+    assert "/export" in rest.shares()
+
+    # Disabled by hand, the account gets 403 on login (a lost one gets 401): the operator's next login (after a
+    # restart, without waiting for its token to expire) makes it an enabled admin again.
+    rest.call("PUT", "/api/v1/users/dittofs-operator", {"enabled": False}, ok=(200,))
+    operator.kill()
+    operator.start()
+
+    def restored() -> dict[str, Any] | None:
+        user = rest.call("GET", "/api/v1/users/dittofs-operator", ok=(200,))[1]
+        return user if user["enabled"] and user["role"] == "admin" else None
+
+    eventually(restored, timeout=120, what="the operator's account enabled again")
+    assert condition(wait_ready(testbed, namespace, timeout=120), "Provisioned")["reason"] == "Converged"  # type: ignore[index]
 
 
 def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: OperatorProcess, real_node: RealNode,
