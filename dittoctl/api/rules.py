@@ -365,6 +365,13 @@ class _Check:
                 self.warn(f"spec.users[{i}].role", "admin users can reconfigure the whole server over its API; "
                           "prefer user with share grants")
         stores = self._stores(parsed, spec)
+        if spec.shares is None and stores is not None:
+            implicit = spec.effective_shares[0]
+            for kind, default in (("metadata", implicit.metadata_store), ("local", implicit.local_block_store)):
+                if default not in stores[kind]:
+                    self.error(f"spec.stores.{kind}", f"the default share {implicit.name} (spec.shares is unset) "
+                               f"uses {kind} store {_q(default)}, which this list does not declare; add "
+                               f"{{name: {default}}} here, or declare spec.shares naming one of its stores")
         for i, share in enumerate(shares):
             base = f"spec.shares[{i}]"
             if share.name.strip("/") == "":
@@ -424,7 +431,11 @@ class _Check:
             if r.credentials_secret_ref is None and (spec.s3 is None or spec.s3.credentials_secret_ref is None):
                 self.error(f"{base}.credentialsSecretRef", "required: DittoFS needs an access key pair in the "
                            "store's config; name a Secret here or in spec.s3.credentialsSecretRef")
-            if r.endpoint is not None and not r.allow_private_endpoint and _private_endpoint(r.endpoint):
+            host = _endpoint_host(r.endpoint) if r.endpoint is not None else ""
+            if r.endpoint is not None and host is None:
+                self.error(f"{base}.endpoint", f"{_q(r.endpoint)} is not a valid URL with a host name, e.g. "
+                           "https://s3.example.com or http://[fd00::10]:9000")
+            elif r.endpoint is not None and host and not r.allow_private_endpoint and _private_endpoint(host):
                 self.error(f"{base}.endpoint", f"{_q(r.endpoint)} is a loopback or private address, which DittoFS "
                            "refuses; set allowPrivateEndpoint: true for an in-cluster S3 service")
             ref = r.credentials_secret_ref
@@ -673,10 +684,20 @@ def _backend(spec: DittoServerSpec) -> str:
     return "SQLite"
 
 
-def _private_endpoint(url: str) -> bool:
-    """An endpoint DittoFS refuses without allow_private_endpoint: a loopback/private/link-local IP literal,
+def _endpoint_host(url: str) -> str | None:
+    """The host of an endpoint URL, or None when it has none or is malformed (an unbalanced IPv6 bracket, a bad
+    port, a blank in the host: Go's url.Parse in DittoFS refuses those too)."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        return None
+    return host.lower() if host and not any(c.isspace() for c in host) else None
+
+
+def _private_endpoint(host: str) -> bool:
+    """An endpoint host DittoFS refuses without allow_private_endpoint: a loopback/private/link-local IP literal,
     localhost, or an in-cluster Service name (it resolves to a private ClusterIP)."""
-    host = (urlsplit(url).hostname or "").lower()
     if host == "localhost" or host.endswith((".svc", ".svc.cluster.local", ".local")) or "." not in host:
         return True
     try:

@@ -62,7 +62,8 @@ def test_invalid_fields_are_reported_at_their_path(patch: dict[str, Any], loc: t
 
 
 @pytest.mark.parametrize(("text", "value"), [("1Gi", 2**30), ("500M", 500 * 10**6), ("1e3", 1000),
-                                              ("100m", 0.1), ("2", 2)])
+                                              ("100m", 0.1), ("2", 2), ("1Ei", 2**60), ("2E", 2 * 10**18),
+                                              ("1E3", 1000)])
 def test_quantities(text: str, value: float) -> None:
     assert float(parse_quantity(text)) == pytest.approx(value)
 
@@ -70,3 +71,10 @@ def test_quantities(text: str, value: float) -> None:
 def test_bad_quantity_names_the_form() -> None:
     with pytest.raises(ValueError, match="Kubernetes quantity"):
         parse_quantity("5 GB")
+
+
+@pytest.mark.parametrize("text", ["8Ei", "1e999999999", "-1e30", "9" * 40 + "Ei"])
+def test_a_quantity_beyond_int64_is_refused_before_anyone_makes_it_an_int(text: str) -> None:
+    """int(Decimal("1e999999999")) takes minutes: a webhook or reconciler handed one would hang."""
+    with pytest.raises(ValueError, match="too large: a quantity must be below 8Ei"):
+        parse_quantity(text)

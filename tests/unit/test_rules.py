@@ -538,6 +538,33 @@ def test_store_references_paths_endpoints_and_credentials_are_checked_all_at_onc
     assert "metadata store \"default\" is not declared in spec.stores.metadata (declared: \"meta\", \"x\")" in text
 
 
+@pytest.mark.parametrize("endpoint", ["http://[::1", "http://[foo]:9000", "https://a]b", "http://",
+                                      "http://minio .local", "http://s3.example.com:99999"])
+def test_a_malformed_endpoint_is_named_not_a_crash(endpoint: str) -> None:
+    """urlsplit raised on these inside the validator ("internal validation error", naming no field); a URL
+    without a host read as a private address."""
+    verdict = check({"stores": {"remote": [{"name": "r", "bucket": "bkt", "endpoint": endpoint,
+                                            "credentialsSecretRef": {"name": "s3"}}]}})
+    assert verdict.messages == [f'spec.stores.remote[0].endpoint: "{endpoint}" is not a valid URL with a host '
+                                "name, e.g. https://s3.example.com or http://[fd00::10]:9000"]
+
+
+@pytest.mark.parametrize(("stores", "kind"), [({"metadata": [{"name": "fast"}]}, "metadata"),
+                                              ({"metadata": []}, "metadata"),
+                                              ({"local": [{"name": "cache", "type": "memory"}]}, "local")])
+def test_the_implicit_default_share_needs_its_default_stores(stores: dict[str, Any], kind: str) -> None:
+    """spec.shares unset serves /export on the "default" stores: a store list without "default" was admitted and
+    failed only at provisioning (the same share written out was denied)."""
+    verdict = check({"stores": stores})
+    assert verdict.messages == [
+        f'spec.stores.{kind}: the default share /export (spec.shares is unset) uses {kind} store "default", which '
+        "this list does not declare; add {name: default} here, or declare spec.shares naming one of its stores"]
+    written_out = check({"stores": stores, "shares": [{"name": "/export"}]})
+    key = "localBlockStore" if kind == "local" else "metadataStore"
+    assert paths(written_out.messages) == [f"spec.shares[0].{key}"]
+    assert check({"stores": stores, "shares": []}).messages == []
+
+
 def test_a_declared_remote_store_with_defaults_from_spec_s3_is_allowed() -> None:
     verdict = check({"s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "bkt"},
                      "stores": {"remote": [{"name": "s3", "endpoint": "http://minio.storage.svc:9000",
