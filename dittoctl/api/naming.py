@@ -15,6 +15,9 @@ HASH_ANNOTATION = "dittofs.io/config-hash"
 APPLIED_ANNOTATION = "dittofs.io/applied-hash"
 # On the control-plane PVC: what the operator created in DittoFS, kept exactly as long as the data is.
 OWNERSHIP_ANNOTATION = "dittofs.io/provisioned"
+# On a PerconaPGCluster kept when its server is deleted: the server's uid, in place of an ownerReference, which
+# a foreground deletion would have the garbage collector follow whatever our finalizer says.
+OWNER_ANNOTATION = "dittofs.io/owner-uid"
 # The StatefulSet's volume claim templates (a PVC is named <template>-<statefulset>-0).
 CONTROL_PLANE_VOLUME = "controlplane"
 METADATA_VOLUME = "metadata"
@@ -139,6 +142,12 @@ class Names:
         }
         meta.update(extra)
         return meta
+
+    def owns(self, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` is this server's: by ownerReference, or by ``OWNER_ANNOTATION`` (a kept database)."""
+        meta = obj.get("metadata") or {}
+        return (meta.get("annotations") or {}).get(OWNER_ANNOTATION) == self.uid or any(
+            ref.get("uid") == self.uid for ref in meta.get("ownerReferences") or [])
 
     def host(self, service: str) -> str:
         return f"{service}.{self.namespace}.svc"

@@ -1,7 +1,8 @@
 """Phase: the PerconaPGCluster: apply (never forcing over user edits), readiness gate, safe release.
 
-Decided by the ownerReference on the cluster, not by today's `spec.percona.enabled`: a user who turned
-Percona off keeps an owned database, and deleting the server must orphan it, never let GC delete it.
+Decided by the cluster's owner mark (``Names.owns``: an ownerReference while `deleteWithServer` is true, else an
+annotation), not by today's `spec.percona.enabled`: a user who turned Percona off keeps an owned database, and
+deleting the server must release it, never let GC delete it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.facts import percona_not_served
 from dittoctl.api.kinds import PERCONAPGBACKUPS, PERCONAPGCLUSTERS
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import Names
+from dittoctl.api.naming import OWNER_ANNOTATION, Names
 from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
@@ -30,17 +31,16 @@ log = logging.getLogger("dittofs.percona")
 async def release_database(ctx: Pass) -> bool:
     """True once no PerconaPGCluster of ours can be garbage-collected by surprise."""
     body = ctx.current()
-    namespace, uid = ctx.namespace, body["metadata"].get("uid")
-    cluster_name = Names(ctx.name, namespace, str(uid)).percona_cluster
+    namespace, uid = ctx.namespace, str(body["metadata"].get("uid"))
+    names = Names(ctx.name, namespace, uid)
+    cluster_name = names.percona_cluster
     try:
         cluster = await ctx.gw.get(PERCONAPGCLUSTERS, cluster_name, namespace)
     except NotFound:
         return True  # no cluster, or the Percona CRD is not installed
     except ApiError:
         return False
-    refs = cluster.get("metadata", {}).get("ownerReferences", [])
-    ours = [i for i, ref in enumerate(refs) if ref.get("uid") == uid]
-    if not ours:
+    if not names.owns(cluster):
         return True
     delete = bool((body.get("spec") or {}).get("percona", {}).get("deleteWithServer", False))
     if delete:
@@ -48,15 +48,19 @@ async def release_database(ctx: Pass) -> bool:
         await ctx.post("Warning", EventReason.PERCONA_DELETED,
                               f"PerconaPGCluster {cluster_name} deleted (percona.deleteWithServer is true)")
         return True
-    rv = cluster["metadata"]["resourceVersion"]
-    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}]
-    ops += [{"op": "remove", "path": f"/metadata/ownerReferences/{i}"} for i in reversed(ours)]
+    meta = cluster["metadata"]
+    # Unmarked, a repeated pass (the finalizer's removal conflicting) finds nothing of ours and posts nothing.
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}]
+    ops += [{"op": "remove", "path": f"/metadata/ownerReferences/{i}"}
+            for i, ref in reversed(list(enumerate(meta.get("ownerReferences") or []))) if ref.get("uid") == uid]
+    if OWNER_ANNOTATION in (meta.get("annotations") or {}):
+        ops.append({"op": "remove", "path": "/metadata/annotations/" + OWNER_ANNOTATION.replace("/", "~1")})
     try:
         await ctx.gw.json_patch(PERCONAPGCLUSTERS, cluster_name, ops, namespace)
     except (Conflict, ApiError):
         return False
     await ctx.post("Normal", EventReason.PERCONA_ORPHANED,
-                          f"PerconaPGCluster {cluster_name} kept; ownerReference removed (data preserved)")
+                          f"PerconaPGCluster {cluster_name} kept (percona.deleteWithServer is false): data preserved")
     return True
 
 
@@ -176,8 +180,7 @@ async def _existing_owned(ctx: Pass, names: Names) -> DatabaseState:
         live = await ctx.optional_child(PERCONAPGCLUSTERS, names.percona_cluster)
     except ApiError:
         return DatabaseState()
-    owned = live is not None and any(
-        r.get("uid") == names.uid for r in live["metadata"].get("ownerReferences", []))
+    owned = live is not None and names.owns(live)
     return DatabaseState(cluster_name=names.percona_cluster if owned else None)
 
 

@@ -1,7 +1,7 @@
 """Phase (instead of all others once deletion started, SPEC §5): drain the server gracefully, keep every
 PVC and the generated Secrets, never hang forever.
 
-Percona handling is decided by the ownerReference on the PerconaPGCluster, not by today's spec.
+Percona handling is decided by the PerconaPGCluster's owner mark (``Names.owns``), not by today's spec.
 """
 
 from __future__ import annotations

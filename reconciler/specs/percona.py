@@ -7,7 +7,7 @@ from typing import Any
 
 from dittoctl.api.kinds import PERCONAPGCLUSTERS
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.api.naming import Names
+from dittoctl.api.naming import OWNER_ANNOTATION, Names
 
 DB_USER = "dittofs"
 
@@ -45,10 +45,15 @@ def percona_cluster(spec: DittoServerSpec, names: Names) -> dict[str, Any]:
     }
     if p.image:
         body["image"] = p.image
+    metadata = names.metadata(names.percona_cluster, "database", annotations={OWNER_ANNOTATION: names.uid})
+    if not p.delete_with_server:
+        # A kept database is no dependent of its server: a foreground deletion (Argo CD's default) has the garbage
+        # collector delete every dependent at once, before our finalizer can release it.
+        del metadata["ownerReferences"]
     return {
         "apiVersion": PERCONAPGCLUSTERS.api_version,
         "kind": PERCONAPGCLUSTERS.kind,
-        "metadata": names.metadata(names.percona_cluster, "database"),
+        "metadata": metadata,
         "spec": body,
     }
 

@@ -10,7 +10,14 @@ import pytest
 
 from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OperatorProcess
-from tests.support.percona import PERCONA_BACKUP_CRD, PERCONA_CRD, cluster, percona_spec, play_percona_ready
+from tests.support.percona import (
+    PERCONA_BACKUP_CRD,
+    cluster,
+    install_crd,
+    percona_spec,
+    play_percona_ready,
+    wait_gc_follows_clusters,
+)
 from tests.support.poll import eventually
 
 pytestmark = pytest.mark.integration
@@ -34,15 +41,17 @@ def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operato
     assert condition(obj, "ConfigReady")["status"] == "True"  # type: ignore[index]
     assert obj["status"]["phase"] == "Pending"
 
-    testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
-    testbed.wait_crd("perconapgclusters.pgv2.percona.com")
+    install_crd(testbed)
     created = eventually(lambda: cluster(testbed, namespace), timeout=60, what="PerconaPGCluster created")
     spec = created["spec"]
     assert spec["backups"] == {"enabled": False}
     assert spec["proxy"] == {"pgBouncer": {"replicas": 0}}
     assert spec["users"] == [{"name": "dittofs", "databases": ["dittofs"]}]
     assert spec["crVersion"] == "2.8.0" and spec["postgresVersion"] == 16
-    assert created["metadata"]["ownerReferences"][0]["kind"] == "DittoServer"
+    # Kept when the server goes (deleteWithServer false): marked, not owned, so no cascade can reach it.
+    uid = server(testbed, namespace)["metadata"]["uid"]
+    assert created["metadata"]["annotations"]["dittofs.io/owner-uid"] == uid
+    assert "ownerReferences" not in created["metadata"]
 
     def waiting() -> dict[str, Any] | None:
         obj = server(testbed, namespace)
@@ -70,6 +79,7 @@ def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operato
 
 def test_user_edits_are_kept_and_spec_changes_propagate(testbed: Any, operator: OperatorProcess,
                                                        namespace: str) -> None:
+    install_crd(testbed)
     apply_server(testbed, namespace, percona=percona_spec())
     eventually(lambda: cluster(testbed, namespace), what="cluster")
     testbed.kubectl("patch", "perconapgcluster", "demo-postgres", "-n", namespace, "--type=merge",
@@ -101,14 +111,24 @@ def test_user_edits_are_kept_and_spec_changes_propagate(testbed: Any, operator: 
     assert cluster(testbed, namespace)["spec"]["postgresVersion"] == 17
 
 
-@pytest.mark.parametrize("delete_with_server", [False, True])
+@pytest.mark.parametrize(("delete_with_server", "cascade"),
+                         [(False, "background"), (False, "foreground"), (True, "background")])
 def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: OperatorProcess, namespace: str,
-                                                  delete_with_server: bool) -> None:
+                                                  delete_with_server: bool, cascade: str) -> None:
+    """A foreground deletion (``--cascade=foreground``, Argo CD's default) has the garbage collector delete the
+    owner's dependents at once, finalizers or not: a kept database must not be one of them. The operator is down
+    while the deletion starts (an upgrade, a crash), so the garbage collector has all the time it wants."""
+    install_crd(testbed)
+    wait_gc_follows_clusters(testbed, namespace)
     apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=delete_with_server))
     eventually(lambda: cluster(testbed, namespace), what="cluster")
     play_percona_ready(testbed, namespace)
     wait_ready(testbed, namespace, timeout=120)
-    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+    operator.kill()
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false", f"--cascade={cascade}")
+    time.sleep(5)  # the garbage collector acts within a second once it follows the kind
+    assert cluster(testbed, namespace), "no one but the operator may delete the database"
+    operator.start()
     eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
                timeout=75, what="DittoServer gone")
     time.sleep(2)  # give garbage collection a chance to do damage
@@ -119,12 +139,34 @@ def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: Operat
         assert events(testbed, namespace, "PerconaDeleted")
     else:
         assert exists, "the database must survive when deleteWithServer is false"
-        assert cluster(testbed, namespace)["metadata"].get("ownerReferences", []) == []
-        assert events(testbed, namespace, "PerconaOrphaned")
+        kept = cluster(testbed, namespace)["metadata"]
+        assert kept.get("ownerReferences", []) == [] and "dittofs.io/owner-uid" not in kept.get("annotations", {})
+        assert [e["message"] for e in events(testbed, namespace, "PerconaOrphaned")] == [
+            "PerconaPGCluster demo-postgres kept (percona.deleteWithServer is false): data preserved"]
+
+
+def test_a_database_kept_after_all_stops_being_a_dependent(testbed: Any, operator: OperatorProcess,
+                                                           namespace: str) -> None:
+    """deleteWithServer true, then false: the ownerReference goes (as it goes from a cluster an older operator
+    made with one), so a foreground deletion of the server keeps the database."""
+    install_crd(testbed)
+    wait_gc_follows_clusters(testbed, namespace)
+    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=True))
+    eventually(lambda: cluster(testbed, namespace)["metadata"].get("ownerReferences"), what="an owned cluster")
+    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=False))
+    eventually(lambda: not cluster(testbed, namespace)["metadata"].get("ownerReferences"),
+               what="the ownerReference removed")
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false", "--cascade=foreground")
+    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+               timeout=75, what="DittoServer gone")
+    time.sleep(2)  # give garbage collection a chance to do damage
+    assert cluster(testbed, namespace)["spec"]["users"] == [{"name": "dittofs", "databases": ["dittofs"]}]
+    assert events(testbed, namespace, "PerconaOrphaned")
 
 
 def test_percona_turned_off_then_server_deleted_keeps_the_database(testbed: Any, operator: OperatorProcess,
                                                                     namespace: str) -> None:
+    install_crd(testbed)
     apply_server(testbed, namespace, percona=percona_spec())
     eventually(lambda: cluster(testbed, namespace), what="cluster")
     apply_server(testbed, namespace, percona={"enabled": False})
@@ -139,6 +181,7 @@ def test_percona_turned_off_then_server_deleted_keeps_the_database(testbed: Any,
 
 def test_backup_settings_and_completed_backups_are_reported(testbed: Any, operator: OperatorProcess,
                                                             namespace: str) -> None:
+    install_crd(testbed)
     testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_BACKUP_CRD))
     testbed.wait_crd("perconapgbackups.pgv2.percona.com")
     testbed.kubectl("create", "secret", "generic", "pgbackrest-s3", "-n", namespace,

@@ -7,13 +7,40 @@ from typing import Any
 
 from tests.support.kube import kubectl_json
 from tests.support.paths import PERCONA_BACKUP_CRD, PERCONA_CRD
+from tests.support.poll import eventually
 
-__all__ = ["PERCONA_BACKUP_CRD", "PERCONA_CRD", "cluster", "percona_spec", "play_percona_ready"]
+__all__ = ["PERCONA_BACKUP_CRD", "PERCONA_CRD", "cluster", "install_crd", "percona_spec", "play_percona_ready",
+           "wait_gc_follows_clusters"]
+CRD_NAME = "perconapgclusters.pgv2.percona.com"
 
 
 def cluster(testbed: Any, namespace: str, name: str = "demo-postgres") -> dict[str, Any]:
     obj: dict[str, Any] = kubectl_json(testbed, "get", "perconapgcluster", name, "-n", namespace)
     return obj
+
+
+def install_crd(testbed: Any) -> None:
+    """The stand-in CRD, served: a test run on its own must not depend on the one that installs it."""
+    testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
+    testbed.wait_crd(CRD_NAME)
+
+
+def wait_gc_follows_clusters(testbed: Any, namespace: str) -> None:
+    """Until Kubernetes' garbage collector follows PerconaPGClusters (it takes up a new CRD's kind at its next
+    discovery resync, up to 30 s), a test of what it would delete could not fail: wait until it deletes a
+    dependent of a deleted ConfigMap."""
+    testbed.kubectl("create", "configmap", "gc-probe", "-n", namespace)
+    uid = kubectl_json(testbed, "get", "configmap", "gc-probe", "-n", namespace)["metadata"]["uid"]
+    testbed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "pgv2.percona.com/v2", "kind": "PerconaPGCluster",
+        "metadata": {"name": "gc-probe", "namespace": namespace, "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "gc-probe", "uid": uid}]},
+        "spec": {"backups": {"enabled": False}, "postgresVersion": 16,
+                 "instances": [{"name": "instance1", "dataVolumeClaimSpec": {}}]}}))
+    testbed.kubectl("delete", "configmap", "gc-probe", "-n", namespace)
+    eventually(lambda: testbed.kubectl("get", "perconapgcluster", "gc-probe", "-n", namespace,
+                                       check=False).returncode != 0,
+               timeout=90, interval=1, what="the garbage collector following PerconaPGClusters")
 
 
 def play_percona_ready(testbed: Any, namespace: str, server_name: str = "demo") -> None:

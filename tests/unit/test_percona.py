@@ -37,6 +37,19 @@ def test_backup_repo_schedules_retention_and_credentials() -> None:
     assert pgbackrest["configuration"] == [{"secret": {"name": "creds"}}]
 
 
+def test_a_kept_database_is_marked_not_owned_so_no_cascade_can_reach_it() -> None:
+    """deleteWithServer false: no ownerReference (a foreground deletion would have the garbage collector delete
+    the cluster before our finalizer releases it), the server's uid as an annotation instead; true: both."""
+    names = Names("demo", "ns", "u")
+    kept, deleted = build(enabled=True)["metadata"], build(enabled=True, deleteWithServer=True)["metadata"]
+    assert "ownerReferences" not in kept and kept["annotations"] == {"dittofs.io/owner-uid": "u"}
+    assert [r["uid"] for r in deleted["ownerReferences"]] == ["u"]
+    assert names.owns({"metadata": kept}) and names.owns({"metadata": deleted})
+    assert names.owns({"metadata": {"ownerReferences": [{"uid": "u"}]}})  # made before the annotation existed
+    assert not names.owns({"metadata": {"annotations": {"dittofs.io/owner-uid": "other"}}})
+    assert not names.owns({"metadata": {}})
+
+
 def test_field_paths() -> None:
     assert parse_field_path('.spec.instances[name="instance1"].replicas') == [
         "spec", "instances", ("name", "instance1"), "replicas"]
