@@ -860,7 +860,7 @@ class DittoServerSpec(ApiModel):
     shares: list[FileShareSpec] | None = None
     """Shares the operator provisions over the REST API once the pod is Ready. Unset: one share /export with
     defaultPermission read-write; [] serves none. A share removed from the list is deleted in DittoFS (its
-    data stays in the stores; its snapshots are deleted with it)."""
+    data stays in the stores), or only disabled while it has snapshots (DittoFS would delete them with it)."""
     users: list[FileUserSpec] = Field(default_factory=list)
     """DittoFS users the operator provisions (removed from the list: deleted in DittoFS)."""
     groups: list[FileGroupSpec] = Field(default_factory=list)

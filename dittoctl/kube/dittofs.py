@@ -333,6 +333,9 @@ class DittoFsClient:
         names = [share_name(s["name"]) for s in shares_raw or []]
         detail = names if wanted.details is None else sorted({share_name(n) for n in wanted.details} & set(names))
         details = await asyncio.gather(*(self._share_details(n) for n in detail))
+        counted = names if wanted.snapshots is None else sorted({share_name(n) for n in wanted.snapshots} & set(names))
+        snapshots = await asyncio.gather(*(self.request("GET", f"{API}/shares/{n.lstrip('/')}/snapshots")
+                                           for n in counted))
         identity = await asyncio.gather(*(self._identity_provider(t) for t in wanted.identity))
         return Observed(
             identity={t: record for t, record in zip(wanted.identity, identity, strict=True) if record is not None},
@@ -340,7 +343,8 @@ class DittoFsClient:
             adapters=parse_adapters(got["/adapters"]),
             adapter_settings={t: got.get(f"/adapters/{t}/settings") or {} for t in ("nfs", "smb")}, stores=stores,
             shares=parse_shares(shares_raw, stores, {n: nfs for n, (nfs, _) in zip(detail, details, strict=True)},
-                                {n: perms for n, (_, perms) in zip(detail, details, strict=True)}),
+                                {n: perms for n, (_, perms) in zip(detail, details, strict=True)},
+                                {n: len(snaps or []) for n, snaps in zip(counted, snapshots, strict=True)}),
             snapshot_policies=parse_snapshot_policies(got.get("/snapshot-policies")), unread=wanted.skipped())
 
     async def _identity_provider(self, kind: str) -> dict[str, Any] | None:

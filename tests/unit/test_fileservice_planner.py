@@ -152,10 +152,10 @@ def simulate(seen: Observed, calls: Iterable[Call]) -> Observed:
                 shares[c.name] = ObservedShare(
                     c.name, body["metadata_store_id"], body["local_block_store"], body.get("remote_block_store"),
                     body["read_only"], body["default_permission"], None, 0,
-                    nfs=ApiShareNfs(squash="root_to_guest"), permissions={})
+                    nfs=ApiShareNfs(squash="root_to_guest"), permissions={}, snapshots=0)
             update = {k: v for k, v in body.items() if k in ("read_only", "default_permission")}
-            if c.path.endswith("/enable"):
-                update["enabled"] = True
+            if c.path.endswith(("/enable", "/disable")):
+                update["enabled"] = c.path.endswith("/enable")
             if "quota_bytes" in body:
                 update["quota"] = _humanize(int(body["quota_bytes"])) if int(body["quota_bytes"]) else None
             shares[c.name] = dataclasses.replace(shares[c.name], **update)
@@ -342,6 +342,55 @@ def test_removed_objects_are_pruned_in_reverse_dependency_order() -> None:
     ]
     assert p.owned_after() == frozenset()
     assert p.digests_after(applied) == {"operator-account:dittofs-operator/password": FULL.operator.digest}  # type: ignore[union-attr]
+
+
+def test_a_share_with_snapshots_that_left_the_spec_is_disabled_not_deleted() -> None:
+    """DittoFS deletes a share's snapshots with the share: one that has any is taken out of service instead
+    (its schedule stopped), its stores kept for it, and a HoldsSnapshots problem says how to let it go."""
+    _, after, owned, applied = converge(FULL, seeded())
+    held = dataclasses.replace(after, shares={"/export": dataclasses.replace(after.shares["/export"], snapshots=2)})
+    p = plan(FileService(operator=FULL.operator), held, owned, applied)
+    assert [c for c in brief(p) if c[1] in ("share", "snapshot-policy")] == [
+        ("update", "share", "POST", "/api/v1/shares/export/disable"),
+        ("delete", "snapshot-policy", "DELETE", "/api/v1/shares/export/snapshot-policy")]
+    assert {(pr.kind, str(pr.ref)) for pr in p.problems} == {
+        (ProblemKind.HOLDS_SNAPSHOTS, "share:/export"), (ProblemKind.IN_USE, "metadata-store:default"),
+        (ProblemKind.IN_USE, "local-store:default"), (ProblemKind.IN_USE, "remote-store:s3")}
+    message = next(pr.message for pr in p.problems if pr.kind is ProblemKind.HOLDS_SNAPSHOTS)
+    assert message.startswith("left the spec, but DittoFS would delete its 2 snapshot(s) with it: disabled")
+    assert Ref(Kind.SHARE, "/export") in p.owned_after()
+
+    # Disabled, the next pass changes nothing; declared again, it is served again.
+    disabled = simulate(held, p.calls)
+    again = plan(FileService(operator=FULL.operator), disabled, p.owned_after(), applied)
+    assert [c for c in brief(again) if c[1] in ("share", "snapshot-policy")] == []
+    assert ProblemKind.HOLDS_SNAPSHOTS in {pr.kind for pr in again.problems}
+    back = plan(FULL, disabled, p.owned_after(), applied)
+    assert ("update", "share", "POST", "/api/v1/shares/export/enable") in brief(back)
+    assert ("create", "snapshot-policy", "PUT", "/api/v1/shares/export/snapshot-policy") in brief(back)
+
+    # Its snapshots deleted by hand: the share goes as any other.
+    emptied = dataclasses.replace(disabled, shares={"/export": dataclasses.replace(
+        disabled.shares["/export"], snapshots=0)})
+    assert ("delete", "share", "DELETE", "/api/v1/shares/export") in brief(
+        plan(FileService(operator=FULL.operator), emptied, p.owned_after(), applied))
+
+
+def test_a_share_whose_snapshots_were_not_counted_is_left_alone() -> None:
+    _, after, owned, applied = converge(FULL, seeded())
+    uncounted = dataclasses.replace(after, shares={"/export": dataclasses.replace(after.shares["/export"],
+                                                                                 snapshots=None)})
+    p = plan(FileService(operator=FULL.operator), uncounted, owned, applied)
+    assert [c for c in brief(p) if c[1] == "share"] == []
+    assert Ref(Kind.SHARE, "/export") in p.owned_after()
+
+
+def test_the_snapshots_of_every_owned_share_that_left_the_spec_are_counted() -> None:
+    owned = {Ref(Kind.SHARE, "/export"), Ref(Kind.SHARE, "/old")}
+    assert reads(FULL, owned, full=True).snapshots == ("/old",)
+    drift = reads(FULL, owned, full=False)
+    assert drift.snapshots == ("/old",) and drift.gets == DRIFT_READS  # counted within the budget
+    assert reads(FULL, {Ref(Kind.SHARE, "/export")}, full=False).snapshots == ()
 
 
 def test_removing_a_grant_and_a_policy_deletes_only_those() -> None:
@@ -576,11 +625,14 @@ def test_simulate_round_trips_a_store_secret_redaction() -> None:
 def observing(seen: Observed, wanted: Reads) -> Observed:
     """What ``DittoFsClient.observe(wanted)`` returns of a server that holds ``seen``."""
     details = set(wanted.details) if wanted.details is not None else set(seen.shares)
+    counted = set(wanted.snapshots) if wanted.snapshots is not None else set(seen.shares)
     return dataclasses.replace(
         seen, groups=seen.groups if wanted.groups else {},
         adapter_settings={t: v for t, v in seen.adapter_settings.items() if t in wanted.settings},
         stores={k: v for k, v in seen.stores.items() if k is not StoreKind.REMOTE or wanted.remote},
-        shares={n: sh if n in details else dataclasses.replace(sh, nfs=None, permissions=None)
+        shares={n: dataclasses.replace(sh, nfs=sh.nfs if n in details else None,
+                                       permissions=sh.permissions if n in details else None,
+                                       snapshots=sh.snapshots if n in counted else None)
                 for n, sh in seen.shares.items()},
         snapshot_policies=seen.snapshot_policies if wanted.policies else {},
         identity={t: r for t, r in seen.identity.items() if t in wanted.identity}, unread=wanted.skipped())

@@ -114,6 +114,7 @@ class ObservedShare:
     nfs: ApiShareNfs | None = None
     permissions: Mapping[tuple[str, str], str] | None = None  # (principal, name) -> level
     enabled: bool = True  # POST /shares/{name}/disable by hand turns it off
+    snapshots: int | None = None  # read only for an owned share that left the spec: DittoFS deletes them with it
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def parse_shares(
     stores: Mapping[StoreKind, Mapping[str, ApiStore]],
     nfs: Mapping[str, ApiShareNfs] | None = None,
     permissions: Mapping[str, Mapping[tuple[str, str], str]] | None = None,
+    snapshots: Mapping[str, int] | None = None,
 ) -> dict[str, ObservedShare]:
     """Shares with store IDs resolved to names (responses carry IDs, requests take names)."""
     ids = {kind: {s.id: s.name for s in by_name.values()} for kind, by_name in stores.items()}
@@ -192,6 +194,7 @@ def parse_shares(
             nfs=(nfs or {}).get(key),
             permissions=(permissions or {}).get(key),
             enabled=s.enabled,
+            snapshots=(snapshots or {}).get(key),
         )
     return out
 

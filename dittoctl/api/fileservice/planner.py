@@ -87,15 +87,18 @@ class Reads:
     policies: bool = True
     details: tuple[str, ...] | None = None
     identity: tuple[str, ...] = ()
+    snapshots: tuple[str, ...] | None = None
+    """The shares whose snapshots are counted (None: all): those an owned share that left the spec has, before
+    anything deletes it."""
     advance: int = 0
 
     @property
     def gets(self) -> int | None:
-        """The GETs this makes (None: one pair per share DittoFS has)."""
-        if self.details is None:
+        """The GETs this makes (None: one pair, and a count of snapshots, per share DittoFS has)."""
+        if self.details is None or self.snapshots is None:
             return None
         return (_LISTS + self.groups + self.remote + self.policies + len(self.settings) + len(self.identity)
-                + 2 * len(self.details))
+                + 2 * len(self.details) + len(self.snapshots or ()))
 
     def skipped(self) -> frozenset[str]:
         """The optional reads left out (``Observed.unread``): the planner leaves their kinds alone."""
@@ -116,6 +119,8 @@ def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 
     kinds = {r.kind for r in owned}
     declared = [s.key for s in want.shares if s.nfs is not None or s.permissions
                 or Ref(Kind.SHARE, s.key) in owned]
+    keys = {s.key for s in want.shares}
+    leaving = tuple(sorted(r.name for r in owned if r.kind is Kind.SHARE and r.name not in keys))
     everything = Reads(
         groups=bool(want.groups) or Kind.GROUP in kinds,
         settings=tuple(a.type for a in want.adapters if a.settings),
@@ -124,6 +129,7 @@ def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 
         details=tuple(declared),
         identity=tuple(sorted({p.type for p in want.identity}
                               | {r.name for r in owned if r.kind is Kind.IDENTITY_PROVIDER})),
+        snapshots=leaving,
     )
     if full:
         return everything
@@ -131,7 +137,7 @@ def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 
     units = ([("groups", "", 1)] * everything.groups + [("policies", "", 1)] * everything.policies
              + [("settings", t, 1) for t in everything.settings] + [("identity", t, 1) for t in everything.identity]
              + [("details", n, 2) for n in declared])
-    room = budget - _LISTS - everything.remote
+    room = budget - _LISTS - everything.remote - len(leaving)
     picked: list[tuple[str, str, int]] = []
     for i in range(len(units)):
         unit = units[(cursor + i) % len(units)]
@@ -145,7 +151,7 @@ def reads(want: FileService, owned: Iterable[Ref], *, full: bool, cursor: int = 
 
     return Reads(groups=bool(values("groups")), settings=values("settings"), remote=everything.remote,
                  policies=bool(values("policies")), details=values("details"), identity=values("identity"),
-                 advance=len(picked))
+                 snapshots=leaving, advance=len(picked))
 
 
 @dataclass(frozen=True)
@@ -420,8 +426,29 @@ class _Planner:
             self.share(s, usable)
         doomed = set(self.stale(Kind.SHARE, declared, set(self.seen.shares)))
         for name in sorted(doomed):
-            self.call(Op.DELETE, Kind.SHARE, name, "DELETE", _share_path(name))
-        return doomed
+            if self.seen.shares[name].snapshots == 0:
+                self.call(Op.DELETE, Kind.SHARE, name, "DELETE", _share_path(name))
+            else:
+                self.hold_share(name)
+        return {name for name in doomed if self.seen.shares[name].snapshots == 0}
+
+    def hold_share(self, name: str) -> None:
+        """An owned share that left the spec but has snapshots (or whose snapshots were not counted): DittoFS
+        would delete them with it, so it is only taken out of service (its schedule stopped, its files, grants
+        and snapshots kept) until its snapshots are deleted, the share is deleted by hand, or it is declared
+        again (then enabled)."""
+        seen = self.seen.shares[name]
+        if seen.snapshots is None:
+            return  # not counted this pass: nothing is done on a guess
+        if seen.enabled:
+            self.call(Op.UPDATE, Kind.SHARE, name, "POST", f"{_share_path(name)}/disable")
+        policy = Ref(Kind.SNAPSHOT_POLICY, name)
+        if self.read("policies") and policy in self.owned and name in self.seen.snapshot_policies:
+            self.call(Op.DELETE, Kind.SNAPSHOT_POLICY, name, "DELETE", f"{_share_path(name)}/snapshot-policy")
+        self.problem(ProblemKind.HOLDS_SNAPSHOTS, Ref(Kind.SHARE, name), f"left the spec, but DittoFS would delete "
+                     f"its {seen.snapshots} snapshot(s) with it: disabled (not served; files, grants and snapshots "
+                     "kept) instead of deleted. Delete its snapshots, or the share, by hand to let it go, or "
+                     "declare it again")
 
     def share(self, s: ShareSpec, usable: set[tuple[StoreKind, str]]) -> None:
         key = s.key

@@ -271,6 +271,7 @@ class ProblemKind(StrEnum):
     RESERVED = "Reserved"  # admin / the operator account declared as a user
     MISSING_DEPENDENCY = "MissingDependency"  # a share names a store that is neither declared nor present
     IN_USE = "InUse"  # an owned store to prune is still used by a share we keep
+    HOLDS_SNAPSHOTS = "HoldsSnapshots"  # an owned share to prune has snapshots, which DittoFS deletes with it
 
 
 @dataclass(frozen=True)
