@@ -250,7 +250,7 @@ class S3Spec(ApiModel):
     region: str = "eu-west-1"
     """Region."""
     bucket: str | None = None
-    """Default bucket."""
+    """Default bucket of the remote stores; immutable for those that use it."""
 
 
 AdapterType = Literal["nfs", "smb"]
@@ -417,13 +417,13 @@ class RemoteStoreSpec(ApiModel):
     type: Literal["s3"] = "s3"
     """s3."""
     bucket: str | None = Field(None, min_length=3, max_length=63)
-    """Bucket (default spec.s3.bucket)."""
+    """Bucket (default spec.s3.bucket). Immutable: the store's blocks are there."""
     region: str | None = None
     """Region (default spec.s3.region)."""
     endpoint: str | None = Field(None, pattern=r"^https?://")
     """Endpoint URL of an S3-compatible service (MinIO, Ceph...); unset: AWS."""
     prefix: str | None = None
-    """Key prefix inside the bucket."""
+    """Key prefix inside the bucket. Immutable."""
     force_path_style: bool | None = None
     """Path-style addressing (DittoFS turns it on when endpoint is set)."""
     allow_private_endpoint: bool = False

@@ -36,6 +36,7 @@ from dittoctl.api.models import (
     DittoServerSpec,
     DittoServerStatus,
     NetworkPeer,
+    RemoteStoreSpec,
 )
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
@@ -623,6 +624,20 @@ class _Check:
                         self.error(where, f"immutable: store {_q(store.name)} was {_shown_value(a)}, now "
                                    f"{_shown_value(b)}; {fix}")
                         break
+        # Where a remote store's blocks are (its effective bucket, from spec.s3 when unset, and prefix).
+        def blocks_at(spec: DittoServerSpec, r: RemoteStoreSpec) -> tuple[str | None, str | None]:
+            return r.bucket or (spec.s3.bucket if spec.s3 else None), r.prefix or None
+
+        remote = {r.name: blocks_at(old, r) for r in old.stores.remote}
+        for i, r in enumerate(new.stores.remote):
+            if r.name not in remote:
+                continue
+            for key, a, b in zip(("bucket", "prefix"), remote[r.name], blocks_at(new, r), strict=True):
+                if a != b:
+                    self.error(f"spec.stores.remote[{i}].{key}", f"immutable: store {_q(r.name)} keeps its blocks "
+                               f"under {key} {_shown_value(a)}, now {_shown_value(b)}; DittoFS would no longer "
+                               f"find them (blocks evicted from local disk are read back from there); {fix}")
+                    break
         shares = {"/" + s.name.strip("/"): s for s in old.effective_shares}
         for i, share in enumerate(new.effective_shares):
             was = shares.get("/" + share.name.strip("/"))

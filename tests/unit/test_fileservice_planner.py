@@ -453,11 +453,11 @@ def test_immutable_store_and_share_changes_are_problems_not_calls() -> None:
 def test_a_store_put_persisted_but_not_recorded_is_sent_again_so_the_pod_still_rolls() -> None:
     _, after, owned, applied = converge(FULL, seeded())
     changed = dataclasses.replace(FULL, stores=(*FULL.stores[:2], StoreSpec(
-        StoreKind.REMOTE, "s3", "s3", (("bucket", "b2"), ("region", "eu-west-1")), FULL.stores[2].secrets)))
+        StoreKind.REMOTE, "s3", "s3", (("bucket", "b"), ("region", "eu-west-3")), FULL.stores[2].secrets)))
     first = plan(changed, after, owned, applied)
     assert [(c.op, c.kind, c.needs_restart) for c in first.calls] == [(Op.UPDATE, Kind.REMOTE_STORE, True)]
     # The operator died after DittoFS persisted the PUT and before status recorded it: DittoFS shows the
-    # new bucket, but has not applied it. The recorded config stamp still says "old", so the PUT (and the
+    # new region, but has not applied it. The recorded config stamp still says "old", so the PUT (and the
     # restart it implies) is planned again; once recorded, nothing is.
     persisted = simulate(after, first.calls)
     again = plan(changed, persisted, owned, applied)
@@ -466,6 +466,20 @@ def test_a_store_put_persisted_but_not_recorded_is_sent_again_so_the_pod_still_r
     # Ownership recorded before stamps existed (no "config" slot) is no reason to PUT.
     legacy = {k: v for k, v in applied.items() if not k.endswith("/config")}
     assert plan(FULL, after, owned, legacy).calls == ()
+
+
+def test_where_a_remote_store_keeps_its_blocks_is_immutable() -> None:
+    """Another bucket or prefix (the webhook was off, or a re-created server declares it) is reported, not
+    PUT: DittoFS would read blocks evicted from local disk from where they are not."""
+    _, after, owned, applied = converge(FULL, seeded())
+    for config, key in (((("bucket", "b2"), ("region", "eu-west-1")), "bucket"),
+                        ((("bucket", "b"), ("prefix", "p/"), ("region", "eu-west-1")), "prefix")):
+        moved = dataclasses.replace(FULL, stores=(*FULL.stores[:2], StoreSpec(
+            StoreKind.REMOTE, "s3", "s3", config, FULL.stores[2].secrets)))
+        p = plan(moved, after, owned, applied)
+        assert p.calls == ()
+        assert [(pr.kind, str(pr.ref)) for pr in p.problems] == [(ProblemKind.IMMUTABLE, "remote-store:s3")]
+        assert p.problems[0].message.startswith(f"{key} is ")
 
 
 def test_a_metadata_store_is_never_posted_twice() -> None:

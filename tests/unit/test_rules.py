@@ -589,6 +589,26 @@ def test_store_type_and_path_and_share_stores_are_immutable() -> None:
     assert check(more, old=old).allowed
 
 
+def test_where_a_remote_store_keeps_its_blocks_is_immutable() -> None:
+    """Another bucket or prefix (set on the store, or inherited from spec.s3.bucket) would have DittoFS read
+    blocks evicted from local disk from where they are not; the endpoint and region may change (a renamed
+    service, a fixed region)."""
+    store = {"name": "s3", "credentialsSecretRef": {"name": "s3"}}
+    old: dict[str, Any] = {"s3": {"bucket": "bkt", "credentialsSecretRef": {"secretName": "s3"}},
+                           "stores": {"remote": [{**store, "prefix": "a/"}]}}
+    for change, path in ((merge(old, {"stores": {"remote": [{**store, "prefix": "b/"}]}}), "prefix"),
+                         (merge(old, {"stores": {"remote": [store]}}), "prefix"),
+                         (merge(old, {"s3": {"bucket": "other"}}), "bucket"),
+                         (merge(old, {"stores": {"remote": [{**store, "prefix": "a/", "bucket": "bkt2"}]}}), "bucket")):
+        verdict = check(change, old=old)
+        assert paths(verdict.messages) == [f"spec.stores.remote[0].{path}"], verdict.messages
+        assert "DittoFS would no longer find them" in verdict.messages[0]
+    assert "under prefix 'a/', now unset" in check(merge(old, {"stores": {"remote": [store]}}), old=old).messages[0]
+    same = merge(old, {"stores": {"remote": [{**store, "prefix": "a/", "bucket": "bkt", "region": "eu-west-3",
+                                              "endpoint": "https://s3.eu-west-3.amazonaws.com"}]}})
+    assert check(same, old=old).allowed
+
+
 def test_writing_out_the_default_path_a_store_already_uses_is_not_a_change() -> None:
     old: dict[str, Any] = {"stores": {"metadata": [{"name": "default"}, {"name": "fast"}],
                                       "local": [{"name": "default"}, {"name": "big"}]}}

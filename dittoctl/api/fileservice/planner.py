@@ -50,6 +50,9 @@ from dittoctl.api.secrets import INTEGER_STORE_KEYS
 
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")
+# Where a remote store's blocks are: changed, DittoFS would look for blocks already evicted from local disk in a
+# bucket that does not hold them. Absent is the empty value (no prefix).
+_WHERE_REMOTE_KEYS = ("bucket", "prefix")
 _ORDER = {kind: i for i, kind in enumerate(Kind)}
 # Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
 # identity and the adapters are seeded by DittoFS, so neither is ever deleted.
@@ -407,6 +410,13 @@ class _Planner:
             if key in config and key in seen.config and str(seen.config[key]) != str(config[key]):
                 self.problem(ProblemKind.IMMUTABLE, ref, f"{key} is {seen.config[key]!r} in DittoFS, declared "
                              f"{config[key]!r}: a store's {key} cannot change (declare a new store)")
+                return
+        for key in _WHERE_REMOTE_KEYS if s.kind is StoreKind.REMOTE else ():
+            have, want = str(seen.config.get(key) or ""), str(config.get(key) or "")
+            if have != want:
+                self.problem(ProblemKind.IMMUTABLE, ref, f"{key} is {have!r} in DittoFS, declared {want!r}: the "
+                             f"store's blocks are under the old {key}, which DittoFS would no longer read "
+                             "(declare a new store)")
                 return
         plain_differs = any(k not in seen.config or not same_values(seen.config[k], v) for k, v in config.items())
         secret_differs = any(self.secret_changed(ref, sf.key, sf.secret.digest) for sf in secrets)
