@@ -343,7 +343,7 @@ class _Check:
         self._unique("spec.groups", [g.name for g in spec.groups])
         self._unique("spec.users", [u.name for u in spec.users])
         shares = spec.shares or []
-        self._unique("spec.shares", ["/" + s.name.strip("/") for s in shares])
+        self._unique("spec.shares", ["/" + s.name.strip("/") for s in shares], [s.name for s in shares])
         for i, g in enumerate(spec.groups):
             if g.name in _SYSTEM_GROUPS:
                 self.error(f"spec.groups[{i}].name", f"{_q(g.name)} is a DittoFS system group; it exists already "
@@ -425,6 +425,8 @@ class _Check:
                 self.error(f"{base}.postgresSecretRef", f"only for type postgres (this store is {m.type})")
         for i, b in enumerate(local or []):
             self._store_path(f"spec.stores.local[{i}].path", b.path, b.type == "fs", BLOCK_ROOT, b.type)
+        for kind, stores in (("metadata", metadata or []), ("local", local or [])):
+            self._own_directories(kind, [(s.name, s.path, s.effective_path) for s in stores])
         for i, r in enumerate(st.remote):
             base = f"spec.stores.remote[{i}]"
             if r.bucket is None and (spec.s3 is None or spec.s3.bucket is None):
@@ -448,6 +450,24 @@ class _Check:
         return {"metadata": {m.name for m in metadata} if metadata is not None else {"default"},
                 "local": {b.name for b in local} if local is not None else {"default"},
                 "remote": {r.name for r in st.remote}}
+
+    def _own_directories(self, kind: str, stores: list[tuple[str, str | None, str | None]]) -> None:
+        """Two stores in one directory (or one inside the other) are found only when the server runs: badger
+        holds a lock on its directory, and fs stores would mix their blocks. A store named like another's
+        default directory (a badger store "badger" beside "default") collides just the same."""
+        taken: list[tuple[int, str, str]] = []
+        for i, (name, written, directory) in enumerate(stores):
+            if directory is None or any(other == name for _, other, _ in taken):
+                continue  # a repeated name is reported as such
+            here = directory.rstrip("/") + "/"
+            clash = next(((j, other) for j, other, there in taken if here.startswith(there) or there.startswith(here)),
+                         None)
+            if clash is not None:
+                j, other = clash
+                where = f"spec.stores.{kind}[{i}]" + (".path" if written else "")
+                self.error(where, f"store {_q(name)} would keep its data in {directory}, in or around the directory of "
+                           f"store {_q(other)} (spec.stores.{kind}[{j}]); give it a path of its own")
+            taken.append((i, name, here))
 
     def _store_path(self, path: str, value: str | None, on_disk: bool, root: str, kind: str) -> None:
         if value is None:
@@ -478,10 +498,20 @@ class _Check:
                 self.error(f"spec.adapters.{path}", f"{_q(value or '')} is outside DittoFS's range "
                            f"{low}s to {high}s")
 
-    def _unique(self, path: str, names: list[str]) -> None:
+    def _unique(self, path: str, names: list[str], written: list[str] | None = None) -> None:
+        """One error per repeated name, at its second entry, naming the first (``written``: the names as the
+        user wrote them, when ``names`` are normalised)."""
+        written = written or names
+        first: dict[str, int] = {}
         for i, name in enumerate(names):
-            if name in names[:i]:
-                self.error(f"{path}[{i}].name", f"{_q(name)} is declared twice; names must be unique")
+            j = first.setdefault(name, i)
+            if j == i or names.index(name, j + 1) != i:
+                continue
+            same = "" if written[i] == written[j] else f" ({_q(written[j])})"
+            times = names.count(name)
+            more = f", {times} times in all" if times > 2 else ""
+            self.error(f"{path}[{i}].name", f"{_q(written[i])} repeats {path}[{j}]{same}{more}; names must be "
+                       "unique (remove or rename the repeats)")
 
     # -- database and Percona (rules 6-11) ---------------------------------------------------------------
     def _database(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

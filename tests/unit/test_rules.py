@@ -483,10 +483,10 @@ def test_declared_file_service_is_allowed() -> None:
 
 
 @pytest.mark.parametrize(("patch", "path", "fragment"), [
-    ({"shares": [{"name": "/a"}, {"name": "/a/"}]}, "spec.shares[1].name", "declared twice"),
+    ({"shares": [{"name": "/a"}, {"name": "/a/"}]}, "spec.shares[1].name", "repeats"),
     ({"shares": [{"name": "export"}]}, "spec.shares[0].name", "absolute path"),
-    ({"users": [FILE_SERVICE["users"][0], FILE_SERVICE["users"][0]]}, "spec.users[1].name", "declared twice"),
-    ({"groups": [{"name": "g"}, {"name": "g"}]}, "spec.groups[1].name", "declared twice"),
+    ({"users": [FILE_SERVICE["users"][0], FILE_SERVICE["users"][0]]}, "spec.users[1].name", "repeats"),
+    ({"groups": [{"name": "g"}, {"name": "g"}]}, "spec.groups[1].name", "repeats"),
     ({"groups": [{"name": "admins"}]}, "spec.groups[0].name", "system group"),
     ({"users": [{"name": "admin", "passwordSecretRef": {"name": "alice-pw", "key": "password"}}]},
      "spec.users[0].name", "reserved"),
@@ -563,6 +563,38 @@ def test_the_implicit_default_share_needs_its_default_stores(stores: dict[str, A
     key = "localBlockStore" if kind == "local" else "metadataStore"
     assert paths(written_out.messages) == [f"spec.shares[0].{key}"]
     assert check({"stores": stores, "shares": []}).messages == []
+
+
+@pytest.mark.parametrize(("stores", "path", "other"), [
+    ({"metadata": [{"name": "default"}, {"name": "badger"}]}, "spec.stores.metadata[1]", "default"),
+    ({"local": [{"name": "default"}, {"name": "blocks"}]}, "spec.stores.local[1]", "default"),
+    ({"local": [{"name": "a", "path": "/data/store/block/x"}, {"name": "b", "path": "/data/store/block/x/y"}]},
+     "spec.stores.local[1].path", "a"),
+    ({"metadata": [{"name": "a", "path": "/data/store/metadata/x/y"}, {"name": "b", "path": "/data/store/metadata/x"}]},
+     "spec.stores.metadata[1].path", "a"),
+])
+def test_two_stores_never_share_a_directory(stores: dict[str, Any], path: str, other: str) -> None:
+    """Found only at run time before: badger locks its directory, fs stores would mix their blocks."""
+    verdict = check({"stores": stores, "shares": []})
+    assert paths(verdict.messages) == [path]
+    assert f'in or around the directory of store "{other}"' in verdict.messages[0]
+
+
+def test_stores_in_neighbouring_directories_or_without_one_are_fine() -> None:
+    assert check({"stores": {"local": [{"name": "a", "path": "/data/store/block/x"},
+                                       {"name": "b", "path": "/data/store/block/xy"}],
+                             "metadata": [{"name": "default"}, {"name": "m", "type": "memory"}, {"name": "fast"}]},
+                  "shares": []}).allowed
+
+
+def test_a_repeated_name_is_reported_once_naming_the_first() -> None:
+    verdict = check({"shares": [{"name": "/a"}, {"name": "/a/"}, {"name": "/b"}, {"name": "/a"}],
+                     "groups": [{"name": "g"}] * 3000})
+    assert verdict.messages == [
+        'spec.groups[1].name: "g" repeats spec.groups[0], 3000 times in all; names must be unique (remove or '
+        "rename the repeats)",
+        'spec.shares[1].name: "/a/" repeats spec.shares[0] ("/a"), 3 times in all; names must be unique (remove '
+        "or rename the repeats)"]
 
 
 def test_a_declared_remote_store_with_defaults_from_spec_s3_is_allowed() -> None:
