@@ -8,6 +8,7 @@ warnings (nothing to act on) come last.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import logging
@@ -15,9 +16,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from dittoctl.api.facts import ClusterFacts, percona_not_served
@@ -792,9 +794,12 @@ def _describe(err: ErrorDetails) -> str:
     if kind == "missing":
         return "required; add this field"
     if kind == "extra_forbidden":
-        return "unknown field; remove it or fix its spelling (`kubectl explain dittoserver.spec` lists the fields)"
+        return _unknown_field(err["loc"])
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '')}{got}"
+        expected = str(ctx.get("expected", ""))
+        if isinstance(value, int | float) and not isinstance(value, bool) and f"'{value}'" in expected:
+            return f"must be one of {expected}{got}: a string, so quote it (\"{value}\")"
+        return f"must be one of {expected}{got}"
     if kind == "string_pattern_mismatch":
         return PATTERN_MESSAGES.get(str(ctx.get("pattern")), f"must match {ctx.get('pattern')}") + got
     if kind == "value_error":
@@ -805,6 +810,8 @@ def _describe(err: ErrorDetails) -> str:
             return f"must be a 5-field cron expression such as '0 2 * * *'{got}"
         if ctx.get("min_length") == 1:
             return "must not be empty"
+        if err["loc"][:1] == ("shares",) and last == "name":
+            return f"must name a share below '/', e.g. /export{got}"
         return f"must have at least {ctx.get('min_length')} characters{got}"
     if kind == "string_too_long":
         return f"must have at most {ctx.get('max_length')} characters"
@@ -823,6 +830,49 @@ def _describe(err: ErrorDetails) -> str:
     if kind in ("list_type", "tuple_type", "iterable_type"):
         return f"must be a list (got {_json_type(value)})"
     return str(err["msg"]).replace("Input should be", "must be")
+
+
+# Unknown fields with a known cause: (the field, where it was written) -> what to write instead.
+_MISPLACED = {
+    ("password", "users"): "a password never goes in the spec: put it in a Secret and name it in "
+                           "passwordSecretRef: {name, key}",
+    ("secretName", "credentialsSecretRef"): "here the Secret is named by name (spec.s3.credentialsSecretRef uses "
+                                            "secretName)",
+}
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    """An unknown field, with the field the user most likely meant."""
+    field_ = str(loc[-1]) if loc else ""
+    parent = next((str(p) for p in reversed(loc[:-1]) if isinstance(p, str)), "")
+    hint = _MISPLACED.get((field_, parent))
+    if hint is not None:
+        return f"unknown field; {hint}"
+    known = _fields_at(loc[:-1])
+    match = next((k for k in known if k.lower() == field_.lower()), None) or next(
+        iter(difflib.get_close_matches(field_, known, n=1, cutoff=0.75)), None)
+    if match is not None:
+        return f"unknown field; did you mean {match}? (`kubectl explain dittoserver.spec` lists the fields)"
+    return "unknown field; remove it or fix its spelling (`kubectl explain dittoserver.spec` lists the fields)"
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names (as written in YAML) of the object at ``loc`` in a spec; [] when it cannot be told."""
+    models: list[type[BaseModel]] = [DittoServerSpec]
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list item: the same models
+        fields_ = [f for m in models for name, f in m.model_fields.items() if (f.alias or name) == part]
+        if not fields_:
+            return []
+        models = [m for f in fields_ for m in _models_in(f.annotation)]
+    return sorted({f.alias or name for m in models for name, f in m.model_fields.items()})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 def _json_type(value: Any) -> str:

@@ -597,6 +597,30 @@ def test_a_repeated_name_is_reported_once_naming_the_first() -> None:
         "or rename the repeats)"]
 
 
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"users": [{"name": "bob", "password": "hunter2"}]},
+     "spec.users[0].password: unknown field; a password never goes in the spec: put it in a Secret and name it "
+     "in passwordSecretRef: {name, key}"),
+    ({"stores": {"remote": [{"name": "r", "bucket": "bkt", "credentialsSecretRef": {"secretName": "s3"}}]}},
+     "spec.stores.remote[0].credentialsSecretRef.secretName: unknown field; here the Secret is named by name "
+     "(spec.s3.credentialsSecretRef uses secretName)"),
+    ({"shares": [{"name": "x"}]}, "spec.shares[0].name: must name a share below '/', e.g. /export (got 'x')"),
+    ({"adapters": {"nfs": {"settings": {"minVersion": 3}}}},
+     "spec.adapters.nfs.settings.minVersion: must be one of '3', '4.0' or '4.1' (got 3): a string, so quote it "
+     '("3")'),
+    ({"shares": [{"name": "/e", "nfs": {"anonymousUid": 5}}]},
+     "spec.shares[0].nfs.anonymousUid: unknown field; did you mean anonymousUID? (`kubectl explain "
+     "dittoserver.spec` lists the fields)"),
+    ({"storage": {"metadataSize": "1Gi", "metadatasize": "1Gi"}},
+     "spec.storage.metadatasize: unknown field; did you mean metadataSize? (`kubectl explain dittoserver.spec` "
+     "lists the fields)"),
+    ({"zzz": 1}, "spec.zzz: unknown field; remove it or fix its spelling (`kubectl explain dittoserver.spec` "
+     "lists the fields)"),
+])
+def test_a_likely_slip_gets_the_fix_not_only_the_fault(spec: dict[str, Any], message: str) -> None:
+    assert message in check(spec).messages
+
+
 def test_a_declared_remote_store_with_defaults_from_spec_s3_is_allowed() -> None:
     verdict = check({"s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "bkt"},
                      "stores": {"remote": [{"name": "s3", "endpoint": "http://minio.storage.svc:9000",
