@@ -78,6 +78,18 @@ def _diagnosis(testbed: Any, namespace: str, name: str) -> str:
             lines.append(f"pod {p['metadata']['name']}: {phase}, ready {ready}, node {p['spec'].get('nodeName')}, "
                          f"image {p['spec']['containers'][0]['image']}, "
                          f"revision {p['metadata'].get('labels', {}).get('controller-revision-hash')}")
+            lines += [f"  {c['type']}={c['status']} {c.get('reason')}: {c.get('message', '')[:300]}"
+                      for c in p.get("status", {}).get("conditions") or [] if c.get("status") != "True"]
+        # An unscheduled pod is most often an unbound claim: say which.
+        claims = kubectl_json(testbed, "get", "pvc", "-n", namespace)["items"]
+        for c in claims:
+            node = c["metadata"].get("annotations", {}).get("volume.kubernetes.io/selected-node")
+            lines.append(f"pvc {c['metadata']['name']}: {c.get('status', {}).get('phase')}, "
+                         f"class {c['spec'].get('storageClassName')}, selected node {node}")
+        for e in [e for e in events(testbed, namespace) if e.get("type") == "Warning"][-10:]:
+            about = e.get("involvedObject", {})
+            lines.append(f"event {about.get('kind')}/{about.get('name')} {e.get('reason')}: "
+                         f"{e.get('message', '')[:200]}")
     except Exception as exc:  # diagnostics must never hide the timeout itself
         lines.append(f"(diagnosis failed: {exc!r})")
     return "\n".join(lines)
