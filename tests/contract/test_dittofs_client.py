@@ -194,36 +194,30 @@ async def test_an_operator_account_disabled_or_demoted_by_hand_is_restored(dfs: 
     """SPEC §13.2 "if the account is lost, it is re-created": an account disabled by hand cannot log in (403, not
     401), and one demoted by hand logs in but provisions nothing. Both used to leave the operator stuck; both are
     made an enabled admin with the operator's password again."""
-    first = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
-                                     SecretStr(OPERATOR_PASSWORD))
-    await first.close()
-    status, _ = admin_call(dfs, "PUT", "/users/dittofs-operator", {"enabled": False})
-    assert status == 200
+    await (await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                    SecretStr(OPERATOR_PASSWORD))).close()
+
+    async def restored() -> None:
+        assert await operator_login(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) is None
+        async with await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                            SecretStr(OPERATOR_PASSWORD)) as client:
+            me = await client.me()
+            assert (me["role"], me["enabled"], me["must_change_password"]) == ("admin", True, False)
+            assert isinstance(await client.request("GET", "/api/v1/shares"), list)
+
+    assert admin_call(dfs, "PUT", "/users/dittofs-operator", {"enabled": False})[0] == 200
     async with DittoFsClient(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) as disabled:
         with pytest.raises(DittoFsForbidden, match="disabled"):
             await disabled.login()
-    assert await operator_login(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) is None
-    restored = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
-                                        SecretStr(OPERATOR_PASSWORD))
-    async with restored:
-        me = await restored.me()
-        assert (me["role"], me["enabled"], me["must_change_password"]) == ("admin", True, False)
-        assert isinstance(await restored.request("GET", "/api/v1/shares"), list)
+    await restored()
 
-    status, _ = admin_call(dfs, "PUT", "/users/dittofs-operator", {"role": "user"})
-    assert status == 200
+    assert admin_call(dfs, "PUT", "/users/dittofs-operator", {"role": "user"})[0] == 200
     async with DittoFsClient(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) as demoted:
         await demoted.login()
         assert demoted.role == "user"
         with pytest.raises(DittoFsForbidden):
             await demoted.request("GET", "/api/v1/shares")
-    assert await operator_login(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD)) is None
-    restored = await bootstrap_operator(dfs.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
-                                        SecretStr(OPERATOR_PASSWORD))
-    async with restored:
-        me = await restored.me()
-        assert (me["role"], me["enabled"], me["must_change_password"]) == ("admin", True, False)
-        assert isinstance(await restored.request("GET", "/api/v1/shares"), list)
+    await restored()
     healthy = await operator_login(dfs.base_url, "dittofs-operator", SecretStr(OPERATOR_PASSWORD))
     assert healthy is not None and healthy.requests == Counter({"POST": 1})
     await healthy.close()
