@@ -100,6 +100,8 @@ class Cache:
     children: dict[tuple[str, str, str], Packed] = field(default_factory=dict)
     # children and DittoServers a pass is writing -> the watch events (type, object) delivered meanwhile
     writing: dict[tuple[str, str, str], list[tuple[str | None, Obj]]] = field(default_factory=dict)
+    # children a pass is reading with a GET -> whether the watch delivered anything for them meanwhile
+    reading: dict[tuple[str, str, str], bool] = field(default_factory=dict)
     # (namespace, instance) -> pod name -> the fields of it we read (`slim_pod`)
     pods: dict[Key, dict[str, Packed]] = field(default_factory=lambda: defaultdict(dict))
     secrets: dict[Key, SecretDigest] = field(default_factory=dict)
@@ -149,6 +151,26 @@ class Cache:
     def put_child(self, kind: Kind, obj: Obj) -> None:
         namespace, name = key_of(obj)
         self.children[(kind.plural, namespace, name)] = Packed.of(obj)
+
+    def begin_read(self, kind: Kind, namespace: str, name: str) -> None:
+        self.reading[(kind.plural, namespace, name)] = False
+
+    def saw_child(self, kind: Kind, obj: Obj) -> None:
+        """A watch event of a child: a GET of it in flight may answer older news."""
+        key = (kind.plural, *key_of(obj))
+        if key in self.reading:
+            self.reading[key] = True
+
+    def end_read(self, kind: Kind, namespace: str, name: str, result: Obj | None) -> Obj | None:
+        """Caches a GET's answer unless the watch spoke meanwhile: then the watch's word (already applied, events
+        of one object come in order and it will deliver any later one) stands over an answer that may predate it,
+        e.g. a StatefulSet read while the garbage collector finished deleting it, whose DELETED came first."""
+        spoke = self.reading.pop((kind.plural, namespace, name), False)
+        if spoke:
+            return self.child(kind, namespace, name)
+        if result is not None:
+            self.put_child(kind, result)
+        return result
 
     def begin_write(self, kind: Kind, namespace: str, name: str) -> None:
         self.writing[(kind.plural, namespace, name)] = []

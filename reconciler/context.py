@@ -356,9 +356,12 @@ class Pass:
         cached = self.cache.child(kind, self.namespace, name)
         if cached is not None or self.fresh:
             return cached
-        obj = await self.gw.get_or_none(kind, name, self.namespace)
-        if obj is not None:
-            self.cache.put_child(kind, obj)
+        self.cache.begin_read(kind, self.namespace, name)
+        obj: Obj | None = None
+        try:
+            obj = await self.gw.get_or_none(kind, name, self.namespace)
+        finally:
+            obj = self.cache.end_read(kind, self.namespace, name, obj)
         return obj
 
     async def optional_child(self, kind: Kind, name: str) -> Obj | None:

@@ -327,6 +327,7 @@ class Controller:
 
     def on_child(self, kind: Kind, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
+        self.cache.saw_child(kind, body)
         if self.cache.during_write(kind, event_type, body):
             return  # a pass is writing it: its own write coming back before the response (decided there)
         instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
