@@ -215,7 +215,10 @@ async def test_only_writes_that_touch_the_spec_are_sent(hook: Hook, namespace: s
         bad = await hook.kubectl("patch", "dittoserver", "quiet", "-n", namespace, "--type=merge", "-p",
                                  '{"spec": {"adapters": {"nfs": {"port": 8080}}}}')
         assert bad.returncode != 0 and "port 8080 is also used by spec.controlPlane.port" in bad.stderr, bad.stderr
-        assert len(reviews) == 1
+        # Sent, and judged. Twice at most: the apiserver first tries the patch on its watch cache's copy, and when
+        # admission refuses and that copy was stale (the finalizer patch just before), it reads etcd and asks
+        # again (k8s.io/apiserver etcd3 store GuaranteedUpdate, origStateIsCurrent): a CI run saw two reviews.
+        assert 1 <= len(reviews) <= 2, reviews
     released = await hook.kubectl("patch", "dittoserver", "quiet", "-n", namespace, "--type=merge", "-p",
                                   '{"metadata": {"finalizers": null}}')
     assert released.returncode == 0, released.stderr
