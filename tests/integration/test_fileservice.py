@@ -564,3 +564,67 @@ def test_a_call_dittofs_refuses_is_reported_with_its_own_message(testbed: Testbe
     assert "metadata-store:extra" not in obj["status"]["provisioned"]
     _, stores = admin.call("GET", "/api/v1/store/metadata")
     assert {s["name"] for s in stores} == {"default", "manual", "other"}, stores
+
+
+def test_a_share_with_snapshots_that_leaves_the_spec_is_disabled_and_its_data_kept(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+    """DittoFS deletes a share's snapshots with the share. Dropping a share that has one disables it instead,
+    reported as Provisioned=False/Rejected (HoldsSnapshots); declared again, it serves its file; once its
+    snapshot is deleted by hand, the next pass deletes the share and the server converges."""
+    placement: dict[str, Any] = {**real_node.pod_placement()}
+    both = [{"name": "/export", "defaultPermission": "read-write"},
+            {"name": "/scratch", "defaultPermission": "read-write"}]
+    apply_server(testbed, namespace, **placement, shares=both)
+    wait_ready(testbed, namespace, timeout=180)
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+    admin = admin_rest(testbed, namespace, ip)
+    local = tmp_path / "kept.txt"
+    local.write_bytes(b"in a share with a snapshot\n" * 100)
+
+    def put() -> bool:
+        nfs_put(ip, local, "kept.txt", share="/scratch")
+        return True
+
+    eventually(put, timeout=30, what="nfs-cp into /scratch")
+    status, _ = admin.call("POST", "/api/v1/shares/scratch/snapshots", {})
+    assert status in (201, 202), status
+
+    def snapshots() -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = admin.call("GET", "/api/v1/shares/scratch/snapshots")[1]
+        return listed
+
+    (snap,) = eventually(lambda: [s for s in snapshots() if s.get("state") == "ready"], timeout=60,
+                         what="the snapshot ready")
+
+    def held() -> dict[str, Any] | None:
+        cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+        return cond if cond and (cond["status"], cond["reason"]) == ("False", "Rejected") else None
+
+    apply_server(testbed, namespace, **placement, shares=both[:1])
+    cond = eventually(held, timeout=60, what="Provisioned=False/Rejected for the held share")
+    assert cond["message"].startswith("share:/scratch: left the spec, but DittoFS would delete its 1 snapshot(s)"), cond
+    _, share = admin.call("GET", "/api/v1/shares/scratch")
+    assert share["enabled"] is False, share
+    assert [s["id"] for s in snapshots()] == [snap["id"]]
+    (event,) = eventually(lambda: events(testbed, namespace, "ProvisioningFailed"), timeout=30,
+                          what="a ProvisioningFailed event")
+    assert event["type"] == "Warning" and "snapshot" in event["message"], event
+    obj = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)
+    assert "share:/scratch" in obj["status"]["provisioned"], "a held share stays ours"
+    assert not events(testbed, namespace, "ShareDeleted")
+
+    # Declared again: enabled, and the file written before is still served.
+    apply_server(testbed, namespace, **placement, shares=both)
+    wait_ready(testbed, namespace, timeout=60)
+    assert admin.call("GET", "/api/v1/shares/scratch")[1]["enabled"] is True
+    assert nfs_get(ip, "kept.txt", share="/scratch") == local.read_bytes()
+
+    # Dropped again, then its snapshot deleted by hand: the share goes, and the server converges.
+    apply_server(testbed, namespace, **placement, shares=both[:1])
+    eventually(held, timeout=60, what="held again")
+    assert admin.call("DELETE", f"/api/v1/shares/scratch/snapshots/{snap['id']}")[0] == 204
+    eventually(lambda: "/scratch" not in admin.shares(), timeout=60, what="/scratch deleted in DittoFS")
+    obj = wait_ready(testbed, namespace, timeout=60)
+    assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
+    assert "share:/scratch" not in obj["status"]["provisioned"]
+    assert events(testbed, namespace, "ShareDeleted")
