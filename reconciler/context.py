@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGCLUSTERS, Kind, kind_of
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE
+from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE, owned_by
 from dittoctl.kube.events import EventRecorder, EventType
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound
 from dittoctl.kube.logs import fields
@@ -107,10 +107,6 @@ class Lane:
             self.wakes += 1
             self.held[key] = (self.held.get(key, (0, 0))[0] + wanted, self.wakes)
             self.wake(key)
-
-
-def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences", []))
 
 
 @dataclass

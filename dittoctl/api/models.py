@@ -431,6 +431,14 @@ class RemoteStoreSpec(ApiModel):
     credentials_secret_ref: RemoteStoreCredentials | None = None
     """Access key pair (default spec.s3.credentialsSecretRef)."""
 
+    def effective_bucket(self, s3: S3Spec | None) -> str | None:
+        """The bucket in use, declared or spec.s3's; None when neither is set (admission refuses that)."""
+        return self.bucket or (s3.bucket if s3 else None)
+
+    def effective_region(self, s3: S3Spec | None) -> str:
+        """The region in use: declared, else spec.s3's, else DittoFS's own default."""
+        return self.region or (s3.region if s3 else None) or "us-east-1"
+
 
 StoreList = Literal["metadata", "local", "remote"]
 STORE_LISTS: tuple[StoreList, ...] = ("metadata", "local", "remote")

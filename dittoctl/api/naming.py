@@ -144,13 +144,19 @@ class Names:
         return meta
 
     def owns(self, obj: Mapping[str, Any]) -> bool:
-        """Whether `obj` is this server's: by ownerReference, or by ``OWNER_ANNOTATION`` (a kept database)."""
-        meta = obj.get("metadata") or {}
-        return (meta.get("annotations") or {}).get(OWNER_ANNOTATION) == self.uid or any(
-            ref.get("uid") == self.uid for ref in meta.get("ownerReferences") or [])
+        """Whether `obj` is this server's: by ownerReference, or by ``OWNER_ANNOTATION`` (a kept database;
+        only Percona clusters are claimed that way, see `owned_by`)."""
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        return annotations.get(OWNER_ANNOTATION) == self.uid or owned_by(obj, self.uid)
 
     def host(self, service: str) -> str:
         return f"{service}.{self.namespace}.svc"
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether an ownerReference of `obj` names `uid`: the mark of every child the garbage collector may delete
+    with its server."""
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def selector_string(labels: Mapping[str, str], *, negated: bool = False) -> str:

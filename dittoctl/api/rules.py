@@ -431,7 +431,7 @@ class _Check:
             self._own_directories(kind, [(s.name, s.path, s.effective_path) for s in stores])
         for i, r in enumerate(st.remote):
             base = f"spec.stores.remote[{i}]"
-            if r.bucket is None and (spec.s3 is None or spec.s3.bucket is None):
+            if r.effective_bucket(spec.s3) is None:
                 self.error(f"{base}.bucket", "required: name the bucket here or set spec.s3.bucket")
             if r.credentials_secret_ref is None and (spec.s3 is None or spec.s3.credentials_secret_ref is None):
                 self.error(f"{base}.credentialsSecretRef", "required: DittoFS needs an access key pair in the "
@@ -656,9 +656,8 @@ class _Check:
                         self.error(where, f"immutable: store {_q(store.name)} was {_shown_value(a)}, now "
                                    f"{_shown_value(b)}; {fix}")
                         break
-        # Where a remote store's blocks are (its effective bucket, from spec.s3 when unset, and prefix).
         def blocks_at(spec: DittoServerSpec, r: RemoteStoreSpec) -> tuple[str | None, str | None]:
-            return r.bucket or (spec.s3.bucket if spec.s3 else None), r.prefix or None
+            return r.effective_bucket(spec.s3), r.prefix or None
 
         remote = {r.name: blocks_at(old, r) for r in old.stores.remote}
         for i, r in enumerate(new.stores.remote):

@@ -115,8 +115,7 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
         out.append(StoreSpec(StoreKind.LOCAL, b.name, b.type, tuple(sorted(config.items()))))
     s3 = spec.s3
     for i, r in enumerate(spec.stores.remote):
-        remote: dict[str, Scalar] = {"bucket": r.bucket or (s3.bucket if s3 else None) or "",
-                                     "region": r.region or (s3.region if s3 else None) or "us-east-1"}
+        remote: dict[str, Scalar] = {"bucket": r.effective_bucket(s3) or "", "region": r.effective_region(s3)}
         for key, value in (("endpoint", r.endpoint), ("prefix", r.prefix), ("force_path_style", r.force_path_style)):
             if value is not None:
                 remote[key] = value
