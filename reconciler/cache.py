@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,16 @@ class Packed:
         return dict(orjson.loads(self.raw))
 
 
+@dataclass(eq=False, slots=True)
+class Read:
+    """A GET in flight (of a child or a Secret). `spoke` turns True when the watch delivers that object meanwhile:
+    the answer may then predate the watch's word, which stands (events of one object come in order, and the watch
+    delivers any later one)."""
+
+    key: tuple[str, str, str]
+    spoke: bool = False
+
+
 @dataclass
 class Cache:
     servers: dict[Key, Packed] = field(default_factory=dict)
@@ -100,8 +111,8 @@ class Cache:
     children: dict[tuple[str, str, str], Packed] = field(default_factory=dict)
     # children and DittoServers a pass is writing -> the watch events (type, object) delivered meanwhile
     writing: dict[tuple[str, str, str], list[tuple[str | None, Obj]]] = field(default_factory=dict)
-    # children a pass is reading with a GET -> whether the watch delivered anything for them meanwhile
-    reading: dict[tuple[str, str, str], bool] = field(default_factory=dict)
+    # children and Secrets being read with a GET -> those reads (Secrets are shared: two passes may read one)
+    reading: dict[tuple[str, str, str], list[Read]] = field(default_factory=dict)
     # (namespace, instance) -> pod name -> the fields of it we read (`slim_pod`)
     pods: dict[Key, dict[str, Packed]] = field(default_factory=lambda: defaultdict(dict))
     secrets: dict[Key, SecretDigest] = field(default_factory=dict)
@@ -152,25 +163,42 @@ class Cache:
         namespace, name = key_of(obj)
         self.children[(kind.plural, namespace, name)] = Packed.of(obj)
 
-    def begin_read(self, kind: Kind, namespace: str, name: str) -> None:
-        self.reading[(kind.plural, namespace, name)] = False
+    # -- GETs racing the watch ----------------------------------------------------------------------------
+    @contextmanager
+    def read(self, kind: Kind, namespace: str, name: str) -> Iterator[Read]:
+        """Marks a GET in flight; settle its answer with `child_answer` or `secret_answer` inside the block."""
+        read = Read((kind.plural, namespace, name))
+        self.reading.setdefault(read.key, []).append(read)
+        try:
+            yield read
+        finally:
+            reads = self.reading[read.key]
+            reads.remove(read)
+            if not reads:
+                del self.reading[read.key]
 
-    def saw_child(self, kind: Kind, obj: Obj) -> None:
-        """A watch event of a child: a GET of it in flight may answer older news."""
-        key = (kind.plural, *key_of(obj))
-        if key in self.reading:
-            self.reading[key] = True
+    def saw(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        """A watch event: every GET of that object in flight may answer older news."""
+        for read in self.reading.get((kind.plural, *key_of(obj)), ()):
+            read.spoke = True
 
-    def end_read(self, kind: Kind, namespace: str, name: str, result: Obj | None) -> Obj | None:
-        """Caches a GET's answer unless the watch spoke meanwhile: then the watch's word (already applied, events
-        of one object come in order and it will deliver any later one) stands over an answer that may predate it,
-        e.g. a StatefulSet read while the garbage collector finished deleting it, whose DELETED came first."""
-        spoke = self.reading.pop((kind.plural, namespace, name), False)
-        if spoke:
-            return self.child(kind, namespace, name)
-        if result is not None:
-            self.put_child(kind, result)
-        return result
+    def child_answer(self, read: Read, answer: Obj | None) -> Obj | None:
+        """A child's GET answer, cached unless the watch spoke meanwhile, e.g. a StatefulSet read while the garbage
+        collector finished deleting it, whose DELETED came first: put back, it would never leave the cache."""
+        if read.spoke:
+            packed = self.children.get(read.key)
+            return None if packed is None else packed.unpack()
+        if answer is not None:
+            self.children[read.key] = Packed.of(answer)
+        return answer
+
+    def secret_answer(self, read: Read, digest: SecretDigest) -> SecretDigest:
+        """A Secret's GET answer (as its digest), cached unless the watch spoke meanwhile (a rotation whose event
+        came first would otherwise be forgotten until the next one)."""
+        key = (read.key[1], read.key[2])
+        if not read.spoke:
+            self.put_secret(key, digest)
+        return self.secrets.get(key, digest)
 
     def begin_write(self, kind: Kind, namespace: str, name: str) -> None:
         self.writing[(kind.plural, namespace, name)] = []

@@ -352,13 +352,12 @@ class Pass:
         cached = self.cache.child(kind, self.namespace, name)
         if cached is not None or self.fresh:
             return cached
-        self.cache.begin_read(kind, self.namespace, name)
-        obj: Obj | None = None
-        try:
-            obj = await self.gw.get_or_none(kind, name, self.namespace)
-        finally:
-            obj = self.cache.end_read(kind, self.namespace, name, obj)
-        return obj
+        return await self.confirm(kind, name)
+
+    async def confirm(self, kind: Kind, name: str) -> Obj | None:
+        """A child as the apiserver has it, cached (``Cache.child_answer``)."""
+        with self.cache.read(kind, self.namespace, name) as read:
+            return self.cache.child_answer(read, await self.gw.get_or_none(kind, name, self.namespace))
 
     async def optional_child(self, kind: Kind, name: str) -> Obj | None:
         """A child of an optional kind: from the cache once its watch has listed (a miss means absent), else one

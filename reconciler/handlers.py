@@ -288,6 +288,11 @@ class Controller:
         for key in list(self.cache.servers):
             self.queue.add(key)
 
+    def pause(self) -> None:
+        """Lost the lead: no pass starts, and those in flight stop (``WorkQueue.interrupt``)."""
+        self.active.clear()
+        self.queue.interrupt()
+
     async def _drift(self) -> None:
         """Every interval, a pass for each server that had none in the last half interval (kopf's ``idle``
         timers in spirit): any pass reads the same cache and DittoFS, so one that just ran for an event
@@ -327,7 +332,7 @@ class Controller:
 
     def on_child(self, kind: Kind, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
-        self.cache.saw_child(kind, body)
+        self.cache.saw(kind, body)
         if self.cache.during_write(kind, event_type, body):
             return  # a pass is writing it: its own write coming back before the response (decided there)
         instance = (body.get("metadata", {}).get("labels") or {}).get(INSTANCE_LABEL)
@@ -367,6 +372,7 @@ class Controller:
 
     def on_secret(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         namespace = str(body.get("metadata", {}).get("namespace", ""))
+        self.cache.saw(SECRETS, body)
         for server in self.cache.secret_event(body, deleted=event_type == "DELETED"):
             self.queue.add((namespace, server))
 

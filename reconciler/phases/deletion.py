@@ -48,10 +48,10 @@ async def finalize(ctx: Pass) -> float | None:
 
     sts = ctx.cache.child(STATEFULSETS, namespace, name)
     if sts is None:
-        sts = await ctx.gw.get_or_none(STATEFULSETS, name, namespace)
+        sts = await ctx.confirm(STATEFULSETS, name)
     if sts is not None and sts.get("spec", {}).get("replicas", 0) != 0:
-        scaled = await ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}}, namespace)
-        ctx.cache.put_child(STATEFULSETS, scaled)
+        await ctx.write(STATEFULSETS, name, ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}},
+                                                               namespace))
     pods = ctx.cache.pods_of(namespace, name)
     timeout = ctx.shared.cleanup_timeout
     timed_out = _age(str(meta["deletionTimestamp"])) > timeout

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +32,14 @@ async def _digest(ctx: Pass, name: str) -> SecretDigest:
     key = (ctx.namespace, name)
     if key in ctx.cache.secrets:
         return ctx.cache.secrets[key]
-    obj = await ctx.gw.get_or_none(SECRETS, name, ctx.namespace)
-    digest = secret_digest(obj) if obj is not None else None
-    ctx.cache.put_secret(key, digest)
-    return digest
+    return await _read(ctx, name, ctx.gw.get_or_none(SECRETS, name, ctx.namespace))
+
+
+async def _read(ctx: Pass, name: str, request: Awaitable[dict[str, Any] | None]) -> SecretDigest:
+    """A Secret's digest from a GET or a create, yielding to the watch if it spoke meanwhile."""
+    with ctx.cache.read(SECRETS, ctx.namespace, name) as read:
+        obj = await request
+        return ctx.cache.secret_answer(read, secret_digest(obj) if obj is not None else None)
 
 
 async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None:
@@ -55,13 +59,11 @@ async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], di
     if (known or not ctx.fresh) and await _digest(ctx, name) is not None:
         return
     try:
-        created = await ctx.gw.create(SECRETS, build(), namespace)
-        ctx.cache.put_secret((namespace, name), secret_digest(created))
+        await _read(ctx, name, ctx.gw.create(SECRETS, build(), namespace))
         log.info("generated Secret", extra=fields(namespace=namespace, name=name))
     except Conflict:
         # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
-        existing = await ctx.gw.get(SECRETS, name, namespace)
-        ctx.cache.put_secret((namespace, name), secret_digest(existing))
+        await _read(ctx, name, ctx.gw.get(SECRETS, name, namespace))
 
 
 async def jwt_too_short(ctx: Pass, server: DittoServer, digests: SecretDigests) -> str | None:

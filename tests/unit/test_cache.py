@@ -1,11 +1,13 @@
-"""The cache against a GET that races the watch (a StatefulSet read while the garbage collector deletes it)."""
+"""The cache against a GET that races the watch (a StatefulSet read while the garbage collector deletes it, a
+Secret read while it is rotated)."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-from dittoctl.api.kinds import STATEFULSETS
+from dittoctl.api.kinds import SECRETS, STATEFULSETS
 from dittoctl.kube.gateway import Gateway
+from reconciler.cache import secret_digest
 from reconciler.handlers import Controller
 
 
@@ -23,29 +25,53 @@ def test_a_get_answered_before_a_deletion_the_watch_delivered_meanwhile_is_not_c
     no later event would remove it: the pass waited for the deletion forever and never re-created it."""
     controller = Controller(cast(Gateway, object()))
     cache = controller.cache
-    cache.begin_read(STATEFULSETS, "ns", "demo")
-    controller.on_child(STATEFULSETS, "DELETED", sts("9", deleting=True))
-    assert cache.end_read(STATEFULSETS, "ns", "demo", sts("8", deleting=True)) is None
-    assert cache.child(STATEFULSETS, "ns", "demo") is None
+    with cache.read(STATEFULSETS, "ns", "demo") as read:
+        controller.on_child(STATEFULSETS, "DELETED", sts("9", deleting=True))
+        assert cache.child_answer(read, sts("8", deleting=True)) is None
+    assert cache.child(STATEFULSETS, "ns", "demo") is None and cache.reading == {}
 
 
 def test_a_get_the_watch_updated_meanwhile_yields_the_watch_version() -> None:
     controller = Controller(cast(Gateway, object()))
     cache = controller.cache
-    cache.begin_read(STATEFULSETS, "ns", "demo")
-    controller.on_child(STATEFULSETS, "MODIFIED", sts("9"))
-    read = cache.end_read(STATEFULSETS, "ns", "demo", sts("8"))
-    assert read is not None and read["metadata"]["resourceVersion"] == "9"
+    with cache.read(STATEFULSETS, "ns", "demo") as read:
+        controller.on_child(STATEFULSETS, "MODIFIED", sts("9"))
+        answer = cache.child_answer(read, sts("8"))
+    assert answer is not None and answer["metadata"]["resourceVersion"] == "9"
     assert cache.child_version(STATEFULSETS, "ns", "demo") == "9"
 
 
 def test_a_get_with_a_quiet_watch_is_cached_and_a_miss_is_not() -> None:
     controller = Controller(cast(Gateway, object()))
     cache = controller.cache
-    cache.begin_read(STATEFULSETS, "ns", "demo")
-    assert cache.end_read(STATEFULSETS, "ns", "demo", sts("8")) is not None
+    with cache.read(STATEFULSETS, "ns", "demo") as read:
+        controller.on_child(STATEFULSETS, "MODIFIED", {**sts("7"), "metadata": {"name": "other", "namespace": "ns"}})
+        assert cache.child_answer(read, sts("8")) is not None
     assert cache.child_version(STATEFULSETS, "ns", "demo") == "8"
     cache.drop_child(STATEFULSETS, ("ns", "demo"))
-    cache.begin_read(STATEFULSETS, "ns", "demo")
-    assert cache.end_read(STATEFULSETS, "ns", "demo", None) is None
+    with cache.read(STATEFULSETS, "ns", "demo") as read:
+        assert cache.child_answer(read, None) is None
     assert cache.child(STATEFULSETS, "ns", "demo") is None and cache.reading == {}
+
+
+def secret(value: str) -> dict[str, Any]:
+    return {"metadata": {"name": "pw", "namespace": "ns"}, "data": {"password": value}}
+
+
+def test_a_secret_rotated_while_two_passes_read_it_keeps_the_new_value() -> None:
+    """Two servers referencing one Secret read it at once; the rotation's event comes before both answers, which
+    hold the old value. Both yield to the watch, and the cache keeps the new digest (an old one would hide the
+    rotation until the Secret changed again)."""
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    cache.set_refs(("ns", "a"), ["pw"])
+    cache.set_refs(("ns", "b"), ["pw"])
+    old, new = secret_digest(secret("b2xk")), secret_digest(secret("bmV3"))
+    with cache.read(SECRETS, "ns", "pw") as first, cache.read(SECRETS, "ns", "pw") as second:
+        controller.on_secret("MODIFIED", secret("bmV3"))
+        assert cache.secret_answer(first, old) == new
+        assert cache.secret_answer(second, old) == new
+    assert cache.secrets[("ns", "pw")] == new and cache.reading == {}
+    with cache.read(SECRETS, "ns", "pw") as quiet:
+        assert cache.secret_answer(quiet, old) == old  # a quiet watch: the answer is the news
+    assert cache.secrets[("ns", "pw")] == old
