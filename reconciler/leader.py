@@ -102,7 +102,7 @@ class LeaderElector:
             self.controller.resume()
         else:
             log.warning("lost leadership; reconciling stops", extra=fields(identity=self.identity))
-            self.controller.active.clear()
+            self.controller.pause()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

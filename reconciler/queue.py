@@ -26,6 +26,7 @@ class WorkQueue(Generic[K]):
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._failures: dict[K, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._passes: dict[K, asyncio.Future[float | None]] = {}
         self._concurrency = concurrency
         self._max_backoff = max_backoff
         self.on_result: Callable[[str, float], None] | None = None
@@ -60,6 +61,13 @@ class WorkQueue(Generic[K]):
         if timer is not None:
             timer.cancel()
 
+    def interrupt(self) -> None:
+        """Cancels the passes in flight and forgets their keys (leadership lost: once the Lease expires another
+        replica reconciles the same servers, so no pass of ours may still be writing; the next leader's first
+        passes, ours included after a `Controller.resume`, redo them). The workers go on."""
+        for running in self._passes.values():
+            running.cancel()
+
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing running (a key waiting on a retry timer is neither)."""
@@ -93,12 +101,18 @@ class WorkQueue(Generic[K]):
             self._active.add(key)
             started = loop.time()
             requeue: float | None = None
+            running = self._passes[key] = asyncio.ensure_future(self._worker(key))
             try:
-                requeue = await self._worker(key)
+                requeue = await running
                 self._failures.pop(key, None)
                 result = "requeue_after" if requeue else "success"
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the queue is stopping
+                self._dirty.discard(key)  # e.g. requeued by a write the cancellation cut short
+                log.info("pass interrupted", extra=fields(key=str(key)))
+                continue  # `interrupt`: no result, no retry
             except NamespaceTerminating:
                 # The namespace controller is deleting the server too; its deletion pass will run.
                 requeue = self._retry_after(key)
@@ -109,6 +123,7 @@ class WorkQueue(Generic[K]):
                 log.exception("reconcile failed; retrying in %.1fs", requeue, extra=fields(key=str(key)))
                 result = "error"
             finally:
+                del self._passes[key]
                 self._active.discard(key)
                 self.passes += 1
             if self.on_result is not None:

@@ -63,6 +63,9 @@ class Reconciling:
     def resume(self) -> None:
         self.active.set()
 
+    def pause(self) -> None:
+        self.active.clear()
+
 
 async def until(check: Any, timeout: float = 3.0) -> None:
     for _ in range(int(timeout / 0.01)):

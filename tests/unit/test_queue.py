@@ -69,3 +69,49 @@ def test_retries_back_off_exponentially_per_key_up_to_the_cap() -> None:
     assert queue._retry_after("b") == 0.5
     queue.forget("a")  # a success (or a deleted server) starts over
     assert queue._retry_after("a") == 0.5
+
+
+async def test_an_interrupt_stops_the_passes_in_flight_and_the_workers_go_on() -> None:
+    """SPEC §8: a replica that lost the Lease writes nothing more. Its passes in flight (one mid-write, one
+    requeued meanwhile) are cancelled with their cleanup run, leave no retry, result or re-run behind, and the
+    same workers then serve the next pass; stopping the queue still stops the workers."""
+    entered: dict[str, asyncio.Event] = {"a": asyncio.Event(), "b": asyncio.Event()}
+    cleaned: list[str] = []
+    calls: list[str] = []
+
+    async def worker(key: str) -> float | None:
+        calls.append(key)
+        if key in entered:
+            entered[key].set()
+            try:
+                await asyncio.sleep(60)  # a write that is slow to answer
+            finally:
+                cleaned.append(key)
+        return 5.0
+
+    queue: WorkQueue[str] = WorkQueue(worker, concurrency=2)
+    results: list[str] = []
+    queue.on_result = lambda result, _seconds: results.append(result)
+    queue.start()
+    try:
+        queue.add("a")
+        queue.add("b")
+        await asyncio.wait_for(asyncio.gather(entered["a"].wait(), entered["b"].wait()), 5)
+        queue.add("a")  # an event during the pass: would re-run it after
+        queue.interrupt()
+        for _ in range(100):
+            if queue.idle:
+                break
+            await asyncio.sleep(0.01)
+        assert queue.idle and sorted(cleaned) == ["a", "b"] and results == []
+        assert not queue._dirty and not queue._timers and not queue._passes
+        entered.clear()
+        queue.add("c")
+        for _ in range(100):
+            if results:
+                break
+            await asyncio.sleep(0.01)
+        assert calls == ["a", "b", "c"] and results == ["requeue_after"]
+    finally:
+        await queue.stop()
+    assert all(task.done() for task in queue._tasks) and not queue._tasks
