@@ -60,6 +60,7 @@ from reconciler.specs.fileservice import (
     dittofs_address,
     ownership_record,
     recorded_refs,
+    refusal_hint,
     share_status,
 )
 from reconciler.specs.secrets import OPERATOR_PASSWORD_KEY, new_password, operator_secret
@@ -476,7 +477,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     if error is not None:
         if isinstance(error.cause, (DittoFsAuthError, DittoFsForbidden)):
             await mem.close()
-        message = f"{error.call}: {error.cause.detail or error.cause}"
+        detail = error.cause.detail or str(error.cause)
+        message = f"{error.call}: {detail}{refusal_hint(error.call, detail, the_plan.owned, f'{names.statefulset}-0')}"
         result.condition = Cond(ConditionType.PROVISIONED, False, _map_error(error), message)
         return result
     if the_plan.problems:

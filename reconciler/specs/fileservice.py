@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,8 +16,10 @@ from dittoctl.api.fileservice import (
     FileService,
     Grant,
     GroupSpec,
+    Kind,
     NfsOptions,
     Observed,
+    Op,
     Plan,
     ProblemKind,
     Ref,
@@ -30,7 +32,7 @@ from dittoctl.api.fileservice import (
     plan,
 )
 from dittoctl.api.fileservice.observed import duration_seconds
-from dittoctl.api.fileservice.types import IdentityProviderSpec, Scalar
+from dittoctl.api.fileservice.types import Call, IdentityProviderSpec, Scalar
 from dittoctl.api.models import DittoServerSpec
 from dittoctl.api.naming import OWNERSHIP_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
@@ -227,6 +229,19 @@ def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUs
             entry[kind] = f"{kind}://{host}:{adapter.port}{s.name}"
         out.append(entry)
     return out
+
+
+BADGER_LOCKED = "Another process is using this Badger database"
+
+
+def refusal_hint(call: Call, detail: str, owned: Collection[Ref], pod: str) -> str:
+    """What a refusal of DittoFS does not say but the user can act on ("" when nothing). DittoFS's DELETE of a
+    metadata store forgets its config but keeps the open badger database (and its directory lock) until the
+    server restarts, so re-creating a store of ours deleted by hand fails on the lock."""
+    if call.op is Op.CREATE and call.kind is Kind.METADATA_STORE and call.ref in owned and BADGER_LOCKED in detail:
+        return (f". The store was deleted by hand and DittoFS holds its directory until it restarts: delete pod {pod} "
+                "and it is re-created")
+    return ""
 
 
 def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mapping[str, str],

@@ -548,6 +548,7 @@ def test_a_call_dittofs_refuses_is_reported_with_its_own_message(testbed: Testbe
     # DittoFS's own words, from badger's directory lock.
     assert cond["message"].startswith("create metadata-store extra (POST /api/v1/store/metadata): "), cond
     assert "Another process is using this Badger database" in cond["message"], cond
+    assert "delete pod" not in cond["message"], "not ours: restarting would not free the directory"
     (event,) = eventually(lambda: events(testbed, namespace, "ProvisioningFailed"), timeout=30,
                           what="a ProvisioningFailed event")
     assert event["type"] == "Warning" and "Another process is using this Badger database" in event["message"], event
@@ -563,6 +564,20 @@ def test_a_call_dittofs_refuses_is_reported_with_its_own_message(testbed: Testbe
     assert "metadata-store:other" in obj["status"]["provisioned"], obj["status"]["provisioned"]
     assert "metadata-store:extra" not in obj["status"]["provisioned"]
     _, stores = admin.call("GET", "/api/v1/store/metadata")
+    assert {s["name"] for s in stores} == {"default", "manual", "other"}, stores
+
+    # A store of ours deleted by hand: DittoFS keeps its badger database open, so re-creating it fails on the
+    # lock until the server restarts, which the condition says; once the pod is deleted, it is re-created.
+    assert admin.call("DELETE", "/api/v1/store/metadata/other")[0] == 204
+    cond = eventually(rejected, timeout=60, what="Provisioned=False/Rejected for the store deleted by hand")
+    assert cond["message"].startswith("create metadata-store other (POST /api/v1/store/metadata): "), cond
+    assert "Another process is using this Badger database" in cond["message"], cond
+    assert cond["message"].endswith("delete pod demo-0 and it is re-created"), cond
+    testbed.kubectl("delete", "pod", "demo-0", "-n", namespace, "--wait=false")
+    obj = wait_ready(testbed, namespace, timeout=180)
+    assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+    _, stores = admin_rest(testbed, namespace, ip).call("GET", "/api/v1/store/metadata")
     assert {s["name"] for s in stores} == {"default", "manual", "other"}, stores
 
 

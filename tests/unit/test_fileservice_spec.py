@@ -6,12 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
-from dittoctl.api.fileservice import Grant, Kind, Observed, StoreKind, plan
+from dittoctl.api.fileservice import Grant, Kind, Observed, Op, Ref, StoreKind, plan
+from dittoctl.api.fileservice.types import Call
 from dittoctl.api.models import BLOCK_PATH, METADATA_PATH, DittoServerSpec
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import provisioned_secrets, secret_uses, watched_secrets
 from reconciler import specs
-from reconciler.specs.fileservice import declared, dittofs_address, salted, share_status
+from reconciler.specs.fileservice import (
+    BADGER_LOCKED,
+    declared,
+    dittofs_address,
+    refusal_hint,
+    salted,
+    share_status,
+)
 from reconciler.status import Cond, Observation, conditions
 
 NAMES = Names("demo", "ns", "uid-1")
@@ -197,3 +205,19 @@ def test_provisioning_retries_back_off_to_a_cap() -> None:
 
     assert [backoff_seconds(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
     assert backoff_seconds(10_000) == 300  # no overflow however long it fails
+
+
+def test_a_refused_re_creation_of_our_badger_store_says_to_restart_the_pod() -> None:
+    """DittoFS keeps a badger store deleted over its API open until it restarts: re-creating ours fails on the
+    directory lock, and only a restart frees it. A lock held by a store we do not own, or another refusal, gets
+    DittoFS's words alone."""
+    create = Call(Op.CREATE, Kind.METADATA_STORE, "extra", "POST", "/api/v1/store/metadata")
+    locked = "Cannot acquire directory lock on \"/data/store/metadata/extra\". " + BADGER_LOCKED
+    ours = {Ref(Kind.METADATA_STORE, "extra")}
+    assert refusal_hint(create, locked, ours, "demo-0") == (
+        ". The store was deleted by hand and DittoFS holds its directory until it restarts: delete pod demo-0 and it "
+        "is re-created")
+    assert refusal_hint(create, locked, set(), "demo-0") == ""
+    assert refusal_hint(create, "store already exists", ours, "demo-0") == ""
+    share = Call(Op.CREATE, Kind.SHARE, "extra", "POST", "/api/v1/shares")
+    assert refusal_hint(share, locked, {Ref(Kind.SHARE, "extra")}, "demo-0") == ""
