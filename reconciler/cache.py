@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from dittoctl.api.kinds import DITTOSERVERS, Kind
+from dittoctl.api.kinds import DITTOSERVERS, SECRETS, Kind
 from dittoctl.api.naming import INSTANCE_LABEL
 from reconciler.specs.hashing import value_digest
 
@@ -301,6 +301,15 @@ class Cache:
             return set()
         self.secrets[key] = digest
         return set(holders)
+
+    def forget_secrets(self) -> None:
+        """The Secret watch may have missed events: every digest is unknown again, and a GET in flight may answer
+        from before the miss, so its answer is not cached either."""
+        self.secrets.clear()
+        for (plural, _, _), reads in self.reading.items():
+            if plural == SECRETS.plural:
+                for read in reads:
+                    read.spoke = True
 
     def put_secret(self, key: Key, digest: SecretDigest) -> None:
         if key in self.secret_refs:

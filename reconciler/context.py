@@ -355,7 +355,8 @@ class Pass:
         return await self.confirm(kind, name)
 
     async def confirm(self, kind: Kind, name: str) -> Obj | None:
-        """A child as the apiserver has it, cached (``Cache.child_answer``)."""
+        """One GET of a child, cached; when the watch delivered that child meanwhile, the watch's copy instead
+        (``Cache.child_answer``)."""
         with self.cache.read(kind, self.namespace, name) as read:
             return self.cache.child_answer(read, await self.gw.get_or_none(kind, name, self.namespace))
 

@@ -377,7 +377,7 @@ class Controller:
             self.queue.add((namespace, server))
 
     def on_secret_reset(self) -> None:
-        self.cache.secrets.clear()
+        self.cache.forget_secrets()
         for namespace, secret in list(self.cache.secret_refs):
             for server in self.cache.secret_refs.get((namespace, secret), ()):
                 self.queue.add((namespace, server))

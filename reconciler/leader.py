@@ -106,21 +106,27 @@ class LeaderElector:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        last_renew = 0.0
+        last_renew = 0.0  # when the renewal that holds the Lease now began (its renewTime)
+
+        def left() -> float:
+            """While leading: the time until the renew deadline, counted from that renewTime, which is what other
+            replicas judge by (a slow attempt or the retry sleep must not stretch it)."""
+            return self.renew_deadline - (loop.time() - last_renew) if self.leading else self.renew_deadline
+
         try:
             while True:
-                ok = False
-                try:
-                    ok = await asyncio.wait_for(self.try_acquire(), timeout=self.renew_deadline)
-                except (TimeoutError, ApiError):
-                    ok = False
-                now = loop.time()
+                began, ok = loop.time(), False
+                if left() > 0:
+                    try:
+                        ok = await asyncio.wait_for(self.try_acquire(), timeout=left())
+                    except (TimeoutError, ApiError):
+                        ok = False
                 if ok:
-                    last_renew = now
+                    last_renew = began
                     self._set(True)
-                elif (self.leading and now - last_renew > self.renew_deadline) or not self.leading:
+                elif not self.leading or left() <= 0:
                     self._set(False)
-                await asyncio.sleep(self.retry)
+                await asyncio.sleep(max(0.0, min(self.retry, left())))
         finally:
             self._set(False)
             await self.release()

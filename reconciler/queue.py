@@ -27,6 +27,7 @@ class WorkQueue(Generic[K]):
         self._failures: dict[K, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._passes: dict[K, asyncio.Future[float | None]] = {}
+        self._interrupted: set[K] = set()
         self._concurrency = concurrency
         self._max_backoff = max_backoff
         self.on_result: Callable[[str, float], None] | None = None
@@ -62,10 +63,11 @@ class WorkQueue(Generic[K]):
             timer.cancel()
 
     def interrupt(self) -> None:
-        """Cancels the passes in flight and forgets their keys (leadership lost: once the Lease expires another
-        replica reconciles the same servers, so no pass of ours may still be writing; the next leader's first
-        passes, ours included after a `Controller.resume`, redo them). The workers go on."""
-        for running in self._passes.values():
+        """Cancels the passes in flight, with no result and no retry (leadership lost: once the Lease expires
+        another replica reconciles the same servers, so no pass of ours may go on writing; the next leader's
+        first passes, ours included after a `Controller.resume`, redo them). The workers go on."""
+        for key, running in self._passes.items():
+            self._interrupted.add(key)
             running.cancel()
 
     @property
@@ -109,10 +111,14 @@ class WorkQueue(Generic[K]):
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
-                    raise  # the queue is stopping
-                self._dirty.discard(key)  # e.g. requeued by a write the cancellation cut short
-                log.info("pass interrupted", extra=fields(key=str(key)))
-                continue  # `interrupt`: no result, no retry
+                    raise  # the queue is stopping (the pass was cancelled with its worker)
+                if key in self._interrupted:
+                    log.info("pass interrupted", extra=fields(key=str(key)))
+                    result = ""  # no result, no retry; an event meanwhile (or `Controller.resume`) re-runs it below
+                else:  # cancelled from within: a failure like any other
+                    requeue = self._retry_after(key)
+                    log.error("reconcile cancelled; retrying in %.1fs", requeue, extra=fields(key=str(key)))
+                    result = "error"
             except NamespaceTerminating:
                 # The namespace controller is deleting the server too; its deletion pass will run.
                 requeue = self._retry_after(key)
@@ -124,9 +130,10 @@ class WorkQueue(Generic[K]):
                 result = "error"
             finally:
                 del self._passes[key]
+                self._interrupted.discard(key)
                 self._active.discard(key)
                 self.passes += 1
-            if self.on_result is not None:
+            if self.on_result is not None and result:
                 self.on_result(result, loop.time() - started)
             if key in self._dirty:
                 self._dirty.discard(key)

@@ -239,7 +239,7 @@ def refusal_hint(call: Call, detail: str, owned: Collection[Ref], pod: str) -> s
     metadata store forgets its config but keeps the open badger database (and its directory lock) until the
     server restarts, so re-creating a store of ours deleted by hand fails on the lock."""
     if call.op is Op.CREATE and call.kind is Kind.METADATA_STORE and call.ref in owned and BADGER_LOCKED in detail:
-        return (f". The store was deleted by hand and DittoFS holds its directory until it restarts: delete pod {pod} "
+        return (f". If the store was deleted by hand, DittoFS holds its directory until it restarts: delete pod {pod} "
                 "and it is re-created")
     return ""
 

@@ -624,6 +624,8 @@ def test_a_share_with_snapshots_that_leaves_the_spec_is_disabled_and_its_data_ke
     (event,) = eventually(lambda: events(testbed, namespace, "ProvisioningFailed"), timeout=30,
                           what="a ProvisioningFailed event")
     assert event["type"] == "Warning" and "snapshot" in event["message"], event
+    time.sleep(12)  # retried with backoff (5 s, then 10 s): the same message posts no second event
+    assert len(events(testbed, namespace, "ProvisioningFailed")) == 1
     obj = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)
     assert "share:/scratch" in obj["status"]["provisioned"], "a held share stays ours"
     assert not events(testbed, namespace, "ShareDeleted")

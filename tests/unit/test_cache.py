@@ -75,3 +75,16 @@ def test_a_secret_rotated_while_two_passes_read_it_keeps_the_new_value() -> None
     with cache.read(SECRETS, "ns", "pw") as quiet:
         assert cache.secret_answer(quiet, old) == old  # a quiet watch: the answer is the news
     assert cache.secrets[("ns", "pw")] == old
+
+
+def test_a_secret_read_across_a_watch_reset_is_not_cached() -> None:
+    """The Secret watch expired and may have missed a rotation: a GET sent before the reset may answer from before
+    it, so its answer serves its pass but is not cached (the passes the reset queues read again)."""
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    cache.set_refs(("ns", "a"), ["pw"])
+    old = secret_digest(secret("b2xk"))
+    with cache.read(SECRETS, "ns", "pw") as read:
+        controller.on_secret_reset()
+        assert cache.secret_answer(read, old) == old
+    assert ("ns", "pw") not in cache.secrets

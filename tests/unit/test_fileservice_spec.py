@@ -215,8 +215,8 @@ def test_a_refused_re_creation_of_our_badger_store_says_to_restart_the_pod() -> 
     locked = "Cannot acquire directory lock on \"/data/store/metadata/extra\". " + BADGER_LOCKED
     ours = {Ref(Kind.METADATA_STORE, "extra")}
     assert refusal_hint(create, locked, ours, "demo-0") == (
-        ". The store was deleted by hand and DittoFS holds its directory until it restarts: delete pod demo-0 and it "
-        "is re-created")
+        ". If the store was deleted by hand, DittoFS holds its directory until it restarts: delete pod demo-0 and "
+        "it is re-created")
     assert refusal_hint(create, locked, set(), "demo-0") == ""
     assert refusal_hint(create, "store already exists", ours, "demo-0") == ""
     share = Call(Op.CREATE, Kind.SHARE, "extra", "POST", "/api/v1/shares")

@@ -20,12 +20,17 @@ class LeaseStore:
         self.lease: dict[str, Any] | None = None
         self.version = 0
         self.down = False
+        self.delay = 0.0  # each call's round trip
+        self.asked: float | None = None  # when the current attempt began (its first call)
+        self.renewal_began: float | None = None  # when the attempt that last renewed began
 
     def _check(self) -> None:
         if self.down:
             raise ApiError(0, "connection refused")
 
     async def get(self, kind: Kind, name: str, namespace: str | None = None, **_: Any) -> dict[str, Any]:
+        self.asked = asyncio.get_running_loop().time()
+        await asyncio.sleep(self.delay)
         self._check()
         if self.lease is None:
             raise NotFound(name)
@@ -40,12 +45,14 @@ class LeaseStore:
 
     async def merge_patch(self, kind: Kind, name: str, patch: dict[str, Any], namespace: str | None = None,
                           **_: Any) -> dict[str, Any]:
+        await asyncio.sleep(self.delay)
         self._check()
         assert self.lease is not None
         if patch["metadata"]["resourceVersion"] != str(self.version):
             raise Conflict("the object has been modified")
         self.lease["spec"] = {**self.lease["spec"], **patch["spec"]}
         self.version += 1
+        self.renewal_began = self.asked
         return self.lease
 
     def held_by(self, identity: str, renewed: datetime) -> None:
@@ -115,3 +122,26 @@ async def test_a_live_lease_of_another_replica_is_left_alone_and_an_expired_one_
     assert store.lease["spec"]["holderIdentity"] == elector.identity
     assert store.lease["spec"]["leaseTransitions"] == 4
     assert not ctl.active.is_set(), "try_acquire alone never starts reconciling; run() does"
+
+
+async def test_a_slow_apiserver_does_not_stretch_the_renew_deadline() -> None:
+    """Other replicas judge the Lease by the renewTime an attempt stamps when it begins. With slow round trips
+    (0.2 s an attempt), reconciling must still stop within the renew deadline of that moment, not of the
+    attempt's answer or of the next attempt's timeout."""
+    store, ctl = LeaseStore(), Reconciling()
+    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
+                            lease_seconds=3, renew_deadline=0.4, retry=0.05)
+    store.delay = 0.1
+    task = asyncio.create_task(elector.run())
+    try:
+        await until(ctl.active.is_set)
+        await asyncio.sleep(0.5)  # a few renewals at that pace
+        store.down = True
+        await until(lambda: not ctl.active.is_set())
+        stopped = asyncio.get_running_loop().time()
+        assert store.renewal_began is not None
+        late = stopped - store.renewal_began
+        assert late < 0.4 + 0.1, f"stopped {late:.3f} s after the last renewal began (deadline 0.4 s)"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

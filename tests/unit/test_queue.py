@@ -72,9 +72,9 @@ def test_retries_back_off_exponentially_per_key_up_to_the_cap() -> None:
 
 
 async def test_an_interrupt_stops_the_passes_in_flight_and_the_workers_go_on() -> None:
-    """SPEC §8: a replica that lost the Lease writes nothing more. Its passes in flight (one mid-write, one
-    requeued meanwhile) are cancelled with their cleanup run, leave no retry, result or re-run behind, and the
-    same workers then serve the next pass; stopping the queue still stops the workers."""
+    """SPEC §8: a replica that lost the Lease writes nothing more. Its passes in flight are cancelled with their
+    cleanup run and leave no result or retry behind; one that an event (or regained leadership) asked for again
+    meanwhile runs again; the same workers then serve the next pass."""
     entered: dict[str, asyncio.Event] = {"a": asyncio.Event(), "b": asyncio.Event()}
     cleaned: list[str] = []
     calls: list[str] = []
@@ -97,21 +97,45 @@ async def test_an_interrupt_stops_the_passes_in_flight_and_the_workers_go_on() -
         queue.add("a")
         queue.add("b")
         await asyncio.wait_for(asyncio.gather(entered["a"].wait(), entered["b"].wait()), 5)
-        queue.add("a")  # an event during the pass: would re-run it after
+        entered.clear()  # the re-run of "a" returns at once
+        queue.add("a")  # an event during the pass
         queue.interrupt()
-        for _ in range(100):
-            if queue.idle:
-                break
-            await asyncio.sleep(0.01)
-        assert queue.idle and sorted(cleaned) == ["a", "b"] and results == []
-        assert not queue._dirty and not queue._timers and not queue._passes
-        entered.clear()
-        queue.add("c")
         for _ in range(100):
             if results:
                 break
             await asyncio.sleep(0.01)
-        assert calls == ["a", "b", "c"] and results == ["requeue_after"]
+        assert sorted(cleaned) == ["a", "b"] and calls == ["a", "b", "a"], calls
+        assert results == ["requeue_after"], "the interrupted passes report nothing, the re-run does"
+        assert not queue._dirty and not queue._passes and not queue._interrupted and list(queue._timers) == ["a"]
+        queue.add("c")
+        for _ in range(100):
+            if len(results) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert calls == ["a", "b", "a", "c"] and results == ["requeue_after"] * 2
     finally:
         await queue.stop()
-    assert all(task.done() for task in queue._tasks) and not queue._tasks
+
+
+async def test_stopping_the_queue_mid_pass_stops_its_workers_and_a_pass_cancelled_from_within_is_retried() -> None:
+    started = asyncio.Event()
+    attempts: list[str] = []
+
+    async def worker(key: str) -> float | None:
+        attempts.append(key)
+        if key == "inner" and len(attempts) == 1:
+            raise asyncio.CancelledError  # e.g. a library's own timeout leaking out: not an interrupt
+        started.set()
+        await asyncio.sleep(60)
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(worker, concurrency=1, max_backoff=0.01)
+    results: list[str] = []
+    queue.on_result = lambda result, _seconds: results.append(result)
+    queue.start()
+    tasks = list(queue._tasks)
+    queue.add("inner")
+    await asyncio.wait_for(started.wait(), 5)
+    assert attempts == ["inner", "inner"] and results == ["error"], "retried, and the worker lived on"
+    await asyncio.wait_for(queue.stop(), 5)  # the pass in flight does not hold the worker up
+    assert all(task.cancelled() for task in tasks) and queue._tasks == []
