@@ -408,6 +408,10 @@ class RemoteStoreCredentials(ApiModel):
     """Key holding the secret access key."""
 
 
+REMOTE_LOCATION_KEYS = ("bucket", "prefix")
+"""A remote store's immutable keys, the same in the CRD and in DittoFS's store config."""
+
+
 class RemoteStoreSpec(ApiModel):
     """A DittoFS remote (S3) block store. A change of its config or credentials restarts the pod (DittoFS
     applies store config only at start)."""
@@ -434,6 +438,11 @@ class RemoteStoreSpec(ApiModel):
     def effective_bucket(self, s3: S3Spec | None) -> str | None:
         """The bucket in use, declared or spec.s3's; None when neither is set (admission refuses that)."""
         return self.bucket or (s3.bucket if s3 else None)
+
+    def location(self, s3: S3Spec | None) -> dict[str, str | None]:
+        """Where its blocks are (``REMOTE_LOCATION_KEYS``): immutable, or DittoFS would look for blocks already
+        evicted from local disk where they are not."""
+        return {"bucket": self.effective_bucket(s3), "prefix": self.prefix or None}
 
     def effective_region(self, s3: S3Spec | None) -> str:
         """The region in use: declared, else spec.s3's, else DittoFS's own default."""

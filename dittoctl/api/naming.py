@@ -96,9 +96,14 @@ class Names:
         return f"{self.server}-operator-credentials"
 
     @property
+    def pod(self) -> str:
+        """The server's pod (DittoFS is single-writer: at most one replica, ordinal 0)."""
+        return f"{self.statefulset}-0"
+
+    @property
     def control_plane_claim(self) -> str:
-        """Pod 0's control-plane PVC (the StatefulSet controller names it <template>-<statefulset>-<ordinal>)."""
-        return f"{CONTROL_PLANE_VOLUME}-{self.statefulset}-0"
+        """The pod's control-plane PVC (the StatefulSet controller names it <template>-<pod>)."""
+        return f"{CONTROL_PLANE_VOLUME}-{self.pod}"
 
     @property
     def percona_cluster(self) -> str:

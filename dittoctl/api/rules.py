@@ -32,13 +32,13 @@ from dittoctl.api.models import (
     METADATA_ROOT,
     NFS_VERSIONS,
     PATTERN_MESSAGES,
+    REMOTE_LOCATION_KEYS,
     SMB_DIALECTS,
     STORE_LISTS,
     DittoServer,
     DittoServerSpec,
     DittoServerStatus,
     NetworkPeer,
-    RemoteStoreSpec,
 )
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
@@ -656,14 +656,13 @@ class _Check:
                         self.error(where, f"immutable: store {_q(store.name)} was {_shown_value(a)}, now "
                                    f"{_shown_value(b)}; {fix}")
                         break
-        def blocks_at(spec: DittoServerSpec, r: RemoteStoreSpec) -> tuple[str | None, str | None]:
-            return r.effective_bucket(spec.s3), r.prefix or None
-
-        remote = {r.name: blocks_at(old, r) for r in old.stores.remote}
+        remote = {r.name: r.location(old.s3) for r in old.stores.remote}
         for i, r in enumerate(new.stores.remote):
             if r.name not in remote:
                 continue
-            for key, a, b in zip(("bucket", "prefix"), remote[r.name], blocks_at(new, r), strict=True):
+            location = r.location(new.s3)
+            for key in REMOTE_LOCATION_KEYS:
+                a, b = remote[r.name][key], location[key]
                 if a != b:
                     self.error(f"spec.stores.remote[{i}].{key}", f"immutable: store {_q(r.name)} keeps its blocks "
                                f"under {key} {_shown_value(a)}, now {_shown_value(b)}; DittoFS would no longer "

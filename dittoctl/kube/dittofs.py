@@ -331,9 +331,13 @@ class DittoFsClient:
                   StoreKind.REMOTE: parse_stores(got.get("/store/block/remote"))}
         shares_raw = got["/shares"]
         names = [share_name(s["name"]) for s in shares_raw or []]
-        detail = names if wanted.details is None else sorted({share_name(n) for n in wanted.details} & set(names))
+
+        def present(wanted_names: tuple[str, ...] | None) -> list[str]:  # None: every share
+            return names if wanted_names is None else sorted({share_name(n) for n in wanted_names} & set(names))
+
+        detail = present(wanted.details)
         details = await asyncio.gather(*(self._share_details(n) for n in detail))
-        counted = names if wanted.snapshots is None else sorted({share_name(n) for n in wanted.snapshots} & set(names))
+        counted = present(wanted.snapshots)
         snapshots = await asyncio.gather(*(self.request("GET", f"{API}/shares/{n.lstrip('/')}/snapshots")
                                            for n in counted))
         identity = await asyncio.gather(*(self._identity_provider(t) for t in wanted.identity))

@@ -166,7 +166,7 @@ def _recall(mem: FsMemory, status: dict[str, Any], generation: int) -> None:
 
 def _pod(ctx: Pass, names: Names) -> dict[str, Any] | None:
     for pod in ctx.cache.pods_of(names.namespace, names.server):
-        if pod.get("metadata", {}).get("name") == f"{names.statefulset}-0":
+        if pod.get("metadata", {}).get("name") == names.pod:
             return pod
     return None
 
@@ -208,7 +208,7 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     if pod_mode and ip and not _reachable(ctx, ip):
         return keep  # outside --provision-networks (a simulated pod): nothing to reach, nothing to report
     if pod is None or not _ready(pod) or (pod_mode and not ip):
-        waiting = f"waiting for pod {names.statefulset}-0 to be Ready"
+        waiting = f"waiting for pod {names.pod} to be Ready"
         keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER, waiting)
         keep.adapters_ready = Cond(ConditionType.ADAPTERS_READY, False, Reason.WAITING_FOR_SERVER, waiting)
         keep.adapters = _adapters(server, set())
@@ -478,7 +478,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         if isinstance(error.cause, (DittoFsAuthError, DittoFsForbidden)):
             await mem.close()
         detail = error.cause.detail or str(error.cause)
-        message = f"{error.call}: {detail}{refusal_hint(error.call, detail, the_plan.owned, f'{names.statefulset}-0')}"
+        message = f"{error.call}: {detail}{refusal_hint(error.call, detail, the_plan.owned, names.pod)}"
         result.condition = Cond(ConditionType.PROVISIONED, False, _map_error(error), message)
         return result
     if the_plan.problems:

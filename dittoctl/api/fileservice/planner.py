@@ -46,13 +46,11 @@ from dittoctl.api.fileservice.types import (
     permission_name,
     share_name,
 )
+from dittoctl.api.models import REMOTE_LOCATION_KEYS
 from dittoctl.api.secrets import INTEGER_STORE_KEYS
 
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")
-# Where a remote store's blocks are: changed, DittoFS would look for blocks already evicted from local disk in a
-# bucket that does not hold them. Absent is the empty value (no prefix).
-_WHERE_REMOTE_KEYS = ("bucket", "prefix")
 _ORDER = {kind: i for i, kind in enumerate(Kind)}
 # Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
 # identity and the adapters are seeded by DittoFS, so neither is ever deleted.
@@ -411,7 +409,7 @@ class _Planner:
                 self.problem(ProblemKind.IMMUTABLE, ref, f"{key} is {seen.config[key]!r} in DittoFS, declared "
                              f"{config[key]!r}: a store's {key} cannot change (declare a new store)")
                 return
-        for key in _WHERE_REMOTE_KEYS if s.kind is StoreKind.REMOTE else ():
+        for key in REMOTE_LOCATION_KEYS if s.kind is StoreKind.REMOTE else ():  # absent is "" (no prefix)
             have, want = str(seen.config.get(key) or ""), str(config.get(key) or "")
             if have != want:
                 self.problem(ProblemKind.IMMUTABLE, ref, f"{key} is {have!r} in DittoFS, declared {want!r}: the "
@@ -435,12 +433,13 @@ class _Planner:
         for s in self.want.shares:
             self.share(s, usable)
         doomed = set(self.stale(Kind.SHARE, declared, set(self.seen.shares)))
+        deleted = {name for name in doomed if self.seen.shares[name].snapshots == 0}
         for name in sorted(doomed):
-            if self.seen.shares[name].snapshots == 0:
+            if name in deleted:
                 self.call(Op.DELETE, Kind.SHARE, name, "DELETE", _share_path(name))
             else:
                 self.hold_share(name)
-        return {name for name in doomed if self.seen.shares[name].snapshots == 0}
+        return deleted
 
     def hold_share(self, name: str) -> None:
         """An owned share that left the spec but has snapshots (or whose snapshots were not counted): DittoFS
