@@ -231,7 +231,8 @@ def parser() -> argparse.ArgumentParser:
                      help="the operator's own namespace (the chart's pod sets POD_NAMESPACE); every DittoServer's "
                           "NetworkPolicy lets it in")
     run.add_argument("--drift-interval", type=float, default=_number_env("DRIFT_INTERVAL", "300", float))
-    run.add_argument("--shutdown-delay", type=float, default=0.0, metavar="SECONDS",
+    run.add_argument("--shutdown-delay", type=float, default=_number_env("SHUTDOWN_DELAY", "0", float),
+                     metavar="SECONDS",
                      help="after a stop signal, keep answering admission requests (unready) this long, until the "
                           "apiserver stops routing to this pod (in a cluster: a few seconds; the chart sets 5)")
     run.add_argument("--workers", type=int, default=_number_env("WORKERS", "32", int),

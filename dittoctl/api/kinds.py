@@ -42,7 +42,7 @@ class Kind:
 DITTOSERVERS = Kind("dittofs.dittofs.com", "v1alpha1", "dittoservers", "DittoServer")
 CRD_NOT_SERVED = (f"the DittoServer CRD ({DITTOSERVERS.crd_name}, version "
                   f"{DITTOSERVERS.version}) is not served: install it with `dittoctl crd | kubectl apply -f -` "
-                  "(the Helm chart installs it from its crds/ directory)")
+                  "(the Helm chart installs it while its value crds.install is true)")
 STATEFULSETS = Kind("apps", "v1", "statefulsets", "StatefulSet")
 SERVICES = Kind("", "v1", "services", "Service")
 CONFIGMAPS = Kind("", "v1", "configmaps", "ConfigMap")

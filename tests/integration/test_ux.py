@@ -161,8 +161,8 @@ def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_insta
         bed.kubectl("delete", "crd", CRD_NAME, "--timeout=90s")
         assert proc.proc is not None
         assert proc.proc.wait(timeout=60) == 1, proc.log_tail()
-        assert "is not served: install it with `dittoctl crd | kubectl apply -f -` (the Helm chart installs it from " \
-               "its crds/ directory); exiting: a restart waits for it" in proc.log_text()
+        assert "is not served: install it with `dittoctl crd | kubectl apply -f -` (the Helm chart installs it " \
+               "while its value crds.install is true); exiting: a restart waits for it" in proc.log_text()
         last = [json.loads(line)["msg"] for line in proc.log_text().splitlines()[-2:]]
         assert last[1] == "dittofs-operator stopped", last  # kopf logs its watcher's failure; the exit is ours
     finally:

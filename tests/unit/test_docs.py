@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -227,6 +228,17 @@ def test_every_run_setting_variable_is_documented() -> None:
     names |= set(re.findall(r'"(DITTOFS_[A-Z_]+)"', (ROOT / "dittoctl" / "kube" / "logs.py").read_text()))
     install = (DOCS / "INSTALL.md").read_text()
     assert len(names) >= 18 and not {n for n in names if f"`{n}`" not in install}
+
+
+def test_every_run_flag_has_its_variable_row() -> None:
+    from dittoctl.cli import parser
+
+    run = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    flags = {o for a in run._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    table = (DOCS / "INSTALL.md").read_text().split("## `dittoctl run` settings", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `DITTOFS_")]
+    assert len(flags) >= 20
+    assert not {f for f in flags - {"--kubeconfig"} if not any(f"`{f}`" in row for row in rows)}
 
 
 def test_every_event_reason_is_documented() -> None:
