@@ -239,7 +239,8 @@ class S3CredentialsRef(ApiModel):
     secret_access_key_key: SecretKey = "secretAccessKey"
     """Key holding the secret access key."""
     endpoint_key: SecretKey = "endpoint"
-    """Key holding an optional custom endpoint URL."""
+    """Key holding an optional endpoint URL, used by the remote stores that take these credentials and declare no
+    endpoint (without the key: AWS)."""
 
 
 class S3Spec(ApiModel):

@@ -213,7 +213,8 @@ INTEGER_STORE_KEYS = frozenset({"port"})  # sent as numbers: a postgres store ig
 
 
 def remote_store_credentials(spec: DittoServerSpec, index: int) -> dict[str, ProvisionedSecret]:
-    """DittoFS config key -> Secret key of remote store ``index``'s credentials (its own, else spec.s3's);
+    """DittoFS config key -> Secret key of remote store ``index``'s credentials (its own, else spec.s3's, whose
+    optional endpoint key serves a store that declares no endpoint: keys are only valid at their endpoint);
     empty when neither is set."""
     store = spec.stores.remote[index]
     path = f"spec.stores.remote[{index}].credentialsSecretRef"
@@ -224,6 +225,9 @@ def remote_store_credentials(spec: DittoServerSpec, index: int) -> dict[str, Pro
         s3 = spec.s3.credentials_secret_ref
         secret, keys = s3.secret_name, (s3.access_key_id_key, s3.secret_access_key_key)
         path = "spec.s3.credentialsSecretRef"
+        if store.endpoint is None:
+            found = {config: ProvisionedSecret(path, secret, key) for config, key in zip(S3_KEYS, keys, strict=True)}
+            return {**found, "endpoint": ProvisionedSecret(path, secret, s3.endpoint_key, optional=True)}
     else:
         return {}
     return {config: ProvisionedSecret(path, secret, key) for config, key in zip(S3_KEYS, keys, strict=True)}

@@ -856,3 +856,21 @@ def test_identity_dropped_from_the_spec_is_disabled_once_and_then_forgotten() ->
     assert after.calls == () and after.owned == frozenset()
     # Never ours (made with dfsctl): left alone.
     assert plan(FileService(), Observed(identity=seen)).calls == ()
+
+
+def test_an_optional_store_secret_removed_from_its_secret_rewrites_the_store_once() -> None:
+    with_endpoint = dataclasses.replace(FULL, stores=(*FULL.stores[:2], dataclasses.replace(
+        FULL.stores[2], secrets=(*FULL.stores[2].secrets, ("endpoint", secret("s3/endpoint"))))))
+    _, after, owned, applied = converge(with_endpoint, seeded())
+    assert "remote-store:s3/endpoint" in applied
+    # The Secret loses its optional key: DittoFS still has the endpoint, so the whole config is sent again
+    # without it (and the pod rolls), and the dropped digest goes from the record.
+    removed = plan(FULL, after, owned, applied)
+    assert [(c.op, c.kind, c.needs_restart) for c in removed.calls] == [(Op.UPDATE, Kind.REMOTE_STORE, True)]
+    assert [sf.key for sf in removed.calls[0].secrets] == ["access_key_id", "secret_access_key"]
+    recorded = removed.digests_after(applied)
+    assert "remote-store:s3/endpoint" not in recorded and "remote-store:s3/access_key_id" in recorded
+    assert plan(FULL, simulate(after, removed.calls), owned, recorded).calls == ()
+    # Put back with the value it had: sent again, since DittoFS no longer has it.
+    back = plan(with_endpoint, simulate(after, removed.calls), owned, recorded)
+    assert [(c.op, c.kind) for c in back.calls] == [(Op.UPDATE, Kind.REMOTE_STORE)]

@@ -221,3 +221,24 @@ def test_a_refused_re_creation_of_our_badger_store_says_to_restart_the_pod() -> 
     assert refusal_hint(create, "store already exists", ours, "demo-0") == ""
     share = Call(Op.CREATE, Kind.SHARE, "extra", "POST", "/api/v1/shares")
     assert refusal_hint(share, locked, {Ref(Kind.SHARE, "extra")}, "demo-0") == ""
+
+
+def test_a_remote_store_on_the_default_credentials_takes_their_endpoint_unless_it_declares_one() -> None:
+    s = spec(s3={"credentialsSecretRef": {"secretName": "s3-creds", "endpointKey": "url"}, "bucket": "b"},
+             stores={"remote": [{"name": "a"}, {"name": "b", "endpoint": "https://s3.example"},
+                                {"name": "c", "credentialsSecretRef": {"name": "own"}}]})
+    fs, missing = declared(s, lambda secret, key: f"{secret}/{key}", "k")
+    assert missing == []
+    remote = {st.name: st for st in fs.stores if st.kind is StoreKind.REMOTE}
+    # Keys are only good at the endpoint that issued them: the endpoint comes with spec.s3's keys, as a secret.
+    assert [(k, v.ref) for k, v in remote["a"].secrets] == [
+        ("access_key_id", "s3-creds/accessKeyId"), ("secret_access_key", "s3-creds/secretAccessKey"),
+        ("endpoint", "s3-creds/url")]
+    assert "endpoint" not in dict(remote["a"].config)
+    assert dict(remote["b"].config)["endpoint"] == "https://s3.example"
+    assert [k for k, _ in remote["b"].secrets] == ["access_key_id", "secret_access_key"]
+    assert [k for k, _ in remote["c"].secrets] == ["access_key_id", "secret_access_key"]
+    # The endpoint key is optional: without it the store is still declared (AWS), and nothing is missing.
+    fs, missing = declared(s, lambda secret, key: None if key == "url" else f"{secret}/{key}", "k")
+    remote = {st.name: st for st in fs.stores if st.kind is StoreKind.REMOTE}
+    assert missing == [] and [k for k, _ in remote["a"].secrets] == ["access_key_id", "secret_access_key"]

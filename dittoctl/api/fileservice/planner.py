@@ -186,7 +186,7 @@ class Plan:
         """Digests of applied secret values once ``done`` succeeded (deleted objects drop theirs)."""
         out = dict(applied)
         for call in self.calls if done is None else done:
-            if call.op is Op.DELETE:
+            if call.op is Op.DELETE or call.whole:
                 prefix = f"{call.ref}/"
                 for key in [k for k in out if k.startswith(prefix)]:
                     del out[key]
@@ -395,7 +395,8 @@ class _Planner:
         if state is False:
             # The body's `config` is a dict here; the executor sends it as the JSON *string* DittoFS wants.
             self.call(Op.CREATE, kind, s.name, "POST", _store_path(s.kind),
-                      {"name": s.name, "type": s.type, "config": dict(s.config)}, secrets=secrets, stamps=stamp)
+                      {"name": s.name, "type": s.type, "config": dict(s.config)}, secrets=secrets, stamps=stamp,
+                      whole=True)
             return
         if not state or seen is None:
             return
@@ -418,6 +419,9 @@ class _Planner:
                 return
         plain_differs = any(k not in seen.config or not same_values(seen.config[k], v) for k, v in config.items())
         secret_differs = any(self.secret_changed(ref, sf.key, sf.secret.digest) for sf in secrets)
+        # An optional key (sslmode, a remote store's endpoint) removed from its Secret: still in DittoFS's config.
+        recorded_slots = {k.removeprefix(f"{ref}/") for k in self.applied if k.startswith(f"{ref}/")}
+        secret_differs |= bool(recorded_slots - {"config"} - {sf.slot for sf in secrets})
         # A PUT persisted by an operator that died before recording it: DittoFS shows the new config but has
         # not applied it (that needs a restart), so the recorded stamp is what tells.
         recorded = self.applied.get(digest_key(ref, "config"))
@@ -425,7 +429,8 @@ class _Planner:
         if plain_differs or secret_differs or stamp_differs:
             # PUT replaces the whole config, so every declared key and every secret is sent again.
             self.call(Op.UPDATE, kind, s.name, "PUT", f"{_store_path(s.kind)}/{_seg(s.name)}",
-                      {"type": s.type, "config": config}, secrets=secrets, needs_restart=True, stamps=stamp)
+                      {"type": s.type, "config": config}, secrets=secrets, needs_restart=True, stamps=stamp,
+                      whole=True)
 
     def shares(self, usable: set[tuple[StoreKind, str]]) -> set[str]:
         """Plan shares and their sub-objects; return the shares planned for deletion."""

@@ -252,6 +252,7 @@ class Call:
     needs_restart: bool = False  # DittoFS persists it but applies it only at the next start (store configs)
     admin_first_login: bool = False  # a new/reset admin-role account must self-change its password once
     stamps: tuple[tuple[str, str], ...] = ()  # (slot, digest) recorded once it succeeded (a store's config)
+    whole: bool = False  # the body is the whole record (a store's config): a secret not sent is gone from it
 
     @property
     def ref(self) -> Ref:
