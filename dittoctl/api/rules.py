@@ -379,6 +379,13 @@ class _Check:
             base = f"spec.shares[{i}]"
             if share.name.strip("/") == "":
                 self.error(f"{base}.name", "must name a share below '/', e.g. /export")
+            elif "%" in share.name or "#" in share.name:
+                # DittoFS URL-decodes a share's name when it stores it, so "%20" would name another share.
+                self.error(f"{base}.name", f"{_q(share.name)} may not contain '%' or '#'; use letters, digits, "
+                           "'-', '_', '.' and '/' between segments, e.g. /team-docs")
+            elif any(seg in ("", ".", "..") for seg in share.name[1:].rstrip("/").split("/")):
+                self.error(f"{base}.name", f"{_q(share.name)} has an empty, '.' or '..' path segment; name it "
+                           "like /team/docs")
             for key, kind, store in (("metadataStore", "metadata", share.metadata_store),
                                     ("localBlockStore", "local", share.local_block_store),
                                     ("remoteBlockStore", "remote", share.remote_block_store)):

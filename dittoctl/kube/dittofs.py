@@ -39,8 +39,8 @@ from dittoctl.api.fileservice.observed import (
     parse_stores,
     parse_users,
 )
-from dittoctl.api.fileservice.planner import API, Plan, Reads, store_body_json
-from dittoctl.api.fileservice.types import Call, Kind, StoreKind, share_name
+from dittoctl.api.fileservice.planner import API, Plan, Reads, share_path, store_body_json
+from dittoctl.api.fileservice.types import Call, Kind, Op, StoreKind, share_name
 
 log = logging.getLogger("dittoctl.dittofs")
 _STORE_CALLS = (Kind.METADATA_STORE, Kind.LOCAL_STORE, Kind.REMOTE_STORE)
@@ -325,7 +325,9 @@ class DittoFsClient:
                     "/snapshot-policies": wanted.policies,
                     **{f"/adapters/{t}/settings": t in wanted.settings for t in ("nfs", "smb")}}
         paths += [p for p, read in optional.items() if read]
-        got = dict(zip(paths, await asyncio.gather(*(self.request("GET", f"{API}{p}") for p in paths)), strict=True))
+        # An adapter deleted by hand has no settings (404): absent, so the planner re-creates it.
+        got = dict(zip(paths, await asyncio.gather(*(self._get(f"{API}{p}", absent="/settings" in p) for p in paths)),
+                       strict=True))
         stores = {StoreKind.METADATA: parse_stores(got["/store/metadata"]),
                   StoreKind.LOCAL: parse_stores(got["/store/block/local"]),
                   StoreKind.REMOTE: parse_stores(got.get("/store/block/remote"))}
@@ -338,8 +340,7 @@ class DittoFsClient:
         detail = present(wanted.details)
         details = await asyncio.gather(*(self._share_details(n) for n in detail))
         counted = present(wanted.snapshots)
-        snapshots = await asyncio.gather(*(self.request("GET", f"{API}/shares/{n.lstrip('/')}/snapshots")
-                                           for n in counted))
+        snapshots = await asyncio.gather(*(self.request("GET", f"{share_path(n)}/snapshots") for n in counted))
         identity = await asyncio.gather(*(self._identity_provider(t) for t in wanted.identity))
         return Observed(
             identity={t: record for t, record in zip(wanted.identity, identity, strict=True) if record is not None},
@@ -352,14 +353,20 @@ class DittoFsClient:
             snapshot_policies=parse_snapshot_policies(got.get("/snapshot-policies")), unread=wanted.skipped())
 
     async def _identity_provider(self, kind: str) -> dict[str, Any] | None:
+        record: dict[str, Any] | None = await self._get(f"{API}/identity-providers/{kind}/config", absent=True)
+        return record  # None: never configured
+
+    async def _get(self, path: str, *, absent: bool = False) -> Any:
+        """A GET; with ``absent``, a 404 is None (the object does not exist) instead of an error."""
         try:
-            record: dict[str, Any] = await self.request("GET", f"{API}/identity-providers/{kind}/config")
+            return await self.request("GET", path)
         except DittoFsNotFound:
-            return None  # never configured
-        return record
+            if absent:
+                return None
+            raise
 
     async def _share_details(self, name: str) -> tuple[Any, Any]:
-        base = f"{API}/shares/{name.lstrip('/')}"
+        base = share_path(name)
         nfs, perms = await asyncio.gather(self.request("GET", f"{base}/adapters/nfs/config"),
                                           self.request("GET", f"{base}/permissions"))
         return parse_share_nfs(nfs), parse_permissions(perms)
@@ -372,12 +379,18 @@ class DittoFsClient:
         ``secrets`` maps each ``SecretValue.ref`` to its value; a missing one fails that call, not the process.
         """
         done: list[Call] = []
+        created: set[str] = set()
         for call in plan.calls:
             try:
+                if call.kind is Kind.ADAPTER_SETTINGS and call.name in created:
+                    # DittoFS makes a new adapter's settings row on its first GET, not on the POST (v0.29.0).
+                    await self.request("GET", f"{API}/adapters/{call.name}/settings")
                 await self.apply(call, secrets)
             except DittoFsError as exc:
                 raise PlanFailed(call, done, exc) from None
             done.append(call)
+            if call.kind is Kind.ADAPTER and call.op is Op.CREATE:
+                created.add(call.name)
         return done
 
     async def apply(self, call: Call, secrets: Mapping[str, SecretStr]) -> None:

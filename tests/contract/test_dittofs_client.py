@@ -373,6 +373,39 @@ async def test_a_share_and_a_user_disabled_by_hand_are_enabled_again(
     assert (await one_pass(operator, want, state))[0].calls == ()
 
 
+async def test_a_nested_share_name_is_one_path_segment_and_a_deleted_adapter_is_recreated(
+        dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
+    """DittoFS routes a share's name as one segment: a name with '/' is read (not only written) escaped. An
+    adapter deleted by hand has no settings to read (404): it is re-created, not a failed pass."""
+    base = declared(tmp_path / "data")
+    want = dataclasses.replace(base, shares=(*base.shares, ShareSpec(
+        "/team/docs", permissions=(Grant("user", "alice", "read"),), snapshot_policy=SnapshotPolicySpec("1h"))))
+    state = State()
+    await one_pass(operator, want, state)
+    quiet, calls, _ = await one_pass(operator, want, state)
+    assert quiet.calls == () and quiet.problems == () and set(calls) == {"GET"}
+    _, perms = admin_call(dfs, "GET", "/shares/team%2Fdocs/permissions")
+    assert perms == [{"type": "user", "name": "alice", "level": "read"}]
+
+    assert admin_call(dfs, "DELETE", "/shares/team%2Fdocs/permissions/users/alice")[0] == 204
+    assert admin_call(dfs, "DELETE", "/adapters/smb")[0] == 204
+    assert admin_call(dfs, "GET", "/adapters/smb/settings")[0] == 404
+    repair = (await one_pass(operator, want, state))[0]
+    assert [(c.op, c.kind, c.name) for c in repair.calls] == [
+        (Op.CREATE, Kind.ADAPTER, "smb"), (Op.UPDATE, Kind.ADAPTER_SETTINGS, "smb"),
+        (Op.CREATE, Kind.PERMISSION, "/team/docs#user:alice")], [str(c) for c in repair.calls]
+    _, smb = admin_call(dfs, "GET", "/adapters/smb/settings")
+    assert isinstance(smb, dict) and smb["signing"] == "required"
+    assert (await one_pass(operator, want, state))[0].calls == ()
+
+    # Dropped from the spec: deleted by its escaped name, the other shares untouched.
+    pruned = (await one_pass(operator, base, state))[0]
+    assert [(c.op, c.kind, c.name, c.path) for c in pruned.calls] == [
+        (Op.DELETE, Kind.SHARE, "/team/docs", "/api/v1/shares/team%2Fdocs")]
+    _, shares = admin_call(dfs, "GET", "/shares")
+    assert isinstance(shares, list) and sorted(s["name"] for s in shares) == ["/export", "/scratch"]
+
+
 async def test_a_share_with_snapshots_leaves_the_spec_disabled_and_keeps_them(
         dfs: DfsServer, operator: DittoFsClient, tmp_path: Path) -> None:
     """DittoFS deletes a share's snapshots with the share (rows and files). A share taken out of the spec with

@@ -485,6 +485,11 @@ def test_declared_file_service_is_allowed() -> None:
 @pytest.mark.parametrize(("patch", "path", "fragment"), [
     ({"shares": [{"name": "/a"}, {"name": "/a/"}]}, "spec.shares[1].name", "repeats"),
     ({"shares": [{"name": "export"}]}, "spec.shares[0].name", "absolute path"),
+    ({"shares": [{"name": "/team%20a"}]}, "spec.shares[0].name", "may not contain '%' or '#'"),
+    ({"shares": [{"name": "/a#b"}]}, "spec.shares[0].name", "may not contain '%' or '#'"),
+    ({"shares": [{"name": "/team//docs"}]}, "spec.shares[0].name", "empty, '.' or '..' path segment"),
+    ({"shares": [{"name": "/team/.."}]}, "spec.shares[0].name", "empty, '.' or '..' path segment"),
+    ({"shares": [{"name": "/./x"}]}, "spec.shares[0].name", "empty, '.' or '..' path segment"),
     ({"users": [FILE_SERVICE["users"][0], FILE_SERVICE["users"][0]]}, "spec.users[1].name", "repeats"),
     ({"groups": [{"name": "g"}, {"name": "g"}]}, "spec.groups[1].name", "repeats"),
     ({"groups": [{"name": "admins"}]}, "spec.groups[0].name", "system group"),

@@ -61,7 +61,8 @@ def _seg(name: str) -> str:
     return quote(name, safe="")
 
 
-def _share_path(name: str) -> str:
+def share_path(name: str) -> str:
+    """A share's REST path: its name is one escaped segment (DittoFS's router takes one, and decodes it)."""
     return f"{API}/shares/{_seg(share_name(name).lstrip('/'))}"
 
 
@@ -441,7 +442,7 @@ class _Planner:
         deleted = {name for name in doomed if self.seen.shares[name].snapshots == 0}
         for name in sorted(doomed):
             if name in deleted:
-                self.call(Op.DELETE, Kind.SHARE, name, "DELETE", _share_path(name))
+                self.call(Op.DELETE, Kind.SHARE, name, "DELETE", share_path(name))
             else:
                 self.hold_share(name)
         return deleted
@@ -455,10 +456,10 @@ class _Planner:
         if seen.snapshots is None:
             return  # not counted this pass: nothing is done on a guess
         if seen.enabled:
-            self.call(Op.UPDATE, Kind.SHARE, name, "POST", f"{_share_path(name)}/disable")
+            self.call(Op.UPDATE, Kind.SHARE, name, "POST", f"{share_path(name)}/disable")
         policy = Ref(Kind.SNAPSHOT_POLICY, name)
         if self.read("policies") and policy in self.owned and name in self.seen.snapshot_policies:
-            self.call(Op.DELETE, Kind.SNAPSHOT_POLICY, name, "DELETE", f"{_share_path(name)}/snapshot-policy")
+            self.call(Op.DELETE, Kind.SNAPSHOT_POLICY, name, "DELETE", f"{share_path(name)}/snapshot-policy")
         self.problem(ProblemKind.HOLDS_SNAPSHOTS, Ref(Kind.SHARE, name), f"left the spec, but DittoFS would delete "
                      f"its {seen.snapshots} snapshot(s) with it: disabled (not served; files, grants and snapshots "
                      "kept) instead of deleted. Delete its snapshots, or the share, by hand to let it go, or "
@@ -502,9 +503,9 @@ class _Planner:
             if not quota_matches(seen.quota, s.quota_bytes):
                 changes["quota_bytes"] = str(s.quota_bytes or 0)  # "0" clears it
             if changes:
-                self.call(Op.UPDATE, Kind.SHARE, key, "PUT", _share_path(key), changes)
+                self.call(Op.UPDATE, Kind.SHARE, key, "PUT", share_path(key), changes)
             if not seen.enabled:  # a declared share is served; disabled by hand, it is drift
-                self.call(Op.UPDATE, Kind.SHARE, key, "POST", f"{_share_path(key)}/enable")
+                self.call(Op.UPDATE, Kind.SHARE, key, "POST", f"{share_path(key)}/enable")
         self.share_nfs(s, seen)
         self.permissions(s, seen)
         self.snapshot_policy(s)
@@ -519,7 +520,7 @@ class _Planner:
             if want is not None and (have is None or getattr(have, key) != want):
                 diff[key] = want
         if diff:
-            self.call(Op.UPDATE, Kind.SHARE_NFS, s.key, "PATCH", f"{_share_path(s.key)}/adapters/nfs/config", diff)
+            self.call(Op.UPDATE, Kind.SHARE_NFS, s.key, "PATCH", f"{share_path(s.key)}/adapters/nfs/config", diff)
 
     def permissions(self, s: ShareSpec, seen: ObservedShare | None) -> None:
         if seen is not None and seen.permissions is None:
@@ -530,7 +531,7 @@ class _Planner:
             name = permission_name(s.key, g.principal, g.name)
             declared.add(name)
             ref = Ref(Kind.PERMISSION, name)
-            path = f"{_share_path(s.key)}/permissions/{g.principal}s/{_seg(g.name)}"
+            path = f"{share_path(s.key)}/permissions/{g.principal}s/{_seg(g.name)}"
             level = have.get((g.principal, g.name))
             state = self.mine(ref, level is not None)
             if state is False:
@@ -543,14 +544,14 @@ class _Planner:
                 continue
             principal, _, who = name.partition("#")[2].partition(":")
             self.call(Op.DELETE, Kind.PERMISSION, name, "DELETE",
-                      f"{_share_path(s.key)}/permissions/{principal}s/{_seg(who)}")
+                      f"{share_path(s.key)}/permissions/{principal}s/{_seg(who)}")
 
     def snapshot_policy(self, s: ShareSpec) -> None:
         if not self.read("policies"):
             return
         ref = Ref(Kind.SNAPSHOT_POLICY, s.key)
         have = self.seen.snapshot_policies.get(s.key)
-        path = f"{_share_path(s.key)}/snapshot-policy"
+        path = f"{share_path(s.key)}/snapshot-policy"
         p = s.snapshot_policy
         if p is None:
             if have is not None and ref in self.owned:
