@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Annotated, Any, Literal, get_args, overload
 
 from croniter import croniter
@@ -61,12 +62,24 @@ def _check_cron(value: str) -> str:
     return value
 
 
+_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+GO_MAX_NS = (1 << 63) - 1  # Go's time.Duration: a longer one fails DittoFS's config (a crash loop) or its API
+
+
+def go_duration_ns(value: str) -> Fraction:
+    return sum((Fraction(num) * _GO_UNIT_NS[unit] for num, unit in _GO_PART.findall(value)), Fraction(0))
+
+
 def _check_duration(value: str) -> str:
     if not _GO_DURATION.match(value):
         raise ValueError(f"{value!r} is not a duration like '15m', '168h' or '1h30m'")
+    if go_duration_ns(value) > GO_MAX_NS:
+        raise ValueError(f"{value!r} is longer than the longest duration DittoFS can read (2562047h)")
     return value
 
 
+METRICS_PATH_PATTERN = r"^/[A-Za-z0-9._~/-]*$"
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
@@ -79,6 +92,8 @@ PATTERN_MESSAGES = {
     _IDENTIFIER.pattern: "must be a lower-case SQL identifier (a-z, 0-9, '_'; not starting with a digit)",
     _GO_DURATION.pattern: "must be a duration such as 15m, 168h or 1h30m",
     r"^/": "must be an absolute path starting with '/'",
+    METRICS_PATH_PATTERN: "must be a URL path such as /metrics (letters, digits and - . _ ~ /): DittoFS registers it "
+                          "as a Go HTTP route, and any other character stops it at start",
     r"^[0-9]+\.[0-9]+\.[0-9]+$": "must be a version such as 2.8.0",
 }
 Quantity = Annotated[
@@ -344,6 +359,12 @@ _SNAPSHOT_INTERVAL = r"^(@hourly|@daily|@weekly|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|
 PATTERN_MESSAGES[_STORE_NAME] = "must be a name of letters, digits, '-', '_' and '.' (at most 64)"
 PATTERN_MESSAGES[r"^/[^\s]*$"] = "must be an absolute path starting with '/' (no spaces)"
 PATTERN_MESSAGES[r"^https?://"] = "must be a URL starting with http:// or https://"
+
+
+def _check_interval(value: str) -> str:
+    return value if value.startswith("@") else _check_duration(value)
+
+
 PATTERN_MESSAGES[_SNAPSHOT_INTERVAL] = "must be a duration such as 6h or 30m, or @hourly, @daily, @weekly"
 PATTERN_MESSAGES[r"^[A-Za-z0-9_-]{0,64}$"] = "must be at most 64 letters, digits, '-' and '_'"
 StoreName = Annotated[str, Field(pattern=_STORE_NAME)]
@@ -549,7 +570,7 @@ class MetricsSpec(ApiModel):
     """Serve metrics and create the <name>-metrics Service."""
     port: Port = 9090
     """Metrics port."""
-    path: str = Field("/metrics", pattern=r"^/")
+    path: str = Field("/metrics", pattern=METRICS_PATH_PATTERN, max_length=253)
     """Metrics path."""
     service_monitor: ServiceMonitorSpec = Field(default_factory=ServiceMonitorSpec)
     """Prometheus Operator ServiceMonitor, created while metrics are enabled and the CRD is served."""
@@ -755,7 +776,7 @@ class ShareNfsOptions(ApiModel):
 class SnapshotPolicySpec(ApiModel):
     """Scheduled snapshots of a share."""
 
-    interval: str = Field(pattern=_SNAPSHOT_INTERVAL)
+    interval: Annotated[str, Field(pattern=_SNAPSHOT_INTERVAL), AfterValidator(_check_interval)]
     """Go duration (e.g. 6h) or @hourly, @daily, @weekly."""
     keep_last: int = Field(0, ge=0, le=100000)
     """Snapshots kept (0: keep all within ttl)."""

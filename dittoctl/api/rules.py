@@ -270,6 +270,11 @@ class _Check:
             self.error("spec.identity.jwt.secretRef", f"Secret {_q(jwt.name)} key {_q(jwt.key)} is shorter than "
                        f"{MIN_JWT_SECRET_LENGTH} characters and DittoFS refuses to start with it; store a longer "
                        "random value (e.g. `openssl rand -hex 32`)")
+        access = spec.identity.jwt.access_token_duration
+        if parsed.usable("identity.jwt.accessTokenDuration") and (duration_seconds(access) or 0) < 60:
+            # DittoFS counts a token's lifetime in whole seconds: under one, it is expired when issued.
+            self.error("spec.identity.jwt.accessTokenDuration", f"{_q(access)} is shorter than a minute; every "
+                       "client, the operator too, would log in again all the time: use 1m or more (default 15m)")
         admin = spec.identity.admin.username
         if parsed.usable("identity.admin.username") and admin != BOOTSTRAP_ADMIN:
             self.error("spec.identity.admin.username", f"must be {BOOTSTRAP_ADMIN!r} (got {_show(admin)}): DittoFS "

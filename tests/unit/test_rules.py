@@ -106,7 +106,7 @@ def test_full_valid_spec_is_allowed() -> None:
     ({"typo": True}, "spec.typo", "unknown field"),
     ({"image": ""}, "spec.image", "must not be empty"),
     ({"logging": "loud"}, "spec.logging", "must be an object"),
-    ({"metrics": {"path": "metrics"}}, "spec.metrics.path", "absolute path"),
+    ({"metrics": {"path": "metrics"}}, "spec.metrics.path", "must be a URL path"),
 ])
 def test_rule_1_model_errors_name_the_field(spec: dict[str, Any], path: str, fragment: str) -> None:
     verdict = check(spec)
@@ -861,3 +861,34 @@ def test_identity_secrets_are_checked_and_listed_as_required() -> None:
     assert 'add key "krb5.conf" to Secret "krb"' in wrong_key.warnings[0]
     assert required_secrets(DittoServer.model_validate(server(spec)).spec) == {
         "bind": {"password"}, "ldap-ca": {"ca.crt"}, "krb": {"keytab", "krb5.conf"}}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"identity": {"jwt": {"accessTokenDuration": "2562048h"}}},
+     "spec.identity.jwt.accessTokenDuration: '2562048h' is longer than the longest duration DittoFS can read "
+     "(2562047h)"),
+    ({"identity": {"kerberos": {"servicePrincipal": "nfs/h@R", "keytabSecretRef": {"name": "kt", "key": "k"},
+                                "maxClockSkew": "9999999999h"}}},
+     "spec.identity.kerberos.maxClockSkew: '9999999999h' is longer than the longest duration DittoFS can read "
+     "(2562047h)"),
+    ({"shares": [{"name": "/a", "snapshotPolicy": {"interval": "2562047h48m"}}]},
+     "spec.shares[0].snapshotPolicy.interval: '2562047h48m' is longer than the longest duration DittoFS can read "
+     "(2562047h)"),
+    ({"identity": {"jwt": {"accessTokenDuration": "999ms"}}},
+     'spec.identity.jwt.accessTokenDuration: "999ms" is shorter than a minute; every client, the operator too, '
+     "would log in again all the time: use 1m or more (default 15m)"),
+    ({"metrics": {"enabled": True, "path": "/my metrics"}},
+     "spec.metrics.path: must be a URL path such as /metrics (letters, digits and - . _ ~ /): DittoFS registers it "
+     "as a Go HTTP route, and any other character stops it at start (got '/my metrics')"),
+])
+def test_values_dittofs_would_crash_on_or_that_lock_out_its_clients_are_denied(spec: dict[str, Any],
+                                                                               message: str) -> None:
+    verdict = check(spec)
+    assert not verdict.allowed and message in verdict.messages, verdict.messages
+
+
+def test_the_longest_go_durations_and_a_plain_metrics_path_are_allowed() -> None:
+    verdict = check({"identity": {"jwt": {"accessTokenDuration": "1m", "refreshTokenDuration": "2562047h"}},
+                     "metrics": {"enabled": True, "path": "/a/b-c_d.e~f"},
+                     "shares": [{"name": "/a", "snapshotPolicy": {"interval": "@daily", "ttl": "2562047h"}}]})
+    assert verdict.allowed, verdict.messages
