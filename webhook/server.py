@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from certs.source import CertificateInfo, CertificateSource
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.facts import ClusterFacts
-from dittoctl.api.models import API_VERSION, GROUP, KIND
+from dittoctl.api.models import API_VERSION, GROUP, KIND, MAX_NESTING
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.rules import Verdict, validate
 from dittoctl.kube.events import EventType
@@ -80,6 +80,11 @@ class AdmissionHandler:
             response = await self.decide(request)
         except BadRequest:
             raise
+        except RecursionError:  # an object nested past the interpreter's stack: the user's to fix, not a 500
+            response = {"allowed": False, "status": {
+                "status": "Failure", "code": 422, "reason": "Invalid",
+                "message": "the object nests too deeply to be examined; no DittoServer field needs more than "
+                           f"{MAX_NESTING} levels"}}
         except Exception:  # a bug must not become a 500 or let the object through unexamined
             log.exception("admission failed", extra=fields(**_who(request)))
             response = {"allowed": False, "status": {

@@ -108,8 +108,24 @@ ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS_S
 SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=_SECRET_KEY)]
 Identifier = Annotated[str, Field(pattern=_IDENTIFIER.pattern)]
 StringMap = dict[str, str]
+MAX_NESTING = 32  # far beyond any Kubernetes shape (an affinity is ~10 deep); the operator's JSON stops at 254
+
+
+def _check_nesting(value: dict[str, Any]) -> dict[str, Any]:
+    """Iterative, so a deep object costs no recursion: the limit keeps it from every recursive step after."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ValueError(f"nests deeper than {MAX_NESTING} levels; no Kubernetes field needs that: flatten it")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return value
+
+
 # Kubernetes shapes passed through untouched; the apiserver keeps them as written.
-KubeObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+KubeObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+                       AfterValidator(_check_nesting)]
 
 
 class ApiModel(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from dittoctl.api.models import DittoServerSpec
+from dittoctl.api.models import MAX_NESTING, DittoServerSpec
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import (
     TLS_CERT_KEY,
@@ -78,11 +78,16 @@ def parse_spec(raw: Any) -> ParsedSpec:
         return ParsedSpec(DittoServerSpec.model_validate(raw))
     except ValidationError as exc:
         errors = tuple(exc.errors(include_url=False))
-    except (TypeError, ValueError, RecursionError):
+    except RecursionError:
+        return ParsedSpec(None, (_too_deep_error(raw),))
+    except (TypeError, ValueError):
         return ParsedSpec(None, (_whole_spec_error(raw),))
     if not isinstance(raw, Mapping) or any(not err["loc"] for err in errors):
         return ParsedSpec(None, errors)
-    data = _copy(raw)
+    try:
+        data = _copy(raw)
+    except RecursionError:  # nested past Python's stack (the model's own check stops at MAX_NESTING)
+        return ParsedSpec(None, (_too_deep_error(raw),))
     broken: set[Loc] = set()
     pending = errors
     for _ in range(8):
@@ -136,6 +141,11 @@ def _delete(data: dict[Any, Any], path: Loc) -> bool:
         del node[path[-1]]
         return True
     return False
+
+
+def _too_deep_error(raw: Any) -> ErrorDetails:
+    return {"type": "value_error", "loc": (), "input": raw,
+            "msg": f"Value error, nests too deeply to be examined; no field needs more than {MAX_NESTING} levels"}
 
 
 def _whole_spec_error(raw: Any) -> ErrorDetails:

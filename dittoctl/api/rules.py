@@ -814,7 +814,8 @@ def _describe(err: ErrorDetails) -> str:
         return PATTERN_MESSAGES.get(str(ctx.get("pattern")), f"must match {ctx.get('pattern')}") + got
     if kind == "value_error":
         message = str(ctx.get("error") or err["msg"]).removeprefix("Value error, ")
-        return message if _show(value) in message or repr(value) in message else message + got
+        shown = _show(value) in message or (isinstance(value, str) and repr(value) in message)
+        return message if shown else message + got
     if kind == "string_too_short":
         if last.endswith("Schedule"):
             return f"must be a 5-field cron expression such as '0 2 * * *'{got}"

@@ -167,6 +167,31 @@ async def test_internal_failure_denies_with_a_message_not_a_500(harness: Harness
     assert "operator log" in response["status"]["message"]
 
 
+
+def _nested(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"weight": 1}
+    for _ in range(depth - 1):
+        node = {"k": node}
+    return node
+
+
+@pytest.mark.parametrize(("depth", "field", "fragment"), [
+    (40, "spec.affinity", "nests deeper than 32 levels"),
+    (900, "spec", "nests too deeply to be examined"),  # past the interpreter's stack, within orjson's 1024
+])
+async def test_an_object_nested_too_deep_is_denied_naming_the_field_not_a_500(
+        harness: Harness, depth: int, field: str, fragment: str) -> None:
+    for spec in ({"storage": {"metadataSize": "1Gi"}, "affinity": _nested(depth)},
+                 {"storage": {"metadataSize": "lots"}, "affinity": _nested(depth)}):
+        response = await harness.respond(review(dittoserver(spec)))
+        assert response["allowed"] is False and response["status"]["code"] == 422, response["status"]
+        causes = response["status"]["details"]["causes"]
+        assert any(c["field"] == field and fragment in c["message"] for c in causes), causes
+    # 32 levels are a Kubernetes shape still (an affinity is ~10).
+    allowed = await harness.respond(review(dittoserver({"storage": {"metadataSize": "1Gi"},
+                                                        "affinity": _nested(32)})))
+    assert allowed["allowed"] is True, allowed
+
 # -- malformed requests ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("raw", "reason"), [
     (b"{not json", "not valid JSON"),
