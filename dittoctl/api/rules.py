@@ -32,6 +32,7 @@ from dittoctl.api.models import (
     METADATA_ROOT,
     NFS_VERSIONS,
     PATTERN_MESSAGES,
+    QUANTITY_PATTERN,
     REMOTE_LOCATION_KEYS,
     SMB_DIALECTS,
     STORE_LISTS,
@@ -50,6 +51,10 @@ MAX_WARNING = 120
 # label "<name>-<10-char hash>" must fit in 63 characters: 52 is the binding limit.
 MAX_NAME = 52
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Kubernetes' own syntax (apimachinery validation): what the apiserver would refuse on a child, checked first.
+_QUALIFIED = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _UNVERIFIED, _ACTIONABLE = 1, 0
 _SYSTEM_GROUPS = ("admins", "operators", "users")
 _RESERVED_USERS = ("admin", "dittofs-operator")
@@ -197,6 +202,7 @@ class _Check:
         self._deprecations(parsed, spec)  # rule 14
         self._service(parsed, spec)
         self._network_policy(parsed, spec)
+        self._kubernetes_fields(parsed, spec)
         if self.old is not None:
             self._update(parsed, spec)  # rules 12, 13
 
@@ -625,8 +631,76 @@ class _Check:
             except ValueError:
                 self.error(f"{path}.exceptCidrs[{j}]", f"{_show(text)} is not a CIDR such as 10.20.1.0/24")
                 continue
-            if inner.version != block.version or not inner.subnet_of(block):  # type: ignore[arg-type]
-                self.error(f"{path}.exceptCidrs[{j}]", f"{_show(text)} must lie inside cidr {peer.cidr}")
+            if inner.version != block.version or not inner.subnet_of(block) or inner == block:  # type: ignore[arg-type]
+                self.error(f"{path}.exceptCidrs[{j}]", f"{_show(text)} must lie strictly inside cidr {peer.cidr} "
+                           "(Kubernetes refuses an exception as large as the block)")
+
+    def _kubernetes_fields(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        """Values copied into the children that the apiserver would refuse there (a 422 stops every pass):
+        refused here, naming the field."""
+        policy = spec.network_policy
+        peers = [(f"networkPolicy.{key}[{i}]", peer)
+                 for key, group in (("apiFrom", policy.api_from), ("metricsFrom", policy.metrics_from or []),
+                                    ("fileClients", policy.file_clients or [])) for i, peer in enumerate(group)]
+        labels = [("podLabels", spec.pod_labels), ("nodeSelector", spec.node_selector),
+                  ("metrics.serviceMonitor.labels", spec.metrics.service_monitor.labels),
+                  *((f"{path}.{kind}", getattr(peer, kind) or {}) for path, peer in peers
+                    for kind in ("namespaces", "pods"))]
+        for path, mapping in labels:
+            if parsed.usable(path.split("[", 1)[0]):
+                for key, value in mapping.items():
+                    self._label_key(f"spec.{path}", key)
+                    if len(value) > 63 or (value and not _QUALIFIED.match(value)):
+                        self.error(f"spec.{path}[{key}]", f"{_show(value)} is not a label value: at most 63 letters, "
+                                   "digits, '-', '_' or '.', starting and ending with a letter or digit")
+        for path, mapping in (("podAnnotations", spec.pod_annotations), ("service.annotations",
+                                                                        spec.service.annotations)):
+            if parsed.usable(path):
+                for key in mapping:
+                    self._label_key(f"spec.{path}", key)
+        name = spec.priority_class_name
+        if name is not None and parsed.usable("priorityClassName") and (len(name) > 253 or not _SUBDOMAIN.match(name)):
+            self.error("spec.priorityClassName", f"{_show(name)} is not a PriorityClass name (lower-case DNS name: "
+                       "a-z, 0-9, '-' and '.')")
+        if parsed.usable("service.loadBalancerSourceRanges"):
+            for i, text in enumerate(spec.service.load_balancer_source_ranges):
+                try:
+                    ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    self.error(f"spec.service.loadBalancerSourceRanges[{i}]", f"{_show(text)} is not a CIDR such "
+                               "as 203.0.113.0/24")
+        for field_name, value in (("resources", spec.resources), ("podSecurityContext", spec.pod_security_context)):
+            if parsed.usable(field_name):
+                self._kube_object(field_name, value)
+
+    def _label_key(self, path: str, key: str) -> None:
+        prefix, _, name = key.rpartition("/")
+        if (len(name) > 63 or not _QUALIFIED.match(name)
+                or ("/" in key and (len(prefix) > 253 or not _SUBDOMAIN.match(prefix)))):
+            self.error(f"{path}[{key}]", f"{_show(key)} is not a valid key: an optional DNS prefix and '/', then at "
+                       "most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")
+
+    def _kube_object(self, field_name: str, value: Mapping[str, Any] | None) -> None:
+        """The parts of the pass-through objects the operator reads or the apiserver checks by syntax."""
+        if not value:
+            return
+        if field_name == "resources":
+            for part in ("requests", "limits"):
+                amounts = value.get(part)
+                if amounts is not None and not isinstance(amounts, Mapping):
+                    self.error(f"spec.resources.{part}", f"must be a map such as {{cpu: 500m, memory: 1Gi}} "
+                               f"(got {_show(amounts)})")
+                    continue
+                for name, amount in (amounts or {}).items():
+                    if isinstance(amount, bool) or not _QUANTITY.match(str(amount)):
+                        self.error(f"spec.resources.{part}[{name}]", f"{_show(amount)} is not a quantity such as "
+                                   "500m, 2 or 1Gi")
+        sysctls = value.get("sysctls") if field_name == "podSecurityContext" else None
+        if sysctls is not None and not (isinstance(sysctls, list) and all(
+                isinstance(s, Mapping) and isinstance(s.get("name"), str) and isinstance(s.get("value"), str)
+                for s in sysctls)):
+            self.error("spec.podSecurityContext.sysctls", "must be a list of {name, value} strings, e.g. "
+                       f"[{{name: net.ipv4.tcp_keepalive_time, value: \"600\"}}] (got {_show(sysctls)})")
 
     # -- rules 12 and 13: updates ------------------------------------------------------------------------
     def _update(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

@@ -740,7 +740,7 @@ def test_network_peers_name_one_kind_of_source_with_valid_cidrs() -> None:
         "spec.networkPolicy.metricsFrom[0].exceptCidrs",
         "spec.networkPolicy.fileClients[0].cidr", "spec.networkPolicy.fileClients[1].exceptCidrs[0]",
         "spec.networkPolicy.fileClients[1].exceptCidrs[1]", "spec.networkPolicy.fileClients[2].exceptCidrs[0]"]
-    assert "must lie inside cidr 10.20.0.0/16" in verdict.messages[4]
+    assert "must lie strictly inside cidr 10.20.0.0/16" in verdict.messages[4]
     good = check({"networkPolicy": {"apiFrom": [{"namespaces": {}}], "fileClients": [
         {"cidr": "10.20.0.0/16", "exceptCidrs": ["10.20.9.0/24"]}, {"pods": {"app": "x"}, "namespaces": {"t": "1"}}]}})
     assert (good.messages, good.warnings) == ([], [])
@@ -891,4 +891,47 @@ def test_the_longest_go_durations_and_a_plain_metrics_path_are_allowed() -> None
     verdict = check({"identity": {"jwt": {"accessTokenDuration": "1m", "refreshTokenDuration": "2562047h"}},
                      "metrics": {"enabled": True, "path": "/a/b-c_d.e~f"},
                      "shares": [{"name": "/a", "snapshotPolicy": {"interval": "@daily", "ttl": "2562047h"}}]})
+    assert verdict.allowed, verdict.messages
+
+
+@pytest.mark.parametrize(("spec", "field", "fragment"), [
+    ({"podLabels": {"bad key!": "x"}}, "spec.podLabels[bad key!]", "is not a valid key"),
+    ({"podLabels": {"team": "x" * 64}}, "spec.podLabels[team]", "is not a label value"),
+    ({"nodeSelector": {"zone": "a b"}}, "spec.nodeSelector[zone]", "is not a label value"),
+    ({"nodeSelector": {"Example.com/zone": "a"}}, "spec.nodeSelector[Example.com/zone]", "is not a valid key"),
+    ({"podAnnotations": {"-bad": "anything goes in a value"}}, "spec.podAnnotations[-bad]", "is not a valid key"),
+    ({"service": {"annotations": {"a/b/c": "v"}}}, "spec.service.annotations[a/b/c]", "is not a valid key"),
+    ({"metrics": {"serviceMonitor": {"labels": {"release": "prom etheus"}}}},
+     "spec.metrics.serviceMonitor.labels[release]", "is not a label value"),
+    ({"networkPolicy": {"apiFrom": [{"namespaces": {"bad key!": "x"}}]}},
+     "spec.networkPolicy.apiFrom[0].namespaces[bad key!]", "is not a valid key"),
+    ({"priorityClassName": "Not_Valid"}, "spec.priorityClassName", "is not a PriorityClass name"),
+    ({"service": {"loadBalancerSourceRanges": ["not-a-cidr"]}}, "spec.service.loadBalancerSourceRanges[0]",
+     "is not a CIDR"),
+    ({"resources": {"requests": {"cpu": "lots"}}}, "spec.resources.requests[cpu]", "is not a quantity"),
+    ({"resources": {"limits": "2Gi"}}, "spec.resources.limits", "must be a map"),
+    ({"podSecurityContext": {"sysctls": "abc"}}, "spec.podSecurityContext.sysctls", "list of {name, value}"),
+    ({"podSecurityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": 1024}]}},
+     "spec.podSecurityContext.sysctls", "list of {name, value}"),
+    ({"networkPolicy": {"fileClients": [{"cidr": "10.0.0.0/8", "exceptCidrs": ["10.0.0.0/8"]}]}},
+     "spec.networkPolicy.fileClients[0].exceptCidrs[0]", "strictly inside"),
+])
+def test_values_the_apiserver_would_refuse_on_a_child_are_denied_here(spec: dict[str, Any], field: str,
+                                                                      fragment: str) -> None:
+    verdict = check(spec)
+    assert not verdict.allowed
+    assert [m for m in verdict.messages if m.startswith(f"{field}: ") and fragment in m], verdict.messages
+
+
+def test_ordinary_kubernetes_values_are_allowed() -> None:
+    verdict = check({
+        "podLabels": {"app.kubernetes.io/part-of": "files", "tier": ""},
+        "nodeSelector": {"kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": "eu-west-1a"},
+        "podAnnotations": {"prometheus.io/scrape": "true", "note": "any text: even spaces"},
+        "priorityClassName": "system-cluster-critical",
+        "service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.0/24", "2001:db8::/32"]},
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": 2147483648}},
+        "podSecurityContext": {"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "600"}]},
+        "networkPolicy": {"fileClients": [{"cidr": "10.0.0.0/8", "exceptCidrs": ["10.1.0.0/16"]}]},
+    })
     assert verdict.allowed, verdict.messages
