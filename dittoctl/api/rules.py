@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import json
 import logging
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -397,6 +398,7 @@ class _Check:
             elif any(seg in ("", ".", "..") for seg in share.name[1:].rstrip("/").split("/")):
                 self.error(f"{base}.name", f"{_q(share.name)} has an empty, '.' or '..' path segment; name it "
                            "like /team/docs")
+            self._bytes(f"{base}.quota", share.quota)
             for key, kind, store in (("metadataStore", "metadata", share.metadata_store),
                                     ("localBlockStore", "local", share.local_block_store),
                                     ("remoteBlockStore", "remote", share.remote_block_store)):
@@ -445,6 +447,7 @@ class _Check:
                 self.error(f"{base}.postgresSecretRef", f"only for type postgres (this store is {m.type})")
         for i, b in enumerate(local or []):
             self._store_path(f"spec.stores.local[{i}].path", b.path, b.type == "fs", BLOCK_ROOT, b.type)
+            self._bytes(f"spec.stores.local[{i}].maxSize", b.max_size)
         for kind, stores in (("metadata", metadata or []), ("local", local or [])):
             self._own_directories(kind, [(s.name, s.path, s.effective_path) for s in stores])
         for i, r in enumerate(st.remote):
@@ -471,6 +474,11 @@ class _Check:
                 "local": {b.name for b in local} if local is not None else {"default"},
                 "remote": {r.name for r in st.remote}}
 
+    def _bytes(self, path: str, value: str | None) -> None:
+        """A size sent to DittoFS in whole bytes: under one byte it would be sent as 0, DittoFS's "no limit"."""
+        if value is not None and int(parse_quantity(value)) < 1:
+            self.error(path, f"{_show(value)} is less than one byte ('m' is milli); use e.g. 500Mi or 10Gi")
+
     def _own_directories(self, kind: str, stores: list[tuple[str, str | None, str | None]]) -> None:
         """Two stores in one directory (or one inside the other) are found only when the server runs: badger
         holds a lock on its directory, and fs stores would mix their blocks. A store named like another's
@@ -494,9 +502,12 @@ class _Check:
             return
         if not on_disk:
             self.error(path, f"a {kind} store has no path; remove it")
-        elif not (value.rstrip("/") + "/").startswith(root + "/") or value.rstrip("/") == root or ".." in value:
+        elif not posixpath.normpath(value).startswith(root + "/") or ".." in value:
             self.error(path, f"must be a directory under {root} (the volume mounted there keeps the data); "
                        f"got {_show(value)}")
+        elif posixpath.normpath(value) != value.rstrip("/"):
+            # Two spellings of one directory would pass the clash check and share a badger lock or fs blocks.
+            self.error(path, f"write it as {posixpath.normpath(value)} (got {_show(value)})")
 
     def _adapter_settings(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         if not parsed.usable("adapters"):

@@ -935,3 +935,19 @@ def test_ordinary_kubernetes_values_are_allowed() -> None:
         "networkPolicy": {"fileClients": [{"cidr": "10.0.0.0/8", "exceptCidrs": ["10.1.0.0/16"]}]},
     })
     assert verdict.allowed, verdict.messages
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"shares": [{"name": "/a", "quota": "500m"}]},
+     "spec.shares[0].quota: '500m' is less than one byte ('m' is milli); use e.g. 500Mi or 10Gi"),
+    ({"stores": {"local": [{"name": "default", "maxSize": "0.5"}]}},
+     "spec.stores.local[0].maxSize: '0.5' is less than one byte ('m' is milli); use e.g. 500Mi or 10Gi"),
+    ({"stores": {"metadata": [{"name": "default"}, {"name": "m2", "path": "/data/store/metadata//badger"}]}},
+     "spec.stores.metadata[1].path: write it as /data/store/metadata/badger (got '/data/store/metadata//badger')"),
+    ({"stores": {"local": [{"name": "default"}, {"name": "b", "path": "/data/store/block/."}]}},
+     "spec.stores.local[1].path: must be a directory under /data/store/block (the volume mounted there keeps the "
+     "data); got '/data/store/block/.'"),
+])
+def test_sizes_under_a_byte_and_unnormalized_store_paths_are_denied(spec: dict[str, Any], message: str) -> None:
+    verdict = check(spec)
+    assert message in verdict.messages, verdict.messages
