@@ -191,12 +191,12 @@ def identity_providers(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
     if ldap is not None:
         usable, secret = password(LDAP_PASSWORD_SLOT, "LDAP bind password")
         if usable:
-            found.append(IdentityProviderSpec("ldap", ldap_record(ldap), secret, "bind_password",
+            found.append(IdentityProviderSpec("ldap", ldap_record(ldap, clearing=True), secret, "bind_password",
                                               durations=LDAP_DURATIONS))
     if kerberos is not None:
         usable, secret = password(MACHINE_SECRET_SLOT, "Kerberos machine account password")
         if usable:
-            found.append(IdentityProviderSpec("kerberos", kerberos_record(kerberos), secret, "secret",
+            found.append(IdentityProviderSpec("kerberos", kerberos_record(kerberos, clearing=True), secret, "secret",
                                               within="machine_account", restart=True, durations=KERBEROS_DURATIONS))
     return tuple(found)
 

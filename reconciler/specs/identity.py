@@ -19,10 +19,14 @@ LDAP_DURATIONS = frozenset({"timeout"})
 KERBEROS_DURATIONS = frozenset({"max_clock_skew", "context_ttl"})
 
 
-def ldap_record(ldap: LdapSpec) -> dict[str, Any]:
+def ldap_record(ldap: LdapSpec, *, clearing: bool = False) -> dict[str, Any]:
+    """``clearing``: an optional part left out is an explicit empty value, so that the planner clears it in
+    DittoFS once it leaves the spec (config.yaml keeps its first-boot shape: a change there would roll pods)."""
     tls: dict[str, Any] = {"min_version": ldap.tls_min_version}
     if ldap.ca_secret_ref is not None:
         tls["ca_cert_file"] = LDAP_CA_FILE
+    elif clearing:
+        tls["ca_cert_file"] = ""  # else DittoFS keeps dialing with a CA file the pod no longer has
     return {
         "enabled": True,
         "url": ldap.url,
@@ -48,7 +52,8 @@ def kerberos_realm(kerberos: KerberosSpec) -> str:
     return realm if at else ""
 
 
-def kerberos_record(kerberos: KerberosSpec) -> dict[str, Any]:
+def kerberos_record(kerberos: KerberosSpec, *, clearing: bool = False) -> dict[str, Any]:
+    """``clearing``: as for ``ldap_record`` (a machine account left out is turned off)."""
     realm = kerberos_realm(kerberos)
     record: dict[str, Any] = {
         "enabled": True,
@@ -66,6 +71,8 @@ def kerberos_record(kerberos: KerberosSpec) -> dict[str, Any]:
     if machine is not None:
         record["machine_account"] = {"enabled": True, "account_name": machine.account_name,
                                      "dc_address": list(machine.dc_addresses)}
+    elif clearing:
+        record["machine_account"] = {"enabled": False, "account_name": "", "dc_address": []}
     return record
 
 

@@ -187,6 +187,16 @@ async def test_seeded_at_first_boot_then_converged_over_rest(ldap_tools: None, d
                 assert await converge(client, want, state, secrets) == []
                 assert (await ldap_test(client))["ok"] is True
 
+                # The LDAP CA leaves the spec (the pod no longer mounts it): one live PUT clears DittoFS's
+                # ca_cert_file, which it would otherwise go on reading at every dial.
+                del raw["identity"]["ldap"]["caSecretRef"]
+                want = wanted(raw, secrets, root)
+                assert await converge(client, want, state, secrets) == [
+                    (Op.UPDATE, Kind.IDENTITY_PROVIDER, "ldap", False, False)]
+                stored = await client.request("GET", "/api/v1/identity-providers/ldap/config")
+                assert not (stored.get("tls") or {}).get("ca_cert_file"), stored
+                assert await converge(client, want, state, secrets) == []
+
                 # LDAP leaves the spec: disabled (the record stays), and no longer the operator's.
                 del raw["identity"]["ldap"]
                 want = wanted(raw, secrets, root)

@@ -874,3 +874,25 @@ def test_an_optional_store_secret_removed_from_its_secret_rewrites_the_store_onc
     # Put back with the value it had: sent again, since DittoFS no longer has it.
     back = plan(with_endpoint, simulate(after, removed.calls), owned, recorded)
     assert [(c.op, c.kind) for c in back.calls] == [(Op.UPDATE, Kind.REMOTE_STORE)]
+
+
+def test_an_identity_sub_record_that_leaves_the_spec_is_cleared_in_dittofs() -> None:
+    """DittoFS's record wins after the first boot: a CA file or machine account dropped from the spec must be
+    cleared over REST (a compare of the declared keys alone never saw them go)."""
+    with_ca = _identity_spec(caSecretRef={"name": "ca", "key": "ca.crt"})
+    seen = _as_dittofs_shows(with_ca)
+    seen["kerberos"]["machine_account"] = {"enabled": True, "account_name": "FILES$", "dc_address": ["dc1"]}
+    owned = {Ref(Kind.IDENTITY_PROVIDER, "ldap"), Ref(Kind.IDENTITY_PROVIDER, "kerberos")}
+    applied = plan(with_ca, Observed(identity=seen), owned).digests_after({})
+    without = _identity_spec()
+    p = plan(without, Observed(identity=seen), owned, applied)
+    assert [(c.name, c.needs_restart) for c in p.calls] == [("ldap", False), ("kerberos", True)]
+    ldap, kerberos = (dict(c.body or {}) for c in p.calls)
+    assert ldap["tls"] == {"min_version": "1.2", "ca_cert_file": ""}
+    assert kerberos["machine_account"] == {"enabled": False, "account_name": "", "dc_address": []}
+    # Once cleared (DittoFS omits empty fields, or shows them empty), nothing more.
+    cleared = {"ldap": {**seen["ldap"], "tls": {"min_version": "1.2"}},
+               "kerberos": {**seen["kerberos"], "machine_account": {"enabled": False}}}
+    assert plan(without, Observed(identity=cleared), owned, applied).calls == ()
+    assert plan(without, Observed(identity={**cleared, "kerberos": {
+        k: v for k, v in cleared["kerberos"].items() if k != "machine_account"}}), owned, applied).calls == ()

@@ -661,7 +661,8 @@ def _same_record(seen: Mapping[str, Any], want: Mapping[str, Any], durations: fr
         if have is None and not value:
             continue  # DittoFS omits empty fields (omitempty)
         if isinstance(value, Mapping):
-            if not isinstance(have, Mapping) or not _same_record(have, value, durations):
+            # A sub-record DittoFS omits is one whose fields are all empty: a declared "off" matches it.
+            if not isinstance(have, Mapping | None) or not _same_record(have or {}, value, durations):
                 return False
         elif key in durations:
             if not isinstance(have, str) or duration_seconds(have) != duration_seconds(str(value)):
