@@ -80,6 +80,9 @@ def _check_duration(value: str) -> str:
 
 
 METRICS_PATH_PATTERN = r"^/[A-Za-z0-9._~/-]*$"
+# The Prometheus Operator's own Duration: whole numbers, units in this order (its CRD refuses "1.5m").
+PROMETHEUS_DURATION_PATTERN = (r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+                               r"(([0-9]+)ms)?)$")
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
@@ -92,6 +95,8 @@ PATTERN_MESSAGES = {
     _IDENTIFIER.pattern: "must be a lower-case SQL identifier (a-z, 0-9, '_'; not starting with a digit)",
     _GO_DURATION.pattern: "must be a duration such as 15m, 168h or 1h30m",
     r"^/": "must be an absolute path starting with '/'",
+    PROMETHEUS_DURATION_PATTERN: "must be a Prometheus duration such as 30s, 1m or 1m30s (whole numbers; units "
+                                 "y, w, d, h, m, s, ms in that order)",
     METRICS_PATH_PATTERN: "must be a URL path such as /metrics (letters, digits and - . _ ~ /): DittoFS registers it "
                           "as a Go HTTP route, and any other character stops it at start",
     r"^[0-9]+\.[0-9]+\.[0-9]+$": "must be a version such as 2.8.0",
@@ -103,6 +108,7 @@ Quantity = Annotated[
 ]
 Cron = Annotated[str, Field(min_length=9), AfterValidator(_check_cron)]
 Duration = Annotated[str, Field(pattern=_GO_DURATION.pattern), AfterValidator(_check_duration)]
+PrometheusDuration = Annotated[str, Field(pattern=PROMETHEUS_DURATION_PATTERN, min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)]
 SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=_SECRET_KEY)]
@@ -575,8 +581,8 @@ class ServiceMonitorSpec(ApiModel):
     """Create it whenever metrics are enabled and the CRD is served."""
     labels: StringMap = Field(default_factory=dict)
     """Extra labels, e.g. the one your Prometheus selects ServiceMonitors by (release: prometheus)."""
-    interval: Duration | None = None
-    """Scrape interval (unset: Prometheus's default)."""
+    interval: PrometheusDuration | None = None
+    """Scrape interval, e.g. 30s or 1m30s (unset: Prometheus's default)."""
 
 
 class MetricsSpec(ApiModel):

@@ -37,6 +37,7 @@ from dittoctl.api.models import (
     REMOTE_LOCATION_KEYS,
     SMB_DIALECTS,
     STORE_LISTS,
+    CertificateSpec,
     DittoServer,
     DittoServerSpec,
     DittoServerStatus,
@@ -333,6 +334,8 @@ class _Check:
         if not parsed.usable("controlPlane.tls"):
             return
         tls = spec.control_plane.tls
+        if tls is not None and tls.certificate is not None:
+            self._certificate_lifetime("spec.controlPlane.tls.certificate", tls.certificate)
         if tls is None or tls.client_ca_secret_name is None:
             if tls is not None and tls.operator_client_secret_name is not None:
                 self.error("spec.controlPlane.tls.operatorClientSecretName", "only with clientCaSecretName (mutual "
@@ -347,6 +350,19 @@ class _Check:
         lockout = ("the operator cannot reach the API until then", "the operator is locked out")
         keys = self._secret(path, client, *lockout)
         self._keys(path, client, keys, [TLS_CERT_KEY, TLS_KEY_KEY], *lockout)
+
+    def _certificate_lifetime(self, path: str, cert: CertificateSpec) -> None:
+        """cert-manager's own bounds (its webhook refuses the Certificate otherwise, and every pass with it)."""
+        duration = duration_seconds(cert.duration) if cert.duration else 2160 * 3600.0
+        renew = duration_seconds(cert.renew_before) if cert.renew_before else None
+        if duration is not None and duration < 3600:
+            self.error(f"{path}.duration", f"{_show(cert.duration)} is shorter than cert-manager's minimum of 1h")
+        if renew is not None and renew < 300:
+            self.error(f"{path}.renewBefore", f"{_show(cert.renew_before)} is shorter than cert-manager's minimum "
+                       "of 5m")
+        elif renew is not None and duration is not None and renew >= duration:
+            self.error(f"{path}.renewBefore", f"{_show(cert.renew_before)} must be shorter than the duration "
+                       f"({cert.duration or '2160h, the default'})")
 
     # -- the declared file service (SPEC §13.1) -----------------------------------------------------------
     def _file_service(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

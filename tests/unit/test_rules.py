@@ -951,3 +951,21 @@ def test_ordinary_kubernetes_values_are_allowed() -> None:
 def test_sizes_under_a_byte_and_unnormalized_store_paths_are_denied(spec: dict[str, Any], message: str) -> None:
     verdict = check(spec)
     assert message in verdict.messages, verdict.messages
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"metrics": {"enabled": True, "serviceMonitor": {"interval": "1.5m"}}},
+     "spec.metrics.serviceMonitor.interval: must be a Prometheus duration such as 30s, 1m or 1m30s (whole numbers; "
+     "units y, w, d, h, m, s, ms in that order) (got '1.5m')"),
+    ({"controlPlane": {"tls": {"secretName": "t", "certificate": {"issuerRef": {"name": "ca"}, "duration": "10m"}}}},
+     "spec.controlPlane.tls.certificate.duration: '10m' is shorter than cert-manager's minimum of 1h"),
+    ({"controlPlane": {"tls": {"secretName": "t", "certificate": {"issuerRef": {"name": "ca"},
+                                                                  "renewBefore": "1m"}}}},
+     "spec.controlPlane.tls.certificate.renewBefore: '1m' is shorter than cert-manager's minimum of 5m"),
+    ({"controlPlane": {"tls": {"secretName": "t", "certificate": {"issuerRef": {"name": "ca"}, "duration": "2h",
+                                                                  "renewBefore": "2h"}}}},
+     "spec.controlPlane.tls.certificate.renewBefore: '2h' must be shorter than the duration (2h)"),
+])
+def test_values_another_operator_s_webhook_would_refuse_are_denied_here(spec: dict[str, Any], message: str) -> None:
+    verdict = check(spec)
+    assert message in verdict.messages, verdict.messages
