@@ -52,6 +52,7 @@ MAX_WARNING = 120
 # Services are DNS-1035 labels named <name>-headless (+9), and the StatefulSet's controller-revision-hash
 # label "<name>-<10-char hash>" must fit in 63 characters: 52 is the binding limit.
 MAX_NAME = 52
+MAX_PERCONA_NAME = 63 - len("-postgres-instance1-xxxx-") - 10  # 28: its StatefulSet's revision-hash pod label
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Kubernetes' own syntax (apimachinery validation): what the apiserver would refuse on a child, checked first.
 _QUALIFIED = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -579,6 +580,20 @@ class _Check:
         wanted = [ref.host_key, ref.port_key, ref.database_key, ref.user_key, ref.password_key]
         self._keys(path, ref.name, keys, wanted, *_POD_FAILS)
 
+    def _percona_name(self, base: str) -> None:
+        """Percona's StatefulSet <name>-postgres-instance1-<4> puts its name and a 10-character revision hash in
+        a pod label (63 at most): a longer name gets a cluster that never starts. Checked when Percona is turned
+        on, so an existing server is never locked out of its updates by it."""
+        meta = self.obj.get("metadata") if isinstance(self.obj, Mapping) else None
+        name = meta.get("name") if isinstance(meta, Mapping) else None
+        old_spec = self.old.get("spec") if isinstance(self.old, Mapping) else None
+        was_on = isinstance(old_spec, Mapping) and isinstance(old_spec.get("percona"), Mapping) and \
+            old_spec["percona"].get("enabled") is True
+        if isinstance(name, str) and len(name) > MAX_PERCONA_NAME and not was_on:
+            self.error(f"{base}.enabled", f"the server's name {_q(name)} has {len(name)} characters; with Percona "
+                       f"it may have at most {MAX_PERCONA_NAME}, as Percona's pods carry {name}-postgres-instance1-"
+                       "<hash> in a 63-character label: use a shorter name")
+
     def _percona(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         percona, base = spec.percona, "spec.percona"
         if parsed.usable("percona.enabled") and percona.enabled:
@@ -592,6 +607,7 @@ class _Check:
                           "is used instead")
             if parsed.usable("percona.image") and not percona.image:  # rule 11
                 self.warn(f"{base}.image", "set a PostgreSQL image unless the Percona Operator sets RELATED_IMAGE_*")
+            self._percona_name(base)
         backup = percona.backup
         if not parsed.usable("percona.backup.enabled") or not backup.enabled:
             return

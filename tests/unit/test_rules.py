@@ -969,3 +969,18 @@ def test_sizes_under_a_byte_and_unnormalized_store_paths_are_denied(spec: dict[s
 def test_values_another_operator_s_webhook_would_refuse_are_denied_here(spec: dict[str, Any], message: str) -> None:
     verdict = check(spec)
     assert message in verdict.messages, verdict.messages
+
+
+def test_a_name_too_long_for_percona_s_pods_is_denied_when_percona_is_turned_on() -> None:
+    percona = {"percona": {"enabled": True, "image": "pg:16"}}
+    long_name, fits = "a" * 29, "a" * 28
+    verdict = validate(server(percona, name=long_name), None, GOOD)
+    assert [m for m in verdict.messages if m.startswith("spec.percona.enabled: ")] == [
+        f'spec.percona.enabled: the server\'s name "{long_name}" has 29 characters; with Percona it may have at '
+        f"most 28, as Percona's pods carry {long_name}-postgres-instance1-<hash> in a 63-character label: use a "
+        "shorter name"], verdict.messages
+    assert validate(server(percona, name=fits), None, GOOD).allowed
+    # Turned on by an update: denied too; already on (a server from before this rule): its updates still pass.
+    assert not validate(server(percona, name=long_name), server({}, name=long_name), GOOD).allowed
+    changed = merge(percona, {"replicas": 1, "percona": {"replicas": 2}})
+    assert validate(server(changed, name=long_name), server(percona, name=long_name), GOOD).allowed
