@@ -695,3 +695,37 @@ async def test_a_remote_s3_store_gets_its_keys_in_its_config_and_rotation_needs_
                 assert p.calls == () and set(calls) == {"GET"}
         finally:
             server.stop()
+
+
+async def test_a_remote_store_takes_its_endpoint_from_the_credentials_secret(
+        dfs_env: dict[str, str], tmp_path: Path) -> None:
+    """spec.s3.credentialsSecretRef's endpointKey: the endpoint travels as a secret into the store's config."""
+    with MotoServer(tmp_path) as s3:
+        s3.create_bucket("blocks")
+        keys = {"s3id": ACCESS_KEY_ID, "s3key": "moto-secret-key-first-0001", "s3url": s3.endpoint}
+        values = {**SECRETS, **{ref: SecretStr(v) for ref, v in keys.items()}}
+        server = DfsServer(minimal_config(tmp_path / "controlplane.db"), dfs_env, tmp_path / "dfs",
+                           host_ports=[s3.port]).start()
+        try:
+            client = await bootstrap_operator(server.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
+                                              SecretStr(OPERATOR_PASSWORD))
+            async with client:
+                from_secrets = (("access_key_id", "s3id"), ("secret_access_key", "s3key"), ("endpoint", "s3url"))
+                remote = StoreSpec(StoreKind.REMOTE, "s3", "s3", (
+                    ("allow_private_endpoint", True), ("bucket", "blocks"), ("force_path_style", True),
+                    ("region", "eu-west-1")),
+                    tuple((k, SecretValue(ref, digest_of(keys[ref]))) for k, ref in from_secrets))
+                base = declared(tmp_path / "data")
+                want = dataclasses.replace(base, stores=(*base.stores, remote))
+                state = State()
+                await one_pass_with(client, want, state, values)
+                _, stores = admin_call(server, "GET", "/store/block/remote")
+                assert isinstance(stores, list)
+                (store,) = stores
+                assert store["config"]["endpoint"] == s3.endpoint and store["status"]["status"] == "healthy", store
+                p, calls, _ = await one_pass_with(client, want, state, values)
+                assert p.calls == () and set(calls) == {"GET"}
+                # Its removal from the Secret (the store then dials AWS, which this machine cannot reach) is the
+                # planner's: test_an_optional_store_secret_removed_from_its_secret_rewrites_the_store_once.
+        finally:
+            server.stop()
