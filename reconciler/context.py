@@ -28,7 +28,7 @@ from reconciler.cache import Cache, Key, Packed, version_of
 from reconciler.compare import needs_apply, stamp_manifest
 from reconciler.owned import FOLLOWED_CHILDREN
 from reconciler.specs import Desired, RenderedConfig
-from reconciler.status import status_changed
+from reconciler.status import merge_patch, status_changed
 
 log = logging.getLogger("dittofs.reconciler")
 Obj = dict[str, Any]
@@ -96,6 +96,11 @@ class Lane:
             del self.held[key]
             self.free += slots
             self._hand_over()
+
+    def forget(self, key: Key) -> None:
+        """``key`` gets no pass (the server is gone, or the lead was lost): nothing waits or is held for it."""
+        self.waiting.pop(key, None)
+        self.release(key, self.wakes)
 
     def _hand_over(self) -> None:
         while self.waiting and self.wake is not None:
@@ -433,7 +438,8 @@ class Pass:
             return
         try:
             await self.write(DITTOSERVERS, self.name, self.gw.merge_patch(
-                DITTOSERVERS, self.name, {"status": dict(status)}, self.namespace, subresource="status"))
+                DITTOSERVERS, self.name, {"status": merge_patch(body.get("status"), status)}, self.namespace,
+                subresource="status"))
         except NotFound:
             return
         what = {"phase": status["phase"]} if "phase" in status else {"fields": ",".join(sorted(status))}

@@ -280,6 +280,19 @@ def deleting_status(previous: Mapping[str, Any] | None, generation: int, waiting
             "conditions": [*(c for c in conds if c.get("type") != ConditionType.READY), *ready]}
 
 
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: a key gone from a nested map is sent as
+    null, since a merge keeps what the patch leaves out (a dropped appliedSecrets slot or endpoint stayed, and
+    the pass after saw it again)."""
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = (old or {}).get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            value = {**{k: None for k in before if k not in value}, **merge_patch(before, value)}
+        out[key] = value
+    return out
+
+
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """True when a write is needed; timestamps of unchanged conditions are already carried over."""
     old = old or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
@@ -18,6 +19,7 @@ from reconciler.status import (
     conditions,
     deleting_status,
     merge_conditions,
+    merge_patch,
     paused_status,
     s3_status,
     status_changed,
@@ -317,3 +319,51 @@ def test_a_ready_pod_is_available_at_once_unless_min_ready_seconds_asks_to_wait(
     lagging["spec"]["minReadySeconds"] = 30
     assert build_status(Observation(generation=1, desired_replicas=1, statefulset=lagging, pods=[pod("demo-0")]),
                         None)["availableReplicas"] == 0
+
+
+def _apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the apiserver applies a merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _apply_merge_patch(out.get(key), value)
+    return out
+
+
+def test_a_status_patch_removes_what_left_a_nested_map() -> None:
+    old = {"phase": "Running", "appliedSecrets": {"remote-store:s3/endpoint": "a", "remote-store:s3/config": "b",
+                                                 "user:alice/password": "c"},
+           "endpoints": {"api": "http://x:8080", "nfs": "x:12049", "smb": "x:1445"},
+           "shares": [{"name": "/a"}, {"name": "/b"}], "storeRevision": 3}
+    new = {"phase": "Running", "appliedSecrets": {"remote-store:s3/config": "d", "user:alice/password": "c"},
+           "endpoints": {"api": "http://x:8080", "nfs": "x:12049"}, "shares": [{"name": "/a"}],
+           "storeRevision": 4, "perconaClusterName": None}
+    patch = merge_patch(old, new)
+    assert patch["appliedSecrets"] == {"remote-store:s3/endpoint": None, "remote-store:s3/config": "d",
+                                       "user:alice/password": "c"}
+    assert patch["endpoints"]["smb"] is None
+    stored = _apply_merge_patch(old, patch)
+    assert stored == {k: v for k, v in new.items() if v is not None}
+    assert not status_changed(stored, {k: v for k, v in new.items() if v is not None})
+    # A plain merge of the new status (what was sent before) kept the dropped slot: seen again every pass.
+    assert "remote-store:s3/endpoint" in _apply_merge_patch(old, new)["appliedSecrets"]
+
+
+def test_quantities_the_apiserver_rewrites_are_the_same_values() -> None:
+    desired = {"spec": {"template": {"spec": {"containers": [{"name": "dfs", "resources": {
+        "limits": {"cpu": 1, "memory": "0.5Gi"}, "requests": {"memory": "1024Mi"}}}]}},
+        "volumeClaimTemplates": [{"spec": {"resources": {"requests": {"storage": "1024Mi"}}}}]}}
+    stored = {"spec": {"template": {"spec": {"containers": [{"name": "dfs", "image": "x", "resources": {
+        "limits": {"cpu": "1", "memory": "512Mi"}, "requests": {"memory": "1Gi"}}}]}},
+        "volumeClaimTemplates": [{"spec": {"resources": {"requests": {"storage": "1Gi"}}}}]}}
+    assert is_subset(desired, stored)
+    grown: Any = copy.deepcopy(stored)
+    grown["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = "2Gi"
+    assert not is_subset(desired, grown)
+    # Only ResourceLists are quantities: elsewhere "1" and "1.0" stay different strings.
+    assert not is_subset({"metadata": {"labels": {"v": "1"}}}, {"metadata": {"labels": {"v": "1.0"}}})
+    assert not is_subset({"spec": {"replicas": 1}}, {"spec": {"replicas": "1"}})
