@@ -132,7 +132,7 @@ def _state(ready: bool, cluster: str, message: str) -> DatabaseState:
 async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired: Desired) -> DatabaseState:
     spec = server.spec
     if desired.percona_cluster is None:
-        return await _existing_owned(ctx, names)
+        return await _existing_owned(ctx, names, keep=not spec.percona.delete_with_server)
     if not await ctx.shared.discovery.percona():
         return _not_served(30.0)
     manifest = stamp_manifest(desired.percona_cluster)
@@ -172,16 +172,36 @@ def postgres_secret_condition(missing: list[tuple[str, str]], secret: str) -> Co
                 f"Secret {secret} holds the connection")
 
 
-async def _existing_owned(ctx: Pass, names: Names) -> DatabaseState:
-    """Percona is off: an owned cluster is left alone (data is never migrated nor deleted)."""
+async def _existing_owned(ctx: Pass, names: Names, *, keep: bool) -> DatabaseState:
+    """Percona is off: an owned cluster is left alone (data is never migrated nor deleted). ``keep``
+    (deleteWithServer false): an ownerReference left from when it was true goes, as an apply would have taken
+    it: a foreground deletion of the server deletes its dependents before any finalizer runs."""
     if not ctx.shared.discovery.percona_served:
         return DatabaseState()
     try:
         live = await ctx.optional_child(PERCONAPGCLUSTERS, names.percona_cluster)
     except ApiError:
         return DatabaseState()
-    owned = live is not None and names.owns(live)
-    return DatabaseState(cluster_name=names.percona_cluster if owned else None)
+    if live is None or not names.owns(live):
+        return DatabaseState()
+    meta = live["metadata"]
+    refs = [i for i, ref in enumerate(meta.get("ownerReferences") or []) if ref.get("uid") == names.uid]
+    if keep and refs:
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion",
+                                      "value": meta["resourceVersion"]}]
+        if (meta.get("annotations") or {}).get(OWNER_ANNOTATION) != names.uid:  # still ours without the reference
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": {
+                **(meta.get("annotations") or {}), OWNER_ANNOTATION: names.uid}})
+        ops += [{"op": "remove", "path": f"/metadata/ownerReferences/{i}"} for i in reversed(refs)]
+        try:
+            await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster, ctx.gw.json_patch(
+                PERCONAPGCLUSTERS, names.percona_cluster, ops, names.namespace))
+        except (Conflict, ApiError, NotFound):
+            pass  # the next pass tries again
+        else:
+            log.info("PerconaPGCluster no longer garbage-collected with its server (deleteWithServer is false)",
+                     extra=fields(namespace=names.namespace, name=ctx.name))
+    return DatabaseState(cluster_name=names.percona_cluster)
 
 
 async def _report_backups(ctx: Pass, names: Names) -> None:

@@ -145,15 +145,18 @@ def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: Operat
             "PerconaPGCluster demo-postgres kept (percona.deleteWithServer is false): data preserved"]
 
 
+@pytest.mark.parametrize("then", ["kept", "percona-off"])
 def test_a_database_kept_after_all_stops_being_a_dependent(testbed: Any, operator: OperatorProcess,
-                                                           namespace: str) -> None:
-    """deleteWithServer true, then false: the ownerReference goes (as it goes from a cluster an older operator
-    made with one), so a foreground deletion of the server keeps the database."""
+                                                           namespace: str, then: str) -> None:
+    """deleteWithServer true, then false (or Percona turned off, which resets it): the ownerReference goes (as it
+    goes from a cluster an older operator made with one), so a foreground deletion of the server keeps the
+    database."""
     install_crd(testbed)
     wait_gc_follows_clusters(testbed, namespace)
     apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=True))
     eventually(lambda: cluster(testbed, namespace)["metadata"].get("ownerReferences"), what="an owned cluster")
-    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=False))
+    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=False) if then == "kept"
+                 else {"enabled": False})
     eventually(lambda: not cluster(testbed, namespace)["metadata"].get("ownerReferences"),
                what="the ownerReference removed")
     testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false", "--cascade=foreground")
