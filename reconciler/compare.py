@@ -6,19 +6,35 @@ from collections.abc import Mapping
 from typing import Any
 
 from dittoctl.api.naming import APPLIED_ANNOTATION
+from dittoctl.api.quantity import parse_quantity
 from reconciler.specs.hashing import manifest_hash
 
 
 def is_subset(desired: Any, observed: Any) -> bool:
-    """Every field we set has the same value in the observed object (the server may add defaults)."""
+    """Every field we set has the same value in the observed object (the server may add defaults, and writes
+    resource quantities in its own form: 1024Mi is stored as 1Gi, a number as a string)."""
+    return _subset(desired, observed) or _subset(desired, observed, semantic=True)
+
+
+def _subset(desired: Any, observed: Any, quantities: bool = False, semantic: bool = False) -> bool:
+    """Exact first (the settled case, and the burst's hot path); ``semantic``, only after a mismatch, compares the
+    values of `requests`/`limits` maps as quantities."""
     if isinstance(desired, dict):
         return isinstance(observed, dict) and all(
-            is_subset(value, observed.get(key)) for key, value in desired.items()
-        )
+            _subset(value, observed.get(key), semantic and (quantities or key in _QUANTITY_MAPS), semantic)
+            for key, value in desired.items())
     if isinstance(desired, list):
         return (isinstance(observed, list) and len(desired) == len(observed)
-                and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True)))
+                and all(_subset(d, o, False, semantic) for d, o in zip(desired, observed, strict=True)))
+    if quantities and desired != observed and isinstance(desired, str | int) and isinstance(observed, str | int):
+        try:
+            return parse_quantity(str(desired)) == parse_quantity(str(observed))
+        except ValueError:
+            return False
     return bool(desired == observed)
+
+
+_QUANTITY_MAPS = frozenset({"requests", "limits"})  # ResourceLists, wherever they appear
 
 
 def stamp_manifest(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -114,9 +114,10 @@ class Controller:
         # before the Secret watch runs could miss a rotation in between), and none competing for the CPU
         # with the first listings, which readiness waits for.
         await self.primed.wait()
-        if not self.active.is_set():
-            return None
         lane = self.reconciler.shared.service_lane
+        if not self.active.is_set():
+            lane.forget(key)  # slots set aside for this pass would stay taken: ``resume`` queues it afresh
+            return None
         started = lane.wakes
         began = time.monotonic()
         try:
@@ -317,6 +318,7 @@ class Controller:
         if event_type == "DELETED":
             self.cache.drop_server(key)
             self.queue.forget(key)
+            self.reconciler.shared.service_lane.forget(key)
             return
         if _echo(self.cache.server_version(key), body):
             return  # the watch echoing our own write (already cached from its response)

@@ -580,6 +580,30 @@ def test_slots_set_aside_go_back_when_the_pass_they_were_for_ends_unused() -> No
     assert lane.enter(a)
 
 
+
+def test_a_server_that_gets_no_pass_holds_no_slot_and_waits_for_none() -> None:
+    """Deleted, or its woken pass dropped because the lead was lost: its slots go back, its place in the line
+    goes, and the next in line is woken."""
+    woken: list[tuple[str, str]] = []
+    lane = context.Lane(2)
+    lane.wake = woken.append
+    a, b, c = ("ns", "a"), ("ns", "b"), ("ns", "c")
+    assert lane.enter(a) and lane.enter(a)
+    lane.defer(b, 2)
+    lane.defer(c, 2)
+    lane.leave()
+    lane.leave()
+    assert woken == [b] and lane.held[b] == (2, 1) and lane.free == 0
+    lane.forget(b)  # its pass will not run: c, waiting behind it, gets the slots
+    assert woken == [b, c] and b not in lane.held and lane.held[c] == (2, 2)
+    lane.forget(c)
+    assert lane.free == 2 and not lane.held and not lane.waiting
+    assert lane.enter(a) and lane.enter(a)
+    lane.defer(b, 1)
+    lane.forget(b)  # waiting, not woken yet: gone from the line, and nobody is woken for it
+    lane.leave()
+    assert not lane.waiting and woken == [b, c] and lane.free == 1
+
 def test_without_a_wake_up_the_lane_only_counts() -> None:
     lane = context.Lane(1)
     assert lane.enter(("ns", "a")) and not lane.enter(("ns", "b"))
