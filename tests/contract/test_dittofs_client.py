@@ -8,6 +8,7 @@ password from the environment, exactly like the pod. Hand-made changes go throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import socket
@@ -646,10 +647,10 @@ def test_rest_facts_the_planner_relies_on(dfs: DfsServer) -> None:
 # a remote S3 store: keys in the store config, a rotation is a restart-only update (moto as the S3 API)
 
 
-async def test_a_remote_s3_store_gets_its_keys_in_its_config_and_rotation_needs_a_restart(
-        dfs_env: dict[str, str], tmp_path: Path) -> None:
-    keys = {"s3id": ACCESS_KEY_ID, "s3key": "moto-secret-key-first-0001", "s3key2": "moto-secret-key-second-002"}
-    values = {**SECRETS, **{ref: SecretStr(v) for ref, v in keys.items()}}
+@contextlib.asynccontextmanager
+async def dfs_beside_moto(dfs_env: dict[str, str], tmp_path: Path) -> AsyncIterator[
+        tuple[MotoServer, DfsServer, DittoFsClient]]:
+    """A moto S3 with bucket `blocks`, a dfs that may reach it, and the operator's client logged in."""
     with MotoServer(tmp_path) as s3:
         s3.create_bucket("blocks")
         server = DfsServer(minimal_config(tmp_path / "controlplane.db"), dfs_env, tmp_path / "dfs",
@@ -658,74 +659,73 @@ async def test_a_remote_s3_store_gets_its_keys_in_its_config_and_rotation_needs_
             client = await bootstrap_operator(server.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
                                               SecretStr(OPERATOR_PASSWORD))
             async with client:
-                def remote(key_ref: str) -> StoreSpec:
-                    return StoreSpec(StoreKind.REMOTE, "s3", "s3", (
-                        ("allow_private_endpoint", True), ("bucket", "blocks"), ("endpoint", s3.endpoint),
-                        ("force_path_style", True), ("prefix", "t/"), ("region", "eu-west-1")), (
-                        ("access_key_id", SecretValue("s3id", digest_of(keys["s3id"]))),
-                        ("secret_access_key", SecretValue(key_ref, digest_of(keys[key_ref])))))
-
-                base = declared(tmp_path / "data")
-                want = dataclasses.replace(base, stores=(*base.stores, remote("s3key")), shares=(
-                    dataclasses.replace(base.shares[0], remote_store="s3"),))
-                state = State()
-                seen = await client.observe()
-                first = plan(want, seen, state.owned, state.applied)
-                done = await client.execute(first, values)
-                state.owned, state.applied = first.owned_after(done), first.digests_after(state.applied, done)
-                assert Ref(Kind.REMOTE_STORE, "s3") in state.owned
-                # DittoFS took the keys from the store config (the env has none) and probed the bucket.
-                status, stores = admin_call(server, "GET", "/store/block/remote")
-                assert status == 200 and isinstance(stores, list)
-                (store,) = stores
-                # DittoFS redacts only the secret key on GET; the key id is shown (it is not a secret to AWS).
-                assert store["config"]["secret_access_key"] == "********"
-                assert store["config"]["access_key_id"] == ACCESS_KEY_ID
-                assert store["config"]["bucket"] == "blocks" and store["status"]["status"] == "healthy", store["status"]
-                assert "moto-secret-key" not in str(stores)
-                # Unchanged: reads only.
-                p, calls, _ = await one_pass_with(client, want, state, values)
-                assert p.calls == () and set(calls) == {"GET"}
-                # A rotated secret key: one PUT of the store, marked restart-only (DittoFS applies it at start).
-                rotated = dataclasses.replace(want, stores=(*base.stores, remote("s3key2")))
-                p, calls, _ = await one_pass_with(client, rotated, state, values)
-                assert [(c.op, c.kind, c.needs_restart) for c in p.calls] == [(Op.UPDATE, Kind.REMOTE_STORE, True)]
-                assert calls["PUT"] == 1
-                p, calls, _ = await one_pass_with(client, rotated, state, values)
-                assert p.calls == () and set(calls) == {"GET"}
+                yield s3, server, client
         finally:
             server.stop()
+
+
+async def test_a_remote_s3_store_gets_its_keys_in_its_config_and_rotation_needs_a_restart(
+        dfs_env: dict[str, str], tmp_path: Path) -> None:
+    keys = {"s3id": ACCESS_KEY_ID, "s3key": "moto-secret-key-first-0001", "s3key2": "moto-secret-key-second-002"}
+    values = {**SECRETS, **{ref: SecretStr(v) for ref, v in keys.items()}}
+    async with dfs_beside_moto(dfs_env, tmp_path) as (s3, server, client):
+        def remote(key_ref: str) -> StoreSpec:
+            return StoreSpec(StoreKind.REMOTE, "s3", "s3", (
+                ("allow_private_endpoint", True), ("bucket", "blocks"), ("endpoint", s3.endpoint),
+                ("force_path_style", True), ("prefix", "t/"), ("region", "eu-west-1")), (
+                ("access_key_id", SecretValue("s3id", digest_of(keys["s3id"]))),
+                ("secret_access_key", SecretValue(key_ref, digest_of(keys[key_ref])))))
+
+        base = declared(tmp_path / "data")
+        want = dataclasses.replace(base, stores=(*base.stores, remote("s3key")), shares=(
+            dataclasses.replace(base.shares[0], remote_store="s3"),))
+        state = State()
+        seen = await client.observe()
+        first = plan(want, seen, state.owned, state.applied)
+        done = await client.execute(first, values)
+        state.owned, state.applied = first.owned_after(done), first.digests_after(state.applied, done)
+        assert Ref(Kind.REMOTE_STORE, "s3") in state.owned
+        # DittoFS took the keys from the store config (the env has none) and probed the bucket.
+        status, stores = admin_call(server, "GET", "/store/block/remote")
+        assert status == 200 and isinstance(stores, list)
+        (store,) = stores
+        # DittoFS redacts only the secret key on GET; the key id is shown (it is not a secret to AWS).
+        assert store["config"]["secret_access_key"] == "********"
+        assert store["config"]["access_key_id"] == ACCESS_KEY_ID
+        assert store["config"]["bucket"] == "blocks" and store["status"]["status"] == "healthy", store["status"]
+        assert "moto-secret-key" not in str(stores)
+        # Unchanged: reads only.
+        p, calls, _ = await one_pass_with(client, want, state, values)
+        assert p.calls == () and set(calls) == {"GET"}
+        # A rotated secret key: one PUT of the store, marked restart-only (DittoFS applies it at start).
+        rotated = dataclasses.replace(want, stores=(*base.stores, remote("s3key2")))
+        p, calls, _ = await one_pass_with(client, rotated, state, values)
+        assert [(c.op, c.kind, c.needs_restart) for c in p.calls] == [(Op.UPDATE, Kind.REMOTE_STORE, True)]
+        assert calls["PUT"] == 1
+        p, calls, _ = await one_pass_with(client, rotated, state, values)
+        assert p.calls == () and set(calls) == {"GET"}
 
 
 async def test_a_remote_store_takes_its_endpoint_from_the_credentials_secret(
         dfs_env: dict[str, str], tmp_path: Path) -> None:
     """spec.s3.credentialsSecretRef's endpointKey: the endpoint travels as a secret into the store's config."""
-    with MotoServer(tmp_path) as s3:
-        s3.create_bucket("blocks")
+    async with dfs_beside_moto(dfs_env, tmp_path) as (s3, server, client):
         keys = {"s3id": ACCESS_KEY_ID, "s3key": "moto-secret-key-first-0001", "s3url": s3.endpoint}
         values = {**SECRETS, **{ref: SecretStr(v) for ref, v in keys.items()}}
-        server = DfsServer(minimal_config(tmp_path / "controlplane.db"), dfs_env, tmp_path / "dfs",
-                           host_ports=[s3.port]).start()
-        try:
-            client = await bootstrap_operator(server.base_url, SecretStr(ADMIN_PASSWORD), "dittofs-operator",
-                                              SecretStr(OPERATOR_PASSWORD))
-            async with client:
-                from_secrets = (("access_key_id", "s3id"), ("secret_access_key", "s3key"), ("endpoint", "s3url"))
-                remote = StoreSpec(StoreKind.REMOTE, "s3", "s3", (
-                    ("allow_private_endpoint", True), ("bucket", "blocks"), ("force_path_style", True),
-                    ("region", "eu-west-1")),
-                    tuple((k, SecretValue(ref, digest_of(keys[ref]))) for k, ref in from_secrets))
-                base = declared(tmp_path / "data")
-                want = dataclasses.replace(base, stores=(*base.stores, remote))
-                state = State()
-                await one_pass_with(client, want, state, values)
-                _, stores = admin_call(server, "GET", "/store/block/remote")
-                assert isinstance(stores, list)
-                (store,) = stores
-                assert store["config"]["endpoint"] == s3.endpoint and store["status"]["status"] == "healthy", store
-                p, calls, _ = await one_pass_with(client, want, state, values)
-                assert p.calls == () and set(calls) == {"GET"}
-                # Its removal from the Secret (the store then dials AWS, which this machine cannot reach) is the
-                # planner's: test_an_optional_store_secret_removed_from_its_secret_rewrites_the_store_once.
-        finally:
-            server.stop()
+        from_secrets = (("access_key_id", "s3id"), ("secret_access_key", "s3key"), ("endpoint", "s3url"))
+        remote = StoreSpec(StoreKind.REMOTE, "s3", "s3", (
+            ("allow_private_endpoint", True), ("bucket", "blocks"), ("force_path_style", True),
+            ("region", "eu-west-1")),
+            tuple((k, SecretValue(ref, digest_of(keys[ref]))) for k, ref in from_secrets))
+        base = declared(tmp_path / "data")
+        want = dataclasses.replace(base, stores=(*base.stores, remote))
+        state = State()
+        await one_pass_with(client, want, state, values)
+        _, stores = admin_call(server, "GET", "/store/block/remote")
+        assert isinstance(stores, list)
+        (store,) = stores
+        assert store["config"]["endpoint"] == s3.endpoint and store["status"]["status"] == "healthy", store
+        p, calls, _ = await one_pass_with(client, want, state, values)
+        assert p.calls == () and set(calls) == {"GET"}
+        # Its removal from the Secret (the store then dials AWS, which this machine cannot reach) is the
+        # planner's: test_an_optional_store_secret_removed_from_its_secret_rewrites_the_store_once.
