@@ -39,7 +39,7 @@ MIN_GRACE_SECONDS = 36
 
 _GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 
 
@@ -62,13 +62,13 @@ def _check_cron(value: str) -> str:
     return value
 
 
-_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
-_GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")  # one term of a Go duration, as Go writes it
+GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 GO_MAX_NS = (1 << 63) - 1  # Go's time.Duration: a longer one fails DittoFS's config (a crash loop) or its API
 
 
 def go_duration_ns(value: str) -> Fraction:
-    return sum((Fraction(num) * _GO_UNIT_NS[unit] for num, unit in _GO_PART.findall(value)), Fraction(0))
+    return sum((Fraction(num) * GO_UNIT_NS[unit] for num, unit in GO_PART.findall(value)), Fraction(0))
 
 
 def _check_duration(value: str) -> str:
@@ -90,7 +90,7 @@ QUANTITY_PATTERN = (
 # prints when the schema rejects a value before the webhook sees it) both use it.
 PATTERN_MESSAGES = {
     QUANTITY_PATTERN: "must be a Kubernetes quantity such as 1Gi, 500Mi or 10G",
-    _DNS_SUBDOMAIN: "must be a lower-case DNS name (a-z, 0-9, '-' and '.')",
+    DNS_SUBDOMAIN_PATTERN: "must be a lower-case DNS name (a-z, 0-9, '-' and '.')",
     _SECRET_KEY: "must be a Secret key (letters, digits, '-', '_' and '.')",
     _IDENTIFIER.pattern: "must be a lower-case SQL identifier (a-z, 0-9, '_'; not starting with a digit)",
     _GO_DURATION.pattern: "must be a duration such as 15m, 168h or 1h30m",
@@ -110,7 +110,7 @@ Cron = Annotated[str, Field(min_length=9), AfterValidator(_check_cron)]
 Duration = Annotated[str, Field(pattern=_GO_DURATION.pattern), AfterValidator(_check_duration)]
 PrometheusDuration = Annotated[str, Field(pattern=PROMETHEUS_DURATION_PATTERN, min_length=1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)]
+ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=_SECRET_KEY)]
 Identifier = Annotated[str, Field(pattern=_IDENTIFIER.pattern)]
 StringMap = dict[str, str]

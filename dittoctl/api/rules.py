@@ -29,6 +29,7 @@ from dittoctl.api.fileservice.types import BOOTSTRAP_ADMIN
 from dittoctl.api.models import (
     API_VERSION,
     BLOCK_ROOT,
+    DNS_SUBDOMAIN_PATTERN,
     KIND,
     METADATA_ROOT,
     NFS_VERSIONS,
@@ -57,7 +58,7 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Kubernetes' own syntax (apimachinery validation): what the apiserver would refuse on a child, checked first.
 _QUALIFIED = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _QUANTITY = re.compile(QUANTITY_PATTERN)
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
 _UNVERIFIED, _ACTIONABLE = 1, 0
 _SYSTEM_GROUPS = ("admins", "operators", "users")
 _RESERVED_USERS = ("admin", "dittofs-operator")

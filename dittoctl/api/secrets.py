@@ -218,6 +218,7 @@ def remote_store_credentials(spec: DittoServerSpec, index: int) -> dict[str, Pro
     empty when neither is set."""
     store = spec.stores.remote[index]
     path = f"spec.stores.remote[{index}].credentialsSecretRef"
+    endpoint = None
     if store.credentials_secret_ref is not None:
         ref = store.credentials_secret_ref
         secret, keys = ref.name, (ref.access_key_id_key, ref.secret_access_key_key)
@@ -225,12 +226,13 @@ def remote_store_credentials(spec: DittoServerSpec, index: int) -> dict[str, Pro
         s3 = spec.s3.credentials_secret_ref
         secret, keys = s3.secret_name, (s3.access_key_id_key, s3.secret_access_key_key)
         path = "spec.s3.credentialsSecretRef"
-        if store.endpoint is None:
-            found = {config: ProvisionedSecret(path, secret, key) for config, key in zip(S3_KEYS, keys, strict=True)}
-            return {**found, "endpoint": ProvisionedSecret(path, secret, s3.endpoint_key, optional=True)}
+        endpoint = s3.endpoint_key if store.endpoint is None else None
     else:
         return {}
-    return {config: ProvisionedSecret(path, secret, key) for config, key in zip(S3_KEYS, keys, strict=True)}
+    found = {config: ProvisionedSecret(path, secret, key) for config, key in zip(S3_KEYS, keys, strict=True)}
+    if endpoint is not None:
+        found["endpoint"] = ProvisionedSecret(path, secret, endpoint, optional=True)
+    return found
 
 
 def postgres_store_secrets(spec: DittoServerSpec, index: int) -> dict[str, ProvisionedSecret]:

@@ -384,7 +384,7 @@ class DittoFsClient:
             try:
                 if call.kind is Kind.ADAPTER_SETTINGS and call.name in created:
                     # DittoFS makes a new adapter's settings row on its first GET, not on the POST (v0.29.0).
-                    await self.request("GET", f"{API}/adapters/{call.name}/settings")
+                    await self.request("GET", call.path)
                 await self.apply(call, secrets)
             except DittoFsError as exc:
                 raise PlanFailed(call, done, exc) from None

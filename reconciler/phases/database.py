@@ -17,7 +17,7 @@ from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.facts import percona_not_served
 from dittoctl.api.kinds import PERCONAPGBACKUPS, PERCONAPGCLUSTERS
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import OWNER_ANNOTATION, Names
+from dittoctl.api.naming import OWNER_ANNOTATION, Names, owned_by
 from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
@@ -50,9 +50,7 @@ async def release_database(ctx: Pass) -> bool:
         return True
     meta = cluster["metadata"]
     # Unmarked, a repeated pass (the finalizer's removal conflicting) finds nothing of ours and posts nothing.
-    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}]
-    ops += [{"op": "remove", "path": f"/metadata/ownerReferences/{i}"}
-            for i, ref in reversed(list(enumerate(meta.get("ownerReferences") or []))) if ref.get("uid") == uid]
+    ops = _unreferenced(meta, uid)
     if OWNER_ANNOTATION in (meta.get("annotations") or {}):
         ops.append({"op": "remove", "path": "/metadata/annotations/" + OWNER_ANNOTATION.replace("/", "~1")})
     try:
@@ -185,14 +183,11 @@ async def _existing_owned(ctx: Pass, names: Names, *, keep: bool) -> DatabaseSta
     if live is None or not names.owns(live):
         return DatabaseState()
     meta = live["metadata"]
-    refs = [i for i, ref in enumerate(meta.get("ownerReferences") or []) if ref.get("uid") == names.uid]
-    if keep and refs:
-        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion",
-                                      "value": meta["resourceVersion"]}]
+    if keep and owned_by(live, names.uid):
+        ops = _unreferenced(meta, names.uid)
         if (meta.get("annotations") or {}).get(OWNER_ANNOTATION) != names.uid:  # still ours without the reference
             ops.append({"op": "add", "path": "/metadata/annotations", "value": {
                 **(meta.get("annotations") or {}), OWNER_ANNOTATION: names.uid}})
-        ops += [{"op": "remove", "path": f"/metadata/ownerReferences/{i}"} for i in reversed(refs)]
         try:
             await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster, ctx.gw.json_patch(
                 PERCONAPGCLUSTERS, names.percona_cluster, ops, names.namespace))
@@ -202,6 +197,14 @@ async def _existing_owned(ctx: Pass, names: Names, *, keep: bool) -> DatabaseSta
             log.info("PerconaPGCluster no longer garbage-collected with its server (deleteWithServer is false)",
                      extra=fields(namespace=names.namespace, name=ctx.name))
     return DatabaseState(cluster_name=names.percona_cluster)
+
+
+def _unreferenced(meta: Mapping[str, Any], uid: str) -> list[dict[str, Any]]:
+    """A JSON patch removing ``uid``'s ownerReferences, valid only against the object it was read from (its
+    indices shift with any other change)."""
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}]
+    return ops + [{"op": "remove", "path": f"/metadata/ownerReferences/{i}"}
+                  for i, ref in reversed(list(enumerate(meta.get("ownerReferences") or []))) if ref.get("uid") == uid]
 
 
 async def _report_backups(ctx: Pass, names: Names) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from dittoctl.api.fileservice.types import StoreKind, share_name
+from dittoctl.api.models import GO_PART, GO_UNIT_NS
 
 
 class _Record(BaseModel):
@@ -202,8 +203,7 @@ def parse_shares(
 # ---------------------------------------------------------------------------------------------------------
 # value comparison helpers (DittoFS normalises what it stores)
 
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {unit: ns / 1e9 for unit, ns in GO_UNIT_NS.items()}  # seconds
 _MACROS = {"@hourly": 3600.0, "@daily": 86400.0, "@weekly": 604800.0}
 
 
@@ -217,7 +217,7 @@ def duration_seconds(text: str) -> float | None:
     sign = -1.0 if text.startswith("-") else 1.0
     body = text.lstrip("+-")
     pos, total = 0, 0.0
-    for m in _GO_PART.finditer(body):
+    for m in GO_PART.finditer(body):
         if m.start() != pos:
             return None
         total += float(m.group(1)) * _GO_UNITS[m.group(2)]
