@@ -256,6 +256,8 @@ def test_provided_mode_requires_secret_and_ca(helm: Path, sets: list[str]) -> No
     proc = run_helm(helm, "template", RELEASE, str(CHART), *[a for s in sets for a in ("--set", s)])
     assert proc.returncode != 0
     assert "provided" in proc.stderr and ("secretName" in proc.stderr or "caBundle" in proc.stderr), proc.stderr
+    # ... only while there is a webhook to serve it
+    assert "Deployment" in kinds(render(helm, *sets, "webhook.enabled=false"))
 
 
 def test_webhook_configuration(helm: Path) -> None:
@@ -347,10 +349,53 @@ def test_deployment_values_pass_through(helm: Path) -> None:
 def test_replicas_above_one_get_a_pod_disruption_budget(helm: Path) -> None:
     docs = render(helm, "replicaCount=2")
     pdb = only(docs, "PodDisruptionBudget")
-    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": {
-        "app.kubernetes.io/name": "dittofs-operator", "app.kubernetes.io/instance": RELEASE}}}
+    assert pdb["spec"] == {"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow", "selector": {
+        "matchLabels": {"app.kubernetes.io/name": "dittofs-operator", "app.kubernetes.io/instance": RELEASE}}}
     assert only(docs, "Deployment")["spec"]["replicas"] == 2
     assert "PodDisruptionBudget" not in kinds(render(helm, "replicaCount=2", "podDisruptionBudget.enabled=false"))
+
+
+@pytest.mark.parametrize(("sets", "says"), [
+    (["replicaCount=2", "leaderElection.enabled=false"], "replicaCount > 1 needs leaderElection.enabled=true"),
+    (["webhook.port=8081"], "webhook.port and health.port are both 8081"),
+], ids=["replicas-without-lease", "port-clash"])
+def test_settings_that_cannot_run_fail_naming_the_fix(helm: Path, sets: list[str], says: str) -> None:
+    args = ["template", RELEASE, str(CHART), "--api-versions", "cert-manager.io/v1"]
+    for value in sets:
+        args += ["--set", value]
+    proc = run_helm(helm, *args)
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+
+
+def test_without_leader_election_the_pod_is_replaced_not_surged(helm: Path) -> None:
+    assert "strategy" not in only(render(helm), "Deployment")["spec"]
+    deploy = only(render(helm, "leaderElection.enabled=false"), "Deployment")
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_a_digest_pins_the_image(helm: Path) -> None:
+    digest = "sha256:" + "ab" * 32
+    c = container(render(helm, "image.tag=v9", f"image.digest={digest}"))
+    assert c["image"] == f"dittofs-operator@{digest}"
+
+
+def test_the_longest_release_name_renders_names_kubernetes_and_cert_manager_accept(helm: Path) -> None:
+    release = "r" * 53  # Helm's own limit for a release name
+    args = ["template", release, str(CHART), "--namespace", NAMESPACE, "--api-versions", "cert-manager.io/v1",
+            "--set", "metrics.service.enabled=true"]
+    proc = run_helm(helm, *args)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert {n.rsplit("-", 1)[1] for n in services} == {"webhook", "metrics"}, "the suffix is kept, the prefix cut"
+    assert all(re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", n) for n in services), services
+    webhook = next(n for n in services if n.endswith("-webhook"))
+    assert run_settings(docs).service_name == webhook
+    assert f"{webhook}.{NAMESPACE}.svc" in only(docs, "Certificate", next(
+        d["metadata"]["name"] for d in docs if d["kind"] == "Certificate" and not d["spec"].get("isCA")))["spec"][
+        "dnsNames"]
+    ca = next(d for d in docs if d["kind"] == "Certificate" and d["spec"].get("isCA"))
+    assert len(ca["spec"]["commonName"]) <= 64 and ca["spec"]["commonName"].endswith("-webhook-ca")
 
 
 def test_network_policy_admits_webhook_and_metrics_ports(helm: Path) -> None:
@@ -449,7 +494,8 @@ def test_watch_namespaces_bind_namespaced_rules_only_there(helm: Path) -> None:
 @pytest.mark.parametrize("bad", ["webhook.tls.mode=bogus", "replicaCount=-1", "webhook.timeoutSeconds=31",
                                  "webhook.failurePolicy=Sometimes", "logging.format=xml", "unknownKey=1",
                                  "watchNamespaces={Not_A_Namespace}", "image.pullPolicy=Sometimes",
-                                 "resources=oops", "extraArgs={run}"])
+                                 "resources=oops", "extraArgs={run}", "nameOverride=Foo_Bar",
+                                 "fullnameOverride=" + "x" * 64, "image.digest=latest"])
 def test_schema_rejects_bad_values(helm: Path, bad: str) -> None:
     proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", bad)
     assert proc.returncode != 0

@@ -42,9 +42,23 @@ app.kubernetes.io/part-of: dittofs
 {{- end }}
 {{- end }}
 
+{{/*
+"<fullname>-<suffix>" as a DNS label (Service names): the full name is shortened, never the suffix.
+Called with (list . "suffix").
+*/}}
+{{- define "dittofs-operator.suffixed" -}}
+{{- $suffix := index . 1 }}
+{{- $room := int (sub 62 (len $suffix)) }}
+{{- printf "%s-%s" (include "dittofs-operator.fullname" (index . 0) | trunc $room | trimSuffix "-") $suffix }}
+{{- end }}
+
 {{/* The webhook Service; `dittoctl run --service-name` gets the same value (it is also in the cert SANs). */}}
 {{- define "dittofs-operator.webhookServiceName" -}}
-{{- printf "%s-webhook" (include "dittofs-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "dittofs-operator.suffixed" (list . "webhook") }}
+{{- end }}
+
+{{- define "dittofs-operator.metricsServiceName" -}}
+{{- include "dittofs-operator.suffixed" (list . "metrics") }}
 {{- end }}
 
 {{/* The ValidatingWebhookConfiguration (cluster-scoped); `--webhook-config-name` gets the same value. */}}
@@ -85,8 +99,13 @@ Secret with the serving certificate. selfSigned mode: the operator writes "<serv
 /tmp/k8s-webhook-server/serving-certs
 {{- end }}
 
+{{/* A digest pins the image whatever its tag. */}}
 {{- define "dittofs-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The webhook in selfSigned mode needs a writable cert dir (the /tmp emptyDir) and RBAC to publish. */}}
