@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import json
+import math
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from dittoctl.api.crd import crd_yaml, dump_yaml
+
+T = TypeVar("T")
 
 OFFLINE_SKIPPED = (
     "StorageClasses exist",
@@ -27,20 +32,91 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"DITTOFS_OPERATOR_{name}", default)
 
 
-def _number_env(name: str, default: str, kind: type[int] | type[float]) -> int | float:
-    raw = _env(name, default)
-    try:
-        return kind(raw)
-    except ValueError:
-        # Kubernetes service links: a Service "dittofs-operator-webhook" beside the pod sets
-        # DITTOFS_OPERATOR_WEBHOOK_PORT=tcp://<ip>:443 in it.
-        hint = ("; a Kubernetes Service link set it: add enableServiceLinks: false to the pod spec (the chart "
-                "does) or pass the flag instead") if raw.startswith(("tcp://", "udp://")) else ""
-        raise UsageError(f"DITTOFS_OPERATOR_{name}={raw!r} is not a number{hint}") from None
+# Kubernetes service links: a Service "dittofs-operator-webhook" beside the pod sets
+# DITTOFS_OPERATOR_WEBHOOK_PORT=tcp://<ip>:443 in it.
+SERVICE_LINK_HINT = ("; a Kubernetes Service link set it: add enableServiceLinks: false to the pod spec (the chart "
+                     "does) or pass the flag instead")
+TLS_MODES = ("certManager", "selfSigned", "provided")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _bool_env(name: str, default: bool) -> bool:
-    return _env(name, str(default)).lower() in ("1", "true", "yes", "on")
+def _port(raw: str) -> int:
+    if not 0 <= (port := int(raw)) <= 65535:
+        raise ValueError(raw)
+    return port
+
+
+def _count(raw: str) -> int:
+    if (count := int(raw)) < 1:
+        raise ValueError(raw)
+    return count
+
+
+def _seconds(*, zero: bool) -> Callable[[str], float]:
+    def seconds(raw: str) -> float:
+        value = float(raw)
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise ValueError(raw)
+        return value
+    return seconds
+
+
+def _one_of(values: Sequence[str], *, fold: bool = False) -> Callable[[str], str]:
+    def one_of(raw: str) -> str:
+        value = raw.upper() if fold else raw
+        if value not in values:
+            raise ValueError(raw)
+        return value
+    return one_of
+
+
+def _switch(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _listed(item: Callable[[str], object]) -> Callable[[str], list[str]]:
+    def listed(raw: str) -> list[str]:
+        items = [n.strip() for n in raw.split(",") if n.strip()]
+        for n in items:
+            item(n)
+        return items
+    return listed
+
+
+def _namespace(raw: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", raw):
+        raise ValueError(raw)
+    return raw
+
+
+def _checked(env: str, what: str, convert: Callable[[str], T]) -> Callable[[str], T]:
+    """A flag's type that also checks its DITTOFS_OPERATOR_<env> default: argparse converts a string default with
+    the flag's type when the flag is absent, so a bad variable fails `run` (exit 2) as a bad flag does, naming
+    both places, and leaves every other command alone."""
+    def check(raw: str) -> T:
+        try:
+            return convert(raw)
+        except ValueError:
+            hint = SERVICE_LINK_HINT if raw.startswith(("tcp://", "udp://")) else ""
+            raise argparse.ArgumentTypeError(
+                f"{raw!r} is not {what} (from the flag or DITTOFS_OPERATOR_{env}){hint}") from None
+    return check
+
+
+class _Switch(argparse.Action):
+    """A store_true flag whose default is a DITTOFS_OPERATOR_* variable, checked by the flag's type."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True)
 
 
 def _load_documents(path: str) -> list[dict[str, Any]]:
@@ -54,12 +130,25 @@ def _load_documents(path: str) -> list[dict[str, Any]]:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise UsageError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
-    items: list[dict[str, Any]] = []
+    items: list[Any] = []
     for doc in docs:
         if not isinstance(doc, dict):
             raise UsageError(f"{path}: every YAML document must be a mapping")
-        items.extend(doc.get("items", []) if doc.get("kind", "").endswith("List") else [doc])
-    return [d for d in items if d.get("kind") == "DittoServer"]
+        if isinstance(kind := doc.get("kind"), str) and kind.endswith("List"):
+            if not isinstance(listed := doc.get("items") or [], list):
+                raise UsageError(f"{path}: the items of a {kind} must be a list")
+            items.extend(listed)
+        else:
+            items.append(doc)
+    found = [d for d in items if isinstance(d, dict) and d.get("kind") == "DittoServer"]
+    if not found:
+        raise UsageError(f"{path}: no DittoServer found")
+    return found
+
+
+def _name(doc: dict[str, Any]) -> str:
+    meta = doc.get("metadata")
+    return str(meta.get("name") or "<unnamed>") if isinstance(meta, dict) else "<unnamed>"
 
 
 def cmd_crd(_: argparse.Namespace) -> int:
@@ -79,17 +168,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from dittoctl.api.rules import validate
 
     docs = _load_documents(args.file)
-    if not docs:
-        print(f"{args.file}: no DittoServer found", file=sys.stderr)
-        return 2
     facts_for: Any = None
     if args.cluster:
         facts_for = asyncio.run(_cluster_facts(docs, args.kubeconfig))
-    results = []
+    results: list[dict[str, Any]] = []
     for doc in docs:
         facts = facts_for[id(doc)] if facts_for else ClusterFacts.offline()
         verdict = validate(doc, None, facts)
-        name = (doc.get("metadata") or {}).get("name", "<unnamed>")
+        name = _name(doc)
         results.append({"name": name, "allowed": verdict.allowed, "errors": verdict.messages,
                         "warnings": verdict.warnings})
     # Offline, the cluster-dependent rules had nothing to check: say so instead of an unqualified "valid".
@@ -127,13 +213,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     out = []
     for doc in _load_documents(args.file):
-        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
-        doc["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        if isinstance(doc.get("metadata") or {}, dict):  # else validate names metadata as the error
+            doc["metadata"] = {"namespace": args.namespace, "uid": "00000000-0000-0000-0000-000000000000",
+                               **(doc.get("metadata") or {})}
         verdict = validate(doc, None, ClusterFacts.offline())
         if not verdict.allowed or verdict.server is None:
-            name = doc["metadata"].get("name", "<unnamed>")
-            raise UsageError(f"DittoServer {name} is invalid, nothing rendered:\n" +
-                             "\n".join(f"  error: {m}" for m in verdict.messages))
+            raise UsageError(f"DittoServer {_name(doc)} is invalid, nothing rendered:\n" +
+                             "\n".join(f"  error: {m}" for m in verdict.messages), code=1)
         out.extend(render_offline(verdict.server).children())
     sys.stdout.write("---\n".join(dump_yaml(obj) for obj in out))
     return 0
@@ -168,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = RunSettings(
         kubeconfig=args.kubeconfig,
-        namespaces=[n for n in args.namespaces.split(",") if n] if args.namespaces else [],
+        namespaces=args.namespaces,
         reconciler=not args.no_reconciler,
         webhook=not args.no_webhook,
         webhook_host=args.webhook_host,
@@ -189,7 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         shutdown_delay=args.shutdown_delay,
         workers=args.workers,
         server_address=args.server_address,
-        provision_networks=[n for n in args.provision_networks.split(",") if n],
+        provision_networks=args.provision_networks,
         operator_namespace=args.operator_namespace,
     )
     logs.configure(settings.log_level, settings.log_format)
@@ -201,42 +287,56 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator and the admission webhook")
+
+    def option(flag: str, env: str, default: str, what: str, convert: Callable[[str], Any], **kw: Any) -> None:
+        run.add_argument(flag, default=_env(env, default), type=_checked(env, what, convert), **kw)
+
+    def switch(flag: str, env: str) -> None:
+        run.add_argument(flag, action=_Switch, default=_env(env, "false"),
+                         type=_checked(env, "true or false", _switch))
+
     run.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
-    run.add_argument("--namespaces", default=_env("NAMESPACES", ""), help="comma-separated; default all")
-    run.add_argument("--no-webhook", action="store_true", default=_bool_env("NO_WEBHOOK", False))
-    run.add_argument("--no-reconciler", action="store_true", default=_bool_env("NO_RECONCILER", False))
+    option("--namespaces", "NAMESPACES", "", "a comma-separated list of namespace names", _listed(_namespace),
+           help="comma-separated; default all")
+    switch("--no-webhook", "NO_WEBHOOK")
+    switch("--no-reconciler", "NO_RECONCILER")
     run.add_argument("--webhook-host", default=_env("WEBHOOK_HOST", "0.0.0.0"))  # noqa: S104
-    run.add_argument("--webhook-port", type=int, default=_number_env("WEBHOOK_PORT", "9443", int))
+    option("--webhook-port", "WEBHOOK_PORT", "9443", "a port (0-65535)", _port)
     run.add_argument("--cert-dir", default=_env("CERT_DIR", "/tmp/k8s-webhook-server/serving-certs"))  # noqa: S108
-    run.add_argument("--tls-mode", choices=["certManager", "selfSigned", "provided"],
-                     default=_env("TLS_MODE", "provided"))
+    option("--tls-mode", "TLS_MODE", "provided", f"one of {', '.join(TLS_MODES)}", _one_of(TLS_MODES),
+           choices=TLS_MODES)
     run.add_argument("--webhook-config-name", default=_env("WEBHOOK_CONFIG_NAME", "dittofs-operator"))
     run.add_argument("--service-name", default=_env("SERVICE_NAME", "dittofs-operator-webhook"))
     run.add_argument("--service-namespace", default=_env("NAMESPACE", "dittofs-system"))
     run.add_argument("--health-host", default=_env("HEALTH_HOST", "0.0.0.0"))  # noqa: S104
-    run.add_argument("--health-port", type=int, default=_number_env("HEALTH_PORT", "8081", int))
-    run.add_argument("--leader-election", action="store_true", default=_bool_env("LEADER_ELECTION", False))
+    option("--health-port", "HEALTH_PORT", "8081", "a port (0-65535)", _port)
+    switch("--leader-election", "LEADER_ELECTION")
     run.add_argument("--lease-namespace", default=_env("NAMESPACE", "dittofs-system"))
     run.add_argument("--lease-name", default=_env("LEASE_NAME", "dittofs-operator"),
                      help="Lease for leader election (one per release)")
-    run.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
-    run.add_argument("--log-format", choices=["json", "text"], default=_env("LOG_FORMAT", "json"))
-    run.add_argument("--server-address", choices=["service", "pod"], default=_env("SERVER_ADDRESS", "service"),
-                     help="how to reach a server's REST API: its <name>-api Service (in cluster) or its pod IP "
-                          "(out-of-cluster runs)")
-    run.add_argument("--provision-networks", default=_env("PROVISION_NETWORKS", ""),
-                     help="with --server-address pod: comma-separated CIDRs; pods outside are not provisioned")
+    option("--log-level", "LOG_LEVEL", "INFO", f"one of {', '.join(LOG_LEVELS)}", _one_of(LOG_LEVELS, fold=True),
+           metavar="{" + ",".join(LOG_LEVELS) + "}")
+    option("--log-format", "LOG_FORMAT", "json", "json or text", _one_of(("json", "text")), choices=["json", "text"])
+    option("--server-address", "SERVER_ADDRESS", "service", "service or pod", _one_of(("service", "pod")),
+           choices=["service", "pod"],
+           help="how to reach a server's REST API: its <name>-api Service (in cluster) or its pod IP "
+                "(out-of-cluster runs)")
+    option("--provision-networks", "PROVISION_NETWORKS", "", "a comma-separated list of CIDRs",
+           _listed(lambda n: ipaddress.ip_network(n, strict=False)),
+           help="with --server-address pod: comma-separated CIDRs; pods outside are not provisioned")
     operator_namespace = os.environ.get("POD_NAMESPACE") or _env("NAMESPACE", "dittofs-system")
     run.add_argument("--operator-namespace", default=operator_namespace,
                      help="the operator's own namespace (the chart's pod sets POD_NAMESPACE); every DittoServer's "
                           "NetworkPolicy lets it in")
-    run.add_argument("--drift-interval", type=float, default=_number_env("DRIFT_INTERVAL", "300", float))
-    run.add_argument("--shutdown-delay", type=float, default=_number_env("SHUTDOWN_DELAY", "0", float),
-                     metavar="SECONDS",
-                     help="after a stop signal, keep answering admission requests (unready) this long, until the "
-                          "apiserver stops routing to this pod (in a cluster: a few seconds; the chart sets 5)")
-    run.add_argument("--workers", type=int, default=_number_env("WORKERS", "32", int),
-                     help="concurrent reconciles; passes mostly wait on the API, not the CPU")
+    option("--drift-interval", "DRIFT_INTERVAL", "300", "a number of seconds above 0", _seconds(zero=False),
+           metavar="SECONDS", help="how often every server is compared with its spec, changed or not")
+    option("--shutdown-delay", "SHUTDOWN_DELAY", "0", "a number of seconds (0 or more)", _seconds(zero=True),
+           metavar="SECONDS",
+           help="after a stop signal, keep answering admission requests (unready) this long, until the "
+                "apiserver stops routing to this pod (in a cluster: a few seconds; the chart sets 5); a second "
+                "signal stops at once")
+    option("--workers", "WORKERS", "32", "a whole number of at least 1", _count,
+           help="concurrent reconciles; passes mostly wait on the API, not the CPU")
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check DittoServer manifests with the webhook's rules")
@@ -287,7 +387,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 class UsageError(Exception):
-    """A problem the user fixes (bad file, invalid object): printed as one or a few lines, exit code 1."""
+    """A problem the user fixes, printed as one or a few lines: exit code 2 for the command's input (a file that
+    cannot be read or holds no DittoServer), 1 for an object found invalid (as `validate` says INVALID)."""
+
+    def __init__(self, message: str, *, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,19 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # them as they are made are wasted (~25 ms of its start). It turns the collector back on once started, with
     # those objects frozen (dittoctl/main.py); every other command runs with it on.
     gc.disable()
-    try:
-        cli = parser()
-    except UsageError as exc:  # an unusable DITTOFS_OPERATOR_* default
-        print(f"dittoctl: {exc}", file=sys.stderr)
-        return 2
-    args = cli.parse_args(argv)
+    args = parser().parse_args(argv)
     if args.command != "run":
         gc.enable()
     try:
         result: int = args.func(args)
     except UsageError as exc:
         print(f"dittoctl {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exc.code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the CLI's edge: one line with the fix, never a traceback

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,17 @@ log = logging.getLogger("dittofs.main")
 
 class CrdGone(Exception):
     """kopf stopped because the DittoServer API went away (the CRD was deleted)."""
+
+
+class StartError(Exception):
+    """The process cannot start as told (a port taken): one log line and exit 1, not a traceback."""
+
+
+async def _listen(what: str, host: str, port: int, start: Awaitable[None]) -> None:
+    try:
+        await start
+    except OSError as exc:
+        raise StartError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -158,8 +170,9 @@ def kopf_settings(settings: kopf.OperatorSettings) -> None:
     configure_persistence(settings)
 
 
-async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
+async def run(settings: RunSettings, stop: asyncio.Event | None = None, hurry: asyncio.Event | None = None) -> None:
+    """Serve until ``stop``; ``hurry`` (a second stop signal) cuts the shutdown delay short."""
+    stop, hurry = stop or asyncio.Event(), hurry or asyncio.Event()
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig
     api = await load_client(settings.kubeconfig,
@@ -177,14 +190,22 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
                                     operator_namespace=settings.operator_namespace))
         controller.queue.on_result = metrics.observe_reconcile
 
-    if settings.webhook:
-        from webhook.wiring import build_webhook
+    health = Health(controller, None)
+    try:
+        if settings.webhook:
+            from webhook.wiring import build_webhook
 
-        # One recorder for both halves, so their events share the 10-minute deduplication.
-        webhook = await build_webhook(settings, gateway, controller.recorder if controller else None)
-        await webhook.start()
-    health = Health(controller, webhook)
-    await health.start(settings.health_host, settings.health_port)
+            # One recorder for both halves, so their events share the 10-minute deduplication.
+            webhook = health.webhook = await build_webhook(settings, gateway,
+                                                           controller.recorder if controller else None)
+            await _listen("admission requests", settings.webhook_host, settings.webhook_port, webhook.start())
+        await _listen("health and metrics", settings.health_host, settings.health_port,
+                      health.start(settings.health_host, settings.health_port))
+    except BaseException:
+        if webhook is not None:
+            await webhook.stop()
+        await gateway.close()
+        raise
 
     if controller is not None:
         registry = kopf.OperatorRegistry()
@@ -233,7 +254,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         health.kopf_task = asyncio.create_task(kopf_once_served(controller.crd_served), name="kopf")
         tasks.append(health.kopf_task)
     if controller is not None:
-        tasks.append(asyncio.create_task(_reclaim_signals(health.kopf_ready, stop), name="reclaim-signals"))
+        tasks.append(asyncio.create_task(_reclaim_signals(health.kopf_ready, stop, hurry), name="reclaim-signals"))
     collector = asyncio.create_task(_collect_once_started(health.kopf_ready if controller is not None else None))
     log.info("dittofs-operator started", extra=fields(
         reconciler=settings.reconciler, webhook=settings.webhook,
@@ -253,6 +274,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
             raise error
     finally:
         stop.set()
+        log.info("dittofs-operator stopping")
         collector.cancel()
         kopf_task = next((t for t in tasks if t.get_name() == "kopf"), None)
         others = [t for t in tasks if t is not kopf_task]
@@ -262,9 +284,12 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None) -> None:
         if controller is not None:
             await controller.stop()
         if webhook is not None:
-            if settings.shutdown_delay > 0:
+            if settings.shutdown_delay > 0 and not hurry.is_set():
                 health.stopping = True
-                await asyncio.sleep(settings.shutdown_delay)
+                log.info("answering admission requests until the shutdown delay ends (a second signal stops now)",
+                         extra=fields(seconds=settings.shutdown_delay))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hurry.wait(), settings.shutdown_delay)
             await webhook.stop()
         await health.stop()
         if kopf_task is not None:
@@ -295,16 +320,24 @@ async def _collect_once_started(started: asyncio.Event | None) -> None:
     gc.enable()
 
 
-async def _reclaim_signals(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
+def _handle_signals(stop: asyncio.Event, hurry: asyncio.Event) -> None:
+    """SIGTERM/SIGINT stop; a second one while stopping skips what is left of the shutdown delay."""
+    def signalled() -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, signalled)
+
+
+async def _reclaim_signals(kopf_ready: asyncio.Event, stop: asyncio.Event, hurry: asyncio.Event) -> None:
     """kopf installs its own SIGTERM/SIGINT handlers; on them it waits 5 s for tasks it did not start.
     Once kopf runs, take the signals back so shutdown is ours: components first, kopf cancelled last."""
     await kopf_ready.wait()
     if threading.current_thread() is not threading.main_thread():
         return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    _handle_signals(stop, hurry)
     await asyncio.Event().wait()  # keep the task alive until shutdown cancels it
 
 
@@ -312,17 +345,17 @@ def main_run(settings: RunSettings) -> int:
     heap.pin_mmap_threshold()  # process-wide, so before the first large allocation
 
     async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await run(settings, stop)
+        stop, hurry = asyncio.Event(), asyncio.Event()
+        _handle_signals(stop, hurry)
+        await run(settings, stop, hurry)
 
     try:
         # uvloop runs the loop and its TLS in C: 9 % less operator CPU over the 300 burst (ISSUE15-round11).
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             loop.run(runner())
+    except StartError as exc:
+        log.error(str(exc))
+        return 1
     except CrdGone:
         return 1
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import sys
 import tarfile
@@ -56,9 +57,13 @@ REDACTED = "<redacted>"
 MIN_SECRET_LENGTH = 4  # shorter values (e.g. "5432", "true") would shred the bundle and protect nothing
 LOG_TAIL_LINES = 2000
 OPERATOR_SELECTOR = "app.kubernetes.io/name=dittofs-operator"
+OPERATOR_CONTAINER = "operator"
 # `"password": "x"`, `password: x`, `bind_password=x`, ... in JSON, YAML and logs.
 _SECRET_KEY = r"[A-Za-z_]*(?:password|passwd|secret|token|access_key_id|accesskeyid|secret_access_key)[A-Za-z_]*"
-_SECRET_FIELD = re.compile(rf'(?i)("?{_SECRET_KEY}"?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|[^\s,}}]+)')
+# The value stays on the key's line (YAML's `passwordSecretRef:` opens a mapping); keys that name a reference, a
+# duration or a flag (`passwordSecretRef`, `accessTokenDuration`, `secretFound`) hold no secret.
+_SECRET_FIELD = re.compile(rf'(?i)("?{_SECRET_KEY}(?-i:(?<!Ref)(?<!Duration)(?<!Found))"?[ \t]*[:=][ \t]*)'
+                           r'("(?:[^"\\]|\\.)*"|[^\s,}]+)')
 # (file in the bundle, path); /health lives outside the versioned API.
 _REST_READS = (("health", "/health"), *((p.lstrip("/"), f"{API}{p}") for p in (
     "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings", "/store/metadata", "/store/block/local",
@@ -176,10 +181,10 @@ async def _log(gateway: Gateway, pod: str, namespace: str, container: str | None
     return await gateway.text(f"{PODS.path(namespace, pod)}/log", query)
 
 
-def _operator_lines(text: str, namespace: str, name: str) -> str:
+def _operator_lines(text: str, namespace: str, name: str) -> tuple[str, int]:
     """The operator's lines about this server, and its warnings and errors that name no server (a log shared
-    by every DittoServer must not leak other tenants' names into this bundle)."""
-    kept = []
+    by every DittoServer must not leak other tenants' names into this bundle); and how many lines were JSON."""
+    kept, structured = [], 0
     for line in text.splitlines():
         try:
             entry = json.loads(line)
@@ -187,11 +192,12 @@ def _operator_lines(text: str, namespace: str, name: str) -> str:
             continue
         if not isinstance(entry, dict):
             continue
+        structured += 1
         ours = entry.get("namespace") == namespace and entry.get("name") in (name, None)
         general = "namespace" not in entry and entry.get("level") in ("warning", "error", "critical")
         if ours or general:
             kept.append(line)
-    return "\n".join(kept) + "\n"
+    return "\n".join(kept) + "\n", structured
 
 
 async def _dittofs(bundle: Bundle, base_url: str, password: str, tls: TlsTarget | None) -> None:
@@ -269,12 +275,26 @@ async def collect(gateway: Gateway, name: str, namespace: str, *, operator_names
                 except ApiError as exc:
                     bundle.note(f"logs_{pod_name}_{container}{suffix}", f"log of {pod_name}/{container}", exc)
     try:
-        for op in await gateway.list(PODS, operator_namespace, label_selector=OPERATOR_SELECTOR):
-            op_name = op["metadata"]["name"]
-            text = await _log(gateway, op_name, operator_namespace, None, False)
-            bundle.add(f"operator/{op_name}.log", _operator_lines(text, namespace, name))
+        operators = await gateway.list(PODS, operator_namespace, label_selector=OPERATOR_SELECTOR)
     except ApiError as exc:
         bundle.note("operator_logs", f"operator logs in {operator_namespace}", exc)
+        operators = []
+    for op in operators:
+        op_name = op["metadata"]["name"]
+        # The chart's container; a sidecar beside it makes a log request without a container name a 400.
+        named = {c.get("name") for c in (op.get("spec") or {}).get("containers") or []}
+        try:
+            text = await _log(gateway, op_name, operator_namespace, OPERATOR_CONTAINER if OPERATOR_CONTAINER in named
+                              else None, False)
+        except ApiError as exc:
+            bundle.note(f"operator_{op_name}", f"log of operator pod {op_name}", exc)
+            continue
+        kept, structured = _operator_lines(text, namespace, name)
+        bundle.add(f"operator/{op_name}.log", kept)
+        if text.strip() and not structured:
+            bundle.add(f"notes/operator_{op_name}.txt", "the operator logs in text (--log-format text): a log "
+                       "shared by every DittoServer is filtered by its JSON fields, so none of it is included; "
+                       "run the operator with --log-format json (the chart's default)\n")
 
     if model is None:
         bundle.add("notes/dittofs.txt", "the spec does not validate; DittoFS's own state was not read\n")
@@ -320,6 +340,10 @@ async def _dittofs_state(bundle: Bundle, names: Names, server: DittoServer, pods
 
 async def write_report(name: str, namespace: str, kubeconfig: str | None, output: str | None, *,
                        operator_namespace: str, server_address: str) -> int:
+    path = Path(output or f"dittofs-report-{namespace}-{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        print(f"cannot write {path}: {path.parent} is not a writable directory", file=sys.stderr)
+        return 2
     gateway = Gateway(await load_client(kubeconfig))
     try:
         try:
@@ -334,8 +358,11 @@ async def write_report(name: str, namespace: str, kubeconfig: str | None, output
             return 1
     finally:
         await gateway.close()
-    path = output or f"dittofs-report-{namespace}-{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz"
-    Path(path).write_bytes(bundle.tar_gz())  # noqa: ASYNC240 - the CLI is done with the event loop
+    try:
+        path.write_bytes(bundle.tar_gz())  # noqa: ASYNC240 - the CLI is done with the event loop
+    except OSError as exc:
+        print(f"cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     notes = [p for p in bundle.files if p.startswith("notes/")]
     print(f"wrote {path}: {len(bundle.files)} files, {bundle.redactions} values redacted"
           + (f"; {len(notes)} pieces missing (see notes/ in the bundle)" if notes else ""))

@@ -28,6 +28,9 @@ def render(server: dict[str, Any], pods: list[dict[str, Any]], pvcs: list[dict[s
     lines = [f"DittoServer {meta['namespace']}/{meta['name']}",
              f"  phase: {status.get('phase', 'Pending')}   ready: {status.get('ready', '-')}   "
              f"generation: {meta.get('generation')} (observed {status.get('observedGeneration', '-')})"]
+    if meta.get("deletionTimestamp"):
+        lines.append(f"  deleting since {meta['deletionTimestamp']}; waiting on finalizers: "
+                     f"{', '.join(meta.get('finalizers') or []) or '(none)'}")
     if status.get("observedGeneration") != meta.get("generation"):
         lines.append("  note: status is older than the spec; the operator has not caught up yet")
     lines.append("Conditions:")

@@ -151,9 +151,11 @@ def conditions(obs: Observation) -> list[Cond]:
     if obs.config_errors and obs.config_reason == R.MISSING_SECRET:
         progressing = Cond(T.PROGRESSING, False, R.WAITING_FOR_SECRET,
                            "waiting for: " + "; ".join(obs.config_errors)[:1000])
+    elif obs.statefulset is None and obs.config_errors:
+        progressing = Cond(T.PROGRESSING, False, R.RECONCILE_COMPLETE,
+                           "StatefulSet not created: the spec is invalid (see ConfigReady)")
     elif obs.statefulset is None:
-        progressing = Cond(T.PROGRESSING, not obs.config_errors, R.STATEFULSET_UPDATING if not obs.config_errors
-                           else R.RECONCILE_COMPLETE, "StatefulSet not created yet")
+        progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING, "StatefulSet not created yet")
     elif done:
         progressing = Cond(T.PROGRESSING, False, R.RECONCILE_COMPLETE, "StatefulSet rolled out")
     elif replicas != obs.desired_replicas:
@@ -173,6 +175,8 @@ def conditions(obs: Observation) -> list[Cond]:
     failing += [c.type for c in result if c.type in (T.PROGRESSING, T.DEGRADED) and c.status]
     if failing:
         result.append(Cond(T.READY, False, R.CONDITIONS_NOT_MET, "not ready: " + ", ".join(failing)))
+    elif obs.desired_replicas == 0:  # `kubectl wait --for=condition=Ready` passes: say that nothing is served
+        result.append(Cond(T.READY, True, R.ALL_CONDITIONS_MET, "stopped as declared (replicas: 0): nothing is served"))
     else:
         result.append(Cond(T.READY, True, R.ALL_CONDITIONS_MET, "DittoFS server is ready"))
     return result
@@ -271,12 +275,13 @@ def paused_status(previous: Mapping[str, Any] | None, generation: int) -> dict[s
 
 
 def deleting_status(previous: Mapping[str, Any] | None, generation: int, waiting_for: str) -> dict[str, Any]:
-    """Phase Deleting from the first deletion pass on, Ready=False saying what the finalizer waits for."""
+    """Phase Deleting from the first deletion pass on, Ready=False saying what the finalizer waits for. The
+    deletion is the generation observed: the apiserver counts marking an object for deletion as a change of it."""
     previous = dict(previous or {})
     conds = previous.get("conditions", [])
     before = [c for c in conds if c.get("type") == ConditionType.READY]
     ready = merge_conditions(before, [Cond(ConditionType.READY, False, Reason.DELETING, waiting_for)], generation)
-    return {**previous, "phase": "Deleting",
+    return {**previous, "phase": "Deleting", "observedGeneration": generation,
             "conditions": [*(c for c in conds if c.get("type") != ConditionType.READY), *ready]}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -106,8 +107,9 @@ class NoCredentials(ApiError):
 
 def _credentials_problem(kubeconfig: str | None) -> str | None:
     """Checked first: the loaders print their own line and raise a vaguer error for a missing file."""
-    if kubeconfig:
-        return None if os.path.exists(kubeconfig) else f"kubeconfig {kubeconfig} does not exist"
+    if kubeconfig:  # a list, as in KUBECONFIG=a:b, which the loader merges
+        paths = [os.path.expanduser(p) for p in kubeconfig.split(os.pathsep) if p]
+        return None if any(os.path.exists(p) for p in paths) else f"kubeconfig {kubeconfig} does not exist"
     if os.environ.get("KUBERNETES_SERVICE_HOST") or os.path.exists(os.path.expanduser("~/.kube/config")):
         return None
     return "no --kubeconfig, no KUBECONFIG, no ~/.kube/config, and not inside a cluster"
@@ -129,7 +131,7 @@ async def load_client(kubeconfig: str | None = None, *, streams: int = 0) -> k8s
             except k8s_config.ConfigException:
                 configuration = k8s.Configuration()
                 await k8s_config.load_kube_config(client_configuration=configuration)
-    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+    except (k8s_config.ConfigException, OSError, ValueError, TypeError, yaml.YAMLError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "no --kubeconfig, KUBECONFIG or in-cluster account"
         raise NoCredentials(f"{where}: {str(exc).strip() or type(exc).__name__}") from None
     api = k8s.ApiClient(configuration)

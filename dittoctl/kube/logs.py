@@ -73,8 +73,12 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root.setLevel(level.upper())
     # kopf is chatty at INFO about every watch event; our own logs say what happened.
-    kopf_level = os.environ.get("DITTOFS_KOPF_LOG_LEVEL")  # troubleshooting kopf's own machinery
-    logging.getLogger("kopf").setLevel(kopf_level.upper() if kopf_level else max(logging.WARNING, root.level))
+    kopf_level = os.environ.get("DITTOFS_KOPF_LOG_LEVEL", "").upper()  # troubleshooting kopf's own machinery
+    known = kopf_level in logging.getLevelNamesMapping()
+    logging.getLogger("kopf").setLevel(kopf_level if known else max(logging.WARNING, root.level))
+    if kopf_level and not known:
+        logging.getLogger("dittofs").warning(f"DITTOFS_KOPF_LOG_LEVEL={kopf_level!r} is not a log level; using "
+                                             "WARNING (DEBUG, INFO, WARNING or ERROR)")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # The client's DEBUG lines carry whole response bodies (Secrets included, base64): never below INFO,
     # whatever --log-level says. Our own lines say which call failed.

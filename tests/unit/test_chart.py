@@ -309,7 +309,7 @@ def test_deployment_defaults(helm: Path) -> None:
     assert c["image"] == "dittofs-operator:0.1.0" and c["imagePullPolicy"] == "IfNotPresent"
     settings = run_settings(docs)
     assert settings.leader_election and settings.lease_namespace == NAMESPACE
-    assert (settings.namespaces, settings.log_level, settings.log_format) == ("", "INFO", "json")
+    assert (settings.namespaces, settings.log_level, settings.log_format) == ([], "INFO", "json")
     assert "PodDisruptionBudget" not in kinds(docs) and "NetworkPolicy" not in kinds(docs)
 
 
@@ -484,7 +484,7 @@ def test_watch_namespaces_bind_namespaced_rules_only_there(helm: Path) -> None:
     assert all(b["roleRef"]["name"] == "dittofs-operator" for b in bindings)
     cluster_bindings = [d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"]
     assert cluster_bindings == ["dittofs-operator-cluster"]
-    assert run_settings(docs).namespaces == "team-a,team-b"
+    assert run_settings(docs).namespaces == ["team-a", "team-b"]
     selector = only(docs, "ValidatingWebhookConfiguration")["webhooks"][0]["namespaceSelector"]
     assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]} \
         in selector["matchExpressions"]

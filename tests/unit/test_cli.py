@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,9 +81,16 @@ UNREACHABLE = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {serv
     (["render", "-f", "{bad}"], "dittoctl render: DittoServer bad is invalid, nothing rendered:\n"
                                 "  error: spec.storage.metadataSize: must be a Kubernetes quantity such as 1Gi, "
                                 "500Mi or 10G (got '10Gb')"),
-    (["render", "-f", "{missing}"], "dittoctl render: {missing}: No such file or directory"),
-    (["validate", "-f", "{broken}"], "dittoctl validate: {broken}: not valid YAML (line 2): expected the node "
+    (["render", "-f", "{missing}"], "2 dittoctl render: {missing}: No such file or directory"),
+    (["render", "-f", "{empty}"], "2 dittoctl render: {empty}: no DittoServer found"),
+    (["validate", "-f", "{missing}"], "2 dittoctl validate: {missing}: No such file or directory"),
+    (["validate", "-f", "{odd}"], "2 dittoctl validate: {odd}: the items of a List must be a list"),
+    (["validate", "-f", "{broken}"], "2 dittoctl validate: {broken}: not valid YAML (line 2): expected the node "
                                      "content, but found '<stream end>'"),
+    (["status", "demo", "--kubeconfig", "{broken}"], "dittoctl status: no Kubernetes credentials: kubeconfig "
+                                                     "{broken}: while parsing a flow node"),
+    (["run", "--no-reconciler", "--no-webhook", "--kubeconfig", "{unreachable}", "--health-host", "127.0.0.1",
+      "--health-port", "{taken}"], '{{"ts":'),
     (["status", "demo", "--kubeconfig", "{missing}"], "dittoctl status: no Kubernetes credentials: kubeconfig "
                                                       "{missing} does not exist; pass --kubeconfig FILE or set "
                                                       "KUBECONFIG"),
@@ -92,19 +102,34 @@ UNREACHABLE = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {serv
     (["status", "demo", "--kubeconfig", "{unreachable}"], "dittoctl status: cannot reach the Kubernetes API"),
 ])
 def test_cli_errors_are_a_few_lines_never_a_traceback(tmp_path: Path, args: list[str], expected: str) -> None:
-    """Through the installed `dittoctl` console script, as a user runs it."""
+    """Through the installed `dittoctl` console script, as a user runs it. Exit code 2 (written first in
+    ``expected``) for the command's input, 1 for an invalid object or a failure; a port taken is the operator's
+    one JSON log line, with no warning about an unclosed session after it."""
     files = {"bad": tmp_path / "bad.yaml", "missing": tmp_path / "missing.yaml", "broken": tmp_path / "broken.yaml",
-             "unreachable": tmp_path / "kubeconfig"}
+             "unreachable": tmp_path / "kubeconfig", "empty": tmp_path / "empty.yaml", "odd": tmp_path / "odd.yaml"}
     files["bad"].write_text(BAD_QUANTITY)
     files["broken"].write_text("a: [\n")
     files["unreachable"].write_text(UNREACHABLE)
-    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
-    env["HOME"] = str(tmp_path)  # no ~/.kube/config
-    proc = subprocess.run([str(DITTOCTL), *argv], capture_output=True, text=True, env=env, timeout=60, check=False)
-    assert proc.returncode == 1, proc
+    files["empty"].write_text("kind: ConfigMap\n")
+    files["odd"].write_text("kind: List\nitems: {a: 1}\n")
+    code, _, expected = expected.partition(" ") if expected[:2] == "2 " else ("1", "", expected)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        values = {k: str(v) for k, v in files.items()} | {"taken": str(taken.getsockname()[1])}
+        argv = [a.format(**values) for a in args]
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+        env["HOME"] = str(tmp_path)  # no ~/.kube/config
+        proc = subprocess.run([str(DITTOCTL), *argv], capture_output=True, text=True, env=env, timeout=60,
+                              check=False)
+    assert proc.returncode == int(code), proc
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3, proc.stderr
-    assert proc.stderr.startswith(expected.format(**{k: str(v) for k, v in files.items()})), proc.stderr
+    assert proc.stderr.startswith(expected.format(**values)), proc.stderr
+    if "{taken}" in args:
+        (line,) = proc.stderr.splitlines()
+        assert json.loads(line)["msg"] == (f"cannot listen for health and metrics on 127.0.0.1:{values['taken']}: "
+                                           f"error while attempting to bind on address ('127.0.0.1', "
+                                           f"{values['taken']}): address already in use")
 
 
 def test_status_screen_shows_adapters_and_shares() -> None:
@@ -146,8 +171,21 @@ def test_status_screen_shows_pods_volumes_percona_and_the_last_events() -> None:
     shown = [line for line in text.splitlines() if " Created " in line]
     assert len(shown) == 10 and "event 11" in shown[-1] and "event 1\n" not in text  # the last ten, oldest first
     empty = screen(server, [], [], None, [])
+    assert "deleting" not in empty
     assert "Pods:\n  (none)" in empty and "PersistentVolumeClaims:\n  (none)" in empty
     assert "state=" not in empty and "Recent events" not in empty
+
+
+def test_status_screen_says_a_server_is_being_deleted_and_what_holds_it() -> None:
+    from dittoctl.status import render as screen
+
+    server = {"metadata": {"name": "demo", "namespace": "apps", "generation": 3,
+                           "deletionTimestamp": "2026-12-06T07:00:00Z",
+                           "finalizers": ["dittofs.dittofs.com/finalizer"]},
+              "status": {"phase": "Running", "observedGeneration": 2}}
+    text = screen(server, [], [], None, [])
+    assert "  deleting since 2026-12-06T07:00:00Z; waiting on finalizers: dittofs.dittofs.com/finalizer" in text
+    assert "the operator has not caught up yet" in text, "no Deleting pass yet: the operator is not running"
 
 
 def test_every_sample_is_valid_offline(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,8 +200,86 @@ def test_a_service_link_in_the_operator_env_is_named_with_the_fix(monkeypatch: p
     """Found on the real node: a Service "dittofs-operator-webhook" beside a pod with service links on sets
     DITTOFS_OPERATOR_WEBHOOK_PORT=tcp://<ClusterIP>:443, which `dittoctl run` read as its own port."""
     monkeypatch.setenv("DITTOFS_OPERATOR_WEBHOOK_PORT", "tcp://10.96.45.131:443")
-    assert main(["run", "--help"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(["run"])
+    assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "DITTOFS_OPERATOR_WEBHOOK_PORT='tcp://10.96.45.131:443' is not a number" in err, err
+    assert ("argument --webhook-port: 'tcp://10.96.45.131:443' is not a port (0-65535) (from the flag or "
+            "DITTOFS_OPERATOR_WEBHOOK_PORT); a Kubernetes Service link set it") in err, err
     assert "enableServiceLinks: false" in err
     assert "Traceback" not in err
+    assert main(["crd"]) == 0, "a variable only `run` reads leaves the other commands alone"
+
+
+@pytest.mark.parametrize(("flag", "env", "value", "says"), [
+    ("--drift-interval", "DRIFT_INTERVAL", "0", "is not a number of seconds above 0"),
+    ("--drift-interval", "DRIFT_INTERVAL", "-5", "is not a number of seconds above 0"),
+    ("--shutdown-delay", "SHUTDOWN_DELAY", "inf", "is not a number of seconds (0 or more)"),
+    ("--shutdown-delay", "SHUTDOWN_DELAY", "nan", "is not a number of seconds (0 or more)"),
+    ("--workers", "WORKERS", "0", "is not a whole number of at least 1"),
+    ("--health-port", "HEALTH_PORT", "99999", "is not a port (0-65535)"),
+    ("--webhook-port", "WEBHOOK_PORT", "-1", "is not a port (0-65535)"),
+    ("--tls-mode", "TLS_MODE", "selfsigned", "is not one of certManager, selfSigned, provided"),
+    ("--log-format", "LOG_FORMAT", "JSON", "is not json or text"),
+    ("--log-level", "LOG_LEVEL", "loud", "is not one of DEBUG, INFO, WARNING, ERROR"),
+    ("--server-address", "SERVER_ADDRESS", "Pod", "is not service or pod"),
+    ("--provision-networks", "PROVISION_NETWORKS", "10.0.0.0/8,nope", "is not a comma-separated list of CIDRs"),
+    ("--namespaces", "NAMESPACES", "apps,Team_A", "is not a comma-separated list of namespace names"),
+    (None, "NO_WEBHOOK", "ture", "is not true or false"),
+    (None, "LEADER_ELECTION", "2", "is not true or false"),
+])
+def test_run_refuses_a_setting_it_cannot_use_from_a_flag_or_the_environment(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flag: str | None, env: str, value: str,
+        says: str) -> None:
+    """An interval of 0 spun the drift loop (806 discovery refreshes a second), 0 workers reconciled nothing,
+    port 99999 listened on 34463, and the environment skipped the flags' choices (LOG_FORMAT=JSON logged text)."""
+    attempts = [["run", f"{flag}={value}"]] if flag else []
+    for argv in attempts:
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert f"'{value}' {says} (from the flag or DITTOFS_OPERATOR_{env})" in capsys.readouterr().err
+    monkeypatch.setenv(f"DITTOFS_OPERATOR_{env}", value)
+    with pytest.raises(SystemExit) as exited:
+        main(["run"])
+    assert exited.value.code == 2
+    assert f"'{value}' {says} (from the flag or DITTOFS_OPERATOR_{env})" in capsys.readouterr().err
+
+
+def test_run_reads_the_environment_as_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dittoctl.cli import parser
+
+    for name, value in {"LEADER_ELECTION": "Yes", "NO_WEBHOOK": "0", "LOG_LEVEL": "debug", "WORKERS": "4",
+                        "PROVISION_NETWORKS": "10.1.0.0/16, 192.168.0.0/24", "NAMESPACES": "a,b",
+                        "DRIFT_INTERVAL": "0.5", "WEBHOOK_PORT": "0"}.items():
+        monkeypatch.setenv(f"DITTOFS_OPERATOR_{name}", value)
+    args = parser().parse_args(["run"])
+    assert (args.leader_election, args.no_webhook, args.log_level, args.workers) == (True, False, "DEBUG", 4)
+    assert args.provision_networks == ["10.1.0.0/16", "192.168.0.0/24"] and args.namespaces == ["a", "b"]
+    assert (args.drift_interval, args.webhook_port) == (0.5, 0)
+    flags = parser().parse_args(["run", "--no-webhook", "--workers", "8", "--namespaces", ""])
+    assert (flags.no_webhook, flags.workers, flags.namespaces) == (True, 8, []), "a flag wins over the environment"
+
+
+def test_a_second_stop_signal_ends_the_shutdown_delay(tmp_path: Path) -> None:
+    """controller-runtime and DittoFS itself stop at once on a second signal; a 30 s drain waited it out."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(UNREACHABLE)
+    proc = subprocess.Popen(
+        [str(DITTOCTL), "run", "--no-reconciler", "--kubeconfig", str(kubeconfig), "--webhook-host", "127.0.0.1",
+         "--webhook-port", "0", "--health-host", "127.0.0.1", "--health-port", "0", "--cert-dir", str(tmp_path),
+         "--shutdown-delay", "30"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        lines = iter(proc.stderr.readline, "")
+        assert any('"msg":"dittofs-operator started"' in line for line in lines)
+        proc.send_signal(signal.SIGTERM)
+        assert any("a second signal stops now" in line for line in lines)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert any('"msg":"dittofs-operator stopped"' in line for line in lines)
+    finally:
+        proc.kill()
+        proc.wait()

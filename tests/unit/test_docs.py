@@ -224,7 +224,7 @@ def test_architecture_paths_exist() -> None:
 # -- facts the docs state, checked against the code ---------------------------------------------------------
 def test_every_run_setting_variable_is_documented() -> None:
     cli = (ROOT / "dittoctl" / "cli.py").read_text()
-    names = {f"DITTOFS_OPERATOR_{n}" for n in re.findall(r'_(?:bool_)?env\("([A-Z_]+)"', cli)}
+    names = {f"DITTOFS_OPERATOR_{n}" for n in re.findall(r'(?:_env|option|switch)\((?:"--[\w-]+", )?"([A-Z_]+)"', cli)}
     names |= set(re.findall(r'"(DITTOFS_[A-Z_]+)"', (ROOT / "dittoctl" / "kube" / "logs.py").read_text()))
     install = (DOCS / "INSTALL.md").read_text()
     assert len(names) >= 18 and not {n for n in names if f"`{n}`" not in install}

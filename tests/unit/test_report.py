@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,6 +37,16 @@ def test_values_under_secret_looking_keys_are_masked_in_json_yaml_and_logs() -> 
     assert count == 4
 
 
+def test_references_durations_and_flags_stay_and_yaml_stays_yaml() -> None:
+    spec = {"identity": {"jwt": {"accessTokenDuration": "15m", "secretRef": {"name": "jwt"}}},
+            "users": [{"name": "alice", "passwordSecretRef": {"name": "alice", "key": "password"}}],
+            "status": {"secretFound": True}, "ldap": {"bind_password": "hunter22"}}
+    text = yaml.safe_dump(spec)
+    out, count = redact(text, [])
+    assert count == 1 and "hunter22" not in out
+    assert yaml.safe_load(out) == {**spec, "ldap": {"bind_password": REDACTED}}
+
+
 def test_names_are_not_treated_as_secrets() -> None:
     secret = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in
                        {"username": "admin", "password": "pw-123456", "namespace": "apps"}.items()}}
@@ -58,8 +69,9 @@ def test_operator_lines_keep_this_server_and_general_failures_only() -> None:
              {"level": "info", "namespace": "team", "name": "demo", "msg": "applied"},
              {"level": "error", "msg": "watch stream stale"}, {"level": "info", "msg": "started"}]
     text = "\n".join(json.dumps(x) for x in lines) + "\nnot json\n"
-    kept = [json.loads(x) for x in _operator_lines(text, "apps", "demo").splitlines() if x]
-    assert kept == [lines[0], lines[3]]
+    kept, structured = _operator_lines(text, "apps", "demo")
+    assert [json.loads(x) for x in kept.splitlines() if x] == [lines[0], lines[3]] and structured == len(lines)
+    assert _operator_lines("2026-12-06 INFO dittofs applied apps/demo\n", "apps", "demo") == ("\n", 0)
 
 
 def test_bundle_is_a_tar_gz_of_redacted_files() -> None:

@@ -57,12 +57,17 @@ def test_stopped() -> None:
     status = build_status(obs, None)
     assert status["phase"] == "Stopped"
     assert by_type(obs)["Available"] == (True, "Stopped")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["message"] == "stopped as declared (replicas: 0): nothing is served"
 
 
 def test_invalid_spec_fails() -> None:
     obs = Observation(generation=1, desired_replicas=1, config_errors=["spec.x: bad"])
     status = build_status(obs, None)
     assert status["phase"] == "Failed"
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["message"]) == (
+        "False", "StatefulSet not created: the spec is invalid (see ConfigReady)")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert "ConfigReady" in ready["message"]
 
@@ -268,9 +273,9 @@ def test_a_missing_secret_is_a_wait_not_a_failure() -> None:
 
 def test_deleting_says_what_the_finalizer_waits_for() -> None:
     running = build_status(Observation(generation=2, desired_replicas=1, statefulset=sts()), None)
-    deleting = deleting_status(running, 2, "draining: waiting for 1 pod(s) of StatefulSet demo to stop")
+    deleting = deleting_status(running, 3, "draining: waiting for 1 pod(s) of StatefulSet demo to stop")
     ready = next(c for c in deleting["conditions"] if c["type"] == "Ready")
-    assert deleting["phase"] == "Deleting"
+    assert deleting["phase"] == "Deleting" and deleting["observedGeneration"] == 3, "marked for deletion: gen + 1"
     assert (ready["status"], ready["reason"]) == ("False", "Deleting") and "1 pod(s)" in ready["message"]
     assert [c["type"] for c in deleting["conditions"]].count("Ready") == 1
 
