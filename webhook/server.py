@@ -41,6 +41,16 @@ MAX_BODY = 3 * 1024 * 1024
 # read buffer here: a 300-server burst left 25 of them, 6 MiB of RSS, for aiohttp's default of 75 s. Go's client
 # retries a request whose reused connection was closed idle, so a shorter keep-alive costs only a handshake.
 KEEPALIVE_SECONDS = 15.0
+# The apiserver sends a review in one go and gives up after the webhook's timeoutSeconds (<= 30 s). A body still
+# arriving after this long is a client holding the connection (aiohttp times out headers, never a body): 700
+# such connections held 445 MiB, past the pod's memory limit.
+BODY_SECONDS = 10.0
+# Requests served at once; more are answered 429 at once, so a flood of them cannot take the process's memory
+# (the reconciler's too). A 300-server burst peaks far below.
+MAX_IN_FLIGHT = 256
+# After an answer to a request whose body was not read (refused above), aiohttp reads and drops the rest for up to
+# this long before it closes the connection (10 s by default: the slow client's hold, doubled).
+LINGER_SECONDS = 1.0
 
 
 
@@ -61,6 +71,14 @@ class Service(Protocol):
 
 class BadRequest(Exception):
     """The body is not an AdmissionReview v1 we can answer (HTTP 400)."""
+
+
+class Refused(Exception):
+    """Not served, and the connection closed: too many at once (429), a body too slow (408)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AdmissionHandler:
@@ -238,6 +256,7 @@ class WebhookServer:
         self._in_flight = metrics.IN_FLIGHT.labels(path)
         self._latency = metrics.LATENCY.labels(path)
         self._answered: dict[int, Counter] = {}  # status -> its counter, made on first use
+        self._serving = 0
 
     @property
     def ready(self) -> bool:
@@ -252,17 +271,30 @@ class WebhookServer:
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         self._in_flight.inc()
+        self._serving += 1
         status = 200
         try:
+            if self._serving > MAX_IN_FLIGHT:
+                raise Refused(429, f"more than {MAX_IN_FLIGHT} admission requests at once; retry")
             if request.content_length is not None and request.content_length > MAX_BODY:
                 raise BadRequest(f"request body is larger than {MAX_BODY} bytes")
             if request.content_type != "application/json":
                 raise BadRequest(f"Content-Type must be application/json (got {request.content_type[:60]})")
-            review = await self.handler.review(await request.read())
+            try:
+                async with asyncio.timeout(BODY_SECONDS):
+                    body = await request.read()
+            except TimeoutError:
+                raise Refused(408, f"request body not received within {BODY_SECONDS:g} s") from None
+            review = await self.handler.review(body)
             return web.Response(body=orjson.dumps(review), content_type="application/json")
         except BadRequest as exc:
             status = 400
             return web.Response(status=400, text=str(exc))
+        except Refused as exc:
+            status = exc.status
+            refused = web.Response(status=exc.status, text=str(exc))
+            refused.force_close()  # the unread body would keep the connection
+            return refused
         except web.HTTPRequestEntityTooLarge:
             status = 400
             return web.Response(status=400, text=f"request body is larger than {MAX_BODY} bytes")
@@ -271,6 +303,7 @@ class WebhookServer:
             log.warning("unreadable admission request", extra=fields(error=f"{type(exc).__name__}: {exc}"))
             return web.Response(status=400, text="request could not be read")
         finally:
+            self._serving -= 1
             self._in_flight.dec()
             if (answered := self._answered.get(status)) is None:
                 answered = self._answered[status] = metrics.REQUESTS.labels(self.path, str(status))
@@ -288,7 +321,7 @@ class WebhookServer:
         sock.setblocking(False)
         self.port = sock.getsockname()[1]  # the real port when 0 was asked for
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0,
-                                     keepalive_timeout=KEEPALIVE_SECONDS)
+                                     keepalive_timeout=KEEPALIVE_SECONDS, lingering_time=LINGER_SECONDS)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=self.certs.server_context()).start()
         self._listening = True

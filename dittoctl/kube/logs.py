@@ -7,6 +7,8 @@ import os
 import sys
 from datetime import UTC, datetime
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from dittoctl.kube.jsonbytes import dumps
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -60,6 +62,17 @@ class TextFormatter(logging.Formatter):
         return line + "".join(f" {key}={value}" for key, value in structured.items())
 
 
+class _ClientHttpErrors(logging.Filter):
+    """aiohttp logs each malformed HTTP request (already answered 400) as an ERROR with a traceback: any client
+    that reaches the webhook port could fill the log with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+_CLIENT_HTTP_ERRORS = _ClientHttpErrors()
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -80,6 +93,8 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger("dittofs").warning(f"DITTOFS_KOPF_LOG_LEVEL={kopf_level!r} is not a log level; using "
                                              "WARNING (DEBUG, INFO, WARNING or ERROR)")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if _CLIENT_HTTP_ERRORS not in (server := logging.getLogger("aiohttp.server")).filters:
+        server.addFilter(_CLIENT_HTTP_ERRORS)
     # The client's DEBUG lines carry whole response bodies (Secrets included, base64): never below INFO,
     # whatever --log-level says. Our own lines say which call failed.
     for noisy in ("kubernetes_asyncio", "urllib3"):

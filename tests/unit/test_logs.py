@@ -53,3 +53,31 @@ def test_debug_logging_never_lets_the_client_log_response_bodies() -> None:
         root.handlers[:], root.level = saved[0], saved[1]
         for name in ("kubernetes_asyncio", "urllib3", "kopf", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_a_clients_malformed_http_is_not_an_error_with_a_traceback_but_other_errors_are() -> None:
+    """aiohttp answers a bad Content-Length with a 400 and logs it as an ERROR with a traceback: a client
+    that reaches the webhook port could fill the log with them."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from dittoctl.kube.logs import configure
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    server = logging.getLogger("aiohttp.server")
+    try:
+        configure("INFO", "json")
+        configure("INFO", "json")
+        assert len(server.filters) == 1, "installed once"
+
+        def record(exc: BaseException) -> logging.LogRecord:
+            return server.makeRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (),
+                                     (type(exc), exc, None))
+
+        assert not server.filter(record(BadHttpMessage("Content-Length can't be present with Transfer-Encoding")))
+        assert server.filter(record(RuntimeError("a handler of ours failed")))
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        server.filters.clear()
+        for name in ("kubernetes_asyncio", "urllib3", "kopf", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.NOTSET)

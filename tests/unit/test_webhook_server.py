@@ -29,6 +29,7 @@ from tests.support.admission import (
     write_pair,
 )
 from tests.support.strategies import spec_strategy
+from webhook import server as server_module
 from webhook.server import (
     MAX_BODY,
     WEBHOOK_PATH,
@@ -238,6 +239,43 @@ async def test_metrics_count_requests_by_code(harness: Harness) -> None:
                                      {"webhook": WEBHOOK_PATH})
     expiry = REGISTRY.get_sample_value("dittofs_operator_webhook_certificate_expiration_timestamp_seconds")
     assert expiry is not None and expiry > 0
+
+
+async def _held(port: int, context: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that sends its headers and 10 of the 1000 bytes it announced, then waits."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+    writer.write(f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 1000\r\n\r\n{\"apiVersi".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_body_that_never_arrives_is_answered_408_and_its_connection_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp times out headers, never a body: 700 connections holding one open took 445 MiB."""
+    monkeypatch.setattr(server_module, "BODY_SECONDS", 0.3)
+    monkeypatch.setattr(server_module, "MAX_IN_FLIGHT", 2)
+    ca = new_ca()
+    write_pair(tmp_path / "certs", ca)
+    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
+                           CertificateSource(tmp_path / "certs", interval=0.05), host="127.0.0.1", port=0)
+    await server.start()
+    context = client_context(ca)
+    try:
+        held = [await _held(server.port, context) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            url = f"https://127.0.0.1:{server.port}{WEBHOOK_PATH}"
+            async with session.post(url, json=review(dittoserver())) as resp:
+                assert resp.status == 429 and "more than 2 admission requests at once" in await resp.text()
+            for reader, writer in held:
+                answer = await asyncio.wait_for(reader.read(), 5)  # up to EOF: the server closed it
+                assert answer.startswith(b"HTTP/1.1 408 ") and b"not received within 0.3 s" in answer
+                writer.close()
+            async with session.post(url, json=review(dittoserver())) as resp:
+                assert resp.status == 200, "the slots are given back"
+    finally:
+        await server.stop()
 
 
 async def test_keep_alive_connection_serves_many_requests(harness: Harness) -> None:
