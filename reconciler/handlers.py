@@ -303,11 +303,36 @@ class Controller:
         APIs queues them all."""
         while True:
             await asyncio.sleep(self.drift_interval)
+            await self._forget_vanished()
             changed = await self.reconciler.discovery.refresh()
             compared, self._compared = self._compared, {}
             for key in due_for_drift(self.cache.servers, compared, since=time.monotonic() - self.drift_interval / 2,
                                      everything=changed):
                 self.queue.add(key)
+
+    async def _forget_vanished(self) -> None:
+        """Drop the DittoServers a listing no longer has. kopf lists again after its watch expires (410) and
+        sends what it finds, never a DELETED for what is gone: a server deleted meanwhile stayed in the cache,
+        and each drift tick and lead taken re-applied its children under an owner that no longer exists. A
+        server with an event since the listing began is kept (it may be a new one of that name)."""
+        before = {key: self.cache.server_version(key) for key in self.cache.servers}
+        try:
+            listings = await asyncio.gather(*(self.gateway.list_keys(DITTOSERVERS, namespace)
+                                              for namespace in self.namespaces))
+        except Exception as exc:
+            log.warning("listing DittoServers failed; kept the cache as it is", extra=fields(error=described(exc)))
+            return
+        present = {key for keys in listings for key in keys}
+        for key in before.keys() - present:
+            if self.cache.server_version(key) == before[key]:
+                log.info("DittoServer gone without a delete event; forgotten",
+                         extra=fields(namespace=key[0], name=key[1]))
+                self._forget(key)
+
+    def _forget(self, key: Key) -> None:
+        self.cache.drop_server(key)
+        self.queue.forget(key)
+        self.reconciler.shared.service_lane.forget(key)
 
     # -- watch events -------------------------------------------------------------------------------------
     def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -316,9 +341,7 @@ class Controller:
         if self.cache.during_write(DITTOSERVERS, event_type, body):
             return  # a pass is writing it: decided there, once the response is in
         if event_type == "DELETED":
-            self.cache.drop_server(key)
-            self.queue.forget(key)
-            self.reconciler.shared.service_lane.forget(key)
+            self._forget(key)
             return
         if _echo(self.cache.server_version(key), body):
             return  # the watch echoing our own write (already cached from its response)

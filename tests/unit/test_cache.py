@@ -88,3 +88,40 @@ def test_a_secret_read_across_a_watch_reset_is_not_cached() -> None:
         controller.on_secret_reset()
         assert cache.secret_answer(read, old) == old
     assert ("ns", "pw") not in cache.secrets
+
+
+def server(name: str, version: str) -> dict[str, Any]:
+    return {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}-{version}", "resourceVersion": version,
+                         "generation": 1}, "spec": {"storage": {"metadataSize": "1Gi"}}}
+
+
+class Listing:
+    """The one call the drift tick's check makes; ``meanwhile`` runs while the listing is in flight."""
+
+    def __init__(self, keys: tuple[tuple[str, str], ...], meanwhile: Any = None) -> None:
+        self.keys, self.meanwhile = keys, meanwhile
+
+    async def list_keys(self, kind: Any, namespace: str | None = None) -> tuple[tuple[str, str], ...]:
+        if self.meanwhile is not None:
+            self.meanwhile()
+        return self.keys
+
+
+async def test_a_server_deleted_while_kopf_relisted_is_forgotten_at_the_next_drift_tick() -> None:
+    """kopf lists again after a 410 and sends what exists, never a DELETED for what is gone: the server stayed
+    cached, and every drift tick and lead taken re-applied its children under an owner that no longer exists."""
+    listing = Listing((("team", "a"),))
+    controller = Controller(cast(Gateway, listing))
+    for name, version in (("a", "10"), ("b", "11")):
+        controller.on_server(None, server(name, version))
+    controller.on_server(None, server("a", "10"))  # kopf's relist: only "a" is left
+    assert sorted(controller.cache.servers) == [("team", "a"), ("team", "b")]
+    await controller._forget_vanished()
+    assert sorted(controller.cache.servers) == [("team", "a")]
+    # A server of that name created while the listing was in flight is the new one: kept.
+    listing.meanwhile = lambda: controller.on_server("ADDED", server("a", "12"))
+    listing.keys = ()
+    await controller._forget_vanished()
+    assert controller.cache.server_version(("team", "a")) == "12"
+    await controller.stop()
