@@ -27,12 +27,6 @@ def _micro(now: datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def own_identity() -> str:
     """This replica's name: the pod's (the chart sets POD_NAME), else the host's; never the user's.
 
@@ -55,6 +49,8 @@ class LeaderElector:
         self.renew_deadline = renew_deadline
         self.retry = retry
         self.leading = False
+        self.holder: str | None = None  # the holder the last read of the Lease named
+        self._seen: tuple[str, float] | None = None  # (the Lease's resourceVersion, loop time it was first read)
 
     def _spec(self, now: datetime, acquired: str | None, transitions: int) -> dict[str, Any]:
         return {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
@@ -76,12 +72,10 @@ class LeaderElector:
             except (Conflict, ApiError):
                 return False
         spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity")
-        renewed = _parse(spec.get("renewTime"))
+        holder = self.holder = spec.get("holderIdentity")
         duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)
         mine = holder == self.identity
-        expired = renewed is None or (now - renewed).total_seconds() > duration
-        if not mine and holder and not expired:
+        if not mine and holder and not self._expired(str(lease["metadata"].get("resourceVersion")), duration):
             return False
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
         patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
@@ -91,6 +85,15 @@ class LeaderElector:
         except (Conflict, ApiError, NotFound):
             return False
         return True
+
+    def _expired(self, version: str, duration: float) -> bool:
+        """Judged on this replica's own clock, as client-go does: the Lease unchanged for its duration since this
+        replica first read it that way. Comparing the holder's renewTime with this node's wall clock let a clock
+        running ahead take a live Lease (two replicas reconciling for a renew deadline)."""
+        now = asyncio.get_running_loop().time()
+        if self._seen is None or self._seen[0] != version:
+            self._seen = (version, now)
+        return now - self._seen[1] > duration
 
     def _set(self, leading: bool) -> None:
         if leading == self.leading:
@@ -124,8 +127,8 @@ class LeaderElector:
                 if ok:
                     last_renew = began
                     self._set(True)
-                elif not self.leading or left() <= 0:
-                    self._set(False)
+                elif not self.leading or left() <= 0 or self.holder not in (None, "", self.identity):
+                    self._set(False)  # another replica holds it now: stop at once, not at the deadline
                 await asyncio.sleep(max(0.0, min(self.retry, left())))
         finally:
             self._set(False)

@@ -7,6 +7,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
+
 from dittoctl.api.kinds import Kind
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from reconciler.handlers import Controller
@@ -107,21 +109,46 @@ async def test_the_holder_reconciles_and_stops_at_once_when_it_cannot_renew() ->
     assert store.lease["spec"]["holderIdentity"] is None, "a stopping leader hands the Lease over"
 
 
-async def test_a_live_lease_of_another_replica_is_left_alone_and_an_expired_one_taken() -> None:
+@pytest.mark.parametrize("skew", [0, 3600, -3600], ids=["same-clock", "holder-behind", "holder-ahead"])
+async def test_a_live_lease_of_another_replica_is_left_alone_and_an_expired_one_taken(skew: int) -> None:
+    """Expiry is judged on this replica's own clock, from when it first read the Lease as it is, as client-go
+    does: the holder's renewTime against this node's wall clock let a node whose clock ran ahead take a live
+    Lease, and both replicas reconciled until the old leader's renew deadline."""
     store, ctl = LeaseStore(), Reconciling()
     elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
-                            lease_seconds=2, renew_deadline=0.3, retry=0.05)
-    now = datetime.now(UTC)
+                            lease_seconds=1, renew_deadline=0.3, retry=0.05)
+    renewed = datetime.now(UTC) - timedelta(seconds=skew)
     store.lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "dittofs-operator"},
-                   "spec": {"holderIdentity": "other-pod_1", "leaseDurationSeconds": 2, "renewTime": _micro(now),
+                   "spec": {"holderIdentity": "other-pod_1", "leaseDurationSeconds": 1, "renewTime": _micro(renewed),
                             "leaseTransitions": 3}}
     assert await elector.try_acquire() is False
-    assert store.lease["spec"]["holderIdentity"] == "other-pod_1"
-    store.held_by("other-pod_1", now - timedelta(seconds=5))  # it stopped renewing
+    await asyncio.sleep(0.6)
+    store.held_by("other-pod_1", renewed + timedelta(seconds=0.6))  # it renews: a new record, a new second
+    assert await elector.try_acquire() is False
+    await asyncio.sleep(0.6)
+    assert await elector.try_acquire() is False, "1 s since this replica saw the renewal: not yet expired"
+    await asyncio.sleep(0.5)  # it stopped renewing
     assert await elector.try_acquire() is True
     assert store.lease["spec"]["holderIdentity"] == elector.identity
     assert store.lease["spec"]["leaseTransitions"] == 4
     assert not ctl.active.is_set(), "try_acquire alone never starts reconciling; run() does"
+
+
+async def test_a_leader_that_reads_another_holder_stops_at_once() -> None:
+    store, ctl = LeaseStore(), Reconciling()
+    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
+                            lease_seconds=3, renew_deadline=2.0, retry=0.05)
+    task = asyncio.create_task(elector.run())
+    try:
+        await until(ctl.active.is_set)
+        store.held_by("other-pod_1", datetime.now(UTC))  # taken over (say, while this replica was stalled)
+        taken = asyncio.get_running_loop().time()
+        await until(lambda: not ctl.active.is_set())
+        assert asyncio.get_running_loop().time() - taken < 0.5, "stopped at its next read, not at the deadline"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert store.lease["spec"]["holderIdentity"] == "other-pod_1", "a replica that lost the Lease leaves it be"
 
 
 async def test_a_slow_apiserver_does_not_stretch_the_renew_deadline() -> None:
