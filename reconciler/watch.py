@@ -139,6 +139,12 @@ class Watch:
         if not self._pending:
             self.started.set()
 
+    def _expired(self) -> None:
+        """The resume version is too old: list again (what vanished meanwhile is delivered as DELETED)."""
+        log.info("%s watch expired; listing again", self.kind.plural, extra=fields(kind=self.kind.kind))
+        if self.on_reset is not None:
+            self.on_reset()
+
     async def _run(self, namespace: str | None) -> None:
         version: str | None = None
         backoff = 0.5
@@ -167,10 +173,8 @@ class Watch:
                 raise
             except NotFound as exc:
                 if version is not None:
-                    log.info("%s watch expired; listing again", self.kind.plural, extra=fields(kind=self.kind.kind))
                     version = None
-                    if self.on_reset is not None:
-                        self.on_reset()
+                    self._expired()
                     continue
                 if self.on_gone is not None:  # the listing itself: the kind is not served
                     log.info("%s not served; watch ended", self.kind.plural, extra=fields(kind=self.kind.kind))
@@ -181,6 +185,10 @@ class Watch:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
             except (ApiError, OSError, ValueError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 410 and version is not None:
+                    version = None  # the version refused with an HTTP status, not an ERROR event
+                    self._expired()
+                    continue
                 if isinstance(exc, ApiError) and exc.status == 403 and version is None and self.on_forbidden:
                     self.on_forbidden()
                     return

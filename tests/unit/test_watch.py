@@ -26,7 +26,7 @@ def obj(name: str, version: str, instance: str = "demo") -> dict[str, Any]:
 class Script:
     """Answers `pages` and `watch` from queues of plain data; a watch ends when its script runs out."""
 
-    def __init__(self, listings: list[list[dict[str, Any]]], streams: list[list[dict[str, Any]]]) -> None:
+    def __init__(self, listings: list[list[dict[str, Any]]], streams: list[list[Any]]) -> None:
         self.listings = listings
         self.streams = streams
         self.calls: list[tuple[str, Any]] = []
@@ -46,6 +46,8 @@ class Script:
             self.done.set()
             await asyncio.Event().wait()  # an idle stream
         for event in self.streams.pop(0):
+            if isinstance(event, Exception):
+                raise event  # the watch request itself answered with an error status
             yield event
 
 
@@ -83,6 +85,18 @@ async def test_lists_then_streams_from_the_listing_and_reports_what_vanished_whi
                     ("DELETED", "a", "demo")]  # with its labels, so its server is queued again
     # Listed items get their type (a list's items have none), so they compare equal to a manifest.
     assert typed[:2] == [("apps/v1", "StatefulSet")] * 2
+
+
+async def test_a_watch_refused_410_as_a_status_lists_again_instead_of_retrying_the_version() -> None:
+    """An expired version may be answered as HTTP 410 rather than as an ERROR event in the stream; retried as it
+    was, it failed forever and nothing vanished meanwhile was ever reported."""
+    script = Script(listings=[[obj("a", "5"), obj("b", "6")], [obj("b", "6")]],
+                    streams=[[ApiError(410, "too old resource version")]])
+    seen: list[tuple[str, str]] = []
+    watch = Watch(cast(Gateway, script), STATEFULSETS, lambda kind, o: seen.append((kind, o["metadata"]["name"])))
+    await run_until_done(watch, script)
+    assert [c[0] for c in script.calls] == ["list", "watch", "list", "watch"]
+    assert seen[-1] == ("DELETED", "a") and watch.error is None
 
 
 async def test_a_version_only_watch_lists_nothing_and_resets_after_expiry() -> None:
