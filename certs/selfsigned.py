@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ class KeyPair:
     """A PEM certificate and its PEM (PKCS#8, unencrypted) private key."""
 
     cert_pem: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # a log line or a failing test's repr must not show it
 
     @property
     def cert(self) -> x509.Certificate:
@@ -175,12 +175,19 @@ def _spki(public_key: Any) -> bytes:
 
 
 def signed_by(cert_pem: bytes, ca_pem: bytes) -> bool:
+    """Issued by the CA in ``ca_pem``, or by one of them when it is a bundle."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
-    except (ValueError, TypeError, InvalidSignature):
+        issuers = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
         return False
-    return True
+    for issuer in issuers:
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
 
 
 def covers(cert_pem: bytes, dns_names: Iterable[str], ips: Iterable[str] = ()) -> bool:
@@ -267,6 +274,7 @@ class SelfSignedManager:
         self.leaf_days = leaf_days
         self.clock = clock
         self.published_bundle: bytes | None = None
+        self._said: str | None = None  # the last problem logged
         self._loop = Background("webhook-selfsigned-certs", self.run)
 
     async def start(self) -> None:
@@ -281,7 +289,7 @@ class SelfSignedManager:
             try:
                 done = await self.ensure()
             except (ApiError, Conflict, NotFound, OSError, ValueError) as exc:
-                log.warning("self-signed certificate pass failed", extra=fields(error=str(exc)))
+                self._say(f"self-signed certificate pass failed: {exc}")
                 done = False
             except Exception:  # keep the loop alive: a dead loop would let the certificate expire
                 log.exception("self-signed certificate pass failed")
@@ -292,16 +300,22 @@ class SelfSignedManager:
         """One pass; True when the Secret, the files and the caBundle are all current."""
         now = self.clock()
         stored = await self._read()
+        config = await self.gateway.get_or_none(WEBHOOKCONFIGS, self.webhook_config_name)
         ca, previous, leaf = stored.ca, stored.previous_ca, stored.leaf
         changed = False
         if ca is None or not usable_ca(ca, now):
             if ca is not None and pair_matches(ca.cert_pem, ca.key_pem) and not_after(ca.cert_pem) > now:
                 previous = ca.cert_pem  # still trusted by the apiserver: keep it in the bundle meanwhile
+            elif previous is None and config is not None:
+                # No CA of ours to carry over (the Secret deleted, its key lost, cert-manager's Secret taken over
+                # on a mode switch): what the apiserver trusts today stays in the bundle until every replica
+                # serves a leaf of the new CA, as in a rotation.
+                previous = b"".join(dict.fromkeys(bundle_of(config))) or None
             ca = new_ca(days=self.ca_days, now=now)
             changed = True
             log.info("self-signed webhook CA created", extra=fields(not_after=not_after(ca.cert_pem).isoformat()))
-        if previous is not None and (_expired(previous, now) or previous == ca.cert_pem):
-            previous, changed = None, True
+        if previous is not None and (kept := _still_trusted(previous, ca.cert_pem, now)) != previous:
+            previous, changed = kept, True
         bundle = ca.cert_pem + (previous or b"")
         # Until the bundle with the new CA is published, keep serving a leaf the apiserver trusts today.
         old_leaf_ok = (leaf is not None and previous is not None and self.published_bundle != bundle
@@ -314,7 +328,11 @@ class SelfSignedManager:
                      extra=fields(not_after=not_after(leaf.cert_pem).isoformat()))
         if changed and not await self._save(stored, ca, previous, leaf):
             return False  # another replica wrote first: the next pass adopts its material
-        published = await self._publish(bundle)
+        try:
+            published = await self._publish(bundle, config)
+        except ApiError as exc:  # e.g. RBAC: the leaf is still served (the caBundle is what is missing)
+            self._say(f"webhook caBundle not updated: {exc}")
+            published = False
         if leaf is not None:
             self._write_files(bundle, leaf)
         if published and leaf is not None and previous is not None and not signed_by(leaf.cert_pem, ca.cert_pem):
@@ -360,12 +378,10 @@ class SelfSignedManager:
             return False
         return True
 
-    async def _publish(self, bundle: bytes) -> bool:
+    async def _publish(self, bundle: bytes, config: Mapping[str, Any] | None) -> bool:
         """Put `bundle` into every webhook's clientConfig.caBundle (JSON patch, guarded by name tests)."""
-        config = await self.gateway.get_or_none(WEBHOOKCONFIGS, self.webhook_config_name)
         if config is None:
-            log.warning("ValidatingWebhookConfiguration not found; caBundle not set",
-                        extra=fields(webhook_config=self.webhook_config_name))
+            self._say(f"ValidatingWebhookConfiguration {self.webhook_config_name} not found; caBundle not set")
             return False
         wanted = base64.b64encode(bundle).decode()
         ops: list[dict[str, Any]] = []
@@ -378,7 +394,13 @@ class SelfSignedManager:
             log.info("webhook caBundle updated", extra=fields(webhook_config=self.webhook_config_name,
                                                         webhooks=len(ops) // 2))
         self.published_bundle = bundle
+        self._said = None
         return True
+
+    def _say(self, problem: str) -> None:
+        if problem != self._said:  # each distinct problem once, not once per 5 s retry
+            self._said = problem
+            log.warning(problem, extra=fields(webhook_config=self.webhook_config_name))
 
     def _write_files(self, bundle: bytes, leaf: KeyPair) -> None:
         files = {CA_CERT: (bundle, False), TLS_KEY: (leaf.key_pem, True), TLS_CERT: (leaf.cert_pem, False)}
@@ -396,11 +418,14 @@ class SelfSignedManager:
             self.on_files_written()
 
 
-def _expired(cert_pem: bytes, now: datetime) -> bool:
+def _still_trusted(pems: bytes, ca_pem: bytes, now: datetime) -> bytes | None:
+    """The certificates of a bundle worth keeping beside ``ca_pem``: readable, unexpired, not ``ca_pem``."""
     try:
-        return not_after(cert_pem) <= now
+        certs = x509.load_pem_x509_certificates(pems)
     except ValueError:
-        return True  # unreadable: drop it
+        return None  # unreadable: drop it
+    kept = [c.public_bytes(serialization.Encoding.PEM) for c in certs if c.not_valid_after_utc > now]
+    return b"".join(c for c in kept if c != ca_pem) or None
 
 
 def _b64decode(value: Any) -> bytes:

@@ -124,7 +124,8 @@ def _when(text: str) -> datetime:
 
 
 class CertificateSource:
-    """Polls `cert_dir` and serves the newest valid pair through `server_context()`."""
+    """Polls `cert_dir` and serves the newest valid pair through `server_context()` (an expired pair only while
+    nothing better was loaded: it still says what it is, and the log says it has expired)."""
 
     def __init__(
         self,
@@ -144,6 +145,7 @@ class CertificateSource:
         self._seen: _Signature | None = None
         self._polls = 0
         self._last_problem: str | None = None
+        self._said_expired = False
         self._listeners: list[Callable[[CertificateInfo], None]] = []
         self._front: ssl.SSLContext | None = None
         self._loop = Background("webhook-certificate-reload", self._poll)
@@ -210,6 +212,7 @@ class CertificateSource:
     def reload(self) -> bool:
         """Load the pair if it changed and is valid; True when a new pair is now served."""
         self._polls += 1
+        self._say_if_expired()
         if self.full_check_every and self._polls % self.full_check_every == 0:
             self._seen = None  # re-read now and then: a same-size rewrite within one mtime tick is invisible
         signature = self._signature()
@@ -227,15 +230,27 @@ class CertificateSource:
             return False
         if self._info is not None and info.sha256 == self._info.sha256:
             return False
-        self._context, self._info, self._last_problem = context, info, None
+        now = datetime.now(UTC)
+        if info.not_after <= now and self._info is not None and self._info.not_after > now:
+            # A Secret rotated back to an old pair by mistake: every admission would fail on it.
+            self._problem(f"ignoring certificate files (expired {info.not_after.isoformat()}); keeping the current "
+                          f"certificate (valid until {self._info.not_after.isoformat()})")
+            return False
+        self._context, self._info, self._last_problem, self._said_expired = context, info, None, False
         log.info("webhook certificate loaded", extra=fields(
             subject=info.subject, serial=f"{info.serial:x}", not_after=info.not_after.isoformat()))
-        if info.not_after <= datetime.now(UTC):
-            log.warning("webhook certificate has expired", extra=fields(not_after=info.not_after.isoformat()))
+        self._say_if_expired()
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 listener(info)
         return True
+
+    def _say_if_expired(self) -> None:
+        """Once per pair: the certificate served has expired (while loaded, too: nothing re-reads unchanged
+        files, and TROUBLESHOOTING sends users to this line)."""
+        if self._info is not None and not self._said_expired and self._info.not_after <= datetime.now(UTC):
+            self._said_expired = True
+            log.warning("webhook certificate has expired", extra=fields(not_after=self._info.not_after.isoformat()))
 
     def _problem(self, message: str) -> None:
         if message != self._last_problem:  # log each distinct problem once, not once per poll

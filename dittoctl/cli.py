@@ -241,7 +241,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_certs_generate(args: argparse.Namespace) -> int:
     from certs.generate import generate
+    from certs.selfsigned import split_sans
+    from dittoctl.api.models import DNS_SUBDOMAIN_PATTERN
 
+    names = [args.service, f"{args.service}.{args.namespace}", *split_sans(args.san or [])[0]]
+    if bad := [n for n in names if len(n) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, n.removeprefix("*."))]:
+        raise UsageError(f"not a DNS name or IP address: {', '.join(map(repr, bad))} (lowercase letters, digits, "
+                         "'-' and '.'; an internationalized name in its xn-- form)")
     paths = generate(args.service, args.namespace, Path(args.out_dir), extra_sans=args.san or [])
     for path in paths:
         print(path)

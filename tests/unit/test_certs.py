@@ -35,7 +35,7 @@ from certs.selfsigned import (
 )
 from certs.source import CertificateSource
 from dittoctl.api.kinds import SECRETS, WEBHOOKCONFIGS, Kind
-from dittoctl.kube.gateway import Conflict, Gateway, NotFound
+from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -243,6 +243,65 @@ async def test_ca_rotation_publishes_old_and_new_ca_before_switching_the_leaf(tm
     await mgr.ensure()
     assert [ca_count(b) for b in api.bundles()] == [1, 1]
     assert PREVIOUS_CA not in api.secret()
+
+
+async def test_a_ca_replaced_without_its_predecessor_keeps_what_the_apiserver_trusts_until_the_switch(
+        tmp_path: Path) -> None:
+    """The Secret deleted (the usual "regenerate my certificates"): the new CA was published alone, and every
+    replica still serving a leaf of the old one failed admissions ("unknown authority") until its next pass."""
+    api, clock = FakeApi(), Clock()
+    a, b = manager(api, tmp_path / "a", clock), manager(api, tmp_path / "b", clock)
+    assert await a.ensure() and await b.ensure()
+    old_ca, old_leaf = api.secret()[CA_CERT], (tmp_path / "b" / "tls.crt").read_bytes()
+    del api.objects[("secrets", "sys", "hook-tls")]
+
+    assert not await a.ensure()  # step 1: the new CA published beside the one trusted today
+    new_ca_pem = api.secret()[CA_CERT]
+    assert new_ca_pem != old_ca and api.bundles() == [new_ca_pem + old_ca] * 2
+    assert (tmp_path / "b" / "tls.crt").read_bytes() == old_leaf and signed_by(old_leaf, api.bundles()[0])
+    assert await a.ensure()  # step 2: the leaf moves to the new CA
+    assert await b.ensure()
+    for replica in ("a", "b"):
+        assert signed_by((tmp_path / replica / "tls.crt").read_bytes(), new_ca_pem)
+
+
+async def test_taking_over_cert_managers_secret_keeps_its_ca_trusted_until_the_switch(tmp_path: Path) -> None:
+    """certManager -> selfSigned: the same Secret name, with cert-manager's leaf and CA but no CA key."""
+    api, clock = FakeApi(), Clock()
+    cm_ca = new_ca(now=T0)
+    cm_leaf = new_leaf(cm_ca, service_dns_names("hook", "sys"), ["127.0.0.1"], now=T0)
+    api.objects[("secrets", "sys", "hook-tls")] = {"metadata": {"name": "hook-tls", "resourceVersion": "1"},
+                                                   "data": {k: base64.b64encode(v).decode() for k, v in {
+                                                       TLS_CERT: cm_leaf.cert_pem, TLS_KEY: cm_leaf.key_pem,
+                                                       CA_CERT: cm_ca.cert_pem}.items()}}
+    for hook in api.objects[("validatingwebhookconfigurations", None, "dittofs")]["webhooks"]:
+        hook["clientConfig"]["caBundle"] = base64.b64encode(cm_ca.cert_pem).decode()  # cainjector's
+    mgr = manager(api, tmp_path, clock)
+    assert not await mgr.ensure()
+    ours = api.secret()[CA_CERT]
+    assert ours != cm_ca.cert_pem and api.bundles() == [ours + cm_ca.cert_pem] * 2
+    assert (tmp_path / "tls.crt").read_bytes() == cm_leaf.cert_pem, "cert-manager's leaf until the bundle is out"
+    assert await mgr.ensure()
+    assert signed_by((tmp_path / "tls.crt").read_bytes(), ours)
+    api.writes.clear()
+    assert await mgr.ensure() and api.writes == [], "settled: reads only"
+
+
+async def test_a_refused_ca_bundle_patch_still_serves_and_is_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """RBAC without the caBundle patch: the leaf was never written, so the webhook never became ready, while the
+    docs blamed an unknown authority; and the same warning came every 5 s."""
+    class Forbidden(FakeApi):
+        async def json_patch(self, kind: Kind, name: str, ops: list[dict[str, Any]],
+                             namespace: str | None = None) -> dict[str, Any]:
+            raise ApiError(403, "validatingwebhookconfigurations \"dittofs\" is forbidden")
+
+    api = Forbidden()
+    mgr = manager(api, tmp_path, Clock())
+    for _ in range(3):
+        assert not await mgr.ensure()
+    assert CertificateSource(tmp_path).reload(), "the leaf is served"
+    assert caplog.text.count("webhook caBundle not updated: ") == 1 and "forbidden" in caplog.text
 
 
 async def test_replicas_agree_on_one_ca(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -121,6 +122,31 @@ def test_half_written_or_mismatched_pair_is_ignored(tmp_path: Path) -> None:
     assert source.reload()
     assert source.context is not first and source.info is not None and source.info.serial == serial(b.cert_pem)
     assert not source.reload()  # unchanged files: nothing to do
+
+
+def test_an_expired_pair_never_replaces_a_valid_one_and_expiry_is_said_once_while_served(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Secret rotated back to an old pair was served at once (every admission then failed); and a pair that
+    expired while loaded was never said to have expired (nothing re-reads unchanged files)."""
+    then = datetime.now(UTC) - timedelta(days=800)
+    old = new_leaf(new_ca(now=then), ["localhost"], now=then)
+    short = new_leaf(new_ca(), ["localhost"], days=1)
+    source = CertificateSource(tmp_path, full_check_every=0)
+    install(tmp_path, short)
+    assert source.reload()
+    install(tmp_path, old)
+    assert not source.reload() and source.info is not None and source.info.serial == serial(short.cert_pem)
+    assert "ignoring certificate files (expired" in caplog.text
+    # The day passes while it is served: said once, not once per poll.
+    caplog.clear()
+    source._info = replace(source.info, not_after=datetime.now(UTC) - timedelta(seconds=1))
+    for _ in range(3):
+        source.reload()
+    assert caplog.text.count("webhook certificate has expired") == 1
+    # With nothing better loaded, an expired pair is served (it still says what it is) and said to be expired.
+    fresh = CertificateSource(tmp_path, full_check_every=0)
+    caplog.clear()
+    assert fresh.reload() and "webhook certificate has expired" in caplog.text
 
 
 def test_deleted_files_keep_the_last_good_pair(tmp_path: Path) -> None:

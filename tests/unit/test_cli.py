@@ -87,6 +87,8 @@ UNREACHABLE = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {serv
     (["validate", "-f", "{odd}"], "2 dittoctl validate: {odd}: the items of a List must be a list"),
     (["validate", "-f", "{broken}"], "2 dittoctl validate: {broken}: not valid YAML (line 2): expected the node "
                                      "content, but found '<stream end>'"),
+    (["certs", "generate", "--out-dir", "{dir}", "--san", "ünicode.example", "--san", "10.0.0.1"],
+     "2 dittoctl certs: not a DNS name or IP address: 'ünicode.example' (lowercase letters"),
     (["status", "demo", "--kubeconfig", "{broken}"], "dittoctl status: no Kubernetes credentials: kubeconfig "
                                                      "{broken}: while parsing a flow node"),
     (["run", "--no-reconciler", "--no-webhook", "--kubeconfig", "{unreachable}", "--health-host", "127.0.0.1",
@@ -116,7 +118,7 @@ def test_cli_errors_are_a_few_lines_never_a_traceback(tmp_path: Path, args: list
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        values = {k: str(v) for k, v in files.items()} | {"taken": str(taken.getsockname()[1])}
+        values = {k: str(v) for k, v in files.items()} | {"taken": str(taken.getsockname()[1]), "dir": str(tmp_path)}
         argv = [a.format(**values) for a in args]
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
         env["HOME"] = str(tmp_path)  # no ~/.kube/config
