@@ -180,8 +180,9 @@ def build_crd() -> JsonSchema:
          "description": "NFS endpoint (listening)"},
         {"name": "SMB", "type": "string", "jsonPath": ".status.endpoints.smb", "priority": 1,
          "description": "SMB endpoint (listening)"},
-        {"name": "Shares", "type": "string", "jsonPath": ".status.shares[*].name", "priority": 1,
-         "description": "Shares DittoFS serves"},
+        # A column shows one value (the apiserver takes a JSONPath's first result): say which one it is.
+        {"name": "Share", "type": "string", "jsonPath": ".status.shares[0].name", "priority": 1,
+         "description": "First share DittoFS serves (all of them: status.shares)"},
         {"name": "Image", "type": "string", "jsonPath": ".spec.image", "priority": 1},
     ]
     root = {

@@ -72,6 +72,8 @@ def test_names_columns_and_subresources() -> None:
     assert columns["Ready"]["jsonPath"] == ".status.ready"
     assert columns["Status"]["jsonPath"] == ".status.phase"
     assert columns["Endpoint"]["priority"] == 1 and columns["Image"]["priority"] == 1
+    # The apiserver shows a column's first JSONPath result only: no column may promise a list.
+    assert not [c["name"] for c in columns.values() if "[*]" in c["jsonPath"]]
 
 
 def test_yaml_round_trips() -> None:
