@@ -225,16 +225,22 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _namespace_of(args: argparse.Namespace) -> str:
+    from dittoctl.kube.gateway import default_namespace
+
+    return str(args.namespace or default_namespace(args.kubeconfig))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from dittoctl.status import show
 
-    return asyncio.run(show(args.name, args.namespace, args.kubeconfig))
+    return asyncio.run(show(args.name, _namespace_of(args), args.kubeconfig))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from dittoctl.report import write_report
 
-    return asyncio.run(write_report(args.name, args.namespace, args.kubeconfig, args.output,
+    return asyncio.run(write_report(args.name, _namespace_of(args), args.kubeconfig, args.output,
                                     operator_namespace=args.operator_namespace,
                                     server_address=args.server_address))
 
@@ -359,13 +365,13 @@ def parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a DittoServer's state")
     status.add_argument("name")
-    status.add_argument("-n", "--namespace", default="default")
+    status.add_argument("-n", "--namespace", help="default: the kubeconfig context's, as for kubectl")
     status.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
     status.set_defaults(func=cmd_status)
 
     report = sub.add_parser("report", help="write a redacted support bundle (tar.gz) for a DittoServer")
     report.add_argument("name")
-    report.add_argument("-n", "--namespace", default="default")
+    report.add_argument("-n", "--namespace", help="default: the kubeconfig context's, as for kubectl")
     report.add_argument("-o", "--output", help="file to write (default dittofs-report-NS-NAME-TIME.tar.gz)")
     report.add_argument("--operator-namespace", default="dittofs-system", help="where the operator's pods run")
     report.add_argument("--server-address", choices=["service", "pod"], default="service",

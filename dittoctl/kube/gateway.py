@@ -15,6 +15,7 @@ import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -113,6 +114,23 @@ def _credentials_problem(kubeconfig: str | None) -> str | None:
     if os.environ.get("KUBERNETES_SERVICE_HOST") or os.path.exists(os.path.expanduser("~/.kube/config")):
         return None
     return "no --kubeconfig, no KUBECONFIG, no ~/.kube/config, and not inside a cluster"
+
+
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def default_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace kubectl would use without -n: the current context's, in a pod its own, else "default"."""
+    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    namespace = None
+    if any(os.path.exists(os.path.expanduser(p)) for p in path.split(os.pathsep) if p):
+        with contextlib.suppress(Exception):  # an unusable kubeconfig: load_client says why, with the fix
+            _, current = k8s_config.list_kube_config_contexts(path)
+            namespace = ((current or {}).get("context") or {}).get("namespace")
+    if not namespace and not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        with contextlib.suppress(OSError):
+            namespace = Path(IN_CLUSTER_NAMESPACE).read_text().strip()
+    return str(namespace or "default")
 
 
 async def load_client(kubeconfig: str | None = None, *, streams: int = 0) -> k8s.ApiClient:

@@ -190,6 +190,24 @@ def test_status_screen_says_a_server_is_being_deleted_and_what_holds_it() -> Non
     assert "the operator has not caught up yet" in text, "no Deleting pass yet: the operator is not running"
 
 
+def test_status_and_report_default_to_the_contexts_namespace_as_kubectl_does(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from dittoctl.kube.gateway import default_namespace
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with_ns, without = tmp_path / "apps.yaml", tmp_path / "plain.yaml"
+    with_ns.write_text(UNREACHABLE.replace("{cluster: c, user: u}", "{cluster: c, user: u, namespace: apps}"))
+    without.write_text(UNREACHABLE)
+    assert default_namespace(str(with_ns)) == "apps"
+    assert default_namespace(str(without)) == "default"
+    assert default_namespace(f"{tmp_path / 'missing.yaml'}{os.pathsep}{with_ns}") == "apps"
+    assert default_namespace(str(tmp_path / "missing.yaml")) == "default"
+    monkeypatch.setenv("KUBECONFIG", str(with_ns))
+    assert default_namespace(None) == "apps"
+
+
 def test_every_sample_is_valid_offline(capsys: pytest.CaptureFixture[str]) -> None:
     samples = sorted(SAMPLES.glob("*.yaml"))
     assert len(samples) >= 2
