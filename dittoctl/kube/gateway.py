@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import ipaddress
 import os
 import ssl
 import urllib.parse
@@ -169,12 +170,21 @@ async def _own_session(api: k8s.ApiClient, streams: int) -> None:
     rest, configuration = api.rest_client, api.configuration
     host = str(urllib.parse.urlsplit(str(configuration.host)).hostname or "")
     proxy = urllib.request.getproxies_environment().get("https")
-    if not rest.proxy and proxy and host and not urllib.request.proxy_bypass(host):
+    if not rest.proxy and proxy and host and not _loopback(host) and not urllib.request.proxy_bypass(host):
         rest.proxy = proxy
     await rest.pool_manager.close()  # never used: no connection yet
     connector = aiohttp.TCPConnector(limit=REQUESTS + streams, ssl=_tls_context(configuration),
                                      keepalive_timeout=IDLE_CONNECTION_SECONDS)
     rest.pool_manager = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
+
+
+def _loopback(host: str) -> bool:
+    """Never through a proxy, as in Go's net/http (kubectl's): urllib would send an API server on 127.0.0.1 to an
+    HTTPS_PROXY unless NO_PROXY names it."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tls_context(configuration: k8s.Configuration) -> ssl.SSLContext:

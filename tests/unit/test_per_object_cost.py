@@ -157,18 +157,22 @@ def test_kopf_keeps_no_essence_and_no_progress_per_event() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("env", "proxy"), [
-    ({"HTTPS_PROXY": "http://proxy.invalid:3128"}, "http://proxy.invalid:3128"),
-    ({"HTTPS_PROXY": "http://proxy.invalid:3128", "NO_PROXY": "127.0.0.1"}, None),
-    ({}, None),
+@pytest.mark.parametrize(("host", "env", "proxy"), [
+    ("api.cluster.invalid", {"HTTPS_PROXY": "http://proxy.invalid:3128"}, "http://proxy.invalid:3128"),
+    ("api.cluster.invalid", {"HTTPS_PROXY": "http://proxy.invalid:3128", "NO_PROXY": "api.cluster.invalid"}, None),
+    ("127.0.0.1", {"HTTPS_PROXY": "http://proxy.invalid:3128"}, None),  # loopback never: as Go's net/http
+    ("localhost", {"HTTPS_PROXY": "http://proxy.invalid:3128"}, None),
+    ("api.cluster.invalid", {}, None),
 ])
 async def test_the_api_client_reads_its_proxy_once_not_per_request(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], proxy: str | None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, env: dict[str, str], proxy: str | None) -> None:
     for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    api: Any = await load_client(str(kubeconfig(tmp_path)), streams=6)
+    path = kubeconfig(tmp_path)
+    path.write_text(path.read_text().replace("127.0.0.1", host))
+    api: Any = await load_client(str(path), streams=6)
     try:
         assert api.rest_client.proxy == proxy
         assert api.rest_client.pool_manager.trust_env is False
