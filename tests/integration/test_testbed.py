@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
 import json
 import ssl
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.kube import kubectl_json
 from tests.support.poll import eventually
 from tests.testbed import NODE_NAME, OPERATOR_USER, Testbed
+from tests.testbed.safety import BLACKHOLED, blackhole_routes, connect_error, proxy_vars_of
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +321,81 @@ def test_restart_of_etcd_and_apiserver_keeps_data_and_controllers(testbed: Testb
     testbed.apply_yaml(statefulset("after", tb_ns, 1))
     rollout(testbed, tb_ns, "after")
     assert pod_ready(get_json(testbed, "pod", "after-0", "-n", tb_ns))
+
+
+def test_no_packet_leaves_the_machine_from_the_control_plane(testbed: Testbed, tb_ns: str, operator: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §14, the part that needs no real node (so it is proven also where the real node is opted out):
+    blackhole routes for exactly the Service and kwok pod ranges, dials there fail at once (from the host and
+    from the apiserver following a webhook Service), and no proxy variable reaches a component or the operator
+    under test. The real node's part is test_real_node.py's test_no_packet_leaves_the_machine."""
+    report: list[str] = []
+    # 1. Blackhole routes for exactly the Service and kwok pod CIDRs.
+    routes = blackhole_routes()
+    assert set(BLACKHOLED) <= routes, routes
+    report.append(f"blackhole routes: {sorted(routes)}")
+
+    # 2. A ClusterIP and a kwok pod IP fail at once with the blackhole's EINVAL, from the host...
+    testbed.kubectl("create", "service", "clusterip", "probe", "-n", tb_ns, "--tcp=443:8443")
+    cluster_ip = kubectl_json(testbed, "get", "service", "probe", "-n", tb_ns)["spec"]["clusterIP"]
+    # Labelled for the Service's selector: the apiserver calls Service webhooks at their endpoints.
+    testbed.kubectl("run", "kwokpod", "-n", tb_ns, "--image=registry.invalid/none:1", "--restart=Never",
+                    "--labels=app=probe")
+
+    def kwok_pod() -> Any:
+        return kubectl_json(testbed, "get", "pod", "kwokpod", "-n", tb_ns)
+
+    kwok_ip = eventually(lambda: kwok_pod()["status"].get("podIP"), what="kwok pod IP")
+    assert kwok_pod()["spec"]["nodeName"] == NODE_NAME  # untolerating: kwok
+    for what, ip in (("ClusterIP", cluster_ip), ("kwok pod IP", kwok_ip)):
+        route = subprocess.run(["ip", "route", "get", ip], capture_output=True, text=True, check=False)
+        assert route.returncode != 0 or route.stdout.startswith("blackhole"), route
+        err, took = connect_error(ip, 443)
+        assert err == errno.EINVAL and took < 0.5, (what, ip, err, took)
+        report.append(f"connect {what} {ip}:443 -> {errno.errorcode.get(err or 0)} in {took * 1000:.1f} ms")
+
+    # ...and from the apiserver: a webhook behind a Service is dialled at its endpoint (aggregator routing),
+    # here the kwok pod's IP, and fails fast.
+    hook = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": f"blackhole-{tb_ns}"},
+        "webhooks": [{
+            "name": "blackhole.testbed.local",
+            "clientConfig": {"service": {"name": "probe", "namespace": tb_ns, "port": 443},
+                             "caBundle": testbed.ca_b64},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": tb_ns}},
+            "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        }],
+    }
+    testbed.apply_yaml(json.dumps(hook))
+    try:
+        def denied() -> str | None:
+            result = testbed.kubectl("create", "configmap", "x", "-n", tb_ns, check=False)
+            return result.stderr if "failed calling webhook" in result.stderr else None
+
+        t0 = time.monotonic()
+        message = eventually(denied, timeout=30, what="the webhook call to be attempted")
+        assert "invalid argument" in message, message
+        assert kwok_ip in message, message
+        report.append(f"apiserver -> webhook Service {cluster_ip} (endpoint {kwok_ip}): ...{message.strip()[-120:]}")
+        assert time.monotonic() - t0 < 30
+    finally:
+        testbed.kubectl("delete", "validatingwebhookconfiguration", f"blackhole-{tb_ns}", check=False)
+
+    # 3. No proxy variable reaches a component or the operator, even when the test session has them.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    testbed.stop_component("kwok")
+    testbed.start_component("kwok")
+    operator.stop()
+    operator.start()
+    pids = {n: testbed.pid(n) for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                          "kwok")} | {"operator": operator.proc.pid}
+    for name, pid in pids.items():
+        assert pid is not None, f"{name} not running"
+        assert proxy_vars_of(pid) == [], f"{name} has proxy variables {proxy_vars_of(pid)}"
+    report.append(f"proxy variables in {sorted(pids)}: none (kwok and the operator restarted with HTTPS_PROXY set)")
+    print("\n[safety] " + "\n[safety] ".join(report))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from tests.support.paths import ROOT
 from tests.support.poll import eventually
 from tests.testbed.cluster import die_with_parent
 from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
+from tests.testbed.safety import clean_env
 
 OPERATOR_NAMESPACE = "operator-home"  # what the session's operator is told its namespace is
 
@@ -44,7 +44,7 @@ class OperatorProcess:
         args = [sys.executable, "-m", "dittoctl", "run", "--kubeconfig", self.kubeconfig,
                 "--health-host", "127.0.0.1", "--health-port", str(self.health_port),
                 "--server-address", "pod", "--provision-networks", REAL_NODE_SUBNET, *self.extra]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**clean_env(), "PYTHONUNBUFFERED": "1", **self.env}  # no proxy: its API traffic stays here
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      preexec_fn=die_with_parent())

@@ -19,6 +19,7 @@ from tests.support.net import free_port
 from tests.support.process import stop_process
 from tests.testbed.cluster import die_with_parent
 from tests.testbed.paths import cert_manager_binary, cert_manager_crds
+from tests.testbed.safety import clean_env
 
 CRD_NAMES = ("certificaterequests", "certificates", "challenges", "clusterissuers", "issuers", "orders")
 
@@ -44,14 +45,14 @@ class CertManager:
             [str(self.binary), "--kubeconfig", str(self.testbed.kubeconfig), "--leader-elect=false",
              f"--namespace={self.namespace}", f"--cluster-resource-namespace={self.namespace}",
              f"--metrics-listen-address=127.0.0.1:{free_port()}", "--v=2"],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+            stdout=log, stderr=subprocess.STDOUT, env=clean_env(), preexec_fn=die_with_parent())
         log.close()
         if self.cainjector is not None:
             log = self.cainjector_log_path.open("ab")
             self.injector = subprocess.Popen(
                 [str(self.cainjector), "--kubeconfig", str(self.testbed.kubeconfig), "--leader-elect=false",
                  f"--namespace={self.namespace}", "--v=2"],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+                stdout=log, stderr=subprocess.STDOUT, env=clean_env(), preexec_fn=die_with_parent())
             log.close()
         return self
 

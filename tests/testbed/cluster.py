@@ -39,7 +39,7 @@ from .paths import Binaries
 from .pki import CertificateAuthority, ClusterPKI
 from .procs import Components
 from .provisioner import PROVISIONER_NAME, FakeProvisioner
-from .safety import clean_env, ensure_blackhole_routes, remove_routes
+from .safety import clean_env, ensure_blackhole_routes
 
 OPERATOR_USER = "dittofs-operator"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -277,7 +277,6 @@ class Testbed(Components):
             self._api.close()
         for name in reversed(COMPONENTS):
             self.stop_component(name)
-        remove_routes(self.added_routes)
         if self.keep:
             print(f"[testbed] keeping {self.workdir}", file=sys.stderr)
         elif self._own_workdir:
@@ -298,11 +297,10 @@ class Testbed(Components):
             node.stop()
 
     def _install_routes(self) -> None:
-        if os.geteuid() != 0:
-            print("[testbed] not root: cannot install the blackhole routes for the Service and kwok pod CIDRs; "
-                  "nothing stops a ClusterIP dial from leaving the host", file=sys.stderr)
-            return
-        self.added_routes = ensure_blackhole_routes()
+        try:
+            self.added_routes = ensure_blackhole_routes()
+        except PermissionError as exc:
+            raise TestbedError(str(exc)) from None
         self.routes_installed = True
 
     def stop_component(self, name: str, grace: float = 10.0) -> int | None:
@@ -347,8 +345,9 @@ class Testbed(Components):
     # ------------------------------------------------------------------ helpers for tests
 
     def env(self) -> dict[str, str]:
-        """os.environ plus KUBECONFIG (admin) and PATH with every test-bed binary directory first."""
-        env = dict(os.environ)
+        """os.environ without proxy variables, plus KUBECONFIG (admin) and PATH with every test-bed binary
+        directory first."""
+        env = clean_env()
         env["KUBECONFIG"] = str(self.kubeconfig)
         dirs = [str(d) for d in self.binaries.bin_dirs()]
         env["PATH"] = os.pathsep.join([*dirs, env.get("PATH", "")])

@@ -37,6 +37,7 @@ from .cluster import Testbed
 from .fileservice import SHARE, admin_rest, nfs_get, nfs_put, nfs_url, smb_get
 from .node import SUBNET, RealNode, preflight
 from .paths import Binaries, ensure_binaries
+from .safety import clean_env
 from .webhook import install_webhook
 
 SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
@@ -67,7 +68,7 @@ def start_operator(tb: Testbed, workdir: Path, *, webhook: bool = True) -> tuple
     args = _operator_args(tb, certs, health, hook if webhook else None)
     log = (workdir / "operator.log").open("ab")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env=clean_env(PYTHONUNBUFFERED="1"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

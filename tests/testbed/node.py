@@ -37,7 +37,7 @@ from tests.support.net import free_port
 from .api import ApiError
 from .images import build_archive, dfs_image, import_archive, pause_image, pg_isready_image
 from .procs import Components
-from .safety import clean_env
+from .safety import clean_env, missing_blackhole_routes
 
 if TYPE_CHECKING:
     from .cluster import Testbed
@@ -163,15 +163,24 @@ def _pod_cgroup_pids(ours: dict[str, list[str]] | None = None) -> list[int]:
     return sorted(set(pids))
 
 
+def _kubelet_running() -> bool:
+    return any(entry.name.isdigit() and Path(_pid_cmdline(int(entry.name)).split(" ", 1)[0]).name == "kubelet"
+               for entry in Path("/proc").iterdir())
+
+
 def snapshot_host() -> dict[str, Any]:
-    """What the node will change, as the host has it now."""
+    """What the node will change, as the host has it now. With no kubelet running on the host, the kubelet's
+    cgroups, the CNI's netns and our bridge are a run's leftovers whose record was lost, never the host's own:
+    left out, so that this run's teardown removes them instead of taking them for the baseline."""
+    ours = not _kubelet_running()
+    netns = sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else []
     return {
         "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
         "absent_paths": [p for p in STRAY_PATHS if not os.path.lexists(p)],
-        "netns": sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else [],
-        "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir()) for h in CGROUP_ROOT.iterdir()
-                    if h.is_dir() and not h.is_symlink()},
-        "bridge_existed": Path(f"/sys/class/net/{BRIDGE}").exists(),
+        "netns": [n for n in netns if not (ours and n.startswith("cni-"))],
+        "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir() and not (ours and c.name == "kubepods"))
+                    for h in CGROUP_ROOT.iterdir() if h.is_dir() and not h.is_symlink()},
+        "bridge_existed": not ours and Path(f"/sys/class/net/{BRIDGE}").exists(),
     }
 
 
@@ -230,10 +239,12 @@ def restore_host(state: dict[str, Any], log: Callable[[str], None]) -> list[str]
                 problems.append(f"cgroup left: {top}")
     # 5. sysctls, stray paths.
     for name, value in state.get("sysctls", {}).items():
-        with contextlib.suppress(OSError):
+        try:
             if _read_sysctl(name) != value:
                 (Path("/proc/sys") / name).write_text(value)
                 log(f"restored sysctl {name}={value}")
+        except OSError as exc:
+            problems.append(f"sysctl {name} not restored to {value}: {exc}")
     for path in state.get("absent_paths", []):
         if os.path.lexists(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -304,6 +315,8 @@ class RealNode(Components):
 
     def start(self) -> None:
         reasons = preflight(self.tb.binaries.kubelet)
+        if missing := missing_blackhole_routes():  # a pod could otherwise reach a ClusterIP or kwok pod IP
+            reasons.append(f"the blackhole routes {missing} are missing (the control plane installs them)")
         if reasons:
             raise RealNodeError("the real node cannot start on this host:\n  - " + "\n  - ".join(reasons))
         if self._lock_fd is not None:
@@ -348,9 +361,10 @@ class RealNode(Components):
                 problems = restore_host(self._state, self.log)
                 with contextlib.suppress(Exception):
                     self.tb.api.call("DELETE", f"/api/v1/nodes/{NODE_NAME}", ok=(404,))
-                STATE_FILE.unlink(missing_ok=True)
-                if problems:
-                    self.log("teardown left: " + "; ".join(problems))
+                if problems:  # the record stays: the next start retries from the host's real baseline
+                    self.log(f"TEARDOWN LEFT: {'; '.join(problems)} (kept {STATE_FILE}; the next start retries)")
+                else:
+                    STATE_FILE.unlink(missing_ok=True)
         finally:
             os.close(self._lock_fd)
             self._lock_fd = None

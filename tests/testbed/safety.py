@@ -9,8 +9,11 @@ and kwok pod CIDRs are blackholed: a broader range can cut off the machine's DNS
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Mapping
+from pathlib import Path
 
 SERVICE_CIDR = "10.96.0.0/12"  # contains the apiserver's --service-cluster-ip-range
 KWOK_POD_CIDR = "10.244.0.0/16"  # kwok --cidr
@@ -36,9 +39,12 @@ def blackhole_routes() -> set[str]:
 
 
 def ensure_blackhole_routes() -> list[str]:
-    """Install the missing blackhole routes; returns the ones added (to remove at teardown).
+    """Install the missing blackhole routes; returns the ones added. They are left in place at teardown:
+    another test bed on the host (a demo, a second run) may still rely on them, and they cover only the
+    test bed's own ranges.
 
-    Raises ``PermissionError`` when a route is missing and cannot be added (not root).
+    Raises ``PermissionError`` when a route is missing and cannot be added (not root): a test bed without them
+    would let a ClusterIP or kwok pod IP dial leave the machine.
     """
     present = blackhole_routes()
     added: list[str] = []
@@ -47,11 +53,32 @@ def ensure_blackhole_routes() -> list[str]:
             continue
         proc = subprocess.run(["ip", "route", "add", "blackhole", cidr], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise PermissionError(f"cannot install blackhole route {cidr}: {proc.stderr.strip()}")
+            raise PermissionError(
+                f"cannot install blackhole route {cidr} ({proc.stderr.strip()}); without it a dial to a ClusterIP "
+                f"or kwok pod IP would leave the machine. Run as root, or have root run once: "
+                + "; ".join(f"ip route replace blackhole {c}" for c in BLACKHOLED))
         added.append(cidr)
     return added
 
 
-def remove_routes(cidrs: list[str]) -> None:
-    for cidr in cidrs:
-        subprocess.run(["ip", "route", "del", "blackhole", cidr], capture_output=True, check=False)
+def missing_blackhole_routes() -> list[str]:
+    return sorted(set(BLACKHOLED) - blackhole_routes())
+
+
+def proxy_vars_of(pid: int) -> list[str]:
+    """The proxy variables in a running process's environment."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return [name for name in (item.decode(errors="replace").split("=", 1)[0] for item in raw if b"=" in item)
+            if is_proxy_var(name)]
+
+
+def connect_error(ip: str, port: int) -> tuple[int | None, float]:
+    """(errno of a TCP connect to ``ip:port``, seconds it took); errno None: it connected."""
+    t0 = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect((ip, port))
+        except OSError as exc:
+            return exc.errno, time.monotonic() - t0
+    return None, time.monotonic() - t0
