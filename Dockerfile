@@ -11,15 +11,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY dittoctl/ dittoctl/
 COPY reconciler/ reconciler/
 COPY webhook/ webhook/
 COPY certs/ certs/
-# The wheel pins nothing new: its dependencies come from pyproject.toml.
+# The wheel's dependencies come from pyproject.toml, at the versions CI tested (constraints.txt).
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -m venv --without-pip /opt/venv \
-    && python -m pip --python /opt/venv/bin/python install --no-cache-dir --compile /wheels/*.whl \
+    && python -m pip --python /opt/venv/bin/python install --no-cache-dir --compile -c constraints.txt /wheels/*.whl \
     && /opt/venv/bin/dittoctl --help > /dev/null
 
 FROM python:3.11-slim-bookworm

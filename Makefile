@@ -5,13 +5,17 @@ VENV := .venv/bin
 bootstrap:
 	bash scripts/bootstrap.sh
 
+# What the targets below need: on a fresh clone they bootstrap first (once; later runs find the venv).
+$(VENV)/python:
+	bash scripts/bootstrap.sh
+
 demo: bootstrap
 	$(VENV)/python -m tests.testbed demo
 
 cluster: bootstrap
 	$(VENV)/python -m tests.testbed up
 
-lint:
+lint: $(VENV)/python
 	$(VENV)/ruff check .
 	$(VENV)/mypy
 	$(VENV)/lint-imports
@@ -19,16 +23,16 @@ lint:
 test: bootstrap lint
 	$(VENV)/python -m pytest -p no:cacheprovider -q -ra --durations=15
 
-unit:
+unit: $(VENV)/python
 	$(VENV)/python -m pytest -q tests/unit
 
 bench: bootstrap
 	$(VENV)/python -m bench
 
-crd:
+crd: $(VENV)/python
 	$(VENV)/dittoctl crd > config/crd/dittoservers.yaml
 
-golden:
+golden: $(VENV)/python
 	UPDATE_GOLDEN=1 $(VENV)/python -m pytest -q tests/unit/test_builders.py
 
-chart manifests: ; UPDATE_CHART=1 $(VENV)/python -m pytest -q -p no:cacheprovider tests/unit/test_chart.py  # sync the chart CRD copy, render config/install
+chart manifests: $(VENV)/python ; UPDATE_CHART=1 $(VENV)/python -m pytest -q -p no:cacheprovider tests/unit/test_chart.py  # sync the chart CRD copy, render config/install

@@ -36,7 +36,11 @@ from pathlib import Path
 from typing import Any
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
-PACKAGE_ROOTS = ("site-packages/", "/work/main/", "lib/python3.11/")
+# The checkout the profiled operator runs from: this one, or another (CI's clone, bench.compare's worktree); its
+# own packages are named from there, as site-packages' are.
+PROJECT_PACKAGES = ("dittoctl", "reconciler", "webhook", "certs", "bench", "tests")
+PACKAGE_ROOTS = ("site-packages/", "lib/python3.11/")
+_PROJECT_FILE = re.compile(rf"^/.*?/(?=(?:{'|'.join(PROJECT_PACKAGES)})/)")
 WIDTH, ROW, FONT = 1600.0, 17, 11
 RATE_HZ = 100  # py-spy's rate here, and the rate Go's CPU profiler always samples at
 SAMPLE_S = 1 / RATE_HZ
@@ -70,7 +74,7 @@ def _short(path: str) -> str:
     for root in PACKAGE_ROOTS:
         if root in path:
             return path.split(root, 1)[1]
-    return path
+    return _PROJECT_FILE.sub("", path, count=1)
 
 
 def frame_name(frame: str) -> str:

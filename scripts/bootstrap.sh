@@ -10,10 +10,10 @@ say() { printf '[bootstrap +%4ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then say "creating .venv"; "$PY" -m venv .venv; fi
 if ! .venv/bin/python -c 'import dittoctl, kopf, kubernetes_asyncio, pytest, hypothesis' 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
-  say "installing the project and its test extra into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+   || [ pyproject.toml -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
+  say "installing the project and its test extra into .venv (versions from constraints.txt)"
+  .venv/bin/python -m pip install -q -c constraints.txt pip
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
   touch .venv/.installed
 else
   say "cached: .venv"
@@ -22,7 +22,8 @@ fi
 if [ "${SKIP_POSTGRES:-0}" != 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   say "installing PostgreSQL (Debian) for the contract tests"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
   # Debian starts a cluster on 5432; the tests run their own on free ports, so stop it.
   $SUDO service postgresql stop >/dev/null 2>&1 || true
 else
@@ -34,8 +35,8 @@ fi
 if [ "${SKIP_IDENTITY:-0}" != 1 ] && { [ ! -x /usr/sbin/slapd ] || [ ! -x /usr/bin/ktutil ]; }; then
   say "installing slapd and krb5-user (Debian) for the identity contract tests"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    slapd krb5-user >/dev/null
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends slapd krb5-user >/dev/null
   $SUDO service slapd stop >/dev/null 2>&1 || true
 else
   say "cached: slapd, ktutil"
@@ -60,7 +61,9 @@ elif [ -z "$node_missing" ]; then
   say "cached: real-node packages"
 elif [ "$(id -u)" = 0 ]; then
   say "installing real-node packages (Debian):$node_missing missing"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $NODE_PKGS >/dev/null
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $NODE_PKGS >/dev/null
+  for b in $NODE_BINS; do [ -x "$b" ] || { say "ERROR: $b still missing after installing $NODE_PKGS"; exit 1; }; done
 else
   say "WARNING: not root, cannot install the real-node packages ($NODE_PKGS); real-node tests will fail"
 fi

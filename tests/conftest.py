@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ import pytest
 
 from tests.support import prereqs
 from tests.testbed import Testbed, ensure_binaries
-from tests.testbed.node import NOT_PROVEN, RealNode
+from tests.testbed.node import NOT_PROVEN, RealNode, real_node_opted_out
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +46,7 @@ def real_node(testbed: Testbed, pytestconfig: pytest.Config) -> Iterator[RealNod
     it fails the test loudly with the reason. ``DITTOFS_TESTBED_REAL_NODE=0`` turns it off (never on CI)
     and says what is then not proven.
     """
-    if os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0" and os.environ.get("CI", "").lower() not in ("1", "true"):
+    if real_node_opted_out():
         # The "NOT PROVEN (opted out" prefix is what marks an explicit opt-out (tests/support/prereqs.py).
         pytest.skip("NOT PROVEN (opted out by DITTOFS_TESTBED_REAL_NODE=0): " + "; ".join(NOT_PROVEN))
     capman = pytestconfig.pluginmanager.getplugin("capturemanager")

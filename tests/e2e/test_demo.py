@@ -18,6 +18,7 @@ from typing import IO
 import pytest
 
 from tests.support.paths import ROOT
+from tests.testbed.node import real_node_opted_out
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def test_demo_reaches_ready_and_survives_an_operator_exit() -> None:
         read_until(demo.stdout, "Ctrl-C tears everything down", seen, 30)
         text = "".join(seen)
         assert "1/1" in text and "Running" in text
-        if os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0":
+        if real_node_opted_out():
             assert "pods are SIMULATED by kwok" in text, text
         else:
             # The real dfs served the declared user over both protocols, and the demo says how, never with a

@@ -35,7 +35,7 @@ from tests.support.paths import CRD, CRD_NAME, ROOT, SAMPLES
 
 from .cluster import Testbed
 from .fileservice import SHARE, admin_rest, nfs_get, nfs_put, nfs_url, smb_get
-from .node import SUBNET, RealNode, preflight
+from .node import SUBNET, RealNode, preflight, real_node_opted_out
 from .paths import Binaries, ensure_binaries
 from .safety import clean_env
 from .webhook import install_webhook
@@ -85,7 +85,7 @@ def start_operator(tb: Testbed, workdir: Path, *, webhook: bool = True) -> tuple
 
 def real_node_reasons(bins: Binaries) -> list[str]:
     """Why the demo cannot use the real node (empty: it can)."""
-    if os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0":
+    if real_node_opted_out():
         return ["DITTOFS_TESTBED_REAL_NODE=0"]
     return preflight(bins.kubelet)
 

@@ -101,6 +101,12 @@ class RealNodeError(RuntimeError):
     """The real node could not start (the message says why) or misbehaved."""
 
 
+def real_node_opted_out() -> bool:
+    """``DITTOFS_TESTBED_REAL_NODE=0``, honoured everywhere but on CI (``CI=true``), where all is proven."""
+    return (os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0"
+            and os.environ.get("CI", "").lower() not in ("1", "true"))
+
+
 def preflight(kubelet: Path) -> list[str]:
     """Reasons this host cannot run the real node (empty: it can)."""
     reasons: list[str] = []

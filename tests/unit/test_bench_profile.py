@@ -29,6 +29,10 @@ RAW = "\n".join([
 
 def test_frames_lose_their_line_and_their_install_prefix() -> None:
     assert frame_name("run (/x/.venv/lib/python3.11/site-packages/kopf/_core/a.py:9)") == "run (kopf/_core/a.py)"
+    # The project's own files from any checkout: CI's clone, bench.compare's worktree.
+    for root in ("/work/main", "/tmp/ci-check", "/tmp/dittofs-compare-x1/base"):
+        assert frame_name(f"pass_ ({root}/reconciler/reconcile.py:80)") == "pass_ (reconciler/reconcile.py)"
+        assert package_of(frame_name(f"f ({root}/dittoctl/kube/gateway.py:9)")) == "dittoctl"
     assert package_of("run (kopf/_core/a.py)") == "kopf"
     assert package_of("deepcopy (/usr/lib/python3.11/copy.py:128)") == "copy"
 
