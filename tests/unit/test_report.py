@@ -8,7 +8,7 @@ import json
 import tarfile
 
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dittoctl.report import REDACTED, Bundle, _operator_lines, _secret_values, redact, secret_forms
@@ -54,6 +54,7 @@ def test_names_are_not_treated_as_secrets() -> None:
     assert secret_forms([b"abc"]) == [], "values shorter than 4 bytes are not hunted (they would shred the text)"
 
 
+@settings(deadline=None)  # unit tests run last, beside the session's control plane: no per-example clock
 @given(st.binary(min_size=4, max_size=40), st.text(max_size=200))
 def test_redaction_leaves_no_form_of_the_value(value: bytes, noise: str) -> None:
     forms = secret_forms([value])
