@@ -154,7 +154,7 @@ def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator
     printed = testbed.kubectl("get", "ditto", "demo", "-n", namespace).stdout
     assert "1/1" in printed and "Running" in printed
     wide = testbed.kubectl("get", "ditto", "demo", "-n", namespace, "-o", "wide").stdout
-    assert "SHARES" in wide and "/export" in wide and f"demo-file.{namespace}.svc:12049" in wide, wide
+    assert "SHARE" in wide and "/export" in wide and f"demo-file.{namespace}.svc:12049" in wide, wide
     assert status["adapters"] == [{"type": "nfs", "port": 12049, "enabled": True, "listening": True},
                                   {"type": "smb", "port": 1445, "enabled": False, "listening": False}]
     print(f"\n[real-node] dfs RSS {dfs_rss_mib():.0f} MiB (one minimal server, provisioned)", file=sys.stderr)
