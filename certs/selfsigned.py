@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ CA_DAYS = 3650
 LEAF_DAYS = 365
 RENEW_FRACTION = 1 / 3
 _SKEW = timedelta(minutes=5)  # backdate notBefore: peers' clocks are not perfectly in sync
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", re.DOTALL)
+# After a CA switch, passes (of every replica: each reads the Secret once per interval) before the old CA goes.
+SETTLE_PASSES = 3
 CA_CERT, CA_KEY, PREVIOUS_CA = "ca.crt", "ca.key", "ca-previous.crt"
 TLS_CERT, TLS_KEY = "tls.crt", "tls.key"
 
@@ -178,10 +182,9 @@ def signed_by(cert_pem: bytes, ca_pem: bytes) -> bool:
     """Issued by the CA in ``ca_pem``, or by one of them when it is a bundle."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        issuers = x509.load_pem_x509_certificates(ca_pem)
     except ValueError:
         return False
-    for issuer in issuers:
+    for issuer in _certificates(ca_pem):
         try:
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
@@ -316,6 +319,10 @@ class SelfSignedManager:
             log.info("self-signed webhook CA created", extra=fields(not_after=not_after(ca.cert_pem).isoformat()))
         if previous is not None and (kept := _still_trusted(previous, ca.cert_pem, now)) != previous:
             previous, changed = kept, True
+        if previous is not None and leaf is not None and self._settled(leaf, ca, now):
+            # Every replica has had time to serve the new CA's leaf: the old CA (maybe one a deleted Secret was
+            # regenerated to get rid of) is trusted no longer.
+            previous, changed = None, True
         bundle = ca.cert_pem + (previous or b"")
         # Until the bundle with the new CA is published, keep serving a leaf the apiserver trusts today.
         old_leaf_ok = (leaf is not None and previous is not None and self.published_bundle != bundle
@@ -397,6 +404,16 @@ class SelfSignedManager:
         self._said = None
         return True
 
+    def _settled(self, leaf: KeyPair, ca: KeyPair, now: datetime) -> bool:
+        """The leaf is the new CA's and was issued long enough ago that every replica's pass (one per interval)
+        has read it from the Secret and serves it."""
+        try:
+            issued = x509.load_pem_x509_certificate(leaf.cert_pem).not_valid_before_utc + _SKEW
+        except ValueError:
+            return False
+        settle = timedelta(seconds=SETTLE_PASSES * self.interval)
+        return signed_by(leaf.cert_pem, ca.cert_pem) and now - issued >= settle
+
     def _say(self, problem: str) -> None:
         if problem != self._said:  # each distinct problem once, not once per 5 s retry
             self._said = problem
@@ -418,13 +435,18 @@ class SelfSignedManager:
             self.on_files_written()
 
 
+def _certificates(pems: bytes) -> list[x509.Certificate]:
+    """The readable certificates of a bundle (one bad block does not cost the others)."""
+    certs = []
+    for block in _PEM_BLOCK.findall(pems):
+        with contextlib.suppress(ValueError):
+            certs.append(x509.load_pem_x509_certificate(block))
+    return certs
+
+
 def _still_trusted(pems: bytes, ca_pem: bytes, now: datetime) -> bytes | None:
     """The certificates of a bundle worth keeping beside ``ca_pem``: readable, unexpired, not ``ca_pem``."""
-    try:
-        certs = x509.load_pem_x509_certificates(pems)
-    except ValueError:
-        return None  # unreadable: drop it
-    kept = [c.public_bytes(serialization.Encoding.PEM) for c in certs if c.not_valid_after_utc > now]
+    kept = [c.public_bytes(serialization.Encoding.PEM) for c in _certificates(pems) if c.not_valid_after_utc > now]
     return b"".join(c for c in kept if c != ca_pem) or None
 
 

@@ -346,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
            metavar="SECONDS",
            help="after a stop signal, keep answering admission requests (unready) this long, until the "
                 "apiserver stops routing to this pod (in a cluster: a few seconds; the chart sets 5); a second "
-                "signal stops at once")
+                "stop signal ends the delay")
     option("--workers", "WORKERS", "32", "a whole number of at least 1", _count,
            help="concurrent reconciles; passes mostly wait on the API, not the CPU")
     run.set_defaults(func=cmd_run)

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS
 from dittoctl.kube import heap, metrics
-from dittoctl.kube.gateway import Gateway, load_client
+from dittoctl.kube.gateway import Gateway, kubeconfig_files, load_client
 from dittoctl.kube.logs import fields
 from reconciler.context import Provisioning
 from reconciler.handlers import Controller, configure_persistence, register, watch_streams
@@ -173,8 +173,8 @@ def kopf_settings(settings: kopf.OperatorSettings) -> None:
 async def run(settings: RunSettings, stop: asyncio.Event | None = None, hurry: asyncio.Event | None = None) -> None:
     """Serve until ``stop``; ``hurry`` (a second stop signal) cuts the shutdown delay short."""
     stop, hurry = stop or asyncio.Event(), hurry or asyncio.Event()
-    if settings.kubeconfig:
-        os.environ["KUBECONFIG"] = settings.kubeconfig
+    if settings.kubeconfig:  # kopf's login reads it: the same existing files as the operator's own client
+        os.environ["KUBECONFIG"] = os.pathsep.join(kubeconfig_files(settings.kubeconfig)) or settings.kubeconfig
     api = await load_client(settings.kubeconfig,
                             streams=watch_streams(settings.namespaces) if settings.reconciler else 0)
     gateway = Gateway(api)
@@ -286,7 +286,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None, hurry: a
         if webhook is not None:
             if settings.shutdown_delay > 0 and not hurry.is_set():
                 health.stopping = True
-                log.info("answering admission requests until the shutdown delay ends (a second signal stops now)",
+                log.info("answering admission requests until the shutdown delay ends (a second stop signal ends it)",
                          extra=fields(seconds=settings.shutdown_delay))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(hurry.wait(), settings.shutdown_delay)

@@ -59,11 +59,18 @@ LOG_TAIL_LINES = 2000
 OPERATOR_SELECTOR = "app.kubernetes.io/name=dittofs-operator"
 OPERATOR_CONTAINER = "operator"
 # `"password": "x"`, `password: x`, `bind_password=x`, ... in JSON, YAML and logs.
-_SECRET_KEY = r"[A-Za-z_]*(?:password|passwd|secret|token|access_key_id|accesskeyid|secret_access_key)[A-Za-z_]*"
-# The value stays on the key's line (YAML's `passwordSecretRef:` opens a mapping); keys that name a reference, a
-# duration or a flag (`passwordSecretRef`, `accessTokenDuration`, `secretFound`) hold no secret.
-_SECRET_FIELD = re.compile(rf'(?i)("?{_SECRET_KEY}(?-i:(?<!Ref)(?<!Duration)(?<!Found))"?[ \t]*[:=][ \t]*)'
-                           r'("(?:[^"\\]|\\.)*"|[^\s,}]+)')
+_SECRET_WORD = re.compile(r"password|passwd|secret|token|access_?key_?id|secret_access_key", re.IGNORECASE)
+# A key, then its value on the same line (YAML's `passwordSecretRef:` opens a mapping). The key is a whole word
+# (\b: never retried from inside one, so a long run of letters costs one pass), judged in `_secret_key`.
+_KEYED_VALUE = re.compile(r'("?)\b([A-Za-z_][A-Za-z0-9_]*)\1[ \t]*[:=][ \t]*("(?:[^"\\]|\\.)*"|[^\s,}]+)')
+
+
+def _secret_key(key: str) -> bool:
+    """Names a secret: not a reference, a duration or a flag (`passwordSecretRef`, `accessTokenDuration`,
+    `secretFound`)."""
+    return _SECRET_WORD.search(key) is not None and not key.endswith(("Ref", "Duration", "Found"))
+
+
 # (file in the bundle, path); /health lives outside the versioned API.
 _REST_READS = (("health", "/health"), *((p.lstrip("/"), f"{API}{p}") for p in (
     "/adapters", "/adapters/nfs/settings", "/adapters/smb/settings", "/store/metadata", "/store/block/local",
@@ -95,14 +102,15 @@ def redact(text: str, forms: Iterable[str]) -> tuple[str, int]:
             text = text.replace(form, REDACTED)
 
     def mask(match: re.Match[str]) -> str:
-        value = match.group(2)
-        if value.strip('"') in ("", REDACTED, "null", "none", "********"):
+        value = match.group(3)
+        if not _secret_key(match.group(2)) or value.strip('"') in ("", REDACTED, "null", "none", "********"):
             return match.group(0)
         nonlocal count
         count += 1
-        return match.group(1) + (f'"{REDACTED}"' if value.startswith('"') else REDACTED)
+        prefix = match.group(0)[: match.start(3) - match.start()]
+        return prefix + (f'"{REDACTED}"' if value.startswith('"') else REDACTED)
 
-    return _SECRET_FIELD.sub(mask, text), count
+    return _KEYED_VALUE.sub(mask, text), count
 
 
 @dataclass

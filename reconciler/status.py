@@ -153,7 +153,7 @@ def conditions(obs: Observation) -> list[Cond]:
                            "waiting for: " + "; ".join(obs.config_errors)[:1000])
     elif obs.statefulset is None and obs.config_errors:
         progressing = Cond(T.PROGRESSING, False, R.RECONCILE_COMPLETE,
-                           "StatefulSet not created: the spec is invalid (see ConfigReady)")
+                           f"StatefulSet not created: ConfigReady is False ({obs.config_reason})")
     elif obs.statefulset is None:
         progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING, "StatefulSet not created yet")
     elif done:

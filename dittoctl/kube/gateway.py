@@ -107,11 +107,26 @@ class NoCredentials(ApiError):
         return self.detail
 
 
+def kubeconfig_files(kubeconfig: str) -> list[str]:
+    """The files of a kubeconfig list (``KUBECONFIG=a:b``) that exist, in order: kubectl skips the others."""
+    return [p for p in (os.path.expanduser(x) for x in kubeconfig.split(os.pathsep) if x) if os.path.exists(p)]
+
+
+def _current_context(files: list[str]) -> str | None:
+    """kubectl's rule: the first file that sets current-context names it (kubernetes_asyncio's merge takes the
+    last, kopf's login the first: told explicitly, the operator's client and kopf's agree)."""
+    for path in files:
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            config = yaml.safe_load(Path(path).read_text())
+            if isinstance(config, dict) and config.get("current-context"):
+                return str(config["current-context"])
+    return None
+
+
 def _credentials_problem(kubeconfig: str | None) -> str | None:
     """Checked first: the loaders print their own line and raise a vaguer error for a missing file."""
-    if kubeconfig:  # a list, as in KUBECONFIG=a:b, which the loader merges
-        paths = [os.path.expanduser(p) for p in kubeconfig.split(os.pathsep) if p]
-        return None if any(os.path.exists(p) for p in paths) else f"kubeconfig {kubeconfig} does not exist"
+    if kubeconfig:
+        return None if kubeconfig_files(kubeconfig) else f"kubeconfig {kubeconfig} does not exist"
     if os.environ.get("KUBERNETES_SERVICE_HOST") or os.path.exists(os.path.expanduser("~/.kube/config")):
         return None
     return "no --kubeconfig, no KUBECONFIG, no ~/.kube/config, and not inside a cluster"
@@ -121,17 +136,21 @@ IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def default_namespace(kubeconfig: str | None = None) -> str:
-    """The namespace kubectl would use without -n: the current context's, in a pod its own, else "default"."""
-    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    namespace = None
-    if any(os.path.exists(os.path.expanduser(p)) for p in path.split(os.pathsep) if p):
-        with contextlib.suppress(Exception):  # an unusable kubeconfig: load_client says why, with the fix
-            _, current = k8s_config.list_kube_config_contexts(path)
-            namespace = ((current or {}).get("context") or {}).get("namespace")
-    if not namespace and not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+    """The namespace kubectl would use without -n, from where ``load_client`` takes its credentials: the
+    kubeconfig's current context, or in a pod without one the pod's own; else "default"."""
+    if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
         with contextlib.suppress(OSError):
-            namespace = Path(IN_CLUSTER_NAMESPACE).read_text().strip()
-    return str(namespace or "default")
+            if namespace := Path(IN_CLUSTER_NAMESPACE).read_text().strip():
+                return namespace
+    files = kubeconfig_files(kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config")
+    if not files or (current := _current_context(files)) is None:
+        return "default"
+    with contextlib.suppress(Exception):  # an unusable kubeconfig: load_client says why, with the fix
+        contexts, _ = k8s_config.list_kube_config_contexts(os.pathsep.join(files))
+        for context in contexts:
+            if context.get("name") == current:
+                return str((context.get("context") or {}).get("namespace") or "default")
+    return "default"
 
 
 async def load_client(kubeconfig: str | None = None, *, streams: int = 0) -> k8s.ApiClient:
@@ -142,7 +161,9 @@ async def load_client(kubeconfig: str | None = None, *, streams: int = 0) -> k8s
     try:
         if kubeconfig:
             configuration = k8s.Configuration()
-            await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            files = kubeconfig_files(kubeconfig)
+            await k8s_config.load_kube_config(config_file=os.pathsep.join(files), context=_current_context(files),
+                                              client_configuration=configuration)
         else:
             try:
                 configuration = k8s.Configuration()

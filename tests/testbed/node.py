@@ -169,24 +169,16 @@ def _pod_cgroup_pids(ours: dict[str, list[str]] | None = None) -> list[int]:
     return sorted(set(pids))
 
 
-def _kubelet_running() -> bool:
-    return any(entry.name.isdigit() and Path(_pid_cmdline(int(entry.name)).split(" ", 1)[0]).name == "kubelet"
-               for entry in Path("/proc").iterdir())
-
-
 def snapshot_host() -> dict[str, Any]:
-    """What the node will change, as the host has it now. With no kubelet running on the host, the kubelet's
-    cgroups, the CNI's netns and our bridge are a run's leftovers whose record was lost, never the host's own:
-    left out, so that this run's teardown removes them instead of taking them for the baseline."""
-    ours = not _kubelet_running()
-    netns = sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else []
+    """What the node will change, as the host has it now. What a kubelet, a CNI or podman of the host's own made
+    is part of it and never touched; leftovers of an earlier run are cleaned from that run's kept record."""
     return {
         "sysctls": {name: _read_sysctl(name) for name in SYSCTLS},
         "absent_paths": [p for p in STRAY_PATHS if not os.path.lexists(p)],
-        "netns": [n for n in netns if not (ours and n.startswith("cni-"))],
-        "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir() and not (ours and c.name == "kubepods"))
-                    for h in CGROUP_ROOT.iterdir() if h.is_dir() and not h.is_symlink()},
-        "bridge_existed": not ours and Path(f"/sys/class/net/{BRIDGE}").exists(),
+        "netns": sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else [],
+        "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir()) for h in CGROUP_ROOT.iterdir()
+                    if h.is_dir() and not h.is_symlink()},
+        "bridge_existed": Path(f"/sys/class/net/{BRIDGE}").exists(),
     }
 
 

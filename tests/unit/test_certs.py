@@ -263,6 +263,11 @@ async def test_a_ca_replaced_without_its_predecessor_keeps_what_the_apiserver_tr
     assert await b.ensure()
     for replica in ("a", "b"):
         assert signed_by((tmp_path / replica / "tls.crt").read_bytes(), new_ca_pem)
+    # Once every replica has had its passes to serve it, the old CA (maybe why the Secret was deleted) goes.
+    assert api.bundles() == [new_ca_pem + old_ca] * 2
+    clock.now = T0 + timedelta(minutes=4)
+    assert await a.ensure()
+    assert api.bundles() == [new_ca_pem] * 2 and PREVIOUS_CA not in api.secret()
 
 
 async def test_taking_over_cert_managers_secret_keeps_its_ca_trusted_until_the_switch(tmp_path: Path) -> None:
@@ -283,6 +288,8 @@ async def test_taking_over_cert_managers_secret_keeps_its_ca_trusted_until_the_s
     assert (tmp_path / "tls.crt").read_bytes() == cm_leaf.cert_pem, "cert-manager's leaf until the bundle is out"
     assert await mgr.ensure()
     assert signed_by((tmp_path / "tls.crt").read_bytes(), ours)
+    clock.now = T0 + timedelta(minutes=4)
+    assert await mgr.ensure() and api.bundles() == [ours] * 2, "cert-manager's CA trusted no longer"
     api.writes.clear()
     assert await mgr.ensure() and api.writes == [], "settled: reads only"
 
@@ -377,3 +384,14 @@ async def test_written_files_are_served_without_waiting_for_a_poll(tmp_path: Pat
     await mgr.ensure()
     assert source.ready and source.info is not None
     assert source.info.serial == x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes()).serial_number
+
+
+def test_one_unreadable_block_does_not_cost_a_bundle_its_other_certificates() -> None:
+    from certs.selfsigned import _still_trusted
+
+    a, b, new = new_ca(now=T0), new_ca(now=T0), new_ca(now=T0)
+    bad = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    assert _still_trusted(a.cert_pem + bad + b.cert_pem, new.cert_pem, T0) == a.cert_pem + b.cert_pem
+    assert _still_trusted(a.cert_pem + new.cert_pem, new.cert_pem, T0) == a.cert_pem
+    assert _still_trusted(bad, new.cert_pem, T0) is None
+    assert signed_by(new_leaf(b, ["x"], now=T0).cert_pem, a.cert_pem + bad + b.cert_pem)

@@ -208,6 +208,33 @@ def test_status_and_report_default_to_the_contexts_namespace_as_kubectl_does(tmp
     assert default_namespace(None) == "apps"
 
 
+async def test_a_kubeconfig_list_is_read_as_kubectl_reads_it_by_the_client_and_by_kopf(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KUBECONFIG=a:b: the first file that names a current context wins and missing files are skipped. The
+    client library took the last file's context and kopf the first's (kopf watched one cluster while the
+    operator wrote to another), and kopf failed on a missing file."""
+    import kopf
+
+    from dittoctl.kube.gateway import default_namespace, kubeconfig_files, load_client
+
+    for name, ip in (("one", "127.0.0.1"), ("two", "127.0.0.2")):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": name,
+            "clusters": [{"name": name, "cluster": {"server": f"https://{ip}:6443"}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name, "namespace": name}}],
+            "users": [{"name": name, "user": {"token": "x"}}]}))
+    listed = f"{tmp_path / 'missing.yaml'}{os.pathsep}{tmp_path / 'one.yaml'}{os.pathsep}{tmp_path / 'two.yaml'}"
+    api = await load_client(listed)
+    try:
+        assert api.configuration.host == "https://127.0.0.1:6443"
+    finally:
+        await api.close()
+    assert default_namespace(listed) == "one"
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join(kubeconfig_files(listed)))  # what `dittoctl run` hands kopf
+    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    assert info is not None and info.server == "https://127.0.0.1:6443" and info.default_namespace == "one"
+
+
 def test_every_sample_is_valid_offline(capsys: pytest.CaptureFixture[str]) -> None:
     samples = sorted(SAMPLES.glob("*.yaml"))
     assert len(samples) >= 2
@@ -294,7 +321,7 @@ def test_a_second_stop_signal_ends_the_shutdown_delay(tmp_path: Path) -> None:
         lines = iter(proc.stderr.readline, "")
         assert any('"msg":"dittofs-operator started"' in line for line in lines)
         proc.send_signal(signal.SIGTERM)
-        assert any("a second signal stops now" in line for line in lines)
+        assert any("a second stop signal ends it" in line for line in lines)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -67,7 +67,7 @@ def test_invalid_spec_fails() -> None:
     assert status["phase"] == "Failed"
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert (progressing["status"], progressing["message"]) == (
-        "False", "StatefulSet not created: the spec is invalid (see ConfigReady)")
+        "False", "StatefulSet not created: ConfigReady is False (InvalidSpec)")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert "ConfigReady" in ready["message"]
 
