@@ -76,6 +76,10 @@ class Reconciling:
         self.active.clear()
 
 
+def elector_of(store: LeaseStore, ctl: Reconciling, **timing: Any) -> LeaderElector:
+    return LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl), **timing)
+
+
 async def until(check: Any, timeout: float = 3.0) -> None:
     for _ in range(int(timeout / 0.01)):
         if check():
@@ -86,8 +90,7 @@ async def until(check: Any, timeout: float = 3.0) -> None:
 
 async def test_the_holder_reconciles_and_stops_at_once_when_it_cannot_renew() -> None:
     store, ctl = LeaseStore(), Reconciling()
-    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
-                            lease_seconds=3, renew_deadline=0.3, retry=0.05)
+    elector = elector_of(store, ctl, lease_seconds=3, renew_deadline=0.3, retry=0.05)
     task = asyncio.create_task(elector.run())
     try:
         await until(ctl.active.is_set)
@@ -115,8 +118,7 @@ async def test_a_live_lease_of_another_replica_is_left_alone_and_an_expired_one_
     does: the holder's renewTime against this node's wall clock let a node whose clock ran ahead take a live
     Lease, and both replicas reconciled until the old leader's renew deadline."""
     store, ctl = LeaseStore(), Reconciling()
-    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
-                            lease_seconds=1, renew_deadline=0.3, retry=0.05)
+    elector = elector_of(store, ctl, lease_seconds=1, renew_deadline=0.3, retry=0.05)
     renewed = datetime.now(UTC) - timedelta(seconds=skew)
     store.lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "dittofs-operator"},
                    "spec": {"holderIdentity": "other-pod_1", "leaseDurationSeconds": 1, "renewTime": _micro(renewed),
@@ -136,8 +138,7 @@ async def test_a_live_lease_of_another_replica_is_left_alone_and_an_expired_one_
 
 async def test_a_leader_that_reads_another_holder_stops_at_once() -> None:
     store, ctl = LeaseStore(), Reconciling()
-    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
-                            lease_seconds=3, renew_deadline=2.0, retry=0.05)
+    elector = elector_of(store, ctl, lease_seconds=3, renew_deadline=2.0, retry=0.05)
     task = asyncio.create_task(elector.run())
     try:
         await until(ctl.active.is_set)
@@ -156,8 +157,7 @@ async def test_a_slow_apiserver_does_not_stretch_the_renew_deadline() -> None:
     (0.2 s an attempt), reconciling must still stop within the renew deadline of that moment, not of the
     attempt's answer or of the next attempt's timeout."""
     store, ctl = LeaseStore(), Reconciling()
-    elector = LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl),
-                            lease_seconds=3, renew_deadline=0.4, retry=0.05)
+    elector = elector_of(store, ctl, lease_seconds=3, renew_deadline=0.4, retry=0.05)
     store.delay = 0.1
     task = asyncio.create_task(elector.run())
     try:
