@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tests.support.net import free_port
+from tests.support.prereqs import on_ci
 
 from .api import ApiError
 from .images import build_archive, dfs_image, import_archive, pause_image, pg_isready_image
@@ -103,8 +104,7 @@ class RealNodeError(RuntimeError):
 
 def real_node_opted_out() -> bool:
     """``DITTOFS_TESTBED_REAL_NODE=0``, honoured everywhere but on CI (``CI=true``), where all is proven."""
-    return (os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0"
-            and os.environ.get("CI", "").lower() not in ("1", "true"))
+    return os.environ.get("DITTOFS_TESTBED_REAL_NODE") == "0" and not on_ci()
 
 
 def preflight(kubelet: Path) -> list[str]:
