@@ -486,6 +486,11 @@ def test_a_dead_kubelet_is_not_replaced_by_kwok(testbed: Testbed, real_node: Rea
     With ``--manage-all-nodes=true`` kwok takes over an expired lease and fakes the node Ready.
     """
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE_NAME}"
+
+    def lease_made() -> bool:  # a node that just became Ready may not have made its lease yet
+        return testbed.api.request("GET", lease_path)[0] == 200
+
+    eventually(lease_made, timeout=30, what="the kubelet's node lease")
     real_node.kill_kubelet()
     killed_at = time.time()
     renew = testbed.api.get(lease_path)["spec"]["renewTime"]
