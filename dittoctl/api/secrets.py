@@ -132,8 +132,9 @@ class MountedSecret:
     directory: str
     files: tuple[tuple[str, str], ...]
     hashed: bool = False
-    """DittoFS reads the file only at start (krb5.conf): its digest joins the config hash. Certificates,
-    the LDAP CA and the keytab are re-read by DittoFS, so their rotation restarts nothing."""
+    """DittoFS reads the file only at start (krb5.conf, the mutual-TLS client CA): its digest joins the config
+    hash. The serving pair, the LDAP CA and the keytab are re-read by DittoFS, so their rotation restarts
+    nothing."""
     mode: int | None = None
     """0440 for private keys (with the pod's fsGroup: readable by the server's group only)."""
 
@@ -156,7 +157,7 @@ def mounted_secrets(spec: DittoServerSpec) -> list[MountedSecret]:
                                    ((TLS_CERT_KEY, TLS_CERT_KEY), (TLS_KEY_KEY, TLS_KEY_KEY)), mode=0o440))
         if tls.client_ca_secret_name is not None:
             found.append(MountedSecret("spec.controlPlane.tls.clientCaSecretName", tls.client_ca_secret_name,
-                                       "client-ca", CLIENT_CA_DIR, ((TLS_CA_KEY, TLS_CA_KEY),)))
+                                       "client-ca", CLIENT_CA_DIR, ((TLS_CA_KEY, TLS_CA_KEY),), hashed=True))
     ldap, kerberos = spec.identity.ldap, spec.identity.kerberos
     if ldap is not None and ldap.ca_secret_ref is not None:
         found.append(_file("spec.identity.ldap.caSecretRef", ldap.ca_secret_ref, "ldap-ca", LDAP_CA_FILE))

@@ -146,6 +146,9 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
         volumes.append({"name": mounted.volume, "secret": source})
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
+        # DittoFS maps every DITTOFS_* variable onto its config: a Service named dittofs-metrics (a server called
+        # "dittofs") injects DITTOFS_METRICS_PORT=tcp://..., which dfs cannot parse as metrics.port and exits.
+        "enableServiceLinks": False,
         "terminationGracePeriodSeconds": spec.grace_seconds,
         "securityContext": _pod_security(spec),
         "containers": [container],

@@ -341,3 +341,15 @@ def test_stores_shares_and_adapter_ports_are_rest_managed_and_persist(dfs_env: d
         assert {a["type"]: a["port"] for a in adapters}["nfs"] == nfs_port
         assert f'"NFS server listening","port":{nfs_port}' in again.log_text()
     assert again.returncode == 0
+
+
+@pytest.mark.parametrize("variable", ["DITTOFS_METRICS_PORT", "DITTOFS_CONTROLPLANE_PORT"])
+def test_a_service_link_variable_stops_dfs(dfs_env: dict[str, str], tmp_path: Path, variable: str) -> None:
+    """Why the server's pod sets ``enableServiceLinks: false``: the kubelet's link variables for a Service named
+    ``dittofs-metrics`` (a server called ``dittofs``) or ``dittofs-controlplane`` are read as config keys."""
+    env = {**dfs_env, variable: "tcp://10.96.3.4:9090"}  # the link's shape; nothing dials it
+    res = validate_config(spec_configmap(metrics=False), env, tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    key = variable.removeprefix("DITTOFS_").lower().replace("_", ".")
+    assert f"'{key}' cannot parse value as 'int'" in out, out

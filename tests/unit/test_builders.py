@@ -102,6 +102,16 @@ def test_a_rotated_tls_secret_does_not_change_the_config_hash() -> None:
     assert config == {"cert_file": "/tls/api/tls.crt", "key_file": "/tls/api/tls.key"}
 
 
+def test_a_new_client_ca_rolls_the_pod() -> None:
+    """DittoFS reads the mutual-TLS client CA only at start: a new one must restart it, else it keeps refusing
+    the operator's certificate from the new CA."""
+    s = server(**CASES["mtls"])
+    digests = digests_for(s)
+    assert ("demo-clients", "ca.crt") in digests
+    rotated = {**digests, ("demo-clients", "ca.crt"): value_digest(b"new CA")}
+    assert specs.build(s.spec, Names.of(s), rotated).config_hash != build(s).config_hash
+
+
 def test_identity_edits_and_password_rotations_restart_nothing_a_new_krb5_conf_does() -> None:
     """DittoFS reads the identity sections only at first boot (the planner converges them over REST) and
     re-reads the keytab and the LDAP CA itself; only krb5.conf is read once at start."""
@@ -214,6 +224,8 @@ def test_statefulset_shape() -> None:
     assert container["startupProbe"]["failureThreshold"] == 30
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert pod["spec"]["terminationGracePeriodSeconds"] == 105
+    # No Service links: DittoFS reads every DITTOFS_* variable (tests/contract/test_dfs_smoke.py).
+    assert pod["spec"]["enableServiceLinks"] is False
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"config": "/config", "controlplane": "/data/controlplane",
                       "metadata": "/data/store/metadata", "content": "/data/store/block"}
