@@ -61,20 +61,42 @@ def real_node(testbed: Testbed, pytestconfig: pytest.Config) -> Iterator[RealNod
         testbed.stop_real_node()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A skipped test proves nothing: every skip fails the run unless it is an explicit opt-out
-    (tests/support/prereqs.py), which is listed at the end instead."""
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
-    if not report.skipped or hasattr(report, "wasxfail"):
+def _not_a_pass(report: pytest.TestReport | pytest.CollectReport, nodeid: str) -> None:
+    """Fail a skipped or xfailed report unless it is an explicit opt-out (tests/support/prereqs.py), which is
+    listed at the end of the run instead."""
+    if hasattr(report, "wasxfail"):  # xfailed, or xpassed where a marker says strict=False
+        reason = f"xfail: {getattr(report, 'wasxfail')}"  # noqa: B009 - set by pytest, not declared
+        delattr(report, "wasxfail")  # else the session would not count the failure
+        what = "xfailed, and an expected failure" if report.skipped else "xpassed, and an xfail marker"
+        report.outcome = "failed"
+        report.longrepr = f"{what} is not a pass: {reason}\nFix what fails and remove the marker."
         return
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-    if not prereqs.record_skip(item.nodeid, reason):
+    if not prereqs.record_skip(nodeid, reason):
         report.outcome = "failed"
         report.longrepr = (f"skipped, and a skip is not a pass: {reason}\n"
                            f"Make the prerequisite available, or use an explicit opt-out ({prereqs.OPT_OUT_VAR}).")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A skipped test proves nothing, nor does an expected failure: both fail the run unless the skip is an
+    explicit opt-out."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped or hasattr(report, "wasxfail"):
+        _not_a_pass(report, item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collectreport(report: pytest.CollectReport) -> Iterator[None]:
+    """A module skipped whole at collection (``pytest.importorskip``, ``pytest.skip(allow_module_level=True)``)
+    proves none of its tests: the same rule. A wrapper, so the report is failed before any implementation sees
+    it (the session counts the failures that set the exit status in its own, ``tryfirst``, implementation)."""
+    if report.skipped:
+        _not_a_pass(report, report.nodeid)
+    yield
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -22,6 +22,7 @@ from certs.selfsigned import KeyPair, new_ca, new_leaf
 from certs.source import CertificateSource, load_pair
 from dittoctl.api.models import API_VERSION
 from tests.support.admission import client_context, pair_files
+from tests.support.connections import Connections
 from webhook.server import WEBHOOK_PATH, AdmissionHandler, WebhookServer
 
 BODY = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
@@ -213,20 +214,33 @@ async def test_rotation_under_load_drops_no_request(tmp_path: Path, server: Webh
 
 
 async def test_keep_alive_connections_survive_a_rotation(tmp_path: Path, server: WebhookServer) -> None:
+    """A connection opened before the rotation keeps serving after the new pair is loaded: one connection for
+    every request, none of them refused or answered on a fresh connection."""
     ca = new_ca()
-    install(tmp_path / "certs", leaf_for(ca))
+    first, second = leaf_for(ca), leaf_for(ca)
+    install(tmp_path / "certs", first)
     for _ in range(100):
         if server.ready:
             break
         await asyncio.sleep(0.02)
     url = f"https://127.0.0.1:{server.port}{WEBHOOK_PATH}"
     headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(ca), limit=1)) as session:
+    connections = Connections()
+    served_after_the_rotation = 0
+    connector = aiohttp.TCPConnector(ssl=client_context(ca), limit=1)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[connections.trace]) as session:
         deadline = time.monotonic() + 1.0
         rotated = False
         while time.monotonic() < deadline:
+            loaded = server.certs.info
             async with session.post(url, data=BODY, headers=headers) as resp:
                 assert resp.status == 200
             if not rotated:
-                install(tmp_path / "certs", leaf_for(ca))
+                install(tmp_path / "certs", second)
                 rotated = True
+            elif loaded is not None and loaded.serial == serial(second.cert_pem):
+                served_after_the_rotation += 1
+    info = server.certs.info
+    assert info is not None and info.serial == serial(second.cert_pem), "the rotation was loaded"
+    assert served_after_the_rotation >= 5
+    assert connections.opened == 1, "each request after the first went over the same kept-alive connection"

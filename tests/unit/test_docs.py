@@ -6,14 +6,15 @@
   YAML block (one document: CREATE; two: UPDATE from the first to the second) and the `kubectl` output block,
   whose `* error` and `Warning:` lines must be exactly what `dittoctl.api.rules.validate` returns.
 
-`UPDATE_DOCS=1` rewrites the generated parts instead of failing.
+`UPDATE_DOCS=1` rewrites the generated parts instead of failing (exactly `1`, and refused on CI:
+tests/support/golden.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
-import os
 import re
 import tomllib
 from collections.abc import Iterator
@@ -26,19 +27,19 @@ import yaml
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.reference import crd_reference
 from dittoctl.api.rules import validate
+from tests.support.golden import updating
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 VALUES = ROOT / "config" / "chart" / "values.yaml"
 SCHEMA = ROOT / "config" / "chart" / "values.schema.json"
-UPDATE = os.environ.get("UPDATE_DOCS") == "1"
 TABLE_START, TABLE_END = "<!-- values:start -->", "<!-- values:end -->"
 
 
 def test_crd_reference_is_current() -> None:
     path = DOCS / "CRD_REFERENCE.md"
     text = crd_reference()
-    if UPDATE:
+    if updating("UPDATE_DOCS"):
         path.write_text(text)
     assert path.read_text() == text, "docs/CRD_REFERENCE.md is stale: python -m dittoctl.api.reference > it"
 
@@ -118,7 +119,7 @@ def test_install_values_table_is_current() -> None:
     path = DOCS / "INSTALL.md"
     text = path.read_text()
     start, end = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
-    if UPDATE:
+    if updating("UPDATE_DOCS"):
         path.write_text(text[:start] + values_table() + text[end:])
         text = path.read_text()
         end = text.index(TABLE_END) + len(TABLE_END)
@@ -206,14 +207,61 @@ def test_architecture_layers_are_the_enforced_contract() -> None:
     assert documented == enforced
 
 
+# The call in reconciler/reconcile.py that does each phase's work. A phase may read earlier (the StatefulSet is
+# observed before `volumes` re-creates it), so the order is that of these calls.
+PHASE_WORK = {"spec": "check_spec", "finalizer": "ensure_finalizer", "secrets": "ensure_generated",
+              "config": "apply_config_map", "database": "ensure_database", "volumes": "expand_volumes",
+              "statefulset": "apply_statefulset", "fileservice": "provision", "deletion": "finalize",
+              "paused": "report_paused"}
+
+
+def _pass_calls() -> list[str]:
+    """The functions a pass calls, in the order reconcile.py's `Reconciler.reconcile` reaches them, with the
+    Reconciler's own methods (`self._converge`, `self._statefulset`) followed where they are called."""
+    tree = ast.parse((ROOT / "reconciler" / "reconcile.py").read_text())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Reconciler"]
+    methods = {n.name: n for n in cls.body if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef)}
+    order: list[str] = []
+
+    def walk(node: ast.AST, inside: frozenset[str]) -> None:
+        for child in ast.iter_child_nodes(node):  # fields in source order
+            if isinstance(child, ast.Call):
+                func = child.func
+                if isinstance(func, ast.Name):
+                    order.append(func.id)
+                elif (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self"
+                      and func.attr in methods and func.attr not in inside):
+                    walk(child, inside)  # its arguments first
+                    walk(methods[func.attr], inside | {func.attr})
+                    continue
+            walk(child, inside)
+
+    walk(methods["reconcile"], frozenset({"reconcile"}))
+    return order
+
+
 def test_architecture_names_every_phase_in_pass_order() -> None:
     phases = sorted(p.stem for p in (ROOT / "reconciler" / "phases").glob("*.py") if p.stem != "__init__")
-    named = re.findall(r"`([a-z]+)`", ARCHITECTURE.split("A pass: ", 1)[1].split("\n\n", 1)[0])
+    paragraph = ARCHITECTURE.split("A pass: ", 1)[1].split("\n\n", 1)[0]
+    named = re.findall(r"`([a-z]+)`", paragraph)
     assert sorted(named) == phases, "every module in reconciler/phases is named in the pass description"
-    calls = (ROOT / "reconciler" / "reconcile.py").read_text()
-    order = [n for n in named if n not in ("deletion", "paused")]
-    modules = [re.search(rf"from reconciler\.phases\.{n} import \(?\s*(\w+)", calls) for n in order]
-    assert all(modules), "the reconcile pass imports each phase it names"
+    assert sorted(PHASE_WORK) == phases, "a new phase: name the call that does its work in PHASE_WORK"
+    imports = ast.parse((ROOT / "reconciler" / "reconcile.py").read_text()).body
+    imported = {a.name: n.module for n in imports if isinstance(n, ast.ImportFrom) for a in n.names}
+    for phase, work in PHASE_WORK.items():
+        assert imported.get(work) == f"reconciler.phases.{phase}", f"reconcile.py imports {work} from {phase}"
+    # "spec → finalizer and secrets → ... → fileservice → status. `deletion` replaces them ..., `paused` ..."
+    steps_text, _, instead = paragraph.partition("→ status.")
+    steps = [found for step in steps_text.split("→") if (found := set(re.findall(r"`([a-z]+)`", step)))]
+    step_of = {phase: i for i, step in enumerate(steps) for phase in step}
+    assert set(re.findall(r"`([a-z]+)`", instead)) == {"deletion", "paused"}
+    calls = _pass_calls()
+    first = {phase: calls.index(work) for phase, work in PHASE_WORK.items() if work in calls}
+    assert set(first) == set(PHASE_WORK), f"the pass never calls {set(PHASE_WORK) - set(first)}"
+    in_code = sorted(step_of, key=first.__getitem__)
+    assert [step_of[p] for p in in_code] == sorted(step_of[p] for p in in_code), (
+        f"docs/ARCHITECTURE.md orders the pass {[sorted(s) for s in steps]}, reconcile.py calls {in_code}")
+    assert max(first["deletion"], first["paused"]) < first["spec"], "deletion and paused come instead of a pass"
 
 
 def test_architecture_paths_exist() -> None:

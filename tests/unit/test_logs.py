@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from dittoctl.kube.logs import JsonFormatter, TextFormatter, fields
 
 
@@ -27,8 +29,15 @@ def test_any_field_value_makes_a_json_line() -> None:
     assert entry["other"] == "<class 'object'>"
 
 
-def test_logging_with_fields_does_not_raise() -> None:
+def test_logging_with_fields_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
+    """`name` is a LogRecord attribute: passed as a plain extra it would raise when the record is made, so the
+    logger must really make one (INFO enabled) and the fields must be on it."""
+    caplog.set_level(logging.INFO, logger="dittofs.test")
     logging.getLogger("dittofs.test").info("x", extra=fields(name="n", namespace="ns"))
+    [record] = [r for r in caplog.records if r.name == "dittofs.test"]
+    assert (record.getMessage(), getattr(record, "fields", None)) == ("x", {"name": "n", "namespace": "ns"})
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["logger"], entry["name"], entry["namespace"]) == ("dittofs.test", "n", "ns")
 
 
 def test_text_lines_name_the_object() -> None:

@@ -635,10 +635,11 @@ def test_a_pod_update_that_changes_nothing_a_pass_reads_wakes_no_pass() -> None:
     scheduled = _pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}])
     scheduled["spec"]["nodeName"] = "kwok-node-0"
     controller.on_pod("MODIFIED", scheduled)
+    assert not queued, "the schedule alone (a node name, PodScheduled) queues nothing"
     running = {"name": "dfs", "ready": False, "restartCount": 0, "state": {"running": {"startedAt": "t1"}}}
     controller.on_pod("MODIFIED", _pod(phase="Pending", containerStatuses=[running],
                                        conditions=[{"type": "Ready", "status": "False", "lastProbeTime": None}]))
-    assert queued == {("ns", "demo")}  # the Ready condition appeared (False); the schedule alone queued nothing
+    assert queued == {("ns", "demo")}  # the Ready condition appeared (False)
     queued.clear()
     controller.on_pod("MODIFIED", _pod(phase="Pending", containerStatuses=[{**running, "restartCount": 1}],
                                        conditions=[{"type": "Ready", "status": "False", "lastTransitionTime": "t2"}]))
