@@ -128,8 +128,8 @@ class Memory:
     waiting: str | None = None
     """The missing Secrets last reported (one event per change)."""
     backups_seen: set[str] | None = None
-    jwt_length: tuple[str, int] | None = None
-    """(digest, length) of the user's JWT secret value last checked (never the value)."""
+    value_lengths: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    """(secret, key) -> (digest, length) of each bounded user value last checked (never the value)."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
     optional: dict[str, frozenset[str]] = field(default_factory=dict)

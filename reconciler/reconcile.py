@@ -14,7 +14,7 @@ from dittoctl.api.conditions import Reason
 from dittoctl.api.kinds import CONFIGMAPS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import watched_secrets
+from dittoctl.api.secrets import ADMIN_PASSWORD, JWT_SECRET, ValueBounds, watched_secrets
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from reconciler import specs
@@ -39,9 +39,9 @@ from reconciler.phases.secrets import (
     Consumed,
     consumed_digests,
     ensure_generated,
-    jwt_too_short,
     missing_mounted,
     missing_secret_errors,
+    refused_values,
     report_missing,
     s3_secret,
 )
@@ -51,6 +51,9 @@ from reconciler.phases.volumes import expand_volumes
 from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, kept_fileservice, s3_status, settled
+
+REFUSED_VALUE_REASONS: dict[ValueBounds, Reason] = {JWT_SECRET: Reason.JWT_SECRET_TOO_SHORT,
+                                                    ADMIN_PASSWORD: Reason.ADMIN_PASSWORD_REFUSED}
 
 Obj = dict[str, Any]
 RECREATE_POLL = 1.0  # seconds between looks at an orphan-deleted StatefulSet until it is gone
@@ -173,10 +176,10 @@ class Reconciler:
         errors += await missing_mounted(ctx, server) + await unserved_certificates(ctx, desired)
         await report_missing(ctx, errors)
         reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
-        short = await jwt_too_short(ctx, server, digests)
-        if short is not None:
-            errors, reason = [*errors, short], Reason.JWT_SECRET_TOO_SHORT
         sts = await observe_statefulset(ctx, names)
+        # Before the StatefulSet exists a first boot is ahead: the admin password is read then only.
+        for bounds, error in await refused_values(ctx, server, digests, first_boot=sts is None):
+            errors, reason = [*errors, error], REFUSED_VALUE_REASONS[bounds]
         drift = storage_drift(sts, desired.statefulset)
         if drift.errors:
             errors, reason = [*errors, *drift.errors], Reason.INVALID_SPEC

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.kinds import PERCONAPGCLUSTERS, SECRETS, STORAGECLASSES
 from dittoctl.api.parsed import ParsedSpec, references
-from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH
 from dittoctl.kube.background import Background
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
@@ -111,12 +110,12 @@ class FactSource:
                 if len(lookups) > 1 else {name: await call for name, call in lookups.items()}
             classes: frozenset[str] | None = answers.get("classes", self._classes)
             percona: bool | None = answers.get("percona", self._percona)
-            secrets, short = answers.get("secrets", ({}, {}))
+            secrets, lengths = answers.get("secrets", ({}, {}))
         except Exception:  # the snapshot is best effort: an unexpected failure means "unknown"
             log.exception("fact lookup failed")
             return ClusterFacts()
         expandable = frozenset(n for n, yes in self._expandable.items() if yes) if classes is not None else None
-        return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets, short_keys=short,
+        return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets, key_lengths=lengths,
                             expandable_classes=expandable, default_storage_class=self._default_class)
 
     async def storage_classes(self, wanted: Iterable[str] = (), *, listed: bool = False) -> frozenset[str] | None:
@@ -176,12 +175,12 @@ class FactSource:
         return (await self.secret_facts(namespace, names))[0]
 
     async def secret_facts(self, namespace: str, names: Iterable[str]) -> tuple[
-            dict[str, frozenset[str] | None], dict[str, frozenset[str]]]:
-        """(key names of each Secret, keys whose value is shorter than a JWT secret must be)."""
+            dict[str, frozenset[str] | None], dict[str, dict[str, int]]]:
+        """(key names of each Secret, the length of each key's value)."""
         wanted = sorted(set(names))
         results = await asyncio.gather(*(self._secret(namespace, n) for n in wanted), return_exceptions=True)
         found: dict[str, frozenset[str] | None] = {}
-        short: dict[str, frozenset[str]] = {}
+        lengths: dict[str, dict[str, int]] = {}
         for name, result in zip(wanted, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, _LOOKUP_ERRORS):
@@ -190,21 +189,21 @@ class FactSource:
                 continue
             found[name] = None if result is None else result[0]
             if result is not None and result[1]:
-                short[name] = result[1]
-        return found, short
+                lengths[name] = result[1]
+        return found, lengths
 
-    async def _secret(self, namespace: str, name: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    async def _secret(self, namespace: str, name: str) -> tuple[frozenset[str], dict[str, int]] | None:
         try:
             body = await self._bounded(self.gateway.get(SECRETS, name, namespace, timeout=self.timeout))
         except NotFound:
             return None
-        # Keep key names (and which values are too short for a JWT secret) only; the values are dropped with
-        # `body` right here.
+        # Keep key names and the values' lengths only (rule 10: DittoFS checks some lengths at start); the
+        # values are dropped with `body` right here.
         raw = body.get("data")
         data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         keys = set(_mapping_keys(data)) | set(_mapping_keys(body.get("stringData")))
-        short = {k for k, v in data.items() if isinstance(v, str) and _decoded_length(v) < MIN_JWT_SECRET_LENGTH}
-        return frozenset(keys), frozenset(short)
+        lengths = {k: _decoded_length(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+        return frozenset(keys), lengths
 
     async def _bounded(self, call: Awaitable[T], seconds: float | None = None) -> T:
         # The client timeout covers the HTTP exchange; this also bounds connection set-up and retries.

@@ -53,6 +53,7 @@ class Reason(StrEnum):
     IMMUTABLE = "Immutable"
     CONVERGED = "Converged"
     JWT_SECRET_TOO_SHORT = "JwtSecretTooShort"
+    ADMIN_PASSWORD_REFUSED = "AdminPasswordRefused"
     LISTENING = "Listening"
     NOT_LISTENING = "NotListening"
     VOLUME_EXPANSION_FAILED = "VolumeExpansionFailed"

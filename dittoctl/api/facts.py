@@ -22,8 +22,8 @@ class ClusterFacts:
     """Is pgv2.percona.com/v2 perconapgclusters served? None = could not verify."""
     secrets: Mapping[str, frozenset[str] | None] = field(default_factory=dict, hash=False)
     """Secret name -> key names present, or None when the Secret does not exist. Absent name = unknown."""
-    short_keys: Mapping[str, frozenset[str]] = field(default_factory=dict, hash=False)
-    """Secret name -> keys whose value is shorter than a JWT secret must be (lengths only, never values)."""
+    key_lengths: Mapping[str, Mapping[str, int]] = field(default_factory=dict, hash=False)
+    """Secret name -> key -> the value's length in bytes (lengths only, never values; never shown either)."""
     online: bool = True
     """False for offline validation (`dittoctl validate` without --cluster): nothing was looked up, so
     unknown facts are not worth a "could not verify" warning."""

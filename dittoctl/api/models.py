@@ -183,11 +183,15 @@ class StorageSpec(ApiModel):
         return self.content_size or self.cache_size or DEFAULT_CONTENT_SIZE
 
 
+CONTROL_PLANE_ROOT = "/data/controlplane"  # the control-plane volume's mount: the SQLite database lives below it
+
+
 class SqliteSpec(ApiModel):
     """Embedded SQLite control-plane database."""
 
-    path: str = Field("/data/controlplane/controlplane.db", pattern=r"^/")
-    """Absolute path of the database file inside the pod."""
+    path: str = Field(f"{CONTROL_PLANE_ROOT}/controlplane.db", pattern=r"^/")
+    """Path of the database file in the pod: under /data/controlplane/, the control-plane volume (the webhook
+    refuses any other path: DittoFS could not create it, or it would not persist)."""
 
 
 class PostgresSecretRef(ApiModel):

@@ -29,6 +29,7 @@ from dittoctl.api.fileservice.types import BOOTSTRAP_ADMIN
 from dittoctl.api.models import (
     API_VERSION,
     BLOCK_ROOT,
+    CONTROL_PLANE_ROOT,
     DNS_SUBDOMAIN_PATTERN,
     KIND,
     METADATA_ROOT,
@@ -46,7 +47,7 @@ from dittoctl.api.models import (
 )
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
-from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, TLS_CERT_KEY, TLS_KEY_KEY, mounted_secrets
+from dittoctl.api.secrets import TLS_CERT_KEY, TLS_KEY_KEY, bounded_values, mounted_secrets
 
 log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
@@ -275,11 +276,18 @@ class _Check:
             if ref is not None and parsed.usable(path.removeprefix("spec.")):
                 keys = self._secret(path, ref.name, *_POD_FAILS)
                 self._keys(path, ref.name, keys, [ref.key], *_POD_FAILS)
-        jwt = spec.identity.jwt.secret_ref
-        if jwt is not None and jwt.key in self.facts.short_keys.get(jwt.name, frozenset()):
-            self.error("spec.identity.jwt.secretRef", f"Secret {_q(jwt.name)} key {_q(jwt.key)} is shorter than "
-                       f"{MIN_JWT_SECRET_LENGTH} characters and DittoFS refuses to start with it; store a longer "
-                       "random value (e.g. `openssl rand -hex 32`)")
+        for path, ref, bounds in bounded_values(spec):
+            length = self.facts.key_lengths.get(ref.name, {}).get(ref.key)
+            if length is None or not bounds.refuses(length):
+                continue
+            # The length itself is never shown: a denial must not measure a Secret for whoever reads it.
+            problem = f"Secret {_q(ref.name)} key {_q(ref.key)}: DittoFS needs {bounds.need} for the {bounds.what}"
+            if bounds.first_boot_only and self.old is not None:
+                # A running server made its admin at its first boot and ignores the value since.
+                self.warn(path, f"Secret {_q(ref.name)} key {_q(ref.key)} is not {bounds.need}: a new server would "
+                          "not start")
+            else:
+                self.error(path, f"{problem}, else it exits at start; {bounds.fix}")
         access = spec.identity.jwt.access_token_duration
         if parsed.usable("identity.jwt.accessTokenDuration") and (duration_seconds(access) or 0) < 60:
             # DittoFS counts a token's lifetime in whole seconds: under one, it is expired when issued.
@@ -571,6 +579,8 @@ class _Check:
         percona_known = parsed.usable("percona.enabled")
         if db.type == "sqlite" and ref is not None:
             self.warn(f"{base}.type", "set it to postgres; postgresSecretRef makes the server use PostgreSQL anyway")
+        if db.type == "sqlite" and ref is None and not (percona_known and spec.percona.enabled):
+            self._sqlite_path(parsed, spec)
         if db.type == "postgres" and ref is None and percona_known and not spec.percona.enabled:
             self.error(f"{base}.postgresSecretRef", "required when database.type is postgres (the server needs a "
                        "connection); set it, enable percona, or use type sqlite")
@@ -580,6 +590,23 @@ class _Check:
         keys = self._secret(path, ref.name, *_POD_FAILS)
         wanted = [ref.host_key, ref.port_key, ref.database_key, ref.user_key, ref.password_key]
         self._keys(path, ref.name, keys, wanted, *_POD_FAILS)
+
+    def _sqlite_path(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        """The database must be a file on the control-plane volume: elsewhere DittoFS cannot create it (exits at
+        start) or keeps users, shares and stores on the container's filesystem, gone with the next restart. An
+        existing server is warned, not locked out of its updates, until its path changes."""
+        path = spec.database.sqlite.path
+        if not parsed.usable("database.sqlite.path") or posixpath.normpath(path).startswith(f"{CONTROL_PLANE_ROOT}/"):
+            return
+        problem = (f"{_show(path)} is not a file under {CONTROL_PLANE_ROOT}/, the only persistent path of the "
+                   f"control-plane database; use e.g. {CONTROL_PLANE_ROOT}/controlplane.db")
+        old_raw = self.old.get("spec") if isinstance(self.old, Mapping) else None
+        old = parse_spec(old_raw).spec if isinstance(old_raw, Mapping) else None
+        if old is not None and old.database.sqlite.path == path:
+            self.warn("spec.database.sqlite.path", problem,
+                      f"{_show(path)} is not under {CONTROL_PLANE_ROOT}/: users and shares go with the pod")
+        else:
+            self.error("spec.database.sqlite.path", problem)
 
     def _percona_name(self, base: str) -> None:
         """Percona's StatefulSet <name>-postgres-instance1-<4> puts its name and a 10-character revision hash in

@@ -18,6 +18,38 @@ JWT_KEY = "jwt-secret"
 MIN_JWT_SECRET_LENGTH = 32  # v0.29.0 refuses a shorter controlplane secret and the pod crash-loops
 
 
+@dataclass(frozen=True)
+class ValueBounds:
+    """The lengths (bytes) of a Secret value DittoFS starts with; outside them it exits at start."""
+
+    what: str
+    least: int
+    most: int | None
+    fix: str
+    first_boot_only: bool = False
+    """DittoFS reads the value only when its database is new: a running server is unaffected."""
+
+    def refuses(self, length: int) -> bool:
+        return length < self.least or (self.most is not None and length > self.most)
+
+    @property
+    def need(self) -> str:
+        return f"{self.least} to {self.most} bytes" if self.most is not None else f"at least {self.least} characters"
+
+
+JWT_SECRET = ValueBounds("JWT secret", MIN_JWT_SECRET_LENGTH, None,
+                         "store a longer random value (e.g. `openssl rand -hex 32`)")
+# bcrypt's limits, checked by v0.29.0's ValidatePassword when it creates the admin account.
+ADMIN_PASSWORD = ValueBounds("admin password", 8, 72, "store a password of 8 to 72 bytes", first_boot_only=True)
+
+
+def bounded_values(spec: DittoServerSpec) -> list[tuple[str, SecretKeyRef, ValueBounds]]:
+    """(spec path, reference, bounds) of each user Secret value DittoFS checks the length of at start."""
+    found = [("spec.identity.jwt.secretRef", spec.identity.jwt.secret_ref, JWT_SECRET),
+             ("spec.identity.admin.passwordSecretRef", spec.identity.admin.password_secret_ref, ADMIN_PASSWORD)]
+    return [(path, ref, bounds) for path, ref, bounds in found if ref is not None]
+
+
 @dataclass(frozen=True, order=True)
 class SecretUse:
     """One Secret key the server container reads as an environment variable."""

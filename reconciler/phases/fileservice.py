@@ -78,7 +78,7 @@ class _Unread(Enum):
 @dataclass
 class FsMemory:
     client: DittoFsClient | None = None
-    salt: str = ""
+    salt: str = field(default="", repr=False)  # the operator account's password: keyed digests only
     recorded: list[str] | Literal[_Unread.UNREAD] | None = _Unread.UNREAD
     """What the control-plane PVC records as created by the operator (None: no record; read once, written
     when it changes): a re-created server on retained data adopts exactly what its predecessor made."""

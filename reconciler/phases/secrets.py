@@ -17,7 +17,7 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import MIN_JWT_SECRET_LENGTH, consumed_keys, mounted_secrets
+from dittoctl.api.secrets import ValueBounds, bounded_values, consumed_keys, mounted_secrets
 from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
 from reconciler.cache import SecretDigest, secret_digest
@@ -66,22 +66,25 @@ async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], di
         await _read(ctx, name, ctx.gw.get(SECRETS, name, namespace))
 
 
-async def jwt_too_short(ctx: Pass, server: DittoServer, digests: SecretDigests) -> str | None:
-    """The error when a user's JWT Secret holds fewer than 32 characters (DittoFS crash-loops on it). One GET
-    per new value: the verdict is remembered by the value's digest, the value itself is dropped at once."""
-    ref = server.spec.identity.jwt.secret_ref
-    digest = digests.get((ref.name, ref.key)) if ref is not None else None
-    if ref is None or digest is None:
-        return None
-    if ctx.memory.jwt_length is None or ctx.memory.jwt_length[0] != digest:
-        obj = await ctx.gw.get_or_none(SECRETS, ref.name, ctx.namespace)
-        raw = ((obj or {}).get("data") or {}).get(ref.key) or ""
-        ctx.memory.jwt_length = (digest, len(base64.b64decode(raw)))
-    length = ctx.memory.jwt_length[1]
-    if length >= MIN_JWT_SECRET_LENGTH:
-        return None
-    return (f"Secret {ref.name} key {ref.key} holds a JWT secret of {length} characters; DittoFS needs at least "
-            f"{MIN_JWT_SECRET_LENGTH} and would crash-loop (store e.g. `openssl rand -hex 32`)")
+async def refused_values(ctx: Pass, server: DittoServer, digests: SecretDigests, *,
+                         first_boot: bool) -> list[tuple[ValueBounds, str]]:
+    """The user's Secret values DittoFS would exit on at start (a JWT secret under 32 characters; before the
+    first boot, an admin password outside 8-72 bytes), each with its error. One GET per new value: the verdict
+    is remembered by the value's digest, the value itself is dropped at once, and its length is never shown."""
+    refused: list[tuple[ValueBounds, str]] = []
+    for _, ref, bounds in bounded_values(server.spec):
+        digest = digests.get((ref.name, ref.key))
+        if digest is None or (bounds.first_boot_only and not first_boot):
+            continue
+        known = ctx.memory.value_lengths.get((ref.name, ref.key))
+        if known is None or known[0] != digest:
+            obj = await ctx.gw.get_or_none(SECRETS, ref.name, ctx.namespace)
+            raw = ((obj or {}).get("data") or {}).get(ref.key) or ""
+            known = ctx.memory.value_lengths[(ref.name, ref.key)] = (digest, len(base64.b64decode(raw)))
+        if bounds.refuses(known[1]):
+            refused.append((bounds, f"Secret {ref.name} key {ref.key}: DittoFS needs {bounds.need} for the "
+                                    f"{bounds.what}, else it exits at start; {bounds.fix}"))
+    return refused
 
 
 async def s3_secret(ctx: Pass, server: DittoServer) -> SecretDigest:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dittoctl.api.models import BLOCK_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
+from dittoctl.api.models import BLOCK_ROOT, CONTROL_PLANE_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
 from dittoctl.api.naming import (
     CONFIG_DIR,
     CONFIG_FILE,
@@ -32,7 +32,7 @@ CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-VOLUMES = ((CONTROL_PLANE_VOLUME, "/data/controlplane"), (METADATA_VOLUME, METADATA_ROOT), (CONTENT_VOLUME, BLOCK_ROOT))
+VOLUMES = ((CONTROL_PLANE_VOLUME, CONTROL_PLANE_ROOT), (METADATA_VOLUME, METADATA_ROOT), (CONTENT_VOLUME, BLOCK_ROOT))
 WAIT_FOR_POSTGRES_SECONDS = 300
 
 

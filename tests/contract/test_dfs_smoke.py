@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dittoctl.api.secrets import ADMIN_PASSWORD as ADMIN_BOUNDS
 from tests.support.net import free_port
 from tests.support.prereqs import missing
 from tests.testbed.dfs import (
@@ -218,6 +219,19 @@ def test_start_rejects_short_jwt_secret(dfs_env: dict[str, str], tmp_path: Path,
         server.start()
     assert info.value.returncode == 1
     assert f"Error: failed to create API server: {SHORT_SECRET_MESSAGE}" in info.value.log
+
+
+@pytest.mark.parametrize(("length", "why"), [(ADMIN_BOUNDS.least - 1, f"at least {ADMIN_BOUNDS.least}"),
+                                             ((ADMIN_BOUNDS.most or 0) + 1, f"at most {ADMIN_BOUNDS.most}")])
+def test_a_first_boot_refuses_an_admin_password_bcrypt_cannot_take(dfs_env: dict[str, str], tmp_path: Path,
+                                                                  length: int, why: str) -> None:
+    """The webhook's and the reconciler's bounds for identity.admin.passwordSecretRef (ADMIN_BOUNDS)."""
+    env = dict(dfs_env, DITTOFS_ADMIN_INITIAL_PASSWORD="p" * length)
+    server = DfsServer(minimal_config(tmp_path / "controlplane.db"), env, tmp_path)
+    with pytest.raises(DfsStartError) as info:
+        server.start()
+    assert info.value.returncode == 1
+    assert "failed to ensure admin user: failed to hash password: password must be " + why in info.value.log
 
 
 def test_start_accepts_32_char_secret_via_long_alias(dfs_env: dict[str, str], tmp_path: Path) -> None:

@@ -765,14 +765,59 @@ def test_admin_username_other_than_admin_is_denied() -> None:
     assert check({"identity": {"admin": {"username": "admin"}}}).allowed
 
 
+def lengths(**by_secret: dict[str, int]) -> ClusterFacts:
+    return ClusterFacts(storage_classes=GOOD.storage_classes, percona_served=True, secrets=SECRETS,
+                        key_lengths=by_secret)
+
+
 def test_a_jwt_secret_shorter_than_32_characters_is_denied_when_it_can_be_read() -> None:
     spec = {"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"}}}}
-    short = ClusterFacts(storage_classes=GOOD.storage_classes, percona_served=True, secrets=SECRETS,
-                         short_keys={"jwt": frozenset({"secret"})})
-    verdict = check(spec, facts=short)
+    verdict = check(spec, facts=lengths(jwt={"secret": 31}))
     assert paths(verdict.messages) == ["spec.identity.jwt.secretRef"]
-    assert "shorter than 32 characters" in verdict.messages[0] and "openssl rand -hex 32" in verdict.messages[0]
-    assert check(spec).allowed  # long enough (or unknown): allowed
+    assert "needs at least 32 characters" in verdict.messages[0] and "openssl rand -hex 32" in verdict.messages[0]
+    assert "31" not in verdict.messages[0]  # a denial never measures a Secret
+    assert check(spec, facts=lengths(jwt={"secret": 32})).allowed
+    assert check(spec).allowed  # unknown: allowed
+
+
+def test_an_admin_password_dittofs_cannot_hash_is_denied_on_create_and_a_warning_after() -> None:
+    """v0.29.0 creates the admin at first boot with bcrypt (8 to 72 bytes) and exits on any other length."""
+    spec = {"identity": {"admin": {"passwordSecretRef": {"name": "jwt", "key": "secret"}}}}
+    for bad in (7, 73):
+        verdict = check(spec, facts=lengths(jwt={"secret": bad}))
+        assert paths(verdict.messages) == ["spec.identity.admin.passwordSecretRef"], verdict.messages
+        assert "needs 8 to 72 bytes for the admin password" in verdict.messages[0]
+        assert not re.search(rf"\b{bad}\b", verdict.messages[0]), "a denial never measures a Secret"
+    for fine in (8, 72):
+        assert check(spec, facts=lengths(jwt={"secret": fine})).allowed
+    # A running server created its admin long ago and ignores the value: warned, not refused.
+    update = check(spec, facts=lengths(jwt={"secret": 5}), old=spec)
+    assert update.allowed and any("spec.identity.admin.passwordSecretRef" in w and "new server" in w
+                                  for w in update.warnings), update.warnings
+
+
+@pytest.mark.parametrize("path", ["/tmp/cp.db", "/data/controlplane", "/data/controlplane/",
+                                  "/data/controlplane-x/cp.db", "/data/controlplane/../cp.db", "/var/lib/cp.db"])
+def test_a_sqlite_database_off_the_control_plane_volume_is_denied(path: str) -> None:
+    """DittoFS cannot create it there (exit at start), or keeps its users and shares on the container's
+    filesystem, gone with the next restart."""
+    verdict = check({"database": {"sqlite": {"path": path}}})
+    assert paths(verdict.messages) == ["spec.database.sqlite.path"]
+    assert "use e.g. /data/controlplane/controlplane.db" in verdict.messages[0]
+    # An existing server is not locked out of its updates (warned), unless it moves the database again.
+    kept = check({"database": {"sqlite": {"path": path}}, "logging": {"level": "DEBUG"}},
+                 old={"database": {"sqlite": {"path": path}}})
+    assert kept.allowed and [w.split(": ")[0] for w in kept.warnings] == ["spec.database.sqlite.path"]
+    assert not check({"database": {"sqlite": {"path": path}}},
+                     old={"database": {"sqlite": {"path": "/other/cp.db"}}}).allowed
+
+
+def test_a_sqlite_database_on_the_control_plane_volume_is_allowed() -> None:
+    for path in ("/data/controlplane/controlplane.db", "/data/controlplane/sub/cp.db"):
+        assert check({"database": {"sqlite": {"path": path}}}).allowed
+    # Not used with PostgreSQL: not checked.
+    assert check({"database": {"type": "postgres", "sqlite": {"path": "/tmp/x.db"},
+                               "postgresSecretRef": {"name": "pg"}}}).allowed
 
 
 def test_snapshot_policy_interval_below_a_minute_is_denied() -> None:

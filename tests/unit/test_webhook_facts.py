@@ -180,13 +180,27 @@ async def test_percona_discovery_caches_yes_long_and_no_briefly() -> None:
 
 
 async def test_background_resync_keeps_the_cache_warm() -> None:
+    """The loop lists again and again: a class that appears after the first list reaches the cache without a
+    lookup (a loop that listed once would keep the first answer for good)."""
     gw = FakeGateway()
     src = FactSource(cast(Gateway, gw), resync_seconds=0.02)
+
+    async def cached_after(count: int) -> frozenset[str] | None:
+        """The cache once the loop has made ``count`` lists (``storage_classes()`` reads it, never the API)."""
+        for _ in range(250):
+            if gw.calls.count("list storageclasses") >= count:
+                break
+            await asyncio.sleep(0.02)
+        return await src.storage_classes()
+
     await src.start()
-    gw.classes = {"late"}
-    await asyncio.sleep(0.1)
-    await src.stop()
-    assert await src.storage_classes() == frozenset({"late"})
+    try:
+        assert await cached_after(1) == frozenset({"standard"})
+        gw.classes = {"late"}
+        assert await cached_after(gw.calls.count("list storageclasses") + 2) == frozenset({"late"})
+    finally:
+        await src.stop()
+    assert set(gw.calls) == {"list storageclasses"}, "the cache was filled by the loop's lists only"
 
 
 async def test_garbage_objects_never_raise() -> None:
@@ -201,7 +215,7 @@ async def test_a_short_jwt_secret_is_known_by_length_only() -> None:
     gw.secrets[("team", "jwt")] = {"data": {"k": short, "ok": long}}
     spec = {"identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}}}
     facts = await source(gw).facts_for(obj(spec))
-    assert dict(facts.short_keys) == {"jwt": frozenset({"k"})}
+    assert {k: dict(v) for k, v in facts.key_lengths.items()} == {"jwt": {"k": 31, "ok": 32}}
     assert short not in repr(facts) and "xxxx" not in repr(facts)
     verdict = validate(obj(spec), None, facts)
     assert [m.split(": ")[0] for m in verdict.messages] == ["spec.identity.jwt.secretRef"]
