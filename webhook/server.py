@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -51,6 +51,11 @@ MAX_IN_FLIGHT = 256
 # After an answer to a request whose body was not read (refused above), aiohttp reads and drops the rest for up to
 # this long before it closes the connection (10 s by default: the slow client's hold, doubled).
 LINGER_SECONDS = 1.0
+# ValidationFailed Events: a burst of this many, then one per EVENT_SECONDS. Anything that reaches the port can
+# send a review naming any namespace (the apiserver is not the only possible caller): it must not be able to
+# have the operator write Events without bound. The denial itself always reaches the caller.
+EVENT_BURST = 25
+EVENT_SECONDS = 1.0
 
 
 
@@ -85,11 +90,14 @@ class AdmissionHandler:
     """AdmissionReview in, AdmissionReview out. Runs the fact lookups and the shared rules."""
 
     def __init__(self, facts: FactProvider | None = None, recorder: EventSink | None = None, *,
-                 facts_timeout: float = 3.0) -> None:
+                 facts_timeout: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.facts = facts
         self.recorder = recorder
         self.facts_timeout = facts_timeout  # lookups are 2 s-bounded and parallel; stays inside timeoutSeconds
         self._pending: set[asyncio.Task[Any]] = set()
+        self._clock = clock
+        self._event_tokens, self._event_refilled = float(EVENT_BURST), clock()
+        self._events_dropped = 0
 
     async def review(self, body: bytes) -> dict[str, Any]:
         """The response AdmissionReview for `body`; raises BadRequest for malformed input."""
@@ -163,8 +171,21 @@ class AdmissionHandler:
             log.warning("cluster fact lookups timed out; validating without them")
             return ClusterFacts()
 
+    def _event_allowed(self) -> bool:
+        now = self._clock()
+        self._event_tokens = min(float(EVENT_BURST), self._event_tokens + (now - self._event_refilled) / EVENT_SECONDS)
+        self._event_refilled = now
+        if self._event_tokens < 1:
+            self._events_dropped += 1
+            if self._events_dropped == 1 or self._events_dropped % 1000 == 0:
+                log.warning("ValidationFailed events dropped: more denials than the event rate allows",
+                            extra=fields(dropped=self._events_dropped))
+            return False
+        self._event_tokens -= 1
+        return True
+
     def _post_event(self, obj: Mapping[str, Any], namespace: str | None, message: str) -> None:
-        if self.recorder is None:
+        if self.recorder is None or not self._event_allowed():
             return
         meta = _metadata(obj)
         regarding_meta = {"name": meta.get("name"), "namespace": meta.get("namespace") or namespace}

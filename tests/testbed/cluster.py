@@ -552,6 +552,9 @@ class Testbed(Components):
                 f"--service-account-signing-key-file={pki.service_account.key}",
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--authorization-mode=RBAC",
+                # As OpenShift and hardened clusters run it: a child naming its owner with blockOwnerDeletion
+                # needs `update` on the owner's finalizers (the chart must grant it; test_chart.py proves it).
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 "--allow-privileged=true",
                 # ServiceAccount admission is on, as in a real cluster: in-cluster clients (the chart's operator
                 # on the real node) get their token volume. Pods wait for the namespace's `default` account.

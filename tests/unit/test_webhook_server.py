@@ -28,6 +28,7 @@ from tests.support.admission import (
     review,
     write_pair,
 )
+from tests.support.connections import Connections
 from tests.support.strategies import spec_strategy
 from webhook import server as server_module
 from webhook.server import (
@@ -41,8 +42,9 @@ from webhook.server import (
 
 class Harness:
     def __init__(self, server: WebhookServer, session: aiohttp.ClientSession, facts: FakeFacts,
-                 recorder: FakeRecorder) -> None:
+                 recorder: FakeRecorder, connections: Connections) -> None:
         self.server, self.session, self.facts, self.recorder = server, session, facts, recorder
+        self.connections = connections  # what the session opened
 
     @property
     def url(self) -> str:
@@ -72,8 +74,10 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
                            host="127.0.0.1", port=0)
     await server.start()
     assert server.ready
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(ca))) as session:
-        yield Harness(server, session, facts, recorder)
+    connections = Connections()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(ca)),
+                                     trace_configs=[connections.trace]) as session:
+        yield Harness(server, session, facts, recorder, connections)
     await server.stop()
     assert not server.ready
 
@@ -281,6 +285,7 @@ async def test_a_body_that_never_arrives_is_answered_408_and_its_connection_clos
 async def test_keep_alive_connection_serves_many_requests(harness: Harness) -> None:
     for _ in range(50):
         assert (await harness.respond(review(dittoserver())))["allowed"]
+    assert harness.connections.opened == 1, "all 50 requests went over one kept-alive connection"
 
 
 # -- readiness without a certificate --------------------------------------------------------------------------
@@ -367,3 +372,23 @@ async def test_handler_answers_or_rejects_every_input(body: Any) -> None:
     if not response["allowed"]:
         denial_causes(response)  # every cause names a field path and says what is wrong
     await handler.flush()
+
+
+async def test_denial_events_are_rate_limited() -> None:
+    """Whatever reaches the port can send reviews naming any namespace: the Events they cause are bounded (a
+    burst, then one per EVENT_SECONDS), while every denial still reaches its caller."""
+    now = [1000.0]
+    recorder = FakeRecorder()
+    handler = AdmissionHandler(FakeFacts(), recorder, clock=lambda: now[0])
+
+    async def deny(count: int) -> None:
+        for i in range(count):
+            body = json.dumps(review(dittoserver({"replicas": 7}, name=f"s{i}"), uid=f"u{i}")).encode()
+            assert (await handler.review(body))["response"]["allowed"] is False
+        await handler.flush()
+
+    await deny(server_module.EVENT_BURST + 10)
+    assert len(recorder.posted) == server_module.EVENT_BURST
+    now[0] += 3 * server_module.EVENT_SECONDS
+    await deny(10)
+    assert len(recorder.posted) == server_module.EVENT_BURST + 3
