@@ -118,6 +118,10 @@ class Lane:
 class Memory:
     """Per-server facts remembered between passes, so events are posted on transitions only."""
 
+    uid: str = ""
+    """The server they are about: a server re-created under the same name starts with nothing remembered."""
+    deleting_since: float | None = None
+    """Monotonic time of this process's first deletion pass (the drain's timeout counts from it)."""
     digests: dict[tuple[str, str], str | None] = field(default_factory=dict)
     database_ready: bool | None = None
     percona_kept: tuple[int, frozenset[str]] | None = None

@@ -117,6 +117,8 @@ class Controller:
         lane = self.reconciler.shared.service_lane
         if not self.active.is_set():
             lane.forget(key)  # slots set aside for this pass would stay taken: ``resume`` queues it afresh
+            if key not in self.cache.servers:
+                await self.reconciler.forget(key)  # gone while another replica led: nothing to write, only to free
             return None
         started = lane.wakes
         began = time.monotonic()
@@ -282,6 +284,7 @@ class Controller:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         await self.queue.stop()
+        await self.reconciler.close()
 
     def resume(self) -> None:
         """Became leader: reconcile everything we know."""
@@ -333,6 +336,8 @@ class Controller:
         self.cache.drop_server(key)
         self.queue.forget(key)
         self.reconciler.shared.service_lane.forget(key)
+        # A pass that finds it gone frees its memory and DittoFS session (else they stayed, for its successor).
+        self.queue.add(key)
 
     # -- watch events -------------------------------------------------------------------------------------
     def on_server(self, event_type: str | None, body: dict[str, Any]) -> None:

@@ -93,7 +93,8 @@ class WorkQueue(Generic[K]):
         """Exponential backoff per key: 0.5 s doubling up to the maximum."""
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        return float(min(0.5 * 2 ** (failures - 1), self._max_backoff))
+        # The exponent is capped: 2 ** 1024 overflows a float, and a server failing for a day got there.
+        return float(min(0.5 * 2 ** min(failures - 1, 32), self._max_backoff))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,7 +135,10 @@ class WorkQueue(Generic[K]):
                 self._active.discard(key)
                 self.passes += 1
             if self.on_result is not None and result:
-                self.on_result(result, loop.time() - started)
+                try:
+                    self.on_result(result, loop.time() - started)
+                except Exception:  # a metric must never take a worker with it
+                    log.exception("recording a pass result failed")
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)

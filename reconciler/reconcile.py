@@ -15,6 +15,7 @@ from dittoctl.api.kinds import CONFIGMAPS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import ADMIN_PASSWORD, JWT_SECRET, ValueBounds, watched_secrets
+from dittoctl.kube.background import together
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
 from reconciler import specs
@@ -70,18 +71,35 @@ class Reconciler:
     def discovery(self) -> Discovery:
         return self.shared.discovery
 
+    async def memory_for(self, key: Key, uid: str) -> Memory:
+        """What is remembered about the server ``uid``: a new server of a deleted one's name starts afresh (its
+        predecessor's reported states would hide its own events, its DittoFS session reach a pod now gone)."""
+        memory = self.memory.get(key)
+        if memory is None or memory.uid != uid:
+            await self.forget(key)
+            memory = self.memory[key] = Memory(uid=uid)
+        return memory
+
+    async def forget(self, key: Key) -> None:
+        """Drop what is remembered about a server, and close its DittoFS session."""
+        gone = self.memory.pop(key, None)
+        if gone is not None and gone.fileservice is not None:
+            await gone.fileservice.close()
+
+    async def close(self) -> None:
+        """Close every DittoFS session (the process is stopping)."""
+        await asyncio.gather(*(self.forget(key) for key in list(self.memory)), return_exceptions=True)
+
     async def reconcile(self, key: Key) -> float | None:
         """Returns seconds until the next pass is wanted (None: wait for a watch event)."""
         packed = self.shared.cache.servers.get(key)
         if packed is None:
             self.shared.forget(key)
-            gone = self.memory.pop(key, None)
-            if gone is not None and gone.fileservice is not None:
-                await gone.fileservice.close()
+            await self.forget(key)
             return None
         body = packed.unpack()
-        ctx = Pass(self.shared, key, body, self.memory.setdefault(key, Memory()), fresh=not body.get("status"),
-                   _current=(packed, body))
+        memory = await self.memory_for(key, str(body.get("metadata", {}).get("uid") or ""))
+        ctx = Pass(self.shared, key, body, memory, fresh=not body.get("status"), _current=(packed, body))
         if body.get("metadata", {}).get("deletionTimestamp"):
             return await finalize(ctx)
         if is_paused(body):
@@ -97,7 +115,7 @@ class Reconciler:
         names = Names.of(server)
         ctx.cache.set_refs(ctx.key, watched_secrets(server.spec, names))
         # Independent writes go out together: a new server's first pass is a few round trips, not a dozen.
-        await asyncio.gather(ensure_finalizer(ctx), ensure_generated(ctx, server, names))
+        await together(ensure_finalizer(ctx), ensure_generated(ctx, server, names))
         consumed = await consumed_digests(ctx, server, names)
         digests = consumed.digests
         status = ctx.current().get("status") or {}
@@ -110,7 +128,7 @@ class Reconciler:
         # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
         # gates: so a new server's goes out with them, its second round trip.
         # It is also sent first: the pods, the slowest part of a new server, start from it.
-        (sts, database, errors, reason, recreating), created, *_ = await asyncio.gather(
+        (sts, database, errors, reason, recreating), created, *_ = await together(
             self._statefulset(ctx, server, names, desired, consumed, held=refused is not None),
             asyncio.sleep(0) if existed else apply_config_map(ctx, desired, names),
             apply_services(ctx, desired, names), apply_network_policy(ctx, desired, names),
@@ -177,8 +195,8 @@ class Reconciler:
         await report_missing(ctx, errors)
         reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
         sts = await observe_statefulset(ctx, names)
-        # Before the StatefulSet exists a first boot is ahead: the admin password is read then only.
-        for bounds, error in await refused_values(ctx, server, digests, first_boot=sts is None):
+        # The admin password matters only to a first boot: without a StatefulSet or a control-plane volume.
+        for bounds, error in await refused_values(ctx, server, names, digests, has_statefulset=sts is not None):
             errors, reason = [*errors, error], REFUSED_VALUE_REASONS[bounds]
         drift = storage_drift(sts, desired.statefulset)
         if drift.errors:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 
@@ -28,3 +28,17 @@ class Background:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def together(*calls: Awaitable[Any]) -> list[Any]:
+    """``asyncio.gather``, except that when one call fails the others are cancelled, and waited for, before its
+    error is raised: a failed pass leaves no write of its own still in flight when the next pass, or another
+    leader, starts (gather would raise at once and leave them running)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -41,6 +41,7 @@ from dittoctl.api.fileservice.observed import (
 )
 from dittoctl.api.fileservice.planner import API, Plan, Reads, share_path, store_body_json
 from dittoctl.api.fileservice.types import Call, Kind, Op, StoreKind, share_name
+from dittoctl.kube.background import together
 
 log = logging.getLogger("dittoctl.dittofs")
 _STORE_CALLS = (Kind.METADATA_STORE, Kind.LOCAL_STORE, Kind.REMOTE_STORE)
@@ -326,7 +327,7 @@ class DittoFsClient:
                     **{f"/adapters/{t}/settings": t in wanted.settings for t in ("nfs", "smb")}}
         paths += [p for p, read in optional.items() if read]
         # An adapter deleted by hand has no settings (404): absent, so the planner re-creates it.
-        got = dict(zip(paths, await asyncio.gather(*(self._get(f"{API}{p}", absent="/settings" in p) for p in paths)),
+        got = dict(zip(paths, await together(*(self._get(f"{API}{p}", absent="/settings" in p) for p in paths)),
                        strict=True))
         stores = {StoreKind.METADATA: parse_stores(got["/store/metadata"]),
                   StoreKind.LOCAL: parse_stores(got["/store/block/local"]),
@@ -338,10 +339,10 @@ class DittoFsClient:
             return names if wanted_names is None else sorted({share_name(n) for n in wanted_names} & set(names))
 
         detail = present(wanted.details)
-        details = await asyncio.gather(*(self._share_details(n) for n in detail))
+        details = await together(*(self._share_details(n) for n in detail))
         counted = present(wanted.snapshots)
-        snapshots = await asyncio.gather(*(self.request("GET", f"{share_path(n)}/snapshots") for n in counted))
-        identity = await asyncio.gather(*(self._identity_provider(t) for t in wanted.identity))
+        snapshots = await together(*(self.request("GET", f"{share_path(n)}/snapshots") for n in counted))
+        identity = await together(*(self._identity_provider(t) for t in wanted.identity))
         return Observed(
             identity={t: record for t, record in zip(wanted.identity, identity, strict=True) if record is not None},
             users=parse_users(got["/users"]), groups=parse_groups(got.get("/groups")),
@@ -367,8 +368,8 @@ class DittoFsClient:
 
     async def _share_details(self, name: str) -> tuple[Any, Any]:
         base = share_path(name)
-        nfs, perms = await asyncio.gather(self.request("GET", f"{base}/adapters/nfs/config"),
-                                          self.request("GET", f"{base}/permissions"))
+        nfs, perms = await together(self.request("GET", f"{base}/adapters/nfs/config"),
+                                    self.request("GET", f"{base}/permissions"))
         return parse_share_nfs(nfs), parse_permissions(perms)
 
     # -- writes --------------------------------------------------------------------------------------------
@@ -453,6 +454,9 @@ async def operator_login(base_url: str, operator_name: str, operator_password: S
             return client
     except (DittoFsAuthError, DittoFsForbidden):
         pass
+    except BaseException:  # unreachable, a 5xx, cancelled: the session is not the caller's to close
+        await client.close()
+        raise
     await client.close()
     return None
 
@@ -468,12 +472,16 @@ async def restore_operator(base_url: str, admin_password: SecretStr, operator_na
     password = operator_password.get_secret_value()
     admin = DittoFsClient(base_url, "admin", admin_password, session=client._http(), timeout=timeout, tls=tls)
     try:
-        await admin.request("POST", f"{API}/users", {"username": operator_name, "password": password,
-                                                      "role": "admin"}, (password,))
-    except DittoFsConflict:
-        await admin.request("PUT", f"{API}/users/{operator_name}", {"role": "admin", "enabled": True})
-        await admin.request("POST", f"{API}/users/{operator_name}/password", {"new_password": password},
-                            (password,))
-    client.requests.update(admin.requests)
-    await client.login()
+        try:
+            await admin.request("POST", f"{API}/users", {"username": operator_name, "password": password,
+                                                          "role": "admin"}, (password,))
+        except DittoFsConflict:
+            await admin.request("PUT", f"{API}/users/{operator_name}", {"role": "admin", "enabled": True})
+            await admin.request("POST", f"{API}/users/{operator_name}/password", {"new_password": password},
+                                (password,))
+        client.requests.update(admin.requests)
+        await client.login()
+    except BaseException:  # admin refused, unreachable, cancelled: nobody else would close the session
+        await client.close()
+        raise
     return client

@@ -6,7 +6,6 @@ point GET on a miss; bodies are never kept.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import SECRETS
+from dittoctl.api.kinds import PVCS, SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import ValueBounds, bounded_values, consumed_keys, mounted_secrets
+from dittoctl.kube.background import together
 from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
 from reconciler.cache import SecretDigest, secret_digest
@@ -50,7 +50,7 @@ async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None
         wanted.append((names.jwt_secret, lambda: jwt_secret(names, new_jwt_value())))
     if identity.admin.password_secret_ref is None:
         wanted.append((names.admin_secret, lambda: admin_secret(names, identity.admin.username, new_password())))
-    await asyncio.gather(*(_generate(ctx, names.namespace, name, build) for name, build in wanted))
+    await together(*(_generate(ctx, names.namespace, name, build) for name, build in wanted))
 
 
 async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], dict[str, Any]]) -> None:
@@ -66,25 +66,32 @@ async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], di
         await _read(ctx, name, ctx.gw.get(SECRETS, name, namespace))
 
 
-async def refused_values(ctx: Pass, server: DittoServer, digests: SecretDigests, *,
-                         first_boot: bool) -> list[tuple[ValueBounds, str]]:
+async def refused_values(ctx: Pass, server: DittoServer, names: Names, digests: SecretDigests, *,
+                         has_statefulset: bool) -> list[tuple[ValueBounds, str]]:
     """The user's Secret values DittoFS would exit on at start (a JWT secret under 32 characters; before the
     first boot, an admin password outside 8-72 bytes), each with its error. One GET per new value: the verdict
     is remembered by the value's digest, the value itself is dropped at once, and its length is never shown."""
     refused: list[tuple[ValueBounds, str]] = []
     for _, ref, bounds in bounded_values(server.spec):
         digest = digests.get((ref.name, ref.key))
-        if digest is None or (bounds.first_boot_only and not first_boot):
+        if digest is None or (bounds.first_boot_only and has_statefulset):
             continue
         known = ctx.memory.value_lengths.get((ref.name, ref.key))
         if known is None or known[0] != digest:
             obj = await ctx.gw.get_or_none(SECRETS, ref.name, ctx.namespace)
             raw = ((obj or {}).get("data") or {}).get(ref.key) or ""
             known = ctx.memory.value_lengths[(ref.name, ref.key)] = (digest, len(base64.b64decode(raw)))
-        if bounds.refuses(known[1]):
+        if bounds.refuses(known[1]) and not (bounds.first_boot_only and await _booted_before(ctx, names)):
             refused.append((bounds, f"Secret {ref.name} key {ref.key}: DittoFS needs {bounds.need} for the "
                                     f"{bounds.what}, else it exits at start; {bounds.fix}"))
     return refused
+
+
+async def _booted_before(ctx: Pass, names: Names) -> bool:
+    """A control-plane volume exists (kept from an earlier server of this name, or its StatefulSet is being
+    re-created around it): its database has its admin, and DittoFS ignores the bootstrap password."""
+    claims = await ctx.gw.list(PVCS, names.namespace, field_selector=f"metadata.name={names.control_plane_claim}")
+    return bool(claims)
 
 
 async def s3_secret(ctx: Pass, server: DittoServer) -> SecretDigest:

@@ -873,3 +873,46 @@ def test_a_server_waiting_for_its_service_lane_is_queued_only_by_changes_to_what
     controller.on_pod("MODIFIED", _pod(phase="Running", podIP="10.0.0.2",
                                        conditions=[{"type": "Ready", "status": "True"}]))
     assert queued == {key}
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_deleted_server_leaves_no_memory_and_a_new_one_of_its_name_starts_afresh() -> None:
+    """Per-server memory (and its DittoFS session) was freed only by a pass that found the server gone, and
+    none was queued on DELETED: it stayed, ~2.5 KiB (+25 KiB with a session) per deleted server, and a new
+    server of that name inherited it (its predecessor's reported states hid its own events)."""
+    controller = Controller(cast(Gateway, object()))
+    reconciler, key = controller.reconciler, ("ns", "demo")
+    server = {"metadata": {"namespace": "ns", "name": "demo", "resourceVersion": "1", "uid": "u1"}, "spec": {}}
+    controller.on_server("ADDED", copy.deepcopy(server))
+    first = await reconciler.memory_for(key, "u1")
+    first.waiting, first.fileservice = "Secret admin not found", _Session()
+    assert await reconciler.memory_for(key, "u1") is first
+    controller.queue._queued.clear()
+
+    controller.on_server("DELETED", copy.deepcopy(server))
+    assert key in controller.queue._queued, "the pass that frees it is queued"
+    assert await reconciler.reconcile(key) is None
+    assert key not in reconciler.memory and first.fileservice.closed
+
+    # Re-created under the same name before any pass saw it gone: a new uid gets nothing of the old one.
+    reconciler.memory[key] = first
+    first.fileservice = _Session()
+    second = await reconciler.memory_for(key, "u2")
+    assert second is not first and second.uid == "u2" and second.waiting is None and first.fileservice.closed
+
+
+async def test_stopping_closes_every_dittofs_session() -> None:
+    controller = Controller(cast(Gateway, object()))
+    sessions = [_Session() for _ in range(3)]
+    for i, session in enumerate(sessions):
+        memory = await controller.reconciler.memory_for(("ns", f"s{i}"), f"u{i}")
+        memory.fileservice = session
+    await controller.stop()
+    assert all(s.closed for s in sessions) and controller.reconciler.memory == {}

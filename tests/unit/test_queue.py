@@ -69,6 +69,35 @@ def test_retries_back_off_exponentially_per_key_up_to_the_cap() -> None:
     assert queue._retry_after("b") == 0.5
     queue.forget("a")  # a success (or a deleted server) starts over
     assert queue._retry_after("a") == 0.5
+    # A server failing for a day (1440 passes at the cap) stays at the cap: 2 ** 1024 overflowed and took the
+    # worker with it, one per drift tick, until nothing reconciled.
+    for _ in range(2000):
+        assert queue._retry_after("b") <= 60.0
+
+
+async def test_a_failing_result_hook_does_not_take_the_worker() -> None:
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def worker(key: str) -> None:
+        seen.append(key)
+        if len(seen) == 2:
+            done.set()
+
+    def broken(result: str, seconds: float) -> None:
+        raise ValueError("metric")
+
+    queue: WorkQueue[str] = WorkQueue(worker, concurrency=1)
+    queue.on_result = broken
+    queue.start()
+    try:
+        queue.add("a")
+        await asyncio.sleep(0.05)
+        queue.add("b")
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await queue.stop()
+    assert seen == ["a", "b"]
 
 
 async def test_an_interrupt_stops_the_passes_in_flight_and_the_workers_go_on() -> None:
