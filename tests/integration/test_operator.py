@@ -37,11 +37,6 @@ def apiserver_requests(testbed: Any, resource: str, verb: str) -> float:
                and f'verb="{verb}"' in line)
 
 
-def reconcile_passes(operator: OperatorProcess) -> float:
-    return sum(float(line.rpartition(" ")[2]) for line in operator.metrics().splitlines()
-               if line.startswith("controller_runtime_reconcile_total{"))
-
-
 def test_scheduling_only_changes_do_not_roll_and_zero_replicas_stop(testbed: Any, operator: OperatorProcess,
                                                                     namespace: str) -> None:
     # The logging-change and Secret-rotation restarts moved to test_real_node.py (a real dfs restarts there).
@@ -99,10 +94,11 @@ def test_children_are_repaired_and_unchanged_objects_cost_no_writes(
     repairs = testbed.operator_writes(0, namespace)
     assert any(w["objectRef"]["resource"] == "services" for w in repairs), "the audit log must see our writes"
     time.sleep(3)  # let the last watch events settle
-    mark = testbed.audit_line_count()
+    mark, passes = testbed.audit_line_count(), operator.reconcile_passes()
     time.sleep(12)  # more than two drift passes (interval 5 s)
     writes = testbed.operator_writes(mark, namespace)
     assert writes == [], f"unchanged objects were written: {[(w['verb'], w['objectRef']) for w in writes]}"
+    assert operator.reconcile_passes() >= passes + 2, "no drift pass ran in the window: nothing was proven"
 
 
 def test_restart_mid_reconcile_converges_without_duplicates(testbed: Any, operator: OperatorProcess,
@@ -245,8 +241,10 @@ def test_a_waiting_server_does_not_flood_events(testbed: Any, operator: Operator
     cond = condition(obj, "ConfigReady")
     assert cond is not None and cond["status"] == "False" and cond["reason"] == "MissingSecret"
     assert "absent" in cond["message"]
+    passes = operator.reconcile_passes()
     time.sleep(15)  # three drift passes
     assert len(events(testbed, namespace)) <= 2
+    assert operator.reconcile_passes() >= passes + 2, "no drift pass ran in the window: nothing was proven"
     assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
     # Creating the Secret is noticed at once through the Secret index.
     testbed.kubectl("create", "secret", "generic", "absent", "-n", namespace, "--from-literal=k=" + "x" * 40)
@@ -264,10 +262,34 @@ def test_a_short_jwt_secret_stops_the_rollout_instead_of_crash_looping(testbed: 
         return cond if cond and cond["reason"] == "JwtSecretTooShort" else None
 
     cond = eventually(too_short, what="ConfigReady=False/JwtSecretTooShort")
-    assert cond["status"] == "False" and "20 characters" in cond["message"] and "s" * 20 not in cond["message"]
+    assert cond["status"] == "False" and "at least 32 characters" in cond["message"], cond
+    assert "20" not in cond["message"] and "s" * 20 not in cond["message"], "a status never measures a Secret"
     assert server(testbed, namespace)["status"]["phase"] == "Failed"
     assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
     testbed.kubectl("patch", "secret", "jwt", "-n", namespace, "-p", json.dumps({"stringData": {"k": "s" * 32}}))
+    wait_ready(testbed, namespace)
+
+
+def test_an_admin_password_dittofs_cannot_hash_stops_the_first_rollout(testbed: Any, operator: OperatorProcess,
+                                                                      namespace: str) -> None:
+    # DittoFS creates `admin` at its first boot with bcrypt (8 to 72 bytes) and exits on any other length.
+    testbed.kubectl("create", "secret", "generic", "admin", "-n", namespace, "--from-literal=pw=short")
+    apply_server(testbed, namespace, identity={"admin": {"passwordSecretRef": {"name": "admin", "key": "pw"}}})
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "ConfigReady")
+        return cond if cond and cond["reason"] == "AdminPasswordRefused" else None
+
+    cond = eventually(refused, what="ConfigReady=False/AdminPasswordRefused")
+    assert cond["status"] == "False" and "8 to 72 bytes" in cond["message"] and "short" not in cond["message"]
+    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    testbed.kubectl("patch", "secret", "admin", "-n", namespace, "-p",
+                    json.dumps({"stringData": {"pw": "long-enough-1"}}))
+    wait_ready(testbed, namespace)
+    # Re-created on its kept volumes, the server has its admin already (DittoFS ignores the value): not held.
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=60s")
+    testbed.kubectl("patch", "secret", "admin", "-n", namespace, "-p", json.dumps({"stringData": {"pw": "short"}}))
+    apply_server(testbed, namespace, identity={"admin": {"passwordSecretRef": {"name": "admin", "key": "pw"}}})
     wait_ready(testbed, namespace)
 
 
@@ -308,7 +330,7 @@ def test_ready_only_once_every_listed_object_was_delivered(testbed: Any, operato
     assert len(warm) == 1 and warm[0]["servers"] >= 30, warm
     # Every server gets a pass after a start; what the listings delivered must compare equal to what the
     # operator would apply (list items carry no apiVersion/kind of their own), so none of them writes.
-    eventually(lambda: reconcile_passes(operator) >= 30, timeout=60, what="a pass per server after the restart")
+    eventually(lambda: operator.reconcile_passes() >= 30, timeout=60, what="a pass per server after the restart")
     writes = [f"{w['verb']} {w['objectRef'].get('resource')}/{w['objectRef'].get('subresource') or ''} "
               f"{w['objectRef'].get('name')}" for w in testbed.operator_writes(mark, namespace)]
     assert writes == [], writes[:10]
@@ -360,8 +382,8 @@ def test_network_policy_and_service_monitor_follow_the_spec_and_the_crd(testbed:
                    what="the ServiceMonitor watch")
         gets = apiserver_requests(testbed, "servicemonitors", "GET")  # reads are not audited
         assert gets > 0, "the metric counts this test's own kubectl gets"
-        passes = reconcile_passes(operator)
-        eventually(lambda: reconcile_passes(operator) >= passes + 3, timeout=30, what="three more passes")
+        passes = operator.reconcile_passes()
+        eventually(lambda: operator.reconcile_passes() >= passes + 3, timeout=30, what="three more passes")
         assert apiserver_requests(testbed, "servicemonitors", "GET") == gets, "passes read the ServiceMonitor"
         testbed.kubectl("delete", "servicemonitor", "demo-metrics", "-n", namespace)
         eventually(lambda: (m := monitor()) is not None and m["metadata"]["uid"] != uid, timeout=60,
@@ -379,8 +401,10 @@ def test_network_policy_and_service_monitor_follow_the_spec_and_the_crd(testbed:
                    what="the ServiceMonitor watch stopped")
         lists = apiserver_requests(testbed, "servicemonitors", "LIST")
         assert lists > 0, "the metric counts the watch's listings"
+        passes = operator.reconcile_passes()
         time.sleep(6)  # more than a drift interval
         assert apiserver_requests(testbed, "servicemonitors", "LIST") == lists, "listings of a missing API"
+        assert operator.reconcile_passes() > passes, "no pass ran in the window: nothing was proven"
         wait_ready(testbed, namespace)
     finally:
         testbed.kubectl("delete", "-f", str(crd), "--ignore-not-found", "--timeout=60s", check=False)

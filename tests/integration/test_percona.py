@@ -99,7 +99,7 @@ def test_user_edits_are_kept_and_spec_changes_propagate(testbed: Any, operator: 
         sts = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)
         return str(sts["spec"]["template"]["metadata"]["annotations"]["dittofs.io/config-hash"])
 
-    before, mark = config_hash(), testbed.audit_line_count()
+    before, mark, passes = config_hash(), testbed.audit_line_count(), operator.reconcile_passes()
     testbed.kubectl("patch", "secret", "demo-postgres-pguser-dittofs", "-n", namespace, "--type=merge",
                     "-p", json.dumps({"stringData": {"password": "pw-from-percona-2"}}))
     eventually(lambda: config_hash() != before, what="the rotation rolled out (a new build)")
@@ -107,6 +107,7 @@ def test_user_edits_are_kept_and_spec_changes_propagate(testbed: Any, operator: 
     writes = [w for w in testbed.operator_writes(mark, namespace) if w["objectRef"]["resource"] == "perconapgclusters"]
     codes = [(w["verb"], (w.get("responseStatus") or {}).get("code")) for w in writes]
     assert writes == [], f"a kept edit was written again: {codes}"
+    assert operator.reconcile_passes() >= passes + 3, "the rotation's pass and two drift passes"
     assert len(events(testbed, namespace, "PerconaDriftDetected")) == 1
     assert cluster(testbed, namespace)["spec"]["postgresVersion"] == 17
 

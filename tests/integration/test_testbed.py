@@ -164,6 +164,35 @@ def test_garbage_collector_deletes_dependents(testbed: Testbed, tb_ns: str) -> N
     )
 
 
+def test_a_blocking_owner_reference_needs_update_on_the_owners_finalizers(testbed: Testbed, tb_ns: str) -> None:
+    """The apiserver runs OwnerReferencesPermissionEnforcement, as OpenShift and hardened clusters do: the chart's
+    RBAC is proven against it (the operator's children name their server with blockOwnerDeletion: true)."""
+    account = f"system:serviceaccount:{tb_ns}:probe"
+    testbed.kubectl("create", "serviceaccount", "probe", "-n", tb_ns)
+    testbed.kubectl("create", "role", "probe", "-n", tb_ns, "--verb=create", "--resource=configmaps")
+    testbed.kubectl("create", "rolebinding", "probe", "-n", tb_ns, "--role=probe", f"--serviceaccount={tb_ns}:probe")
+    testbed.kubectl("create", "configmap", "owner", "-n", tb_ns)
+    owner = get_json(testbed, "configmap", "owner", "-n", tb_ns)
+
+    def create(name: str) -> subprocess.CompletedProcess[str]:
+        ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"],
+               "controller": True, "blockOwnerDeletion": True}
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": tb_ns, "ownerReferences": [ref]}}
+        return testbed.kubectl("create", "-f", "-", f"--as={account}", input=json.dumps(body), check=False)
+
+    # Allowed to create ConfigMaps (the RBAC authorizer's cache may take a moment), refused the blocking reference.
+    def refused() -> str | None:
+        proc = create("dependent")
+        return proc.stderr if proc.returncode != 0 and "blockOwnerDeletion" in proc.stderr else None
+
+    assert "cannot set blockOwnerDeletion" in eventually(refused, what="the blocking reference refused")
+    testbed.kubectl("create", "role", "finalizers", "-n", tb_ns, "--verb=update", "--resource=configmaps/finalizers")
+    testbed.kubectl("create", "rolebinding", "finalizers", "-n", tb_ns, "--role=finalizers",
+                    f"--serviceaccount={tb_ns}:probe")
+    eventually(lambda: create("dependent").returncode == 0, what="the reference allowed with update on finalizers")
+
+
 class _DenyLabelled(http.server.BaseHTTPRequestHandler):
     """A validating webhook: deny objects that carry the label ``testbed.local/deny``."""
 
