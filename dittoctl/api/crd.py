@@ -59,6 +59,8 @@ def _structural(node: JsonSchema, required: bool = True) -> JsonSchema:
         if merged.get("default", ...) is None:
             del merged["default"]
         node = merged
+    if "const" in node:  # not a keyword of a CRD's schema: the apiserver drops it (or refuses the CRD)
+        node["enum"] = [node.pop("const")]
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
     if node.get("type") == "object" and "properties" in node:

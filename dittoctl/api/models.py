@@ -129,6 +129,10 @@ def _check_nesting(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+# Lists of named entries are maps to server-side apply: two managers (Argo CD and a team's `kubectl apply
+# --server-side`) each own their entries, instead of the last applier replacing the whole list.
+NAMED_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+
 # Kubernetes shapes passed through untouched; the apiserver keeps them as written.
 KubeObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
                        AfterValidator(_check_nesting)]
@@ -504,11 +508,11 @@ STORE_LISTS: tuple[StoreList, ...] = ("metadata", "local", "remote")
 class StoresSpec(ApiModel):
     """DittoFS stores, provisioned over the REST API. Unset lists get one store named default."""
 
-    metadata: list[MetadataStoreSpec] | None = None
+    metadata: list[MetadataStoreSpec] | None = Field(None, json_schema_extra=NAMED_LIST)
     """Metadata stores; unset: default = badger at /data/store/metadata/badger."""
-    local: list[LocalStoreSpec] | None = None
+    local: list[LocalStoreSpec] | None = Field(None, json_schema_extra=NAMED_LIST)
     """Local block stores; unset: default = fs at /data/store/block/blocks."""
-    remote: list[RemoteStoreSpec] = Field(default_factory=list)
+    remote: list[RemoteStoreSpec] = Field(default_factory=list, json_schema_extra=NAMED_LIST)
     """Remote (S3) block stores."""
 
     @overload
@@ -922,13 +926,13 @@ class DittoServerSpec(ApiModel):
     """Extra pod annotations."""
     termination_grace_period_seconds: int | None = Field(None, ge=MIN_GRACE_SECONDS)
     """Pod grace period; default 105 = preStop 5 + 3 x shutdown timeout 30 + 10."""
-    shares: list[FileShareSpec] | None = None
+    shares: list[FileShareSpec] | None = Field(None, json_schema_extra=NAMED_LIST)
     """Shares the operator provisions over the REST API once the pod is Ready. Unset: one share /export with
     defaultPermission read-write; [] serves none. A share removed from the list is deleted in DittoFS (its
     data stays in the stores), or only disabled while it has snapshots (DittoFS would delete them with it)."""
-    users: list[FileUserSpec] = Field(default_factory=list)
+    users: list[FileUserSpec] = Field(default_factory=list, json_schema_extra=NAMED_LIST)
     """DittoFS users the operator provisions (removed from the list: deleted in DittoFS)."""
-    groups: list[FileGroupSpec] = Field(default_factory=list)
+    groups: list[FileGroupSpec] = Field(default_factory=list, json_schema_extra=NAMED_LIST)
     """DittoFS groups the operator provisions (removed from the list: deleted in DittoFS)."""
 
     @property
@@ -1063,7 +1067,8 @@ class DittoServerStatus(ApiModel):
     store_revision: int | None = None
     """Counts store-config updates DittoFS applies only at start; part of the config hash, so each one rolls
     the pod once."""
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     """Conditions."""
 
 

@@ -49,6 +49,29 @@ def test_schema_rejects_bad_types_before_any_webhook(crd: Any, namespace: str) -
     assert "spec.replicas" in result.stderr and "spec.logging.level" in result.stderr
 
 
+def test_two_appliers_each_keep_their_own_users_and_shares(crd: Any, namespace: str) -> None:
+    """Named lists are maps to server-side apply: a second manager's entries join the first's (atomic, the last
+    applier replaced the list, and the operator deleted the other's users and shares in DittoFS)."""
+    def applied(users: list[str], shares: list[str]) -> str:
+        return json.dumps({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+                           "metadata": {"name": "shared", "namespace": namespace,
+                                        "annotations": {"dittofs.dittofs.com/reconcile": "disabled"}},
+                           "spec": {"storage": {"metadataSize": "1Gi"},
+                                    "users": [{"name": u, "passwordSecretRef": {"name": "pw", "key": u}}
+                                              for u in users],
+                                    "shares": [{"name": s} for s in shares]}})
+
+    crd.kubectl("apply", "--server-side", "--field-manager=argocd", "-f", "-", input=applied(["alice"], ["/a"]))
+    crd.kubectl("apply", "--server-side", "--field-manager=team", "-f", "-", input=applied(["bob"], ["/b"]))
+    spec = kubectl_json(crd, "get", "dittoserver", "shared", "-n", namespace)["spec"]
+    assert [u["name"] for u in spec["users"]] == ["alice", "bob"]
+    assert [s["name"] for s in spec["shares"]] == ["/a", "/b"]
+    # A manager dropping its entry removes only that one.
+    crd.kubectl("apply", "--server-side", "--field-manager=team", "-f", "-", input=applied([], []))
+    spec = kubectl_json(crd, "get", "dittoserver", "shared", "-n", namespace)["spec"]
+    assert [u["name"] for u in spec["users"]] == ["alice"] and [s["name"] for s in spec["shares"]] == ["/a"]
+
+
 def test_dittoctl_validate_with_cluster_lookups(crd: Any, namespace: str, tmp_path: Path) -> None:
     doc = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
            "metadata": {"name": "v", "namespace": namespace},

@@ -22,7 +22,20 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
             found.extend(_walk(value, f"{path}.{key}"))
         if isinstance(node.get("items"), dict):
             found.extend(_walk(node["items"], f"{path}[]"))
+        if isinstance(node.get("additionalProperties"), dict):
+            found.extend(_walk(node["additionalProperties"], f"{path}{{}}"))
     return found
+
+
+# apiextensions.k8s.io/v1 JSONSchemaProps: a key outside it is dropped (under items) or refuses the CRD.
+SCHEMA_KEYS = frozenset({
+    "id", "$schema", "$ref", "description", "type", "format", "title", "default", "maximum", "exclusiveMaximum",
+    "minimum", "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
+    "multipleOf", "enum", "maxProperties", "minProperties", "required", "items", "allOf", "oneOf", "anyOf", "not",
+    "properties", "additionalProperties", "patternProperties", "dependencies", "additionalItems", "definitions",
+    "externalDocs", "example", "nullable", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource",
+    "x-kubernetes-int-or-string", "x-kubernetes-list-map-keys", "x-kubernetes-list-type", "x-kubernetes-map-type",
+    "x-kubernetes-validations"})
 
 
 def schema() -> dict[str, Any]:
@@ -42,9 +55,27 @@ def test_schema_is_structural() -> None:
         assert "type" in node, f"{path} has no type"
 
 
+def test_every_schema_key_is_one_a_crd_knows() -> None:
+    """pydantic writes `const` for a one-value Literal: a CRD has no such keyword (it is an enum of one)."""
+    for path, node in _walk(schema()):
+        assert set(node) <= SCHEMA_KEYS, f"{path}: {sorted(set(node) - SCHEMA_KEYS)}"
+
+
+def test_lists_of_named_entries_are_maps_to_server_side_apply() -> None:
+    """Two managers (Argo CD, a team's `kubectl apply --server-side`) each own their entries of these lists;
+    atomic, the last applier replaced the whole list and the operator deleted the other's users and shares."""
+    nodes = dict(_walk(schema()))
+    for path in (".spec.users", ".spec.groups", ".spec.shares", ".spec.stores.metadata", ".spec.stores.local",
+                 ".spec.stores.remote", ".status.conditions"):
+        key = "type" if path.endswith("conditions") else "name"
+        node = nodes[path]
+        assert node["x-kubernetes-list-type"] == "map" and node["x-kubernetes-list-map-keys"] == [key], path
+        assert key in node["items"]["required"], f"{path}: a map key must be required"
+
+
 def test_every_spec_field_is_described() -> None:
     spec = schema()["properties"]["spec"]
-    missing = [p for p, n in _walk(spec) if p and not p.endswith("[]") and "description" not in n]
+    missing = [p for p, n in _walk(spec) if p and not p.endswith(("[]", "{}")) and "description" not in n]
     assert not missing
 
 
