@@ -120,8 +120,6 @@ class Memory:
 
     uid: str = ""
     """The server they are about: a server re-created under the same name starts with nothing remembered."""
-    deleting_since: float | None = None
-    """Monotonic time of this process's first deletion pass (the drain's timeout counts from it)."""
     digests: dict[tuple[str, str], str | None] = field(default_factory=dict)
     database_ready: bool | None = None
     percona_kept: tuple[int, frozenset[str]] | None = None
@@ -132,7 +130,7 @@ class Memory:
     waiting: str | None = None
     """The missing Secrets last reported (one event per change)."""
     backups_seen: set[str] | None = None
-    value_lengths: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    value_lengths: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict, repr=False)
     """(secret, key) -> (digest, length) of each bounded user value last checked (never the value)."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""

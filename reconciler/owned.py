@@ -40,7 +40,9 @@ class Owned:
 
 
 CHILDREN: tuple[Owned, ...] = (
-    Owned(CONFIGMAPS, ("get", "list", "watch", "create", "patch")),
+    # delete: never called, but OwnerReferencesPermissionEnforcement asks for it before an apply may change the
+    # owner of an existing ConfigMap (one left by `kubectl delete --cascade=orphan`, adopted by a new server).
+    Owned(CONFIGMAPS, ("get", "list", "watch", "create", "patch", "delete")),
     Owned(SERVICES, ("get", "list", "watch", "create", "patch", "delete")),
     Owned(STATEFULSETS, ("get", "list", "watch", "create", "patch", "delete")),
     Owned(NETWORKPOLICIES, ("get", "list", "watch", "create", "patch", "delete")),

@@ -182,6 +182,7 @@ class AdmissionHandler:
                             extra=fields(dropped=self._events_dropped))
             return False
         self._event_tokens -= 1
+        self._events_dropped = 0  # the next flood is logged again
         return True
 
     def _post_event(self, obj: Mapping[str, Any], namespace: str | None, message: str) -> None:

@@ -281,13 +281,12 @@ class _Check:
             if length is None or not bounds.refuses(length):
                 continue
             # The length itself is never shown: a denial must not measure a Secret for whoever reads it.
-            problem = f"Secret {_q(ref.name)} key {_q(ref.key)}: DittoFS needs {bounds.need} for the {bounds.what}"
+            where = f"Secret {_q(ref.name)} key {_q(ref.key)}"
             if bounds.first_boot_only and self.old is not None:
                 # A running server made its admin at its first boot and ignores the value since.
-                self.warn(path, f"Secret {_q(ref.name)} key {_q(ref.key)} is not {bounds.need}: a new server would "
-                          "not start")
+                self.warn(path, f"{where} is not {bounds.need}: a new server would not start")
             else:
-                self.error(path, f"{problem}, else it exits at start; {bounds.fix}")
+                self.error(path, bounds.refusal(where))
         access = spec.identity.jwt.access_token_duration
         if parsed.usable("identity.jwt.accessTokenDuration") and (duration_seconds(access) or 0) < 60:
             # DittoFS counts a token's lifetime in whole seconds: under one, it is expired when issued.

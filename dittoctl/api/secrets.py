@@ -36,6 +36,10 @@ class ValueBounds:
     def need(self) -> str:
         return f"{self.least} to {self.most} bytes" if self.most is not None else f"at least {self.least} characters"
 
+    def refusal(self, where: str) -> str:
+        """The error for a refused value at ``where`` (never its length: a message must not measure a Secret)."""
+        return f"{where}: DittoFS needs {self.need} for the {self.what}, else it exits at start; {self.fix}"
+
 
 JWT_SECRET = ValueBounds("JWT secret", MIN_JWT_SECRET_LENGTH, None,
                          "store a longer random value (e.g. `openssl rand -hex 32`)")

@@ -31,14 +31,20 @@ class Background:
 
 
 async def together(*calls: Awaitable[Any]) -> list[Any]:
-    """``asyncio.gather``, except that when one call fails the others are cancelled, and waited for, before its
-    error is raised: a failed pass leaves no write of its own still in flight when the next pass, or another
-    leader, starts (gather would raise at once and leave them running)."""
+    """``asyncio.gather``, except that the first call's error is raised only once every other call has ended: a
+    failed pass leaves no write of its own in flight when the next pass starts (gather raised at once and left
+    them running). The others run to their end (a StatefulSet apply, an expansion's orphan delete are not cut
+    short by a refused NetworkPolicy); cancelling the caller (the Lease lost, the process stopping) cancels
+    them all, and waits for them too."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
-        return list(await asyncio.gather(*tasks))
+        results = await asyncio.gather(*tasks, return_exceptions=True)
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)

@@ -81,4 +81,7 @@ class EventRecorder:
                                                    error=str(exc)))
             self._seen.pop(key, None)
             return False
+        except BaseException:  # cancelled mid-post: not posted, so not to be suppressed either
+            self._seen.pop(key, None)
+            raise
         return True

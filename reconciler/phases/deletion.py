@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import DITTOSERVERS, STATEFULSETS
@@ -24,6 +25,11 @@ POLL_SECONDS = 1.0
 
 async def _waiting(ctx: Pass, what: str) -> None:
     await ctx.write_status(deleting_status(ctx.current().get("status"), ctx.generation, what))
+
+
+def _age(timestamp: str) -> float:
+    deleted = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    return time.time() - deleted
 
 
 async def finalize(ctx: Pass) -> float | None:
@@ -48,10 +54,7 @@ async def finalize(ctx: Pass) -> float | None:
                                                                namespace))
     pods = ctx.cache.pods_of(namespace, name)
     timeout = ctx.shared.cleanup_timeout
-    # Counted on this process's monotonic clock from the first deletion pass it made, not from the apiserver's
-    # deletionTimestamp: a node clock running ahead would have skipped the drain at once.
-    since = ctx.memory.deleting_since = ctx.memory.deleting_since or time.monotonic()
-    timed_out = time.monotonic() - since > timeout
+    timed_out = _age(str(meta["deletionTimestamp"])) > timeout
     if pods and not timed_out:
         await _waiting(ctx, f"draining: waiting for {len(pods)} pod(s) of StatefulSet {name} to stop "
                             f"(at most {int(timeout)}s after deletion, PVCs are kept)")

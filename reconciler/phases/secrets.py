@@ -81,15 +81,17 @@ async def refused_values(ctx: Pass, server: DittoServer, names: Names, digests: 
             obj = await ctx.gw.get_or_none(SECRETS, ref.name, ctx.namespace)
             raw = ((obj or {}).get("data") or {}).get(ref.key) or ""
             known = ctx.memory.value_lengths[(ref.name, ref.key)] = (digest, len(base64.b64decode(raw)))
-        if bounds.refuses(known[1]) and not (bounds.first_boot_only and await _booted_before(ctx, names)):
-            refused.append((bounds, f"Secret {ref.name} key {ref.key}: DittoFS needs {bounds.need} for the "
-                                    f"{bounds.what}, else it exits at start; {bounds.fix}"))
+        if bounds.refuses(known[1]) and not (bounds.first_boot_only and await _booted_before(ctx, server, names)):
+            refused.append((bounds, bounds.refusal(f"Secret {ref.name} key {ref.key}")))
     return refused
 
 
-async def _booted_before(ctx: Pass, names: Names) -> bool:
+async def _booted_before(ctx: Pass, server: DittoServer, names: Names) -> bool:
     """A control-plane volume exists (kept from an earlier server of this name, or its StatefulSet is being
-    re-created around it): its database has its admin, and DittoFS ignores the bootstrap password."""
+    re-created around it): its database has its admin, and DittoFS ignores the bootstrap password. With
+    PostgreSQL the database lives elsewhere and may have its admin already: not known, so not held."""
+    if server.spec.uses_postgres:
+        return True
     claims = await ctx.gw.list(PVCS, names.namespace, field_selector=f"metadata.name={names.control_plane_claim}")
     return bool(claims)
 

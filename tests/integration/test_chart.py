@@ -279,10 +279,23 @@ def lifecycle(testbed: Any, ns: str) -> None:
     finally:
         testbed.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
 
+    # Adoption under OwnerReferencesPermissionEnforcement: children orphaned by `--cascade=orphan` get the new
+    # server of that name as their owner (an owner change: the plugin asks for `delete` on each child kind).
+    apply_server(testbed, ns, "adopt")
+    wait_ready(testbed, ns, "adopt")
+    testbed.kubectl("delete", "dittoserver", "adopt", "-n", ns, "--cascade=orphan", "--timeout=90s")
+    old_uid = kubectl_json(testbed, "get", "configmap", "adopt-config", "-n", ns)["metadata"].get("uid")
+    apply_server(testbed, ns, "adopt")
+    new = kubectl_json(testbed, "get", "dittoserver", "adopt", "-n", ns)["metadata"]["uid"]
+    eventually(lambda: [r["uid"] for r in kubectl_json(testbed, "get", "configmap", "adopt-config", "-n", ns)
+                        ["metadata"].get("ownerReferences", [])] == [new], timeout=60, what="ConfigMap adopted")
+    assert kubectl_json(testbed, "get", "configmap", "adopt-config", "-n", ns)["metadata"]["uid"] == old_uid
+    wait_ready(testbed, ns, "adopt")
+
     # Deletion: drain (scale to 0), Percona deleted or orphaned, finalizer removed, PVCs kept.
-    for name in ("demo", "gone", "kept", "grow"):
+    for name in ("demo", "gone", "kept", "grow", "adopt"):
         testbed.kubectl("delete", "dittoserver", name, "-n", ns, "--wait=false")
-    for name in ("demo", "gone", "kept", "grow"):
+    for name in ("demo", "gone", "kept", "grow", "adopt"):
         eventually(lambda: absent(testbed, "dittoserver", name, ns), timeout=90,  # noqa: B023
                    what=f"DittoServer {name} gone")
     eventually(lambda: absent(testbed, "perconapgcluster", "gone-postgres", ns), what="gone-postgres deleted")

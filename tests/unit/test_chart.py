@@ -49,7 +49,7 @@ NAMESPACED_RULES: list[Rule] = [
     (("dittofs.dittofs.com",), ("dittoservers/finalizers",), ("update",), ()),
     (("apps",), ("statefulsets",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     (("",), ("persistentvolumeclaims",), ("list", "patch"), ()),
-    (("",), ("configmaps",), ("get", "list", "watch", "create", "patch"), ()),
+    (("",), ("configmaps",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     (("",), ("services",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     (("networking.k8s.io",), ("networkpolicies",), ("get", "list", "watch", "create", "patch", "delete"), ()),
     (("",), ("secrets",), ("get", "list", "watch", "create"), ()),

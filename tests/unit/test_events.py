@@ -84,3 +84,28 @@ def test_a_failed_post_never_raises_and_is_tried_again() -> None:
 
     assert asyncio.run(run()) == [False, True]
     assert len(sent.bodies) == 1
+
+
+def test_a_post_cancelled_midway_is_not_suppressed() -> None:
+    """A pass cancelled (the Lease lost) while its event was in flight: the next pass posts it."""
+    class Slow(Posted):
+        calls = 0
+
+        async def create(self, kind: Kind, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+            self.calls += 1
+            if self.calls == 1:
+                await asyncio.sleep(5)  # in flight until cancelled
+            return await super().create(kind, obj, namespace)
+
+    sent = Slow()
+    rec = recorder(sent)
+
+    async def run() -> bool:
+        first = asyncio.ensure_future(rec.post(SERVER, "Normal", EventReason.CREATED, "StatefulSet demo created"))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await rec.post(SERVER, "Normal", EventReason.CREATED, "StatefulSet demo created")
+
+    assert asyncio.run(run()) is True and len(sent.bodies) == 1
