@@ -286,6 +286,7 @@ async def run(settings: RunSettings, stop: asyncio.Event | None = None, hurry: a
         if webhook is not None:
             if settings.shutdown_delay > 0 and not hurry.is_set():
                 health.stopping = True
+                webhook.drain()
                 log.info("answering admission requests until the shutdown delay ends (a second stop signal ends it)",
                          extra=fields(seconds=settings.shutdown_delay))
                 with contextlib.suppress(TimeoutError):

@@ -279,6 +279,14 @@ class WebhookServer:
         self._latency = metrics.LATENCY.labels(path)
         self._answered: dict[int, Counter] = {}  # status -> its counter, made on first use
         self._serving = 0
+        self._draining = False
+
+    def drain(self) -> None:
+        """Stopping soon: every answer closes its connection. The apiserver pools connections per Service and
+        keeps using one to this pod after its endpoint is gone; closed by us at the stop while it sent a review
+        (a POST, never retried), that admission failed with EOF. Closed after an answer instead, the next review
+        dials again, and reaches a pod that stays."""
+        self._draining = True
 
     @property
     def ready(self) -> bool:
@@ -308,7 +316,10 @@ class WebhookServer:
             except TimeoutError:
                 raise Refused(408, f"request body not received within {BODY_SECONDS:g} s") from None
             review = await self.handler.review(body)
-            return web.Response(body=orjson.dumps(review), content_type="application/json")
+            answer = web.Response(body=orjson.dumps(review), content_type="application/json")
+            if self._draining:
+                answer.force_close()
+            return answer
         except BadRequest as exc:
             status = 400
             return web.Response(status=400, text=str(exc))

@@ -288,6 +288,20 @@ async def test_keep_alive_connection_serves_many_requests(harness: Harness) -> N
     assert harness.connections.opened == 1, "all 50 requests went over one kept-alive connection"
 
 
+async def test_a_draining_server_closes_each_connection_after_its_answer(harness: Harness) -> None:
+    """Stopping: the apiserver's pooled connection to this pod must not be closed under a review it sends (a POST
+    it never retries: the admission failed with EOF), so each answer closes its own connection instead."""
+    assert (await harness.respond(review(dittoserver())))["allowed"]
+    harness.server.drain()
+    async with harness.session.post(harness.url, data=json.dumps(review(dittoserver())).encode(),
+                                    headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 200 and resp.headers.get("Connection", "").lower() == "close"
+    for _ in range(3):
+        assert (await harness.respond(review(dittoserver())))["allowed"]
+    # The kept-alive connection carried the first draining answer and closed; each later answer had its own.
+    assert harness.connections.opened == 4, harness.connections.opened
+
+
 # -- readiness without a certificate --------------------------------------------------------------------------
 async def test_server_without_certificate_is_not_ready_until_one_appears(tmp_path: Path) -> None:
     server = WebhookServer(AdmissionHandler(), CertificateSource(tmp_path / "empty", interval=0.05),
