@@ -38,13 +38,16 @@ async def together(*calls: Awaitable[Any]) -> list[Any]:
     them all, and waits for them too."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return list(results)
+    # Asked of each task, not of the results: a call may return an error as its value (a refused ConfigMap).
+    for task in tasks:
+        if task.cancelled():
+            raise asyncio.CancelledError()
+        if (error := task.exception()) is not None:
+            raise error
+    return [task.result() for task in tasks]

@@ -54,3 +54,15 @@ async def test_cancelling_the_caller_cancels_every_call() -> None:
     with pytest.raises(asyncio.CancelledError):
         await outer
     assert sorted(cancelled) == ["a", "b"]
+
+
+async def test_an_error_returned_as_a_value_is_a_result_not_a_failure() -> None:
+    """apply_config_map returns the API's refusal (ConfigReady reports it); it must not fail the pass."""
+    async def refusal() -> ValueError:
+        return ValueError("quota")
+
+    async def fine() -> int:
+        return 1
+
+    returned, one = await together(refusal(), fine())
+    assert isinstance(returned, ValueError) and one == 1
