@@ -9,8 +9,6 @@ Every failure turns into "unknown", which the rules report as a "could not verif
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -19,6 +17,7 @@ from typing import Any, TypeVar
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.kinds import PERCONAPGCLUSTERS, SECRETS, STORAGECLASSES
 from dittoctl.api.parsed import ParsedSpec, references
+from dittoctl.api.secrets import value_length
 from dittoctl.kube.background import Background
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
@@ -202,20 +201,13 @@ class FactSource:
         raw = body.get("data")
         data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         keys = set(_mapping_keys(data)) | set(_mapping_keys(body.get("stringData")))
-        lengths = {k: _decoded_length(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+        lengths = {k: value_length(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
         return frozenset(keys), lengths
 
     async def _bounded(self, call: Awaitable[T], seconds: float | None = None) -> T:
         # The client timeout covers the HTTP exchange; this also bounds connection set-up and retries.
         async with asyncio.timeout(seconds or self.timeout + 0.5):
             return await call
-
-
-def _decoded_length(value: str) -> int:
-    try:
-        return len(base64.b64decode(value))
-    except (ValueError, binascii.Error):
-        return 0
 
 
 def _storage(obj: Mapping[str, Any]) -> Any:

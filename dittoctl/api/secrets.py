@@ -6,6 +6,8 @@ Values never pass through here, only names and keys.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,14 @@ JWT_SECRET = ValueBounds("JWT secret", MIN_JWT_SECRET_LENGTH, None,
                          "store a longer random value (e.g. `openssl rand -hex 32`)")
 # bcrypt's limits, checked by v0.29.0's ValidatePassword when it creates the admin account.
 ADMIN_PASSWORD = ValueBounds("admin password", 8, 72, "store a password of 8 to 72 bytes", first_boot_only=True)
+
+
+def value_length(data: str) -> int:
+    """The length in bytes of a Secret's ``data`` value (base64; 0 if it does not decode): lengths only."""
+    try:
+        return len(base64.b64decode(data))
+    except (ValueError, binascii.Error):
+        return 0
 
 
 def bounded_values(spec: DittoServerSpec) -> list[tuple[str, SecretKeyRef, ValueBounds]]:

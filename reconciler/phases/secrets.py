@@ -6,7 +6,6 @@ point GET on a miss; bodies are never kept.
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import PVCS, SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import ValueBounds, bounded_values, consumed_keys, mounted_secrets
+from dittoctl.api.secrets import ValueBounds, bounded_values, consumed_keys, mounted_secrets, value_length
 from dittoctl.kube.background import together
 from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
@@ -80,7 +79,7 @@ async def refused_values(ctx: Pass, server: DittoServer, names: Names, digests: 
         if known is None or known[0] != digest:
             obj = await ctx.gw.get_or_none(SECRETS, ref.name, ctx.namespace)
             raw = ((obj or {}).get("data") or {}).get(ref.key) or ""
-            known = ctx.memory.value_lengths[(ref.name, ref.key)] = (digest, len(base64.b64decode(raw)))
+            known = ctx.memory.value_lengths[(ref.name, ref.key)] = (digest, value_length(raw))
         if bounds.refuses(known[1]) and not (bounds.first_boot_only and await _booted_before(ctx, server, names)):
             refused.append((bounds, bounds.refusal(f"Secret {ref.name} key {ref.key}")))
     return refused
