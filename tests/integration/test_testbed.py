@@ -37,7 +37,7 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 @pytest.fixture
 def tb_ns(testbed: Testbed) -> Iterator[str]:
     name = f"tb-{uuid.uuid4().hex[:8]}"
-    testbed.kubectl("create", "namespace", name)
+    testbed.create_namespace(name)  # pods are refused until its default ServiceAccount exists
     yield name
     testbed.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
@@ -81,7 +81,7 @@ def rollout(testbed: Testbed, ns: str, name: str, timeout: int = 90) -> None:
 
 def test_statefulset_rolls_out_and_namespace_deletion_removes_pods(testbed: Testbed) -> None:
     ns = f"tb-sts-{uuid.uuid4().hex[:6]}"
-    testbed.kubectl("create", "namespace", ns)
+    testbed.create_namespace(ns)
     testbed.apply_yaml(statefulset("web", ns, 3))
     rollout(testbed, ns, "web")
 
