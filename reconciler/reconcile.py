@@ -14,7 +14,7 @@ from dittoctl.api.conditions import Reason
 from dittoctl.api.kinds import CONFIGMAPS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import ADMIN_PASSWORD, JWT_SECRET, ValueBounds, watched_secrets
+from dittoctl.api.secrets import ADMIN_PASSWORD, EMPTY_REFUSED, JWT_SECRET, ValueBounds, watched_secrets
 from dittoctl.kube.background import together
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import Gateway
@@ -53,8 +53,10 @@ from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, kept_fileservice, s3_status, settled
 
-REFUSED_VALUE_REASONS: dict[ValueBounds, Reason] = {JWT_SECRET: Reason.JWT_SECRET_TOO_SHORT,
-                                                    ADMIN_PASSWORD: Reason.ADMIN_PASSWORD_REFUSED}
+REFUSED_VALUE_REASONS: dict[ValueBounds, Reason] = {
+    JWT_SECRET: Reason.JWT_SECRET_TOO_SHORT, ADMIN_PASSWORD: Reason.ADMIN_PASSWORD_REFUSED,
+    **dict.fromkeys(EMPTY_REFUSED, Reason.SECRET_VALUE_EMPTY),
+}
 
 Obj = dict[str, Any]
 RECREATE_POLL = 1.0  # seconds between looks at an orphan-deleted StatefulSet until it is gone

@@ -54,6 +54,7 @@ class Reason(StrEnum):
     CONVERGED = "Converged"
     JWT_SECRET_TOO_SHORT = "JwtSecretTooShort"
     ADMIN_PASSWORD_REFUSED = "AdminPasswordRefused"
+    SECRET_VALUE_EMPTY = "SecretValueEmpty"
     LISTENING = "Listening"
     NOT_LISTENING = "NotListening"
     VOLUME_EXPANSION_FAILED = "VolumeExpansionFailed"

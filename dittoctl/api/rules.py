@@ -199,6 +199,7 @@ class _Check:
         self._percona(parsed, spec)  # rules 6, 7, 9, 11
         self._database(parsed, spec)  # rules 8, 10 (Postgres)
         self._identity_secrets(parsed, spec)  # rule 10 (JWT, admin)
+        self._secret_values(parsed, spec)  # values DittoFS exits on at start
         self._api_tls(parsed, spec)
         self._mounted(parsed, spec)
         self._identity_providers(parsed, spec)
@@ -270,15 +271,10 @@ class _Check:
         keys = self._secret(path, ref.secret_name, *why)
         self._keys(path, ref.secret_name, keys, [ref.access_key_id_key, ref.secret_access_key_key], *why)
 
-    def _identity_secrets(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
-        for path, ref in (("spec.identity.jwt.secretRef", spec.identity.jwt.secret_ref),
-                          ("spec.identity.admin.passwordSecretRef", spec.identity.admin.password_secret_ref)):
-            if ref is not None and parsed.usable(path.removeprefix("spec.")):
-                keys = self._secret(path, ref.name, *_POD_FAILS)
-                self._keys(path, ref.name, keys, [ref.key], *_POD_FAILS)
+    def _secret_values(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         for path, ref, bounds in bounded_values(spec):
             length = self.facts.key_lengths.get(ref.name, {}).get(ref.key)
-            if length is None or not bounds.refuses(length):
+            if length is None or not bounds.refuses(length) or not parsed.usable(path.removeprefix("spec.")):
                 continue
             # The length itself is never shown: a denial must not measure a Secret for whoever reads it.
             where = f"Secret {_q(ref.name)} key {_q(ref.key)}"
@@ -287,6 +283,13 @@ class _Check:
                 self.warn(path, f"{where} is not {bounds.need}: a new server would not start")
             else:
                 self.error(path, bounds.refusal(where))
+
+    def _identity_secrets(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
+        for path, ref in (("spec.identity.jwt.secretRef", spec.identity.jwt.secret_ref),
+                          ("spec.identity.admin.passwordSecretRef", spec.identity.admin.password_secret_ref)):
+            if ref is not None and parsed.usable(path.removeprefix("spec.")):
+                keys = self._secret(path, ref.name, *_POD_FAILS)
+                self._keys(path, ref.name, keys, [ref.key], *_POD_FAILS)
         access = spec.identity.jwt.access_token_duration
         if parsed.usable("identity.jwt.accessTokenDuration") and (duration_seconds(access) or 0) < 60:
             # DittoFS counts a token's lifetime in whole seconds: under one, it is expired when issued.

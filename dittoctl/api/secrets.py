@@ -36,7 +36,9 @@ class ValueBounds:
 
     @property
     def need(self) -> str:
-        return f"{self.least} to {self.most} bytes" if self.most is not None else f"at least {self.least} characters"
+        if self.most is not None:
+            return f"{self.least} to {self.most} bytes"
+        return "a value that is not empty" if self.least == 1 else f"at least {self.least} characters"
 
     def refusal(self, where: str) -> str:
         """The error for a refused value at ``where`` (never its length: a message must not measure a Secret)."""
@@ -47,6 +49,13 @@ JWT_SECRET = ValueBounds("JWT secret", MIN_JWT_SECRET_LENGTH, None,
                          "store a longer random value (e.g. `openssl rand -hex 32`)")
 # bcrypt's limits, checked by v0.29.0's ValidatePassword when it creates the admin account.
 ADMIN_PASSWORD = ValueBounds("admin password", 8, 72, "store a password of 8 to 72 bytes", first_boot_only=True)
+# v0.29.0's config check at every start: an empty environment variable counts as unset, so the value is "".
+POSTGRES_HOST = ValueBounds("PostgreSQL host", 1, None, "store the database server's host name")
+POSTGRES_DATABASE = ValueBounds("PostgreSQL database", 1, None, "store the database's name")
+POSTGRES_USER = ValueBounds("PostgreSQL user", 1, None, "store the user DittoFS logs in as")
+LDAP_BIND_PASSWORD = ValueBounds("LDAP bind password", 1, None,
+                                 "store the bind DN's password (DittoFS refuses an anonymous bind)")
+EMPTY_REFUSED = frozenset({POSTGRES_HOST, POSTGRES_DATABASE, POSTGRES_USER, LDAP_BIND_PASSWORD})
 
 
 def value_length(data: str) -> int:
@@ -61,6 +70,15 @@ def bounded_values(spec: DittoServerSpec) -> list[tuple[str, SecretKeyRef, Value
     """(spec path, reference, bounds) of each user Secret value DittoFS checks the length of at start."""
     found = [("spec.identity.jwt.secretRef", spec.identity.jwt.secret_ref, JWT_SECRET),
              ("spec.identity.admin.passwordSecretRef", spec.identity.admin.password_secret_ref, ADMIN_PASSWORD)]
+    postgres = spec.database.postgres_secret_ref
+    if postgres is not None and not spec.percona.enabled:  # Percona's own Secret is never empty
+        path = "spec.database.postgresSecretRef"
+        found += [(path, SecretKeyRef(name=postgres.name, key=key), bounds) for key, bounds in (
+            (postgres.host_key, POSTGRES_HOST), (postgres.database_key, POSTGRES_DATABASE),
+            (postgres.user_key, POSTGRES_USER))]
+    if spec.identity.ldap is not None:
+        found.append(("spec.identity.ldap.bindPasswordSecretRef", spec.identity.ldap.bind_password_secret_ref,
+                      LDAP_BIND_PASSWORD))
     return [(path, ref, bounds) for path, ref, bounds in found if ref is not None]
 
 

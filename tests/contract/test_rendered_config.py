@@ -22,13 +22,26 @@ from certs.selfsigned import KeyPair, new_ca, new_leaf
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import API_TLS_DIR, CLIENT_CA_DIR, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY, consumed_keys
+from dittoctl.api.secrets import (
+    API_TLS_DIR,
+    CLIENT_CA_DIR,
+    LDAP_BIND_PASSWORD,
+    POSTGRES_DATABASE,
+    POSTGRES_HOST,
+    POSTGRES_USER,
+    TLS_CA_KEY,
+    TLS_CERT_KEY,
+    TLS_KEY_KEY,
+    ValueBounds,
+    bounded_values,
+    consumed_keys,
+)
 from dittoctl.kube.dittofs import TlsTarget, bootstrap_operator
 from reconciler import specs
 from reconciler.specs.hashing import value_digest
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from tests.support.prereqs import require
-from tests.testbed.dfs import DfsServer
+from tests.testbed.dfs import DfsServer, DfsStartError
 from tests.testbed.postgres import PostgresServer, PostgresUnavailable
 
 UNKNOWN = "unknown keys"
@@ -113,6 +126,42 @@ def test_external_postgres_secret_starts_dfs(dfs_path: Path, tmp_path: Path) -> 
     finally:
         postgres.stop()
         postgres.cleanup()
+
+
+EMPTY_VALUE_SPECS: dict[str, dict[str, Any]] = {
+    "postgres": {"database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}}},
+    "ldap": {"identity": {"ldap": {"url": "ldaps://127.0.0.1:1", "baseDn": "dc=example,dc=com",
+                                   "bindDn": "cn=svc,dc=example,dc=com",
+                                   "bindPasswordSecretRef": {"name": "ldap-bind", "key": "password"}}}},
+}
+
+
+@pytest.mark.parametrize(("bounds", "spec", "refusal"), [
+    (POSTGRES_HOST, "postgres", "postgres host is required"),
+    (POSTGRES_DATABASE, "postgres", "postgres database is required"),
+    (POSTGRES_USER, "postgres", "postgres user is required"),
+    (LDAP_BIND_PASSWORD, "ldap", "ldap.bind_password is required"),
+], ids=lambda value: value.what if isinstance(value, ValueBounds) else None)
+def test_an_empty_value_the_webhook_refuses_stops_dfs_at_every_start(dfs_path: Path, tmp_path: Path,
+                                                                     bounds: ValueBounds, spec: str,
+                                                                     refusal: str) -> None:
+    """Why bounded_values holds these keys to "not empty": the kubelet passes an empty Secret value as an empty
+    variable, DittoFS reads it as unset, and its config check refuses the start (every start, not only the
+    first). The other keys hold values that start DittoFS (nothing listens on port 1: the check comes first)."""
+    raw = EMPTY_VALUE_SPECS[spec]
+    secrets = generated_secrets()
+    secrets["pg"] = {"host": "127.0.0.1", "port": "1", "database": "dittofs", "user": "dittofs", "password": "pw"}
+    secrets["ldap-bind"] = {"password": "bind-pw-1"}
+    refs = [ref for _, ref, b in bounded_values(DittoServer.model_validate(
+        {"metadata": {"name": "demo"}, "spec": {"storage": {"metadataSize": "1Gi"}, **raw}}).spec) if b == bounds]
+    assert len(refs) == 1, refs
+    secrets[refs[0].name][refs[0].key] = ""
+    config, env = render(raw, secrets)
+    server = DfsServer(config, env, tmp_path)
+    with pytest.raises(DfsStartError) as info:
+        server.start()
+    assert info.value.returncode == 1, info.value.log
+    assert refusal in info.value.log, info.value.log
 
 
 def test_percona_user_secret_environment_starts_dfs(dfs_path: Path, tmp_path: Path) -> None:

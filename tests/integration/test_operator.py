@@ -293,6 +293,33 @@ def test_an_admin_password_dittofs_cannot_hash_stops_the_first_rollout(testbed: 
     wait_ready(testbed, namespace)
 
 
+def test_an_empty_postgres_host_holds_every_rollout(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    # DittoFS's config check stops every start with an empty host: the pods are not rolled into that.
+    values = {"host": "", "port": "5432", "database": "dittofs", "user": "dittofs", "password": "pw"}
+    testbed.kubectl("create", "secret", "generic", "pg", "-n", namespace,
+                    *(f"--from-literal={k}={v}" for k, v in values.items()))
+    apply_server(testbed, namespace, database={"type": "postgres", "postgresSecretRef": {"name": "pg"}})
+
+    def empty() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "ConfigReady")
+        return cond if cond and cond["reason"] == "SecretValueEmpty" else None
+
+    cond = eventually(empty, what="ConfigReady=False/SecretValueEmpty")
+    assert cond["status"] == "False" and 'Secret pg key host: DittoFS needs a value that is not empty' \
+        in cond["message"], cond
+    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    testbed.kubectl("patch", "secret", "pg", "-n", namespace, "-p", json.dumps({"stringData": {"host": "db"}}))
+    wait_ready(testbed, namespace)
+    # Emptied under a running server: the StatefulSet keeps its pods and template until the value is back.
+    template = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"]
+    testbed.kubectl("patch", "secret", "pg", "-n", namespace, "-p", json.dumps({"stringData": {"host": ""}}))
+    eventually(empty, what="ConfigReady=False/SecretValueEmpty on a running server")
+    assert kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"] == template
+    testbed.kubectl("patch", "secret", "pg", "-n", namespace, "-p", json.dumps({"stringData": {"host": "db2"}}))
+    wait_ready(testbed, namespace)
+    assert kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"] != template
+
+
 def test_paused_server_is_left_alone(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     apply_server(testbed, namespace)
     wait_ready(testbed, namespace)

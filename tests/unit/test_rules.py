@@ -796,6 +796,31 @@ def test_an_admin_password_dittofs_cannot_hash_is_denied_on_create_and_a_warning
                                   for w in update.warnings), update.warnings
 
 
+def test_an_empty_postgres_or_ldap_bind_value_is_denied() -> None:
+    """DittoFS's config check stops every start on them (tests/contract/test_rendered_config.py)."""
+    postgres = {"database": {"type": "postgres", "postgresSecretRef": {"name": "pg", "userKey": "login"}}}
+    full = {"host": 9, "port": 4, "database": 6, "login": 6, "password": 0}  # an empty password is DittoFS's call
+    assert check(postgres, facts=lengths(pg=full)).allowed
+    for key, what in (("host", "PostgreSQL host"), ("database", "PostgreSQL database"), ("login", "PostgreSQL user")):
+        verdict = check(postgres, facts=lengths(pg={**full, key: 0}))
+        assert paths(verdict.messages) == ["spec.database.postgresSecretRef"], verdict.messages
+        assert f'Secret "pg" key "{key}": DittoFS needs a value that is not empty for the {what}' \
+            in verdict.messages[0]
+        # An update that moves to such a Secret is denied; one that keeps it is not (the ratchet).
+        assert not check(postgres, facts=lengths(pg={**full, key: 0}), old=merge(postgres, {
+            "database": {"postgresSecretRef": {"name": "pg-old"}}})).allowed
+        assert check(postgres, facts=lengths(pg={**full, key: 0}), old=postgres).allowed
+    # Percona's own Secret is used instead (a warning says so): the user's is not checked.
+    percona = merge(postgres, {"percona": {"enabled": True}})
+    assert check(percona, facts=lengths(pg={**full, "host": 0})).allowed
+    ldap = {"identity": {"ldap": {"url": "ldaps://dc.example.com", "baseDn": "dc=example", "bindDn": "cn=svc",
+                                  "bindPasswordSecretRef": {"name": "admin", "key": "password"}}}}
+    verdict = check(ldap, facts=lengths(admin={"password": 0}))
+    assert paths(verdict.messages) == ["spec.identity.ldap.bindPasswordSecretRef"]
+    assert "refuses an anonymous bind" in verdict.messages[0]
+    assert check(ldap, facts=lengths(admin={"password": 1})).allowed
+
+
 @pytest.mark.parametrize("path", ["/tmp/cp.db", "/data/controlplane", "/data/controlplane/",
                                   "/data/controlplane-x/cp.db", "/data/controlplane/../cp.db", "/var/lib/cp.db"])
 def test_a_sqlite_database_off_the_control_plane_volume_is_denied(path: str) -> None:

@@ -372,3 +372,20 @@ def test_quantities_the_apiserver_rewrites_are_the_same_values() -> None:
     # Only ResourceLists are quantities: elsewhere "1" and "1.0" stay different strings.
     assert not is_subset({"metadata": {"labels": {"v": "1"}}}, {"metadata": {"labels": {"v": "1.0"}}})
     assert not is_subset({"spec": {"replicas": 1}}, {"spec": {"replicas": "1"}})
+
+
+def test_every_bounded_secret_value_has_its_own_reason() -> None:
+    """A bound added to bounded_values without a reason would fail the pass with a KeyError."""
+    from dittoctl.api.secrets import bounded_values
+    from reconciler.reconcile import REFUSED_VALUE_REASONS
+
+    spec = DittoServerSpec.model_validate({
+        "storage": {"metadataSize": "1Gi"},
+        "database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}},
+        "identity": {"jwt": {"secretRef": {"name": "j", "key": "k"}},
+                     "admin": {"passwordSecretRef": {"name": "a", "key": "k"}},
+                     "ldap": {"url": "ldaps://dc", "baseDn": "dc=x", "bindDn": "cn=x",
+                              "bindPasswordSecretRef": {"name": "l", "key": "k"}}}})
+    found = {bounds for _, _, bounds in bounded_values(spec)}
+    assert len(found) == 6 and found == set(REFUSED_VALUE_REASONS)
+    assert all(isinstance(reason, Reason) for reason in REFUSED_VALUE_REASONS.values())
