@@ -75,6 +75,17 @@ def metrics(results: Path) -> dict[str, tuple[float, str]]:
     return found
 
 
+def unmeasured(results: Path) -> list[str]:
+    """The figures of one run that failed or timed out: their pairs drop out of those rows, which must say so
+    (one side timing out more often would otherwise read as its being faster)."""
+    names = []
+    for path in sorted(results.glob("*.json")):
+        fig = json.loads(path.read_text())
+        if "figure" in fig and (fig.get("error") or not _measured(fig.get("value"))):
+            names.append(str(fig["figure"]))
+    return names
+
+
 @dataclass(frozen=True)
 class Paired:
     """One metric over the pairs that measured it on both sides."""
@@ -148,6 +159,9 @@ def markdown(rows: Sequence[Paired], meta: dict[str, Any]) -> str:
                      f"{row.head_lower} of {len(row.base)} |")
     if meta["failed"]:
         lines += ["", "Failed runs (left out with their pair): " + ", ".join(meta["failed"])]
+    if meta.get("unmeasured"):
+        lines += ["", "Figures not measured (failed or timed out; that pair is left out of their rows): " + "; ".join(
+            f"{run}: {', '.join(figures)}" for run, figures in meta["unmeasured"].items())]
     lines += ["", "t: the paired differences' mean over their standard error; |t| > ~2.5 over 6+ pairs is a "
               "change larger than the noise. An `operator's CPU share` row is the operator's share of a core "
               "during that figure (e.g. what 500 admissions a second cost it). A `foreign CPU` row is other "
@@ -225,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "head": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(patch or untracked),
                  "patch": "head.patch" if patch else None, "untracked": untracked},
         "pairs": args.pairs, "bench_args": args.bench_args, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "failed": [],
+        "failed": [], "unmeasured": {},
     }
     sigterm_as_ctrl_c()
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -241,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.monotonic()
             ok = _bench(roots[side], args.bench_args, results)
             found = metrics(results) if results.is_dir() else {}
+            if missing := (unmeasured(results) if results.is_dir() else []):
+                meta["unmeasured"][f"{side}-{pair}"] = missing
             if ok and found:
                 runs[pair, side] = found
             else:

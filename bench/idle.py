@@ -17,8 +17,13 @@ from tests.testbed import Testbed
 DEFAULT_DRIFT_INTERVAL = 300.0  # `dittoctl run --drift-interval` default
 
 
+class NotSettled(RuntimeError):
+    """The operator never went quiet: a window measured now would hold the work before it."""
+
+
 def settle(op: Operator, quiet: float = 5.0, timeout: float = 90.0) -> float:
-    """Wait until no reconcile finished for `quiet` seconds (drift passes excepted: they may run)."""
+    """Wait until no reconcile finished for `quiet` seconds (drift passes excepted: they may run); the seconds
+    waited. Raises NotSettled after `timeout` (the experiment's figures fail instead of measuring noise)."""
     t0 = time.monotonic()
     last = op.reconciles()
     since = time.monotonic()
@@ -28,8 +33,8 @@ def settle(op: Operator, quiet: float = 5.0, timeout: float = 90.0) -> float:
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet:
-            break
-    return time.monotonic() - t0
+            return time.monotonic() - t0
+    raise NotSettled(f"the operator still finished reconciles after {timeout:.0f}s (no {quiet:.0f}s without one)")
 
 
 def steady_state(tb: Testbed, op: Operator, servers: int, *, window: float = 30.0,

@@ -9,7 +9,19 @@ from typing import Any
 
 import pytest
 
-from bench.compare import FOREIGN, OPERATOR, SPEED, Paired, head_edits, markdown, metrics, paired, parse_args, schedule
+from bench.compare import (
+    FOREIGN,
+    OPERATOR,
+    SPEED,
+    Paired,
+    head_edits,
+    markdown,
+    metrics,
+    paired,
+    parse_args,
+    schedule,
+    unmeasured,
+)
 from bench.machine import OPERATOR as OPERATOR_PROCESS
 
 
@@ -45,6 +57,8 @@ def test_a_run_yields_its_measured_figures_checks_else_values_and_the_cpu_shares
         "scale_300_floor": (33.8, "s"),
         SPEED: (61.3, "ms"),  # once per run: every figure of a run carries the same machine facts
     }
+    # ...and the report names what each run did not measure, so a side timing out more often shows.
+    assert unmeasured(tmp_path) == ["scale_1000_ready", "webhook_latency"]
 
 
 def test_paired_statistics() -> None:
@@ -74,6 +88,9 @@ def test_the_report_names_both_sides_and_the_failed_runs() -> None:
     assert "base `main~1` (aaaaaaaaaaaa) against head `bbbbbbbbbbbb` + uncommitted edits" in text
     assert "| scale_300_ready: operator CPU | CPU-s | 6.2 | 5.8 | -6.5 % | -4.0 | 2 of 2 |" in text
     assert "Failed runs (left out with their pair): base-2" in text
+    meta["unmeasured"] = {"head-1": ["scale_300_ready"]}
+    assert ("Figures not measured (failed or timed out; that pair is left out of their rows): head-1: "
+            "scale_300_ready") in markdown([], meta)
     head |= {"patch": "head.patch", "untracked": ["bench/new.py"]}
     assert ("head `bbbbbbbbbbbb` + uncommitted edits (`head.patch`); untracked files: `bench/new.py`; 2 alternated"
             in markdown([], meta))
