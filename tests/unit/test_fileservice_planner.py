@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -905,3 +906,42 @@ def test_an_identity_sub_record_that_leaves_the_spec_is_cleared_in_dittofs() -> 
     assert plan(without, Observed(identity=cleared), owned, applied).calls == ()
     assert plan(without, Observed(identity={**cleared, "kerberos": {
         k: v for k, v in cleared["kerberos"].items() if k != "machine_account"}}), owned, applied).calls == ()
+
+
+def _bound_ports_never_collide(seen: Observed, calls: Iterable[Call]) -> None:
+    listening = {t: a.port for t, a in seen.adapters.items() if a.enabled}
+    for c in calls:
+        if c.kind is not Kind.ADAPTER or c.method != "PUT":
+            continue
+        old = seen.adapters[c.name]
+        enabled = c.body.get("enabled", c.name in listening) if c.body else c.name in listening
+        port = (c.body or {}).get("port", listening.get(c.name, old.port))
+        listening.pop(c.name, None)
+        if enabled:
+            assert port not in listening.values(), f"{c} binds a port another adapter holds: {listening}"
+            listening[c.name] = port
+
+
+@pytest.mark.parametrize(("want", "expected"), [
+    # NFS onto the port SMB is seeded with, SMB turned off: SMB lets go first.
+    ((AdapterSpec("nfs", True, 1445), AdapterSpec("smb", False)),
+     [("smb", {"enabled": False}), ("nfs", {"port": 1445})]),
+    # A swap: one adapter stops, the other moves, the first starts on its new port.
+    ((AdapterSpec("nfs", True, 1445), AdapterSpec("smb", True, 12049)),
+     [("nfs", {"enabled": False}), ("smb", {"port": 12049}), ("nfs", {"port": 1445, "enabled": True})]),
+    # Nothing in the way: declaration order.
+    ((AdapterSpec("nfs", True, 2049), AdapterSpec("smb", True, 4450)),
+     [("nfs", {"port": 2049}), ("smb", {"port": 4450})]),
+])
+def test_an_adapter_never_moves_onto_a_port_another_still_holds(want: tuple[AdapterSpec, ...],
+                                                                 expected: list[tuple[str, dict[str, Any]]]) -> None:
+    """DittoFS answers 200 to such a move and fails the bind in the background (NotListening for good: a later
+    PUT of the same port changes nothing)."""
+    seen = seeded()
+    p = plan(FileService(adapters=want), seen, ())
+    puts = [c for c in p.calls if c.kind is Kind.ADAPTER]
+    assert [(c.name, dict(c.body or {})) for c in puts] == expected
+    _bound_ports_never_collide(seen, puts)
+    after = simulate(seen, p.calls)
+    assert {t: (a.enabled, a.port) for t, a in after.adapters.items()} == {
+        a.type: (a.enabled, a.port if a.port is not None else seen.adapters[a.type].port) for a in want}

@@ -318,9 +318,9 @@ class _Planner:
 
     def adapters(self) -> None:
         # The two adapters are seeded at first boot: declared ones are always managed, never deleted.
+        updates: dict[str, dict[str, Any]] = {}
         for a in self.want.adapters:
             seen = self.seen.adapters.get(a.type)
-            path = f"{API}/adapters/{a.type}"
             if seen is None:
                 body: dict[str, Any] = {"type": a.type, "enabled": a.enabled}
                 if a.port is not None:
@@ -333,13 +333,44 @@ class _Planner:
                 if a.port is not None and seen.port != a.port:
                     changes["port"] = a.port
                 if changes:
-                    self.call(Op.UPDATE, Kind.ADAPTER, a.type, "PUT", path, changes)
+                    updates[a.type] = changes
+        self._move_adapters(updates)
+        for a in self.want.adapters:
+            path = f"{API}/adapters/{a.type}"
             if not self.read(f"settings/{a.type}"):
                 continue
             have = self.seen.adapter_settings.get(a.type, {})
             diff = {k: v for k, v in a.settings if k not in have or not same_values(have[k], v)}
             if diff:
                 self.call(Op.UPDATE, Kind.ADAPTER_SETTINGS, a.type, "PATCH", f"{path}/settings", diff)
+
+    def _move_adapters(self, updates: dict[str, dict[str, Any]]) -> None:
+        """The adapters' PUTs, each port freed before another adapter binds it: DittoFS answers 200 to a move
+        onto a port in use and fails the bind in the background, and a later PUT of the same port changes
+        nothing. A swap is broken by stopping one adapter first."""
+        listening = {t: a.port for t, a in self.seen.adapters.items() if a.enabled}
+        pending = dict(updates)
+
+        def blocked(kind: str) -> bool:
+            changes = pending[kind]
+            port = changes.get("port", self.seen.adapters[kind].port)
+            enabled = changes.get("enabled", self.seen.adapters[kind].enabled)
+            return enabled and any(other != kind and held == port for other, held in listening.items())
+
+        while pending:
+            kind = next((k for k in pending if not blocked(k)), None)
+            if kind is None:  # every move waits for another: stop one, and start it last
+                kind = next(iter(pending))
+                self.call(Op.UPDATE, Kind.ADAPTER, kind, "PUT", f"{API}/adapters/{kind}", {"enabled": False})
+                listening.pop(kind, None)
+                pending[kind] = {**pending.pop(kind), "enabled": True}
+                continue
+            changes = pending.pop(kind)
+            self.call(Op.UPDATE, Kind.ADAPTER, kind, "PUT", f"{API}/adapters/{kind}", changes)
+            if changes.get("enabled", self.seen.adapters[kind].enabled):
+                listening[kind] = changes.get("port", self.seen.adapters[kind].port)
+            else:
+                listening.pop(kind, None)
 
     def identity_providers(self) -> None:
         """Identity providers are singletons the spec owns once declared (DittoFS seeds them from the rendered
