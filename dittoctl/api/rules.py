@@ -100,11 +100,13 @@ class Verdict:
 
 
 def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: ClusterFacts, *,
-             parsed: ParsedSpec | None = None) -> Verdict:
+             parsed: ParsedSpec | None = None, stored: bool = False) -> Verdict:
     """All violations of `obj` (an UPDATE when `old` is given). Total: any input gives a Verdict. ``parsed``:
-    ``parse_spec(obj["spec"])``, when the caller has it already (the webhook, which read the references)."""
+    ``parse_spec(obj["spec"])``, when the caller has it already (the webhook, which read the references).
+    ``stored``: `obj` is a server reconciled before, whose previous spec is unknown (the reconciler's re-check):
+    the rules that only judge a new server or a change (a SQLite path, a name too long for Percona) warn."""
     try:
-        check = _Check(obj, old, facts, parsed)
+        check = _Check(obj, old, facts, parsed, stored=stored)
         verdict = check.run()
         if old is not None and verdict.errors:
             # Ratchet, like Kubernetes' CRD validation ratcheting: an UPDATE is not denied for a problem
@@ -122,9 +124,11 @@ def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: Clust
 class _Check:
     """One validation pass; collects findings instead of stopping at the first."""
 
-    def __init__(self, obj: Any, old: Any, facts: ClusterFacts, parsed: ParsedSpec | None = None) -> None:
+    def __init__(self, obj: Any, old: Any, facts: ClusterFacts, parsed: ParsedSpec | None = None, *,
+                 stored: bool = False) -> None:
         self.obj = obj
         self.old = old
+        self.stored = stored
         self.facts = facts
         self.parsed = parsed
         self.old_parsed: ParsedSpec | None = None
@@ -604,7 +608,7 @@ class _Check:
                    f"control-plane database; use e.g. {CONTROL_PLANE_ROOT}/controlplane.db")
         old_raw = self.old.get("spec") if isinstance(self.old, Mapping) else None
         old = parse_spec(old_raw).spec if isinstance(old_raw, Mapping) else None
-        if old is not None and old.database.sqlite.path == path:
+        if self.stored or (old is not None and old.database.sqlite.path == path):
             self.warn("spec.database.sqlite.path", problem,
                       f"{_show(path)} is not under {CONTROL_PLANE_ROOT}/: users and shares go with the pod")
         else:
@@ -619,7 +623,7 @@ class _Check:
         old_spec = self.old.get("spec") if isinstance(self.old, Mapping) else None
         was_on = isinstance(old_spec, Mapping) and isinstance(old_spec.get("percona"), Mapping) and \
             old_spec["percona"].get("enabled") is True
-        if isinstance(name, str) and len(name) > MAX_PERCONA_NAME and not was_on:
+        if isinstance(name, str) and len(name) > MAX_PERCONA_NAME and not was_on and not self.stored:
             self.error(f"{base}.enabled", f"the server's name {_q(name)} has {len(name)} characters; with Percona "
                        f"it may have at most {MAX_PERCONA_NAME}, as Percona's pods carry {name}-postgres-instance1-"
                        "<hash> in a 63-character label: use a shorter name")

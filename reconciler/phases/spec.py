@@ -22,7 +22,8 @@ async def check_spec(ctx: Pass) -> DittoServer | None:
     # No cluster facts here: a StorageClass deleted since admission must not block, and a missing Percona
     # CRD is a wait the database phase reports (DatabaseReady=False/PerconaNotFound), not an invalid spec.
     facts = ClusterFacts(storage_classes=None, percona_served=None, secrets={})
-    verdict = validate(body, None, facts)
+    # A server reconciled before may keep what the webhook lets an existing server keep (it warns on update).
+    verdict = validate(body, None, facts, stored=bool((body.get("status") or {}).get("observedGeneration")))
     if verdict.allowed and verdict.server is not None:
         ctx.memory.invalid = None
         return ctx.shared.parsed.put(ctx.key, inputs, verdict.server)

@@ -796,6 +796,19 @@ def test_an_admin_password_dittofs_cannot_hash_is_denied_on_create_and_a_warning
                                   for w in update.warnings), update.warnings
 
 
+def test_the_reconciler_s_recheck_lets_a_stored_server_keep_what_an_update_may_keep() -> None:
+    """The reconciler judges a stored object without its previous spec: a server created before the SQLite-path
+    rule (or with Percona on and a long name) must not turn InvalidSpec at its next edit, which the webhook
+    admitted with a warning."""
+    old_path = server({"database": {"sqlite": {"path": "/var/lib/dittofs/cp.db"}}, "replicas": 0})
+    assert not validate(old_path, None, GOOD).allowed  # a new server
+    kept = validate(old_path, None, GOOD, stored=True)
+    assert kept.allowed and [w.split(": ")[0] for w in kept.warnings] == ["spec.database.sqlite.path"]
+    long_name = server({"percona": {"enabled": True, "image": "pg"}}, name="n" * 40)
+    assert not validate(long_name, None, GOOD).allowed
+    assert validate(long_name, None, GOOD, stored=True).allowed
+
+
 def test_an_empty_postgres_or_ldap_bind_value_is_denied() -> None:
     """DittoFS's config check stops every start on them (tests/contract/test_rendered_config.py)."""
     postgres = {"database": {"type": "postgres", "postgresSecretRef": {"name": "pg", "userKey": "login"}}}
