@@ -58,7 +58,7 @@ from dittoctl.kube.dittofs import (
 from tests.contract.conftest import ADMIN_PASSWORD
 from tests.support.poll import eventually
 from tests.support.s3 import ACCESS_KEY_ID, MotoServer
-from tests.testbed.dfs import DfsServer, minimal_config
+from tests.testbed.dfs import SEEDED_NFS_PORT, SEEDED_SMB_PORT, DfsServer, minimal_config
 
 OPERATOR_PASSWORD = "operator-pw-Zq81-never-logged"
 PASSWORDS = {"op": OPERATOR_PASSWORD, "alice": "alice-pw-Kx2-secret", "bob": "bob-pw-Admin-77x"}
@@ -729,3 +729,29 @@ async def test_a_remote_store_takes_its_endpoint_from_the_credentials_secret(
         assert p.calls == () and set(calls) == {"GET"}
         # Its removal from the Secret (the store then dials AWS, which this machine cannot reach) is the
         # planner's: test_an_optional_store_secret_removed_from_its_secret_rewrites_the_store_once.
+
+
+async def test_two_adapters_swap_ports_and_one_takes_the_port_the_other_gives_up(
+        dfs: DfsServer, operator: DittoFsClient) -> None:
+    """DittoFS answers 200 to a move onto a port in use and fails the bind in the background; the planner frees
+    a port before another adapter takes it, and breaks a swap by stopping one adapter first."""
+    def listening(protocol: str, port: int) -> bool:
+        return f'"{protocol} server listening","port":{port}' in dfs.log_text()
+
+    state = State()
+    swap = FileService(operator=sv("op"), adapters=(AdapterSpec("nfs", True, SEEDED_SMB_PORT),
+                                                    AdapterSpec("smb", True, SEEDED_NFS_PORT)))
+    await one_pass(operator, swap, state)
+    eventually(lambda: listening("NFS", SEEDED_SMB_PORT) and listening("SMB", SEEDED_NFS_PORT), timeout=10,
+               what="the swapped adapters listening")
+    # NFS back onto its seeded port, which SMB holds until it is turned off.
+    back = FileService(operator=sv("op"), adapters=(AdapterSpec("nfs", True, SEEDED_NFS_PORT),
+                                                    AdapterSpec("smb", False)))
+    await one_pass(operator, back, state)
+    eventually(lambda: listening("NFS", SEEDED_NFS_PORT), timeout=10, what="NFS on the port SMB gave up")
+    _, adapters = admin_call(dfs, "GET", "/adapters")
+    assert isinstance(adapters, list)
+    assert {a["type"]: (a["enabled"], a["port"]) for a in adapters} == {
+        "nfs": (True, SEEDED_NFS_PORT), "smb": (False, SEEDED_NFS_PORT)}
+    assert "failed to start adapter" not in dfs.log_text(), dfs.log_tail()
+    assert (await one_pass(operator, back, state))[0].calls == ()
