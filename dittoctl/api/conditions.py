@@ -40,6 +40,7 @@ class Reason(StrEnum):
     ALL_CONDITIONS_MET = "AllConditionsMet"
     PERCONA_NOT_FOUND = "PerconaNotFound"
     PERCONA_NOT_READY = "PerconaNotReady"
+    PERCONA_NOT_OWNED = "PerconaNotOwned"
     PERCONA_READY = "PerconaReady"
     POSTGRES_SECRET_INCOMPLETE = "PostgresSecretIncomplete"
     POSTGRES_SECRET_COMPLETE = "PostgresSecretComplete"

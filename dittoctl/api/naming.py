@@ -18,6 +18,10 @@ OWNERSHIP_ANNOTATION = "dittofs.io/provisioned"
 # On a PerconaPGCluster kept when its server is deleted: the server's uid, in place of an ownerReference, which
 # a foreground deletion would have the garbage collector follow whatever our finalizer says.
 OWNER_ANNOTATION = "dittofs.io/owner-uid"
+# On a database kept when its server went: the server's name, so that a new server of that name (and only it)
+# takes it back; a cluster without either mark is someone else's and is never applied to.
+RELEASED_ANNOTATION = "dittofs.io/released-from"
+ORPHAN_FINALIZER = "orphan"  # the garbage collector's, while `kubectl delete --cascade=orphan` runs
 # The StatefulSet's volume claim templates (a PVC is named <template>-<statefulset>-0).
 CONTROL_PLANE_VOLUME = "controlplane"
 METADATA_VOLUME = "metadata"
@@ -156,6 +160,12 @@ class Names:
 
     def host(self, service: str) -> str:
         return f"{service}.{self.namespace}.svc"
+
+
+def released_to(obj: Mapping[str, Any], name: str) -> bool:
+    """Whether `obj` (a Percona cluster) was kept by a deleted server named `name`, and is owned by none."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(RELEASED_ANNOTATION) == name and OWNER_ANNOTATION not in annotations
 
 
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:

@@ -17,7 +17,14 @@ from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.facts import percona_not_served
 from dittoctl.api.kinds import PERCONAPGBACKUPS, PERCONAPGCLUSTERS
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import OWNER_ANNOTATION, Names, owned_by
+from dittoctl.api.naming import (
+    ORPHAN_FINALIZER,
+    OWNER_ANNOTATION,
+    RELEASED_ANNOTATION,
+    Names,
+    owned_by,
+    released_to,
+)
 from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
@@ -43,22 +50,26 @@ async def release_database(ctx: Pass) -> bool:
     if not names.owns(cluster):
         return True
     delete = bool((body.get("spec") or {}).get("percona", {}).get("deleteWithServer", False))
-    if delete:
+    # `--cascade=orphan` keeps every dependent, the database too: the garbage collector's finalizer is there
+    # while it strips their ownerReferences, and the cluster's is gone once it did.
+    orphaning = ORPHAN_FINALIZER in (body["metadata"].get("finalizers") or []) or not owned_by(cluster, uid)
+    if delete and not orphaning:
         await ctx.gw.delete(PERCONAPGCLUSTERS, cluster_name, namespace)
         await ctx.post("Warning", EventReason.PERCONA_DELETED,
                               f"PerconaPGCluster {cluster_name} deleted (percona.deleteWithServer is true)")
         return True
     meta = cluster["metadata"]
     # Unmarked, a repeated pass (the finalizer's removal conflicting) finds nothing of ours and posts nothing.
-    ops = _unreferenced(meta, uid)
-    if OWNER_ANNOTATION in (meta.get("annotations") or {}):
-        ops.append({"op": "remove", "path": "/metadata/annotations/" + OWNER_ANNOTATION.replace("/", "~1")})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != OWNER_ANNOTATION}
+    ops = [*_unreferenced(meta, uid), {"op": "add", "path": "/metadata/annotations",
+                                       "value": {**annotations, RELEASED_ANNOTATION: ctx.name}}]
     try:
         await ctx.gw.json_patch(PERCONAPGCLUSTERS, cluster_name, ops, namespace)
     except (Conflict, ApiError):
         return False
-    await ctx.post("Normal", EventReason.PERCONA_ORPHANED,
-                          f"PerconaPGCluster {cluster_name} kept (percona.deleteWithServer is false): data preserved")
+    why = "the DittoServer was deleted with --cascade=orphan" if delete else "percona.deleteWithServer is false"
+    await ctx.post("Normal", EventReason.PERCONA_ORPHANED, f"PerconaPGCluster {cluster_name} kept ({why}): data "
+                   f"preserved; a new DittoServer {ctx.name} takes it back")
     return True
 
 
@@ -115,6 +126,19 @@ def cluster_ready(cluster: Mapping[str, Any]) -> tuple[bool, str]:
     return state == "ready" and current, state if current else f"{state} (generation {observed}/{generation})"
 
 
+def _not_owned(names: Names) -> DatabaseState:
+    """A cluster of that name made by hand, by another tool, or kept from an earlier server whose deletion was
+    forced past its finalizer: applying to it would take over someone's database (and with deleteWithServer,
+    delete it with this server)."""
+    cluster = names.percona_cluster
+    return DatabaseState(Cond(
+        ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_OWNED,
+        f"PerconaPGCluster {cluster} exists and is not this server's: it is left untouched. To use it and its data, "
+        f"annotate it: kubectl -n {names.namespace} annotate --overwrite perconapgcluster {cluster} "
+        f"{RELEASED_ANNOTATION}={names.server} {OWNER_ANNOTATION}-; else rename this DittoServer"),
+        None, gate_open=False, requeue=30.0)
+
+
 def _not_served(requeue: float) -> DatabaseState:
     return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_FOUND, percona_not_served()),
                          None, gate_open=False, requeue=requeue)
@@ -135,6 +159,10 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
         return _not_served(30.0)
     manifest = stamp_manifest(desired.percona_cluster)
     live = await ctx.optional_child(PERCONAPGCLUSTERS, names.percona_cluster)
+    if live is None:  # the cache holds only clusters with our labels: one made by hand would be applied to
+        live = await ctx.gw.get_or_none(PERCONAPGCLUSTERS, names.percona_cluster, ctx.namespace)
+    if live is not None and not names.owns(live) and not released_to(live, names.server):
+        return _not_owned(names)
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
     kept = ctx.memory.percona_kept

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import DITTOSERVERS, STATEFULSETS
-from dittoctl.api.naming import FINALIZER, Names
+from dittoctl.api.naming import FINALIZER, ORPHAN_FINALIZER, Names, owned_by
 from dittoctl.kube.gateway import Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.context import Pass
@@ -49,10 +49,13 @@ async def finalize(ctx: Pass) -> float | None:
     sts = ctx.cache.child(STATEFULSETS, namespace, name)
     if sts is None:
         sts = await ctx.confirm(STATEFULSETS, name)
-    if sts is not None and sts.get("spec", {}).get("replicas", 0) != 0:
+    # `--cascade=orphan`: the user keeps the StatefulSet, and its pods serving, without the DittoServer.
+    orphaning = ORPHAN_FINALIZER in (meta.get("finalizers") or []) or (
+        sts is not None and not owned_by(sts, str(meta.get("uid"))))
+    if sts is not None and sts.get("spec", {}).get("replicas", 0) != 0 and not orphaning:
         await ctx.write(STATEFULSETS, name, ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}},
                                                                namespace))
-    pods = ctx.cache.pods_of(namespace, name)
+    pods = [] if orphaning else ctx.cache.pods_of(namespace, name)
     timeout = ctx.shared.cleanup_timeout
     timed_out = _age(str(meta["deletionTimestamp"])) > timeout
     if pods and not timed_out:

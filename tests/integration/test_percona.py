@@ -113,7 +113,7 @@ def test_user_edits_are_kept_and_spec_changes_propagate(testbed: Any, operator: 
 
 
 @pytest.mark.parametrize(("delete_with_server", "cascade"),
-                         [(False, "background"), (False, "foreground"), (True, "background")])
+                         [(False, "background"), (False, "foreground"), (True, "background"), (True, "orphan")])
 def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: OperatorProcess, namespace: str,
                                                   delete_with_server: bool, cascade: str) -> None:
     """A foreground deletion (``--cascade=foreground``, Argo CD's default) has the garbage collector delete the
@@ -134,16 +134,65 @@ def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: Operat
                timeout=75, what="DittoServer gone")
     time.sleep(2)  # give garbage collection a chance to do damage
     exists = testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace, check=False).returncode == 0
-    if delete_with_server:
+    if delete_with_server and cascade != "orphan":
         eventually(lambda: testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace,
                                            check=False).returncode != 0, what="cluster deleted")
         assert events(testbed, namespace, "PerconaDeleted")
-    else:
-        assert exists, "the database must survive when deleteWithServer is false"
-        kept = cluster(testbed, namespace)["metadata"]
-        assert kept.get("ownerReferences", []) == [] and "dittofs.io/owner-uid" not in kept.get("annotations", {})
-        assert [e["message"] for e in events(testbed, namespace, "PerconaOrphaned")] == [
-            "PerconaPGCluster demo-postgres kept (percona.deleteWithServer is false): data preserved"]
+        return
+    assert exists, "the database must survive when deleteWithServer is false or the deletion orphans"
+    kept = cluster(testbed, namespace)["metadata"]
+    assert kept.get("ownerReferences", []) == [] and "dittofs.io/owner-uid" not in kept["annotations"]
+    assert kept["annotations"]["dittofs.io/released-from"] == "demo"
+    why = "the DittoServer was deleted with --cascade=orphan" if delete_with_server else \
+        "percona.deleteWithServer is false"
+    assert [e["message"] for e in events(testbed, namespace, "PerconaOrphaned")] == [
+        f"PerconaPGCluster demo-postgres kept ({why}): data preserved; a new DittoServer demo takes it back"]
+    if cascade == "orphan":  # the StatefulSet is the user's now, still serving: not drained
+        sts = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)
+        assert sts["spec"]["replicas"] == 1 and not sts["metadata"].get("ownerReferences"), sts["metadata"]
+        assert not events(testbed, namespace, "PerconaDeleted")
+    # A new server of that name takes its database back, data included.
+    apply_server(testbed, namespace, percona=percona_spec())
+    uid = server(testbed, namespace)["metadata"]["uid"]
+    eventually(lambda: cluster(testbed, namespace)["metadata"]["annotations"].get("dittofs.io/owner-uid") == uid,
+               what="the kept cluster taken back")
+    assert cluster(testbed, namespace)["metadata"]["uid"] == kept["uid"]
+
+
+def test_a_cluster_that_is_not_the_server_s_is_never_applied_to(testbed: Any, operator: OperatorProcess,
+                                                                namespace: str) -> None:
+    """Made by hand (or kept from a server whose deletion was forced): taking it over would change someone's
+    database, and with deleteWithServer delete it with this server."""
+    install_crd(testbed)
+    foreign = {"apiVersion": "pgv2.percona.com/v2", "kind": "PerconaPGCluster",
+               "metadata": {"name": "demo-postgres", "namespace": namespace},
+               "spec": {"backups": {"enabled": False}, "postgresVersion": 17,
+                        "instances": [{"name": "main", "dataVolumeClaimSpec": {}}]}}
+    testbed.kubectl("apply", "-f", "-", input=json.dumps(foreign))
+    before = cluster(testbed, namespace)
+    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=True))
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "DatabaseReady")
+        return cond if cond and cond["reason"] == "PerconaNotOwned" else None
+
+    cond = eventually(refused, what="DatabaseReady=False/PerconaNotOwned")
+    assert cond["status"] == "False" and "annotate --overwrite perconapgcluster demo-postgres " \
+        "dittofs.io/released-from=demo" in cond["message"], cond
+    passes = operator.reconcile_passes()
+    time.sleep(6)
+    assert operator.reconcile_passes() > passes, "no pass ran in the window: nothing was proven"
+    assert cluster(testbed, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    # Deleting the server leaves it alone too.
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=60s")
+    assert cluster(testbed, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    # The owner's say-so lets a server use it.
+    testbed.kubectl("annotate", "perconapgcluster", "demo-postgres", "-n", namespace,
+                    "dittofs.io/released-from=demo")
+    apply_server(testbed, namespace, percona=percona_spec())
+    eventually(lambda: cluster(testbed, namespace)["metadata"]["annotations"].get("dittofs.io/owner-uid")
+               == server(testbed, namespace)["metadata"]["uid"], what="the annotated cluster adopted")
 
 
 @pytest.mark.parametrize("then", ["kept", "percona-off"])
