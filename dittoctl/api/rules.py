@@ -47,7 +47,7 @@ from dittoctl.api.models import (
 )
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.quantity import parse_quantity
-from dittoctl.api.secrets import TLS_CERT_KEY, TLS_KEY_KEY, bounded_values, mounted_secrets
+from dittoctl.api.secrets import TLS_CERT_KEY, TLS_KEY_KEY, bounded_values, mounted_secrets, user_passwords
 
 log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
@@ -276,9 +276,10 @@ class _Check:
         self._keys(path, ref.secret_name, keys, [ref.access_key_id_key, ref.secret_access_key_key], *why)
 
     def _secret_values(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
-        for path, ref, bounds in bounded_values(spec):
+        for path, ref, bounds in [*bounded_values(spec), *user_passwords(spec)]:
             length = self.facts.key_lengths.get(ref.name, {}).get(ref.key)
-            if length is None or not bounds.refuses(length) or not parsed.usable(path.removeprefix("spec.")):
+            field = path.removeprefix("spec.").split("[")[0]  # a list's entries are usable with the list
+            if length is None or not bounds.refuses(length) or not parsed.usable(field):
                 continue
             # The length itself is never shown: a denial must not measure a Secret for whoever reads it.
             where = f"Secret {_q(ref.name)} key {_q(ref.key)}"

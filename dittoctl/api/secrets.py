@@ -30,6 +30,7 @@ class ValueBounds:
     fix: str
     first_boot_only: bool = False
     """DittoFS reads the value only when its database is new: a running server is unaffected."""
+    effect: str = "else it exits at start"
 
     def refuses(self, length: int) -> bool:
         return length < self.least or (self.most is not None and length > self.most)
@@ -42,7 +43,7 @@ class ValueBounds:
 
     def refusal(self, where: str) -> str:
         """The error for a refused value at ``where`` (never its length: a message must not measure a Secret)."""
-        return f"{where}: DittoFS needs {self.need} for the {self.what}, else it exits at start; {self.fix}"
+        return f"{where}: DittoFS needs {self.need} for the {self.what}, {self.effect}; {self.fix}"
 
 
 JWT_SECRET = ValueBounds("JWT secret", MIN_JWT_SECRET_LENGTH, None,
@@ -56,6 +57,9 @@ POSTGRES_USER = ValueBounds("PostgreSQL user", 1, None, "store the user DittoFS 
 LDAP_BIND_PASSWORD = ValueBounds("LDAP bind password", 1, None,
                                  "store the bind DN's password (DittoFS refuses an anonymous bind)")
 EMPTY_REFUSED = frozenset({POSTGRES_HOST, POSTGRES_DATABASE, POSTGRES_USER, LDAP_BIND_PASSWORD})
+# The same bcrypt limits, when the operator creates a declared user or resets its password over REST.
+USER_PASSWORD = ValueBounds("user's password", 8, 72, "store a password of 8 to 72 bytes",
+                            effect="else it refuses the account (500 `Failed to hash password`)")
 
 
 def value_length(data: str) -> int:
@@ -80,6 +84,12 @@ def bounded_values(spec: DittoServerSpec) -> list[tuple[str, SecretKeyRef, Value
         found.append(("spec.identity.ldap.bindPasswordSecretRef", spec.identity.ldap.bind_password_secret_ref,
                       LDAP_BIND_PASSWORD))
     return [(path, ref, bounds) for path, ref, bounds in found if ref is not None]
+
+
+def user_passwords(spec: DittoServerSpec) -> list[tuple[str, SecretKeyRef, ValueBounds]]:
+    """(spec path, reference, bounds) of each declared user's password: sent over REST, not read at start."""
+    return [(f"spec.users[{i}].passwordSecretRef", u.password_secret_ref, USER_PASSWORD)
+            for i, u in enumerate(spec.users)]
 
 
 @dataclass(frozen=True, order=True)

@@ -34,6 +34,7 @@ from dittoctl.api.secrets import (
     TLS_CA_KEY,
     TLS_CERT_KEY,
     TLS_KEY_KEY,
+    USER_PASSWORD,
     api_trust,
     provisioned_secrets,
 )
@@ -408,6 +409,13 @@ async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str) -
     return client
 
 
+def _refused_passwords(the_plan: Plan, values: dict[str, SecretStr]) -> list[str]:
+    """A user's password bcrypt cannot take, named by its Secret (never measured)."""
+    refs = sorted({sf.secret.ref for c in the_plan.calls if c.kind is Kind.USER for sf in c.secrets})
+    return [USER_PASSWORD.refusal("Secret {} key {}".format(*ref.split("/", 1))) for ref in refs
+            if USER_PASSWORD.refuses(len(values[ref].get_secret_value().encode()))]
+
+
 def _map_error(exc: DittoFsError) -> Reason:
     cause = exc.cause if isinstance(exc, PlanFailed) else exc
     if isinstance(cause, DittoFsUnreachable):
@@ -449,6 +457,9 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         for ref in sorted({sf.secret.ref for c in the_plan.calls for sf in c.secrets}):
             secret, _, key = ref.partition("/")
             values[ref] = SecretStr(await _secret_value(ctx, secret, key))
+        refused = _refused_passwords(the_plan, values)
+        if refused:  # else DittoFS answers 500 `Failed to hash password`, which names neither Secret nor rule
+            raise _Failed(Reason.REJECTED, "; ".join(refused))
         await _claim(ctx, names, the_plan, keep.provisioned)
         done: list[Call] = []
         error: PlanFailed | None = None

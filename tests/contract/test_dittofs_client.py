@@ -40,6 +40,7 @@ from dittoctl.api.fileservice import (
     plan,
 )
 from dittoctl.api.fileservice.planner import DRIFT_READS, Plan, Reads, reads
+from dittoctl.api.secrets import USER_PASSWORD
 from dittoctl.kube.dittofs import (
     DittoFsAuthError,
     DittoFsClient,
@@ -628,6 +629,12 @@ def test_rest_facts_the_planner_relies_on(dfs: DfsServer) -> None:
     assert call("PUT", "/shares/q/permissions/users/ghost", {"level": "read"})[0] == 404
     # System groups cannot be deleted (problem+json 403, not the middleware's text).
     assert call("DELETE", "/groups/users")[1]["detail"] == "Cannot delete system group"  # type: ignore[index]
+    # A password bcrypt cannot take (USER_PASSWORD's bounds) is a bare 500 on create and on reset.
+    for bad in ("p" * (USER_PASSWORD.least - 1), "p" * ((USER_PASSWORD.most or 0) + 1)):
+        assert call("POST", "/users", {"username": "u3", "password": bad})[1]["detail"] == \
+            "Failed to hash password"  # type: ignore[index]
+    assert call("POST", "/users", {"username": "u3", "password": "p" * USER_PASSWORD.least})[0] == 201
+    assert call("POST", "/users/u3/password", {"new_password": "short"})[0] == 500
     # A new admin-role account may "change" its password to the same value, which clears must_change.
     assert call("POST", "/users", {"username": "a2", "password": "a2-password-1", "role": "admin"})[0] == 201
     first = dfs.login("a2", "a2-password-1")

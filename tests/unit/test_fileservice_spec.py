@@ -242,3 +242,23 @@ def test_a_remote_store_on_the_default_credentials_takes_their_endpoint_unless_i
     fs, missing = declared(s, lambda secret, key: None if key == "url" else f"{secret}/{key}", "k")
     remote = {st.name: st for st in fs.stores if st.kind is StoreKind.REMOTE}
     assert missing == [] and [k for k, _ in remote["a"].secrets] == ["access_key_id", "secret_access_key"]
+
+
+def test_a_user_password_bcrypt_cannot_take_stops_the_pass_naming_its_secret() -> None:
+    """Reconciler side of the webhook's rule (a Secret edited after admission): DittoFS would answer a bare
+    500 `Failed to hash password` to the create or the reset."""
+    from pydantic import SecretStr
+
+    from reconciler.phases.fileservice import _refused_passwords
+
+    s = spec(users=[{"name": "alice", "passwordSecretRef": {"name": "alice-pw", "key": "password"}},
+                    {"name": "bob", "passwordSecretRef": {"name": "bob-pw", "key": "pw"}}])
+    fs, missing = declared(s, lambda secret, key: f"digest-{secret}", "k")
+    assert missing == []
+    the_plan = plan(fs, Observed(), ())
+    good, short = SecretStr("long-enough-1"), SecretStr("short")
+    assert _refused_passwords(the_plan, {"alice-pw/password": good, "bob-pw/pw": good}) == []
+    refused = _refused_passwords(the_plan, {"alice-pw/password": good, "bob-pw/pw": short})
+    assert refused == ["Secret bob-pw key pw: DittoFS needs 8 to 72 bytes for the user's password, else it refuses "
+                       "the account (500 `Failed to hash password`); store a password of 8 to 72 bytes"]
+    assert _refused_passwords(the_plan, {"alice-pw/password": SecretStr("é" * 37), "bob-pw/pw": good}) != []  # bytes

@@ -809,6 +809,17 @@ def test_the_reconciler_s_recheck_lets_a_stored_server_keep_what_an_update_may_k
     assert validate(long_name, None, GOOD, stored=True).allowed
 
 
+def test_a_user_password_bcrypt_cannot_take_is_denied() -> None:
+    """DittoFS answers a bare 500 `Failed to hash password` to such a user (tests/contract/test_dittofs_client)."""
+    users = {"users": [{"name": "alice", "passwordSecretRef": {"name": "admin", "key": "password"}}]}
+    for bad in (7, 73):
+        verdict = check(users, facts=lengths(admin={"password": bad}))
+        assert paths(verdict.messages) == ["spec.users[0].passwordSecretRef"], verdict.messages
+        assert "needs 8 to 72 bytes for the user's password, else it refuses the account" in verdict.messages[0]
+        assert not re.search(rf"\b{bad}\b", verdict.messages[0]), "a denial never measures a Secret"
+    assert check(users, facts=lengths(admin={"password": 8})).allowed
+
+
 def test_an_empty_postgres_or_ldap_bind_value_is_denied() -> None:
     """DittoFS's config check stops every start on them (tests/contract/test_rendered_config.py)."""
     postgres = {"database": {"type": "postgres", "postgresSecretRef": {"name": "pg", "userKey": "login"}}}
