@@ -416,6 +416,15 @@ def _refused_passwords(the_plan: Plan, values: dict[str, SecretStr]) -> list[str
             if USER_PASSWORD.refuses(len(values[ref].get_secret_value().encode()))]
 
 
+def _maybe_created(error: PlanFailed) -> bool:
+    """A failed create that may have happened keeps its claim (else the next pass finds it NotOwned for good): no
+    answer, a 5xx, or a follow-up call failing after DittoFS's 201 (an admin-role user's first login). A 4xx
+    refusal, or a call never sent, drops it, so a later object of that name made by hand is not taken."""
+    cause = error.cause
+    return error.call.op is Op.CREATE and (isinstance(cause, DittoFsUnreachable) or (cause.status or 0) >= 500
+                                           or cause.path != error.call.path)
+
+
 def _map_error(exc: DittoFsError) -> Reason:
     cause = exc.cause if isinstance(exc, PlanFailed) else exc
     if isinstance(cause, DittoFsUnreachable):
@@ -475,7 +484,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     if done:
         log.info("dittofs provisioned", extra=fields(namespace=ctx.namespace, name=ctx.name, writes=len(done),
                                                     calls="; ".join(str(c) for c in done)[:1000]))
-    result = Provisioned(provisioned=sorted(str(r) for r in the_plan.owned_after(done)),
+    claimed = [*done, error.call] if error is not None and _maybe_created(error) else done
+    result = Provisioned(provisioned=sorted(str(r) for r in the_plan.owned_after(claimed)),
                          applied=the_plan.digests_after(applied, done) or None, store_revision=keep.store_revision)
     await _record(ctx, names, result.provisioned or [])
     restart = [c for c in done if c.needs_restart]

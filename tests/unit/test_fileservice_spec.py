@@ -262,3 +262,21 @@ def test_a_user_password_bcrypt_cannot_take_stops_the_pass_naming_its_secret() -
     assert refused == ["Secret bob-pw key pw: DittoFS needs 8 to 72 bytes for the user's password, else it refuses "
                        "the account (500 `Failed to hash password`); store a password of 8 to 72 bytes"]
     assert _refused_passwords(the_plan, {"alice-pw/password": SecretStr("é" * 37), "bob-pw/pw": good}) != []  # bytes
+
+
+def test_a_create_that_may_have_happened_keeps_its_claim() -> None:
+    """No answer, a 5xx, or an admin-role user's first login failing after the 201: the object may exist, and
+    dropping the claim would make it NotOwned for good. A 4xx, or a call never sent, drops it."""
+    from dittoctl.kube.dittofs import DittoFsAuthError, DittoFsRejected, DittoFsUnreachable, PlanFailed
+    from reconciler.phases.fileservice import _maybe_created
+
+    create = Call(Op.CREATE, Kind.USER, "bob", "POST", "/api/v1/users", {})
+    update = Call(Op.UPDATE, Kind.USER, "bob", "PUT", "/api/v1/users/bob", {})
+    users = "/api/v1/users"
+    assert _maybe_created(PlanFailed(create, [], DittoFsUnreachable("timeout", method="POST", path=users)))
+    assert _maybe_created(PlanFailed(create, [], DittoFsRejected("500", method="POST", path=users, status=500)))
+    assert _maybe_created(PlanFailed(create, [], DittoFsAuthError("401", method="POST", path="/api/v1/auth/login",
+                                                                  status=401)))
+    assert not _maybe_created(PlanFailed(create, [], DittoFsRejected("400", method="POST", path=users, status=400)))
+    assert not _maybe_created(PlanFailed(create, [], DittoFsRejected("port", method="POST", path=users)))
+    assert not _maybe_created(PlanFailed(update, [], DittoFsUnreachable("timeout", method="PUT", path=users + "/bob")))
