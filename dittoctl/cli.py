@@ -170,7 +170,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     docs = _load_documents(args.file)
     facts_for: Any = None
     if args.cluster:
-        facts_for = asyncio.run(_cluster_facts(docs, args.kubeconfig))
+        facts_for = asyncio.run(_cluster_facts(docs, args.kubeconfig, _namespace_of(args)))
     results: list[dict[str, Any]] = []
     for doc in docs:
         facts = facts_for[id(doc)] if facts_for else ClusterFacts.offline()
@@ -194,16 +194,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if all(r["allowed"] for r in results) else 1
 
 
-async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None) -> dict[int, Any]:
+async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None, namespace: str) -> dict[int, Any]:
     from dittoctl.kube.gateway import Gateway, load_client
     from webhook.facts import FactSource
 
     gateway = Gateway(await load_client(kubeconfig))
     try:
         source = FactSource(gateway)
-        return {id(doc): await source.facts_for(doc) for doc in docs}
+        # Where `kubectl apply` would create each: its own namespace, else the one given or the context's.
+        return {id(doc): await source.facts_for(doc, namespace=_doc_namespace(doc) or namespace) for doc in docs}
     finally:
         await gateway.close()
+
+
+def _doc_namespace(doc: dict[str, Any]) -> str | None:
+    meta = doc.get("metadata")
+    namespace = meta.get("namespace") if isinstance(meta, dict) else None
+    return namespace if isinstance(namespace, str) and namespace else None
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -217,6 +224,10 @@ def cmd_render(args: argparse.Namespace) -> int:
             doc["metadata"] = {"namespace": args.namespace, "uid": "00000000-0000-0000-0000-000000000000",
                                **(doc.get("metadata") or {})}
         verdict = validate(doc, None, ClusterFacts.offline())
+        if verdict.allowed and verdict.server is not None and not verdict.server.metadata.get("name"):
+            # The apiserver names a generateName object; its children are named after that name.
+            raise UsageError("metadata.name is required to render (generateName is only known once created)",
+                             code=1)
         if not verdict.allowed or verdict.server is None:
             raise UsageError(f"DittoServer {_name(doc)} is invalid, nothing rendered:\n" +
                              "\n".join(f"  error: {m}" for m in verdict.messages), code=1)
@@ -354,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check DittoServer manifests with the webhook's rules")
     validate.add_argument("-f", "--file", required=True, help="YAML file, or - for stdin")
     validate.add_argument("--cluster", action="store_true", help="also look up StorageClasses, Secrets, CRDs")
+    validate.add_argument("-n", "--namespace", help="with --cluster, for manifests that name none (default: the "
+                          "kubeconfig context's, as for kubectl apply)")
     validate.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None)
     validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
     validate.set_defaults(func=cmd_validate)

@@ -88,3 +88,13 @@ def test_dittoctl_validate_with_cluster_lookups(crd: Any, namespace: str, tmp_pa
     (result,) = json.loads(online.stdout)
     assert any("spec.storage.storageClassName" in e and "no-such-class" in e for e in result["errors"])
     assert any("missing-s3" in w for w in result["warnings"])
+    # A manifest without a namespace is checked where `kubectl apply -n` would create it.
+    crd.kubectl("create", "secret", "generic", "jwt", "-n", namespace, "--from-literal=k=" + "s" * 20)
+    doc = {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer", "metadata": {"name": "w"},
+           "spec": {"storage": {"metadataSize": "1Gi"},
+                    "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "k"}}}}}
+    path.write_text(yaml.safe_dump(doc))
+    there = subprocess.run([*base, "--cluster", "--kubeconfig", str(crd.kubeconfig), "-n", namespace], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60, check=False)
+    (result,) = json.loads(there.stdout)
+    assert there.returncode == 1 and any("needs at least 32 characters" in e for e in result["errors"]), result

@@ -37,6 +37,15 @@ def test_render_prints_children_without_secret_values(capsys: pytest.CaptureFixt
     assert "stringData" not in json.dumps(docs)
 
 
+def test_render_refuses_an_object_without_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unnamed = tmp_path / "unnamed.yaml"
+    unnamed.write_text("apiVersion: dittofs.dittofs.com/v1alpha1\nkind: DittoServer\nmetadata: {generateName: x-}\n"
+                       "spec: {storage: {metadataSize: 1Gi}}\n")
+    assert main(["render", "-f", str(unnamed)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "metadata.name is required to render" in err
+
+
 def test_validate_accepts_the_sample(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "-f", str(SAMPLE)]) == 0
     assert "valid" in capsys.readouterr().out
