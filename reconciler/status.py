@@ -154,6 +154,10 @@ def conditions(obs: Observation) -> list[Cond]:
     elif obs.statefulset is None and obs.config_errors:
         progressing = Cond(T.PROGRESSING, False, R.RECONCILE_COMPLETE,
                            f"StatefulSet not created: ConfigReady is False ({obs.config_reason})")
+    elif obs.statefulset is None and obs.database is not None and not obs.database.status:
+        # Held back on purpose (the database gate): nothing rolls until DatabaseReady.
+        progressing = Cond(T.PROGRESSING, False, R.WAITING_FOR_DATABASE,
+                           f"StatefulSet not created until DatabaseReady ({obs.database.reason})")
     elif obs.statefulset is None:
         progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING, "StatefulSet not created yet")
     elif done:

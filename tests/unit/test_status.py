@@ -389,3 +389,16 @@ def test_every_bounded_secret_value_has_its_own_reason() -> None:
     found = {bounds for _, _, bounds in bounded_values(spec)}
     assert len(found) == 6 and found == set(REFUSED_VALUE_REASONS)
     assert all(isinstance(reason, Reason) for reason in REFUSED_VALUE_REASONS.values())
+
+
+def test_a_statefulset_held_for_the_database_is_a_wait_not_progress() -> None:
+    """Percona absent or not ready: nothing rolls, so Progressing must not say it does (forever)."""
+    from reconciler.status import Cond
+
+    waiting = Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_READY, "state: initializing")
+    conds = {c.type: c for c in conditions(Observation(generation=1, desired_replicas=1, database=waiting))}
+    progressing = conds[ConditionType.PROGRESSING]
+    assert (progressing.status, progressing.reason) == (False, Reason.WAITING_FOR_DATABASE)
+    assert progressing.message == "StatefulSet not created until DatabaseReady (PerconaNotReady)"
+    assert "Progressing" not in conds[ConditionType.READY].message
+    assert "DatabaseReady" in conds[ConditionType.READY].message
