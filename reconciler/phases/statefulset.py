@@ -17,6 +17,7 @@ from reconciler.specs import Desired, SecretDigests
 
 log = logging.getLogger("dittofs.reconciler")
 STORAGE_TEMPLATES = ("controlplane", "metadata", "content")
+SIZE_FIELDS = {"controlplane": "controlPlaneSize", "metadata": "metadataSize", "content": "contentSize"}
 Obj = dict[str, Any]
 
 
@@ -81,14 +82,18 @@ def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]
             continue
         (old_size, old_class), (new_size, new_class) = before[name], after[name]
         if new_class is not None and old_class != new_class:
-            drift.errors.append(f"spec.storage.storageClassName: immutable: volume {name} uses {old_class}, "
-                                f"spec asks {new_class}")
+            # The webhook's words; once for all three volumes.
+            error = (f"spec.storage.storageClassName: immutable: the PVCs keep their class (was "
+                     f"{repr(old_class) if old_class else 'unset (the cluster default)'}, now {new_class!r}); "
+                     "create a new DittoServer and migrate the data, or revert the change")
+            if error not in drift.errors:
+                drift.errors.append(error)
         if old_size is None or new_size is None or old_size == new_size:
             continue
         growth = parse_quantity(new_size) - parse_quantity(old_size)
         if growth < 0:
-            drift.errors.append(f"spec.storage: volume {name} is {old_size}, spec asks {new_size}; a volume "
-                                "cannot shrink")
+            drift.errors.append(f"spec.storage.{SIZE_FIELDS[name]}: cannot shrink a volume (was {old_size!r}, now "
+                                f"{new_size!r}); PVCs only grow: set {old_size!r} or more")
         elif growth > 0:
             drift.grown[name] = new_size
     return drift

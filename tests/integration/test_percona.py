@@ -60,6 +60,7 @@ def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operato
 
     obj = eventually(waiting, what="DatabaseReady=False/PerconaNotReady")
     assert obj["status"]["perconaClusterName"] == "demo-postgres"
+    assert condition(obj, "Progressing")["reason"] == "WaitingForDatabase"  # type: ignore[index]
     assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
 
     play_percona_ready(testbed, namespace)
