@@ -789,6 +789,8 @@ class _Check:
         if old.spec is None:
             return
         self._immutable_storage(old, parsed)
+        if old.spec.percona.enabled and spec.percona.enabled and parsed.usable("percona") and old.usable("percona"):
+            self._percona_update(old.spec, spec)
         if parsed.usable("stores", "shares") and old.usable("stores", "shares"):
             self._immutable_file_service(old.spec, spec)
         backend = ("database.type", "database.postgresSecretRef", "percona.enabled")
@@ -800,6 +802,30 @@ class _Check:
             elif before != after:
                 self.warn("spec.database", f"migrate the data first; switching from {before} to {after} "
                           "does not move it")
+
+    def _percona_update(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
+        """Changes Percona cannot make, or makes by starting over: the cluster's volumes keep their class and
+        never shrink, and another databaseName is a new, empty database the server would start on."""
+        before, after, base = old.percona, new.percona, "spec.percona"
+        if before.database_name != after.database_name:
+            self.error(f"{base}.databaseName", f"immutable: DittoFS would start on a new, empty database "
+                       f"{_q(after.database_name)} (its data stays in {_q(before.database_name)}); revert the change")
+        if before.storage_class_name != after.storage_class_name:
+            self.error(f"{base}.storageClassName", f"immutable: the database's PVCs keep their class (was "
+                       f"{_shown_value(before.storage_class_name)}, now {_shown_value(after.storage_class_name)}); "
+                       "revert the change")
+        growth = _growth(before.storage_size, after.storage_size)
+        if growth is not None and growth < 0:
+            self.error(f"{base}.storageSize", f"cannot shrink the database's volumes (was "
+                       f"{_shown_value(before.storage_size)}, now {_shown_value(after.storage_size)}); set "
+                       f"{_shown_value(before.storage_size)} or more")
+        if after.postgres_version > before.postgres_version:
+            self.warn(f"{base}.postgresVersion", f"a major upgrade ({before.postgres_version} -> "
+                      f"{after.postgres_version}) needs a PerconaPGUpgrade (see Percona's documentation); this field "
+                      "alone does not move the data")
+        elif after.postgres_version < before.postgres_version:
+            self.error(f"{base}.postgresVersion", f"cannot go back from {before.postgres_version} to "
+                       f"{after.postgres_version}: PostgreSQL's data files do not downgrade; revert the change")
 
     def _immutable_file_service(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A store's type and path and a share's stores cannot change in DittoFS (SPEC §13.2)."""

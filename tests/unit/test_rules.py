@@ -796,6 +796,24 @@ def test_an_admin_password_dittofs_cannot_hash_is_denied_on_create_and_a_warning
                                   for w in update.warnings), update.warnings
 
 
+def test_percona_changes_that_start_over_or_cannot_be_made_are_denied() -> None:
+    on = {"percona": {"enabled": True, "image": "pg", "databaseName": "files", "storageSize": "20Gi",
+                      "storageClassName": "fast", "postgresVersion": 16}}
+    for change, path, words in [
+        ({"databaseName": "other"}, "spec.percona.databaseName", 'new, empty database "other"'),
+        ({"storageClassName": "standard"}, "spec.percona.storageClassName", "keep their class"),
+        ({"storageSize": "10Gi"}, "spec.percona.storageSize", "set '20Gi' or more"),
+        ({"postgresVersion": 15}, "spec.percona.postgresVersion", "do not downgrade"),
+    ]:
+        verdict = check(merge(on, {"percona": change}), old=on)
+        assert paths(verdict.messages) == [path] and words in verdict.messages[0], verdict.messages
+    grown = check(merge(on, {"percona": {"storageSize": "30Gi", "postgresVersion": 17}}), old=on)
+    assert grown.allowed and any(w.startswith("spec.percona.postgresVersion: a major upgrade (16 -> 17) needs a "
+                                              "PerconaPGUpgrade") for w in grown.warnings), grown.warnings
+    # Turning Percona on, or off, starts from nothing: nothing to compare.
+    assert check(merge(on, {"percona": {"databaseName": "other"}}), old={}).allowed
+
+
 def test_the_reconciler_s_recheck_lets_a_stored_server_keep_what_an_update_may_keep() -> None:
     """The reconciler judges a stored object without its previous spec: a server created before the SQLite-path
     rule (or with Percona on and a long name) must not turn InvalidSpec at its next edit, which the webhook
