@@ -649,7 +649,7 @@ class AdminSpec(ApiModel):
     """The bootstrap administrator."""
 
     username: str = Field("admin", min_length=1)
-    """Administrator user name."""
+    """Administrator user name: always admin (DittoFS v0.29.0 bootstraps no other; the webhook refuses another)."""
     password_secret_ref: SecretKeyRef | None = None
     """Initial password. Generated as <name>-admin-bootstrap-credentials when unset; used at first boot."""
 

@@ -14,6 +14,7 @@ import json
 import logging
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -445,20 +446,26 @@ class _Check:
                 if seconds is not None and seconds < 60:
                     self.error(f"{base}.snapshotPolicy.interval", f"{_q(policy.interval)} is shorter than a "
                                "minute; snapshot every 1m or more")
-            seen: list[tuple[str, str]] = []
+            # One error per principal, however many grants repeat it (a generated list must not print thousands).
+            grants = Counter(("user", p.user) if p.user is not None else ("group", p.group or "")
+                             for p in share.permissions if (p.user is None) != (p.group is None))
+            seen: set[tuple[str, str]] = set()
             for j, p in enumerate(share.permissions):
                 path = f"{base}.permissions[{j}]"
                 if (p.user is None) == (p.group is None):
                     self.error(path, "set exactly one of user and group")
                     continue
                 principal, name = ("user", p.user) if p.user is not None else ("group", p.group or "")
+                if (principal, name) in seen:
+                    continue
+                seen.add((principal, name))
                 known = users if principal == "user" else groups | set(_SYSTEM_GROUPS)
                 if name not in known:
                     self.error(f"{path}.{principal}", f"{principal} {_q(name)} is not declared in "
                                f"spec.{principal}s; declare it or remove this grant")
-                if (principal, name) in seen:
-                    self.error(path, f"{principal} {_q(name)} has another grant on this share; keep one")
-                seen.append((principal, name))
+                if grants[principal, name] > 1:
+                    self.error(path, f"{principal} {_q(name)} has {grants[principal, name]} grants on this share; "
+                               "keep one")
 
     def _stores(self, parsed: ParsedSpec, spec: DittoServerSpec) -> dict[str, set[str]] | None:
         """Checks spec.stores; returns the declared names per kind (None when stores is unusable)."""
@@ -710,8 +717,10 @@ class _Check:
                 self.error(f"{path}.exceptCidrs[{j}]", f"{_show(text)} is not a CIDR such as 10.20.1.0/24")
                 continue
             if inner.version != block.version or not inner.subnet_of(block) or inner == block:  # type: ignore[arg-type]
+                why = ("Kubernetes refuses an exception as large as the block" if inner == block
+                       else "an exception outside the block excepts nothing; Kubernetes refuses it")
                 self.error(f"{path}.exceptCidrs[{j}]", f"{_show(text)} must lie strictly inside cidr {peer.cidr} "
-                           "(Kubernetes refuses an exception as large as the block)")
+                           f"({why})")
 
     def _kubernetes_fields(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:
         """Values copied into the children that the apiserver would refuse there (a 422 stops every pass):
@@ -854,9 +863,13 @@ class _Check:
             for key in REMOTE_LOCATION_KEYS:
                 a, b = remote[r.name][key], location[key]
                 if a != b:
-                    self.error(f"spec.stores.remote[{i}].{key}", f"immutable: store {_q(r.name)} keeps its blocks "
-                               f"under {key} {_shown_value(a)}, now {_shown_value(b)}; DittoFS would no longer "
-                               f"find them (blocks evicted from local disk are read back from there); {fix}")
+                    inherited = key == "bucket" and not r.bucket and new.s3 is not None and new.s3.bucket == b
+                    where, remedy = (("spec.s3.bucket", f"revert it, or keep this store where it is with bucket: "
+                                      f"{_shown_value(a)} on spec.stores.remote[{i}]") if inherited
+                                     else (f"spec.stores.remote[{i}].{key}", fix))
+                    self.error(where, f"immutable: store {_q(r.name)} keeps its blocks under {key} "
+                               f"{_shown_value(a)}, now {_shown_value(b)}; DittoFS would no longer find them "
+                               f"(blocks evicted from local disk are read back from there); {remedy}")
                     break
         shares = {"/" + s.name.strip("/"): s for s in old.effective_shares}
         for i, share in enumerate(new.effective_shares):
@@ -1027,6 +1040,8 @@ _MISPLACED = {
                            "passwordSecretRef: {name, key}",
     ("secretName", "credentialsSecretRef"): "here the Secret is named by name (spec.s3.credentialsSecretRef uses "
                                             "secretName)",
+    # Only spec.s3's reference has no `name` (a store's does).
+    ("name", "credentialsSecretRef"): "spec.s3.credentialsSecretRef names its Secret by secretName",
 }
 
 

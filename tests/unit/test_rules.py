@@ -657,13 +657,17 @@ def test_where_a_remote_store_keeps_its_blocks_is_immutable() -> None:
     store = {"name": "s3", "credentialsSecretRef": {"name": "s3"}}
     old: dict[str, Any] = {"s3": {"bucket": "bkt", "credentialsSecretRef": {"secretName": "s3"}},
                            "stores": {"remote": [{**store, "prefix": "a/"}]}}
-    for change, path in ((merge(old, {"stores": {"remote": [{**store, "prefix": "b/"}]}}), "prefix"),
-                         (merge(old, {"stores": {"remote": [store]}}), "prefix"),
-                         (merge(old, {"s3": {"bucket": "other"}}), "bucket"),
-                         (merge(old, {"stores": {"remote": [{**store, "prefix": "a/", "bucket": "bkt2"}]}}), "bucket")):
+    for change, path in ((merge(old, {"stores": {"remote": [{**store, "prefix": "b/"}]}}), "stores.remote[0].prefix"),
+                         (merge(old, {"stores": {"remote": [store]}}), "stores.remote[0].prefix"),
+                         (merge(old, {"s3": {"bucket": "other"}}), "s3.bucket"),  # where the user changed it
+                         (merge(old, {"stores": {"remote": [{**store, "prefix": "a/", "bucket": "bkt2"}]}}),
+                          "stores.remote[0].bucket")):
         verdict = check(change, old=old)
-        assert paths(verdict.messages) == [f"spec.stores.remote[0].{path}"], verdict.messages
+        assert paths(verdict.messages) == [f"spec.{path}"], verdict.messages
         assert "DittoFS would no longer find them" in verdict.messages[0]
+    inherited = check(merge(old, {"s3": {"bucket": "other"}}), old=old).messages[0]
+    assert inherited.endswith("revert it, or keep this store where it is with bucket: 'bkt' on "
+                              "spec.stores.remote[0]"), inherited
     assert "under prefix 'a/', now unset" in check(merge(old, {"stores": {"remote": [store]}}), old=old).messages[0]
     same = merge(old, {"stores": {"remote": [{**store, "prefix": "a/", "bucket": "bkt", "region": "eu-west-3",
                                               "endpoint": "https://s3.eu-west-3.amazonaws.com"}]}})
@@ -1096,3 +1100,22 @@ def test_a_name_too_long_for_percona_s_pods_is_denied_when_percona_is_turned_on(
     assert not validate(server(percona, name=long_name), server({}, name=long_name), GOOD).allowed
     changed = merge(percona, {"replicas": 1, "percona": {"replicas": 2}})
     assert validate(server(changed, name=long_name), server(percona, name=long_name), GOOD).allowed
+
+
+def test_repeated_grants_are_one_error_per_principal_and_an_exception_outside_its_block_says_so() -> None:
+    grant = {"user": "ghost", "level": "read"}
+    verdict = check({"shares": [{"name": "/x", "permissions": [grant] * 5000}]})
+    assert verdict.messages == [
+        'spec.shares[0].permissions[0].user: user "ghost" is not declared in spec.users; declare it or remove this '
+        'grant',
+        'spec.shares[0].permissions[0]: user "ghost" has 5000 grants on this share; keep one']
+    outside = check({"networkPolicy": {"fileClients": [{"cidr": "10.0.0.0/8", "exceptCidrs": ["11.0.0.0/8"]}]}})
+    assert outside.messages == ["spec.networkPolicy.fileClients[0].exceptCidrs[0]: '11.0.0.0/8' must lie strictly "
+                                "inside cidr 10.0.0.0/8 (an exception outside the block excepts nothing; Kubernetes "
+                                "refuses it)"]
+
+
+def test_name_in_the_s3_credentials_reference_points_to_secret_name() -> None:
+    verdict = check({"s3": {"credentialsSecretRef": {"name": "s3"}}})
+    assert any(m.startswith("spec.s3.credentialsSecretRef.name: unknown field; spec.s3.credentialsSecretRef names "
+                            "its Secret by secretName") for m in verdict.messages), verdict.messages
