@@ -30,7 +30,12 @@ from reconciler.phases.config import (
     config_map_refusal,
     unserved_certificates,
 )
-from reconciler.phases.database import DatabaseState, ensure_database, postgres_secret_condition
+from reconciler.phases.database import (
+    DatabaseState,
+    ensure_database,
+    percona_secret_wait,
+    postgres_secret_condition,
+)
 from reconciler.phases.deletion import finalize
 from reconciler.phases.fileservice import Provisioned, provision
 from reconciler.phases.fileservice import memory as fileservice_memory
@@ -188,14 +193,19 @@ class Reconciler:
         being re-created)."""
         digests = consumed.digests
         database = await ensure_database(ctx, server, names, desired)
+        if server.spec.percona.enabled:
+            database = percona_secret_wait(database, desired.missing_secret_keys, names)
         ref = server.spec.database.postgres_secret_ref
         if database.condition is None and ref is not None:
             database.condition = postgres_secret_condition(desired.missing_secret_keys, ref.name)
 
         errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
-        errors += await missing_mounted(ctx, server) + await unserved_certificates(ctx, desired)
-        await report_missing(ctx, errors)
-        reason = Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
+        errors += await missing_mounted(ctx, server)
+        # cert-manager absent: the TLS Secrets it would issue are a consequence, not what to fix (no event).
+        unserved = await unserved_certificates(ctx, desired)
+        await report_missing(ctx, [] if unserved else errors)
+        reason = Reason.CERT_MANAGER_NOT_FOUND if unserved else Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
+        errors = [*unserved, *errors]
         sts = await observe_statefulset(ctx, names)
         # The admin password matters only to a first boot: without a StatefulSet or a control-plane volume.
         for bounds, error in await refused_values(ctx, server, names, digests, has_statefulset=sts is not None):

@@ -195,7 +195,7 @@ def phase(obs: Observation, conds: Sequence[Cond]) -> Phase:
     config = by_type[ConditionType.CONFIG_READY]
     if not config.status:
         # A missing Secret is a wait (it may be created later, e.g. by external-secrets), not a failure.
-        return "Pending" if config.reason == Reason.MISSING_SECRET else "Failed"
+        return "Pending" if config.reason in (Reason.MISSING_SECRET, Reason.CERT_MANAGER_NOT_FOUND) else "Failed"
     if by_type[ConditionType.DEGRADED].status:
         return "Degraded"
     if obs.desired_replicas == 0:

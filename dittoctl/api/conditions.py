@@ -45,6 +45,7 @@ class Reason(StrEnum):
     POSTGRES_SECRET_INCOMPLETE = "PostgresSecretIncomplete"
     POSTGRES_SECRET_COMPLETE = "PostgresSecretComplete"
     WAITING_FOR_SECRET = "WaitingForSecret"
+    CERT_MANAGER_NOT_FOUND = "CertManagerNotFound"
     WAITING_FOR_DATABASE = "WaitingForDatabase"
     DELETING = "Deleting"
     WAITING_FOR_SERVER = "WaitingForServer"

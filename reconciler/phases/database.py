@@ -188,6 +188,18 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
                   else f"PerconaPGCluster {names.percona_cluster} state: {state}")
 
 
+def percona_secret_wait(database: DatabaseState, missing: list[tuple[str, str]], names: Names) -> DatabaseState:
+    """A ready cluster whose user Secret (made by Percona) is absent or incomplete is not ready for the server:
+    the pod would sit in CreateContainerConfigError while DatabaseReady said True."""
+    gaps = [key for secret, key in missing if secret == names.percona_user_secret]
+    if not database.gate_open or not gaps:
+        return database
+    message = (f"PerconaPGCluster {names.percona_cluster} is ready, but its Secret {names.percona_user_secret} "
+               f"lacks {', '.join(gaps)} (Percona creates it for the user dittofs)")
+    return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_READY, message),
+                         database.cluster_name, gate_open=False, requeue=5.0)
+
+
 def postgres_secret_condition(missing: list[tuple[str, str]], secret: str) -> Cond:
     """External Postgres: DatabaseReady says whether its Secret holds every key the server reads."""
     gaps = [k for s, k in missing if s == secret]

@@ -502,7 +502,9 @@ def test_cert_manager_certificates_are_requested_when_asked(testbed: Any, operat
 
     unserved = eventually(lambda: (c := config_ready()) is not None and c["status"] == "False"
                           and "install cert-manager" in c["message"] and c, timeout=60, what="cert-manager missing")
-    assert "Secret demo-api-tls not found" in unserved["message"], unserved
+    assert "Secret demo-api-tls not found" in unserved["message"] and unserved["reason"] == "CertManagerNotFound"
+    assert server(testbed, namespace)["status"]["phase"] == "Pending"
+    assert not events(testbed, namespace, "MissingSecret"), "the Secret cert-manager would issue is not the fix"
     crd = certificate_crd()
     testbed.kubectl("apply", "--server-side", "-f", str(crd))
     try:

@@ -63,6 +63,17 @@ def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operato
     assert condition(obj, "Progressing")["reason"] == "WaitingForDatabase"  # type: ignore[index]
     assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
 
+    # Ready, but Percona has not published the user Secret yet: still a wait (no pod stuck on a missing Secret).
+    generation = cluster(testbed, namespace)["metadata"]["generation"]
+    testbed.kubectl("patch", "perconapgcluster", "demo-postgres", "-n", namespace, "--subresource=status",
+                    "--type=merge", "-p", json.dumps({"status": {"state": "ready", "observedGeneration": generation}}))
+
+    def secret_wait() -> dict[str, Any] | None:
+        db = condition(server(testbed, namespace), "DatabaseReady")
+        return db if db and "is ready, but its Secret demo-postgres-pguser-dittofs lacks" in db["message"] else None
+
+    assert eventually(secret_wait, what="DatabaseReady=False until the user Secret exists")["status"] == "False"
+    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
     play_percona_ready(testbed, namespace)
     ready = wait_ready(testbed, namespace, timeout=120)
     assert condition(ready, "DatabaseReady")["status"] == "True"  # type: ignore[index]

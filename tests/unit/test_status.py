@@ -414,3 +414,19 @@ def test_a_statefulset_held_for_the_database_is_a_wait_not_progress() -> None:
     assert progressing.message == "StatefulSet not created until DatabaseReady (PerconaNotReady)"
     assert "Progressing" not in conds[ConditionType.READY].message
     assert "DatabaseReady" in conds[ConditionType.READY].message
+
+
+def test_a_ready_percona_cluster_without_its_user_secret_is_still_a_wait() -> None:
+    from dittoctl.api.naming import Names
+    from reconciler.phases.database import DatabaseState, percona_secret_wait
+    from reconciler.status import Cond
+
+    names = Names("demo", "ns", "u")
+    ready = DatabaseState(Cond(ConditionType.DATABASE_READY, True, Reason.PERCONA_READY, "ready"), "demo-postgres")
+    assert percona_secret_wait(ready, [("other", "k")], names) is ready
+    held = percona_secret_wait(ready, [(names.percona_user_secret, "host"), (names.percona_user_secret, "uri")],
+                               names)
+    assert held.gate_open is False and held.condition is not None and not held.condition.status
+    assert held.condition.message == ("PerconaPGCluster demo-postgres is ready, but its Secret "
+                                      "demo-postgres-pguser-dittofs lacks host, uri (Percona creates it for the "
+                                      "user dittofs)")
