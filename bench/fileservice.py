@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.idle import settle
 from bench.kube import Kube, Watch, WatchEvent, condition, pod_ready, server_ready
 from bench.objects import fileserver, password_secret, servers_path
-from bench.process import Operator
+from bench.process import Operator, settle
 from bench.reconciler import INSTANCE, delete_all, log
 from bench.report import Check, Figure
 from bench.stats import summary

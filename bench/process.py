@@ -207,3 +207,23 @@ class Operator:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class NotSettled(RuntimeError):
+    """The operator never went quiet: a window measured now would hold the work before it."""
+
+
+def settle(op: Operator, quiet: float = 5.0, timeout: float = 90.0) -> float:
+    """Wait until no reconcile finished for `quiet` seconds (drift passes excepted: they may run); the seconds
+    waited. Raises NotSettled after `timeout` (the experiment's figures fail instead of measuring noise)."""
+    t0 = time.monotonic()
+    last = op.reconciles()
+    since = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+        now = op.reconciles()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return time.monotonic() - t0
+    raise NotSettled(f"the operator still finished reconciles after {timeout:.0f}s (no {quiet:.0f}s without one)")

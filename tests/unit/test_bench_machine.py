@@ -44,3 +44,18 @@ def test_every_runs_summary_says_how_fast_its_machine_ran_python() -> None:
     env = {"commit": "5e477171cc94", "worktree_dirty": False, "machine": {**machine, "reference_work_ms": 59.4}}
     assert "2 cores (Intel Xeon, reference work 59.4 ms), 23.5 GiB" in markdown([], env)
     assert "2 cores (Intel Xeon), 23.5 GiB" in markdown([], {**env, "machine": machine})  # results from before it
+
+
+def test_a_row_without_a_target_reads_info_not_pass() -> None:
+    from bench.report import Check, Figure
+
+    env = {"commit": "5e477171cc94", "worktree_dirty": False,
+           "machine": {"nproc": 2, "cpu_model": "x", "memory_gib": 1.0, "python": "3.11"}}
+    floor = Figure("scale_300_floor", "control-plane floor", "informational (a floor)",
+                   [Check("wall time", 35.9, ">=", 0.0, "s")], "35.9 s")
+    target = Figure("start_to_ready", "start -> ready", "< 3 s; issue 15: <= 0.4 s",
+                    [Check("median", 0.5, "<", 3.0, "s"), Check("median (issue 15)", 0.5, "<=", 0.4, "s")], "0.5 s")
+    text = markdown([floor, target], env)
+    assert "| control-plane floor | informational (a floor) | 35.9 s | info |" in text
+    assert "| start -> ready | < 3 s; issue 15: <= 0.4 s | 0.5 s | FAIL: median (issue 15) 0.5 s (target <= 0.4) |" \
+        in text
