@@ -41,6 +41,7 @@ class Reason(StrEnum):
     PERCONA_NOT_FOUND = "PerconaNotFound"
     PERCONA_NOT_READY = "PerconaNotReady"
     PERCONA_NOT_OWNED = "PerconaNotOwned"
+    PERCONA_MISSING = "PerconaMissing"
     PERCONA_READY = "PerconaReady"
     POSTGRES_SECRET_INCOMPLETE = "PostgresSecretIncomplete"
     POSTGRES_SECRET_COMPLETE = "PostgresSecretComplete"

@@ -21,6 +21,8 @@ OWNER_ANNOTATION = "dittofs.io/owner-uid"
 # On a database kept when its server went: the server's name, so that a new server of that name (and only it)
 # takes it back; a cluster without either mark is someone else's and is never applied to.
 RELEASED_ANNOTATION = "dittofs.io/released-from"
+# On a DittoServer whose database was deleted under it: the user's consent to a new, empty one.
+RECREATE_DATABASE_ANNOTATION = "dittofs.dittofs.com/recreate-database"
 ORPHAN_FINALIZER = "orphan"  # the garbage collector's, while `kubectl delete --cascade=orphan` runs
 # The StatefulSet's volume claim templates (a PVC is named <template>-<statefulset>-0).
 CONTROL_PLANE_VOLUME = "controlplane"

@@ -15,11 +15,12 @@ from typing import Any
 
 from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.facts import percona_not_served
-from dittoctl.api.kinds import PERCONAPGBACKUPS, PERCONAPGCLUSTERS
+from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGBACKUPS, PERCONAPGCLUSTERS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import (
     ORPHAN_FINALIZER,
     OWNER_ANNOTATION,
+    RECREATE_DATABASE_ANNOTATION,
     RELEASED_ANNOTATION,
     Names,
     owned_by,
@@ -139,6 +140,29 @@ def _not_owned(names: Names) -> DatabaseState:
         None, gate_open=False, requeue=30.0)
 
 
+def _missing(names: Names) -> DatabaseState:
+    """The cluster that held this server's database is gone (deleted by hand, by a tool): a new one would be
+    empty (the server would start over without its users and shares), and with backups on it would set up
+    its pgBackRest repository where the old one's backups are. Only the user can choose that, or a restore."""
+    cluster = names.percona_cluster
+    return DatabaseState(Cond(
+        ConditionType.DATABASE_READY, False, Reason.PERCONA_MISSING,
+        f"PerconaPGCluster {cluster}, which held this server's database, is gone; the operator does not create an "
+        f"empty one in its place. Restore it from a backup (a PerconaPGCluster {cluster} with a dataSource, then "
+        f"kubectl -n {names.namespace} annotate perconapgcluster {cluster} {RELEASED_ANNOTATION}={names.server}), "
+        f"or start over empty: kubectl -n {names.namespace} annotate dittoserver {names.server} "
+        f"{RECREATE_DATABASE_ANNOTATION}=true"), cluster, gate_open=False, requeue=30.0)
+
+
+async def _forget_consent(ctx: Pass) -> None:
+    path = "/metadata/annotations/" + RECREATE_DATABASE_ANNOTATION.replace("/", "~1")
+    try:
+        await ctx.gw.json_patch(DITTOSERVERS, ctx.name, [{"op": "remove", "path": path}], ctx.namespace)
+    except (ApiError, Conflict, NotFound) as exc:  # the next pass tries again
+        log.warning("could not remove the recreate-database annotation", extra=fields(
+            namespace=ctx.namespace, name=ctx.name, error=str(exc)[:300]))
+
+
 def _not_served(requeue: float) -> DatabaseState:
     return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_FOUND, percona_not_served()),
                          None, gate_open=False, requeue=requeue)
@@ -163,6 +187,13 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
         live = await ctx.gw.get_or_none(PERCONAPGCLUSTERS, names.percona_cluster, ctx.namespace)
     if live is not None and not names.owns(live) and not released_to(live, names.server):
         return _not_owned(names)
+    meta = ctx.current().get("metadata") or {}
+    consent = RECREATE_DATABASE_ANNOTATION in (meta.get("annotations") or {})
+    if live is None and not consent and (ctx.current().get("status") or {}).get("perconaClusterName") == \
+            names.percona_cluster:
+        return _missing(names)
+    if live is not None and consent:  # used once: a later loss asks again
+        await _forget_consent(ctx)
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
     kept = ctx.memory.percona_kept

@@ -271,3 +271,34 @@ def test_backup_settings_and_completed_backups_are_reported(testbed: Any, operat
     done = eventually(lambda: events(testbed, namespace, "PerconaBackupCompleted"), timeout=30,
                       what="PerconaBackupCompleted (seen on a drift pass)")
     assert "nightly-1" in done[0]["message"]
+
+
+def test_a_deleted_database_is_not_replaced_by_an_empty_one_without_consent(testbed: Any, operator: OperatorProcess,
+                                                                             namespace: str) -> None:
+    """A new cluster would be empty (and with backups on, would set up its repository where the old one's backups
+    are): the server waits for a restore or for the user's say-so."""
+    install_crd(testbed)
+    apply_server(testbed, namespace, percona=percona_spec())
+    first = eventually(lambda: cluster(testbed, namespace), what="cluster")
+    play_percona_ready(testbed, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    testbed.kubectl("delete", "perconapgcluster", "demo-postgres", "-n", namespace, "--timeout=60s")
+
+    def missing() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "DatabaseReady")
+        return cond if cond and cond["reason"] == "PerconaMissing" else None
+
+    cond = eventually(missing, what="DatabaseReady=False/PerconaMissing")
+    assert f"kubectl -n {namespace} annotate dittoserver demo dittofs.dittofs.com/recreate-database=true" \
+        in cond["message"], cond
+    passes = operator.reconcile_passes()
+    time.sleep(6)
+    assert operator.reconcile_passes() > passes, "no pass ran in the window: nothing was proven"
+    assert testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace, check=False).returncode != 0
+    testbed.kubectl("annotate", "dittoserver", "demo", "-n", namespace, "dittofs.dittofs.com/recreate-database=true")
+    again = eventually(lambda: testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace,
+                                               check=False).returncode == 0 and cluster(testbed, namespace),
+                       what="a new cluster once the user consents")
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
+    eventually(lambda: "dittofs.dittofs.com/recreate-database" not in (
+        server(testbed, namespace)["metadata"].get("annotations") or {}), what="the consent used once")
