@@ -164,6 +164,7 @@ def cmd_crd_reference(_: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from dittoctl.api.crd import spec_schema, type_errors
     from dittoctl.api.facts import ClusterFacts
     from dittoctl.api.rules import validate
 
@@ -172,12 +173,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.cluster:
         facts_for = asyncio.run(_cluster_facts(docs, args.kubeconfig, _namespace_of(args)))
     results: list[dict[str, Any]] = []
+    schema = spec_schema()
     for doc in docs:
         facts = facts_for[id(doc)] if facts_for else ClusterFacts.offline()
         verdict = validate(doc, None, facts)
-        name = _name(doc)
-        results.append({"name": name, "allowed": verdict.allowed, "errors": verdict.messages,
-                        "warnings": verdict.warnings})
+        # What the apiserver refuses before the webhook sees it (a string for an integer: the models read "1").
+        reported = {m.split(": ", 1)[0] for m in verdict.messages}
+        errors = verdict.messages + [e for e in type_errors(doc.get("spec"), schema, "spec")
+                                     if e.split(": ", 1)[0] not in reported]
+        results.append({"name": _name(doc), "allowed": not errors, "errors": errors, "warnings": verdict.warnings})
     # Offline, the cluster-dependent rules had nothing to check: say so instead of an unqualified "valid".
     skipped = [] if args.cluster else list(OFFLINE_SKIPPED)
     if args.output == "json":

@@ -15,7 +15,7 @@ import json
 import textwrap
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
@@ -229,6 +229,58 @@ def build_crd() -> JsonSchema:
             ],
         },
     }
+
+
+_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "number": ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    "string": ("a string", lambda v: isinstance(v, str)),
+    "boolean": ("true or false", lambda v: isinstance(v, bool)),
+    "object": ("an object", lambda v: isinstance(v, dict)),
+    "array": ("a list", lambda v: isinstance(v, list)),
+}
+
+
+def type_errors(value: Any, schema: JsonSchema, path: str) -> list[str]:
+    """The values the apiserver's structural schema refuses by their JSON type, before any webhook ("1" for an
+    integer: the models, in lax mode, would read it as 1). Types only; ranges and patterns are the models'.
+    A null is pruned by the apiserver, not refused."""
+    if value is None or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if schema.get("x-kubernetes-int-or-string"):
+        ok = isinstance(value, int | str) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: must be an integer or a string (got {_json_name(value)})"]
+    kind = schema.get("type")
+    if kind not in _TYPES:
+        return []
+    words, accepts = _TYPES[kind]
+    if not accepts(value):
+        return [f"{path}: must be {words} (got {_json_name(value)} {json.dumps(value)[:40]}); the apiserver "
+                "refuses it before the webhook"]
+    found: list[str] = []
+    if kind == "object":
+        properties, extra = schema.get("properties") or {}, schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                found += type_errors(item, sub, f"{path}.{key}")
+    elif kind == "array" and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += type_errors(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def _json_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def spec_schema() -> JsonSchema:
+    """The CRD's schema of `spec`."""
+    spec: JsonSchema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return spec
 
 
 class _Dumper(yaml.SafeDumper):

@@ -98,3 +98,24 @@ def test_dittoctl_validate_with_cluster_lookups(crd: Any, namespace: str, tmp_pa
                            capture_output=True, text=True, timeout=60, check=False)
     (result,) = json.loads(there.stdout)
     assert there.returncode == 1 and any("needs at least 32 characters" in e for e in result["errors"]), result
+
+
+def test_what_dittoctl_validate_refuses_by_type_the_apiserver_refuses(crd: Any, namespace: str,
+                                                                      tmp_path: Path) -> None:
+    """dittoctl validate's type errors (tests/unit/test_cli.py) are the apiserver's own."""
+    from tests.unit.test_cli import LAX
+
+    path = tmp_path / "lax.yaml"
+    path.write_text(LAX)
+    applied = crd.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False)
+    assert applied.returncode != 0, applied.stdout
+    for field in ("spec.replicas", "spec.adapters.nfs.port", "spec.users[0].uid", "spec.storage.contentSize",
+                  "spec.service.annotations.a"):
+        assert field in applied.stderr, (field, applied.stderr)
+    fixed = LAX.replace('"1"', "1").replace('"2049"', "2049").replace('"1000"', "1000").replace(
+        "contentSize: 2", "contentSize: 2Gi").replace("a: 1", 'a: "1"')
+    path.write_text(fixed)
+    validated = subprocess.run([sys.executable, "-m", "dittoctl", "validate", "-f", str(path)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60, check=False)
+    assert validated.returncode == 0, validated.stdout
+    assert crd.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).returncode == 0

@@ -46,6 +46,33 @@ def test_render_refuses_an_object_without_a_name(tmp_path: Path, capsys: pytest.
     assert out == "" and "metadata.name is required to render" in err
 
 
+LAX = """apiVersion: dittofs.dittofs.com/v1alpha1
+kind: DittoServer
+metadata: {name: lax}
+spec:
+  replicas: "1"
+  storage: {metadataSize: 1Gi, contentSize: 2}
+  adapters: {nfs: {port: "2049"}}
+  users: [{name: alice, uid: "1000", passwordSecretRef: {name: a, key: p}}]
+  service: {annotations: {a: 1}}
+"""
+
+
+def test_validate_refuses_what_the_apiserver_refuses_by_type(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The models read "1" as 1 (lax mode); the CRD's structural schema refuses it before any webhook, so a
+    "valid" here would be a false pass in CI (tests/integration/test_crd.py applies it for real)."""
+    lax = tmp_path / "lax.yaml"
+    lax.write_text(LAX)
+    assert main(["validate", "-f", str(lax), "-o", "json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)
+    assert sorted(e.split(":")[0] for e in result["errors"]) == [  # each once: the models' own, or the type's
+        "spec.adapters.nfs.port", "spec.replicas", "spec.service.annotations.a", "spec.storage.contentSize",
+        "spec.users[0].uid"], result["errors"]
+    assert ('spec.replicas: must be an integer (got a string "1"); the apiserver refuses it before the webhook'
+            in result["errors"])
+
+
 def test_validate_accepts_the_sample(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "-f", str(SAMPLE)]) == 0
     assert "valid" in capsys.readouterr().out
