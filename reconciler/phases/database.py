@@ -46,7 +46,13 @@ async def release_database(ctx: Pass) -> bool:
         cluster = await ctx.gw.get(PERCONAPGCLUSTERS, cluster_name, namespace)
     except NotFound:
         return True  # no cluster, or the Percona CRD is not installed
-    except ApiError:
+    except ApiError as exc:
+        # Forbidden (RBAC trimmed to a cluster without Percona) for a server that never owned a cluster: nothing
+        # to protect, and waiting would hold its deletion for good.
+        if exc.status == 403 and not (body.get("status") or {}).get("perconaClusterName"):
+            log.warning("PerconaPGClusters not readable; this server never had one, so its deletion goes on",
+                        extra=fields(namespace=namespace, name=ctx.name, error=str(exc)[:300]))
+            return True
         return False
     if not names.owns(cluster):
         return True

@@ -224,6 +224,36 @@ def test_a_cluster_role_without_list_and_watch_on_servicemonitors_means_gets_not
     assert_uninstalled(testbed)
 
 
+def test_a_role_without_percona_rules_still_deletes_a_server_that_never_had_a_database(
+        testbed: Any, helm: Helm, release_ns: str, workload_ns: str, tmp_path: Path) -> None:
+    """A ClusterRole trimmed of Percona (the CRD installed for someone else): the finalizer's look for an owned
+    cluster is refused (403), and a server that never had one must not be held forever by it."""
+    operator: OperatorProcess | None = None
+    percona_preinstalled = testbed.kubectl("get", "crd", PERCONA_CRD_NAME, check=False).returncode == 0
+    try:
+        cert_dir = install_provided(testbed, helm, release_ns, tmp_path)
+        testbed.kubectl("apply", "--server-side", "-f", str(PERCONA_CRD))
+        testbed.wait_crd(PERCONA_CRD_NAME)
+        role = kubectl_json(testbed, "get", "clusterrole", RELEASE)
+        role["rules"] = [r for r in role["rules"] if not {"perconapgclusters", "perconapgbackups"} & set(
+            r.get("resources", []))]
+        testbed.kubectl("replace", "-f", "-", input=json.dumps(role))
+        operator = start_as_chart(testbed, release_ns, cert_dir, tmp_path)
+        apply_server(testbed, workload_ns)
+        wait_ready(testbed, workload_ns)
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", workload_ns, "--timeout=60s")
+        assert "this server never had one, so its deletion goes on" in operator.log_text(), operator.log_tail()
+    finally:
+        if operator is not None:
+            operator.stop()
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", workload_ns, "--ignore-not-found", "--timeout=60s",
+                        check=False)
+        if not percona_preinstalled:
+            testbed.kubectl("delete", "crd", PERCONA_CRD_NAME, "--ignore-not-found", "--timeout=60s", check=False)
+        uninstall(helm, release_ns)
+    assert_uninstalled(testbed)
+
+
 def lifecycle(testbed: Any, ns: str) -> None:
     """Create, change and delete DittoServers through every permission-relevant path of the operator."""
     # The webhook (as the ServiceAccount) denies a bad object and posts a ValidationFailed Event.
