@@ -945,3 +945,25 @@ def test_an_adapter_never_moves_onto_a_port_another_still_holds(want: tuple[Adap
     after = simulate(seen, p.calls)
     assert {t: (a.enabled, a.port) for t, a in after.adapters.items()} == {
         a.type: (a.enabled, a.port if a.port is not None else seen.adapters[a.type].port) for a in want}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["nfs", "smb"]), st.booleans(), st.sampled_from([None, 1445, 12049, 2049])),
+                min_size=0, max_size=2, unique_by=lambda a: a[0]))
+def test_adapter_moves_always_end_and_never_bind_a_held_port_when_the_spec_has_none_twice(
+        adapters: list[tuple[str, bool, int | None]]) -> None:
+    """Also when a port is held by an adapter the spec does not declare (it stays): the moves end, sent as
+    declared (the stop-one-first step runs at most once per adapter)."""
+    want = tuple(AdapterSpec(t, on, port) for t, on, port in adapters)  # type: ignore[arg-type]
+    seen = seeded()
+    puts = [c for c in plan(FileService(adapters=want), seen, ()).calls if c.kind is Kind.ADAPTER]
+    assert len(puts) <= 2 * len(want)
+    targets = {a.type: a.port or seen.adapters[a.type].port for a in want if a.enabled}
+    kept = {t: a.port for t, a in seen.adapters.items() if t not in targets and a.enabled
+            and t not in {a.type for a in want}}
+    if len(set(targets.values()) | set(kept.values())) == len(targets) + len(kept):  # no port wanted twice
+        _bound_ports_never_collide(seen, puts)
+
+
+def test_a_port_held_by_an_undeclared_adapter_does_not_loop() -> None:
+    p = plan(FileService(adapters=(AdapterSpec("nfs", True, 1445),)), seeded(), ())
+    assert [(c.name, dict(c.body or {})) for c in p.calls if c.kind is Kind.ADAPTER] == [("nfs", {"port": 1445})]

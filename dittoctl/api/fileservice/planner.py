@@ -350,21 +350,31 @@ class _Planner:
         nothing. A swap is broken by stopping one adapter first."""
         listening = {t: a.port for t, a in self.seen.adapters.items() if a.enabled}
         pending = dict(updates)
+        stopped: set[str] = set()  # each at most once: a port held by something else must not loop forever
+
+        def target(kind: str) -> int | None:
+            """The port ``kind`` will listen on, None when it will not listen."""
+            changes = pending[kind]
+            on = changes.get("enabled", self.seen.adapters[kind].enabled)
+            return changes.get("port", self.seen.adapters[kind].port) if on else None
 
         def blocked(kind: str) -> bool:
-            changes = pending[kind]
-            port = changes.get("port", self.seen.adapters[kind].port)
-            enabled = changes.get("enabled", self.seen.adapters[kind].enabled)
-            return enabled and any(other != kind and held == port for other, held in listening.items())
+            port = target(kind)
+            return port is not None and any(other != kind and held == port for other, held in listening.items())
 
         while pending:
             kind = next((k for k in pending if not blocked(k)), None)
-            if kind is None:  # every move waits for another: stop one, and start it last
-                kind = next(iter(pending))
-                self.call(Op.UPDATE, Kind.ADAPTER, kind, "PUT", f"{API}/adapters/{kind}", {"enabled": False})
-                listening.pop(kind, None)
-                pending[kind] = {**pending.pop(kind), "enabled": True}
-                continue
+            if kind is None:  # every move waits for another: stop one that holds a port another wants
+                kind = next((k for k in pending if k not in stopped and k in listening
+                             and any(target(o) == listening[k] for o in pending if o != k)), None)
+                if kind is None:  # held by an adapter that stays: nothing to reorder, send as declared
+                    kind = next(iter(pending))
+                else:
+                    stopped.add(kind)
+                    self.call(Op.UPDATE, Kind.ADAPTER, kind, "PUT", f"{API}/adapters/{kind}", {"enabled": False})
+                    listening.pop(kind, None)
+                    pending[kind] = {**pending.pop(kind), "enabled": True}
+                    continue
             changes = pending.pop(kind)
             self.call(Op.UPDATE, Kind.ADAPTER, kind, "PUT", f"{API}/adapters/{kind}", changes)
             if changes.get("enabled", self.seen.adapters[kind].enabled):
