@@ -52,6 +52,7 @@ from dittoctl.api.secrets import TLS_CERT_KEY, TLS_KEY_KEY, bounded_values, moun
 
 log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
+MAX_ERRORS = 50  # schema errors described one by one; the rest are counted
 # Services are DNS-1035 labels named <name>-headless (+9), and the StatefulSet's controller-revision-hash
 # label "<name>-<10-char hash>" must fit in 63 characters: 52 is the binding limit.
 MAX_NAME = 52
@@ -100,12 +101,22 @@ class Verdict:
         return [str(e) for e in self.errors]
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What a server's children show it already runs with (the reconciler's re-check has no previous spec):
+    the rules that only judge a new server or a change accept what it keeps, as the webhook does on update."""
+
+    sqlite_path: str | None = None
+    """The SQLite path of its rendered config, None when it has none (or uses PostgreSQL)."""
+    percona: bool = False
+    """It runs on a Percona database already."""
+
+
 def validate(obj: Mapping[str, Any], old: Mapping[str, Any] | None, facts: ClusterFacts, *,
-             parsed: ParsedSpec | None = None, stored: bool = False) -> Verdict:
+             parsed: ParsedSpec | None = None, stored: Stored | None = None) -> Verdict:
     """All violations of `obj` (an UPDATE when `old` is given). Total: any input gives a Verdict. ``parsed``:
     ``parse_spec(obj["spec"])``, when the caller has it already (the webhook, which read the references).
-    ``stored``: `obj` is a server reconciled before, whose previous spec is unknown (the reconciler's re-check):
-    the rules that only judge a new server or a change (a SQLite path, a name too long for Percona) warn."""
+    ``stored``: see ``Stored`` (the reconciler's re-check)."""
     try:
         check = _Check(obj, old, facts, parsed, stored=stored)
         verdict = check.run()
@@ -126,7 +137,7 @@ class _Check:
     """One validation pass; collects findings instead of stopping at the first."""
 
     def __init__(self, obj: Any, old: Any, facts: ClusterFacts, parsed: ParsedSpec | None = None, *,
-                 stored: bool = False) -> None:
+                 stored: Stored | None = None) -> None:
         self.obj = obj
         self.old = old
         self.stored = stored
@@ -173,8 +184,14 @@ class _Check:
             self.error("spec", "required; a DittoServer needs at least spec.storage.metadataSize")
             return self.verdict(None)
         parsed = self.parsed if self.parsed is not None else parse_spec(obj.get("spec"))
-        for err in parsed.errors:
+        # Described one by one ("did you mean ...?" is a string search each): a review with 150,000 unknown keys
+        # took 17 s of the event loop, the reconciler's too. Only a direct caller can send one (the apiserver
+        # prunes unknown fields first); the first ones are what a person can act on anyway.
+        for err in parsed.errors[:MAX_ERRORS]:
             self.error(_path(err["loc"]), _describe(err))
+        if len(parsed.errors) > MAX_ERRORS:
+            self.error("spec", f"and {len(parsed.errors) - MAX_ERRORS} more problems like these; fix the ones above "
+                       "first")
         if parsed.spec is not None:
             self._rules(parsed, parsed.spec)
         server = None
@@ -616,7 +633,8 @@ class _Check:
                    f"control-plane database; use e.g. {CONTROL_PLANE_ROOT}/controlplane.db")
         old_raw = self.old.get("spec") if isinstance(self.old, Mapping) else None
         old = parse_spec(old_raw).spec if isinstance(old_raw, Mapping) else None
-        if self.stored or (old is not None and old.database.sqlite.path == path):
+        kept = self.stored.sqlite_path if self.stored is not None else old.database.sqlite.path if old else None
+        if kept == path:
             self.warn("spec.database.sqlite.path", problem,
                       f"{_show(path)} is not under {CONTROL_PLANE_ROOT}/: users and shares go with the pod")
         else:
@@ -631,7 +649,8 @@ class _Check:
         old_spec = self.old.get("spec") if isinstance(self.old, Mapping) else None
         was_on = isinstance(old_spec, Mapping) and isinstance(old_spec.get("percona"), Mapping) and \
             old_spec["percona"].get("enabled") is True
-        if isinstance(name, str) and len(name) > MAX_PERCONA_NAME and not was_on and not self.stored:
+        was_on = was_on or (self.stored is not None and self.stored.percona)
+        if isinstance(name, str) and len(name) > MAX_PERCONA_NAME and not was_on:
             self.error(f"{base}.enabled", f"the server's name {_q(name)} has {len(name)} characters; with Percona "
                        f"it may have at most {MAX_PERCONA_NAME}, as Percona's pods carry {name}-postgres-instance1-"
                        "<hash> in a 63-character label: use a shorter name")

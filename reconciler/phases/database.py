@@ -15,10 +15,9 @@ from typing import Any
 
 from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.facts import percona_not_served
-from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGBACKUPS, PERCONAPGCLUSTERS
+from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGBACKUPS, PERCONAPGCLUSTERS, STATEFULSETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import (
-    ORPHAN_FINALIZER,
     OWNER_ANNOTATION,
     RECREATE_DATABASE_ANNOTATION,
     RELEASED_ANNOTATION,
@@ -30,13 +29,14 @@ from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
 from reconciler.context import Pass
+from reconciler.phases.statefulset import env_secrets
 from reconciler.specs import Desired
 from reconciler.specs.percona import adopt_live_values
 from reconciler.status import Cond
 
 log = logging.getLogger("dittofs.percona")
 
-async def release_database(ctx: Pass) -> bool:
+async def release_database(ctx: Pass, *, orphaning: bool = False) -> bool:
     """True once no PerconaPGCluster of ours can be garbage-collected by surprise."""
     body = ctx.current()
     namespace, uid = ctx.namespace, str(body["metadata"].get("uid"))
@@ -57,9 +57,7 @@ async def release_database(ctx: Pass) -> bool:
     if not names.owns(cluster):
         return True
     delete = bool((body.get("spec") or {}).get("percona", {}).get("deleteWithServer", False))
-    # `--cascade=orphan` keeps every dependent, the database too: the garbage collector's finalizer is there
-    # while it strips their ownerReferences, and the cluster's is gone once it did.
-    orphaning = ORPHAN_FINALIZER in (body["metadata"].get("finalizers") or []) or not owned_by(cluster, uid)
+    # `--cascade=orphan` (``orphaning``) keeps every dependent, the database too.
     if delete and not orphaning:
         await ctx.gw.delete(PERCONAPGCLUSTERS, cluster_name, namespace)
         await ctx.post("Warning", EventReason.PERCONA_DELETED,
@@ -74,7 +72,8 @@ async def release_database(ctx: Pass) -> bool:
         await ctx.gw.json_patch(PERCONAPGCLUSTERS, cluster_name, ops, namespace)
     except (Conflict, ApiError):
         return False
-    why = "the DittoServer was deleted with --cascade=orphan" if delete else "percona.deleteWithServer is false"
+    why = "the DittoServer was deleted with --cascade=orphan" if delete and orphaning else \
+        "percona.deleteWithServer is false"
     await ctx.post("Normal", EventReason.PERCONA_ORPHANED, f"PerconaPGCluster {cluster_name} kept ({why}): data "
                    f"preserved; a new DittoServer {ctx.name} takes it back")
     return True
@@ -146,6 +145,15 @@ def _not_owned(names: Names) -> DatabaseState:
         None, gate_open=False, requeue=30.0)
 
 
+def _had_database(ctx: Pass, names: Names) -> bool:
+    """The server ran on this cluster: its StatefulSet reads Percona's user Secret, or its status still names
+    the cluster (status alone is not enough: a pass that saw no cluster of ours, e.g. while the CRD was away,
+    clears it)."""
+    sts = ctx.cache.child(STATEFULSETS, ctx.namespace, names.server)
+    status = ctx.current().get("status") or {}
+    return names.percona_user_secret in env_secrets(sts) or status.get("perconaClusterName") == names.percona_cluster
+
+
 def _missing(names: Names) -> DatabaseState:
     """The cluster that held this server's database is gone (deleted by hand, by a tool): a new one would be
     empty (the server would start over without its users and shares), and with backups on it would set up
@@ -195,8 +203,7 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
         return _not_owned(names)
     meta = ctx.current().get("metadata") or {}
     consent = RECREATE_DATABASE_ANNOTATION in (meta.get("annotations") or {})
-    if live is None and not consent and (ctx.current().get("status") or {}).get("perconaClusterName") == \
-            names.percona_cluster:
+    if live is None and not consent and _had_database(ctx, names):
         return _missing(names)
     if live is not None and consent:  # used once: a later loss asks again
         await _forget_consent(ctx)

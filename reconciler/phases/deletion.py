@@ -40,18 +40,20 @@ async def finalize(ctx: Pass) -> float | None:
     if (ctx.body.get("status") or {}).get("phase") != "Deleting":
         await ctx.post("Normal", EventReason.DELETING, f"DittoServer {name}: draining StatefulSet {name}")
 
-    if not await release_database(ctx):
+    sts = ctx.cache.child(STATEFULSETS, namespace, name)
+    if sts is None:
+        sts = await ctx.confirm(STATEFULSETS, name)
+    # `--cascade=orphan`: the user keeps the dependents (the StatefulSet serving, the database) without the server.
+    # The garbage collector's finalizer is there while it strips their ownerReferences, and once it is gone the
+    # StatefulSet (always a controlled child) no longer names the server.
+    orphaning = ORPHAN_FINALIZER in (meta.get("finalizers") or []) or (
+        sts is not None and not owned_by(sts, str(meta.get("uid"))))
+    if not await release_database(ctx, orphaning=orphaning):
         cluster = Names(name, namespace, "").percona_cluster
         await _waiting(ctx, f"waiting to release PerconaPGCluster {cluster} (the finalizer stays until the "
                             "database is safe from garbage collection)")
         return POLL_SECONDS  # the database must be orphaned before anything else can go
 
-    sts = ctx.cache.child(STATEFULSETS, namespace, name)
-    if sts is None:
-        sts = await ctx.confirm(STATEFULSETS, name)
-    # `--cascade=orphan`: the user keeps the StatefulSet, and its pods serving, without the DittoServer.
-    orphaning = ORPHAN_FINALIZER in (meta.get("finalizers") or []) or (
-        sts is not None and not owned_by(sts, str(meta.get("uid"))))
     if sts is not None and sts.get("spec", {}).get("replicas", 0) != 0 and not orphaning:
         await ctx.write(STATEFULSETS, name, ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}},
                                                                namespace))

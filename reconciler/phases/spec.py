@@ -3,13 +3,35 @@
 
 from __future__ import annotations
 
+import yaml
+
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.facts import ClusterFacts
-from dittoctl.api.kinds import STATEFULSETS
+from dittoctl.api.kinds import CONFIGMAPS, STATEFULSETS
 from dittoctl.api.models import DittoServer
-from dittoctl.api.rules import validate
+from dittoctl.api.naming import CONFIG_FILE, Names
+from dittoctl.api.rules import Stored, validate
 from reconciler.context import Pass
+from reconciler.phases.statefulset import env_secrets
 from reconciler.status import Observation, build_status, carried_over
+
+
+def stored(ctx: Pass) -> Stored | None:
+    """What the server's rendered ConfigMap and StatefulSet show it runs with; None before its first rollout."""
+    names = Names(ctx.name, ctx.namespace, "")
+    sts = ctx.cache.child(STATEFULSETS, ctx.namespace, names.server)
+    config_map = ctx.cache.child(CONFIGMAPS, ctx.namespace, names.config_map)
+    if sts is None or config_map is None:
+        return None
+    try:
+        config = yaml.safe_load(((config_map.get("data") or {}).get(CONFIG_FILE)) or "") or {}
+    except yaml.YAMLError:
+        config = {}
+    database = config.get("database") if isinstance(config, dict) else None
+    sqlite = database.get("sqlite") if isinstance(database, dict) and database.get("type") == "sqlite" else None
+    path = sqlite.get("path") if isinstance(sqlite, dict) else None
+    return Stored(sqlite_path=path if isinstance(path, str) else None,
+                  percona=names.percona_user_secret in env_secrets(sts))
 
 
 async def check_spec(ctx: Pass) -> DittoServer | None:
@@ -22,8 +44,9 @@ async def check_spec(ctx: Pass) -> DittoServer | None:
     # No cluster facts here: a StorageClass deleted since admission must not block, and a missing Percona
     # CRD is a wait the database phase reports (DatabaseReady=False/PerconaNotFound), not an invalid spec.
     facts = ClusterFacts(storage_classes=None, percona_served=None, secrets={})
-    # A server reconciled before may keep what the webhook lets an existing server keep (it warns on update).
-    verdict = validate(body, None, facts, stored=bool((body.get("status") or {}).get("observedGeneration")))
+    # A running server may keep what the webhook lets an existing server keep (it warns on update): judged by what
+    # its children run with, not by status (a refusal writes status too).
+    verdict = validate(body, None, facts, stored=stored(ctx))
     if verdict.allowed and verdict.server is not None:
         ctx.memory.invalid = None
         return ctx.shared.parsed.put(ctx.key, inputs, verdict.server)

@@ -61,6 +61,13 @@ class StorageDrift:
     """Template name -> the larger size the spec asks for."""
 
 
+def env_secrets(sts: Mapping[str, Any] | None) -> set[str]:
+    """The Secrets the StatefulSet's containers (init containers too) read variables from."""
+    pod = (((sts or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    return {str(((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name"))
+            for c in [*(pod.get("containers") or []), *(pod.get("initContainers") or [])] for e in c.get("env") or []}
+
+
 def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> StorageDrift:
     """volumeClaimTemplates cannot change in place: a class change or a smaller size is an error (the webhook
     denies both; this catches them when it was off), a larger size is a volume expansion."""

@@ -320,6 +320,26 @@ def test_an_empty_postgres_host_holds_every_rollout(testbed: Any, operator: Oper
     assert kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"] != template
 
 
+def test_a_sqlite_path_off_its_volume_stays_refused_when_admitted_without_the_webhook(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """The reconciler's own check (no webhook here): its refusal writes status, which must not make the next pass
+    judge the server as one that already ran with that path."""
+    apply_server(testbed, namespace, database={"sqlite": {"path": "/tmp/cp.db"}})
+
+    def invalid() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "ConfigReady")
+        return cond if cond and cond["reason"] == "InvalidSpec" else None
+
+    assert "spec.database.sqlite.path" in eventually(invalid, what="ConfigReady=False/InvalidSpec")["message"]
+    passes = operator.reconcile_passes()
+    time.sleep(11)  # two drift passes
+    assert operator.reconcile_passes() >= passes + 2, "no drift pass ran in the window: nothing was proven"
+    assert invalid() is not None
+    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    apply_server(testbed, namespace, database={"sqlite": {"path": "/data/controlplane/cp.db"}})
+    wait_ready(testbed, namespace)
+
+
 def test_paused_server_is_left_alone(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     apply_server(testbed, namespace)
     wait_ready(testbed, namespace)

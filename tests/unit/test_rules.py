@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.models import API_VERSION, DittoServer
 from dittoctl.api.parsed import required_secrets
-from dittoctl.api.rules import MAX_WARNING, Verdict, validate
+from dittoctl.api.rules import MAX_WARNING, Stored, Verdict, validate
 from tests.support.parses import count_spec_parses
 from tests.support.strategies import facts_strategy, json_values, spec_strategy
 
@@ -824,11 +824,15 @@ def test_the_reconciler_s_recheck_lets_a_stored_server_keep_what_an_update_may_k
     admitted with a warning."""
     old_path = server({"database": {"sqlite": {"path": "/var/lib/dittofs/cp.db"}}, "replicas": 0})
     assert not validate(old_path, None, GOOD).allowed  # a new server
-    kept = validate(old_path, None, GOOD, stored=True)
+    kept = validate(old_path, None, GOOD, stored=Stored(sqlite_path="/var/lib/dittofs/cp.db"))
     assert kept.allowed and [w.split(": ")[0] for w in kept.warnings] == ["spec.database.sqlite.path"]
+    # A path changed while the webhook was off is judged like a new one; so is a server not rolled out yet.
+    assert not validate(old_path, None, GOOD, stored=Stored(sqlite_path="/data/controlplane/cp.db")).allowed
+    assert not validate(old_path, None, GOOD, stored=Stored()).allowed
     long_name = server({"percona": {"enabled": True, "image": "pg"}}, name="n" * 40)
     assert not validate(long_name, None, GOOD).allowed
-    assert validate(long_name, None, GOOD, stored=True).allowed
+    assert not validate(long_name, None, GOOD, stored=Stored()).allowed  # Percona turned on now
+    assert validate(long_name, None, GOOD, stored=Stored(percona=True)).allowed
 
 
 def test_a_user_password_bcrypt_cannot_take_is_denied() -> None:
@@ -1119,3 +1123,27 @@ def test_name_in_the_s3_credentials_reference_points_to_secret_name() -> None:
     verdict = check({"s3": {"credentialsSecretRef": {"name": "s3"}}})
     assert any(m.startswith("spec.s3.credentialsSecretRef.name: unknown field; spec.s3.credentialsSecretRef names "
                             "its Secret by secretName") for m in verdict.messages), verdict.messages
+
+
+def test_a_review_with_thousands_of_schema_errors_describes_fifty_and_counts_the_rest() -> None:
+    """Only a direct caller can send one (the apiserver prunes unknown fields): it must not hold the event loop
+    while each gets its "did you mean", nor get back an answer of megabytes."""
+    from dittoctl.api.rules import MAX_ERRORS
+
+    verdict = check({f"unknown{i}": i for i in range(5000)})
+    assert len(verdict.messages) == MAX_ERRORS + 1
+    assert verdict.messages[-1] == (f"spec: and {5000 - MAX_ERRORS} more problems like these; fix the ones above "
+                                    "first")
+
+
+@given(broken=st.frozensets(st.lists(st.sampled_from(["a", "b", "c", 0, 1]), max_size=3).map(tuple), min_size=1,
+                            max_size=4),
+       path=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3).map(".".join))
+def test_usable_answers_as_a_scan_of_every_broken_path_would(broken: frozenset[tuple[Any, ...]], path: str) -> None:
+    from dittoctl.api.models import DittoServerSpec
+    from dittoctl.api.parsed import ParsedSpec
+
+    want = tuple(path.split("."))
+    scanned = not any(loc[:min(len(loc), len(want))] == want[:min(len(loc), len(want))] for loc in broken)
+    spec = DittoServerSpec.model_validate({"storage": {"metadataSize": "1Gi"}})
+    assert ParsedSpec(spec=spec, broken=broken).usable(path) == scanned
