@@ -119,13 +119,22 @@ class _Switch(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
+class _KubectlLoader(yaml.SafeLoader):
+    """YAML as kubectl reads it: an unquoted date or time is a string (sigs.k8s.io/yaml), not a timestamp."""
+
+
+_KubectlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def _load_documents(path: str) -> list[dict[str, Any]]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d]
+        docs = [d for d in yaml.load_all(text, Loader=_KubectlLoader) if d]
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""

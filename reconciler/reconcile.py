@@ -201,9 +201,10 @@ class Reconciler:
 
         errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
         errors += await missing_mounted(ctx, server)
-        # cert-manager absent: the TLS Secrets it would issue are a consequence, not what to fix (no event).
+        # cert-manager absent: the TLS Secrets it would issue are a consequence, not what to fix (no event for them).
         unserved = await unserved_certificates(ctx, desired)
-        await report_missing(ctx, [] if unserved else errors)
+        issued = {c["spec"]["secretName"] for c in desired.certificates} if unserved else set()
+        await report_missing(ctx, [e for e in errors if e.split(" ", 2)[1] not in issued])
         reason = Reason.CERT_MANAGER_NOT_FOUND if unserved else Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
         errors = [*unserved, *errors]
         sts = await observe_statefulset(ctx, names)

@@ -255,8 +255,9 @@ def type_errors(value: Any, schema: JsonSchema, path: str) -> list[str]:
         return []
     words, accepts = _TYPES[kind]
     if not accepts(value):
-        return [f"{path}: must be {words} (got {_json_name(value)} {json.dumps(value)[:40]}); the apiserver "
-                "refuses it before the webhook"]
+        shown = json.dumps(value, default=str)[:40]
+        return [f"{path}: must be {words} (got {_json_name(value)} {shown}); the apiserver refuses it before the "
+                "webhook"]
     found: list[str] = []
     if kind == "object":
         properties, extra = schema.get("properties") or {}, schema.get("additionalProperties")

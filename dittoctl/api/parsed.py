@@ -8,6 +8,7 @@ lookups read the same parse, so they agree on what an object references.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,13 +60,19 @@ class ParsedSpec:
             return False
         if not self.broken:  # a valid spec: every path is the user's (a rule asks ~20 times per parse)
             return True
+        below = self._broken_prefixes
         for path in paths:
             want = tuple(path.split("."))
-            for loc in self.broken:
-                n = min(len(loc), len(want))
-                if loc[:n] == want[:n]:
-                    return False
+            # Broken at or below `want` (it is a prefix of a broken path), or above it (a prefix of it is broken).
+            if want in below or any(want[:k] in self.broken for k in range(len(want))):
+                return False
         return True
+
+    @functools.cached_property
+    def _broken_prefixes(self) -> frozenset[Loc]:
+        """Every prefix of a broken path: ~30 questions per parse, each in O(1), however many paths broke (a
+        review with 150,000 unknown keys scanned them all for each)."""
+        return frozenset(loc[:k] for loc in self.broken for k in range(1, len(loc) + 1))
 
 
 def parse_spec(raw: Any) -> ParsedSpec:

@@ -63,6 +63,8 @@ class DittoFsError(Exception):
         self.status = status
         self.detail = detail
         self.errors = dict(errors or {})
+        self.after_success = False
+        """The call itself was answered 2xx; what failed came after it (an admin-role user's first login)."""
 
 
 class DittoFsUnreachable(DittoFsError):
@@ -412,7 +414,11 @@ class DittoFsClient:
         log.info("dittofs %s", call)
         await self.request(call.method, call.path, body, values)
         if call.admin_first_login and values:
-            await self._first_login_of(call.name, values[0])
+            try:
+                await self._first_login_of(call.name, values[0])
+            except DittoFsError as exc:
+                exc.after_success = True
+                raise
 
     async def _first_login_of(self, username: str, password: str) -> None:
         """A new/reset admin-role account: log in as it and self-change to the same password (v0.29.0 sets

@@ -418,11 +418,13 @@ def _refused_passwords(the_plan: Plan, values: dict[str, SecretStr]) -> list[str
 
 def _maybe_created(error: PlanFailed) -> bool:
     """A failed create that may have happened keeps its claim (else the next pass finds it NotOwned for good): no
-    answer, a 5xx, or a follow-up call failing after DittoFS's 201 (an admin-role user's first login). A 4xx
-    refusal, or a call never sent, drops it, so a later object of that name made by hand is not taken."""
+    answer to it, a 5xx, or a follow-up call failing after DittoFS's 201 (an admin-role user's first login). A 4xx
+    refusal, or a call never sent (a token refresh failing first), drops it, so a later object of that name made
+    by hand is not taken."""
     cause = error.cause
-    return error.call.op is Op.CREATE and (isinstance(cause, DittoFsUnreachable) or (cause.status or 0) >= 500
-                                           or cause.path != error.call.path)
+    unanswered = cause.path == error.call.path and (
+        isinstance(cause, DittoFsUnreachable) or (cause.status or 0) >= 500)
+    return error.call.op is Op.CREATE and (cause.after_success or unanswered)
 
 
 def _map_error(exc: DittoFsError) -> Reason:

@@ -366,3 +366,11 @@ def test_a_second_stop_signal_ends_the_shutdown_delay(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_unquoted_date_is_a_string_as_kubectl_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dated = tmp_path / "dated.yaml"
+    dated.write_text("apiVersion: dittofs.dittofs.com/v1alpha1\nkind: DittoServer\nmetadata: {name: d}\n"
+                     "spec: {storage: {metadataSize: 1Gi}, users: [{name: u, passwordSecretRef: {name: 2024-01-01, "
+                     "key: p}}]}\n")
+    assert main(["validate", "-f", str(dated)]) == 0, capsys.readouterr().out

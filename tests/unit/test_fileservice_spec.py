@@ -275,8 +275,11 @@ def test_a_create_that_may_have_happened_keeps_its_claim() -> None:
     users = "/api/v1/users"
     assert _maybe_created(PlanFailed(create, [], DittoFsUnreachable("timeout", method="POST", path=users)))
     assert _maybe_created(PlanFailed(create, [], DittoFsRejected("500", method="POST", path=users, status=500)))
-    assert _maybe_created(PlanFailed(create, [], DittoFsAuthError("401", method="POST", path="/api/v1/auth/login",
-                                                                  status=401)))
+    after = DittoFsAuthError("401", method="POST", path="/api/v1/auth/login", status=401)
+    after.after_success = True  # the first login of the account just created
+    assert _maybe_created(PlanFailed(create, [], after))
+    refresh = DittoFsUnreachable("timeout", method="POST", path="/api/v1/auth/refresh")  # before the POST went out
+    assert not _maybe_created(PlanFailed(create, [], refresh))
     assert not _maybe_created(PlanFailed(create, [], DittoFsRejected("400", method="POST", path=users, status=400)))
     assert not _maybe_created(PlanFailed(create, [], DittoFsRejected("port", method="POST", path=users)))
     assert not _maybe_created(PlanFailed(update, [], DittoFsUnreachable("timeout", method="PUT", path=users + "/bob")))
