@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ def _no_password() -> bytes:
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (the ssl module has no name for it): an expired pair is still described.
 _NO_CHECK_TIME = 0x200000
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 
 
 def load_pair(cert_path: Path, key_path: Path) -> tuple[ssl.SSLContext, CertificateInfo]:
@@ -76,8 +78,13 @@ def load_pair(cert_path: Path, key_path: Path) -> tuple[ssl.SSLContext, Certific
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False  # the names are the apiserver's to check; the pair is ours
     client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | _NO_CHECK_TIME
+    # Only the PEM blocks: text around them (`openssl pkcs12`'s "Bag Attributes", a UTF-8 friendlyName) is what
+    # OpenSSL skips too, but would not pass as the ASCII string cadata must be.
+    blocks = _PEM_CERTIFICATE.findall(cert_pem)
     try:
-        client.load_verify_locations(cadata=cert_pem.decode("ascii"))
+        if not blocks:
+            raise ValueError("no CERTIFICATE block")
+        client.load_verify_locations(cadata=b"\n".join(blocks).decode("ascii"))
     except (ValueError, ssl.SSLError) as exc:
         raise CertificateError(f"certificate is not valid PEM ({getattr(exc, 'reason', None) or exc})") from None
     context = tls_context()

@@ -39,15 +39,22 @@ ADMISSION_API_VERSION = "admission.k8s.io/v1"
 MAX_BODY = 3 * 1024 * 1024
 # The API server keeps its connections to the webhook open between admissions, each with asyncio's 256 KiB TLS
 # read buffer here: a 300-server burst left 25 of them, 6 MiB of RSS, for aiohttp's default of 75 s. Go's client
-# retries a request whose reused connection was closed idle, so a shorter keep-alive costs only a handshake.
+# drops a pooled connection once it sees our close, so a shorter keep-alive costs a handshake. It does not retry a
+# POST written into a connection we close at that very moment (Go retries only requests it wrote nothing of):
+# a rare race, traded for the memory; the apiserver's own idle timeout is 90 s.
 KEEPALIVE_SECONDS = 15.0
 # The apiserver sends a review in one go and gives up after the webhook's timeoutSeconds (<= 30 s). A body still
 # arriving after this long is a client holding the connection (aiohttp times out headers, never a body): 700
 # such connections held 445 MiB, past the pod's memory limit.
 BODY_SECONDS = 10.0
+HANDSHAKE_SECONDS = 5.0  # a TLS handshake on loopback or in-cluster takes milliseconds
 # Requests served at once; more are answered 429 at once, so a flood of them cannot take the process's memory
 # (the reconciler's too). A 300-server burst peaks far below.
 MAX_IN_FLIGHT = 256
+# Request bodies being received at once, in declared bytes (a chunked one counts as MAX_BODY). Each costs ~1.8x its
+# size while it arrives: 40 slow 3 MiB bodies took 215 MiB within a second, 256 would pass the pod's limit. The
+# apiserver's reviews are a few KiB each.
+BODY_BUDGET = 8 * MAX_BODY
 # After an answer to a request whose body was not read (refused above), aiohttp reads and drops the rest for up to
 # this long before it closes the connection (10 s by default: the slow client's hold, doubled).
 LINGER_SECONDS = 1.0
@@ -57,6 +64,19 @@ LINGER_SECONDS = 1.0
 EVENT_BURST = 25
 EVENT_SECONDS = 1.0
 
+
+
+class _Site(web.SockSite):
+    """aiohttp's SockSite with a bound on the TLS handshake: the event loop's default of 60 s let connections that
+    never finish one pile up (~52 KiB each), beyond keep-alive's reach."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=HANDSHAKE_SECONDS)
 
 
 class FactProvider(Protocol):
@@ -126,7 +146,7 @@ class AdmissionHandler:
         kind = request.get("kind")
         if isinstance(kind, Mapping) and (kind.get("group"), kind.get("kind")) != (GROUP, KIND):
             # A misconfigured rule must not turn into an outage for other resources.
-            log.warning("admission request for a foreign kind allowed", extra=fields(kind=str(kind)))
+            log.warning("admission request for a foreign kind allowed", extra=fields(kind=str(kind)[:253]))
             return {"allowed": True}
         if request.get("subResource"):
             return {"allowed": True}  # status writes are the operator's own
@@ -249,8 +269,9 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 def _who(request: Mapping[str, Any], obj: Mapping[str, Any] | None = None) -> dict[str, Any]:
     # request.name is empty on a CREATE; the object's own metadata names it then.
     name = request.get("name") or (_metadata(obj).get("name") if isinstance(obj, Mapping) else None)
-    return {"namespace": str(request.get("namespace") or ""), "name": str(name or ""),
-            "operation": str(request.get("operation") or "")}
+    # Any caller can write these: bounded to what Kubernetes allows a name (253), not the body's 3 MiB.
+    return {"namespace": str(request.get("namespace") or "")[:253], "name": str(name or "")[:253],
+            "operation": str(request.get("operation") or "")[:16]}
 
 
 class WebhookServer:
@@ -279,6 +300,7 @@ class WebhookServer:
         self._latency = metrics.LATENCY.labels(path)
         self._answered: dict[int, Counter] = {}  # status -> its counter, made on first use
         self._serving = 0
+        self._receiving = 0  # declared bytes of the bodies being read
         self._draining = False
 
     def drain(self) -> None:
@@ -310,11 +332,17 @@ class WebhookServer:
                 raise BadRequest(f"request body is larger than {MAX_BODY} bytes")
             if request.content_type != "application/json":
                 raise BadRequest(f"Content-Type must be application/json (got {request.content_type[:60]})")
+            size = request.content_length if request.content_length is not None else MAX_BODY
+            if self._receiving + size > BODY_BUDGET:
+                raise Refused(429, "too many large admission requests arriving at once; retry")
+            self._receiving += size
             try:
                 async with asyncio.timeout(BODY_SECONDS):
                     body = await request.read()
             except TimeoutError:
                 raise Refused(408, f"request body not received within {BODY_SECONDS:g} s") from None
+            finally:
+                self._receiving -= size
             review = await self.handler.review(body)
             answer = web.Response(body=orjson.dumps(review), content_type="application/json")
             if self._draining:
@@ -322,7 +350,10 @@ class WebhookServer:
             return answer
         except BadRequest as exc:
             status = 400
-            return web.Response(status=400, text=str(exc))
+            bad = web.Response(status=400, text=str(exc))
+            if self._draining:
+                bad.force_close()
+            return bad
         except Refused as exc:
             status = exc.status
             refused = web.Response(status=exc.status, text=str(exc))
@@ -356,7 +387,7 @@ class WebhookServer:
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0,
                                      keepalive_timeout=KEEPALIVE_SECONDS, lingering_time=LINGER_SECONDS)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock, ssl_context=self.certs.server_context()).start()
+        await _Site(self._runner, sock, ssl_context=self.certs.server_context()).start()
         self._listening = True
         log.info("webhook listening", extra=fields(host=self.host, port=self.port, path=self.path,
                                              certificate_loaded=self.certs.ready))

@@ -53,13 +53,21 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        structured = dict(getattr(record, "fields", None) or {})
+        structured = {k: _one_line(v) for k, v in (getattr(record, "fields", None) or {}).items()}
         namespace, name = structured.pop("namespace", None), structured.pop("name", None)
         if name is not None:
             line += f" {namespace}/{name}" if namespace else f" {name}"
         elif namespace is not None:
             line += f" namespace={namespace}"
         return line + "".join(f" {key}={value}" for key, value in structured.items())
+
+
+def _one_line(value: object) -> object:
+    """A field value as one line: names and kinds may come from whoever reaches the webhook, and a newline in
+    them would forge a log line."""
+    if isinstance(value, str) and ("\n" in value or "\r" in value):
+        return value.encode("unicode_escape").decode("ascii")
+    return value
 
 
 class _ClientHttpErrors(logging.Filter):

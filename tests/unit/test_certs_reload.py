@@ -83,6 +83,16 @@ def test_load_pair_describes_what_a_client_sees(tmp_path: Path) -> None:
     assert expired.not_after == old.cert.not_valid_after_utc < datetime.now(UTC)
 
 
+def test_a_pem_file_with_text_around_its_blocks_loads(tmp_path: Path) -> None:
+    """`openssl pkcs12 -nodes` writes "Bag Attributes" before each block, with a UTF-8 friendlyName; OpenSSL (and
+    the apiserver) read the blocks and skip the rest."""
+    ca = new_ca()
+    a = leaf_for(ca)
+    bags = "Bag Attributes\n    friendlyName: serveur-étiquette\nsubject=/CN=localhost\n".encode()
+    _, info = load_pair(*pair_files(tmp_path, bags + a.cert_pem + bags + ca.cert_pem, a.key_pem))
+    assert info.serial == serial(a.cert_pem)
+
+
 def test_load_pair_names_what_is_wrong(tmp_path: Path) -> None:
     ca = new_ca()
     a, b = leaf_for(ca), leaf_for(ca)

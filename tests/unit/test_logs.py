@@ -48,6 +48,15 @@ def test_text_lines_name_the_object() -> None:
     assert line.endswith(" INFO dittofs.test applied Service apps/demo-api action=create"), line
 
 
+def test_a_text_line_stays_one_line_whatever_a_caller_names() -> None:
+    record = logging.LogRecord("dittofs.webhook", logging.INFO, __file__, 1, "admission denied", (), None)
+    for key, value in fields(namespace="apps", name="x\n2026-12-07 INFO forged", kind="a\rb").items():
+        setattr(record, key, value)
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith(" apps/x\\n2026-12-07 INFO forged kind=a\\rb"), line
+
+
 def test_debug_logging_never_lets_the_client_log_response_bodies() -> None:
     from dittoctl.kube.logs import configure
 

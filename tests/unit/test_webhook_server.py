@@ -282,6 +282,54 @@ async def test_a_body_that_never_arrives_is_answered_408_and_its_connection_clos
         await server.stop()
 
 
+async def test_large_bodies_arriving_at_once_are_bounded_in_bytes(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow 3 MiB bodies, each ~1.8x its size while it arrives: a few dozen passed the pod's memory limit before
+    MAX_IN_FLIGHT stopped them. The declared bytes being received are bounded instead."""
+    monkeypatch.setattr(server_module, "BODY_SECONDS", 2.0)
+    monkeypatch.setattr(server_module, "BODY_BUDGET", 2999)  # two bodies of 1000 bytes (_held), not three
+    ca = new_ca()
+    write_pair(tmp_path / "certs", ca)
+    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
+                           CertificateSource(tmp_path / "certs", interval=0.05), host="127.0.0.1", port=0)
+    await server.start()
+    context = client_context(ca)
+    try:
+        held = [await _held(server.port, context) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        third = await _held(server.port, context)
+        answer = await asyncio.wait_for(third[0].read(), 5)
+        assert answer.startswith(b"HTTP/1.1 429 ") and b"too many large admission requests" in answer
+        third[1].close()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            url = f"https://127.0.0.1:{server.port}{WEBHOOK_PATH}"
+            async with session.post(url, json=review(dittoserver())) as resp:  # small: it fits beside them
+                assert resp.status == 200
+        for reader, writer in held:
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
+            writer.close()
+        assert server._receiving == 0, "the bytes are given back"
+    finally:
+        await server.stop()
+
+
+async def test_a_connection_that_never_finishes_its_handshake_is_closed(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's default handshake timeout is 60 s: idle TCP connections (~52 KiB each) piled up until then."""
+    monkeypatch.setattr(server_module, "HANDSHAKE_SECONDS", 0.3)
+    ca = new_ca()
+    write_pair(tmp_path / "certs", ca)
+    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
+                           CertificateSource(tmp_path / "certs", interval=0.05), host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)  # TCP only, no ClientHello
+        assert await asyncio.wait_for(reader.read(), 5) == b"", "closed by the server"
+        writer.close()
+    finally:
+        await server.stop()
+
+
 async def test_keep_alive_connection_serves_many_requests(harness: Harness) -> None:
     for _ in range(50):
         assert (await harness.respond(review(dittoserver())))["allowed"]
