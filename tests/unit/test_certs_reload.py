@@ -113,6 +113,28 @@ def test_load_pair_names_what_is_wrong(tmp_path: Path) -> None:
         load_pair(*pair_files(tmp_path, client.cert_pem, client.key_pem))
 
 
+def test_the_periodic_re_read_of_unchanged_files_builds_no_context(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import certs.source as source_module
+
+    loads: list[Path] = []
+
+    def counted(cert: Path, key: Path) -> tuple[ssl.SSLContext, source_module.CertificateInfo]:
+        loads.append(cert)
+        return load_pair(cert, key)
+
+    monkeypatch.setattr(source_module, "load_pair", counted)
+    ca = new_ca()
+    install(tmp_path, leaf_for(ca))
+    source = CertificateSource(tmp_path, full_check_every=1)  # every poll re-reads
+    assert source.reload() and len(loads) == 1
+    for _ in range(5):
+        assert not source.reload()
+    assert len(loads) == 1, "same bytes: no second load"
+    install(tmp_path, leaf_for(ca))
+    assert source.reload() and len(loads) == 2
+
+
 def test_half_written_or_mismatched_pair_is_ignored(tmp_path: Path) -> None:
     ca = new_ca()
     a, b = leaf_for(ca), leaf_for(ca)
