@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import warnings
@@ -245,6 +246,20 @@ async def test_metrics_count_requests_by_code(harness: Harness) -> None:
     assert expiry is not None and expiry > 0
 
 
+@contextlib.asynccontextmanager
+async def _serving(tmp_path: Path) -> AsyncIterator[tuple[WebhookServer, ssl.SSLContext]]:
+    """A started server with its own CA, and a client context trusting it."""
+    ca = new_ca()
+    write_pair(tmp_path / "certs", ca)
+    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
+                           CertificateSource(tmp_path / "certs", interval=0.05), host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        yield server, client_context(ca)
+    finally:
+        await server.stop()
+
+
 async def _held(port: int, context: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A client that sends its headers and 10 of the 1000 bytes it announced, then waits."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
@@ -259,13 +274,7 @@ async def test_a_body_that_never_arrives_is_answered_408_and_its_connection_clos
     """aiohttp times out headers, never a body: 700 connections holding one open took 445 MiB."""
     monkeypatch.setattr(server_module, "BODY_SECONDS", 0.3)
     monkeypatch.setattr(server_module, "MAX_IN_FLIGHT", 2)
-    ca = new_ca()
-    write_pair(tmp_path / "certs", ca)
-    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
-                           CertificateSource(tmp_path / "certs", interval=0.05), host="127.0.0.1", port=0)
-    await server.start()
-    context = client_context(ca)
-    try:
+    async with _serving(tmp_path) as (server, context):
         held = [await _held(server.port, context) for _ in range(2)]
         await asyncio.sleep(0.05)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
@@ -278,8 +287,6 @@ async def test_a_body_that_never_arrives_is_answered_408_and_its_connection_clos
                 writer.close()
             async with session.post(url, json=review(dittoserver())) as resp:
                 assert resp.status == 200, "the slots are given back"
-    finally:
-        await server.stop()
 
 
 async def test_large_bodies_arriving_at_once_are_bounded_in_bytes(tmp_path: Path,
@@ -288,13 +295,7 @@ async def test_large_bodies_arriving_at_once_are_bounded_in_bytes(tmp_path: Path
     MAX_IN_FLIGHT stopped them. The declared bytes being received are bounded instead."""
     monkeypatch.setattr(server_module, "BODY_SECONDS", 2.0)
     monkeypatch.setattr(server_module, "BODY_BUDGET", 2999)  # two bodies of 1000 bytes (_held), not three
-    ca = new_ca()
-    write_pair(tmp_path / "certs", ca)
-    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
-                           CertificateSource(tmp_path / "certs", interval=0.05), host="127.0.0.1", port=0)
-    await server.start()
-    context = client_context(ca)
-    try:
+    async with _serving(tmp_path) as (server, context):
         held = [await _held(server.port, context) for _ in range(2)]
         await asyncio.sleep(0.05)
         third = await _held(server.port, context)
@@ -309,25 +310,16 @@ async def test_large_bodies_arriving_at_once_are_bounded_in_bytes(tmp_path: Path
             assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
             writer.close()
         assert server._receiving == 0, "the bytes are given back"
-    finally:
-        await server.stop()
 
 
 async def test_a_connection_that_never_finishes_its_handshake_is_closed(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The loop's default handshake timeout is 60 s: idle TCP connections (~52 KiB each) piled up until then."""
     monkeypatch.setattr(server_module, "HANDSHAKE_SECONDS", 0.3)
-    ca = new_ca()
-    write_pair(tmp_path / "certs", ca)
-    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
-                           CertificateSource(tmp_path / "certs", interval=0.05), host="127.0.0.1", port=0)
-    await server.start()
-    try:
+    async with _serving(tmp_path) as (server, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)  # TCP only, no ClientHello
         assert await asyncio.wait_for(reader.read(), 5) == b"", "closed by the server"
         writer.close()
-    finally:
-        await server.stop()
 
 
 async def test_keep_alive_connection_serves_many_requests(harness: Harness) -> None:
