@@ -31,7 +31,7 @@ from reconciler.compare import is_subset, stamp_manifest
 from reconciler.context import Pass
 from reconciler.phases.statefulset import env_secrets
 from reconciler.specs import Desired
-from reconciler.specs.percona import adopt_live_values
+from reconciler.specs.percona import DB_USER, adopt_live_values
 from reconciler.status import Cond
 
 log = logging.getLogger("dittofs.percona")
@@ -145,6 +145,16 @@ def _not_owned(names: Names) -> DatabaseState:
         None, gate_open=False, requeue=30.0)
 
 
+def _moved_database(cluster: Mapping[str, Any], database: str) -> str | None:
+    """The database the cluster's user already owns when the spec names another (the webhook refuses that change,
+    but not while it was off, nor across Percona turned off and on): None when it is the same, or none yet."""
+    for user in (cluster.get("spec") or {}).get("users") or []:
+        if isinstance(user, Mapping) and user.get("name") == DB_USER:
+            databases = [d for d in user.get("databases") or [] if isinstance(d, str)]
+            return None if not databases or database in databases else databases[0]
+    return None
+
+
 def _had_database(ctx: Pass, names: Names) -> bool:
     """The server ran on this cluster: its StatefulSet reads Percona's user Secret, or its status still names
     the cluster (status alone is not enough: a pass that saw no cluster of ours, e.g. while the CRD was away,
@@ -207,6 +217,12 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
         return _missing(names)
     if live is not None and consent:  # used once: a later loss asks again
         await _forget_consent(ctx)
+    moved = _moved_database(live, spec.percona.database_name) if live is not None else None
+    if moved is not None:
+        return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.INVALID_SPEC, (
+            f"spec.percona.databaseName is {spec.percona.database_name!r}, but PerconaPGCluster "
+            f"{names.percona_cluster} holds this server's data in {moved!r}: DittoFS would start on a new, empty "
+            f"database; set databaseName back to {moved!r}")), names.percona_cluster, gate_open=False)
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
     kept = ctx.memory.percona_kept

@@ -302,3 +302,25 @@ def test_a_deleted_database_is_not_replaced_by_an_empty_one_without_consent(test
     assert again["metadata"]["uid"] != first["metadata"]["uid"]
     eventually(lambda: "dittofs.dittofs.com/recreate-database" not in (
         server(testbed, namespace)["metadata"].get("annotations") or {}), what="the consent used once")
+
+
+def test_another_database_name_is_not_applied_to_a_cluster_holding_the_data(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """The webhook refuses the change, but not while it is off (as here), nor across Percona turned off and on."""
+    install_crd(testbed)
+    apply_server(testbed, namespace, percona=percona_spec(databaseName="files"))
+    eventually(lambda: cluster(testbed, namespace), what="cluster")
+    play_percona_ready(testbed, namespace)
+    wait_ready(testbed, namespace, timeout=120)
+    apply_server(testbed, namespace, percona=percona_spec(databaseName="other"))
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "DatabaseReady")
+        return cond if cond and cond["reason"] == "InvalidSpec" else None
+
+    cond = eventually(refused, what="DatabaseReady=False/InvalidSpec")
+    assert "holds this server's data in 'files'" in cond["message"] and "set databaseName back to 'files'" \
+        in cond["message"], cond
+    assert cluster(testbed, namespace)["spec"]["users"] == [{"name": "dittofs", "databases": ["files"]}]
+    apply_server(testbed, namespace, percona=percona_spec(databaseName="files"))
+    wait_ready(testbed, namespace, timeout=120)
