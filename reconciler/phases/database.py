@@ -132,6 +132,12 @@ def cluster_ready(cluster: Mapping[str, Any]) -> tuple[bool, str]:
     return state == "ready" and current, state if current else f"{state} (generation {observed}/{generation})"
 
 
+def _hand_over(names: Names) -> str:
+    """The command that lets this server take a cluster it did not make (the mark a release leaves)."""
+    return (f"kubectl -n {names.namespace} annotate --overwrite perconapgcluster {names.percona_cluster} "
+            f"{RELEASED_ANNOTATION}={names.server}")
+
+
 def _not_owned(names: Names) -> DatabaseState:
     """A cluster of that name made by hand, by another tool, or kept from an earlier server whose deletion was
     forced past its finalizer: applying to it would take over someone's database (and with deleteWithServer,
@@ -140,8 +146,7 @@ def _not_owned(names: Names) -> DatabaseState:
     return DatabaseState(Cond(
         ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_OWNED,
         f"PerconaPGCluster {cluster} exists and is not this server's: it is left untouched. To use it and its data, "
-        f"annotate it: kubectl -n {names.namespace} annotate --overwrite perconapgcluster {cluster} "
-        f"{RELEASED_ANNOTATION}={names.server} {OWNER_ANNOTATION}-; else rename this DittoServer"),
+        f"annotate it: {_hand_over(names)} {OWNER_ANNOTATION}-; else rename this DittoServer"),
         None, gate_open=False, requeue=30.0)
 
 
@@ -173,7 +178,7 @@ def _missing(names: Names) -> DatabaseState:
         ConditionType.DATABASE_READY, False, Reason.PERCONA_MISSING,
         f"PerconaPGCluster {cluster}, which held this server's database, is gone; the operator does not create an "
         f"empty one in its place. Restore it from a backup (a PerconaPGCluster {cluster} with a dataSource, then "
-        f"kubectl -n {names.namespace} annotate perconapgcluster {cluster} {RELEASED_ANNOTATION}={names.server}), "
+        f"{_hand_over(names)}), "
         f"or start over empty: kubectl -n {names.namespace} annotate dittoserver {names.server} "
         f"{RECREATE_DATABASE_ANNOTATION}=true"), cluster, gate_open=False, requeue=30.0)
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import yaml
-
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.facts import ClusterFacts
 from dittoctl.api.kinds import CONFIGMAPS, STATEFULSETS
@@ -13,6 +11,7 @@ from dittoctl.api.naming import CONFIG_FILE, Names
 from dittoctl.api.rules import Stored, validate
 from reconciler.context import Pass
 from reconciler.phases.statefulset import env_secrets
+from reconciler.specs.config import rendered_sqlite_path
 from reconciler.status import Observation, build_status, carried_over
 
 
@@ -23,14 +22,7 @@ def stored(ctx: Pass) -> Stored | None:
     config_map = ctx.cache.child(CONFIGMAPS, ctx.namespace, names.config_map)
     if sts is None or config_map is None:
         return None
-    try:
-        config = yaml.safe_load(((config_map.get("data") or {}).get(CONFIG_FILE)) or "") or {}
-    except yaml.YAMLError:
-        config = {}
-    database = config.get("database") if isinstance(config, dict) else None
-    sqlite = database.get("sqlite") if isinstance(database, dict) and database.get("type") == "sqlite" else None
-    path = sqlite.get("path") if isinstance(sqlite, dict) else None
-    return Stored(sqlite_path=path if isinstance(path, str) else None,
+    return Stored(sqlite_path=rendered_sqlite_path((config_map.get("data") or {}).get(CONFIG_FILE) or ""),
                   percona=names.percona_user_secret in env_secrets(sts))
 
 

@@ -82,3 +82,16 @@ def config_map(names: Names, config_text: str) -> dict[str, Any]:
         "metadata": names.metadata(names.config_map, "config"),
         "data": {CONFIG_FILE: config_text},
     }
+
+
+def rendered_sqlite_path(config_yaml: str) -> str | None:
+    """The SQLite path a rendered config.yaml runs with (the inverse of the database section above); None for
+    PostgreSQL or an unreadable file."""
+    try:
+        config = yaml.safe_load(config_yaml or "") or {}
+    except yaml.YAMLError:
+        return None
+    database = config.get("database") if isinstance(config, dict) else None
+    sqlite = database.get("sqlite") if isinstance(database, dict) and database.get("type") == "sqlite" else None
+    path = sqlite.get("path") if isinstance(sqlite, dict) else None
+    return path if isinstance(path, str) else None
