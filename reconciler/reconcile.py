@@ -46,7 +46,7 @@ from reconciler.phases.secrets import (
     consumed_digests,
     ensure_generated,
     missing_mounted,
-    missing_secret_errors,
+    missing_secrets,
     refused_values,
     report_missing,
     s3_secret,
@@ -199,12 +199,13 @@ class Reconciler:
         if database.condition is None and ref is not None:
             database.condition = postgres_secret_condition(desired.missing_secret_keys, ref.name)
 
-        errors = missing_secret_errors(desired.missing_secret_keys, consumed, server, names)
-        errors += await missing_mounted(ctx, server)
+        missing = missing_secrets(desired.missing_secret_keys, consumed, server, names)
+        missing += await missing_mounted(ctx, server)
         # cert-manager absent: the TLS Secrets it would issue are a consequence, not what to fix (no event for them).
         unserved = await unserved_certificates(ctx, desired)
         issued = {c["spec"]["secretName"] for c in desired.certificates} if unserved else set()
-        await report_missing(ctx, [e for e in errors if e.split(" ", 2)[1] not in issued])
+        await report_missing(ctx, [m for m in missing if m.secret not in issued])
+        errors = [m.line for m in missing]
         reason = Reason.CERT_MANAGER_NOT_FOUND if unserved else Reason.MISSING_SECRET if errors else Reason.INVALID_SPEC
         errors = [*unserved, *errors]
         sts = await observe_statefulset(ctx, names)

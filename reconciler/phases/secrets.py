@@ -122,35 +122,48 @@ async def consumed_digests(ctx: Pass, server: DittoServer, names: Names) -> Cons
     return Consumed(digests, frozenset(absent))
 
 
-def missing_secret_errors(missing: list[tuple[str, str]], consumed: Consumed, server: DittoServer,
-                          names: Names) -> list[str]:
-    """One exact line per problem: a Secret that does not exist is named once, a missing key per key. The
-    Percona user Secret is a database wait (it appears with the database), reported by DatabaseReady."""
-    errors: list[str] = []
+@dataclass(frozen=True)
+class Missing:
+    """A Secret the pod needs that does not exist (`key` None) or lacks a key: kept as parts, so a caller can
+    sort them by Secret without reading its own message back."""
+
+    secret: str
+    key: str | None = None
+
+    @property
+    def line(self) -> str:
+        return f"Secret {self.secret} not found" if self.key is None else f"Secret {self.secret} has no key {self.key}"
+
+
+def missing_secrets(missing: list[tuple[str, str]], consumed: Consumed, server: DittoServer,
+                    names: Names) -> list[Missing]:
+    """One per problem: a Secret that does not exist is named once, a missing key per key. The Percona user
+    Secret is a database wait (it appears with the database), reported by DatabaseReady."""
+    found: list[Missing] = []
     for secret, key in missing:
         if server.spec.percona.enabled and secret == names.percona_user_secret:
             continue
-        line = f"Secret {secret} not found" if secret in consumed.absent else f"Secret {secret} has no key {key}"
-        if line not in errors:
-            errors.append(line)
-    return errors
+        problem = Missing(secret) if secret in consumed.absent else Missing(secret, key)
+        if problem not in found:
+            found.append(problem)
+    return found
 
 
-async def missing_mounted(ctx: Pass, server: DittoServer) -> list[str]:
+async def missing_mounted(ctx: Pass, server: DittoServer) -> list[Missing]:
     """Secrets the pod mounts as files (the API's TLS pair): without them it would sit in ContainerCreating."""
-    errors: list[str] = []
+    found: list[Missing] = []
     for mounted in mounted_secrets(server.spec):
         data = await _digest(ctx, mounted.secret)
         if data is None:
-            errors.append(f"Secret {mounted.secret} not found")
+            found.append(Missing(mounted.secret))
         else:
-            errors += [f"Secret {mounted.secret} has no key {key}" for key in mounted.keys if key not in data]
-    return errors
+            found += [Missing(mounted.secret, key) for key in mounted.keys if key not in data]
+    return found
 
 
-async def report_missing(ctx: Pass, errors: list[str]) -> None:
+async def report_missing(ctx: Pass, missing: list[Missing]) -> None:
     """One Warning event when the server starts waiting for a Secret (or waits for another one)."""
-    waiting = "; ".join(errors) or None
+    waiting = "; ".join(m.line for m in missing) or None
     if waiting is not None and waiting != ctx.memory.waiting:
         await ctx.post("Warning", EventReason.MISSING_SECRET, f"waiting for {waiting}; the server starts once "
                        "it exists (create it, or fix the reference in the spec)")
