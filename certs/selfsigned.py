@@ -79,7 +79,7 @@ def new_ca(common_name: str = "dittofs-operator-webhook-ca", *, days: int = CA_D
     """A fresh CA (ECDSA P-256: small, fast handshakes, accepted by Go's crypto/tls)."""
     start = _now(now)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])  # X.509's upper bound
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())

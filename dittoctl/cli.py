@@ -130,15 +130,18 @@ _KubectlLoader.yaml_implicit_resolvers = {
 
 def _load_documents(path: str) -> list[dict[str, Any]]:
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        # Bytes: PyYAML reads a UTF-16 file by its byte-order mark (PowerShell's `> f.yaml`) and reports bad bytes.
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_KubectlLoader) if d]
+        docs = [d for d in yaml.load_all(data, Loader=_KubectlLoader) if d]
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise UsageError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: nested too deeply to be a Kubernetes object") from None
     items: list[Any] = []
     for doc in docs:
         if not isinstance(doc, dict):
@@ -208,11 +211,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def _cluster_facts(docs: list[dict[str, Any]], kubeconfig: str | None, namespace: str) -> dict[int, Any]:
+    from dittoctl.api.kinds import DITTOSERVERS
     from dittoctl.kube.gateway import Gateway, load_client
     from webhook.facts import FactSource
 
     gateway = Gateway(await load_client(kubeconfig))
     try:
+        # The lookups below turn every failure into a "could not verify" warning: an unreachable cluster would
+        # read as a valid object (exit 0 in CI), so it fails here, as `status` does.
+        await gateway.served(DITTOSERVERS)
         source = FactSource(gateway)
         # Where `kubectl apply` would create each: its own namespace, else the one given or the context's.
         return {id(doc): await source.facts_for(doc, namespace=_doc_namespace(doc) or namespace) for doc in docs}
@@ -278,7 +285,10 @@ def cmd_certs_generate(args: argparse.Namespace) -> int:
     if bad := [n for n in names if len(n) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, n.removeprefix("*."))]:
         raise UsageError(f"not a DNS name or IP address: {', '.join(map(repr, bad))} (lowercase letters, digits, "
                          "'-' and '.'; an internationalized name in its xn-- form)")
-    paths = generate(args.service, args.namespace, Path(args.out_dir), extra_sans=args.san or [])
+    try:
+        paths = generate(args.service, args.namespace, Path(args.out_dir), extra_sans=args.san or [])
+    except OSError as exc:
+        raise UsageError(f"{args.out_dir}: {exc.strerror or exc}") from None
     for path in paths:
         print(path)
     return 0
@@ -384,9 +394,11 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("-o", "--output", choices=["text", "json"], default="text")
     validate.set_defaults(func=cmd_validate)
 
-    render = sub.add_parser("render", help="print the child manifests the operator would apply")
-    render.add_argument("-f", "--file", required=True)
-    render.add_argument("-n", "--namespace", default="default")
+    render = sub.add_parser("render", help="print the child manifests the operator would apply (to read, not to "
+                                           "apply: their ownerReference names a placeholder uid)")
+    render.add_argument("-f", "--file", required=True, help="a DittoServer manifest (`-` reads stdin)")
+    render.add_argument("-n", "--namespace", default="default",
+                        help="for an object that names none (default: default; offline, no kubeconfig is read)")
     render.set_defaults(func=cmd_render)
 
     status = sub.add_parser("status", help="show a DittoServer's state")

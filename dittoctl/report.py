@@ -77,16 +77,23 @@ _REST_READS = (("health", "/health"), *((p.lstrip("/"), f"{API}{p}") for p in (
     "/store/block/remote", "/shares", "/users", "/groups", "/snapshot-policies", "/identity-providers")))
 
 
+def _quoted(text: str) -> set[str]:
+    """The text as it appears inside a string of JSON (Python's, with and without \\u escapes; Go's, which also
+    escapes <, > and &) and of single-quoted YAML."""
+    go = json.dumps(text)[1:-1].replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return {json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], go, text.replace("'", "''")}
+
+
 def secret_forms(values: Iterable[bytes]) -> list[str]:
-    """Every form a Secret value can take in a text: itself, and base64 (standard and URL-safe, padded or
-    not). Longest first, so a value inside another is replaced after it."""
+    """Every form a Secret value can take in a text: itself, escaped in a JSON or YAML string, and base64
+    (standard and URL-safe, padded or not). Longest first, so a value inside another is replaced after it."""
     forms: set[str] = set()
     for raw in values:
         if len(raw) < MIN_SECRET_LENGTH:
             continue
         text = raw.decode("utf-8", "replace").strip()
         if len(text) >= MIN_SECRET_LENGTH:
-            forms.add(text)
+            forms.update(_quoted(text))
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             encoded = encode(raw).decode()
             forms.update({encoded, encoded.rstrip("=")})
@@ -123,7 +130,9 @@ class Bundle:
 
     def add(self, path: str, content: Any) -> None:
         if not isinstance(content, str):
-            content = yaml.safe_dump(content, sort_keys=False, default_flow_style=False)
+            # Unfolded and unescaped: a value is then written as itself, which is what redaction looks for.
+            content = yaml.safe_dump(content, sort_keys=False, default_flow_style=False, allow_unicode=True,
+                                     width=2**31)
         text, count = redact(content, self.forms)
         self.files[path] = text
         self.redactions += count
@@ -167,10 +176,11 @@ def _secret_values(secrets: Iterable[Mapping[str, Any]]) -> list[bytes]:
     return values
 
 
-async def _secrets(gateway: Gateway, namespace: str, wanted: set[str]) -> list[dict[str, Any]]:
-    """All Secrets of the namespace, else (no list permission) each one the server references."""
+async def _secrets(gateway: Gateway, namespace: str, wanted: set[str]) -> tuple[list[dict[str, Any]], bool]:
+    """All Secrets of the namespace, else (no list permission) each one the server references; and whether
+    that was all of them."""
     try:
-        return await gateway.list(SECRETS, namespace)
+        return await gateway.list(SECRETS, namespace), True
     except ApiError as exc:
         if exc.status != 403:
             raise
@@ -179,7 +189,7 @@ async def _secrets(gateway: Gateway, namespace: str, wanted: set[str]) -> list[d
         secret = await gateway.get_or_none(SECRETS, name, namespace)
         if secret is not None:
             found.append(secret)
-    return found
+    return found, False
 
 
 async def _log(gateway: Gateway, pod: str, namespace: str, container: str | None, previous: bool) -> str:
@@ -219,7 +229,7 @@ async def _dittofs(bundle: Bundle, base_url: str, password: str, tls: TlsTarget 
             except DittoFsError as exc:
                 bundle.note(f"dittofs_{name.replace('/', '_')}", f"GET {path}", exc)
                 continue
-            bundle.add(f"dittofs/{name}.json", json.dumps(answer, indent=2))
+            bundle.add(f"dittofs/{name}.json", json.dumps(answer, indent=2, ensure_ascii=False))
             if name == "identity-providers":  # each configured one (DittoFS redacts its passwords)
                 reads += [(f"{name}/{p['type']}", f"{API}/{name}/{p['type']}/config") for p in answer or []
                           if p.get("configured")]
@@ -236,8 +246,11 @@ async def collect(gateway: Gateway, name: str, namespace: str, *, operator_names
     wanted = {names.operator_secret, names.admin_secret, names.jwt_secret}
     if model is not None:
         wanted |= watched_secrets(model.spec, names)
-    secrets = await _secrets(gateway, namespace, wanted)
+    secrets, every = await _secrets(gateway, namespace, wanted)
     bundle = Bundle(secret_forms(_secret_values(secrets)))
+    if not every:
+        bundle.add("notes/redaction.txt", f"listing the Secrets of {namespace} was forbidden: only the values of the "
+                   f"{len(secrets)} this server references were looked for (and fields named like passwords)\n")
 
     bundle.add("dittoserver.yaml", _strip(server))
     selector = names.selector_string()
@@ -330,8 +343,9 @@ async def _dittofs_state(bundle: Bundle, names: Names, server: DittoServer, pods
                          server_address: str, secrets: list[dict[str, Any]]) -> None:
     password = _value(secrets, names.operator_secret, ADMIN_PASSWORD_KEY)
     if not password:
-        bundle.add("notes/dittofs.txt", f"no {names.operator_secret} Secret: the operator never provisioned "
-                                        "this server, so there is no account to read DittoFS with\n")
+        # Worded so that no `Secret: value` shape is masked by the redaction of this very note.
+        bundle.add("notes/dittofs.txt", f"the Secret {names.operator_secret} does not exist: the operator never "
+                                        "provisioned this server, so there is no account to read DittoFS with\n")
         return
     if server_address == "pod":
         ip = next((str((p.get("status") or {}).get("podIP") or "") for p in pods), "")

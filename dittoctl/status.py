@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS, EVENTS, PERCONAPGCLUSTERS, PODS, PVCS
+from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS, EVENTS, PERCONAPGCLUSTERS, PODS, PVCS, Kind
 from dittoctl.api.naming import Names
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
 
@@ -22,8 +22,15 @@ def _pod_line(pod: dict[str, Any]) -> str:
 
 
 def render(server: dict[str, Any], pods: list[dict[str, Any]], pvcs: list[dict[str, Any]],
-           percona: dict[str, Any] | None, events: list[dict[str, Any]]) -> str:
-    """Pure text rendering (secret values never reach this function)."""
+           percona: dict[str, Any] | None, events: list[dict[str, Any]],
+           unreadable: dict[str, str] | None = None) -> str:
+    """Pure text rendering (secret values never reach this function). ``unreadable``: section -> why it could
+    not be listed (RBAC), said in place of "(none)"."""
+    unreadable = unreadable or {}
+
+    def none(section: str) -> str:
+        return f"  (not readable: {unreadable[section]})" if section in unreadable else "  (none)"
+
     meta, status = server["metadata"], server.get("status") or {}
     lines = [f"DittoServer {meta['namespace']}/{meta['name']}",
              f"  phase: {status.get('phase', 'Pending')}   ready: {status.get('ready', '-')}   "
@@ -54,23 +61,46 @@ def render(server: dict[str, Any], pods: list[dict[str, Any]], pvcs: list[dict[s
             mode = "ro" if share.get("readOnly") else "rw"
             lines.append(f"  {share.get('name', '?'):<16} {mode}  {where}")
     lines.append("Pods:")
-    lines.extend(_pod_line(p) for p in pods) if pods else lines.append("  (none)")
+    lines.extend(_pod_line(p) for p in pods) if pods else lines.append(none("pods"))
     lines.append("PersistentVolumeClaims:")
     if pvcs:
         for pvc in pvcs:
             size = pvc["spec"].get("resources", {}).get("requests", {}).get("storage", "?")
             lines.append(f"  {pvc['metadata']['name']:<28} {pvc.get('status', {}).get('phase', '?'):<8} {size}")
     else:
-        lines.append("  (none)")
+        lines.append(none("pvcs"))
     if percona is not None:
         pstatus = percona.get("status") or {}
         lines.append(f"PerconaPGCluster {percona['metadata']['name']}: state={pstatus.get('state', 'unknown')}")
-    if events:
+    if events or "events" in unreadable:
         lines.append("Recent events:")
-        for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")[-10:]:
-            lines.append(f"  {event.get('lastTimestamp') or '-'} {event.get('type', ''):<8} "
-                         f"{event.get('reason', ''):<20} {event.get('message', '')}")
+        for event in sorted(events, key=_when)[-10:]:
+            involved = event.get("involvedObject") or {}
+            lines.append(f"  {_when(event) or '-'} {event.get('type', ''):<8} {event.get('reason', ''):<20} "
+                         f"{involved.get('kind', '')}/{involved.get('name', '')}: {event.get('message', '')}")
+        if not events:
+            lines.append(none("events"))
     return "\n".join(lines) + "\n"
+
+
+def _when(event: dict[str, Any]) -> str:
+    """Core events carry lastTimestamp; the scheduler's (events.k8s.io) only eventTime."""
+    return str(event.get("lastTimestamp") or event.get("eventTime") or "")
+
+
+def about(events: list[dict[str, Any]], server: dict[str, Any], others: set[str]) -> list[dict[str, Any]]:
+    """The events of this server (by uid: not of an earlier one of the same name) and of its pods, PVCs and
+    StatefulSet, where FailedScheduling, FailedMount and ProvisioningFailed explain a stuck server."""
+    uid = server["metadata"].get("uid")
+    kept = []
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") == "DittoServer":
+            if involved.get("name") == server["metadata"]["name"] and involved.get("uid") in (uid, None):
+                kept.append(event)
+        elif involved.get("name") in others:
+            kept.append(event)
+    return kept
 
 
 async def show(name: str, namespace: str, kubeconfig: str | None) -> int:
@@ -85,16 +115,29 @@ async def show(name: str, namespace: str, kubeconfig: str | None) -> int:
             return 1
         names = Names(name, namespace, str(server["metadata"].get("uid", "")))
         selector = names.selector_string()
-        pods = await gateway.list(PODS, namespace, label_selector=selector)
-        pvcs = await gateway.list(PVCS, namespace, label_selector=selector)
+        unreadable: dict[str, str] = {}
+
+        async def listed(section: str, kind: Kind, **query: str) -> list[dict[str, Any]]:
+            """One section's objects; a refusal (RBAC) is said in that section, the rest is still shown."""
+            try:
+                return await gateway.list(kind, namespace, **query)
+            except ApiError as exc:
+                if exc.status == 0:
+                    raise
+                unreadable[section] = str(exc)[:200]
+                return []
+
+        pods = await listed("pods", PODS, label_selector=selector)
+        pvcs = await listed("pvcs", PVCS, label_selector=selector)
         percona = None
         if cluster := (server.get("status") or {}).get("perconaClusterName"):
             try:
                 percona = await gateway.get(PERCONAPGCLUSTERS, cluster, namespace)
             except (NotFound, ApiError):
                 percona = None
-        events = await gateway.list(EVENTS, namespace, field_selector=f"involvedObject.name={name}")
-        sys.stdout.write(render(server, pods, pvcs, percona, events))
+        others = {names.server} | {o["metadata"]["name"] for o in pods + pvcs}
+        events = about(await listed("events", EVENTS), server, others)
+        sys.stdout.write(render(server, pods, pvcs, percona, events, unreadable))
         return 0
     finally:
         await gateway.close()

@@ -171,11 +171,16 @@ async def load_client(kubeconfig: str | None = None, *, streams: int = 0) -> k8s
             except k8s_config.ConfigException:
                 configuration = k8s.Configuration()
                 await k8s_config.load_kube_config(client_configuration=configuration)
+        # The certificates are read here: a CA or client pair that is not PEM fails as ssl.SSLError (an OSError).
+        api = k8s.ApiClient(configuration)
     except (k8s_config.ConfigException, OSError, ValueError, TypeError, yaml.YAMLError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "no --kubeconfig, KUBECONFIG or in-cluster account"
         raise NoCredentials(f"{where}: {str(exc).strip() or type(exc).__name__}") from None
-    api = k8s.ApiClient(configuration)
-    await _own_session(api, streams)
+    try:
+        await _own_session(api, streams)
+    except (OSError, ValueError) as exc:
+        await api.close()
+        raise NoCredentials(f"kubeconfig {kubeconfig or '(default)'}: TLS settings do not load: {exc}") from None
     return api
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -138,14 +139,27 @@ UNREACHABLE = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {serv
     (["run", "--no-webhook"], "dittoctl run: no Kubernetes credentials: no --kubeconfig, no KUBECONFIG, no "
                               "~/.kube/config, and not inside a cluster; pass --kubeconfig FILE or set KUBECONFIG"),
     (["status", "demo", "--kubeconfig", "{unreachable}"], "dittoctl status: cannot reach the Kubernetes API"),
+    # Every lookup of --cluster failing must not read as "valid".
+    (["validate", "--cluster", "--kubeconfig", "{unreachable}", "-f", str(SAMPLE)],
+     "dittoctl validate: cannot reach the Kubernetes API"),
+    (["status", "demo", "--kubeconfig", "{badca}"], "dittoctl status: no Kubernetes credentials: kubeconfig {badca}: "),
+    (["validate", "-f", "{latin}"], "2 dittoctl validate: {latin}: not valid YAML"),
+    (["validate", "-f", "{deep}"], "2 dittoctl validate: {deep}: nested too deeply to be a Kubernetes object"),
+    (["certs", "generate", "--out-dir", "{file}"], "2 dittoctl certs: {file}: File exists"),
 ])
 def test_cli_errors_are_a_few_lines_never_a_traceback(tmp_path: Path, args: list[str], expected: str) -> None:
     """Through the installed `dittoctl` console script, as a user runs it. Exit code 2 (written first in
     ``expected``) for the command's input, 1 for an invalid object or a failure; a port taken is the operator's
     one JSON log line, with no warning about an unclosed session after it."""
     files = {"bad": tmp_path / "bad.yaml", "missing": tmp_path / "missing.yaml", "broken": tmp_path / "broken.yaml",
-             "unreachable": tmp_path / "kubeconfig", "empty": tmp_path / "empty.yaml", "odd": tmp_path / "odd.yaml"}
+             "unreachable": tmp_path / "kubeconfig", "empty": tmp_path / "empty.yaml", "odd": tmp_path / "odd.yaml",
+             "badca": tmp_path / "badca", "latin": tmp_path / "latin.yaml", "deep": tmp_path / "deep.yaml",
+             "file": tmp_path / "file"}
     files["bad"].write_text(BAD_QUANTITY)
+    files["badca"].write_text(UNREACHABLE.replace("server: ", "certificate-authority-data: bm90IGEgY2VydAo=, server: "))
+    files["latin"].write_bytes(b"kind: DittoServer\nmetadata: {name: s\xe9rver}\n")
+    files["deep"].write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    files["file"].write_text("")
     files["broken"].write_text("a: [\n")
     files["unreachable"].write_text(UNREACHABLE)
     files["empty"].write_text("kind: ConfigMap\n")
@@ -374,3 +388,59 @@ def test_an_unquoted_date_is_a_string_as_kubectl_reads_it(tmp_path: Path, capsys
                      "spec: {storage: {metadataSize: 1Gi}, users: [{name: u, passwordSecretRef: {name: 2024-01-01, "
                      "key: p}}]}\n")
     assert main(["validate", "-f", str(dated)]) == 0, capsys.readouterr().out
+
+
+def test_a_utf16_manifest_validates_as_kubectl_reads_it(tmp_path: Path) -> None:
+    """Windows PowerShell's `kubectl get ... -o yaml > f.yaml` writes UTF-16 with a byte-order mark."""
+    path = tmp_path / "utf16.yaml"
+    path.write_text(SAMPLE.read_text(), encoding="utf-16")
+    assert main(["validate", "-f", str(path)]) == 0
+
+
+def test_certs_for_a_long_namespace(tmp_path: Path) -> None:
+    """X.509 bounds a common name at 64 characters; a 31-character namespace took the CA's past it."""
+    assert main(["certs", "generate", "--out-dir", str(tmp_path), "--namespace",
+                 "platform-storage-operators-prod"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"ca.crt", "tls.crt", "tls.key"}
+
+
+def test_status_shows_the_events_of_the_server_s_pods_and_pvcs_not_of_an_earlier_namesake() -> None:
+    from dittoctl.status import about
+
+    server = {"metadata": {"name": "demo", "namespace": "apps", "uid": "now"}}
+
+    def event(kind: str, name: str, uid: str | None = None, reason: str = "X") -> dict[str, Any]:
+        return {"involvedObject": {"kind": kind, "name": name, **({"uid": uid} if uid else {})}, "reason": reason}
+
+    events = [event("DittoServer", "demo", "now", "Ready"), event("DittoServer", "demo", "before", "Old"),
+              event("Pod", "demo-0", reason="FailedScheduling"), event("PersistentVolumeClaim", "data-demo-0",
+                                                                       reason="ProvisioningFailed"),
+              event("Pod", "other-0")]
+    kept = about(events, server, {"demo", "demo-0", "data-demo-0"})
+    assert [e["reason"] for e in kept] == ["Ready", "FailedScheduling", "ProvisioningFailed"]
+
+
+@pytest.mark.asyncio
+async def test_status_shows_what_it_can_read_when_a_listing_is_forbidden(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dittoctl.status import show
+    from tests.support.scripted_api import ScriptedApi, response, scripted_api
+
+    server = {"metadata": {"name": "demo", "namespace": "apps", "uid": "u", "generation": 1},
+              "status": {"phase": "Running", "observedGeneration": 1}}
+    opened: list[ScriptedApi] = []
+
+    def answer(n: int) -> bytes:
+        path = opened[0].served[n]
+        if b"/events" in path:
+            return response("403 Forbidden", json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden",
+                                                         "message": "events is forbidden"}).encode())
+        if b"/dittoservers/" in path:
+            return response("200 OK", json.dumps(server).encode())
+        return response("200 OK", b'{"items": []}')
+
+    async with scripted_api(tmp_path, answer) as api:
+        opened.append(api)
+        assert await show("demo", "apps", str(tmp_path / "kubeconfig")) == 0  # the one scripted_api wrote
+    out = capsys.readouterr().out
+    assert "phase: Running" in out and "Recent events:\n  (not readable: " in out and "events is forbidden" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -12,7 +13,17 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dittoctl.report import REDACTED, Bundle, _operator_lines, _secret_values, redact, secret_forms
+from dittoctl.api.models import DittoServer
+from dittoctl.api.naming import Names
+from dittoctl.report import (
+    REDACTED,
+    Bundle,
+    _dittofs_state,
+    _operator_lines,
+    _secret_values,
+    redact,
+    secret_forms,
+)
 
 PLANTED = b"planted?>secret~"  # its base64 has "+" and padding: the URL-safe and unpadded forms differ
 
@@ -93,3 +104,27 @@ def test_bundle_is_a_tar_gz_of_redacted_files() -> None:
         files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}  # type: ignore[union-attr]
     assert sorted(files) == ["a.yaml", "b.log"] and bundle.redactions == 2
     assert PLANTED.decode() not in "".join(files.values())
+
+
+def test_a_value_re_encoded_by_the_bundle_or_a_log_is_still_redacted() -> None:
+    """YAML escapes non-ASCII and folds long lines by default, JSON escapes quotes, backslashes and non-ASCII,
+    Go's JSON also <, > and &: each must still be found."""
+    umlauts, quoted = "pässwörd-Geheim", 'back\\slash"q<&>'
+    long = " ".join(["a-long-passphrase"] * 6)  # over 80 characters, with spaces: YAML folded it
+    bundle = Bundle(secret_forms([umlauts.encode(), quoted.encode(), long.encode(), b"it's-a-secret"]))
+    bundle.add("x.yaml", {"a": umlauts, "b": long, "c": "it's-a-secret", "d": quoted})
+    bundle.add("y.json", json.dumps({"b": quoted, "a": umlauts}))
+    bundle.add("z.log", '{"msg":"back\\\\slash\\"q\\u003c\\u0026\\u003e"}\n')
+    text = "".join(bundle.files.values())
+    assert not any(part in text for part in ("ssw", "slash", "passphrase", "it's", "it''s")), bundle.files
+    assert bundle.redactions == 7
+
+
+def test_the_report_s_own_note_is_not_masked() -> None:
+    server = DittoServer.model_validate({"metadata": {"name": "demo", "namespace": "apps", "uid": "u"},
+                                         "spec": {"storage": {"metadataSize": "1Gi"}}})
+    bundle = Bundle(secret_forms([]))
+    asyncio.run(_dittofs_state(bundle, Names.of(server), server, [], "service", []))
+    assert bundle.files["notes/dittofs.txt"].startswith(
+        "the Secret demo-operator-credentials does not exist: the operator never provisioned this server")
+    assert bundle.redactions == 0
