@@ -216,7 +216,8 @@ class Cache:
         the watch delivered anything but the write's own echo meanwhile: the server needs another pass.
 
         One object's watch events come in order: those after the echo are newer than the response, the others
-        older. A deletion seen meanwhile drops the cached copy (for a child, the next read asks the apiserver)."""
+        older, and the newest decides. A deleted and re-created object (a server deleted before its finalizer
+        went on, and applied again) is the new one: dropped, it would never be reconciled again."""
         events = self.writing.pop((kind.plural, namespace, name), [])
         version = version_of(result)
         echo = next((i for i, (event_type, obj) in enumerate(events)
@@ -225,12 +226,17 @@ class Cache:
             after = events[echo + 1:]
         else:  # the echo is still to come (all were older), or the write failed (all are real)
             after = [] if result is not None else events
-        if any(event_type == "DELETED" for event_type, _ in events):
-            self._drop(kind, (namespace, name))
-        elif after:
-            self._put(kind, after[-1][1])
+        if after:
+            if after[-1][0] == "DELETED":
+                self._drop(kind, (namespace, name))
+            else:
+                self._put(kind, after[-1][1])
         elif result is not None:
-            self._put(kind, result)
+            deleted = echo is None and any(event_type == "DELETED" for event_type, _ in events)
+            if deleted and kind.plural != DITTOSERVERS.plural:
+                self._drop(kind, (namespace, name))  # which came last is unknown: the next read asks the apiserver
+            else:
+                self._put(kind, result)  # a server that is gone after all is forgotten by the drift pass
         return len(events) > (echo is not None)
 
     def _put(self, kind: Kind, obj: Obj) -> None:

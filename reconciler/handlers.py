@@ -346,7 +346,11 @@ class Controller:
         if self.cache.during_write(DITTOSERVERS, event_type, body):
             return  # a pass is writing it: decided there, once the response is in
         if event_type == "DELETED":
-            self._forget(key)
+            # kopf runs a worker per uid: an earlier namesake's deletion may come after its successor's creation.
+            cached = self.cache.server(key)
+            uid = (body.get("metadata") or {}).get("uid")
+            if cached is None or not uid or (cached.get("metadata") or {}).get("uid") in (uid, None):
+                self._forget(key)
             return
         if _echo(self.cache.server_version(key), body):
             return  # the watch echoing our own write (already cached from its response)

@@ -121,7 +121,10 @@ class LeaderElector:
                 began, ok = loop.time(), False
                 if left() > 0:
                     try:
-                        ok = await asyncio.wait_for(self.try_acquire(), timeout=left())
+                        # Not wait_for: on 3.11 it returns the result and loses a cancellation (shutdown) that
+                        # arrives in the step the renewal answers, and the old leader would go on leading.
+                        async with asyncio.timeout(left()):
+                            ok = await self.try_acquire()
                     except (TimeoutError, ApiError):
                         ok = False
                 if ok:

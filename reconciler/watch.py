@@ -164,6 +164,7 @@ class Watch:
                         if obj.get("code") == 410:
                             raise NotFound("watch expired")
                         raise ApiError(int(obj.get("code") or 0), str(obj.get("message")))
+                    backoff = 0.5  # the stream worked: a drop after this (a proxy's idle cut) is not a failing loop
                     version = str(obj.get("metadata", {}).get("resourceVersion") or version)
                     if event_type != "BOOKMARK":
                         self._deliver(namespace, event_type, obj)
@@ -182,6 +183,7 @@ class Watch:
                     return
                 log.warning("%s not served; retrying", self.kind.plural, extra=fields(kind=self.kind.kind))
                 self.error = described(exc)
+                self.last_activity = time.monotonic()  # retrying is alive: `error` and readiness say what fails
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
             except (ApiError, OSError, ValueError) as exc:
@@ -195,5 +197,6 @@ class Watch:
                 log.warning("%s watch interrupted; retrying", self.kind.plural,
                             extra=fields(kind=self.kind.kind, error=str(exc)[:200]))
                 self.error = described(exc)
+                self.last_activity = time.monotonic()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from dittoctl.api.kinds import SECRETS, STATEFULSETS
+from dittoctl.api.kinds import DITTOSERVERS, SECRETS, STATEFULSETS
 from dittoctl.kube.gateway import Gateway
 from reconciler.cache import secret_digest
 from reconciler.handlers import Controller
@@ -125,3 +125,52 @@ async def test_a_server_deleted_while_kopf_relisted_is_forgotten_at_the_next_dri
     await controller._forget_vanished()
     assert controller.cache.server_version(("team", "a")) == "12"
     await controller.stop()
+
+
+def named(uid: str, version: str) -> dict[str, Any]:
+    return {"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": "demo", "namespace": "team", "uid": uid, "resourceVersion": version,
+                         "generation": 1}, "spec": {"storage": {"metadataSize": "1Gi"}}}
+
+
+def test_a_server_deleted_and_created_again_during_a_failed_write_stays_cached() -> None:
+    """A new server's finalizer patch in flight; the user deletes it (no finalizer yet: gone at once) and applies
+    it again. The patch fails; dropped, the new server would never be reconciled until edited."""
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    cache.put_server(named("u1", "5"))
+    cache.begin_write(DITTOSERVERS, "team", "demo")
+    controller.on_server("DELETED", named("u1", "6"))
+    controller.on_server("ADDED", named("u2", "7"))
+    assert cache.end_write(DITTOSERVERS, "team", "demo", None) is True
+    assert (cache.server(("team", "demo")) or {})["metadata"]["uid"] == "u2"
+
+
+def test_a_deletion_after_the_write_s_echo_drops_the_object() -> None:
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    cache.begin_write(DITTOSERVERS, "team", "demo")
+    controller.on_server("MODIFIED", named("u1", "6"))
+    controller.on_server("DELETED", named("u1", "7"))
+    cache.end_write(DITTOSERVERS, "team", "demo", named("u1", "6"))
+    assert cache.server(("team", "demo")) is None
+
+
+def test_an_earlier_namesake_s_deletion_handled_late_leaves_its_successor() -> None:
+    """kopf runs one worker per uid, so the old uid's DELETED may be handled after the new uid's ADDED."""
+    controller = Controller(cast(Gateway, object()))
+    controller.on_server("ADDED", named("u2", "7"))
+    controller.on_server("DELETED", named("u1", "6"))
+    assert (controller.cache.server(("team", "demo")) or {})["metadata"]["uid"] == "u2"
+    controller.on_server("DELETED", named("u2", "8"))
+    assert controller.cache.server(("team", "demo")) is None
+
+
+def test_a_child_written_while_a_deletion_was_seen_is_read_again() -> None:
+    """No echo yet and a DELETED held: which came last is unknown, so the next read asks the apiserver."""
+    controller = Controller(cast(Gateway, object()))
+    cache = controller.cache
+    cache.begin_write(STATEFULSETS, "ns", "demo")
+    controller.on_child(STATEFULSETS, "DELETED", sts("5"))
+    cache.end_write(STATEFULSETS, "ns", "demo", sts("6"))
+    assert cache.child(STATEFULSETS, "ns", "demo") is None

@@ -172,3 +172,23 @@ async def test_a_slow_apiserver_does_not_stretch_the_renew_deadline() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_shutdown_arriving_as_a_renewal_answers_stops_the_elector() -> None:
+    """SIGTERM cancels the elector; on 3.11, ``wait_for`` lost a cancellation arriving in the step the renewal
+    answered, and the old leader went on reconciling and renewing until it was killed."""
+    store, ctl = LeaseStore(), Reconciling()
+    elector = elector_of(store, ctl, lease_seconds=3, renew_deadline=0.3, retry=0.05)
+    task = asyncio.create_task(elector.run())
+    await until(ctl.active.is_set)
+    renew = store.merge_patch
+
+    async def cancelled_as_it_answers(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        answer = await renew(*args, **kwargs)
+        asyncio.get_running_loop().call_soon(task.cancel)
+        return answer
+
+    store.merge_patch = cancelled_as_it_answers  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+    assert not elector.leading

@@ -283,3 +283,52 @@ async def test_an_optional_kind_the_role_may_not_list_is_read_with_gets_not_watc
         assert "monitoring.coreos.com" in refusals[0].getMessage()  # names what to grant
     finally:
         await controller.stop()
+
+
+async def test_a_stream_that_worked_and_then_dropped_is_resumed_at_once_not_after_a_grown_backoff(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy cutting idle connections drops every stream after some events: each was a working stream, so the
+    wait before resuming stays the first one (it doubled to 30 s, and each kind's news came that late)."""
+    drops = 6
+    script = Script(listings=[[obj("demo", "5")]],
+                    streams=[[{"type": "MODIFIED", "object": obj("demo", str(6 + i))}, ApiError(0, "cut")]
+                             for i in range(drops)])
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr("reconciler.watch.asyncio.sleep", sleep)
+    await run_until_done(Watch(cast(Gateway, script), STATEFULSETS, lambda _type, o: None), script)
+    assert sleeps == [0.5] * drops
+
+
+async def test_a_listing_that_keeps_failing_is_retrying_not_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liveness reads silence as a stuck loop and restarts the pod: a loop retrying an unreachable API is not
+    stuck (its error is readiness's to report), and a restart would only add the kubelet's backoff."""
+    class Failing(Script):
+        async def pages(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+                        limit: int = 500) -> AsyncIterator[dict[str, Any]]:
+            raise ApiError(0, "connection refused")
+            yield {}
+
+    retries = asyncio.Event()
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        retries.set()
+        await real_sleep(0)
+
+    monkeypatch.setattr("reconciler.watch.asyncio.sleep", sleep)
+    watch = Watch(cast(Gateway, Failing([], [])), STATEFULSETS, lambda _type, o: None)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.wait_for(retries.wait(), 5)
+        watch.last_activity -= STALE_SECONDS + 60  # as if it had been failing for that long
+        retries.clear()
+        await asyncio.wait_for(retries.wait(), 5)
+        assert watch.stale_for() is None and watch.error is not None
+    finally:
+        task.cancel()
