@@ -43,7 +43,8 @@ async def _listen(what: str, host: str, port: int, start: Awaitable[None]) -> No
     try:
         await start
     except OSError as exc:
-        raise StartError(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
+        where = f"{host}:{port}" if host else f"port {port}"
+        raise StartError(f"cannot listen for {what} on {where}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -54,14 +55,14 @@ class RunSettings:
     namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
     reconciler: bool = True
     webhook: bool = True
-    webhook_host: str = "0.0.0.0"  # noqa: S104 - the apiserver must reach the pod
+    webhook_host: str = ""  # every address, IPv6 too: the apiserver must reach the pod, on an IPv6 cluster too
     webhook_port: int = 9443
     cert_dir: str = "/tmp/k8s-webhook-server/serving-certs"  # noqa: S108 - controller-runtime's default
     tls_mode: str = "provided"
     webhook_config_name: str = "dittofs-operator"
     service_name: str = "dittofs-operator-webhook"
     service_namespace: str = "dittofs-system"
-    health_host: str = "0.0.0.0"  # noqa: S104
+    health_host: str = ""
     health_port: int = 8081
     leader_election: bool = False
     lease_name: str = "dittofs-operator"
@@ -137,7 +138,8 @@ class Health:
         app.router.add_get("/metrics", self.metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        # None: every address of each family (the kubelet probes the pod's IPv6 address on an IPv6 cluster).
+        await web.TCPSite(self._runner, host or None, port).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

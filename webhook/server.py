@@ -79,6 +79,17 @@ class _Site(web.SockSite):
             ssl_handshake_timeout=HANDSHAKE_SECONDS)
 
 
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """``host`` "": every address, on one dual-stack socket where the kernel has IPv6 (an IPv6-only or IPv6-first
+    cluster reaches the pod by its IPv6 address), else IPv4's."""
+    if not host:
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=512)
+        host = "0.0.0.0"  # noqa: S104 - the kernel has no IPv6
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=512)
+
+
 class FactProvider(Protocol):
     async def facts_for(self, obj: Mapping[str, Any], *, namespace: str | None = None,
                         old: Mapping[str, Any] | None = None, parsed: ParsedSpec | None = None) -> ClusterFacts: ...
@@ -282,7 +293,7 @@ class WebhookServer:
         handler: AdmissionHandler,
         certs: CertificateSource,
         *,
-        host: str = "0.0.0.0",  # noqa: S104 - the apiserver reaches the pod through its Service
+        host: str = "",  # every address: the apiserver reaches the pod through its Service, IPv4 or IPv6
         port: int = 9443,
         path: str = WEBHOOK_PATH,
         services: Sequence[Service] = (),
@@ -380,8 +391,7 @@ class WebhookServer:
         await self.certs.start()
         for service in self.services:
             await service.start()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.create_server((self.host, self.port), family=family, backlog=512)
+        sock = _listening_socket(self.host, self.port)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]  # the real port when 0 was asked for
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=5.0,

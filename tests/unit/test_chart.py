@@ -95,7 +95,8 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def template_text(helm: Path, *sets: str, namespace: str = NAMESPACE) -> str:
     # Offline, helm knows no cluster APIs: say cert-manager is there, as on a cluster that has it.
-    args = ["template", RELEASE, str(CHART), "--namespace", namespace, "--api-versions", "cert-manager.io/v1"]
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace, "--api-versions", "cert-manager.io/v1",
+            "--api-versions", "monitoring.coreos.com/v1"]
     for value in sets:
         args += ["--set", value]
     proc = run_helm(helm, *args)
@@ -556,3 +557,41 @@ def test_cert_manager_mode_without_cert_manager_fails_early_naming_the_fix(helm:
     assert proc.returncode != 0
     assert "needs cert-manager" in proc.stderr and "--set webhook.tls.mode=selfSigned" in proc.stderr, proc.stderr
     assert run_helm(helm, "template", RELEASE, str(CHART), "--set", "webhook.tls.mode=selfSigned").returncode == 0
+
+
+def test_a_service_monitor_without_the_prometheus_operator_fails_early_naming_the_fix(helm: Path) -> None:
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--api-versions", "cert-manager.io/v1",
+                    "--set", "metrics.serviceMonitor.enabled=true")
+    assert proc.returncode != 0
+    assert "needs the Prometheus Operator" in proc.stderr and "metrics.service.enabled=true" in proc.stderr, \
+        proc.stderr
+
+
+def test_the_chart_works_as_a_subchart_of_an_umbrella_chart(helm: Path, tmp_path: Path) -> None:
+    """Helm gives a subchart `global`, and `enabled` under a `condition:`: a closed schema refused both."""
+    umbrella = tmp_path / "platform"
+    shutil.copytree(CHART, umbrella / "charts" / "dittofs-operator")
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    (umbrella / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "platform", "version": "1.0.0", "dependencies": [
+            {"name": "dittofs-operator", "version": version, "condition": "dittofs-operator.enabled"}]}))
+    (umbrella / "values.yaml").write_text(yaml.safe_dump({"global": {"region": "x"},
+                                                          "dittofs-operator": {"enabled": True}}))
+    proc = run_helm(helm, "template", "platform", str(umbrella), "--api-versions", "cert-manager.io/v1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Deployment" in kinds([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+def test_a_webhook_timeout_shorter_than_its_lookups_is_refused(helm: Path) -> None:
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--api-versions", "cert-manager.io/v1",
+                    "--set", "webhook.timeoutSeconds=2")
+    assert proc.returncode != 0 and "timeoutSeconds" in proc.stderr, proc.stderr
+
+
+def test_the_notes_commands_run_as_pasted() -> None:
+    """An indented heredoc never ends in the user's shell: it swallowed the commands after it."""
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert "<<" not in notes
+    line = next(x for x in notes.splitlines() if "echo '{" in x)
+    rest = notes[notes.index(line):].split("' |", 1)[0]
+    assert json.loads(rest.split("echo '", 1)[1].replace("\n", " "))["kind"] == "DittoServer"

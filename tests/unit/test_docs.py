@@ -131,8 +131,10 @@ def test_install_doc_names_only_real_values() -> None:
     keys = {k for k, _ in _leaves()}
     seen = 0
     for doc in ("INSTALL.md", "PERCONA.md", "TROUBLESHOOTING.md"):
-        for raw in re.findall(r"--set(?:-string)? ([^=\s]+)=", (DOCS / doc).read_text()):
+        for raw in re.findall(r"--set(?:-string)? '?([^=\s]+)=", (DOCS / doc).read_text()):
             path = re.sub(r"\[\d+\]", "", raw).split("\\.")[0]
+            # zsh reads an unquoted [ as a glob ("no matches found"): an index is quoted.
+            assert "[" not in raw or f"--set '{raw}=" in (DOCS / doc).read_text(), f"{doc}: quote --set {raw}=..."
             assert any(path == k or path.startswith(f"{k}.") for k in keys), f"{doc}: --set {raw} is no chart value"
             seen += 1
     assert seen > 10

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import cast
 
+import aiohttp
 import pytest
 
 from dittoctl.api.kinds import DITTOSERVERS, Kind
+from dittoctl.cli import parser
 from dittoctl.kube.gateway import ApiError, Gateway
 from dittoctl.main import Health
 from reconciler.handlers import CRD_MISSING, Controller
@@ -114,3 +117,23 @@ async def test_a_webhook_without_a_certificate_is_unready_but_alive() -> None:
     webhook.ready = True  # a certificate arrived (cert-manager, hot reload)
     assert health.readiness_problems() == []
     assert Health(None, webhook).readiness_problems() == []  # --no-reconciler: the webhook alone decides
+
+
+def _free_port() -> int:
+    with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as probe:
+        return int(probe.getsockname()[1])
+
+
+async def test_by_default_health_answers_on_ipv6_and_ipv4() -> None:
+    """An IPv6-only or IPv6-first cluster probes the pod's IPv6 address: listening on IPv4 alone, the startup
+    probe failed and the pod restarted for good."""
+    assert socket.has_dualstack_ipv6(), "this machine has no IPv6 loopback: the test cannot show anything"
+    health, port = Health(None, None), _free_port()
+    await health.start(parser().parse_args(["run"]).health_host, port)  # the default the chart's pod runs with
+    try:
+        async with aiohttp.ClientSession() as session:
+            for host in ("127.0.0.1", "[::1]"):
+                async with session.get(f"http://{host}:{port}/healthz") as resp:
+                    assert resp.status == 200, host
+    finally:
+        await health.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 import warnings
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY
 from certs.selfsigned import new_ca
 from certs.source import CertificateSource
 from dittoctl.api.models import API_VERSION
+from dittoctl.cli import parser
 from tests.support.admission import (
     FakeFacts,
     FakeRecorder,
@@ -446,3 +448,23 @@ async def test_denial_events_are_rate_limited() -> None:
     now[0] += 3 * server_module.EVENT_SECONDS
     await deny(10)
     assert len(recorder.posted) == server_module.EVENT_BURST + 3
+
+
+async def test_by_default_the_webhook_answers_on_ipv6_and_ipv4(tmp_path: Path) -> None:
+    """The apiserver of an IPv6-only or IPv6-first cluster reaches the webhook Service's IPv6 address: on IPv4
+    alone, with failurePolicy Fail, every DittoServer create or update was refused."""
+    assert socket.has_dualstack_ipv6(), "this machine has no IPv6 loopback: the test cannot show anything"
+    ca = new_ca()
+    write_pair(tmp_path / "certs", ca)
+    server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
+                           CertificateSource(tmp_path / "certs", interval=0.05), port=0,
+                           host=parser().parse_args(["run"]).webhook_host)  # the default the chart's pod runs with
+    await server.start()
+    try:
+        for host in ("127.0.0.1", "::1"):
+            _, writer = await asyncio.open_connection(host, server.port, ssl=client_context(ca),
+                                                      server_hostname="localhost")
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await server.stop()
