@@ -116,6 +116,8 @@ class Cache:
     # (namespace, instance) -> pod name -> the fields of it we read (`slim_pod`)
     pods: dict[Key, dict[str, Packed]] = field(default_factory=lambda: defaultdict(dict))
     secrets: dict[Key, SecretDigest] = field(default_factory=dict)
+    # referenced Secret -> the resourceVersion its digest was last delivered at (``secret_event``)
+    secret_versions: dict[Key, str | None] = field(default_factory=dict)
     # (namespace, secret name) -> DittoServer names referencing it
     secret_refs: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
     # DittoServer -> the Secret names it references (to undo the index)
@@ -151,6 +153,7 @@ class Cache:
                 if not holders:
                     del self.secret_refs[(namespace, secret)]
                     self.secrets.pop((namespace, secret), None)
+                    self.secret_versions.pop((namespace, secret), None)
         for secret in new - old:
             self.secret_refs[(namespace, secret)].add(name)
         if new:
@@ -302,6 +305,12 @@ class Cache:
         holders = self.secret_refs.get(key)
         if not holders:
             return set()
+        # A label edit moves a Secret between the two Secret streams (managed by us, or not): one says DELETED,
+        # the other ADDED, at the same resourceVersion and in either order. Not a deletion.
+        version = version_of(obj)
+        if deleted and version is not None and self.secret_versions.get(key) == version:
+            return set()
+        self.secret_versions[key] = version
         digest = None if deleted else secret_digest(obj)
         if key in self.secrets and self.secrets[key] == digest:
             return set()
@@ -312,6 +321,7 @@ class Cache:
         """The Secret watch may have missed events: every digest is unknown again, and a GET in flight may answer
         from before the miss, so its answer is not cached either."""
         self.secrets.clear()
+        self.secret_versions.clear()
         for (plural, _, _), reads in self.reading.items():
             if plural == SECRETS.plural:
                 for read in reads:

@@ -307,7 +307,11 @@ class Controller:
         while True:
             await asyncio.sleep(self.drift_interval)
             await self._forget_vanished()
-            changed = await self.reconciler.discovery.refresh()
+            try:
+                changed = await self.reconciler.discovery.refresh()
+            except Exception:  # an odd discovery answer must not end the timer: nothing would notice
+                log.exception("API discovery failed; the optional kinds stay as they were")
+                changed = False
             compared, self._compared = self._compared, {}
             for key in due_for_drift(self.cache.servers, compared, since=time.monotonic() - self.drift_interval / 2,
                                      everything=changed):

@@ -200,3 +200,9 @@ class Watch:
                 self.last_activity = time.monotonic()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+            except Exception as exc:  # a defect (an odd event, a handler's bug): the stream must not end unnoticed
+                log.exception("%s watch failed; retrying", self.kind.plural, extra=fields(kind=self.kind.kind))
+                self.error = described(exc)
+                self.last_activity = time.monotonic()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)

@@ -3,6 +3,7 @@ Secret read while it is rotated)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 from dittoctl.api.kinds import DITTOSERVERS, SECRETS, STATEFULSETS
@@ -174,3 +175,47 @@ def test_a_child_written_while_a_deletion_was_seen_is_read_again() -> None:
     controller.on_child(STATEFULSETS, "DELETED", sts("5"))
     cache.end_write(STATEFULSETS, "ns", "demo", sts("6"))
     assert cache.child(STATEFULSETS, "ns", "demo") is None
+
+
+def labelled_secret(version: str, managed: bool) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/managed-by": "dittofs-operator"} if managed else {}
+    return {"metadata": {"name": "pw", "namespace": "ns", "resourceVersion": version, "labels": labels},
+            "data": {"k": "dmFsdWU="}}
+
+
+def test_a_secret_moved_between_the_two_secret_streams_by_a_label_edit_is_not_deleted() -> None:
+    """The stream it leaves says DELETED (with its old content), the one it joins ADDED, at one resourceVersion
+    and in no fixed order: handled last, the DELETED left the server waiting for a Secret that exists."""
+    for order in (("ADDED", "DELETED"), ("DELETED", "ADDED")):
+        controller = Controller(cast(Gateway, object()))
+        cache = controller.cache
+        cache.set_refs(("ns", "demo"), ["pw"])
+        controller.on_secret("ADDED", labelled_secret("5", managed=True))
+        for event_type in order:
+            controller.on_secret(event_type, labelled_secret("6", managed=event_type == "DELETED"))
+        assert cache.secrets[("ns", "pw")] == secret_digest(labelled_secret("6", managed=False)), order
+        controller.on_secret("DELETED", labelled_secret("7", managed=False))  # deleted for real
+        assert cache.secrets[("ns", "pw")] is None
+
+
+async def test_a_discovery_that_fails_oddly_does_not_end_the_drift_timer(monkeypatch: Any) -> None:
+    """Nothing watches the timer: ended by a TypeError from an odd discovery answer, no server was compared
+    again until a restart."""
+    controller = Controller(cast(Gateway, Listing(())), drift_interval=0.01)
+    asked = asyncio.Event()
+    calls: list[int] = []
+
+    async def refresh() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("'NoneType' object is not iterable")
+        asked.set()
+        return False
+
+    monkeypatch.setattr(controller.reconciler.discovery, "refresh", refresh)
+    task = asyncio.create_task(controller._drift())
+    try:
+        await asyncio.wait_for(asked.wait(), 5)
+    finally:
+        task.cancel()
+    assert len(calls) >= 2

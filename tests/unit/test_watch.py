@@ -332,3 +332,24 @@ async def test_a_listing_that_keeps_failing_is_retrying_not_silent(monkeypatch: 
         assert watch.stale_for() is None and watch.error is not None
     finally:
         task.cancel()
+
+
+async def test_a_defect_in_handling_an_event_does_not_end_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ended, one namespace's stream went silent while the others kept the shared liveness clock going."""
+    script = Script(listings=[[obj("demo", "5")]], streams=[[{"type": "MODIFIED", "object": obj("demo", "6")}],
+                                                           [{"type": "MODIFIED", "object": obj("demo", "7")}]])
+    seen: list[str] = []
+
+    def handle(_type: str, o: dict[str, Any]) -> None:
+        seen.append(o["metadata"]["resourceVersion"])
+        if len(seen) == 2:
+            raise TypeError("a bug")
+
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        await real_sleep(0)
+
+    monkeypatch.setattr("reconciler.watch.asyncio.sleep", sleep)
+    await run_until_done(Watch(cast(Gateway, script), STATEFULSETS, handle), script)
+    assert seen == ["5", "6", "7"]
