@@ -30,6 +30,7 @@ from dittoctl.api.fileservice.planner import API
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT
 from dittoctl.api.kinds import (
     CONFIGMAPS,
+    CRD_NOT_SERVED,
     DITTOSERVERS,
     EVENTS,
     NETWORKPOLICIES,
@@ -372,7 +373,9 @@ async def write_report(name: str, namespace: str, kubeconfig: str | None, output
             bundle = await collect(gateway, name, namespace, operator_namespace=operator_namespace,
                                    server_address=server_address)
         except NotFound:
-            print(f"DittoServer {namespace}/{name} not found", file=sys.stderr)
+            served = await gateway.served(DITTOSERVERS)
+            print(f"DittoServer {namespace}/{name} not found" if served else f"dittoctl report: {CRD_NOT_SERVED}",
+                  file=sys.stderr)
             return 1
         except ApiError as exc:
             print(f"cannot collect the report (no bundle written, nothing could be redacted safely): {exc}",

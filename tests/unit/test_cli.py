@@ -444,3 +444,17 @@ async def test_status_shows_what_it_can_read_when_a_listing_is_forbidden(
         assert await show("demo", "apps", str(tmp_path / "kubeconfig")) == 0  # the one scripted_api wrote
     out = capsys.readouterr().out
     assert "phase: Running" in out and "Recent events:\n  (not readable: " in out and "events is forbidden" in out
+
+
+@pytest.mark.asyncio
+async def test_report_names_a_missing_crd_not_a_missing_server(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from dittoctl.api.kinds import CRD_NOT_SERVED
+    from dittoctl.report import write_report
+    from tests.support.scripted_api import response, scripted_api
+
+    missing = json.dumps({"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"}).encode()
+    async with scripted_api(tmp_path, lambda _: response("404 Not Found", missing)):
+        code = await write_report("demo", "apps", str(tmp_path / "kubeconfig"), str(tmp_path / "r.tar.gz"),
+                                  operator_namespace="dittofs-system", server_address="service")
+    assert code == 1 and capsys.readouterr().err == f"dittoctl report: {CRD_NOT_SERVED}\n"
