@@ -132,6 +132,8 @@ class Memory:
     backups_seen: set[str] | None = None
     value_lengths: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict, repr=False)
     """(secret, key) -> (digest, length) of each bounded user value last checked (never the value)."""
+    release_attempts: int = 0
+    """Failed attempts to release the PerconaPGCluster while deleting: the retry's growing delay."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
     optional: dict[str, frozenset[str]] = field(default_factory=dict)

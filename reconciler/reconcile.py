@@ -33,6 +33,7 @@ from reconciler.phases.config import (
 from reconciler.phases.database import (
     DatabaseState,
     ensure_database,
+    keep_database,
     percona_secret_wait,
     postgres_secret_condition,
 )
@@ -110,11 +111,11 @@ class Reconciler:
         if body.get("metadata", {}).get("deletionTimestamp"):
             return await finalize(ctx)
         if is_paused(body):
-            await report_paused(ctx)
+            await together(report_paused(ctx), keep_database(ctx))
             return None
         server = await check_spec(ctx)
         if server is None:
-            await ensure_finalizer(ctx)
+            await together(ensure_finalizer(ctx), keep_database(ctx))
             return None  # an invalid spec waits for an edit
         return await self._converge(ctx, server)
 

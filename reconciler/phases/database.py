@@ -36,8 +36,9 @@ from reconciler.status import Cond
 
 log = logging.getLogger("dittofs.percona")
 
-async def release_database(ctx: Pass, *, orphaning: bool = False) -> bool:
-    """True once no PerconaPGCluster of ours can be garbage-collected by surprise."""
+async def release_database(ctx: Pass, *, orphaning: bool = False) -> str | None:
+    """None once no PerconaPGCluster of ours can be garbage-collected by surprise; else what holds it (said in
+    status: a trimmed role or Percona's webhook refusing is for the user to fix)."""
     body = ctx.current()
     namespace, uid = ctx.namespace, str(body["metadata"].get("uid"))
     names = Names(ctx.name, namespace, uid)
@@ -45,24 +46,24 @@ async def release_database(ctx: Pass, *, orphaning: bool = False) -> bool:
     try:
         cluster = await ctx.gw.get(PERCONAPGCLUSTERS, cluster_name, namespace)
     except NotFound:
-        return True  # no cluster, or the Percona CRD is not installed
+        return None  # no cluster, or the Percona CRD is not installed
     except ApiError as exc:
         # Forbidden (RBAC trimmed to a cluster without Percona) for a server that never owned a cluster: nothing
         # to protect, and waiting would hold its deletion for good.
         if exc.status == 403 and not (body.get("status") or {}).get("perconaClusterName"):
             log.warning("PerconaPGClusters not readable; this server never had one, so its deletion goes on",
                         extra=fields(namespace=namespace, name=ctx.name, error=str(exc)[:300]))
-            return True
-        return False
+            return None
+        return f"reading it failed: {str(exc)[:200]}"
     if not names.owns(cluster):
-        return True
-    delete = bool((body.get("spec") or {}).get("percona", {}).get("deleteWithServer", False))
+        return None
+    delete = _delete_with_server(body)
     # `--cascade=orphan` (``orphaning``) keeps every dependent, the database too.
     if delete and not orphaning:
         await ctx.gw.delete(PERCONAPGCLUSTERS, cluster_name, namespace)
         await ctx.post("Warning", EventReason.PERCONA_DELETED,
                               f"PerconaPGCluster {cluster_name} deleted (percona.deleteWithServer is true)")
-        return True
+        return None
     meta = cluster["metadata"]
     # Unmarked, a repeated pass (the finalizer's removal conflicting) finds nothing of ours and posts nothing.
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != OWNER_ANNOTATION}
@@ -70,13 +71,15 @@ async def release_database(ctx: Pass, *, orphaning: bool = False) -> bool:
                                        "value": {**annotations, RELEASED_ANNOTATION: ctx.name}}]
     try:
         await ctx.gw.json_patch(PERCONAPGCLUSTERS, cluster_name, ops, namespace)
-    except (Conflict, ApiError):
-        return False
+    except Conflict:
+        return "it changed while being released; trying again"
+    except ApiError as exc:
+        return f"marking it released failed: {str(exc)[:200]}"
     why = "the DittoServer was deleted with --cascade=orphan" if delete and orphaning else \
         "percona.deleteWithServer is false"
     await ctx.post("Normal", EventReason.PERCONA_ORPHANED, f"PerconaPGCluster {cluster_name} kept ({why}): data "
                    f"preserved; a new DittoServer {ctx.name} takes it back")
-    return True
+    return None
 
 
 @dataclass
@@ -279,29 +282,60 @@ async def _existing_owned(ctx: Pass, names: Names, *, keep: bool) -> DatabaseSta
     """Percona is off: an owned cluster is left alone (data is never migrated nor deleted). ``keep``
     (deleteWithServer false): an ownerReference left from when it was true goes, as an apply would have taken
     it: a foreground deletion of the server deletes its dependents before any finalizer runs."""
-    if not ctx.shared.discovery.percona_served:
+    live = await _owned_cluster(ctx, names)
+    if live is None:
         return DatabaseState()
+    if keep:
+        await _drop_reference(ctx, names, live)
+    return DatabaseState(cluster_name=names.percona_cluster)
+
+
+async def keep_database(ctx: Pass) -> None:
+    """A paused server, or one whose spec is refused, is not converged, yet `deleteWithServer: false` set
+    meanwhile still takes effect: until the cluster's ownerReference goes, a foreground deletion would have the
+    garbage collector delete the database."""
+    body = ctx.current()
+    if _delete_with_server(body):
+        return
+    names = Names(ctx.name, ctx.namespace, str(body["metadata"].get("uid")))
+    live = await _owned_cluster(ctx, names)
+    if live is not None:
+        await _drop_reference(ctx, names, live)
+
+
+def _delete_with_server(body: Mapping[str, Any]) -> bool:
+    """Read from the stored object, not the model: a refused spec must still say what happens to its data."""
+    percona = (body.get("spec") or {}).get("percona")
+    return isinstance(percona, Mapping) and percona.get("deleteWithServer") is True
+
+
+async def _owned_cluster(ctx: Pass, names: Names) -> dict[str, Any] | None:
+    if not ctx.shared.discovery.percona_served:
+        return None
     try:
         live = await ctx.optional_child(PERCONAPGCLUSTERS, names.percona_cluster)
     except ApiError:
-        return DatabaseState()
-    if live is None or not names.owns(live):
-        return DatabaseState()
+        return None
+    return live if live is not None and names.owns(live) else None
+
+
+async def _drop_reference(ctx: Pass, names: Names, live: dict[str, Any]) -> None:
+    """The cluster stays this server's by annotation alone, out of the garbage collector's reach."""
+    if not owned_by(live, names.uid):
+        return
     meta = live["metadata"]
-    if keep and owned_by(live, names.uid):
-        ops = _unreferenced(meta, names.uid)
-        if (meta.get("annotations") or {}).get(OWNER_ANNOTATION) != names.uid:  # still ours without the reference
-            ops.append({"op": "add", "path": "/metadata/annotations", "value": {
-                **(meta.get("annotations") or {}), OWNER_ANNOTATION: names.uid}})
-        try:
-            await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster, ctx.gw.json_patch(
-                PERCONAPGCLUSTERS, names.percona_cluster, ops, names.namespace))
-        except (Conflict, ApiError, NotFound):
-            pass  # the next pass tries again
-        else:
-            log.info("PerconaPGCluster no longer garbage-collected with its server (deleteWithServer is false)",
-                     extra=fields(namespace=names.namespace, name=ctx.name))
-    return DatabaseState(cluster_name=names.percona_cluster)
+    ops = _unreferenced(meta, names.uid)
+    if (meta.get("annotations") or {}).get(OWNER_ANNOTATION) != names.uid:  # still ours without the reference
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {
+            **(meta.get("annotations") or {}), OWNER_ANNOTATION: names.uid}})
+    try:
+        await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster, ctx.gw.json_patch(
+            PERCONAPGCLUSTERS, names.percona_cluster, ops, names.namespace))
+    except (Conflict, ApiError, NotFound):
+        pass  # the next pass tries again
+    else:
+        log.info("PerconaPGCluster no longer garbage-collected with its server (deleteWithServer is false)",
+                 extra=fields(namespace=names.namespace, name=ctx.name))
 
 
 def _unreferenced(meta: Mapping[str, Any], uid: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from reconciler.status import deleting_status
 
 log = logging.getLogger("dittofs.deletion")
 POLL_SECONDS = 1.0
+RELEASE_RETRY_MAX = 30.0
 
 
 async def _waiting(ctx: Pass, what: str) -> None:
@@ -48,11 +49,15 @@ async def finalize(ctx: Pass) -> float | None:
     # StatefulSet (always a controlled child) no longer names the server.
     orphaning = ORPHAN_FINALIZER in (meta.get("finalizers") or []) or (
         sts is not None and not owned_by(sts, str(meta.get("uid"))))
-    if not await release_database(ctx, orphaning=orphaning):
+    held = await release_database(ctx, orphaning=orphaning)
+    if held is not None:
         cluster = Names(name, namespace, "").percona_cluster
-        await _waiting(ctx, f"waiting to release PerconaPGCluster {cluster} (the finalizer stays until the "
-                            "database is safe from garbage collection)")
-        return POLL_SECONDS  # the database must be orphaned before anything else can go
+        await _waiting(ctx, f"waiting to release PerconaPGCluster {cluster}: {held} (the finalizer stays until "
+                            "the database is safe from garbage collection)")
+        # The database must be orphaned before anything else can go; what fails for long (a role without
+        # Percona's patch) is asked again less and less often, up to RELEASE_RETRY_MAX.
+        ctx.memory.release_attempts += 1
+        return min(POLL_SECONDS * 2.0 ** (ctx.memory.release_attempts - 1), RELEASE_RETRY_MAX)
 
     if sts is not None and sts.get("spec", {}).get("replicas", 0) != 0 and not orphaning:
         await ctx.write(STATEFULSETS, name, ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}},

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
+from tests.support.kube import absent, apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OperatorProcess
 from tests.support.percona import (
     PERCONA_BACKUP_CRD,
@@ -61,7 +61,7 @@ def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operato
     obj = eventually(waiting, what="DatabaseReady=False/PerconaNotReady")
     assert obj["status"]["perconaClusterName"] == "demo-postgres"
     assert condition(obj, "Progressing")["reason"] == "WaitingForDatabase"  # type: ignore[index]
-    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    assert absent(testbed, "statefulset", "demo", namespace)
 
     # Ready, but Percona has not published the user Secret yet: still a wait (no pod stuck on a missing Secret).
     generation = cluster(testbed, namespace)["metadata"]["generation"]
@@ -73,7 +73,7 @@ def test_crd_installed_after_start_then_waiting_then_ready(testbed: Any, operato
         return db if db and "is ready, but its Secret demo-postgres-pguser-dittofs lacks" in db["message"] else None
 
     assert eventually(secret_wait, what="DatabaseReady=False until the user Secret exists")["status"] == "False"
-    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    assert absent(testbed, "statefulset", "demo", namespace)
     play_percona_ready(testbed, namespace)
     ready = wait_ready(testbed, namespace, timeout=120)
     assert condition(ready, "DatabaseReady")["status"] == "True"  # type: ignore[index]
@@ -142,7 +142,7 @@ def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: Operat
     time.sleep(5)  # the garbage collector acts within a second once it follows the kind
     assert cluster(testbed, namespace), "no one but the operator may delete the database"
     operator.start()
-    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+    eventually(lambda: absent(testbed, "dittoserver", "demo", namespace),
                timeout=75, what="DittoServer gone")
     time.sleep(2)  # give garbage collection a chance to do damage
     exists = testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace, check=False).returncode == 0
@@ -195,7 +195,7 @@ def test_a_cluster_that_is_not_the_server_s_is_never_applied_to(testbed: Any, op
     time.sleep(6)
     assert operator.reconcile_passes() > passes, "no pass ran in the window: nothing was proven"
     assert cluster(testbed, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
-    assert testbed.kubectl("get", "statefulset", "demo", "-n", namespace, check=False).returncode != 0
+    assert absent(testbed, "statefulset", "demo", namespace)
     # Deleting the server leaves it alone too.
     testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=60s")
     assert cluster(testbed, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
@@ -207,22 +207,30 @@ def test_a_cluster_that_is_not_the_server_s_is_never_applied_to(testbed: Any, op
                == server(testbed, namespace)["metadata"]["uid"], what="the annotated cluster adopted")
 
 
-@pytest.mark.parametrize("then", ["kept", "percona-off"])
+@pytest.mark.parametrize("then", ["kept", "percona-off", "paused", "invalid"])
 def test_a_database_kept_after_all_stops_being_a_dependent(testbed: Any, operator: OperatorProcess,
                                                            namespace: str, then: str) -> None:
     """deleteWithServer true, then false (or Percona turned off, which resets it): the ownerReference goes (as it
     goes from a cluster an older operator made with one), so a foreground deletion of the server keeps the
-    database."""
+    database. So it does while the server is paused, or its spec refused (no webhook here): neither converges,
+    but the database's safety does not wait for that."""
     install_crd(testbed)
     wait_gc_follows_clusters(testbed, namespace)
     apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=True))
     eventually(lambda: cluster(testbed, namespace)["metadata"].get("ownerReferences"), what="an owned cluster")
-    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=False) if then == "kept"
-                 else {"enabled": False})
+    if then == "paused":
+        testbed.kubectl("annotate", "dittoserver", "demo", "-n", namespace, "dittofs.dittofs.com/reconcile=disabled")
+        eventually(lambda: condition(server(testbed, namespace), "ReconciliationPaused"), what="paused")
+    extra: dict[str, Any] = {"identity": {"jwt": {"accessTokenDuration": "10s"}}} if then == "invalid" else {}
+    apply_server(testbed, namespace, percona=percona_spec(deleteWithServer=False) if then != "percona-off"
+                 else {"enabled": False}, **extra)
+    if then == "invalid":
+        eventually(lambda: (c := condition(server(testbed, namespace), "ConfigReady")) and c["reason"] == "InvalidSpec"
+                   and "accessTokenDuration" in c["message"], what="ConfigReady=False/InvalidSpec")
     eventually(lambda: not cluster(testbed, namespace)["metadata"].get("ownerReferences"),
                what="the ownerReference removed")
     testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false", "--cascade=foreground")
-    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+    eventually(lambda: absent(testbed, "dittoserver", "demo", namespace),
                timeout=75, what="DittoServer gone")
     time.sleep(2)  # give garbage collection a chance to do damage
     assert cluster(testbed, namespace)["spec"]["users"] == [{"name": "dittofs", "databases": ["dittofs"]}]
@@ -238,7 +246,7 @@ def test_percona_turned_off_then_server_deleted_keeps_the_database(testbed: Any,
     eventually(lambda: (server(testbed, namespace).get("status") or {}).get("perconaClusterName") == "demo-postgres"
                and condition(server(testbed, namespace), "DatabaseReady") is None, what="percona off")
     testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
-    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+    eventually(lambda: absent(testbed, "dittoserver", "demo", namespace),
                timeout=75, what="DittoServer gone")
     time.sleep(3)
     assert cluster(testbed, namespace)["metadata"].get("ownerReferences", []) == []
@@ -294,7 +302,7 @@ def test_a_deleted_database_is_not_replaced_by_an_empty_one_without_consent(test
     passes = operator.reconcile_passes()
     time.sleep(6)
     assert operator.reconcile_passes() > passes, "no pass ran in the window: nothing was proven"
-    assert testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace, check=False).returncode != 0
+    assert absent(testbed, "perconapgcluster", "demo-postgres", namespace)
     testbed.kubectl("annotate", "dittoserver", "demo", "-n", namespace, "dittofs.dittofs.com/recreate-database=true")
     again = eventually(lambda: testbed.kubectl("get", "perconapgcluster", "demo-postgres", "-n", namespace,
                                                check=False).returncode == 0 and cluster(testbed, namespace),
@@ -324,3 +332,55 @@ def test_another_database_name_is_not_applied_to_a_cluster_holding_the_data(
     assert cluster(testbed, namespace)["spec"]["users"] == [{"name": "dittofs", "databases": ["files"]}]
     apply_server(testbed, namespace, percona=percona_spec(databaseName="files"))
     wait_ready(testbed, namespace, timeout=120)
+
+
+def test_a_release_refused_by_the_api_says_why_and_is_retried_less_and_less_often(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """Percona's own webhook down, or a policy refusing the patch that marks the database released: the finalizer
+    stays (the database must be safe first), the status quotes the API's answer, and the retries slow down
+    (they came every second, forever, with a generic message)."""
+    install_crd(testbed)
+    apply_server(testbed, namespace, percona=percona_spec())
+    uid = server(testbed, namespace)["metadata"]["uid"]
+    eventually(lambda: cluster(testbed, namespace)["metadata"]["annotations"].get("dittofs.io/owner-uid") == uid,
+               what="an owned cluster")
+    name = f"freeze-{namespace}"
+    testbed.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [
+             {"apiGroups": ["pgv2.percona.com"], "apiVersions": ["*"], "operations": ["UPDATE"],
+              "resources": ["perconapgclusters"]}]},
+             "validations": [{"expression": "false", "message": "frozen by the test"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {"namespaceSelector": {
+             "matchLabels": {"kubernetes.io/metadata.name": namespace}}}}}]}))
+    try:
+        # The policy takes effect once the apiserver has loaded it: a label edit is refused then.
+        eventually(lambda: testbed.kubectl("label", "perconapgcluster", "demo-postgres", "-n", namespace,
+                                           "probe=1", "--dry-run=server", check=False).returncode != 0,
+                   what="the policy in force")
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+
+        def waiting() -> str | None:
+            cond = condition(server(testbed, namespace), "Ready")
+            message = str((cond or {}).get("message") or "")
+            return message if "waiting to release PerconaPGCluster demo-postgres: marking it released failed" \
+                in message else None
+
+        assert "frozen by the test" in eventually(waiting, what="the refusal in status")
+        since, began = testbed.audit_line_count(), time.monotonic()
+        time.sleep(15)
+        patches = [e for e in testbed.audit_events(user=testbed.operator_user, since_line=since)
+                   if e.get("verb") == "patch" and e.get("objectRef", {}).get("resource") == "perconapgclusters"]
+        # Waits of 2, 4, 8, 16 s after the first refusals: at most 4 attempts in the window (every second, 15).
+        assert 1 <= len(patches) <= 5, ([e.get("stageTimestamp") for e in patches], time.monotonic() - began)
+        assert cluster(testbed, namespace)["metadata"]["annotations"].get("dittofs.io/owner-uid") == uid
+        assert testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode == 0
+    finally:
+        testbed.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name,
+                        "--ignore-not-found")
+    eventually(lambda: absent(testbed, "dittoserver", "demo", namespace),
+               timeout=75, what="released once the policy is gone, then deleted")
+    assert cluster(testbed, namespace)["metadata"]["annotations"]["dittofs.io/released-from"] == "demo"

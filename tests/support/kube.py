@@ -38,6 +38,16 @@ def enforce_restricted(testbed: Any, namespace: str) -> None:
                     "pod-security.kubernetes.io/enforce-version=latest")
 
 
+def absent(testbed: Any, kind: str, name: str, namespace: str | None = None) -> bool:
+    """Whether the object does not exist. Only NotFound says so: a Forbidden, an unknown kind or an apiserver
+    hiccup is an error (``kubectl get``'s failing exit status read as "gone" made a check that could not fail)."""
+    where = ["-n", namespace] if namespace else []
+    proc = testbed.kubectl("get", kind, name, *where, "--ignore-not-found", "-o", "name", check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"kubectl get {kind} {name}: {proc.stderr.strip()}")
+    return not proc.stdout.strip()
+
+
 def server(testbed: Any, namespace: str, name: str = "demo") -> dict[str, Any]:
     obj: dict[str, Any] = kubectl_json(testbed, "get", "dittoserver", name, "-n", namespace)
     return obj
