@@ -62,6 +62,7 @@ from bench.profile import GO_COMPONENTS, ControlPlaneProfiler, Profiler, Stacks,
 from bench.report import RESULTS, Check, Figure, environment, failed, loadavg, markdown, other_apiservers, write
 from tests.support.paths import CRD, CRD_NAME
 from tests.testbed import COMPONENTS, Testbed, ensure_binaries
+from tests.testbed.safety import withhold_proxies
 from tests.testbed.webhook import install_webhook
 
 
@@ -579,6 +580,7 @@ async def loaded_restarts(run: Run) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    withhold_proxies()  # the bench's probes and the operator it measures talk to this machine only
     args = parse_args(argv)
     if args.list:
         for exp in EXPERIMENTS:

@@ -26,6 +26,7 @@ from tests.support.paths import ROOT, packages
 from tests.testbed import Testbed
 from tests.testbed.cluster import die_with_parent
 from tests.testbed.node import SUBNET as REAL_NODE_SUBNET
+from tests.testbed.safety import clean_env
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -112,7 +113,7 @@ class Operator:
             log.flush()
             t0 = time.perf_counter()
             self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                         stderr=subprocess.STDOUT, env=clean_env(PYTHONUNBUFFERED="1"),
                                          preexec_fn=die_with_parent())  # a killed bench leaves no operator
         deadline = t0 + timeout
         while time.perf_counter() < deadline:

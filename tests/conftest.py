@@ -12,6 +12,12 @@ import pytest
 from tests.support import prereqs
 from tests.testbed import Testbed, ensure_binaries
 from tests.testbed.node import NOT_PROVEN, RealNode, real_node_opted_out
+from tests.testbed.safety import withhold_proxies
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test's first request: no proxy for this process, nor for what it starts (builds excepted).
+    withhold_proxies()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support.chart import RELEASE, SERVICE, Helm, adopt_crd, assert_uninstalled, uninstall
-from tests.support.kube import apply_server, events, kubectl_json, server, wait_ready
+from tests.support.kube import absent, apply_server, events, kubectl_json, server, wait_ready
 from tests.support.net import free_port
 from tests.support.operator import OperatorProcess
 from tests.support.paths import CHART, ROOT
@@ -102,10 +102,6 @@ def start_as_chart(testbed: Any, namespace: str, cert_dir: Path, tmp_path: Path)
     point_webhook_at(testbed, webhook_port, testbed.ca_b64)
     operator.start()
     return operator
-
-
-def absent(testbed: Any, kind: str, name: str, namespace: str) -> bool:
-    return bool(testbed.kubectl("get", kind, name, "-n", namespace, check=False).returncode != 0)
 
 
 def forbidden_lines(text: str) -> list[str]:
@@ -396,7 +392,7 @@ def test_install_manifests_are_accepted_by_the_apiserver(testbed: Any) -> None:
     docs = [d for d in yaml.safe_load_all((ROOT / "config" / "install" / "dittofs-operator.yaml").read_text()) if d]
     namespace = docs[0]
     assert namespace["kind"] == "Namespace"
-    created = testbed.kubectl("get", "namespace", namespace["metadata"]["name"], check=False).returncode != 0
+    created = absent(testbed, "namespace", namespace["metadata"]["name"])
     if created:
         testbed.kubectl("apply", "-f", "-", input=json.dumps(namespace))
     try:

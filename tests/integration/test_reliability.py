@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube import apply_server, condition, kubectl_json, wait_ready
+from tests.support.kube import absent, apply_server, condition, kubectl_json, wait_ready
 from tests.support.net import free_port
 from tests.support.operator import OperatorProcess
 from tests.support.paths import ROOT
@@ -66,7 +66,7 @@ def test_kill_9_at_random_points_converges(testbed: Any, operator: OperatorProce
     eventually(lambda: all_ready(testbed, namespace, survivors), timeout=180, interval=1.0,
                what=f"{survivors} DittoServers Ready after 20 kills")
     gone = [n for n in ("s7", "s13")
-            if testbed.kubectl("get", "dittoserver", n, "-n", namespace, check=False).returncode != 0]
+            if absent(testbed, "dittoserver", n, namespace)]
     assert gone == ["s7", "s13"], "deleted servers must not be stuck on the finalizer"
     stses = sorted(s["metadata"]["name"] for s in kubectl_json(testbed, "get", "sts", "-n", namespace)["items"])
     # s7/s13's StatefulSets are garbage-collected; every other server has exactly one.

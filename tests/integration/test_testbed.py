@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import http.server
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -428,4 +429,13 @@ def test_no_packet_leaves_the_machine_from_the_control_plane(testbed: Testbed, t
         assert pid is not None, f"{name} not running"
         assert proxy_vars_of(pid) == [], f"{name} has proxy variables {proxy_vars_of(pid)}"
     report.append(f"proxy variables in {sorted(pids)}: none (kwok and the operator restarted with HTTPS_PROXY set)")
+    # Nor does the test process's own HTTP obey them: urllib proxies even 127.0.0.1 and the bridge.
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        proxy.settimeout(0.5)
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert eventually(operator.ready, what="the operator ready, asked without a proxy")
+        with pytest.raises(TimeoutError):
+            proxy.accept()
+    report.append("the test process's own requests (the operator's /readyz): no proxy, with HTTP_PROXY set")
     print("\n[safety] " + "\n[safety] ".join(report))

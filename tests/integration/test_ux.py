@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube import apply_server, condition, events, kubectl_json, server, wait_ready
+from tests.support.kube import absent, apply_server, condition, events, kubectl_json, server, wait_ready
 from tests.support.operator import OperatorProcess
 from tests.support.paths import CHART, CRD, CRD_NAME, ROOT
 from tests.support.poll import eventually
@@ -85,7 +85,7 @@ def test_a_server_held_by_its_finalizer_shows_deleting_and_why(
     assert "waiting for 1 pod(s) of StatefulSet demo to stop" in condition(obj, "Ready")["message"]  # type: ignore[index]
     assert ("Deleting", condition(obj, "Ready")["message"]) in seen, seen  # type: ignore[index]
     assert "Running" not in [status for status, _ in seen[1:]], seen
-    eventually(lambda: testbed.kubectl("get", "dittoserver", "demo", "-n", namespace, check=False).returncode != 0,
+    eventually(lambda: absent(testbed, "dittoserver", "demo", namespace),
                timeout=90, what="DittoServer gone")
 
 
@@ -114,7 +114,7 @@ def test_a_misspelled_field_is_rejected_as_the_troubleshooting_guide_says(crd: A
             "spec": {"storage": {"metadataSize": "1Gi"}, "storag": {"metadataSize": "1Gi"}}}
     proc = crd.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
     assert proc.returncode != 0 and claimed.group(1) in proc.stderr, proc.stderr
-    assert crd.kubectl("get", "dittoserver", "typo", "-n", namespace, check=False).returncode != 0
+    assert absent(crd, "dittoserver", "typo", namespace)
 
 
 def test_an_operator_started_before_its_crd_says_so_and_watches_once_it_is_installed(tmp_path: Any) -> None:

@@ -12,6 +12,7 @@ from types import FrameType
 
 from .cluster import Testbed
 from .paths import ensure_binaries, run_build
+from .safety import withhold_proxies
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -52,6 +53,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    withhold_proxies()  # the demo's own probes, and the operator it starts, go nowhere but this machine
     parser = argparse.ArgumentParser(prog="python -m tests.testbed")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the control plane and keep it running until Ctrl-C/SIGTERM")

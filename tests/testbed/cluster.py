@@ -162,7 +162,7 @@ class Testbed(Components):
         self.want_real_node = real_node
         self.node: RealNode | None = None
         self.volumes_dir = self.workdir / "volumes"
-        # Blackhole routes this test bed added (and so removes); [] if they were already there.
+        # Blackhole routes this test bed added ([] if they were already there); they stay at teardown.
         self.added_routes: list[str] = []
         self.routes_installed = False
 

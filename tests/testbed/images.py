@@ -35,6 +35,7 @@ from typing import NamedTuple
 from dittoctl.api.models import DEFAULT_IMAGE
 
 from .paths import BUILD_SH, cache_dir
+from .safety import build_env
 
 PAUSE_IMAGE = "localhost/testbed/pause:3.10"
 PG_ISREADY_IMAGE = "localhost/testbed/pg-isready:15"
@@ -207,7 +208,8 @@ def operator_image(stderr_tail: int = 40) -> OperatorImage:
     """
     argv = ["bash", str(BUILD_SH), "operator-image"]
     tail: deque[str] = deque(maxlen=stderr_tail)
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=build_env()) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         for line in proc.stderr:  # the script writes nothing but the archive path to stdout
             sys.stderr.write(line)

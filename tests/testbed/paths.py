@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .safety import build_env
+
 BUILD_SH = Path(__file__).resolve().parent / "build.sh"
 
 DEFAULT_VERSIONS: dict[str, str] = {
@@ -150,7 +152,8 @@ def run_build(what: str = "all") -> None:
     build of the same component runs waits for it instead of clobbering its ``.tmp`` directory.
     """
     print(f"[testbed] running {BUILD_SH} {what} (a cold Kubernetes build takes 15-30 min)", file=sys.stderr)
-    subprocess.run(["bash", str(BUILD_SH), what], check=True, stdout=sys.stderr, stderr=sys.stderr)
+    subprocess.run(["bash", str(BUILD_SH), what], check=True, stdout=sys.stderr, stderr=sys.stderr,
+                   env=build_env())
 
 
 def ensure_binaries(names: list[str] | None = None) -> Binaries:

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +23,24 @@ BLACKHOLED = (SERVICE_CIDR, KWOK_POD_CIDR)
 
 def is_proxy_var(name: str) -> bool:
     return name.lower() in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "ftp_proxy")
+
+
+WITHHELD: dict[str, str] = {}
+"""The proxy variables the test session started with: only builds get them (they fetch modules and packages)."""
+
+
+def withhold_proxies() -> None:
+    """Take the proxy variables out of this process for good, and make ``urllib`` ignore any set later: it
+    honours them even for 127.0.0.1 and the bridge (``proxy_bypass`` says no), so a test's own request to the
+    operator's /readyz or a DittoFS pod would leave the machine through the proxy."""
+    for name in [k for k in os.environ if is_proxy_var(k)]:
+        WITHHELD[name] = os.environ.pop(name)
+    urllib.request.install_opener(urllib.request.build_opener(urllib.request.ProxyHandler({})))
+
+
+def build_env() -> dict[str, str]:
+    """A build's environment: this process's, with the proxies it was started with."""
+    return {**os.environ, **WITHHELD}
 
 
 def clean_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
@@ -51,7 +70,9 @@ def ensure_blackhole_routes() -> list[str]:
     for cidr in BLACKHOLED:
         if cidr in present:
             continue
-        proc = subprocess.run(["ip", "route", "add", "blackhole", cidr], capture_output=True, text=True, check=False)
+        # replace, not add: another test bed starting at the same moment may have added it ("File exists").
+        proc = subprocess.run(["ip", "route", "replace", "blackhole", cidr], capture_output=True, text=True,
+                              check=False)
         if proc.returncode != 0:
             raise PermissionError(
                 f"cannot install blackhole route {cidr} ({proc.stderr.strip()}); without it a dial to a ClusterIP "

@@ -771,8 +771,10 @@ def test_a_generated_secret_coming_back_on_the_watch_wakes_no_pass() -> None:
     controller.queue._queued.clear()
     controller.on_secret("MODIFIED", {**secret, "metadata": {**secret["metadata"], "resourceVersion": "6"}})
     assert not controller.queue._queued
-    for event, data in (("MODIFIED", {"k": "Yg=="}), ("DELETED", {"k": "Yg=="}), ("ADDED", {"k": "Yg=="})):
-        controller.on_secret(event, {**secret, "data": data})
+    for version, (event, data) in enumerate((("MODIFIED", {"k": "Yg=="}), ("DELETED", {"k": "Yg=="}),
+                                              ("ADDED", {"k": "Yg=="})), start=7):
+        controller.on_secret(event, {"metadata": {**secret["metadata"], "resourceVersion": str(version)},
+                                     "data": data})
         assert controller.queue._queued == {("ns", "demo")}, event
         controller.queue._queued.clear()
 
