@@ -350,7 +350,11 @@ async def _dittofs_state(bundle: Bundle, names: Names, server: DittoServer, pods
         return
     if server_address == "pod":
         ip = next((str((p.get("status") or {}).get("podIP") or "") for p in pods), "")
-        host = ip or names.host(names.api_service)
+        if not ip:  # from outside the cluster the Service name does not resolve, or resolves elsewhere
+            bundle.add("notes/dittofs.txt", "no pod of this server has an IP (--server-address pod): DittoFS's own "
+                                            "state was not read\n")
+            return
+        host = ip
     else:
         host = names.host(names.api_service)
     try:

@@ -17,6 +17,7 @@ from typing import IO
 
 import pytest
 
+from tests.support import prereqs
 from tests.support.paths import ROOT
 from tests.testbed.node import real_node_opted_out
 
@@ -35,7 +36,7 @@ def read_until(stream: IO[str], marker: str, seen: list[str], timeout: float) ->
     raise AssertionError(f"no {marker!r} within {timeout}s:\n" + "".join(seen[-40:]))
 
 
-def test_demo_reaches_ready_and_survives_an_operator_exit() -> None:
+def test_demo_reaches_ready_and_survives_an_operator_exit(request: pytest.FixtureRequest) -> None:
     demo = subprocess.Popen([sys.executable, "-m", "tests.testbed", "demo"], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
     seen: list[str] = []
@@ -48,6 +49,8 @@ def test_demo_reaches_ready_and_survives_an_operator_exit() -> None:
         assert "1/1" in text and "Running" in text
         if real_node_opted_out():
             assert "pods are SIMULATED by kwok" in text, text
+            prereqs.partly_unproven(request.node.nodeid, "real node", "NOT PROVEN (opted out by "
+                                    "DITTOFS_TESTBED_REAL_NODE=0): the demo's file I/O over NFS and SMB")
         else:
             # The real dfs served the declared user over both protocols, and the demo says how, never with a
             # password in it.

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -477,6 +478,13 @@ def test_no_packet_leaves_the_machine(testbed: Testbed, real_node: RealNode, nam
              if "PullImage" in line]
     assert pulls == [], pulls[:3]
     report.append("containerd: no PullImage in its log")
+    # 6. A pod's resolver is the bridge address, where nothing may answer: a DNS server listening there (or on
+    # every address) would forward a pod's lookups off the machine.
+    listening = subprocess.run(["ss", "-H", "-lnut"], capture_output=True, text=True, check=True).stdout
+    dns = [line for line in listening.splitlines()
+           if re.search(rf"\s(0\.0\.0\.0|\*|\[::\]|{re.escape(NODE_IP)}):53\s", line)]
+    assert dns == [], dns
+    report.append(f"nothing listens on port 53 where pods send their lookups ({NODE_IP}, or every address)")
     print("\n[safety] " + "\n[safety] ".join(report))
 
 

@@ -88,6 +88,13 @@ def record_skip(nodeid: str, reason: str) -> bool:
     return True
 
 
+def partly_unproven(nodeid: str, area: str, reason: str) -> None:
+    """A test that ran without the part an opt-out leaves out (it passes, and that part is listed as not
+    proven, like a skipped test)."""
+    UNPROVEN.reasons.setdefault(area, reason)
+    UNPROVEN.tests.setdefault(area, []).append(f"{nodeid} (in part)")
+
+
 def summary() -> list[str]:
     """Lines for the end of the run: every area left out and the tests that did not run because of it."""
     if not UNPROVEN.reasons:

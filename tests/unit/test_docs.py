@@ -187,7 +187,9 @@ def _anchors(markdown: str) -> set[str]:
 def test_doc_links_resolve(doc: str) -> None:
     text = crd_reference() if doc == "CRD_REFERENCE.md" else (DOCS / doc).read_text()
     text = re.sub(r"(?ms)^```.*?^```", "", text)  # code blocks hold no links
-    for target, anchor in re.findall(r"\]\((?!https?://)([^)#\s]*)(?:#([^)\s]+))?\)", text):
+    links = re.findall(r"\]\((?!https?://)([^)#\s]*)(?:#([^)\s]+))?\)", text)
+    assert links, f"{doc}: no relative link found (the pattern no longer matches the docs?)"
+    for target, anchor in links:
         path = (DOCS / target).resolve() if target else DOCS / doc
         assert path.exists(), f"{doc}: link to missing {target}"
         if anchor:
@@ -267,7 +269,9 @@ def test_architecture_names_every_phase_in_pass_order() -> None:
 
 
 def test_architecture_paths_exist() -> None:
-    for path in re.findall(r"`((?:dittoctl|reconciler|webhook|certs|config)/[\w/.]+)`", ARCHITECTURE):
+    paths = re.findall(r"`((?:dittoctl|reconciler|webhook|certs|config)/[\w/.]+)`", ARCHITECTURE)
+    assert len(paths) > 10, paths
+    for path in paths:
         assert (ROOT / path).exists(), f"docs/ARCHITECTURE.md names {path}, which does not exist"
 
 

@@ -128,3 +128,15 @@ def test_the_report_s_own_note_is_not_masked() -> None:
     assert bundle.files["notes/dittofs.txt"].startswith(
         "the Secret demo-operator-credentials does not exist: the operator never provisioned this server")
     assert bundle.redactions == 0
+
+
+def test_pod_mode_without_a_pod_ip_never_falls_back_to_the_service_name() -> None:
+    """From outside the cluster (the mode's purpose) a `.svc` name resolves through the host's resolver, off the
+    machine, or not at all."""
+    server = DittoServer.model_validate({"metadata": {"name": "demo", "namespace": "apps", "uid": "u"},
+                                         "spec": {"storage": {"metadataSize": "1Gi"}}})
+    secrets = [{"metadata": {"name": "demo-operator-credentials"},
+                "data": {"password": base64.b64encode(b"operator-password").decode()}}]
+    bundle = Bundle(secret_forms([]))
+    asyncio.run(_dittofs_state(bundle, Names.of(server), server, [{"status": {}}], "pod", secrets))
+    assert bundle.files["notes/dittofs.txt"].startswith("no pod of this server has an IP (--server-address pod)")
