@@ -176,7 +176,7 @@ def cmd_crd_reference(_: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dittoctl.api.crd import spec_schema, type_errors
+    from dittoctl.api.crd import METADATA_SCHEMA, spec_schema, type_errors
     from dittoctl.api.facts import ClusterFacts
     from dittoctl.api.rules import validate
 
@@ -191,8 +191,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         verdict = validate(doc, None, facts)
         # What the apiserver refuses before the webhook sees it (a string for an integer: the models read "1").
         reported = {m.split(": ", 1)[0] for m in verdict.messages}
-        errors = verdict.messages + [e for e in type_errors(doc.get("spec"), schema, "spec")
-                                     if e.split(": ", 1)[0] not in reported]
+        typed = type_errors(doc.get("metadata"), METADATA_SCHEMA, "metadata") + type_errors(doc.get("spec"), schema,
+                                                                                           "spec")
+        errors = verdict.messages + [e for e in typed if e.split(": ", 1)[0] not in reported]
         results.append({"name": _name(doc), "allowed": not errors, "errors": errors, "warnings": verdict.warnings})
     # Offline, the cluster-dependent rules had nothing to check: say so instead of an unqualified "valid".
     skipped = [] if args.cluster else list(OFFLINE_SKIPPED)

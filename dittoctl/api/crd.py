@@ -241,6 +241,13 @@ _TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+_STRINGS: JsonSchema = {"type": "object", "additionalProperties": {"type": "string"}}
+METADATA_SCHEMA: JsonSchema = {"type": "object", "properties": {
+    "name": {"type": "string"}, "namespace": {"type": "string"}, "generateName": {"type": "string"},
+    "labels": _STRINGS, "annotations": _STRINGS}}
+"""The ObjectMeta fields a manifest writes whose JSON type the apiserver checks (`tier: 1` is a number)."""
+
+
 def type_errors(value: Any, schema: JsonSchema, path: str) -> list[str]:
     """The values the apiserver's structural schema refuses by their JSON type, before any webhook ("1" for an
     integer: the models, in lax mode, would read it as 1). Types only; ranges and patterns are the models'.

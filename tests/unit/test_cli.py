@@ -74,6 +74,17 @@ def test_validate_refuses_what_the_apiserver_refuses_by_type(tmp_path: Path,
             in result["errors"])
 
 
+def test_validate_refuses_metadata_the_apiserver_cannot_decode(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`tier: 1` in labels is a number; kubectl and the apiserver refuse it (render wrote namespace '5')."""
+    path = tmp_path / "meta.yaml"
+    path.write_text(LAX.replace("metadata: {name: lax}", "metadata: {name: lax, namespace: 5, labels: {tier: 1}, "
+                                "annotations: {ok: x}}").split("spec:")[0] + "spec: {storage: {metadataSize: 1Gi}}\n")
+    assert main(["validate", "-f", str(path), "-o", "json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)
+    assert sorted(e.split(":")[0] for e in result["errors"]) == ["metadata.labels.tier", "metadata.namespace"], result
+
+
 def test_validate_accepts_the_sample(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "-f", str(SAMPLE)]) == 0
     assert "valid" in capsys.readouterr().out
