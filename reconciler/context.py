@@ -134,6 +134,9 @@ class Memory:
     """(secret, key) -> (digest, length) of each bounded user value last checked (never the value)."""
     release_attempts: int = 0
     """Failed attempts to release the PerconaPGCluster while deleting: the retry's growing delay."""
+    predecessor: bool = False
+    """A Secret this server generates already existed: an earlier server of this name left it, and so likely
+    its volumes too."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
     optional: dict[str, frozenset[str]] = field(default_factory=dict)

@@ -17,7 +17,7 @@ from dittoctl.api.naming import Names
 from dittoctl.api.secrets import ADMIN_PASSWORD, EMPTY_REFUSED, JWT_SECRET, ValueBounds, watched_secrets
 from dittoctl.kube.background import together
 from dittoctl.kube.events import EventRecorder
-from dittoctl.kube.gateway import Gateway
+from dittoctl.kube.gateway import ApiError, Gateway
 from reconciler import specs
 from reconciler.cache import Cache, Key
 from reconciler.context import LANE_RETRY, Discovery, Memory, Pass, Provisioning, Shared
@@ -54,7 +54,7 @@ from reconciler.phases.secrets import (
 )
 from reconciler.phases.spec import check_spec
 from reconciler.phases.statefulset import apply_statefulset, observe_statefulset, storage_drift
-from reconciler.phases.volumes import expand_volumes
+from reconciler.phases.volumes import claim_sizes, expand_volumes, grow_claims
 from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, kept_fileservice, s3_status, settled
@@ -128,16 +128,12 @@ class Reconciler:
         digests = consumed.digests
         status = ctx.current().get("status") or {}
         desired = ctx.desired = self._desired(ctx, server, names, digests, int(status.get("storeRevision") or 0))
-        # An existing ConfigMap is brought up to date before the StatefulSet may roll the pods to the new config
-        # hash: were the update refused while the roll landed, the pods would run the old config under the new
-        # hash, and nothing would roll them again once it went through. Unchanged, it costs no round trip.
         existed = ctx.cache.packed_child(CONFIGMAPS, names.namespace, names.config_map) is not None
-        refused = await apply_config_map(ctx, desired, names) if existed else None
         # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
         # gates: so a new server's goes out with them, its second round trip.
         # It is also sent first: the pods, the slowest part of a new server, start from it.
-        (sts, database, errors, reason, recreating), created, *_ = await together(
-            self._statefulset(ctx, server, names, desired, consumed, held=refused is not None),
+        (sts, database, errors, reason, recreating, refused), created, *_ = await together(
+            self._statefulset(ctx, server, names, desired, consumed, config_map_exists=existed),
             asyncio.sleep(0) if existed else apply_config_map(ctx, desired, names),
             apply_services(ctx, desired, names), apply_network_policy(ctx, desired, names),
             apply_service_monitor(ctx, desired, names), apply_certificates(ctx, desired, names))
@@ -172,6 +168,7 @@ class Reconciler:
             provisioned=fileservice.condition if fileservice else None,
             adapters_ready=fileservice.adapters_ready if fileservice else None,
             fileservice=fileservice.status() if fileservice else kept_fileservice(status),
+            recreating=recreating,
         ), status)
         await ctx.write_status(reported)
         if refused is not None:
@@ -187,11 +184,11 @@ class Reconciler:
         return None
 
     async def _statefulset(self, ctx: Pass, server: DittoServer, names: Names, desired: Desired,
-                           consumed: Consumed, *, held: bool) -> tuple[Obj | None, DatabaseState, list[str], Reason,
-                                                                   bool]:
-        """The StatefulSet behind its gates (complete config, database, storage; `held`: its ConfigMap could not
-        be brought up to date): (the StatefulSet, the database state, the errors and their reason, whether it is
-        being re-created)."""
+                           consumed: Consumed, *, config_map_exists: bool,
+                           ) -> tuple[Obj | None, DatabaseState, list[str], Reason, bool, ApiError | None]:
+        """The StatefulSet behind its gates (complete config, database, storage), and an existing ConfigMap brought
+        up to date only once they are open: (the StatefulSet, the database state, the errors and their reason,
+        whether it is being re-created, the ConfigMap's refusal)."""
         digests = consumed.digests
         database = await ensure_database(ctx, server, names, desired)
         if server.spec.percona.enabled:
@@ -218,14 +215,31 @@ class Reconciler:
             errors, reason = [*errors, *drift.errors], Reason.INVALID_SPEC
         # The StatefulSet is being re-created around its pods (volume expansion): wait until it is gone.
         recreating = sts is not None and bool(sts["metadata"].get("deletionTimestamp"))
+        refused = None
+        if not errors and database.gate_open and not recreating and config_map_exists:
+            # Not before the gates: the kubelet updates a mounted ConfigMap in a running pod, so a pod that
+            # restarts while the StatefulSet is held (waiting for a database, a Secret) would start on a config
+            # its template cannot run (Postgres without its variables, TLS without its mount). And before the
+            # StatefulSet may roll the pods to the new config hash: were the update refused while the roll
+            # landed, the pods would run the old config under the new hash. Unchanged, it costs no round trip.
+            refused = await apply_config_map(ctx, desired, names)
+        held = refused is not None
         if sts is not None and drift.grown and not errors and not held and database.gate_open and not recreating:
             failed = await expand_volumes(ctx, names, drift.grown)
             if failed:
                 errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
             recreating = not failed
+        if sts is None and not errors and not held and database.gate_open and not recreating and (
+                not ctx.fresh or ctx.memory.predecessor):
+            # Created over claims that may exist (re-created after an expansion or by hand, or kept from an
+            # earlier server of this name): they are grown first, as the new templates never resize them. A new
+            # server's first pass has none to find: no list per server in a burst.
+            failed = await grow_claims(ctx, names, claim_sizes(desired.statefulset))
+            if failed:
+                errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
         if not errors and not held and database.gate_open and not recreating:
             sts = await apply_statefulset(ctx, names, desired, sts, digests)
-        return sts, database, errors, reason, recreating
+        return sts, database, errors, reason, recreating, refused
 
     def _desired(self, ctx: Pass, server: DittoServer, names: Names, digests: SecretDigests,
                  store_revision: int) -> Desired:

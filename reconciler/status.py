@@ -47,6 +47,8 @@ class Observation:
     """Condition AdaptersReady (same rule)."""
     fileservice: dict[str, Any] = field(default_factory=dict)
     """status.provisioned, appliedSecrets and shares."""
+    recreating: bool = False
+    """The StatefulSet is being re-created around its pods to grow its volumeClaimTemplates."""
 
     @cached_property
     def counts(self) -> tuple[int, int, int, bool]:
@@ -160,6 +162,9 @@ def conditions(obs: Observation) -> list[Cond]:
                            f"StatefulSet not created until DatabaseReady ({obs.database.reason})")
     elif obs.statefulset is None:
         progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING, "StatefulSet not created yet")
+    elif obs.recreating:  # the object about to go still reads rolled out: the larger volumes are not there yet
+        progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING,
+                           "re-creating the StatefulSet to grow its volumes (the pods keep running)")
     elif done:
         progressing = Cond(T.PROGRESSING, False, R.RECONCILE_COMPLETE, "StatefulSet rolled out")
     elif replicas != obs.desired_replicas:

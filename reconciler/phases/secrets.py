@@ -62,6 +62,7 @@ async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], di
         log.info("generated Secret", extra=fields(namespace=namespace, name=name))
     except Conflict:
         # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
+        ctx.memory.predecessor = True
         await _read(ctx, name, ctx.gw.get(SECRETS, name, namespace))
 
 

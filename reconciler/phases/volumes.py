@@ -6,6 +6,8 @@ running pods under the same revision: nothing restarts. PVCs are never deleted o
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from dittoctl.api.kinds import PVCS, STATEFULSETS
 from dittoctl.api.naming import Names
@@ -20,25 +22,7 @@ log = logging.getLogger("dittofs.reconciler")
 async def expand_volumes(ctx: Pass, names: Names, grown: dict[str, str]) -> list[str]:
     """Returns errors (a PVC that refused its new size); none means the StatefulSet was orphan-deleted and the
     next pass re-creates it."""
-    selector = names.selector_string()
-    claims = await ctx.gw.list(PVCS, names.namespace, label_selector=selector)
-    errors = []
-    for pvc in sorted(claims, key=lambda c: str(c["metadata"]["name"])):
-        pvc_name = str(pvc["metadata"]["name"])
-        template = next((t for t in grown if pvc_name.startswith(f"{t}-{names.statefulset}-")), None)
-        if template is None:
-            continue
-        current = ((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
-        if current is not None and parse_quantity(current) >= parse_quantity(grown[template]):
-            continue
-        try:
-            await ctx.gw.merge_patch(PVCS, pvc_name, {"spec": {"resources": {"requests": {
-                "storage": grown[template]}}}}, names.namespace)
-        except (ApiError, NotFound) as exc:
-            errors.append(f"spec.storage: PVC {pvc_name} refused {grown[template]}: {exc}")
-            continue
-        log.info("PVC request raised", extra=fields(namespace=names.namespace, name=names.server, pvc=pvc_name,
-                                                   size=grown[template]))
+    errors = await grow_claims(ctx, names, grown)
     if errors:
         return errors
     await ctx.gw.delete(STATEFULSETS, names.statefulset, names.namespace, orphan=True)
@@ -47,3 +31,35 @@ async def expand_volumes(ctx: Pass, names: Names, grown: dict[str, str]) -> list
     log.info("StatefulSet orphan-deleted to grow its volumeClaimTemplates",
              extra=fields(namespace=names.namespace, name=names.server, volumes=ctx.memory.expanded))
     return []
+
+
+def claim_sizes(sts: Mapping[str, Any]) -> dict[str, str]:
+    """Template name -> the size its claims request."""
+    return {str(c["metadata"]["name"]): str(size) for c in (sts.get("spec") or {}).get("volumeClaimTemplates") or []
+            if (size := ((c.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage"))}
+
+
+async def grow_claims(ctx: Pass, names: Names, sizes: dict[str, str]) -> list[str]:
+    """Raise every existing PVC of the server's templates to at least ``sizes`` (template -> size); returns the
+    refusals. A StatefulSet created over kept claims (a server deleted and declared again larger, or one
+    re-created around its pods) never resizes them itself: its larger templates only shape new claims."""
+    selector = names.selector_string()
+    claims = await ctx.gw.list(PVCS, names.namespace, label_selector=selector)
+    errors = []
+    for pvc in sorted(claims, key=lambda c: str(c["metadata"]["name"])):
+        pvc_name = str(pvc["metadata"]["name"])
+        template = next((t for t in sizes if pvc_name.startswith(f"{t}-{names.statefulset}-")), None)
+        if template is None:
+            continue
+        current = ((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+        if current is not None and parse_quantity(current) >= parse_quantity(sizes[template]):
+            continue
+        try:
+            await ctx.gw.merge_patch(PVCS, pvc_name, {"spec": {"resources": {"requests": {
+                "storage": sizes[template]}}}}, names.namespace)
+        except (ApiError, NotFound) as exc:
+            errors.append(f"spec.storage: PVC {pvc_name} refused {sizes[template]}: {exc}")
+            continue
+        log.info("PVC request raised", extra=fields(namespace=names.namespace, name=names.server, pvc=pvc_name,
+                                                   size=sizes[template]))
+    return errors

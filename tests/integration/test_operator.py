@@ -503,6 +503,14 @@ def test_a_larger_volume_grows_its_pvcs_without_restarting_the_pod(testbed: Any,
             "requests"]["storage"] == "3Gi"
         apply_server(testbed, namespace, storage={**storage, "contentSize": "3Gi"})
         wait_ready(testbed, namespace)
+
+        # Deleted (its PVCs kept) and declared again, larger: the new StatefulSet's templates never resize the
+        # claims it binds, so the operator grows them before it creates it.
+        testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--timeout=90s")
+        apply_server(testbed, namespace, storage={**storage, "contentSize": "4Gi"})
+        eventually(lambda: kubectl_json(testbed, "get", "pvc", "content-demo-0", "-n", namespace)["status"].get(
+            "capacity", {}).get("storage") == "4Gi", timeout=60, what="the kept content-demo-0 grown to 4Gi")
+        wait_ready(testbed, namespace)
     finally:
         testbed.kubectl("delete", "storageclass", sc, "--ignore-not-found", check=False)
 

@@ -384,3 +384,30 @@ def test_a_release_refused_by_the_api_says_why_and_is_retried_less_and_less_ofte
     eventually(lambda: absent(testbed, "dittoserver", "demo", namespace),
                timeout=75, what="released once the policy is gone, then deleted")
     assert cluster(testbed, namespace)["metadata"]["annotations"]["dittofs.io/released-from"] == "demo"
+
+
+def test_turning_percona_on_under_a_running_server_keeps_its_config_until_the_database_is_ready(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """The kubelet updates a mounted ConfigMap in a running pod: updated while the StatefulSet waits for the
+    database, a pod restarting meanwhile would start DittoFS on Postgres without the variables that reach it
+    (`postgres host is required`), and crash-loop."""
+    install_crd(testbed)
+    apply_server(testbed, namespace)
+    wait_ready(testbed, namespace)
+
+    def config() -> str:
+        return str(kubectl_json(testbed, "get", "configmap", "demo-config", "-n", namespace)["data"]["config.yaml"])
+
+    before = config()
+    template = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"]
+    assert "sqlite" in before
+    apply_server(testbed, namespace, percona=percona_spec())
+    eventually(lambda: (c := condition(server(testbed, namespace), "DatabaseReady")) and c["reason"] ==
+               "PerconaNotReady", what="waiting for the database")
+    time.sleep(6)  # a drift pass (every 5 s here) too
+    assert config() == before
+    assert kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"] == template
+    play_percona_ready(testbed, namespace)
+    eventually(lambda: "postgres" in config() and "sqlite" not in config(), what="the config moved to Postgres")
+    wait_ready(testbed, namespace)
+    assert kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"] != template

@@ -52,6 +52,14 @@ def test_rolling_update_is_progressing_and_not_ready() -> None:
     assert conds["Ready"] == (False, "ConditionsNotMet")
 
 
+def test_a_statefulset_being_re_created_to_grow_its_volumes_is_not_ready() -> None:
+    """The object about to be orphan-deleted still reads rolled out; Ready at the new generation would say the
+    larger volumes are there."""
+    conds = by_type(Observation(generation=4, desired_replicas=1, statefulset=sts(), recreating=True))
+    assert conds["Progressing"] == (True, "StatefulSetUpdating")
+    assert conds["Ready"] == (False, "ConditionsNotMet")
+
+
 def test_stopped() -> None:
     obs = Observation(generation=1, desired_replicas=0, statefulset=sts(replicas=0, ready=0, updated=0))
     status = build_status(obs, None)
