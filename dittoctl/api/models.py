@@ -53,7 +53,8 @@ def _check_quantity(value: str) -> str:
 def _is_cron(value: str) -> bool:
     # croniter's check costs ~0.1 ms and every parse checks two schedules (defaults included): memoize it,
     # or it dominates the webhook's latency.
-    return len(value.split()) == 5 and bool(croniter.is_valid(value))
+    # L, W and # are croniter's extensions: the Kubernetes CronJob parser Percona's schedules go through has none.
+    return len(value.split()) == 5 and not re.search(r"[LW#]", value) and bool(croniter.is_valid(value))
 
 
 def _check_cron(value: str) -> str:
@@ -295,7 +296,7 @@ class S3Spec(ApiModel):
     """Credentials Secret."""
     region: str = "eu-west-1"
     """Region."""
-    bucket: str | None = None
+    bucket: str | None = Field(None, min_length=3, max_length=63)
     """Default bucket of the remote stores; immutable for those that use it."""
 
 

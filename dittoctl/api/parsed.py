@@ -82,7 +82,7 @@ def parse_spec(raw: Any) -> ParsedSpec:
     its parent object with it, a failing list element the whole list. A few rounds reach a valid spec.
     """
     try:
-        return ParsedSpec(DittoServerSpec.model_validate(raw))
+        return ParsedSpec(DittoServerSpec.model_validate(raw, by_name=False))
     except ValidationError as exc:
         errors = tuple(exc.errors(include_url=False))
     except RecursionError:
@@ -114,7 +114,7 @@ def parse_spec(raw: Any) -> ParsedSpec:
                 data.pop(target[0], None)
             broken.add(target)
         try:
-            return ParsedSpec(DittoServerSpec.model_validate(data), errors, frozenset(broken))
+            return ParsedSpec(DittoServerSpec.model_validate(data, by_name=False), errors, frozenset(broken))
         except ValidationError as exc:
             pending = tuple(exc.errors(include_url=False))
         except (TypeError, ValueError, RecursionError):

@@ -27,6 +27,7 @@ from pydantic_core import ErrorDetails
 from dittoctl.api.facts import ClusterFacts, percona_not_served
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import BOOTSTRAP_ADMIN
+from dittoctl.api.kubeschema import PASS_THROUGH, key_path, kube_errors
 from dittoctl.api.models import (
     API_VERSION,
     BLOCK_ROOT,
@@ -52,6 +53,8 @@ from dittoctl.api.secrets import TLS_CERT_KEY, TLS_KEY_KEY, bounded_values, moun
 
 log = logging.getLogger("dittofs.rules")
 MAX_WARNING = 120
+# Pass-through fields _kube_object checks itself (quantities are an integer or a string; sysctls with an example).
+_OWN_CHECKS = {("resources", "requests"), ("resources", "limits"), ("podSecurityContext", "sysctls")}
 MAX_ERRORS = 50  # schema errors described one by one; the rest are counted
 # Services are DNS-1035 labels named <name>-headless (+9), and the StatefulSet's controller-revision-hash
 # label "<name>-<10-char hash>" must fit in 63 characters: 52 is the binding limit.
@@ -778,6 +781,17 @@ class _Check:
         for field_name, value in (("resources", spec.resources), ("podSecurityContext", spec.pod_security_context)):
             if parsed.usable(field_name):
                 self._kube_object(field_name, value)
+        passed: dict[str, Any] = {
+            "resources": spec.resources, "securityContext": spec.security_context,
+            "podSecurityContext": spec.pod_security_context, "affinity": spec.affinity,
+            "tolerations": spec.tolerations, "topologySpreadConstraints": spec.topology_spread_constraints}
+        for field_name, value in passed.items():
+            if value and parsed.usable(field_name):
+                if isinstance(value, Mapping):  # checked above, with the fix in their words
+                    value = {k: v for k, v in value.items() if (field_name, k) not in _OWN_CHECKS}
+                for problem in kube_errors(value, PASS_THROUGH[field_name], f"spec.{field_name}"):
+                    where, _, what = problem.partition(": ")
+                    self.error(where, what)
 
     def _label_key(self, path: str, key: str) -> None:
         prefix, _, name = key.rpartition("/")
@@ -821,6 +835,8 @@ class _Check:
             self._percona_update(old.spec, spec)
         if parsed.usable("stores", "shares") and old.usable("stores", "shares"):
             self._immutable_file_service(old.spec, spec)
+            if parsed.usable("s3") and old.usable("s3"):
+                self._implied_changes(old.spec, spec)
         backend = ("database.type", "database.postgresSecretRef", "percona.enabled")
         if parsed.usable(*backend) and old.usable(*backend):
             before, after = _backend(old.spec), _backend(spec)
@@ -854,6 +870,21 @@ class _Check:
         elif after.postgres_version < before.postgres_version:
             self.error(f"{base}.postgresVersion", f"cannot go back from {before.postgres_version} to "
                        f"{after.postgres_version}: PostgreSQL's data files do not downgrade; revert the change")
+
+    def _implied_changes(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
+        """Changes no field of the edit names: a default the edit replaced without saying so."""
+        if old.shares is None and new.shares is not None:
+            implicit = old.effective_shares[0]
+            for i, share in enumerate(new.shares):
+                if share.name == implicit.name and share.default_permission != implicit.default_permission:
+                    self.warn(f"spec.shares[{i}].defaultPermission", f"{share.default_permission!r} for clients "
+                              f"without a grant (implicit, {implicit.name} was {implicit.default_permission})")
+        before = {r.name: r.effective_region(old.s3) for r in old.stores.remote}
+        for i, store in enumerate(new.stores.remote):
+            region = store.effective_region(new.s3)
+            if before.get(store.name, region) != region:
+                self.warn(f"spec.stores.remote[{i}].region", f"now {region!r} (was {before[store.name]!r}); set "
+                          "it on the store to keep it")
 
     def _immutable_file_service(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A store's type and path and a share's stores cannot change in DittoFS (SPEC §13.2)."""
@@ -996,13 +1027,7 @@ def _status(raw: Any) -> DittoServerStatus | None:
 def _path(loc: tuple[int | str, ...]) -> str:
     out = "spec"
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
-            out += f".{part}"
-        else:  # a map key or an odd field name; ": " would blur where the path ends
-            key = json.dumps(str(part))[1:-1]  # escapes control characters
-            out += f"[{(key if len(key) <= 40 else key[:37] + '...').replace(': ', ':')}]"
+        out = f"{out}[{part}]" if isinstance(part, int) else key_path(out, str(part))
     return out
 
 

@@ -25,7 +25,7 @@ from dittoctl.api.naming import (
     owned_by,
     released_to,
 )
-from dittoctl.kube.gateway import ApiError, Conflict, NotFound
+from dittoctl.kube.gateway import FIELD_MANAGER, ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
 from reconciler.context import Pass
@@ -163,6 +163,21 @@ def _moved_database(cluster: Mapping[str, Any], database: str) -> str | None:
     return None
 
 
+def _lowered(cluster: Mapping[str, Any], manifest: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(live, declared) PostgreSQL majors when the declared one is lower; None otherwise."""
+    before = (cluster.get("spec") or {}).get("postgresVersion")
+    after = (manifest.get("spec") or {}).get("postgresVersion")
+    return (before, after) if isinstance(before, int) and isinstance(after, int) and after < before else None
+
+
+def _applies_version(cluster: Mapping[str, Any]) -> bool:
+    """Whether the operator's apply owns spec.postgresVersion (from a full read: the cache keeps no
+    managedFields). One a user or Percona took over (an upgrade) conflicts, and is kept at its live value."""
+    return any(entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply"
+               and "f:postgresVersion" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+               for entry in (cluster.get("metadata") or {}).get("managedFields") or [])
+
+
 def _had_database(ctx: Pass, names: Names) -> bool:
     """The server ran on this cluster: its StatefulSet reads Percona's user Secret, or its status still names
     the cluster (status alone is not enough: a pass that saw no cluster of ours, e.g. while the CRD was away,
@@ -231,6 +246,14 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
             f"spec.percona.databaseName is {spec.percona.database_name!r}, but PerconaPGCluster "
             f"{names.percona_cluster} holds this server's data in {moved!r}: DittoFS would start on a new, empty "
             f"database; set databaseName back to {moved!r}")), names.percona_cluster, gate_open=False)
+    lowered = _lowered(live, manifest) if live is not None else None
+    # The webhook refuses a downgrade on update, but not while it was off: PostgreSQL's data files do not go back.
+    if lowered is not None and _applies_version(await ctx.gw.get(PERCONAPGCLUSTERS, names.percona_cluster,
+                                                                 ctx.namespace)):
+        return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.INVALID_SPEC, (
+            f"spec.percona.postgresVersion is {lowered[1]}, but PerconaPGCluster {names.percona_cluster} runs "
+            f"PostgreSQL {lowered[0]}, whose data files do not downgrade: set {lowered[0]}")),
+            names.percona_cluster, gate_open=False)
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
     kept = ctx.memory.percona_kept

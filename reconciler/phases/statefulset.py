@@ -88,10 +88,11 @@ def storage_drift(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]
         if name not in before or name not in after or before[name] == after[name]:
             continue
         (old_size, old_class), (new_size, new_class) = before[name], after[name]
-        if new_class is not None and old_class != new_class:
+        if old_class != new_class and (new_class is not None or old_class is not None):
             # The webhook's words; once for all three volumes.
             error = (f"spec.storage.storageClassName: immutable: the PVCs keep their class (was "
-                     f"{repr(old_class) if old_class else 'unset (the cluster default)'}, now {new_class!r}); "
+                     f"{repr(old_class) if old_class else 'unset (the cluster default)'}, now "
+                     f"{repr(new_class) if new_class else 'unset'}); "
                      "create a new DittoServer and migrate the data, or revert the change")
             if error not in drift.errors:
                 drift.errors.append(error)

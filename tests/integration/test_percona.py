@@ -411,3 +411,26 @@ def test_turning_percona_on_under_a_running_server_keeps_its_config_until_the_da
     eventually(lambda: "postgres" in config() and "sqlite" not in config(), what="the config moved to Postgres")
     wait_ready(testbed, namespace)
     assert kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"] != template
+
+
+def test_a_lower_postgres_major_is_not_applied_when_the_webhook_was_off(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """PostgreSQL's data files do not downgrade: the webhook refuses the change on update, and the operator does
+    not apply it either when it was admitted without the webhook (the cluster would no longer start)."""
+    install_crd(testbed)
+    apply_server(testbed, namespace, percona=percona_spec(postgresVersion=17))
+    eventually(lambda: cluster(testbed, namespace)["spec"]["postgresVersion"] == 17, what="a PostgreSQL 17 cluster")
+    apply_server(testbed, namespace, percona=percona_spec(postgresVersion=16))
+
+    def refused() -> dict[str, Any] | None:
+        cond = condition(server(testbed, namespace), "DatabaseReady")
+        return cond if cond and cond["reason"] == "InvalidSpec" else None
+
+    assert eventually(refused, what="DatabaseReady=False/InvalidSpec")["message"] == (
+        "spec.percona.postgresVersion is 16, but PerconaPGCluster demo-postgres runs PostgreSQL 17, whose data files "
+        "do not downgrade: set 17")
+    time.sleep(6)  # a drift pass (every 5 s here) too
+    assert cluster(testbed, namespace)["spec"]["postgresVersion"] == 17
+    apply_server(testbed, namespace, percona=percona_spec(postgresVersion=17))
+    eventually(lambda: (c := condition(server(testbed, namespace), "DatabaseReady")) and c["reason"] != "InvalidSpec",
+               what="the refusal gone once set back")

@@ -39,7 +39,7 @@ CASES: dict[str, dict[str, Any]] = {
     "minimal": {},
     "full": {
         "replicas": 1, "metrics": {"enabled": True}, "adapters": {"smb": {"enabled": True}},
-        "s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "b"},
+        "s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "bkt"},
         "database": {"postgresSecretRef": {"name": "pg"}},
         "service": {"type": "LoadBalancer", "annotations": {"a": "b"}, "loadBalancerSourceRanges": ["10.0.0.0/8"]},
         "resources": {"requests": {"cpu": "100m"}}, "podLabels": {"team": "x"},

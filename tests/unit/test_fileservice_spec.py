@@ -224,7 +224,7 @@ def test_a_refused_re_creation_of_our_badger_store_says_to_restart_the_pod() -> 
 
 
 def test_a_remote_store_on_the_default_credentials_takes_their_endpoint_unless_it_declares_one() -> None:
-    s = spec(s3={"credentialsSecretRef": {"secretName": "s3-creds", "endpointKey": "url"}, "bucket": "b"},
+    s = spec(s3={"credentialsSecretRef": {"secretName": "s3-creds", "endpointKey": "url"}, "bucket": "bkt"},
              stores={"remote": [{"name": "a"}, {"name": "b", "endpoint": "https://s3.example"},
                                 {"name": "c", "credentialsSecretRef": {"name": "own"}}]})
     fs, missing = declared(s, lambda secret, key: f"{secret}/{key}", "k")

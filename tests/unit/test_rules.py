@@ -76,7 +76,7 @@ def test_full_valid_spec_is_allowed() -> None:
     spec = {
         "storage": {"contentSize": "10Gi", "controlPlaneSize": "2Gi", "storageClassName": "fast"},
         "database": {"type": "postgres", "postgresSecretRef": {"name": "pg"}},
-        "s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "b"},
+        "s3": {"credentialsSecretRef": {"secretName": "s3"}, "bucket": "bkt"},
         "adapters": {"smb": {"enabled": True, "port": 1445}},
         "metrics": {"enabled": True},
         "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"}},
@@ -96,6 +96,15 @@ def test_full_valid_spec_is_allowed() -> None:
     ({"adapters": {"nfs": {"port": "x"}}}, "spec.adapters.nfs.port", "integer"),
     ({"percona": {"backup": {"fullSchedule": "every day"}}}, "spec.percona.backup.fullSchedule", "cron"),
     ({"percona": {"backup": {"incrSchedule": "x"}}}, "spec.percona.backup.incrSchedule", "cron"),
+    # croniter's L, W and #: Kubernetes' cron parser has none, so Percona's backups would never run.
+    ({"percona": {"backup": {"fullSchedule": "0 2 L * *"}}}, "spec.percona.backup.fullSchedule", "cron"),
+    ({"percona": {"backup": {"fullSchedule": "0 2 * * 5#3"}}}, "spec.percona.backup.fullSchedule", "cron"),
+    ({"percona": {"backup": {"fullSchedule": "0 2 15W * *"}}}, "spec.percona.backup.fullSchedule", "cron"),
+    # The bucket remote stores inherit: as bounded as one they name (an empty one was sent to DittoFS).
+    ({"s3": {"bucket": ""}}, "spec.s3.bucket", "at least 3 characters"),
+    # populate_by_name read the models' Python names: the CRD has none of them (the apiserver prunes them).
+    ({"storage": {"metadataSize": "1Gi", "storage_class_name": "fast"}}, "spec.storage.storage_class_name",
+     "unknown field"),
     ({"percona": {"databaseName": "Ditto-FS"}}, "spec.percona.databaseName", "identifier"),
     ({"identity": {"jwt": {"accessTokenDuration": "15 minutes"}}}, "spec.identity.jwt.accessTokenDuration",
      "duration"),
@@ -1147,3 +1156,53 @@ def test_usable_answers_as_a_scan_of_every_broken_path_would(broken: frozenset[t
     scanned = not any(loc[:min(len(loc), len(want))] == want[:min(len(loc), len(want))] for loc in broken)
     spec = DittoServerSpec.model_validate({"storage": {"metadataSize": "1Gi"}})
     assert ParsedSpec(spec=spec, broken=broken).usable(path) == scanned
+
+
+def test_an_update_that_replaces_a_default_without_naming_it_is_warned() -> None:
+    """Declaring the implicit /export share (to give it a quota) turned its read-write for every client into the
+    list item's default, none; adding spec.s3 moved the region of stores that named none."""
+    declared = check({"shares": [{"name": "/export", "quota": "10Gi"}]}, old={})
+    assert declared.allowed and paths(declared.warnings) == ["spec.shares[0].defaultPermission"], declared.warnings
+    assert declared.warnings[0] == ("spec.shares[0].defaultPermission: 'none' for clients without a grant "
+                                    "(implicit, /export was read-write)")
+    same = check({"shares": [{"name": "/export", "defaultPermission": "read-write"}]}, old={})
+    assert same.allowed and same.warnings == []
+    remote = {"stores": {"remote": [{"name": "s3", "bucket": "bkt", "credentialsSecretRef": {"name": "k"}}]}}
+    moved = check(merge(remote, {"s3": {"credentialsSecretRef": {"secretName": "k"}}}), old=remote)
+    assert moved.allowed and paths(moved.warnings)[0] == "spec.stores.remote[0].region", moved.warnings
+    assert moved.warnings[0] == ("spec.stores.remote[0].region: now 'eu-west-1' (was 'us-east-1'); set it on the "
+                                 "store to keep it")
+
+
+@pytest.mark.parametrize(("spec", "path", "fragment"), [
+    ({"affinity": {"nodeAfinity": {}}}, "spec.affinity.nodeAfinity", "unknown field of a Kubernetes Affinity"),
+    ({"tolerations": [{"key": "k", "tolerationSeconds": "300"}]}, "spec.tolerations[0].tolerationSeconds",
+     "must be an integer (got a string \"300\")"),
+    ({"securityContext": {"capabilities": "NET_ADMIN"}}, "spec.securityContext.capabilities", "must be an object"),
+    ({"topologySpreadConstraints": [{"maxSkew": "1", "topologyKey": "k", "whenUnsatisfiable": "DoNotSchedule"}]},
+     "spec.topologySpreadConstraints[0].maxSkew", "must be an integer"),
+    ({"resources": {"request": {"cpu": "1"}}}, "spec.resources.request", "unknown field"),
+    ({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "podAffinityTerm": {"topologyKey": "k", "labelSelector": {"matchLabels": {"a": 1}}}}]}}},
+     "spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm."
+     "labelSelector.matchLabels[a]", "must be a string"),
+])
+def test_pass_through_pod_fields_are_checked_against_kubernetes_own_types(spec: dict[str, Any], path: str,
+                                                                           fragment: str) -> None:
+    """The CRD keeps them free-form: stored with a typo or a string for an integer, the StatefulSet's apply failed
+    on every pass and the server stopped converging."""
+    verdict = check(spec)
+    matching = [e for e in verdict.messages if e.startswith(path + ": ")]
+    assert not verdict.allowed and matching, verdict.messages
+    assert fragment in matching[0]
+
+
+def test_valid_pass_through_pod_fields_are_allowed() -> None:
+    assert check({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": {"app": "x"}}}}]}},
+                  "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}],
+                  "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                                                 "whenUnsatisfiable": "ScheduleAnyway"}],
+                  "securityContext": {"capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True},
+                  "resources": {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}).allowed

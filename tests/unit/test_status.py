@@ -239,6 +239,10 @@ def test_storage_drift_grows_volumes_and_refuses_shrinking_and_class_changes() -
     assert storage_drift(three(None), three("fast")).errors == [
         "spec.storage.storageClassName: immutable: the PVCs keep their class (was unset (the cluster default), "
         "now 'fast'); create a new DittoServer and migrate the data, or revert the change"]
+    # Removed from the spec (the webhook refuses it too): the apply would be refused on every pass, unexplained.
+    assert storage_drift(three("fast"), three(None)).errors == [
+        "spec.storage.storageClassName: immutable: the PVCs keep their class (was 'fast', now unset); create a new "
+        "DittoServer and migrate the data, or revert the change"]
 
 
 def test_scaling_to_zero_is_pending_until_drained() -> None:
