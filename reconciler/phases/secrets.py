@@ -49,21 +49,31 @@ async def ensure_generated(ctx: Pass, server: DittoServer, names: Names) -> None
         wanted.append((names.jwt_secret, lambda: jwt_secret(names, new_jwt_value())))
     if identity.admin.password_secret_ref is None:
         wanted.append((names.admin_secret, lambda: admin_secret(names, identity.admin.username, new_password())))
-    await together(*(_generate(ctx, names.namespace, name, build) for name, build in wanted))
+    created = await together(*(_generate(ctx, names.namespace, name, build) for name, build in wanted))
+    if names.admin_secret in [name for (name, _), made in zip(wanted, created, strict=True) if made] and \
+            not ctx.fresh and await _booted_before(ctx, server, names):
+        # Deleted under a server that has booted: the pod needs the Secret to start, but DittoFS set its admin
+        # password at first boot and ignores this one. Said, so nobody trusts it to log in.
+        await ctx.post("Warning", EventReason.MISSING_SECRET, f"Secret {names.admin_secret} was deleted and is "
+                       "generated again so the pod can start, but DittoFS keeps the admin password it first booted "
+                       "with: the new one does not log in as admin")
 
 
-async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], dict[str, Any]]) -> None:
+async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], dict[str, Any]]) -> bool:
+    """True when this pass created the Secret."""
     known = (namespace, name) in ctx.cache.secrets
     # A fresh server's Secrets are created blind (a 409 says they exist): no GET per new server.
     if (known or not ctx.fresh) and await _digest(ctx, name) is not None:
-        return
+        return False
     try:
         await _read(ctx, name, ctx.gw.create(SECRETS, build(), namespace))
         log.info("generated Secret", extra=fields(namespace=namespace, name=name))
+        return True
     except Conflict:
         # Kept from an earlier server of that name (they outlive it), or made by a killed run: keep it.
         ctx.memory.predecessor = True
         await _read(ctx, name, ctx.gw.get(SECRETS, name, namespace))
+        return False
 
 
 async def refused_values(ctx: Pass, server: DittoServer, names: Names, digests: SecretDigests, *,

@@ -340,6 +340,22 @@ def test_a_sqlite_path_off_its_volume_stays_refused_when_admitted_without_the_we
     wait_ready(testbed, namespace)
 
 
+def test_a_deleted_admin_secret_is_generated_again_and_said_not_to_log_in(testbed: Any, operator: OperatorProcess,
+                                                                          namespace: str) -> None:
+    """The pod needs the Secret to start, so it comes back; DittoFS set its admin password at first boot and
+    ignores the new one, which the event says, so nobody trusts it."""
+    apply_server(testbed, namespace)
+    wait_ready(testbed, namespace)
+    before = kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    testbed.kubectl("delete", "secret", "demo-admin-bootstrap-credentials", "-n", namespace)
+    again = eventually(lambda: kubectl_json(testbed, "get", "secret", "demo-admin-bootstrap-credentials", "-n",
+                                            namespace), what="the admin Secret generated again")
+    assert again["metadata"]["uid"] != before["metadata"]["uid"]
+    warned = eventually(lambda: [e for e in events(testbed, namespace, "MissingSecret")
+                                 if "does not log in as admin" in e["message"]], what="the MissingSecret warning")
+    assert warned[0]["type"] == "Warning"
+
+
 def test_paused_server_is_left_alone(testbed: Any, operator: OperatorProcess, namespace: str) -> None:
     apply_server(testbed, namespace)
     wait_ready(testbed, namespace)
