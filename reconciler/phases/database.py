@@ -171,11 +171,13 @@ def _lowered(cluster: Mapping[str, Any], manifest: Mapping[str, Any]) -> tuple[i
 
 
 def _applies_version(cluster: Mapping[str, Any]) -> bool:
-    """Whether the operator's apply owns spec.postgresVersion (from a full read: the cache keeps no
-    managedFields). One a user or Percona took over (an upgrade) conflicts, and is kept at its live value."""
-    return any(entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply"
-               and "f:postgresVersion" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
-               for entry in (cluster.get("metadata") or {}).get("managedFields") or [])
+    """Whether spec.postgresVersion is the operator's apply's alone (from a full read: the cache keeps no
+    managedFields), so its live value came from the spec. One a user or Percona also set (an upgrade; the
+    operator then co-owns it by applying the live value back, as it keeps every such edit) is theirs to keep."""
+    owners = [entry for entry in (cluster.get("metadata") or {}).get("managedFields") or []
+              if "f:postgresVersion" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})]
+    return bool(owners) and all(entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply"
+                                for entry in owners)
 
 
 def _had_database(ctx: Pass, names: Names) -> bool:

@@ -76,3 +76,22 @@ def test_a_cluster_is_ready_only_at_its_current_generation() -> None:
     assert cluster_ready(cluster("initializing")) == (False, "initializing")
     assert cluster_ready(cluster("ready", observed=None)) == (True, "ready")  # an operator without the field
     assert cluster_ready({"metadata": {}}) == (False, "unknown")
+
+
+def test_a_lower_postgres_major_is_refused_only_when_the_operator_alone_set_the_live_one() -> None:
+    """Admitted without the webhook, a lower major applied would leave data files PostgreSQL cannot read. One a user
+    or Percona set (an upgrade) is theirs: the operator co-owns it only by applying the kept live value back."""
+    from reconciler.phases.database import _applies_version, _lowered
+
+    def live(*owners: tuple[str, str]) -> dict[str, Any]:
+        return {"metadata": {"name": "demo-postgres", "managedFields": [
+            {"manager": m, "operation": op, "fieldsV1": {"f:spec": {"f:postgresVersion": {}, "f:image": {}}}}
+            for m, op in owners]}, "spec": {"postgresVersion": 17}}
+
+    assert _lowered(live(), {"spec": {"postgresVersion": 16}}) == (17, 16)
+    assert _lowered(live(), {"spec": {"postgresVersion": 17}}) is None
+    assert _lowered(live(), {"spec": {"postgresVersion": 18}}) is None
+    assert _applies_version(live(("dittofs-operator", "Apply")))
+    assert not _applies_version(live(("dittofs-operator", "Apply"), ("kubectl-patch", "Update")))
+    assert not _applies_version(live(("percona-postgresql-operator", "Update")))
+    assert not _applies_version(live())
