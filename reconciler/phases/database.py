@@ -217,6 +217,12 @@ def _not_served(requeue: float) -> DatabaseState:
                          None, gate_open=False, requeue=requeue)
 
 
+def _refused(names: Names, message: str) -> DatabaseState:
+    """A spec the live cluster cannot follow (admitted while the webhook was off): nothing is applied to it."""
+    return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.INVALID_SPEC, message),
+                         names.percona_cluster, gate_open=False)
+
+
 def _state(ready: bool, cluster: str, message: str) -> DatabaseState:
     if ready:
         return DatabaseState(Cond(ConditionType.DATABASE_READY, True, Reason.PERCONA_READY, message), cluster)
@@ -244,18 +250,16 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
         await _forget_consent(ctx)
     moved = _moved_database(live, spec.percona.database_name) if live is not None else None
     if moved is not None:
-        return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.INVALID_SPEC, (
-            f"spec.percona.databaseName is {spec.percona.database_name!r}, but PerconaPGCluster "
-            f"{names.percona_cluster} holds this server's data in {moved!r}: DittoFS would start on a new, empty "
-            f"database; set databaseName back to {moved!r}")), names.percona_cluster, gate_open=False)
+        return _refused(names, f"spec.percona.databaseName is {spec.percona.database_name!r}, but PerconaPGCluster "
+                        f"{names.percona_cluster} holds this server's data in {moved!r}: DittoFS would start on a "
+                        f"new, empty database; set databaseName back to {moved!r}")
     lowered = _lowered(live, manifest) if live is not None else None
     # The webhook refuses a downgrade on update, but not while it was off: PostgreSQL's data files do not go back.
     if lowered is not None and _applies_version(await ctx.gw.get(PERCONAPGCLUSTERS, names.percona_cluster,
                                                                  ctx.namespace)):
-        return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.INVALID_SPEC, (
-            f"spec.percona.postgresVersion is {lowered[1]}, but PerconaPGCluster {names.percona_cluster} runs "
-            f"PostgreSQL {lowered[0]}, whose data files do not downgrade: set {lowered[0]}")),
-            names.percona_cluster, gate_open=False)
+        return _refused(names, f"spec.percona.postgresVersion is {lowered[1]}, but PerconaPGCluster "
+                        f"{names.percona_cluster} runs PostgreSQL {lowered[0]}, whose data files do not downgrade: "
+                        f"set {lowered[0]}")
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
     kept = ctx.memory.percona_kept
