@@ -134,6 +134,9 @@ class Memory:
     """(secret, key) -> (digest, length) of each bounded user value last checked (never the value)."""
     release_attempts: int = 0
     """Failed attempts to release the PerconaPGCluster while deleting: the retry's growing delay."""
+    release_after: float = 0.0
+    """`time.monotonic()` before which no release is attempted again: passes woken by events in between (the
+    server's own status, the cluster's) must not turn the backoff back into a retry per event."""
     predecessor: bool = False
     """A Secret this server generates already existed: an earlier server of this name left it, and so likely
     its volumes too."""

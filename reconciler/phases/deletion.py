@@ -15,7 +15,7 @@ from dittoctl.api.kinds import DITTOSERVERS, STATEFULSETS
 from dittoctl.api.naming import FINALIZER, ORPHAN_FINALIZER, Names, owned_by
 from dittoctl.kube.gateway import Conflict, NotFound
 from dittoctl.kube.logs import fields
-from reconciler.context import Pass
+from reconciler.context import Memory, Pass
 from reconciler.phases.database import release_database
 from reconciler.status import deleting_status
 
@@ -31,6 +31,20 @@ async def _waiting(ctx: Pass, what: str) -> None:
 def _age(timestamp: str) -> float:
     deleted = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
     return time.time() - deleted
+
+
+def release_failed(memory: Memory, now: float) -> float:
+    """The database must be orphaned before anything else can go; what fails for long (a role without Percona's
+    patch, an admission policy) is asked again less and less often, up to RELEASE_RETRY_MAX."""
+    memory.release_attempts += 1
+    delay = min(POLL_SECONDS * 2.0 ** (memory.release_attempts - 1), RELEASE_RETRY_MAX)
+    memory.release_after = now + delay
+    return delay
+
+
+def release_backoff_left(memory: Memory, now: float) -> float | None:
+    """The rest of the wait after a refused release, for a pass that an event woke early (None: try now)."""
+    return memory.release_after - now if now < memory.release_after else None
 
 
 async def finalize(ctx: Pass) -> float | None:
@@ -49,15 +63,15 @@ async def finalize(ctx: Pass) -> float | None:
     # StatefulSet (always a controlled child) no longer names the server.
     orphaning = ORPHAN_FINALIZER in (meta.get("finalizers") or []) or (
         sts is not None and not owned_by(sts, str(meta.get("uid"))))
+    early = release_backoff_left(ctx.memory, time.monotonic())
+    if early is not None:
+        return early
     held = await release_database(ctx, orphaning=orphaning)
     if held is not None:
         cluster = Names(name, namespace, "").percona_cluster
         await _waiting(ctx, f"waiting to release PerconaPGCluster {cluster}: {held} (the finalizer stays until "
                             "the database is safe from garbage collection)")
-        # The database must be orphaned before anything else can go; what fails for long (a role without
-        # Percona's patch) is asked again less and less often, up to RELEASE_RETRY_MAX.
-        ctx.memory.release_attempts += 1
-        return min(POLL_SECONDS * 2.0 ** (ctx.memory.release_attempts - 1), RELEASE_RETRY_MAX)
+        return release_failed(ctx.memory, time.monotonic())
 
     if sts is not None and sts.get("spec", {}).get("replicas", 0) != 0 and not orphaning:
         await ctx.write(STATEFULSETS, name, ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}},

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
+from reconciler.context import Memory
 from reconciler.phases.database import cluster_ready
+from reconciler.phases.deletion import release_backoff_left, release_failed
 from reconciler.specs.percona import adopt_live_values, parse_field_path, percona_cluster
 
 
@@ -95,3 +99,18 @@ def test_a_lower_postgres_major_is_refused_only_when_the_operator_alone_set_the_
     assert not _applies_version(live(("dittofs-operator", "Apply"), ("kubectl-patch", "Update")))
     assert not _applies_version(live(("percona-postgresql-operator", "Update")))
     assert not _applies_version(live())
+
+
+def test_a_refused_release_is_asked_again_less_and_less_often_whatever_wakes_the_pass() -> None:
+    """Passes woken by events (the server's own status, the cluster's) between two attempts wait for the rest
+    of the delay: in CI, a retry per event made 6 PATCHes in 15 s where the backoff allowed 4."""
+    memory = Memory()
+    assert release_backoff_left(memory, 100.0) is None
+    delays = []
+    now = 100.0
+    for _ in range(7):
+        delays.append(release_failed(memory, now))
+        assert release_backoff_left(memory, now + 0.5) == pytest.approx(delays[-1] - 0.5)
+        now += delays[-1]
+        assert release_backoff_left(memory, now) is None
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
