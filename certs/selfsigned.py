@@ -373,7 +373,9 @@ class SelfSignedManager:
                                  "labels": {"app.kubernetes.io/managed-by": "dittofs-operator",
                                             "app.kubernetes.io/component": "webhook-certificate"},
                                  "ownerReferences": await anchor_owners(self.gateway, self.webhook_config_name)},
-                    "data": {k: v for k, v in encoded.items() if v is not None},
+                    # The apiserver refuses a kubernetes.io/tls Secret without these keys; empty until a leaf is
+                    # issued (after a deletion: once the bundle with the new CA is out), or it was never created.
+                    "data": {TLS_CERT: "", TLS_KEY: ""} | {k: v for k, v in encoded.items() if v is not None},
                 }
                 await self.gateway.create(SECRETS, body, self.namespace)
             else:

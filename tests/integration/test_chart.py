@@ -20,6 +20,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from certs.selfsigned import signed_by
 from tests.support.chart import RELEASE, SERVICE, Helm, adopt_crd, assert_uninstalled, uninstall
 from tests.support.kube import absent, apply_server, events, kubectl_json, server, wait_ready
 from tests.support.net import free_port
@@ -367,6 +368,21 @@ def test_chart_self_signed_mode_publishes_its_ca(testbed: Any, helm: Helm, relea
         operator.start()  # a restart reuses the stored CA (get by name), it does not create a new one
         assert kubectl_json(testbed, "get", "secret", f"{SERVICE}-tls", "-n", release_ns)["data"]["ca.crt"] \
             == secret["data"]["ca.crt"]
+
+        # The Secret deleted ("regenerate everything"): a new CA, trusted beside the old one until the leaf
+        # moves to it. Its first kubernetes.io/tls Secret held no tls.crt, which the apiserver refused for ever.
+        testbed.kubectl("delete", "secret", f"{SERVICE}-tls", "-n", release_ns)
+        operator.stop()
+        operator.start()
+        eventually(lambda: not absent(testbed, "secret", f"{SERVICE}-tls", release_ns),
+                   what="the Secret created again")
+        new_ca = base64.b64decode(kubectl_json(testbed, "get", "secret", f"{SERVICE}-tls", "-n", release_ns)[
+            "data"]["ca.crt"])
+        assert new_ca != ca.public_bytes(Encoding.PEM)
+        eventually(lambda: new_ca in bundle() and ca.public_bytes(Encoding.PEM) in bundle(), what="both CAs trusted")
+        eventually(lambda: signed_by((cert_dir / "tls.crt").read_bytes(), new_ca), timeout=30,
+                   what="the leaf moved to the new CA")
+        ca = x509.load_pem_x509_certificate(new_ca)
 
         # helm upgrade (three-way merge) keeps the caBundle the operator published.
         helm("upgrade", RELEASE, str(CHART), "-n", release_ns, "--reuse-values", "--set", "webhook.timeoutSeconds=5")

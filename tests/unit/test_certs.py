@@ -109,6 +109,8 @@ class FakeApi:
         key = self._key(kind, obj["metadata"]["name"], namespace)
         if key in self.objects:
             raise Conflict("already exists")
+        if obj.get("type") == "kubernetes.io/tls" and not {TLS_CERT, TLS_KEY} <= set(obj.get("data") or {}):
+            raise ApiError(422, "data[tls.crt]: Required value")  # the apiserver's ValidateSecret
         self.writes.append(f"create {kind.plural}")
         stored = copy.deepcopy(obj)
         stored["metadata"]["resourceVersion"] = str(next(self.versions))
