@@ -905,6 +905,7 @@ class _Check:
                         self.error(where, f"immutable: store {_q(store.name)} was {_shown_value(a)}, now "
                                    f"{_shown_value(b)}; {fix}")
                         break
+        self._renamed_badger_stores(old, new)
         remote = {r.name: r.location(old.s3) for r in old.stores.remote}
         for i, r in enumerate(new.stores.remote):
             if r.name not in remote:
@@ -932,6 +933,29 @@ class _Check:
                 if a != b:
                     self.error(f"spec.shares[{i}].{key}", f"immutable: share {_q(share.name)} used "
                                f"{_shown_value(a)}, now {_shown_value(b)}; declare a new share, or revert the change")
+
+    def _renamed_badger_stores(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
+        """A new badger store in or around the directory of one leaving the spec (a rename): DittoFS keeps the
+        old one's directory locked until it restarts, and reopens it at every start while it exists, so the new
+        store's creation, which comes before the old one's deletion, failed for ever."""
+        names = {m.name for m in new.stores.served("metadata")}
+        leaving = [(m.name, m.effective_path.rstrip("/") + "/") for m in old.stores.served("metadata")
+                   if m.name not in names and m.effective_path is not None]
+        kept = {m.name for m in old.stores.served("metadata")}
+        implicit = new.stores.metadata is None
+        for i, store in enumerate(new.stores.served("metadata")):
+            if store.name in kept or store.effective_path is None:
+                continue
+            here = store.effective_path.rstrip("/") + "/"
+            for name, there in leaving:
+                if here.startswith(there) or there.startswith(here):
+                    where = "spec.stores.metadata" if implicit else \
+                        f"spec.stores.metadata[{i}]" + (".path" if store.path else "")
+                    self.error(where, f"store {_q(store.name)} would open {store.effective_path}, in or around the "
+                               f"directory of store {_q(name)}, which leaves the spec: DittoFS keeps that locked "
+                               f"until the server restarts, and its files stay; keep the name {_q(name)}, or give "
+                               "the new store a path of its own")
+                    break
 
     def _immutable_storage(self, old_parse: ParsedSpec, new_parse: ParsedSpec) -> None:
         """The class is immutable; sizes may grow when the StorageClass allows expansion, never shrink."""

@@ -1206,3 +1206,22 @@ def test_valid_pass_through_pod_fields_are_allowed() -> None:
                                                  "whenUnsatisfiable": "ScheduleAnyway"}],
                   "securityContext": {"capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True},
                   "resources": {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}).allowed
+
+
+def test_a_badger_store_renamed_in_place_is_denied() -> None:
+    """A new store in the directory of one leaving the spec: DittoFS keeps the old badger directory locked
+    until it restarts and reopens it at every start, so the new store's creation failed for ever."""
+    old: dict[str, Any] = {"stores": {"metadata": [{"name": "meta1"}]},
+                           "shares": [{"name": "/a", "metadataStore": "meta1"}]}
+    renamed = {"stores": {"metadata": [{"name": "meta2", "path": "/data/store/metadata/meta1"}]},
+               "shares": [{"name": "/b", "metadataStore": "meta2"}]}
+    verdict = check(renamed, old=old)
+    assert paths(verdict.messages) == ["spec.stores.metadata[0].path"], verdict.messages
+    assert 'in or around the directory of store "meta1", which leaves the spec' in verdict.messages[0]
+    # The implicit default replaced by a store named like its directory.
+    badger = {"stores": {"metadata": [{"name": "badger"}]}, "shares": [{"name": "/b", "metadataStore": "badger"}]}
+    assert paths(check(badger, old={}).messages) == ["spec.stores.metadata[0]"]
+    # Kept, or beside it, or a memory store leaving: fine.
+    assert check({**renamed, "stores": {"metadata": [{"name": "meta1"}, {"name": "meta2"}]}}, old=old).allowed
+    assert check(merge(renamed, {"stores": {"metadata": [{"name": "meta2"}]}}), old=old).allowed
+    assert check(badger, old={"stores": {"metadata": [{"name": "default", "type": "memory"}]}}).allowed
