@@ -390,7 +390,9 @@ class DittoFsClient:
                     await self.request("GET", call.path)
                 await self.apply(call, secrets)
             except DittoFsError as exc:
-                raise PlanFailed(call, done, exc) from None
+                # A DELETE answered 404: gone already (deleted by hand since the pass read it), so done.
+                if not (isinstance(exc, DittoFsNotFound) and call.op is Op.DELETE):
+                    raise PlanFailed(call, done, exc) from None
             done.append(call)
             if call.kind is Kind.ADAPTER and call.op is Op.CREATE:
                 created.add(call.name)

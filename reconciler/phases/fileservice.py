@@ -228,14 +228,20 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     finally:
         mem.report()
     await _check_adapters(ctx, server, file_host, result, patient=mem.writes > 0)
+    return await _settle(ctx, mem, result)
+
+
+async def _settle(ctx: Pass, mem: FsMemory, result: Provisioned) -> Provisioned:
+    """A pass that reached DittoFS: a refused write or a problem only a human can solve (NotOwned, InUse,
+    HoldsSnapshots) backs off like an unreachable server; only success starts the backoff over."""
+    if result.condition is not None and not result.condition.status:
+        return await _failure(ctx, mem, result, result.condition.reason, result.condition.message)
     mem.failures = 0
-    if result.condition is not None and result.condition.status:
+    if result.condition is not None:
         if mem.last != "ok":
             await ctx.post("Normal", EventReason.PROVISIONED, result.condition.message)
         mem.last = "ok"
         mem.converged_generation = ctx.generation
-    elif result.condition is not None:
-        return await _failure(ctx, mem, result, result.condition.reason, result.condition.message)
     return result
 
 

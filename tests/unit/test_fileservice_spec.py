@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from dittoctl.api.conditions import ConditionType, Reason
 from dittoctl.api.fileservice import Grant, Kind, Observed, Op, Ref, StoreKind, plan
 from dittoctl.api.fileservice.types import Call
@@ -283,3 +285,56 @@ def test_a_create_that_may_have_happened_keeps_its_claim() -> None:
     assert not _maybe_created(PlanFailed(create, [], DittoFsRejected("400", method="POST", path=users, status=400)))
     assert not _maybe_created(PlanFailed(create, [], DittoFsRejected("port", method="POST", path=users)))
     assert not _maybe_created(PlanFailed(update, [], DittoFsUnreachable("timeout", method="PUT", path=users + "/bob")))
+
+
+class _Events:
+    """The little of a Pass that settling a provisioning outcome uses: where events go."""
+
+    namespace, name, generation = "ns", "demo", 3
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str]] = []
+
+    async def post(self, type_: str, reason: str, message: str) -> None:
+        self.posted.append((type_, reason))
+
+
+async def test_a_problem_reported_by_the_planner_backs_off_like_an_unreachable_server() -> None:
+    """NotOwned, InUse, HoldsSnapshots or a refused write: each pass was retried 5 s later, for ever (the
+    failure count was reset before the outcome was read), and every retry re-read all of DittoFS."""
+    from reconciler.phases.fileservice import FsMemory, Provisioned, _settle
+
+    events, mem = _Events(), FsMemory()
+    ctx: Any = events
+    requeues = []
+    for _ in range(4):
+        problem = Provisioned(condition=Cond(ConditionType.PROVISIONED, False, Reason.NOT_OWNED, "share /a: not ours"))
+        requeues.append((await _settle(ctx, mem, problem)).requeue)
+    assert requeues == [5, 10, 20, 40]
+    assert events.posted == [("Warning", "ProvisioningFailed")], "one event for one lasting problem"
+    done = await _settle(ctx, mem, Provisioned(condition=Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED)))
+    assert mem.failures == 0 and done.requeue is None and mem.converged_generation == 3
+    assert events.posted[-1] == ("Normal", "Provisioned")
+
+
+async def test_a_delete_answered_not_found_is_done_and_the_plan_goes_on() -> None:
+    """An object deleted by hand between the pass's read and its DELETE: a failed pass and a Warning
+    before, with every later call postponed. Any other call's 404 still fails the plan."""
+    from pydantic import SecretStr
+
+    from dittoctl.api.fileservice.planner import Plan
+    from dittoctl.kube.dittofs import DittoFsClient, DittoFsNotFound, PlanFailed
+
+    class Gone(DittoFsClient):
+        async def apply(self, call: Call, secrets: Any) -> None:
+            if call.name == "gone":
+                raise DittoFsNotFound("404", method=call.method, path=call.path, status=404)
+
+    client = Gone("http://127.0.0.1:1", "admin", SecretStr("x"))
+    drop = Call(Op.DELETE, Kind.USER, "gone", "DELETE", "/api/v1/users/gone")
+    make = Call(Op.CREATE, Kind.USER, "bob", "POST", "/api/v1/users")
+    assert await client.execute(Plan((drop, make), (), frozenset()), {}) == [drop, make]
+    update = Call(Op.UPDATE, Kind.USER, "gone", "PUT", "/api/v1/users/gone")
+    with pytest.raises(PlanFailed) as failed:
+        await client.execute(Plan((make, update), (), frozenset()), {})
+    assert failed.value.done == [make] and isinstance(failed.value.cause, DittoFsNotFound)
