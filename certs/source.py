@@ -150,7 +150,7 @@ class CertificateSource:
         self._context: ssl.SSLContext | None = None
         self._info: CertificateInfo | None = None
         self._seen: _Signature | None = None
-        self._loaded: bytes | None = None  # digest of the served pair's files as read
+        self._loaded: str | None = None  # sha256 of the served pair's files (``CertInfo.sha256``)
         self._polls = 0
         self._last_problem: str | None = None
         self._said_expired = False
@@ -233,7 +233,7 @@ class CertificateSource:
         try:
             # The periodic re-read finds the same bytes almost always: a digest, not two contexts and a handshake
             # (4-11 ms of the event loop the admissions share).
-            files = hashlib.sha256(self.cert_path.read_bytes() + b"\0" + self.key_path.read_bytes()).digest()
+            files = hashlib.sha256(self.cert_path.read_bytes() + b"\0" + self.key_path.read_bytes()).hexdigest()
         except OSError:
             files = None
         if files is not None and files == self._loaded:
@@ -245,6 +245,9 @@ class CertificateSource:
             self._problem(f"ignoring certificate files ({exc}); {what}")
             return False
         if self._info is not None and info.sha256 == self._info.sha256:
+            # What is served after all (the files changed between the two reads, and back): the next poll's
+            # digest matches, instead of a reload and a handshake every full check from now on.
+            self._loaded = info.sha256
             return False
         now = datetime.now(UTC)
         if info.not_after <= now and self._info is not None and self._info.not_after > now:
@@ -253,7 +256,7 @@ class CertificateSource:
                           f"certificate (valid until {self._info.not_after.isoformat()})")
             return False
         self._context, self._info, self._last_problem, self._said_expired = context, info, None, False
-        self._loaded = files
+        self._loaded = info.sha256  # the bytes loaded, not those of the read before
         log.info("webhook certificate loaded", extra=fields(
             subject=info.subject, serial=f"{info.serial:x}", not_after=info.not_after.isoformat()))
         self._say_if_expired()

@@ -46,6 +46,13 @@ def _port(raw: str) -> int:
     return port
 
 
+def _listen_host(raw: str) -> str:
+    """"" for every address, IPv6 and IPv4. "::" means that too (as for Go's listeners: Python's would take IPv6
+    alone), and an IPv6 address may be written in brackets."""
+    host = raw.strip().removeprefix("[").removesuffix("]")
+    return "" if host == "::" else host
+
+
 def _count(raw: str) -> int:
     if (count := int(raw)) < 1:
         raise ValueError(raw)
@@ -347,8 +354,8 @@ def parser() -> argparse.ArgumentParser:
            help="comma-separated; default all")
     switch("--no-webhook", "NO_WEBHOOK")
     switch("--no-reconciler", "NO_RECONCILER")
-    run.add_argument("--webhook-host", default=_env("WEBHOOK_HOST", ""),
-                     help="listen address; default every address, IPv6 and IPv4")
+    run.add_argument("--webhook-host", default=_env("WEBHOOK_HOST", ""), type=_listen_host,
+                     help="listen address; default (or ::) every address, IPv6 and IPv4")
     option("--webhook-port", "WEBHOOK_PORT", "9443", "a port (0-65535)", _port)
     run.add_argument("--cert-dir", default=_env("CERT_DIR", "/tmp/k8s-webhook-server/serving-certs"))  # noqa: S108
     option("--tls-mode", "TLS_MODE", "provided", f"one of {', '.join(TLS_MODES)}", _one_of(TLS_MODES),
@@ -356,8 +363,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-config-name", default=_env("WEBHOOK_CONFIG_NAME", "dittofs-operator"))
     run.add_argument("--service-name", default=_env("SERVICE_NAME", "dittofs-operator-webhook"))
     run.add_argument("--service-namespace", default=_env("NAMESPACE", "dittofs-system"))
-    run.add_argument("--health-host", default=_env("HEALTH_HOST", ""),
-                     help="listen address; default every address, IPv6 and IPv4")
+    run.add_argument("--health-host", default=_env("HEALTH_HOST", ""), type=_listen_host,
+                     help="listen address; default (or ::) every address, IPv6 and IPv4")
     option("--health-port", "HEALTH_PORT", "8081", "a port (0-65535)", _port)
     switch("--leader-election", "LEADER_ELECTION")
     run.add_argument("--lease-namespace", default=_env("NAMESPACE", "dittofs-system"))

@@ -135,6 +135,34 @@ def test_the_periodic_re_read_of_unchanged_files_builds_no_context(tmp_path: Pat
     assert source.reload() and len(loads) == 2
 
 
+def test_files_that_changed_again_between_two_reads_are_not_reloaded_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest recorded was that of the read before loading: a second swap in between left it naming bytes
+    never served, and every full check from then on built two contexts and a handshake."""
+    import certs.source as source_module
+
+    ca = new_ca()
+    first, second, third = leaf_for(ca), leaf_for(ca), leaf_for(ca)
+    install(tmp_path, first)
+    loads: list[Path] = []
+
+    def swapped_again(cert: Path, key: Path) -> tuple[ssl.SSLContext, source_module.CertificateInfo]:
+        loads.append(cert)
+        if len(loads) == 2:
+            install(tmp_path, third)  # the Secret's `..data` swapped again between the digest and the load
+        return load_pair(cert, key)
+
+    monkeypatch.setattr(source_module, "load_pair", swapped_again)
+    source = CertificateSource(tmp_path, full_check_every=1)
+    assert source.reload()
+    install(tmp_path, second)
+    assert source.reload() and len(loads) == 2
+    assert source.info is not None and serial(third.cert_pem) == source.info.serial
+    for _ in range(5):
+        assert not source.reload()
+    assert len(loads) == 2, "the bytes served: no further load"
+
+
 def test_half_written_or_mismatched_pair_is_ignored(tmp_path: Path) -> None:
     ca = new_ca()
     a, b = leaf_for(ca), leaf_for(ca)

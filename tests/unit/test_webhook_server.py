@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import ssl
+import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -214,6 +215,9 @@ async def test_an_object_nested_too_deep_is_denied_naming_the_field_not_a_500(
      "uid"),
     (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}}', "uid"),
     (json.dumps(review("not an object")).encode(), "request.object"),
+    # Any other operation was allowed unexamined: the webhook failed open on a malformed review.
+    (json.dumps(review(None, operation="create")).encode(), "request.operation must be CREATE, UPDATE"),
+    (json.dumps(review(None, operation=None)).encode(), "request.operation must be CREATE, UPDATE"),  # type: ignore[arg-type]
     (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
     (b"", "not valid JSON"),
 ])
@@ -298,17 +302,23 @@ async def test_large_bodies_arriving_at_once_are_bounded_in_bytes(tmp_path: Path
     """Slow 3 MiB bodies, each ~1.8x its size while it arrives: a few dozen passed the pod's memory limit before
     MAX_IN_FLIGHT stopped them. The declared bytes being received are bounded instead."""
     monkeypatch.setattr(server_module, "BODY_SECONDS", 2.0)
-    monkeypatch.setattr(server_module, "BODY_BUDGET", 2999)  # two bodies of 1000 bytes (_held), not three
+    monkeypatch.setattr(server_module, "BODY_BUDGET", 2000)  # two bodies of 1000 bytes (_held), not three
+    monkeypatch.setattr(server_module, "SMALL_BODY", 999)
     async with _serving(tmp_path) as (server, context):
         held = [await _held(server.port, context) for _ in range(2)]
         await asyncio.sleep(0.05)
         third = await _held(server.port, context)
         answer = await asyncio.wait_for(third[0].read(), 5)
         assert answer.startswith(b"HTTP/1.1 429 ") and b"too many large admission requests" in answer
+        assert b"\r\nRetry-After: 1\r\n" in answer, "client-go retries a 429 only when told when"
         third[1].close()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
             url = f"https://127.0.0.1:{server.port}{WEBHOOK_PATH}"
-            async with session.post(url, json=review(dittoserver())) as resp:  # small: it fits beside them
+            body = json.dumps(review(dittoserver())).encode()
+            assert len(body) <= 999
+            # A review of the apiserver's size is served while the budget is full: 8 connections declaring 3 MiB
+            # and sending one byte had every admission answered 429.
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
                 assert resp.status == 200
         for reader, writer in held:
             assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
@@ -452,15 +462,21 @@ async def test_denial_events_are_rate_limited() -> None:
     assert len(recorder.posted) == server_module.EVENT_BURST + 3
 
 
-async def test_by_default_the_webhook_answers_on_ipv6_and_ipv4(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", [None, "::", "[::]"])
+async def test_by_default_the_webhook_answers_on_ipv6_and_ipv4(tmp_path: Path, host: str | None) -> None:
     """The apiserver of an IPv6-only or IPv6-first cluster reaches the webhook Service's IPv6 address: on IPv4
-    alone, with failurePolicy Fail, every DittoServer create or update was refused."""
+    alone, with failurePolicy Fail, every DittoServer create or update was refused. "::" means every address too
+    (as in Go): it listened on IPv6 alone, and "[::]" did not resolve."""
     assert socket.has_dualstack_ipv6(), "this machine has no IPv6 loopback: the test cannot show anything"
+    if host is not None:  # the health listener's address is read the same way
+        assert parser().parse_args(["run", f"--health-host={host}"]).health_host == ""
     ca = new_ca()
     write_pair(tmp_path / "certs", ca)
     server = WebhookServer(AdmissionHandler(FakeFacts(), FakeRecorder()),
                            CertificateSource(tmp_path / "certs", interval=0.05), port=0,
-                           host=parser().parse_args(["run"]).webhook_host)  # the default the chart's pod runs with
+                           # None: the default the chart's pod runs with
+                           host=parser().parse_args(["run", *([] if host is None else [f"--webhook-host={host}"])
+                                                     ]).webhook_host)
     await server.start()
     try:
         for host in ("127.0.0.1", "::1"):
@@ -470,3 +486,39 @@ async def test_by_default_the_webhook_answers_on_ipv6_and_ipv4(tmp_path: Path) -
             await writer.wait_closed()
     finally:
         await server.stop()
+
+
+async def test_a_closed_connection_whose_client_never_answers_is_dropped_soon(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """After keep-alive closes an idle connection, the event loop waited 30 s for the client's close_notify:
+    each connection (with its 256 KiB TLS read buffer) was held three times as long as keep-alive says."""
+    monkeypatch.setattr(server_module, "KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr(server_module, "SHUTDOWN_SECONDS", 0.3)
+    async with _serving(tmp_path) as (server, context):
+        def silent_client() -> float:
+            """Handshakes and sends one request, then reads raw TCP: never answers the server's close_notify.
+            Returns the seconds from the server's close_notify to its FIN."""
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        raw.sendall(outgoing.read())
+                        incoming.write(raw.recv(65536))
+                raw.sendall(outgoing.read())
+                body = json.dumps(review(dittoserver())).encode()
+                tls.write(f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                raw.sendall(outgoing.read())
+                answered: float | None = None
+                while raw.recv(65536):
+                    answered = answered or time.monotonic()  # the answer, then close_notify at keep-alive's end
+                    last = time.monotonic()
+                assert answered is not None
+                return time.monotonic() - last
+
+        held = await asyncio.to_thread(silent_client)
+    assert held < 2.0, f"FIN {held:.1f} s after close_notify"
