@@ -388,6 +388,8 @@ class DittoFsClient:
                 if call.kind is Kind.ADAPTER_SETTINGS and call.name in created:
                     # DittoFS makes a new adapter's settings row on its first GET, not on the POST (v0.29.0).
                     await self.request("GET", call.path)
+                if call.kind is Kind.SHARE and call.op is Op.DELETE:
+                    await self._still_without_snapshots(call)
                 await self.apply(call, secrets)
             except DittoFsError as exc:
                 # A DELETE answered 404: gone already (deleted by hand since the pass read it), so done.
@@ -397,6 +399,14 @@ class DittoFsClient:
             if call.kind is Kind.ADAPTER and call.op is Op.CREATE:
                 created.add(call.name)
         return done
+
+    async def _still_without_snapshots(self, call: Call) -> None:
+        """DittoFS deletes a share's snapshots with it. The plan counted none when the pass began, but one taken
+        since (its schedule, a user's) would go too: counted again right before the DELETE."""
+        held = await self.request("GET", f"{call.path}/snapshots")
+        if held:
+            raise DittoFsConflict(f"{call}: the share now holds {len(held)} snapshot(s), which DittoFS would delete "
+                                  "with it; kept", method=call.method, path=call.path, status=409)
 
     async def apply(self, call: Call, secrets: Mapping[str, SecretStr]) -> None:
         body: dict[str, Any] | None = None if call.body is None else json.loads(json.dumps(call.body))

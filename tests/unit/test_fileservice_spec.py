@@ -338,3 +338,33 @@ async def test_a_delete_answered_not_found_is_done_and_the_plan_goes_on() -> Non
     with pytest.raises(PlanFailed) as failed:
         await client.execute(Plan((make, update), (), frozenset()), {})
     assert failed.value.done == [make] and isinstance(failed.value.cause, DittoFsNotFound)
+
+
+async def test_a_share_is_deleted_only_if_it_still_holds_no_snapshot_right_before() -> None:
+    """The plan counts a share's snapshots when the pass begins; one its schedule (or a user) took while the
+    pass's other calls ran was deleted with the share."""
+    from pydantic import SecretStr
+
+    from dittoctl.api.fileservice.planner import Plan
+    from dittoctl.kube.dittofs import DittoFsClient, DittoFsConflict, PlanFailed
+
+    class Server(DittoFsClient):
+        snapshots: list[dict[str, Any]] = []
+        deleted: list[str] = []
+
+        async def request(self, method: str, path: str, body: Any = None, secrets: Any = ()) -> Any:
+            assert (method, path) == ("GET", "/api/v1/shares/scratch/snapshots"), (method, path)
+            return self.snapshots
+
+        async def apply(self, call: Call, secrets: Any) -> None:
+            self.deleted.append(call.name)
+
+    client = Server("http://127.0.0.1:1", "admin", SecretStr("x"))
+    drop = Call(Op.DELETE, Kind.SHARE, "/scratch", "DELETE", "/api/v1/shares/scratch")
+    client.snapshots = [{"id": "s1"}]
+    with pytest.raises(PlanFailed) as failed:
+        await client.execute(Plan((drop,), (), frozenset()), {})
+    assert isinstance(failed.value.cause, DittoFsConflict) and "now holds 1 snapshot(s)" in str(failed.value)
+    assert client.deleted == []
+    client.snapshots = []
+    assert await client.execute(Plan((drop,), (), frozenset()), {}) == [drop] and client.deleted == ["/scratch"]
