@@ -358,9 +358,11 @@ async def _record(ctx: Pass, names: Names, refs: list[str]) -> None:
     except NotFound:
         pass  # no such volume: the status alone records ownership
     except (ApiError, Conflict) as exc:
-        # Never a reason to stop provisioning: only a re-created server would miss the record (NotOwned).
+        # Never a reason to stop provisioning: only a re-created server would miss the record (NotOwned). Not
+        # remembered as written either: the next pass tries again (it waited for the next change of refs).
         log.warning("ownership not recorded on the control-plane PVC", extra=fields(
             namespace=ctx.namespace, name=ctx.name, pvc=names.control_plane_claim, error=str(exc)[:300]))
+        return
     memory(ctx).recorded = refs
 
 

@@ -368,3 +368,35 @@ async def test_a_share_is_deleted_only_if_it_still_holds_no_snapshot_right_befor
     assert client.deleted == []
     client.snapshots = []
     assert await client.execute(Plan((drop,), (), frozenset()), {}) == [drop] and client.deleted == ["/scratch"]
+
+
+async def test_an_ownership_record_the_api_refused_is_written_again_by_the_next_pass() -> None:
+    """A refused patch of the control-plane PVC was remembered as written: nothing tried again until the set of
+    refs changed, and a server re-created meanwhile found its own objects NotOwned."""
+    from types import SimpleNamespace
+
+    from dittoctl.kube.gateway import ApiError
+    from reconciler.context import Memory
+    from reconciler.phases.fileservice import FsMemory, _record
+
+    class Api:
+        def __init__(self) -> None:
+            self.patches: list[dict[str, Any]] = []
+            self.refuse = True
+
+        async def merge_patch(self, kind: Any, name: str, patch: dict[str, Any], namespace: str) -> dict[str, Any]:
+            self.patches.append(patch)
+            if self.refuse:
+                raise ApiError(500, "etcdserver: request timed out")
+            return {}
+
+    api = Api()
+    ctx: Any = SimpleNamespace(gw=api, namespace="ns", name="demo", memory=Memory(fileservice=FsMemory(recorded=[])))
+    names = Names("demo", "ns", "")
+    await _record(ctx, names, ["share:/export"])
+    await _record(ctx, names, ["share:/export"])
+    assert len(api.patches) == 2, "tried again"
+    api.refuse = False
+    await _record(ctx, names, ["share:/export"])
+    await _record(ctx, names, ["share:/export"])
+    assert len(api.patches) == 3, "once written, remembered"
