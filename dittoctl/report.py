@@ -42,7 +42,7 @@ from dittoctl.api.kinds import (
     STATEFULSETS,
 )
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import Names
+from dittoctl.api.naming import Names, url_host
 from dittoctl.api.secrets import (
     ADMIN_PASSWORD_KEY,
     TLS_CA_KEY,
@@ -360,7 +360,7 @@ async def _dittofs_state(bundle: Bundle, names: Names, server: DittoServer, pods
     try:
         tls = _tls(server, names, secrets)
         scheme = "https" if tls is not None else "http"
-        await _dittofs(bundle, f"{scheme}://{host}:{server.spec.control_plane.port}", password, tls)
+        await _dittofs(bundle, f"{scheme}://{url_host(host)}:{server.spec.control_plane.port}", password, tls)
     except (TimeoutError, DittoFsError, OSError) as exc:  # ssl.SSLError is an OSError
         bundle.note("dittofs", f"DittoFS's own state at {host}", exc)
 

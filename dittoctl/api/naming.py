@@ -164,6 +164,11 @@ class Names:
         return f"{service}.{self.namespace}.svc"
 
 
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address (a pod's, on an IPv6 cluster) in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def released_to(obj: Mapping[str, Any], name: str) -> bool:
     """Whether `obj` (a Percona cluster) was kept by a deleted server named `name`, and is owned by none."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}

@@ -34,7 +34,7 @@ from dittoctl.api.fileservice import (
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import Call, IdentityProviderSpec, Scalar
 from dittoctl.api.models import DittoServerSpec
-from dittoctl.api.naming import OWNERSHIP_ANNOTATION, Names
+from dittoctl.api.naming import OWNERSHIP_ANNOTATION, Names, url_host
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
     LDAP_PASSWORD_SLOT,
@@ -209,7 +209,7 @@ def dittofs_address(spec: DittoServerSpec, names: Names, pod_ip: str | None) -> 
     pod (``--server-address pod``, ``pod_ip``), else the API and file Services' cluster DNS names."""
     host = pod_ip or names.host(names.api_service)
     scheme = "https" if spec.control_plane.tls is not None else "http"
-    return f"{scheme}://{host}:{spec.control_plane.port}", pod_ip or names.host(names.file_service)
+    return f"{scheme}://{url_host(host)}:{spec.control_plane.port}", pod_ip or names.host(names.file_service)
 
 
 def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUsage]) -> list[dict[str, Any]]:
@@ -226,7 +226,7 @@ def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUs
         if s.remote_block_store is not None and remote is not None:
             entry["remoteHealthy"] = remote
         for kind, adapter in enabled:
-            entry[kind] = f"{kind}://{host}:{adapter.port}{s.name}"
+            entry[kind] = f"{kind}://{url_host(host)}:{adapter.port}{s.name}"
         out.append(entry)
     return out
 

@@ -157,6 +157,7 @@ def test_share_status_gives_ready_to_paste_addresses() -> None:
         {"name": "/export", "readOnly": False, "usedBytes": 4096, "nfs": "nfs://10.88.0.5:12049/export",
          "smb": "smb://10.88.0.5:1445/export"}]
     assert share_status(s, "h", {}) == []
+    assert share_status(s, "fd00::5", {"/export": (None, None)})[0]["nfs"] == "nfs://[fd00::5]:12049/export"
     tiered = spec(stores={"remote": [{"name": "s3", "bucket": "bkt", "credentialsSecretRef": {"name": "c"}}]},
                   shares=[{"name": "/t", "remoteBlockStore": "s3"}, {"name": "/new"}])
     assert share_status(tiered, "h", {"/t": (0, False), "/new": (None, None)}) == [
@@ -181,6 +182,8 @@ def test_dittofs_is_dialled_at_its_services_unless_provisioning_by_pod() -> None
     assert dittofs_address(tls, NAMES, None) == ("https://demo-api.ns.svc:8443", "demo-file.ns.svc")
     # By IP too: the certificate still names the Service (TlsTarget.server_hostname).
     assert dittofs_address(tls, NAMES, "10.247.0.5")[0] == "https://10.247.0.5:8443"
+    # An IPv6 pod (an IPv6 cluster): a URL needs the brackets, a TCP connect the bare address.
+    assert dittofs_address(spec(), NAMES, "fd00:10:244::5") == ("http://[fd00:10:244::5]:8080", "fd00:10:244::5")
 
 
 def test_ready_requires_adapters_ready_when_it_is_reported() -> None:
