@@ -65,6 +65,7 @@ REFUSED_VALUE_REASONS: dict[ValueBounds, Reason] = {
 }
 
 Obj = dict[str, Any]
+CERT_MANAGER_POLL = 30.0  # seconds between looks for cert-manager's Certificate kind while a server waits for it
 RECREATE_POLL = 1.0  # seconds between looks at an orphan-deleted StatefulSet until it is gone
 
 
@@ -145,8 +146,11 @@ class Reconciler:
         fileservice = await provision(ctx, server, names) if not errors and sts is not None else None
         if fileservice is None:
             await fileservice_memory(ctx).close()
+        # cert-manager installed later sends no event a server waits for (its TLS Secret comes only once the
+        # Certificate is created): asked again, as for Percona's CRD.
+        unserved = CERT_MANAGER_POLL if reason is Reason.CERT_MANAGER_NOT_FOUND and errors else None
         requeues = [r for r in (database.requeue, fileservice.requeue if fileservice else None,
-                                RECREATE_POLL if recreating else None, LANE_RETRY if ctx.deferred else None)
+                                RECREATE_POLL if recreating else None, LANE_RETRY if ctx.deferred else None, unserved)
                     if r is not None]
 
         if ctx.deferred:
