@@ -142,6 +142,9 @@ class Memory:
     its volumes too."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
+    migrated: bool = False
+    """The StatefulSet was orphan-deleted for an immutable field an operator upgrade changed: its re-creation
+    posts no Created event."""
     optional: dict[str, frozenset[str]] = field(default_factory=dict)
     """Per optional kind (plural): the children this process applied (absent: unknown since start), so
     pruning costs no GET per pass."""

@@ -53,8 +53,8 @@ from reconciler.phases.secrets import (
     s3_secret,
 )
 from reconciler.phases.spec import check_spec
-from reconciler.phases.statefulset import apply_statefulset, observe_statefulset, storage_drift
-from reconciler.phases.volumes import claim_sizes, expand_volumes, grow_claims
+from reconciler.phases.statefulset import apply_statefulset, observe_statefulset, policy_moved, storage_drift
+from reconciler.phases.volumes import claim_sizes, expand_volumes, grow_claims, orphan_statefulset
 from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.services import endpoints
 from reconciler.status import Observation, build_status, kept_fileservice, s3_status, settled
@@ -233,6 +233,11 @@ class Reconciler:
             if failed:
                 errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
             recreating = not failed
+        elif sts is not None and policy_moved(sts, desired.statefulset) and not errors and not held \
+                and database.gate_open and not recreating:
+            ctx.memory.migrated = True
+            await orphan_statefulset(ctx, names, "to change its podManagementPolicy (immutable)")
+            recreating = True
         if sts is None and not errors and not held and database.gate_open and not recreating and (
                 not ctx.fresh or ctx.memory.predecessor):
             # Created over claims that may exist (re-created after an expansion or by hand, or kept from an

@@ -12,7 +12,9 @@ from dittoctl.api.models import DittoServerSpec, DittoServerStatus
 from dittoctl.api.naming import PAUSE_ANNOTATION
 from dittoctl.kube.clock import rfc3339_now
 
-BAD_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError")
+# The kubelet's waiting reasons of a container that will not start by itself (a bad image or pod spec).
+BAD_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
+               "ImageInspectError", "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 CONDITION_ORDER = tuple(ConditionType)
 # Top-level status fields, by their wire names: written even when None, so a merge patch clears them.
 _STATUS_FIELDS = tuple(f.alias or name for name, f in DittoServerStatus.model_fields.items())
@@ -164,7 +166,8 @@ def conditions(obs: Observation) -> list[Cond]:
         progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING, "StatefulSet not created yet")
     elif obs.recreating:  # the object about to go still reads rolled out: the larger volumes are not there yet
         progressing = Cond(T.PROGRESSING, True, R.STATEFULSET_UPDATING,
-                           "re-creating the StatefulSet to grow its volumes (the pods keep running)")
+                           "re-creating the StatefulSet around its pods, which keep running (larger volumes, or a "
+                           "field that cannot change in place)")
     elif done:
         progressing = Cond(T.PROGRESSING, False, R.RECONCILE_COMPLETE, "StatefulSet rolled out")
     elif replicas != obs.desired_replicas:

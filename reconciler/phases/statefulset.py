@@ -33,7 +33,9 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
     result = ctx.cache.child(STATEFULSETS, names.namespace, names.statefulset)
     sts_name = f"StatefulSet {names.statefulset}"
     if previous is None:
-        if ctx.memory.expanded:
+        if ctx.memory.migrated:
+            ctx.memory.migrated = False  # the same StatefulSet, made anew by an operator upgrade: no news
+        elif ctx.memory.expanded:
             await ctx.post("Normal", EventReason.VOLUMES_EXPANDED, f"{sts_name} re-created with larger "
                            f"volumeClaimTemplates ({ctx.memory.expanded}); its pods kept running")
             ctx.memory.expanded = None
@@ -59,6 +61,15 @@ class StorageDrift:
     errors: list[str] = field(default_factory=list)
     grown: dict[str, str] = field(default_factory=dict)
     """Template name -> the larger size the spec asks for."""
+
+
+def policy_moved(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """The live StatefulSet has another podManagementPolicy (made by an operator before Parallel): immutable, so
+    it is re-created around its pods."""
+    if observed is None:
+        return False
+    live = (observed.get("spec") or {}).get("podManagementPolicy") or "OrderedReady"
+    return bool(live != desired["spec"]["podManagementPolicy"])
 
 
 def env_secrets(sts: Mapping[str, Any] | None) -> set[str]:

@@ -25,12 +25,19 @@ async def expand_volumes(ctx: Pass, names: Names, grown: dict[str, str]) -> list
     errors = await grow_claims(ctx, names, grown)
     if errors:
         return errors
+    ctx.memory.expanded = ", ".join(f"{t} {size}" for t, size in sorted(grown.items()))
+    await orphan_statefulset(ctx, names, "to grow its volumeClaimTemplates", volumes=ctx.memory.expanded)
+    return []
+
+
+async def orphan_statefulset(ctx: Pass, names: Names, why: str, **details: str) -> None:
+    """Deletes the StatefulSet object but not its pods, to re-create it with fields that cannot change in place:
+    the next passes wait until it is gone, then create it, and it adopts the running pods under the same
+    revision (the pod template is unchanged): nothing restarts."""
     await ctx.gw.delete(STATEFULSETS, names.statefulset, names.namespace, orphan=True)
     ctx.cache.drop_child(STATEFULSETS, (names.namespace, names.statefulset))
-    ctx.memory.expanded = ", ".join(f"{t} {size}" for t, size in sorted(grown.items()))
-    log.info("StatefulSet orphan-deleted to grow its volumeClaimTemplates",
-             extra=fields(namespace=names.namespace, name=names.server, volumes=ctx.memory.expanded))
-    return []
+    log.info(f"StatefulSet orphan-deleted {why}", extra=fields(namespace=names.namespace, name=names.server,
+                                                               **details))
 
 
 def claim_sizes(sts: Mapping[str, Any]) -> dict[str, str]:

@@ -34,6 +34,7 @@ CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
 }
 VOLUMES = ((CONTROL_PLANE_VOLUME, CONTROL_PLANE_ROOT), (METADATA_VOLUME, METADATA_ROOT), (CONTENT_VOLUME, BLOCK_ROOT))
 WAIT_FOR_POSTGRES_SECONDS = 300
+POD_MANAGEMENT_POLICY = "Parallel"  # immutable: a StatefulSet made with another is re-created around its pods
 
 
 def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
@@ -45,6 +46,9 @@ def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[st
         else:
             merged[key] = value
     return merged
+
+
+POD_MANAGEMENT_POLICY = "Parallel"
 
 
 def _probe(path: str, initial: int, period: int, failures: int, scheme: str | None) -> dict[str, Any]:
@@ -59,6 +63,9 @@ def _probe(path: str, initial: int, period: int, failures: int, scheme: str | No
     return probe
 
 
+POD_MANAGEMENT_POLICY = "Parallel"
+
+
 def _ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
     # No NFS/SMB entries: DittoFS moves those listeners live over REST, and a containerPort is informational
     # only, so listing them would restart the pod for a port change that needs none.
@@ -66,6 +73,9 @@ def _ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
     if spec.metrics.enabled:
         ports.append({"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"})
     return ports
+
+
+POD_MANAGEMENT_POLICY = "Parallel"
 
 
 def _claim(name: str, size: str, storage_class: str | None, labels: dict[str, str]) -> dict[str, Any]:
@@ -76,6 +86,9 @@ def _claim(name: str, size: str, storage_class: str | None, labels: dict[str, st
     if storage_class:
         claim["spec"]["storageClassName"] = storage_class
     return claim
+
+
+POD_MANAGEMENT_POLICY = "Parallel"
 
 
 def wait_for_postgres(spec: DittoServerSpec, names: Names, security: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +110,9 @@ def wait_for_postgres(spec: DittoServerSpec, names: Names, security: dict[str, A
     }
 
 
+POD_MANAGEMENT_POLICY = "Parallel"
+
+
 def _pod_security(spec: DittoServerSpec) -> dict[str, Any]:
     """The restricted defaults, plus the safe sysctl that lets uid 65532 bind the ports below 1024 asked for
     (only inside the pod's own network namespace)."""
@@ -109,6 +125,9 @@ def _pod_security(spec: DittoServerSpec) -> dict[str, Any]:
         # 0, not the lowest port: moving a low adapter port then needs no pod template change either.
         security["sysctls"] = [*sysctls, {"name": UNPRIVILEGED_PORT_SYSCTL, "value": "0"}]
     return security
+
+
+POD_MANAGEMENT_POLICY = "Parallel"
 
 
 def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[str, Any]:
@@ -175,7 +194,10 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
             "serviceName": names.headless_service,
             "replicas": spec.replicas,
             "selector": {"matchLabels": names.selector()},
-            "podManagementPolicy": "OrderedReady",
+            # Not OrderedReady: under it a pod that never becomes Ready (a wrong image, a crash-looping config)
+            # is never replaced by the fixed template either, and the server stays down until someone deletes
+            # the pod (Kubernetes' "forced rollback"). With at most one replica, ordering gives nothing.
+            "podManagementPolicy": POD_MANAGEMENT_POLICY,
             "updateStrategy": {"type": "RollingUpdate"},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "template": {

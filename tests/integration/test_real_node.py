@@ -36,6 +36,7 @@ from tests.support.kube import (
     events,
     kubectl_json,
     report_bundle,
+    server,
     wait_ready,
 )
 from tests.support.operator import OperatorProcess
@@ -342,6 +343,30 @@ def test_nfs_file_survives_pod_deletion_restart_and_image_upgrade(
     status = on_real_node(testbed, namespace)["status"]
     assert eventually(lambda: nfs_get(status["podIP"], "hello.txt"), timeout=30,
                       what="file readable after the upgrade") == payload
+
+    # A wrong image (not on the node, never pulled), then the fix: the pod that never got Ready is replaced by
+    # the fixed template. Under OrderedReady the StatefulSet waited for it for ever (the pod was deleted by hand).
+    missing = f"{DFS_IMAGE}-missing"
+    real_server(testbed, real_node, namespace, image=missing, imagePullPolicy="Never")
+
+    def stuck() -> dict[str, Any] | None:
+        p = pod(testbed, namespace)
+        waiting = [(c.get("state") or {}).get("waiting", {}).get("reason") for c in
+                   (p.get("status") or {}).get("containerStatuses") or [] if c.get("image") == missing]
+        return p if "ErrImageNeverPull" in waiting else None
+
+    broken = eventually(stuck, timeout=90, what="the pod stuck on the missing image")["metadata"]["uid"]
+    degraded = eventually(lambda: (c := condition(server(testbed, namespace), "Degraded")) is not None
+                          and c["status"] == "True" and c, timeout=60, what="Degraded=True")
+    assert "demo-0" in degraded["message"], degraded
+    real_server(testbed, real_node, namespace, image=upgraded, imagePullPolicy="Never")
+    eventually(lambda: (p := pod(testbed, namespace))["metadata"]["uid"] != broken
+               and p["spec"]["containers"][0]["image"] == upgraded, timeout=90,
+               what="the stuck pod replaced by the fixed template, with no deletion by hand")
+    wait_ready(testbed, namespace, timeout=180)
+    status = on_real_node(testbed, namespace)["status"]
+    assert eventually(lambda: nfs_get(status["podIP"], "hello.txt"), timeout=30,
+                      what="file readable after the fix") == payload
 
 
 def test_recreated_server_keeps_its_data_and_adopts_only_what_it_made(

@@ -2,8 +2,9 @@
 nothing unless the rendered inputs changed, and writes only what is new.
 
 PREVIOUS is the last commit whose rendered children differ from this tree's (bump it with each such change,
-and say in docs/INSTALL.md "Upgrade" what the upgrade restarts). From it, the new operator must write no child
-at all: each server's pods, StatefulSet and children stay as they are."""
+and say in docs/INSTALL.md "Upgrade" what the upgrade restarts). From it, the new operator re-creates each
+server's StatefulSet once around its pods (podManagementPolicy became Parallel, an immutable field) and writes
+no other child: each server's pods and other children stay as they are."""
 
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def _pods(testbed: Any, namespace: str) -> dict[str, tuple[str, int]]:
             for p in kubectl_json(testbed, "get", "pods", "-n", namespace)["items"]}
 
 
-def _statefulsets(testbed: Any, namespace: str) -> dict[str, tuple[int, str]]:
-    """StatefulSet name -> (generation, config hash of the pod template)."""
-    return {s["metadata"]["name"]: (s["metadata"]["generation"],
+def _statefulsets(testbed: Any, namespace: str) -> dict[str, tuple[str, str]]:
+    """StatefulSet name -> (podManagementPolicy, config hash of the pod template)."""
+    return {s["metadata"]["name"]: (s["spec"]["podManagementPolicy"],
                                     s["spec"]["template"]["metadata"]["annotations"]["dittofs.io/config-hash"])
             for s in kubectl_json(testbed, "get", "statefulsets", "-n", namespace)["items"]}
 
@@ -88,13 +89,17 @@ def test_a_new_operator_takes_over_without_restarting_anything(testbed: Any, ope
         time.sleep(11)
 
         assert _pods(testbed, namespace) == pods, "a pod was restarted or replaced by the upgrade"
-        assert _statefulsets(testbed, namespace) == stses, "a StatefulSet was changed by the upgrade"
+        assert {n: ("Parallel", h) for n, (_, h) in stses.items()} == _statefulsets(testbed, namespace)
+        assert {p for p, _ in stses.values()} == {"OrderedReady"}, "the previous version's policy"
         writes = testbed.operator_writes(mark, namespace)
         by_kind = Counter((e["verb"], e["objectRef"]["resource"] + (
             "/" + e["objectRef"]["subresource"] if e["objectRef"].get("subresource") else "")) for e in writes)
-        # Status: at most one write per server (new status fields); no child.
-        assert by_kind[("patch", "dittoservers/status")] <= SERVERS, by_kind
-        assert set(by_kind) <= {("patch", "dittoservers/status")}, by_kind
+        # Each StatefulSet deleted (orphaning its pod) and created again (an apply) once; no other child. Status:
+        # Progressing while it is re-created, and back (3 writes per server here).
+        assert by_kind[("patch", "dittoservers/status")] <= 3 * SERVERS, by_kind
+        assert by_kind[("delete", "statefulsets")] == by_kind[("patch", "statefulsets")] == SERVERS, by_kind
+        assert set(by_kind) <= {("patch", "dittoservers/status"), ("delete", "statefulsets"),
+                                ("patch", "statefulsets")}, by_kind
         assert new.reconcile_passes() >= 3 * SERVERS, "the new operator did not make its drift passes"
         for name in names:
             wait_ready(testbed, namespace, name)

@@ -230,6 +230,20 @@ def test_statefulset_shape() -> None:
                       "metadata": "/data/store/metadata", "content": "/data/store/block"}
 
 
+def test_a_pod_that_never_gets_ready_is_replaced_by_a_fixed_template() -> None:
+    """OrderedReady waits for a pod that never becomes Ready (a wrong image, a crash-looping config) before it
+    replaces it with the fixed template: the server stayed down until someone deleted the pod. A StatefulSet an
+    earlier operator made with it is re-created around its pods (the field is immutable)."""
+    from reconciler.phases.statefulset import policy_moved
+
+    sts = build(server()).statefulset
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    earlier = {**sts, "spec": {**sts["spec"], "podManagementPolicy": "OrderedReady"}}
+    unset = {**sts, "spec": {k: v for k, v in sts["spec"].items() if k != "podManagementPolicy"}}  # the default
+    assert policy_moved(earlier, sts) and policy_moved(unset, sts)
+    assert not policy_moved(sts, sts) and not policy_moved(None, sts)
+
+
 def test_secrets_only_by_reference() -> None:
     s = server(s3={"credentialsSecretRef": {"secretName": "s3"}}, database={"postgresSecretRef": {"name": "pg"}})
     env = build(s).statefulset["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -162,7 +162,9 @@ def test_every_stuck_state_of_the_server_or_its_init_container_is_degraded() -> 
     """SPEC §3.2: CrashLoopBackOff, ImagePullBackOff/ErrImagePull and CreateContainerConfigError, also of the
     Postgres wait (an init container); a pod merely starting is not."""
     for where, container in (("containerStatuses", "dittofs"), ("initContainerStatuses", "wait-for-postgres")):
-        for reason in ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"):
+        # ErrImageNeverPull and the rest: a pod stuck on them read as merely starting (Degraded=False).
+        for reason in ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "ErrImageNeverPull",
+                       "InvalidImageName", "ImageInspectError", "CreateContainerError", "RunContainerError"):
             pod = {"metadata": {"name": "demo-0"}, "status": {where: [
                 {"name": container, "state": {"waiting": {"reason": reason}}}]}}
             obs = Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0), pods=[pod])
