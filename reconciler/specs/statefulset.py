@@ -48,9 +48,6 @@ def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[st
     return merged
 
 
-POD_MANAGEMENT_POLICY = "Parallel"
-
-
 def _probe(path: str, initial: int, period: int, failures: int, scheme: str | None) -> dict[str, Any]:
     """``scheme`` None: a TCP check (mutual TLS, where the kubelet has no client certificate to present)."""
     check = {"httpGet": {"path": path, "port": "api", "scheme": scheme}} if scheme else {"tcpSocket": {"port": "api"}}
@@ -63,9 +60,6 @@ def _probe(path: str, initial: int, period: int, failures: int, scheme: str | No
     return probe
 
 
-POD_MANAGEMENT_POLICY = "Parallel"
-
-
 def _ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
     # No NFS/SMB entries: DittoFS moves those listeners live over REST, and a containerPort is informational
     # only, so listing them would restart the pod for a port change that needs none.
@@ -73,9 +67,6 @@ def _ports(spec: DittoServerSpec) -> list[dict[str, Any]]:
     if spec.metrics.enabled:
         ports.append({"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"})
     return ports
-
-
-POD_MANAGEMENT_POLICY = "Parallel"
 
 
 def _claim(name: str, size: str, storage_class: str | None, labels: dict[str, str]) -> dict[str, Any]:
@@ -86,9 +77,6 @@ def _claim(name: str, size: str, storage_class: str | None, labels: dict[str, st
     if storage_class:
         claim["spec"]["storageClassName"] = storage_class
     return claim
-
-
-POD_MANAGEMENT_POLICY = "Parallel"
 
 
 def wait_for_postgres(spec: DittoServerSpec, names: Names, security: dict[str, Any]) -> dict[str, Any]:
@@ -110,9 +98,6 @@ def wait_for_postgres(spec: DittoServerSpec, names: Names, security: dict[str, A
     }
 
 
-POD_MANAGEMENT_POLICY = "Parallel"
-
-
 def _pod_security(spec: DittoServerSpec) -> dict[str, Any]:
     """The restricted defaults, plus the safe sysctl that lets uid 65532 bind the ports below 1024 asked for
     (only inside the pod's own network namespace)."""
@@ -125,9 +110,6 @@ def _pod_security(spec: DittoServerSpec) -> dict[str, Any]:
         # 0, not the lowest port: moving a low adapter port then needs no pod template change either.
         security["sysctls"] = [*sysctls, {"name": UNPRIVILEGED_PORT_SYSCTL, "value": "0"}]
     return security
-
-
-POD_MANAGEMENT_POLICY = "Parallel"
 
 
 def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[str, Any]:
