@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from decimal import Decimal
 from fractions import Fraction
 from typing import Annotated, Any, Literal, get_args, overload
 
@@ -31,6 +32,8 @@ CATEGORIES = ("dittofs",)
 
 DEFAULT_IMAGE = "marmos91c/dittofs:v0.29.0"
 DEFAULT_CONTENT_SIZE = "5Gi"
+LOCAL_STORE_SHARE = Decimal("0.8")  # of the content volume, an fs local store's default cap (LocalStoreSpec.max_size)
+MIB = 1 << 20
 SHUTDOWN_TIMEOUT_SECONDS = 30
 PRESTOP_SECONDS = 5
 # preStop + DittoFS's worst-case graceful shutdown (3 stages x shutdown_timeout) + a buffer.
@@ -440,7 +443,10 @@ class LocalStoreSpec(ApiModel):
     """fs directory under /data/store/block (default /data/store/block/<name>; for the store named default,
     /data/store/block/blocks)."""
     max_size: Quantity | None = None
-    """Local cache size limit (e.g. 4Gi); unset: DittoFS's default."""
+    """The most each share on this store keeps on the content volume (e.g. 4Gi): a share backed by a remote
+    store evicts blocks already uploaded beyond it, a local-only share refuses writes. Unset, for an fs store:
+    80 % of storage.contentSize (DittoFS's own default ignores the volume: 10 GiB per remote-backed share, a
+    quarter of the pod's memory limit per local-only one). Changing it restarts the pod once."""
 
     @property
     def effective_path(self) -> str | None:
@@ -448,6 +454,15 @@ class LocalStoreSpec(ApiModel):
         if self.type != "fs":
             return None
         return self.path or (BLOCK_PATH if self.name == DEFAULT_STORE else f"{BLOCK_ROOT}/{self.name}")
+
+    def effective_max_size(self, content_size: str) -> int | None:
+        """The cap sent to DittoFS, in bytes: declared, or for an fs store a share of the content volume that
+        leaves room for what DittoFS does not count (segments being written, indexes, snapshots)."""
+        if self.max_size is not None:
+            return int(parse_quantity(self.max_size))
+        if self.type != "fs":
+            return None
+        return int(parse_quantity(content_size) * LOCAL_STORE_SHARE) // MIB * MIB
 
 
 class RemoteStoreCredentials(ApiModel):

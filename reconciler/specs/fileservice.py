@@ -112,8 +112,8 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
         config: dict[str, Scalar] = {}
         if b.effective_path is not None:
             config["path"] = b.effective_path
-        if b.max_size is not None:
-            config["max_size"] = int(parse_quantity(b.max_size))
+        if (cap := b.effective_max_size(spec.storage.effective_content_size)) is not None:
+            config["max_size"] = cap
         out.append(StoreSpec(StoreKind.LOCAL, b.name, b.type, tuple(sorted(config.items()))))
     s3 = spec.s3
     for i, r in enumerate(spec.stores.remote):

@@ -130,6 +130,10 @@ def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator
         code, _ = DfsRest(ip).call("GET", path)
         assert code == 200, path
     assert admin_login(testbed, namespace, ip) == 200, "the operator's generated admin Secret logs in"
+    # DittoFS's own cap on a share's local data ignores the volume (a quarter of the memory it sees, here the
+    # node's 24 GiB; 10 GiB for a remote-backed share): the local store gets 80 % of contentSize (2Gi).
+    _, stats = admin_rest(testbed, namespace, ip).call("GET", "/api/v1/shares/export/blockstore/stats")
+    assert stats["totals"]["local_disk_max"] == int(2 * 1024**3 * 0.8) // 2**20 * 2**20, stats
     readiness = p["spec"]["containers"][0]["readinessProbe"]["httpGet"]
     assert readiness["path"] == "/health/ready"
     # Every volume is a fake-provisioner hostPath (no fsGroup) and still writable by dfs's uid 65532.

@@ -403,3 +403,34 @@ async def test_an_ownership_record_the_api_refused_is_written_again_by_the_next_
     await _record(ctx, names, ["share:/export"])
     await _record(ctx, names, ["share:/export"])
     assert len(api.patches) == 3, "once written, remembered"
+
+
+def test_an_fs_local_store_is_capped_below_the_content_volume() -> None:
+    """DittoFS's own cap ignores the volume: 10 GiB per remote-backed share (a 5Gi volume filled before it
+    evicted anything to S3, and writes failed with an I/O error), a quarter of the memory limit per local-only
+    share (256 MiB under a 1Gi limit, on any volume). 80 % of contentSize unless declared; a memory store has
+    no cap; a larger volume moves it (a PUT: DittoFS applies it at the next start)."""
+    def local(s: DittoServerSpec) -> dict[str, dict[str, Any]]:
+        fs, _ = declared(s, no_digest, "salt")
+        return {st.name: dict(st.config) for st in fs.stores if st.kind is StoreKind.LOCAL}
+
+    storage = {"metadataSize": "1Gi", "contentSize": "5Gi"}
+    assert local(spec(storage=storage))["default"]["max_size"] == 4 * 1024**3
+    both = spec(storage=storage, stores={"local": [{"name": "default"}, {"name": "big", "maxSize": "1Gi"},
+                                                   {"name": "ram", "type": "memory"}]})
+    assert {n: c.get("max_size") for n, c in local(both).items()} == {"default": 4 * 1024**3, "big": 1024**3,
+                                                                    "ram": None}
+    assert local(spec(storage={**storage, "contentSize": "10Gi"}))["default"]["max_size"] == 8 * 1024**3
+
+    # Against DittoFS: created with the cap; a larger volume PUTs the new one (DittoFS applies it at its next
+    # start, so the pod rolls once).
+    from tests.unit.test_fileservice_planner import converge, seeded
+
+    small, grown = (declared(spec(storage={**storage, "contentSize": size}), no_digest, "salt")[0]
+                    for size in ("5Gi", "10Gi"))
+    first, after, owned, applied = converge(small, seeded())
+    create = next(c for c in first.calls if c.kind is Kind.LOCAL_STORE)
+    assert dict(create.body or {})["config"]["max_size"] == 4 * 1024**3
+    update = [c for c in plan(grown, after, owned, applied).calls if c.kind is Kind.LOCAL_STORE]
+    assert [(c.method, c.needs_restart, dict(c.body or {})["config"]["max_size"]) for c in update] == [
+        ("PUT", True, 8 * 1024**3)]
