@@ -325,6 +325,8 @@ class Pass:
     """The children found to hold this build, by version (``Memory.marks``); None: compare every child."""
     deferred: list[str] = field(default_factory=list)
     """Children whose write found its lane full: not written this pass (``Deferred``)."""
+    unserved: bool = False
+    """cert-manager is asked for but not served: the pass is repeated, as nothing it waits for sends an event."""
     _current: tuple[Packed, Obj] | None = field(default=None, repr=False)
 
     @property

@@ -148,7 +148,7 @@ class Reconciler:
             await fileservice_memory(ctx).close()
         # cert-manager installed later sends no event a server waits for (its TLS Secret comes only once the
         # Certificate is created): asked again, as for Percona's CRD.
-        unserved = CERT_MANAGER_POLL if reason is Reason.CERT_MANAGER_NOT_FOUND and errors else None
+        unserved = CERT_MANAGER_POLL if ctx.unserved else None
         requeues = [r for r in (database.requeue, fileservice.requeue if fileservice else None,
                                 RECREATE_POLL if recreating else None, LANE_RETRY if ctx.deferred else None, unserved)
                     if r is not None]
@@ -205,6 +205,7 @@ class Reconciler:
         missing += await missing_mounted(ctx, server)
         # cert-manager absent: the TLS Secrets it would issue are a consequence, not what to fix (no event for them).
         unserved = await unserved_certificates(ctx, desired)
+        ctx.unserved = bool(unserved)  # asked again in 30 s, whatever other problem the status names first
         issued = {c["spec"]["secretName"] for c in desired.certificates} if unserved else set()
         await report_missing(ctx, [m for m in missing if m.secret not in issued])
         errors = [m.line for m in missing]

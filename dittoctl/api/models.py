@@ -455,14 +455,19 @@ class LocalStoreSpec(ApiModel):
             return None
         return self.path or (BLOCK_PATH if self.name == DEFAULT_STORE else f"{BLOCK_ROOT}/{self.name}")
 
-    def effective_max_size(self, content_size: str) -> int | None:
+    def effective_max_size(self, content_size: str, capacity: int | None = None) -> int | None:
         """The cap sent to DittoFS, in bytes: declared, or for an fs store a share of the content volume that
-        leaves room for what DittoFS does not count (segments being written, indexes, snapshots)."""
+        leaves room for what DittoFS does not count (segments being written, indexes, snapshots). ``capacity``:
+        the volume's size as its PVC reports it, smaller than declared while an expansion is under way (a cap
+        above the filesystem is what failed writes). At least 1 MiB: 0 is DittoFS's "no limit"."""
         if self.max_size is not None:
             return int(parse_quantity(self.max_size))
         if self.type != "fs":
             return None
-        return int(parse_quantity(content_size) * LOCAL_STORE_SHARE) // MIB * MIB
+        size = parse_quantity(content_size)
+        if capacity is not None and capacity < size:
+            size = Decimal(capacity)
+        return max(MIB, int(size * LOCAL_STORE_SHARE) // MIB * MIB)
 
 
 class RemoteStoreCredentials(ApiModel):

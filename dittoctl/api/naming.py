@@ -112,6 +112,10 @@ class Names:
         return f"{CONTROL_PLANE_VOLUME}-{self.pod}"
 
     @property
+    def content_claim(self) -> str:
+        return f"{CONTENT_VOLUME}-{self.pod}"
+
+    @property
     def percona_cluster(self) -> str:
         return f"{self.server}-postgres"
 
@@ -166,7 +170,7 @@ class Names:
 
 def url_host(host: str) -> str:
     """``host`` as a URL writes it: an IPv6 address (a pod's, on an IPv6 cluster) in brackets."""
-    return f"[{host}]" if ":" in host else host
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def released_to(obj: Mapping[str, Any], name: str) -> bool:

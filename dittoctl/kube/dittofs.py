@@ -82,6 +82,12 @@ class DittoFsForbidden(DittoFsError):
 class DittoFsNotFound(DittoFsError):
     """404."""
 
+    @property
+    def no_route(self) -> bool:
+        """Go's own "404 page not found": no such route (another DittoFS version, a path built wrong), not a
+        handler saying the object is absent (those answer a problem document)."""
+        return self.detail == "404 page not found"
+
 
 class DittoFsConflict(DittoFsError):
     """409: it already exists, or it is still in use."""
@@ -393,7 +399,7 @@ class DittoFsClient:
                 await self.apply(call, secrets)
             except DittoFsError as exc:
                 # A DELETE answered 404: gone already (deleted by hand since the pass read it), so done.
-                if not (isinstance(exc, DittoFsNotFound) and call.op is Op.DELETE):
+                if not (isinstance(exc, DittoFsNotFound) and call.op is Op.DELETE and not exc.no_route):
                     raise PlanFailed(call, done, exc) from None
             done.append(call)
             if call.kind is Kind.ADAPTER and call.op is Op.CREATE:

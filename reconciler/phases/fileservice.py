@@ -29,6 +29,7 @@ from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
 from dittoctl.api.kinds import PVCS, SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
+from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
     ADMIN_PASSWORD_KEY,
     TLS_CA_KEY,
@@ -97,6 +98,10 @@ class FsMemory:
     """Where the next drift pass's round-robin of optional reads starts (``planner.reads``)."""
     tls: tuple[str, TlsTarget] | None = None
     """(secret name and ca.crt digest, what the client verifies against)."""
+    record_refused: str | None = None
+    """The API's last refusal of the ownership record (logged once, retried every pass)."""
+    capacity: tuple[str, int | None] | None = None
+    """(declared contentSize, the content PVC's capacity while below it; None once it has grown to it)."""
 
     def report(self) -> None:
         if self.client is None:
@@ -348,6 +353,26 @@ async def _recorded(ctx: Pass, names: Names) -> list[str] | None:
     return mem.recorded
 
 
+async def _content_capacity(ctx: Pass, server: DittoServer, names: Names) -> int | None:
+    """The content PVC's capacity while it is below the declared size (an expansion under way: a local store's
+    default cap follows the filesystem, not the request); None once it has grown, or when it cannot be told.
+    Read once per declared size, and again only while the volume has not grown: no read per pass."""
+    mem = memory(ctx)
+    size = server.spec.storage.effective_content_size
+    if mem.capacity is not None and mem.capacity == (size, None):
+        return None
+    try:
+        claims = await ctx.gw.list(PVCS, names.namespace, field_selector=f"metadata.name={names.content_claim}")
+    except ApiError:
+        return None  # the declared size, as before this was read; asked again next pass
+    reported = ((claims[0].get("status") or {}).get("capacity") or {}).get("storage") if claims else None
+    capacity = int(parse_quantity(str(reported))) if reported else None
+    if capacity is not None and capacity >= parse_quantity(size):
+        capacity = None
+    mem.capacity = (size, capacity)
+    return capacity
+
+
 async def _record(ctx: Pass, names: Names, refs: list[str]) -> None:
     """Keep the control-plane PVC's ownership record equal to ``refs`` (a write only when it changes). The
     record lives exactly as long as the data: deleting the volumes leaves nothing to adopt."""
@@ -360,8 +385,11 @@ async def _record(ctx: Pass, names: Names, refs: list[str]) -> None:
     except (ApiError, Conflict) as exc:
         # Never a reason to stop provisioning: only a re-created server would miss the record (NotOwned). Not
         # remembered as written either: the next pass tries again (it waited for the next change of refs).
-        log.warning("ownership not recorded on the control-plane PVC", extra=fields(
-            namespace=ctx.namespace, name=ctx.name, pvc=names.control_plane_claim, error=str(exc)[:300]))
+        mem = memory(ctx)
+        if mem.record_refused != str(exc):
+            mem.record_refused = str(exc)
+            log.warning("ownership not recorded on the control-plane PVC", extra=fields(
+                namespace=ctx.namespace, name=ctx.name, pvc=names.control_plane_claim, error=str(exc)[:300]))
         return
     memory(ctx).recorded = refs
 
@@ -410,8 +438,9 @@ async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str) -
             # Say which account is lost and which Secret would re-create it, not only "401 on login".
             raise DittoFsAuthError(
                 f"the operator's account {OPERATOR_ACCOUNT} cannot log in, and re-creating it through the bootstrap "
-                f"admin failed: DittoFS refuses the admin password in Secret {secret} key {key} (restore the one "
-                f"the server first booted with): {exc}", method=exc.method, path=exc.path, status=exc.status,
+                f"admin failed: DittoFS refuses the admin password in Secret {secret} key {key} (store admin's "
+                f"current password there: the one the server first booted with, unless it was changed over the "
+                f"API since): {exc}", method=exc.method, path=exc.path, status=exc.status,
                 detail=exc.detail) from None
     mem.client, mem.salt = client, password
     return client
@@ -457,7 +486,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     for use in provisioned_secrets(server.spec):
         data = await _digest(ctx, use.secret)
         digests[(use.secret, use.key)] = None if data is None else data.get(use.key)
-    want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt)
+    want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt,
+                             await _content_capacity(ctx, server, names))
     if missing:
         raise _Failed(Reason.MISSING_SECRET, "waiting for " + "; ".join(missing))
     owned = {Ref.parse(r) for r in keep.provisioned or []}

@@ -93,7 +93,8 @@ def _secrets(found: Mapping[str, ProvisionedSecret], digest_of: DigestOf, salt: 
     return tuple(out)
 
 
-def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[str]) -> tuple[StoreSpec, ...]:
+def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[str],
+           capacity: int | None = None) -> tuple[StoreSpec, ...]:
     """Declared stores. The implicit `default` ones are declared even with no share: pruning them would make
     their paths unusable until a restart (DittoFS keeps a deleted badger store's lock), so `shares: []`
     followed by a share again would fail."""
@@ -112,7 +113,7 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
         config: dict[str, Scalar] = {}
         if b.effective_path is not None:
             config["path"] = b.effective_path
-        if (cap := b.effective_max_size(spec.storage.effective_content_size)) is not None:
+        if (cap := b.effective_max_size(spec.storage.effective_content_size, capacity)) is not None:
             config["max_size"] = cap
         out.append(StoreSpec(StoreKind.LOCAL, b.name, b.type, tuple(sorted(config.items()))))
     s3 = spec.s3
@@ -149,9 +150,11 @@ def shares(spec: DittoServerSpec) -> tuple[ShareSpec, ...]:
     return tuple(out)
 
 
-def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str) -> tuple[FileService, list[str]]:
+def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
+             capacity: int | None = None) -> tuple[FileService, list[str]]:
     """(the declared file service, missing Secret keys as messages). Users and stores whose Secret keys are
-    missing are left out (and named), so nothing is created without its credentials."""
+    missing are left out (and named), so nothing is created without its credentials. ``capacity``: the content
+    volume's size while it is smaller than declared (``LocalStoreSpec.effective_max_size``)."""
     missing: list[str] = []
     users: list[UserSpec] = []
     for u in spec.users:
@@ -163,7 +166,7 @@ def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str) -> tuple[Fil
         users.append(UserSpec(u.name, SecretValue(secret_ref(ref.name, ref.key), salted(salt, digest)),
                               uid=u.uid, gid=u.gid, groups=tuple(u.groups), role=u.role))
     declared_shares = shares(spec)
-    return FileService(adapters=adapters(spec), stores=stores(spec, digest_of, salt, missing),
+    return FileService(adapters=adapters(spec), stores=stores(spec, digest_of, salt, missing, capacity),
                        shares=declared_shares, users=tuple(users),
                        groups=tuple(GroupSpec(g.name, g.gid) for g in spec.groups),
                        identity=identity_providers(spec, digest_of, salt, missing)), missing

@@ -10,7 +10,7 @@ import pytest
 from dittoctl.api.conditions import ConditionType, Reason
 from dittoctl.api.fileservice import Grant, Kind, Observed, Op, Ref, StoreKind, plan
 from dittoctl.api.fileservice.types import Call
-from dittoctl.api.models import BLOCK_PATH, METADATA_PATH, DittoServerSpec
+from dittoctl.api.models import BLOCK_PATH, METADATA_PATH, DittoServer, DittoServerSpec
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import provisioned_secrets, secret_uses, watched_secrets
 from reconciler import specs
@@ -342,6 +342,13 @@ async def test_a_delete_answered_not_found_is_done_and_the_plan_goes_on() -> Non
         await client.execute(Plan((make, update), (), frozenset()), {})
     assert failed.value.done == [make] and isinstance(failed.value.cause, DittoFsNotFound)
 
+    class NoRoute(DittoFsClient):  # Go's own 404: the path exists in no DittoFS handler, so nothing was deleted
+        async def apply(self, call: Call, secrets: Any) -> None:
+            raise DittoFsNotFound("404", method=call.method, path=call.path, status=404, detail="404 page not found")
+
+    with pytest.raises(PlanFailed):
+        await NoRoute("http://127.0.0.1:1", "admin", SecretStr("x")).execute(Plan((drop,), (), frozenset()), {})
+
 
 async def test_a_share_is_deleted_only_if_it_still_holds_no_snapshot_right_before() -> None:
     """The plan counts a share's snapshots when the pass begins; one its schedule (or a user) took while the
@@ -373,9 +380,10 @@ async def test_a_share_is_deleted_only_if_it_still_holds_no_snapshot_right_befor
     assert await client.execute(Plan((drop,), (), frozenset()), {}) == [drop] and client.deleted == ["/scratch"]
 
 
-async def test_an_ownership_record_the_api_refused_is_written_again_by_the_next_pass() -> None:
+async def test_an_ownership_record_the_api_refused_is_written_again_by_the_next_pass(
+        caplog: pytest.LogCaptureFixture) -> None:
     """A refused patch of the control-plane PVC was remembered as written: nothing tried again until the set of
-    refs changed, and a server re-created meanwhile found its own objects NotOwned."""
+    refs changed, and a server re-created meanwhile found its own objects NotOwned. The refusal is logged once."""
     from types import SimpleNamespace
 
     from dittoctl.kube.gateway import ApiError
@@ -399,6 +407,7 @@ async def test_an_ownership_record_the_api_refused_is_written_again_by_the_next_
     await _record(ctx, names, ["share:/export"])
     await _record(ctx, names, ["share:/export"])
     assert len(api.patches) == 2, "tried again"
+    assert [r.getMessage() for r in caplog.records].count("ownership not recorded on the control-plane PVC") == 1
     api.refuse = False
     await _record(ctx, names, ["share:/export"])
     await _record(ctx, names, ["share:/export"])
@@ -434,3 +443,39 @@ def test_an_fs_local_store_is_capped_below_the_content_volume() -> None:
     update = [c for c in plan(grown, after, owned, applied).calls if c.kind is Kind.LOCAL_STORE]
     assert [(c.method, c.needs_restart, dict(c.body or {})["config"]["max_size"]) for c in update] == [
         ("PUT", True, 8 * 1024**3)]
+
+
+async def test_during_an_expansion_the_default_cap_follows_the_filesystem_not_the_request() -> None:
+    """contentSize 5Gi -> 20Gi: the cap PUT in the pass that patched the PVCs named 16Gi while the filesystem was
+    still 5Gi (DittoFS reads it at the restart that follows), the very failure the cap prevents. The content
+    PVC's capacity is read while it is below the declared size, and no more once it has grown."""
+    from types import SimpleNamespace
+
+    from dittoctl.api.models import LocalStoreSpec
+    from reconciler.context import Memory
+    from reconciler.phases.fileservice import FsMemory, _content_capacity
+
+    fs = LocalStoreSpec(name="default")
+    assert fs.effective_max_size("20Gi", 5 * 1024**3) == 4 * 1024**3
+    assert fs.effective_max_size("20Gi", 30 * 1024**3) == 16 * 1024**3
+    assert fs.effective_max_size("1Mi") == 1024**2, "never 0, DittoFS's no limit"
+
+    class Api:
+        def __init__(self) -> None:
+            self.capacity, self.lists = "5Gi", 0
+
+        async def list(self, kind: Any, namespace: str, **selectors: str) -> list[dict[str, Any]]:
+            self.lists += 1
+            assert selectors == {"field_selector": "metadata.name=content-demo-0"}, selectors
+            return [{"metadata": {"name": "content-demo-0"}, "status": {"capacity": {"storage": self.capacity}}}]
+
+    api = Api()
+    ctx: Any = SimpleNamespace(gw=api, memory=Memory(fileservice=FsMemory()))
+    grown = DittoServer.model_validate({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+                                        "metadata": {"name": "demo", "namespace": "ns"},
+                                        "spec": {"storage": {"metadataSize": "1Gi", "contentSize": "20Gi"}}})
+    assert await _content_capacity(ctx, grown, NAMES) == 5 * 1024**3
+    assert await _content_capacity(ctx, grown, NAMES) == 5 * 1024**3 and api.lists == 2, "read while below"
+    api.capacity = "20Gi"
+    assert await _content_capacity(ctx, grown, NAMES) is None
+    assert await _content_capacity(ctx, grown, NAMES) is None and api.lists == 3, "grown: no read per pass"
