@@ -17,6 +17,7 @@ from dittoctl.kube.gateway import Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.context import Memory, Pass
 from reconciler.phases.database import release_database
+from reconciler.specs.statefulset import drain_statefulset
 from reconciler.status import deleting_status
 
 log = logging.getLogger("dittofs.deletion")
@@ -77,6 +78,14 @@ async def finalize(ctx: Pass) -> float | None:
         await ctx.write(STATEFULSETS, name, ctx.gw.merge_patch(STATEFULSETS, name, {"spec": {"replicas": 0}},
                                                                namespace))
     pods = [] if orphaning else ctx.cache.pods_of(namespace, name)
+    if sts is None and pods:
+        # Deleted while its StatefulSet was being re-created around the pods (an expansion, an upgrade's policy
+        # change) or deleted by hand with --cascade=orphan: nothing would ever stop them, and they would keep
+        # serving (and hold the volumes) after the finalizer timed out.
+        await ctx.write(STATEFULSETS, name, ctx.gw.apply(drain_statefulset(Names(name, namespace,
+                                                                                   str(meta.get("uid"))))))
+        log.info("pods without a StatefulSet: one of no replicas created to stop them",
+                 extra=fields(namespace=namespace, name=name, pods=len(pods)))
     timeout = ctx.shared.cleanup_timeout
     timed_out = _age(str(meta["deletionTimestamp"])) > timeout
     if pods and not timed_out:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from dittoctl.api.models import BLOCK_ROOT, CONTROL_PLANE_ROOT, METADATA_ROOT, PRESTOP_SECONDS, DittoServerSpec
+from dittoctl.api.models import (
+    BLOCK_ROOT,
+    CONTROL_PLANE_ROOT,
+    DEFAULT_IMAGE,
+    METADATA_ROOT,
+    PRESTOP_SECONDS,
+    DittoServerSpec,
+)
 from dittoctl.api.naming import (
     CONFIG_DIR,
     CONFIG_FILE,
@@ -35,6 +42,25 @@ CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
 VOLUMES = ((CONTROL_PLANE_VOLUME, CONTROL_PLANE_ROOT), (METADATA_VOLUME, METADATA_ROOT), (CONTENT_VOLUME, BLOCK_ROOT))
 WAIT_FOR_POSTGRES_SECONDS = 300
 POD_MANAGEMENT_POLICY = "Parallel"  # immutable: a StatefulSet made with another is re-created around its pods
+
+
+def drain_statefulset(names: Names) -> dict[str, Any]:
+    """A StatefulSet of no replicas, for a server being deleted whose pods have none (it was deleted around them
+    to be re-created, or by hand): it adopts them and stops them, which the operator may not do itself (no delete
+    verb on pods). Its pod template is never run; the garbage collector deletes it with the server."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": names.metadata(names.statefulset, "server"),
+        "spec": {
+            "serviceName": names.headless_service,
+            "replicas": 0,
+            "selector": {"matchLabels": names.selector()},
+            "podManagementPolicy": POD_MANAGEMENT_POLICY,
+            "template": {"metadata": {"labels": names.selector()},
+                         "spec": {"containers": [{"name": "dittofs", "image": DEFAULT_IMAGE}]}},
+        },
+    }
 
 
 def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:

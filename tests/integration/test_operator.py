@@ -370,6 +370,28 @@ def test_paused_server_is_left_alone(testbed: Any, operator: OperatorProcess, na
                .returncode == 0, what="resumed")
 
 
+def test_pods_left_without_their_statefulset_are_stopped_when_the_server_is_deleted(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """A server deleted while its StatefulSet is re-created around its pods (a volume expansion, an upgrade's
+    podManagementPolicy change), held in that window here by a pause and an orphaning delete by hand: its pod
+    ran on for ever after the finalizer's timeout, ownerless, holding the volumes. A StatefulSet of no replicas
+    adopts and stops it; the garbage collector takes that StatefulSet with the server."""
+    apply_server(testbed, namespace)
+    wait_ready(testbed, namespace)
+    testbed.kubectl("annotate", "dittoserver", "demo", "-n", namespace, "dittofs.dittofs.com/reconcile=disabled")
+    eventually(lambda: (c := condition(server(testbed, namespace), "ReconciliationPaused")) and c["status"] == "True",
+               what="paused condition")
+    testbed.kubectl("delete", "statefulset", "demo", "-n", namespace, "--cascade=orphan")
+    eventually(lambda: absent(testbed, "statefulset", "demo", namespace), what="the StatefulSet orphan-deleted")
+    assert not absent(testbed, "pod", "demo-0", namespace), "the pod runs on without it"
+    testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
+    eventually(lambda: absent(testbed, "pod", "demo-0", namespace), timeout=45, what="the ownerless pod stopped")
+    eventually(lambda: absent(testbed, "dittoserver", "demo", namespace), timeout=30, what="the server gone")
+    eventually(lambda: absent(testbed, "statefulset", "demo", namespace), timeout=30,
+               what="the draining StatefulSet collected with it")
+    assert not events(testbed, namespace, "CleanupTimeout"), "stopped, not timed out"
+
+
 def test_ready_only_once_every_listed_object_was_delivered(testbed: Any, operator: OperatorProcess,
                                                            namespace: str) -> None:
     docs = [{"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",

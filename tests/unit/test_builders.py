@@ -314,3 +314,17 @@ def test_generated_secret_values_have_the_spec_s_strength() -> None:
     assert len(jwts) == 50 and len(passwords) == 50  # fresh every time
     assert all(len(v) == 64 and set(v) <= set("0123456789abcdef") for v in jwts)
     assert all(len(p) >= 24 and set(p) <= set(string.ascii_letters + string.digits + "-_") for p in passwords)
+
+
+def test_a_statefulset_of_no_replicas_adopts_and_stops_pods_left_without_one() -> None:
+    """A server deleted while its StatefulSet was being re-created around its pods kept them running for ever
+    (the operator may not delete pods): this one adopts them (same selector, no other owner) and scales to 0."""
+    from reconciler.specs.statefulset import drain_statefulset
+
+    names = Names("demo", "ns", "uid-1")
+    sts = drain_statefulset(names)
+    spec = sts["spec"]
+    assert (spec["replicas"], spec["selector"]["matchLabels"]) == (0, names.selector())
+    assert spec["template"]["metadata"]["labels"] == names.selector()
+    assert sts["metadata"]["name"] == build(server()).statefulset["metadata"]["name"]
+    assert sts["metadata"]["ownerReferences"][0]["uid"] == "uid-1", "gone with the server"
