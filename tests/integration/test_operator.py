@@ -387,7 +387,9 @@ def test_pods_left_without_their_statefulset_are_stopped_when_the_server_is_dele
     testbed.kubectl("delete", "dittoserver", "demo", "-n", namespace, "--wait=false")
     eventually(lambda: absent(testbed, "pod", "demo-0", namespace), timeout=45, what="the ownerless pod stopped")
     eventually(lambda: absent(testbed, "dittoserver", "demo", namespace), timeout=30, what="the server gone")
-    eventually(lambda: absent(testbed, "statefulset", "demo", namespace), timeout=30,
+    # The garbage collector retries with backoff until its discovery maps a CRD installed moments before (this
+    # test first in a session): up to a minute here, a delay no cluster with the CRD in place has.
+    eventually(lambda: absent(testbed, "statefulset", "demo", namespace), timeout=120,
                what="the draining StatefulSet collected with it")
     assert not events(testbed, namespace, "CleanupTimeout"), "stopped, not timed out"
 
