@@ -44,23 +44,32 @@ WAIT_FOR_POSTGRES_SECONDS = 300
 POD_MANAGEMENT_POLICY = "Parallel"  # immutable: a StatefulSet made with another is re-created around its pods
 
 
-def drain_statefulset(names: Names) -> dict[str, Any]:
-    """A StatefulSet of no replicas, for a server being deleted whose pods have none (it was deleted around them
-    to be re-created, or by hand): it adopts them and stops them, which the operator may not do itself (no delete
-    verb on pods). Its pod template is never run; the garbage collector deletes it with the server."""
+def _identity(names: Names, replicas: int) -> dict[str, Any]:
+    """What makes the StatefulSet the server's: name, owner, selector, governing Service, pod management."""
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": names.metadata(names.statefulset, "server"),
         "spec": {
             "serviceName": names.headless_service,
-            "replicas": 0,
+            "replicas": replicas,
             "selector": {"matchLabels": names.selector()},
+            # Not OrderedReady: under it a pod that never becomes Ready (a wrong image, a crash-looping config)
+            # is never replaced by the fixed template either, and the server stays down until someone deletes
+            # the pod (Kubernetes' "forced rollback"). With at most one replica, ordering gives nothing.
             "podManagementPolicy": POD_MANAGEMENT_POLICY,
-            "template": {"metadata": {"labels": names.selector()},
-                         "spec": {"containers": [{"name": "dittofs", "image": DEFAULT_IMAGE}]}},
         },
     }
+
+
+def drain_statefulset(names: Names) -> dict[str, Any]:
+    """A StatefulSet of no replicas, for a server being deleted whose pods have none (it was deleted around them
+    to be re-created, or by hand): it adopts them and stops them, which the operator may not do itself (no delete
+    verb on pods). Its pod template is never run; the garbage collector deletes it with the server."""
+    sts = _identity(names, 0)
+    sts["spec"]["template"] = {"metadata": {"labels": names.selector()},
+                               "spec": {"containers": [{"name": "dittofs", "image": DEFAULT_IMAGE}]}}
+    return sts
 
 
 def merge_over(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
@@ -194,31 +203,21 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
     pod_spec.update({key: value for key, value in optional.items() if value})
     storage = spec.storage
     claim_labels = names.selector()
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": names.metadata(names.statefulset, "server"),
-        "spec": {
-            "serviceName": names.headless_service,
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": names.selector()},
-            # Not OrderedReady: under it a pod that never becomes Ready (a wrong image, a crash-looping config)
-            # is never replaced by the fixed template either, and the server stays down until someone deletes
-            # the pod (Kubernetes' "forced rollback"). With at most one replica, ordering gives nothing.
-            "podManagementPolicy": POD_MANAGEMENT_POLICY,
-            "updateStrategy": {"type": "RollingUpdate"},
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {**spec.pod_annotations, HASH_ANNOTATION: config_hash},
-                },
-                "spec": pod_spec,
+    sts = _identity(names, spec.replicas)
+    sts["spec"] |= {
+        "updateStrategy": {"type": "RollingUpdate"},
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {**spec.pod_annotations, HASH_ANNOTATION: config_hash},
             },
-            "volumeClaimTemplates": [
-                _claim(CONTROL_PLANE_VOLUME, storage.control_plane_size, storage.storage_class_name, claim_labels),
-                _claim(METADATA_VOLUME, storage.metadata_size, storage.storage_class_name, claim_labels),
-                _claim(CONTENT_VOLUME, storage.effective_content_size, storage.storage_class_name, claim_labels),
-            ],
+            "spec": pod_spec,
         },
+        "volumeClaimTemplates": [
+            _claim(CONTROL_PLANE_VOLUME, storage.control_plane_size, storage.storage_class_name, claim_labels),
+            _claim(METADATA_VOLUME, storage.metadata_size, storage.storage_class_name, claim_labels),
+            _claim(CONTENT_VOLUME, storage.effective_content_size, storage.storage_class_name, claim_labels),
+        ],
     }
+    return sts
