@@ -55,6 +55,7 @@ from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.context import Pass
 from reconciler.phases.secrets import _digest
+from reconciler.phases.volumes import claim
 from reconciler.specs.fileservice import (
     ShareUsage,
     adopting,
@@ -347,9 +348,8 @@ async def _recorded(ctx: Pass, names: Names) -> list[str] | None:
     """The ownership the control-plane PVC records (read once per process and server)."""
     mem = memory(ctx)
     if mem.recorded is _Unread.UNREAD:
-        # A list, not a get: the operator may list and patch PVCs, nothing more.
-        claims = await ctx.gw.list(PVCS, names.namespace, field_selector=f"metadata.name={names.control_plane_claim}")
-        mem.recorded = recorded_refs(claims[0]["metadata"].get("annotations")) if claims else None
+        found = await claim(ctx, names.control_plane_claim)
+        mem.recorded = recorded_refs(found["metadata"].get("annotations")) if found else None
     return mem.recorded
 
 
@@ -359,13 +359,13 @@ async def _content_capacity(ctx: Pass, server: DittoServer, names: Names) -> int
     Read once per declared size, and again only while the volume has not grown: no read per pass."""
     mem = memory(ctx)
     size = server.spec.storage.effective_content_size
-    if mem.capacity is not None and mem.capacity == (size, None):
+    if mem.capacity == (size, None):
         return None
     try:
-        claims = await ctx.gw.list(PVCS, names.namespace, field_selector=f"metadata.name={names.content_claim}")
+        found = await claim(ctx, names.content_claim)
     except ApiError:
         return None  # the declared size, as before this was read; asked again next pass
-    reported = ((claims[0].get("status") or {}).get("capacity") or {}).get("storage") if claims else None
+    reported = ((found.get("status") or {}).get("capacity") or {}).get("storage") if found else None
     capacity = int(parse_quantity(str(reported))) if reported else None
     if capacity is not None and capacity >= parse_quantity(size):
         capacity = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dittoctl.api.conditions import EventReason
-from dittoctl.api.kinds import PVCS, SECRETS
+from dittoctl.api.kinds import SECRETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names
 from dittoctl.api.secrets import ValueBounds, bounded_values, consumed_keys, mounted_secrets, value_length
@@ -21,6 +21,7 @@ from dittoctl.kube.gateway import Conflict
 from dittoctl.kube.logs import fields
 from reconciler.cache import SecretDigest, secret_digest
 from reconciler.context import Pass
+from reconciler.phases.volumes import claim
 from reconciler.specs import SecretDigests
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 
@@ -102,8 +103,7 @@ async def _booted_before(ctx: Pass, server: DittoServer, names: Names) -> bool:
     PostgreSQL the database lives elsewhere and may have its admin already: not known, so not held."""
     if server.spec.uses_postgres:
         return True
-    claims = await ctx.gw.list(PVCS, names.namespace, field_selector=f"metadata.name={names.control_plane_claim}")
-    return bool(claims)
+    return await claim(ctx, names.control_plane_claim) is not None
 
 
 async def s3_secret(ctx: Pass, server: DittoServer) -> SecretDigest:

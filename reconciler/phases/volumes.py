@@ -40,6 +40,13 @@ async def orphan_statefulset(ctx: Pass, names: Names, why: str, **details: str) 
                                                                **details))
 
 
+async def claim(ctx: Pass, name: str) -> dict[str, Any] | None:
+    """One PVC of the server's namespace, by name. A list, not a get: the operator may list and patch PVCs,
+    nothing more."""
+    claims = await ctx.gw.list(PVCS, ctx.namespace, field_selector=f"metadata.name={name}")
+    return claims[0] if claims else None
+
+
 def claim_sizes(sts: Mapping[str, Any]) -> dict[str, str]:
     """Template name -> the size its claims request."""
     return {str(c["metadata"]["name"]): str(size) for c in (sts.get("spec") or {}).get("volumeClaimTemplates") or []

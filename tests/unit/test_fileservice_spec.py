@@ -470,7 +470,7 @@ async def test_during_an_expansion_the_default_cap_follows_the_filesystem_not_th
             return [{"metadata": {"name": "content-demo-0"}, "status": {"capacity": {"storage": self.capacity}}}]
 
     api = Api()
-    ctx: Any = SimpleNamespace(gw=api, memory=Memory(fileservice=FsMemory()))
+    ctx: Any = SimpleNamespace(gw=api, namespace="ns", memory=Memory(fileservice=FsMemory()))
     grown = DittoServer.model_validate({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
                                         "metadata": {"name": "demo", "namespace": "ns"},
                                         "spec": {"storage": {"metadataSize": "1Gi", "contentSize": "20Gi"}}})
