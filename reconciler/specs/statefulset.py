@@ -29,6 +29,9 @@ UID = 65532
 UNPRIVILEGED_PORT_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
 POD_SECURITY_DEFAULTS: dict[str, Any] = {
     "fsGroup": UID,
+    # The kubelet chowns a volume at mount only when its root is not already ours: the default walks every
+    # file at every start (minutes on a content volume of millions of blocks), and DittoFS writes as UID anyway.
+    "fsGroupChangePolicy": "OnRootMismatch",
     "runAsNonRoot": True,
     "seccompProfile": {"type": "RuntimeDefault"},
 }

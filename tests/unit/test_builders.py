@@ -205,6 +205,13 @@ def test_secure_defaults_are_merged_not_replaced() -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
+def test_volumes_are_chowned_only_when_their_root_is_not_the_servers() -> None:
+    pod = build(server()).statefulset["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    own = build(server(podSecurityContext={"fsGroupChangePolicy": "Always"})).statefulset
+    assert own["spec"]["template"]["spec"]["securityContext"]["fsGroupChangePolicy"] == "Always"
+
+
 def test_statefulset_shape() -> None:
     desired = build(server(storage={"metadataSize": "2Gi", "cacheSize": "3Gi", "storageClassName": "fast"}))
     sts = desired.statefulset
