@@ -25,7 +25,7 @@ from dittoctl.api.models import API_VERSION, GROUP, KIND, MAX_NESTING
 from dittoctl.api.parsed import ParsedSpec, parse_spec
 from dittoctl.api.rules import Verdict, validate
 from dittoctl.kube.events import EventType
-from dittoctl.kube.logs import fields
+from dittoctl.kube.logs import Sparse, described, fields
 from webhook import metrics
 
 log = logging.getLogger("dittofs.webhook")
@@ -71,6 +71,8 @@ LINGER_SECONDS = 1.0
 # have the operator write Events without bound. The denial itself always reaches the caller.
 EVENT_BURST = 25
 EVENT_SECONDS = 1.0
+# A request that fails to be read (the client went away mid-body) is logged at most this often.
+UNREADABLE_LOG_SECONDS = 60.0
 
 
 
@@ -321,6 +323,7 @@ class WebhookServer:
         self._in_flight = metrics.IN_FLIGHT.labels(path)
         self._latency = metrics.LATENCY.labels(path)
         self._answered: dict[int, Counter] = {}  # status -> its counter, made on first use
+        self._unreadable = Sparse(UNREADABLE_LOG_SECONDS)
         self._serving = 0
         self._receiving = 0  # declared bytes of the bodies being read
         self._draining = False
@@ -388,7 +391,8 @@ class WebhookServer:
             return web.Response(status=400, text=f"request body is larger than {MAX_BODY} bytes")
         except Exception as exc:  # e.g. the client went away mid-body; still never a 500
             status = 400
-            log.warning("unreadable admission request", extra=fields(error=f"{type(exc).__name__}: {exc}"))
+            if (left_out := self._unreadable.due()) is not None:
+                log.warning("unreadable admission request", extra=fields(error=described(exc), left_out=left_out))
             return web.Response(status=400, text="request could not be read")
         finally:
             self._serving -= 1

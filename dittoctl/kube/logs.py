@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -23,6 +25,26 @@ def fields(**values: object) -> dict[str, object]:
 def described(exc: BaseException, limit: int = 300) -> str:
     """An error as logs, events and /readyz show it: its type and message, bounded."""
     return f"{type(exc).__name__}: {exc}"[:limit]
+
+
+class Sparse:
+    """A line that whoever reaches a port can cause, written at most once per ``every`` seconds with how many
+    were left out before it: else any client could fill the log."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every, self._clock = every, clock
+        self._next = float("-inf")
+        self._left_out = 0
+
+    def due(self) -> int | None:
+        """None: leave this one out; else write it, saying how many were left out since the last."""
+        now = self._clock()
+        if now < self._next:
+            self._left_out += 1
+            return None
+        self._next = now + self._every
+        left_out, self._left_out = self._left_out, 0
+        return left_out
 
 
 class JsonFormatter(logging.Formatter):

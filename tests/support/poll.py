@@ -1,7 +1,8 @@
-"""Polling until a condition holds: the one `eventually` of the test suites."""
+"""Polling until a condition holds: the one `eventually` of the test suites, and `until` for async tests."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,3 +24,12 @@ def eventually(check: Callable[[], T | None], timeout: float = 60.0, interval: f
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+
+
+async def until(check: Callable[[], object], timeout: float = 3.0) -> None:
+    """Let the event loop run until ``check()`` is truthy (checked every 10 ms); fail after ``timeout``."""
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {timeout}s: {check}")

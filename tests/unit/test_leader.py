@@ -13,6 +13,7 @@ from dittoctl.api.kinds import Kind
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from reconciler.handlers import Controller
 from reconciler.leader import LeaderElector, _micro
+from tests.support.poll import until
 
 
 class LeaseStore:
@@ -78,14 +79,6 @@ class Reconciling:
 
 def elector_of(store: LeaseStore, ctl: Reconciling, **timing: Any) -> LeaderElector:
     return LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl), **timing)
-
-
-async def until(check: Any, timeout: float = 3.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not within {timeout}s: {check}")
 
 
 async def test_the_holder_reconciles_and_stops_at_once_when_it_cannot_renew() -> None:

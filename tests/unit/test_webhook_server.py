@@ -23,6 +23,7 @@ from certs.selfsigned import new_ca
 from certs.source import CertificateSource
 from dittoctl.api.models import API_VERSION
 from dittoctl.cli import parser
+from dittoctl.kube.logs import Sparse
 from tests.support.admission import (
     FakeFacts,
     FakeRecorder,
@@ -33,6 +34,7 @@ from tests.support.admission import (
     write_pair,
 )
 from tests.support.connections import Connections
+from tests.support.poll import until
 from tests.support.strategies import spec_strategy
 from webhook import server as server_module
 from webhook.server import (
@@ -460,6 +462,36 @@ async def test_denial_events_are_rate_limited() -> None:
     now[0] += 3 * server_module.EVENT_SECONDS
     await deny(10)
     assert len(recorder.posted) == server_module.EVENT_BURST + 3
+
+
+async def test_requests_abandoned_mid_body_are_answered_but_logged_sparsely(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever reaches the port can abandon requests mid-body as fast as it likes: each is still answered and
+    counted, but the log gets one line per UNREADABLE_LOG_SECONDS, saying how many it left out."""
+    def unreadable() -> list[Any]:
+        return [r for r in caplog.records if r.getMessage() == "unreadable admission request"]
+
+    def abandoned() -> float:
+        return REGISTRY.get_sample_value("controller_runtime_webhook_requests_total",
+                                         {"webhook": WEBHOOK_PATH, "code": "400"}) or 0.0
+
+    async def abandon(port: int, context: ssl.SSLContext, count: int) -> None:
+        for _ in range(count):
+            _, writer = await _held(port, context)
+            await asyncio.sleep(0.05)  # the server is reading the body
+            writer.transport.abort()
+        await until(lambda: abandoned() >= before + count, timeout=5)  # answered once the server sees it gone
+
+    now = [1000.0]
+    monkeypatch.setattr(server_module, "Sparse", lambda every: Sparse(every, clock=lambda: now[0]))
+    async with _serving(tmp_path) as (server, context):
+        before = abandoned()
+        await abandon(server.port, context, 3)
+        assert [r.fields["left_out"] for r in unreadable()] == [0]
+        now[0] += server_module.UNREADABLE_LOG_SECONDS
+        before = abandoned()
+        await abandon(server.port, context, 2)
+        assert [r.fields["left_out"] for r in unreadable()] == [0, 2]
 
 
 @pytest.mark.parametrize("host", [None, "::", "[::]"])
