@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dittoctl.api.models import (
@@ -10,6 +11,7 @@ from dittoctl.api.models import (
     DEFAULT_IMAGE,
     METADATA_ROOT,
     PRESTOP_SECONDS,
+    STARTUP_PERIOD_SECONDS,
     DittoServerSpec,
 )
 from dittoctl.api.naming import (
@@ -169,7 +171,8 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
         # With TLS the kubelet probes over HTTPS (it does not verify the certificate).
         "livenessProbe": _probe("/health", 15, 10, 3, scheme),
         "readinessProbe": _probe("/health/ready", 10, 5, 3, scheme),
-        "startupProbe": _probe("/health", 0, 5, 30, scheme),
+        "startupProbe": _probe("/health", 0, STARTUP_PERIOD_SECONDS,
+                               math.ceil(spec.startup_seconds / STARTUP_PERIOD_SECONDS), scheme),
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
         "securityContext": container_security,
     }

@@ -343,7 +343,7 @@ def test_nfs_file_survives_pod_deletion_restart_and_image_upgrade(
     real_server(testbed, real_node, namespace, image=upgraded)
     eventually(lambda: (p := pod(testbed, namespace))["metadata"]["uid"] != before
                and p["spec"]["containers"][0]["image"] == upgraded, timeout=90, what="pod rolled to the new image")
-    wait_ready(testbed, namespace, timeout=180)  # the startup probe's budget is 150 s
+    wait_ready(testbed, namespace, timeout=180)  # DittoFS starts in seconds here: its data is a few KiB
     status = on_real_node(testbed, namespace)["status"]
     assert eventually(lambda: nfs_get(status["podIP"], "hello.txt"), timeout=30,
                       what="file readable after the upgrade") == payload

@@ -23,6 +23,7 @@ AREAS = {
     "postgres": "dfs on a real PostgreSQL, with and without TLS (tests/contract)",
     "netns": "dfs servers isolated in private network namespaces (needs root or CAP_SYS_ADMIN)",
     "identity": "dfs against a real OpenLDAP slapd and an MIT ktutil keytab (tests/contract)",
+    "blkio": "dfs starting under a disk read limit (needs root and cgroup v1's blkio controller)",
 }
 # The reason of every opt-out skip starts with this, which is how tests/conftest.py tells them apart.
 OPT_OUT_TAG = "NOT PROVEN (opted out"

@@ -227,7 +227,7 @@ def test_statefulset_shape() -> None:
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["/app/dfs"]
     assert container["args"] == ["start", "--foreground", "--config", "/config/config.yaml"]
-    assert container["startupProbe"]["failureThreshold"] == 30
+    assert container["startupProbe"]["failureThreshold"] == 43  # 150 s + 3 GiB at 50 MiB/s, 5 s apart
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert pod["spec"]["terminationGracePeriodSeconds"] == 105
     # No Service links: DittoFS reads every DITTOFS_* variable (tests/contract/test_dfs_smoke.py).
@@ -235,6 +235,20 @@ def test_statefulset_shape() -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"config": "/config", "controlplane": "/data/controlplane",
                       "metadata": "/data/store/metadata", "content": "/data/store/block"}
+
+
+@pytest.mark.parametrize(("spec", "budget"), [
+    ({}, 255),  # 5Gi: 150 s + 103 s, rounded up to the probe period
+    ({"storage": {"metadataSize": "1Gi", "contentSize": "100Gi"}}, 2200),  # 150 s + 2048 s, rounded up
+    ({"storage": {"metadataSize": "1Gi", "contentSize": "1Mi"}}, 155),
+    ({"startupTimeoutSeconds": 3600, "storage": {"metadataSize": "1Gi", "contentSize": "100Gi"}}, 3600),
+    ({"startupTimeoutSeconds": 31}, 35),
+])
+def test_the_startup_budget_grows_with_the_data_dittofs_reads_back_before_it_answers(
+        spec: dict[str, Any], budget: int) -> None:
+    probe = build(server(**spec)).statefulset["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert (probe["periodSeconds"], probe["httpGet"]["path"]) == (5, "/health")
+    assert probe["periodSeconds"] * probe["failureThreshold"] == budget
 
 
 def test_a_pod_that_never_gets_ready_is_replaced_by_a_fixed_template() -> None:

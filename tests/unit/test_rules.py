@@ -110,6 +110,8 @@ def test_full_valid_spec_is_allowed() -> None:
      "duration"),
     ({"identity": {"jwt": {"secretRef": {"name": "x"}}}}, "spec.identity.jwt.secretRef.key", "required"),
     ({"terminationGracePeriodSeconds": 10}, "spec.terminationGracePeriodSeconds", ">= 36"),
+    ({"startupTimeoutSeconds": 10}, "spec.startupTimeoutSeconds", ">= 30"),
+    ({"startupTimeoutSeconds": 10**6}, "spec.startupTimeoutSeconds", "<= 604800"),
     ({"service": {"type": "ExternalName"}}, "spec.service.type", "one of"),
     ({"imagePullSecrets": [{"name": "Bad_Name"}]}, "spec.imagePullSecrets[0].name", "DNS name"),
     ({"typo": True}, "spec.typo", "unknown field"),
