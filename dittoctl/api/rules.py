@@ -492,8 +492,7 @@ class _Check:
         if not parsed.usable("stores", "s3"):
             return None
         st = spec.stores
-        metadata = st.metadata if st.metadata is not None else None
-        local = st.local if st.local is not None else None
+        metadata, local = st.metadata, st.local
         self._unique("spec.stores.metadata", [m.name for m in metadata or []])
         self._unique("spec.stores.local", [b.name for b in local or []])
         self._unique("spec.stores.remote", [r.name for r in st.remote])
@@ -505,6 +504,12 @@ class _Check:
                            "host, port, database, user and password")
             if m.type != "postgres" and m.postgres_secret_ref is not None:
                 self.error(f"{base}.postgresSecretRef", f"only for type postgres (this store is {m.type})")
+            elif (pg := m.postgres_secret_ref) is not None:
+                why = (f"metadata store {_q(m.name)} and the shares on it are not provisioned until it exists",
+                       "its shares are not provisioned until then")
+                keys = self._secret(f"{base}.postgresSecretRef", pg.name, *why)
+                self._keys(f"{base}.postgresSecretRef", pg.name, keys,
+                           [pg.host_key, pg.port_key, pg.database_key, pg.user_key, pg.password_key], *why)
         for i, b in enumerate(local or []):
             self._store_path(f"spec.stores.local[{i}].path", b.path, b.type == "fs", BLOCK_ROOT, b.type)
             self._bytes(f"spec.stores.local[{i}].maxSize", b.max_size)
@@ -526,7 +531,8 @@ class _Check:
                            "refuses; set allowPrivateEndpoint: true for an in-cluster S3 service")
             ref = r.credentials_secret_ref
             if ref is not None:
-                why = (f"remote store {_q(r.name)} and the shares on it are not provisioned until it exists",)
+                why = (f"remote store {_q(r.name)} and the shares on it are not provisioned until it exists",
+                       "its shares are not provisioned until then")
                 keys = self._secret(f"{base}.credentialsSecretRef", ref.name, *why)
                 self._keys(f"{base}.credentialsSecretRef", ref.name, keys,
                            [ref.access_key_id_key, ref.secret_access_key_key], *why)

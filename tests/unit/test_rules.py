@@ -314,6 +314,24 @@ def test_rule_10_missing_secret_warns(spec: dict[str, Any], path: str) -> None:
                                 "until then"]
 
 
+@pytest.mark.parametrize(("stores", "share", "path", "key"), [
+    ({"metadata": [{"name": "pgmeta", "type": "postgres", "postgresSecretRef": {"name": "nope", "userKey": "login"}}]},
+     {"metadataStore": "pgmeta"}, "spec.stores.metadata[0].postgresSecretRef", "login"),
+    ({"remote": [{"name": "s3", "bucket": "bkt", "credentialsSecretRef": {"name": "nope", "accessKeyIdKey": "login"}}]},
+     {"remoteBlockStore": "s3"}, "spec.stores.remote[0].credentialsSecretRef", "login"),
+])
+def test_a_stores_secret_is_checked_in_a_warning_that_fits(stores: dict[str, Any], share: dict[str, Any], path: str,
+                                                           key: str) -> None:
+    """Within MAX_WARNING, as kubectl shows it: the store's long consequence did not fit and was cut short."""
+    spec = {"stores": stores, "shares": [{"name": "/export", **share}]}
+    missing = check(spec, ClusterFacts(frozenset(), True, {"nope": None}))
+    assert missing.allowed
+    assert missing.warnings == [f'{path}: create Secret "nope"; its shares are not provisioned until then']
+    others = frozenset({"host", "port", "database", "password", "secretAccessKey"})
+    keys = check(spec, ClusterFacts(frozenset(), True, {"nope": others}))
+    assert keys.warnings == [f'{path}: add key "{key}" to Secret "nope"; its shares are not provisioned until then']
+
+
 def test_rule_10_missing_keys_warn_and_sslmode_is_optional() -> None:
     verdict = check({"database": {"type": "postgres", "postgresSecretRef": {"name": "pg", "userKey": "username"}},
                      "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "other"}}}})
