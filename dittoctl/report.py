@@ -44,7 +44,7 @@ from dittoctl.api.kinds import (
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import Names, url_host
 from dittoctl.api.secrets import (
-    ADMIN_PASSWORD_KEY,
+    OPERATOR_PASSWORD_KEY,
     TLS_CA_KEY,
     TLS_CERT_KEY,
     TLS_KEY_KEY,
@@ -342,7 +342,7 @@ def _tls(server: DittoServer, names: Names, secrets: list[dict[str, Any]]) -> Tl
 
 async def _dittofs_state(bundle: Bundle, names: Names, server: DittoServer, pods: list[dict[str, Any]],
                          server_address: str, secrets: list[dict[str, Any]]) -> None:
-    password = _value(secrets, names.operator_secret, ADMIN_PASSWORD_KEY)
+    password = _value(secrets, names.operator_secret, OPERATOR_PASSWORD_KEY)
     if not password:
         # Worded so that no `Secret: value` shape is masked by the redaction of this very note.
         bundle.add("notes/dittofs.txt", f"the Secret {names.operator_secret} does not exist: the operator never "

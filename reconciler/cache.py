@@ -1,4 +1,4 @@
-"""In-memory views fed by kopf's watch streams.
+"""In-memory views fed by the watch streams (kopf's for DittoServers, reconciler.watch for the rest).
 
 They are hints, not truth: a miss falls back to a point GET, and every write's response is stored
 back, so a cold start or a lagging watch costs reads, never duplicate writes. Secrets are reduced to

@@ -139,7 +139,8 @@ class Controller:
             lane.release(key, started)
 
     def start_background(self) -> None:
-        """Drift timer and Secret watch: run on every replica (caches stay warm for a fast failover)."""
+        """Every watch, the drift timer, the wait for the CRD, the memory trimmer and the cache prime: run on every
+        replica (caches stay warm for a fast failover)."""
         self.queue.start()
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._until_served(), name="crd-served"),

@@ -23,7 +23,7 @@ from dittoctl.api.kinds import (
 )
 from dittoctl.api.naming import MANAGED_BY_LABEL, MANAGER
 
-# Every watched object carries this label: the apiserver filters, so kopf keeps no record of others.
+# Every watched child carries this label: the apiserver filters, so the watches keep no record of others.
 SELECTOR = {MANAGED_BY_LABEL: MANAGER}
 
 

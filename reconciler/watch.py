@@ -50,7 +50,7 @@ class Watch:
 
     def __init__(self, gateway: Gateway, kind: Kind, on_event: Handler, *, namespaces: list[str] | None = None,
                  label_selector: str | None = None, listing: bool = True,
-                 on_reset: Callable[[], None] | None = None, kept_labels: tuple[str, ...] = (INSTANCE_LABEL,),
+                 on_reset: Callable[[], None] | None = None,
                  after: asyncio.Event | None = None, on_gone: Callable[[], None] | None = None,
                  on_forbidden: Callable[[], None] | None = None) -> None:
         self.gw = gateway
@@ -59,7 +59,7 @@ class Watch:
         self.on_reset = on_reset
         self.listing = listing
         self.label_selector = label_selector
-        self.kept_labels = kept_labels
+        self.kept_labels = (INSTANCE_LABEL,)
         """What a vanished object is reported with (its own labels are gone with it)."""
         self.after = after
         """Listing waits for this (None: lists at once)."""

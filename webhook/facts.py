@@ -1,8 +1,9 @@
-"""Cluster facts for validation: a snapshot type (pure) and the async source that fills it.
+"""The async source of cluster facts for validation (the snapshot type, pure, is dittoctl.api.facts).
 
 Lookups are cheap and bounded (SPEC §7): StorageClass names come from a cache kept fresh by a periodic
 relist plus a point GET on a miss, Percona presence from cached discovery, Secrets from point GETs with a
-2 s timeout. Only Secret *key names* are kept, never values, and there is no cluster-wide Secret cache.
+2 s timeout. Only Secret key names and their values' lengths are kept, never values, and there is no
+cluster-wide Secret cache.
 Every failure turns into "unknown", which the rules report as a "could not verify" warning.
 """
 
@@ -168,10 +169,6 @@ class FactSource:
                 return None
             self._percona, self._percona_at = served, self._clock()
             return served
-
-    async def secret_keys(self, namespace: str, names: Iterable[str]) -> dict[str, frozenset[str] | None]:
-        """Key names of each Secret (None: it does not exist); a failed lookup leaves the name out."""
-        return (await self.secret_facts(namespace, names))[0]
 
     async def secret_facts(self, namespace: str, names: Iterable[str]) -> tuple[
             dict[str, frozenset[str] | None], dict[str, dict[str, int]]]:

@@ -16,6 +16,7 @@ from dittoctl.api.naming import Names
 
 ADMIN_PASSWORD_KEY = "password"
 ADMIN_USERNAME_KEY = "username"
+OPERATOR_PASSWORD_KEY = "password"  # of the operator's own DittoFS account (<name>-operator-credentials)
 JWT_KEY = "jwt-secret"
 MIN_JWT_SECRET_LENGTH = 32  # v0.29.0 refuses a shorter controlplane secret and the pod crash-loops
 

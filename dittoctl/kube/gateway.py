@@ -337,17 +337,15 @@ class Gateway:
         items: list[Obj] = result.get("items", [])
         return items
 
-    async def list_keys(self, kind: Kind, namespace: str | None = None, *,
-                        label_selector: str | None = None) -> tuple[tuple[str, str], ...]:
+    async def list_keys(self, kind: Kind, namespace: str | None = None) -> tuple[tuple[str, str], ...]:
         """(namespace, name) of each object, listed as metadata only (PartialObjectMetadataList): a fraction
         of the full objects' bytes and parsing, for callers that need to know only what exists. An empty
         list has ``items: null`` in that form."""
-        query = [("labelSelector", label_selector)] if label_selector else []
-        result = await self._call("GET", kind.path(namespace), query=query, accept=_METADATA_LIST)
+        result = await self._call("GET", kind.path(namespace), accept=_METADATA_LIST)
         return tuple((str(m.get("namespace") or ""), str(m.get("name") or ""))
                      for m in (item.get("metadata") or {} for item in result.get("items") or ()))
 
-    async def apply(self, obj: Mapping[str, Any], *, force: bool = True, subresource: str | None = None) -> Obj:
+    async def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> Obj:
         """Server-side apply of `obj` (only the fields we own) with our field manager."""
         kind = kind_of(obj)
         meta = obj["metadata"]
@@ -356,7 +354,7 @@ class Gateway:
             query.append(("force", "true"))
         return await self._call(
             "PATCH",
-            kind.path(meta.get("namespace"), meta["name"], subresource),
+            kind.path(meta.get("namespace"), meta["name"]),
             body=dict(obj),
             query=query,
             content_type="application/apply-patch+yaml",

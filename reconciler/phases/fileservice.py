@@ -32,6 +32,7 @@ from dittoctl.api.naming import Names
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
     ADMIN_PASSWORD_KEY,
+    OPERATOR_PASSWORD_KEY,
     TLS_CA_KEY,
     TLS_CERT_KEY,
     TLS_KEY_KEY,
@@ -54,7 +55,7 @@ from dittoctl.kube.dittofs import (
 from dittoctl.kube.gateway import ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.context import Pass
-from reconciler.phases.secrets import _digest
+from reconciler.phases.secrets import digest, key_digests
 from reconciler.phases.volumes import claim
 from reconciler.specs.fileservice import (
     ShareUsage,
@@ -66,7 +67,7 @@ from reconciler.specs.fileservice import (
     refusal_hint,
     share_status,
 )
-from reconciler.specs.secrets import OPERATOR_PASSWORD_KEY, new_password, operator_secret
+from reconciler.specs.secrets import new_password, operator_secret
 from reconciler.status import Cond, pod_ready
 
 log = logging.getLogger("dittofs.reconciler")
@@ -229,11 +230,11 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
         result = await _provision(ctx, server, names, base_url, file_host, keep)
     except _Failed as failed:
         # Adapters first: an outage that also hides them must keep the failure's backoff, not their 5 s retry.
-        await _check_adapters(ctx, server, file_host, keep, patient=False)
+        await _check_adapters(server, file_host, keep, patient=False)
         return await _failure(ctx, mem, keep, failed.reason, failed.message)
     finally:
         mem.report()
-    await _check_adapters(ctx, server, file_host, result, patient=mem.writes > 0)
+    await _check_adapters(server, file_host, result, patient=mem.writes > 0)
     return await _settle(ctx, mem, result)
 
 
@@ -269,7 +270,7 @@ def _adapters(server: DittoServer, listening: set[str]) -> list[dict[str, Any]]:
             for kind, a in spec.by_type()]
 
 
-async def _check_adapters(ctx: Pass, server: DittoServer, host: str, result: Provisioned, *, patient: bool) -> None:
+async def _check_adapters(server: DittoServer, host: str, result: Provisioned, *, patient: bool) -> None:
     """AdaptersReady from a TCP connect per enabled adapter: DittoFS says `running: true` even for a listener
     that failed to bind (docs/DITTOFS_FACTS.md). ``patient``: adapters were just reconfigured, and DittoFS
     restarts a listener within about a second."""
@@ -402,9 +403,9 @@ async def _tls(ctx: Pass, server: DittoServer, names: Names) -> TlsTarget | None
     if trust is None:
         return None
     mem = memory(ctx)
-    digests = await _digest(ctx, trust.ca_secret) or {}
+    digests = await digest(ctx, trust.ca_secret) or {}
     client = trust.client_secret
-    client_digests = (await _digest(ctx, client) or {}) if client else {}
+    client_digests = (await digest(ctx, client) or {}) if client else {}
     key = "|".join([trust.ca_secret, digests.get(TLS_CA_KEY, ""), client or "",
                     client_digests.get(TLS_CERT_KEY, ""), client_digests.get(TLS_KEY_KEY, "")])
     if mem.tls is None or mem.tls[0] != key:
@@ -482,10 +483,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     except DittoFsError as exc:
         await mem.close()
         raise _Failed(_map_error(exc), f"cannot log in to DittoFS at {base_url}: {exc}") from None
-    digests: dict[tuple[str, str], str | None] = {}
-    for use in provisioned_secrets(server.spec):
-        data = await _digest(ctx, use.secret)
-        digests[(use.secret, use.key)] = None if data is None else data.get(use.key)
+    digests = (await key_digests(ctx, ((use.secret, use.key) for use in provisioned_secrets(server.spec)))).digests
     want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt,
                              await _content_capacity(ctx, server, names))
     if missing:

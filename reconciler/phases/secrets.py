@@ -7,7 +7,7 @@ point GET on a miss; bodies are never kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,8 @@ from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, ne
 log = logging.getLogger("dittofs.reconciler")
 
 
-async def _digest(ctx: Pass, name: str) -> SecretDigest:
+async def digest(ctx: Pass, name: str) -> SecretDigest:
+    """The Secret's per-key digests (None: it does not exist), from the cache or one GET."""
     key = (ctx.namespace, name)
     if key in ctx.cache.secrets:
         return ctx.cache.secrets[key]
@@ -64,7 +65,7 @@ async def _generate(ctx: Pass, namespace: str, name: str, build: Callable[[], di
     """True when this pass created the Secret."""
     known = (namespace, name) in ctx.cache.secrets
     # A fresh server's Secrets are created blind (a 409 says they exist): no GET per new server.
-    if (known or not ctx.fresh) and await _digest(ctx, name) is not None:
+    if (known or not ctx.fresh) and await digest(ctx, name) is not None:
         return False
     try:
         await _read(ctx, name, ctx.gw.create(SECRETS, build(), namespace))
@@ -111,7 +112,7 @@ async def s3_secret(ctx: Pass, server: DittoServer) -> SecretDigest:
     s3 = server.spec.s3
     if s3 is None or s3.credentials_secret_ref is None:
         return None
-    return await _digest(ctx, s3.credentials_secret_ref.secret_name)
+    return await digest(ctx, s3.credentials_secret_ref.secret_name)
 
 
 @dataclass(frozen=True)
@@ -122,15 +123,20 @@ class Consumed:
     """Secrets that do not exist at all."""
 
 
-async def consumed_digests(ctx: Pass, server: DittoServer, names: Names) -> Consumed:
+async def key_digests(ctx: Pass, keys: Iterable[tuple[str, str]]) -> Consumed:
+    """The digest of each (Secret, key)'s value, and the Secrets that do not exist."""
     digests: dict[tuple[str, str], str | None] = {}
     absent: set[str] = set()
-    for secret, key in consumed_keys(server.spec, names):
-        data = await _digest(ctx, secret)
+    for secret, key in keys:
+        data = await digest(ctx, secret)
         if data is None:
             absent.add(secret)
         digests[(secret, key)] = None if data is None else data.get(key)
     return Consumed(digests, frozenset(absent))
+
+
+async def consumed_digests(ctx: Pass, server: DittoServer, names: Names) -> Consumed:
+    return await key_digests(ctx, consumed_keys(server.spec, names))
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ async def missing_mounted(ctx: Pass, server: DittoServer) -> list[Missing]:
     """Secrets the pod mounts as files (the API's TLS pair): without them it would sit in ContainerCreating."""
     found: list[Missing] = []
     for mounted in mounted_secrets(server.spec):
-        data = await _digest(ctx, mounted.secret)
+        data = await digest(ctx, mounted.secret)
         if data is None:
             found.append(Missing(mounted.secret))
         else:

@@ -41,8 +41,8 @@ class Desired:
     missing_secret_keys: list[tuple[str, str]] = field(default_factory=list)
 
     def children(self) -> list[dict[str, Any]]:
-        """In apply order: ConfigMap, Services, Certificates, NetworkPolicy, ServiceMonitor, PerconaPGCluster,
-        StatefulSet."""
+        """Every child, as `dittoctl render` prints them: ConfigMap, Services, Certificates, NetworkPolicy,
+        ServiceMonitor, PerconaPGCluster, StatefulSet (a pass applies them in its own order)."""
         optional = [c for c in (self.network_policy, self.service_monitor, self.percona_cluster) if c is not None]
         return [self.config_map, *self.services, *self.certificates, *optional, self.statefulset]
 

@@ -12,7 +12,7 @@ import secrets as _random
 from typing import Any
 
 from dittoctl.api.naming import Names
-from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, ADMIN_USERNAME_KEY, JWT_KEY
+from dittoctl.api.secrets import ADMIN_PASSWORD_KEY, ADMIN_USERNAME_KEY, JWT_KEY, OPERATOR_PASSWORD_KEY
 
 
 def new_jwt_value() -> str:
@@ -42,8 +42,6 @@ def admin_secret(names: Names, username: str, password: str) -> dict[str, Any]:
 def _unowned(names: Names, name: str, component: str) -> dict[str, Any]:
     return {"name": name, "namespace": names.namespace, "labels": names.labels(component)}
 
-
-OPERATOR_PASSWORD_KEY = "password"
 
 
 def operator_secret(names: Names, username: str, password: str) -> dict[str, Any]:

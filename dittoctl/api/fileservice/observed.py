@@ -7,7 +7,7 @@ meaning (no ``uid`` = unset, no ``quota_bytes`` = no quota, ``null`` permissions
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +251,3 @@ def same_values(observed: Any, desired: Any) -> bool:
         return sorted(map(str, observed)) == sorted(map(str, desired))
     return bool(observed == desired)
 
-
-def as_list(values: Sequence[str]) -> list[str]:
-    return sorted(values)

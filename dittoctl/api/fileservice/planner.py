@@ -14,7 +14,7 @@ Rules, each one proven in tests/unit/test_fileservice_planner.py:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_args
 from urllib.parse import quote
@@ -161,10 +161,6 @@ class Plan:
     calls: tuple[Call, ...]
     problems: tuple[Problem, ...]
     owned: frozenset[Ref]  # ownership before the calls, without refs that vanished and are not declared
-
-    @property
-    def writes(self) -> int:
-        return len(self.calls)
 
     @property
     def needs_restart(self) -> bool:
@@ -730,6 +726,3 @@ def store_body_json(body: Mapping[str, Any]) -> dict[str, Any]:
         out["config"] = json.dumps(out["config"], sort_keys=True)
     return out
 
-
-def summarize(calls: Sequence[Call]) -> str:
-    return ", ".join(str(c) for c in calls) or "nothing to do"
