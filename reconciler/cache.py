@@ -20,7 +20,7 @@ import orjson
 
 from dittoctl.api.kinds import DITTOSERVERS, SECRETS, Kind
 from dittoctl.api.naming import INSTANCE_LABEL
-from reconciler.specs.hashing import value_digest
+from dittoctl.api.secrets import digest_of
 
 Key = tuple[str, str]  # (namespace, name)
 Obj = dict[str, Any]
@@ -31,9 +31,9 @@ SecretDigest = dict[str, str] | None
 def secret_digest(secret: Mapping[str, Any]) -> dict[str, str]:
     digests = {}
     for key, value in (secret.get("data") or {}).items():
-        digests[key] = value_digest(base64.b64decode(value or ""))
+        digests[key] = digest_of(base64.b64decode(value or ""))
     for key, value in (secret.get("stringData") or {}).items():
-        digests[key] = value_digest(str(value).encode())
+        digests[key] = digest_of(str(value).encode())
     return digests
 
 

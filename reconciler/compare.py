@@ -38,8 +38,9 @@ _QUANTITY_MAPS = frozenset({"requests", "limits"})  # ResourceLists, wherever th
 
 
 def stamp_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Annotate a manifest with the digest of what we apply, so removals (not just drift) are noticed. Once:
-    a second digest would cover the first, and the child would look changed on every pass."""
+    """Annotate a manifest, in place, with the digest of what we apply, so removals (not just drift) are
+    noticed; returned for chaining. Once: a second digest would cover the first, and the child would look changed
+    on every pass (the cached build is stamped, so its next pass finds the stamp)."""
     meta = manifest["metadata"]
     if APPLIED_ANNOTATION in (meta.get("annotations") or {}):
         return manifest

@@ -1,4 +1,5 @@
-"""Conditions, phase and the status block (SPEC §3.2), computed purely from observations."""
+"""Conditions, phase and the status block (SPEC §3.2), computed from observations; the one other input is the
+clock, which stamps a condition that changes (``merge_conditions``' ``now`` fixes it in tests)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,11 @@ ADMIN_USERNAME_KEY = "username"
 OPERATOR_PASSWORD_KEY = "password"  # of the operator's own DittoFS account (<name>-operator-credentials)
 JWT_KEY = "jwt-secret"
 MIN_JWT_SECRET_LENGTH = 32  # v0.29.0 refuses a shorter controlplane secret and the pod crash-loops
+
+
+def digest_of(value: str | bytes) -> str:
+    """What the operator keeps of a Secret value, and records of one it applied: its SHA-256, never the value."""
+    return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from typing import Any
 
 from dittoctl.api.models import DittoServer, DittoServerSpec
 from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE, Names
-from dittoctl.api.secrets import consumed_keys, hashed_secret_keys, secret_uses
+from dittoctl.api.secrets import consumed_keys, digest_of, hashed_secret_keys, secret_uses
 from reconciler.specs.certificates import certificates
 from reconciler.specs.config import config_map, render_config
-from reconciler.specs.hashing import config_hash, value_digest
+from reconciler.specs.hashing import config_hash
 from reconciler.specs.monitoring import service_monitor
 from reconciler.specs.network import network_policy
 from reconciler.specs.percona import percona_cluster
@@ -93,6 +93,6 @@ def render_offline(server: DittoServer) -> Desired:
     """What the operator would apply, without a cluster: Secret values are unknown, so each consumed key's
     digest is taken over its reference (stable output for reviews and GitOps diffs)."""
     names = Names.of(server)
-    digests = {(secret, key): value_digest(f"{secret}/{key}".encode())
+    digests = {(secret, key): digest_of(f"{secret}/{key}")
                for secret, key in consumed_keys(server.spec, names)}
     return build(server.spec, names, digests)

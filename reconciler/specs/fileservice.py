@@ -78,12 +78,12 @@ def adapters(spec: DittoServerSpec) -> tuple[AdapterSpec, ...]:
     return tuple(AdapterSpec(kind, a.enabled, a.port, _settings(a.settings)) for kind, a in spec.adapters.by_type())
 
 
-def _secrets(found: Mapping[str, ProvisionedSecret], digest_of: DigestOf, salt: str, what: str,
+def _secrets(found: Mapping[str, ProvisionedSecret], lookup: DigestOf, salt: str, what: str,
              missing: list[str]) -> tuple[tuple[str, SecretValue], ...] | None:
     """(config key, value) pairs; None (and the missing keys named) when one is missing."""
     out: list[tuple[str, SecretValue]] = []
     for config_key, use in found.items():
-        digest = digest_of(use.secret, use.key)
+        digest = lookup(use.secret, use.key)
         if digest is None:
             if not use.optional:  # sslmode, as in database.postgresSecretRef
                 missing.append(f"Secret {use.secret} key {use.key} ({what})")
@@ -93,7 +93,7 @@ def _secrets(found: Mapping[str, ProvisionedSecret], digest_of: DigestOf, salt: 
     return tuple(out)
 
 
-def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[str],
+def stores(spec: DittoServerSpec, lookup: DigestOf, salt: str, missing: list[str],
            capacity: int | None = None) -> tuple[StoreSpec, ...]:
     """Declared stores. The implicit `default` ones are declared even with no share: pruning them would make
     their paths unusable until a restart (DittoFS keeps a deleted badger store's lock), so `shares: []`
@@ -104,7 +104,7 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
             out.append(StoreSpec(StoreKind.METADATA, m.name, "badger", (("path", m.effective_path or ""),)))
         elif m.type == "postgres":
             what = f"metadata store {m.name}"
-            found = _secrets(postgres_store_secrets(spec, i), digest_of, salt, what, missing)
+            found = _secrets(postgres_store_secrets(spec, i), lookup, salt, what, missing)
             if found is not None:
                 out.append(StoreSpec(StoreKind.METADATA, m.name, "postgres", secrets=found))
         else:
@@ -124,7 +124,7 @@ def stores(spec: DittoServerSpec, digest_of: DigestOf, salt: str, missing: list[
                 remote[key] = value
         if r.allow_private_endpoint:
             remote["allow_private_endpoint"] = True
-        found = _secrets(remote_store_credentials(spec, i), digest_of, salt, f"credentials of remote store {r.name}",
+        found = _secrets(remote_store_credentials(spec, i), lookup, salt, f"credentials of remote store {r.name}",
                          missing)
         if found is None:
             continue
@@ -150,7 +150,7 @@ def shares(spec: DittoServerSpec) -> tuple[ShareSpec, ...]:
     return tuple(out)
 
 
-def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
+def declared(spec: DittoServerSpec, lookup: DigestOf, salt: str,
              capacity: int | None = None) -> tuple[FileService, list[str]]:
     """(the declared file service, missing Secret keys as messages). Users and stores whose Secret keys are
     missing are left out (and named), so nothing is created without its credentials. ``capacity``: the content
@@ -159,20 +159,20 @@ def declared(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
     users: list[UserSpec] = []
     for u in spec.users:
         ref = u.password_secret_ref
-        digest = digest_of(ref.name, ref.key)
+        digest = lookup(ref.name, ref.key)
         if digest is None:
             missing.append(f"Secret {ref.name} key {ref.key} (password of user {u.name})")
             continue
         users.append(UserSpec(u.name, SecretValue(secret_ref(ref.name, ref.key), salted(salt, digest)),
                               uid=u.uid, gid=u.gid, groups=tuple(u.groups), role=u.role))
     declared_shares = shares(spec)
-    return FileService(adapters=adapters(spec), stores=stores(spec, digest_of, salt, missing, capacity),
+    return FileService(adapters=adapters(spec), stores=stores(spec, lookup, salt, missing, capacity),
                        shares=declared_shares, users=tuple(users),
                        groups=tuple(GroupSpec(g.name, g.gid) for g in spec.groups),
-                       identity=identity_providers(spec, digest_of, salt, missing)), missing
+                       identity=identity_providers(spec, lookup, salt, missing)), missing
 
 
-def identity_providers(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
+def identity_providers(spec: DittoServerSpec, lookup: DigestOf, salt: str,
                        missing: list[str]) -> tuple[IdentityProviderSpec, ...]:
     """The LDAP and Kerberos records, with their write-only password (a provider whose password Secret is
     missing is left out, and named)."""
@@ -184,7 +184,7 @@ def identity_providers(spec: DittoServerSpec, digest_of: DigestOf, salt: str,
         use = passwords.get(slot)
         if use is None:
             return True, None
-        digest = digest_of(use.secret, use.key)
+        digest = lookup(use.secret, use.key)
         if digest is None:
             missing.append(f"Secret {use.secret} key {use.key} ({what})")
             return False, None

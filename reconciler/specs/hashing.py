@@ -14,10 +14,6 @@ from collections.abc import Iterable, Mapping
 import orjson
 
 
-def value_digest(value: bytes) -> str:
-    return hashlib.sha256(value).hexdigest()
-
-
 def _frame(hasher: hashlib._Hash, part: str) -> None:
     data = part.encode()
     hasher.update(len(data).to_bytes(8, "big"))

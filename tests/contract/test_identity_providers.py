@@ -25,10 +25,9 @@ from certs.selfsigned import new_ca, new_leaf
 from dittoctl.api.fileservice import FileService, Kind, Op, Ref, plan
 from dittoctl.api.fileservice.planner import reads
 from dittoctl.api.models import DittoServer
-from dittoctl.api.secrets import identity_secrets
+from dittoctl.api.secrets import digest_of, identity_secrets
 from dittoctl.kube.dittofs import DittoFsClient, bootstrap_operator
 from reconciler.specs.fileservice import declared, salted, secret_ref
-from reconciler.specs.hashing import value_digest
 from tests.contract.test_dittofs_client import State
 from tests.contract.test_rendered_config import UNKNOWN, generated_secrets, render
 from tests.support.prereqs import require
@@ -71,7 +70,7 @@ def wanted(raw: dict[str, Any], secrets: dict[str, dict[str, str]], root: Path) 
     """The identity part of what the fileservice phase declares, from the same spec the config came from."""
     server = DittoServer.model_validate({"metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
                                          "spec": {"storage": {"metadataSize": "1Gi"}, **raw}})
-    digests = {(u.secret, u.key): value_digest(secrets[u.secret][u.key].encode())
+    digests = {(u.secret, u.key): digest_of(secrets[u.secret][u.key])
                for u in identity_secrets(server.spec).values()}
     want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), SALT)
     assert missing == []
@@ -139,8 +138,7 @@ async def test_seeded_at_first_boot_then_converged_over_rest(ldap_tools: None, d
                 assert await converge(client, want, state, secrets) == [
                     (Op.UPDATE, Kind.IDENTITY_PROVIDER, "ldap", False, True)]
                 assert state.owned == {Ref(Kind.IDENTITY_PROVIDER, "ldap"), Ref(Kind.IDENTITY_PROVIDER, "kerberos")}
-                assert state.applied == {"identity-provider:ldap/bind_password": salted(SALT, value_digest(
-                    FIRST_PW.encode()))}
+                assert state.applied == {"identity-provider:ldap/bind_password": salted(SALT, digest_of(FIRST_PW))}
                 result = await ldap_test(client)
                 assert result["ok"] is True, result  # StartTLS verified with the mounted CA, stored password
                 assert await converge(client, want, state, secrets) == []  # settled: reads only

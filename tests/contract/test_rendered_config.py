@@ -35,10 +35,10 @@ from dittoctl.api.secrets import (
     ValueBounds,
     bounded_values,
     consumed_keys,
+    digest_of,
 )
 from dittoctl.kube.dittofs import TlsTarget, bootstrap_operator
 from reconciler import specs
-from reconciler.specs.hashing import value_digest
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from tests.support.prereqs import require
 from tests.testbed.dfs import DfsServer, DfsStartError
@@ -52,7 +52,7 @@ def render(spec: dict[str, Any], secrets: dict[str, dict[str, str]]) -> tuple[st
     server = DittoServer.model_validate({"metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
                                          "spec": {"storage": {"metadataSize": "1Gi"}, **spec}})
     names = Names.of(server)
-    digests = {(secret, key): value_digest(secrets.get(secret, {}).get(key, "").encode())
+    digests = {(secret, key): digest_of(secrets.get(secret, {}).get(key, ""))
                for secret, key in consumed_keys(server.spec, names)}
     desired = specs.build(server.spec, names, digests)
     container = desired.statefulset["spec"]["template"]["spec"]["containers"][0]

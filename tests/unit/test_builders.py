@@ -12,9 +12,9 @@ import yaml
 from dittoctl.api.crd import dump_yaml
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import HASH_ANNOTATION, Names
-from dittoctl.api.secrets import consumed_keys, secret_uses
+from dittoctl.api.secrets import consumed_keys, digest_of, secret_uses
 from reconciler import specs
-from reconciler.specs.hashing import config_hash, value_digest
+from reconciler.specs.hashing import config_hash
 from reconciler.specs.secrets import new_jwt_value, new_password
 from tests.support.golden import updating
 
@@ -28,7 +28,7 @@ def server(**spec: Any) -> DittoServer:
 
 
 def digests_for(s: DittoServer, value: str = "v") -> dict[tuple[str, str], str | None]:
-    return {key: value_digest(value.encode()) for key in consumed_keys(s.spec, Names.of(s))}
+    return {key: digest_of(value) for key in consumed_keys(s.spec, Names.of(s))}
 
 
 def build(s: DittoServer, value: str = "v") -> specs.Desired:
@@ -108,7 +108,7 @@ def test_a_new_client_ca_rolls_the_pod() -> None:
     s = server(**CASES["mtls"])
     digests = digests_for(s)
     assert ("demo-clients", "ca.crt") in digests
-    rotated = {**digests, ("demo-clients", "ca.crt"): value_digest(b"new CA")}
+    rotated = {**digests, ("demo-clients", "ca.crt"): digest_of(b"new CA")}
     assert specs.build(s.spec, Names.of(s), rotated).config_hash != build(s).config_hash
 
 

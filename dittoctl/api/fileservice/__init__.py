@@ -20,8 +20,8 @@ from dittoctl.api.fileservice.types import (
     StoreKind,
     StoreSpec,
     UserSpec,
-    digest_of,
 )
+from dittoctl.api.secrets import digest_of
 
 __all__ = [
     "AdapterSpec", "Call", "FileService", "Grant", "GroupSpec", "Kind", "NfsOptions", "Observed", "ObservedShare",

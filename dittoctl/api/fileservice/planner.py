@@ -42,12 +42,11 @@ from dittoctl.api.fileservice.types import (
     StoreKind,
     StoreSpec,
     digest_key,
-    digest_of,
     permission_name,
     share_name,
 )
 from dittoctl.api.models import REMOTE_LOCATION_KEYS
-from dittoctl.api.secrets import INTEGER_STORE_KEYS
+from dittoctl.api.secrets import INTEGER_STORE_KEYS, digest_of
 
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")

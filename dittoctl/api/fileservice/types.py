@@ -8,7 +8,6 @@ resolves + the digest of the value), so a plan can be logged, compared and store
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,11 +20,6 @@ Principal = Literal["user", "group"]
 Level = Literal["none", "read", "read-write", "admin"]
 OPERATOR_ACCOUNT = "dittofs-operator"
 BOOTSTRAP_ADMIN = "admin"  # v0.29.0 always bootstraps literally `admin` (docs/DITTOFS_FACTS.md deviation 4)
-
-
-def digest_of(value: str | bytes) -> str:
-    """The digest recorded for an applied secret value (never the value itself)."""
-    return hashlib.sha256(value.encode() if isinstance(value, str) else value).hexdigest()
 
 
 def share_name(name: str) -> str:
