@@ -947,6 +947,7 @@ def test_an_adapter_never_moves_onto_a_port_another_still_holds(want: tuple[Adap
         a.type: (a.enabled, a.port if a.port is not None else seen.adapters[a.type].port) for a in want}
 
 
+@settings(deadline=None)  # beside CI's control plane a stall is not a failure
 @given(st.lists(st.tuples(st.sampled_from(["nfs", "smb"]), st.booleans(), st.sampled_from([None, 1445, 12049, 2049])),
                 min_size=0, max_size=2, unique_by=lambda a: a[0]))
 def test_adapter_moves_always_end_and_never_bind_a_held_port_when_the_spec_has_none_twice(

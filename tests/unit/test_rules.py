@@ -1165,6 +1165,7 @@ def test_a_review_with_thousands_of_schema_errors_describes_fifty_and_counts_the
                                     "first")
 
 
+@settings(deadline=None)  # beside CI's control plane a stall is not a failure
 @given(broken=st.frozensets(st.lists(st.sampled_from(["a", "b", "c", 0, 1]), max_size=3).map(tuple), min_size=1,
                             max_size=4),
        path=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3).map(".".join))
