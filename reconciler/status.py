@@ -10,7 +10,7 @@ from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
 from dittoctl.api.models import DittoServerSpec, DittoServerStatus
-from dittoctl.api.naming import PAUSE_ANNOTATION
+from dittoctl.api.naming import CONTAINER, PAUSE_ANNOTATION
 from dittoctl.kube.clock import rfc3339_now
 
 # The kubelet's waiting reasons of a container that will not start by itself (a bad image or pod spec).
@@ -70,6 +70,22 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
             if waiting.get("reason") in BAD_WAITING:
                 problems.append(f"pod {name} container {cs.get('name')}: {waiting['reason']}")
     return problems
+
+
+def starting(obs: Observation) -> str | None:
+    """While DittoFS has not answered its first probe (it reads its local data back first, which takes longer the
+    more it holds): which pods, and the budget their template gives it."""
+    pods = [pod.get("metadata", {}).get("name", "?") for pod in obs.pods
+            for cs in (pod.get("status") or {}).get("containerStatuses") or ()
+            if cs.get("name") == CONTAINER and "running" in (cs.get("state") or {}) and cs.get("started") is False]
+    if not pods:
+        return None
+    containers = (((obs.statefulset or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get(
+        "containers") or ()
+    probe = next((c.get("startupProbe") or {} for c in containers if c.get("name") == CONTAINER), {})
+    budget = int(probe.get("periodSeconds", 10)) * int(probe.get("failureThreshold", 3))
+    return (f"pod {', '.join(pods)} starting: DittoFS answers once it has read back the data its local stores "
+            f"keep (the kubelet allows it {budget} s, spec.startupTimeoutSeconds)")
 
 
 REVISION_LABEL = "controller-revision-hash"
@@ -152,7 +168,7 @@ def conditions(obs: Observation) -> list[Cond]:
     elif ready >= 1:
         result.append(Cond(T.AVAILABLE, True, R.REPLICAS_AVAILABLE, f"{ready} ready replica(s)"))
     else:
-        result.append(Cond(T.AVAILABLE, False, R.NO_REPLICAS_AVAILABLE, "no ready DittoFS pod yet"))
+        result.append(Cond(T.AVAILABLE, False, R.NO_REPLICAS_AVAILABLE, starting(obs) or "no ready DittoFS pod yet"))
     if obs.config_errors and obs.config_reason == R.MISSING_SECRET:
         progressing = Cond(T.PROGRESSING, False, R.WAITING_FOR_SECRET,
                            "waiting for: " + "; ".join(obs.config_errors)[:1000])

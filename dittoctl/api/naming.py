@@ -28,6 +28,7 @@ ORPHAN_FINALIZER = "orphan"  # the garbage collector's, while `kubectl delete --
 CONTROL_PLANE_VOLUME = "controlplane"
 METADATA_VOLUME = "metadata"
 CONTENT_VOLUME = "content"
+CONTAINER = "dittofs"  # the server pod's container
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

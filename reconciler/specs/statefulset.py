@@ -17,6 +17,7 @@ from dittoctl.api.models import (
 from dittoctl.api.naming import (
     CONFIG_DIR,
     CONFIG_FILE,
+    CONTAINER,
     CONTENT_VOLUME,
     CONTROL_PLANE_VOLUME,
     HASH_ANNOTATION,
@@ -73,7 +74,7 @@ def drain_statefulset(names: Names) -> dict[str, Any]:
     verb on pods). Its pod template is never run; the garbage collector deletes it with the server."""
     sts = _identity(names, 0)
     sts["spec"]["template"] = {"metadata": {"labels": names.selector()},
-                               "spec": {"containers": [{"name": "dittofs", "image": DEFAULT_IMAGE}]}}
+                               "spec": {"containers": [{"name": CONTAINER, "image": DEFAULT_IMAGE}]}}
     return sts
 
 
@@ -159,7 +160,7 @@ def statefulset(spec: DittoServerSpec, names: Names, config_hash: str) -> dict[s
     tls = spec.control_plane.tls
     scheme = None if tls is not None and tls.client_ca_secret_name else "HTTPS" if tls is not None else "HTTP"
     container: dict[str, Any] = {
-        "name": "dittofs",
+        "name": CONTAINER,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["/app/dfs"],

@@ -60,6 +60,28 @@ def test_a_statefulset_being_re_created_to_grow_its_volumes_is_not_ready() -> No
     assert conds["Ready"] == (False, "ConditionsNotMet")
 
 
+def test_a_pod_still_reading_its_data_back_says_so_with_its_budget() -> None:
+    def pod(started: bool | None, state: str = "running") -> dict[str, Any]:
+        container: dict[str, Any] = {"name": "dittofs", "ready": False, "state": {state: {}}}
+        if started is not None:
+            container["started"] = started
+        return {"metadata": {"name": "demo-0"}, "status": {"containerStatuses": [container]}}
+
+    template = sts(ready=0)
+    template["spec"]["template"] = {"spec": {"containers": [
+        {"name": "dittofs", "startupProbe": {"periodSeconds": 5, "failureThreshold": 51}}]}}
+
+    def available(*pods: dict[str, Any]) -> str:
+        obs = Observation(generation=1, desired_replicas=1, statefulset=template, pods=pods)
+        return next(c.message for c in conditions(obs) if c.type == ConditionType.AVAILABLE)
+
+    assert available(pod(False)) == ("pod demo-0 starting: DittoFS answers once it has read back the data its "
+                                     "local stores keep (the kubelet allows it 255 s, spec.startupTimeoutSeconds)")
+    # Started and not yet ready, not yet running, or no word from the kubelet (kwok): nothing more to say.
+    for other in (pod(True), pod(False, "waiting"), pod(None)):
+        assert available(other) == "no ready DittoFS pod yet"
+
+
 def test_stopped() -> None:
     obs = Observation(generation=1, desired_replicas=0, statefulset=sts(replicas=0, ready=0, updated=0))
     status = build_status(obs, None)
