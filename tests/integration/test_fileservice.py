@@ -348,7 +348,8 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
             return smb(ip, 1445, "/export", "alice", "smb-pass-2", "ls", tmp_path).returncode == 0
 
         eventually(rotated, timeout=60, what="SMB login with the new password")
-        assert smb(ip, 1445, "/export", "alice", "smb-pass-1", "ls", tmp_path).returncode != 0
+        old = smb(ip, 1445, "/export", "alice", "smb-pass-1", "ls", tmp_path)
+        assert old.returncode != 0 and "NT_STATUS_LOGON_FAILURE" in old.stdout + old.stderr, old  # not a timeout
 
         # A rotated S3 key reaches the store config, which DittoFS applies only at start: the pod rolls once.
         testbed.kubectl("patch", "secret", "s3-creds", "-n", namespace, "-p",

@@ -47,6 +47,7 @@ from tests.testbed.fileservice import DfsRest, admin_rest, bootstrap_admin, dfs_
 from tests.testbed.images import DFS_IMAGE, PG_ISREADY_IMAGE
 from tests.testbed.node import (
     BRIDGE,
+    LEASES,
     NODE_IP,
     NODE_NAME,
     STATE_FILE,
@@ -143,9 +144,18 @@ def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator
     lines = out.split()
     assert lines[0] == "65532", out
     assert out.count("65532 /data/") == 3, out
-    assert (testbed.volumes_dir).is_dir()
-    owned = [f for f in testbed.volumes_dir.rglob("*") if f.stat().st_uid == 65532]
-    assert owned, "dfs wrote its data as 65532 into the provisioner's host dirs"
+    # Only this server's volumes (other tests' are there too), and files dfs may rename meanwhile are skipped.
+    dirs = [Path(pv["spec"]["hostPath"]["path"]) for pv in kubectl_json(testbed, "get", "pv")["items"]
+            if (pv["spec"].get("claimRef") or {}).get("namespace") == namespace]
+    assert len(dirs) == 3 and all(d.is_relative_to(testbed.volumes_dir) for d in dirs), dirs
+
+    def by_dfs(path: Path) -> bool:
+        try:
+            return path.stat().st_uid == 65532
+        except FileNotFoundError:
+            return False
+
+    assert [f for d in dirs for f in d.rglob("*") if by_dfs(f)], "dfs wrote its data as 65532 into its host dirs"
     # What the kwok version of this test checked, unchanged.
     sts = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)
     assert status["configHash"] == sts["spec"]["template"]["metadata"]["annotations"]["dittofs.io/config-hash"]
@@ -522,7 +532,7 @@ def test_a_dead_kubelet_is_not_replaced_by_kwok(testbed: Testbed, real_node: Rea
 
     With ``--manage-all-nodes=true`` kwok takes over an expired lease and fakes the node Ready.
     """
-    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE_NAME}"
+    lease_path = f"{LEASES}/{NODE_NAME}"
 
     def lease_made() -> bool:  # a node that just became Ready may not have made its lease yet
         return testbed.api.request("GET", lease_path)[0] == 200

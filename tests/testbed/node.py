@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .cluster import Testbed
 
 NODE_NAME = "real-node-0"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 TAINT_KEY = "testbed.local/real-node"
 NODE_LABEL = "testbed.local/real-node"
 BRIDGE = "dftb0"
@@ -407,12 +408,19 @@ class RealNode(Components):
         self._stop_proc("kubelet", grace=15)
 
     def start_kubelet(self) -> None:
-        """(Re)start the kubelet and wait until the node is Ready."""
+        """(Re)start the kubelet and wait until the node is Ready and this kubelet has renewed its lease: after a
+        restart the node may still read Ready from the killed one (the controller-manager waits 50 s)."""
+        before = self._lease_renewed()
         self._spawn("kubelet", self._kubelet_argv())
         if self._state is not None:
             self._state["kubelet_pid"] = self._procs["kubelet"].pid
             self._save_state()
-        self.tb.wait_for(f"node {NODE_NAME} Ready", self._node_ready, timeout=90)
+        self.tb.wait_for(f"node {NODE_NAME} Ready", lambda: self._node_ready() and self._lease_renewed() != before,
+                         timeout=90)
+
+    def _lease_renewed(self) -> str | None:
+        status, lease = self.tb.api.request("GET", f"{LEASES}/{NODE_NAME}")
+        return str(lease["spec"].get("renewTime")) if status == 200 else None
 
     def rss_bytes(self) -> dict[str, int]:
         """RSS of kubelet, containerd, all shims, and each container process, by name."""
