@@ -73,6 +73,12 @@ from reconciler.status import Cond, pod_ready
 log = logging.getLogger("dittofs.reconciler")
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 300.0
+# While the content volume is below its declared size (an expansion under way), the next look at it: the PVC's
+# growth sends no event a pass waits for, and the local store's cap follows it (else the next drift pass, 5 min).
+EXPANSION_POLL = 15.0
+# A store config DittoFS applies only at start was sent: the next pass rolls the pod with the new storeRevision
+# at once (this pass applied the StatefulSet before it knew; its own status write wakes nothing).
+ROLL_NOW = 0.05
 
 
 class _Unread(Enum):
@@ -484,8 +490,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         await mem.close()
         raise _Failed(_map_error(exc), f"cannot log in to DittoFS at {base_url}: {exc}") from None
     digests = (await key_digests(ctx, ((use.secret, use.key) for use in provisioned_secrets(server.spec)))).digests
-    want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt,
-                             await _content_capacity(ctx, server, names))
+    capacity = await _content_capacity(ctx, server, names)
+    want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt, capacity)
     if missing:
         raise _Failed(Reason.MISSING_SECRET, "waiting for " + "; ".join(missing))
     owned = {Ref.parse(r) for r in keep.provisioned or []}
@@ -527,8 +533,11 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
                          applied=the_plan.digests_after(applied, done) or None, store_revision=keep.store_revision)
     await _record(ctx, names, result.provisioned or [])
     restart = [c for c in done if c.needs_restart]
+    if capacity is not None:
+        result.requeue = EXPANSION_POLL
     if restart:
         result.store_revision = (keep.store_revision or 0) + 1
+        result.requeue = ROLL_NOW
         await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"{', '.join(str(c.ref) for c in restart)} "
                        "reconfigured in DittoFS, which applies it at its next start: rolling the pod")
     result.shares = share_status(server.spec, file_host, _usage(seen, done))

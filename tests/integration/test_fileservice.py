@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.kube import apply_server, condition, events, kubectl_json, report_bundle, wait_ready
-from tests.support.operator import OperatorProcess
+from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.poll import eventually
 from tests.support.s3 import ACCESS_KEY_ID, MotoServer
 from tests.testbed import Testbed
@@ -646,3 +646,32 @@ def test_a_share_with_snapshots_that_leaves_the_spec_is_disabled_and_its_data_ke
     assert condition(obj, "Provisioned")["reason"] == "Converged"  # type: ignore[index]
     assert "share:/scratch" not in obj["status"]["provisioned"]
     assert events(testbed, namespace, "ShareDeleted")
+
+
+def test_a_store_change_dittofs_applies_at_start_rolls_the_pod_at_once(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+    """The pass that sends a store config DittoFS reads only at start (here a local store's cap) applied the
+    StatefulSet before it knew: the next pass rolls the pod at once. With the default drift interval (this
+    operator's, 5 min) the roll waited for the next drift pass."""
+    operator.stop()  # the only reconciler of this namespace: one at the default drift interval
+    own = OperatorProcess(operator.kubeconfig, tmp_path, extra=["--no-webhook", "--namespaces", namespace,
+                                                                "--operator-namespace", OPERATOR_NAMESPACE])
+    try:
+        own.start()
+        local = {"name": "default", "maxSize": "1Gi"}
+        apply_server(testbed, namespace, **real_node.pod_placement(), stores={"local": [local]})
+        wait_ready(testbed, namespace, timeout=180)
+        before = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"]
+        revision = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)["status"].get("storeRevision")
+        smaller = {"local": [{**local, "maxSize": "512Mi"}]}
+        apply_server(testbed, namespace, **real_node.pod_placement(), stores=smaller)
+        eventually(lambda: kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] != before,
+                   timeout=45, what="the pod rolled with the new cap")
+        server = wait_ready(testbed, namespace, timeout=120)
+        assert server["status"]["storeRevision"] == (revision or 0) + 1
+        ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+        _, stats = admin_rest(testbed, namespace, ip).call("GET", "/api/v1/shares/export/blockstore/stats")
+        assert stats["totals"]["local_disk_max"] == 512 << 20, stats
+    finally:
+        own.stop()
+        operator.start()
