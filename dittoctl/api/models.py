@@ -861,7 +861,8 @@ class FileShareSpec(ApiModel):
     remote_block_store: StoreName | None = None
     """Remote block store (stores.remote) the blocks are tiered to. Immutable."""
     read_only: bool = False
-    """Serve the share read-only."""
+    """Serve the share read-only. Setting it rolls the pod once (DittoFS enforces it from its next start); it
+    cannot go back to false (DittoFS keeps refusing the share's writes): declare a new share instead."""
     default_permission: AccessLevel = "none"
     """Access of clients without a grant (NFS unknown uids, anonymous SMB). DittoFS's default is none."""
     quota: Quantity | None = None

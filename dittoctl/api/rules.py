@@ -939,6 +939,12 @@ class _Check:
                 if a != b:
                     self.error(f"spec.shares[{i}].{key}", f"immutable: share {_q(share.name)} used "
                                f"{_shown_value(a)}, now {_shown_value(b)}; declare a new share, or revert the change")
+            if was.read_only and not share.read_only:
+                # DittoFS v0.29.0 refuses writes by an option it sets when it loads a read-only share and never
+                # clears: the API would say read-write while every write still failed, restarts included.
+                self.error(f"spec.shares[{i}].readOnly", f"share {_q(share.name)} is read-only for good: DittoFS "
+                           "keeps refusing its writes once it was read-only; declare a new share for writes, or "
+                           "revert the change")
 
     def _renamed_badger_stores(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A new badger store in or around the directory of one leaving the spec (a rename): DittoFS keeps the

@@ -675,3 +675,30 @@ def test_a_store_change_dittofs_applies_at_start_rolls_the_pod_at_once(
     finally:
         own.stop()
         operator.start()
+
+
+def test_a_share_made_read_only_refuses_writes_after_one_roll(
+        testbed: Testbed, operator: OperatorProcess, real_node: RealNode, namespace: str, tmp_path: Path) -> None:
+    """DittoFS v0.29.0 enforces read-only from a store option it sets only when it loads a share: the update
+    rolls the pod (the way back is the webhook's to refuse: tests/unit/test_rules.py; docs/DITTOFS_FACTS.md)."""
+    shares = [{"name": "/export", "defaultPermission": "read-write"}]
+    apply_server(testbed, namespace, **real_node.pod_placement(), shares=shares)
+    wait_ready(testbed, namespace, timeout=180)
+    before = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"]
+    local = tmp_path / "w.txt"
+    local.write_bytes(b"written while read-write\n")
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+
+    def put() -> bool:
+        nfs_put(ip, local, "w.txt")
+        return True
+
+    eventually(put, timeout=30, what="a write while read-write")
+    apply_server(testbed, namespace, **real_node.pod_placement(), shares=[{**shares[0], "readOnly": True}])
+    eventually(lambda: kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["metadata"]["uid"] != before,
+               timeout=60, what="the pod rolled to enforce read-only")
+    wait_ready(testbed, namespace, timeout=120)
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+    assert eventually(lambda: nfs_get(ip, "w.txt"), timeout=30, what="the file, read back") == local.read_bytes()
+    with pytest.raises(RuntimeError, match="ROFS"):
+        nfs_put(ip, local, "after.txt")

@@ -320,6 +320,18 @@ def test_drift_is_repaired_only_where_it_differs() -> None:
     ]
 
 
+def test_a_share_made_read_only_rolls_the_pod_and_drift_back_does_not() -> None:
+    """DittoFS enforces read-only from a store option it sets when it loads the share: from its next start."""
+    _, after, owned, applied = converge(FULL, seeded())
+    share = after.shares["/export"]
+    drifted = dataclasses.replace(after, shares={"/export": dataclasses.replace(share, read_only=True)})
+    back = [c for c in plan(FULL, drifted, owned, applied).calls if c.kind is Kind.SHARE]
+    assert [(c.body, c.needs_restart) for c in back] == [({"read_only": False}, False)]
+    frozen = dataclasses.replace(FULL, shares=tuple(dataclasses.replace(s, read_only=True) for s in FULL.shares))
+    made = [c for c in plan(frozen, after, owned, applied).calls if c.kind is Kind.SHARE]
+    assert [(c.body, c.needs_restart) for c in made] == [({"read_only": True}, True)]
+
+
 def test_an_owned_share_deleted_by_hand_is_recreated_with_its_children() -> None:
     _, after, owned, applied = converge(FULL, seeded())
     gone = dataclasses.replace(after, shares={}, snapshot_policies={})

@@ -1246,3 +1246,14 @@ def test_a_badger_store_renamed_in_place_is_denied() -> None:
     assert check({**renamed, "stores": {"metadata": [{"name": "meta1"}, {"name": "meta2"}]}}, old=old).allowed
     assert check(merge(renamed, {"stores": {"metadata": [{"name": "meta2"}]}}), old=old).allowed
     assert check(badger, old={"stores": {"metadata": [{"name": "default", "type": "memory"}]}}).allowed
+
+
+def test_a_read_only_share_stays_read_only() -> None:
+    """DittoFS v0.29.0 keeps refusing a read-only share's writes once it was loaded read-only (its store option is
+    never cleared); making a share read-only is allowed (enforced from DittoFS's next start, a pod roll)."""
+    ro, rw = [{"name": "/export", "readOnly": True}], [{"name": "/export", "readOnly": False}]
+    assert check({"shares": ro}, old={"shares": rw}).allowed
+    back = check({"shares": rw}, old={"shares": ro})
+    assert back.messages == ['spec.shares[0].readOnly: share "/export" is read-only for good: DittoFS keeps refusing '
+                             "its writes once it was read-only; declare a new share for writes, or revert the change"]
+    assert check({"shares": [*ro, {"name": "/new"}]}, old={"shares": ro}).allowed

@@ -539,7 +539,11 @@ class _Planner:
             if not quota_matches(seen.quota, s.quota_bytes):
                 changes["quota_bytes"] = str(s.quota_bytes or 0)  # "0" clears it
             if changes:
-                self.call(Op.UPDATE, Kind.SHARE, key, "PUT", share_path(key), changes)
+                # DittoFS refuses writes to a read-only share by an option it sets only when it loads the share (at
+                # creation, at start): made read-only, a share is enforced from the next start, clients writing
+                # until then. (That option is never cleared: the webhook refuses going back to read-write.)
+                self.call(Op.UPDATE, Kind.SHARE, key, "PUT", share_path(key), changes,
+                          needs_restart=changes.get("read_only") is True)
             if not seen.enabled:  # a declared share is served; disabled by hand, it is drift
                 self.call(Op.UPDATE, Kind.SHARE, key, "POST", f"{share_path(key)}/enable")
         self.share_nfs(s, seen)
