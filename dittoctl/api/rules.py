@@ -67,6 +67,11 @@ _QUANTITY = re.compile(QUANTITY_PATTERN)
 _SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
 _UNVERIFIED, _ACTIONABLE = 1, 0
 _SYSTEM_GROUPS = ("admins", "operators", "users")
+_SYSTEM_GIDS = {0: "admins", 999: "operators", 1000: "users"}  # DittoFS seeds them (store/groups.go)
+# A Secret the file service reads missing: every file-service change waits (the plan is made only once each is
+# there), while the server keeps running. Longest first; the warning takes the first that fits.
+_FILE_SERVICE_WAITS = ("no file-service change (shares, users, stores) is applied until then; the server runs",
+                       "no file-service change is applied until then", "file-service changes wait for it")
 _RESERVED_USERS = ("admin", "dittofs-operator")
 # Consequence of a missing Secret or key the server container reads, longest (most helpful) first.
 _POD_FAILS = ("the pod fails with CreateContainerConfigError until then", "the pod cannot start until then",
@@ -412,10 +417,15 @@ class _Check:
         self._unique("spec.users", [u.name for u in spec.users])
         shares = spec.shares or []
         self._unique("spec.shares", ["/" + s.name.strip("/") for s in shares], [s.name for s in shares])
+        self._unique_ids("spec.users", "uid", [u.uid for u in spec.users])
+        self._unique_ids("spec.groups", "gid", [g.gid for g in spec.groups])
         for i, g in enumerate(spec.groups):
             if g.name in _SYSTEM_GROUPS:
                 self.error(f"spec.groups[{i}].name", f"{_q(g.name)} is a DittoFS system group; it exists already "
                            "and is not managed by the operator (choose another name)")
+            elif g.gid in _SYSTEM_GIDS:
+                self.error(f"spec.groups[{i}].gid", f"gid {g.gid} is DittoFS's system group "
+                           f"{_q(_SYSTEM_GIDS[g.gid])}, and gids are unique there; choose another, e.g. 2000")
         for i, u in enumerate(spec.users):
             base = f"spec.users[{i}]"
             if u.name in _RESERVED_USERS:
@@ -425,7 +435,7 @@ class _Check:
                 if group not in groups and group not in _SYSTEM_GROUPS:
                     self.error(f"{base}.groups[{j}]", f"group {_q(group)} is not declared in spec.groups; add it "
                                "there or remove it here")
-            why = (f"user {_q(u.name)} is not created until it exists (the server itself runs)",)
+            why = _FILE_SERVICE_WAITS
             keys = self._secret(f"{base}.passwordSecretRef", u.password_secret_ref.name, *why)
             self._keys(f"{base}.passwordSecretRef", u.password_secret_ref.name, keys, [u.password_secret_ref.key],
                        *why)
@@ -505,8 +515,7 @@ class _Check:
             if m.type != "postgres" and m.postgres_secret_ref is not None:
                 self.error(f"{base}.postgresSecretRef", f"only for type postgres (this store is {m.type})")
             elif (pg := m.postgres_secret_ref) is not None:
-                why = (f"metadata store {_q(m.name)} and the shares on it are not provisioned until it exists",
-                       "its shares are not provisioned until then")
+                why = _FILE_SERVICE_WAITS
                 keys = self._secret(f"{base}.postgresSecretRef", pg.name, *why)
                 self._keys(f"{base}.postgresSecretRef", pg.name, keys,
                            [pg.host_key, pg.port_key, pg.database_key, pg.user_key, pg.password_key], *why)
@@ -531,8 +540,7 @@ class _Check:
                            "refuses; set allowPrivateEndpoint: true for an in-cluster S3 service")
             ref = r.credentials_secret_ref
             if ref is not None:
-                why = (f"remote store {_q(r.name)} and the shares on it are not provisioned until it exists",
-                       "its shares are not provisioned until then")
+                why = _FILE_SERVICE_WAITS
                 keys = self._secret(f"{base}.credentialsSecretRef", ref.name, *why)
                 self._keys(f"{base}.credentialsSecretRef", ref.name, keys,
                            [ref.access_key_id_key, ref.secret_access_key_key], *why)
@@ -594,6 +602,31 @@ class _Check:
             if seconds is not None and not low <= seconds <= high:
                 self.error(f"spec.adapters.{path}", f"{_q(value or '')} is outside DittoFS's range "
                            f"{low}s to {high}s")
+
+    def _unique_ids(self, path: str, key: str, ids: list[int | None]) -> None:
+        """DittoFS keeps uids (gids) unique: a repeat was refused only when provisioned (a bare HTTP 500)."""
+        first: dict[int, int] = {}
+        for i, value in enumerate(ids):
+            if value is None:
+                continue
+            if value in first:
+                self.error(f"{path}[{i}].{key}", f"{key} {value} is also {path}[{first[value]}]'s; DittoFS "
+                           f"keeps {key}s unique (choose another)")
+            first.setdefault(value, i)
+
+    def _renamed_identities(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
+        """A user (group) renamed with its uid (gid): the operator creates before it deletes, and DittoFS refuses
+        the id while the old name holds it, so the change never converged."""
+        for path, key, before, after in (
+                ("spec.users", "uid", {u.name: u.uid for u in old.users}, [(u.name, u.uid) for u in new.users]),
+                ("spec.groups", "gid", {g.name: g.gid for g in old.groups}, [(g.name, g.gid) for g in new.groups])):
+            names = {name for name, _ in after}
+            leaving = {value: name for name, value in before.items() if name not in names and value is not None}
+            for i, (name, value) in enumerate(after):
+                if name not in before and value in leaving:
+                    self.error(f"{path}[{i}].{key}", f"{key} {value} is still {_q(leaving[value])}'s, which "
+                               f"leaves {path} in this change; DittoFS refuses it until that one is deleted: "
+                               f"remove {_q(leaving[value])} first, then add {_q(name)}")
 
     def _unique(self, path: str, names: list[str], written: list[str] | None = None) -> None:
         """One error per repeated name, at its second entry, naming the first (``written``: the names as the
@@ -912,6 +945,7 @@ class _Check:
                                    f"{_shown_value(b)}; {fix}")
                         break
         self._renamed_badger_stores(old, new)
+        self._renamed_identities(old, new)
         remote = {r.name: r.location(old.s3) for r in old.stores.remote}
         for i, r in enumerate(new.stores.remote):
             if r.name not in remote:

@@ -322,14 +322,15 @@ def test_rule_10_missing_secret_warns(spec: dict[str, Any], path: str) -> None:
 ])
 def test_a_stores_secret_is_checked_in_a_warning_that_fits(stores: dict[str, Any], share: dict[str, Any], path: str,
                                                            key: str) -> None:
-    """Within MAX_WARNING, as kubectl shows it: the store's long consequence did not fit and was cut short."""
+    """Within MAX_WARNING, as kubectl shows it (the store's long consequence was cut short), and saying what waits:
+    every file-service change, not only the store's shares."""
     spec = {"stores": stores, "shares": [{"name": "/export", **share}]}
     missing = check(spec, ClusterFacts(frozenset(), True, {"nope": None}))
     assert missing.allowed
-    assert missing.warnings == [f'{path}: create Secret "nope"; its shares are not provisioned until then']
+    assert missing.warnings == [f'{path}: create Secret "nope"; no file-service change is applied until then']
     others = frozenset({"host", "port", "database", "password", "secretAccessKey"})
     keys = check(spec, ClusterFacts(frozenset(), True, {"nope": others}))
-    assert keys.warnings == [f'{path}: add key "{key}" to Secret "nope"; its shares are not provisioned until then']
+    assert keys.warnings == [f'{path}: add key "{key}" to Secret "nope"; file-service changes wait for it']
 
 
 def test_rule_10_missing_keys_warn_and_sslmode_is_optional() -> None:
@@ -1257,3 +1258,44 @@ def test_a_read_only_share_stays_read_only() -> None:
     assert back.messages == ['spec.shares[0].readOnly: share "/export" is read-only for good: DittoFS keeps refusing '
                              "its writes once it was read-only; declare a new share for writes, or revert the change"]
     assert check({"shares": [*ro, {"name": "/new"}]}, old={"shares": ro}).allowed
+
+
+def test_a_users_missing_password_secret_warns_in_full_that_the_file_service_waits() -> None:
+    """The warning was cut mid-sentence ('... (the ser...'), and named only the user, while every file-service
+    change waits for the Secret."""
+    spec = {"users": [{"name": "carol", "passwordSecretRef": {"name": "carol-password", "key": "password"}}]}
+    verdict = check(spec, ClusterFacts(frozenset(), True, {"carol-password": None}))
+    assert verdict.warnings == ['spec.users[0].passwordSecretRef: create Secret "carol-password"; no file-service '
+                                "change is applied until then"]
+
+
+def pw(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "passwordSecretRef": {"name": "alice-pw", "key": "password"}, **extra}
+
+
+def test_uids_and_gids_are_unique_and_clear_of_dittofs_system_groups() -> None:
+    """DittoFS keeps them unique: a repeat failed only when provisioned, as a bare 500 or 'already exists'."""
+    verdict = check({"users": [pw("alice", uid=1000), pw("bob", uid=1000)],
+                     "groups": [{"name": "team", "gid": 2000}, {"name": "crew", "gid": 2000},
+                                {"name": "devs", "gid": 1000}]}, WITH_ALICE)
+    assert sorted(verdict.messages) == [
+        "spec.groups[1].gid: gid 2000 is also spec.groups[0]'s; DittoFS keeps gids unique (choose another)",
+        'spec.groups[2].gid: gid 1000 is DittoFS\'s system group "users", and gids are unique there; choose another, '
+        "e.g. 2000",
+        "spec.users[1].uid: uid 1000 is also spec.users[0]'s; DittoFS keeps uids unique (choose another)"]
+
+
+def test_a_user_or_group_renamed_with_its_id_is_done_in_two_steps() -> None:
+    """The operator creates before it deletes, and DittoFS refuses the id while the old name holds it: the change
+    was stuck at Provisioned=False ('User already exists')."""
+    old = {"users": [pw("bob", uid=1001)], "groups": [{"name": "team", "gid": 2000}]}
+    renamed = check({"users": [pw("robert", uid=1001)], "groups": [{"name": "staff", "gid": 2000}]}, WITH_ALICE,
+                    old=old)
+    assert sorted(renamed.messages) == [
+        'spec.groups[0].gid: gid 2000 is still "team"\'s, which leaves spec.groups in this change; DittoFS refuses '
+        'it until that one is deleted: remove "team" first, then add "staff"',
+        'spec.users[0].uid: uid 1001 is still "bob"\'s, which leaves spec.users in this change; DittoFS refuses it '
+        'until that one is deleted: remove "bob" first, then add "robert"']
+    assert check({"users": [], "groups": []}, WITH_ALICE, old=old).allowed
+    assert check({"users": [pw("robert", uid=1001)], "groups": [{"name": "staff", "gid": 2000}]}, WITH_ALICE,
+                 old={"users": [], "groups": []}).allowed
