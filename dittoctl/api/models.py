@@ -1055,7 +1055,8 @@ class ShareStatus(ApiModel):
     smb: str | None = None
     """SMB address (smb://host:port/share), when SMB is enabled."""
     used_bytes: int | None = None
-    """Bytes stored in the share, as DittoFS last reported."""
+    """Logical bytes (file sizes) DittoFS last reported for the share. DittoFS v0.29.0 counts them per metadata
+    store: shares on the same metadata store all show that store's total."""
     remote_healthy: bool | None = None
     """With a remote block store: DittoFS's last probe of it (for S3, the bucket) succeeded."""
 
