@@ -52,6 +52,7 @@ class FactSource:
         self._clock = clock
         self._classes: frozenset[str] | None = None
         self._expandable: dict[str, bool] = {}  # class -> allowVolumeExpansion, from the list and point GETs
+        self._expandable_at: dict[str, float] = {}  # class -> when that was read
         self._default_class: str | None = None
         self._classes_missing: dict[str, float] = {}  # name -> when a GET last said 404
         self._percona: bool | None = None
@@ -82,6 +83,7 @@ class FactSource:
             return False
         self._classes = frozenset(_name(item) for item in items if _name(item))
         self._expandable = {_name(item): item.get("allowVolumeExpansion") is True for item in items if _name(item)}
+        self._expandable_at = dict.fromkeys(self._expandable, self._clock())
         self._default_class = next((_name(item) for item in items if (item.get("metadata") or {}).get(
             "annotations", {}).get(DEFAULT_CLASS_ANNOTATION) == "true"), None)
         return True
@@ -145,7 +147,7 @@ class FactSource:
                 return None
             if _name(found):
                 added.add(name)
-                self._expandable[name] = found.get("allowVolumeExpansion") is True
+                self._expandable[name], self._expandable_at[name] = found.get("allowVolumeExpansion") is True, now
                 self._classes_missing.pop(name, None)
         if added:
             known = (known or frozenset()) | added
@@ -153,7 +155,22 @@ class FactSource:
                 self._classes = self._classes | added
         if len(self._classes_missing) > 1000:
             self._classes_missing.clear()
+        if listed and known is not None:
+            relevant = wanted or ([self._default_class] if self._default_class else [])
+            await self._recheck_expansion([n for n in relevant if n in known], now)
         return known
+
+    async def _recheck_expansion(self, names: list[str], now: float) -> None:
+        """A class read as unable to expand is read again before a resize is denied on it: "set
+        allowVolumeExpansion: true" is the denial's own fix, and the resync would see it only within a minute."""
+        for name in names:
+            if self._expandable.get(name) or now - self._expandable_at.get(name, float("-inf")) < self.negative_ttl:
+                continue
+            try:
+                found = await self._bounded(self.gateway.get(STORAGECLASSES, name, timeout=self.timeout))
+            except _LOOKUP_ERRORS:
+                continue  # the cached answer stands; NotFound too (the class was deleted meanwhile)
+            self._expandable[name], self._expandable_at[name] = found.get("allowVolumeExpansion") is True, now
 
     async def percona_served(self) -> bool | None:
         """Discovery of the Percona CRD. A yes is cached for `positive_ttl`, a no only for `negative_ttl`,

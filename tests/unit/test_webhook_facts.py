@@ -252,3 +252,20 @@ async def test_an_admission_parses_the_spec_once_for_its_lookups_and_its_rules(m
     assert answer["response"]["allowed"] is True
     assert gw.calls == ["list storageclasses"]  # the lookups did read the parsed references
     assert len(parses) == 1
+
+
+async def test_a_class_cached_as_unable_to_expand_is_read_again_before_a_resize_is_denied() -> None:
+    """The denial's own fix is 'set allowVolumeExpansion: true on it': the next apply must see it, not the cached
+    answer of up to a minute ago (an exploratory session waited ~50 s). A fresh 'no' is trusted briefly."""
+    gw, clock = FakeGateway(), Clock()
+    gw.default_class = "standard"
+    src = source(gw, clock)
+    old, new = obj({"storage": {"metadataSize": "1Gi"}}), obj({"storage": {"metadataSize": "2Gi"}})
+    assert not validate(new, old, await src.facts_for(new, old=old)).allowed
+    assert gw.calls == ["list storageclasses"], "just listed: no second read"
+    gw.expandable.add("standard")  # the user's fix
+    clock.now += 1  # a retry at once: still within the 3 s a fresh 'no' is trusted
+    assert not validate(new, old, await src.facts_for(new, old=old)).allowed
+    clock.now += 5
+    assert validate(new, old, await src.facts_for(new, old=old)).allowed
+    assert gw.calls == ["list storageclasses", "get storageclasses/standard"]
