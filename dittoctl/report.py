@@ -301,6 +301,10 @@ async def collect(gateway: Gateway, name: str, namespace: str, *, operator_names
     except ApiError as exc:
         bundle.note("operator_logs", f"operator logs in {operator_namespace}", exc)
         operators = []
+    else:
+        if not operators:
+            bundle.add("notes/operator_logs.txt", f"no operator pod ({OPERATOR_SELECTOR}) in namespace "
+                       f"{operator_namespace}: no operator log is included; pass --operator-namespace where it runs\n")
     for op in operators:
         op_name = op["metadata"]["name"]
         # The chart's container; a sidecar beside it makes a log request without a container name a 400.

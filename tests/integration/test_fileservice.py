@@ -421,6 +421,8 @@ def check_report(testbed: Testbed, namespace: str, tmp_path: Path, planted: tupl
     assert "<redacted>" in files["dittoserver.yaml"], "the base64 form in the annotation"
     assert not any(p.startswith("secrets/") for p in files), "Secret objects are never bundled"
     assert not [p for p in files if p.startswith("notes/dittofs")], "every DittoFS read succeeded"
+    # The session's operator is a process, not a pod: the bundle says why it has no operator log.
+    assert "no operator pod" in files.get("notes/operator_logs.txt", ""), sorted(files)
     text = "\n".join(files.values())
     for value in planted:
         raw = value.encode()
