@@ -557,9 +557,14 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
                                 "; ".join(str(p) for p in the_plan.problems))
         return result
     shares = len(result.shares)
+    # Left alone (made by hand, or by an earlier server of this name on these volumes), but clients can mount them.
+    others = sorted(set(_usage(seen, done)) - {s.key for s in want.shares})
+    also = (f"; it also serves {', '.join(others[:5])}{' and more' if len(others) > 5 else ''}, not declared (made by "
+            "hand or by an earlier server of this name): left alone, delete them in DittoFS or declare them"
+            if others else "")
     result.condition = Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED,
                             f"DittoFS serves {shares} declared share(s), {len(want.users)} user(s), "
-                            f"{len(want.groups)} group(s)")
+                            f"{len(want.groups)} group(s){also}")
     return result
 
 

@@ -194,6 +194,8 @@ def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed
     obj = wait_ready(testbed, namespace, timeout=60)
     assert "share:/manual" not in obj["status"]["provisioned"]
     assert "/manual" in rest.shares(), "the hand-made share is still there"
+    provisioned = condition(obj, "Provisioned")
+    assert provisioned is not None and "it also serves /manual, not declared" in provisioned["message"], provisioned
 
 
 def test_lost_credentials_fail_once_with_backoff_and_recover(testbed: Testbed, operator: OperatorProcess,
