@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS, EVENTS, PERCONAPGCLUSTERS, PODS, PVCS, Kind
-from dittoctl.api.naming import Names
+from dittoctl.api.naming import PAUSE_ANNOTATION, Names
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
 
 
@@ -38,7 +38,11 @@ def render(server: dict[str, Any], pods: list[dict[str, Any]], pvcs: list[dict[s
     if meta.get("deletionTimestamp"):
         lines.append(f"  deleting since {meta['deletionTimestamp']}; waiting on finalizers: "
                      f"{', '.join(meta.get('finalizers') or []) or '(none)'}")
-    if status.get("observedGeneration") != meta.get("generation"):
+    paused = (meta.get("annotations") or {}).get(PAUSE_ANNOTATION) == "disabled"
+    if paused:
+        lines.append(f"  note: reconciliation is paused ({PAUSE_ANNOTATION}: disabled); remove the annotation to "
+                     "resume")
+    elif status.get("observedGeneration") != meta.get("generation"):
         lines.append("  note: status is older than the spec; the operator has not caught up yet")
     lines.append("Conditions:")
     for cond in status.get("conditions", []):

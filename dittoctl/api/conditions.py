@@ -91,7 +91,8 @@ class EventReason(StrEnum):
     SHARE_DELETED = "ShareDeleted"
     USER_CREATED = "UserCreated"
     ADAPTER_RECONFIGURED = "AdapterReconfigured"
-    """An adapter's port, state or settings were changed live in DittoFS (no pod restart)."""
+    """An adapter's port, state or settings were changed live in DittoFS (DittoFS needs no restart; a first port
+    below 1024 still rolls the pod once, for its sysctl)."""
     DRIFT_REPAIRED = "DriftRepaired"
     """An object the operator manages was changed or deleted in DittoFS by hand and was put back."""
     PROVISIONING_FAILED = "ProvisioningFailed"

@@ -613,4 +613,4 @@ async def _call_events(ctx: Pass, done: list[Call]) -> None:
     changed = sorted({c.name for c in done if c.kind in (Kind.ADAPTER, Kind.ADAPTER_SETTINGS)})
     if changed:
         await ctx.post("Normal", EventReason.ADAPTER_RECONFIGURED,
-                       f"adapter(s) {', '.join(changed)} reconfigured live in DittoFS (no pod restart)")
+                       f"adapter(s) {', '.join(changed)} reconfigured live in DittoFS")

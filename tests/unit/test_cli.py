@@ -239,6 +239,17 @@ def test_status_screen_shows_pods_volumes_percona_and_the_last_events() -> None:
     assert "state=" not in empty and "Recent events" not in empty
 
 
+def test_status_screen_says_a_paused_server_is_paused_not_behind() -> None:
+    from dittoctl.status import render as screen
+
+    server = {"metadata": {"name": "demo", "namespace": "apps", "generation": 3,
+                           "annotations": {"dittofs.dittofs.com/reconcile": "disabled"}},
+              "status": {"phase": "Running", "observedGeneration": 2}}
+    text = screen(server, [], [], None, [])
+    assert "reconciliation is paused (dittofs.dittofs.com/reconcile: disabled)" in text
+    assert "has not caught up" not in text
+
+
 def test_status_screen_says_a_server_is_being_deleted_and_what_holds_it() -> None:
     from dittoctl.status import render as screen
 
