@@ -8,7 +8,6 @@ so `kubectl explain` shows them.
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections.abc import Sequence
 from decimal import Decimal
@@ -40,13 +39,13 @@ PRESTOP_SECONDS = 5
 # preStop + DittoFS's worst-case graceful shutdown (3 stages x shutdown_timeout) + a buffer.
 DEFAULT_GRACE_SECONDS = PRESTOP_SECONDS + 3 * SHUTDOWN_TIMEOUT_SECONDS + 10
 MIN_GRACE_SECONDS = 36
-# The startup probe's budget (SPEC §4.6: 30 probes 5 s apart) is what DittoFS needs with no data. It answers its
-# first probe only after reading back every record its local stores keep on the content volume (measured: ~3 s
-# per GiB at 330 MiB/s, 51 s per GiB at 20 MiB/s), so the default grows with the volume, for a disk reading
-# 50 MiB/s. A start cut short begins again from the first record: the server would never come back.
+# The startup probe's budget. SPEC §4.6's 150 s is what DittoFS needs with no data: it answers its first probe
+# only after reading back every record its local stores keep on the content volume (measured: ~3 s per GiB at
+# 330 MiB/s, 51 s per GiB at 20 MiB/s), and a start cut short begins again from the first record, so the server
+# would never come back. An hour (CloudNativePG's default for PostgreSQL's own replay) reads ~175 GiB at 50 MiB/s.
+# Not derived from contentSize: an expansion would then change the pod template and restart the pod.
 STARTUP_PERIOD_SECONDS = 5
-STARTUP_SECONDS = 150
-STARTUP_READ_BYTES_PER_SECOND = 50 * MIB
+DEFAULT_STARTUP_SECONDS = 3600
 MIN_STARTUP_SECONDS = 30
 MAX_STARTUP_SECONDS = 7 * 24 * 3600
 
@@ -960,9 +959,9 @@ class DittoServerSpec(ApiModel):
     """Pod grace period; default 105 = preStop 5 + 3 x shutdown timeout 30 + 10."""
     startup_timeout_seconds: int | None = Field(None, ge=MIN_STARTUP_SECONDS, le=MAX_STARTUP_SECONDS)
     """Seconds DittoFS may take to start before the kubelet restarts it (the startup probe's budget, rounded up
-    to its 5 s period). DittoFS answers only after reading back all the data its local stores keep on the
-    content volume; default 150 plus 1 per 50 MiB of storage.contentSize (255 for 5Gi). Raise it on disks
-    slower than 50 MiB/s: a start cut short begins again from the start, and the server never comes back."""
+    to its 5 s period); default 3600. DittoFS answers only after reading back all the data its local stores keep
+    on the content volume (an hour reads ~175 GiB at 50 MiB/s). Raise it for more data or a slower disk: a start
+    cut short begins again from the start, and the server never comes back."""
     shares: list[FileShareSpec] | None = Field(None, json_schema_extra=NAMED_LIST)
     """Shares the operator provisions over the REST API once the pod is Ready. Unset: one share /export with
     defaultPermission read-write; [] serves none. A share removed from the list is deleted in DittoFS (its
@@ -984,10 +983,7 @@ class DittoServerSpec(ApiModel):
 
     @property
     def startup_seconds(self) -> int:
-        if self.startup_timeout_seconds is not None:
-            return self.startup_timeout_seconds
-        content = parse_quantity(self.storage.effective_content_size)
-        return STARTUP_SECONDS + math.ceil(content / STARTUP_READ_BYTES_PER_SECOND)
+        return self.startup_timeout_seconds or DEFAULT_STARTUP_SECONDS
 
     @property
     def uses_postgres(self) -> bool:

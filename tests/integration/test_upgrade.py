@@ -3,7 +3,7 @@ what is new, and restarts pods only when their template changed, as docs/INSTALL
 
 From PREVIOUS the new operator re-creates each server's StatefulSet once around its pod (podManagementPolicy
 became Parallel, an immutable field), and the StatefulSet then replaces the pod once with the new template (the
-startup budget that grows with the content volume, fsGroupChangePolicy): no other child is written, and the
+startup budget of an hour, fsGroupChangePolicy): no other child is written, and the
 config hash is unchanged. Bump PREVIOUS when an upgrade from it no longer says what matters, and say in
 docs/INSTALL.md what the upgrade restarts."""
 
