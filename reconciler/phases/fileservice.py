@@ -540,7 +540,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         result.requeue = ROLL_NOW
         await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"{', '.join(str(c.ref) for c in restart)} "
                        "reconfigured in DittoFS, which applies it at its next start: rolling the pod")
-    result.shares = share_status(server.spec, file_host, _usage(seen, done))
+    present = _usage(seen, done)
+    result.shares = share_status(server.spec, file_host, present)
     await _call_events(ctx, done)
     if error is not None:
         if isinstance(error.cause, (DittoFsAuthError, DittoFsForbidden)):
@@ -558,7 +559,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         return result
     shares = len(result.shares)
     # Left alone (made by hand, or by an earlier server of this name on these volumes), but clients can mount them.
-    others = sorted(set(_usage(seen, done)) - {s.key for s in want.shares})
+    others = sorted(set(present) - {s.key for s in want.shares})
     also = (f"; it also serves {', '.join(others[:5])}{' and more' if len(others) > 5 else ''}, not declared (made by "
             "hand or by an earlier server of this name): left alone, delete them in DittoFS or declare them"
             if others else "")
