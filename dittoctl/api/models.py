@@ -852,7 +852,7 @@ class FileShareSpec(ApiModel):
     """A share served over NFS (and SMB when enabled), provisioned over the DittoFS REST API."""
 
     name: str = Field(pattern=r"^/[^\s]*$", min_length=2, max_length=255)
-    """Share path clients mount, e.g. /export."""
+    """Share path clients mount, e.g. /export (no trailing "/": DittoFS would keep /export/ apart)."""
     metadata_store: StoreName = "default"
     """Metadata store (stores.metadata). Immutable."""
     local_block_store: StoreName = "default"

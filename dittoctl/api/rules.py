@@ -462,6 +462,10 @@ class _Check:
             elif any(seg in ("", ".", "..") for seg in share.name[1:].rstrip("/").split("/")):
                 self.error(f"{base}.name", f"{_q(share.name)} has an empty, '.' or '..' path segment; name it "
                            "like /team/docs")
+            elif share.name.endswith("/") and self.stored is None and share.name not in self._old_share_names():
+                # DittoFS keeps "/a/" as a share apart from "/a"; a share already declared so is kept as it is.
+                self.error(f"{base}.name", f"{_q(share.name)} ends with '/', and DittoFS would serve it as a share "
+                           f"apart from {_q(share.name.rstrip('/'))}; name it {_q(share.name.rstrip('/'))}")
             self._bytes(f"{base}.quota", share.quota)
             for key, kind, store in (("metadataStore", "metadata", share.metadata_store),
                                     ("localBlockStore", "local", share.local_block_store),
@@ -860,6 +864,14 @@ class _Check:
                 for s in sysctls)):
             self.error("spec.podSecurityContext.sysctls", "must be a list of {name, value} strings, e.g. "
                        f"[{{name: net.ipv4.tcp_keepalive_time, value: \"600\"}}] (got {_show(sysctls)})")
+
+    def _old_share_names(self) -> set[str]:
+        """The share names the old object declares, as written (none on a CREATE)."""
+        old_spec = self.old.get("spec") if isinstance(self.old, Mapping) else None
+        shares = old_spec.get("shares") if isinstance(old_spec, Mapping) else None
+        if not isinstance(shares, list):
+            return set()
+        return {s["name"] for s in shares if isinstance(s, Mapping) and isinstance(s.get("name"), str)}
 
     # -- rules 12 and 13: updates ------------------------------------------------------------------------
     def _update(self, parsed: ParsedSpec, spec: DittoServerSpec) -> None:

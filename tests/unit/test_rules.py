@@ -520,6 +520,8 @@ def test_declared_file_service_is_allowed() -> None:
     ({"shares": [{"name": "/team//docs"}]}, "spec.shares[0].name", "empty, '.' or '..' path segment"),
     ({"shares": [{"name": "/team/.."}]}, "spec.shares[0].name", "empty, '.' or '..' path segment"),
     ({"shares": [{"name": "/./x"}]}, "spec.shares[0].name", "empty, '.' or '..' path segment"),
+    ({"shares": [{"name": "/a/"}]}, "spec.shares[0].name", "ends with '/', and DittoFS would serve it as a "
+                                                          'share apart from "/a"; name it "/a"'),
     ({"users": [FILE_SERVICE["users"][0], FILE_SERVICE["users"][0]]}, "spec.users[1].name", "repeats"),
     ({"groups": [{"name": "g"}, {"name": "g"}]}, "spec.groups[1].name", "repeats"),
     ({"groups": [{"name": "admins"}]}, "spec.groups[0].name", "system group"),
@@ -539,6 +541,16 @@ def test_file_service_rules_name_the_field(patch: dict[str, Any], path: str, fra
     verdict = check({**FILE_SERVICE, **patch}, WITH_ALICE)
     assert not verdict.allowed
     assert any(str(e).startswith(f"{path}: ") and fragment in str(e) for e in verdict.errors), verdict.errors
+
+
+def test_a_share_kept_with_a_trailing_slash_stays_allowed_but_a_new_one_is_refused() -> None:
+    # DittoFS serves "/a/" apart from "/a": only a new share is refused, so one declared before the rule is kept.
+    old = {"shares": [{"name": "/a/"}]}
+    moved = {"shares": [{"name": "/b"}, {"name": "/a/"}]}
+    assert check(moved, old=old).allowed  # kept, at another index
+    added = check({"shares": [{"name": "/a/"}, {"name": "/c/"}]}, old=old)
+    assert paths(added.messages) == ["spec.shares[1].name"], added.messages
+    assert validate(server(old), None, GOOD, stored=Stored()).allowed  # the reconciler's re-check keeps it
 
 
 def test_a_missing_user_password_secret_is_a_warning_like_other_secrets() -> None:
@@ -629,7 +641,9 @@ def test_a_repeated_name_is_reported_once_naming_the_first() -> None:
         'spec.groups[1].name: "g" repeats spec.groups[0], 3000 times in all; names must be unique (remove or '
         "rename the repeats)",
         'spec.shares[1].name: "/a/" repeats spec.shares[0] ("/a"), 3 times in all; names must be unique (remove '
-        "or rename the repeats)"]
+        "or rename the repeats)",
+        'spec.shares[1].name: "/a/" ends with \'/\', and DittoFS would serve it as a share apart from "/a"; name it '
+        '"/a"']
 
 
 @pytest.mark.parametrize(("spec", "message"), [
