@@ -257,10 +257,14 @@ def _wire(status: DittoServerStatus) -> dict[str, Any]:
     return {name: dumped.get(name) for name in _STATUS_FIELDS}
 
 
+FILESERVICE_STATUS = ("provisioned", "appliedSecrets", "shares", "adapters", "storeRevision")
+"""The file service's share of the status (``reconciler.phases.fileservice.Provisioned`` reports them)."""
+
+
 def kept_fileservice(status: Mapping[str, Any] | None) -> dict[str, Any]:
     """Ownership is never dropped by a pass that does not provision (the pod is down, the spec is waiting)."""
     status = status or {}
-    return {k: status.get(k) for k in ("provisioned", "appliedSecrets", "shares", "adapters", "storeRevision")}
+    return {k: status.get(k) for k in FILESERVICE_STATUS}
 
 
 def carried_over(status: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -16,9 +16,10 @@ import ipaddress
 import logging
 import ssl
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
@@ -68,7 +69,7 @@ from reconciler.specs.fileservice import (
     share_status,
 )
 from reconciler.specs.secrets import new_password, operator_secret
-from reconciler.status import Cond, pod_ready
+from reconciler.status import FILESERVICE_STATUS, Cond, kept_fileservice, pod_ready
 
 log = logging.getLogger("dittofs.reconciler")
 BACKOFF_FIRST = 5.0
@@ -140,9 +141,18 @@ class Provisioned:
     store_revision: int | None = None
     requeue: float | None = None
 
+    _ATTRIBUTE: ClassVar[dict[str, str]] = {"provisioned": "provisioned", "appliedSecrets": "applied",
+                                            "shares": "shares", "adapters": "adapters",
+                                            "storeRevision": "store_revision"}
+    """Where each of ``FILESERVICE_STATUS`` is kept."""
+
+    @classmethod
+    def kept(cls, status: Mapping[str, Any] | None) -> Provisioned:
+        """The last status's fields (``kept_fileservice``), reported again."""
+        return cls(**{cls._ATTRIBUTE[k]: v for k, v in kept_fileservice(status).items()})
+
     def status(self) -> dict[str, Any]:
-        return {"provisioned": self.provisioned, "appliedSecrets": self.applied, "shares": self.shares,
-                "adapters": self.adapters, "storeRevision": self.store_revision}
+        return {k: getattr(self, self._ATTRIBUTE[k]) for k in FILESERVICE_STATUS}
 
 
 class _Failed(Exception):
@@ -206,9 +216,7 @@ def _reachable(ctx: Pass, ip: str) -> bool:
 
 async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned:
     previous = ctx.current().get("status") or {}
-    keep = Provisioned(provisioned=previous.get("provisioned"), applied=previous.get("appliedSecrets"),
-                       shares=previous.get("shares"), adapters=previous.get("adapters"),
-                       store_revision=previous.get("storeRevision"))
+    keep = Provisioned.kept(previous)
     mem = memory(ctx)
     if mem.last is None:
         _recall(mem, previous, ctx.generation)
