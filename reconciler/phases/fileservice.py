@@ -607,7 +607,7 @@ def _usage(seen: Observed, done: list[Call]) -> dict[str, ShareUsage]:
 
 async def _call_events(ctx: Pass, done: list[Call]) -> None:
     mem = memory(ctx)
-    repaired = [c for c in done if c.op is not Op.SET_PASSWORD]  # a rotated password Secret is no drift
+    repaired = [c for c in done if not c.follows_input]  # a rotated Secret, a grown volume: no drift
     if repaired and mem.converged_generation == ctx.generation:
         await ctx.post("Normal", EventReason.DRIFT_REPAIRED,
                        "repaired in DittoFS: " + ", ".join(str(c.ref) for c in repaired)[:800])

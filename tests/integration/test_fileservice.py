@@ -343,6 +343,7 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         spec["adapters"] = {"nfs": {"port": 2049}, "smb": {"enabled": True}}
 
         # A rotated password changes the SMB login, live.
+        repairs = len(events(testbed, namespace, "DriftRepaired"))
         testbed.kubectl("patch", "secret", "alice-pw", "-n", namespace, "-p",
                         '{"stringData": {"password": "smb-pass-2"}}')
 
@@ -368,6 +369,7 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         uid, ip = pod["metadata"]["uid"], pod["status"]["podIP"]
         rest = admin_rest(testbed, namespace, ip)
         assert events(testbed, namespace, "ConfigUpdated"), "the roll is explained by an event"
+        assert len(events(testbed, namespace, "DriftRepaired")) == repairs, "a rotated Secret is no drift"
         assert smb_get(ip, 1445, "/export", "alice", "smb-pass-2", "tiered.bin", tmp_path) == payload
 
         # Removed: gone from DittoFS. Declared again: the same files, from the same stores.

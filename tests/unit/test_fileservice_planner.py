@@ -654,6 +654,34 @@ def test_a_redacted_store_secret_is_not_read_as_drift() -> None:
 
 
 
+def test_calls_made_for_a_changed_input_are_told_from_drift_repairs() -> None:
+    """``DriftRepaired`` is for DittoFS changed by hand: a rotated Secret or a local store's new cap (the content
+    volume grew) changes an input the spec does not show, and is no drift."""
+    _, after, owned, applied = converge(FULL, seeded())
+    rotated = dataclasses.replace(
+        FULL, users=(dataclasses.replace(FULL.users[0], password=secret("users/alice", "new")),),
+        stores=(FULL.stores[0], dataclasses.replace(FULL.stores[1], config=(*FULL.stores[1].config,
+                                                                            ("max_size", 4 << 30))),
+                dataclasses.replace(FULL.stores[2], secrets=(
+                    FULL.stores[2].secrets[0], ("secret_access_key", secret("s3/key", "rotated"))))))
+    assert [(c.kind, c.follows_input) for c in plan(rotated, after, owned, applied).calls] == [
+        (Kind.USER, True), (Kind.LOCAL_STORE, True), (Kind.REMOTE_STORE, True)]
+    s3 = after.stores[StoreKind.REMOTE]["s3"]
+    by_hand = dataclasses.replace(after, stores={**after.stores, StoreKind.REMOTE: {
+        "s3": s3.model_copy(update={"config": {**s3.config, "region": "us-east-1"}})}})
+    assert [(c.kind, c.follows_input) for c in plan(FULL, by_hand, owned, applied).calls] == [
+        (Kind.REMOTE_STORE, False)]
+    want = _identity_spec()
+    seen = Observed(identity=_as_dittofs_shows(want))
+    first = plan(want, seen)
+    owned_ids, applied_ids = first.owned_after(), first.digests_after({})
+    rotated_ids = dataclasses.replace(want, identity=tuple(
+        dataclasses.replace(p, secret=secret("bind/pw", "new")) if p.type == "ldap" else p for p in want.identity))
+    assert [c.follows_input for c in plan(rotated_ids, seen, owned_ids, applied_ids).calls] == [True]
+    edited = Observed(identity={**seen.identity, "ldap": {**seen.identity["ldap"], "nested_groups": True}})
+    assert [c.follows_input for c in plan(want, edited, owned_ids, applied_ids).calls] == [False]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # drift passes read a bounded number of objects
 

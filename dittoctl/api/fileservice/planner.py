@@ -307,7 +307,8 @@ class _Planner:
             if u.password and self.secret_changed(ref, "password", u.password.digest):
                 # An admin reset sets must_change_password again for admin-role accounts.
                 self.call(Op.SET_PASSWORD, Kind.USER, u.name, "POST", f"{path}/password", {},
-                          secrets=(SecretField("new_password", u.password, label="password"),), admin_first_login=admin)
+                          secrets=(SecretField("new_password", u.password, label="password"),), admin_first_login=admin,
+                          follows_input=True)
         for name in self.stale(Kind.USER, declared, set(self.seen.users) - reserved):
             self.call(Op.DELETE, Kind.USER, name, "DELETE", f"{API}/users/{_seg(name)}")
 
@@ -396,7 +397,7 @@ class _Planner:
                 self.call(Op.CREATE if seen is None else Op.UPDATE, Kind.IDENTITY_PROVIDER, p.type, "PUT",
                           f"{API}/identity-providers/{p.type}/config", dict(p.config),
                           secrets=secrets if secret_differs or seen is None else (),
-                          needs_restart=p.restart and plain_differs)
+                          needs_restart=p.restart and plain_differs, follows_input=secret_differs)
         for name in sorted(r.name for r in self.owned if r.kind is Kind.IDENTITY_PROVIDER):
             seen = self.seen.identity.get(name)
             if name not in declared and seen is not None and seen.get("enabled") and self.read(f"identity/{name}"):
@@ -467,7 +468,7 @@ class _Planner:
             # PUT replaces the whole config, so every declared key and every secret is sent again.
             self.call(Op.UPDATE, kind, s.name, "PUT", f"{_store_path(s.kind)}/{_seg(s.name)}",
                       {"type": s.type, "config": config}, secrets=secrets, needs_restart=True, stamps=stamp,
-                      whole=True)
+                      whole=True, follows_input=secret_differs or stamp_differs)
 
     def shares(self, usable: set[tuple[StoreKind, str]]) -> set[str]:
         """Plan shares and their sub-objects; return the shares planned for deletion."""

@@ -247,6 +247,7 @@ class Call:
     admin_first_login: bool = False  # a new/reset admin-role account must self-change its password once
     stamps: tuple[tuple[str, str], ...] = ()  # (slot, digest) recorded once it succeeded (a store's config)
     whole: bool = False  # the body is the whole record (a store's config): a secret not sent is gone from it
+    follows_input: bool = False  # made for a changed Secret value or volume size, not for drift in DittoFS
 
     @property
     def ref(self) -> Ref:
