@@ -55,7 +55,7 @@ from dittoctl.kube.dittofs import DittoFsClient, DittoFsError, TlsTarget
 from dittoctl.kube.gateway import ApiError, Gateway, NotFound, load_client
 
 REDACTED = "<redacted>"
-MIN_SECRET_LENGTH = 4  # shorter values (e.g. "5432", "true") would shred the bundle and protect nothing
+MIN_SECRET_LENGTH = 4  # shorter values (e.g. "443", "on") would shred the bundle and protect nothing
 LOG_TAIL_LINES = 2000
 OPERATOR_SELECTOR = "app.kubernetes.io/name=dittofs-operator"
 OPERATOR_CONTAINER = "operator"

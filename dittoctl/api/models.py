@@ -181,7 +181,8 @@ class SecretKeyRef(ApiModel):
 
 class StorageSpec(ApiModel):
     """PersistentVolumeClaims of the server. Sizes can grow when the StorageClass allows volume expansion
-    (the PVCs are resized, the pod keeps running), never shrink; the class is immutable."""
+    (the PVCs are resized around the running pod; a grown contentSize rolls it once when an fs local store keeps
+    its default cap), never shrink; the class is immutable."""
 
     metadata_size: Quantity
     """Size of the `metadata` volume, mounted at /data/store/metadata (required)."""
