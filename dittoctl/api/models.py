@@ -49,7 +49,11 @@ DEFAULT_STARTUP_SECONDS = 3600
 MIN_STARTUP_SECONDS = 30
 MAX_STARTUP_SECONDS = 7 * 24 * 3600
 
-_GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+# Go's time.ParseDuration grammar (unsigned), written once: validation, the CRD's pattern and parsing share it.
+GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_GO_UNIT = "|".join(GO_UNIT_NS)  # "ms" before "m": the alternation takes the first that matches
+_GO_TERMS = rf"([0-9]+(\.[0-9]+)?({_GO_UNIT}))+"
+_GO_DURATION = re.compile(rf"^{_GO_TERMS}$")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
@@ -75,8 +79,7 @@ def _check_cron(value: str) -> str:
     return value
 
 
-GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")  # one term of a Go duration, as Go writes it
-GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+GO_PART = re.compile(rf"(\d+(?:\.\d*)?|\.\d+)({_GO_UNIT})")  # one term of a Go duration, as Go writes it
 GO_MAX_NS = (1 << 63) - 1  # Go's time.Duration: a longer one fails DittoFS's config (a crash loop) or its API
 
 
@@ -399,7 +402,7 @@ class AdaptersSpec(ApiModel):
 
 
 _STORE_NAME = r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,63}$"
-_SNAPSHOT_INTERVAL = r"^(@hourly|@daily|@weekly|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$"
+_SNAPSHOT_INTERVAL = rf"^(@hourly|@daily|@weekly|{_GO_TERMS})$"
 PATTERN_MESSAGES[_STORE_NAME] = "must be a name of letters, digits, '-', '_' and '.' (at most 64)"
 PATTERN_MESSAGES[r"^/[^\s]*$"] = "must be an absolute path starting with '/' (no spaces)"
 PATTERN_MESSAGES[r"^https?://"] = "must be a URL starting with http:// or https://"
