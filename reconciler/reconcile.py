@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from dittoctl.api.conditions import Reason
 from dittoctl.api.kinds import CONFIGMAPS
@@ -67,6 +67,20 @@ REFUSED_VALUE_REASONS: dict[ValueBounds, Reason] = {
 Obj = dict[str, Any]
 CERT_MANAGER_POLL = 30.0  # seconds between looks for cert-manager's Certificate kind while a server waits for it
 RECREATE_POLL = 1.0  # seconds between looks at an orphan-deleted StatefulSet until it is gone
+
+
+class Gated(NamedTuple):
+    """The StatefulSet phase's outcome."""
+
+    statefulset: Obj | None
+    database: DatabaseState
+    errors: list[str]
+    reason: Reason
+    """Why ``errors`` hold the StatefulSet back (the condition's reason)."""
+    recreating: bool
+    """The StatefulSet is being re-created around its pods (a volume expansion, a policy change)."""
+    refused: ApiError | None
+    """The API's refusal to bring the existing ConfigMap up to date."""
 
 
 class Reconciler:
@@ -188,11 +202,9 @@ class Reconciler:
         return None
 
     async def _statefulset(self, ctx: Pass, server: DittoServer, names: Names, desired: Desired,
-                           consumed: Consumed, *, config_map_exists: bool,
-                           ) -> tuple[Obj | None, DatabaseState, list[str], Reason, bool, ApiError | None]:
+                           consumed: Consumed, *, config_map_exists: bool) -> Gated:
         """The StatefulSet behind its gates (complete config, database, storage), and an existing ConfigMap brought
-        up to date only once they are open: (the StatefulSet, the database state, the errors and their reason,
-        whether it is being re-created, the ConfigMap's refusal)."""
+        up to date only once they are open."""
         digests = consumed.digests
         database = await ensure_database(ctx, server, names, desired)
         if server.spec.percona.enabled:
@@ -249,7 +261,7 @@ class Reconciler:
                 errors, reason = [*errors, *failed], Reason.VOLUME_EXPANSION_FAILED
         if not errors and not held and database.gate_open and not recreating:
             sts = await apply_statefulset(ctx, names, desired, sts, digests)
-        return sts, database, errors, reason, recreating, refused
+        return Gated(sts, database, errors, reason, recreating, refused)
 
     def _desired(self, ctx: Pass, server: DittoServer, names: Names, digests: SecretDigests,
                  store_revision: int) -> Desired:
