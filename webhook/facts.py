@@ -51,8 +51,8 @@ class FactSource:
         self.positive_ttl = positive_ttl
         self._clock = clock
         self._classes: frozenset[str] | None = None
-        self._expandable: dict[str, bool] = {}  # class -> allowVolumeExpansion, from the list and point GETs
-        self._expandable_at: dict[str, float] = {}  # class -> when that was read
+        # class -> (allowVolumeExpansion, when read), from the list and point GETs
+        self._expandable: dict[str, tuple[bool, float]] = {}
         self._default_class: str | None = None
         self._classes_missing: dict[str, float] = {}  # name -> when a GET last said 404
         self._percona: bool | None = None
@@ -82,8 +82,8 @@ class FactSource:
             log.warning("StorageClass list failed", extra=fields(error=str(exc)))
             return False
         self._classes = frozenset(_name(item) for item in items if _name(item))
-        self._expandable = {_name(item): item.get("allowVolumeExpansion") is True for item in items if _name(item)}
-        self._expandable_at = dict.fromkeys(self._expandable, self._clock())
+        now = self._clock()
+        self._expandable = {_name(item): _expansion(item, now) for item in items if _name(item)}
         self._default_class = next((_name(item) for item in items if (item.get("metadata") or {}).get(
             "annotations", {}).get(DEFAULT_CLASS_ANNOTATION) == "true"), None)
         return True
@@ -116,7 +116,7 @@ class FactSource:
         except Exception:  # the snapshot is best effort: an unexpected failure means "unknown"
             log.exception("fact lookup failed")
             return ClusterFacts()
-        expandable = frozenset(n for n, yes in self._expandable.items() if yes) if classes is not None else None
+        expandable = frozenset(n for n, (yes, _) in self._expandable.items() if yes) if classes is not None else None
         return ClusterFacts(storage_classes=classes, percona_served=percona, secrets=secrets, key_lengths=lengths,
                             expandable_classes=expandable, default_storage_class=self._default_class)
 
@@ -147,7 +147,7 @@ class FactSource:
                 return None
             if _name(found):
                 added.add(name)
-                self._expandable[name], self._expandable_at[name] = found.get("allowVolumeExpansion") is True, now
+                self._expandable[name] = _expansion(found, now)
                 self._classes_missing.pop(name, None)
         if added:
             known = (known or frozenset()) | added
@@ -164,13 +164,14 @@ class FactSource:
         """A class read as unable to expand is read again before a resize is denied on it: "set
         allowVolumeExpansion: true" is the denial's own fix, and the resync would see it only within a minute."""
         for name in names:
-            if self._expandable.get(name) or now - self._expandable_at.get(name, float("-inf")) < self.negative_ttl:
+            yes, read_at = self._expandable.get(name, (False, float("-inf")))
+            if yes or now - read_at < self.negative_ttl:
                 continue
             try:
                 found = await self._bounded(self.gateway.get(STORAGECLASSES, name, timeout=self.timeout))
             except _LOOKUP_ERRORS:
                 continue  # the cached answer stands; NotFound too (the class was deleted meanwhile)
-            self._expandable[name], self._expandable_at[name] = found.get("allowVolumeExpansion") is True, now
+            self._expandable[name] = _expansion(found, now)
 
     async def percona_served(self) -> bool | None:
         """Discovery of the Percona CRD. A yes is cached for `positive_ttl`, a no only for `negative_ttl`,
@@ -237,3 +238,7 @@ def _name(obj: Any) -> str:
 
 def _mapping_keys(value: Any) -> list[str]:
     return [k for k in value if isinstance(k, str)] if isinstance(value, Mapping) else []
+
+
+def _expansion(storage_class: Mapping[str, Any], now: float) -> tuple[bool, float]:
+    return storage_class.get("allowVolumeExpansion") is True, now
