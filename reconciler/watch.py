@@ -160,9 +160,7 @@ class Watch:
                     self.last_activity = time.monotonic()
                     event_type = str(event.get("type"))
                     obj = event.get("object") or {}
-                    if event_type == "ERROR":
-                        if obj.get("code") == 410:
-                            raise NotFound("watch expired")
+                    if event_type == "ERROR":  # 410: the version expired, listed again below
                         raise ApiError(int(obj.get("code") or 0), str(obj.get("message")))
                     backoff = 0.5  # the stream worked: a drop after this (a proxy's idle cut) is not a failing loop
                     version = str(obj.get("metadata", {}).get("resourceVersion") or version)
@@ -188,7 +186,7 @@ class Watch:
                 backoff = min(backoff * 2, 30.0)
             except (ApiError, OSError, ValueError) as exc:
                 if isinstance(exc, ApiError) and exc.status == 410 and version is not None:
-                    version = None  # the version refused with an HTTP status, not an ERROR event
+                    version = None  # refused by an ERROR event or an HTTP status
                     self._expired()
                     continue
                 if isinstance(exc, ApiError) and exc.status == 403 and version is None and self.on_forbidden:
