@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -24,6 +23,7 @@ from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS
 from dittoctl.kube import heap, metrics
 from dittoctl.kube.gateway import Gateway, kubeconfig_files, load_client
 from dittoctl.kube.logs import fields
+from dittoctl.settings import RunSettings
 from reconciler.context import Provisioning
 from reconciler.handlers import Controller, configure_persistence, register, watch_streams
 from reconciler.watch import PAGE
@@ -45,39 +45,6 @@ async def _listen(what: str, host: str, port: int, start: Awaitable[None]) -> No
     except OSError as exc:
         where = f"{host}:{port}" if host else f"port {port}"
         raise StartError(f"cannot listen for {what} on {where}: {exc.strerror or exc}") from None
-
-
-@dataclass
-class RunSettings:
-    """Everything `dittoctl run` can be told, from flags or DITTOFS_OPERATOR_* variables."""
-
-    kubeconfig: str | None = None
-    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
-    reconciler: bool = True
-    webhook: bool = True
-    webhook_host: str = ""  # every address, IPv6 too: the apiserver must reach the pod, on an IPv6 cluster too
-    webhook_port: int = 9443
-    cert_dir: str = "/tmp/k8s-webhook-server/serving-certs"  # noqa: S108 - controller-runtime's default
-    tls_mode: str = "provided"
-    webhook_config_name: str = "dittofs-operator"
-    service_name: str = "dittofs-operator-webhook"
-    service_namespace: str = "dittofs-system"
-    health_host: str = ""
-    health_port: int = 8081
-    leader_election: bool = False
-    lease_name: str = "dittofs-operator"
-    lease_namespace: str = "dittofs-system"
-    log_level: str = "INFO"
-    log_format: str = "json"
-    workers: int = 32  # passes mostly wait on the API: more in flight keep a burst moving (bench, issue 15)
-    drift_interval: float = 300.0
-    shutdown_delay: float = 0.0
-    """Seconds the webhook keeps answering, unready, after a stop signal: the apiserver may still route to this pod
-    until its endpoint is gone, and a request meeting a closed listener fails its admission (the chart sets it)."""
-    server_address: str = "service"
-    provision_networks: list[str] = field(default_factory=list)
-    operator_namespace: str = "dittofs-system"
-    """Where the operator runs; every DittoServer's NetworkPolicy lets this namespace in."""
 
 
 class Health:

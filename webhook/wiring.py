@@ -12,7 +12,7 @@ from webhook.server import AdmissionHandler, EventSink, Service, WebhookServer
 
 
 class WebhookSettings(Protocol):
-    """The fields of `dittoctl.main.RunSettings` the webhook reads."""
+    """The fields of `dittoctl.settings.RunSettings` the webhook reads."""
 
     webhook_host: str
     webhook_port: int

@@ -15,12 +15,21 @@ from typing import Any
 import pytest
 import yaml
 
-from dittoctl.cli import main
+from dittoctl.cli import main, parser, run_settings
+from dittoctl.settings import RunSettings
 from tests.support.paths import CRD as COMMITTED
 from tests.support.paths import SAMPLES
 
 SAMPLE = SAMPLES / "dittoserver-minimal.yaml"
 DITTOCTL = Path(sys.executable).with_name("dittoctl")  # the console script `pip install` made
+
+
+def test_run_without_flags_or_variables_runs_with_the_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("DITTOFS_OPERATOR_") or n in ("POD_NAMESPACE", "KUBECONFIG")]:
+        monkeypatch.delenv(name)
+    assert run_settings(parser().parse_args(["run"])) == RunSettings()
+    monkeypatch.setenv("DITTOFS_OPERATOR_DRIFT_INTERVAL", "30")
+    assert run_settings(parser().parse_args(["run", "--workers", "4"])) == RunSettings(drift_interval=30.0, workers=4)
 
 
 def test_crd_prints_the_committed_file(capsys: pytest.CaptureFixture[str]) -> None:
