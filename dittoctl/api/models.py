@@ -856,7 +856,8 @@ class FileShareSpec(ApiModel):
     """A share served over NFS (and SMB when enabled), provisioned over the DittoFS REST API."""
 
     name: str = Field(pattern=r"^/[^\s]*$", min_length=2, max_length=255)
-    """Share path clients mount, e.g. /export (no trailing "/": DittoFS would keep /export/ apart)."""
+    """Share path clients mount, e.g. /export (no trailing "/": DittoFS would keep /export/ apart). Over SMB
+    only a lower-case name of one segment can be reached (DittoFS v0.29.0 looks SMB shares up so)."""
     metadata_store: StoreName = "default"
     """Metadata store (stores.metadata). Immutable."""
     local_block_store: StoreName = "default"
@@ -876,6 +877,13 @@ class FileShareSpec(ApiModel):
     """Grants to declared users and groups."""
     snapshot_policy: SnapshotPolicySpec | None = None
     """Scheduled snapshots; removed from the spec: the schedule is deleted (snapshots stay)."""
+
+    @property
+    def smb_reachable(self) -> bool:
+        """DittoFS v0.29.0 looks an SMB tree connect's share up by "/" + the UNC's share part in lower case
+        (`tree_connect.go` `parseSharePath`): an upper-case letter or a '/' inside leaves a share NFS-only."""
+        rest = self.name[1:]
+        return rest == rest.lower() and "/" not in rest
 
 
 class FileUserSpec(ApiModel):

@@ -451,6 +451,7 @@ class _Check:
                     self.error(f"spec.stores.{kind}", f"the default share {implicit.name} (spec.shares is unset) "
                                f"uses {kind} store {_q(default)}, which this list does not declare; add "
                                f"{{name: {default}}} here, or declare spec.shares naming one of its stores")
+        smb_enabled = parsed.usable("adapters.smb") and spec.adapters.smb.enabled
         for i, share in enumerate(shares):
             base = f"spec.shares[{i}]"
             if share.name.strip("/") == "":
@@ -461,11 +462,15 @@ class _Check:
                            "'-', '_', '.' and '/' between segments, e.g. /team-docs")
             elif any(seg in ("", ".", "..") for seg in share.name[1:].rstrip("/").split("/")):
                 self.error(f"{base}.name", f"{_q(share.name)} has an empty, '.' or '..' path segment; name it "
-                           "like /team/docs")
+                           "like /team-docs")
             elif share.name.endswith("/") and self.stored is None and share.name not in self._old_share_names():
                 # DittoFS keeps "/a/" as a share apart from "/a"; a share already declared so is kept as it is.
                 self.error(f"{base}.name", f"{_q(share.name)} ends with '/', and DittoFS would serve it as a share "
                            f"apart from {_q(share.name.rstrip('/'))}; name it {_q(share.name.rstrip('/'))}")
+            if smb_enabled and not share.smb_reachable:
+                self.warn(f"{base}.name", f"{_q(share.name)} is served over NFS only: DittoFS finds SMB shares by "
+                          f"one lower-case segment, e.g. {_q(_smb_name(share.name))}",
+                          f"{_q(share.name, 30)} is served over NFS only (SMB: one lower-case segment)")
             self._bytes(f"{base}.quota", share.quota)
             for key, kind, store in (("metadataStore", "metadata", share.metadata_store),
                                     ("localBlockStore", "local", share.local_block_store),
@@ -1230,6 +1235,11 @@ def _show(value: Any, limit: int = 40) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - 4] + "...'" if text.startswith("'") else text[:limit] + "..."
+
+
+def _smb_name(share: str) -> str:
+    """The name an NFS-only share could take to be reached over SMB too."""
+    return "/" + share[1:].lower().replace("/", "-")
 
 
 def _q(name: str, limit: int = 40) -> str:

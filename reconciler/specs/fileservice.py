@@ -229,6 +229,8 @@ def share_status(spec: DittoServerSpec, host: str, present: Mapping[str, ShareUs
         if s.remote_block_store is not None and remote is not None:
             entry["remoteHealthy"] = remote
         for kind, adapter in enabled:
+            if kind == "smb" and not s.smb_reachable:
+                continue  # no address that does not answer
             entry[kind] = f"{kind}://{url_host(host)}:{adapter.port}{s.name}"
         out.append(entry)
     return out

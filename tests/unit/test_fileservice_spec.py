@@ -163,6 +163,11 @@ def test_share_status_gives_ready_to_paste_addresses() -> None:
     assert share_status(tiered, "h", {"/t": (0, False), "/new": (None, None)}) == [
         {"name": "/t", "readOnly": False, "usedBytes": 0, "remoteHealthy": False, "nfs": "nfs://h:12049/t"},
         {"name": "/new", "readOnly": False, "nfs": "nfs://h:12049/new"}]
+    # DittoFS finds an SMB share by one lower-case segment: the others get no SMB address that would not answer.
+    names = ("/Team", "/team/docs", "/a")
+    mixed = spec(adapters={"smb": {"enabled": True}}, shares=[{"name": n} for n in names])
+    assert [sorted(e) for e in share_status(mixed, "h", dict.fromkeys(names, (None, None)))] == [
+        ["name", "nfs", "readOnly"], ["name", "nfs", "readOnly"], ["name", "nfs", "readOnly", "smb"]]
 
 
 def _ready(provisioned: Cond | None) -> Cond:

@@ -553,6 +553,19 @@ def test_a_share_kept_with_a_trailing_slash_stays_allowed_but_a_new_one_is_refus
     assert validate(server(old), None, GOOD, stored=Stored()).allowed  # the reconciler's re-check keeps it
 
 
+def test_a_share_smb_cannot_reach_is_a_warning_while_smb_is_enabled() -> None:
+    # DittoFS v0.29.0 looks an SMB share up by "/" + the UNC's share part in lower case: NFS still serves these.
+    smb = {"adapters": {"smb": {"enabled": True}}}
+    verdict = check({**FILE_SERVICE, **smb, "shares": [{"name": "/Team"}, {"name": "/team/docs"}, {"name": "/a"}]},
+                    WITH_ALICE)
+    assert verdict.allowed
+    assert verdict.warnings == [
+        'spec.shares[0].name: "/Team" is served over NFS only: DittoFS finds SMB shares by one lower-case segment, '
+        'e.g. "/team"',
+        'spec.shares[1].name: "/team/docs" is served over NFS only (SMB: one lower-case segment)']
+    assert check({**FILE_SERVICE, "shares": [{"name": "/Team"}]}, WITH_ALICE).warnings == []  # SMB is off
+
+
 def test_a_missing_user_password_secret_is_a_warning_like_other_secrets() -> None:
     assert required_secrets(server(FILE_SERVICE)["spec"]).get("alice-pw") == {"password"}
     verdict = check(FILE_SERVICE)  # the facts know no alice-pw
