@@ -68,8 +68,12 @@ _KEYED_VALUE = re.compile(r'("?)\b([A-Za-z_][A-Za-z0-9_]*)\1[ \t]*[:=][ \t]*("(?
 
 def _secret_key(key: str) -> bool:
     """Names a secret: not a reference, a duration or a flag (`passwordSecretRef`, `accessTokenDuration`,
-    `secretFound`)."""
-    return _SECRET_WORD.search(key) is not None and not key.endswith(("Ref", "Duration", "Found"))
+    `access_token_duration`, `secretFound`)."""
+    return _SECRET_WORD.search(key) is not None and not key.lower().endswith(("ref", "duration", "found"))
+
+
+# Values no secret takes: a flag or nothing (`automountServiceAccountToken: false`, `"must_change_password": true`).
+_PLAIN_VALUES = frozenset({"", REDACTED, "null", "none", "********", "true", "false"})
 
 
 # (file in the bundle, path); /health lives outside the versioned API.
@@ -111,7 +115,7 @@ def redact(text: str, forms: Iterable[str]) -> tuple[str, int]:
 
     def mask(match: re.Match[str]) -> str:
         value = match.group(3)
-        if not _secret_key(match.group(2)) or value.strip('"') in ("", REDACTED, "null", "none", "********"):
+        if not _secret_key(match.group(2)) or value.strip('"').lower() in _PLAIN_VALUES:
             return match.group(0)
         nonlocal count
         count += 1
@@ -398,5 +402,6 @@ async def write_report(name: str, namespace: str, kubeconfig: str | None, output
         return 1
     notes = [p for p in bundle.files if p.startswith("notes/")]
     print(f"wrote {path}: {len(bundle.files)} files, {bundle.redactions} values redacted"
-          + (f"; {len(notes)} pieces missing (see notes/ in the bundle)" if notes else ""))
+          + (f"; {len(notes)} {'piece' if len(notes) == 1 else 'pieces'} missing (see notes/ in the bundle)"
+             if notes else ""))
     return 0

@@ -52,7 +52,10 @@ def test_values_under_secret_looking_keys_are_masked_in_json_yaml_and_logs() -> 
 def test_references_durations_and_flags_stay_and_yaml_stays_yaml() -> None:
     spec = {"identity": {"jwt": {"accessTokenDuration": "15m", "secretRef": {"name": "jwt"}}},
             "users": [{"name": "alice", "passwordSecretRef": {"name": "alice", "key": "password"}}],
-            "status": {"secretFound": True}, "ldap": {"bind_password": "hunter22"}}
+            "status": {"secretFound": True}, "ldap": {"bind_password": "hunter22"},
+            # DittoFS's config and users, a pod spec: a snake-case duration, flags (an exploratory session).
+            "jwt": {"access_token_duration": "15m"}, "user": {"must_change_password": True},
+            "pod": {"automountServiceAccountToken": False}}
     text = yaml.safe_dump(spec)
     out, count = redact(text, [])
     assert count == 1 and "hunter22" not in out
