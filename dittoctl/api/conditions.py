@@ -91,8 +91,8 @@ class EventReason(StrEnum):
     SHARE_DELETED = "ShareDeleted"
     USER_CREATED = "UserCreated"
     ADAPTER_RECONFIGURED = "AdapterReconfigured"
-    """An adapter's port, state or settings were changed live in DittoFS (DittoFS needs no restart; a first port
-    below 1024 still rolls the pod once, for its sysctl)."""
+    """An adapter's port, state or settings were changed live in DittoFS, named (DittoFS needs no restart; a first
+    port below 1024, or the last leaving, rolls the pod for its sysctl: a ConfigUpdated event says so)."""
     DRIFT_REPAIRED = "DriftRepaired"
     """An object the operator manages was changed or deleted in DittoFS by hand and was put back."""
     PROVISIONING_FAILED = "ProvisioningFailed"

@@ -1059,9 +1059,9 @@ class ShareStatus(ApiModel):
     read_only: bool = False
     """Served read-only."""
     nfs: str | None = None
-    """NFS address (nfs://host:port/share), when NFS is enabled."""
+    """NFS address (nfs://host:port/share), when NFS is enabled (none while the server is stopped)."""
     smb: str | None = None
-    """SMB address (smb://host:port/share), when SMB is enabled."""
+    """SMB address (smb://host:port/share), when SMB is enabled and reaches the share (none while stopped)."""
     used_bytes: int | None = None
     """Logical bytes (file sizes) DittoFS last reported for the share. DittoFS v0.29.0 counts them per metadata
     store: shares on the same metadata store all show that store's total."""

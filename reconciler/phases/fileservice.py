@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any, ClassVar, Literal
@@ -223,6 +223,7 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
     if server.spec.replicas == 0:
         await mem.close()
         keep.adapters = _adapters(server, set())  # stopped: nothing listens
+        keep.shares = unserved(keep.shares)
         return keep
     pod = _pod(ctx, names)
     pod_mode = ctx.shared.provisioning.server_address == "pod"
@@ -461,6 +462,9 @@ async def _client(ctx: Pass, server: DittoServer, names: Names, base_url: str) -
     return client
 
 
+_HELD = "no other file-service change is applied until then"
+
+
 def _refused_passwords(the_plan: Plan, values: dict[str, SecretStr]) -> list[str]:
     """A user's password bcrypt cannot take, named by its Secret (never measured)."""
     refs = sorted({sf.secret.ref for c in the_plan.calls if c.kind is Kind.USER for sf in c.secrets})
@@ -501,7 +505,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     capacity = await _content_capacity(ctx, server, names)
     want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt, capacity)
     if missing:
-        raise _Failed(Reason.MISSING_SECRET, "waiting for " + "; ".join(missing))
+        raise _Failed(Reason.MISSING_SECRET, "waiting for " + "; ".join(missing) + f" ({_HELD})")
     owned = {Ref.parse(r) for r in keep.provisioned or []}
     applied = dict(keep.applied or {})
     try:
@@ -520,7 +524,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
             values[ref] = SecretStr(await _secret_value(ctx, secret, key))
         refused = _refused_passwords(the_plan, values)
         if refused:  # else DittoFS answers 500 `Failed to hash password`, which names neither Secret nor rule
-            raise _Failed(Reason.REJECTED, "; ".join(refused))
+            raise _Failed(Reason.REJECTED, "; ".join(refused) + f" ({_HELD})")
         await _claim(ctx, names, the_plan, keep.provisioned)
         done: list[Call] = []
         error: PlanFailed | None = None
@@ -611,15 +615,38 @@ async def _call_events(ctx: Pass, done: list[Call]) -> None:
     if repaired and mem.converged_generation == ctx.generation:
         await ctx.post("Normal", EventReason.DRIFT_REPAIRED,
                        "repaired in DittoFS: " + ", ".join(str(c.ref) for c in repaired)[:800])
+    # The generation tells a transition from its flip-back within the recorder's 10 minutes (the same text).
+    at = f"generation {ctx.generation}"
     for call in done:
         if call.kind is Kind.SHARE and call.op is Op.CREATE:
-            await ctx.post("Normal", EventReason.SHARE_CREATED, f"share {call.name} created in DittoFS")
+            await ctx.post("Normal", EventReason.SHARE_CREATED, f"share {call.name} created in DittoFS ({at})")
         elif call.kind is Kind.SHARE and call.op is Op.DELETE:
             await ctx.post("Normal", EventReason.SHARE_DELETED,
-                           f"share {call.name} deleted in DittoFS (its data stays in the stores)")
+                           f"share {call.name} deleted in DittoFS, its data kept in the stores ({at})")
         elif call.kind is Kind.USER and call.op is Op.CREATE:
-            await ctx.post("Normal", EventReason.USER_CREATED, f"user {call.name} created in DittoFS")
-    changed = sorted({c.name for c in done if c.kind in (Kind.ADAPTER, Kind.ADAPTER_SETTINGS)})
+            await ctx.post("Normal", EventReason.USER_CREATED, f"user {call.name} created in DittoFS ({at})")
+    changed = adapter_changes(done)
     if changed:
         await ctx.post("Normal", EventReason.ADAPTER_RECONFIGURED,
-                       f"adapter(s) {', '.join(changed)} reconfigured live in DittoFS")
+                       f"reconfigured live in DittoFS ({at}): {changed}")
+
+
+def unserved(shares: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The shares of a stopped server: still in DittoFS, at no address."""
+    return None if shares is None else [{k: v for k, v in s.items() if k not in ("nfs", "smb")} for s in shares]
+
+
+def adapter_changes(done: Sequence[Call]) -> str:
+    """What the adapter calls changed, e.g. "nfs port 2049; smb disabled, settings signing"."""
+    changes: dict[str, list[str]] = {}
+    for call in done:
+        body = call.body or {}
+        if call.kind is Kind.ADAPTER:
+            words = changes.setdefault(call.name, [])
+            if "port" in body:
+                words.append(f"port {body['port']}")
+            if "enabled" in body:
+                words.append("enabled" if body["enabled"] else "disabled")
+        elif call.kind is Kind.ADAPTER_SETTINGS:
+            changes.setdefault(call.name, []).append("settings " + ", ".join(sorted(body)))
+    return "; ".join(f"{name} {', '.join(words) or 'created'}" for name, words in sorted(changes.items()))

@@ -14,6 +14,7 @@ from dittoctl.api.naming import HASH_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
 from reconciler.context import Pass
 from reconciler.specs import Desired, SecretDigests
+from reconciler.specs.statefulset import UNPRIVILEGED_PORT_SYSCTL
 
 log = logging.getLogger("dittofs.reconciler")
 STORAGE_TEMPLATES = ("controlplane", "metadata", "content")
@@ -47,11 +48,24 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
         before = ctx.memory.digests
         for secret in sorted({s for (s, k), d in digests.items() if before.get((s, k), d) != d}):
             await ctx.post("Normal", EventReason.SECRET_ROTATED, f"Secret {secret} changed; rolling {sts_name}")
+    had, has = low_port_sysctl(previous), low_port_sysctl(desired.statefulset)
+    if had != has:  # the config hash does not cover it: without this the roll would go unexplained
+        await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"pod sysctl {UNPRIVILEGED_PORT_SYSCTL} "
+                       f"{'added' if has else 'removed'} (ports below 1024 need it); rolling {sts_name}")
     old_replicas = previous["spec"].get("replicas")
     new_replicas = desired.statefulset["spec"]["replicas"]
     if old_replicas != new_replicas:
-        await ctx.post("Normal", EventReason.SCALED, f"{sts_name} scaled from {old_replicas} to {new_replicas}")
+        # The generation tells a stop from the next one within the recorder's 10 minutes (the same text).
+        await ctx.post("Normal", EventReason.SCALED, f"{sts_name} scaled from {old_replicas} to {new_replicas} "
+                       f"(generation {ctx.generation})")
     return result
+
+
+def low_port_sysctl(sts: Mapping[str, Any]) -> bool:
+    """Whether the pod template lets the pod bind ports below 1024."""
+    pod = (((sts.get("spec") or {}).get("template") or {}).get("spec") or {})
+    sysctls = (pod.get("securityContext") or {}).get("sysctls") or []
+    return any(s.get("name") == UNPRIVILEGED_PORT_SYSCTL for s in sysctls)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,28 @@ def test_declared_share_and_user_are_served_and_kept(testbed: Testbed, operator:
     provisioned = condition(wait_ready(testbed, namespace, timeout=60), "Provisioned")
     assert provisioned is not None and provisioned["reason"] == "Converged"
 
+    # Stopped: the shares stay (in DittoFS, on the volumes), at no address. Started: served again, files kept.
+    apply_server(testbed, namespace, **{**spec, "replicas": 0})
+
+    def stopped() -> list[dict[str, Any]] | None:
+        o = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)
+        return o["status"]["shares"] if o["status"].get("phase") == "Stopped" else None
+
+    shares = eventually(stopped, timeout=120, what="phase Stopped")
+    assert [s["name"] for s in shares] == ["/export", "/team"], shares
+    assert not [s for s in shares if {"nfs", "smb"} & set(s)], shares
+    apply_server(testbed, namespace, **spec)
+    wait_ready(testbed, namespace, timeout=180)
+    ip = kubectl_json(testbed, "get", "pod", "demo-0", "-n", namespace)["status"]["podIP"]
+
+    def served() -> list[str | None]:
+        return [s.get("nfs") for s in kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)[
+            "status"]["shares"]]
+
+    eventually(lambda: served() == [f"nfs://{ip}:12049/export", f"nfs://{ip}:12049/team"], timeout=60,
+               what="the shares' addresses back, on the new pod")
+    assert nfs_get(ip, "kept.txt") == b"kept\n"
+
 
 def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed, operator: OperatorProcess,
                                                                 real_node: RealNode, namespace: str) -> None:
@@ -339,7 +361,9 @@ def test_s3_tiering_smb_and_a_live_port_move(testbed: Testbed, operator: Operato
         file_svc = kubectl_json(testbed, "get", "service", "demo-file", "-n", namespace)
         assert {(p["name"], p["port"], p["targetPort"]) for p in file_svc["spec"]["ports"]} == {
             ("nfs", 2049, 2049), ("smb", 1445, 1445)}
-        assert len(events(testbed, namespace, "AdapterReconfigured")) == events_before + 1
+        reconfigured = events(testbed, namespace, "AdapterReconfigured")
+        assert len(reconfigured) == events_before + 1 and any(
+            e["message"].endswith(": nfs port 2049") for e in reconfigured), [e["message"] for e in reconfigured]
         spec["adapters"] = {"nfs": {"port": 2049}, "smb": {"enabled": True}}
 
         # A rotated password changes the SMB login, live.

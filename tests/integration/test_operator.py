@@ -79,6 +79,16 @@ def test_scheduling_only_changes_do_not_roll_and_zero_replicas_stop(testbed: Any
     assert condition(stopped, "Available")["reason"] == "Stopped"  # type: ignore[index]
     assert events(testbed, namespace, "Scaled")
 
+    # Started and stopped again within the event recorder's 10 minutes: the second stop is an event too.
+    apply_server(testbed, namespace, replicas=1)
+    wait_ready(testbed, namespace)
+    apply_server(testbed, namespace, replicas=0)
+
+    def stops() -> int:
+        return len([e for e in events(testbed, namespace, "Scaled") if "from 1 to 0" in e["message"]])
+
+    eventually(lambda: stops() == 2, timeout=90, what="a second 'scaled from 1 to 0' event")
+
 
 def test_children_are_repaired_and_unchanged_objects_cost_no_writes(
         testbed: Any, operator: OperatorProcess, namespace: str) -> None:

@@ -14,6 +14,7 @@ from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import HASH_ANNOTATION, Names
 from dittoctl.api.secrets import consumed_keys, digest_of, secret_uses
 from reconciler import specs
+from reconciler.phases.statefulset import low_port_sysctl
 from reconciler.specs.hashing import config_hash
 from reconciler.specs.secrets import new_jwt_value, new_password
 from tests.support.golden import updating
@@ -315,6 +316,8 @@ def test_ports_below_1024_get_the_safe_sysctl_not_a_capability() -> None:
         "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "400"}]})).statefulset
     assert own["spec"]["template"]["spec"]["securityContext"]["sysctls"] == [
         {"name": "net.ipv4.ip_unprivileged_port_start", "value": "400"}]
+    # What the phase reads to explain the roll the sysctl causes (the config hash does not cover it).
+    assert [low_port_sysctl(s) for s in (low, build(server()).statefulset, own)] == [True, False, True]
 
 
 def test_a_store_revision_rolls_the_pod_once() -> None:

@@ -51,6 +51,7 @@ from dittoctl.api.fileservice.observed import (
     quota_matches,
 )
 from dittoctl.api.fileservice.planner import DRIFT_READS, Plan, Reads, reads, store_body_json
+from reconciler.phases.fileservice import adapter_changes, unserved
 from reconciler.specs.fileservice import adopting, ownership_record, recorded_refs
 
 SECRET_TEXT = "s3cr3t-value-never-printed"
@@ -680,6 +681,22 @@ def test_calls_made_for_a_changed_input_are_told_from_drift_repairs() -> None:
     assert [c.follows_input for c in plan(rotated_ids, seen, owned_ids, applied_ids).calls] == [True]
     edited = Observed(identity={**seen.identity, "ldap": {**seen.identity["ldap"], "nested_groups": True}})
     assert [c.follows_input for c in plan(want, edited, owned_ids, applied_ids).calls] == [False]
+
+
+def test_adapter_events_name_what_changed() -> None:
+    """Two moves of a port within the event recorder's 10 minutes must not read as one (docs/TROUBLESHOOTING)."""
+    _, after, owned, applied = converge(FULL, seeded())
+    moved = dataclasses.replace(FULL, adapters=(AdapterSpec("nfs", True, 2050, (("lease_time", 90),)),
+                                                AdapterSpec("smb", True)))
+    assert adapter_changes(plan(moved, after, owned, applied).calls) == (
+        "nfs port 2050, settings lease_time; smb enabled")
+    assert adapter_changes([]) == ""
+
+
+def test_a_stopped_server_keeps_its_shares_at_no_address() -> None:
+    served = [{"name": "/a", "readOnly": False, "usedBytes": 3, "nfs": "nfs://h:12049/a", "smb": "smb://h:1445/a"}]
+    assert unserved(served) == [{"name": "/a", "readOnly": False, "usedBytes": 3}]
+    assert unserved(None) is None
 
 
 # ---------------------------------------------------------------------------------------------------------
