@@ -44,7 +44,7 @@ def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
 _MAX_LENGTH = 64  # no quantity, duration, identifier or version needs more
 # Values people type (and mistype) by hand; names keep their pattern, whose length limit would cost more.
 _TYPED_BY_HAND = frozenset({models.QUANTITY_PATTERN, models._GO_DURATION.pattern, models._IDENTIFIER.pattern,
-                            r"^[0-9]+\.[0-9]+\.[0-9]+$"})
+                            models.SNAPSHOT_INTERVAL, r"^[0-9]+\.[0-9]+\.[0-9]+$"})
 
 
 def _structural(node: JsonSchema, required: bool = True) -> JsonSchema:
@@ -147,18 +147,23 @@ def openapi_schema(model: type[BaseModel]) -> JsonSchema:
     return _structural(_inline(raw, defs))
 
 
-def _humane(node: Any, in_list: bool = False) -> Any:
+_MAX_EVALUATIONS = 1000  # times one rule may run per object: the product of maxItems of the lists around it
+
+
+def _humane(node: Any, evaluations: float = 1) -> Any:
     """A `pattern` makes the apiserver answer with the raw regular expression. Where the models know what the
     pattern means, the schema carries a CEL rule with that wording instead, bounded by maxLength so the
-    estimated cost stays inside the apiserver's budget. Inside unbounded lists the cost multiplies beyond
-    it, so those keep their pattern (the webhook's own message still explains them)."""
+    estimated cost stays inside the apiserver's budget. A rule inside a list runs once per item: inside an
+    unbounded list (or lists whose maxItems multiply past _MAX_EVALUATIONS) the estimate exceeds the budget,
+    so those keep their pattern (the webhook's own message still explains them)."""
     if isinstance(node, list):
-        return [_humane(item, in_list) for item in node]
+        return [_humane(item, evaluations) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: _humane(value, in_list or key == "items") for key, value in node.items()}
+    inner = evaluations * node.get("maxItems", float("inf")) if node.get("type") == "array" else evaluations
+    node = {key: _humane(value, inner if key == "items" else evaluations) for key, value in node.items()}
     message = models.PATTERN_MESSAGES.get(node.get("pattern", ""))
-    if message is not None and not in_list and node["pattern"] in _TYPED_BY_HAND:
+    if message is not None and evaluations <= _MAX_EVALUATIONS and node["pattern"] in _TYPED_BY_HAND:
         pattern = node.pop("pattern")
         node["maxLength"] = min(node.get("maxLength", _MAX_LENGTH), _MAX_LENGTH)
         rule = {"rule": f"self.matches({json.dumps(pattern)})", "message": message}

@@ -46,6 +46,10 @@ MIN_GRACE_SECONDS = 36
 # Not derived from contentSize: an expansion would then change the pod template and restart the pod.
 STARTUP_PERIOD_SECONDS = 5
 DEFAULT_STARTUP_SECONDS = 3600
+# List bounds: a CEL rule on an item's field is costed per item, so the schema can explain a mistyped quota, size or
+# interval in words only inside a bounded list (dittoctl.api.crd._humane).
+MAX_SHARES = 1000
+MAX_STORES = 64
 MIN_STARTUP_SECONDS = 30
 MAX_STARTUP_SECONDS = 7 * 24 * 3600
 
@@ -402,7 +406,7 @@ class AdaptersSpec(ApiModel):
 
 
 _STORE_NAME = r"^[a-zA-Z0-9_][-a-zA-Z0-9_.]{0,63}$"
-_SNAPSHOT_INTERVAL = rf"^(@hourly|@daily|@weekly|{_GO_TERMS})$"
+SNAPSHOT_INTERVAL = rf"^(@hourly|@daily|@weekly|{_GO_TERMS})$"
 PATTERN_MESSAGES[_STORE_NAME] = "must be a name of letters, digits, '-', '_' and '.' (at most 64)"
 PATTERN_MESSAGES[r"^/[^\s]*$"] = "must be an absolute path starting with '/' (no spaces)"
 PATTERN_MESSAGES[r"^https?://"] = "must be a URL starting with http:// or https://"
@@ -412,7 +416,7 @@ def _check_interval(value: str) -> str:
     return value if value.startswith("@") else _check_duration(value)
 
 
-PATTERN_MESSAGES[_SNAPSHOT_INTERVAL] = "must be a duration such as 6h or 30m, or @hourly, @daily, @weekly"
+PATTERN_MESSAGES[SNAPSHOT_INTERVAL] = "must be a duration such as 6h or 30m, or @hourly, @daily, @weekly"
 PATTERN_MESSAGES[r"^[A-Za-z0-9_-]{0,64}$"] = "must be at most 64 letters, digits, '-' and '_'"
 StoreName = Annotated[str, Field(pattern=_STORE_NAME)]
 DEFAULT_STORE = "default"  # the store every share uses unless it names another
@@ -542,11 +546,12 @@ STORE_LISTS: tuple[StoreList, ...] = ("metadata", "local", "remote")
 class StoresSpec(ApiModel):
     """DittoFS stores, provisioned over the REST API. Unset lists get one store named default."""
 
-    metadata: list[MetadataStoreSpec] | None = Field(None, json_schema_extra=NAMED_LIST)
+    metadata: list[MetadataStoreSpec] | None = Field(None, max_length=MAX_STORES, json_schema_extra=NAMED_LIST)
     """Metadata stores; unset: default = badger at /data/store/metadata/badger."""
-    local: list[LocalStoreSpec] | None = Field(None, json_schema_extra=NAMED_LIST)
+    local: list[LocalStoreSpec] | None = Field(None, max_length=MAX_STORES, json_schema_extra=NAMED_LIST)
     """Local block stores; unset: default = fs at /data/store/block/blocks."""
-    remote: list[RemoteStoreSpec] = Field(default_factory=list, json_schema_extra=NAMED_LIST)
+    remote: list[RemoteStoreSpec] = Field(default_factory=list, max_length=MAX_STORES,
+                                          json_schema_extra=NAMED_LIST)
     """Remote (S3) block stores."""
 
     @overload
@@ -840,7 +845,7 @@ class ShareNfsOptions(ApiModel):
 class SnapshotPolicySpec(ApiModel):
     """Scheduled snapshots of a share."""
 
-    interval: Annotated[str, Field(pattern=_SNAPSHOT_INTERVAL), AfterValidator(_check_interval)]
+    interval: Annotated[str, Field(pattern=SNAPSHOT_INTERVAL), AfterValidator(_check_interval)]
     """Go duration (e.g. 6h) or @hourly, @daily, @weekly."""
     keep_last: int = Field(0, ge=0, le=100000)
     """Snapshots kept (0: keep all within ttl)."""
@@ -974,7 +979,7 @@ class DittoServerSpec(ApiModel):
     to its 5 s period); default 3600. DittoFS answers only after reading back all the data its local stores keep
     on the content volume (an hour reads ~175 GiB at 50 MiB/s). Raise it for more data or a slower disk: a start
     cut short begins again from the start, and the server never comes back."""
-    shares: list[FileShareSpec] | None = Field(None, json_schema_extra=NAMED_LIST)
+    shares: list[FileShareSpec] | None = Field(None, max_length=MAX_SHARES, json_schema_extra=NAMED_LIST)
     """Shares the operator provisions over the REST API once the pod is Ready. Unset: one share /export with
     defaultPermission read-write; [] serves none. A share removed from the list is deleted in DittoFS (its
     data stays in the stores), or only disabled while it has snapshots (DittoFS would delete them with it)."""

@@ -1148,6 +1148,9 @@ def _describe(err: ErrorDetails) -> str:
         return f"must have at least {ctx.get('min_length')} characters{got}"
     if kind == "string_too_long":
         return f"must have at most {ctx.get('max_length')} characters"
+    if kind == "too_long":  # a list
+        more = " (serve more from another DittoServer)" if last == "shares" else ""
+        return f"must have at most {ctx.get('max_length')} items, not {ctx.get('actual_length')}{more}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next((v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")), "")

@@ -29,6 +29,15 @@ def test_a_quantity_typo_is_rejected_in_words_not_a_regular_expression(crd: Any,
     assert "spec.storage.metadataSize" in proc.stderr, proc.stderr
     assert "must be a Kubernetes quantity such as 1Gi, 500Mi or 10G" in proc.stderr, proc.stderr
     assert "[KMGTPE]" not in proc.stderr, "the raw pattern must not reach the user"
+    # In a share too (a bounded list: the CRD can afford the rule there), and a snapshot interval in words.
+    body["spec"] = {"storage": {"metadataSize": "1Gi"}, "shares": [
+        {"name": "/p", "quota": "10GB", "snapshotPolicy": {"interval": "daily"}}]}
+    proc = crd.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert proc.returncode != 0
+    assert "spec.shares[0].quota" in proc.stderr and "must be a Kubernetes quantity" in proc.stderr, \
+        proc.stderr
+    assert "must be a duration such as 6h or 30m, or @hourly, @daily, @weekly" in proc.stderr, proc.stderr
+    assert "[KMGTPE]" not in proc.stderr and "@hourly|" not in proc.stderr, "no raw pattern"
 
 
 def test_a_missing_secret_is_a_wait_with_one_event_and_an_exact_message(

@@ -566,6 +566,13 @@ def test_a_share_smb_cannot_reach_is_a_warning_while_smb_is_enabled() -> None:
     assert check({**FILE_SERVICE, "shares": [{"name": "/Team"}]}, WITH_ALICE).warnings == []  # SMB is off
 
 
+def test_lists_the_crd_bounds_are_bounded_here_too_with_a_clear_message() -> None:
+    # The CRD bounds them so its CEL rules may explain a mistyped quota or interval (dittoctl.api.crd._humane).
+    verdict = check({"shares": [{"name": f"/s{i}"} for i in range(1001)]})
+    assert verdict.messages == ["spec.shares: must have at most 1000 items, not 1001 (serve more from another "
+                                "DittoServer)"]
+
+
 def test_a_missing_user_password_secret_is_a_warning_like_other_secrets() -> None:
     assert required_secrets(server(FILE_SERVICE)["spec"]).get("alice-pw") == {"password"}
     verdict = check(FILE_SERVICE)  # the facts know no alice-pw
