@@ -227,7 +227,9 @@ def build_crd() -> JsonSchema:
                     "name": models.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    # `kubectl scale dittoserver demo --replicas=0` stops a server, as `replicas: 0` does.
+                    "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                                                             "statusReplicasPath": ".status.replicas"}},
                     "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": root},
                 }

@@ -927,7 +927,8 @@ class DittoServerSpec(ApiModel):
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
     """Pull secrets."""
     replicas: int = Field(1, ge=0, le=1)
-    """1 runs the server, 0 stops it. DittoFS is single-writer."""
+    """1 runs the server, 0 stops it (`kubectl scale dittoserver NAME --replicas=0` too). DittoFS is
+    single-writer."""
     storage: StorageSpec
     """Volumes (required)."""
     database: DatabaseSpec = Field(default_factory=DatabaseSpec)

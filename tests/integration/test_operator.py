@@ -79,10 +79,11 @@ def test_scheduling_only_changes_do_not_roll_and_zero_replicas_stop(testbed: Any
     assert condition(stopped, "Available")["reason"] == "Stopped"  # type: ignore[index]
     assert events(testbed, namespace, "Scaled")
 
-    # Started and stopped again within the event recorder's 10 minutes: the second stop is an event too.
+    # Started and stopped again within the event recorder's 10 minutes, by `kubectl scale` (the CRD's scale
+    # subresource): the second stop is an event too.
     apply_server(testbed, namespace, replicas=1)
     wait_ready(testbed, namespace)
-    apply_server(testbed, namespace, replicas=0)
+    testbed.kubectl("scale", "dittoserver", "demo", "-n", namespace, "--replicas=0")
 
     def stops() -> int:
         return len([e for e in events(testbed, namespace, "Scaled") if "from 1 to 0" in e["message"]])

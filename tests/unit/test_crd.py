@@ -98,7 +98,8 @@ def test_names_columns_and_subresources() -> None:
     assert names["plural"] == DITTOSERVERS.plural and crd["spec"]["group"] == DITTOSERVERS.group
     assert names["shortNames"] == ["ditto", "dittofs"] and names["categories"] == ["dittofs"]
     version = crd["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                                                               "statusReplicasPath": ".status.replicas"}}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert columns["Ready"]["jsonPath"] == ".status.ready"
     assert columns["Status"]["jsonPath"] == ".status.phase"
