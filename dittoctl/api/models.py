@@ -1118,7 +1118,8 @@ class DittoServerStatus(ApiModel):
     provisioned: list[str] | None = None
     """Objects the operator created in DittoFS (kind:name); only these are ever updated or deleted."""
     applied_secrets: dict[str, str] | None = None
-    """Salted digests of the Secret values last applied in DittoFS (user passwords), never the values."""
+    """Salted digests of the Secret values last applied in DittoFS (passwords, store keys), never the values, and
+    stamps of other inputs applied (a store's config digest, a share made read-only)."""
     shares: list[ShareStatus] | None = None
     """Provisioned shares with ready-to-paste addresses."""
     adapters: list[AdapterStatus] | None = None

@@ -333,6 +333,23 @@ def test_a_share_made_read_only_rolls_the_pod_and_drift_back_does_not() -> None:
     assert [(c.body, c.needs_restart) for c in made] == [({"read_only": True}, True)]
 
 
+def test_a_share_the_operator_made_read_only_is_not_reported_read_write_again() -> None:
+    """DittoFS v0.29.0 keeps refusing a share's writes once it served it read-only: declared read-write again (the
+    webhook refuses it, but a namespace may opt out), it is reported, not PUT and called converged. Made
+    read-only by hand (no record of the operator doing it), it is put back."""
+    frozen = dataclasses.replace(FULL, shares=tuple(dataclasses.replace(s, read_only=True) for s in FULL.shares))
+    _, after, owned, applied = converge(frozen, seeded())
+    assert applied["share:/export/read-only"] == "served"
+    p = plan(FULL, after, owned, applied)
+    assert [(pr.kind, str(pr.ref)) for pr in p.problems] == [(ProblemKind.IMMUTABLE, "share:/export")]
+    assert not [c for c in p.calls if c.kind is Kind.SHARE]
+    assert plan(frozen, after, owned, applied).calls == ()  # true again: nothing to do
+    _, mine, owned2, applied2 = converge(FULL, seeded())
+    by_hand = dataclasses.replace(mine, shares={"/export": dataclasses.replace(mine.shares["/export"], read_only=True)})
+    assert [c.body for c in plan(FULL, by_hand, owned2, applied2).calls if c.kind is Kind.SHARE] == [
+        {"read_only": False}]
+
+
 def test_an_owned_share_deleted_by_hand_is_recreated_with_its_children() -> None:
     _, after, owned, applied = converge(FULL, seeded())
     gone = dataclasses.replace(after, shares={}, snapshot_policies={})
@@ -620,7 +637,11 @@ def test_any_declaration_converges_and_prunes_exactly_what_it_owned(first: FileS
     p1, seen1, owned1, applied1 = converge(first, seeded())
     assert p1.problems == ()
     assert plan(first, seen1, owned1, applied1).calls == ()
-    # Change the declaration: one pass gets there, touching nothing it does not own, and then rests.
+    # Change the declaration (a read-only share stays read-only, as the webhook requires): one pass gets there,
+    # touching nothing it does not own, and then rests.
+    frozen = {s.key for s in first.shares if s.read_only}
+    second = dataclasses.replace(second, shares=tuple(
+        dataclasses.replace(s, read_only=True) if s.key in frozen else s for s in second.shares))
     p2, seen2, owned2, applied2 = converge(second, seen1, owned1, applied1)
     assert p2.problems == ()
     touched = {c.ref for c in p2.calls if c.op is not Op.CREATE and c.kind not in (

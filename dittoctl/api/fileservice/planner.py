@@ -50,6 +50,8 @@ from dittoctl.api.secrets import INTEGER_STORE_KEYS, digest_of
 
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")
+_READ_ONLY_SLOT = "read-only"
+_READ_ONLY_STAMP = ((_READ_ONLY_SLOT, "served"),)  # recorded once the operator made a share read-only
 _ORDER = {kind: i for i, kind in enumerate(Kind)}
 # Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
 # identity and the adapters are seeded by DittoFS, so neither is ever deleted.
@@ -524,7 +526,8 @@ class _Planner:
                 body["remote_block_store"] = s.remote_store
             if s.quota_bytes:
                 body["quota_bytes"] = str(s.quota_bytes)  # a string: a JSON number is a 400
-            self.call(Op.CREATE, Kind.SHARE, key, "POST", f"{API}/shares", body)
+            self.call(Op.CREATE, Kind.SHARE, key, "POST", f"{API}/shares", body,
+                      stamps=_READ_ONLY_STAMP if s.read_only else ())
         elif seen is not None:
             moved = [f"{k.value} store is {have!r}, declared {want!r}" for (k, want), have in
                      zip(stores, (seen.metadata_store, seen.local_store, seen.remote_store), strict=True)
@@ -532,8 +535,14 @@ class _Planner:
             if moved:
                 self.problem(ProblemKind.IMMUTABLE, ref, "; ".join(moved) + ": a share's stores cannot change "
                              "(declare a new share)")
+            # Made read-only by the operator, a share is refused writes for good (the webhook refuses going back;
+            # without it, e.g. a namespace opted out, a PUT would report Converged while writes still fail).
+            frozen = seen.read_only and not s.read_only and digest_key(ref, _READ_ONLY_SLOT) in self.applied
+            if frozen:
+                self.problem(ProblemKind.IMMUTABLE, ref, "served read-only, so DittoFS v0.29.0 refuses its writes "
+                             "for good (restarts included): set readOnly: true again, or declare a new share")
             changes: dict[str, Any] = {}
-            if seen.read_only != s.read_only:
+            if seen.read_only != s.read_only and not frozen:
                 changes["read_only"] = s.read_only
             if seen.default_permission != s.default_permission:
                 changes["default_permission"] = s.default_permission
@@ -543,8 +552,9 @@ class _Planner:
                 # DittoFS refuses writes to a read-only share by an option it sets only when it loads the share (at
                 # creation, at start): made read-only, a share is enforced from the next start, clients writing
                 # until then. (That option is never cleared: the webhook refuses going back to read-write.)
-                self.call(Op.UPDATE, Kind.SHARE, key, "PUT", share_path(key), changes,
-                          needs_restart=changes.get("read_only") is True)
+                made_read_only = changes.get("read_only") is True
+                self.call(Op.UPDATE, Kind.SHARE, key, "PUT", share_path(key), changes, needs_restart=made_read_only,
+                          stamps=_READ_ONLY_STAMP if made_read_only else ())
             if not seen.enabled:  # a declared share is served; disabled by hand, it is drift
                 self.call(Op.UPDATE, Kind.SHARE, key, "POST", f"{share_path(key)}/enable")
         self.share_nfs(s, seen)
