@@ -313,6 +313,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_settings(args: argparse.Namespace) -> RunSettings:
+    """`dittoctl run`'s parsed flags (and DITTOFS_OPERATOR_* variables) as settings."""
     return RunSettings(
         kubeconfig=args.kubeconfig,
         namespaces=args.namespaces,
@@ -351,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator and the admission webhook")
-    d = RunSettings()  # the defaults have one home
+    defaults = RunSettings()  # one home for them
 
     def option(flag: str, env: str, default: str, what: str, convert: Callable[[str], Any], **kw: Any) -> None:
         run.add_argument(flag, default=_env(env, default), type=_checked(env, what, convert), **kw)
@@ -365,46 +366,48 @@ def parser() -> argparse.ArgumentParser:
            help="comma-separated; default all")
     switch("--no-webhook", "NO_WEBHOOK")
     switch("--no-reconciler", "NO_RECONCILER")
-    run.add_argument("--webhook-host", default=_env("WEBHOOK_HOST", d.webhook_host), type=_listen_host,
+    run.add_argument("--webhook-host", default=_env("WEBHOOK_HOST", defaults.webhook_host), type=_listen_host,
                      help="listen address; default (or ::) every address, IPv6 and IPv4")
-    option("--webhook-port", "WEBHOOK_PORT", _text(d.webhook_port), "a port (0-65535)", _port)
-    run.add_argument("--cert-dir", default=_env("CERT_DIR", d.cert_dir))
-    option("--tls-mode", "TLS_MODE", d.tls_mode, f"one of {', '.join(TLS_MODES)}", _one_of(TLS_MODES),
+    option("--webhook-port", "WEBHOOK_PORT", _text(defaults.webhook_port), "a port (0-65535)", _port)
+    run.add_argument("--cert-dir", default=_env("CERT_DIR", defaults.cert_dir))
+    option("--tls-mode", "TLS_MODE", defaults.tls_mode, f"one of {', '.join(TLS_MODES)}", _one_of(TLS_MODES),
            choices=TLS_MODES)
-    run.add_argument("--webhook-config-name", default=_env("WEBHOOK_CONFIG_NAME", d.webhook_config_name))
-    run.add_argument("--service-name", default=_env("SERVICE_NAME", d.service_name))
-    run.add_argument("--service-namespace", default=_env("NAMESPACE", d.service_namespace))
-    run.add_argument("--health-host", default=_env("HEALTH_HOST", d.health_host), type=_listen_host,
+    run.add_argument("--webhook-config-name", default=_env("WEBHOOK_CONFIG_NAME", defaults.webhook_config_name))
+    run.add_argument("--service-name", default=_env("SERVICE_NAME", defaults.service_name))
+    run.add_argument("--service-namespace", default=_env("NAMESPACE", defaults.service_namespace))
+    run.add_argument("--health-host", default=_env("HEALTH_HOST", defaults.health_host), type=_listen_host,
                      help="listen address; default (or ::) every address, IPv6 and IPv4")
-    option("--health-port", "HEALTH_PORT", _text(d.health_port), "a port (0-65535)", _port)
+    option("--health-port", "HEALTH_PORT", _text(defaults.health_port), "a port (0-65535)", _port)
     switch("--leader-election", "LEADER_ELECTION")
-    run.add_argument("--lease-namespace", default=_env("NAMESPACE", d.lease_namespace))
-    run.add_argument("--lease-name", default=_env("LEASE_NAME", d.lease_name),
+    run.add_argument("--lease-namespace", default=_env("NAMESPACE", defaults.lease_namespace))
+    run.add_argument("--lease-name", default=_env("LEASE_NAME", defaults.lease_name),
                      help="Lease for leader election (one per release)")
-    option("--log-level", "LOG_LEVEL", d.log_level, f"one of {', '.join(LOG_LEVELS)}", _one_of(LOG_LEVELS, fold=True),
+    option("--log-level", "LOG_LEVEL", defaults.log_level, f"one of {', '.join(LOG_LEVELS)}",
+           _one_of(LOG_LEVELS, fold=True),
            metavar="{" + ",".join(LOG_LEVELS) + "}")
-    option("--log-format", "LOG_FORMAT", d.log_format, "json or text", _one_of(("json", "text")),
+    option("--log-format", "LOG_FORMAT", defaults.log_format, "json or text", _one_of(("json", "text")),
            choices=["json", "text"])
-    option("--server-address", "SERVER_ADDRESS", d.server_address, "service or pod", _one_of(("service", "pod")),
+    option("--server-address", "SERVER_ADDRESS", defaults.server_address, "service or pod",
+           _one_of(("service", "pod")),
            choices=["service", "pod"],
            help="how to reach a server's REST API: its <name>-api Service (in cluster) or its pod IP "
                 "(out-of-cluster runs)")
     option("--provision-networks", "PROVISION_NETWORKS", "", "a comma-separated list of CIDRs",
            _listed(lambda n: ipaddress.ip_network(n, strict=False)),
            help="with --server-address pod: comma-separated CIDRs; pods outside are not provisioned")
-    operator_namespace = os.environ.get("POD_NAMESPACE") or _env("NAMESPACE", d.operator_namespace)
+    operator_namespace = os.environ.get("POD_NAMESPACE") or _env("NAMESPACE", defaults.operator_namespace)
     run.add_argument("--operator-namespace", default=operator_namespace,
                      help="the operator's own namespace (the chart's pod sets POD_NAMESPACE); every DittoServer's "
                           "NetworkPolicy lets it in")
-    option("--drift-interval", "DRIFT_INTERVAL", _text(d.drift_interval), "a number of seconds above 0",
+    option("--drift-interval", "DRIFT_INTERVAL", _text(defaults.drift_interval), "a number of seconds above 0",
            _seconds(zero=False), metavar="SECONDS",
            help="how often every server is compared with its spec, changed or not")
-    option("--shutdown-delay", "SHUTDOWN_DELAY", _text(d.shutdown_delay), "a number of seconds (0 or more)",
+    option("--shutdown-delay", "SHUTDOWN_DELAY", _text(defaults.shutdown_delay), "a number of seconds (0 or more)",
            _seconds(zero=True), metavar="SECONDS",
            help="after a stop signal, keep answering admission requests (unready) this long, until the "
                 "apiserver stops routing to this pod (in a cluster: a few seconds; the chart sets 5); a second "
                 "stop signal ends the delay")
-    option("--workers", "WORKERS", _text(d.workers), "a whole number of at least 1", _count,
+    option("--workers", "WORKERS", _text(defaults.workers), "a whole number of at least 1", _count,
            help="concurrent reconciles; passes mostly wait on the API, not the CPU")
     run.set_defaults(func=cmd_run)
 

@@ -147,13 +147,14 @@ class Reconciler:
         # The StatefulSet needs none of the other children to exist (a pod waits for its ConfigMap), only its
         # gates: so a new server's goes out with them, its second round trip.
         # It is also sent first: the pods, the slowest part of a new server, start from it.
-        (sts, database, errors, reason, recreating, refused), created, *_ = await together(
+        gated, created, *_ = await together(
             self._statefulset(ctx, server, names, desired, consumed, config_map_exists=existed),
             asyncio.sleep(0) if existed else apply_config_map(ctx, desired, names),
             apply_services(ctx, desired, names), apply_network_policy(ctx, desired, names),
             apply_service_monitor(ctx, desired, names), apply_certificates(ctx, desired, names))
         ctx.memory.digests = dict(digests)
-        refused = refused or created
+        sts, database, recreating = gated.statefulset, gated.database, gated.recreating
+        errors, reason, refused = gated.errors, gated.reason, gated.refused or created
         if refused is not None:
             reason = reason if errors else Reason.CONFIG_MAP_MISSING
             errors = [*errors, config_map_refusal(names, refused, existed)]

@@ -46,12 +46,12 @@ MIN_GRACE_SECONDS = 36
 # Not derived from contentSize: an expansion would then change the pod template and restart the pod.
 STARTUP_PERIOD_SECONDS = 5
 DEFAULT_STARTUP_SECONDS = 3600
+MIN_STARTUP_SECONDS = 30
+MAX_STARTUP_SECONDS = 7 * 24 * 3600
 # List bounds: a CEL rule on an item's field is costed per item, so the schema can explain a mistyped quota, size or
 # interval in words only inside a bounded list (dittoctl.api.crd._humane).
 MAX_SHARES = 1000
 MAX_STORES = 64
-MIN_STARTUP_SECONDS = 30
-MAX_STARTUP_SECONDS = 7 * 24 * 3600
 
 # Go's time.ParseDuration grammar (unsigned), written once: validation, the CRD's pattern and parsing share it.
 GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}

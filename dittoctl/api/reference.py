@@ -121,6 +121,8 @@ def _constraints(node: JsonSchema, checks: list[str], *, spec: bool = True) -> l
         out.append("Not empty.")
     if node.get("maxLength"):
         out.append(f"At most {node['maxLength']} characters.")
+    if node.get("maxItems"):
+        out.append(f"At most {node['maxItems']} items.")
     out.extend(f"Must be {_MODEL_CHECKS[c]}." for c in checks)
     if spec and node.get("nullable") and "default" not in node:
         out.append("Optional.")

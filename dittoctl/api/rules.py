@@ -112,7 +112,8 @@ class Verdict:
 @dataclass(frozen=True)
 class Stored:
     """What a server's children show it already runs with (the reconciler's re-check has no previous spec):
-    the rules that only judge a new server or a change accept what it keeps, as the webhook does on update."""
+    the rules that only judge a new server or a change accept what it keeps, as the webhook does on update.
+    Given (the reconciler), the rules that judge an admission alone (a new share's name) stay off."""
 
     sqlite_path: str | None = None
     """The SQLite path of its rendered config, None when it has none (or uses PostgreSQL)."""
@@ -416,6 +417,7 @@ class _Check:
         self._unique("spec.groups", [g.name for g in spec.groups])
         self._unique("spec.users", [u.name for u in spec.users])
         shares = spec.shares or []
+        # "/a" beside "/a/" is refused although DittoFS keeps them apart: two shares a client cannot tell apart.
         self._unique("spec.shares", ["/" + s.name.strip("/") for s in shares], [s.name for s in shares])
         self._unique_ids("spec.users", "uid", [u.uid for u in spec.users])
         self._unique_ids("spec.groups", "gid", [g.gid for g in spec.groups])
@@ -464,12 +466,15 @@ class _Check:
                 self.error(f"{base}.name", f"{_q(share.name)} has an empty, '.' or '..' path segment; name it "
                            "like /team-docs")
             elif share.name.endswith("/") and self.stored is None and share.name not in self._old_share_names():
-                # DittoFS keeps "/a/" as a share apart from "/a"; a share already declared so is kept as it is.
+                # DittoFS keeps "/a/" as a share apart from "/a"; a share already declared so is kept as it is. At
+                # admission only: the reconciler cannot tell a new share from one DittoFS holds already.
                 self.error(f"{base}.name", f"{_q(share.name)} ends with '/', and DittoFS would serve it as a share "
                            f"apart from {_q(share.name.rstrip('/'))}; name it {_q(share.name.rstrip('/'))}")
             if smb_enabled and not share.smb_reachable:
+                other = _smb_name(share.name)
+                example = f", e.g. {_q(other)}" if other not in {s.name for s in shares} else ""
                 self.warn(f"{base}.name", f"{_q(share.name)} is served over NFS only: DittoFS finds SMB shares by "
-                          f"one lower-case segment, e.g. {_q(_smb_name(share.name))}",
+                          f"one lower-case segment{example}",
                           f"{_q(share.name, 30)} is served over NFS only (SMB: one lower-case segment)")
             self._bytes(f"{base}.quota", share.quota)
             for key, kind, store in (("metadataStore", "metadata", share.metadata_store),
@@ -979,9 +984,10 @@ class _Check:
                                f"{_shown_value(a)}, now {_shown_value(b)}; DittoFS would no longer find them "
                                f"(blocks evicted from local disk are read back from there); {remedy}")
                     break
-        shares = {"/" + s.name.strip("/"): s for s in old.effective_shares}
+        # Keyed as DittoFS keys shares (leading slashes only): "/a" is a new share beside a kept "/a/".
+        shares = {"/" + s.name.lstrip("/"): s for s in old.effective_shares}
         for i, share in enumerate(new.effective_shares):
-            was = shares.get("/" + share.name.strip("/"))
+            was = shares.get("/" + share.name.lstrip("/"))
             if was is None:
                 continue
             for key, attr in (("metadataStore", "metadata_store"), ("localBlockStore", "local_block_store"),
@@ -1242,7 +1248,7 @@ def _show(value: Any, limit: int = 40) -> str:
 
 def _smb_name(share: str) -> str:
     """The name an NFS-only share could take to be reached over SMB too."""
-    return "/" + share[1:].lower().replace("/", "-")
+    return "/" + share[1:].rstrip("/").lower().replace("/", "-")
 
 
 def _q(name: str, limit: int = 40) -> str:

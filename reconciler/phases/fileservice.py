@@ -637,16 +637,25 @@ def unserved(shares: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None
 
 
 def adapter_changes(done: Sequence[Call]) -> str:
-    """What the adapter calls changed, e.g. "nfs port 2049; smb disabled, settings signing"."""
-    changes: dict[str, list[str]] = {}
+    """What the adapter calls left changed, e.g. "nfs port 2049; smb disabled, settings signing" (a port swap
+    stops an adapter first: only its final state is told)."""
+    state: dict[str, dict[str, Any]] = {}
+    settings: dict[str, set[str]] = {}
+    created: set[str] = set()
     for call in done:
-        body = call.body or {}
         if call.kind is Kind.ADAPTER:
-            words = changes.setdefault(call.name, [])
-            if "port" in body:
-                words.append(f"port {body['port']}")
-            if "enabled" in body:
-                words.append("enabled" if body["enabled"] else "disabled")
+            state.setdefault(call.name, {}).update(call.body or {})
+            if call.op is Op.CREATE:
+                created.add(call.name)
         elif call.kind is Kind.ADAPTER_SETTINGS:
-            changes.setdefault(call.name, []).append("settings " + ", ".join(sorted(body)))
-    return "; ".join(f"{name} {', '.join(words) or 'created'}" for name, words in sorted(changes.items()))
+            settings.setdefault(call.name, set()).update(call.body or {})
+    told = []
+    for name in sorted(state.keys() | settings.keys()):
+        final = state.get(name, {})
+        words = ["created"] if name in created else []
+        words += [f"port {final['port']}"] if "port" in final else []
+        if "enabled" in final and not (name in created and final["enabled"]):  # created: enabled goes unsaid
+            words.append("enabled" if final["enabled"] else "disabled")
+        words += [f"settings {', '.join(sorted(settings[name]))}"] if name in settings else []
+        told.append(f"{name} {', '.join(words)}")
+    return "; ".join(told)

@@ -15,13 +15,14 @@ from reconciler.specs.config import rendered_sqlite_path
 from reconciler.status import Observation, build_status, carried_over
 
 
-def stored(ctx: Pass) -> Stored | None:
-    """What the server's rendered ConfigMap and StatefulSet show it runs with; None before its first rollout."""
+def stored(ctx: Pass) -> Stored:
+    """What the server's rendered ConfigMap and StatefulSet show it runs with; nothing before its first rollout
+    (or while its StatefulSet is re-created). Always given: the rules that judge only admissions then stay off."""
     names = Names(ctx.name, ctx.namespace, "")
     sts = ctx.cache.child(STATEFULSETS, ctx.namespace, names.server)
     config_map = ctx.cache.child(CONFIGMAPS, ctx.namespace, names.config_map)
     if sts is None or config_map is None:
-        return None
+        return Stored()
     return Stored(sqlite_path=rendered_sqlite_path((config_map.get("data") or {}).get(CONFIG_FILE) or ""),
                   percona=names.percona_user_secret in env_secrets(sts))
 

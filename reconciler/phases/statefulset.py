@@ -48,12 +48,13 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
         before = ctx.memory.digests
         for secret in sorted({s for (s, k), d in digests.items() if before.get((s, k), d) != d}):
             await ctx.post("Normal", EventReason.SECRET_ROTATED, f"Secret {secret} changed; rolling {sts_name}")
-    had, has = low_port_sysctl(previous), low_port_sysctl(desired.statefulset)
-    if had != has:  # the config hash does not cover it: without this the roll would go unexplained
-        await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"pod sysctl {UNPRIVILEGED_PORT_SYSCTL} "
-                       f"{'added' if has else 'removed'} (ports below 1024 need it); rolling {sts_name}")
     old_replicas = previous["spec"].get("replicas")
     new_replicas = desired.statefulset["spec"]["replicas"]
+    had, has = low_port_sysctl(previous), low_port_sysctl(desired.statefulset)
+    if had != has:  # the config hash does not cover it: without this the roll would go unexplained
+        rolling = f"; rolling {sts_name}" if new_replicas else ""
+        await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"pod sysctl {UNPRIVILEGED_PORT_SYSCTL} "
+                       f"{'added' if has else 'removed'}{rolling} (generation {ctx.generation})")
     if old_replicas != new_replicas:
         # The generation tells a stop from the next one within the recorder's 10 minutes (the same text).
         await ctx.post("Normal", EventReason.SCALED, f"{sts_name} scaled from {old_replicas} to {new_replicas} "

@@ -51,7 +51,7 @@ from dittoctl.api.fileservice.observed import (
     quota_matches,
 )
 from dittoctl.api.fileservice.planner import DRIFT_READS, Plan, Reads, reads, store_body_json
-from reconciler.phases.fileservice import adapter_changes, unserved
+from reconciler.phases.fileservice import Provisioned, adapter_changes, unserved
 from reconciler.specs.fileservice import adopting, ownership_record, recorded_refs
 
 SECRET_TEXT = "s3cr3t-value-never-printed"
@@ -712,6 +712,19 @@ def test_adapter_events_name_what_changed() -> None:
     assert adapter_changes(plan(moved, after, owned, applied).calls) == (
         "nfs port 2050, settings lease_time; smb enabled")
     assert adapter_changes([]) == ""
+    # Two adapters swapping ports: one is stopped first; only where each ends up is told.
+    swap = [Call(Op.UPDATE, Kind.ADAPTER, "smb", "PUT", "/a", {"enabled": False}),
+            Call(Op.UPDATE, Kind.ADAPTER, "nfs", "PUT", "/a", {"port": 1445}),
+            Call(Op.UPDATE, Kind.ADAPTER, "smb", "PUT", "/a", {"port": 12049, "enabled": True})]
+    assert adapter_changes(swap) == "nfs port 1445; smb port 12049, enabled"
+    created = [Call(Op.CREATE, Kind.ADAPTER, "smb", "POST", "/a", {"type": "smb", "enabled": True, "port": 1445})]
+    assert adapter_changes(created) == "smb created, port 1445"
+
+
+def test_the_file_service_status_is_kept_whole() -> None:
+    last = {"provisioned": ["share:/a"], "appliedSecrets": {"user:u/password": "d"}, "shares": [{"name": "/a"}],
+            "adapters": [], "storeRevision": 2}
+    assert Provisioned.kept({**last, "phase": "Running"}).status() == last
 
 
 def test_a_stopped_server_keeps_its_shares_at_no_address() -> None:

@@ -551,6 +551,10 @@ def test_a_share_kept_with_a_trailing_slash_stays_allowed_but_a_new_one_is_refus
     added = check({"shares": [{"name": "/a/"}, {"name": "/c/"}]}, old=old)
     assert paths(added.messages) == ["spec.shares[1].name"], added.messages
     assert validate(server(old), None, GOOD, stored=Stored()).allowed  # the reconciler's re-check keeps it
+    # "/a" is another share than a kept "/a/" in DittoFS: the read-only one's rules do not follow the rename.
+    renamed = check({"shares": [{"name": "/a", "readOnly": False}]},
+                    old={"shares": [{"name": "/a/", "readOnly": True}]})
+    assert renamed.allowed, renamed.messages
 
 
 def test_a_share_smb_cannot_reach_is_a_warning_while_smb_is_enabled() -> None:
