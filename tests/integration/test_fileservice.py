@@ -732,3 +732,16 @@ def test_a_share_made_read_only_refuses_writes_after_one_roll(
     assert eventually(lambda: nfs_get(ip, "w.txt"), timeout=30, what="the file, read back") == local.read_bytes()
     with pytest.raises(RuntimeError, match="ROFS"):
         nfs_put(ip, local, "after.txt")
+
+    # Declared read-write again past the webhook (a namespace opted out): reported, never called converged.
+    testbed.kubectl("label", "namespace", namespace, "dittofs.dittofs.com/validation=disabled", "--overwrite")
+    apply_server(testbed, namespace, **real_node.pod_placement(), shares=shares)
+
+    def immutable() -> dict[str, Any] | None:
+        cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
+        return cond if cond and (cond["status"], cond["reason"]) == ("False", "Immutable") else None
+
+    cond = eventually(immutable, timeout=60, what="Provisioned=False/Immutable")
+    assert "refuses its writes for good" in cond["message"], cond
+    with pytest.raises(RuntimeError, match="ROFS"):
+        nfs_put(ip, local, "still.txt")
