@@ -60,15 +60,31 @@ class Observation:
 
 
 def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
-    """'pod/x: Reason' for every container stuck in a state the user must fix."""
+    """'pod x container y: Reason' for every container stuck in a state the user must fix, with where its cause
+    is told. Stable while it lasts: the kubelet alternates ErrImagePull and ImagePullBackOff, and a status that
+    followed would be written every few seconds."""
     problems = []
     for pod in pods:
-        name = pod.get("metadata", {}).get("name", "?")
+        meta = pod.get("metadata", {})
+        name, namespace = meta.get("name", "?"), meta.get("namespace")
+        in_ns = f" -n {namespace}" if namespace else ""
         status = pod.get("status", {})
         for cs in [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]:
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in BAD_WAITING:
-                problems.append(f"pod {name} container {cs.get('name')}: {waiting['reason']}")
+            reason, container = waiting.get("reason"), cs.get("name")
+            if reason not in BAD_WAITING:
+                continue
+            where = f"pod {name} container {container}"
+            if reason in ("ErrImagePull", "ImagePullBackOff"):
+                problems.append(f"{where}: image {cs.get('image')} cannot be pulled (`kubectl describe pod {name}"
+                                f"{in_ns}` says why)")
+            elif reason == "CrashLoopBackOff":
+                code = (((cs.get("lastState") or {}).get("terminated") or {}).get("exitCode"))
+                exited = f"exit code {code}; " if code is not None else ""
+                problems.append(f"{where}: CrashLoopBackOff ({exited}`kubectl logs {name}{in_ns} -c {container} "
+                                "--previous` says why)")
+            else:
+                problems.append(f"{where}: {reason}")
     return problems
 
 

@@ -21,6 +21,7 @@ from reconciler.status import (
     merge_conditions,
     merge_patch,
     paused_status,
+    pod_problems,
     s3_status,
     status_changed,
 )
@@ -185,13 +186,24 @@ def test_every_stuck_state_of_the_server_or_its_init_container_is_degraded() -> 
     Postgres wait (an init container); a pod merely starting is not."""
     for where, container in (("containerStatuses", "dittofs"), ("initContainerStatuses", "wait-for-postgres")):
         # ErrImageNeverPull and the rest: a pod stuck on them read as merely starting (Degraded=False).
-        for reason in ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "ErrImageNeverPull",
+        for reason in ("CreateContainerConfigError", "ErrImageNeverPull",
                        "InvalidImageName", "ImageInspectError", "CreateContainerError", "RunContainerError"):
             pod = {"metadata": {"name": "demo-0"}, "status": {where: [
                 {"name": container, "state": {"waiting": {"reason": reason}}}]}}
             obs = Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0), pods=[pod])
             cond = next(c for c in conditions(obs) if c.type == "Degraded")
             assert cond.status and f"container {container}: {reason}" in cond.message, (where, reason)
+        # A failing pull reads the same whichever of its two reasons the kubelet shows (no status write each flip).
+        pulls = [pod_problems([{"metadata": {"name": "demo-0", "namespace": "apps"}, "status": {where: [
+            {"name": container, "image": "x:9", "state": {"waiting": {"reason": reason}}}]}}])
+            for reason in ("ErrImagePull", "ImagePullBackOff")]
+        assert pulls[0] == pulls[1] == [f"pod demo-0 container {container}: image x:9 cannot be pulled "
+                                        "(`kubectl describe pod demo-0 -n apps` says why)"]
+    crashing = {"metadata": {"name": "demo-0", "namespace": "apps"}, "status": {"containerStatuses": [
+        {"name": "dittofs", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+         "lastState": {"terminated": {"exitCode": 1}}}]}}
+    assert pod_problems([crashing]) == ["pod demo-0 container dittofs: CrashLoopBackOff (exit code 1; `kubectl logs "
+                                        "demo-0 -n apps -c dittofs --previous` says why)"]
     starting = {"metadata": {"name": "demo-0"}, "status": {"containerStatuses": [
         {"name": "dittofs", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}
     obs = Observation(generation=1, desired_replicas=1, statefulset=sts(ready=0), pods=[starting])
