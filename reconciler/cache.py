@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from dittoctl.api.kinds import DITTOSERVERS, SECRETS, Kind
-from dittoctl.api.naming import INSTANCE_LABEL
+from dittoctl.api.naming import HASH_ANNOTATION, INSTANCE_LABEL
 from dittoctl.api.secrets import digest_of
 
 Key = tuple[str, str]  # (namespace, name)
@@ -46,24 +46,43 @@ def slim(obj: Mapping[str, Any]) -> Obj:
 
 
 def slim_pod(pod: Mapping[str, Any]) -> Obj:
-    """Only what status, provisioning and deletion read from a pod: identity, labels, phase, IP, whether it is
-    Ready, and which containers wait for a reason. Two versions that differ elsewhere (timestamps, restart
-    counts, image IDs, its node) look the same, so their events wake no pass."""
+    """Only what status, provisioning and deletion read from a pod: identity, labels, the config hash it runs,
+    phase, IP, whether it is Ready, and its containers' states as ``reconciler.status`` reads them. Two versions
+    that differ elsewhere (timestamps, restart counts, image IDs, its node) look the same, so their events wake
+    no pass."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     slim: Obj = {k: status[k] for k in ("phase", "podIP") if k in status}
     slim["conditions"] = [{"type": "Ready", "status": c.get("status")}
                           for c in status.get("conditions") or () if c.get("type") == "Ready"]
     for key in ("initContainerStatuses", "containerStatuses"):
         if key in status:
-            slim[key] = [_waiting_only(cs) for cs in status[key] or ()]
-    return {"metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid", "deletionTimestamp") if k in meta},
-            "status": slim}
+            slim[key] = [_container(cs) for cs in status[key] or ()]
+    kept = {k: meta[k] for k in ("name", "namespace", "labels", "uid", "deletionTimestamp") if k in meta}
+    config = (meta.get("annotations") or {}).get(HASH_ANNOTATION)
+    if config is not None:
+        kept["annotations"] = {HASH_ANNOTATION: config}
+    return {"metadata": kept, "status": slim}
 
 
-def _waiting_only(container: Mapping[str, Any]) -> Obj:
-    reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
-    return {"name": container.get("name")} if reason is None else {"name": container.get("name"),
-                                                                     "state": {"waiting": {"reason": reason}}}
+def _container(container: Mapping[str, Any]) -> Obj:
+    """Its state as the status reads it: waiting (and why: the image of a failing pull, the last exit code of a
+    crash loop), or running, and whether it passed its startup probe."""
+    out: Obj = {"name": container.get("name")}
+    state = container.get("state") or {}
+    reason = (state.get("waiting") or {}).get("reason")
+    if reason is not None:
+        out["state"] = {"waiting": {"reason": reason}}
+        if reason in ("ErrImagePull", "ImagePullBackOff"):
+            out["image"] = container.get("image")
+        elif reason == "CrashLoopBackOff":
+            code = ((container.get("lastState") or {}).get("terminated") or {}).get("exitCode")
+            if code is not None:
+                out["lastState"] = {"terminated": {"exitCode": code}}
+    elif "running" in state:
+        out["state"] = {"running": {}}
+    if "started" in container:
+        out["started"] = container["started"]
+    return out
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:

@@ -654,7 +654,8 @@ def test_a_pod_update_that_changes_nothing_a_pass_reads_wakes_no_pass() -> None:
         assert queued == {("ns", "demo")}, changed
         queued.clear()
     pods = controller.cache.pods_of("ns", "demo")
-    assert pod_problems(pods) == ["pod demo-0 container dfs: CrashLoopBackOff"] and pods[0]["status"]["podIP"]
+    assert pod_problems(pods) == ["pod demo-0 container dfs: CrashLoopBackOff (`kubectl logs demo-0 -n ns -c dfs "
+                                  "--previous` says why)"] and pods[0]["status"]["podIP"]
     assert _pod()["metadata"]["name"] == pods[0]["metadata"]["name"]
 
 
