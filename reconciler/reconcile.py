@@ -18,6 +18,7 @@ from dittoctl.api.secrets import ADMIN_PASSWORD, EMPTY_REFUSED, JWT_SECRET, Valu
 from dittoctl.kube.background import together
 from dittoctl.kube.events import EventRecorder
 from dittoctl.kube.gateway import ApiError, Gateway
+from dittoctl.kube.logs import about
 from reconciler import specs
 from reconciler.cache import Cache, Key
 from reconciler.context import LANE_RETRY, Discovery, Memory, Pass, Provisioning, Shared
@@ -115,6 +116,10 @@ class Reconciler:
 
     async def reconcile(self, key: Key) -> float | None:
         """Returns seconds until the next pass is wanted (None: wait for a watch event)."""
+        with about(*key):  # every line the pass logs names its server
+            return await self._reconcile(key)
+
+    async def _reconcile(self, key: Key) -> float | None:
         packed = self.shared.cache.servers.get(key)
         if packed is None:
             self.shared.forget(key)

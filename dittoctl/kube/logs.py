@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -20,6 +22,28 @@ def fields(**values: object) -> dict[str, object]:
     """`log.info(msg, extra=fields(namespace=..., name=...))`: LogRecord reserves `name`, so the
     structured fields travel in one attribute and the formatter unpacks them."""
     return {"fields": values}
+
+
+_ABOUT: ContextVar[tuple[str, str] | None] = ContextVar("dittofs_log_object", default=None)
+
+
+@contextlib.contextmanager
+def about(namespace: str, name: str) -> Iterator[None]:
+    """Lines logged within (and by the tasks started within) name this object unless they name one: a pass's
+    DittoFS calls log through a client that knows only an address."""
+    token = _ABOUT.set((namespace, name))
+    try:
+        yield
+    finally:
+        _ABOUT.reset(token)
+
+
+def _structured(record: logging.LogRecord) -> dict[str, object]:
+    values = dict(getattr(record, "fields", None) or {})
+    current = _ABOUT.get()
+    if current is not None and "name" not in values and "namespace" not in values:
+        values["namespace"], values["name"] = current
+    return values
 
 
 def described(exc: BaseException, limit: int = 300) -> str:
@@ -56,7 +80,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         extra = dict(vars(record))
-        structured = extra.pop("fields", None) or {}
+        extra.pop("fields", None)
+        structured = _structured(record)
         for key, value in extra.items():
             if key not in _RESERVED and not key.startswith("_") and key not in entry:
                 entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
@@ -75,7 +100,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        structured = {k: _one_line(v) for k, v in (getattr(record, "fields", None) or {}).items()}
+        structured = {k: _one_line(v) for k, v in _structured(record).items()}
         namespace, name = structured.pop("namespace", None), structured.pop("name", None)
         if name is not None:
             line += f" {namespace}/{name}" if namespace else f" {name}"

@@ -27,9 +27,9 @@ from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.fileservice import Kind, Observed, Op, Plan, ProblemKind, Ref, StoreKind
 from dittoctl.api.fileservice.planner import reads
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
-from dittoctl.api.kinds import PVCS, SECRETS
+from dittoctl.api.kinds import PVCS, SECRETS, STATEFULSETS
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import Names
+from dittoctl.api.naming import HASH_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
     ADMIN_PASSWORD_KEY,
@@ -195,6 +195,13 @@ def _pod(ctx: Pass, names: Names) -> dict[str, Any] | None:
     return None
 
 
+def rolling(pod: Mapping[str, Any], sts: Mapping[str, Any] | None) -> bool:
+    """The pod runs another config than its StatefulSet's template now carries: it is about to be replaced."""
+    template = ((((sts or {}).get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations")
+    want = (template or {}).get(HASH_ANNOTATION)
+    return want is not None and ((pod.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION) != want
+
+
 def _ready(pod: dict[str, Any]) -> bool:
     """Running and Ready, and not terminating: a pod being replaced stays Ready until its probe fails, but
     its server is about to stop (calling it would fail as ApiUnreachable for nothing)."""
@@ -235,6 +242,12 @@ async def provision(ctx: Pass, server: DittoServer, names: Names) -> Provisioned
         keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER, waiting)
         keep.adapters_ready = Cond(ConditionType.ADAPTERS_READY, False, Reason.WAITING_FOR_SERVER, waiting)
         keep.adapters = _adapters(server, set())
+        return keep
+    if rolling(pod, ctx.cache.child(STATEFULSETS, names.namespace, names.statefulset)):
+        # The old pod runs the old config (a TLS change: another scheme or CA), so calls shaped for the new one
+        # would fail there and read as a failure; its replacement is provisioned.
+        keep.condition = Cond(ConditionType.PROVISIONED, False, Reason.WAITING_FOR_SERVER,
+                              f"waiting for pod {names.pod} to restart with the current configuration")
         return keep
     uid = str((pod.get("metadata") or {}).get("uid") or "")
     if uid != mem.pod_uid:

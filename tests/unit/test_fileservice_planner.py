@@ -51,7 +51,9 @@ from dittoctl.api.fileservice.observed import (
     quota_matches,
 )
 from dittoctl.api.fileservice.planner import DRIFT_READS, Plan, Reads, reads, store_body_json
-from reconciler.phases.fileservice import Provisioned, adapter_changes, unserved
+from dittoctl.api.naming import HASH_ANNOTATION
+from reconciler.cache import slim_pod
+from reconciler.phases.fileservice import Provisioned, adapter_changes, rolling, unserved
 from reconciler.specs.fileservice import adopting, ownership_record, recorded_refs
 
 SECRET_TEXT = "s3cr3t-value-never-printed"
@@ -719,6 +721,18 @@ def test_adapter_events_name_what_changed() -> None:
     assert adapter_changes(swap) == "nfs port 1445; smb port 12049, enabled"
     created = [Call(Op.CREATE, Kind.ADAPTER, "smb", "POST", "/a", {"type": "smb", "enabled": True, "port": 1445})]
     assert adapter_changes(created) == "smb created, port 1445"
+
+
+def test_a_pod_on_another_config_than_its_template_is_not_provisioned_yet() -> None:
+    """A TLS change posted ProvisioningFailed while the old pod still served the old scheme (an exploratory
+    session): a pod about to be replaced waits. Read as the cache keeps pods."""
+    sts = {"spec": {"template": {"metadata": {"annotations": {HASH_ANNOTATION: "new"}}}}}
+
+    def pod(config: str) -> dict[str, Any]:
+        return slim_pod({"metadata": {"name": "demo-0", "annotations": {HASH_ANNOTATION: config, "x": "y"}}})
+
+    assert rolling(pod("old"), sts) and not rolling(pod("new"), sts)
+    assert not rolling(pod("old"), None)  # no StatefulSet known: nothing to wait for
 
 
 def test_the_file_service_status_is_kept_whole() -> None:

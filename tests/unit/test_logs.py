@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from dittoctl.kube.logs import JsonFormatter, TextFormatter, fields
+from dittoctl.kube.logs import JsonFormatter, TextFormatter, about, fields
 
 
 def test_fields_are_unpacked_into_the_json_line() -> None:
@@ -18,6 +18,23 @@ def test_fields_are_unpacked_into_the_json_line() -> None:
     assert entry["msg"] == "applied Service"
     assert (entry["namespace"], entry["name"], entry["action"]) == ("ns", "demo-api", "create")
     assert entry["logger"] == "dittofs.test" and entry["level"] == "info"
+
+
+def test_a_line_logged_during_a_pass_names_its_server_unless_it_names_an_object() -> None:
+    """The DittoFS client knows only an address: its lines, logged within a pass, name the pass's server
+    (an exploratory session could not tell which server 'dittofs create user demo' was for)."""
+    def line(formatter: logging.Formatter, **named: object) -> str:
+        record = logging.LogRecord("dittoctl.dittofs", logging.INFO, __file__, 1, "dittofs create user bob", (), None)
+        for key, value in fields(**named).items():
+            setattr(record, key, value)
+        return formatter.format(record)
+
+    with about("apps", "demo"):
+        entry = json.loads(line(JsonFormatter()))
+        assert (entry["namespace"], entry["name"]) == ("apps", "demo")
+        assert line(TextFormatter()).endswith("dittofs create user bob apps/demo")
+        assert json.loads(line(JsonFormatter(), namespace="apps", name="demo-api"))["name"] == "demo-api"
+    assert "namespace" not in json.loads(line(JsonFormatter()))  # outside a pass: nothing added
 
 
 def test_any_field_value_makes_a_json_line() -> None:
