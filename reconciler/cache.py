@@ -21,6 +21,7 @@ import orjson
 from dittoctl.api.kinds import DITTOSERVERS, SECRETS, Kind
 from dittoctl.api.naming import HASH_ANNOTATION, INSTANCE_LABEL
 from dittoctl.api.secrets import digest_of
+from reconciler.status import CRASH_LOOP, PULL_FAILING
 
 Key = tuple[str, str]  # (namespace, name)
 Obj = dict[str, Any]
@@ -72,9 +73,9 @@ def _container(container: Mapping[str, Any]) -> Obj:
     reason = (state.get("waiting") or {}).get("reason")
     if reason is not None:
         out["state"] = {"waiting": {"reason": reason}}
-        if reason in ("ErrImagePull", "ImagePullBackOff"):
+        if reason in PULL_FAILING:
             out["image"] = container.get("image")
-        elif reason == "CrashLoopBackOff":
+        elif reason == CRASH_LOOP:
             code = ((container.get("lastState") or {}).get("terminated") or {}).get("exitCode")
             if code is not None:
                 out["lastState"] = {"terminated": {"exitCode": code}}

@@ -14,7 +14,9 @@ from dittoctl.api.naming import CONTAINER, PAUSE_ANNOTATION
 from dittoctl.kube.clock import rfc3339_now
 
 # The kubelet's waiting reasons of a container that will not start by itself (a bad image or pod spec).
-BAD_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
+PULL_FAILING = ("ErrImagePull", "ImagePullBackOff")  # the kubelet alternates the two while a pull fails
+CRASH_LOOP = "CrashLoopBackOff"
+BAD_WAITING = (CRASH_LOOP, *PULL_FAILING, "ErrImageNeverPull", "InvalidImageName",
                "ImageInspectError", "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 CONDITION_ORDER = tuple(ConditionType)
 # Top-level status fields, by their wire names: written even when None, so a merge patch clears them.
@@ -75,10 +77,10 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[str]:
             if reason not in BAD_WAITING:
                 continue
             where = f"pod {name} container {container}"
-            if reason in ("ErrImagePull", "ImagePullBackOff"):
+            if reason in PULL_FAILING:
                 problems.append(f"{where}: image {cs.get('image')} cannot be pulled (`kubectl describe pod {name}"
                                 f"{in_ns}` says why)")
-            elif reason == "CrashLoopBackOff":
+            elif reason == CRASH_LOOP:
                 code = (((cs.get("lastState") or {}).get("terminated") or {}).get("exitCode"))
                 exited = f"exit code {code}; " if code is not None else ""
                 problems.append(f"{where}: CrashLoopBackOff ({exited}`kubectl logs {name}{in_ns} -c {container} "

@@ -26,7 +26,7 @@ from pydantic_core import ErrorDetails
 
 from dittoctl.api.facts import ClusterFacts, percona_not_served
 from dittoctl.api.fileservice.observed import duration_seconds
-from dittoctl.api.fileservice.types import BOOTSTRAP_ADMIN
+from dittoctl.api.fileservice.types import BOOTSTRAP_ADMIN, share_name
 from dittoctl.api.kubeschema import PASS_THROUGH, key_path, kube_errors
 from dittoctl.api.models import (
     API_VERSION,
@@ -985,9 +985,9 @@ class _Check:
                                f"(blocks evicted from local disk are read back from there); {remedy}")
                     break
         # Keyed as DittoFS keys shares (leading slashes only): "/a" is a new share beside a kept "/a/".
-        shares = {"/" + s.name.lstrip("/"): s for s in old.effective_shares}
+        shares = {share_name(s.name): s for s in old.effective_shares}
         for i, share in enumerate(new.effective_shares):
-            was = shares.get("/" + share.name.lstrip("/"))
+            was = shares.get(share_name(share.name))
             if was is None:
                 continue
             for key, attr in (("metadataStore", "metadata_store"), ("localBlockStore", "local_block_store"),
