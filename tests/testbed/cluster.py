@@ -611,6 +611,11 @@ class Testbed(Components):
                 open_paths,
                 "--bind-address=127.0.0.1",
                 f"--secure-port={p['kube-scheduler']}",
+                # Upstream race (kubernetes#93552, open): a PVC update can requeue a pod before the volume
+                # binder's cache sees it, so the pod fails again on stale data and, with no event left, waits
+                # the default 5 min flush. A CI run lost a test to it; 10 s bounds the wait to ~40 s (the
+                # flush runs every 30 s). Deprecated but still read in 1.34.
+                "--pod-max-in-unschedulable-pods-duration=10s",
             ]
         if name == "kwok":
             return [
