@@ -51,6 +51,7 @@ class Reason(StrEnum):
     DELETING = "Deleting"
     WAITING_FOR_SERVER = "WaitingForServer"
     API_UNREACHABLE = "ApiUnreachable"
+    CERTIFICATE_REJECTED = "CertificateRejected"
     AUTH_FAILED = "AuthFailed"
     REJECTED = "Rejected"
     NOT_OWNED = "NotOwned"

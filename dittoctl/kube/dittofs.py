@@ -71,6 +71,11 @@ class DittoFsUnreachable(DittoFsError):
     """No HTTP answer: connection refused, reset, timeout (SPEC §13.3 ``ApiUnreachable``)."""
 
 
+class DittoFsCertificateRejected(DittoFsError):
+    """The TLS handshake failed on the server's certificate (another name, an untrusted CA, expired): the server
+    answered, but not as one the operator may trust, and no request was sent (``CertificateRejected``)."""
+
+
 class DittoFsAuthError(DittoFsError):
     """401: bad credentials, or a token that refresh and re-login could not replace (``AuthFailed``)."""
 
@@ -254,9 +259,17 @@ class DittoFsClient:
                                             timeout=self._timeout, **extra) as resp:
                 raw = await resp.read()
                 status, ctype = resp.status, resp.headers.get("Content-Type", "")
+        # No address in these messages: their callers (the phase, the report) name it once.
+        except aiohttp.ClientConnectorCertificateError as exc:
+            cause = exc.certificate_error
+            why = getattr(cause, "verify_message", None) or str(cause)
+            name = self.tls.server_hostname if self.tls is not None else self.base_url
+            raise DittoFsCertificateRejected(
+                f"{method} {path}: the server's certificate is not valid for {name}: {why}", method=method, path=path,
+            ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise DittoFsUnreachable(f"{method} {path}: DittoFS at {self.base_url} unreachable: "
-                                     f"{type(exc).__name__}: {_scrub(str(exc), secrets)}",
+            why = _scrub(str(exc), secrets) or "no answer in time"  # a timeout's own text is empty
+            raise DittoFsUnreachable(f"{method} {path}: unreachable: {type(exc).__name__}: {why}",
                                      method=method, path=path) from None
         log.debug("dittofs %s %s -> %d", method, path, status)
         if status >= 300:

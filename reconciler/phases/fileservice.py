@@ -44,6 +44,7 @@ from dittoctl.api.secrets import (
 from dittoctl.kube import metrics
 from dittoctl.kube.dittofs import (
     DittoFsAuthError,
+    DittoFsCertificateRejected,
     DittoFsClient,
     DittoFsError,
     DittoFsForbidden,
@@ -500,9 +501,25 @@ def _map_error(exc: DittoFsError) -> Reason:
     cause = exc.cause if isinstance(exc, PlanFailed) else exc
     if isinstance(cause, DittoFsUnreachable):
         return Reason.API_UNREACHABLE
+    if isinstance(cause, DittoFsCertificateRejected):
+        return Reason.CERTIFICATE_REJECTED
     if isinstance(cause, (DittoFsAuthError, DittoFsForbidden)):
         return Reason.AUTH_FAILED
     return Reason.REJECTED
+
+
+def _tls_hint(reason: Reason, server: DittoServer, names: Names) -> str:
+    """What a rejected certificate must be (FILE_SERVICE "TLS on the API"), the Secret named."""
+    trust = api_trust(server.spec)
+    if reason is not Reason.CERTIFICATE_REJECTED or trust is None:
+        return ""
+    return (f" (the certificate in Secret {trust.ca_secret} must name {names.host(names.api_service)} and chain to "
+            "that Secret's ca.crt, or to the operator's system CAs when it has none)")
+
+
+def _failed(exc: DittoFsError, message: str, server: DittoServer, names: Names) -> _Failed:
+    reason = _map_error(exc)
+    return _Failed(reason, message + _tls_hint(reason, server, names))
 
 
 async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str, file_host: str,
@@ -513,7 +530,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         client = await _client(ctx, server, names, base_url)
     except DittoFsError as exc:
         await mem.close()
-        raise _Failed(_map_error(exc), f"cannot log in to DittoFS at {base_url}: {exc}") from None
+        raise _failed(exc, f"cannot log in to DittoFS at {base_url}: {exc}", server, names) from None
     digests = (await key_digests(ctx, ((use.secret, use.key) for use in provisioned_secrets(server.spec)))).digests
     capacity = await _content_capacity(ctx, server, names)
     want, missing = declared(server.spec, lambda s, k: digests.get((s, k)), mem.salt, capacity)
@@ -548,7 +565,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     except DittoFsError as exc:
         if isinstance(exc, (DittoFsAuthError, DittoFsForbidden)):
             await mem.close()  # the next pass logs in afresh, and restores an account changed by hand
-        raise _Failed(_map_error(exc), f"DittoFS at {base_url}: {exc.detail or exc}") from None
+        raise _failed(exc, f"DittoFS at {base_url}: {exc.detail or exc}", server, names) from None
     mem.writes = len(done)
     if done:
         log.info("dittofs provisioned", extra=fields(namespace=ctx.namespace, name=ctx.name, writes=len(done),
@@ -572,8 +589,11 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         if isinstance(error.cause, (DittoFsAuthError, DittoFsForbidden)):
             await mem.close()
         detail = error.cause.detail or str(error.cause)
-        message = f"{error.call}: {detail}{refusal_hint(error.call, detail, the_plan.owned, names.pod)}"
-        result.condition = Cond(ConditionType.PROVISIONED, False, _map_error(error), message)
+        reason = _map_error(error)
+        where = f"DittoFS at {base_url}: " if reason in (Reason.API_UNREACHABLE, Reason.CERTIFICATE_REJECTED) else ""
+        message = (f"{where}{error.call}: {detail}{refusal_hint(error.call, detail, the_plan.owned, names.pod)}"
+                   f"{_tls_hint(reason, server, names)}")
+        result.condition = Cond(ConditionType.PROVISIONED, False, reason, message)
         return result
     if the_plan.problems:
         kinds = {p.kind for p in the_plan.problems}

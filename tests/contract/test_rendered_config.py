@@ -37,7 +37,7 @@ from dittoctl.api.secrets import (
     consumed_keys,
     digest_of,
 )
-from dittoctl.kube.dittofs import TlsTarget, bootstrap_operator
+from dittoctl.kube.dittofs import DittoFsCertificateRejected, DittoFsClient, TlsTarget, bootstrap_operator
 from reconciler import specs
 from reconciler.specs.secrets import admin_secret, jwt_secret, new_jwt_value, new_password
 from tests.support.prereqs import require
@@ -234,6 +234,19 @@ def test_api_tls_serves_https_and_reloads_a_rotated_pair(dfs_path: Path, tmp_pat
         untrusted = ssl.create_default_context()  # system CAs only: the test CA is not among them
         with pytest.raises(ssl.SSLCertVerificationError):
             ssl_handshake(server.api_port, untrusted, service)
+
+        async def login(target: TlsTarget) -> None:
+            password = SecretStr(secrets["demo-admin-bootstrap-credentials"]["password"])
+            async with DittoFsClient(f"https://127.0.0.1:{server.api_port}", "admin", password, tls=target) as c:
+                await c.login()
+
+        # What the operator reports for a certificate it must not trust: the name it wanted, OpenSSL's reason.
+        for target, why in ((TlsTarget(context, "other-api.ns.svc"), "Hostname mismatch"),
+                            (TlsTarget(untrusted, service), "unable to get local issuer certificate")):
+            with pytest.raises(DittoFsCertificateRejected) as rejected:
+                asyncio.run(login(target))
+            assert str(rejected.value).startswith("POST /api/v1/auth/login: the server's certificate is not valid "
+                                                  f"for {target.server_hostname}: {why}"), rejected.value
         assert UNKNOWN not in server.log_text()
 
 

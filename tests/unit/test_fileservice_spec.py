@@ -295,6 +295,27 @@ def test_a_create_that_may_have_happened_keeps_its_claim() -> None:
     assert not _maybe_created(PlanFailed(update, [], DittoFsUnreachable("timeout", method="PUT", path=users + "/bob")))
 
 
+def test_a_rejected_certificate_is_its_own_reason_and_names_what_the_certificate_must_be() -> None:
+    """A certificate without the API Service's name (or from another CA) read ApiUnreachable: 'unreachable' for a
+    server that answered. It is CertificateRejected, naming the Secret, the name it must carry and its CA."""
+    from dittoctl.kube.dittofs import DittoFsCertificateRejected, DittoFsUnreachable
+    from reconciler.phases.fileservice import _failed
+
+    tls = DittoServer.model_validate({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+                                      "metadata": {"name": "demo", "namespace": "ns"},
+                                      "spec": {"storage": {"metadataSize": "1Gi"},
+                                               "controlPlane": {"tls": {"secretName": "api-tls"}}}})
+    rejected = DittoFsCertificateRejected("POST /api/v1/auth/login: the server's certificate is not valid for "
+                                          "demo-api.ns.svc: Hostname mismatch")
+    failed = _failed(rejected, f"cannot log in to DittoFS at https://10.0.0.1:8080: {rejected}", tls, NAMES)
+    assert failed.reason is Reason.CERTIFICATE_REJECTED
+    assert failed.message.count("https://10.0.0.1:8080") == 1, failed.message
+    assert failed.message.endswith("(the certificate in Secret api-tls must name demo-api.ns.svc and chain to that "
+                                   "Secret's ca.crt, or to the operator's system CAs when it has none)")
+    down = _failed(DittoFsUnreachable("refused"), "down", tls, NAMES)
+    assert (down.reason, down.message) == (Reason.API_UNREACHABLE, "down")
+
+
 class _Events:
     """The little of a Pass that settling a provisioning outcome uses: where events go."""
 
