@@ -302,6 +302,14 @@ def test_every_event_reason_is_documented() -> None:
     assert not [r.value for r in EventReason if f"`{r.value}`" not in docs]
 
 
+def test_every_condition_and_reason_is_in_the_troubleshooting_table() -> None:
+    from dittoctl.api.conditions import ConditionType, Reason
+
+    table = (DOCS / "TROUBLESHOOTING.md").read_text().split("Conditions and their reasons", 1)[1].split("\n\n", 2)[1]
+    missing = [v for v in [*ConditionType, *Reason] if f"`{v.value}`" not in table]
+    assert not missing, f"document these in TROUBLESHOOTING.md's conditions table: {missing}"
+
+
 def test_links_in_the_readme_and_docs_stay_inside_the_repository() -> None:
     checked = 0
     for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
