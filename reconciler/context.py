@@ -22,7 +22,7 @@ from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGCLUSTERS, Kind, kind_of
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE, owned_by
 from dittoctl.kube.events import EventRecorder, EventType
-from dittoctl.kube.gateway import ApiError, Gateway, NotFound
+from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.cache import Cache, Key, Packed, version_of
 from reconciler.compare import needs_apply, stamp_manifest
@@ -445,6 +445,21 @@ class Pass:
         self.cache.drop_child(kind, (self.namespace, name))
         log.info("deleted obsolete %s", kind.kind, extra=fields(namespace=self.namespace, name=name, kind=kind.kind))
         return True
+
+    def consents(self, annotation: str) -> bool:
+        """The user's consent, given by setting ``annotation`` on the DittoServer (any value)."""
+        return annotation in ((self.current().get("metadata") or {}).get("annotations") or {})
+
+    async def forget_consent(self, annotation: str) -> None:
+        """Consent is used once: what it allowed is asked for again the next time (the next pass retries a
+        removal that failed)."""
+        path = "/metadata/annotations/" + annotation.replace("~", "~0").replace("/", "~1")
+        try:
+            await self.write(DITTOSERVERS, self.name, self.gw.json_patch(
+                DITTOSERVERS, self.name, [{"op": "remove", "path": path}], self.namespace))
+        except (ApiError, Conflict, NotFound) as exc:
+            log.warning("could not remove the annotation", extra=fields(
+                namespace=self.namespace, name=self.name, annotation=annotation, error=str(exc)[:300]))
 
     async def write_status(self, status: Mapping[str, Any]) -> None:
         """Merge-patches the status subresource when it differs from the last one written."""

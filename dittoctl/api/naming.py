@@ -23,6 +23,8 @@ OWNER_ANNOTATION = "dittofs.io/owner-uid"
 RELEASED_ANNOTATION = "dittofs.io/released-from"
 # On a DittoServer whose database was deleted under it: the user's consent to a new, empty one.
 RECREATE_DATABASE_ANNOTATION = "dittofs.dittofs.com/recreate-database"
+# On a DittoServer: the user's consent that declared objects found made by hand in DittoFS become the operator's.
+ADOPT_ANNOTATION = "dittofs.dittofs.com/adopt"
 ORPHAN_FINALIZER = "orphan"  # the garbage collector's, while `kubectl delete --cascade=orphan` runs
 # The StatefulSet's volume claim templates (a PVC is named <template>-<statefulset>-0).
 CONTROL_PLANE_VOLUME = "controlplane"

@@ -15,7 +15,7 @@ from typing import Any
 
 from dittoctl.api.conditions import ConditionType, EventReason, Reason
 from dittoctl.api.facts import percona_not_served
-from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGBACKUPS, PERCONAPGCLUSTERS, STATEFULSETS
+from dittoctl.api.kinds import PERCONAPGBACKUPS, PERCONAPGCLUSTERS, STATEFULSETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import (
     OWNER_ANNOTATION,
@@ -203,15 +203,6 @@ def _missing(names: Names) -> DatabaseState:
         f"{RECREATE_DATABASE_ANNOTATION}=true"), cluster, gate_open=False, requeue=30.0)
 
 
-async def _forget_consent(ctx: Pass) -> None:
-    path = "/metadata/annotations/" + RECREATE_DATABASE_ANNOTATION.replace("/", "~1")
-    try:
-        await ctx.gw.json_patch(DITTOSERVERS, ctx.name, [{"op": "remove", "path": path}], ctx.namespace)
-    except (ApiError, Conflict, NotFound) as exc:  # the next pass tries again
-        log.warning("could not remove the recreate-database annotation", extra=fields(
-            namespace=ctx.namespace, name=ctx.name, error=str(exc)[:300]))
-
-
 def _not_served(requeue: float) -> DatabaseState:
     return DatabaseState(Cond(ConditionType.DATABASE_READY, False, Reason.PERCONA_NOT_FOUND, percona_not_served()),
                          None, gate_open=False, requeue=requeue)
@@ -242,12 +233,11 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
         live = await ctx.gw.get_or_none(PERCONAPGCLUSTERS, names.percona_cluster, ctx.namespace)
     if live is not None and not names.owns(live) and not released_to(live, names.server):
         return _not_owned(names)
-    meta = ctx.current().get("metadata") or {}
-    consent = RECREATE_DATABASE_ANNOTATION in (meta.get("annotations") or {})
+    consent = ctx.consents(RECREATE_DATABASE_ANNOTATION)
     if live is None and not consent and _had_database(ctx, names):
         return _missing(names)
     if live is not None and consent:  # used once: a later loss asks again
-        await _forget_consent(ctx)
+        await ctx.forget_consent(RECREATE_DATABASE_ANNOTATION)
     moved = _moved_database(live, spec.percona.database_name) if live is not None else None
     if moved is not None:
         return _refused(names, f"spec.percona.databaseName is {spec.percona.database_name!r}, but PerconaPGCluster "

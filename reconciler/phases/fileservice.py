@@ -29,7 +29,7 @@ from dittoctl.api.fileservice.planner import reads
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
 from dittoctl.api.kinds import PVCS, SECRETS, STATEFULSETS
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import HASH_ANNOTATION, Names
+from dittoctl.api.naming import ADOPT_ANNOTATION, HASH_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
 from dittoctl.api.secrets import (
     ADMIN_PASSWORD_KEY,
@@ -544,10 +544,13 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         wanted = reads(want, owned, full=full, cursor=mem.cursor)
         mem.cursor = 0 if full else mem.cursor + wanted.advance
         seen = await client.observe(wanted)
-        the_plan, adopted = adopting(want, seen, owned, applied, await _recorded(ctx, names) if first else None)
+        consent = ctx.consents(ADOPT_ANNOTATION)
+        the_plan, adopted = adopting(want, seen, owned, applied, await _recorded(ctx, names) if first else None,
+                                     consent=consent)
         if adopted:
-            log.info("adopted objects of a previous incarnation", extra=fields(
-                namespace=ctx.namespace, name=ctx.name, refs=",".join(sorted(map(str, adopted)))))
+            log.info("adopted objects " + ("made by hand, as the user asked" if consent else
+                                           "of a previous incarnation"),
+                     extra=fields(namespace=ctx.namespace, name=ctx.name, refs=",".join(sorted(map(str, adopted)))))
         values = {}
         for ref in sorted({sf.secret.ref for c in the_plan.calls for sf in c.secrets}):
             secret, _, key = ref.partition("/")
@@ -555,7 +558,9 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         refused = _refused_passwords(the_plan, values)
         if refused:  # else DittoFS answers 500 `Failed to hash password`, which names neither Secret nor rule
             raise _Failed(Reason.REJECTED, "; ".join(refused) + f" ({_HELD})")
-        await _claim(ctx, names, the_plan, keep.provisioned)
+        await _claim(ctx, names, the_plan, keep.provisioned, adopted)
+        if consent:  # the adopted objects are recorded as the operator's: the consent is used
+            await ctx.forget_consent(ADOPT_ANNOTATION)
         done: list[Call] = []
         error: PlanFailed | None = None
         try:
@@ -599,8 +604,11 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         kinds = {p.kind for p in the_plan.problems}
         reason = (Reason.NOT_OWNED if ProblemKind.NOT_OWNED in kinds else
                   Reason.IMMUTABLE if ProblemKind.IMMUTABLE in kinds else Reason.REJECTED)
+        adopt = (f". To keep them, with their data, and manage them as declared: kubectl -n {names.namespace} annotate "
+                 f"dittoserver {names.server} {ADOPT_ANNOTATION}=true; or rename the declared objects"
+                 if ProblemKind.NOT_OWNED in kinds else "")
         result.condition = Cond(ConditionType.PROVISIONED, False, reason,
-                                "; ".join(str(p) for p in the_plan.problems))
+                                "; ".join(str(p) for p in the_plan.problems) + adopt)
         return result
     shares = len(result.shares)
     # Left alone (made by hand, or by an earlier server of this name on these volumes), but clients can mount them.
@@ -614,13 +622,13 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     return result
 
 
-async def _claim(ctx: Pass, names: Names, the_plan: Plan, recorded: list[str] | None) -> None:
-    """Record what is about to be created as owned *before* creating it, on the control-plane PVC (for a
-    re-created server) and in the status. An operator killed between DittoFS's 201 and the status write would
-    otherwise find its own objects unowned (NotOwned) forever. A claim whose create never happened is
-    harmless: the object is absent, so it is created (declared) or forgotten."""
+async def _claim(ctx: Pass, names: Names, the_plan: Plan, recorded: list[str] | None, adopted: set[Ref]) -> None:
+    """Record what is about to be created, and what was just adopted, as owned *before* creating it, on the
+    control-plane PVC (for a re-created server) and in the status. An operator killed between DittoFS's 201 and
+    the status write would otherwise find its own objects unowned (NotOwned) forever. A claim whose create never
+    happened is harmless: the object is absent, so it is created (declared) or forgotten."""
     creates = [c for c in the_plan.calls if c.op is Op.CREATE]
-    if not creates:
+    if not creates and not adopted:
         return
     claimed = sorted(str(r) for r in the_plan.owned_after(creates))
     await _record(ctx, names, claimed)

@@ -250,15 +250,16 @@ def refusal_hint(call: Call, detail: str, owned: Collection[Ref], pod: str) -> s
 
 
 def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mapping[str, str],
-             recorded: Iterable[str] | None) -> tuple[Plan, set[Ref]]:
+             recorded: Iterable[str] | None, *, consent: bool = False) -> tuple[Plan, set[Ref]]:
     """The plan, and what it adopts: the declared objects found unowned that the control-plane PVC records as
-    the operator's, i.e. those a re-created server's predecessor made (never one made by hand under a
-    declared name). A child is judged only once its parent is owned, so adoption repeats until nothing
-    recorded is left unowned."""
+    the operator's, i.e. those a re-created server's predecessor made; with the user's ``consent``
+    (``ADOPT_ANNOTATION``), every declared object found unowned, made by hand included. A child is judged only
+    once its parent is owned, so adoption repeats until nothing adoptable is left unowned."""
     mine = set(recorded or ())
     adopted: set[Ref] = set()
     the_plan = plan(want, seen, owned, applied)
-    while more := {p.ref for p in the_plan.problems if p.kind is ProblemKind.NOT_OWNED and str(p.ref) in mine}:
+    while more := {p.ref for p in the_plan.problems
+                   if p.kind is ProblemKind.NOT_OWNED and (consent or str(p.ref) in mine)}:
         adopted |= more
         the_plan = plan(want, seen, owned | adopted, applied)
     return the_plan, adopted

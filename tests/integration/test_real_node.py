@@ -402,7 +402,9 @@ def test_recreated_server_keeps_its_data_and_adopts_only_what_it_made(
     nfs_put(first_ip, tmp_path / "kept.txt", "kept.txt")
     rest = admin_rest(testbed, namespace, first_ip)
     rest.call("POST", "/api/v1/shares", {"name": "/manual", "metadata_store_id": "default",
-                                         "local_block_store": "default"})
+                                         "local_block_store": "default", "default_permission": "read-write"})
+    (tmp_path / "by-hand.txt").write_bytes(b"written to a share made by hand\n")
+    nfs_put(first_ip, tmp_path / "by-hand.txt", "by-hand.txt", "/manual")
     claim = kubectl_json(testbed, "get", "pvc", "controlplane-demo-0", "-n", namespace)
     assert "share:/export" in json.loads(claim["metadata"]["annotations"]["dittofs.io/provisioned"])
     secrets = ("demo-admin-bootstrap-credentials", "demo-operator-credentials")
@@ -422,8 +424,8 @@ def test_recreated_server_keeps_its_data_and_adopts_only_what_it_made(
     assert len(events(testbed, namespace, "ShareCreated")) == created, "the predecessor's share was made again"
 
     # Declaring the hand-made share's name is reported, not taken over.
-    real_server(testbed, real_node, namespace,
-                shares=[{"name": "/export", "defaultPermission": "read-write"}, {"name": "/manual"}])
+    real_server(testbed, real_node, namespace, shares=[{"name": "/export", "defaultPermission": "read-write"},
+                                                       {"name": "/manual", "defaultPermission": "read"}])
 
     def not_owned() -> dict[str, Any] | None:
         cond = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Provisioned")
@@ -431,6 +433,20 @@ def test_recreated_server_keeps_its_data_and_adopts_only_what_it_made(
 
     cond = eventually(not_owned, timeout=60, what="Provisioned=False/NotOwned for the hand-made share")
     assert "share:/manual" in cond["message"] and "share:/export" not in cond["message"], cond
+    adopt = f"kubectl -n {namespace} annotate dittoserver demo dittofs.dittofs.com/adopt=true"
+    assert adopt in cond["message"], cond
+
+    # The user hands it over: adopted as it is (never re-created: its file stays), brought to the declaration
+    # (guests may read, no longer write), and the consent is used once.
+    testbed.kubectl(*adopt.split()[1:])
+    obj = wait_ready(testbed, namespace, timeout=60)
+    assert "share:/manual" in obj["status"]["provisioned"], obj["status"]
+    assert "dittofs.dittofs.com/adopt" not in (obj["metadata"].get("annotations") or {})
+    assert len(events(testbed, namespace, "ShareCreated")) == created, "the adopted share was made again"
+    ip = on_real_node(testbed, namespace)["status"]["podIP"]
+    _, share = admin_rest(testbed, namespace, ip).call("GET", "/api/v1/shares/manual")
+    assert share["default_permission"] == "read", share
+    assert nfs_get(ip, "by-hand.txt", "/manual") == b"written to a share made by hand\n"
 
 
 def test_percona_path_runs_wait_for_postgres_and_dfs_on_postgres(

@@ -307,6 +307,27 @@ def test_a_recreated_server_adopts_only_what_its_predecessor_recorded() -> None:
     assert adopted == set() and Ref.parse("share:/export") in {pr.ref for pr in the_plan.problems}
 
 
+def test_with_the_user_s_consent_hand_made_objects_are_adopted_and_brought_to_the_declaration() -> None:
+    """``dittofs.dittofs.com/adopt``: every declared object found made by hand becomes the operator's, its
+    children judged once it is, and the plan brings each to what is declared (never re-creating it: the share's
+    files stay where they are)."""
+    _, after, owned, applied = converge(FULL, seeded())
+    by_hand = dataclasses.replace(after, shares={**after.shares, "/manual": ObservedShare(
+        "/manual", "default", "default", None, True, "none", None, 0)},
+        groups={**after.groups, "ops": ApiGroup(name="ops", gid=7)})
+    want = dataclasses.replace(FULL, shares=(*FULL.shares, ShareSpec("manual", default_permission="read")),
+                               groups=(*FULL.groups, GroupSpec("ops", 8)))
+    the_plan, adopted = adopting(want, by_hand, set(owned), applied, None, consent=True)
+    assert adopted == {Ref.parse("share:/manual"), Ref.parse("group:ops")}
+    assert the_plan.problems == ()
+    assert Op.CREATE not in {c.op for c in the_plan.calls if c.ref in adopted}
+    assert {(c.op, str(c.ref)) for c in the_plan.calls} >= {(Op.UPDATE, "group:ops"), (Op.UPDATE, "share:/manual")}
+    assert the_plan.owned_after() >= adopted
+    # Without consent, the same objects are reported and left alone.
+    the_plan, adopted = adopting(want, by_hand, set(owned), applied, None)
+    assert adopted == set() and {str(pr.ref) for pr in the_plan.problems} == {"share:/manual", "group:ops"}
+
+
 def test_drift_is_repaired_only_where_it_differs() -> None:
     _, after, owned, applied = converge(FULL, seeded())
     share = after.shares["/export"]

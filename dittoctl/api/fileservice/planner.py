@@ -222,7 +222,7 @@ class _Planner:
         if ref in self.owned:
             return True
         self.problem(ProblemKind.NOT_OWNED, ref, "exists in DittoFS but was not created by the operator; "
-                     "left untouched (delete it or rename the declared object)")
+                     "left untouched")
         return None
 
     def stale(self, kind: Kind, declared: set[str], present: set[str]) -> list[str]:
