@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import DITTOSERVERS, PERCONAPGCLUSTERS, Kind, kind_of
 from dittoctl.api.models import DittoServer
-from dittoctl.api.naming import DEFAULT_OPERATOR_NAMESPACE, owned_by
+from dittoctl.api.naming import CONSENT, DEFAULT_OPERATOR_NAMESPACE, owned_by
 from dittoctl.kube.events import EventRecorder, EventType
 from dittoctl.kube.gateway import ApiError, Conflict, Gateway, NotFound
 from dittoctl.kube.logs import fields
@@ -114,6 +114,16 @@ class Lane:
             self.wake(key)
 
 
+@dataclass(frozen=True)
+class KeptFields:
+    """PerconaPGCluster fields kept at a user's values, and what the server asked of them when reported."""
+
+    generation: int
+    paths: frozenset[str]
+    asked: str
+    """JSON of the server's values at ``paths`` (``values_at``): a new one is reported again."""
+
+
 @dataclass
 class Memory:
     """Per-server facts remembered between passes, so events are posted on transitions only."""
@@ -122,10 +132,10 @@ class Memory:
     """The server they are about: a server re-created under the same name starts with nothing remembered."""
     digests: dict[tuple[str, str], str | None] = field(default_factory=dict)
     database_ready: bool | None = None
-    percona_kept: tuple[int, frozenset[str]] | None = None
-    """(generation, the PerconaPGCluster fields a user's edit owns): applied at their live values while the
-    server's generation stays, so a kept edit costs no write and no second `PerconaDriftDetected`; a new
-    generation offers our values again and SSA says who still owns what."""
+    percona_kept: KeptFields | None = None
+    """The PerconaPGCluster fields a user's edit owns: applied at their live values while the server's
+    generation stays, so a kept edit costs no write and no second `PerconaDriftDetected`; a new generation
+    offers our values again and SSA says who still owns what."""
     invalid: str | None = None
     waiting: str | None = None
     """The missing Secrets last reported (one event per change)."""
@@ -447,8 +457,8 @@ class Pass:
         return True
 
     def consents(self, annotation: str) -> bool:
-        """The user's consent, given by setting ``annotation`` on the DittoServer (any value)."""
-        return annotation in ((self.current().get("metadata") or {}).get("annotations") or {})
+        """The user's consent, given by setting ``annotation`` to "true" on the DittoServer."""
+        return ((self.current().get("metadata") or {}).get("annotations") or {}).get(annotation) == CONSENT
 
     async def forget_consent(self, annotation: str) -> None:
         """Consent is used once: what it allowed is asked for again the next time (the next pass retries a

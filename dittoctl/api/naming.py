@@ -25,6 +25,9 @@ RELEASED_ANNOTATION = "dittofs.io/released-from"
 RECREATE_DATABASE_ANNOTATION = "dittofs.dittofs.com/recreate-database"
 # On a DittoServer: the user's consent that declared objects found made by hand in DittoFS become the operator's.
 ADOPT_ANNOTATION = "dittofs.dittofs.com/adopt"
+# On a DittoServer: the user's consent that the PerconaPGCluster's fields edited on it get the server's values.
+RECLAIM_PERCONA_ANNOTATION = "dittofs.dittofs.com/reclaim-percona"
+CONSENT = "true"  # the value of a consent annotation; any other is none
 ORPHAN_FINALIZER = "orphan"  # the garbage collector's, while `kubectl delete --cascade=orphan` runs
 # The StatefulSet's volume claim templates (a PVC is named <template>-<statefulset>-0).
 CONTROL_PLANE_VOLUME = "controlplane"
@@ -169,6 +172,10 @@ class Names:
 
     def host(self, service: str) -> str:
         return f"{service}.{self.namespace}.svc"
+
+    def consent(self, annotation: str) -> str:
+        """The command that gives the user's consent ``annotation`` on this server."""
+        return f"kubectl -n {self.namespace} annotate dittoserver {self.server} {annotation}={CONSENT}"
 
 
 def url_host(host: str) -> str:

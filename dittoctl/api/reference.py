@@ -201,11 +201,17 @@ def crd_reference() -> str:
         "| annotation | effect |",
         "|---|---|",
         f"| `{naming.PAUSE_ANNOTATION}: \"disabled\"` | pauses reconciliation of this object until removed |",
-        f"| `{naming.ADOPT_ANNOTATION}` (any value) | declared shares, users, groups and stores found made by hand in "
-        "DittoFS become the operator's, kept with their data and brought to the declaration; used once, the operator "
-        "removes it ([FILE_SERVICE.md](FILE_SERVICE.md)) |",
-        f"| `{naming.RECREATE_DATABASE_ANNOTATION}` (any value) | with Percona, consent to a new, empty database in "
-        "place of one that was deleted; used once ([PERCONA.md](PERCONA.md)) |",
+        f"| `{naming.ADOPT_ANNOTATION}: \"{naming.CONSENT}\"` | declared shares, users, groups and stores found made "
+        "by hand in DittoFS become the operator's, kept with their data and brought to the declaration "
+        "([FILE_SERVICE.md](FILE_SERVICE.md)) |",
+        f"| `{naming.RECLAIM_PERCONA_ANNOTATION}: \"{naming.CONSENT}\"` | the PerconaPGCluster's fields edited on it "
+        "directly get this server's values ([PERCONA.md](PERCONA.md#changing-it)) |",
+        f"| `{naming.RECREATE_DATABASE_ANNOTATION}: \"{naming.CONSENT}\"` | with Percona, consent to a new, empty "
+        "database in place of one that was deleted ([PERCONA.md](PERCONA.md)) |",
+        "",
+        "The last three are consents, each used once: the operator removes the annotation once it has acted on it. "
+        "Give them with `kubectl annotate`, not in a manifest a GitOps tool keeps applying: it would put the "
+        "annotation back, a standing consent.",
         "",
     ]
     for top, schema in (("spec", spec), ("status", status)):

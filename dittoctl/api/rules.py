@@ -901,11 +901,14 @@ class _Check:
         backend = ("database.type", "database.postgresSecretRef", "percona.enabled")
         if parsed.usable(*backend) and old.usable(*backend):
             before, after = _backend(old.spec), _backend(spec)
+            # The SQLite file stays on the control-plane volume while another backend is used: it comes back.
+            reopened = ("migrate the data first; back on SQLite, DittoFS reopens the file it used before, as it was "
+                        "then",) if after == "SQLite" else ()
             if old.spec.percona.enabled and not spec.percona.enabled:
-                self.warn("spec.percona.enabled", f"migrate the data first; turning Percona off switches the "
-                          f"server to {after} and does not move it")
+                self.warn("spec.percona.enabled", *reopened, f"migrate the data first; turning Percona off switches "
+                          f"the server to {after} and does not move it")
             elif before != after:
-                self.warn("spec.database", f"migrate the data first; switching from {before} to {after} "
+                self.warn("spec.database", *reopened, f"migrate the data first; switching from {before} to {after} "
                           "does not move it")
 
     def _percona_update(self, old: DittoServerSpec, new: DittoServerSpec) -> None:

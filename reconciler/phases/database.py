@@ -8,6 +8,7 @@ deleting the server must release it, never let GC delete it.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dittoctl.api.kinds import PERCONAPGBACKUPS, PERCONAPGCLUSTERS, STATEFULSETS
 from dittoctl.api.models import DittoServer
 from dittoctl.api.naming import (
     OWNER_ANNOTATION,
+    RECLAIM_PERCONA_ANNOTATION,
     RECREATE_DATABASE_ANNOTATION,
     RELEASED_ANNOTATION,
     Names,
@@ -28,10 +30,10 @@ from dittoctl.api.naming import (
 from dittoctl.kube.gateway import FIELD_MANAGER, ApiError, Conflict, NotFound
 from dittoctl.kube.logs import fields
 from reconciler.compare import is_subset, stamp_manifest
-from reconciler.context import Pass
+from reconciler.context import KeptFields, Pass
 from reconciler.phases.statefulset import env_secrets
 from reconciler.specs import Desired
-from reconciler.specs.percona import DB_USER, adopt_live_values
+from reconciler.specs.percona import DB_USER, adopt_live_values, values_at
 from reconciler.status import Cond
 
 log = logging.getLogger("dittofs.percona")
@@ -103,26 +105,38 @@ def _keeping(manifest: dict[str, Any], live: dict[str, Any],
     return kept, adopt_live_values(kept, live, sorted(paths))
 
 
-async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
-    """SSA without force; on conflict keep the user's values (one drift event per newly edited field) and
-    apply the rest."""
+async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, Any] | None, names: Names, *,
+                         force: bool = False) -> dict[str, Any]:
+    """SSA without force (unless the user reclaimed the fields); on conflict keep the user's values and apply
+    the rest. One drift event per newly edited field, and again when the server asks another value of one."""
     try:
-        return await ctx.gw.apply(manifest, force=False)
+        applied = await ctx.gw.apply(manifest, force=force)
     except Conflict as exc:
         paths = frozenset(_conflict_paths(exc))
         current = live or await ctx.gw.get(PERCONAPGCLUSTERS, manifest["metadata"]["name"], ctx.namespace)
+        asked = values_at(manifest, paths)
+        theirs = values_at(current, paths)
         manifest, failed = _keeping(manifest, current, paths)
-        reported = ctx.memory.percona_kept[1] if ctx.memory.percona_kept else frozenset()
-        ctx.memory.percona_kept = (ctx.generation, paths)
-        if not paths or not paths <= reported:
+        before = ctx.memory.percona_kept
+        ctx.memory.percona_kept = KeptFields(ctx.generation, paths, json.dumps(asked, sort_keys=True))
+        asked_before = json.loads(before.asked) if before is not None else {}
+        if not paths or before is None or not paths <= before.paths or any(
+                asked_before.get(path) != value for path, value in asked.items()):
+            fields_ = "; ".join(f"{p} is {json.dumps(theirs[p])}, this server asks {json.dumps(asked[p])}"
+                                for p in sorted(paths)) or "unknown"
             await ctx.post("Warning", EventReason.PERCONA_DRIFT_DETECTED,
-                           f"PerconaPGCluster {manifest['metadata']['name']} was edited directly; keeping "
-                           f"the edited fields: {', '.join(sorted(paths)) or 'unknown'}")
+                           f"PerconaPGCluster {manifest['metadata']['name']} was edited directly; keeping the "
+                           f"edited fields (generation {ctx.generation}): {fields_}. To apply this server's values "
+                           f"instead: {names.consent(RECLAIM_PERCONA_ANNOTATION)}")
         if failed:
             log.warning("could not adopt drifted fields; leaving the cluster unchanged", extra=fields(
                 namespace=ctx.namespace, name=manifest["metadata"]["name"], fields=",".join(failed)))
             return current
         return await ctx.gw.apply(manifest, force=False)
+    kept = ctx.memory.percona_kept
+    if kept is not None and kept.generation != ctx.generation:
+        ctx.memory.percona_kept = None  # this generation's values all applied: no field is kept any more
+    return applied
 
 
 def cluster_ready(cluster: Mapping[str, Any]) -> tuple[bool, str]:
@@ -199,8 +213,7 @@ def _missing(names: Names) -> DatabaseState:
         f"PerconaPGCluster {cluster}, which held this server's database, is gone; the operator does not create an "
         f"empty one in its place. Restore it from a backup (a PerconaPGCluster {cluster} with a dataSource, then "
         f"{_hand_over(names)}), "
-        f"or start over empty: kubectl -n {names.namespace} annotate dittoserver {names.server} "
-        f"{RECREATE_DATABASE_ANNOTATION}=true"), cluster, gate_open=False, requeue=30.0)
+        f"or start over empty: {names.consent(RECREATE_DATABASE_ANNOTATION)}"), cluster, gate_open=False, requeue=30.0)
 
 
 def _not_served(requeue: float) -> DatabaseState:
@@ -252,15 +265,25 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
                         f"set {lowered[0]}")
     if live is not None and live.get("metadata", {}).get("deletionTimestamp"):
         return _state(False, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is being deleted")
-    kept = ctx.memory.percona_kept
-    if live is not None and kept is not None and kept[0] == ctx.generation:
-        manifest, _ = _keeping(manifest, live, kept[1])
-    if live is None or not is_subset(manifest, live):
+    reclaim = live is not None and ctx.consents(RECLAIM_PERCONA_ANNOTATION)
+    kept = None if reclaim else ctx.memory.percona_kept
+    keeping = live is not None and kept is not None and kept.generation == ctx.generation
+    if live is not None and kept is not None and keeping:
+        manifest, _ = _keeping(manifest, live, kept.paths)
+    elif live is not None and is_subset(manifest, live):
+        ctx.memory.percona_kept = None  # the cluster holds every value this server asks (set back by hand)
+    if live is None or not is_subset(manifest, live) or reclaim:
         try:
-            live = await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster, _apply_cluster(ctx, manifest, live))
+            live = await ctx.write(PERCONAPGCLUSTERS, names.percona_cluster,
+                                   _apply_cluster(ctx, manifest, live, names, force=reclaim))
         except NotFound:  # the CRD went away since discovery said it was served
             ctx.shared.discovery.forget(PERCONAPGCLUSTERS)
             return _not_served(15.0)
+        if reclaim:  # force took the edited fields back: nothing is kept any more
+            ctx.memory.percona_kept = None
+            log.info("applied the server's values over fields edited on the PerconaPGCluster, as the user asked",
+                     extra=fields(namespace=ctx.namespace, name=ctx.name, cluster=names.percona_cluster))
+            await ctx.forget_consent(RECLAIM_PERCONA_ANNOTATION)
         if ctx.memory.database_ready is None and live.get("metadata", {}).get("generation") == 1:
             await ctx.post("Normal", EventReason.PERCONA_CREATED, f"PerconaPGCluster {names.percona_cluster} created")
     ready, state = cluster_ready(live)
@@ -271,8 +294,11 @@ async def ensure_database(ctx: Pass, server: DittoServer, names: Names, desired:
     ctx.memory.database_ready = ready
     if spec.percona.backup.enabled:
         await _report_backups(ctx, names)
-    return _state(ready, names.percona_cluster, f"PerconaPGCluster {names.percona_cluster} is ready" if ready
-                  else f"PerconaPGCluster {names.percona_cluster} state: {state}")
+    kept = ctx.memory.percona_kept
+    edited = (f"; fields edited on it are kept at their values: {', '.join(sorted(kept.paths))} (the "
+              f"{EventReason.PERCONA_DRIFT_DETECTED} event says how to apply this server's)" if kept else "")
+    return _state(ready, names.percona_cluster, (f"PerconaPGCluster {names.percona_cluster} is ready" if ready
+                  else f"PerconaPGCluster {names.percona_cluster} state: {state}") + edited)
 
 
 def percona_secret_wait(database: DatabaseState, missing: list[tuple[str, str]], names: Names) -> DatabaseState:

@@ -604,8 +604,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         kinds = {p.kind for p in the_plan.problems}
         reason = (Reason.NOT_OWNED if ProblemKind.NOT_OWNED in kinds else
                   Reason.IMMUTABLE if ProblemKind.IMMUTABLE in kinds else Reason.REJECTED)
-        adopt = (f". To keep them, with their data, and manage them as declared: kubectl -n {names.namespace} annotate "
-                 f"dittoserver {names.server} {ADOPT_ANNOTATION}=true; or rename the declared objects"
+        adopt = (f". To keep them, with their data, and manage them as declared: {names.consent(ADOPT_ANNOTATION)}; "
+                 "or rename the declared objects"
                  if ProblemKind.NOT_OWNED in kinds else "")
         result.condition = Cond(ConditionType.PROVISIONED, False, reason,
                                 "; ".join(str(p) for p in the_plan.problems) + adopt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dittoctl.api.kinds import PERCONAPGCLUSTERS
@@ -93,6 +94,20 @@ def _step(node: Any, segment: str | tuple[str, str]) -> Any:
     if not isinstance(node, dict) or segment not in node:
         raise KeyError(segment)
     return node[segment]
+
+
+def values_at(manifest: Mapping[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    """The value of each field path (an SSA conflict's) in ``manifest``; None where it has none."""
+    out: dict[str, Any] = {}
+    for path in sorted(paths):
+        node: Any = manifest
+        try:
+            for segment in parse_field_path(path):
+                node = _step(node, segment)
+        except (KeyError, ValueError):
+            node = None
+        out[path] = node
+    return out
 
 
 def adopt_live_values(manifest: dict[str, Any], live: dict[str, Any], paths: list[str]) -> list[str]:

@@ -124,6 +124,57 @@ def test_user_edits_are_kept_and_spec_changes_propagate(testbed: Any, operator: 
     assert cluster(testbed, namespace)["spec"]["postgresVersion"] == 17
 
 
+def test_a_kept_edit_is_reported_when_the_server_asks_another_value_and_can_be_reclaimed(
+        testbed: Any, operator: OperatorProcess, namespace: str) -> None:
+    """A field edited on the PerconaPGCluster stays as edited (SSA without force): once the DittoServer asks
+    another value of it, that change is not applied, and it was said only the first time (a grown volume the
+    user thinks applied could fill up). Now every new value asked is reported with both values, DatabaseReady
+    names the kept fields, and the annotation dittofs.dittofs.com/reclaim-percona applies the server's values
+    (used once)."""
+    install_crd(testbed)
+    apply_server(testbed, namespace, percona=percona_spec(image="registry.local/pg:first"))
+    eventually(lambda: cluster(testbed, namespace)["spec"].get("image") == "registry.local/pg:first", what="cluster")
+    testbed.kubectl("patch", "perconapgcluster", "demo-postgres", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"image": "registry.local/pg:by-hand"}}))
+    apply_server(testbed, namespace, percona=percona_spec(image="registry.local/pg:second"))
+
+    def drift(asked: str) -> list[dict[str, Any]]:
+        return [e for e in events(testbed, namespace, "PerconaDriftDetected") if asked in e["message"]]
+
+    first = eventually(lambda: drift('this server asks "registry.local/pg:second"'), what="the first drift event")
+    assert 'spec.image is "registry.local/pg:by-hand"' in first[0]["message"], first
+    reclaim = f"kubectl -n {namespace} annotate dittoserver demo dittofs.dittofs.com/reclaim-percona=true"
+    assert reclaim in first[0]["message"], first
+    apply_server(testbed, namespace, percona=percona_spec(image="registry.local/pg:third"))
+    eventually(lambda: drift('this server asks "registry.local/pg:third"'), what="a drift event for the new value")
+    assert cluster(testbed, namespace)["spec"]["image"] == "registry.local/pg:by-hand"
+    play_percona_ready(testbed, namespace)
+
+    def database_ready() -> dict[str, Any] | None:
+        return condition(server(testbed, namespace), "DatabaseReady")
+
+    def kept() -> dict[str, Any] | None:
+        cond = database_ready()
+        return cond if cond and "fields edited on it are kept" in cond["message"] else None
+
+    assert "spec.image" in eventually(kept, what="DatabaseReady names the kept field")["message"]
+
+    testbed.kubectl(*reclaim.split()[1:])
+    eventually(lambda: cluster(testbed, namespace)["spec"]["image"] == "registry.local/pg:third",
+               what="the server's value applied over the edit")
+    eventually(lambda: "dittofs.dittofs.com/reclaim-percona" not in (
+        server(testbed, namespace)["metadata"].get("annotations") or {}), what="the consent removed (used once)")
+    play_percona_ready(testbed, namespace)
+    eventually(lambda: (c := database_ready()) and c["status"] == "True" and "kept" not in c["message"],
+               what="DatabaseReady without kept fields")
+    # From now on the server's changes apply again, with no new drift event.
+    drifts = len(events(testbed, namespace, "PerconaDriftDetected"))
+    apply_server(testbed, namespace, percona=percona_spec(image="registry.local/pg:fourth"))
+    eventually(lambda: cluster(testbed, namespace)["spec"]["image"] == "registry.local/pg:fourth",
+               what="a later change applied")
+    assert len(events(testbed, namespace, "PerconaDriftDetected")) == drifts
+
+
 @pytest.mark.parametrize(("delete_with_server", "cascade"),
                          [(False, "background"), (False, "foreground"), (True, "background"), (True, "orphan")])
 def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: OperatorProcess, namespace: str,

@@ -11,7 +11,7 @@ from dittoctl.api.naming import Names
 from reconciler.context import Memory
 from reconciler.phases.database import cluster_ready
 from reconciler.phases.deletion import release_backoff_left, release_failed
-from reconciler.specs.percona import adopt_live_values, parse_field_path, percona_cluster
+from reconciler.specs.percona import adopt_live_values, parse_field_path, percona_cluster, values_at
 
 
 def build(**percona: Any) -> dict[str, Any]:
@@ -68,6 +68,14 @@ def test_adopt_live_values_keeps_user_edits_only() -> None:
     assert ours["spec"] == {"postgresVersion": 17, "image": "new",
                             "instances": [{"name": "instance1", "replicas": 3}]}
     assert adopt_live_values(ours, live, [".spec.nothing.here", "garbage"]) == [".spec.nothing.here", "garbage"]
+
+
+def test_values_at_reads_each_conflicting_field_or_none() -> None:
+    live = {"spec": {"postgresVersion": 17, "instances": [{"name": "instance1", "replicas": 3}]}}
+    assert values_at(live, ['.spec.instances[name="instance1"].replicas', ".spec.postgresVersion",
+                            ".spec.image", "garbage"]) == {
+        '.spec.instances[name="instance1"].replicas': 3, ".spec.postgresVersion": 17, ".spec.image": None,
+        "garbage": None}
 
 
 def test_a_cluster_is_ready_only_at_its_current_generation() -> None:
