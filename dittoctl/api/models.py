@@ -875,7 +875,9 @@ class FileShareSpec(ApiModel):
     default_permission: AccessLevel = "none"
     """Access of clients without a grant (NFS unknown uids, anonymous SMB). DittoFS's default is none."""
     quota: Quantity | None = None
-    """Size limit of the share (e.g. 10Gi); unset: none."""
+    """Size limit (e.g. 10Gi): writes to the share fail with "no space" once they would take its metadata store
+    beyond it. DittoFS v0.29.0 counts every share on that store, so a limit of the share's own needs a metadata
+    store of its own. Unset: none."""
     nfs: ShareNfsOptions | None = None
     """NFS export options."""
     permissions: list[SharePermission] = Field(default_factory=list)

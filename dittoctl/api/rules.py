@@ -433,10 +433,15 @@ class _Check:
             if u.name in _RESERVED_USERS:
                 self.error(f"{base}.name", f"{_q(u.name)} is reserved for DittoFS and the operator "
                            "(choose another name)")
+            if u.uid == 0:  # DittoFS's admin has uid 0 (models.DefaultAdminUser), and uids are unique there
+                self.error(f"{base}.uid", "uid 0 is DittoFS's admin's, and uids are unique there; choose another, "
+                           "e.g. 2000")
             for j, group in enumerate(u.groups):
                 if group not in groups and group not in _SYSTEM_GROUPS:
                     self.error(f"{base}.groups[{j}]", f"group {_q(group)} is not declared in spec.groups; add it "
                                "there or remove it here")
+                elif group in u.groups[:j]:
+                    self.warn(f"{base}.groups[{j}]", f"{_q(group)} is listed twice; remove the repeat")
             why = _FILE_SERVICE_WAITS
             keys = self._secret(f"{base}.passwordSecretRef", u.password_secret_ref.name, *why)
             self._keys(f"{base}.passwordSecretRef", u.password_secret_ref.name, keys, [u.password_secret_ref.key],
@@ -477,6 +482,13 @@ class _Check:
                           f"one lower-case segment{example}",
                           f"{_q(share.name, 30)} is served over NFS only (SMB: one lower-case segment)")
             self._bytes(f"{base}.quota", share.quota)
+            sharing = [s.name for s in shares if s.name != share.name and s.metadata_store == share.metadata_store]
+            if share.quota is not None and sharing:
+                # DittoFS v0.29.0 compares a quota with its metadata store's total (pkg/metadata/io.go).
+                others = ", ".join(_q(n, 20) for n in sharing[:2]) + (", ..." if len(sharing) > 2 else "")
+                self.warn(f"{base}.quota", f"counts all shares on metadata store {_q(share.metadata_store, 20)} "
+                          f"({others}): give this share a store of its own",
+                          "counts all shares on its metadata store: give this share a store of its own")
             for key, kind, store in (("metadataStore", "metadata", share.metadata_store),
                                     ("localBlockStore", "local", share.local_block_store),
                                     ("remoteBlockStore", "remote", share.remote_block_store)):
@@ -627,6 +639,22 @@ class _Check:
                 self.error(f"{path}[{i}].{key}", f"{key} {value} is also {path}[{first[value]}]'s; DittoFS "
                            f"keeps {key}s unique (choose another)")
             first.setdefault(value, i)
+
+    def _moved_ids(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
+        """A kept user's uid (group's gid) changed: DittoFS applies it live, but files keep the old number as their
+        owner (group), so the user (the group's members) lose the access the modes gave them."""
+        for path, key, before, after in (
+                ("spec.users", "uid", {u.name: u.uid for u in old.users}, [(u.name, u.uid) for u in new.users]),
+                ("spec.groups", "gid", {g.name: g.gid for g in old.groups}, [(g.name, g.gid) for g in new.groups])):
+            for i, (name, value) in enumerate(after):
+                was = before.get(name)
+                if was is not None and value is not None and value != was:
+                    who, owner, fix = ((f"{_q(name, 20)} loses", "owner", "chown") if key == "uid" else
+                                       ("its members lose", "group", "chgrp"))
+                    self.warn(f"{path}[{i}].{key}", f"files of {_q(name, 20)} keep {owner} {key} {was}: {who} {owner} "
+                              f"access ({fix} them, or keep {was})",
+                              f"files keep {owner} {key} {was}: that {owner} access is lost ({fix} them, or keep "
+                              f"{was})")
 
     def _renamed_identities(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A user (group) renamed with its uid (gid): the operator creates before it deletes, and DittoFS refuses
@@ -971,6 +999,7 @@ class _Check:
                         break
         self._renamed_badger_stores(old, new)
         self._renamed_identities(old, new)
+        self._moved_ids(old, new)
         remote = {r.name: r.location(old.s3) for r in old.stores.remote}
         for i, r in enumerate(new.stores.remote):
             if r.name not in remote:

@@ -529,6 +529,9 @@ def test_declared_file_service_is_allowed() -> None:
      "spec.users[0].name", "reserved"),
     ({"users": [{"name": "bob", "passwordSecretRef": {"name": "alice-pw", "key": "password"}, "groups": ["nope"]}]},
      "spec.users[0].groups[0]", "not declared in spec.groups"),
+    # DittoFS's admin has uid 0 and uids are unique: it answered "Failed to update user" (a real-node session).
+    ({"users": [{"name": "bob", "passwordSecretRef": {"name": "alice-pw", "key": "password"}, "uid": 0}]},
+     "spec.users[0].uid", "uid 0 is DittoFS's admin's"),
     ({"shares": [{"name": "/p", "permissions": [{"user": "carol", "level": "read"}]}]},
      "spec.shares[0].permissions[0].user", "not declared in spec.users"),
     ({"shares": [{"name": "/p", "permissions": [{"group": "nobody", "level": "read"}]}]},
@@ -568,6 +571,37 @@ def test_a_share_smb_cannot_reach_is_a_warning_while_smb_is_enabled() -> None:
         'e.g. "/team"',
         'spec.shares[1].name: "/team/docs" is served over NFS only (SMB: one lower-case segment)']
     assert check({**FILE_SERVICE, "shares": [{"name": "/Team"}]}, WITH_ALICE).warnings == []  # SMB is off
+
+
+def test_a_moved_uid_or_gid_and_a_repeated_group_are_warnings() -> None:
+    # DittoFS applies a new uid live, but files keep the old owner: seen on the real node, alice (2001 -> 2011) was
+    # refused her own share's listing and her 0660 file.
+    old = {**FILE_SERVICE, "groups": [{"name": "readers", "gid": 3000}],
+           "users": [{**FILE_SERVICE["users"][0], "uid": 2001}]}
+    new = {**FILE_SERVICE, "groups": [{"name": "readers", "gid": 3001}],
+           "users": [{**FILE_SERVICE["users"][0], "uid": 2011, "groups": ["readers", "readers"]}]}
+    verdict = check(new, WITH_ALICE, old=old)
+    assert verdict.allowed, verdict.messages
+    assert sorted(verdict.warnings) == [
+        'spec.groups[0].gid: files of "readers" keep group gid 3000: its members lose group access (chgrp them, or '
+        'keep 3000)',
+        'spec.users[0].groups[1]: "readers" is listed twice; remove the repeat',
+        'spec.users[0].uid: files of "alice" keep owner uid 2001: "alice" loses owner access (chown them, or keep '
+        '2001)']
+    assert check(old, WITH_ALICE, old=old).warnings == []
+
+
+def test_a_quota_on_a_metadata_store_other_shares_use_is_a_warning() -> None:
+    # DittoFS v0.29.0 compares a share's quota with its metadata store's total (pkg/metadata/io.go): seen on the
+    # real node, a 1 KiB write to a share under its quota failed once another share on the store held more.
+    shared = check({"shares": [{"name": "/export"}, {"name": "/projects", "quota": "10Gi"}]})
+    assert shared.allowed
+    assert shared.warnings == ['spec.shares[1].quota: counts all shares on metadata store "default" ("/export"): '
+                               'give this share a store of its own']
+    own = check({"stores": {"metadata": [{"name": "default"}, {"name": "projects", "type": "memory"}]},
+                 "shares": [{"name": "/export"}, {"name": "/projects", "quota": "10Gi", "metadataStore": "projects"}]})
+    assert own.allowed and own.warnings == [], own.warnings
+    assert check({"shares": [{"name": "/projects", "quota": "10Gi"}]}).warnings == []  # alone on its store
 
 
 def test_lists_the_crd_bounds_are_bounded_here_too_with_a_clear_message() -> None:
