@@ -68,8 +68,10 @@ _KEYED_VALUE = re.compile(r'("?)\b([A-Za-z_][A-Za-z0-9_]*)\1[ \t]*[:=][ \t]*("(?
 
 def _secret_key(key: str) -> bool:
     """Names a secret: not a reference, a duration or a flag (`passwordSecretRef`, `accessTokenDuration`,
-    `access_token_duration`, `secretFound`)."""
-    return _SECRET_WORD.search(key) is not None and not key.lower().endswith(("ref", "duration", "found"))
+    `access_token_duration`, `secretFound`), nor the name of a Secret or of a key in it (`secretName`,
+    `accessKeyIdKey`, `secretAccessKeyKey`: support needs them to tell which Secret is missing)."""
+    return (_SECRET_WORD.search(key) is not None and not key.lower().endswith(("ref", "duration", "found"))
+            and not key.endswith(("Name", "IdKey", "KeyKey")))
 
 
 # Values no secret takes: a flag or nothing (`automountServiceAccountToken: false`, `"must_change_password": true`).

@@ -848,7 +848,8 @@ class SnapshotPolicySpec(ApiModel):
     interval: Annotated[str, Field(pattern=SNAPSHOT_INTERVAL), AfterValidator(_check_interval)]
     """Go duration (e.g. 6h) or @hourly, @daily, @weekly."""
     keep_last: int = Field(0, ge=0, le=100000)
-    """Snapshots kept (0: keep all within ttl)."""
+    """Scheduled snapshots kept (0: keep all within ttl). DittoFS prunes as it starts a new one, counting only
+    finished ones, so keepLast + 1 exist between runs."""
     ttl: Duration | None = None
     """Age after which snapshots are removed."""
     name_prefix: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")

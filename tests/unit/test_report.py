@@ -55,7 +55,10 @@ def test_references_durations_and_flags_stay_and_yaml_stays_yaml() -> None:
             "status": {"secretFound": True}, "ldap": {"bind_password": "hunter22"},
             # DittoFS's config and users, a pod spec: a snake-case duration, flags (an exploratory session).
             "jwt": {"access_token_duration": "15m"}, "user": {"must_change_password": True},
-            "pod": {"automountServiceAccountToken": False}}
+            "pod": {"automountServiceAccountToken": False},
+            # Names of a Secret and of its keys: support must see which Secret is missing (a real-node session).
+            "s3": {"credentialsSecretRef": {"secretName": "s3c", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}},
+            "controlPlane": {"tls": {"secretName": "api-tls", "operatorClientSecretName": "operator-tls"}}}
     text = yaml.safe_dump(spec)
     out, count = redact(text, [])
     assert count == 1 and "hunter22" not in out
