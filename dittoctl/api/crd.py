@@ -166,7 +166,9 @@ def _humane(node: Any, evaluations: float = 1) -> Any:
     if message is not None and evaluations <= _MAX_EVALUATIONS and node["pattern"] in _TYPED_BY_HAND:
         pattern = node.pop("pattern")
         node["maxLength"] = min(node.get("maxLength", _MAX_LENGTH), _MAX_LENGTH)
-        rule = {"rule": f"self.matches({json.dumps(pattern)})", "message": message}
+        # The apiserver shows a rule's failing value as its type ("string"): the expression quotes what was typed.
+        rule = {"rule": f"self.matches({json.dumps(pattern)})", "message": message,
+                "messageExpression": f"'\"' + self + '\" ' + {json.dumps(message)}"}
         node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), rule]
     return node
 

@@ -27,7 +27,7 @@ def test_a_quantity_typo_is_rejected_in_words_not_a_regular_expression(crd: Any,
     proc = crd.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
     assert proc.returncode != 0
     assert "spec.storage.metadataSize" in proc.stderr, proc.stderr
-    assert "must be a Kubernetes quantity such as 1Gi, 500Mi or 10G" in proc.stderr, proc.stderr
+    assert '"10Gb" must be a Kubernetes quantity such as 1Gi, 500Mi or 10G' in proc.stderr, proc.stderr
     assert "[KMGTPE]" not in proc.stderr, "the raw pattern must not reach the user"
     # In a share too (a bounded list: the CRD can afford the rule there), and a snapshot interval in words.
     body["spec"] = {"storage": {"metadataSize": "1Gi"}, "shares": [
@@ -36,7 +36,8 @@ def test_a_quantity_typo_is_rejected_in_words_not_a_regular_expression(crd: Any,
     assert proc.returncode != 0
     assert "spec.shares[0].quota" in proc.stderr and "must be a Kubernetes quantity" in proc.stderr, \
         proc.stderr
-    assert "must be a duration such as 6h or 30m, or @hourly, @daily, @weekly" in proc.stderr, proc.stderr
+    assert '"daily" must be a duration such as 6h or 30m, or @hourly, @daily, @weekly' in proc.stderr, proc.stderr
+    assert '"10GB" must be a Kubernetes quantity' in proc.stderr, proc.stderr
     assert "[KMGTPE]" not in proc.stderr and "@hourly|" not in proc.stderr, "no raw pattern"
 
 
