@@ -63,7 +63,8 @@ def render(server: dict[str, Any], pods: list[dict[str, Any]], pvcs: list[dict[s
         for share in shares:
             where = "  ".join(share[k] for k in ("nfs", "smb") if share.get(k))
             mode = "ro" if share.get("readOnly") else "rw"
-            lines.append(f"  {share.get('name', '?'):<16} {mode}  {where}")
+            remote = "  (remote store NOT healthy)" if share.get("remoteHealthy") is False else ""
+            lines.append(f"  {share.get('name', '?'):<16} {mode}  {where}{remote}")
     lines.append("Pods:")
     lines.extend(_pod_line(p) for p in pods) if pods else lines.append(none("pods"))
     lines.append("PersistentVolumeClaims:")

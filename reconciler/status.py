@@ -103,7 +103,8 @@ def starting(obs: Observation) -> str | None:
     probe = next((c.get("startupProbe") or {} for c in containers if c.get("name") == CONTAINER), {})
     budget = int(probe.get("periodSeconds", 10)) * int(probe.get("failureThreshold", 3))
     return (f"pod {', '.join(pods)} starting: DittoFS answers once it has read back the data its local stores "
-            f"keep (the kubelet allows it {budget} s, spec.startupTimeoutSeconds)")
+            "keep and probed each remote store (one that does not answer holds it about 3 minutes; the server log "
+            f"says which); the kubelet allows it {budget} s, spec.startupTimeoutSeconds")
 
 
 REVISION_LABEL = "controller-revision-hash"

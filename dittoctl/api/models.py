@@ -810,7 +810,7 @@ class ServiceSpec(ApiModel):
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     """Service type. ClusterIP by default: the API is admin-capable."""
     annotations: StringMap = Field(default_factory=dict)
-    """Annotations of the Services."""
+    """Annotations of the <name>-api and <name>-file Services (not the headless or the metrics one)."""
     load_balancer_source_ranges: list[str] = Field(default_factory=list)
     """CIDRs allowed to reach a LoadBalancer."""
 

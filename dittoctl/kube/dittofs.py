@@ -504,7 +504,8 @@ async def restore_operator(base_url: str, admin_password: SecretStr, operator_na
     """(Re)creates the operator's account through the bootstrap ``admin`` and logs in as it. An account that
     exists (409) was changed by hand: it is made an enabled admin again (a disabled one cannot log in, 403; a
     demoted one can but provisions nothing) and given the operator's password back."""
-    log.info("dittofs account %s cannot log in as an enabled admin; restoring it through admin", operator_name)
+    log.info("dittofs account %s cannot log in as an enabled admin (a new server has none yet): creating or "
+             "restoring it through admin", operator_name)
     client = DittoFsClient(base_url, operator_name, operator_password, session=session, timeout=timeout, tls=tls)
     password = operator_password.get_secret_value()
     admin = DittoFsClient(base_url, "admin", admin_password, session=client._http(), timeout=timeout, tls=tls)

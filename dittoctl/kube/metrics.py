@@ -16,8 +16,13 @@ SERVERS = Gauge("dittofs_operator_dittoservers", "DittoServers by phase", ["phas
 DITTOFS_REQUESTS = Counter("dittofs_operator_dittofs_requests_total",
                            "REST requests the operator sent to DittoFS servers (a drift pass over an unchanged "
                            "server sends only GET)", ["method"])
+PROVISIONING_FAILURES = Counter("dittofs_operator_provisioning_failures_total",
+                                "Passes whose file-service provisioning failed, by Provisioned reason (each is retried "
+                                "with backoff: a rate above 0 means a server is not serving what it declares)",
+                                ["reason"])
 API_REQUESTS = Counter("rest_client_requests_total", "Requests to the Kubernetes API server by method and HTTP "
                        "code (0: unreachable); watch streams count once per (re)connect", ["code", "method"])
+RECONCILE_ERRORS.labels(CONTROLLER)  # a sample of 0 from the start: rate() and absent() alerts need one
 PHASES = ("Pending", "Running", "Stopped", "Degraded", "Failed", "Deleting")
 
 

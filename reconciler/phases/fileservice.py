@@ -68,6 +68,7 @@ from reconciler.specs.fileservice import (
     recorded_refs,
     refusal_hint,
     share_status,
+    unhealthy_remotes,
 )
 from reconciler.specs.secrets import new_password, operator_secret
 from reconciler.status import FILESERVICE_STATUS, Cond, kept_fileservice, pod_ready
@@ -272,10 +273,12 @@ async def _settle(ctx: Pass, mem: FsMemory, result: Provisioned) -> Provisioned:
     HoldsSnapshots) backs off like an unreachable server; only success starts the backoff over."""
     if result.condition is not None and not result.condition.status:
         return await _failure(ctx, mem, result, result.condition.reason, result.condition.message)
-    mem.failures = 0
+    recovered, mem.failures = mem.failures, 0
     if result.condition is not None:
         if mem.last != "ok":
-            await ctx.post("Normal", EventReason.PROVISIONED, result.condition.message)
+            # After a failure the same text as the last success would be dropped by the recorder's 10 minutes.
+            again = f" (again, after {recovered} failed pass{'es' if recovered > 1 else ''})" if recovered else ""
+            await ctx.post("Normal", EventReason.PROVISIONED, result.condition.message + again)
         mem.last = "ok"
         mem.converged_generation = ctx.generation
     return result
@@ -335,6 +338,7 @@ def _outcome(reason: str, message: str) -> str:
 
 async def _failure(ctx: Pass, mem: FsMemory, result: Provisioned, reason: Reason, message: str) -> Provisioned:
     mem.failures += 1
+    metrics.PROVISIONING_FAILURES.labels(str(reason)).inc()
     outcome = _outcome(reason, message)
     if mem.last != outcome:
         await ctx.post("Warning", EventReason.PROVISIONING_FAILED, message[:900])
@@ -586,7 +590,8 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         result.store_revision = (keep.store_revision or 0) + 1
         result.requeue = ROLL_NOW
         await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"{', '.join(str(c.ref) for c in restart)} "
-                       "reconfigured in DittoFS, which applies it at its next start: rolling the pod")
+                       "reconfigured in DittoFS, which applies it at its next start: rolling the pod (store "
+                       f"revision {result.store_revision})")
     present = _usage(seen, done)
     result.shares = share_status(server.spec, file_host, present)
     await _call_events(ctx, done)
@@ -616,9 +621,14 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     also = (f"; it also serves {', '.join(others[:5])}{' and more' if len(others) > 5 else ''}, not declared (made by "
             "hand or by an earlier server of this name): left alone, delete them in DittoFS or declare them"
             if others else "")
+    # Ready all the same (the shares are served), but their writes pile up on the pod's volume meanwhile.
+    unhealthy = unhealthy_remotes(seen)
+    remote = (f"; remote store {', '.join(unhealthy)} does not answer DittoFS's probe: its shares' writes stay on the "
+              "pod's volume until it does, and each start of the server waits about 3 minutes for it" if unhealthy
+              else "")
     result.condition = Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED,
                             f"DittoFS serves {shares} declared share(s), {len(want.users)} user(s), "
-                            f"{len(want.groups)} group(s){also}")
+                            f"{len(want.groups)} group(s){also}{remote}")
     return result
 
 

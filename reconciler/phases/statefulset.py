@@ -47,7 +47,9 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
     if old_hash != desired.config_hash and ctx.memory.digests:
         before = ctx.memory.digests
         for secret in sorted({s for (s, k), d in digests.items() if before.get((s, k), d) != d}):
-            await ctx.post("Normal", EventReason.SECRET_ROTATED, f"Secret {secret} changed; rolling {sts_name}")
+            # The hash tells one rotation from the next within the recorder's 10 minutes (the same text).
+            await ctx.post("Normal", EventReason.SECRET_ROTATED, f"Secret {secret} changed; rolling {sts_name} "
+                           f"(config hash {desired.config_hash[:12]})")
     old_replicas = previous["spec"].get("replicas")
     new_replicas = desired.statefulset["spec"]["replicas"]
     had, has = low_port_sysctl(previous), low_port_sysctl(desired.statefulset)

@@ -265,6 +265,12 @@ def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mappin
     return the_plan, adopted
 
 
+def unhealthy_remotes(seen: Observed) -> list[str]:
+    """The remote stores a served share tiers to that DittoFS's own probe of the bucket finds failing."""
+    return sorted({name for share in seen.shares.values() if (name := share.remote_store)
+                   and (store := seen.store(StoreKind.REMOTE, name)) is not None and store.healthy is False})
+
+
 def ownership_record(refs: Iterable[str]) -> dict[str, Any]:
     """The merge patch recording ``refs`` (what the operator created in DittoFS) on the control-plane PVC."""
     return {"metadata": {"annotations": {OWNERSHIP_ANNOTATION: json.dumps(sorted(refs))}}}

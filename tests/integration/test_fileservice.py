@@ -253,6 +253,10 @@ def test_lost_credentials_fail_once_with_backoff_and_recover(testbed: Testbed, o
     time.sleep(30)  # retries at 5, 10, 20 s: still one event
     warnings = events(testbed, namespace, "ProvisioningFailed")
     assert len(warnings) == 1 and warnings[0].get("count", 1) == 1, warnings
+    # ... while the metric an admin alerts on counts every failed pass (a real-node session saw none of them).
+    failed = re.search(r'^dittofs_operator_provisioning_failures_total\{reason="AuthFailed"\} (\S+)$',
+                       operator.metrics(), re.MULTILINE)
+    assert failed is not None and float(failed.group(1)) >= 3, "retries at 5, 10 and 20 s"
     ready = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Ready")
     assert ready is not None and ready["status"] == "False" and "Provisioned" in ready["message"]
 

@@ -181,8 +181,11 @@ def test_minimal_server_is_ready_because_dfs_answered(testbed: Testbed, operator
     assert 'controller_runtime_reconcile_time_seconds_count{controller="dittoserver"}' in metrics
     # SPEC §8's controller-runtime names, so existing dashboards work (the families exist before a sample; the
     # webhook's, with the webhook off here, in tests/unit/test_webhook_server.py).
-    for family in ("controller_runtime_reconcile_errors_total", "leader_election_master_status"):
+    for family in ("controller_runtime_reconcile_errors_total", "leader_election_master_status",
+                   "dittofs_operator_provisioning_failures_total"):
         assert f"# TYPE {family} " in metrics, family
+    # A sample from the start, not only after a first error: rate() and absent() alerts need one.
+    assert 'controller_runtime_reconcile_errors_total{controller="dittoserver"} ' in metrics
     log_lines = [json.loads(line) for line in operator.log_text().splitlines() if line.startswith("{")]
     applied = [e for e in log_lines if e.get("namespace") == namespace and e["msg"].startswith("applied")]
     assert applied and all(e["name"] for e in applied), "one JSON line per action with namespace/name"
@@ -224,6 +227,17 @@ def test_logging_change_and_secret_rotation_restart_the_real_process(
     rotated = eventually(lambda: events(testbed, namespace, "SecretRotated"), what="SecretRotated event")
     assert "demo-jwt" in rotated[0]["message"] and new_value not in json.dumps(rotated)
     assert admin_login(testbed, namespace, third["status"]["podIP"]) == 200
+
+    # A second rotation within the recorder's 10 minutes is a second event (a session saw two rolls, one event).
+    testbed.kubectl("patch", "secret", "demo-jwt", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"stringData": {"jwt-secret": "s" * 64}}))
+    def two_rotations() -> list[dict[str, Any]] | None:
+        found = events(testbed, namespace, "SecretRotated")
+        return found if len(found) == 2 else None
+
+    rotated = eventually(two_rotations, timeout=60, what="a second SecretRotated event")
+    assert rotated[0]["message"] != rotated[1]["message"] and all("config hash" in e["message"] for e in rotated)
+    wait_ready(testbed, namespace, timeout=120)
 
 
 class LogFollower:

@@ -211,10 +211,12 @@ def test_status_screen_shows_adapters_and_shares() -> None:
         "phase": "Running", "ready": "1/1", "observedGeneration": 2,
         "adapters": [{"type": "nfs", "port": 2049, "enabled": True, "listening": True},
                      {"type": "smb", "port": 445, "enabled": True, "listening": False}],
-        "shares": [{"name": "/export", "readOnly": False, "nfs": "nfs://demo-file.apps.svc:2049/export"}]}}
+        "shares": [{"name": "/export", "readOnly": False, "nfs": "nfs://demo-file.apps.svc:2049/export"},
+                   {"name": "/tiered", "readOnly": False, "remoteHealthy": False, "nfs": "nfs://h:2049/tiered"}]}}
     text = screen(server, [], [], None, [])
     assert "  nfs  port 2049   listening" in text and "  smb  port 445    NOT listening" in text
-    assert "  /export          rw  nfs://demo-file.apps.svc:2049/export" in text
+    assert "  /export          rw  nfs://demo-file.apps.svc:2049/export\n" in text
+    assert "  /tiered          rw  nfs://h:2049/tiered  (remote store NOT healthy)" in text
 
 
 def test_status_screen_shows_pods_volumes_percona_and_the_last_events() -> None:

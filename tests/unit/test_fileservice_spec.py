@@ -21,6 +21,7 @@ from reconciler.specs.fileservice import (
     refusal_hint,
     salted,
     share_status,
+    unhealthy_remotes,
 )
 from reconciler.status import Cond, Observation, conditions
 
@@ -168,6 +169,25 @@ def test_share_status_gives_ready_to_paste_addresses() -> None:
     mixed = spec(adapters={"smb": {"enabled": True}}, shares=[{"name": n} for n in names])
     assert [sorted(e) for e in share_status(mixed, "h", dict.fromkeys(names, (None, None)))] == [
         ["name", "nfs", "readOnly"], ["name", "nfs", "readOnly"], ["name", "nfs", "readOnly", "smb"]]
+
+
+def test_a_remote_store_failing_dittofs_s_probe_is_named() -> None:
+    """Ready all the same (its shares are served), but Provisioned names it: a real-node session saw only
+    status.shares[].remoteHealthy: false while every start of the server waited 3 minutes for the bucket."""
+    from dittoctl.api.fileservice.observed import ApiStore, ObservedShare
+
+    def share(name: str, remote: str | None) -> ObservedShare:
+        return ObservedShare(name, "default", "default", remote, False, "none", None, 0)
+
+    def s3(name: str, state: str) -> ApiStore:
+        return ApiStore(id=name, name=name, type="s3", status={"status": state})
+
+    seen = Observed(stores={StoreKind.REMOTE: {"down": s3("down", "unhealthy"), "up": s3("up", "healthy"),
+                                               "new": s3("new", "unknown"), "unused": s3("unused", "unhealthy")}},
+                    shares={"/a": share("/a", "down"), "/b": share("/b", "up"), "/c": share("/c", "new"),
+                            "/d": share("/d", None), "/e": share("/e", "down")})
+    assert unhealthy_remotes(seen) == ["down"]
+    assert unhealthy_remotes(Observed()) == []
 
 
 def _ready(provisioned: Cond | None) -> Cond:
@@ -323,9 +343,11 @@ class _Events:
 
     def __init__(self) -> None:
         self.posted: list[tuple[str, str]] = []
+        self.messages: list[str] = []
 
     async def post(self, type_: str, reason: str, message: str) -> None:
         self.posted.append((type_, reason))
+        self.messages.append(message)
 
 
 async def test_a_problem_reported_by_the_planner_backs_off_like_an_unreachable_server() -> None:
@@ -341,9 +363,13 @@ async def test_a_problem_reported_by_the_planner_backs_off_like_an_unreachable_s
         requeues.append((await _settle(ctx, mem, problem)).requeue)
     assert requeues == [5, 10, 20, 40]
     assert events.posted == [("Warning", "ProvisioningFailed")], "one event for one lasting problem"
-    done = await _settle(ctx, mem, Provisioned(condition=Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED)))
+    done = await _settle(ctx, mem, Provisioned(condition=Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED,
+                                                              "DittoFS serves 1 declared share(s)")))
     assert mem.failures == 0 and done.requeue is None and mem.converged_generation == 3
     assert events.posted[-1] == ("Normal", "Provisioned")
+    # Not the text of the success before the failure: the recorder would drop it within 10 minutes (a real-node
+    # session saw the newest event stay a Warning while all was well).
+    assert events.messages[-1] == "DittoFS serves 1 declared share(s) (again, after 4 failed passes)"
 
 
 async def test_a_delete_answered_not_found_is_done_and_the_plan_goes_on() -> None:

@@ -79,7 +79,9 @@ def test_a_pod_still_reading_its_data_back_says_so_with_its_budget() -> None:
         return next(c.message for c in conditions(obs) if c.type == ConditionType.AVAILABLE)
 
     assert available(pod(False)) == ("pod demo-0 starting: DittoFS answers once it has read back the data its "
-                                     "local stores keep (the kubelet allows it 255 s, spec.startupTimeoutSeconds)")
+                                     "local stores keep and probed each remote store (one that does not answer holds "
+                                     "it about 3 minutes; the server log says which); the kubelet allows it 255 s, "
+                                     "spec.startupTimeoutSeconds")
     # Started and not yet ready, not yet running, or no word from the kubelet (kwok): nothing more to say.
     for other in (pod(True), pod(False, "waiting"), pod(None)):
         assert available(other) == "no ready DittoFS pod yet"
