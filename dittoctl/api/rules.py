@@ -930,8 +930,8 @@ class _Check:
         if parsed.usable(*backend) and old.usable(*backend):
             before, after = _backend(old.spec), _backend(spec)
             # The SQLite file stays on the control-plane volume while another backend is used: it comes back.
-            reopened = ("migrate the data first; back on SQLite, DittoFS reopens the file it used before, as it was "
-                        "then",) if after == "SQLite" else ()
+            reopened = ("migrate the data first; on SQLite, DittoFS opens any SQLite file left on its volume (old "
+                        "data)",) if after == "SQLite" else ()
             if old.spec.percona.enabled and not spec.percona.enabled:
                 self.warn("spec.percona.enabled", *reopened, f"migrate the data first; turning Percona off switches "
                           f"the server to {after} and does not move it")

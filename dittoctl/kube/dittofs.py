@@ -265,7 +265,8 @@ class DittoFsClient:
             why = getattr(cause, "verify_message", None) or str(cause)
             name = self.tls.server_hostname if self.tls is not None else self.base_url
             raise DittoFsCertificateRejected(
-                f"{method} {path}: the server's certificate is not valid for {name}: {why}", method=method, path=path,
+                f"{method} {path}: the server's certificate was rejected (expected name {name}): {why}", method=method,
+                path=path,
             ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             why = _scrub(str(exc), secrets) or "no answer in time"  # a timeout's own text is empty

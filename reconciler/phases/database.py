@@ -118,11 +118,14 @@ async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, An
         theirs = values_at(current, paths)
         manifest, failed = _keeping(manifest, current, paths)
         before = ctx.memory.percona_kept
-        ctx.memory.percona_kept = KeptFields(ctx.generation, paths, json.dumps(asked, sort_keys=True))
         asked_before = json.loads(before.asked) if before is not None else {}
+        # The manifest kept this generation's earlier fields already: they conflict no more, and are still kept.
+        same = before is not None and before.generation == ctx.generation
+        ctx.memory.percona_kept = KeptFields(ctx.generation, paths | (before.paths if before and same else set()),
+                                             json.dumps({**(asked_before if same else {}), **asked}, sort_keys=True))
         if not paths or before is None or not paths <= before.paths or any(
                 asked_before.get(path) != value for path, value in asked.items()):
-            fields_ = "; ".join(f"{p} is {json.dumps(theirs[p])}, this server asks {json.dumps(asked[p])}"
+            fields_ = "; ".join(f"{p} is {_shown(theirs[p])}, this server asks {_shown(asked[p])}"
                                 for p in sorted(paths)) or "unknown"
             await ctx.post("Warning", EventReason.PERCONA_DRIFT_DETECTED,
                            f"PerconaPGCluster {manifest['metadata']['name']} was edited directly; keeping the "
@@ -137,6 +140,12 @@ async def _apply_cluster(ctx: Pass, manifest: dict[str, Any], live: dict[str, An
     if kept is not None and kept.generation != ctx.generation:
         ctx.memory.percona_kept = None  # this generation's values all applied: no field is kept any more
     return applied
+
+
+def _shown(value: Any) -> str:
+    """A field's value in an event, short enough that the message's command survives the 1 KiB cut."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def cluster_ready(cluster: Mapping[str, Any]) -> tuple[bool, str]:

@@ -609,11 +609,12 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         kinds = {p.kind for p in the_plan.problems}
         reason = (Reason.NOT_OWNED if ProblemKind.NOT_OWNED in kinds else
                   Reason.IMMUTABLE if ProblemKind.IMMUTABLE in kinds else Reason.REJECTED)
-        adopt = (f". To keep them, with their data, and manage them as declared: {names.consent(ADOPT_ANNOTATION)}; "
-                 "or rename the declared objects"
+        # The command first: a long list of objects would cut it off (conditions keep 1000 characters).
+        adopt = (f"objects made by hand in DittoFS have declared names; to keep them, with their data, and manage them "
+                 f"as declared: {names.consent(ADOPT_ANNOTATION)} (or rename the declared objects). "
                  if ProblemKind.NOT_OWNED in kinds else "")
         result.condition = Cond(ConditionType.PROVISIONED, False, reason,
-                                "; ".join(str(p) for p in the_plan.problems) + adopt)
+                                adopt + "; ".join(str(p) for p in the_plan.problems))
         return result
     shares = len(result.shares)
     # Left alone (made by hand, or by an earlier server of this name on these volumes), but clients can mount them.

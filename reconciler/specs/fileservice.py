@@ -3,6 +3,7 @@ and the share addresses shown in status."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -21,6 +22,7 @@ from dittoctl.api.fileservice import (
     Observed,
     Op,
     Plan,
+    Problem,
     ProblemKind,
     Ref,
     SecretValue,
@@ -253,16 +255,27 @@ def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mappin
              recorded: Iterable[str] | None, *, consent: bool = False) -> tuple[Plan, set[Ref]]:
     """The plan, and what it adopts: the declared objects found unowned that the control-plane PVC records as
     the operator's, i.e. those a re-created server's predecessor made; with the user's ``consent``
-    (``ADOPT_ANNOTATION``), every declared object found unowned, made by hand included. A child is judged only
-    once its parent is owned, so adoption repeats until nothing adoptable is left unowned."""
+    (``ADOPT_ANNOTATION``), every declared object found unowned, made by hand included, unless DittoFS holds it
+    otherwise than it can be declared (``Immutable``: other stores): owned, it would be deleted once the user
+    declares a new one in its place, files and all. A child is judged only once its parent is owned, so
+    adoption repeats until nothing adoptable is left unowned."""
     mine = set(recorded or ())
-    adopted: set[Ref] = set()
-    the_plan = plan(want, seen, owned, applied)
-    while more := {p.ref for p in the_plan.problems
-                   if p.kind is ProblemKind.NOT_OWNED and (consent or str(p.ref) in mine)}:
-        adopted |= more
-        the_plan = plan(want, seen, owned | adopted, applied)
-    return the_plan, adopted
+    refused: dict[Ref, Problem] = {}
+    while True:
+        adopted: set[Ref] = set()
+        the_plan = plan(want, seen, owned, applied)
+        while more := {p.ref for p in the_plan.problems if p.kind is ProblemKind.NOT_OWNED
+                       and (str(p.ref) in mine or (consent and p.ref not in refused))}:
+            adopted |= more
+            the_plan = plan(want, seen, owned | adopted, applied)
+        clashes = {p.ref: p for p in the_plan.problems
+                   if p.kind is ProblemKind.IMMUTABLE and p.ref in adopted and str(p.ref) not in mine}
+        if not clashes:
+            break
+        refused.update(clashes)  # again from the start: a refused share's grants must not stay adopted either
+    problems = tuple(Problem(ProblemKind.IMMUTABLE, p.ref, f"made by hand, not adopted: {refused[p.ref].message}")
+                     if p.kind is ProblemKind.NOT_OWNED and p.ref in refused else p for p in the_plan.problems)
+    return dataclasses.replace(the_plan, problems=problems), adopted
 
 
 def unhealthy_remotes(seen: Observed) -> list[str]:

@@ -245,8 +245,8 @@ def test_api_tls_serves_https_and_reloads_a_rotated_pair(dfs_path: Path, tmp_pat
                             (TlsTarget(untrusted, service), "unable to get local issuer certificate")):
             with pytest.raises(DittoFsCertificateRejected) as rejected:
                 asyncio.run(login(target))
-            assert str(rejected.value).startswith("POST /api/v1/auth/login: the server's certificate is not valid "
-                                                  f"for {target.server_hostname}: {why}"), rejected.value
+            assert str(rejected.value).startswith("POST /api/v1/auth/login: the server's certificate was rejected "
+                                                  f"(expected name {target.server_hostname}): {why}"), rejected.value
         assert UNKNOWN not in server.log_text()
 
 

@@ -328,6 +328,23 @@ def test_with_the_user_s_consent_hand_made_objects_are_adopted_and_brought_to_th
     assert adopted == set() and {str(pr.ref) for pr in the_plan.problems} == {"share:/manual", "group:ops"}
 
 
+def test_consent_never_adopts_a_share_dittofs_holds_on_other_stores() -> None:
+    """Owned, such a share would be deleted (files and all) once the user declared a new one in its place, as
+    Immutable advises: it stays unowned, reported as not adopted, and no call touches it (a diff review)."""
+    _, after, owned, applied = converge(FULL, seeded())
+    by_hand = dataclasses.replace(after, shares={**after.shares, "/manual": ObservedShare(
+        "/manual", "elsewhere", "default", None, False, "none", None, 0)})
+    want = dataclasses.replace(FULL, shares=(*FULL.shares, ShareSpec("manual")))
+    the_plan, adopted = adopting(want, by_hand, set(owned), applied, None, consent=True)
+    assert Ref.parse("share:/manual") not in adopted and Ref.parse("share:/manual") not in the_plan.owned_after()
+    [problem] = [pr for pr in the_plan.problems if str(pr.ref) == "share:/manual"]
+    assert problem.kind is ProblemKind.IMMUTABLE and problem.message.startswith("made by hand, not adopted: "), problem
+    assert not [c for c in the_plan.calls if "manual" in c.name]
+    # Declared away again: never owned, so never deleted.
+    assert not [c for c in adopting(FULL, by_hand, set(owned), applied, None, consent=True)[0].calls
+                if "manual" in c.name]
+
+
 def test_drift_is_repaired_only_where_it_differs() -> None:
     _, after, owned, applied = converge(FULL, seeded())
     share = after.shares["/export"]

@@ -325,8 +325,8 @@ def test_a_rejected_certificate_is_its_own_reason_and_names_what_the_certificate
                                       "metadata": {"name": "demo", "namespace": "ns"},
                                       "spec": {"storage": {"metadataSize": "1Gi"},
                                                "controlPlane": {"tls": {"secretName": "api-tls"}}}})
-    rejected = DittoFsCertificateRejected("POST /api/v1/auth/login: the server's certificate is not valid for "
-                                          "demo-api.ns.svc: Hostname mismatch")
+    rejected = DittoFsCertificateRejected("POST /api/v1/auth/login: the server's certificate was rejected "
+                                          "(expected name demo-api.ns.svc): Hostname mismatch")
     failed = _failed(rejected, f"cannot log in to DittoFS at https://10.0.0.1:8080: {rejected}", tls, NAMES)
     assert failed.reason is Reason.CERTIFICATE_REJECTED
     assert failed.message.count("https://10.0.0.1:8080") == 1, failed.message

@@ -122,3 +122,48 @@ def test_a_refused_release_is_asked_again_less_and_less_often_whatever_wakes_the
         now += delays[-1]
         assert release_backoff_left(memory, now) is None
     assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+class _Cluster:
+    """The little of a Pass `_apply_cluster` uses, over one PerconaPGCluster whose fields in `edited` a user owns:
+    applying another value of one is an SSA conflict."""
+
+    namespace, name, generation = "ns", "demo", 2
+
+    def __init__(self, live: dict[str, Any], edited: set[str]) -> None:
+        self.live, self.edited, self.memory = live, edited, Memory()
+        self.events: list[str] = []
+        self.gw = self
+
+    async def apply(self, manifest: dict[str, Any], force: bool = False) -> dict[str, Any]:
+        clash = [f for f in sorted(self.edited) if manifest["spec"].get(f) != self.live["spec"].get(f)]
+        if clash and not force:
+            from dittoctl.kube.gateway import Conflict
+            raise Conflict("409", [{"field": f".spec.{f}"} for f in clash])
+        self.live = {**self.live, "spec": {**self.live["spec"], **manifest["spec"]}}
+        return self.live
+
+    async def post(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(message)
+
+
+async def test_fields_edited_one_after_the_other_are_all_kept_without_a_write_or_event_per_pass() -> None:
+    """A second field edited in the same generation replaced the first in memory: each pass then offered the first
+    again, conflicted, and swapped them, with an event and a status write every pass (a diff review)."""
+    from reconciler.phases.database import _apply_cluster, _keeping
+
+    names = Names("demo", "ns", "uid-1")
+    ours = {"metadata": {"name": "demo-postgres"}, "spec": {"image": "ours", "postgresVersion": 16}}
+    ctx: Any = _Cluster({"metadata": {"name": "demo-postgres"}, "spec": {"image": "theirs", "postgresVersion": 16}},
+                        {"image"})
+    await _apply_cluster(ctx, ours, ctx.live, names)
+    ctx.edited.add("postgresVersion")
+    ctx.live["spec"]["postgresVersion"] = 17
+    for _ in range(3):  # each pass keeps what memory holds, as ensure_database does at the same generation
+        kept, _ = _keeping(ours, ctx.live, ctx.memory.percona_kept.paths)
+        await _apply_cluster(ctx, kept, ctx.live, names)
+    assert ctx.memory.percona_kept.paths == {".spec.image", ".spec.postgresVersion"}
+    assert len(ctx.events) == 2, ctx.events
+    assert '.spec.image is "theirs", this server asks "ours"' in ctx.events[0]
+    assert ".spec.postgresVersion is 17, this server asks 16" in ctx.events[1]
+    assert ctx.live["spec"] == {"image": "theirs", "postgresVersion": 17}
