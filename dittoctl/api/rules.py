@@ -15,7 +15,7 @@ import logging
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, get_args
@@ -643,9 +643,7 @@ class _Check:
     def _moved_ids(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A kept user's uid (group's gid) changed: DittoFS applies it live, but files keep the old number as their
         owner (group), so the user (the group's members) lose the access the modes gave them."""
-        for path, key, before, after in (
-                ("spec.users", "uid", {u.name: u.uid for u in old.users}, [(u.name, u.uid) for u in new.users]),
-                ("spec.groups", "gid", {g.name: g.gid for g in old.groups}, [(g.name, g.gid) for g in new.groups])):
+        for path, key, before, after in _identity_ids(old, new):
             for i, (name, value) in enumerate(after):
                 was = before.get(name)
                 if was is not None and value is not None and value != was:
@@ -659,9 +657,7 @@ class _Check:
     def _renamed_identities(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A user (group) renamed with its uid (gid): the operator creates before it deletes, and DittoFS refuses
         the id while the old name holds it, so the change never converged."""
-        for path, key, before, after in (
-                ("spec.users", "uid", {u.name: u.uid for u in old.users}, [(u.name, u.uid) for u in new.users]),
-                ("spec.groups", "gid", {g.name: g.gid for g in old.groups}, [(g.name, g.gid) for g in new.groups])):
+        for path, key, before, after in _identity_ids(old, new):
             names = {name for name, _ in after}
             leaving = {value: name for name, value in before.items() if name not in names and value is not None}
             for i, (name, value) in enumerate(after):
@@ -1099,6 +1095,13 @@ class _Check:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+def _identity_ids(old: DittoServerSpec, new: DittoServerSpec) -> Iterator[
+        tuple[str, str, dict[str, int | None], list[tuple[str, int | None]]]]:
+    """Users' uids and groups' gids across an update: (list path, id key, name -> id before, [(name, id)] after)."""
+    yield "spec.users", "uid", {u.name: u.uid for u in old.users}, [(u.name, u.uid) for u in new.users]
+    yield "spec.groups", "gid", {g.name: g.gid for g in old.groups}, [(g.name, g.gid) for g in new.groups]
+
+
 def _backend(spec: DittoServerSpec) -> str:
     if spec.percona.enabled:
         return "Percona PostgreSQL"
