@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from dittoctl.api.conditions import ConditionType, Reason
+from dittoctl.api.fileservice import REMOTE_PROBE_HOLD
 from dittoctl.api.models import DittoServerSpec, DittoServerStatus
 from dittoctl.api.naming import CONTAINER, PAUSE_ANNOTATION
 from dittoctl.kube.clock import rfc3339_now
@@ -103,7 +104,7 @@ def starting(obs: Observation) -> str | None:
     probe = next((c.get("startupProbe") or {} for c in containers if c.get("name") == CONTAINER), {})
     budget = int(probe.get("periodSeconds", 10)) * int(probe.get("failureThreshold", 3))
     return (f"pod {', '.join(pods)} starting: DittoFS answers once it has read back the data its local stores "
-            "keep and probed each remote store (one that does not answer holds it about 3 minutes; the server log "
+            f"keep and probed each remote store (one that does not answer holds it {REMOTE_PROBE_HOLD}; the server log "
             f"says which); the kubelet allows it {budget} s, spec.startupTimeoutSeconds")
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import SecretStr
 
 from dittoctl.api.conditions import ConditionType, EventReason, Reason
-from dittoctl.api.fileservice import Kind, Observed, Op, Plan, ProblemKind, Ref, StoreKind
+from dittoctl.api.fileservice import REMOTE_PROBE_HOLD, Kind, Observed, Op, Plan, ProblemKind, Ref
 from dittoctl.api.fileservice.planner import reads
 from dittoctl.api.fileservice.types import OPERATOR_ACCOUNT, Call
 from dittoctl.api.kinds import PVCS, SECRETS, STATEFULSETS
@@ -599,11 +599,11 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
         if isinstance(error.cause, (DittoFsAuthError, DittoFsForbidden)):
             await mem.close()
         detail = error.cause.detail or str(error.cause)
-        reason = _map_error(error)
-        where = f"DittoFS at {base_url}: " if reason in (Reason.API_UNREACHABLE, Reason.CERTIFICATE_REJECTED) else ""
-        message = (f"{where}{error.call}: {detail}{refusal_hint(error.call, detail, the_plan.owned, names.pod)}"
-                   f"{_tls_hint(reason, server, names)}")
-        result.condition = Cond(ConditionType.PROVISIONED, False, reason, message)
+        reaching = _map_error(error) in (Reason.API_UNREACHABLE, Reason.CERTIFICATE_REJECTED)
+        where = f"DittoFS at {base_url}: " if reaching else ""
+        failed = _failed(error, f"{where}{error.call}: {detail}"
+                         f"{refusal_hint(error.call, detail, the_plan.owned, names.pod)}", server, names)
+        result.condition = Cond(ConditionType.PROVISIONED, False, failed.reason, failed.message)
         return result
     if the_plan.problems:
         kinds = {p.kind for p in the_plan.problems}
@@ -625,7 +625,7 @@ async def _provision(ctx: Pass, server: DittoServer, names: Names, base_url: str
     # Ready all the same (the shares are served), but their writes pile up on the pod's volume meanwhile.
     unhealthy = unhealthy_remotes(seen)
     remote = (f"; remote store {', '.join(unhealthy)} does not answer DittoFS's probe: its shares' writes stay on the "
-              "pod's volume until it does, and each start of the server waits about 3 minutes for it" if unhealthy
+              f"pod's volume until it does, and each start of the server waits {REMOTE_PROBE_HOLD} for it" if unhealthy
               else "")
     result.condition = Cond(ConditionType.PROVISIONED, True, Reason.CONVERGED,
                             f"DittoFS serves {shares} declared share(s), {len(want.users)} user(s), "
@@ -651,8 +651,7 @@ def _usage(seen: Observed, done: list[Call]) -> dict[str, ShareUsage]:
     """Shares present after ``done``, with what the pass read of them (a share created now: not known yet)."""
     present: dict[str, ShareUsage] = {}
     for name, share in seen.shares.items():
-        remote = seen.store(StoreKind.REMOTE, share.remote_store) if share.remote_store else None
-        present[name] = (share.used_bytes, remote.healthy if remote is not None else None)
+        present[name] = (share.used_bytes, seen.remote_health(share))
     for call in done:
         if call.kind is Kind.SHARE and call.op is Op.CREATE:
             present.setdefault(call.name, (None, None))

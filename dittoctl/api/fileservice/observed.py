@@ -43,6 +43,11 @@ class ApiAdapter(_Record):
     running: bool = False
 
 
+REMOTE_PROBE_HOLD = "about 3 minutes"
+"""How long DittoFS v0.29.0's start waits on a remote store that does not answer its probe (``sync_health.go``,
+168 s on the real node; DITTOFS_FACTS deviation 11)."""
+
+
 class ApiStore(_Record):
     id: str
     name: str
@@ -137,6 +142,11 @@ class Observed:
 
     def store(self, kind: StoreKind, name: str) -> ApiStore | None:
         return self.stores.get(kind, {}).get(name)
+
+    def remote_health(self, share: ObservedShare) -> bool | None:
+        """DittoFS's own probe of the bucket ``share`` tiers to (None: no remote store, or its state unknown)."""
+        remote = self.store(StoreKind.REMOTE, share.remote_store) if share.remote_store else None
+        return remote.healthy if remote is not None else None
 
 
 def parse_users(raw: Any) -> dict[str, ApiUser]:
