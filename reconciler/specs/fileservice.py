@@ -32,6 +32,7 @@ from dittoctl.api.fileservice import (
     StoreSpec,
     UserSpec,
     plan,
+    read_only_stamps,
 )
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import Call, IdentityProviderSpec, Scalar
@@ -256,9 +257,10 @@ def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mappin
     """The plan, and what it adopts: the declared objects found unowned that the control-plane PVC records as
     the operator's, i.e. those a re-created server's predecessor made; with the user's ``consent``
     (``ADOPT_ANNOTATION``), every declared object found unowned, made by hand included, unless DittoFS holds it
-    otherwise than it can be declared (``Immutable``: other stores): owned, it would be deleted once the user
-    declares a new one in its place, files and all. A child is judged only once its parent is owned, so
-    adoption repeats until nothing adoptable is left unowned."""
+    otherwise than it can be declared (``Immutable``: other stores, or read-only declared writable): owned, it
+    would be deleted once the user declares a new one in its place, files and all. A share adopted read-only is
+    stamped so (``read_only_stamps``, kept by the plan's ``digests_after``). A child is judged only once its
+    parent is owned, so adoption repeats until nothing adoptable is left unowned."""
     mine = set(recorded or ())
     refused: dict[Ref, Problem] = {}
     while True:
@@ -267,7 +269,7 @@ def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mappin
         while more := {p.ref for p in the_plan.problems if p.kind is ProblemKind.NOT_OWNED
                        and (str(p.ref) in mine or (consent and p.ref not in refused))}:
             adopted |= more
-            the_plan = plan(want, seen, owned | adopted, applied)
+            the_plan = plan(want, seen, owned | adopted, {**applied, **read_only_stamps(adopted, seen)})
         clashes = {p.ref: p for p in the_plan.problems
                    if p.kind is ProblemKind.IMMUTABLE and p.ref in adopted and str(p.ref) not in mine}
         if not clashes:
@@ -275,13 +277,13 @@ def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mappin
         refused.update(clashes)  # again from the start: a refused share's grants must not stay adopted either
     problems = tuple(Problem(ProblemKind.IMMUTABLE, p.ref, f"made by hand, not adopted: {refused[p.ref].message}")
                      if p.kind is ProblemKind.NOT_OWNED and p.ref in refused else p for p in the_plan.problems)
-    return dataclasses.replace(the_plan, problems=problems), adopted
+    return dataclasses.replace(the_plan, problems=problems, stamped=read_only_stamps(adopted, seen)), adopted
 
 
 def unhealthy_remotes(seen: Observed) -> list[str]:
     """The remote stores a served share tiers to that DittoFS's own probe of the bucket finds failing."""
-    return sorted({name for share in seen.shares.values() if (name := share.remote_store)
-                   and (store := seen.store(StoreKind.REMOTE, name)) is not None and store.healthy is False})
+    return sorted({share.remote_store for share in seen.shares.values()
+                   if share.remote_store and seen.remote_health(share) is False})
 
 
 def ownership_record(refs: Iterable[str]) -> dict[str, Any]:

@@ -313,7 +313,7 @@ def test_with_the_user_s_consent_hand_made_objects_are_adopted_and_brought_to_th
     files stay where they are)."""
     _, after, owned, applied = converge(FULL, seeded())
     by_hand = dataclasses.replace(after, shares={**after.shares, "/manual": ObservedShare(
-        "/manual", "default", "default", None, True, "none", None, 0)},
+        "/manual", "default", "default", None, False, "none", None, 0)},
         groups={**after.groups, "ops": ApiGroup(name="ops", gid=7)})
     want = dataclasses.replace(FULL, shares=(*FULL.shares, ShareSpec("manual", default_permission="read")),
                                groups=(*FULL.groups, GroupSpec("ops", 8)))
@@ -343,6 +343,47 @@ def test_consent_never_adopts_a_share_dittofs_holds_on_other_stores() -> None:
     # Declared away again: never owned, so never deleted.
     assert not [c for c in adopting(FULL, by_hand, set(owned), applied, None, consent=True)[0].calls
                 if "manual" in c.name]
+
+
+def test_a_share_found_read_only_when_adopted_is_never_reported_writable() -> None:
+    """DittoFS v0.29.0 refuses a share's writes for good once it loaded it read-only (created so, or started
+    since), which a share found read-only when adopted most likely is: a PUT of read_only false would read
+    Converged while its writes still fail (seen by a review: the consent test itself PUT one back)."""
+    _, after, owned, applied = converge(FULL, seeded())
+    by_hand = dataclasses.replace(after, shares={**after.shares, "/manual": ObservedShare(
+        "/manual", "default", "default", None, True, "none", None, 0)})
+    manual = Ref.parse("share:/manual")
+    writable = dataclasses.replace(FULL, shares=(*FULL.shares, ShareSpec("manual")))
+    # With consent but declared writable: not adopted, and why.
+    the_plan, adopted = adopting(writable, by_hand, set(owned), applied, None, consent=True)
+    assert manual not in adopted and manual not in the_plan.owned_after()
+    [problem] = [pr for pr in the_plan.problems if pr.ref == manual]
+    assert problem.kind is ProblemKind.IMMUTABLE, problem
+    assert problem.message.startswith("made by hand, not adopted: served read-only"), problem
+    assert "declare it readOnly: true" in problem.message, problem
+    assert not [c for c in the_plan.calls if c.ref == manual]
+    # Declared read-only, it is adopted as it is, and the stamp is kept: a later flip back (the webhook
+    # bypassed) is refused, not PUT.
+    read_only = dataclasses.replace(FULL, shares=(*FULL.shares, ShareSpec("manual", read_only=True)))
+    the_plan, adopted = adopting(read_only, by_hand, set(owned), applied, None, consent=True)
+    assert manual in adopted and the_plan.problems == () and the_plan.calls == ()
+    kept = the_plan.digests_after(applied, ())
+    assert kept == {**applied, "share:/manual/read-only": "served"}
+    later = plan(writable, by_hand, the_plan.owned_after(), kept)
+    assert [(pr.kind, pr.ref) for pr in later.problems] == [(ProblemKind.IMMUTABLE, manual)]
+    assert not [c for c in later.calls if c.ref == manual]
+    # A re-created server's predecessor made it (recorded): owned again, reported, stamped, never PUT back.
+    record = [str(r) for r in {*owned, manual}]
+    the_plan, adopted = adopting(writable, by_hand, set(), applied, record)
+    assert manual in adopted and manual in the_plan.owned_after()
+    assert [(pr.kind, pr.ref) for pr in the_plan.problems] == [(ProblemKind.IMMUTABLE, manual)]
+    assert not [c for c in the_plan.calls if c.ref == manual]
+    assert the_plan.digests_after(applied, ())["share:/manual/read-only"] == "served"
+    # A writable share adopted is stamped nothing.
+    plain = dataclasses.replace(by_hand, shares={**by_hand.shares, "/manual": dataclasses.replace(
+        by_hand.shares["/manual"], read_only=False)})
+    the_plan, adopted = adopting(writable, plain, set(owned), applied, None, consent=True)
+    assert manual in adopted and the_plan.problems == () and the_plan.stamped == {}
 
 
 def test_drift_is_repaired_only_where_it_differs() -> None:

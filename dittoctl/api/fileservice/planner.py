@@ -162,6 +162,7 @@ class Plan:
     calls: tuple[Call, ...]
     problems: tuple[Problem, ...]
     owned: frozenset[Ref]  # ownership before the calls, without refs that vanished and are not declared
+    stamped: Mapping[str, str] = field(default_factory=dict)  # recorded with no call: ``read_only_stamps``
 
     @property
     def needs_restart(self) -> bool:
@@ -182,7 +183,7 @@ class Plan:
 
     def digests_after(self, applied: Mapping[str, str], done: Iterable[Call] | None = None) -> dict[str, str]:
         """Digests of applied secret values once ``done`` succeeded (deleted objects drop theirs)."""
-        out = dict(applied)
+        out = {**applied, **self.stamped}
         for call in self.calls if done is None else done:
             if call.op is Op.DELETE or call.whole:
                 prefix = f"{call.ref}/"
@@ -540,7 +541,7 @@ class _Planner:
             frozen = seen.read_only and not s.read_only and digest_key(ref, _READ_ONLY_SLOT) in self.applied
             if frozen:
                 self.problem(ProblemKind.IMMUTABLE, ref, "served read-only, so DittoFS v0.29.0 refuses its writes "
-                             "for good (restarts included): set readOnly: true again, or declare a new share")
+                             "for good (restarts included): declare it readOnly: true, or declare a new share")
             changes: dict[str, Any] = {}
             if seen.read_only != s.read_only and not frozen:
                 changes["read_only"] = s.read_only
@@ -721,6 +722,15 @@ def _same_record(seen: Mapping[str, Any], want: Mapping[str, Any], durations: fr
         elif not same_values(have, value):
             return False
     return True
+
+
+def read_only_stamps(refs: Iterable[Ref], seen: Observed) -> dict[str, str]:
+    """The read-only stamps of the shares in ``refs`` that DittoFS serves read-only. Found so when adopted, a
+    share is one DittoFS loaded read-only (created so, or started since it was made so), whose writes v0.29.0
+    refuses for good: stamped as if the operator had made it read-only, it is never put back and reported
+    writable while its writes still fail."""
+    return {digest_key(r, _READ_ONLY_SLOT): _READ_ONLY_STAMP[0][1] for r in refs
+            if r.kind is Kind.SHARE and (share := seen.shares.get(r.name)) is not None and share.read_only}
 
 
 def plan(
