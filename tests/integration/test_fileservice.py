@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from dittoctl.api.naming import ADOPT_ANNOTATION
 from tests.support.kube import apply_server, condition, events, kubectl_json, report_bundle, wait_ready
 from tests.support.operator import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.poll import eventually
@@ -197,9 +198,11 @@ def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed
     eventually(lambda: "/export" in rest.shares(), timeout=30, what="/export re-created by a drift pass")
     eventually(lambda: events(testbed, namespace, "DriftRepaired"), timeout=30, what="DriftRepaired event")
 
-    # A share made by hand is never touched, and declaring its name is reported, not taken over.
+    # A share made by hand is never touched, and declaring its name is reported, not taken over. This one is
+    # read-only, so DittoFS refuses its writes for good (it loaded it so): declared writable, even the user's
+    # consent to adopt leaves it alone, rather than PUT it back and report a writable share whose writes fail.
     rest.call("POST", "/api/v1/shares", {"name": "/manual", "metadata_store_id": "default",
-                                         "local_block_store": "default"})
+                                         "local_block_store": "default", "read_only": True})
     apply_server(testbed, namespace, **real_node.pod_placement(),
                  shares=[{"name": "/export", "defaultPermission": "read-write"}, {"name": "/manual"}])
 
@@ -212,6 +215,19 @@ def test_drift_is_repaired_and_hand_made_objects_are_left_alone(testbed: Testbed
     ready = condition(kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace), "Ready")
     assert ready is not None and ready["status"] == "False" and "Provisioned" in ready["message"]
     assert events(testbed, namespace, "ProvisioningFailed")
+    testbed.kubectl("annotate", "dittoserver", "demo", "-n", namespace, "dittofs.dittofs.com/adopt=true")
+
+    def refused() -> dict[str, Any] | None:
+        obj = kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)
+        cond = condition(obj, "Provisioned")
+        used = ADOPT_ANNOTATION not in (obj["metadata"].get("annotations") or {})
+        return cond if cond and cond["reason"] == "Immutable" and used else None
+
+    cond = eventually(refused, timeout=60, what="Provisioned=False/Immutable, the consent used")
+    assert "share:/manual" in cond["message"] and "made by hand, not adopted: served read-only" in cond["message"]
+    assert "share:/manual" not in kubectl_json(testbed, "get", "dittoserver", "demo", "-n", namespace)[
+        "status"]["provisioned"]
+    assert rest.call("GET", "/api/v1/shares/manual")[1]["read_only"] is True
     apply_server(testbed, namespace, **real_node.pod_placement())  # back to the default share
     obj = wait_ready(testbed, namespace, timeout=60)
     assert "share:/manual" not in obj["status"]["provisioned"]
