@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS
 from dittoctl.kube import heap, metrics
 from dittoctl.kube.gateway import Gateway, kubeconfig_files, load_client
-from dittoctl.kube.logs import fields
+from dittoctl.kube.logs import described, fields
 from dittoctl.settings import RunSettings
 from reconciler.context import Provisioning
 from reconciler.handlers import Controller, configure_persistence, register, watch_streams
@@ -327,5 +327,8 @@ def main_run(settings: RunSettings) -> int:
         log.error(str(exc))
         return 1
     except CrdGone:
+        return 1
+    except Exception as exc:  # a component stopped for good (kopf's watch refused, a defect): one ERROR line says
+        log.exception(f"dittofs-operator stopped on an error: {described(exc)}")  # so, the traceback as its field
         return 1
     return 0

@@ -14,7 +14,8 @@ import pytest
 from dittoctl.api.kinds import DITTOSERVERS, Kind
 from dittoctl.cli import parser
 from dittoctl.kube.gateway import ApiError, Gateway
-from dittoctl.main import Health
+from dittoctl.main import Health, main_run
+from dittoctl.settings import RunSettings
 from reconciler.handlers import CRD_MISSING, Controller
 from reconciler.watch import STALE_SECONDS
 
@@ -137,3 +138,20 @@ async def test_by_default_health_answers_on_ipv6_and_ipv4() -> None:
                     assert resp.status == 200, host
     finally:
         await health.stop()
+
+
+def test_a_component_that_stops_for_good_exits_1_with_one_error_line(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """kopf's watcher refused (the operator's RBAC taken away) ended the process with a bare traceback on stderr
+    and no ERROR record, so a log search or alert on the operator's JSON lines found nothing (a real-node
+    session)."""
+    async def refused(settings: RunSettings, stop: asyncio.Event, hurry: asyncio.Event) -> None:
+        raise PermissionError("dittoservers.dittofs.dittofs.com is forbidden")
+
+    monkeypatch.setattr("dittoctl.main.run", refused)
+    caplog.set_level(logging.INFO, logger="dittofs.main")
+    assert main_run(RunSettings()) == 1
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage() == ("dittofs-operator stopped on an error: PermissionError: "
+                                   "dittoservers.dittofs.dittofs.com is forbidden")
+    assert record.exc_info is not None, "the traceback goes with it, as the record's error field"
