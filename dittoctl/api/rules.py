@@ -920,6 +920,7 @@ class _Check:
             self._percona_update(old.spec, spec)
         if parsed.usable("stores", "shares") and old.usable("stores", "shares"):
             self._immutable_file_service(old.spec, spec)
+            self._dropped_shares(old.spec, spec)
             if parsed.usable("s3") and old.usable("s3"):
                 self._implied_changes(old.spec, spec)
         backend = ("database.type", "database.postgresSecretRef", "percona.enabled")
@@ -1030,6 +1031,20 @@ class _Check:
                 self.error(f"spec.shares[{i}].readOnly", f"share {_q(share.name)} is read-only for good: DittoFS "
                            "keeps refusing its writes once it was read-only; declare a new share for writes, or "
                            "revert the change")
+
+    def _dropped_shares(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
+        """A share leaving the spec stops being served at the next pass (deleted in DittoFS, or disabled while it
+        has snapshots): an edit that renames one, or lists shares where the implicit /export stood, says nothing
+        of it otherwise."""
+        kept = {share_name(s.name) for s in new.effective_shares}
+        for share in old.effective_shares:
+            if share_name(share.name) in kept:
+                continue
+            implicit = " (the implicit default share)" if old.shares is None else ""
+            self.warn("spec.shares", f"{_q(share.name)}{implicit} leaves the spec: DittoFS stops serving it, its "
+                      "clients lose the mount; its files stay",
+                      f"{_q(share.name)}{implicit} leaves the spec: DittoFS stops serving it; its files stay",
+                      f"{_q(share.name)} leaves the spec: DittoFS stops serving it; its files stay")
 
     def _renamed_badger_stores(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A new badger store in or around the directory of one leaving the spec (a rename): DittoFS keeps the

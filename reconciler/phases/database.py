@@ -79,8 +79,10 @@ async def release_database(ctx: Pass, *, orphaning: bool = False) -> str | None:
         return f"marking it released failed: {str(exc)[:200]}"
     why = "the DittoServer was deleted with --cascade=orphan" if delete and orphaning else \
         "percona.deleteWithServer is false"
-    await ctx.post("Normal", EventReason.PERCONA_ORPHANED, f"PerconaPGCluster {cluster_name} kept ({why}): data "
-                   f"preserved; a new DittoServer {ctx.name} takes it back")
+    # A namespace being deleted takes the kept cluster with it: Kubernetes', not the operator's, to hold.
+    await ctx.post("Normal", EventReason.PERCONA_ORPHANED, f"PerconaPGCluster {cluster_name} kept ({why}), its "
+                   f"data with it unless namespace {ctx.namespace} is deleted; a new DittoServer {ctx.name} takes "
+                   "it back")
     return None
 
 

@@ -209,7 +209,8 @@ def test_deletion_orphans_or_deletes_the_database(testbed: Any, operator: Operat
     why = "the DittoServer was deleted with --cascade=orphan" if delete_with_server else \
         "percona.deleteWithServer is false"
     assert [e["message"] for e in events(testbed, namespace, "PerconaOrphaned")] == [
-        f"PerconaPGCluster demo-postgres kept ({why}): data preserved; a new DittoServer demo takes it back"]
+        f"PerconaPGCluster demo-postgres kept ({why}), its data with it unless namespace {namespace} is deleted; a new "
+        "DittoServer demo takes it back"]
     if cascade == "orphan":  # the StatefulSet is the user's now, still serving: not drained
         sts = kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)
         assert sts["spec"]["replicas"] == 1 and not sts["metadata"].get("ownerReferences"), sts["metadata"]

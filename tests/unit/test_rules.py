@@ -1371,3 +1371,21 @@ def test_a_user_or_group_renamed_with_its_id_is_done_in_two_steps() -> None:
     assert check({"users": [], "groups": []}, WITH_ALICE, old=old).allowed
     assert check({"users": [pw("robert", uid=1001)], "groups": [{"name": "staff", "gid": 2000}]}, WITH_ALICE,
                  old={"users": [], "groups": []}).allowed
+
+
+def test_a_share_leaving_the_spec_is_a_warning() -> None:
+    """The next pass stops serving it (deleted in DittoFS, or disabled while it has snapshots); an edit that
+    lists shares where the implicit /export stood, or renames one, said nothing of it (a data-loss review)."""
+    implicit = check({"shares": [{"name": "/projects"}]}, old={})
+    assert implicit.allowed and implicit.warnings == [
+        'spec.shares: "/export" (the implicit default share) leaves the spec: DittoFS stops serving it; its files '
+        'stay']
+    renamed = check({"shares": [{"name": "/b"}]}, old={"shares": [{"name": "/a"}]})
+    assert renamed.warnings == ['spec.shares: "/a" leaves the spec: DittoFS stops serving it, its clients lose the '
+                                'mount; its files stay']
+    # Written another way, the same share stays (DittoFS keys shares by one leading slash).
+    assert check({"shares": [{"name": "//a"}]}, old={"shares": [{"name": "/a"}]}).warnings == []
+    kept = {"shares": [{"name": "/export", "defaultPermission": "read-write"}, {"name": "/b"}]}
+    assert check(kept, old={}).warnings == []
+    long = check({"shares": [{"name": "/b"}]}, old={"shares": [{"name": "/" + "a" * 250}]})
+    assert len(long.warnings) == 1 and len(long.warnings[0]) <= MAX_WARNING
