@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dittoctl.api.kinds import CRD_NOT_SERVED, DITTOSERVERS
 from dittoctl.kube import heap, metrics
-from dittoctl.kube.gateway import Gateway, kubeconfig_files, load_client
+from dittoctl.kube.gateway import ApiError, Gateway, NoCredentials, kubeconfig_files, load_client
 from dittoctl.kube.logs import described, fields
 from dittoctl.settings import RunSettings
 from reconciler.context import Provisioning
@@ -328,6 +328,8 @@ def main_run(settings: RunSettings) -> int:
         return 1
     except CrdGone:
         return 1
+    except (NoCredentials, ApiError):
+        raise  # the CLI's edge says these in one line, with the fix
     except Exception as exc:  # a component stopped for good (kopf's watch refused, a defect): one ERROR line says
         log.exception(f"dittofs-operator stopped on an error: {described(exc)}")  # so, the traceback as its field
         return 1

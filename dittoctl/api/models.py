@@ -1122,7 +1122,8 @@ class DittoServerStatus(ApiModel):
     """Objects the operator created in DittoFS (kind:name); only these are ever updated or deleted."""
     applied_secrets: dict[str, str] | None = None
     """Salted digests of the Secret values last applied in DittoFS (passwords, store keys), never the values, and
-    stamps of other inputs applied (a store's config digest, a share made read-only)."""
+    stamps of other inputs applied (a store's config digest, a share made read-only) and the DittoFS id of each
+    owned share (one deleted and made again by hand is not the operator's)."""
     shares: list[ShareStatus] | None = None
     """Provisioned shares with ready-to-paste addresses."""
     adapters: list[AdapterStatus] | None = None

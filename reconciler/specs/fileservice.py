@@ -33,6 +33,7 @@ from dittoctl.api.fileservice import (
     UserSpec,
     plan,
     read_only_stamps,
+    share_ids,
 )
 from dittoctl.api.fileservice.observed import duration_seconds
 from dittoctl.api.fileservice.types import Call, IdentityProviderSpec, Scalar
@@ -266,10 +267,12 @@ def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mappin
     while True:
         adopted: set[Ref] = set()
         the_plan = plan(want, seen, owned, applied)
-        while more := {p.ref for p in the_plan.problems if p.kind is ProblemKind.NOT_OWNED
+        while more := {p.ref for p in the_plan.problems if p.kind is ProblemKind.NOT_OWNED and p.ref not in adopted
                        and (str(p.ref) in mine or (consent and p.ref not in refused))}:
             adopted |= more
-            the_plan = plan(want, seen, owned | adopted, {**applied, **read_only_stamps(adopted, seen)})
+            # Adopted as DittoFS holds them now: their ids replace any stamped for an earlier share of the name.
+            the_plan = plan(want, seen, owned | adopted,
+                            {**applied, **share_ids(adopted, seen), **read_only_stamps(adopted, seen)})
         clashes = {p.ref: p for p in the_plan.problems
                    if p.kind is ProblemKind.IMMUTABLE and p.ref in adopted and str(p.ref) not in mine}
         if not clashes:
@@ -277,7 +280,8 @@ def adopting(want: FileService, seen: Observed, owned: set[Ref], applied: Mappin
         refused.update(clashes)  # again from the start: a refused share's grants must not stay adopted either
     problems = tuple(Problem(ProblemKind.IMMUTABLE, p.ref, f"made by hand, not adopted: {refused[p.ref].message}")
                      if p.kind is ProblemKind.NOT_OWNED and p.ref in refused else p for p in the_plan.problems)
-    return dataclasses.replace(the_plan, problems=problems, stamped=read_only_stamps(adopted, seen)), adopted
+    stamped = {**the_plan.stamped, **read_only_stamps(adopted, seen)}
+    return dataclasses.replace(the_plan, problems=problems, stamped=stamped), adopted
 
 
 def unhealthy_remotes(seen: Observed) -> list[str]:

@@ -386,6 +386,46 @@ def test_a_share_found_read_only_when_adopted_is_never_reported_writable() -> No
     assert manual in adopted and the_plan.problems == () and the_plan.stamped == {}
 
 
+def test_a_share_deleted_and_made_again_by_hand_is_not_the_operator_s() -> None:
+    """Owned shares were known by name alone, so one deleted and made again by hand between two passes (as the
+    message about a share holding snapshots invites) was taken for the operator's: deleted once it left the spec,
+    grants and all (a data-loss review). DittoFS gives each share an id; the one the operator saw is stamped."""
+    _, after, owned, applied = converge(FULL, seeded())
+    share = Ref.parse("share:/export")
+    seen = dataclasses.replace(after, shares={"/export": dataclasses.replace(after.shares["/export"], id="made")})
+    first = plan(FULL, seen, owned, applied)
+    assert first.calls == () and first.problems == ()
+    stamped = first.digests_after(applied, ())
+    assert stamped == {**applied, "share:/export/id": "made"}
+    assert plan(FULL, seen, owned, stamped).digests_after(stamped, ()) == stamped, "settled: nothing to write"
+
+    remade = dataclasses.replace(seen, shares={"/export": dataclasses.replace(
+        seen.shares["/export"], id="by-hand", snapshots=0, default_permission="none")})
+    # Left the spec: not deleted (its snapshots counted 0), nor its grants or schedule; no longer owned.
+    gone = plan(dataclasses.replace(FULL, shares=()), remade, owned, stamped)
+    assert not [c for c in gone.calls if c.name.partition("#")[0] == "/export"], gone.calls
+    assert not [r for r in gone.owned_after() if r.name.partition("#")[0] == "/export"]
+    # Still declared: reported as made by hand, not brought to the declaration; the consent adopts it as it is.
+    kept = plan(FULL, remade, owned, stamped)
+    assert (ProblemKind.NOT_OWNED, share) in {(pr.kind, pr.ref) for pr in kept.problems}
+    assert not [c for c in kept.calls if c.ref == share]
+    adopted_plan, adopted = adopting(FULL, remade, set(owned), stamped, None, consent=True)
+    assert share in adopted and adopted_plan.problems == ()
+    assert adopted_plan.digests_after(stamped, ())["share:/export/id"] == "by-hand"
+    assert [c.ref for c in adopted_plan.calls if c.ref == share] == [share], "brought to the declaration"
+
+    # The operator's own re-creation of a declared share deleted by hand drops the old id; the new one is
+    # stamped when seen, and the share stays the operator's.
+    absent = dataclasses.replace(seen, shares={})
+    again = plan(FULL, absent, owned, stamped)
+    assert (Op.CREATE, share) in {(c.op, c.ref) for c in again.calls}
+    recreated = again.digests_after(stamped)
+    assert "share:/export/id" not in recreated
+    back = dataclasses.replace(seen, shares={"/export": dataclasses.replace(seen.shares["/export"], id="new")})
+    settled = plan(FULL, back, again.owned_after(), recreated)
+    assert settled.problems == () and settled.digests_after(recreated, ())["share:/export/id"] == "new"
+
+
 def test_drift_is_repaired_only_where_it_differs() -> None:
     _, after, owned, applied = converge(FULL, seeded())
     share = after.shares["/export"]

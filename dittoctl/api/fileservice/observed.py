@@ -62,6 +62,7 @@ class ApiStore(_Record):
 
 
 class ApiShare(_Record):
+    id: str = ""
     name: str
     metadata_store_id: str
     local_block_store_id: str | None = None
@@ -121,6 +122,7 @@ class ObservedShare:
     permissions: Mapping[tuple[str, str], str] | None = None  # (principal, name) -> level
     enabled: bool = True  # POST /shares/{name}/disable by hand turns it off
     snapshots: int | None = None  # read only for an owned share that left the spec: DittoFS deletes them with it
+    id: str = ""  # DittoFS's own: a share deleted and made again by hand under the name gets a new one
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ def parse_shares(
             permissions=(permissions or {}).get(key),
             enabled=s.enabled,
             snapshots=(snapshots or {}).get(key),
+            id=s.id,
         )
     return out
 

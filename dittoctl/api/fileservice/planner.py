@@ -51,6 +51,7 @@ from dittoctl.api.secrets import INTEGER_STORE_KEYS, digest_of
 API = "/api/v1"
 _IMMUTABLE_STORE_KEYS = ("path", "db_path")
 _READ_ONLY_SLOT = "read-only"
+_ID_SLOT = "id"  # the DittoFS id of an owned share, as last seen: the share the operator made or adopted
 _READ_ONLY_STAMP = ((_READ_ONLY_SLOT, "served"),)  # recorded once the operator made a share read-only
 _ORDER = {kind: i for i, kind in enumerate(Kind)}
 # Kinds recorded in status.provisioned: those the operator may prune. The operator account is its own
@@ -189,6 +190,8 @@ class Plan:
                 prefix = f"{call.ref}/"
                 for key in [k for k in out if k.startswith(prefix)]:
                     del out[key]
+            elif call.op is Op.CREATE and call.kind is Kind.SHARE:
+                out.pop(digest_key(call.ref, _ID_SLOT), None)  # made again: its new id is stamped when seen
             for sf in call.secrets:
                 out[digest_key(call.ref, sf.slot)] = sf.secret.digest
             for slot, digest in call.stamps:
@@ -658,7 +661,8 @@ class _Planner:
         self.prune_stores(doomed_stores, dropped)
         creates = sorted(self.calls, key=lambda c: _ORDER[c.kind])  # stable: keeps per-kind order
         deletes = sorted(self.deletes, key=lambda c: -_ORDER[c.kind])
-        return Plan(tuple(creates + deletes), tuple(self.problems), self.live_owned())
+        owned = self.live_owned()
+        return Plan(tuple(creates + deletes), tuple(self.problems), owned, share_ids(owned, self.seen))
 
     def live_owned(self) -> frozenset[Ref]:
         """Drop refs of objects that vanished from DittoFS and are no longer declared."""
@@ -733,6 +737,30 @@ def read_only_stamps(refs: Iterable[Ref], seen: Observed) -> dict[str, str]:
             if r.kind is Kind.SHARE and (share := seen.shares.get(r.name)) is not None and share.read_only}
 
 
+def share_ids(refs: Iterable[Ref], seen: Observed) -> dict[str, str]:
+    """The ids DittoFS gives the shares in ``refs`` it holds, as the plan stamps them."""
+    return {digest_key(r, _ID_SLOT): share.id for r in refs
+            if r.kind is Kind.SHARE and (share := seen.shares.get(r.name)) is not None and share.id}
+
+
+def _share_of(ref: Ref) -> str | None:
+    """The share ``ref`` is, or belongs to (a grant, a snapshot policy, NFS options)."""
+    if ref.kind in (Kind.SHARE, Kind.SNAPSHOT_POLICY, Kind.SHARE_NFS):
+        return ref.name
+    return ref.name.partition("#")[0] if ref.kind is Kind.PERMISSION else None
+
+
+def _not_remade(owned: Iterable[Ref], seen: Observed, applied: Mapping[str, str]) -> frozenset[Ref]:
+    """``owned`` without the shares (and their sub-objects) DittoFS holds under another id than the one stamped:
+    deleted and made again by hand between two passes (as the message about a share holding snapshots invites),
+    such a share is not the operator's, and must not be deleted or brought to the declaration."""
+    owned = frozenset(owned)
+    stamped = {r.name: rec for r in owned if r.kind is Kind.SHARE and (rec := applied.get(digest_key(r, _ID_SLOT)))}
+    remade = {name for name, rec in stamped.items() if (share := seen.shares.get(name)) is not None
+              and share.id and share.id != rec}
+    return frozenset(r for r in owned if _share_of(r) not in remade) if remade else owned
+
+
 def plan(
     want: FileService,
     seen: Observed,
@@ -740,7 +768,8 @@ def plan(
     applied: Mapping[str, str] | None = None,
 ) -> Plan:
     """The ordered calls that make ``seen`` serve ``want``, touching only ``owned`` objects (pure)."""
-    return _Planner(want, seen, frozenset(owned), applied or {}).run()
+    applied = applied or {}
+    return _Planner(want, seen, _not_remade(owned, seen, applied), applied).run()
 
 
 def store_body_json(body: Mapping[str, Any]) -> dict[str, Any]:
