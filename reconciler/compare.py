@@ -49,5 +49,20 @@ def stamp_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def changed_fields(before: Any, after: Any, path: str = "", limit: int = 4) -> list[str]:
+    """Where ``after`` differs from ``before`` (fields added, changed or removed), as paths for a message: at
+    most ``limit``, the deepest that tell (a list of another length is one change)."""
+    if before == after:
+        return []
+    out: list[str] = []
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(before.keys() | after.keys()):
+            out += changed_fields(before.get(key), after.get(key), f"{path}.{key}" if path else str(key), limit)
+    elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            out += changed_fields(b, a, f"{path}[{i}]", limit)
+    return (out or [path])[:limit]
+
+
 def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
     return observed is None or not is_subset(desired, observed)

@@ -95,7 +95,7 @@ class LeaderElector:
             self._seen = (version, now)
         return now - self._seen[1] > duration
 
-    def _set(self, leading: bool) -> None:
+    def _set(self, leading: bool, *, stopping: bool = False) -> None:
         if leading == self.leading:
             return
         self.leading = leading
@@ -103,6 +103,10 @@ class LeaderElector:
         if leading:
             log.info("became leader", extra=fields(identity=self.identity, lease=self.name))
             self.controller.resume()
+        elif stopping:  # every shutdown and rollout: nothing lost, a warning would read as a failure
+            log.info("stepping down as the process stops; another replica takes the Lease",
+                     extra=fields(identity=self.identity, lease=self.name))
+            self.controller.pause()
         else:
             log.warning("lost leadership; reconciling stops", extra=fields(identity=self.identity))
             self.controller.pause()
@@ -133,6 +137,9 @@ class LeaderElector:
                 elif not self.leading or left() <= 0 or self.holder not in (None, "", self.identity):
                     self._set(False)  # another replica holds it now: stop at once, not at the deadline
                 await asyncio.sleep(max(0.0, min(self.retry, left())))
+        except asyncio.CancelledError:
+            self._set(False, stopping=True)
+            raise
         finally:
             self._set(False)
             await self.release()

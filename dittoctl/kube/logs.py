@@ -128,8 +128,24 @@ class _ClientHttpErrors(logging.Filter):
 _CLIENT_HTTP_ERRORS = _ClientHttpErrors()
 
 
+class _KopfRetries(logging.Filter):
+    """kopf logs each request it retries at ERROR ("Request attempt #1/9 failed; will retry"), routine while a CRD
+    is applied (the apiserver answers 429 as its storage re-initialises): a WARNING here, so that an alert on
+    ERROR records fires when kopf gives up ("escalating"), not on every upgrade (a real-node session)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.ERROR and record.name.startswith("kopf.") and isinstance(record.msg, str)
+                and "failed; " in record.msg and "; will re" in record.msg):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_KOPF_RETRIES = _KopfRetries()
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_KOPF_RETRIES)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -12,6 +12,7 @@ from dittoctl.api.conditions import EventReason
 from dittoctl.api.kinds import STATEFULSETS
 from dittoctl.api.naming import HASH_ANNOTATION, Names
 from dittoctl.api.quantity import parse_quantity
+from reconciler.compare import changed_fields
 from reconciler.context import Pass
 from reconciler.specs import Desired, SecretDigests
 from reconciler.specs.statefulset import UNPRIVILEGED_PORT_SYSCTL
@@ -57,6 +58,15 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
         rolling = f"; rolling {sts_name}" if new_replicas else ""
         await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"pod sysctl {UNPRIVILEGED_PORT_SYSCTL} "
                        f"{'added' if has else 'removed'}{rolling} (generation {ctx.generation})")
+    settled = int((ctx.body.get("status") or {}).get("observedGeneration") or 0) >= ctx.generation
+    template = ((result or {}).get("spec") or {}).get("template")
+    if settled and new_replicas and old_hash == desired.config_hash and had == has and template is not None:
+        # Not the user's edit, nor a config or Secret change (said above): the roll would go unexplained.
+        changed = changed_fields(previous["spec"]["template"], template)
+        if changed:
+            await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"pod template of {sts_name} changed with no change "
+                           "to this server (an operator upgrade or setting, or an edit by hand taken back): "
+                           f"{', '.join(changed)}; rolling its pods (generation {ctx.generation})")
     if old_replicas != new_replicas:
         # The generation tells a stop from the next one within the recorder's 10 minutes (the same text).
         await ctx.post("Normal", EventReason.SCALED, f"{sts_name} scaled from {old_replicas} to {new_replicas} "

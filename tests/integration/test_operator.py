@@ -102,6 +102,11 @@ def test_children_are_repaired_and_unchanged_objects_cost_no_writes(
         [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "busybox:evil"}]))
     eventually(lambda: kubectl_json(testbed, "get", "statefulset", "demo", "-n", namespace)["spec"]["template"]
                ["spec"]["containers"][0]["image"] == "marmos91c/dittofs:v0.29.0", what="StatefulSet repaired")
+    # The repair rolls the pods again: said, with what changed (an operator upgrade that rolled them said nothing).
+    [rolled] = eventually(lambda: [e for e in events(testbed, namespace, "ConfigUpdated")
+                                   if "pod template of StatefulSet demo changed" in e["message"]],
+                          timeout=30, what="ConfigUpdated naming the template change")
+    assert "an edit by hand taken back): spec.containers[0].image; rolling its pods" in rolled["message"], rolled
     wait_ready(testbed, namespace)
     repairs = testbed.operator_writes(0, namespace)
     assert any(w["objectRef"]["resource"] == "services" for w in repairs), "the audit log must see our writes"

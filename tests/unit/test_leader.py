@@ -4,6 +4,7 @@ deadline stops reconciling at once, before another replica can take the Lease ov
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -81,7 +82,8 @@ def elector_of(store: LeaseStore, ctl: Reconciling, **timing: Any) -> LeaderElec
     return LeaderElector(cast(Gateway, store), "dittofs-operator", "dittofs-system", cast(Controller, ctl), **timing)
 
 
-async def test_the_holder_reconciles_and_stops_at_once_when_it_cannot_renew() -> None:
+async def test_the_holder_reconciles_and_stops_at_once_when_it_cannot_renew(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dittofs.leader")
     store, ctl = LeaseStore(), Reconciling()
     elector = elector_of(store, ctl, lease_seconds=3, renew_deadline=0.3, retry=0.05)
     task = asyncio.create_task(elector.run())
@@ -103,6 +105,11 @@ async def test_the_holder_reconciles_and_stops_at_once_when_it_cannot_renew() ->
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert store.lease["spec"]["holderIdentity"] is None, "a stopping leader hands the Lease over"
+    # Losing the Lease is a warning; stepping down at shutdown (every rollout) is not (a real-node session).
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO
+            and "became leader" not in r.getMessage()] == [
+        ("WARNING", "lost leadership; reconciling stops"),
+        ("INFO", "stepping down as the process stops; another replica takes the Lease")]
 
 
 @pytest.mark.parametrize("skew", [0, 3600, -3600], ids=["same-clock", "holder-behind", "holder-ahead"])

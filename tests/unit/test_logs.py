@@ -116,3 +116,31 @@ def test_a_clients_malformed_http_is_not_an_error_with_a_traceback_but_other_err
         server.filters.clear()
         for name in ("kubernetes_asyncio", "urllib3", "kopf", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_a_request_kopf_retries_is_a_warning_and_one_it_gives_up_on_an_error() -> None:
+    """kopf logs each retried request at ERROR; the apiserver answers 429 while a CRD is applied, so every
+    upgrade wrote ERROR lines an alert on ERROR records would fire on (a real-node session)."""
+    from dittoctl.kube.logs import configure
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure("INFO", "json")
+        [handler] = root.handlers
+        kopf = logging.getLogger("kopf._cogs.clients.watching")
+
+        def level(message: str, name: str = kopf.name) -> str:
+            record = kopf.makeRecord(name, logging.ERROR, __file__, 1, message, (), None)
+            assert handler.filter(record)
+            return str(json.loads(handler.format(record))["level"])
+
+        what = "GET /apis/dittofs.dittofs.com/v1alpha1/dittoservers?watch=true"
+        assert level(f"Request attempt #1/9 failed; will retry: {what} -> APITooManyRequestsError(429)") == "warning"
+        assert level(f"Request attempt #2/9 failed; TCP closed; will re-authenticate: {what}") == "warning"
+        assert level(f"Request attempt #9/9 failed; escalating: {what} -> APIForbiddenError(403)") == "error"
+        assert level("Request attempt #1/9 failed; will retry: x", name="dittofs.main") == "error", "ours stay"
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name in ("kubernetes_asyncio", "urllib3", "kopf", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
