@@ -488,12 +488,14 @@ def test_a_ready_percona_cluster_without_its_user_secret_is_still_a_wait() -> No
 def test_a_template_change_is_named_by_its_deepest_paths() -> None:
     """What the ConfigUpdated event names when an operator upgrade (or an edit by hand taken back) rolls a
     server's pods: a real-node session saw a roll no event of ours explained."""
-    before = {"metadata": {"labels": {"a": "1"}},
-              "spec": {"containers": [{"name": "dfs", "image": "x:1",
-                                       "startupProbe": {"failureThreshold": 39, "periodSeconds": 5}}]}}
-    after = {"metadata": {"labels": {"a": "1", "b": "2"}},
-             "spec": {"containers": [{"name": "dfs", "image": "x:1",
-                                      "startupProbe": {"failureThreshold": 720, "periodSeconds": 5}}]}}
+    before: dict[str, Any] = {
+        "metadata": {"labels": {"a": "1"}},
+        "spec": {"containers": [{"name": "dfs", "image": "x:1",
+                                 "startupProbe": {"failureThreshold": 39, "periodSeconds": 5}}]}}
+    after: dict[str, Any] = {
+        "metadata": {"labels": {"a": "1", "b": "2"}},
+        "spec": {"containers": [{"name": "dfs", "image": "x:1",
+                                 "startupProbe": {"failureThreshold": 720, "periodSeconds": 5}}]}}
     assert changed_fields(before, before) == []
     assert changed_fields(before, after) == ["metadata.labels.b", "spec.containers[0].startupProbe.failureThreshold"]
     grown = {**after, "spec": {"containers": [*after["spec"]["containers"], {"name": "sidecar"}]}}

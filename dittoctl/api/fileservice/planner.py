@@ -163,7 +163,8 @@ class Plan:
     calls: tuple[Call, ...]
     problems: tuple[Problem, ...]
     owned: frozenset[Ref]  # ownership before the calls, without refs that vanished and are not declared
-    stamped: Mapping[str, str] = field(default_factory=dict)  # recorded with no call: ``read_only_stamps``
+    stamped: Mapping[str, str] = field(default_factory=dict)  # recorded with no call: ``share_ids``, adoption's
+    # ``read_only_stamps``
 
     @property
     def needs_restart(self) -> bool:
