@@ -152,6 +152,9 @@ class Memory:
     its volumes too."""
     expanded: str | None = None
     """Volumes grown whose StatefulSet was orphan-deleted; its re-creation posts VolumesExpanded."""
+    template_generation: int | None = None
+    """The generation whose StatefulSet a pass last applied or found in place (None: not since this process
+    started): a template change at that same generation is not the user's edit."""
     migrated: bool = False
     """The StatefulSet was orphan-deleted for an immutable field an operator upgrade changed: its re-creation
     posts no Created event."""

@@ -1035,10 +1035,13 @@ class _Check:
     def _dropped_shares(self, old: DittoServerSpec, new: DittoServerSpec) -> None:
         """A share leaving the spec stops being served at the next pass (deleted in DittoFS, or disabled while it
         has snapshots): an edit that renames one, or lists shares where the implicit /export stood, says nothing
-        of it otherwise."""
+        of it otherwise. One the status says the operator does not own (made by hand) it never touches."""
         kept = {share_name(s.name) for s in new.effective_shares}
+        status = self.old.get("status") if isinstance(self.old, Mapping) else None
+        owned = status.get("provisioned") if isinstance(status, Mapping) else None
         for share in old.effective_shares:
-            if share_name(share.name) in kept:
+            key = share_name(share.name)
+            if key in kept or (isinstance(owned, list) and f"share:{key}" not in owned):
                 continue
             implicit = " (the implicit default share)" if old.shares is None else ""
             self.warn("spec.shares", f"{_q(share.name)}{implicit} leaves the spec: DittoFS stops serving it, its "

@@ -30,6 +30,7 @@ async def observe_statefulset(ctx: Pass, names: Names) -> Obj | None:
 async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous: Obj | None,
                             digests: SecretDigests) -> Obj | None:
     written, _ = await ctx.apply(desired.statefulset, previous, known=True)
+    applied_before, ctx.memory.template_generation = ctx.memory.template_generation, ctx.generation
     if not written:
         return previous
     result = ctx.cache.child(STATEFULSETS, names.namespace, names.statefulset)
@@ -58,7 +59,10 @@ async def apply_statefulset(ctx: Pass, names: Names, desired: Desired, previous:
         rolling = f"; rolling {sts_name}" if new_replicas else ""
         await ctx.post("Normal", EventReason.CONFIG_UPDATED, f"pod sysctl {UNPRIVILEGED_PORT_SYSCTL} "
                        f"{'added' if has else 'removed'}{rolling} (generation {ctx.generation})")
-    settled = int((ctx.body.get("status") or {}).get("observedGeneration") or 0) >= ctx.generation
+    # The user's edit is the generation this process has not applied yet; fresh, status tells (a gate held at an
+    # older generation is then taken for applied, the one case left).
+    settled = applied_before == ctx.generation if applied_before is not None else \
+        int((ctx.body.get("status") or {}).get("observedGeneration") or 0) >= ctx.generation
     template = ((result or {}).get("spec") or {}).get("template")
     if settled and new_replicas and old_hash == desired.config_hash and had == has and template is not None:
         # Not the user's edit, nor a config or Secret change (said above): the roll would go unexplained.

@@ -424,6 +424,16 @@ def test_a_share_deleted_and_made_again_by_hand_is_not_the_operator_s() -> None:
     back = dataclasses.replace(seen, shares={"/export": dataclasses.replace(seen.shares["/export"], id="new")})
     settled = plan(FULL, back, again.owned_after(), recreated)
     assert settled.problems == () and settled.digests_after(recreated, ())["share:/export/id"] == "new"
+    # ... also when its CREATE got no answer (done by DittoFS all the same): the old id is gone with the share.
+    unanswered = again.digests_after(stamped, ())
+    assert "share:/export/id" not in unanswered
+    assert plan(FULL, back, again.owned_after(), unanswered).problems == (), "its own share taken for a hand-made one"
+
+    # Deleting a share forgets its own stamps only, not those of a share nested under its name (a review).
+    nested = {"share:/a/id": "1", "share:/a/read-only": "served", "share:/a/b/id": "2",
+              "share:/a/b/read-only": "served"}
+    doomed = Plan((Call(Op.DELETE, Kind.SHARE, "/a", "DELETE", "/api/v1/shares/a"),), (), frozenset())
+    assert doomed.digests_after(nested) == {"share:/a/b/id": "2", "share:/a/b/read-only": "served"}
 
 
 def test_drift_is_repaired_only_where_it_differs() -> None:

@@ -1387,5 +1387,9 @@ def test_a_share_leaving_the_spec_is_a_warning() -> None:
     assert check({"shares": [{"name": "//a"}]}, old={"shares": [{"name": "/a"}]}).warnings == []
     kept = {"shares": [{"name": "/export", "defaultPermission": "read-write"}, {"name": "/b"}]}
     assert check(kept, old={}).warnings == []
+    # One the operator does not own (made by hand, reported NotOwned) it never touches: no warning.
+    owned = {**server({"shares": [{"name": "/a"}, {"name": "/c"}]}), "status": {"provisioned": ["share:/a"]}}
+    verdict = validate(server({"shares": [{"name": "/b"}]}), owned, GOOD)
+    assert [w.split(":")[1] for w in verdict.warnings] == [' "/a" leaves the spec'], verdict.warnings
     long = check({"shares": [{"name": "/b"}]}, old={"shares": [{"name": "/" + "a" * 250}]})
     assert len(long.warnings) == 1 and len(long.warnings[0]) <= MAX_WARNING

@@ -186,13 +186,14 @@ class Plan:
     def digests_after(self, applied: Mapping[str, str], done: Iterable[Call] | None = None) -> dict[str, str]:
         """Digests of applied secret values once ``done`` succeeded (deleted objects drop theirs)."""
         out = {**applied, **self.stamped}
+        for call in self.calls:  # absent, so any id stamped is of a share gone, whether the CREATE answered or not
+            if call.op is Op.CREATE and call.kind is Kind.SHARE:
+                out.pop(digest_key(call.ref, _ID_SLOT), None)  # made again: its new id is stamped when seen
         for call in self.calls if done is None else done:
             if call.op is Op.DELETE or call.whole:
-                prefix = f"{call.ref}/"
-                for key in [k for k in out if k.startswith(prefix)]:
+                prefix = f"{call.ref}/"  # its own slots only: share:/a/b/id is not share:/a's
+                for key in [k for k in out if k.startswith(prefix) and "/" not in k[len(prefix):]]:
                     del out[key]
-            elif call.op is Op.CREATE and call.kind is Kind.SHARE:
-                out.pop(digest_key(call.ref, _ID_SLOT), None)  # made again: its new id is stamped when seen
             for sf in call.secrets:
                 out[digest_key(call.ref, sf.slot)] = sf.secret.digest
             for slot, digest in call.stamps:
