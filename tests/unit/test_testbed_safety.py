@@ -57,3 +57,15 @@ def test_the_session_s_proxies_are_withheld_from_it_and_given_to_builds_only(
     assert opener is not None
     # Installed now, so not built at the first request from whatever the environment says then.
     assert not [h for h in opener.handlers if isinstance(h, urllib.request.ProxyHandler)]
+
+
+def test_a_port_is_handed_out_once_per_process() -> None:
+    """A port probed free and released can be probed free again before its taker binds it: a CI run drew an SMB
+    port, then dfs's API port, the same one (``tests.support.net``)."""
+    from tests.support.net import free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    taken: set[int] = set()
+    mine = free_port(avoid=taken)
+    assert taken == {mine} and mine not in ports
